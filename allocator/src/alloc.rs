@@ -1,0 +1,248 @@
+//! `malloc` and friends. The fast path: look up the page in the heap's direct slot for the size,
+//! pop its `free` list. Everything else goes through [`malloc_generic`].
+
+use core::ptr;
+
+use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
+use crate::page::{self, FLAG_HAS_ALIGNED};
+use crate::segment::{page_of, segment_of};
+use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, init, options};
+
+/// Allocates `size` bytes aligned to 16; null when out of memory or `size > MAX_ALLOC_SIZE`.
+/// `malloc(0)` returns a unique pointer.
+///
+/// # Safety
+/// Always safe to call; the result must be released with [`crate::free`] (or `realloc`).
+#[inline]
+pub unsafe fn malloc(size: usize) -> *mut u8 {
+    let heap = heap::default_heap();
+    if size <= SMALL_SIZE_MAX {
+        // SAFETY: `size / 16` rounded up is at most SMALL_SIZE_MAX / 16, inside the direct slots;
+        // a direct slot always points at a page of this thread's heap or at the empty page.
+        unsafe {
+            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
+            if !(*page).free.is_null() {
+                return page::pop(page, 0);
+            }
+        }
+    }
+    // SAFETY: `heap` is the calling thread's heap.
+    unsafe { malloc_generic(heap, size, false) }
+}
+
+/// [`malloc`], zeroed.
+///
+/// # Safety
+/// As [`malloc`].
+#[inline]
+pub unsafe fn zalloc(size: usize) -> *mut u8 {
+    let heap = heap::default_heap();
+    if size <= SMALL_SIZE_MAX {
+        // SAFETY: as in `malloc`; the block is at least `size` bytes.
+        unsafe {
+            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
+            if !(*page).free.is_null() {
+                return page::pop(page, size.max(1));
+            }
+        }
+    }
+    // SAFETY: `heap` is the calling thread's heap.
+    unsafe { malloc_generic(heap, size, true) }
+}
+
+/// Zeroed memory for `count` elements of `size` bytes; null if the product overflows.
+///
+/// # Safety
+/// As [`malloc`].
+pub unsafe fn calloc(count: usize, size: usize) -> *mut u8 {
+    match count.checked_mul(size) {
+        // SAFETY: forwarded.
+        Some(total) => unsafe { zalloc(total) },
+        None => ptr::null_mut(),
+    }
+}
+
+/// The calling thread's heap, created on first use. Null when out of memory.
+#[inline]
+unsafe fn ensure_heap(heap: *mut Heap) -> *mut Heap {
+    if heap == EMPTY_HEAP_PTR {
+        init::thread_init()
+    } else {
+        heap
+    }
+}
+
+/// The generic path: initialise the thread, find a page with a free block, pop it.
+///
+/// # Safety
+/// `heap` is [`heap::default_heap`].
+#[inline(never)]
+pub(crate) unsafe fn malloc_generic(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
+    // SAFETY: the heap is this thread's; a page from `find_page` has a free block.
+    unsafe {
+        let heap = ensure_heap(heap);
+        if heap.is_null() {
+            return ptr::null_mut();
+        }
+        if options::check() {
+            return check::malloc(heap, size, MAX_ALIGN, zero);
+        }
+        let page = heap::find_page(heap, size);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        page::pop(page, if zero { size.max(1) } else { 0 })
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two; any size). Null otherwise or when out
+/// of memory.
+///
+/// # Safety
+/// As [`malloc`].
+pub unsafe fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { aligned(size, align, false) }
+}
+
+/// [`malloc_aligned`], zeroed.
+///
+/// # Safety
+/// As [`malloc`].
+pub unsafe fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { aligned(size, align, true) }
+}
+
+unsafe fn aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if !align.is_power_of_two() || size > MAX_ALLOC_SIZE {
+        return ptr::null_mut();
+    }
+    if align <= MAX_ALIGN {
+        // SAFETY: forwarded.
+        return unsafe { if zero { zalloc(size) } else { malloc(size) } };
+    }
+    let heap = heap::default_heap();
+    if size <= SMALL_SIZE_MAX {
+        // SAFETY: as in `malloc`. Take the next free block when it happens to be aligned.
+        unsafe {
+            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
+            let block = (*page).free;
+            if !block.is_null() && (block as usize) & (align - 1) == 0 {
+                return page::pop(page, if zero { size.max(1) } else { 0 });
+            }
+        }
+    }
+    // SAFETY: `heap` is this thread's.
+    unsafe { aligned_generic(heap, size, align, zero) }
+}
+
+#[inline(never)]
+unsafe fn aligned_generic(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: the heap is this thread's; pages from `find_page`/`huge_page` have a free block;
+    // the aligned pointer stays inside the block because the block has `align - 1` spare bytes.
+    unsafe {
+        let heap = ensure_heap(heap);
+        if heap.is_null() {
+            return ptr::null_mut();
+        }
+        if options::check() {
+            return check::malloc(heap, size, align, zero);
+        }
+        let Some(total) = size.checked_add(align - 1) else {
+            return ptr::null_mut();
+        };
+        if total <= LARGE_OBJ_SIZE_MAX {
+            let page = heap::find_page(heap, total);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            let block = page::pop(page, if zero { total } else { 0 });
+            let p = (block as usize).next_multiple_of(align) as *mut u8;
+            if p != block {
+                (*page).set_flag(FLAG_HAS_ALIGNED, true);
+            }
+            p
+        } else {
+            let page = heap::huge_page(heap, size, align);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            page::pop(page, if zero { size.max(1) } else { 0 })
+        }
+    }
+}
+
+/// Bytes usable at `p` (at least what was asked for); 0 for null.
+///
+/// # Safety
+/// `p` is null or a live pointer from heaplens.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: `p` is live, so its segment header and page metadata are readable.
+    unsafe {
+        let page = page_of(segment_of(p), p);
+        if options::check() {
+            return check::requested_size(page, p);
+        }
+        let bsize = (*page).block_size();
+        if (*page).flags.load(core::sync::atomic::Ordering::Relaxed) & FLAG_HAS_ALIGNED != 0 {
+            bsize - (p as usize - (*page).block_start_of(p) as usize)
+        } else {
+            bsize
+        }
+    }
+}
+
+/// Resizes the block at `p` to `new_size` bytes, in place while the block fits and is not more
+/// than twice too large. Null `p` allocates. On failure returns null and leaves `p` intact.
+/// `new_size == 0` frees `p` and returns a fresh minimal block.
+///
+/// # Safety
+/// `p` is null or a live pointer from heaplens, not used afterwards unless null is returned.
+pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_aligned(p, new_size, MAX_ALIGN) }
+}
+
+/// [`realloc`] keeping the alignment `align` (a power of two).
+///
+/// # Safety
+/// As [`realloc`]; `p` was allocated with alignment `align`.
+pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { resize(p, usize::MAX, new_size, align) }
+}
+
+/// Resizes, copying at most `old_size` bytes (the Layout's size when the caller knows it).
+///
+/// # Safety
+/// As [`realloc_aligned`].
+pub(crate) unsafe fn resize(p: *mut u8, old_size: usize, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: `p` is live; the new block is a different live block of at least `new_size` bytes.
+    unsafe {
+        if p.is_null() {
+            return malloc_aligned(new_size, align);
+        }
+        if new_size > MAX_ALLOC_SIZE || !align.is_power_of_two() {
+            return ptr::null_mut();
+        }
+        let usable = usable_size(p);
+        if new_size <= usable
+            && new_size >= usable / 2
+            && !options::check()
+            && (p as usize) % align == 0
+        {
+            return p;
+        }
+        let q = malloc_aligned(new_size, align);
+        if q.is_null() {
+            return q;
+        }
+        ptr::copy_nonoverlapping(p, q, usable.min(old_size).min(new_size));
+        crate::free(p);
+        q
+    }
+}

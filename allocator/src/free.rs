@@ -1,0 +1,131 @@
+//! `free`. The fast path: the block's segment belongs to this thread and its page is neither full
+//! nor holding aligned blocks, so push the block onto the page's `local_free`. Otherwise
+//! [`free_generic`]: a local free with more to do, or a cross-thread free onto `thread_free`.
+
+use core::sync::atomic::Ordering::*;
+
+use crate::heap::{self, thread_id};
+use crate::page::{
+    self, Block, DELAYED_FREEING, FLAG_HAS_ALIGNED, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
+};
+use crate::segment::{self, Segment, page_of, segment_of};
+use crate::{check, options};
+
+/// Frees a block; null is a no-op.
+///
+/// # Safety
+/// `p` is null or a live pointer from heaplens, not used afterwards.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    let segment = segment_of(p);
+    // SAFETY: `p` is live, so its segment header is mapped; a page of this thread's segment with
+    // no flags holds `p` at a block start and belongs to this thread's heap.
+    unsafe {
+        let page = page_of(segment, p);
+        if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
+            if push_local(page, p.cast()) == 0 {
+                heap::retire((*page).heap(), page);
+            }
+            return;
+        }
+        free_generic(segment, page, p);
+    }
+}
+
+/// Pushes `block` onto `page.local_free`; returns the page's new `used` count.
+///
+/// # Safety
+/// The calling thread owns `page`; `block` is a live block of it.
+#[inline(always)]
+pub(crate) unsafe fn push_local(page: *mut Page, block: *mut Block) -> u32 {
+    // SAFETY: owner-only fields.
+    unsafe {
+        let pg = &mut *page;
+        (*block).next = pg.local_free;
+        pg.local_free = block;
+        pg.local_free_count.store(pg.local_free_len() + 1, Relaxed);
+        let used = pg.used() - 1;
+        pg.used.store(used, Relaxed);
+        used
+    }
+}
+
+#[inline(never)]
+unsafe fn free_generic(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: `p` is live (checked mode verifies it and aborts otherwise).
+    unsafe {
+        let block = if options::check() {
+            check::free(segment, page, p)
+        } else if (*page).flags.load(Relaxed) & FLAG_HAS_ALIGNED != 0 {
+            (*page).block_start_of(p)
+        } else {
+            p
+        };
+        let owner = (*segment).thread_id.load(Relaxed);
+        if owner != 0 && owner & !1 == thread_id() {
+            heap::free_block_local(page, block.cast());
+        } else {
+            free_block_mt(page, block.cast());
+            if owner == 0 {
+                let heap = heap::default_heap();
+                if heap != heap::EMPTY_HEAP_PTR {
+                    segment::reclaim_on_free(heap, segment);
+                }
+            }
+        }
+    }
+}
+
+/// A free from a thread that does not own the page: push onto `thread_free` with a CAS, or, the
+/// first time after the owner moved the page to its full queue, onto the owner heap's delayed
+/// list (see [`crate::page`]).
+unsafe fn free_block_mt(page: *mut Page, block: *mut Block) {
+    // SAFETY: `page` is live while `block` is (the owner cannot free the page before collecting
+    // this block); thread_free and the count are atomics.
+    unsafe {
+        let tf_cell = &(*page).thread_free;
+        (*page).thread_free_count.fetch_add(1, Relaxed);
+        let mut tf = tf_cell.load(Relaxed);
+        loop {
+            if page::state_of(tf) == USE_DELAYED_FREE {
+                let claimed = (tf & !3) | DELAYED_FREEING;
+                match tf_cell.compare_exchange_weak(tf, claimed, Acquire, Relaxed) {
+                    Ok(_) => break,
+                    Err(cur) => tf = cur,
+                }
+            } else {
+                (*block).next = page::block_of(tf);
+                let pushed = block as usize | page::state_of(tf);
+                match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
+                    Ok(_) => return,
+                    Err(cur) => tf = cur,
+                }
+            }
+        }
+        // We hold DELAYED_FREEING: the owner heap cannot go away (abandon waits for us).
+        (*page).thread_free_count.fetch_sub(1, Relaxed);
+        let heap = (*page).heap.load(Acquire);
+        let mut tf = tf_cell.load(Relaxed);
+        if heap.is_null() {
+            (*page).thread_free_count.fetch_add(1, Relaxed);
+            loop {
+                (*block).next = page::block_of(tf);
+                let pushed = block as usize | NO_DELAYED_FREE;
+                match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
+                    Ok(_) => return,
+                    Err(cur) => tf = cur,
+                }
+            }
+        }
+        heap::push_delayed(heap, block);
+        loop {
+            match tf_cell.compare_exchange_weak(tf, (tf & !3) | NO_DELAYED_FREE, Release, Relaxed) {
+                Ok(_) => return,
+                Err(cur) => tf = cur,
+            }
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Heaps: one per thread. A heap has
+//! - `pages_direct`: for each 16-byte step of size up to [`SMALL_SIZE_MAX`], the page to allocate
+//!   from (the first page of that size's bin queue), so the fast path is two loads and a pop;
+//! - a page queue per bin, and `queues[BIN_FULL]` for pages with no free block;
+//! - `thread_delayed_free`: blocks other threads freed into this heap's full pages.
+//!
+//! A thread's heap starts as [`EMPTY_HEAP`], whose direct slots all point at a page with no free
+//! blocks, so the first `malloc` of a thread falls into the generic path, which creates the
+//! thread's heap: the fast path never tests "is this thread initialised?".
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering::*};
+
+use crate::bin::{BIN_COUNT, BIN_FULL, BIN_HUGE, BIN_LARGE_MAX, bin_of, block_size};
+use crate::page::{
+    self, Block, DELAYED_FREEING, FLAG_IN_FULL, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
+};
+use crate::page_queue::PageQueue;
+use crate::segment::{self, SegmentsTld};
+use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALLOC_SIZE, SMALL_OBJ_SIZE_MAX, SMALL_SIZE_MAX, os};
+
+/// Number of direct slots: one per 16 bytes of size, 0 ..= [`SMALL_SIZE_MAX`].
+pub const DIRECT_SLOTS: usize = SMALL_SIZE_MAX / 16 + 1;
+
+/// A thread's heap. Only its thread touches it, except `thread_delayed_free` (atomic pushes from
+/// other threads) and the statistics walker (which reads only through pages).
+#[repr(C)]
+pub struct Heap {
+    pub(crate) pages_direct: [*mut Page; DIRECT_SLOTS],
+    /// The owning thread's id (with the low bit set in checked mode, see [`crate::check`]).
+    pub(crate) thread_id: usize,
+    pub(crate) queues: [PageQueue; BIN_COUNT],
+    pub(crate) thread_delayed_free: AtomicPtr<Block>,
+    pub(crate) tld: SegmentsTld,
+    pub(crate) generic_count: u64,
+    /// Range of bins whose first page may be a retired (empty, kept) page.
+    pub(crate) retired_min: usize,
+    pub(crate) retired_max: usize,
+    /// A small number naming the thread (1 for the first thread that allocated).
+    pub(crate) id: u32,
+    pub(crate) next_heap: *mut Heap,
+    pub(crate) prev_heap: *mut Heap,
+}
+
+impl Heap {
+    pub(crate) const fn new() -> Self {
+        let mut queues = [const { PageQueue::new(0) }; BIN_COUNT];
+        let mut bin = 1;
+        while bin <= BIN_LARGE_MAX {
+            queues[bin] = PageQueue::new(block_size(bin));
+            bin += 1;
+        }
+        queues[BIN_HUGE] = PageQueue::new(LARGE_OBJ_SIZE_MAX + 1);
+        queues[BIN_FULL] = PageQueue::new(LARGE_OBJ_SIZE_MAX + 2);
+        Self {
+            pages_direct: [EMPTY_PAGE_PTR; DIRECT_SLOTS],
+            thread_id: 0,
+            queues,
+            thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
+            tld: SegmentsTld::new(),
+            generic_count: 0,
+            retired_min: BIN_FULL,
+            retired_max: 0,
+            id: 0,
+            next_heap: ptr::null_mut(),
+            prev_heap: ptr::null_mut(),
+        }
+    }
+
+    /// A small number naming the heap's thread.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The page queue of `bin`.
+    pub fn queue(&self, bin: usize) -> &PageQueue {
+        &self.queues[bin]
+    }
+}
+
+/// `Sync` wrapper for the read-only empty statics (they contain raw pointers).
+#[repr(transparent)]
+pub(crate) struct Static<T>(pub(crate) T);
+// SAFETY: the empty page and empty heap are never written: the fast path only writes a page
+// after finding a block on it (the empty page has none), and the generic path replaces the empty
+// heap before touching any heap state.
+unsafe impl<T> Sync for Static<T> {}
+
+static EMPTY_PAGE: Static<Page> = Static(Page::empty());
+const EMPTY_PAGE_PTR: *mut Page = (&raw const EMPTY_PAGE.0).cast_mut();
+/// The heap every thread starts with: no pages, so its first `malloc` takes the generic path.
+pub(crate) static EMPTY_HEAP: Static<Heap> = Static(Heap::new());
+pub(crate) const EMPTY_HEAP_PTR: *mut Heap = (&raw const EMPTY_HEAP.0).cast_mut();
+
+thread_local! {
+    /// The calling thread's heap. `const`-initialised, no destructor: safe to touch inside
+    /// `malloc` (see STYLE.md); thread exit is handled through a pthread key in [`crate::init`].
+    static DEFAULT_HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP_PTR) };
+}
+
+/// The calling thread's heap ([`EMPTY_HEAP`] before its first allocation).
+#[inline(always)]
+pub(crate) fn default_heap() -> *mut Heap {
+    DEFAULT_HEAP.with(Cell::get)
+}
+
+pub(crate) fn set_default_heap(heap: *mut Heap) {
+    DEFAULT_HEAP.with(|h| h.set(heap));
+}
+
+/// A number unique among live threads: the thread pointer.
+#[inline(always)]
+pub fn thread_id() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: usize;
+        // SAFETY: on x86-64 Linux `fs:0` holds the thread control block's self pointer.
+        unsafe {
+            core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags, pure));
+        }
+        tp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let tp: usize;
+        // SAFETY: reading the thread pointer register has no side effects.
+        unsafe {
+            core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem, preserves_flags, pure));
+        }
+        tp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        thread_local! { static ID: u8 = const { 0 } }
+        ID.with(|b| core::ptr::from_ref(b) as usize)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues, kept in step with the direct slots
+
+/// Points the direct slots of `bin`'s sizes at its first page (or the empty page).
+unsafe fn update_direct(heap: *mut Heap, bin: usize) {
+    if bin == 0 || bin > BIN_LARGE_MAX || crate::options::check() {
+        return; // checked mode keeps every slot empty so every malloc is checked
+    }
+    let bsize = block_size(bin);
+    if bsize > SMALL_SIZE_MAX {
+        return;
+    }
+    // SAFETY: the calling thread owns `heap`.
+    unsafe {
+        let first = (*heap).queues[bin].first;
+        let page = if first.is_null() {
+            EMPTY_PAGE_PTR
+        } else {
+            first
+        };
+        let lo = if bin == 1 {
+            0
+        } else {
+            block_size(bin - 1) / 16 + 1
+        };
+        for slot in lo..=bsize / 16 {
+            (*heap).pages_direct[slot] = page;
+        }
+    }
+}
+
+/// Pushes `page` at the front of `bin`'s queue (where malloc takes from).
+///
+/// # Safety
+/// The calling thread owns `heap` and `page`; the page is in no queue.
+pub(crate) unsafe fn queue_push_front(heap: *mut Heap, bin: usize, page: *mut Page) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        (*heap).queues[bin].push_front(page);
+        update_direct(heap, bin);
+    }
+}
+
+/// Appends `page` to `bin`'s queue.
+///
+/// # Safety
+/// As [`queue_push_front`].
+pub(crate) unsafe fn queue_push_back(heap: *mut Heap, bin: usize, page: *mut Page) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let was_empty = (*heap).queues[bin].first.is_null();
+        (*heap).queues[bin].push_back(page);
+        if was_empty {
+            update_direct(heap, bin);
+        }
+    }
+}
+
+/// Unlinks `page` from `bin`'s queue.
+///
+/// # Safety
+/// `page` is in that queue of the calling thread's `heap`.
+pub(crate) unsafe fn queue_remove(heap: *mut Heap, bin: usize, page: *mut Page) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let was_first = (*heap).queues[bin].first == page;
+        (*heap).queues[bin].remove(page);
+        if was_first {
+            update_direct(heap, bin);
+        }
+    }
+}
+
+#[inline]
+fn queue_bin(page: &Page) -> usize {
+    if page.is_in_full() {
+        BIN_FULL
+    } else {
+        page.bin()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generic allocation path
+
+/// Finds (or makes) a page of `heap` with a free block for `size` bytes. Also does the heap's
+/// deferred work: delayed frees from other threads, retired pages, purging. Null when out of
+/// memory or `size` is impossible.
+///
+/// # Safety
+/// `heap` is the calling thread's initialised heap.
+pub(crate) unsafe fn find_page(heap: *mut Heap, size: usize) -> *mut Page {
+    // SAFETY: the calling thread owns `heap` and every page in its queues.
+    unsafe {
+        (*heap).generic_count += 1;
+        delayed_free_all(heap, false);
+        if (*heap).retired_min <= (*heap).retired_max {
+            collect_retired(heap);
+        }
+        if (*heap).generic_count % 16 == 0 {
+            deferred_purge(heap);
+        }
+        if size > LARGE_OBJ_SIZE_MAX {
+            return huge_page(heap, size, crate::MAX_ALIGN);
+        }
+        let bin = bin_of(size);
+        let mut page = (*heap).queues[bin].first;
+        while !page.is_null() {
+            let next = (*page).next;
+            page::collect(page);
+            if (*page).free.is_null() {
+                page::extend_free(page);
+            }
+            if !(*page).free.is_null() {
+                (*page).retire_expire = 0;
+                return page;
+            }
+            if to_full(heap, bin, page) {
+                return page;
+            }
+            page = next;
+        }
+        let page = segment::page_alloc(heap, block_size(bin));
+        if page.is_null() {
+            return page;
+        }
+        page::init(page, heap, bin, block_size(bin));
+        queue_push_front(heap, bin, page);
+        page
+    }
+}
+
+/// A huge page for one block of `size` bytes aligned to `align`, in `heap`'s huge queue.
+///
+/// # Safety
+/// `heap` is the calling thread's initialised heap.
+pub(crate) unsafe fn huge_page(heap: *mut Heap, size: usize, align: usize) -> *mut Page {
+    if size > MAX_ALLOC_SIZE {
+        return ptr::null_mut();
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        let page = segment::huge_page_alloc(heap, size, align);
+        if page.is_null() {
+            return page;
+        }
+        page::init(page, heap, BIN_HUGE, (*page).area);
+        queue_push_front(heap, BIN_HUGE, page);
+        page
+    }
+}
+
+/// Moves a page with no free block to the full queue. Returns true instead if a cross-thread free
+/// raced in before the page was marked, leaving it usable where it is.
+unsafe fn to_full(heap: *mut Heap, bin: usize, page: *mut Page) -> bool {
+    // SAFETY: the calling thread owns `heap` and `page`.
+    unsafe {
+        page::use_delayed_free(page, USE_DELAYED_FREE, false);
+        page::collect(page); // frees that came in before USE_DELAYED_FREE was set
+        if !(*page).free.is_null() {
+            page::use_delayed_free(page, NO_DELAYED_FREE, false);
+            return true;
+        }
+        queue_remove(heap, bin, page);
+        (*page).set_flag(FLAG_IN_FULL, true);
+        (*heap).queues[BIN_FULL].push_back(page);
+        false
+    }
+}
+
+/// Moves a page out of the full queue after a block of it was freed.
+unsafe fn from_full(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: the calling thread owns `heap` and `page`.
+    unsafe {
+        page::use_delayed_free(page, NO_DELAYED_FREE, false);
+        (*heap).queues[BIN_FULL].remove(page);
+        (*page).set_flag(FLAG_IN_FULL, false);
+        queue_push_back(heap, (*page).bin(), page);
+    }
+}
+
+/// Frees `block` of `page` on the owning thread: push onto `local_free`, then move the page out of
+/// the full queue or retire it if that is now due.
+///
+/// # Safety
+/// The calling thread owns `page`; `block` is a live block of it (its start).
+pub(crate) unsafe fn free_block_local(page: *mut Page, block: *mut Block) {
+    // SAFETY: owner-only fields of an owned page.
+    unsafe {
+        let used = crate::free::push_local(page, block);
+        let heap = (*page).heap();
+        if (*page).is_in_full() {
+            from_full(heap, page);
+        }
+        if used == 0 {
+            retire(heap, page);
+        }
+    }
+}
+
+/// An empty page goes back to its segment, unless it is the only page of its size class: then it
+/// stays for a few generic calls, so a loop that allocates and frees one block does not map and
+/// unmap a page each time.
+///
+/// # Safety
+/// The calling thread owns `page`, which has no used blocks and is in a regular queue.
+pub(crate) unsafe fn retire(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: as documented.
+    unsafe {
+        let bin = (*page).bin();
+        let q = &(*heap).queues[bin];
+        if bin != BIN_HUGE && q.first == page && q.last == page {
+            let bsize = (*page).block_size();
+            (*page).retire_expire = if bsize <= SMALL_OBJ_SIZE_MAX { 16 } else { 4 };
+            (*heap).retired_min = (*heap).retired_min.min(bin);
+            (*heap).retired_max = (*heap).retired_max.max(bin);
+            return;
+        }
+        free_page(heap, bin, page);
+    }
+}
+
+unsafe fn free_page(heap: *mut Heap, bin: usize, page: *mut Page) {
+    // SAFETY: the page is empty and owned; it leaves the queue before going to its segment.
+    unsafe {
+        (*page).flags.store(0, Relaxed);
+        (*page).retire_expire = 0;
+        queue_remove(heap, bin, page);
+        segment::page_free(&raw mut (*heap).tld, page);
+    }
+}
+
+unsafe fn collect_retired(heap: *mut Heap) {
+    // SAFETY: the calling thread owns `heap`.
+    unsafe {
+        let (lo, hi) = ((*heap).retired_min, (*heap).retired_max);
+        (*heap).retired_min = BIN_FULL;
+        (*heap).retired_max = 0;
+        for bin in lo..=hi.min(BIN_LARGE_MAX) {
+            let page = (*heap).queues[bin].first;
+            if page.is_null() || (*page).retire_expire == 0 {
+                continue;
+            }
+            if (*page).used() != 0 {
+                (*page).retire_expire = 0;
+                continue;
+            }
+            (*page).retire_expire -= 1;
+            if (*page).retire_expire == 0 {
+                free_page(heap, bin, page);
+            } else {
+                (*heap).retired_min = (*heap).retired_min.min(bin);
+                (*heap).retired_max = (*heap).retired_max.max(bin);
+            }
+        }
+    }
+}
+
+unsafe fn deferred_purge(heap: *mut Heap) {
+    let now = os::clock_ms();
+    segment::cache_expire(now);
+    // SAFETY: the calling thread owns `heap`.
+    unsafe {
+        let due = (*heap).tld.next_purge_ms;
+        if due != 0 && due <= now {
+            segment::purge_expired(&raw mut (*heap).tld, now);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delayed frees (blocks other threads freed into this heap's full pages)
+
+/// Frees the blocks on the heap's delayed list. A block whose page is still in `DELAYED_FREEING`
+/// (its freeing thread has not finished) goes back on the list unless `all`, which waits.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+pub(crate) unsafe fn delayed_free_all(heap: *mut Heap, all: bool) {
+    // SAFETY: the list was published with Release CASes; we take it with Acquire.
+    unsafe {
+        loop {
+            if (*heap).thread_delayed_free.load(Relaxed).is_null() {
+                return;
+            }
+            let mut block = (*heap).thread_delayed_free.swap(ptr::null_mut(), Acquire);
+            let mut kept = false;
+            while !block.is_null() {
+                let next = (*block).next;
+                if !free_delayed_block(block) {
+                    push_delayed(heap, block);
+                    kept = true;
+                }
+                block = next;
+            }
+            if !all || !kept {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Pushes a block onto `heap`'s delayed list (any thread).
+///
+/// # Safety
+/// `block` is a block no one else references; `heap` is live.
+pub(crate) unsafe fn push_delayed(heap: *mut Heap, block: *mut Block) {
+    // SAFETY: `heap` is live (the page's state guarantees it, see `free::free_block_mt`).
+    unsafe {
+        let list = &(*heap).thread_delayed_free;
+        let mut head = list.load(Relaxed);
+        loop {
+            (*block).next = head;
+            match list.compare_exchange_weak(head, block, Release, Relaxed) {
+                Ok(_) => return,
+                Err(cur) => head = cur,
+            }
+        }
+    }
+}
+
+unsafe fn free_delayed_block(block: *mut Block) -> bool {
+    // SAFETY: a block on our delayed list belongs to one of our pages (its state was
+    // USE_DELAYED_FREE, which only the owner sets).
+    unsafe {
+        let seg = segment::segment_of(block.cast());
+        let page = segment::page_of(seg, block.cast());
+        if page::state_of((*page).thread_free.load(Acquire)) == DELAYED_FREEING {
+            return false; // its freeing thread is still busy with the page
+        }
+        page::collect(page);
+        free_block_local(page, block);
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread exit
+
+/// Abandons everything `heap` holds: empty pages go back to their segments, the other pages stay
+/// in segments marked abandoned, for another thread to reclaim.
+///
+/// # Safety
+/// `heap` is the calling (exiting) thread's heap; it is not used afterwards.
+pub(crate) unsafe fn abandon(heap: *mut Heap) {
+    // SAFETY: the calling thread owns `heap` and all its pages.
+    unsafe {
+        // No new delayed frees may target this heap: wait out any in progress, then drain.
+        for bin in 0..BIN_COUNT {
+            let mut page = (*heap).queues[bin].first;
+            while !page.is_null() {
+                segment::page_never_delayed(page);
+                page = (*page).next;
+            }
+        }
+        delayed_free_all(heap, true);
+        for bin in 0..BIN_COUNT {
+            loop {
+                let page = (*heap).queues[bin].first;
+                if page.is_null() {
+                    break;
+                }
+                page::collect(page);
+                let qbin = queue_bin(&*page);
+                if (*page).used() == 0 {
+                    free_page(heap, qbin, page);
+                } else {
+                    queue_remove(heap, qbin, page);
+                    (*page).set_flag(FLAG_IN_FULL, false);
+                    (*page).retire_expire = 0;
+                    segment::page_abandon(&raw mut (*heap).tld, page);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Process and thread initialisation, thread exit, and `fork()`.
+//!
+//! - Process: options and OS facts read once, a pthread key whose destructor runs at thread
+//!   exit, `fork()` handlers, and (with `HEAPLENS_SHOW_STATS=1`) a summary at exit.
+//! - Thread: the first `malloc` of a thread finds the empty heap and comes here; the thread's
+//!   heap is taken from an OS-backed pool (never from the heap itself).
+//! - Thread exit: the pthread key's destructor abandons the heap ([`crate::heap::abandon`]).
+//! - `fork()`: every global lock is taken before the fork and released in both processes, so
+//!   a child of a multithreaded program can allocate.
+
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
+
+use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
+use crate::sync::SpinLock;
+use crate::{options, os, segment, segment_map};
+
+static STATE: AtomicU8 = AtomicU8::new(0);
+const UNINIT: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+static KEY: AtomicU32 = AtomicU32::new(0);
+static KEY_OK: AtomicBool = AtomicBool::new(false);
+
+/// Initialises the process state once; cheap after the first call. Called by the first
+/// allocation of every thread and by the preload library's constructor.
+pub fn process_init() {
+    if STATE.load(Acquire) == DONE {
+        return;
+    }
+    if STATE
+        .compare_exchange(UNINIT, RUNNING, Acquire, Acquire)
+        .is_err()
+    {
+        while STATE.load(Acquire) != DONE {
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+        return;
+    }
+    os::init();
+    options::init();
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn that never unwinds.
+    if unsafe { libc::pthread_key_create(&raw mut key, Some(thread_done)) } == 0 {
+        KEY.store(key, Relaxed);
+        KEY_OK.store(true, Release);
+    }
+    STATE.store(DONE, Release);
+    // These may allocate (glibc grows their tables with malloc): the state is DONE, so a nested
+    // allocation initialises this thread's heap normally.
+    // SAFETY: the handlers are extern "C" fns that never unwind.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        if options::show_stats() {
+            libc::atexit(show_stats_at_exit);
+        }
+    }
+}
+
+extern "C" fn show_stats_at_exit() {
+    crate::stats::print_stats(2);
+}
+
+static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(1);
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of threads with a live heap.
+pub fn thread_count() -> usize {
+    THREADS.load(Relaxed)
+}
+
+/// Creates the calling thread's heap (first allocation of the thread). Null when out of memory.
+pub(crate) fn thread_init() -> *mut Heap {
+    process_init();
+    let current = heap::default_heap();
+    if current != EMPTY_HEAP_PTR {
+        return current; // a nested allocation during process_init made it already
+    }
+    let heap = pool_alloc();
+    if heap.is_null() {
+        return heap;
+    }
+    // SAFETY: `heap` is a fresh, exclusively owned slot of the pool big enough for a Heap.
+    unsafe {
+        heap.write(Heap::new());
+        (*heap).thread_id = heap::thread_id() | usize::from(options::check());
+        (*heap).id = NEXT_HEAP_ID.fetch_add(1, Relaxed);
+    }
+    HEAPS.lock().count += 1;
+    THREADS.fetch_add(1, Relaxed);
+    heap::set_default_heap(heap);
+    if KEY_OK.load(Acquire) {
+        // SAFETY: the key was created; setspecific on a low key does not allocate in glibc.
+        unsafe { libc::pthread_setspecific(KEY.load(Relaxed), heap.cast()) };
+    }
+    heap
+}
+
+/// The pthread key destructor: the thread is exiting.
+extern "C" fn thread_done(value: *mut libc::c_void) {
+    let heap = value.cast::<Heap>();
+    if heap.is_null() || heap != heap::default_heap() {
+        return;
+    }
+    // SAFETY: `heap` is the exiting thread's own heap; after abandoning it the thread falls back
+    // to the empty heap (a later allocation makes a new heap and re-arms the key).
+    unsafe {
+        heap::abandon(heap);
+        heap::set_default_heap(EMPTY_HEAP_PTR);
+        pool_free(heap);
+    }
+    HEAPS.lock().count -= 1;
+    THREADS.fetch_sub(1, Relaxed);
+}
+
+/// Heap structs come from OS memory in chunks and are recycled through a free list.
+struct HeapPool {
+    free: usize,
+    next: usize,
+    end: usize,
+    count: usize,
+}
+static HEAPS: SpinLock<HeapPool> = SpinLock::new(HeapPool {
+    free: 0,
+    next: 0,
+    end: 0,
+    count: 0,
+});
+const POOL_CHUNK: usize = 256 * 1024;
+
+fn pool_alloc() -> *mut Heap {
+    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    let mut pool = HEAPS.lock();
+    if pool.free != 0 {
+        let h = pool.free as *mut usize;
+        // SAFETY: a freed heap slot stores the next free slot in its first word.
+        pool.free = unsafe { *h };
+        return h.cast();
+    }
+    if pool.next + size > pool.end {
+        let chunk = os::alloc_aligned(POOL_CHUNK, os::page_size());
+        if chunk.is_null() {
+            return ptr::null_mut();
+        }
+        pool.next = chunk as usize;
+        pool.end = chunk as usize + POOL_CHUNK;
+    }
+    let h = pool.next;
+    pool.next += size;
+    h as *mut Heap
+}
+
+unsafe fn pool_free(heap: *mut Heap) {
+    let mut pool = HEAPS.lock();
+    // SAFETY: the heap is dead; its first word becomes the free-list link.
+    unsafe { *heap.cast::<usize>() = pool.free };
+    pool.free = heap as usize;
+}
+
+extern "C" fn fork_prepare() {
+    HEAPS.acquire();
+    segment_map::fork_lock(true);
+    segment::fork_lock(true);
+}
+
+extern "C" fn fork_parent() {
+    segment::fork_lock(false);
+    segment_map::fork_lock(false);
+    HEAPS.force_unlock();
+}
+
+extern "C" fn fork_child() {
+    fork_parent();
+}

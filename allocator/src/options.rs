@@ -1,0 +1,59 @@
+//! Options from the environment, read once at process initialisation with `getenv` (which does
+//! not allocate). `std::env::var` would allocate inside `malloc` and recurse.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+static CHECK: AtomicBool = AtomicBool::new(false);
+static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(10);
+
+/// `HEAPLENS_SHOW_STATS=1`: print a summary of the heap at exit.
+pub fn show_stats() -> bool {
+    SHOW_STATS.load(Relaxed)
+}
+
+/// `HEAPLENS_CHECK=1`: checked mode (see [`crate::check`]).
+#[inline]
+pub fn check() -> bool {
+    CHECK.load(Relaxed)
+}
+
+/// `HEAPLENS_PURGE_DELAY_MS` (default 10): how long empty memory waits before it goes back to the
+/// OS. The delay stops a program that frees and re-allocates a working set from paying for
+/// page faults every time.
+pub fn purge_delay_ms() -> u64 {
+    PURGE_DELAY_MS.load(Relaxed)
+}
+
+pub(crate) fn init() {
+    SHOW_STATS.store(flag(c"HEAPLENS_SHOW_STATS"), Relaxed);
+    CHECK.store(flag(c"HEAPLENS_CHECK"), Relaxed);
+    if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
+        PURGE_DELAY_MS.store(ms, Relaxed);
+    }
+}
+
+fn value(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv takes a NUL-terminated name and returns null or a NUL-terminated string
+    // that stays valid while the environment is not modified (we copy out what we need at once).
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is a valid C string (see above).
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+fn flag(name: &core::ffi::CStr) -> bool {
+    matches!(value(name), Some(v) if !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
+}
+
+fn number(name: &core::ffi::CStr) -> Option<u64> {
+    let v = value(name)?;
+    if v.is_empty() || v.len() > 18 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+    })
+}

@@ -1,0 +1,125 @@
+//! The OS layer: aligned reservations with `mmap`, release with `munmap`, purge with `madvise`,
+//! and a monotonic clock. Nothing here allocates.
+//!
+//! On Linux anonymous memory is committed lazily (a page becomes resident when first touched), so
+//! heaplens's "committed" counts memory that may be resident: mapped and not purged since.
+
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Bytes reserved from the OS (mapped).
+pub(crate) static RESERVED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes mapped and not purged.
+pub(crate) static COMMITTED: AtomicUsize = AtomicUsize::new(0);
+
+/// The OS page size (4 KiB on the targets heaplens supports; read once at init).
+pub static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+
+pub(crate) fn init() {
+    // SAFETY: sysconf has no preconditions and does not allocate.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if ps > 0 {
+        PAGE_SIZE.store(ps as usize, Relaxed);
+    }
+}
+
+/// The OS page size.
+#[inline]
+pub fn page_size() -> usize {
+    PAGE_SIZE.load(Relaxed)
+}
+
+/// Rounds `x` up to a multiple of `align` (a power of two); `None` on overflow.
+#[inline]
+pub const fn align_up(x: usize, align: usize) -> Option<usize> {
+    match x.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// Maps `size` bytes aligned to `align` (both multiples of the OS page size, `align` a power of
+/// two). Returns null when the OS refuses.
+pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    let Some(total) = size.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let p = map(total);
+    if p.is_null() {
+        return p;
+    }
+    let start = p as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = total - head - size;
+    // SAFETY: both ranges lie inside the mapping made above and outside the part we keep.
+    unsafe {
+        if head > 0 {
+            libc::munmap(p.cast(), head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    RESERVED.fetch_add(size, Relaxed);
+    COMMITTED.fetch_add(size, Relaxed);
+    aligned as *mut u8
+}
+
+fn map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Unmaps a region made by [`alloc_aligned`]; `purged` is how much of it was already purged.
+///
+/// # Safety
+/// `p..p+size` must be a whole region from [`alloc_aligned`] that nothing uses any more.
+pub(crate) unsafe fn free(p: *mut u8, size: usize, purged: usize) {
+    // SAFETY: the caller hands back a whole mapping of ours that is no longer used.
+    unsafe { libc::munmap(p.cast(), size) };
+    RESERVED.fetch_sub(size, Relaxed);
+    COMMITTED.fetch_sub(size - purged, Relaxed);
+}
+
+/// Gives the physical memory of `p..p+size` back to the OS; the range reads as zero afterwards.
+///
+/// # Safety
+/// The range must be inside a mapping of ours and hold nothing anyone still needs.
+pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
+    // SAFETY: the caller guarantees the range is ours and dead; MADV_DONTNEED on private
+    // anonymous memory makes it read back as zeros.
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+    COMMITTED.fetch_sub(size, Relaxed);
+}
+
+/// Counts memory that was purged as committed again (it is about to be touched).
+pub(crate) fn recommit(size: usize) {
+    COMMITTED.fetch_add(size, Relaxed);
+}
+
+/// Monotonic time in milliseconds (vDSO; no system call, no allocation).
+pub fn clock_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec.cast_unsigned() * 1000 + ts.tv_nsec.cast_unsigned() / 1_000_000
+}

@@ -1,0 +1,373 @@
+//! Pages: runs of memory inside a segment holding blocks of one size, and their three free lists.
+//!
+//! ```text
+//!   free        malloc pops here (owner thread only)
+//!   local_free  the owner's frees push here (no atomics); moved to `free` when `free` runs dry
+//!   thread_free other threads' frees push here with a CAS; the owner takes the whole list at once
+//! ```
+//! Invariant (mimalloc's): `used + |free| + |local_free| == capacity`, where `used` counts blocks
+//! handed out and not yet back on `free` or `local_free`, so it includes the blocks waiting on
+//! `thread_free`. Blocks the program holds: `used - |thread_free|`. Blocks past `capacity` up to
+//! `reserved` are not carved yet: [`extend_free`] carves them lazily, a few KiB at a time, so a
+//! page's memory becomes resident only as it is used.
+//!
+//! The low two bits of `thread_free` hold the page's *delayed free* state. A page in the heap's
+//! full queue is not looked at by `malloc`, so a block freed into it from another thread would
+//! be found only by luck. Instead the page is switched to `USE_DELAYED_FREE`: the first
+//! cross-thread free after that pushes its block onto the owning heap's `thread_delayed_free`
+//! list, and the owner, on its next generic `malloc`, frees it locally, which moves the page out
+//! of the full queue. This is mimalloc's design; it keeps the cross-thread free a single CAS in
+//! the common case and needs no lock.
+
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
+
+use crate::heap::Heap;
+
+/// A free block: its first word links to the next free block.
+#[repr(C)]
+pub struct Block {
+    pub(crate) next: *mut Block,
+}
+
+/// Delayed-free states (low two bits of [`Page::thread_free`]).
+pub(crate) const USE_DELAYED_FREE: usize = 0;
+/// A freeing thread is pushing onto the heap's delayed list right now.
+pub(crate) const DELAYED_FREEING: usize = 1;
+/// Frees go to `thread_free` (the page is in a regular queue).
+pub(crate) const NO_DELAYED_FREE: usize = 2;
+/// Frees always go to `thread_free` (the page's heap is gone: abandoned).
+pub(crate) const NEVER_DELAYED_FREE: usize = 3;
+const STATE_MASK: usize = 3;
+
+/// Page flag: the page is in the heap's full queue.
+pub(crate) const FLAG_IN_FULL: u8 = 1;
+/// Page flag: some block was handed out at an interior, aligned address.
+pub(crate) const FLAG_HAS_ALIGNED: u8 = 2;
+
+/// Page metadata; lives in its segment's header. Fields that another thread (a cross-thread free,
+/// the statistics walker) may read are atomics used with `Relaxed` order; `free`, `local_free`
+/// and the queue links belong to the owning thread alone.
+#[repr(C)]
+pub struct Page {
+    // --- the fast path touches only this first cache line ---
+    pub(crate) free: *mut Block,
+    pub(crate) local_free: *mut Block,
+    pub(crate) used: AtomicU32,
+    pub(crate) local_free_count: AtomicU32,
+    /// `FLAG_IN_FULL | FLAG_HAS_ALIGNED`; zero lets a local free take the fast path.
+    pub(crate) flags: AtomicU8,
+    /// Every block on `free` is zero but for its first word (fresh OS memory).
+    pub(crate) free_is_zero: bool,
+    /// Generic `malloc` calls left before an empty, retired page goes back to its segment.
+    pub(crate) retire_expire: u8,
+    pub(crate) bin: AtomicU8,
+    pub(crate) capacity: AtomicU32,
+    pub(crate) reserved: AtomicU32,
+    pub(crate) block_size: AtomicUsize,
+    pub(crate) thread_free: AtomicUsize,
+    pub(crate) thread_free_count: AtomicU32,
+    // --- page-level state, set by the segment ---
+    pub(crate) in_use: AtomicBool,
+    /// Memory past `capacity` reads as zero (fresh from the OS or purged).
+    pub(crate) is_zero_init: bool,
+    pub(crate) is_purged: bool,
+    pub(crate) index: u8,
+    pub(crate) heap: AtomicPtr<Heap>,
+    pub(crate) next: *mut Page,
+    pub(crate) prev: *mut Page,
+    /// First byte of the page's blocks.
+    pub(crate) start: *mut u8,
+    /// Bytes available for blocks.
+    pub(crate) area: usize,
+    /// When a free page's memory may go back to the OS (milliseconds, [`crate::os::clock_ms`]).
+    pub(crate) purge_at_ms: u64,
+}
+
+impl Page {
+    /// A page with no blocks: the direct slots of the empty heap point at it.
+    pub(crate) const fn empty() -> Self {
+        Self {
+            free: ptr::null_mut(),
+            local_free: ptr::null_mut(),
+            used: AtomicU32::new(0),
+            local_free_count: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            free_is_zero: false,
+            retire_expire: 0,
+            bin: AtomicU8::new(0),
+            capacity: AtomicU32::new(0),
+            reserved: AtomicU32::new(0),
+            block_size: AtomicUsize::new(0),
+            thread_free: AtomicUsize::new(NO_DELAYED_FREE),
+            thread_free_count: AtomicU32::new(0),
+            in_use: AtomicBool::new(false),
+            is_zero_init: false,
+            is_purged: false,
+            index: 0,
+            heap: AtomicPtr::new(ptr::null_mut()),
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            start: ptr::null_mut(),
+            area: 0,
+            purge_at_ms: 0,
+        }
+    }
+
+    /// Block size in bytes.
+    #[inline]
+    pub fn block_size(&self) -> usize {
+        self.block_size.load(Relaxed)
+    }
+    /// Blocks handed out and not back on `free`/`local_free` (includes `thread_free`).
+    #[inline]
+    pub fn used(&self) -> u32 {
+        self.used.load(Relaxed)
+    }
+    /// Blocks carved so far.
+    #[inline]
+    pub fn capacity(&self) -> u32 {
+        self.capacity.load(Relaxed)
+    }
+    /// Blocks the page can hold.
+    #[inline]
+    pub fn reserved(&self) -> u32 {
+        self.reserved.load(Relaxed)
+    }
+    /// Length of `local_free`.
+    #[inline]
+    pub fn local_free_len(&self) -> u32 {
+        self.local_free_count.load(Relaxed)
+    }
+    /// Length of `thread_free` (blocks pushed by other threads, not yet collected).
+    #[inline]
+    pub fn thread_free_len(&self) -> u32 {
+        self.thread_free_count.load(Relaxed)
+    }
+    /// Length of `free`.
+    #[inline]
+    pub fn free_len(&self) -> u32 {
+        self.capacity()
+            .saturating_sub(self.used())
+            .saturating_sub(self.local_free_len())
+    }
+    /// Size class.
+    #[inline]
+    pub fn bin(&self) -> usize {
+        usize::from(self.bin.load(Relaxed))
+    }
+    /// Whether the page is in its heap's full queue.
+    #[inline]
+    pub fn is_in_full(&self) -> bool {
+        self.flags.load(Relaxed) & FLAG_IN_FULL != 0
+    }
+    /// Whether the segment has handed this page to a heap.
+    #[inline]
+    pub fn is_in_use(&self) -> bool {
+        self.in_use.load(Relaxed)
+    }
+    /// Index of the page in its segment.
+    #[inline]
+    pub fn index(&self) -> usize {
+        usize::from(self.index)
+    }
+    /// Address of the first block.
+    #[inline]
+    pub fn start(&self) -> *mut u8 {
+        self.start
+    }
+    /// The owning heap, null when abandoned.
+    #[inline]
+    pub fn heap(&self) -> *mut Heap {
+        self.heap.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_flag(&self, flag: u8, on: bool) {
+        let f = self.flags.load(Relaxed);
+        self.flags
+            .store(if on { f | flag } else { f & !flag }, Relaxed);
+    }
+
+    /// The start of the block containing `p` (for interior, aligned pointers).
+    #[inline]
+    pub(crate) fn block_start_of(&self, p: *const u8) -> *mut u8 {
+        let offset = p as usize - self.start as usize;
+        let bsize = self.block_size();
+        self.start.wrapping_add(offset - offset % bsize)
+    }
+}
+
+#[inline]
+pub(crate) fn state_of(tf: usize) -> usize {
+    tf & STATE_MASK
+}
+#[inline]
+pub(crate) fn block_of(tf: usize) -> *mut Block {
+    (tf & !STATE_MASK) as *mut Block
+}
+
+/// Resets a page that a segment just handed out and carves its first blocks.
+///
+/// # Safety
+/// `page` is in use by `heap`'s thread and holds no live blocks.
+pub(crate) unsafe fn init(page: *mut Page, heap: *mut Heap, bin: usize, block_size: usize) {
+    // SAFETY: the caller owns the empty page; nobody else reads the owner-only fields.
+    unsafe {
+        let pg = &mut *page;
+        pg.block_size.store(block_size, Relaxed);
+        pg.bin.store(bin as u8, Relaxed);
+        let reserved = (pg.area / block_size).min(u32::MAX as usize) as u32;
+        pg.reserved.store(reserved, Relaxed);
+        pg.capacity.store(0, Relaxed);
+        pg.used.store(0, Relaxed);
+        pg.local_free_count.store(0, Relaxed);
+        pg.thread_free_count.store(0, Relaxed);
+        pg.free = ptr::null_mut();
+        pg.local_free = ptr::null_mut();
+        pg.flags.store(0, Relaxed);
+        pg.free_is_zero = false;
+        pg.retire_expire = 0;
+        pg.thread_free.store(NO_DELAYED_FREE, Release);
+        pg.heap.store(heap, Release);
+        pg.next = ptr::null_mut();
+        pg.prev = ptr::null_mut();
+        extend_free(page);
+    }
+}
+
+/// Largest number of bytes carved per extension: pages become resident as they are used.
+const MAX_EXTEND_SIZE: usize = 4 * 1024;
+
+/// Carves the next blocks of an empty `free` list out of the page's uncarved memory.
+///
+/// # Safety
+/// The calling thread owns `page` and its `free` list is empty.
+pub(crate) unsafe fn extend_free(page: *mut Page) {
+    // SAFETY: owner-only fields; the carved blocks lie inside the page's area
+    // (`capacity + extend <= reserved` and `reserved * block_size <= area`).
+    unsafe {
+        let pg = &mut *page;
+        let cap = pg.capacity() as usize;
+        let reserved = pg.reserved() as usize;
+        if cap >= reserved {
+            return;
+        }
+        let bsize = pg.block_size();
+        let extend = (reserved - cap).min((MAX_EXTEND_SIZE / bsize).max(1));
+        let first = pg.start.add(cap * bsize);
+        let mut block = first;
+        for _ in 1..extend {
+            let next = block.add(bsize);
+            (*block.cast::<Block>()).next = next.cast();
+            block = next;
+        }
+        (*block.cast::<Block>()).next = pg.free;
+        pg.free = first.cast();
+        pg.free_is_zero = pg.is_zero_init;
+        pg.capacity.store((cap + extend) as u32, Relaxed);
+    }
+}
+
+/// Collects `thread_free` into `local_free`, then `local_free` into `free` if `free` is empty.
+///
+/// # Safety
+/// The calling thread owns `page`.
+pub(crate) unsafe fn collect(page: *mut Page) {
+    // SAFETY: owner-only fields; the thread_free list was published with Release by the CAS
+    // in `free_block_mt` and is taken with Acquire here, so its links are visible.
+    unsafe {
+        let pg = &mut *page;
+        if !block_of(pg.thread_free.load(Relaxed)).is_null() {
+            let mut tf = pg.thread_free.load(Relaxed);
+            loop {
+                match pg
+                    .thread_free
+                    .compare_exchange_weak(tf, tf & STATE_MASK, AcqRel, Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(cur) => tf = cur,
+                }
+            }
+            let head = block_of(tf);
+            // Find the tail and count; bounded by capacity so a corrupted (cyclic) list cannot
+            // hang the owner.
+            let max = pg.capacity();
+            let mut count = 1u32;
+            let mut tail = head;
+            while !(*tail).next.is_null() && count <= max {
+                tail = (*tail).next;
+                count += 1;
+            }
+            (*tail).next = pg.local_free;
+            pg.local_free = head;
+            pg.local_free_count
+                .store(pg.local_free_len() + count, Relaxed);
+            pg.used.store(pg.used() - count, Relaxed);
+            pg.thread_free_count.fetch_sub(count, Relaxed);
+        }
+        if pg.free.is_null() && !pg.local_free.is_null() {
+            pg.free = pg.local_free;
+            pg.local_free = ptr::null_mut();
+            pg.local_free_count.store(0, Relaxed);
+            pg.free_is_zero = false;
+        }
+    }
+}
+
+/// Sets the page's delayed-free state to `state`, waiting while another thread is in the middle
+/// of a delayed free. A page that is `NEVER_DELAYED_FREE` keeps that unless `override_never`.
+///
+/// # Safety
+/// `page` is a live page.
+pub(crate) unsafe fn use_delayed_free(page: *mut Page, state: usize, override_never: bool) {
+    // SAFETY: the caller guarantees the page is live; thread_free is atomic.
+    let tf_cell = unsafe { &(*page).thread_free };
+    let mut spins = 0u32;
+    loop {
+        let tf = tf_cell.load(Acquire);
+        let old = state_of(tf);
+        if old == DELAYED_FREEING {
+            spins += 1;
+            if spins > 64 {
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            } else {
+                core::hint::spin_loop();
+            }
+            continue;
+        }
+        if old == state || (old == NEVER_DELAYED_FREE && !override_never) {
+            return;
+        }
+        if tf_cell
+            .compare_exchange_weak(tf, (tf & !STATE_MASK) | state, AcqRel, Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Pops a block from `free` (which must be non-empty), zeroing `zero_len` bytes if asked.
+///
+/// # Safety
+/// The calling thread owns `page`, `page.free` is not null and `zero_len <= block_size`.
+#[inline(always)]
+pub(crate) unsafe fn pop(page: *mut Page, zero_len: usize) -> *mut u8 {
+    // SAFETY: owner-only fields; `free` is a valid block of this page.
+    unsafe {
+        let pg = &mut *page;
+        let block = pg.free;
+        pg.free = (*block).next;
+        pg.used.store(pg.used() + 1, Relaxed);
+        if zero_len > 0 {
+            if pg.free_is_zero {
+                (*block).next = ptr::null_mut();
+            } else {
+                ptr::write_bytes(block.cast::<u8>(), 0, zero_len);
+            }
+        }
+        block.cast()
+    }
+}

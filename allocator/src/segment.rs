@@ -1,0 +1,752 @@
+//! Segments: 4 MiB regions aligned to their size, holding pages and, at their start, the metadata
+//! of those pages. `(ptr - 1) & !SEGMENT_MASK` finds a block's segment (the `- 1` lets a block of a
+//! huge segment start exactly one segment size past the header, which huge alignments need; no
+//! block ever starts at a segment's first byte, because the header is there).
+//!
+//! ```text
+//!  small segment   | header+page metadata | page 0 (64 KiB - header) | page 1 | ... | page 63 |
+//!  medium segment  | header | page 0 (512 KiB - header) | page 1 | ... | page 7 |
+//!  large segment   | header | one page                                         |
+//!  huge segment    | header | one block of any size (the mapping is as large as needed) ...
+//! ```
+//! A thread owns its segments (`thread_id`); the pages in a segment belong to the owner's heap.
+//! Each thread keeps its small and medium segments that have a free page in a queue. An empty
+//! page goes back to its segment; an empty segment goes to a small process-wide cache or back to
+//! the OS. Free pages are purged (their memory returned to the OS) after `purge_delay_ms`, cached
+//! segments are unmapped ten delays later.
+//!
+//! When a thread exits its segments are *abandoned* (`thread_id == 0`) onto a global list; a
+//! thread that needs a new segment first *reclaims* abandoned ones, taking their pages into its
+//! heap. Metadata is one header per segment (under 8 KiB per 4 MiB: 0.2%).
+
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+
+use crate::bin::PageKind;
+use crate::heap::Heap;
+use crate::page::{self, NEVER_DELAYED_FREE, NO_DELAYED_FREE, Page};
+use crate::sync::SpinLock;
+use crate::{
+    MEDIUM_PAGE_SHIFT, MEDIUM_PAGE_SIZE, SEGMENT_MASK, SEGMENT_SIZE, SMALL_PAGE_SHIFT,
+    SMALL_PAGE_SIZE, SMALL_PAGES_PER_SEGMENT, options, os, segment_map,
+};
+
+/// A segment header; the page metadata follows it in the same struct.
+#[repr(C)]
+pub struct Segment {
+    /// Owning thread (see [`crate::heap::thread_id`]); 0 while abandoned.
+    pub(crate) thread_id: AtomicUsize,
+    pub(crate) kind: PageKind,
+    /// `(p - segment) >> page_shift` is the page index (63 for one-page segments).
+    pub(crate) page_shift: usize,
+    /// Number of pages.
+    pub(crate) capacity: usize,
+    /// Pages handed to a heap.
+    pub(crate) used: AtomicUsize,
+    /// Pages whose heap exited (the segment is abandoned when `abandoned == used`).
+    pub(crate) abandoned: usize,
+    /// Bytes mapped.
+    pub(crate) segment_size: usize,
+    pub(crate) purged_bytes: usize,
+    /// Links in the owner's queue of segments with free pages.
+    pub(crate) next: *mut Segment,
+    pub(crate) prev: *mut Segment,
+    pub(crate) in_free_queue: bool,
+    /// Links in the registry of live segments ([`segment_map`]).
+    pub(crate) all_next: *mut Segment,
+    pub(crate) all_prev: *mut Segment,
+    /// Links in the global list of abandoned segments (under its lock).
+    pub(crate) abandoned_next: *mut Segment,
+    pub(crate) abandoned_prev: *mut Segment,
+    pub(crate) is_abandoned: bool,
+    pub(crate) pages: [Page; SMALL_PAGES_PER_SEGMENT],
+}
+
+/// Bytes at the start of every segment taken by its header (a multiple of 64).
+pub const INFO_SIZE: usize = core::mem::size_of::<Segment>().next_multiple_of(64);
+const _: () = assert!(INFO_SIZE < SMALL_PAGE_SIZE / 4, "segment header too large");
+
+impl Segment {
+    /// Kind of the pages in this segment.
+    pub fn kind(&self) -> PageKind {
+        self.kind
+    }
+    /// Number of pages.
+    pub fn page_count(&self) -> usize {
+        self.capacity
+    }
+    /// Pages in use.
+    pub fn used_pages(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+    /// Bytes mapped for this segment.
+    pub fn size(&self) -> usize {
+        self.segment_size
+    }
+    /// Owning thread id; 0 when abandoned.
+    pub fn thread_id(&self) -> usize {
+        self.thread_id.load(Relaxed)
+    }
+    /// The `i`th page's metadata.
+    pub fn page(&self, i: usize) -> &Page {
+        &self.pages[i]
+    }
+}
+
+/// The segment holding `p` (a pointer that heaplens returned).
+#[inline(always)]
+pub fn segment_of(p: *const u8) -> *mut Segment {
+    ((p as usize).wrapping_sub(1) & !SEGMENT_MASK) as *mut Segment
+}
+
+/// The page holding `p` in `segment`.
+///
+/// # Safety
+/// `segment` is `segment_of(p)` for a pointer `p` that heaplens returned.
+#[inline(always)]
+pub unsafe fn page_of(segment: *mut Segment, p: *const u8) -> *mut Page {
+    // SAFETY: for a pointer heaplens returned the index is below the segment's page count, and
+    // the header is readable while the block is live.
+    unsafe {
+        let idx = (p as usize - segment as usize) >> (*segment).page_shift;
+        (&raw mut (*segment).pages).cast::<Page>().add(idx)
+    }
+}
+
+/// The segment whose header holds `page`.
+#[inline]
+pub(crate) fn segment_of_page(page: *const Page) -> *mut Segment {
+    ((page as usize) & !SEGMENT_MASK) as *mut Segment
+}
+
+/// A thread's segments that have a free page, one queue per page kind.
+#[repr(C)]
+pub struct SegmentQueue {
+    first: *mut Segment,
+    last: *mut Segment,
+}
+
+impl SegmentQueue {
+    const fn new() -> Self {
+        Self {
+            first: ptr::null_mut(),
+            last: ptr::null_mut(),
+        }
+    }
+
+    unsafe fn push(&mut self, s: *mut Segment) {
+        // SAFETY: owner-only links; `s` is not in a queue.
+        unsafe {
+            (*s).next = ptr::null_mut();
+            (*s).prev = self.last;
+            if self.last.is_null() {
+                self.first = s;
+            } else {
+                (*self.last).next = s;
+            }
+            self.last = s;
+            (*s).in_free_queue = true;
+        }
+    }
+
+    unsafe fn remove(&mut self, s: *mut Segment) {
+        // SAFETY: `s` is in this queue; owner-only links.
+        unsafe {
+            let (prev, next) = ((*s).prev, (*s).next);
+            if prev.is_null() {
+                self.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                self.last = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*s).next = ptr::null_mut();
+            (*s).prev = ptr::null_mut();
+            (*s).in_free_queue = false;
+        }
+    }
+}
+
+/// Per-thread segment state, kept in the heap.
+#[repr(C)]
+pub struct SegmentsTld {
+    small: SegmentQueue,
+    medium: SegmentQueue,
+    /// Earliest time a free page of these segments may be purged; 0 when none waits.
+    pub(crate) next_purge_ms: u64,
+}
+
+impl SegmentsTld {
+    pub(crate) const fn new() -> Self {
+        Self {
+            small: SegmentQueue::new(),
+            medium: SegmentQueue::new(),
+            next_purge_ms: 0,
+        }
+    }
+
+    fn queue(&mut self, kind: PageKind) -> Option<&mut SegmentQueue> {
+        match kind {
+            PageKind::Small => Some(&mut self.small),
+            PageKind::Medium => Some(&mut self.medium),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages from segments
+
+/// Hands `heap` a page for blocks of `block_size` bytes (small, medium or large), from a segment
+/// with a free page, a reclaimed segment, or a new one. Null when out of memory.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn page_alloc(heap: *mut Heap, block_size: usize) -> *mut Page {
+    let kind = PageKind::for_block_size(block_size);
+    // SAFETY: the heap and its tld belong to the calling thread.
+    unsafe {
+        let tld = &raw mut (*heap).tld;
+        if kind == PageKind::Large {
+            let s = segment_alloc(heap, PageKind::Large, SEGMENT_SIZE, 0);
+            return if s.is_null() {
+                ptr::null_mut()
+            } else {
+                take_page(tld, s, 0)
+            };
+        }
+        if (*tld).queue(kind).is_some_and(|q| q.first.is_null()) {
+            reclaim_abandoned(heap);
+        }
+        let mut s = (*tld).queue(kind).map_or(ptr::null_mut(), |q| q.first);
+        if s.is_null() {
+            s = segment_alloc(heap, kind, SEGMENT_SIZE, 0);
+            if s.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        let Some(idx) = (0..(*s).capacity).find(|&i| !(*s).pages[i].is_in_use()) else {
+            return ptr::null_mut(); // unreachable: segments in the queue have a free page
+        };
+        take_page(tld, s, idx)
+    }
+}
+
+/// A page of its own segment for one huge block of `size` bytes whose start is aligned to `align`.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn huge_page_alloc(heap: *mut Heap, size: usize, align: usize) -> *mut Page {
+    // SAFETY: as for `page_alloc`.
+    unsafe {
+        let s = segment_alloc(heap, PageKind::Huge, size, align);
+        if s.is_null() {
+            ptr::null_mut()
+        } else {
+            take_page(&raw mut (*heap).tld, s, 0)
+        }
+    }
+}
+
+unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut Page {
+    // SAFETY: the calling thread owns `s`; page `idx` is free.
+    unsafe {
+        let page = &raw mut (*s).pages[idx];
+        (*page).in_use.store(true, Relaxed);
+        if (*page).is_purged {
+            (*page).is_purged = false;
+            (*page).is_zero_init = true;
+            let len = purge_range(page).1;
+            (*s).purged_bytes -= len;
+            os::recommit(len);
+        }
+        let used = (*s).used.load(Relaxed) + 1;
+        (*s).used.store(used, Relaxed);
+        if used == (*s).capacity
+            && (*s).in_free_queue
+            && let Some(q) = (*tld).queue((*s).kind)
+        {
+            q.remove(s);
+        }
+        page
+    }
+}
+
+/// Gives an empty page back to its segment, and the segment back when it empties.
+///
+/// # Safety
+/// The calling thread owns the page's segment; the page holds no live blocks and is in no queue.
+pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
+    // SAFETY: owner-only segment state.
+    unsafe {
+        let s = segment_of_page(page);
+        (*page).in_use.store(false, Relaxed);
+        (*page).heap.store(ptr::null_mut(), Relaxed);
+        (*page).free = ptr::null_mut();
+        (*page).local_free = ptr::null_mut();
+        (*page).capacity.store(0, Relaxed);
+        (*page).used.store(0, Relaxed);
+        (*page).local_free_count.store(0, Relaxed);
+        (*page).reserved.store(0, Relaxed);
+        (*page).is_zero_init = false;
+        let used = (*s).used.load(Relaxed) - 1;
+        (*s).used.store(used, Relaxed);
+        if used == 0 {
+            segment_free(tld, s);
+            return;
+        }
+        let delay = options::purge_delay_ms();
+        (*page).purge_at_ms = os::clock_ms() + delay;
+        if (*tld).next_purge_ms == 0 || (*page).purge_at_ms < (*tld).next_purge_ms {
+            (*tld).next_purge_ms = (*page).purge_at_ms;
+        }
+        if !(*s).in_free_queue
+            && let Some(q) = (*tld).queue((*s).kind)
+        {
+            q.push(s);
+        }
+    }
+}
+
+/// The OS-page-aligned part of a page's area: what a purge can give back.
+unsafe fn purge_range(page: *mut Page) -> (*mut u8, usize) {
+    let ps = os::page_size();
+    // SAFETY: reads the page's constant geometry.
+    let (start, area) = unsafe { ((*page).start as usize, (*page).area) };
+    let lo = start.next_multiple_of(ps);
+    let hi = (start + area) & !(ps - 1);
+    (lo as *mut u8, hi.saturating_sub(lo))
+}
+
+unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
+    // SAFETY: the page is free and its segment owned by the calling thread (or abandoned and
+    // not yet published).
+    unsafe {
+        let (p, len) = purge_range(page);
+        if len > 0 {
+            os::purge(p, len);
+        }
+        (*page).is_purged = true;
+        (*s).purged_bytes += len;
+    }
+}
+
+/// Purges the free pages of this thread's segments whose delay has passed.
+///
+/// # Safety
+/// `tld` is the calling thread's.
+pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
+    // SAFETY: walks the calling thread's own segment queues.
+    unsafe {
+        let mut next_due = 0u64;
+        for q in [&raw mut (*tld).small, &raw mut (*tld).medium] {
+            let mut s = (*q).first;
+            while !s.is_null() {
+                for i in 0..(*s).capacity {
+                    let page = &raw mut (*s).pages[i];
+                    if (*page).is_in_use() || (*page).is_purged {
+                        continue;
+                    }
+                    if (*page).purge_at_ms <= now {
+                        purge_page(s, page);
+                    } else if next_due == 0 || (*page).purge_at_ms < next_due {
+                        next_due = (*page).purge_at_ms;
+                    }
+                }
+                s = (*s).next;
+            }
+        }
+        (*tld).next_purge_ms = next_due;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments from the OS
+
+/// Empty segments kept for reuse, so a program that frees and re-allocates a working set does not
+/// pay a `mmap` each time. Unmapped `10 * purge_delay_ms` after they arrive.
+struct SegmentCache {
+    entries: [(usize, u64); CACHE_SLOTS],
+    len: usize,
+}
+const CACHE_SLOTS: usize = 8;
+static CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
+    entries: [(0, 0); CACHE_SLOTS],
+    len: 0,
+});
+/// Earliest expiry in the cache (0: empty), read without the lock.
+static CACHE_NEXT_EXPIRY: AtomicU64 = AtomicU64::new(0);
+
+/// Unmaps cached segments whose time has come.
+pub(crate) fn cache_expire(now: u64) {
+    let next = CACHE_NEXT_EXPIRY.load(Relaxed);
+    if next == 0 || next > now {
+        return;
+    }
+    let mut expired = [0usize; CACHE_SLOTS];
+    let mut n = 0;
+    {
+        let mut c = CACHE.lock();
+        let mut i = 0;
+        let mut next_due = 0u64;
+        while i < c.len {
+            let (addr, due) = c.entries[i];
+            if due <= now {
+                expired[n] = addr;
+                n += 1;
+                c.len -= 1;
+                let last = c.len;
+                c.entries[i] = c.entries[last];
+            } else {
+                next_due = if next_due == 0 {
+                    due
+                } else {
+                    next_due.min(due)
+                };
+                i += 1;
+            }
+        }
+        CACHE_NEXT_EXPIRY.store(next_due, Relaxed);
+    }
+    for &addr in &expired[..n] {
+        // SAFETY: cached segments are whole, unregistered mappings of SEGMENT_SIZE bytes that
+        // nothing references.
+        unsafe { os::free(addr as *mut u8, SEGMENT_SIZE, 0) };
+    }
+}
+
+fn cache_pop() -> *mut Segment {
+    if CACHE_NEXT_EXPIRY.load(Relaxed) == 0 {
+        return ptr::null_mut();
+    }
+    let mut c = CACHE.lock();
+    if c.len == 0 {
+        return ptr::null_mut();
+    }
+    c.len -= 1;
+    let last = c.len;
+    let addr = c.entries[last].0;
+    if c.len == 0 {
+        CACHE_NEXT_EXPIRY.store(0, Relaxed);
+    }
+    addr as *mut Segment
+}
+
+/// Caches an empty segment; false when the cache is full.
+fn cache_push(s: *mut Segment) -> bool {
+    let due = os::clock_ms() + 10 * options::purge_delay_ms().max(1);
+    let mut c = CACHE.lock();
+    if c.len == CACHE_SLOTS {
+        return false;
+    }
+    let len = c.len;
+    c.entries[len] = (s as usize, due);
+    c.len += 1;
+    let next = CACHE_NEXT_EXPIRY.load(Relaxed);
+    if next == 0 || due < next {
+        CACHE_NEXT_EXPIRY.store(due, Relaxed);
+    }
+    true
+}
+
+/// Allocates and initialises a segment owned by `heap`'s thread. For `Huge`, `size` is the block
+/// size and `align` its alignment; the block starts at the single page's `start`.
+unsafe fn segment_alloc(
+    heap: *mut Heap,
+    kind: PageKind,
+    size: usize,
+    align: usize,
+) -> *mut Segment {
+    cache_expire(os::clock_ms());
+    let (s, segment_size, first_start, is_zero) = if kind == PageKind::Huge {
+        match huge_mapping(size, align) {
+            Some((s, len, start)) => (s, len, start, true),
+            None => return ptr::null_mut(),
+        }
+    } else {
+        let cached = cache_pop();
+        let (s, zero) = if cached.is_null() {
+            (
+                os::alloc_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>(),
+                true,
+            )
+        } else {
+            (cached, false)
+        };
+        if s.is_null() {
+            return ptr::null_mut();
+        }
+        (s, SEGMENT_SIZE, s as usize + INFO_SIZE, zero)
+    };
+    let (capacity, page_shift, page_size) = match kind {
+        PageKind::Small => (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SHIFT, SMALL_PAGE_SIZE),
+        PageKind::Medium => (
+            SEGMENT_SIZE / MEDIUM_PAGE_SIZE,
+            MEDIUM_PAGE_SHIFT,
+            MEDIUM_PAGE_SIZE,
+        ),
+        PageKind::Large | PageKind::Huge => (1, 63, segment_size),
+    };
+    // SAFETY: `s` is a fresh (or cached, unregistered) mapping of at least INFO_SIZE bytes that
+    // nothing else references; we initialise the header before publishing it.
+    unsafe {
+        let seg = &mut *s;
+        seg.thread_id = AtomicUsize::new((*heap).thread_id);
+        seg.kind = kind;
+        seg.page_shift = page_shift;
+        seg.capacity = capacity;
+        seg.used = AtomicUsize::new(0);
+        seg.abandoned = 0;
+        seg.segment_size = segment_size;
+        seg.purged_bytes = 0;
+        seg.next = ptr::null_mut();
+        seg.prev = ptr::null_mut();
+        seg.in_free_queue = false;
+        seg.abandoned_next = ptr::null_mut();
+        seg.abandoned_prev = ptr::null_mut();
+        seg.is_abandoned = false;
+        let base = s as usize;
+        for i in 0..SMALL_PAGES_PER_SEGMENT {
+            let page = &raw mut seg.pages[i];
+            page.write(Page::empty());
+            (*page).index = i as u8;
+            if i < capacity {
+                let page_base = base + i * page_size;
+                let start = if i == 0 { first_start } else { page_base };
+                (*page).start = start as *mut u8;
+                (*page).area = if kind == PageKind::Huge || kind == PageKind::Large {
+                    base + segment_size - start
+                } else {
+                    page_base + page_size - start
+                };
+                (*page).is_zero_init = is_zero;
+            }
+        }
+        segment_map::register(s);
+        if let Some(q) = (*heap).tld.queue(kind) {
+            q.push(s);
+        }
+    }
+    s
+}
+
+/// Maps a huge segment: returns (segment, mapped bytes, block start). The block start is aligned to
+/// `align` and lies in `(segment, segment + SEGMENT_SIZE]` with room for the header before it.
+fn huge_mapping(size: usize, align: usize) -> Option<(*mut Segment, usize, usize)> {
+    let ps = os::page_size();
+    let align = align.max(crate::MAX_ALIGN);
+    let reserve = os::align_up(INFO_SIZE.checked_add(align)?.checked_add(size)?, ps)?;
+    let base = os::alloc_aligned(reserve, SEGMENT_SIZE) as usize;
+    if base == 0 {
+        return None;
+    }
+    let start = os::align_up(base + INFO_SIZE, align)?;
+    let seg = (start - 1) & !SEGMENT_MASK;
+    let end = os::align_up(start + size, ps)?;
+    // SAFETY: [base, seg) and [end, base + reserve) are parts of our fresh mapping outside the
+    // segment we keep.
+    unsafe {
+        if seg > base {
+            os::free(base as *mut u8, seg - base, 0);
+        }
+        if base + reserve > end {
+            os::free(end as *mut u8, base + reserve - end, 0);
+        }
+    }
+    Some((seg as *mut Segment, end - seg, start))
+}
+
+/// Frees an empty segment: to the cache or the OS.
+unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
+    // SAFETY: the calling thread owns `s`, which has no pages in use.
+    unsafe {
+        if (*s).in_free_queue
+            && let Some(q) = (*tld).queue((*s).kind)
+        {
+            q.remove(s);
+        }
+        segment_map::unregister(s);
+        let (size, purged) = ((*s).segment_size, (*s).purged_bytes);
+        if (*s).kind == PageKind::Huge || purged > 0 || !cache_push(s) {
+            os::free(s.cast(), size, purged);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Abandon and reclaim
+
+/// Abandoned segments: a doubly linked list through `abandoned_next/prev`, changed under a lock
+/// (thread exit, segment allocation, and the first free into an abandoned segment; never a fast
+/// path).
+static ABANDONED: SpinLock<usize> = SpinLock::new(0);
+/// Number of abandoned segments, read without the lock.
+pub(crate) static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks a page of an exiting thread's heap abandoned; abandons its segment once every used page
+/// of it is.
+///
+/// # Safety
+/// The calling thread owns the page's segment and is exiting; the page is in no queue.
+pub(crate) unsafe fn page_abandon(tld: *mut SegmentsTld, page: *mut Page) {
+    // SAFETY: owner-only segment state; the list is changed under its lock.
+    unsafe {
+        let s = segment_of_page(page);
+        (*page).heap.store(ptr::null_mut(), Release);
+        (*s).abandoned += 1;
+        if (*s).abandoned == (*s).used.load(Relaxed) {
+            if (*s).in_free_queue
+                && let Some(q) = (*tld).queue((*s).kind)
+            {
+                q.remove(s);
+            }
+            for i in 0..(*s).capacity {
+                let p = &raw mut (*s).pages[i];
+                if !(*p).is_in_use() && !(*p).is_purged {
+                    purge_page(s, p);
+                }
+            }
+            let mut head = ABANDONED.lock();
+            (*s).abandoned_prev = ptr::null_mut();
+            (*s).abandoned_next = *head as *mut Segment;
+            if *head != 0 {
+                (*(*head as *mut Segment)).abandoned_prev = s;
+            }
+            *head = s as usize;
+            (*s).is_abandoned = true;
+            (*s).thread_id.store(0, Release);
+            ABANDONED_COUNT.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Unlinks `s` from the abandoned list if it is still there; true if this call took it.
+unsafe fn abandoned_take(head: &mut usize, s: *mut Segment) -> bool {
+    // SAFETY: the caller holds the list lock; listed segments stay mapped while listed.
+    unsafe {
+        if s.is_null() || !(*s).is_abandoned {
+            return false;
+        }
+        let (prev, next) = ((*s).abandoned_prev, (*s).abandoned_next);
+        if prev.is_null() {
+            *head = next as usize;
+        } else {
+            (*prev).abandoned_next = next;
+        }
+        if !next.is_null() {
+            (*next).abandoned_prev = prev;
+        }
+        (*s).is_abandoned = false;
+        ABANDONED_COUNT.fetch_sub(1, Relaxed);
+        true
+    }
+}
+
+fn abandoned_pop() -> *mut Segment {
+    if ABANDONED_COUNT.load(Relaxed) == 0 {
+        return ptr::null_mut();
+    }
+    let mut head = ABANDONED.lock();
+    let s = *head as *mut Segment;
+    // SAFETY: we hold the lock.
+    if unsafe { abandoned_take(&mut head, s) } {
+        s
+    } else {
+        ptr::null_mut()
+    }
+}
+
+/// Called after a free into an abandoned segment: the freeing thread takes the segment over, so
+/// pages that are now empty go back at once instead of waiting for a thread to need a segment.
+///
+/// # Safety
+/// `heap` is the calling thread's initialised heap; `s` is the segment of a block just freed.
+pub(crate) unsafe fn reclaim_on_free(heap: *mut Heap, s: *mut Segment) {
+    let taken = {
+        let mut head = ABANDONED.lock();
+        // SAFETY: we hold the lock; `s` is mapped (a block in it was live until just now, and an
+        // abandoned segment is only freed by the thread that takes it from the list).
+        unsafe { abandoned_take(&mut head, s) }
+    };
+    if taken {
+        // SAFETY: taking it from the list made it ours.
+        unsafe { reclaim(heap, s) };
+    }
+}
+
+/// Takes over up to 8 abandoned segments: their empty pages are freed, the others join `heap`'s
+/// queues. Returns how many were reclaimed.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn reclaim_abandoned(heap: *mut Heap) -> usize {
+    let mut n = 0;
+    while n < 8 {
+        let s = abandoned_pop();
+        if s.is_null() {
+            break;
+        }
+        n += 1;
+        // SAFETY: popping gave us exclusive ownership of `s`; other threads only push onto its
+        // pages' thread_free lists, atomically.
+        unsafe { reclaim(heap, s) };
+    }
+    n
+}
+
+unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
+    // SAFETY: see `reclaim_abandoned`.
+    unsafe {
+        let tld = &raw mut (*heap).tld;
+        (*s).thread_id.store((*heap).thread_id, Release);
+        (*s).abandoned = 0;
+        for i in 0..(*s).capacity {
+            let page = &raw mut (*s).pages[i];
+            if !(*page).is_in_use() {
+                continue;
+            }
+            (*page).heap.store(heap, Release);
+            page::use_delayed_free(page, NO_DELAYED_FREE, true);
+            page::collect(page);
+            (*page).set_flag(crate::page::FLAG_IN_FULL, false);
+            if (*page).used() == 0 {
+                (*page).flags.store(0, Relaxed);
+                let last = (*s).used.load(Relaxed) == 1;
+                page_free(tld, page);
+                if last {
+                    return; // the segment itself was freed
+                }
+            } else {
+                crate::heap::queue_push_back(heap, (*page).bin(), page);
+            }
+        }
+        if (*s).used.load(Relaxed) < (*s).capacity
+            && !(*s).in_free_queue
+            && let Some(q) = (*tld).queue((*s).kind)
+        {
+            q.push(s);
+        }
+    }
+}
+
+/// Sets every page of a segment list to never use delayed free (used when a heap exits).
+///
+/// # Safety
+/// `page` is live and owned by the calling thread.
+pub(crate) unsafe fn page_never_delayed(page: *mut Page) {
+    // SAFETY: forwarded contract.
+    unsafe { page::use_delayed_free(page, NEVER_DELAYED_FREE, false) };
+}
+
+pub(crate) fn fork_lock(acquire: bool) {
+    if acquire {
+        CACHE.acquire();
+        ABANDONED.acquire();
+    } else {
+        ABANDONED.force_unlock();
+        CACHE.force_unlock();
+    }
+}
