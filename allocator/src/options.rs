@@ -57,3 +57,23 @@ fn number(name: &core::ffi::CStr) -> Option<u64> {
         c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_and_flags_parse_from_the_environment() {
+        // SAFETY: the test sets variables no other test reads.
+        unsafe {
+            libc::setenv(c"HEAPLENS_TEST_NUM".as_ptr(), c"250".as_ptr(), 1);
+            libc::setenv(c"HEAPLENS_TEST_BAD".as_ptr(), c"25x".as_ptr(), 1);
+            libc::setenv(c"HEAPLENS_TEST_OFF".as_ptr(), c"0".as_ptr(), 1);
+            libc::setenv(c"HEAPLENS_TEST_ON".as_ptr(), c"yes".as_ptr(), 1);
+        }
+        assert_eq!(super::number(c"HEAPLENS_TEST_NUM"), Some(250));
+        assert_eq!(super::number(c"HEAPLENS_TEST_BAD"), None);
+        assert_eq!(super::number(c"HEAPLENS_TEST_UNSET"), None);
+        assert!(!super::flag(c"HEAPLENS_TEST_OFF"));
+        assert!(super::flag(c"HEAPLENS_TEST_ON"));
+        assert!(!super::flag(c"HEAPLENS_TEST_UNSET"));
+    }
+}

@@ -123,3 +123,35 @@ pub fn clock_ms() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec.cast_unsigned() * 1000 + ts.tv_nsec.cast_unsigned() / 1_000_000
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mappings_are_aligned_writable_and_purge_to_zero() {
+        for align in [4096, 1 << 16, crate::SEGMENT_SIZE, 4 * crate::SEGMENT_SIZE] {
+            let size = 3 * 65536;
+            let p = alloc_aligned(size, align);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "align {align}");
+            // SAFETY: p..p+size is our fresh mapping.
+            unsafe {
+                p.write_bytes(0xAB, size);
+                purge(p.add(65536), 65536);
+                assert_eq!(*p, 0xAB);
+                assert_eq!(*p.add(65536), 0, "purged memory reads as zero");
+                assert_eq!(*p.add(2 * 65536), 0xAB);
+                recommit(65536);
+                free(p, size, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn align_up_rounds_and_reports_overflow() {
+        assert_eq!(align_up(1, 16), Some(16));
+        assert_eq!(align_up(32, 16), Some(32));
+        assert_eq!(align_up(usize::MAX - 3, 16), None);
+    }
+}

@@ -371,3 +371,63 @@ pub(crate) unsafe fn pop(page: *mut Page, zero_len: usize) -> *mut u8 {
         block.cast()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::segment::{page_of, segment_of};
+
+    fn invariant(page: &super::Page) {
+        let mut free = 0;
+        let mut b = page.free;
+        while !b.is_null() {
+            free += 1;
+            // SAFETY: the free list is made of this page's blocks, owned by this thread.
+            b = unsafe { (*b).next };
+        }
+        assert_eq!(
+            page.free_len(),
+            free,
+            "free-list length derived from the counters"
+        );
+        assert_eq!(page.used() + free + page.local_free_len(), page.capacity());
+    }
+
+    #[test]
+    fn free_lists_keep_the_capacity_invariant() {
+        // SAFETY: blocks of one page, used on this thread, freed once; thread_free pushes come
+        // from another thread after the allocation.
+        unsafe {
+            let blocks: Vec<usize> = (0..300).map(|_| crate::malloc(100) as usize).collect();
+            let p0 = blocks[0] as *const u8;
+            let page = &*page_of(segment_of(p0), p0);
+            invariant(page);
+            let (mine, theirs): (Vec<usize>, Vec<usize>) =
+                blocks.iter().partition(|&&b| b % 32 == 0);
+            for &b in &mine {
+                crate::free(b as *mut u8);
+            }
+            invariant(page);
+            let theirs_on_page: u32 = theirs
+                .iter()
+                .filter(|&&b| {
+                    page_of(segment_of(b as *const u8), b as *const u8)
+                        == core::ptr::from_ref(page).cast_mut()
+                })
+                .count() as u32;
+            std::thread::spawn(move || {
+                for b in theirs {
+                    crate::free(b as *mut u8);
+                }
+            })
+            .join()
+            .unwrap();
+            if !page.is_in_full() {
+                assert_eq!(page.thread_free_len(), theirs_on_page);
+            }
+            invariant(page);
+            super::collect(core::ptr::from_ref(page).cast_mut());
+            assert_eq!(page.thread_free_len(), 0);
+            invariant(page);
+        }
+    }
+}

@@ -750,3 +750,64 @@ pub(crate) fn fork_lock(acquire: bool) {
         CACHE.force_unlock();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LARGE_OBJ_SIZE_MAX, MEDIUM_OBJ_SIZE_MAX, SMALL_OBJ_SIZE_MAX};
+
+    #[test]
+    fn metadata_is_under_two_percent_of_a_segment() {
+        assert!(INFO_SIZE * 50 <= SEGMENT_SIZE, "header {INFO_SIZE} B");
+    }
+
+    #[test]
+    fn pointers_find_their_segment_and_page_for_every_kind() {
+        for (size, kind) in [
+            (24, PageKind::Small),
+            (SMALL_OBJ_SIZE_MAX, PageKind::Small),
+            (SMALL_OBJ_SIZE_MAX + 1, PageKind::Medium),
+            (MEDIUM_OBJ_SIZE_MAX + 1, PageKind::Large),
+            (LARGE_OBJ_SIZE_MAX + 1, PageKind::Huge),
+            (9 * SEGMENT_SIZE, PageKind::Huge),
+        ] {
+            // SAFETY: a live allocation, inspected through its metadata, then freed.
+            unsafe {
+                let p = crate::malloc(size);
+                assert!(!p.is_null());
+                let s = segment_of(p);
+                assert!(segment_map::contains(s));
+                assert_eq!((*s).kind(), kind, "size {size}");
+                let page = page_of(s, p);
+                assert!((*page).is_in_use());
+                assert!((*page).block_size() >= size);
+                assert!(
+                    p >= (*page).start() && (p as usize) < (*page).start() as usize + (*page).area
+                );
+                p.write_bytes(1, size);
+                crate::free(p);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_alignments_keep_the_header_reachable() {
+        for align in [SEGMENT_SIZE / 2, SEGMENT_SIZE, 4 * SEGMENT_SIZE] {
+            // SAFETY: a live allocation, inspected, then freed.
+            unsafe {
+                let p = crate::malloc_aligned(3 * SEGMENT_SIZE, align);
+                assert_eq!(p as usize % align, 0);
+                let s = segment_of(p);
+                assert!(segment_map::contains(s));
+                assert_eq!((*s).kind(), PageKind::Huge);
+                assert_eq!((*page_of(s, p)).start(), p);
+                assert!(crate::usable_size(p) >= 3 * SEGMENT_SIZE);
+                crate::free(p);
+                assert!(
+                    !segment_map::contains(s),
+                    "a freed huge segment is unmapped"
+                );
+            }
+        }
+    }
+}

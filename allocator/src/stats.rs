@@ -277,3 +277,41 @@ impl<const N: usize> Write for FdWriter<N> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_use_binary_units() {
+        let f = |n| {
+            let mut l = Label::new();
+            let _ = write!(l, "{}", Bytes(n));
+            l.as_str().to_owned()
+        };
+        assert_eq!(f(0), "0 B");
+        assert_eq!(f(1023), "1023 B");
+        assert_eq!(f(1536), "1.5 KiB");
+        assert_eq!(f(5 << 20), "5.0 MiB");
+        assert_eq!(f(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn stats_count_blocks_this_thread_holds() {
+        let before = stats();
+        // SAFETY: plain allocations, freed below.
+        let blocks: Vec<*mut u8> = (0..1000).map(|_| unsafe { crate::malloc(200) }).collect();
+        let during = stats();
+        let bin = crate::bin::bin_of(200);
+        assert!(during.bins[bin].blocks_used >= before.bins[bin].blocks_used + 1000 - 200);
+        assert!(during.used_bytes >= 1000 * 200 - 200 * 224);
+        assert!(during.threads >= 1);
+        for b in blocks {
+            // SAFETY: each block is live and freed once.
+            unsafe { crate::free(b) };
+        }
+        let mut out = Label::new();
+        let _ = write_summary(&mut out, &during);
+        assert!(out.as_str().starts_with("heaplens: "));
+    }
+}
