@@ -3,10 +3,23 @@
 
 use core::ptr;
 
+use crate::event::{EventKind, flags};
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
 use crate::page::{self, FLAG_HAS_ALIGNED};
 use crate::segment::{page_of, segment_of};
-use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, init, options};
+use crate::{
+    LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, hook, init, options,
+};
+
+/// Reports an allocation to the hook (one predictable branch when it is off).
+#[inline(always)]
+unsafe fn traced(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
+    if hook::enabled() && !p.is_null() {
+        // SAFETY: `heap` is the calling thread's.
+        unsafe { hook::emit(heap, EventKind::Alloc, flags, 0, 0, p as usize, size as u64) };
+    }
+    p
+}
 
 /// Allocates `size` bytes aligned to 16; null when out of memory or `size > MAX_ALLOC_SIZE`.
 /// `malloc(0)` returns a unique pointer.
@@ -22,7 +35,7 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
         unsafe {
             let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
             if !(*page).free.is_null() {
-                return page::pop(page, 0);
+                return traced(heap, page::pop(page, 0), size, 0);
             }
         }
     }
@@ -42,7 +55,7 @@ pub unsafe fn zalloc(size: usize) -> *mut u8 {
         unsafe {
             let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
             if !(*page).free.is_null() {
-                return page::pop(page, size.max(1));
+                return traced(heap, page::pop(page, size.max(1)), size, flags::ZERO);
             }
         }
     }
@@ -84,14 +97,16 @@ pub(crate) unsafe fn malloc_generic(heap: *mut Heap, size: usize, zero: bool) ->
         if heap.is_null() {
             return ptr::null_mut();
         }
-        if options::check() {
-            return check::malloc(heap, size, MAX_ALIGN, zero);
-        }
-        let page = heap::find_page(heap, size);
-        if page.is_null() {
-            return ptr::null_mut();
-        }
-        page::pop(page, if zero { size.max(1) } else { 0 })
+        let p = if options::check() {
+            check::malloc(heap, size, MAX_ALIGN, zero)
+        } else {
+            let page = heap::find_page(heap, size);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            page::pop(page, if zero { size.max(1) } else { 0 })
+        };
+        traced(heap, p, size, if zero { flags::ZERO } else { 0 })
     }
 }
 
@@ -129,7 +144,13 @@ unsafe fn aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
             let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
             let block = (*page).free;
             if !block.is_null() && (block as usize) & (align - 1) == 0 {
-                return page::pop(page, if zero { size.max(1) } else { 0 });
+                let p = page::pop(page, if zero { size.max(1) } else { 0 });
+                return traced(
+                    heap,
+                    p,
+                    size,
+                    flags::ALIGNED | if zero { flags::ZERO } else { 0 },
+                );
             }
         }
     }
@@ -146,6 +167,21 @@ unsafe fn aligned_generic(heap: *mut Heap, size: usize, align: usize, zero: bool
         if heap.is_null() {
             return ptr::null_mut();
         }
+        let p = aligned_block(heap, size, align, zero);
+        traced(
+            heap,
+            p,
+            size,
+            flags::ALIGNED | if zero { flags::ZERO } else { 0 },
+        )
+    }
+}
+
+/// An aligned block for [`aligned_generic`]: over-allocate within a bin and align inside the block,
+/// or a huge page whose single block starts aligned.
+unsafe fn aligned_block(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: as for `aligned_generic`.
+    unsafe {
         if options::check() {
             return check::malloc(heap, size, align, zero);
         }
@@ -233,8 +269,11 @@ pub(crate) unsafe fn resize(p: *mut u8, old_size: usize, new_size: usize, align:
         if new_size <= usable
             && new_size >= usable / 2
             && !options::check()
-            && (p as usize) % align == 0
+            && (p as usize).is_multiple_of(align)
         {
+            if hook::enabled() {
+                hook::emit_current(EventKind::Resize, 0, 0, 0, p as usize, new_size as u64);
+            }
             return p;
         }
         let q = malloc_aligned(new_size, align);
@@ -243,6 +282,10 @@ pub(crate) unsafe fn resize(p: *mut u8, old_size: usize, new_size: usize, align:
         }
         ptr::copy_nonoverlapping(p, q, usable.min(old_size).min(new_size));
         crate::free(p);
+        if hook::enabled() {
+            let size32 = u32::try_from(new_size).unwrap_or(u32::MAX);
+            hook::emit_current(EventKind::Realloc, 0, 0, size32, q as usize, p as u64);
+        }
         q
     }
 }

@@ -123,7 +123,7 @@ mod tests {
                 bin == 1 || block_size(bin - 1) < size,
                 "size {size} not in the smallest bin"
             );
-            assert!(bs % 16 == 0);
+            assert!(bs.is_multiple_of(16));
             // at most 20% of the block is waste (the bound of 4 bins per doubling)
             assert!((bs - size) * 5 <= bs || bs <= 64, "size {size} block {bs}");
             size += if size < 4096 { 1 } else { 61 };

@@ -4,12 +4,13 @@
 
 use core::sync::atomic::Ordering::*;
 
+use crate::event::{EventKind, flags};
 use crate::heap::{self, thread_id};
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_HAS_ALIGNED, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
 };
 use crate::segment::{self, Segment, page_of, segment_of};
-use crate::{check, options};
+use crate::{check, hook, options};
 
 /// Frees a block; null is a no-op.
 ///
@@ -26,8 +27,12 @@ pub unsafe fn free(p: *mut u8) {
     unsafe {
         let page = page_of(segment, p);
         if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
+            let heap = (*page).heap();
+            if hook::enabled() {
+                hook::emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0);
+            }
             if push_local(page, p.cast()) == 0 {
-                heap::retire((*page).heap(), page);
+                heap::retire(heap, page);
             }
             return;
         }
@@ -66,9 +71,22 @@ unsafe fn free_generic(segment: *mut Segment, page: *mut Page, p: *mut u8) {
         };
         let owner = (*segment).thread_id.load(Relaxed);
         if owner != 0 && owner & !1 == thread_id() {
+            if hook::enabled() {
+                hook::on_free(p, 0);
+            }
             heap::free_block_local(page, block.cast());
         } else {
-            free_block_mt(page, block.cast());
+            let delayed = free_block_mt(page, block.cast());
+            if hook::enabled() {
+                hook::on_free(
+                    p,
+                    if delayed {
+                        flags::TO_DELAYED
+                    } else {
+                        flags::CROSS_THREAD
+                    },
+                );
+            }
             if owner == 0 {
                 let heap = heap::default_heap();
                 if heap != heap::EMPTY_HEAP_PTR {
@@ -82,7 +100,8 @@ unsafe fn free_generic(segment: *mut Segment, page: *mut Page, p: *mut u8) {
 /// A free from a thread that does not own the page: push onto `thread_free` with a CAS, or, the
 /// first time after the owner moved the page to its full queue, onto the owner heap's delayed
 /// list (see [`crate::page`]).
-unsafe fn free_block_mt(page: *mut Page, block: *mut Block) {
+/// Returns true when the block went to the owner heap's delayed list.
+unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
     // SAFETY: `page` is live while `block` is (the owner cannot free the page before collecting
     // this block); thread_free and the count are atomics.
     unsafe {
@@ -100,7 +119,7 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) {
                 (*block).next = page::block_of(tf);
                 let pushed = block as usize | page::state_of(tf);
                 match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
-                    Ok(_) => return,
+                    Ok(_) => return false,
                     Err(cur) => tf = cur,
                 }
             }
@@ -115,7 +134,7 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) {
                 (*block).next = page::block_of(tf);
                 let pushed = block as usize | NO_DELAYED_FREE;
                 match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
-                    Ok(_) => return,
+                    Ok(_) => return false,
                     Err(cur) => tf = cur,
                 }
             }
@@ -123,7 +142,7 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) {
         heap::push_delayed(heap, block);
         loop {
             match tf_cell.compare_exchange_weak(tf, (tf & !3) | NO_DELAYED_FREE, Release, Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(cur) => tf = cur,
             }
         }

@@ -10,9 +10,11 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 
 use crate::bin::{BIN_COUNT, BIN_FULL, BIN_HUGE, BIN_LARGE_MAX, bin_of, block_size};
+use crate::event::{EventKind, flags};
+use crate::hook;
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_IN_FULL, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
 };
@@ -39,6 +41,14 @@ pub struct Heap {
     pub(crate) retired_max: usize,
     /// A small number naming the thread (1 for the first thread that allocated).
     pub(crate) id: u32,
+    /// The kernel's id of the thread (names threads in the viewer).
+    pub(crate) os_tid: i32,
+    /// The hook's buffer for this thread's events (null: none yet, or untraced).
+    pub(crate) events: AtomicPtr<crate::hook::EventBuffer>,
+    /// Whether this heap's events are recorded (the collector's own heap is not).
+    pub(crate) traced: AtomicBool,
+    /// Events lost since the last one recorded (live mode).
+    pub(crate) dropped: u64,
     pub(crate) next_heap: *mut Heap,
     pub(crate) prev_heap: *mut Heap,
 }
@@ -63,6 +73,10 @@ impl Heap {
             retired_min: BIN_FULL,
             retired_max: 0,
             id: 0,
+            os_tid: 0,
+            events: AtomicPtr::new(ptr::null_mut()),
+            traced: AtomicBool::new(false),
+            dropped: 0,
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),
         }
@@ -236,7 +250,7 @@ pub(crate) unsafe fn find_page(heap: *mut Heap, size: usize) -> *mut Page {
         if (*heap).retired_min <= (*heap).retired_max {
             collect_retired(heap);
         }
-        if (*heap).generic_count % 16 == 0 {
+        if (*heap).generic_count.is_multiple_of(16) {
             deferred_purge(heap);
         }
         if size > LARGE_OBJ_SIZE_MAX {
@@ -303,6 +317,17 @@ unsafe fn to_full(heap: *mut Heap, bin: usize, page: *mut Page) -> bool {
         queue_remove(heap, bin, page);
         (*page).set_flag(FLAG_IN_FULL, true);
         (*heap).queues[BIN_FULL].push_back(page);
+        if hook::enabled() {
+            hook::emit(
+                heap,
+                EventKind::PageFull,
+                0,
+                0,
+                0,
+                (*page).start as usize,
+                0,
+            );
+        }
         false
     }
 }
@@ -315,6 +340,17 @@ unsafe fn from_full(heap: *mut Heap, page: *mut Page) {
         (*heap).queues[BIN_FULL].remove(page);
         (*page).set_flag(FLAG_IN_FULL, false);
         queue_push_back(heap, (*page).bin(), page);
+        if hook::enabled() {
+            hook::emit(
+                heap,
+                EventKind::PageUnfull,
+                0,
+                0,
+                0,
+                (*page).start as usize,
+                0,
+            );
+        }
     }
 }
 
@@ -351,6 +387,17 @@ pub(crate) unsafe fn retire(heap: *mut Heap, page: *mut Page) {
         if bin != BIN_HUGE && q.first == page && q.last == page {
             let bsize = (*page).block_size();
             (*page).retire_expire = if bsize <= SMALL_OBJ_SIZE_MAX { 16 } else { 4 };
+            if hook::enabled() {
+                hook::emit(
+                    heap,
+                    EventKind::PageRetire,
+                    0,
+                    0,
+                    0,
+                    (*page).start as usize,
+                    0,
+                );
+            }
             (*heap).retired_min = (*heap).retired_min.min(bin);
             (*heap).retired_max = (*heap).retired_max.max(bin);
             return;
@@ -469,6 +516,17 @@ unsafe fn free_delayed_block(block: *mut Block) -> bool {
             return false; // its freeing thread is still busy with the page
         }
         page::collect(page);
+        if hook::enabled() {
+            hook::emit(
+                (*page).heap(),
+                EventKind::Free,
+                flags::FROM_DELAYED,
+                0,
+                0,
+                block as usize,
+                0,
+            );
+        }
         free_block_local(page, block);
         true
     }

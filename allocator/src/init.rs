@@ -11,9 +11,10 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
 
+use crate::event::EventKind;
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
 use crate::sync::SpinLock;
-use crate::{options, os, segment, segment_map};
+use crate::{hook, options, os, segment, segment_map};
 
 static STATE: AtomicU8 = AtomicU8::new(0);
 const UNINIT: u8 = 0;
@@ -82,20 +83,59 @@ pub(crate) fn thread_init() -> *mut Heap {
     if heap.is_null() {
         return heap;
     }
-    // SAFETY: `heap` is a fresh, exclusively owned slot of the pool big enough for a Heap.
+    // SAFETY: `heap` is a fresh, exclusively owned slot of the pool big enough for a Heap; it
+    // joins the heap list under the lock.
     unsafe {
         heap.write(Heap::new());
         (*heap).thread_id = heap::thread_id() | usize::from(options::check());
         (*heap).id = NEXT_HEAP_ID.fetch_add(1, Relaxed);
+        (*heap).os_tid = libc::gettid();
+        (*heap).traced.store(hook::thread_is_traced(), Relaxed);
+        let mut heaps = HEAPS.lock();
+        (*heap).prev_heap = ptr::null_mut();
+        (*heap).next_heap = heaps.list as *mut Heap;
+        if heaps.list != 0 {
+            (*(heaps.list as *mut Heap)).prev_heap = heap;
+        }
+        heaps.list = heap as usize;
     }
-    HEAPS.lock().count += 1;
     THREADS.fetch_add(1, Relaxed);
     heap::set_default_heap(heap);
     if KEY_OK.load(Acquire) {
         // SAFETY: the key was created; setspecific on a low key does not allocate in glibc.
         unsafe { libc::pthread_setspecific(KEY.load(Relaxed), heap.cast()) };
     }
+    if hook::enabled() {
+        // SAFETY: `heap` is this thread's.
+        unsafe {
+            hook::emit(
+                heap,
+                EventKind::ThreadStart,
+                0,
+                0,
+                (*heap).id,
+                (*heap).os_tid as usize,
+                0,
+            );
+            hook::emit_thread_name(heap);
+        }
+    }
     heap
+}
+
+/// Calls `f` on every live heap, holding the heap list lock (so none goes away meanwhile).
+/// `f` must not allocate from heaplens on a thread without a heap.
+pub(crate) fn for_each_heap(mut f: impl FnMut(&Heap)) {
+    let heaps = HEAPS.lock();
+    let mut h = heaps.list as *const Heap;
+    while !h.is_null() {
+        // SAFETY: listed heaps stay alive while the lock is held; `f` reads only their atomics
+        // and constant fields.
+        unsafe {
+            f(&*h);
+            h = (*h).next_heap;
+        }
+    }
 }
 
 /// The pthread key destructor: the thread is exiting.
@@ -108,25 +148,42 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
     // to the empty heap (a later allocation makes a new heap and re-arms the key).
     unsafe {
         heap::abandon(heap);
+        if hook::enabled() {
+            hook::emit_thread_name(heap); // threads are often named after their first allocation
+            hook::emit(heap, EventKind::ThreadExit, 0, 0, (*heap).id, 0, 0);
+        }
+        hook::flush_thread(heap);
+        {
+            let mut heaps = HEAPS.lock();
+            let (prev, next) = ((*heap).prev_heap, (*heap).next_heap);
+            if prev.is_null() {
+                heaps.list = next as usize;
+            } else {
+                (*prev).next_heap = next;
+            }
+            if !next.is_null() {
+                (*next).prev_heap = prev;
+            }
+        }
         heap::set_default_heap(EMPTY_HEAP_PTR);
         pool_free(heap);
     }
-    HEAPS.lock().count -= 1;
     THREADS.fetch_sub(1, Relaxed);
 }
 
-/// Heap structs come from OS memory in chunks and are recycled through a free list.
+/// Heap structs come from OS memory in chunks and are recycled through a free list; live heaps
+/// are linked in `list` (through `next_heap`/`prev_heap`).
 struct HeapPool {
     free: usize,
     next: usize,
     end: usize,
-    count: usize,
+    list: usize,
 }
 static HEAPS: SpinLock<HeapPool> = SpinLock::new(HeapPool {
     free: 0,
     next: 0,
     end: 0,
-    count: 0,
+    list: 0,
 });
 const POOL_CHUNK: usize = 256 * 1024;
 
@@ -140,7 +197,7 @@ fn pool_alloc() -> *mut Heap {
         return h.cast();
     }
     if pool.next + size > pool.end {
-        let chunk = os::alloc_aligned(POOL_CHUNK, os::page_size());
+        let chunk = os::map_internal(POOL_CHUNK);
         if chunk.is_null() {
             return ptr::null_mut();
         }

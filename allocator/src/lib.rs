@@ -24,9 +24,13 @@
 pub mod alloc;
 pub mod bin;
 pub mod check;
+#[cfg(feature = "hook")]
+pub mod collector;
+pub mod event;
 pub mod free;
 pub mod global;
 pub mod heap;
+pub mod hook;
 pub mod init;
 pub mod options;
 pub mod os;

@@ -86,6 +86,21 @@ fn map(size: usize) -> *mut u8 {
     }
 }
 
+/// Maps memory for the allocator's own use (heap structs, event buffers): not counted as heap
+/// memory, so statistics and the model agree on what the program's heap holds.
+pub(crate) fn map_internal(size: usize) -> *mut u8 {
+    map(size)
+}
+
+/// Unmaps memory from [`map_internal`].
+///
+/// # Safety
+/// `p..p+size` is a whole mapping from [`map_internal`] that nothing uses any more.
+pub(crate) unsafe fn unmap_internal(p: *mut u8, size: usize) {
+    // SAFETY: the caller hands back a whole mapping of ours that is no longer used.
+    unsafe { libc::munmap(p.cast(), size) };
+}
+
 /// Unmaps a region made by [`alloc_aligned`]; `purged` is how much of it was already purged.
 ///
 /// # Safety

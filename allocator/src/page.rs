@@ -22,7 +22,9 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
 
+use crate::event::EventKind;
 use crate::heap::Heap;
+use crate::hook;
 
 /// A free block: its first word links to the next free block.
 #[repr(C)]
@@ -232,6 +234,18 @@ pub(crate) unsafe fn init(page: *mut Page, heap: *mut Heap, bin: usize, block_si
         pg.heap.store(heap, Release);
         pg.next = ptr::null_mut();
         pg.prev = ptr::null_mut();
+        if hook::enabled() {
+            let kind = (*crate::segment::segment_of_page(page)).kind() as u8;
+            hook::emit(
+                heap,
+                EventKind::PageInit,
+                kind,
+                bin as u16,
+                reserved,
+                pg.start as usize,
+                block_size as u64,
+            );
+        }
         extend_free(page);
     }
 }
@@ -266,6 +280,17 @@ pub(crate) unsafe fn extend_free(page: *mut Page) {
         pg.free = first.cast();
         pg.free_is_zero = pg.is_zero_init;
         pg.capacity.store((cap + extend) as u32, Relaxed);
+        if hook::enabled() {
+            hook::emit(
+                pg.heap(),
+                EventKind::PageExtend,
+                0,
+                0,
+                (cap + extend) as u32,
+                pg.start as usize,
+                0,
+            );
+        }
     }
 }
 
@@ -278,6 +303,7 @@ pub(crate) unsafe fn collect(page: *mut Page) {
     // in `free_block_mt` and is taken with Acquire here, so its links are visible.
     unsafe {
         let pg = &mut *page;
+        let mut from_thread_free = 0u32;
         if !block_of(pg.thread_free.load(Relaxed)).is_null() {
             let mut tf = pg.thread_free.load(Relaxed);
             loop {
@@ -305,12 +331,26 @@ pub(crate) unsafe fn collect(page: *mut Page) {
                 .store(pg.local_free_len() + count, Relaxed);
             pg.used.store(pg.used() - count, Relaxed);
             pg.thread_free_count.fetch_sub(count, Relaxed);
+            from_thread_free = count;
         }
+        let mut to_free = 0u32;
         if pg.free.is_null() && !pg.local_free.is_null() {
+            to_free = pg.local_free_len();
             pg.free = pg.local_free;
             pg.local_free = ptr::null_mut();
             pg.local_free_count.store(0, Relaxed);
             pg.free_is_zero = false;
+        }
+        if hook::enabled() && (from_thread_free | to_free) != 0 {
+            hook::emit(
+                pg.heap(),
+                EventKind::PageCollect,
+                0,
+                0,
+                from_thread_free,
+                pg.start as usize,
+                u64::from(to_free),
+            );
         }
     }
 }

@@ -23,7 +23,9 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::bin::PageKind;
+use crate::event::{EventKind, flags};
 use crate::heap::Heap;
+use crate::hook;
 use crate::page::{self, NEVER_DELAYED_FREE, NO_DELAYED_FREE, Page};
 use crate::sync::SpinLock;
 use crate::{
@@ -65,6 +67,8 @@ pub struct Segment {
 /// Bytes at the start of every segment taken by its header (a multiple of 64).
 pub const INFO_SIZE: usize = core::mem::size_of::<Segment>().next_multiple_of(64);
 const _: () = assert!(INFO_SIZE < SMALL_PAGE_SIZE / 4, "segment header too large");
+// Bounded overhead: the metadata of a segment is at most 2% of it (checked when compiling).
+const _: () = assert!(INFO_SIZE * 50 <= SEGMENT_SIZE, "segment metadata over 2%");
 
 impl Segment {
     /// Kind of the pages in this segment.
@@ -259,9 +263,12 @@ unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut 
         if (*page).is_purged {
             (*page).is_purged = false;
             (*page).is_zero_init = true;
-            let len = purge_range(page).1;
+            let (p, len) = purge_range(page);
             (*s).purged_bytes -= len;
             os::recommit(len);
+            if hook::enabled() {
+                hook::emit_current(EventKind::OsCommit, 0, 0, 0, p as usize, len as u64);
+            }
         }
         let used = (*s).used.load(Relaxed) + 1;
         (*s).used.store(used, Relaxed);
@@ -283,6 +290,9 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
     // SAFETY: owner-only segment state.
     unsafe {
         let s = segment_of_page(page);
+        if hook::enabled() {
+            hook::emit_current(EventKind::PageFree, 0, 0, 0, (*page).start as usize, 0);
+        }
         (*page).in_use.store(false, Relaxed);
         (*page).heap.store(ptr::null_mut(), Relaxed);
         (*page).free = ptr::null_mut();
@@ -326,8 +336,20 @@ unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
     // not yet published).
     unsafe {
         let (p, len) = purge_range(page);
+        // The OS takes whole pages only: zero the partial ones at either end (page 0 starts
+        // right after the header), so that a purged page really reads as zero.
+        let (start, end) = ((*page).start, (*page).start.add((*page).area));
+        if len == 0 {
+            ptr::write_bytes(start, 0, (*page).area);
+        } else {
+            ptr::write_bytes(start, 0, p as usize - start as usize);
+            ptr::write_bytes(p.add(len), 0, end as usize - (p as usize + len));
+        }
         if len > 0 {
             os::purge(p, len);
+            if hook::enabled() {
+                hook::emit_current(EventKind::OsPurge, 0, 0, 0, p as usize, len as u64);
+            }
         }
         (*page).is_purged = true;
         (*s).purged_bytes += len;
@@ -526,6 +548,17 @@ unsafe fn segment_alloc(
             }
         }
         segment_map::register(s);
+        if hook::enabled() {
+            hook::emit(
+                heap,
+                EventKind::SegmentAlloc,
+                kind as u8,
+                0,
+                capacity as u32,
+                s as usize,
+                segment_size as u64,
+            );
+        }
         if let Some(q) = (*heap).tld.queue(kind) {
             q.push(s);
         }
@@ -570,7 +603,14 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
         }
         segment_map::unregister(s);
         let (size, purged) = ((*s).segment_size, (*s).purged_bytes);
-        if (*s).kind == PageKind::Huge || purged > 0 || !cache_push(s) {
+        let cacheable = (*s).kind != PageKind::Huge && purged == 0;
+        if hook::enabled() {
+            // Before the segment can be taken again (from the cache, or as a new mapping).
+            let flag = if cacheable { flags::CACHED } else { 0 };
+            hook::emit_current(EventKind::SegmentFree, flag, 0, 0, s as usize, size as u64);
+            hook::bump_clock();
+        }
+        if !(cacheable && cache_push(s)) {
             os::free(s.cast(), size, purged);
         }
     }
@@ -608,6 +648,10 @@ pub(crate) unsafe fn page_abandon(tld: *mut SegmentsTld, page: *mut Page) {
                 if !(*p).is_in_use() && !(*p).is_purged {
                     purge_page(s, p);
                 }
+            }
+            if hook::enabled() {
+                hook::emit_current(EventKind::SegmentAbandon, 0, 0, 0, s as usize, 0);
+                hook::bump_clock();
             }
             let mut head = ABANDONED.lock();
             (*s).abandoned_prev = ptr::null_mut();
@@ -703,12 +747,34 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
         let tld = &raw mut (*heap).tld;
         (*s).thread_id.store((*heap).thread_id, Release);
         (*s).abandoned = 0;
+        if hook::enabled() {
+            hook::emit(
+                heap,
+                EventKind::SegmentReclaim,
+                0,
+                0,
+                (*heap).id,
+                s as usize,
+                0,
+            );
+        }
         for i in 0..(*s).capacity {
             let page = &raw mut (*s).pages[i];
             if !(*page).is_in_use() {
                 continue;
             }
             (*page).heap.store(heap, Release);
+            if hook::enabled() {
+                hook::emit(
+                    heap,
+                    EventKind::PageReclaim,
+                    0,
+                    0,
+                    (*heap).id,
+                    (*page).start as usize,
+                    0,
+                );
+            }
             page::use_delayed_free(page, NO_DELAYED_FREE, true);
             page::collect(page);
             (*page).set_flag(crate::page::FLAG_IN_FULL, false);
@@ -755,11 +821,6 @@ pub(crate) fn fork_lock(acquire: bool) {
 mod tests {
     use super::*;
     use crate::{LARGE_OBJ_SIZE_MAX, MEDIUM_OBJ_SIZE_MAX, SMALL_OBJ_SIZE_MAX};
-
-    #[test]
-    fn metadata_is_under_two_percent_of_a_segment() {
-        assert!(INFO_SIZE * 50 <= SEGMENT_SIZE, "header {INFO_SIZE} B");
-    }
 
     #[test]
     fn pointers_find_their_segment_and_page_for_every_kind() {

@@ -93,8 +93,8 @@ pub fn for_each(mut f: impl FnMut(&Segment)) {
 
 pub(crate) fn fork_lock(acquire: bool) {
     if acquire {
-        LIST.acquire()
+        LIST.acquire();
     } else {
-        LIST.force_unlock()
+        LIST.force_unlock();
     }
 }

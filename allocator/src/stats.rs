@@ -128,11 +128,7 @@ fn write_summary(out: &mut impl Write, st: &Stats) -> fmt::Result {
         if b.pages == 0 {
             continue;
         }
-        let fill = if b.blocks_capacity == 0 {
-            0
-        } else {
-            100 * b.blocks_used / b.blocks_capacity
-        };
+        let fill = (100 * b.blocks_used).checked_div(b.blocks_capacity).unwrap_or(0);
         let block = if bin == BIN_HUGE {
             "huge".into_label()
         } else {

@@ -1,0 +1,458 @@
+//! The collector: the thread on the consumer side of the hook's channel.
+//!
+//! It receives full event buffers, drains partly filled ones every 10 ms (so idle threads' events
+//! arrive), advances the hook's coarse clock every millisecond, merges the threads' streams by
+//! time (holding events back for 2 ms so a late buffer can still slot in), names threads, takes
+//! a census on request or periodically, and hands the result to a [`Sink`] as [`Batch`]es. At
+//! shutdown it drains everything, so events still buffered at exit are delivered.
+//!
+//! The collector runs on a thread of its own started with `pthread_create` and flagged untraced
+//! before its first allocation: what it allocates is never recorded. It never frees a block that
+//! a traced thread allocated (the sink and the state handed to it are leaked on purpose), so the
+//! traced heap's accounting stays exact.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+
+use crate::event::{Event, EventKind, flags};
+use crate::hook::{self, BufferPtr, Channels};
+
+/// How the collector runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Record mode: threads wait for room rather than drop events. Live mode (false) drops and
+    /// reports the count.
+    pub lossless: bool,
+    /// Take a census this often (0: only when asked, and at shutdown).
+    pub census_every_ms: u64,
+    /// Full buffers (64 KiB each) that may wait in the channel.
+    pub channel_buffers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lossless: true,
+            census_every_ms: 1000,
+            channel_buffers: 64,
+        }
+    }
+}
+
+/// Events of one thread's heap (`heap` 0: process-level events), in time order.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// The heap (thread) the events come from; 0 for the collector's own events.
+    pub heap: u32,
+    /// The events.
+    pub events: &'a [Event],
+}
+
+/// Where batches go: returns false to stop (the peer went away); `None` marks the end.
+pub type Sink = Box<dyn FnMut(Option<Batch<'_>>) -> bool + Send>;
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+static FINISHED: AtomicBool = AtomicBool::new(false);
+static CENSUS_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static CENSUS_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// Errors starting the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The hook was compiled out.
+    NotCompiled,
+    /// A collector already runs in this process.
+    AlreadyRunning,
+    /// The collector thread could not be created.
+    Thread,
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::NotCompiled => "the heaplens hook is not compiled in",
+            Self::AlreadyRunning => "the heaplens collector is already running",
+            Self::Thread => "could not start the heaplens collector thread",
+        })
+    }
+}
+
+impl std::error::Error for StartError {}
+
+struct State {
+    config: Config,
+    sink: Sink,
+    full_rx: Receiver<BufferPtr>,
+    empty_tx: Sender<BufferPtr>,
+}
+
+/// Starts recording: creates the channels, starts the collector thread, switches the hook on.
+pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
+    if !hook::COMPILED {
+        return Err(StartError::NotCompiled);
+    }
+    if RUNNING.swap(true, AcqRel) {
+        return Err(StartError::AlreadyRunning);
+    }
+    let (full_tx, full_rx) = bounded(config.channel_buffers.max(2));
+    let (empty_tx, empty_rx) = bounded(config.channel_buffers.max(2) * 2);
+    let channels = Box::leak(Box::new(Channels { full_tx, empty_rx }));
+    hook::CHANNELS.store(channels, Release);
+    let state = Box::into_raw(Box::new(State {
+        config,
+        sink,
+        full_rx,
+        empty_tx,
+    }));
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `collector_main` takes ownership of `state`; the attributes are defaults.
+    let rc = unsafe {
+        libc::pthread_create(
+            &raw mut thread,
+            core::ptr::null(),
+            collector_main,
+            state.cast(),
+        )
+    };
+    if rc != 0 {
+        RUNNING.store(false, Release);
+        return Err(StartError::Thread);
+    }
+    // SAFETY: the thread runs detached; nobody joins it.
+    unsafe { libc::pthread_detach(thread) };
+    hook::set_enabled(true, config.lossless);
+    Ok(())
+}
+
+/// Whether a collector runs.
+pub fn is_running() -> bool {
+    RUNNING.load(Acquire) && !FINISHED.load(Acquire)
+}
+
+/// Takes a census now: every event recorded before the call is delivered before it. Waits for it
+/// (at most 5 s). Call it when the threads you care about are quiet, and the census agrees with
+/// the model rebuilt from the events exactly.
+pub fn census_now() -> bool {
+    if !is_running() {
+        return false;
+    }
+    // Our own buffered events go first.
+    // SAFETY: the default heap is this thread's.
+    unsafe { hook::flush_thread(crate::heap::default_heap()) };
+    let target = CENSUS_REQUESTS.fetch_add(1, AcqRel) + 1;
+    wait_until(|| CENSUS_DONE.load(Acquire) >= target || FINISHED.load(Acquire))
+}
+
+/// Stops recording: switches the hook off, delivers every buffered event and a last census, and
+/// ends the sink. Waits at most 5 s.
+pub fn shutdown() {
+    if !is_running() {
+        return;
+    }
+    SHUTDOWN.store(true, Release);
+    // SAFETY: the default heap is this thread's.
+    unsafe { hook::flush_thread(crate::heap::default_heap()) };
+    wait_until(|| FINISHED.load(Acquire));
+}
+
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    for _ in 0..5000 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done()
+}
+
+extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
+    hook::UNTRACED.with(|u| u.set(true));
+    // Make this thread's (untraced) heap now: its first allocation must not happen while a lock
+    // that thread initialisation takes is held (the heap list lock, during a drain).
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));
+    // SAFETY: `start` passed a leaked Box<State> and nothing else uses it.
+    let state = unsafe { &mut *arg.cast::<State>() };
+    let _ = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+        Collector::new(state).run();
+    }));
+    hook::set_enabled(false, false);
+    FINISHED.store(true, Release);
+    core::ptr::null_mut()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
+
+/// Events of one heap waiting to be merged.
+struct Pending {
+    heap: u32,
+    events: Vec<Event>,
+    start: usize,
+}
+
+struct Collector<'a> {
+    state: &'a mut State,
+    pending: Vec<Pending>,
+    index: HashMap<u32, usize>,
+    names: HashMap<u32, (i32, String)>,
+    t0: u64,
+    last_drain: u64,
+    last_names: u64,
+    last_census: u64,
+    census_number: u32,
+    census_served: u64,
+    sink_alive: bool,
+    scratch: Vec<Event>,
+}
+
+const MS: u64 = 1_000_000;
+/// Events are held back this long so that a buffer arriving late still merges in order.
+const HOLD_BACK: u64 = 2 * MS;
+
+impl<'a> Collector<'a> {
+    fn new(state: &'a mut State) -> Self {
+        let t0 = monotonic_ns();
+        Self {
+            state,
+            pending: Vec::new(),
+            index: HashMap::new(),
+            names: HashMap::new(),
+            t0,
+            last_drain: 0,
+            last_names: 0,
+            last_census: 0,
+            census_number: 0,
+            census_served: 0,
+            sink_alive: true,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        monotonic_ns() - self.t0
+    }
+
+    fn run(&mut self) {
+        loop {
+            match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(buf) => self.take_full(buf),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(buf) = self.state.full_rx.try_recv() {
+                self.take_full(buf);
+            }
+            let now = self.now();
+            hook::set_clock(now);
+            if SHUTDOWN.load(Acquire) {
+                hook::set_enabled(false, false);
+                self.finish();
+                return;
+            }
+            if now - self.last_drain >= 10 * MS {
+                self.drain(now);
+            }
+            let requested = CENSUS_REQUESTS.load(Acquire);
+            let every = self.state.config.census_every_ms * MS;
+            if requested > self.census_served || (every > 0 && now - self.last_census >= every) {
+                self.drain(now);
+                self.flush(u64::MAX);
+                self.census(now);
+                self.census_served = requested;
+                CENSUS_DONE.store(requested, Release);
+            }
+            self.flush(hook::now().saturating_sub(HOLD_BACK));
+        }
+    }
+
+    fn finish(&mut self) {
+        // Whatever is still in the channel or in the threads' buffers.
+        while let Ok(buf) = self.state.full_rx.try_recv() {
+            self.take_full(buf);
+        }
+        let now = self.now();
+        self.drain(now);
+        self.flush(u64::MAX);
+        self.census(now);
+        CENSUS_DONE.store(CENSUS_REQUESTS.load(Acquire), Release);
+        if self.sink_alive {
+            (self.state.sink)(None);
+        }
+    }
+
+    fn queue(&mut self, heap: u32) -> &mut Pending {
+        let i = *self.index.entry(heap).or_insert_with(|| {
+            self.pending.push(Pending {
+                heap,
+                events: Vec::new(),
+                start: 0,
+            });
+            self.pending.len() - 1
+        });
+        &mut self.pending[i]
+    }
+
+    fn take_full(&mut self, buf: BufferPtr) {
+        // SAFETY: the buffer was sent to us whole; we own it until we hand it back.
+        let (heap, events) = unsafe { ((*buf.0).heap_id, (*buf.0).take_new()) };
+        self.queue(heap).events.extend_from_slice(events);
+        let tx = self.state.empty_tx.clone();
+        hook::release_buffer(buf, &move |b| tx.try_send(b).is_ok());
+    }
+
+    fn drain(&mut self, now: u64) {
+        self.last_drain = now;
+        let mut fresh: Vec<(u32, i32)> = Vec::new();
+        let mut drained: Vec<(u32, Vec<Event>)> = Vec::new();
+        hook::drain(|heap, tid, events| {
+            if !events.is_empty() {
+                drained.push((heap, events.to_vec()));
+            }
+            fresh.push((heap, tid));
+        });
+        for (heap, events) in drained {
+            self.queue(heap).events.extend(events);
+        }
+        // Threads name themselves at start and exit; the collector announces the threads that were
+        // there before recording began, and picks up renames of live threads now and then.
+        let first = self.last_names == 0;
+        let rename = first || now - self.last_names >= 250 * MS;
+        if !rename {
+            return self.flush_scratch();
+        }
+        self.last_names = now.max(1);
+        for (heap, tid) in fresh {
+            let known = self.names.get(&heap).map(|(t, _)| *t);
+            let name =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+            let name = name.trim_end().to_owned();
+            if known.is_none() && first {
+                let t = hook::now();
+                self.scratch.push(Event {
+                    kind: EventKind::ThreadStart as u8,
+                    arg32: heap,
+                    addr: tid as u64,
+                    time: t,
+                    ..Event::default()
+                });
+            }
+            if self.names.get(&heap).is_none_or(|(_, n)| *n != name) {
+                push_text(
+                    &mut self.scratch,
+                    EventKind::ThreadName,
+                    heap,
+                    name.as_bytes(),
+                );
+                self.names.insert(heap, (tid, name));
+            }
+        }
+        self.flush_scratch();
+    }
+
+    fn flush_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            let events = std::mem::take(&mut self.scratch);
+            self.queue(0).events.extend(events);
+        }
+    }
+
+    fn census(&mut self, now: u64) {
+        self.last_census = now;
+        self.census_number += 1;
+        let mut events = Vec::new();
+        hook::census(self.census_number, &mut events);
+        self.emit(Batch {
+            heap: 0,
+            events: &events,
+        });
+    }
+
+    fn emit(&mut self, batch: Batch<'_>) {
+        if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Some(batch)) {
+            // The peer went away: stop recording, keep recycling buffers so nobody waits.
+            self.sink_alive = false;
+            hook::set_enabled(false, false);
+        }
+    }
+
+    /// Hands over every pending event with `time <= watermark`, merged across heaps by time.
+    fn flush(&mut self, watermark: u64) {
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, q) in self.pending.iter().enumerate() {
+                if let Some(e) = q.events.get(q.start)
+                    && e.time <= watermark
+                    && best.is_none_or(|(t, _)| e.time < t)
+                {
+                    best = Some((e.time, i));
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let bound = self
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .filter_map(|(_, q)| q.events.get(q.start).map(|e| e.time))
+                .fold(watermark, u64::min);
+            let q = &self.pending[i];
+            let end = q.start
+                + q.events[q.start..]
+                    .iter()
+                    .take_while(|e| e.time <= bound)
+                    .count();
+            let (heap, start) = (q.heap, q.start);
+            let events = std::mem::take(&mut self.pending[i].events);
+            self.emit(Batch {
+                heap,
+                events: &events[start..end],
+            });
+            self.pending[i].events = events;
+            self.pending[i].start = end;
+        }
+        for q in &mut self.pending {
+            if q.start == q.events.len() {
+                q.events.clear();
+                q.start = 0;
+            } else if q.start > 4096 {
+                q.events.drain(..q.start);
+                q.start = 0;
+            }
+        }
+    }
+}
+
+/// Appends `text` as events of `kind` (16 bytes each, `MORE` on all but the last).
+fn push_text(out: &mut Vec<Event>, kind: EventKind, arg32: u32, text: &[u8]) {
+    let t = hook::now();
+    let chunks: Vec<&[u8]> = if text.is_empty() {
+        vec![&[][..]]
+    } else {
+        text.chunks(16).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let (addr, arg) = Event::pack_text(chunk);
+        let more = if i + 1 < n { flags::MORE } else { 0 };
+        out.push(Event {
+            kind: kind as u8,
+            flags: more,
+            arg32,
+            addr,
+            arg,
+            time: t,
+            ..Event::default()
+        });
+    }
+}

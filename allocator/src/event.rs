@@ -1,0 +1,262 @@
+//! The events the hook records: enough to rebuild every page's state exactly.
+//!
+//! Each event is a fixed 32-byte [`Event`] in a per-thread buffer; a buffer travels whole, with the
+//! id of the heap (thread) that wrote it. Events of heap id 0 are process-level: written by the
+//! collector (thread names, census, drop counts). Addresses name things: a block by its pointer, a page by
+//! the address of its first block ([`crate::page::Page::start`]), a segment by its base. Times are
+//! nanoseconds since the hook started, from a coarse clock the collector advances about
+//! every millisecond (a precise timestamp per event would cost more than the `malloc` it records),
+//! so events of different threads within one tick come in no particular order.
+//!
+//! | kind | addr | arg | arg32 | aux | flags |
+//! |---|---|---|---|---|---|
+//! | `Alloc` | pointer | requested size | | bin | `ZERO`, `ALIGNED`, `REALLOC` |
+//! | `Free` | pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC` |
+//! | `Resize` | pointer | new requested size | | | (realloc in place) |
+//! | `Realloc` | new pointer | old pointer | new size (saturated) | | |
+//! | `PageInit` | page start | block size | reserved blocks | bin | page kind |
+//! | `PageExtend` | page start | | new capacity | | |
+//! | `PageCollect` | page start | blocks `local_free -> free` | blocks `thread_free -> local_free` | | |
+//! | `PageFull`, `PageUnfull`, `PageRetire`, `PageFree` | page start | | | | |
+//! | `PageReclaim` | page start | | new owner heap | | |
+//! | `SegmentAlloc` | segment | bytes mapped | page count | | page kind |
+//! | `SegmentFree` | segment | bytes | | | `CACHED` |
+//! | `SegmentAbandon`, `SegmentReclaim` | segment | | | | |
+//! | `ThreadStart` | name bytes 0..8 | name bytes 8..16 | heap id | | |
+//! | `ThreadExit` | | | heap id | | |
+//! | `ThreadName` | name bytes 0..8 | name bytes 8..16 | heap id | | `MORE` (name continues) |
+//! | `OsCommit`, `OsPurge` | address | bytes | | | |
+//! | `Mark` | label bytes 0..8 | label bytes 8..16 | | | `MORE` (label continues in the next event) |
+//! | `Dropped` | | events lost | | | |
+//! | `ClockSync` | nanoseconds (CLOCK_MONOTONIC) | | | | |
+//! | `CensusBegin` | | pages that follow | census number | | |
+//! | `CensusPage` | page start | block size | capacity | bin | page kind; then `CensusPage2` |
+//! | `CensusPage2` | owner heap id | `used \| local_free << 32` | thread_free | | `IN_FULL` |
+//! | `CensusSegment` | segment | bytes mapped | page count | | page kind |
+//! | `CensusEnd` | | | census number | | |
+
+/// One recorded event (32 bytes, little-endian on the wire in this field order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`EventKind`] as a byte.
+    pub kind: u8,
+    /// Kind-specific flag bits (see the `flags` module).
+    pub flags: u8,
+    /// Kind-specific small value (a bin).
+    pub aux: u16,
+    /// Kind-specific 32-bit value.
+    pub arg32: u32,
+    /// The address the event is about.
+    pub addr: u64,
+    /// Kind-specific 64-bit value.
+    pub arg: u64,
+    /// Nanoseconds since the hook started (coarse: see the module docs).
+    pub time: u64,
+}
+
+/// Size of an encoded [`Event`].
+pub const EVENT_SIZE: usize = 32;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident = $v:expr,)*) => {
+        /// What an [`Event`] records.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum EventKind { $($(#[$doc])* $name = $v,)* }
+
+        impl EventKind {
+            /// The kind for a byte, if it names one.
+            pub const fn from_u8(v: u8) -> Option<Self> {
+                match v { $($v => Some(Self::$name),)* _ => None }
+            }
+            /// The name, as written in logs and JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $(Self::$name => stringify!($name),)* }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// `malloc` and friends returned a block.
+    Alloc = 1,
+    /// A block was freed.
+    Free = 2,
+    /// `realloc` kept the block and changed its requested size.
+    Resize = 3,
+    /// `realloc` moved a block (after its `Alloc` and `Free`, which carry the `REALLOC` flag).
+    Realloc = 4,
+    /// A segment handed a page to a heap, which set it up for one block size.
+    PageInit = 10,
+    /// More blocks of a page were carved onto its `free` list.
+    PageExtend = 11,
+    /// `thread_free` moved to `local_free`, and `local_free` to `free`.
+    PageCollect = 12,
+    /// The page had no free block and moved to the heap's full queue.
+    PageFull = 13,
+    /// A block of a full page was freed: the page is back in its bin's queue.
+    PageUnfull = 14,
+    /// The page emptied and stays a little while for reuse.
+    PageRetire = 15,
+    /// The page went back to its segment.
+    PageFree = 16,
+    /// A heap took over a page of an abandoned segment.
+    PageReclaim = 17,
+    /// A segment was mapped (or taken from the cache).
+    SegmentAlloc = 20,
+    /// A segment was unmapped or cached.
+    SegmentFree = 21,
+    /// The owner thread exited; the segment waits for another thread.
+    SegmentAbandon = 22,
+    /// Another thread took the segment over.
+    SegmentReclaim = 23,
+    /// A thread's heap was created (carries the thread's name).
+    ThreadStart = 30,
+    /// A thread exited and its heap was abandoned.
+    ThreadExit = 31,
+    /// The name of a thread (a process-level event from the collector).
+    ThreadName = 32,
+    /// Memory was made available again after a purge.
+    OsCommit = 40,
+    /// Memory went back to the OS.
+    OsPurge = 41,
+    /// A user marker (`heaplens_alloc::mark`).
+    Mark = 50,
+    /// Events lost because the consumer was too slow (live mode only).
+    Dropped = 51,
+    /// Pairs the tick counter with CLOCK_MONOTONIC nanoseconds.
+    ClockSync = 52,
+    /// A census starts.
+    CensusBegin = 60,
+    /// One page in a census (first half).
+    CensusPage = 61,
+    /// One page in a census (second half).
+    CensusPage2 = 62,
+    /// A census ends.
+    CensusEnd = 63,
+    /// A segment in a census (before its pages).
+    CensusSegment = 64,
+}
+
+/// Flag bits of [`Event::flags`].
+pub mod flags {
+    /// Alloc: the block was zeroed.
+    pub const ZERO: u8 = 1;
+    /// Alloc: an over-aligned request.
+    pub const ALIGNED: u8 = 2;
+    /// Alloc/Free: part of a `realloc` that moved the block.
+    pub const REALLOC: u8 = 4;
+    /// Free: freed by a thread that does not own the page (pushed onto `thread_free`).
+    pub const CROSS_THREAD: u8 = 8;
+    /// Free: cross-thread into a full page: pushed onto the owner heap's delayed list.
+    pub const TO_DELAYED: u8 = 16;
+    /// Free: the owner freeing a block from its delayed list (onto `local_free`).
+    pub const FROM_DELAYED: u8 = 32;
+    /// SegmentFree: offered to the segment cache rather than unmapped (the cache may be full).
+    pub const CACHED: u8 = 1;
+    /// Mark, ThreadName: the text continues in the next event.
+    pub const MORE: u8 = 1;
+    /// CensusPage2: the page is in its heap's full queue.
+    pub const IN_FULL: u8 = 1;
+}
+
+impl Event {
+    /// The kind, if the byte names one.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::from_u8(self.kind)
+    }
+
+    /// Encodes to 32 little-endian bytes.
+    pub fn to_bytes(&self) -> [u8; EVENT_SIZE] {
+        let mut b = [0u8; EVENT_SIZE];
+        b[0] = self.kind;
+        b[1] = self.flags;
+        b[2..4].copy_from_slice(&self.aux.to_le_bytes());
+        b[4..8].copy_from_slice(&self.arg32.to_le_bytes());
+        b[8..16].copy_from_slice(&self.addr.to_le_bytes());
+        b[16..24].copy_from_slice(&self.arg.to_le_bytes());
+        b[24..32].copy_from_slice(&self.time.to_le_bytes());
+        b
+    }
+
+    /// Decodes 32 little-endian bytes.
+    pub fn from_bytes(b: &[u8; EVENT_SIZE]) -> Self {
+        let u64_at = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        Self {
+            kind: b[0],
+            flags: b[1],
+            aux: u16::from_le_bytes([b[2], b[3]]),
+            arg32: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            addr: u64_at(8),
+            arg: u64_at(16),
+            time: u64_at(24),
+        }
+    }
+
+    /// Packs up to 16 bytes of text into `(addr, arg)` (thread names, marker labels).
+    pub fn pack_text(text: &[u8]) -> (u64, u64) {
+        let mut b = [0u8; 16];
+        let n = text.len().min(16);
+        b[..n].copy_from_slice(&text[..n]);
+        let (lo, hi) = b.split_at(8);
+        (
+            u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])),
+            u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])),
+        )
+    }
+
+    /// The text packed in `addr` and `arg`, without trailing NULs.
+    pub fn text(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..].copy_from_slice(&self.arg.to_le_bytes());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_bytes() {
+        let e = Event {
+            kind: EventKind::Alloc as u8,
+            flags: flags::ZERO,
+            aux: 7,
+            arg32: 9,
+            addr: 0xdead_beef_0000,
+            arg: 48,
+            time: u64::MAX - 1,
+        };
+        assert_eq!(Event::from_bytes(&e.to_bytes()), e);
+        assert_eq!(e.event_kind(), Some(EventKind::Alloc));
+        assert_eq!(EventKind::from_u8(0), None);
+        assert_eq!(EventKind::from_u8(62), Some(EventKind::CensusPage2));
+    }
+
+    #[test]
+    fn text_packs_into_two_words() {
+        let (addr, arg) = Event::pack_text(b"worker-12");
+        let e = Event {
+            addr,
+            arg,
+            ..Event::default()
+        };
+        assert_eq!(&e.text()[..9], b"worker-12");
+        assert_eq!(e.text()[9], 0);
+    }
+}

@@ -1,0 +1,483 @@
+//! The event hook (producer side): the allocator reports what it does as [`Event`]s.
+//!
+//! - Compiled in with the `hook` feature; then [`enabled`] is one relaxed load that the fast paths
+//!   test (a predictable branch). Without the feature it is the constant `false` and every hook
+//!   call compiles away.
+//! - Each traced thread's heap owns a fixed [`EventBuffer`] (64 KiB, from the OS, never from the
+//!   traced heap). Emitting is a store of 32 bytes and a length bump; no lock, no allocation.
+//! - A full buffer travels whole through a bounded crossbeam channel to the collector
+//!   ([`crate::collector`]), which hands it back empty through a second channel for reuse.
+//!   Lossless mode waits for room (back-pressure); live mode drops and later says how many
+//!   ([`EventKind::Dropped`]). Only `try_send`/`try_recv` are used: they never allocate.
+//! - The collector also *drains* buffers that are not full: the owner publishes each event with a
+//!   release store of `len`, the collector copies up to it, so idle threads' events still arrive.
+//! - A thread flagged untraced (the collector itself) gets no buffer and emits nothing.
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::event::{Event, EventKind, flags};
+use crate::heap::{self, Heap};
+use crate::segment::Segment;
+use crate::{os, segment_map};
+
+/// Whether the hook is compiled in.
+pub const COMPILED: bool = cfg!(feature = "hook");
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static LOSSLESS: AtomicBool = AtomicBool::new(true);
+static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether events are being recorded right now.
+#[inline(always)]
+pub fn enabled() -> bool {
+    COMPILED && ENABLED.load(Relaxed)
+}
+
+/// The coarse event clock: nanoseconds since the hook started.
+#[inline(always)]
+pub fn now() -> u64 {
+    CLOCK_NS.load(Relaxed)
+}
+
+/// Advances the clock to `ns` (never backwards: see [`bump_clock`]).
+pub(crate) fn set_clock(ns: u64) {
+    CLOCK_NS.fetch_max(ns, Relaxed);
+}
+
+/// Moves the clock one tick on, so every event another thread emits after it takes over what
+/// this thread just gave up (an abandoned or freed segment, handed on under a lock or through the
+/// kernel) sorts after this thread's last event about it. Events of one tick arrive in any order
+/// across threads; this keeps ownership changes in order.
+#[inline]
+pub(crate) fn bump_clock() {
+    CLOCK_NS.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn set_enabled(on: bool, lossless: bool) {
+    LOSSLESS.store(lossless, Relaxed);
+    ENABLED.store(on && COMPILED, Release);
+}
+
+/// Events per buffer: the buffer fills 64 KiB.
+pub const BUFFER_EVENTS: usize = 2046;
+
+/// A thread's event buffer. The owner appends and publishes `len`; the collector reads
+/// `events[drained..len]`.
+#[repr(C)]
+pub struct EventBuffer {
+    pub(crate) len: AtomicU32,
+    /// Events the collector has already taken (the collector's field alone).
+    pub(crate) drained: u32,
+    pub(crate) heap_id: u32,
+    _pad: u32,
+    pub(crate) events: [Event; BUFFER_EVENTS],
+}
+const BUFFER_BYTES: usize = core::mem::size_of::<EventBuffer>().next_multiple_of(4096);
+
+impl EventBuffer {
+    /// The heap (thread) that wrote this buffer.
+    pub fn heap_id(&self) -> u32 {
+        self.heap_id
+    }
+
+    /// The events not yet taken by the collector; marks them taken.
+    ///
+    /// # Safety
+    /// Only the collector thread calls this, for a buffer that is live (a heap's current buffer,
+    /// under the heap list lock, or a buffer it received whole).
+    pub(crate) unsafe fn take_new(&mut self) -> &[Event] {
+        let n = (self.len.load(Acquire) as usize).min(BUFFER_EVENTS);
+        let from = (self.drained as usize).min(n);
+        self.drained = n as u32;
+        &self.events[from..n]
+    }
+}
+
+/// A buffer pointer that can cross threads.
+#[derive(Clone, Copy, Debug)]
+pub struct BufferPtr(pub(crate) *mut EventBuffer);
+// SAFETY: a buffer is owned by exactly one side at a time: the owner thread until it sends the
+// buffer, the collector until it sends it back.
+unsafe impl Send for BufferPtr {}
+
+/// The channels between the threads and the collector.
+#[cfg(feature = "hook")]
+pub(crate) struct Channels {
+    pub(crate) full_tx: crossbeam_channel::Sender<BufferPtr>,
+    pub(crate) empty_rx: crossbeam_channel::Receiver<BufferPtr>,
+}
+#[cfg(feature = "hook")]
+pub(crate) static CHANNELS: AtomicPtr<Channels> = AtomicPtr::new(ptr::null_mut());
+
+thread_local! {
+    /// Set on the collector thread before its first allocation: its heap is never traced.
+    pub(crate) static UNTRACED: Cell<bool> = const { Cell::new(false) };
+    /// Set while the hook itself runs on this thread: nested events are counted as dropped.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a new heap on this thread should be traced.
+pub(crate) fn thread_is_traced() -> bool {
+    !UNTRACED.with(Cell::get)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Emitting
+
+/// Appends an event to `heap`'s buffer.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (possibly the empty heap, which records nothing).
+#[inline(always)]
+pub(crate) unsafe fn emit(
+    heap: *mut Heap,
+    kind: EventKind,
+    flags: u8,
+    aux: u16,
+    arg32: u32,
+    addr: usize,
+    arg: u64,
+) {
+    let ev = Event {
+        kind: kind as u8,
+        flags,
+        aux,
+        arg32,
+        addr: addr as u64,
+        arg,
+        time: now(),
+    };
+    // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if !buf.is_null() {
+            let n = (*buf).len.load(Relaxed) as usize;
+            if n < BUFFER_EVENTS {
+                (&raw mut (*buf).events).cast::<Event>().add(n).write(ev);
+                (*buf).len.store(n as u32 + 1, Release);
+                return;
+            }
+        }
+        emit_slow(heap, ev);
+    }
+}
+
+/// Emits on the calling thread's heap (for slow paths that do not carry the heap).
+#[inline]
+pub(crate) fn emit_current(
+    kind: EventKind,
+    flags: u8,
+    aux: u16,
+    arg32: u32,
+    addr: usize,
+    arg: u64,
+) {
+    // SAFETY: the default heap is the calling thread's.
+    unsafe { emit(heap::default_heap(), kind, flags, aux, arg32, addr, arg) };
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
+        if !(*heap).traced.load(Relaxed) || !enabled() {
+            return;
+        }
+        if IN_HOOK.with(Cell::get) {
+            (*heap).dropped += 1;
+            return;
+        }
+        IN_HOOK.with(|h| h.set(true));
+        let full = (*heap).events.load(Relaxed);
+        let sent = full.is_null() || send(full);
+        if sent {
+            (*heap).events.store(ptr::null_mut(), Relaxed);
+            let buf = take_empty_buffer((*heap).id);
+            (*heap).events.store(buf, Release);
+        }
+        let buf = (*heap).events.load(Relaxed);
+        if buf.is_null() || (*buf).len.load(Relaxed) as usize >= BUFFER_EVENTS - 1 {
+            (*heap).dropped += 1; // no room: live mode with a slow consumer
+        } else {
+            let mut n = (*buf).len.load(Relaxed) as usize;
+            let events = (&raw mut (*buf).events).cast::<Event>();
+            if (*heap).dropped > 0 {
+                let d = Event {
+                    kind: EventKind::Dropped as u8,
+                    arg: (*heap).dropped,
+                    time: ev.time,
+                    ..Event::default()
+                };
+                events.add(n).write(d);
+                n += 1;
+                (*heap).dropped = 0;
+            }
+            events.add(n).write(ev);
+            (*buf).len.store(n as u32 + 1, Release);
+        }
+        IN_HOOK.with(|h| h.set(false));
+    }
+}
+
+/// Sends a buffer to the collector; waits for room in lossless mode. False if not sent (live
+/// mode with the channel full, or the hook stopped).
+#[cfg(feature = "hook")]
+fn send(buf: *mut EventBuffer) -> bool {
+    let ch = CHANNELS.load(Acquire);
+    if ch.is_null() {
+        return false;
+    }
+    // SAFETY: the channels are leaked when the hook starts and never freed.
+    let ch = unsafe { &*ch };
+    let mut spins = 0u32;
+    loop {
+        match ch.full_tx.try_send(BufferPtr(buf)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::TrySendError::Full(_))
+                if LOSSLESS.load(Relaxed) && ENABLED.load(Relaxed) =>
+            {
+                spins += 1;
+                if spins < 16 {
+                    core::hint::spin_loop();
+                } else {
+                    // SAFETY: no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(not(feature = "hook"))]
+fn send(_buf: *mut EventBuffer) -> bool {
+    false
+}
+
+/// An empty buffer: a recycled one, or fresh OS memory.
+fn take_empty_buffer(heap_id: u32) -> *mut EventBuffer {
+    #[cfg(feature = "hook")]
+    let recycled = {
+        let ch = CHANNELS.load(Acquire);
+        if ch.is_null() {
+            None
+        } else {
+            // SAFETY: leaked channels live forever.
+            unsafe { (*ch).empty_rx.try_recv().ok() }
+        }
+    };
+    #[cfg(not(feature = "hook"))]
+    let recycled: Option<BufferPtr> = None;
+    let buf = match recycled {
+        Some(b) => b.0,
+        None => os::map_internal(BUFFER_BYTES).cast::<EventBuffer>(),
+    };
+    if !buf.is_null() {
+        // SAFETY: the buffer is ours alone until we publish it in the heap.
+        unsafe {
+            (*buf).len.store(0, Relaxed);
+            (*buf).drained = 0;
+            (*buf).heap_id = heap_id;
+        }
+    }
+    buf
+}
+
+/// Returns a buffer the collector is done with.
+pub(crate) fn release_buffer(buf: BufferPtr, recycle: &dyn Fn(BufferPtr) -> bool) {
+    if !recycle(buf) {
+        // SAFETY: the collector owns the buffer and nobody else references it.
+        unsafe { os::unmap_internal(buf.0.cast(), BUFFER_BYTES) };
+    }
+}
+
+/// Sends the calling thread's partly filled buffer (thread exit, process exit).
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
+    // SAFETY: the owner hands its buffer over; afterwards the heap has none.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if buf.is_null() {
+            return;
+        }
+        (*heap).events.store(ptr::null_mut(), Release);
+        if !send(buf) {
+            // The collector is gone or full (live mode): the events are lost.
+            os::unmap_internal(buf.cast(), BUFFER_BYTES);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the allocator calls (each one a single branch when the hook is off)
+
+/// A block was freed; `flags` says how (local, cross-thread, delayed).
+///
+/// # Safety
+/// Called on the freeing thread.
+#[inline]
+pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
+    let mut heap = heap::default_heap();
+    if heap == heap::EMPTY_HEAP_PTR {
+        // A thread that frees before it ever allocated: give it a heap so its frees are seen.
+        heap = crate::init::thread_init();
+        if heap.is_null() {
+            return;
+        }
+    }
+    // SAFETY: the calling thread's heap.
+    unsafe { emit(heap, EventKind::Free, flags, 0, 0, p as usize, 0) };
+}
+
+/// Records the calling thread's name (`prctl(PR_GET_NAME)`: a system call, no allocation).
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn emit_thread_name(heap: *mut Heap) {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+    let (addr, arg) = Event::pack_text(&name[..len]);
+    // SAFETY: forwarded.
+    unsafe {
+        emit(
+            heap,
+            EventKind::ThreadName,
+            0,
+            0,
+            (*heap).id,
+            addr as usize,
+            arg,
+        );
+    };
+}
+
+/// A user marker, e.g. `heaplens_alloc::hook::mark("phase 2")`: appears on the viewer's timeline.
+/// Labels longer than 16 bytes take several events.
+pub fn mark(label: &str) {
+    if !enabled() {
+        return;
+    }
+    let bytes = label.as_bytes();
+    let mut chunks = bytes.chunks(16).peekable();
+    if chunks.peek().is_none() {
+        emit_current(EventKind::Mark, 0, 0, 0, 0, 0);
+    }
+    while let Some(chunk) = chunks.next() {
+        let (addr, arg) = Event::pack_text(chunk);
+        let more = if chunks.peek().is_some() {
+            flags::MORE
+        } else {
+            0
+        };
+        emit_current(EventKind::Mark, more, 0, 0, addr as usize, arg);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The collector's side: drain and census
+
+/// Copies the not yet taken events of every live traced heap's current buffer to `f(heap_id,
+/// os_tid, events)`. Collector thread only.
+pub(crate) fn drain(mut f: impl FnMut(u32, i32, &[Event])) {
+    crate::init::for_each_heap(|heap: &Heap| {
+        let buf = heap.events.load(Acquire);
+        if buf.is_null() {
+            f(heap.id, heap.os_tid, &[]);
+            return;
+        }
+        // SAFETY: the heap list lock keeps the heap (and its current buffer, which only the
+        // collector recycles) alive; `take_new` reads only published events.
+        let events = unsafe { (*buf).take_new() };
+        f(heap.id, heap.os_tid, events);
+    });
+}
+
+/// A census: every in-use page of a traced (or abandoned) heap, as `CensusBegin`, a
+/// `CensusPage`/`CensusPage2` pair per page and `CensusEnd`, appended to `out`. Reads only atomics
+/// and constant page geometry, holding the segment registry lock.
+pub fn census(number: u32, out: &mut impl Extend<Event>) {
+    let t = now();
+    let mut pages: Vec<Event> = Vec::new();
+    segment_map::for_each(|s: &Segment| {
+        pages.push(Event {
+            kind: EventKind::CensusSegment as u8,
+            flags: s.kind() as u8,
+            aux: 0,
+            arg32: s.page_count() as u32,
+            addr: segment_addr(s),
+            arg: s.size() as u64,
+            time: t,
+        });
+        for i in 0..s.page_count() {
+            let page = s.page(i);
+            if !page.is_in_use() {
+                continue;
+            }
+            let heap = page.heap();
+            let owner = if heap.is_null() {
+                0
+            } else {
+                // SAFETY: a page's heap pointer is live while the page is in use by it (a heap
+                // abandons its pages, clearing the pointer, before it goes away).
+                unsafe {
+                    if !(*heap).traced.load(Relaxed) {
+                        continue;
+                    }
+                    (*heap).id
+                }
+            };
+            let bin = page.bin() as u16;
+            let kind = s.kind() as u8;
+            pages.push(Event {
+                kind: EventKind::CensusPage as u8,
+                flags: kind,
+                aux: bin,
+                arg32: page.capacity(),
+                addr: page.start() as u64,
+                arg: page.block_size() as u64,
+                time: t,
+            });
+            pages.push(Event {
+                kind: EventKind::CensusPage2 as u8,
+                flags: u8::from(page.is_in_full()),
+                aux: 0,
+                arg32: page.thread_free_len(),
+                addr: u64::from(owner),
+                arg: u64::from(page.used()) | (u64::from(page.local_free_len()) << 32),
+                time: t,
+            });
+        }
+    });
+    let n = pages
+        .iter()
+        .filter(|e| e.kind == EventKind::CensusPage as u8)
+        .count();
+    let begin = Event {
+        kind: EventKind::CensusBegin as u8,
+        arg32: number,
+        arg: n as u64,
+        time: t,
+        ..Event::default()
+    };
+    out.extend(core::iter::once(begin));
+    out.extend(pages);
+    out.extend(core::iter::once(Event {
+        kind: EventKind::CensusEnd as u8,
+        arg32: number,
+        time: t,
+        ..Event::default()
+    }));
+}
+
+/// Segment events carry the segment base.
+#[inline]
+pub(crate) fn segment_addr(s: *const Segment) -> u64 {
+    s as u64
+}
