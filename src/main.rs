@@ -1,55 +1,90 @@
 //! `heaplens`: watch a mimalloc-design allocator work.
 //!
-//! Until the viewer lands, the default command runs a short workload on the heaplens allocator
-//! (it is this program's global allocator) and prints what the allocator holds before and after.
+//! - `heaplens` / `heaplens demo`: a workload on the heaplens allocator (this program's own).
+//! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
+//! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 
-use std::collections::HashMap;
+mod demo;
+mod launch;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+
+use clap::{Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: heaplens_alloc::HeapLens = heaplens_alloc::HeapLens;
 
-fn main() {
-    println!(
-        "heaplens {} — a mimalloc-design allocator you can watch",
-        env!("CARGO_PKG_VERSION")
-    );
-    println!(
-        "(the live viewer is not built yet; this runs a workload and prints the allocator's state)\n"
-    );
-    let mut live: Vec<Vec<u8>> = Vec::new();
-    let mut map: HashMap<u64, String> = HashMap::new();
-    for i in 0..200_000u64 {
-        live.push(vec![(i % 251) as u8; (i as usize * 37) % 700 + 1]);
-        if i % 3 == 0 {
-            map.insert(i, format!("value {i}"));
+/// heaplens: a memory allocator you can watch.
+#[derive(Parser)]
+#[command(name = "heaplens", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a built-in workload on the heaplens allocator and show its state (the default).
+    Demo,
+    /// Run a program with heaplens as its malloc and record every allocator event to a trace.
+    Record {
+        /// The trace file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Summarise a recorded trace.
+    Stats {
+        /// The trace file.
+        file: PathBuf,
+        /// Print JSON (stable keys; see README).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Cmd::Demo) {
+        Cmd::Demo => {
+            demo::run();
+            Ok(0)
         }
-        if live.len() > 50_000 {
-            live.swap_remove((i as usize * 7919) % live.len());
+        Cmd::Record { output, command } => launch_only(&output, &command),
+        Cmd::Stats { file, json } => Err(format!("stats {} (json {json}): not built yet", file.display()).into()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("heaplens: {e}");
+            ExitCode::from(2)
         }
     }
-    let workers: Vec<_> = (0..4)
-        .map(|t| {
-            std::thread::Builder::new()
-                .name(format!("worker-{t}"))
-                .spawn(move || {
-                    (0..50_000)
-                        .map(|i| vec![t as u8; i % 300 + 1])
-                        .collect::<Vec<_>>()
-                })
-                .expect("spawn worker")
-        })
-        .collect();
-    let handed_over: Vec<Vec<Vec<u8>>> = workers
-        .into_iter()
-        .map(|w| w.join().expect("worker"))
-        .collect();
-    println!("while the workload holds its memory:");
-    heaplens_alloc::print_stats(1);
-    drop(handed_over);
-    drop(live);
-    drop(map);
-    println!(
-        "\nafter freeing it (blocks allocated by the exited workers were freed cross-thread):"
-    );
-    heaplens_alloc::print_stats(1);
+}
+
+/// Temporary: launch and count events until the trace writer lands.
+fn launch_only(_output: &std::path::Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
+    let l = launch::launch(command, std::time::Duration::from_secs(10))?;
+    let mut events = 0usize;
+    let mut ended = None;
+    for item in &l.frames {
+        match item {
+            launch::StreamItem::Frame(heaplens_alloc::wire::Frame::Batch { events: e, .. }) => events += e.len(),
+            launch::StreamItem::Frame(_) => {}
+            launch::StreamItem::Exec => eprintln!("heaplens: exec"),
+            launch::StreamItem::Closed(why) => {
+                ended = Some(why);
+                break;
+            }
+        }
+    }
+    let mut child = l.child;
+    let exit = launch::Exit::from_status(child.wait()?);
+    eprintln!("heaplens: {events} events; stream end: {ended:?}; program {exit}");
+    Ok(exit.shell_code())
 }

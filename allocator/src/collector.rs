@@ -108,6 +108,8 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
         full_rx,
         empty_tx,
     }));
+    // On before the collector's first census, so nothing happens unseen in between.
+    hook::set_enabled(true, config.lossless);
     let mut thread: libc::pthread_t = 0;
     // SAFETY: `collector_main` takes ownership of `state`; the attributes are defaults.
     let rc = unsafe {
@@ -119,12 +121,12 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
         )
     };
     if rc != 0 {
+        hook::set_enabled(false, false);
         RUNNING.store(false, Release);
         return Err(StartError::Thread);
     }
     // SAFETY: the thread runs detached; nobody joins it.
     unsafe { libc::pthread_detach(thread) };
-    hook::set_enabled(true, config.lossless);
     Ok(())
 }
 
@@ -244,6 +246,9 @@ impl<'a> Collector<'a> {
     }
 
     fn run(&mut self) {
+        // A first census: the state before recording started (the keyframe a viewer starts from).
+        self.drain(self.now());
+        self.census(self.now());
         loop {
             match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(buf) => self.take_full(buf),

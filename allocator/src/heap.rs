@@ -224,15 +224,6 @@ pub(crate) unsafe fn queue_remove(heap: *mut Heap, bin: usize, page: *mut Page) 
     }
 }
 
-#[inline]
-fn queue_bin(page: &Page) -> usize {
-    if page.is_in_full() {
-        BIN_FULL
-    } else {
-        page.bin()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The generic allocation path
 
@@ -552,22 +543,29 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
             }
         }
         delayed_free_all(heap, true);
+        // First give every empty page back, then abandon the rest: a segment is abandoned when
+        // all its used pages are, which must be decided after its empty pages are gone.
+        for bin in 0..BIN_COUNT {
+            let mut page = (*heap).queues[bin].first;
+            while !page.is_null() {
+                let next = (*page).next;
+                page::collect(page);
+                if (*page).used() == 0 {
+                    free_page(heap, bin, page);
+                }
+                page = next;
+            }
+        }
         for bin in 0..BIN_COUNT {
             loop {
                 let page = (*heap).queues[bin].first;
                 if page.is_null() {
                     break;
                 }
-                page::collect(page);
-                let qbin = queue_bin(&*page);
-                if (*page).used() == 0 {
-                    free_page(heap, qbin, page);
-                } else {
-                    queue_remove(heap, qbin, page);
-                    (*page).set_flag(FLAG_IN_FULL, false);
-                    (*page).retire_expire = 0;
-                    segment::page_abandon(&raw mut (*heap).tld, page);
-                }
+                queue_remove(heap, bin, page);
+                (*page).set_flag(FLAG_IN_FULL, false);
+                (*page).retire_expire = 0;
+                segment::page_abandon(&raw mut (*heap).tld, page);
             }
         }
     }

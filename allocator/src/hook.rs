@@ -13,6 +13,9 @@
 //!   release store of `len`, the collector copies up to it, so idle threads' events still arrive.
 //! - A thread flagged untraced (the collector itself) gets no buffer and emits nothing.
 
+// Without the `hook` feature the collector is not built, so its half of this module is unused.
+#![cfg_attr(not(feature = "hook"), allow(dead_code, unused_imports))]
+
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};

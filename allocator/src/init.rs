@@ -123,6 +123,7 @@ pub(crate) fn thread_init() -> *mut Heap {
     heap
 }
 
+#[cfg_attr(not(feature = "hook"), allow(dead_code))] // the collector's
 /// Calls `f` on every live heap, holding the heap list lock (so none goes away meanwhile).
 /// `f` must not allocate from heaplens on a thread without a heap.
 pub(crate) fn for_each_heap(mut f: impl FnMut(&Heap)) {
@@ -230,4 +231,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     fork_parent();
+    // The collector thread does not exist in the child: stop recording there, or a lossless
+    // hook would wait forever for room in the channel.
+    hook::set_enabled(false, false);
 }

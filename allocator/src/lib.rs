@@ -40,6 +40,7 @@ pub mod segment;
 pub mod segment_map;
 pub mod stats;
 mod sync;
+pub mod wire;
 
 pub use alloc::{
     calloc, malloc, malloc_aligned, realloc, realloc_aligned, usable_size, zalloc, zalloc_aligned,

@@ -308,6 +308,10 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
             segment_free(tld, s);
             return;
         }
+        if (*s).abandoned > 0 {
+            abandon_if_complete(tld, s); // its thread is exiting: this was the last page in use
+            return;
+        }
         let delay = options::purge_delay_ms();
         (*page).purge_at_ms = os::clock_ms() + delay;
         if (*tld).next_purge_ms == 0 || (*page).purge_at_ms < (*tld).next_purge_ms {
@@ -637,7 +641,15 @@ pub(crate) unsafe fn page_abandon(tld: *mut SegmentsTld, page: *mut Page) {
         let s = segment_of_page(page);
         (*page).heap.store(ptr::null_mut(), Release);
         (*s).abandoned += 1;
-        if (*s).abandoned == (*s).used.load(Relaxed) {
+        abandon_if_complete(tld, s);
+    }
+}
+
+/// Abandons `s` once every used page of it is abandoned.
+unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
+    // SAFETY: owner-only segment state; the list is changed under its lock.
+    unsafe {
+        if (*s).abandoned > 0 && (*s).abandoned == (*s).used.load(Relaxed) {
             if (*s).in_free_queue
                 && let Some(q) = (*tld).queue((*s).kind)
             {

@@ -1,0 +1,373 @@
+//! The live stream between a traced process and `heaplens`: framing, and the socket sink that the
+//! preload library starts when `HEAPLENS_SOCKET` names a socket.
+//!
+//! ```text
+//! stream  = magic "HLSTREAM" | version u16 | frame*
+//! frame   = type u8 | length u32 | payload[length]          (little-endian)
+//!   1 Meta    JSON: pid, command line, start time, allocator constants
+//!   2 Batch   heap u32 | events (32 bytes each, event.rs field order)
+//!   3 End     the process is exiting normally
+//! ```
+//! A stream that stops without `End` means the process died (the launcher reports how). The
+//! reader treats the stream as untrusted: lengths are capped before anything is allocated.
+
+use std::io::{self, Read, Write};
+
+use crate::bin::{BIN_LARGE_MAX, block_size};
+use crate::event::{EVENT_SIZE, Event};
+
+/// Stream magic.
+pub const MAGIC: &[u8; 8] = b"HLSTREAM";
+/// Stream version this build writes and reads.
+pub const VERSION: u16 = 1;
+/// Largest frame a reader accepts (a full event buffer is 64 KiB).
+pub const MAX_FRAME: usize = 16 << 20;
+/// Environment variable naming the socket the preload library streams to.
+pub const SOCKET_ENV: &str = "HEAPLENS_SOCKET";
+
+const FRAME_META: u8 = 1;
+const FRAME_BATCH: u8 = 2;
+const FRAME_END: u8 = 3;
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Process metadata (JSON text).
+    Meta(String),
+    /// Events of one heap.
+    Batch {
+        /// Heap id (0: process-level events).
+        heap: u32,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// The process ended cleanly.
+    End,
+}
+
+/// Why a stream could not be read.
+#[derive(Debug)]
+pub enum WireError {
+    /// The peer does not speak this protocol.
+    NotHeaplens,
+    /// Version mismatch.
+    Version {
+        /// What the peer sent.
+        theirs: u16,
+    },
+    /// A frame is malformed.
+    Corrupt(String),
+    /// Reading failed (includes the peer closing mid-frame).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotHeaplens => f.write_str("the peer is not a heaplens stream (bad magic)"),
+            Self::Version { theirs } => write!(
+                f,
+                "the traced process speaks heaplens stream version {theirs}, this heaplens reads version {VERSION}"
+            ),
+            Self::Corrupt(what) => write!(f, "corrupt heaplens stream: {what}"),
+            Self::Io(e) => write!(f, "reading the heaplens stream failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Writes the stream header.
+pub fn write_header(w: &mut impl Write) -> io::Result<()> {
+    w.write_all(MAGIC)?;
+    w.write_all(&VERSION.to_le_bytes())
+}
+
+fn write_frame(w: &mut impl Write, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
+    w.write_all(&[kind])?;
+    w.write_all(&len.to_le_bytes())?;
+    for p in parts {
+        w.write_all(p)?;
+    }
+    Ok(())
+}
+
+/// Writes a metadata frame.
+pub fn write_meta(w: &mut impl Write, json: &str) -> io::Result<()> {
+    write_frame(w, FRAME_META, &[json.as_bytes()])
+}
+
+/// Writes a batch frame.
+pub fn write_batch(w: &mut impl Write, heap: u32, events: &[Event], scratch: &mut Vec<u8>) -> io::Result<()> {
+    scratch.clear();
+    scratch.extend_from_slice(&heap.to_le_bytes());
+    for e in events {
+        scratch.extend_from_slice(&e.to_bytes());
+    }
+    write_frame(w, FRAME_BATCH, &[scratch])
+}
+
+/// Writes the end frame.
+pub fn write_end(w: &mut impl Write) -> io::Result<()> {
+    write_frame(w, FRAME_END, &[])
+}
+
+/// Reads the stream header.
+pub fn read_header(r: &mut impl Read) -> Result<(), WireError> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(WireError::NotHeaplens);
+    }
+    let mut v = [0u8; 2];
+    r.read_exact(&mut v)?;
+    let theirs = u16::from_le_bytes(v);
+    if theirs != VERSION {
+        return Err(WireError::Version { theirs });
+    }
+    Ok(())
+}
+
+/// Reads the next frame; `Ok(None)` when the stream ends cleanly between frames.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
+    let mut head = [0u8; 5];
+    match read_full(r, &mut head)? {
+        0 => return Ok(None),
+        5 => {}
+        n => return Err(WireError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, format!("stream cut inside a frame header ({n} of 5 bytes)")))),
+    }
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::Corrupt(format!("frame of {len} bytes (at most {MAX_FRAME})")));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    match head[0] {
+        FRAME_META => String::from_utf8(payload)
+            .map(|s| Some(Frame::Meta(s)))
+            .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
+        FRAME_BATCH => {
+            if len < 4 || (len - 4) % EVENT_SIZE != 0 {
+                return Err(WireError::Corrupt(format!("batch frame of {len} bytes is not a heap id plus whole events")));
+            }
+            let heap = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            let events = payload[4..]
+                .chunks_exact(EVENT_SIZE)
+                .map(|c| Event::from_bytes(c.try_into().unwrap_or(&[0; EVENT_SIZE])))
+                .collect();
+            Ok(Some(Frame::Batch { heap, events }))
+        }
+        FRAME_END => Ok(Some(Frame::End)),
+        other => Err(WireError::Corrupt(format!("unknown frame type {other}"))),
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The process metadata as JSON: pid, command line, start time and the allocator's constants.
+pub fn metadata_json() -> String {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| json_string(&String::from_utf8_lossy(a)))
+        .collect();
+    let start_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let bins: Vec<String> = (1..=BIN_LARGE_MAX).map(|b| block_size(b).to_string()).collect();
+    format!(
+        "{{\"pid\":{},\"command\":[{}],\"start_unix_ns\":{},\"segment_size\":{},\"small_page_size\":{},\"medium_page_size\":{},\"segment_info_size\":{},\"bin_block_sizes\":[{}]}}",
+        std::process::id(),
+        args.join(","),
+        start_ns,
+        crate::SEGMENT_SIZE,
+        crate::SMALL_PAGE_SIZE,
+        crate::MEDIUM_PAGE_SIZE,
+        crate::segment::INFO_SIZE,
+        bins.join(",")
+    )
+}
+
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes to a socket with `MSG_NOSIGNAL`: a reader that went away gives an error, not a SIGPIPE
+/// that would kill the traced program.
+pub struct SocketWriter(pub std::os::unix::net::UnixStream);
+
+impl Write for SocketWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is our connected socket.
+            let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                return Ok(n.cast_unsigned());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The user id and process id of the process at the other end of a Unix socket.
+pub fn peer_cred(fd: std::os::fd::RawFd) -> io::Result<(u32, i32)> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out-parameters of the right size for SO_PEERCRED.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len) };
+    if rc == 0 { Ok((cred.uid, cred.pid)) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The user id of the process at the other end of a Unix socket.
+pub fn peer_uid(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    peer_cred(fd).map(|(uid, _)| uid)
+}
+
+/// The real user id of this process.
+pub fn my_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// Starts streaming to the socket named by `HEAPLENS_SOCKET`, if set: connect, send the header
+/// and metadata, start the collector (lossless, census every second) with a sink that writes
+/// batches, and end the stream at exit. Returns whether streaming started. A peer that goes away
+/// stops the stream; the process runs on.
+#[cfg(feature = "hook")]
+pub fn stream_from_env() -> bool {
+    use std::os::unix::net::UnixStream;
+    let Some(path) = std::env::var_os(SOCKET_ENV) else { return false };
+    let Ok(stream) = UnixStream::connect(&path) else { return false };
+    let mut out = io::BufWriter::with_capacity(256 * 1024, SocketWriter(stream));
+    if write_header(&mut out).and_then(|()| write_meta(&mut out, &metadata_json())).and_then(|()| out.flush()).is_err() {
+        return false;
+    }
+    let mut scratch = Vec::with_capacity(70_000);
+    let sink: crate::collector::Sink = Box::new(move |batch| {
+        let r = match batch {
+            Some(b) => write_batch(&mut out, b.heap, b.events, &mut scratch).and_then(|()| out.flush()),
+            None => write_end(&mut out).and_then(|()| out.flush()),
+        };
+        r.is_ok()
+    });
+    let config = crate::collector::Config { lossless: true, census_every_ms: 1000, channel_buffers: 64 };
+    if crate::collector::start(config, sink).is_err() {
+        return false;
+    }
+    // SAFETY: registering an extern "C" fn that never unwinds.
+    unsafe { libc::atexit(end_stream_at_exit) };
+    true
+}
+
+#[cfg(feature = "hook")]
+extern "C" fn end_stream_at_exit() {
+    crate::collector::shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_header(&mut buf).unwrap();
+        write_meta(&mut buf, "{\"pid\":1}").unwrap();
+        let ev = Event { kind: EventKind::Alloc as u8, addr: 0x1000, arg: 32, time: 5, ..Event::default() };
+        write_batch(&mut buf, 7, &[ev, ev], &mut Vec::new()).unwrap();
+        write_end(&mut buf).unwrap();
+        let mut r = &buf[..];
+        read_header(&mut r).unwrap();
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Meta("{\"pid\":1}".into())));
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Batch { heap: 7, events: vec![ev, ev] }));
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_input_gives_clear_errors_without_panics() {
+        let mut r = &b"NOTHEAPLENS"[..];
+        assert!(matches!(read_header(&mut r), Err(WireError::NotHeaplens)));
+        let mut v = MAGIC.to_vec();
+        v.extend_from_slice(&9u16.to_le_bytes());
+        let err = read_header(&mut &v[..]).unwrap_err().to_string();
+        assert!(err.contains("version 9") && err.contains("version 1"), "{err}");
+        // a huge length is refused before anything is allocated
+        let mut r = &[2u8, 0xff, 0xff, 0xff, 0x7f][..];
+        assert!(matches!(read_frame(&mut r), Err(WireError::Corrupt(_))));
+        // a batch that is not whole events
+        let mut r = &[2u8, 5, 0, 0, 0, 1, 2, 3, 4, 5][..];
+        assert!(matches!(read_frame(&mut r), Err(WireError::Corrupt(_))));
+        // cut inside a frame
+        let mut r = &[2u8, 40, 0, 0, 0, 1, 2][..];
+        assert!(matches!(read_frame(&mut r), Err(WireError::Io(_))));
+        // every prefix and random garbage: errors or frames, never a panic
+        let mut buf = Vec::new();
+        write_meta(&mut buf, "{}").unwrap();
+        write_batch(&mut buf, 1, &[Event::default(); 3], &mut Vec::new()).unwrap();
+        for cut in 0..buf.len() {
+            let mut r = &buf[..cut];
+            while let Ok(Some(_)) = read_frame(&mut r) {}
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200 {
+            let junk: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let mut r = &junk[..];
+            while let Ok(Some(_)) = read_frame(&mut r) {}
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

@@ -1,0 +1,265 @@
+//! Launching a program with heaplens preloaded and receiving its event stream.
+//!
+//! The socket sits in a fresh private directory (mode 0700) under `$XDG_RUNTIME_DIR` or `/tmp`;
+//! its path reaches the target through `HEAPLENS_SOCKET`, `libheaplens.so` through `LD_PRELOAD`.
+//! A peer that runs as another user is refused. Frames arrive on a channel from a reader thread,
+//! which ends with how the stream ended.
+
+use std::ffi::OsString;
+use std::io::{self, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded};
+use heaplens_alloc::wire::{self, Frame, WireError};
+
+/// How the traced program ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Exit {
+    /// From a wait status.
+    pub fn from_status(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(sig)) => Self::Signal(sig),
+            (None, None) => Self::Code(-1),
+        }
+    }
+
+    /// The exit code heaplens itself should end with (128 + signal, as shells do).
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(c) => c,
+            Self::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(c) => write!(f, "exited with code {c}"),
+            Self::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
+        }
+    }
+}
+
+/// A short name for common signals.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// What the reader thread delivers.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A frame.
+    Frame(Frame),
+    /// The program replaced itself (`exec`): what follows is the new program's stream.
+    Exec,
+    /// The stream ended: cleanly after an `End` frame, or not (the error says how).
+    Closed(Option<WireError>),
+}
+
+/// A private directory removed when dropped.
+pub struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    /// Creates a fresh directory only this user can enter.
+    pub fn create() -> io::Result<Self> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!("heaplens-{}-{nanos:x}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let meta = std::fs::metadata(&dir)?;
+        if meta.permissions().mode() & 0o077 != 0 || meta.uid() != wire::my_uid() {
+            return Err(io::Error::other(format!("{} is not private", dir.display())));
+        }
+        Ok(Self(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A launched program and its event stream.
+pub struct Launched {
+    /// The program.
+    pub child: Child,
+    /// Frames from it (or the stream's end).
+    pub frames: Receiver<StreamItem>,
+    _dir: PrivateDir,
+}
+
+/// Where `libheaplens.so` is: `HEAPLENS_PRELOAD`, or beside this executable.
+pub fn preload_library() -> io::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HEAPLENS_PRELOAD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let lib = exe.parent().map(|d| d.join("libheaplens.so")).unwrap_or_default();
+    if lib.is_file() {
+        Ok(lib)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} not found: build it with `cargo build --release --workspace`, or set HEAPLENS_PRELOAD", lib.display()),
+        ))
+    }
+}
+
+/// Starts `command` with heaplens preloaded and waits (up to `timeout`) for it to connect.
+pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
+    let (program, args) = command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
+    let lib = preload_library()?;
+    let dir = PrivateDir::create()?;
+    let socket = dir.path().join("stream.sock");
+    let listener = UnixListener::bind(&socket)?;
+    listener.set_nonblocking(true)?;
+    let mut preload = OsString::from(lib.as_os_str());
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(existing);
+    }
+    let mut child = Command::new(program)
+        .args(args)
+        .env("LD_PRELOAD", preload)
+        .env(wire::SOCKET_ENV, &socket)
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", program.to_string_lossy())))?;
+    let pid = i32::try_from(child.id()).unwrap_or(-1);
+    let stream = accept(&listener, pid, || Ok(child.try_wait()?.map(Exit::from_status)), timeout)?;
+    let (tx, rx) = bounded(256);
+    std::thread::Builder::new().name("heaplens-reader".into()).spawn(move || read_streams(&listener, stream, pid, &tx))?;
+    Ok(Launched { child, frames: rx, _dir: dir })
+}
+
+/// Waits for the program `pid` to connect. Connections from other users are refused, and so are
+/// other processes of ours (the program's children inherit its environment; they run untraced).
+fn accept(
+    listener: &UnixListener,
+    pid: i32,
+    mut exited: impl FnMut() -> io::Result<Option<Exit>>,
+    timeout: Duration,
+) -> io::Result<UnixStream> {
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (uid, peer) = wire::peer_cred(stream.as_raw_fd())?;
+                if uid != wire::my_uid() {
+                    eprintln!("heaplens: refused a connection from another user (uid {uid})");
+                    continue;
+                }
+                if peer != pid {
+                    continue; // a child of the program: dropping the connection stops its stream
+                }
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(exit) = exited()? {
+            return Err(io::Error::other(format!(
+                "the program {exit} before heaplens could connect (is it dynamically linked?)"
+            )));
+        }
+        if start.elapsed() > timeout {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the program did not connect to heaplens (is it dynamically linked?)"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether process `pid` is still running (not gone, not a zombie).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// Reads the program's streams: the first, and after an `exec` (a stream that stops without its
+/// end while the process runs on) the new program's.
+fn read_streams(listener: &UnixListener, first: UnixStream, pid: i32, tx: &crossbeam_channel::Sender<StreamItem>) {
+    let mut stream = first;
+    loop {
+        match read_stream(stream, tx) {
+            Some(unclean) if running(pid) => {
+                let again = accept(listener, pid, || Ok((!running(pid)).then_some(Exit::Code(-1))), Duration::from_secs(5));
+                let Ok(next) = again else {
+                    let _ = tx.send(StreamItem::Closed(Some(unclean)));
+                    return;
+                };
+                if tx.send(StreamItem::Exec).is_err() {
+                    return;
+                }
+                stream = next;
+            }
+            Some(unclean) => {
+                let _ = tx.send(StreamItem::Closed(Some(unclean)));
+                return;
+            }
+            None => {
+                let _ = tx.send(StreamItem::Closed(None));
+                return;
+            }
+        }
+    }
+}
+
+/// Forwards one stream's frames; returns how it ended (`None`: cleanly, with `End`).
+fn read_stream(stream: UnixStream, tx: &crossbeam_channel::Sender<StreamItem>) -> Option<WireError> {
+    let mut r = BufReader::with_capacity(1 << 20, stream);
+    if let Err(e) = wire::read_header(&mut r) {
+        return Some(e);
+    }
+    let mut ended = false;
+    loop {
+        match wire::read_frame(&mut r) {
+            Ok(Some(frame)) => {
+                ended = matches!(frame, Frame::End);
+                if tx.send(StreamItem::Frame(frame)).is_err() {
+                    return None;
+                }
+            }
+            Ok(None) if ended => return None,
+            Ok(None) => {
+                return Some(WireError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream stopped before its end")));
+            }
+            Err(e) => return Some(e),
+        }
+    }
+}
