@@ -393,18 +393,43 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
 // Segments from the OS
 
 /// Empty segments kept for reuse, so a program that frees and re-allocates a working set does not
-/// pay a `mmap` each time. Unmapped `10 * purge_delay_ms` after they arrive.
+/// pay a `mmap` and its page faults each time: regular segments, and huge segments up to
+/// [`CACHE_HUGE_MAX`], at most [`CACHE_BYTES_MAX`] in all (the memory stays resident meanwhile). Unmapped `10 * purge_delay_ms` after
+/// they arrive.
 struct SegmentCache {
-    entries: [(usize, u64); CACHE_SLOTS],
+    /// (address, bytes, expiry)
+    entries: [(usize, usize, u64); CACHE_SLOTS],
     len: usize,
+    bytes: usize,
 }
-const CACHE_SLOTS: usize = 8;
+const CACHE_SLOTS: usize = 16;
+const CACHE_HUGE_MAX: usize = 32 << 20;
+const CACHE_BYTES_MAX: usize = 128 << 20;
+/// Huge segments are sized in these steps, so blocks of similar sizes can reuse each other's.
+const HUGE_GRANULE: usize = 1 << 20;
 static CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
-    entries: [(0, 0); CACHE_SLOTS],
+    entries: [(0, 0, 0); CACHE_SLOTS],
     len: 0,
+    bytes: 0,
 });
 /// Earliest expiry in the cache (0: empty), read without the lock.
 static CACHE_NEXT_EXPIRY: AtomicU64 = AtomicU64::new(0);
+
+impl SegmentCache {
+    fn remove(&mut self, i: usize) -> (usize, usize, u64) {
+        let e = self.entries[i];
+        self.len -= 1;
+        self.entries[i] = self.entries[self.len];
+        self.bytes -= e.1;
+        let next = self.entries[..self.len]
+            .iter()
+            .map(|e| e.2)
+            .min()
+            .unwrap_or(0);
+        CACHE_NEXT_EXPIRY.store(next, Relaxed);
+        e
+    }
+}
 
 /// Unmaps cached segments whose time has come.
 pub(crate) fn cache_expire(now: u64) {
@@ -412,65 +437,56 @@ pub(crate) fn cache_expire(now: u64) {
     if next == 0 || next > now {
         return;
     }
-    let mut expired = [0usize; CACHE_SLOTS];
+    let mut expired = [(0usize, 0usize); CACHE_SLOTS];
     let mut n = 0;
     {
         let mut c = CACHE.lock();
         let mut i = 0;
-        let mut next_due = 0u64;
         while i < c.len {
-            let (addr, due) = c.entries[i];
-            if due <= now {
-                expired[n] = addr;
+            if c.entries[i].2 <= now {
+                let (addr, size, _) = c.remove(i);
+                expired[n] = (addr, size);
                 n += 1;
-                c.len -= 1;
-                let last = c.len;
-                c.entries[i] = c.entries[last];
             } else {
-                next_due = if next_due == 0 {
-                    due
-                } else {
-                    next_due.min(due)
-                };
                 i += 1;
             }
         }
-        CACHE_NEXT_EXPIRY.store(next_due, Relaxed);
     }
-    for &addr in &expired[..n] {
-        // SAFETY: cached segments are whole, unregistered mappings of SEGMENT_SIZE bytes that
-        // nothing references.
-        unsafe { os::free(addr as *mut u8, SEGMENT_SIZE, 0) };
+    for &(addr, size) in &expired[..n] {
+        // SAFETY: cached segments are whole, unregistered mappings that nothing references.
+        unsafe { os::free(addr as *mut u8, size, 0) };
     }
 }
 
-fn cache_pop() -> *mut Segment {
+/// A cached segment of `min..=max` bytes (the smallest that fits), or null.
+fn cache_pop(min: usize, max: usize) -> (*mut Segment, usize) {
     if CACHE_NEXT_EXPIRY.load(Relaxed) == 0 {
-        return ptr::null_mut();
+        return (ptr::null_mut(), 0);
     }
     let mut c = CACHE.lock();
-    if c.len == 0 {
-        return ptr::null_mut();
+    let best = (0..c.len)
+        .filter(|&i| (min..=max).contains(&c.entries[i].1))
+        .min_by_key(|&i| c.entries[i].1);
+    match best {
+        Some(i) => {
+            let (addr, size, _) = c.remove(i);
+            (addr as *mut Segment, size)
+        }
+        None => (ptr::null_mut(), 0),
     }
-    c.len -= 1;
-    let last = c.len;
-    let addr = c.entries[last].0;
-    if c.len == 0 {
-        CACHE_NEXT_EXPIRY.store(0, Relaxed);
-    }
-    addr as *mut Segment
 }
 
-/// Caches an empty segment; false when the cache is full.
-fn cache_push(s: *mut Segment) -> bool {
+/// Caches an empty segment of `size` bytes; false when it does not fit.
+fn cache_push(s: *mut Segment, size: usize) -> bool {
     let due = os::clock_ms() + 10 * options::purge_delay_ms().max(1);
     let mut c = CACHE.lock();
-    if c.len == CACHE_SLOTS {
+    if c.len == CACHE_SLOTS || size > CACHE_HUGE_MAX || c.bytes + size > CACHE_BYTES_MAX {
         return false;
     }
     let len = c.len;
-    c.entries[len] = (s as usize, due);
+    c.entries[len] = (s as usize, size, due);
     c.len += 1;
+    c.bytes += size;
     let next = CACHE_NEXT_EXPIRY.load(Relaxed);
     if next == 0 || due < next {
         CACHE_NEXT_EXPIRY.store(due, Relaxed);
@@ -488,12 +504,28 @@ unsafe fn segment_alloc(
 ) -> *mut Segment {
     cache_expire(os::clock_ms());
     let (s, segment_size, first_start, is_zero) = if kind == PageKind::Huge {
-        match huge_mapping(size, align) {
-            Some((s, len, start)) => (s, len, start, true),
-            None => return ptr::null_mut(),
+        // A cached huge segment serves a block that fits with at most a quarter to spare and whose
+        // alignment its block start already has.
+        let need = INFO_SIZE
+            .checked_add(size)
+            .and_then(|n| os::align_up(n, HUGE_GRANULE));
+        let cached = match need {
+            // its block starts at `segment + INFO_SIZE`, and the segment is SEGMENT_SIZE-aligned
+            Some(need) if INFO_SIZE.is_multiple_of(align.max(1)) => {
+                cache_pop(need, need + need / 4)
+            }
+            _ => (ptr::null_mut(), 0),
+        };
+        if cached.0.is_null() {
+            match huge_mapping(size, align) {
+                Some((s, len, start)) => (s, len, start, true),
+                None => return ptr::null_mut(),
+            }
+        } else {
+            (cached.0, cached.1, cached.0 as usize + INFO_SIZE, false)
         }
     } else {
-        let cached = cache_pop();
+        let cached = cache_pop(SEGMENT_SIZE, SEGMENT_SIZE).0;
         let (s, zero) = if cached.is_null() {
             (
                 os::alloc_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>(),
@@ -507,6 +539,10 @@ unsafe fn segment_alloc(
         }
         (s, SEGMENT_SIZE, s as usize + INFO_SIZE, zero)
     };
+    if is_zero && matches!(kind, PageKind::Large | PageKind::Huge) {
+        // SAFETY: a fresh mapping of ours.
+        unsafe { os::advise_huge_pages(s.cast(), segment_size) };
+    }
     let (capacity, page_shift, page_size) = match kind {
         PageKind::Small => (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SHIFT, SMALL_PAGE_SIZE),
         PageKind::Medium => (
@@ -575,14 +611,20 @@ unsafe fn segment_alloc(
 fn huge_mapping(size: usize, align: usize) -> Option<(*mut Segment, usize, usize)> {
     let ps = os::page_size();
     let align = align.max(crate::MAX_ALIGN);
-    let reserve = os::align_up(INFO_SIZE.checked_add(align)?.checked_add(size)?, ps)?;
+    let reserve = os::align_up(
+        INFO_SIZE.checked_add(align)?.checked_add(size)?,
+        HUGE_GRANULE,
+    )?;
     let base = os::alloc_aligned(reserve, SEGMENT_SIZE) as usize;
     if base == 0 {
         return None;
     }
     let start = os::align_up(base + INFO_SIZE, align)?;
     let seg = (start - 1) & !SEGMENT_MASK;
-    let end = os::align_up(start + size, ps)?;
+    // Sized in granules (the untouched tail costs address space, not memory), so that the segment
+    // can serve similar sizes again from the cache.
+    let end = (seg + os::align_up(os::align_up(start + size, ps)? - seg, HUGE_GRANULE)?)
+        .min(base + reserve);
     // SAFETY: [base, seg) and [end, base + reserve) are parts of our fresh mapping outside the
     // segment we keep.
     unsafe {
@@ -607,14 +649,14 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
         }
         segment_map::unregister(s);
         let (size, purged) = ((*s).segment_size, (*s).purged_bytes);
-        let cacheable = (*s).kind != PageKind::Huge && purged == 0;
+        let cacheable = purged == 0 && size <= CACHE_HUGE_MAX;
         if hook::enabled() {
             // Before the segment can be taken again (from the cache, or as a new mapping).
             let flag = if cacheable { flags::CACHED } else { 0 };
             hook::emit_current(EventKind::SegmentFree, flag, 0, 0, s as usize, size as u64);
             hook::bump_clock();
         }
-        if !(cacheable && cache_push(s)) {
+        if !(cacheable && cache_push(s, size)) {
             os::free(s.cast(), size, purged);
         }
     }

@@ -128,7 +128,9 @@ fn write_summary(out: &mut impl Write, st: &Stats) -> fmt::Result {
         if b.pages == 0 {
             continue;
         }
-        let fill = (100 * b.blocks_used).checked_div(b.blocks_capacity).unwrap_or(0);
+        let fill = (100 * b.blocks_used)
+            .checked_div(b.blocks_capacity)
+            .unwrap_or(0);
         let block = if bin == BIN_HUGE {
             "huge".into_label()
         } else {

@@ -106,7 +106,12 @@ pub fn write_meta(w: &mut impl Write, json: &str) -> io::Result<()> {
 }
 
 /// Writes a batch frame.
-pub fn write_batch(w: &mut impl Write, heap: u32, events: &[Event], scratch: &mut Vec<u8>) -> io::Result<()> {
+pub fn write_batch(
+    w: &mut impl Write,
+    heap: u32,
+    events: &[Event],
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
     scratch.clear();
     scratch.extend_from_slice(&heap.to_le_bytes());
     for e in events {
@@ -142,11 +147,18 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
     match read_full(r, &mut head)? {
         0 => return Ok(None),
         5 => {}
-        n => return Err(WireError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, format!("stream cut inside a frame header ({n} of 5 bytes)")))),
+        n => {
+            return Err(WireError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("stream cut inside a frame header ({n} of 5 bytes)"),
+            )));
+        }
     }
     let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > MAX_FRAME {
-        return Err(WireError::Corrupt(format!("frame of {len} bytes (at most {MAX_FRAME})")));
+        return Err(WireError::Corrupt(format!(
+            "frame of {len} bytes (at most {MAX_FRAME})"
+        )));
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
@@ -156,7 +168,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
             .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
         FRAME_BATCH => {
             if len < 4 || (len - 4) % EVENT_SIZE != 0 {
-                return Err(WireError::Corrupt(format!("batch frame of {len} bytes is not a heap id plus whole events")));
+                return Err(WireError::Corrupt(format!(
+                    "batch frame of {len} bytes is not a heap id plus whole events"
+                )));
             }
             let heap = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
             let events = payload[4..]
@@ -195,7 +209,9 @@ pub fn metadata_json() -> String {
     let start_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let bins: Vec<String> = (1..=BIN_LARGE_MAX).map(|b| block_size(b).to_string()).collect();
+    let bins: Vec<String> = (1..=BIN_LARGE_MAX)
+        .map(|b| block_size(b).to_string())
+        .collect();
     format!(
         "{{\"pid\":{},\"command\":[{}],\"start_unix_ns\":{},\"segment_size\":{},\"small_page_size\":{},\"medium_page_size\":{},\"segment_info_size\":{},\"bin_block_sizes\":[{}]}}",
         std::process::id(),
@@ -234,7 +250,14 @@ impl Write for SocketWriter {
         use std::os::fd::AsRawFd;
         loop {
             // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is our connected socket.
-            let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+            let n = unsafe {
+                libc::send(
+                    self.0.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
             if n >= 0 {
                 return Ok(n.cast_unsigned());
             }
@@ -252,11 +275,27 @@ impl Write for SocketWriter {
 
 /// The user id and process id of the process at the other end of a Unix socket.
 pub fn peer_cred(fd: std::os::fd::RawFd) -> io::Result<(u32, i32)> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid out-parameters of the right size for SO_PEERCRED.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len) };
-    if rc == 0 { Ok((cred.uid, cred.pid)) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok((cred.uid, cred.pid))
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The user id of the process at the other end of a Unix socket.
@@ -277,21 +316,35 @@ pub fn my_uid() -> u32 {
 #[cfg(feature = "hook")]
 pub fn stream_from_env() -> bool {
     use std::os::unix::net::UnixStream;
-    let Some(path) = std::env::var_os(SOCKET_ENV) else { return false };
-    let Ok(stream) = UnixStream::connect(&path) else { return false };
+    let Some(path) = std::env::var_os(SOCKET_ENV) else {
+        return false;
+    };
+    let Ok(stream) = UnixStream::connect(&path) else {
+        return false;
+    };
     let mut out = io::BufWriter::with_capacity(256 * 1024, SocketWriter(stream));
-    if write_header(&mut out).and_then(|()| write_meta(&mut out, &metadata_json())).and_then(|()| out.flush()).is_err() {
+    if write_header(&mut out)
+        .and_then(|()| write_meta(&mut out, &metadata_json()))
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         return false;
     }
     let mut scratch = Vec::with_capacity(70_000);
     let sink: crate::collector::Sink = Box::new(move |batch| {
         let r = match batch {
-            Some(b) => write_batch(&mut out, b.heap, b.events, &mut scratch).and_then(|()| out.flush()),
+            Some(b) => {
+                write_batch(&mut out, b.heap, b.events, &mut scratch).and_then(|()| out.flush())
+            }
             None => write_end(&mut out).and_then(|()| out.flush()),
         };
         r.is_ok()
     });
-    let config = crate::collector::Config { lossless: true, census_every_ms: 1000, channel_buffers: 64 };
+    let config = crate::collector::Config {
+        lossless: true,
+        census_every_ms: 1000,
+        channel_buffers: 64,
+    };
     if crate::collector::start(config, sink).is_err() {
         return false;
     }
@@ -315,13 +368,28 @@ mod tests {
         let mut buf = Vec::new();
         write_header(&mut buf).unwrap();
         write_meta(&mut buf, "{\"pid\":1}").unwrap();
-        let ev = Event { kind: EventKind::Alloc as u8, addr: 0x1000, arg: 32, time: 5, ..Event::default() };
+        let ev = Event {
+            kind: EventKind::Alloc as u8,
+            addr: 0x1000,
+            arg: 32,
+            time: 5,
+            ..Event::default()
+        };
         write_batch(&mut buf, 7, &[ev, ev], &mut Vec::new()).unwrap();
         write_end(&mut buf).unwrap();
         let mut r = &buf[..];
         read_header(&mut r).unwrap();
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Meta("{\"pid\":1}".into())));
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Batch { heap: 7, events: vec![ev, ev] }));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Meta("{\"pid\":1}".into()))
+        );
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Batch {
+                heap: 7,
+                events: vec![ev, ev]
+            })
+        );
         assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
         assert_eq!(read_frame(&mut r).unwrap(), None);
     }
@@ -333,7 +401,10 @@ mod tests {
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&9u16.to_le_bytes());
         let err = read_header(&mut &v[..]).unwrap_err().to_string();
-        assert!(err.contains("version 9") && err.contains("version 1"), "{err}");
+        assert!(
+            err.contains("version 9") && err.contains("version 1"),
+            "{err}"
+        );
         // a huge length is refused before anything is allocated
         let mut r = &[2u8, 0xff, 0xff, 0xff, 0x7f][..];
         assert!(matches!(read_frame(&mut r), Err(WireError::Corrupt(_))));
