@@ -43,13 +43,19 @@ enum Alloc {
     MiMalloc,
     Jemalloc,
     System,
+    /// heaplens built without the event hook (crate heaplens-alloc-nohook, same source).
+    HeapLensNoHook,
+    /// heaplens with the hook on: a collector runs and receives every event.
+    HeapLensHookOn,
 }
 
-const ALLOCS: [Alloc; 4] = [
+const ALLOCS: [Alloc; 6] = [
     Alloc::HeapLens,
     Alloc::MiMalloc,
     Alloc::Jemalloc,
     Alloc::System,
+    Alloc::HeapLensNoHook,
+    Alloc::HeapLensHookOn,
 ];
 
 impl Alloc {
@@ -59,6 +65,8 @@ impl Alloc {
             Alloc::MiMalloc => "mimalloc",
             Alloc::Jemalloc => "jemalloc",
             Alloc::System => "system",
+            Alloc::HeapLensNoHook => "heaplens-nohook",
+            Alloc::HeapLensHookOn => "heaplens-hook-on",
         }
     }
 
@@ -72,6 +80,7 @@ impl Alloc {
 }
 
 static HEAPLENS: HeapLens = HeapLens;
+static NOHOOK: heaplens_alloc_nohook::HeapLens = heaplens_alloc_nohook::HeapLens;
 static MIMALLOC: MiMalloc = MiMalloc;
 static JEMALLOC: Jemalloc = Jemalloc;
 static SYSTEM: System = System;
@@ -130,7 +139,8 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe {
             match Self::which() {
-                0 => HEAPLENS.alloc(layout),
+                0 | 5 => HEAPLENS.alloc(layout),
+                4 => NOHOOK.alloc(layout),
                 1 => MIMALLOC.alloc(layout),
                 2 => JEMALLOC.alloc(layout),
                 _ => SYSTEM.alloc(layout),
@@ -143,7 +153,8 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe {
             match Self::which() {
-                0 => HEAPLENS.alloc_zeroed(layout),
+                0 | 5 => HEAPLENS.alloc_zeroed(layout),
+                4 => NOHOOK.alloc_zeroed(layout),
                 1 => MIMALLOC.alloc_zeroed(layout),
                 2 => JEMALLOC.alloc_zeroed(layout),
                 _ => SYSTEM.alloc_zeroed(layout),
@@ -156,7 +167,8 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees; `ptr` came from the same allocator.
         unsafe {
             match Self::which() {
-                0 => HEAPLENS.dealloc(ptr, layout),
+                0 | 5 => HEAPLENS.dealloc(ptr, layout),
+                4 => NOHOOK.dealloc(ptr, layout),
                 1 => MIMALLOC.dealloc(ptr, layout),
                 2 => JEMALLOC.dealloc(ptr, layout),
                 _ => SYSTEM.dealloc(ptr, layout),
@@ -169,7 +181,8 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees; `ptr` came from the same allocator.
         unsafe {
             match Self::which() {
-                0 => HEAPLENS.realloc(ptr, layout, new_size),
+                0 | 5 => HEAPLENS.realloc(ptr, layout, new_size),
+                4 => NOHOOK.realloc(ptr, layout, new_size),
                 1 => MIMALLOC.realloc(ptr, layout, new_size),
                 2 => JEMALLOC.realloc(ptr, layout, new_size),
                 _ => SYSTEM.realloc(ptr, layout, new_size),
@@ -725,6 +738,34 @@ fn child(args: &[String]) -> ExitCode {
     let start_rss = proc_status_kib("VmRSS");
     let (time, check) = match alloc {
         Alloc::HeapLens => run_workload(&HEAPLENS, workload, scale),
+        Alloc::HeapLensNoHook => run_workload(&NOHOOK, workload, scale),
+        Alloc::HeapLensHookOn => {
+            // Every event goes to the collector, which counts it: what streaming costs the
+            // program, without a socket's or a disk's speed in the measurement.
+            static EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let config = heaplens_alloc::collector::Config {
+                lossless: true,
+                census_every_ms: 1000,
+                channel_buffers: 64,
+            };
+            heaplens_alloc::collector::start(
+                config,
+                Box::new(|batch| {
+                    if let Some(b) = batch {
+                        EVENTS.fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                    }
+                    true
+                }),
+            )
+            .expect("collector starts");
+            let result = run_workload(&HEAPLENS, workload, scale);
+            heaplens_alloc::collector::shutdown();
+            assert!(
+                EVENTS.load(Ordering::Relaxed) > 0,
+                "the hook delivered no events"
+            );
+            result
+        }
         Alloc::MiMalloc => run_workload(&MIMALLOC, workload, scale),
         Alloc::Jemalloc => run_workload(&JEMALLOC, workload, scale),
         Alloc::System => run_workload(&SYSTEM, workload, scale),
@@ -809,7 +850,7 @@ struct Options {
 
 const USAGE: &str = "usage: alloc_ratios [--quick] [--rounds N] [--scale F] [--workload NAME[,NAME..]] \
                      [--alloc NAME[,NAME..]]\n  workloads: churn prodcons trees larson realloc large\n  \
-                     allocators: heaplens mimalloc jemalloc system";
+                     allocators: heaplens mimalloc jemalloc system heaplens-nohook heaplens-hook-on";
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -1105,6 +1146,22 @@ fn report(o: &Options, results: &Results) -> String {
                     r,
                     "  vs glibc:    geomean time {t:.2}x <= 0.80x {}",
                     verdict(t <= 0.80)
+                );
+            }
+            Alloc::HeapLensNoHook => {
+                let _ = writeln!(
+                    r,
+                    "  hook compiled in, off, vs compiled out: geomean time {t:.3}x <= 1.03x {}",
+                    verdict(t <= 1.03)
+                );
+            }
+            Alloc::HeapLensHookOn => {
+                let on = 1.0 / t;
+                let worst_on = time_ratios[oi].iter().map(|x| 1.0 / x).fold(0.0, f64::max);
+                let _ = writeln!(
+                    r,
+                    "  hook on (events streamed) vs off: geomean time {on:.2}x, worst {worst_on:.2}x <= 2x {}",
+                    verdict(worst_on <= 2.0)
                 );
             }
             _ => {}

@@ -217,6 +217,9 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if p.is_null() {
         return 0;
     }
+    if options::check() {
+        check::verify_segment(segment_of(p), p); // a foreign pointer: report, don't fault
+    }
     // SAFETY: `p` is live, so its segment header and page metadata are readable.
     unsafe {
         let page = page_of(segment_of(p), p);

@@ -73,13 +73,9 @@ pub(crate) unsafe fn malloc(heap: *mut Heap, size: usize, align: usize, zero: bo
     }
 }
 
-/// Verifies a free of `p` and marks its block freed; returns the block start. Aborts with a report
-/// on a double free, a foreign pointer or a damaged trailer.
-///
-/// # Safety
-/// `segment`/`page` are `segment_of(p)`/`page_of(..)`; they may be garbage if `p` is foreign,
-/// which is what this checks before reading them.
-pub(crate) unsafe fn free(segment: *mut Segment, page: *mut Page, p: *mut u8) -> *mut u8 {
+/// Aborts with a report unless `segment` (that of `p`) is a live heaplens segment: called before
+/// anything is read from it, since the address below a foreign pointer may not be mapped.
+pub(crate) fn verify_segment(segment: *const Segment, p: *const u8) {
     if !segment_map::contains(segment) {
         report(
             "free of a pointer heaplens never returned (not in any heaplens segment)",
@@ -87,6 +83,16 @@ pub(crate) unsafe fn free(segment: *mut Segment, page: *mut Page, p: *mut u8) ->
             None,
         );
     }
+}
+
+/// Verifies a free of `p` and marks its block freed; returns the block start. Aborts with a report
+/// on a double free, a foreign pointer or a damaged trailer.
+///
+/// # Safety
+/// `segment`/`page` are `segment_of(p)`/`page_of(..)`; they may be garbage if `p` is foreign,
+/// which is what this checks before reading them.
+pub(crate) unsafe fn free(segment: *mut Segment, page: *mut Page, p: *mut u8) -> *mut u8 {
+    verify_segment(segment, p);
     // SAFETY: the segment is live (registered), so its header and pages are readable; the block
     // range is checked against the page's carved blocks before the trailer is read.
     unsafe {

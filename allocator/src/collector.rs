@@ -12,7 +12,7 @@
 //! traced heap's accounting stays exact.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
@@ -199,8 +199,48 @@ fn monotonic_ns() -> u64 {
 /// Events of one heap waiting to be merged.
 struct Pending {
     heap: u32,
-    events: Vec<Event>,
-    start: usize,
+    chunks: VecDeque<Chunk>,
+}
+
+/// A run of events waiting to be merged: part of a full buffer (not copied, and handed back for
+/// reuse once its events are passed on), or copied events (a drained, partly filled buffer).
+struct Chunk {
+    buf: Option<BufferPtr>,
+    owned: Vec<Event>,
+    pos: usize,
+    end: usize,
+}
+
+impl Chunk {
+    fn events(&self) -> &[Event] {
+        match self.buf {
+            // SAFETY: a buffer in a chunk is the collector's until it is recycled, and
+            // `pos..end` lies within the events its owner published before sending it.
+            Some(b) => unsafe { &(&(*b.0).events)[self.pos..self.end] },
+            None => &self.owned[self.pos..self.end],
+        }
+    }
+}
+
+impl Pending {
+    fn front_time(&self) -> Option<u64> {
+        self.chunks
+            .front()
+            .and_then(|c| c.events().first())
+            .map(|e| e.time)
+    }
+
+    fn push_owned(&mut self, events: Vec<Event>) {
+        if !events.is_empty() {
+            let end = events.len();
+            self.chunks.push_back(Chunk {
+                buf: None,
+                owned: events,
+                pos: 0,
+                end,
+            });
+        }
+    }
 }
 
 struct Collector<'a> {
@@ -300,8 +340,7 @@ impl<'a> Collector<'a> {
         let i = *self.index.entry(heap).or_insert_with(|| {
             self.pending.push(Pending {
                 heap,
-                events: Vec::new(),
-                start: 0,
+                chunks: VecDeque::new(),
             });
             self.pending.len() - 1
         });
@@ -310,10 +349,22 @@ impl<'a> Collector<'a> {
 
     fn take_full(&mut self, buf: BufferPtr) {
         // SAFETY: the buffer was sent to us whole; we own it until we hand it back.
-        let (heap, events) = unsafe { ((*buf.0).heap_id, (*buf.0).take_new()) };
-        self.queue(heap).events.extend_from_slice(events);
-        let tx = self.state.empty_tx.clone();
-        hook::release_buffer(buf, &move |b| tx.try_send(b).is_ok());
+        let (heap, (pos, end)) = unsafe { ((*buf.0).heap_id, (*buf.0).take_range()) };
+        if pos == end {
+            self.recycle(buf);
+        } else {
+            self.queue(heap).chunks.push_back(Chunk {
+                buf: Some(buf),
+                owned: Vec::new(),
+                pos,
+                end,
+            });
+        }
+    }
+
+    fn recycle(&self, buf: BufferPtr) {
+        let tx = &self.state.empty_tx;
+        hook::release_buffer(buf, &|b| tx.try_send(b).is_ok());
     }
 
     fn drain(&mut self, now: u64) {
@@ -327,7 +378,7 @@ impl<'a> Collector<'a> {
             fresh.push((heap, tid));
         });
         for (heap, events) in drained {
-            self.queue(heap).events.extend(events);
+            self.queue(heap).push_owned(events);
         }
         // Threads name themselves at start and exit; the collector announces the threads that were
         // there before recording began, and picks up renames of live threads now and then.
@@ -368,7 +419,7 @@ impl<'a> Collector<'a> {
     fn flush_scratch(&mut self) {
         if !self.scratch.is_empty() {
             let events = std::mem::take(&mut self.scratch);
-            self.queue(0).events.extend(events);
+            self.queue(0).push_owned(events);
         }
     }
 
@@ -396,11 +447,11 @@ impl<'a> Collector<'a> {
         loop {
             let mut best: Option<(u64, usize)> = None;
             for (i, q) in self.pending.iter().enumerate() {
-                if let Some(e) = q.events.get(q.start)
-                    && e.time <= watermark
-                    && best.is_none_or(|(t, _)| e.time < t)
+                if let Some(t) = q.front_time()
+                    && t <= watermark
+                    && best.is_none_or(|(b, _)| t < b)
                 {
-                    best = Some((e.time, i));
+                    best = Some((t, i));
                 }
             }
             let Some((_, i)) = best else { break };
@@ -409,30 +460,26 @@ impl<'a> Collector<'a> {
                 .iter()
                 .enumerate()
                 .filter(|&(j, _)| j != i)
-                .filter_map(|(_, q)| q.events.get(q.start).map(|e| e.time))
+                .filter_map(|(_, q)| q.front_time())
                 .fold(watermark, u64::min);
-            let q = &self.pending[i];
-            let end = q.start
-                + q.events[q.start..]
-                    .iter()
-                    .take_while(|e| e.time <= bound)
-                    .count();
-            let (heap, start) = (q.heap, q.start);
-            let events = std::mem::take(&mut self.pending[i].events);
+            let heap = self.pending[i].heap;
+            let Some(mut chunk) = self.pending[i].chunks.pop_front() else {
+                break;
+            };
+            let n = chunk
+                .events()
+                .iter()
+                .take_while(|e| e.time <= bound)
+                .count();
             self.emit(Batch {
                 heap,
-                events: &events[start..end],
+                events: &chunk.events()[..n],
             });
-            self.pending[i].events = events;
-            self.pending[i].start = end;
-        }
-        for q in &mut self.pending {
-            if q.start == q.events.len() {
-                q.events.clear();
-                q.start = 0;
-            } else if q.start > 4096 {
-                q.events.drain(..q.start);
-                q.start = 0;
+            chunk.pos += n;
+            if chunk.pos < chunk.end {
+                self.pending[i].chunks.push_front(chunk);
+            } else if let Some(buf) = chunk.buf {
+                self.recycle(buf);
             }
         }
     }

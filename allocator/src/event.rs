@@ -160,6 +160,8 @@ pub mod flags {
     pub const MORE: u8 = 1;
     /// CensusPage2: the page is in its heap's full queue.
     pub const IN_FULL: u8 = 1;
+    /// CensusBegin: some segments were left out (they appeared while the census ran).
+    pub const PARTIAL: u8 = 2;
 }
 
 impl Event {

@@ -22,6 +22,9 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     let segment = segment_of(p);
+    if options::check() {
+        check::verify_segment(segment, p); // before anything is read from it
+    }
     // SAFETY: `p` is live, so its segment header is mapped; a page of this thread's segment with
     // no flags holds `p` at a block start and belongs to this thread's heap.
     unsafe {

@@ -284,7 +284,8 @@ pub(crate) unsafe fn huge_page(heap: *mut Heap, size: usize, align: usize) -> *m
     }
     // SAFETY: forwarded contract.
     unsafe {
-        let page = segment::huge_page_alloc(heap, size, align);
+        // A zero-sized (aligned) request still gets a block of its own.
+        let page = segment::huge_page_alloc(heap, size.max(1), align);
         if page.is_null() {
             return page;
         }

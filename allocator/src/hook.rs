@@ -85,15 +85,25 @@ impl EventBuffer {
         self.heap_id
     }
 
+    /// The range of events not yet taken by the collector; marks them taken.
+    ///
+    /// # Safety
+    /// As [`EventBuffer::take_new`].
+    pub(crate) unsafe fn take_range(&mut self) -> (usize, usize) {
+        let n = (self.len.load(Acquire) as usize).min(BUFFER_EVENTS);
+        let from = (self.drained as usize).min(n);
+        self.drained = n as u32;
+        (from, n)
+    }
+
     /// The events not yet taken by the collector; marks them taken.
     ///
     /// # Safety
     /// Only the collector thread calls this, for a buffer that is live (a heap's current buffer,
     /// under the heap list lock, or a buffer it received whole).
     pub(crate) unsafe fn take_new(&mut self) -> &[Event] {
-        let n = (self.len.load(Acquire) as usize).min(BUFFER_EVENTS);
-        let from = (self.drained as usize).min(n);
-        self.drained = n as u32;
+        // SAFETY: forwarded contract.
+        let (from, n) = unsafe { self.take_range() };
         &self.events[from..n]
     }
 }
@@ -407,8 +417,17 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, &[Event])) {
 /// and constant page geometry, holding the segment registry lock.
 pub fn census(number: u32, out: &mut impl Extend<Event>) {
     let t = now();
-    let mut pages: Vec<Event> = Vec::new();
+    // Nothing may allocate while the registry lock is held (a new segment would wait for it, on
+    // this very thread): room for every page is reserved first, with slack for segments that
+    // appear meanwhile; a census that still runs out of room says so (`flags::PARTIAL`).
+    let room = (segment_map::count() + 64) * (1 + 2 * crate::SMALL_PAGES_PER_SEGMENT);
+    let mut pages: Vec<Event> = Vec::with_capacity(room);
+    let mut partial = false;
     segment_map::for_each(|s: &Segment| {
+        if pages.len() + 1 + 2 * s.page_count() > pages.capacity() {
+            partial = true;
+            return;
+        }
         pages.push(Event {
             kind: EventKind::CensusSegment as u8,
             flags: s.kind() as u8,
@@ -464,6 +483,7 @@ pub fn census(number: u32, out: &mut impl Extend<Event>) {
         .count();
     let begin = Event {
         kind: EventKind::CensusBegin as u8,
+        flags: if partial { flags::PARTIAL } else { 0 },
         arg32: number,
         arg: n as u64,
         time: t,

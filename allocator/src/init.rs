@@ -61,7 +61,7 @@ pub fn process_init() {
 }
 
 extern "C" fn show_stats_at_exit() {
-    crate::stats::print_stats(2);
+    crate::stats::print_stats(options::stats_fd());
 }
 
 static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(1);

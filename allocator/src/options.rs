@@ -1,7 +1,7 @@
 //! Options from the environment, read once at process initialisation with `getenv` (which does
 //! not allocate). `std::env::var` would allocate inside `malloc` and recurse.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
 
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
 static CHECK: AtomicBool = AtomicBool::new(false);
@@ -25,8 +25,24 @@ pub fn purge_delay_ms() -> u64 {
     PURGE_DELAY_MS.load(Relaxed)
 }
 
+/// Where the summary goes: a private copy of stderr taken at start-up, because many programs
+/// (GNU coreutils among them) close stderr in their own exit handler, which runs before ours.
+static STATS_FD: AtomicI32 = AtomicI32::new(2);
+
+/// The file descriptor for the exit summary.
+pub fn stats_fd() -> i32 {
+    STATS_FD.load(Relaxed)
+}
+
 pub(crate) fn init() {
     SHOW_STATS.store(flag(c"HEAPLENS_SHOW_STATS"), Relaxed);
+    if show_stats() {
+        // SAFETY: F_DUPFD_CLOEXEC on fd 2 has no memory-safety preconditions.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd >= 0 {
+            STATS_FD.store(fd, Relaxed);
+        }
+    }
     CHECK.store(flag(c"HEAPLENS_CHECK"), Relaxed);
     if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
         PURGE_DELAY_MS.store(ms, Relaxed);

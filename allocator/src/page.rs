@@ -219,7 +219,7 @@ pub(crate) unsafe fn init(page: *mut Page, heap: *mut Heap, bin: usize, block_si
         let pg = &mut *page;
         pg.block_size.store(block_size, Relaxed);
         pg.bin.store(bin as u8, Relaxed);
-        let reserved = (pg.area / block_size).min(u32::MAX as usize) as u32;
+        let reserved = (pg.area / block_size.max(1)).min(u32::MAX as usize) as u32;
         pg.reserved.store(reserved, Relaxed);
         pg.capacity.store(0, Relaxed);
         pg.used.store(0, Relaxed);

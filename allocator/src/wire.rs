@@ -167,7 +167,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
             .map(|s| Some(Frame::Meta(s)))
             .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
         FRAME_BATCH => {
-            if len < 4 || (len - 4) % EVENT_SIZE != 0 {
+            if len < 4 || !(len - 4).is_multiple_of(EVENT_SIZE) {
                 return Err(WireError::Corrupt(format!(
                     "batch frame of {len} bytes is not a heap id plus whole events"
                 )));

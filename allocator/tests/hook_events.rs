@@ -174,7 +174,13 @@ fn the_hook_delivers_every_event_and_a_matching_census() {
     // per page start from the events and compare.
     // The collector takes one census when it starts (the state recording began from); ours is
     // the last one.
-    assert_eq!(events.iter().filter(|(_, e)| e.kind == EventKind::CensusBegin as u8).count(), 2);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, e)| e.kind == EventKind::CensusBegin as u8)
+            .count(),
+        2
+    );
     let begin = events
         .iter()
         .rposition(|(_, e)| e.kind == EventKind::CensusBegin as u8)
