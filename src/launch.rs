@@ -90,13 +90,21 @@ pub struct PrivateDir(PathBuf);
 impl PrivateDir {
     /// Creates a fresh directory only this user can enter.
     pub fn create() -> io::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("heaplens-{}-{nanos:x}", std::process::id()));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let meta = std::fs::metadata(&dir)?;
         if meta.permissions().mode() & 0o077 != 0 || meta.uid() != wire::my_uid() {
-            return Err(io::Error::other(format!("{} is not private", dir.display())));
+            return Err(io::Error::other(format!(
+                "{} is not private",
+                dir.display()
+            )));
         }
         Ok(Self(dir))
     }
@@ -128,20 +136,28 @@ pub fn preload_library() -> io::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let lib = exe.parent().map(|d| d.join("libheaplens.so")).unwrap_or_default();
+    let lib = exe
+        .parent()
+        .map(|d| d.join("libheaplens.so"))
+        .unwrap_or_default();
     if lib.is_file() {
         Ok(lib)
     } else {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{} not found: build it with `cargo build --release --workspace`, or set HEAPLENS_PRELOAD", lib.display()),
+            format!(
+                "{} not found: build it with `cargo build --release --workspace`, or set HEAPLENS_PRELOAD",
+                lib.display()
+            ),
         ))
     }
 }
 
 /// Starts `command` with heaplens preloaded and waits (up to `timeout`) for it to connect.
 pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
-    let (program, args) = command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
     let lib = preload_library()?;
     let dir = PrivateDir::create()?;
     let socket = dir.path().join("stream.sock");
@@ -156,13 +172,30 @@ pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
         .args(args)
         .env("LD_PRELOAD", preload)
         .env(wire::SOCKET_ENV, &socket)
+        .env(wire::PARENT_ENV, std::process::id().to_string())
         .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", program.to_string_lossy())))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", program.to_string_lossy()),
+            )
+        })?;
     let pid = i32::try_from(child.id()).unwrap_or(-1);
-    let stream = accept(&listener, pid, || Ok(child.try_wait()?.map(Exit::from_status)), timeout)?;
+    let stream = accept(
+        &listener,
+        pid,
+        || Ok(child.try_wait()?.map(Exit::from_status)),
+        timeout,
+    )?;
     let (tx, rx) = bounded(256);
-    std::thread::Builder::new().name("heaplens-reader".into()).spawn(move || read_streams(&listener, stream, pid, &tx))?;
-    Ok(Launched { child, frames: rx, _dir: dir })
+    std::thread::Builder::new()
+        .name("heaplens-reader".into())
+        .spawn(move || read_streams(&listener, stream, pid, &tx))?;
+    Ok(Launched {
+        child,
+        frames: rx,
+        _dir: dir,
+    })
 }
 
 /// Waits for the program `pid` to connect. Connections from other users are refused, and so are
@@ -197,7 +230,10 @@ fn accept(
             )));
         }
         if start.elapsed() > timeout {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the program did not connect to heaplens (is it dynamically linked?)"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the program did not connect to heaplens (is it dynamically linked?)",
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -207,18 +243,31 @@ fn accept(
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+        })
         .unwrap_or(false)
 }
 
 /// Reads the program's streams: the first, and after an `exec` (a stream that stops without its
 /// end while the process runs on) the new program's.
-fn read_streams(listener: &UnixListener, first: UnixStream, pid: i32, tx: &crossbeam_channel::Sender<StreamItem>) {
+fn read_streams(
+    listener: &UnixListener,
+    first: UnixStream,
+    pid: i32,
+    tx: &crossbeam_channel::Sender<StreamItem>,
+) {
     let mut stream = first;
     loop {
         match read_stream(stream, tx) {
             Some(unclean) if running(pid) => {
-                let again = accept(listener, pid, || Ok((!running(pid)).then_some(Exit::Code(-1))), Duration::from_secs(5));
+                let again = accept(
+                    listener,
+                    pid,
+                    || Ok((!running(pid)).then_some(Exit::Code(-1))),
+                    Duration::from_secs(5),
+                );
                 let Ok(next) = again else {
                     let _ = tx.send(StreamItem::Closed(Some(unclean)));
                     return;
@@ -241,7 +290,10 @@ fn read_streams(listener: &UnixListener, first: UnixStream, pid: i32, tx: &cross
 }
 
 /// Forwards one stream's frames; returns how it ended (`None`: cleanly, with `End`).
-fn read_stream(stream: UnixStream, tx: &crossbeam_channel::Sender<StreamItem>) -> Option<WireError> {
+fn read_stream(
+    stream: UnixStream,
+    tx: &crossbeam_channel::Sender<StreamItem>,
+) -> Option<WireError> {
     let mut r = BufReader::with_capacity(1 << 20, stream);
     if let Err(e) = wire::read_header(&mut r) {
         return Some(e);
@@ -257,7 +309,10 @@ fn read_stream(stream: UnixStream, tx: &crossbeam_channel::Sender<StreamItem>) -
             }
             Ok(None) if ended => return None,
             Ok(None) => {
-                return Some(WireError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream stopped before its end")));
+                return Some(WireError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the stream stopped before its end",
+                )));
             }
             Err(e) => return Some(e),
         }

@@ -6,11 +6,12 @@
 
 mod demo;
 mod launch;
+mod record;
+mod stats;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 
 use clap::{Parser, Subcommand};
 
@@ -35,7 +36,12 @@ enum Cmd {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// The program and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<OsString>,
     },
     /// Summarise a recorded trace.
@@ -55,8 +61,8 @@ fn main() -> ExitCode {
             demo::run();
             Ok(0)
         }
-        Cmd::Record { output, command } => launch_only(&output, &command),
-        Cmd::Stats { file, json } => Err(format!("stats {} (json {json}): not built yet", file.display()).into()),
+        Cmd::Record { output, command } => record::run(&output, &command),
+        Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
@@ -65,26 +71,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Temporary: launch and count events until the trace writer lands.
-fn launch_only(_output: &std::path::Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
-    let l = launch::launch(command, std::time::Duration::from_secs(10))?;
-    let mut events = 0usize;
-    let mut ended = None;
-    for item in &l.frames {
-        match item {
-            launch::StreamItem::Frame(heaplens_alloc::wire::Frame::Batch { events: e, .. }) => events += e.len(),
-            launch::StreamItem::Frame(_) => {}
-            launch::StreamItem::Exec => eprintln!("heaplens: exec"),
-            launch::StreamItem::Closed(why) => {
-                ended = Some(why);
-                break;
-            }
-        }
-    }
-    let mut child = l.child;
-    let exit = launch::Exit::from_status(child.wait()?);
-    eprintln!("heaplens: {events} events; stream end: {ended:?}; program {exit}");
-    Ok(exit.shell_code())
 }

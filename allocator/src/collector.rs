@@ -130,6 +130,13 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     Ok(())
 }
 
+/// In the child of a `fork()`: the collector thread did not come along, so recording is over
+/// there (and `shutdown` at the child's exit must not wait for it).
+pub(crate) fn after_fork_child() {
+    hook::set_enabled(false, false);
+    FINISHED.store(true, Release);
+}
+
 /// Whether a collector runs.
 pub fn is_running() -> bool {
     RUNNING.load(Acquire) && !FINISHED.load(Acquire)

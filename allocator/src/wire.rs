@@ -24,6 +24,10 @@ pub const VERSION: u16 = 1;
 pub const MAX_FRAME: usize = 16 << 20;
 /// Environment variable naming the socket the preload library streams to.
 pub const SOCKET_ENV: &str = "HEAPLENS_SOCKET";
+/// Environment variable holding the launcher's pid: only its direct child streams (an `exec`
+/// keeps the parent, so the program it becomes streams too); the program's own children, which
+/// inherit the environment, do not.
+pub const PARENT_ENV: &str = "HEAPLENS_LAUNCHER_PID";
 
 const FRAME_META: u8 = 1;
 const FRAME_BATCH: u8 = 2;
@@ -319,6 +323,14 @@ pub fn stream_from_env() -> bool {
     let Some(path) = std::env::var_os(SOCKET_ENV) else {
         return false;
     };
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let launcher = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    if launcher.is_some_and(|l| l != parent) {
+        return false; // a child of the traced program
+    }
     let Ok(stream) = UnixStream::connect(&path) else {
         return false;
     };

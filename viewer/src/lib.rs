@@ -1,3 +1,6 @@
 //! heaplens-viewer: the trace model (a shadow of the allocator rebuilt from events), trace file
 //! I/O, event sources and the egui UI. The model is kept free of egui so it can be tested and
-//! benchmarked on its own. (Filled by the hook and viewer work; see the issues.)
+//! benchmarked on its own.
+
+pub mod model;
+pub mod trace;

@@ -1,0 +1,155 @@
+//! `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, write every event
+//! it streams to a trace file, show progress, and exit with CMD's status.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use heaplens_alloc::stats::Bytes;
+use heaplens_alloc::wire::Frame;
+use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
+
+use crate::launch::{self, Exit, StreamItem};
+
+/// How long the program may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Records; returns the exit code heaplens should end with (the program's).
+pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
+    let launched = launch::launch(command, CONNECT_TIMEOUT)?;
+    let pid = launched.child.id();
+    let start = Instant::now();
+    let mut progress = Progress::new(pid);
+    let mut writer: Option<TraceWriter> = None;
+    let mut stream_error = None;
+    let mut ended_cleanly = false;
+    for item in &launched.frames {
+        match item {
+            StreamItem::Frame(Frame::Meta(json)) => {
+                let mut meta = Metadata::from_json(&json)
+                    .map_err(|e| format!("the program sent bad metadata: {e}"))?;
+                meta.hostname = heaplens_viewer::trace::metadata::hostname();
+                writer = Some(
+                    TraceWriter::create(output, &meta)
+                        .map_err(|e| format!("cannot write {}: {e}", output.display()))?,
+                );
+            }
+            StreamItem::Frame(Frame::Batch { heap, events }) => {
+                let Some(w) = writer.as_mut() else {
+                    return Err("the program's stream had events before its metadata".into());
+                };
+                w.write_batch(heap, &events)?;
+                progress.update(w.events_written(), w.bytes_written());
+            }
+            StreamItem::Frame(Frame::End) => ended_cleanly = true,
+            StreamItem::Exec => {
+                // The program replaced itself (a wrapper script, a shell): record the new one.
+                progress.clear();
+                eprintln!("heaplens: pid {pid} exec'd another program; recording that one");
+                writer = None;
+                progress.last_events = 0;
+            }
+            StreamItem::Closed(why) => {
+                stream_error = why;
+                break;
+            }
+        }
+    }
+    let mut child = launched.child;
+    let exit = Exit::from_status(child.wait()?);
+    progress.clear();
+    let status = match exit {
+        Exit::Code(c) => ExitStatus::Code(c),
+        Exit::Signal(s) => ExitStatus::Signal(s),
+    };
+    let reason = if ended_cleanly && stream_error.is_none() {
+        EndReason::Clean
+    } else {
+        EndReason::PeerVanished
+    };
+    let Some(w) = writer else {
+        return Err(format!("the program {exit} without sending any events").into());
+    };
+    let events = w.events_written();
+    w.finish(EndInfo { reason, status })?;
+    let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "heaplens: {events} events in {secs:.1} s -> {} ({}, {:.2} bytes/event)",
+        output.display(),
+        Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        bytes as f64 / events.max(1) as f64
+    );
+    match exit {
+        Exit::Signal(_) => {
+            eprintln!("heaplens: the program was {exit}; the trace holds everything up to then")
+        }
+        Exit::Code(_) if reason != EndReason::Clean => {
+            eprintln!("heaplens: the program {exit} but its stream ended early ({stream_error:?})");
+        }
+        Exit::Code(_) => {}
+    }
+    Ok(exit.shell_code())
+}
+
+/// A one-line progress report on stderr: events, rate, bytes written.
+struct Progress {
+    pid: u32,
+    start: Instant,
+    last: Instant,
+    last_events: u64,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(pid: u32) -> Self {
+        let now = Instant::now();
+        Self {
+            pid,
+            start: now,
+            last: now,
+            last_events: 0,
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, events: u64, bytes: u64) {
+        let period = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(2)
+        };
+        let dt = self.last.elapsed();
+        if dt < period {
+            return;
+        }
+        let rate = events.saturating_sub(self.last_events) as f64 / dt.as_secs_f64();
+        let line = format!(
+            "heaplens: recording pid {} for {:.0} s: {events} events ({:.1} M/s), {} written",
+            self.pid,
+            self.start.elapsed().as_secs_f64(),
+            rate / 1e6,
+            Bytes(usize::try_from(bytes).unwrap_or(usize::MAX))
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[2K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        self.shown = true;
+        self.last = Instant::now();
+        self.last_events = events;
+    }
+
+    fn clear(&mut self) {
+        if self.tty && self.shown {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+        self.shown = false;
+    }
+}

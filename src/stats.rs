@@ -1,0 +1,150 @@
+//! `heaplens stats FILE [--json]`: replay a trace into the model and summarise it.
+//!
+//! The JSON keys are stable (documented in README.md): `events`, `allocs`, `frees`,
+//! `cross_thread_frees`, `reallocs`, `threads`, `duration_s`, `peak_committed_bytes`,
+//! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
+//! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
+//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `dropped_events`,
+//! `complete`, `damage`, `exit`.
+
+use std::path::Path;
+
+use heaplens_alloc::stats::Bytes;
+use heaplens_viewer::model::{Model, Sample};
+use heaplens_viewer::trace::{ExitStatus, TraceReader};
+use serde_json::json;
+
+/// The three fragmentation figures of a sample.
+fn fragmentation(s: &Sample) -> serde_json::Value {
+    json!({
+        "internal": round3(s.internal_fragmentation()),
+        "page": round3(s.page_fragmentation()),
+        "segment": round3(s.segment_fragmentation()),
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Prints the summary of `file`.
+pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let mut reader = TraceReader::open(file)?;
+    let damage = reader.damage().map(|d| d.to_string());
+    let mut model = Model::new();
+    for item in reader.events() {
+        let (heap, event) = item?;
+        model.apply(heap, &event);
+    }
+    model.finish();
+    let totals = model.totals();
+    let end = model.current();
+    let peak = model
+        .metrics()
+        .samples()
+        .iter()
+        .max_by_key(|s| s.committed_bytes)
+        .copied()
+        .unwrap_or(end);
+    let mut bins = model.bins(None);
+    bins.sort_by_key(|g| std::cmp::Reverse(g.totals.held_bytes));
+    let top: Vec<_> = bins
+        .iter()
+        .filter(|g| g.totals.held_bytes > 0)
+        .take(8)
+        .collect();
+    let live = model.live();
+    let exit = match reader.end_info().map(|e| e.status) {
+        Some(ExitStatus::Code(c)) => json!({ "code": c }),
+        Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
+        Some(ExitStatus::Unknown) | None => serde_json::Value::Null,
+    };
+    let duration_s = reader.duration_ns() as f64 / 1e9;
+    let summary = json!({
+        "events": totals.events,
+        "allocs": totals.allocs,
+        "frees": totals.frees,
+        "cross_thread_frees": totals.cross_thread_frees,
+        "reallocs": totals.reallocs,
+        "threads": totals.threads_seen,
+        "duration_s": duration_s,
+        "peak_committed_bytes": totals.peak_committed.max(peak.committed_bytes),
+        "final_committed_bytes": end.committed_bytes,
+        "fragmentation_at_peak": fragmentation(&peak),
+        "fragmentation_at_end": fragmentation(&end),
+        "top_size_classes": top.iter().map(|g| json!({
+            "bin": g.bin,
+            "block_size": g.block_size,
+            "live_blocks": g.totals.held,
+            "live_bytes": g.totals.held_bytes,
+            "pages": g.totals.pages,
+        })).collect::<Vec<_>>(),
+        "live_blocks_at_exit": live.len(),
+        "live_bytes_at_exit": live.requested_bytes(),
+        "dropped_events": totals.dropped,
+        "complete": reader.is_complete(),
+        "damage": damage,
+        "exit": exit,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let b = |n: u64| Bytes(usize::try_from(n).unwrap_or(usize::MAX));
+    let meta = reader.metadata();
+    println!("trace       {}", file.display());
+    if !meta.command.is_empty() {
+        println!("command     {} (pid {})", meta.command.join(" "), meta.pid);
+    }
+    if let Some(d) = &damage {
+        println!("damage      {d}");
+    }
+    match reader.end_info().map(|e| e.status) {
+        Some(ExitStatus::Code(c)) => println!("exit        code {c}"),
+        Some(ExitStatus::Signal(s)) => println!("exit        killed by signal {s}"),
+        _ => println!("exit        unknown"),
+    }
+    println!("duration    {duration_s:.3} s");
+    println!(
+        "events      {} ({} allocs, {} frees of which {} cross-thread, {} reallocs)",
+        totals.events, totals.allocs, totals.frees, totals.cross_thread_frees, totals.reallocs
+    );
+    println!("threads     {}", totals.threads_seen);
+    println!(
+        "committed   peak {}, at end {}",
+        b(totals.peak_committed.max(peak.committed_bytes)),
+        b(end.committed_bytes)
+    );
+    for (label, s) in [("at peak", &peak), ("at end", &end)] {
+        println!(
+            "fragmentation {label:<8} internal {:.1}%, page-level {:.1}%, segment-level {:.1}%",
+            100.0 * s.internal_fragmentation(),
+            100.0 * s.page_fragmentation(),
+            100.0 * s.segment_fragmentation()
+        );
+    }
+    println!(
+        "live at exit {} blocks, {} requested",
+        live.len(),
+        b(live.requested_bytes())
+    );
+    println!("dropped     {} events", totals.dropped);
+    if !top.is_empty() {
+        println!("top size classes by live bytes at end:");
+        println!(
+            "  {:>4} {:>10} {:>12} {:>12} {:>6}",
+            "bin", "block", "live blocks", "live bytes", "pages"
+        );
+        for g in &top {
+            println!(
+                "  {:>4} {:>10} {:>12} {:>12} {:>6}",
+                g.bin,
+                b(g.block_size).to_string(),
+                g.totals.held,
+                b(u64::try_from(g.totals.held_bytes).unwrap_or(0)).to_string(),
+                g.totals.pages
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Model ingest: events applied per second on one core (budget: >= 20 M events/s).
+//!
+//! Generates about 20 M realistic events with the allocator simulation (`model::synth`): eight
+//! threads allocating and freeing across many pages and bins, 15% cross-thread frees (some
+//! reported late), reallocs, thread churn, medium and large blocks. Then times `Model::apply`
+//! over the stream, in the order the collector delivers it (runs of one heap's events).
+//!
+//! `cargo bench -p heaplens-viewer --bench model_ingest` (`HEAPLENS_BENCH_EVENTS=N` for another
+//! size).
+
+use std::time::Instant;
+
+use heaplens_alloc::event::{Event, EventKind};
+use heaplens_viewer::model::Model;
+use heaplens_viewer::model::synth::{
+    Synth, SynthConfig, merge_like_collector, shuffle_within_ticks,
+};
+
+const BUDGET: f64 = 20e6;
+
+fn generate(n: usize, live_per_thread: usize, seed: u64) -> Vec<(u32, Event)> {
+    let mut s = Synth::new(SynthConfig {
+        seed,
+        threads: 8,
+        live_per_thread,
+        cross_thread_percent: 15,
+        late_free_percent: 20,
+        churn_per_million: 50,
+        ops_per_tick: 5_000,
+        medium_percent: 3,
+        large_per_mille: 1,
+        realloc_percent: 3,
+        ..SynthConfig::default()
+    });
+    s.run_events(n);
+    s.quiesce();
+    s.take_events()
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mix(events: &[(u32, Event)]) -> String {
+    let mut counts = [0usize; 256];
+    for (_, e) in events {
+        counts[e.kind as usize] += 1;
+    }
+    let mut v: Vec<(usize, usize)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(k, c)| (k, *c))
+        .collect();
+    v.sort_by_key(|&(_, c)| std::cmp::Reverse(c));
+    v.iter()
+        .take(6)
+        .map(|&(k, c)| {
+            let name = EventKind::from_u8(k as u8).map_or("?", EventKind::name);
+            format!("{name} {:.1}%", 100.0 * c as f64 / events.len() as f64)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn measure(name: &str, events: &[(u32, Event)]) -> f64 {
+    let mut best = 0.0f64;
+    let mut last = None;
+    for _ in 0..3 {
+        let mut m = Model::new();
+        let t = Instant::now();
+        for (heap, ev) in events {
+            m.apply(*heap, ev);
+        }
+        m.finish();
+        let secs = t.elapsed().as_secs_f64();
+        best = best.max(events.len() as f64 / secs);
+        last = Some(m);
+    }
+    let m = last.expect("ran");
+    let s = m.current();
+    println!(
+        "{name}: {} events, {:.1} M events/s (best of 3); end state: {} segments, {} live blocks, {} samples",
+        events.len(),
+        best / 1e6,
+        m.segments().len(),
+        s.live_blocks,
+        m.metrics().samples().len()
+    );
+    best
+}
+
+fn main() {
+    let n = env("HEAPLENS_BENCH_EVENTS", 20_000_000);
+    let live = env("HEAPLENS_BENCH_LIVE", 2_000);
+    let t = Instant::now();
+    let truth = generate(n, live, 42);
+    println!(
+        "generated {} events in {:.1} s: {}",
+        truth.len(),
+        t.elapsed().as_secs_f64(),
+        mix(&truth)
+    );
+    // The collector merges the threads' streams by time, each heap's events of a tick in a run.
+    let events = merge_like_collector(&truth, 1);
+    let rate = measure("collector order", &events);
+    drop(events);
+    // Worst case: a tick's events of different threads interleaved one by one.
+    let events = shuffle_within_ticks(&truth, 2);
+    let worst = measure("interleaved", &events);
+    drop((events, truth));
+    let big = merge_like_collector(&generate(n / 4, 32 * live, 43), 3);
+    let big_rate = measure("32x live set", &big);
+    let verdict = if rate >= BUDGET { "within" } else { "BELOW" };
+    println!(
+        "model ingest: {:.1} M events/s ({verdict} the budget of {:.0} M/s); interleaved {:.1} M/s; \
+         32x live set {:.1} M/s",
+        rate / 1e6,
+        BUDGET / 1e6,
+        worst / 1e6,
+        big_rate / 1e6
+    );
+}

@@ -1,0 +1,614 @@
+//! The allocator's census, and checking the model against it.
+//!
+//! A census is a snapshot of every in-use page that the collector takes at a quiet point and sends
+//! as heap-0 events: `CensusBegin`, a `CensusSegment` per segment, a `CensusPage`/`CensusPage2`
+//! pair per page, `CensusEnd`. The model gathers it into a [`Census`], compares itself with it
+//! ([`Model::compare`]: the model must agree exactly) and can reset its pages from it
+//! ([`Model::resync`], after lost events).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::segment::INFO_SIZE;
+use heaplens_alloc::{MEDIUM_PAGE_SHIFT, SEGMENT_SIZE, SMALL_PAGE_SHIFT};
+use serde::{Deserialize, Serialize};
+
+use super::Model;
+use super::hash::FastMap;
+use super::page::page_kind;
+use super::segment::{Segment, segment_base};
+
+/// One segment in a census.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CensusSegment {
+    /// Base address.
+    pub base: u64,
+    /// Bytes mapped.
+    pub bytes: u64,
+    /// Pages.
+    pub page_count: u32,
+    /// `PageKind as u8`.
+    pub kind: u8,
+}
+
+/// One in-use page in a census.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CensusPage {
+    /// Address of the first block.
+    pub start: u64,
+    /// Block size.
+    pub block_size: u64,
+    /// Blocks carved.
+    pub capacity: u32,
+    /// Size class.
+    pub bin: u16,
+    /// `PageKind as u8`.
+    pub kind: u8,
+    /// Owning heap id (0: abandoned).
+    pub owner: u32,
+    /// mimalloc's `used`.
+    pub used: u32,
+    /// Length of `local_free`.
+    pub local_free: u32,
+    /// Length of `thread_free`.
+    pub thread_free: u32,
+    /// In its heap's full queue.
+    pub in_full: bool,
+}
+
+/// A whole census.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Census {
+    /// Census number (counts up from 1).
+    pub number: u32,
+    /// Trace time it was taken.
+    pub time: u64,
+    /// Every segment (including those of untraced heaps, whose pages are not listed).
+    pub segments: Vec<CensusSegment>,
+    /// Every in-use page of a traced heap or an abandoned segment.
+    pub pages: Vec<CensusPage>,
+}
+
+impl Census {
+    /// The census as the heap-0 events the collector sends.
+    pub fn to_events(&self) -> Vec<Event> {
+        let t = self.time;
+        let mut out = Vec::with_capacity(2 + self.segments.len() + 2 * self.pages.len());
+        out.push(Event {
+            kind: EventKind::CensusBegin as u8,
+            arg32: self.number,
+            arg: self.pages.len() as u64,
+            time: t,
+            ..Event::default()
+        });
+        for s in &self.segments {
+            out.push(Event {
+                kind: EventKind::CensusSegment as u8,
+                flags: s.kind,
+                arg32: s.page_count,
+                addr: s.base,
+                arg: s.bytes,
+                time: t,
+                ..Event::default()
+            });
+        }
+        for p in &self.pages {
+            out.push(Event {
+                kind: EventKind::CensusPage as u8,
+                flags: p.kind,
+                aux: p.bin,
+                arg32: p.capacity,
+                addr: p.start,
+                arg: p.block_size,
+                time: t,
+            });
+            out.push(Event {
+                kind: EventKind::CensusPage2 as u8,
+                flags: if p.in_full { flags::IN_FULL } else { 0 },
+                aux: 0,
+                arg32: p.thread_free,
+                addr: u64::from(p.owner),
+                arg: u64::from(p.used) | (u64::from(p.local_free) << 32),
+                time: t,
+            });
+        }
+        out.push(Event {
+            kind: EventKind::CensusEnd as u8,
+            arg32: self.number,
+            time: t,
+            ..Event::default()
+        });
+        out
+    }
+}
+
+/// A field compared between the model and a census.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Field {
+    /// Page block size.
+    BlockSize,
+    /// Page bin.
+    Bin,
+    /// Page or segment kind.
+    Kind,
+    /// Page capacity.
+    Capacity,
+    /// Page `used`.
+    Used,
+    /// Page `local_free` length.
+    LocalFree,
+    /// Page `thread_free` length.
+    ThreadFree,
+    /// Page owner heap.
+    Owner,
+    /// Page in the full queue.
+    InFull,
+    /// Segment bytes.
+    Bytes,
+    /// Segment page count.
+    PageCount,
+}
+
+impl Field {
+    /// The field's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BlockSize => "block_size",
+            Self::Bin => "bin",
+            Self::Kind => "kind",
+            Self::Capacity => "capacity",
+            Self::Used => "used",
+            Self::LocalFree => "local_free",
+            Self::ThreadFree => "thread_free",
+            Self::Owner => "owner",
+            Self::InFull => "in_full",
+            Self::Bytes => "bytes",
+            Self::PageCount => "page_count",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A difference between the model and a census.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mismatch {
+    /// A census page the model does not have in use.
+    PageMissingInModel {
+        /// Page start.
+        start: u64,
+    },
+    /// A page the model has in use that the census does not list.
+    PageMissingInCensus {
+        /// Page start.
+        start: u64,
+        /// Its owner in the model.
+        owner: u32,
+    },
+    /// A page field differs.
+    PageField {
+        /// Page start.
+        start: u64,
+        /// Field name.
+        field: Field,
+        /// The model's value.
+        model: i64,
+        /// The census's value.
+        census: i64,
+    },
+    /// A live segment of the model that the census does not list.
+    SegmentMissingInCensus {
+        /// Base address.
+        base: u64,
+    },
+    /// A census segment holding listed pages that the model does not have.
+    SegmentMissingInModel {
+        /// Base address.
+        base: u64,
+    },
+    /// A segment field differs.
+    SegmentField {
+        /// Base address.
+        base: u64,
+        /// Field name.
+        field: Field,
+        /// The model's value.
+        model: i64,
+        /// The census's value.
+        census: i64,
+    },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PageMissingInModel { start } => {
+                write!(f, "page {start:#x}: in the census, not in use in the model")
+            }
+            Self::PageMissingInCensus { start, owner } => write!(
+                f,
+                "page {start:#x}: in use by heap {owner} in the model, not in the census"
+            ),
+            Self::PageField {
+                start,
+                field,
+                model,
+                census,
+            } => write!(
+                f,
+                "page {start:#x}: {field} is {model} in the model, {census} in the census"
+            ),
+            Self::SegmentMissingInCensus { base } => {
+                write!(f, "segment {base:#x}: live in the model, not in the census")
+            }
+            Self::SegmentMissingInModel { base } => {
+                write!(f, "segment {base:#x}: in the census, not in the model")
+            }
+            Self::SegmentField {
+                base,
+                field,
+                model,
+                census,
+            } => write!(
+                f,
+                "segment {base:#x}: {field} is {model} in the model, {census} in the census"
+            ),
+        }
+    }
+}
+
+/// The outcome of checking the model against a census as it arrived.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CensusCheck {
+    /// Census number.
+    pub number: u32,
+    /// Trace time of the census.
+    pub time: u64,
+    /// Number of mismatches.
+    pub mismatches: usize,
+    /// The first few of them.
+    pub first: Vec<Mismatch>,
+    /// Whether the model was reset from the census (mismatches after lost events).
+    pub resynced: bool,
+}
+
+/// Mismatches kept in a [`CensusCheck`].
+const CHECK_KEEP: usize = 16;
+/// Pages reserved ahead from `CensusBegin`'s count (an untrusted length).
+const RESERVE_MAX: usize = 1 << 16;
+
+/// A census being received, and the last whole one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CensusState {
+    building: Option<Census>,
+    half: Option<CensusPage>,
+    last: Option<Census>,
+    check: Option<CensusCheck>,
+    dropped_at_last: u64,
+}
+
+fn field(out: &mut Vec<Mismatch>, start: u64, name: Field, model: i64, census: i64) {
+    if model != census {
+        out.push(Mismatch::PageField {
+            start,
+            field: name,
+            model,
+            census,
+        });
+    }
+}
+
+/// Blocks of `block_size` that fit in page `index` of `seg` starting at `start`.
+fn reserved_for(seg: &Segment, index: usize, start: u64, block_size: u64) -> u32 {
+    if block_size == 0 {
+        return 0;
+    }
+    let end = match seg.kind {
+        0 => seg.base + ((index as u64 + 1) << SMALL_PAGE_SHIFT),
+        1 => seg.base + ((index as u64 + 1) << MEDIUM_PAGE_SHIFT),
+        _ => seg.base + seg.bytes.max(SEGMENT_SIZE as u64),
+    };
+    let first = start.max(seg.base + INFO_SIZE as u64);
+    (end.saturating_sub(first) / block_size).min(u64::from(u32::MAX)) as u32
+}
+
+impl Model {
+    pub(super) fn on_census_event(&mut self, ev: &Event) {
+        const BEGIN: u8 = EventKind::CensusBegin as u8;
+        const PAGE: u8 = EventKind::CensusPage as u8;
+        const PAGE2: u8 = EventKind::CensusPage2 as u8;
+        const SEGMENT: u8 = EventKind::CensusSegment as u8;
+        let st = &mut self.census;
+        match ev.kind {
+            BEGIN => {
+                st.building = Some(Census {
+                    number: ev.arg32,
+                    time: ev.time,
+                    segments: Vec::new(),
+                    pages: Vec::with_capacity((ev.arg as usize).min(RESERVE_MAX)),
+                });
+                st.half = None;
+            }
+            SEGMENT => {
+                if let Some(c) = &mut st.building {
+                    c.segments.push(CensusSegment {
+                        base: ev.addr,
+                        bytes: ev.arg,
+                        page_count: ev.arg32,
+                        kind: ev.flags,
+                    });
+                }
+            }
+            PAGE => {
+                st.half = Some(CensusPage {
+                    start: ev.addr,
+                    block_size: ev.arg,
+                    capacity: ev.arg32,
+                    bin: ev.aux,
+                    kind: ev.flags,
+                    ..CensusPage::default()
+                });
+            }
+            PAGE2 => {
+                if let (Some(c), Some(mut p)) = (&mut st.building, st.half.take()) {
+                    p.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
+                    p.used = ev.arg as u32;
+                    p.local_free = (ev.arg >> 32) as u32;
+                    p.thread_free = ev.arg32;
+                    p.in_full = ev.flags & flags::IN_FULL != 0;
+                    c.pages.push(p);
+                }
+            }
+            _ => {
+                // CensusEnd
+                match st.building.take() {
+                    Some(c) if c.number == ev.arg32 => self.census_done(c),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn census_done(&mut self, c: Census) {
+        self.totals.censuses += 1;
+        let mismatches = self.compare(&c);
+        let lost = self.totals.dropped > self.census.dropped_at_last;
+        let resync = self.auto_resync && lost && !mismatches.is_empty();
+        if resync {
+            self.resync(&c);
+        }
+        self.census.check = Some(CensusCheck {
+            number: c.number,
+            time: c.time,
+            mismatches: mismatches.len(),
+            first: mismatches.into_iter().take(CHECK_KEEP).collect(),
+            resynced: resync,
+        });
+        self.census.dropped_at_last = self.totals.dropped;
+        self.census.last = Some(c);
+    }
+
+    /// The last whole census received.
+    pub fn last_census(&self) -> Option<&Census> {
+        self.census.last.as_ref()
+    }
+
+    /// How the model compared with the last census when it arrived.
+    pub fn last_census_check(&self) -> Option<&CensusCheck> {
+        self.census.check.as_ref()
+    }
+
+    /// Every difference between the model and `census`: each census page must be in use in the
+    /// model with the same block size, bin, kind, capacity, used, local_free, thread_free, owner
+    /// and full flag; each in-use page of the model must be in the census; and, when the census
+    /// lists segments, each live segment of the model must be there with the same kind, size and
+    /// page count. Empty when they agree.
+    pub fn compare(&self, census: &Census) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        let mut listed: HashSet<u64> = HashSet::with_capacity(census.pages.len());
+        let mut page_segments: HashSet<u64> = HashSet::new();
+        for cp in &census.pages {
+            listed.insert(cp.start);
+            page_segments.insert(segment_base(cp.start));
+            let Some(r) = self.page_at(cp.start) else {
+                out.push(Mismatch::PageMissingInModel { start: cp.start });
+                continue;
+            };
+            let p = r.page;
+            if !p.in_use || p.start != cp.start {
+                out.push(Mismatch::PageMissingInModel { start: cp.start });
+                continue;
+            }
+            let s = cp.start;
+            field(
+                &mut out,
+                s,
+                Field::BlockSize,
+                p.block_size as i64,
+                cp.block_size as i64,
+            );
+            field(&mut out, s, Field::Bin, p.bin.into(), cp.bin.into());
+            field(&mut out, s, Field::Kind, p.kind.into(), cp.kind.into());
+            field(
+                &mut out,
+                s,
+                Field::Capacity,
+                p.capacity.into(),
+                cp.capacity.into(),
+            );
+            field(&mut out, s, Field::Used, p.used, cp.used.into());
+            field(
+                &mut out,
+                s,
+                Field::LocalFree,
+                p.local_free,
+                cp.local_free.into(),
+            );
+            field(
+                &mut out,
+                s,
+                Field::ThreadFree,
+                p.thread_free,
+                cp.thread_free.into(),
+            );
+            field(&mut out, s, Field::Owner, p.owner.into(), cp.owner.into());
+            field(
+                &mut out,
+                s,
+                Field::InFull,
+                p.in_full.into(),
+                cp.in_full.into(),
+            );
+        }
+        for seg in self.segs.iter() {
+            for p in seg.pages.iter().filter(|p| p.in_use) {
+                if !listed.contains(&p.start) {
+                    out.push(Mismatch::PageMissingInCensus {
+                        start: p.start,
+                        owner: p.owner,
+                    });
+                }
+            }
+        }
+        if !census.segments.is_empty() {
+            let by_base: FastMap<u64, &CensusSegment> =
+                census.segments.iter().map(|s| (s.base, s)).collect();
+            for seg in self.segs.iter() {
+                let Some(cs) = by_base.get(&seg.base) else {
+                    out.push(Mismatch::SegmentMissingInCensus { base: seg.base });
+                    continue;
+                };
+                let mut sf = |name, model: i64, census: i64| {
+                    if model != census {
+                        out.push(Mismatch::SegmentField {
+                            base: seg.base,
+                            field: name,
+                            model,
+                            census,
+                        });
+                    }
+                };
+                sf(Field::Kind, seg.kind.into(), cs.kind.into());
+                sf(Field::Bytes, seg.bytes as i64, cs.bytes as i64);
+                sf(
+                    Field::PageCount,
+                    seg.pages.len() as i64,
+                    cs.page_count.into(),
+                );
+            }
+            for cs in &census.segments {
+                if page_segments.contains(&cs.base) && self.segs.find_ref(cs.base).is_none() {
+                    out.push(Mismatch::SegmentMissingInModel { base: cs.base });
+                }
+            }
+        }
+        out
+    }
+
+    /// Resets segments and pages to `census` (a keyframe, or recovery after lost events):
+    /// segments it lists appear or disappear, listed pages take its values (`delayed` 0), the
+    /// other pages are not in use, ghosts are forgotten. Live blocks and totals are kept.
+    pub fn resync(&mut self, census: &Census) {
+        if !census.segments.is_empty() {
+            let by_base: FastMap<u64, &CensusSegment> =
+                census.segments.iter().map(|s| (s.base, s)).collect();
+            let mut i = 0;
+            while i < self.segs.len() {
+                let seg = self.segs.get(i);
+                let keep = by_base
+                    .get(&seg.base)
+                    .is_some_and(|cs| page_kind(cs.kind) as u8 == seg.kind);
+                if keep {
+                    let bytes = by_base[&seg.base].bytes;
+                    self.segs.get_mut(i).bytes = bytes;
+                    i += 1;
+                } else {
+                    self.remove_segment(i);
+                }
+            }
+            for cs in &census.segments {
+                if self.segs.find_ref(cs.base).is_none() {
+                    let generation = self.segs.new_generation();
+                    let mut seg = Segment::new(
+                        cs.base,
+                        cs.bytes,
+                        page_kind(cs.kind) as u8,
+                        generation,
+                        census.time,
+                    );
+                    seg.inferred = true;
+                    self.segs.insert(seg);
+                }
+            }
+        }
+        self.segs.clear_ghosts();
+        for seg in self.segs.list_mut() {
+            for p in &mut seg.pages {
+                p.clear_owner_state();
+                p.thread_free = 0;
+                p.delayed = 0;
+            }
+        }
+        for cp in &census.pages {
+            let base = segment_base(cp.start);
+            let si = match self.segs.find_ref(base) {
+                Some(si) => si,
+                None => {
+                    let generation = self.segs.new_generation();
+                    let mut seg = Segment::new(
+                        base,
+                        SEGMENT_SIZE as u64,
+                        page_kind(cp.kind) as u8,
+                        generation,
+                        census.time,
+                    );
+                    seg.inferred = true;
+                    self.segs.insert(seg)
+                }
+            };
+            let pi = self.segs.get(si).page_index(cp.start);
+            let page = &self.segs.get(si).pages[pi];
+            if page.block_size != cp.block_size || page.start != cp.start {
+                self.spill_page(si, pi);
+            }
+            let seg = self.segs.get_mut(si);
+            seg.pages[pi].set_layout(cp.block_size, cp.kind);
+            let reserved =
+                if seg.pages[pi].block_size == cp.block_size && seg.pages[pi].reserved > 0 {
+                    seg.pages[pi].reserved
+                } else {
+                    reserved_for(seg, pi, cp.start, cp.block_size)
+                };
+            let p = &mut seg.pages[pi];
+            p.in_use = true;
+            p.start = cp.start;
+            p.block_size = cp.block_size;
+            p.reserved = reserved.max(cp.capacity);
+            p.bin = cp.bin;
+            p.kind = cp.kind;
+            p.capacity = cp.capacity;
+            p.used = cp.used.into();
+            p.local_free = cp.local_free.into();
+            p.thread_free = cp.thread_free.into();
+            p.owner = cp.owner;
+            p.in_full = cp.in_full;
+        }
+        for seg in self.segs.list_mut() {
+            if seg.pages.iter().any(|p| p.in_use)
+                && seg.pages.iter().all(|p| !p.in_use || p.owner == 0)
+            {
+                seg.owner = 0;
+                seg.abandoned = true;
+            } else if let Some(o) = seg.pages.iter().find(|p| p.in_use).map(|p| p.owner) {
+                seg.owner = o;
+                seg.abandoned = false;
+            }
+        }
+        self.recompute_aggregates();
+    }
+}

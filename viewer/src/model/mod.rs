@@ -1,0 +1,761 @@
+//! The model: a shadow of the allocator rebuilt from its events (no egui here).
+//!
+//! [`Model::apply`] takes events in the order the collector delivers them, each with the id of the
+//! heap whose buffer it came from (0: process-level events such as thread names, drop counts and
+//! censuses). The model keeps segments and their pages with the lengths of the three free lists
+//! ([`segment`], [`page`]), heaps ([`heap`]), live blocks ([`live`]), time series ([`metrics`]), and
+//! checks itself against the allocator's census ([`census`]).
+//!
+//! **Order tolerance.** Event times are coarse (about a millisecond) and the events of different
+//! threads within one tick come in any order; a cross-thread free is even reported after its block
+//! was pushed, so its owner may collect it first. The model's state after all events of a quiet
+//! interval does not depend on that order:
+//! - counters that other threads change (`thread_free`, `delayed`, live-block counts) are signed
+//!   running sums, never reset by page re-initialisation;
+//! - the owner-side counters (`used`, `local_free`, `capacity`, `in_full`) change only through the
+//!   owning heap's own events, which keep their order;
+//! - a free that arrives after its segment was freed (or before it was announced) is kept on a
+//!   ghost segment until it settles (see [`segment`]);
+//! - handing a segment from one thread to another (abandon, free) moves the allocator's clock on,
+//!   so those events stay in order across threads.
+//!
+//! **Speed.** The hot path (alloc and free) allocates nothing and hashes nothing in the common
+//! case: the segment is found through a small direct-mapped cache in front of a hash map, the page
+//! by a shift, the live block in the page's own table by a multiply (see [`live`]), and the
+//! metrics are kept up to date incrementally. `benches/model_ingest.rs` measures it.
+
+pub mod census;
+pub mod hash;
+pub mod heap;
+pub mod live;
+pub mod metrics;
+pub mod page;
+pub mod segment;
+pub mod synth;
+
+use heaplens_alloc::SEGMENT_SIZE;
+use heaplens_alloc::bin::PageKind;
+use heaplens_alloc::event::{Event, EventKind, flags};
+use serde::{Deserialize, Serialize};
+
+pub use census::{Census, CensusCheck, CensusPage, CensusSegment, Field, Mismatch};
+pub use heap::{BinGroup, Heap, Heaps, PageTotals};
+pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
+pub use metrics::{Marker, Metrics, Sample, Totals};
+pub use page::{LastEvent, Page};
+pub use segment::{Segment, Segments, segment_base};
+
+use census::CensusState;
+use live::Side;
+use page::page_kind;
+
+const ALLOC: u8 = EventKind::Alloc as u8;
+const FREE: u8 = EventKind::Free as u8;
+const RESIZE: u8 = EventKind::Resize as u8;
+const REALLOC: u8 = EventKind::Realloc as u8;
+const PAGE_INIT: u8 = EventKind::PageInit as u8;
+const PAGE_EXTEND: u8 = EventKind::PageExtend as u8;
+const PAGE_COLLECT: u8 = EventKind::PageCollect as u8;
+const PAGE_FULL: u8 = EventKind::PageFull as u8;
+const PAGE_UNFULL: u8 = EventKind::PageUnfull as u8;
+const PAGE_RETIRE: u8 = EventKind::PageRetire as u8;
+const PAGE_FREE: u8 = EventKind::PageFree as u8;
+const PAGE_RECLAIM: u8 = EventKind::PageReclaim as u8;
+const SEGMENT_ALLOC: u8 = EventKind::SegmentAlloc as u8;
+const SEGMENT_FREE: u8 = EventKind::SegmentFree as u8;
+const SEGMENT_ABANDON: u8 = EventKind::SegmentAbandon as u8;
+const SEGMENT_RECLAIM: u8 = EventKind::SegmentReclaim as u8;
+const THREAD_START: u8 = EventKind::ThreadStart as u8;
+const THREAD_EXIT: u8 = EventKind::ThreadExit as u8;
+const THREAD_NAME: u8 = EventKind::ThreadName as u8;
+const OS_COMMIT: u8 = EventKind::OsCommit as u8;
+const OS_PURGE: u8 = EventKind::OsPurge as u8;
+const MARK: u8 = EventKind::Mark as u8;
+const DROPPED: u8 = EventKind::Dropped as u8;
+const CLOCK_SYNC: u8 = EventKind::ClockSync as u8;
+const CENSUS_BEGIN: u8 = EventKind::CensusBegin as u8;
+const CENSUS_PAGE: u8 = EventKind::CensusPage as u8;
+const CENSUS_PAGE2: u8 = EventKind::CensusPage2 as u8;
+const CENSUS_SEGMENT: u8 = EventKind::CensusSegment as u8;
+const CENSUS_END: u8 = EventKind::CensusEnd as u8;
+
+/// Sums kept up to date as events arrive (over live segments).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Aggregates {
+    block_bytes: i64,
+    page_capacity_bytes: i64,
+    committed: i64,
+    segment_pages: i64,
+    segment_pages_used: i64,
+}
+
+impl Aggregates {
+    fn of_segment(seg: &Segment) -> Self {
+        let mut a = Self {
+            committed: seg.committed() as i64,
+            ..Self::default()
+        };
+        for p in &seg.pages {
+            a.block_bytes += p.held_bytes();
+            a.page_capacity_bytes += p.capacity_bytes();
+            if seg.is_multi_page() {
+                a.segment_pages += 1;
+                a.segment_pages_used += i64::from(p.in_use);
+            }
+        }
+        a
+    }
+
+    fn add(&mut self, o: &Self, sign: i64) {
+        self.block_bytes += sign * o.block_bytes;
+        self.page_capacity_bytes += sign * o.page_capacity_bytes;
+        self.committed += sign * o.committed;
+        self.segment_pages += sign * o.segment_pages;
+        self.segment_pages_used += sign * o.segment_pages_used;
+    }
+}
+
+/// A page and its segment.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRef<'a> {
+    /// The segment.
+    pub segment: &'a Segment,
+    /// The page.
+    pub page: &'a Page,
+}
+
+/// The shadow of the allocator. `Clone` and serde (keyframes of a trace file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Model {
+    segs: Segments,
+    heaps: Heaps,
+    live: LiveBlocks,
+    metrics: Metrics,
+    totals: Totals,
+    agg: Aggregates,
+    census: CensusState,
+    /// Latest event time seen.
+    time: u64,
+    /// Latest `ClockSync`: (trace time, CLOCK_MONOTONIC ns).
+    clock_sync: Option<(u64, u64)>,
+    /// A marker label of heap 0 being assembled.
+    #[serde(skip)]
+    pending_mark: Vec<u8>,
+    auto_resync: bool,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn text_bytes(ev: &Event) -> ([u8; 16], usize) {
+    let t = ev.text();
+    let n = t.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    (t, n)
+}
+
+impl Model {
+    /// An empty model. It resynchronises itself from a census that follows lost events.
+    pub fn new() -> Self {
+        Self {
+            segs: Segments::default(),
+            heaps: Heaps::default(),
+            live: LiveBlocks::default(),
+            metrics: Metrics::default(),
+            totals: Totals::default(),
+            agg: Aggregates::default(),
+            census: CensusState::default(),
+            time: 0,
+            clock_sync: None,
+            pending_mark: Vec::new(),
+            auto_resync: true,
+        }
+    }
+
+    /// Whether a census that arrives after lost events (`Dropped`) and disagrees with the model
+    /// resets the model's pages to it (on by default).
+    pub fn set_auto_resync(&mut self, on: bool) {
+        self.auto_resync = on;
+    }
+
+    /// Applies the events of one batch of heap `heap`.
+    pub fn apply_batch(&mut self, heap: u32, events: &[Event]) {
+        for ev in events {
+            self.apply(heap, ev);
+        }
+    }
+
+    /// Applies one event from the buffer of heap `heap` (0: process-level events).
+    #[inline]
+    pub fn apply(&mut self, heap: u32, ev: &Event) {
+        self.totals.events += 1;
+        if ev.time > self.time {
+            self.advance(ev.time);
+        }
+        self.heaps.set_current(heap, ev.time);
+        match ev.kind {
+            ALLOC => self.on_alloc(heap, ev),
+            FREE => self.on_free(heap, ev),
+            _ => self.apply_other(heap, ev),
+        }
+    }
+
+    #[inline(never)]
+    fn apply_other(&mut self, heap: u32, ev: &Event) {
+        match ev.kind {
+            RESIZE => {
+                self.totals.resizes += 1;
+                self.resize_block(ev.addr, ev.arg);
+            }
+            REALLOC => {
+                self.totals.reallocs += 1;
+                if ev.arg32 != u32::MAX {
+                    self.resize_block(ev.addr, u64::from(ev.arg32));
+                }
+            }
+            PAGE_INIT => self.on_page_init(heap, ev),
+            PAGE_EXTEND => self.with_page(heap, ev, |p, ev| {
+                p.capacity = ev.arg32;
+                if p.div_magic != 0 {
+                    p.live.ensure((ev.arg32 as usize).min(p.reserved as usize));
+                }
+            }),
+            PAGE_COLLECT => self.with_page(heap, ev, |p, ev| {
+                let n = i64::from(ev.arg32);
+                p.thread_free -= n;
+                p.used -= n;
+                p.local_free += n - ev.arg as i64;
+            }),
+            PAGE_FULL => self.with_page(heap, ev, |p, _| p.in_full = true),
+            PAGE_UNFULL => self.with_page(heap, ev, |p, _| p.in_full = false),
+            PAGE_RETIRE => self.with_page(heap, ev, |_, _| {}),
+            PAGE_FREE => self.on_page_free(heap, ev),
+            PAGE_RECLAIM => self.on_page_reclaim(heap, ev),
+            SEGMENT_ALLOC => self.on_segment_alloc(heap, ev),
+            SEGMENT_FREE => {
+                if let Some(si) = self.segs.find(ev.addr) {
+                    let seg = self.remove_segment(si);
+                    self.segs.bury(seg);
+                }
+            }
+            SEGMENT_ABANDON => {
+                if let Some(si) = self.segs.find(ev.addr) {
+                    let seg = self.segs.get_mut(si);
+                    seg.owner = 0;
+                    seg.abandoned = true;
+                    for p in seg.pages.iter_mut().filter(|p| p.in_use) {
+                        p.owner = 0;
+                        p.in_full = false;
+                    }
+                }
+            }
+            SEGMENT_RECLAIM => {
+                if let Some(si) = self.segs.find(ev.addr) {
+                    let seg = self.segs.get_mut(si);
+                    seg.owner = if ev.arg32 != 0 { ev.arg32 } else { heap };
+                    seg.abandoned = false;
+                }
+            }
+            THREAD_START => {
+                if let Some((h, _)) = self.heaps.touch(ev.arg32, ev.time) {
+                    h.started_at.get_or_insert(ev.time);
+                    h.os_tid = ev.addr;
+                }
+            }
+            THREAD_EXIT => {
+                self.heaps.exit(ev.arg32, ev.time);
+            }
+            THREAD_NAME => {
+                let (t, n) = text_bytes(ev);
+                self.heaps
+                    .name_part(ev.arg32, &t[..n], ev.flags & flags::MORE == 0, ev.time);
+            }
+            OS_PURGE | OS_COMMIT => self.on_os(ev),
+            MARK => self.on_mark(heap, ev),
+            DROPPED => self.totals.dropped += ev.arg,
+            CLOCK_SYNC => self.clock_sync = Some((ev.time, ev.addr)),
+            CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
+                self.on_census_event(ev);
+            }
+            _ => self.totals.unknown_events += 1,
+        }
+    }
+
+    /// Takes a last sample at the current time (call at the end of a trace).
+    pub fn finish(&mut self) {
+        let s = self.current();
+        self.metrics.push(s, self.time);
+    }
+
+    fn advance(&mut self, t: u64) {
+        if t >= self.metrics.next_due {
+            let s = self.current();
+            self.metrics.push(s, t);
+        }
+        self.time = t;
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Blocks
+
+    /// The overflow key of `addr` on page `p`: its block start on pages with aligned blocks.
+    #[inline]
+    fn overflow_key(p: &Page, addr: u64) -> u64 {
+        if p.has_aligned {
+            p.block_start(addr)
+        } else {
+            addr
+        }
+    }
+
+    /// Where a block of page `p` that its live table cannot hold is counted: huge pages have no
+    /// table; on other pages it is an early free (the page is not set up for it yet), found by
+    /// its allocation through the pending map.
+    #[inline]
+    fn side_for(p: &Page) -> Side {
+        if p.kind == PageKind::Huge as u8 {
+            Side::Untabled
+        } else {
+            Side::Pending
+        }
+    }
+
+    /// Sets the requested size of the live block at `addr` (realloc in place).
+    fn resize_block(&mut self, addr: u64, size: u64) {
+        if let Some((si, pi)) = self.segs.locate(addr) {
+            let p = &mut self.segs.get_mut(si).pages[pi];
+            if let Some(i) = p.table_index(addr)
+                && p.live.resize(i, &mut self.live, size)
+            {
+                return;
+            }
+            let key = Self::overflow_key(p, addr);
+            if self.live.resize(key, size) {
+                return;
+            }
+        }
+        self.live.resize(addr, size);
+    }
+
+    #[inline(always)]
+    fn on_alloc(&mut self, heap: u32, ev: &Event) {
+        self.totals.allocs += 1;
+        if let Some(h) = self.heaps.current_mut() {
+            h.allocs += 1;
+        }
+        let Some((si, pi)) = self.segs.locate(ev.addr) else {
+            // Its segment is unknown (events were lost): keep the block, at least.
+            self.live.alloc(Side::Pending, ev.addr, ev.arg, 0);
+            return;
+        };
+        let seg = self.segs.get_mut(si);
+        let generation = seg.generation;
+        let p = &mut seg.pages[pi];
+        p.used += 1;
+        p.last = LastEvent {
+            kind: ALLOC,
+            heap,
+            time: ev.time,
+        };
+        if ev.flags & flags::ALIGNED != 0 {
+            p.has_aligned = true;
+        }
+        self.agg.block_bytes += p.block_size as i64;
+        if self.live.has_pending()
+            && self
+                .live
+                .cancel_early_free(Self::overflow_key(p, ev.addr), ev.arg)
+        {
+            return;
+        }
+        let counted = match p.table_index(ev.addr) {
+            Some(i) => p.live.alloc(i, p.reserved as usize, &mut self.live, ev.arg),
+            None => false,
+        };
+        if !counted {
+            let key = Self::overflow_key(p, ev.addr);
+            self.live.alloc(Self::side_for(p), key, ev.arg, generation);
+        }
+    }
+
+    #[inline(always)]
+    fn on_free(&mut self, heap: u32, ev: &Event) {
+        let f = ev.flags;
+        let last = LastEvent {
+            kind: FREE,
+            heap,
+            time: ev.time,
+        };
+        let located = self.segs.locate(ev.addr);
+        if f & flags::FROM_DELAYED != 0 {
+            // The owner frees a block of its delayed list: the program's free was the TO_DELAYED
+            // one, so the live blocks do not change.
+            if let Some((si, pi)) = located {
+                let p = &mut self.segs.get_mut(si).pages[pi];
+                p.delayed -= 1;
+                p.used -= 1;
+                p.local_free += 1;
+                p.last = last;
+            } else {
+                self.free_on_ghost(ev, 0);
+            }
+            return;
+        }
+        self.totals.frees += 1;
+        if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 {
+            self.totals.cross_thread_frees += 1;
+        }
+        if let Some(h) = self.heaps.current_mut() {
+            h.frees += 1;
+        }
+        let Some((si, pi)) = located else {
+            // Its segment is gone (a late free) or not announced yet (an early one).
+            let generation = self
+                .live
+                .free_older(Side::Untabled, ev.addr)
+                .or_else(|| self.live.free(Side::Pending, ev.addr))
+                .unwrap_or(0);
+            self.free_on_ghost(ev, generation);
+            return;
+        };
+        let seg = self.segs.get_mut(si);
+        let generation = seg.generation;
+        let p = &mut seg.pages[pi];
+        // Which allocation does this free? A cross-thread free may be reported late: then it
+        // frees an older allocation left in the pending map (its page was set up anew, or its
+        // segment freed, before the free arrived). A local free is reported before the owner
+        // can reuse the block, so it frees the page table's.
+        let mut freed = None;
+        let mut counted = false;
+        if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 && self.live.has_pending() {
+            let key = Self::overflow_key(p, ev.addr);
+            freed = self.live.free_older(Side::Pending, key);
+            if freed.is_none() && key != ev.addr {
+                freed = self.live.free_older(Side::Pending, ev.addr);
+            }
+            counted = freed.is_some();
+        }
+        if !counted {
+            counted = match p.table_index(ev.addr) {
+                Some(i) => p.live.free(i, p.reserved as usize, &mut self.live),
+                None => false,
+            };
+        }
+        if !counted {
+            freed = self
+                .live
+                .free(Self::side_for(p), Self::overflow_key(p, ev.addr));
+        }
+        if let Some(g) = freed
+            && g != generation
+        {
+            // Allocated in an earlier segment at this address, freed late.
+            self.free_on_ghost(ev, g);
+            return;
+        }
+        if f & flags::TO_DELAYED != 0 {
+            p.delayed += 1;
+        } else if f & flags::CROSS_THREAD != 0 {
+            p.thread_free += 1;
+        } else {
+            p.used -= 1;
+            p.local_free += 1;
+        }
+        p.last = last;
+        self.agg.block_bytes -= p.block_size as i64;
+    }
+
+    /// A free whose segment is gone (generation `g`) or not announced yet (`g == 0`).
+    #[cold]
+    fn free_on_ghost(&mut self, ev: &Event, generation: u32) {
+        let g = self.segs.ghost(segment_base(ev.addr), generation, ev.time);
+        let i = g.page_index(ev.addr);
+        let p = &mut g.pages[i];
+        if ev.flags & flags::TO_DELAYED != 0 {
+            p.delayed += 1;
+        } else if ev.flags & flags::FROM_DELAYED != 0 {
+            p.delayed -= 1;
+        } else if ev.flags & flags::CROSS_THREAD != 0 {
+            p.thread_free += 1;
+        }
+        if g.settled() {
+            self.segs.prune_ghosts();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Pages
+
+    /// Applies `f` to the page at `ev.addr` (ignored if its segment is unknown).
+    fn with_page(&mut self, heap: u32, ev: &Event, f: impl FnOnce(&mut Page, &Event)) {
+        if let Some((si, pi)) = self.segs.locate(ev.addr) {
+            let p = &mut self.segs.get_mut(si).pages[pi];
+            f(p, ev);
+            p.last = LastEvent {
+                kind: ev.kind,
+                heap,
+                time: ev.time,
+            };
+        }
+    }
+
+    /// Applies `f` to page `pi` of segment `si`, keeping the sums right.
+    fn bulk(&mut self, si: usize, pi: usize, f: impl FnOnce(&mut Page)) {
+        let seg = self.segs.get_mut(si);
+        let multi = seg.is_multi_page();
+        let p = &mut seg.pages[pi];
+        let (held, cap, used) = (p.held_bytes(), p.capacity_bytes(), p.in_use);
+        f(p);
+        self.agg.block_bytes += p.held_bytes() - held;
+        self.agg.page_capacity_bytes += p.capacity_bytes() - cap;
+        if multi {
+            self.agg.segment_pages_used += i64::from(p.in_use) - i64::from(used);
+        }
+    }
+
+    fn on_page_init(&mut self, heap: u32, ev: &Event) {
+        self.totals.pages_initialised += 1;
+        let kind = page_kind(ev.flags) as u8;
+        let (si, pi) = match self.segs.locate(ev.addr) {
+            Some(x) => x,
+            None => self.infer_segment(ev.addr, kind, ev.time),
+        };
+        self.spill_page(si, pi);
+        self.bulk(si, pi, |p| {
+            p.clear_owner_state();
+            p.set_layout(ev.arg, kind);
+            p.in_use = true;
+            p.owner = heap;
+            p.start = ev.addr;
+            p.block_size = ev.arg;
+            p.reserved = ev.arg32;
+            p.bin = ev.aux;
+            p.kind = kind;
+            p.last = LastEvent {
+                kind: ev.kind,
+                heap,
+                time: ev.time,
+            };
+        });
+    }
+
+    fn on_page_free(&mut self, heap: u32, ev: &Event) {
+        if let Some((si, pi)) = self.segs.locate(ev.addr) {
+            self.bulk(si, pi, |p| {
+                p.clear_owner_state();
+                p.last = LastEvent {
+                    kind: ev.kind,
+                    heap,
+                    time: ev.time,
+                };
+            });
+        }
+    }
+
+    fn on_page_reclaim(&mut self, heap: u32, ev: &Event) {
+        if let Some((si, pi)) = self.segs.locate(ev.addr) {
+            let owner = if ev.arg32 != 0 { ev.arg32 } else { heap };
+            let seg = self.segs.get_mut(si);
+            seg.owner = owner;
+            seg.abandoned = false;
+            let p = &mut seg.pages[pi];
+            p.owner = owner;
+            p.in_full = false;
+            p.last = LastEvent {
+                kind: ev.kind,
+                heap,
+                time: ev.time,
+            };
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Segments
+
+    fn on_segment_alloc(&mut self, heap: u32, ev: &Event) {
+        self.totals.segments_allocated += 1;
+        if let Some(si) = self.segs.find(ev.addr) {
+            // Its free was lost.
+            let old = self.remove_segment(si);
+            self.segs.bury(old);
+        }
+        let generation = self.segs.new_generation();
+        let kind = page_kind(ev.flags) as u8;
+        let mut seg = Segment::new(ev.addr, ev.arg, kind, generation, ev.time);
+        seg.owner = heap;
+        self.add_segment(seg);
+    }
+
+    /// Makes a live segment for a page event whose segment was never announced.
+    fn infer_segment(&mut self, addr: u64, kind: u8, time: u64) -> (usize, usize) {
+        let base = segment_base(addr);
+        let generation = self.segs.new_generation();
+        let mut seg = Segment::new(base, SEGMENT_SIZE as u64, kind, generation, time);
+        seg.inferred = true;
+        let si = self.add_segment(seg);
+        (si, self.segs.get(si).page_index(addr))
+    }
+
+    /// Adds a live segment, folding in an early ghost at its address.
+    fn add_segment(&mut self, mut seg: Segment) -> usize {
+        if let Some(ghost) = self.segs.take_early_ghost(seg.base) {
+            for (i, gp) in ghost.pages.iter().enumerate() {
+                if gp.settled() {
+                    continue;
+                }
+                let at = ghost.base + ((i as u64) << ghost.page_shift);
+                let j = seg.page_index(at);
+                seg.pages[j].thread_free += gp.thread_free;
+                seg.pages[j].delayed += gp.delayed;
+            }
+        }
+        self.agg.add(&Aggregates::of_segment(&seg), 1);
+        self.note_committed();
+        self.segs.insert(seg)
+    }
+
+    /// Removes live segment `si`; its pages' unsettled live blocks go to the overflow.
+    fn remove_segment(&mut self, si: usize) -> Segment {
+        self.agg.add(&Aggregates::of_segment(self.segs.get(si)), -1);
+        for pi in 0..self.segs.get(si).pages.len() {
+            self.spill_page(si, pi);
+        }
+        self.segs.remove(si)
+    }
+
+    /// Moves the unsettled entries of a page's live table to the overflow (before the page is
+    /// laid out anew or its segment goes).
+    fn spill_page(&mut self, si: usize, pi: usize) {
+        let seg = self.segs.get_mut(si);
+        let generation = seg.generation;
+        let p = &mut seg.pages[pi];
+        if p.live.is_settled() {
+            p.live.take_unsettled();
+            return;
+        }
+        let (start, bs) = (p.start, p.block_size);
+        for (i, count, size) in p.live.take_unsettled() {
+            self.live
+                .spill(start + i as u64 * bs, count, size, generation);
+        }
+    }
+
+    fn note_committed(&mut self) {
+        let c = self.agg.committed.max(0) as u64;
+        if c > self.totals.peak_committed {
+            self.totals.peak_committed = c;
+        }
+    }
+
+    fn on_os(&mut self, ev: &Event) {
+        let Some(si) = self.segs.find(segment_base(ev.addr)) else {
+            return;
+        };
+        let seg = self.segs.get_mut(si);
+        let before = seg.purged;
+        seg.purged = if ev.kind == OS_PURGE {
+            (seg.purged + ev.arg).min(seg.bytes)
+        } else {
+            seg.purged.saturating_sub(ev.arg)
+        };
+        self.agg.committed -= seg.purged as i64 - before as i64;
+        self.note_committed();
+    }
+
+    fn on_mark(&mut self, heap: u32, ev: &Event) {
+        let (t, n) = text_bytes(ev);
+        let buf = match self.heaps.current_mut() {
+            Some(h) => &mut h.pending_mark,
+            None => &mut self.pending_mark,
+        };
+        if buf.len() < 4096 {
+            buf.extend_from_slice(&t[..n]);
+        }
+        if ev.flags & flags::MORE == 0 {
+            let label = String::from_utf8_lossy(buf).into_owned();
+            buf.clear();
+            self.metrics.push_marker(Marker {
+                time: ev.time,
+                heap,
+                label,
+            });
+        }
+    }
+
+    /// Recomputes the sums from the pages (after a resync).
+    fn recompute_aggregates(&mut self) {
+        let mut a = Aggregates::default();
+        for seg in self.segs.iter() {
+            a.add(&Aggregates::of_segment(seg), 1);
+        }
+        self.agg = a;
+        self.note_committed();
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Queries
+
+    /// The live segments.
+    pub fn segments(&self) -> &Segments {
+        &self.segs
+    }
+
+    /// The live segment at `base`.
+    pub fn segment(&self, base: u64) -> Option<&Segment> {
+        self.segs.find_ref(base).map(|i| self.segs.get(i))
+    }
+
+    /// The page holding `addr` (a block or page start), in a live segment.
+    pub fn page_at(&self, addr: u64) -> Option<PageRef<'_>> {
+        let seg = self.segment(segment_base(addr))?;
+        Some(PageRef {
+            segment: seg,
+            page: seg.page_at(addr),
+        })
+    }
+
+    /// The time series and markers.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Running totals.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            threads_seen: self.heaps.len() as u64,
+            ..self.totals
+        }
+    }
+
+    /// Latest event time seen (ns since trace start).
+    pub fn time(&self) -> u64 {
+        self.time
+    }
+
+    /// Latest `ClockSync`: (trace time, CLOCK_MONOTONIC ns).
+    pub fn clock_sync(&self) -> Option<(u64, u64)> {
+        self.clock_sync
+    }
+
+    /// The metrics now.
+    pub fn current(&self) -> Sample {
+        Sample {
+            time: self.time,
+            requested_bytes: self.live.requested_bytes(),
+            block_bytes: self.agg.block_bytes.max(0) as u64,
+            page_capacity_bytes: self.agg.page_capacity_bytes.max(0) as u64,
+            committed_bytes: self.agg.committed.max(0) as u64,
+            segment_pages: self.agg.segment_pages.max(0) as u64,
+            segment_pages_used: self.agg.segment_pages_used.max(0) as u64,
+            live_blocks: self.live.len(),
+            allocs: self.totals.allocs,
+            frees: self.totals.frees,
+            threads: self.heaps.alive(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,583 @@
+//! Synthetic event streams for every event kind, checking page, heap, segment state and metrics.
+
+use heaplens_alloc::bin::{BIN_HUGE, PageKind, bin_of, block_size};
+use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::segment::INFO_SIZE;
+use heaplens_alloc::{SEGMENT_SIZE, SMALL_PAGE_SIZE};
+
+use super::*;
+
+const BASE: u64 = 0x7f00_0040_0000;
+const PAGE1: u64 = BASE + SMALL_PAGE_SIZE as u64;
+const MB: u64 = 1 << 20;
+
+fn e(kind: EventKind, fl: u8, aux: u16, arg32: u32, addr: u64, arg: u64) -> Event {
+    Event {
+        kind: kind as u8,
+        flags: fl,
+        aux,
+        arg32,
+        addr,
+        arg,
+        time: 0,
+    }
+}
+
+/// A model fed one event at a time with a clock.
+struct T {
+    m: Model,
+    time: u64,
+}
+
+impl T {
+    fn new() -> Self {
+        Self {
+            m: Model::new(),
+            time: 1_000,
+        }
+    }
+    fn at(&mut self, time: u64) -> &mut Self {
+        self.time = time;
+        self
+    }
+    fn ev(&mut self, heap: u32, mut ev: Event) -> &mut Self {
+        ev.time = self.time;
+        self.m.apply(heap, &ev);
+        self
+    }
+    fn seg(&mut self, heap: u32, base: u64, kind: PageKind) -> &mut Self {
+        let pages = match kind {
+            PageKind::Small => 64,
+            PageKind::Medium => 8,
+            _ => 1,
+        };
+        self.ev(
+            heap,
+            e(
+                EventKind::SegmentAlloc,
+                kind as u8,
+                0,
+                pages,
+                base,
+                SEGMENT_SIZE as u64,
+            ),
+        )
+    }
+    fn page(&mut self, heap: u32, start: u64, bs: u64, reserved: u32) -> &mut Self {
+        let bin = bin_of(bs as usize) as u16;
+        self.ev(
+            heap,
+            e(
+                EventKind::PageInit,
+                PageKind::Small as u8,
+                bin,
+                reserved,
+                start,
+                bs,
+            ),
+        )
+        .ev(
+            heap,
+            e(EventKind::PageExtend, 0, 0, reserved.min(64), start, 0),
+        )
+    }
+    fn alloc(&mut self, heap: u32, p: u64, size: u64) -> &mut Self {
+        self.ev(heap, e(EventKind::Alloc, 0, 0, 0, p, size))
+    }
+    fn free(&mut self, heap: u32, p: u64, fl: u8) -> &mut Self {
+        self.ev(heap, e(EventKind::Free, fl, 0, 0, p, 0))
+    }
+    fn pg(&self, start: u64) -> Page {
+        self.m.page_at(start).expect("page").page.clone()
+    }
+}
+
+/// Segment with page 1 of 64-byte blocks owned by heap 1, three blocks allocated.
+fn setup() -> T {
+    let mut t = T::new();
+    t.seg(1, BASE, PageKind::Small)
+        .page(1, PAGE1, 64, 1024)
+        .alloc(1, PAGE1, 50)
+        .alloc(1, PAGE1 + 64, 64)
+        .alloc(1, PAGE1 + 128, 1);
+    t
+}
+
+#[test]
+fn segment_alloc_and_page_init_set_up_segment_and_page() {
+    let t = setup();
+    let seg = t.m.segment(BASE).expect("segment");
+    assert_eq!(seg.page_kind(), PageKind::Small);
+    assert_eq!(seg.pages.len(), 64);
+    assert_eq!(seg.owner, 1);
+    assert_eq!(seg.pages[0].start, BASE + INFO_SIZE as u64);
+    let p = t.pg(PAGE1 + 100);
+    assert_eq!(p.index, 1);
+    assert!(p.in_use);
+    assert_eq!(p.owner, 1);
+    assert_eq!(p.block_size, 64);
+    assert_eq!(p.bin, bin_of(64) as u16);
+    assert_eq!(p.reserved, 1024);
+    assert_eq!(p.capacity, 64);
+    assert_eq!(p.used, 3);
+    assert_eq!(p.free_len(), 61);
+    assert_eq!(p.last.kind, EventKind::Alloc as u8);
+    let s = t.m.current();
+    assert_eq!(s.committed_bytes, SEGMENT_SIZE as u64);
+    assert_eq!(s.segment_pages, 64);
+    assert_eq!(s.segment_pages_used, 1);
+    assert_eq!(s.block_bytes, 3 * 64);
+    assert_eq!(s.requested_bytes, 115);
+    assert_eq!(s.page_capacity_bytes, 1024 * 64);
+    assert_eq!(s.live_blocks, 3);
+    let tot = t.m.totals();
+    assert_eq!(
+        (tot.allocs, tot.segments_allocated, tot.pages_initialised),
+        (3, 1, 1)
+    );
+}
+
+#[test]
+fn local_free_and_collect_move_blocks_through_the_lists() {
+    let mut t = setup();
+    t.free(1, PAGE1, 0);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.local_free, p.free_len()), (2, 1, 61));
+    // collect: nothing from thread_free, local_free (1) -> free
+    t.ev(1, e(EventKind::PageCollect, 0, 0, 0, PAGE1, 1));
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.local_free, p.free_len()), (2, 0, 62));
+    assert_eq!(t.m.current().block_bytes, 128);
+    assert_eq!(t.m.current().requested_bytes, 65);
+    assert_eq!(t.m.live().len(), 2);
+    assert_eq!(t.m.totals().frees, 1);
+}
+
+#[test]
+fn cross_thread_free_waits_on_thread_free_until_collected() {
+    let mut t = setup();
+    t.free(2, PAGE1 + 64, flags::CROSS_THREAD);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.thread_free, p.local_free), (3, 1, 0));
+    assert_eq!(p.held(), 2);
+    assert_eq!(
+        t.m.current().block_bytes,
+        128,
+        "the program no longer holds it"
+    );
+    assert_eq!(t.m.totals().cross_thread_frees, 1);
+    assert_eq!(t.m.heaps().get(2).map(|h| h.frees), Some(1));
+    t.ev(1, e(EventKind::PageCollect, 0, 0, 1, PAGE1, 0));
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.thread_free, p.local_free), (2, 0, 1));
+    assert_eq!(t.m.current().block_bytes, 128);
+}
+
+#[test]
+fn delayed_frees_go_through_the_owner_heap() {
+    let mut t = setup();
+    t.ev(1, e(EventKind::PageFull, 0, 0, 0, PAGE1, 0));
+    assert!(t.pg(PAGE1).in_full);
+    t.free(2, PAGE1 + 128, flags::TO_DELAYED);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.delayed, p.held()), (3, 1, 2));
+    assert_eq!(t.m.live().len(), 2);
+    t.free(1, PAGE1 + 128, flags::FROM_DELAYED)
+        .ev(1, e(EventKind::PageUnfull, 0, 0, 0, PAGE1, 0));
+    let p = t.pg(PAGE1);
+    assert_eq!(
+        (p.used, p.delayed, p.local_free, p.in_full),
+        (2, 0, 1, false)
+    );
+    assert_eq!(t.m.live().len(), 2, "FROM_DELAYED is not a second free");
+    assert_eq!(t.m.totals().frees, 1);
+    assert_eq!(t.m.current().block_bytes, 128);
+}
+
+#[test]
+fn page_free_and_segment_free_release_everything() {
+    let mut t = setup();
+    for a in [PAGE1, PAGE1 + 64, PAGE1 + 128] {
+        t.free(1, a, 0);
+    }
+    t.ev(1, e(EventKind::PageRetire, 0, 0, 0, PAGE1, 0));
+    assert!(t.pg(PAGE1).in_use);
+    assert_eq!(t.pg(PAGE1).last.kind, EventKind::PageRetire as u8);
+    t.ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0));
+    let p = t.pg(PAGE1);
+    assert!(!p.in_use);
+    assert_eq!((p.owner, p.capacity, p.used, p.local_free), (0, 0, 0, 0));
+    let s = t.m.current();
+    assert_eq!(
+        (s.page_capacity_bytes, s.segment_pages_used, s.block_bytes),
+        (0, 0, 0)
+    );
+    t.ev(
+        1,
+        e(
+            EventKind::SegmentFree,
+            flags::CACHED,
+            0,
+            0,
+            BASE,
+            SEGMENT_SIZE as u64,
+        ),
+    );
+    assert!(t.m.segment(BASE).is_none());
+    assert!(t.m.segments().ghosts().is_empty());
+    let s = t.m.current();
+    assert_eq!((s.committed_bytes, s.segment_pages), (0, 0));
+    assert_eq!(t.m.totals().peak_committed, SEGMENT_SIZE as u64);
+    assert!(t.m.live().is_empty());
+}
+
+#[test]
+fn abandon_and_reclaim_change_owners() {
+    let mut t = setup();
+    t.ev(1, e(EventKind::PageFull, 0, 0, 0, PAGE1, 0))
+        .ev(1, e(EventKind::SegmentAbandon, 0, 0, 0, BASE, 0))
+        .ev(1, e(EventKind::ThreadExit, 0, 0, 1, 0, 0));
+    let p = t.pg(PAGE1);
+    assert_eq!((p.owner, p.in_full), (0, false));
+    let seg = t.m.segment(BASE).expect("segment");
+    assert!(seg.abandoned);
+    assert_eq!(seg.owner, 0);
+    assert_eq!(
+        t.m.bins(Some(0)).len(),
+        1,
+        "abandoned pages group under heap 0"
+    );
+    t.ev(3, e(EventKind::SegmentReclaim, 0, 0, 3, BASE, 0))
+        .ev(3, e(EventKind::PageReclaim, 0, 0, 3, PAGE1, 0));
+    let seg = t.m.segment(BASE).expect("segment");
+    assert!(!seg.abandoned);
+    assert_eq!(seg.owner, 3);
+    assert_eq!(t.pg(PAGE1).owner, 3);
+    assert_eq!(t.m.bins(Some(3))[0].totals.used, 3);
+}
+
+#[test]
+fn resize_and_realloc_update_requested_sizes() {
+    let mut t = setup();
+    t.ev(1, e(EventKind::Resize, 0, 0, 0, PAGE1, 60));
+    assert_eq!(t.m.live_block(PAGE1).map(|b| b.size), Some(60));
+    assert_eq!(t.m.current().requested_bytes, 125);
+    // realloc that moved: alloc of the new block, free of the old one, then Realloc
+    t.alloc(1, PAGE1 + 192, 40)
+        .free(1, PAGE1, flags::REALLOC)
+        .ev(1, e(EventKind::Realloc, 0, 0, 33, PAGE1 + 192, PAGE1));
+    assert_eq!(t.m.live_block(PAGE1 + 192).map(|b| b.size), Some(33));
+    assert_eq!(t.m.current().requested_bytes, 64 + 1 + 33);
+    let tot = t.m.totals();
+    assert_eq!((tot.reallocs, tot.resizes), (1, 1));
+}
+
+#[test]
+fn aligned_interior_pointers_are_keyed_by_block_start() {
+    let mut t = setup();
+    let interior = PAGE1 + 3 * 64 + 32;
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 20));
+    assert!(t.pg(PAGE1).has_aligned);
+    assert_eq!(t.m.live_block(PAGE1 + 192).map(|b| b.count), Some(1));
+    t.free(1, PAGE1 + 192, 0);
+    assert!(t.m.live_block(PAGE1 + 192).is_none());
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 20))
+        .free(1, interior, 0);
+    assert_eq!(t.m.live().len(), 3);
+}
+
+#[test]
+fn purge_and_commit_track_committed_bytes() {
+    let mut t = setup();
+    t.seg(1, BASE + SEGMENT_SIZE as u64, PageKind::Medium);
+    assert_eq!(t.m.current().committed_bytes, 8 * MB);
+    assert_eq!(t.m.current().segment_pages, 72);
+    t.ev(
+        1,
+        e(
+            EventKind::OsPurge,
+            0,
+            0,
+            0,
+            PAGE1 + SMALL_PAGE_SIZE as u64,
+            65536,
+        ),
+    );
+    assert_eq!(t.m.current().committed_bytes, 8 * MB - 65536);
+    assert_eq!(t.m.segment(BASE).map(|s| s.purged), Some(65536));
+    t.ev(
+        1,
+        e(
+            EventKind::OsCommit,
+            0,
+            0,
+            0,
+            PAGE1 + SMALL_PAGE_SIZE as u64,
+            4096,
+        ),
+    );
+    assert_eq!(t.m.current().committed_bytes, 8 * MB - 61440);
+    t.ev(
+        1,
+        e(EventKind::SegmentFree, 0, 0, 0, BASE, SEGMENT_SIZE as u64),
+    );
+    assert_eq!(t.m.current().committed_bytes, 4 * MB);
+    assert_eq!(t.m.totals().peak_committed, 8 * MB);
+    // a purge outside any segment is ignored
+    t.ev(1, e(EventKind::OsPurge, 0, 0, 0, 0x1000, 4096));
+    assert_eq!(t.m.current().committed_bytes, 4 * MB);
+}
+
+#[test]
+fn threads_start_get_names_and_exit() {
+    let mut t = T::new();
+    t.ev(5, e(EventKind::ThreadStart, 0, 0, 5, 4242, 0));
+    let (a, b) = Event::pack_text(b"a-rather-long-na");
+    let (c, d) = Event::pack_text(b"me");
+    t.ev(0, e(EventKind::ThreadName, flags::MORE, 0, 5, a, b))
+        .ev(0, e(EventKind::ThreadStart, 0, 0, 6, 4243, 0))
+        .ev(0, e(EventKind::ThreadName, 0, 0, 5, c, d));
+    let h = t.m.heaps().get(5).expect("heap 5");
+    assert_eq!(h.name, "a-rather-long-name");
+    assert_eq!(h.os_tid, 4242);
+    assert_eq!(h.label(), "a-rather-long-name (heap 5)");
+    assert_eq!(t.m.current().threads, 2);
+    t.ev(5, e(EventKind::ThreadExit, 0, 0, 5, 0, 0));
+    assert_eq!(t.m.current().threads, 1);
+    assert!(!t.m.heaps().get(5).expect("heap 5").is_alive());
+    // a ThreadStart arriving after the exit (the collector's, same tick) does not revive it
+    t.ev(0, e(EventKind::ThreadStart, 0, 0, 5, 4242, 0));
+    assert_eq!(t.m.current().threads, 1);
+    assert_eq!(t.m.totals().threads_seen, 2);
+}
+
+#[test]
+fn marks_drops_clock_sync_and_unknown_kinds() {
+    let mut t = T::new();
+    let (a, b) = Event::pack_text(b"phase two starts");
+    let (c, d) = Event::pack_text(b" now");
+    t.at(7_000_000)
+        .ev(2, e(EventKind::Mark, flags::MORE, 0, 0, a, b))
+        .ev(2, e(EventKind::Mark, 0, 0, 0, c, d))
+        .ev(0, e(EventKind::Dropped, 0, 0, 0, 0, 17))
+        .ev(2, e(EventKind::Dropped, 0, 0, 0, 0, 3))
+        .ev(0, e(EventKind::ClockSync, 0, 0, 0, 123_456_789, 0))
+        .ev(
+            2,
+            Event {
+                kind: 200,
+                ..Event::default()
+            },
+        );
+    let m = &t.m.metrics().markers()[0];
+    assert_eq!(
+        (m.time, m.heap, m.label.as_str()),
+        (7_000_000, 2, "phase two starts now")
+    );
+    let tot = t.m.totals();
+    assert_eq!((tot.dropped, tot.unknown_events, tot.events), (20, 1, 6));
+    assert_eq!(t.m.clock_sync(), Some((7_000_000, 123_456_789)));
+}
+
+#[test]
+fn metrics_are_sampled_every_10ms_and_give_fragmentation() {
+    let mut t = setup();
+    for i in 1..=10u64 {
+        t.at(i * 5_000_000).alloc(1, PAGE1 + (2 + i) * 64, 32);
+    }
+    t.m.finish();
+    let samples = t.m.metrics().samples();
+    assert!(samples.len() >= 5, "{} samples", samples.len());
+    assert!(samples.windows(2).all(|w| w[0].time < w[1].time));
+    let last = samples.last().expect("a sample");
+    assert_eq!(last.time, 50_000_000);
+    assert_eq!(last.allocs, 13);
+    assert_eq!(last.block_bytes, 13 * 64);
+    assert_eq!(last.requested_bytes, 115 + 320);
+    let internal = 1.0 - (115.0 + 320.0) / (13.0 * 64.0);
+    assert!((last.internal_fragmentation() - internal).abs() < 1e-12);
+    let page = 1.0 - 13.0 / 1024.0;
+    assert!((last.page_fragmentation() - page).abs() < 1e-12);
+    assert!((last.segment_fragmentation() - 63.0 / 64.0).abs() < 1e-12);
+    let first = samples[1];
+    assert!(last.alloc_rate_since(&first) > 0.0);
+}
+
+#[test]
+fn long_series_are_decimated() {
+    let mut m = Metrics::default();
+    for i in 0..(3 * metrics::MAX_SAMPLES as u64) {
+        let s = Sample {
+            time: i,
+            ..Sample::default()
+        };
+        m.push(s, i);
+    }
+    assert!(m.samples().len() < metrics::MAX_SAMPLES);
+    assert!(m.interval() > metrics::SAMPLE_INTERVAL_NS);
+    assert_eq!(
+        m.samples().last().map(|s| s.time),
+        Some(3 * metrics::MAX_SAMPLES as u64 - 1)
+    );
+}
+
+#[test]
+fn a_free_reported_after_its_segment_was_freed_settles_on_a_ghost() {
+    let mut t = setup();
+    // owner frees two blocks and collects the cross-thread one before its Free event arrives
+    t.free(1, PAGE1, 0).free(1, PAGE1 + 128, 0);
+    t.ev(1, e(EventKind::PageCollect, 0, 0, 1, PAGE1, 0))
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0))
+        .ev(
+            1,
+            e(EventKind::SegmentFree, 0, 0, 0, BASE, SEGMENT_SIZE as u64),
+        );
+    assert_eq!(t.m.segments().ghosts().len(), 1);
+    assert_eq!(t.m.current().block_bytes, 0, "ghosts are not counted");
+    // a new segment of another kind at the same address, then the late free
+    t.seg(4, BASE, PageKind::Medium)
+        .free(2, PAGE1 + 64, flags::CROSS_THREAD);
+    assert!(t.m.segments().ghosts().is_empty(), "the ghost settled");
+    let seg = t.m.segment(BASE).expect("new segment");
+    assert!(seg.pages.iter().all(|p| p.thread_free == 0));
+    assert!(t.m.live().is_empty());
+}
+
+#[test]
+fn a_free_reported_before_its_segment_is_folded_in() {
+    let mut t = T::new();
+    let medium_page1 = BASE + (1 << 19);
+    // the free of a block arrives before the owner's SegmentAlloc, PageInit and Alloc
+    t.free(2, medium_page1 + 4096, flags::CROSS_THREAD);
+    assert_eq!(t.m.segments().ghosts().len(), 1);
+    assert!(t.m.segment(BASE).is_none());
+    t.seg(1, BASE, PageKind::Medium)
+        .ev(1, e(EventKind::PageInit, 1, 20, 100, medium_page1, 4096))
+        .ev(1, e(EventKind::PageExtend, 0, 0, 8, medium_page1, 0))
+        .alloc(1, medium_page1 + 4096, 4000);
+    assert!(t.m.segments().ghosts().is_empty());
+    let p = t.pg(medium_page1);
+    assert_eq!((p.used, p.thread_free, p.held()), (1, 1, 0));
+    assert!(t.m.live().is_empty());
+    assert_eq!(t.m.current().block_bytes, 0);
+}
+
+#[test]
+fn page_events_without_a_segment_infer_one() {
+    let mut t = T::new();
+    t.page(3, PAGE1, 32, 2000).alloc(3, PAGE1, 30);
+    let seg = t.m.segment(BASE).expect("inferred");
+    assert!(seg.inferred);
+    assert_eq!(t.pg(PAGE1).used, 1);
+    // an alloc in an unknown segment still counts as a live block
+    t.alloc(3, 0x1234_0000_0010, 10);
+    assert_eq!(t.m.live().len(), 2);
+}
+
+#[test]
+fn huge_and_large_pages_map_every_address_to_page_zero() {
+    let mut t = T::new();
+    let hb = BASE + 8 * MB;
+    let start = hb + INFO_SIZE as u64;
+    t.ev(
+        1,
+        e(
+            EventKind::SegmentAlloc,
+            PageKind::Huge as u8,
+            0,
+            1,
+            hb,
+            9 * MB,
+        ),
+    )
+    .ev(
+        1,
+        e(
+            EventKind::PageInit,
+            PageKind::Huge as u8,
+            BIN_HUGE as u16,
+            1,
+            start,
+            9 * MB - INFO_SIZE as u64,
+        ),
+    )
+    .ev(1, e(EventKind::PageExtend, 0, 0, 1, start, 0))
+    .alloc(1, start, 8 * MB);
+    let seg = t.m.segment(hb).expect("huge");
+    assert_eq!((seg.pages.len(), seg.page_kind()), (1, PageKind::Huge));
+    assert_eq!(t.pg(start + 3 * MB).used, 1);
+    t.seg(1, BASE, PageKind::Large);
+    let lstart = BASE + INFO_SIZE as u64;
+    let bs = block_size(bin_of(1 << 20)) as u64;
+    t.ev(
+        1,
+        e(
+            EventKind::PageInit,
+            PageKind::Large as u8,
+            bin_of(1 << 20) as u16,
+            3,
+            lstart,
+            bs,
+        ),
+    )
+    .ev(1, e(EventKind::PageExtend, 0, 0, 1, lstart, 0))
+    .alloc(1, lstart, 1 << 20);
+    assert_eq!(t.pg(lstart + bs).index, 0);
+    assert_eq!(t.m.current().block_bytes, 9 * MB - INFO_SIZE as u64 + bs);
+    assert_eq!(
+        t.m.current().segment_pages,
+        0,
+        "large and huge segments are not counted"
+    );
+}
+
+#[test]
+fn bins_group_pages_per_heap_with_totals() {
+    let mut t = setup();
+    t.page(2, PAGE1 + SMALL_PAGE_SIZE as u64, 64, 1024)
+        .alloc(2, PAGE1 + SMALL_PAGE_SIZE as u64, 64)
+        .page(2, PAGE1 + 2 * SMALL_PAGE_SIZE as u64, 128, 512)
+        .free(2, PAGE1, flags::CROSS_THREAD);
+    let all = t.m.bins(None);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].block_size, 64);
+    assert_eq!(all[0].pages, vec![PAGE1, PAGE1 + SMALL_PAGE_SIZE as u64]);
+    assert_eq!(all[0].totals.used, 4);
+    assert_eq!(all[0].totals.held, 3);
+    assert_eq!(all[0].totals.thread_free, 1);
+    assert_eq!(all[1].block_size, 128);
+    let h2 = t.m.bins(Some(2));
+    assert_eq!(h2.len(), 2);
+    assert_eq!(h2[0].totals.pages, 1);
+    let tot = t.m.page_totals(Some(1));
+    assert_eq!((tot.pages, tot.used, tot.free), (1, 3, 61));
+    assert_eq!(t.m.page_totals(None).pages, 3);
+}
+
+#[test]
+fn keyframes_clone_and_serde_round_trip() {
+    let mut t = setup();
+    t.free(2, PAGE1, flags::CROSS_THREAD);
+    let snapshot = t.m.clone();
+    let bytes = postcard::to_stdvec(&t.m).expect("serialize");
+    let mut restored: Model = postcard::from_bytes(&bytes).expect("deserialize");
+    let rest = [
+        e(EventKind::PageCollect, 0, 0, 1, PAGE1, 0),
+        e(EventKind::Alloc, 0, 0, 0, PAGE1 + 256, 7),
+        e(EventKind::Free, 0, 0, 0, PAGE1 + 64, 0),
+    ];
+    let mut from_clone = snapshot;
+    for ev in &rest {
+        t.m.apply(1, ev);
+        restored.apply(1, ev);
+        from_clone.apply(1, ev);
+    }
+    for m in [&restored, &from_clone] {
+        assert_eq!(m.current(), t.m.current());
+        assert_eq!(
+            m.page_at(PAGE1).map(|r| r.page.clone()),
+            t.m.page_at(PAGE1).map(|r| r.page.clone())
+        );
+        assert_eq!(m.totals(), t.m.totals());
+    }
+}

@@ -1,0 +1,1004 @@
+//! Event batch encoding inside an Events chunk (before compression).
+//!
+//! Each chunk decodes on its own: every predictor starts empty at the chunk's start. The events
+//! are split into seven byte streams, so that zstd sees like next to like:
+//!
+//! | stream | per batch | per event |
+//! |---|---|---|
+//! | 0 ops | heap id, event count (varints) | kind × 2 + wide (varint), flags byte |
+//! | 1 time | | time − previous event's time in the chunk (zigzag varint) |
+//! | 2 refs | | `Alloc`, `Free`, `Resize`: where the address comes from (varint, below) |
+//! | 3 addr | | an address delta (zigzag varint) or an address (varint), by kind (below) |
+//! | 4 aux | | aux (varint); for `Alloc`: 0 → 0, the request's size class → 1, else aux + 2 |
+//! | 5 arg32 | | arg32 (varint) |
+//! | 6 arg | | arg (varint); for `Realloc` (the old pointer): zigzag(arg − the heap's last `Free`/`Resize` address) |
+//!
+//! The payload is the seven stream lengths (varints) followed by the seven streams.
+//!
+//! **Fields.** Each kind has a set of fields it uses (the table in `heaplens_alloc::event`;
+//! [`fields`] here). A *narrow* event (wide = 0) writes only those, the others being zero. An
+//! event with a non-zero field outside its kind's set, and every event of an unknown kind, is
+//! *wide* (wide = 1) and writes all four: addr, aux, arg32, arg.
+//!
+//! **Addresses.** Predictors are kept per heap (and `Alloc` ones per size class of the request,
+//! [`size_class`]); they start at zero in every chunk.
+//! - `Alloc`: refs 0: addr holds zigzag(addr − the last `Alloc` coded this way of the same heap
+//!   and size class, or if none of any class). Blocks are carved sequentially, so this is mostly
+//!   the block size. Otherwise the address is a block freed earlier in the chunk: each heap keeps
+//!   a stack of freed blocks per size class (in push order, entries numbered from 0) and a cursor
+//!   `next` (starts at −1). refs `2v + 1`: the entry numbered `next − unzigzag(v)`; refs
+//!   `2v + 2`: the entry numbered `len − 1 − v` (from the top). Then `next` = that number − 1.
+//!   mimalloc reuses freed blocks LIFO, so the cursor walks down the stack and `v` is mostly 0.
+//! - `Free`, `Resize`: refs `2d + 1`: the address of this heap's `d`-th latest `Alloc` in the
+//!   chunk; `2d + 2`: the chunk's `d`-th latest `Alloc` of any heap (cross-thread frees); refs 0:
+//!   addr holds zigzag(addr − the heap's last `Free`/`Resize` address). A `Free` found by
+//!   reference pushes the block onto the freed stack of the heap and size class of its `Alloc`.
+//! - `Realloc` (after its `Alloc`): zigzag(addr − the heap's last `Alloc` address); page events (`Page*`,
+//!   `CensusPage`) and segment and OS events (`Segment*`, `CensusSegment`, `OsCommit`,
+//!   `OsPurge`): zigzag(addr − the heap's last address of the same group).
+//! - every other kind byte, known or not: the address as a varint.
+//!
+//! Any [`Event`] value round-trips exactly; the predictors only decide how few bytes it takes.
+
+use std::collections::HashMap;
+
+use heaplens_alloc::event::{Event, EventKind};
+
+/// Number of byte streams in an Events payload.
+pub const STREAMS: usize = 7;
+
+/// Fewest payload bytes an event takes (op, flags, time and at least one field): a decoder uses
+/// it to bound an event count before trusting it.
+pub const MIN_EVENT_BYTES: usize = 4;
+
+/// Most distinct heaps in one chunk: bounds a decoder's predictor state (about 1 KiB a heap).
+/// A writer starts a new chunk rather than exceed it.
+pub const MAX_CHUNK_HEAPS: usize = 4096;
+
+/// Size classes the `Alloc` predictor keeps apart.
+const CLASSES: usize = 128;
+
+/// Address groups delta-coded against the group's last address.
+const GROUPS: usize = 4;
+const GROUP_ALLOC: usize = 0;
+const GROUP_FREE: usize = 1;
+const GROUP_PAGE: usize = 2;
+const GROUP_SEGMENT: usize = 3;
+
+const ALLOC: u8 = EventKind::Alloc as u8;
+const FREE: u8 = EventKind::Free as u8;
+const RESIZE: u8 = EventKind::Resize as u8;
+const REALLOC: u8 = EventKind::Realloc as u8;
+
+/// Field bits of [`fields`].
+pub mod field {
+    /// `addr`.
+    pub const ADDR: u8 = 1;
+    /// `aux`.
+    pub const AUX: u8 = 2;
+    /// `arg32`.
+    pub const ARG32: u8 = 4;
+    /// `arg`.
+    pub const ARG: u8 = 8;
+    /// Every field.
+    pub const ALL: u8 = ADDR | AUX | ARG32 | ARG;
+}
+
+/// The fields an event of `kind` uses (every kind uses at least one); an event with another
+/// field non-zero is written wide.
+pub const fn fields(kind: u8) -> u8 {
+    use EventKind as K;
+    use field::{ADDR, ALL, ARG, ARG32, AUX};
+    let Some(k) = EventKind::from_u8(kind) else {
+        return ALL;
+    };
+    match k {
+        K::Alloc => ADDR | ARG | AUX,
+        K::Free
+        | K::PageFull
+        | K::PageUnfull
+        | K::PageRetire
+        | K::PageFree
+        | K::SegmentAbandon
+        | K::SegmentReclaim
+        | K::ClockSync => ADDR,
+        K::Resize | K::SegmentFree | K::OsCommit | K::OsPurge | K::Mark => ADDR | ARG,
+        K::Realloc
+        | K::PageCollect
+        | K::SegmentAlloc
+        | K::ThreadStart
+        | K::ThreadName
+        | K::CensusPage2
+        | K::CensusSegment => ADDR | ARG | ARG32,
+        K::PageInit | K::CensusPage => ADDR | ARG | ARG32 | AUX,
+        K::PageExtend | K::PageReclaim => ADDR | ARG32,
+        K::ThreadExit | K::CensusEnd => ARG32,
+        K::Dropped => ARG,
+        K::CensusBegin => ARG | ARG32,
+    }
+}
+
+/// [`fields`] of every kind byte.
+static FIELDS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut k = 0;
+    while k < 256 {
+        t[k] = fields(k as u8);
+        k += 1;
+    }
+    t
+};
+
+/// The fields `e` writes, and whether it is wide.
+#[inline]
+fn present(e: &Event) -> (u8, bool) {
+    use field::{ADDR, ALL, ARG, ARG32, AUX};
+    let f = FIELDS[usize::from(e.kind)];
+    let used = (if e.addr != 0 { ADDR } else { 0 })
+        | (if e.aux != 0 { AUX } else { 0 })
+        | (if e.arg32 != 0 { ARG32 } else { 0 })
+        | (if e.arg != 0 { ARG } else { 0 });
+    if used & !f == 0 {
+        (f, false)
+    } else {
+        (ALL, true)
+    }
+}
+
+/// How an event's address is coded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AddrCode {
+    /// A freed block, else a delta against the last `Alloc` of the size class.
+    Alloc,
+    /// A reference to an earlier `Alloc` (the block it frees or resizes), else a delta.
+    Ref,
+    /// A delta against the last address of the heap's group.
+    Delta(usize),
+    /// The address itself.
+    Plain,
+    /// Not written (zero).
+    Absent,
+}
+
+/// How the address of a `kind` is coded when it is written.
+const fn code_of(kind: u8) -> AddrCode {
+    const PAGE_FIRST: u8 = EventKind::PageInit as u8;
+    const PAGE_LAST: u8 = EventKind::PageReclaim as u8;
+    const SEG_FIRST: u8 = EventKind::SegmentAlloc as u8;
+    const SEG_LAST: u8 = EventKind::SegmentReclaim as u8;
+    const COMMIT: u8 = EventKind::OsCommit as u8;
+    const PURGE: u8 = EventKind::OsPurge as u8;
+    const CENSUS_PAGE: u8 = EventKind::CensusPage as u8;
+    const CENSUS_SEGMENT: u8 = EventKind::CensusSegment as u8;
+    match kind {
+        ALLOC => AddrCode::Alloc,
+        FREE | RESIZE => AddrCode::Ref,
+        REALLOC => AddrCode::Delta(GROUP_ALLOC),
+        PAGE_FIRST..=PAGE_LAST | CENSUS_PAGE => AddrCode::Delta(GROUP_PAGE),
+        SEG_FIRST..=SEG_LAST | COMMIT | PURGE | CENSUS_SEGMENT => AddrCode::Delta(GROUP_SEGMENT),
+        _ => AddrCode::Plain,
+    }
+}
+
+/// [`code_of`] every kind byte.
+static CODES: [AddrCode; 256] = {
+    let mut t = [AddrCode::Plain; 256];
+    let mut k = 0;
+    while k < 256 {
+        t[k] = code_of(k as u8);
+        k += 1;
+    }
+    t
+};
+
+/// How the address of an event of `kind` with fields `f` is coded.
+#[inline]
+fn addr_code(kind: u8, f: u8) -> AddrCode {
+    if f & field::ADDR == 0 {
+        AddrCode::Absent
+    } else {
+        CODES[usize::from(kind)]
+    }
+}
+
+/// The size class of a request, as the `Alloc` predictor sees it: exact per 16 B up to 64 B,
+/// then four classes per doubling, at most 127 (the allocator's bins, frozen here for format
+/// version 1).
+#[inline]
+pub fn size_class(size: u64) -> u8 {
+    let granules = size.div_ceil(16);
+    let c = if granules <= 4 {
+        granules.max(1)
+    } else {
+        let w = granules - 1;
+        let b = u64::from(63 - w.leading_zeros());
+        ((b << 2) + ((w >> (b - 2)) & 3)) - 3
+    };
+    c.min(CLASSES as u64 - 1) as u8
+}
+
+/// `Alloc` aux: 0, the size class of the request (the allocator's bin), or anything else.
+#[inline]
+fn code_alloc_aux(aux: u16, size: u64) -> u64 {
+    match aux {
+        0 => 0,
+        a if a == u16::from(size_class(size)) => 1,
+        a => u64::from(a) + 2,
+    }
+}
+
+#[inline]
+fn decode_alloc_aux(v: u64, size: u64) -> Result<u16, &'static str> {
+    match v {
+        0 => Ok(0),
+        1 => Ok(u16::from(size_class(size))),
+        v => u16::try_from(v - 2).map_err(|_| "aux too large"),
+    }
+}
+
+#[inline]
+fn zigzag(v: u64) -> u64 {
+    let s = v as i64;
+    ((s << 1) ^ (s >> 63)) as u64
+}
+
+#[inline]
+fn unzigzag(v: u64) -> u64 {
+    (v >> 1) ^ (v & 1).wrapping_neg()
+}
+
+/// Appends `v` as LEB128.
+#[inline(always)]
+pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        put_varint_long(out, v);
+    }
+}
+
+#[inline(never)]
+fn put_varint_long(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A bounds-checked reader of bytes and varints.
+#[derive(Clone, Copy)]
+pub struct Bytes<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bytes<'a> {
+    /// Reads `buf` from the start.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// One byte.
+    #[inline]
+    pub fn byte(&mut self) -> Result<u8, &'static str> {
+        let b = *self.buf.get(self.pos).ok_or("stream ends early")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if n > self.remaining() {
+            return Err("stream ends early");
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// A LEB128 value of at most 64 bits.
+    #[inline(always)]
+    pub fn varint(&mut self) -> Result<u64, &'static str> {
+        // The common case: one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, &'static str> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return Err("varint overflows 64 bits");
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+}
+
+/// Predictor state of one heap, the same on both sides.
+struct Predictor {
+    /// Last address of each group (`GROUP_ALLOC`: of any `Alloc`).
+    last_addr: [u64; GROUPS],
+    /// Last carved `Alloc` of each size class.
+    class_addr: [u64; CLASSES],
+    /// Last carved `Alloc` of any class.
+    carved: u64,
+}
+
+impl Default for Predictor {
+    fn default() -> Self {
+        Self {
+            last_addr: [0; GROUPS],
+            class_addr: [0; CLASSES],
+            carved: 0,
+        }
+    }
+}
+
+impl Predictor {
+    /// The prediction for a carved `Alloc` of class `c`.
+    #[inline]
+    fn alloc_base(&self, c: u8) -> u64 {
+        match self.class_addr[usize::from(c)] {
+            0 => self.carved,
+            a => a,
+        }
+    }
+
+    #[inline]
+    fn note_carved(&mut self, c: u8, addr: u64) {
+        self.class_addr[usize::from(c)] = addr;
+        self.carved = addr;
+    }
+}
+
+/// A freed stack's cursor: the entry number the next reuse is expected at.
+#[inline]
+fn ref_code(next: i64, len: u32, seq: u32) -> u64 {
+    let from_next = zigzag(next.wrapping_sub(i64::from(seq)) as u64);
+    let from_top = u64::from(len - 1 - seq);
+    if from_next <= from_top {
+        2 * from_next + 1
+    } else {
+        2 * from_top + 2
+    }
+}
+
+/// What the encoder knows about an address in this chunk. Heaps are named by their slot in
+/// the chunk's heap list.
+#[derive(Clone, Copy)]
+enum Block {
+    /// Allocated by heap `slot`, its `in_heap`-th `Alloc` (and `in_chunk`-th in the chunk).
+    Live {
+        slot: u32,
+        in_heap: u32,
+        in_chunk: u32,
+        class: u8,
+    },
+    /// Freed: entry `seq` of the freed stack of heap `slot` and `class`.
+    Freed { slot: u32, class: u8, seq: u32 },
+}
+
+/// A freed stack on the encoder side: how many entries, and the cursor.
+#[derive(Clone, Copy)]
+struct StackHead {
+    len: u32,
+    next: i64,
+}
+
+impl Default for StackHead {
+    fn default() -> Self {
+        Self { len: 0, next: -1 }
+    }
+}
+
+/// Encoder state of one heap.
+#[derive(Default)]
+struct EncodeHeap {
+    pred: Predictor,
+    allocs: u32,
+    stacks: Vec<StackHead>,
+}
+
+impl EncodeHeap {
+    fn stack(&mut self, c: u8) -> &mut StackHead {
+        let c = usize::from(c);
+        if self.stacks.len() <= c {
+            self.stacks.resize(c + 1, StackHead::default());
+        }
+        &mut self.stacks[c]
+    }
+}
+
+/// The slot of `heap` in a chunk's heap list, adding it if new.
+fn slot_of<T: Default>(index: &mut HashMap<u32, usize>, heaps: &mut Vec<T>, heap: u32) -> usize {
+    *index.entry(heap).or_insert_with(|| {
+        heaps.push(T::default());
+        heaps.len() - 1
+    })
+}
+
+/// Builds the payload of one Events chunk, batch by batch.
+pub struct ChunkEncoder {
+    streams: [Vec<u8>; STREAMS],
+    index: HashMap<u32, usize>,
+    heaps: Vec<EncodeHeap>,
+    blocks: HashMap<u64, Block, BuildAddrHasher>,
+    allocs: u32,
+    prev_time: u64,
+    events: u32,
+    start_time: u64,
+    end_time: u64,
+}
+
+impl Default for ChunkEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkEncoder {
+    /// An empty chunk.
+    pub fn new() -> Self {
+        Self {
+            streams: Default::default(),
+            index: HashMap::new(),
+            heaps: Vec::new(),
+            blocks: HashMap::default(),
+            allocs: 0,
+            prev_time: 0,
+            events: 0,
+            start_time: u64::MAX,
+            end_time: 0,
+        }
+    }
+
+    /// Events encoded so far.
+    pub fn len(&self) -> u32 {
+        self.events
+    }
+
+    /// Whether no event was encoded.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// Whether a batch of `heap` fits the chunk's heap limit ([`MAX_CHUNK_HEAPS`]).
+    pub fn has_room_for(&self, heap: u32) -> bool {
+        self.heaps.len() < MAX_CHUNK_HEAPS || self.index.contains_key(&heap)
+    }
+
+    /// Earliest and latest event time (`(0, 0)` when empty).
+    pub fn time_range(&self) -> (u64, u64) {
+        if self.events == 0 {
+            (0, 0)
+        } else {
+            (self.start_time, self.end_time)
+        }
+    }
+
+    /// Encodes a batch of one heap's events.
+    pub fn push_batch(&mut self, heap: u32, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let [ops, time, refs, addr, aux, arg32, arg] = &mut self.streams;
+        put_varint(ops, u64::from(heap));
+        put_varint(ops, events.len() as u64);
+        let cur = slot_of(&mut self.index, &mut self.heaps, heap);
+        let heaps = &mut self.heaps;
+        let mut prev_time = self.prev_time;
+        let (mut lo, mut hi) = (self.start_time, self.end_time);
+        for e in events {
+            let (f, wide) = present(e);
+            put_varint(ops, u64::from(e.kind) * 2 + u64::from(wide));
+            ops.push(e.flags);
+            put_varint(time, zigzag(e.time.wrapping_sub(prev_time)));
+            prev_time = e.time;
+            lo = lo.min(e.time);
+            hi = hi.max(e.time);
+            match addr_code(e.kind, f) {
+                AddrCode::Alloc => {
+                    let h = &mut heaps[cur];
+                    let c = size_class(e.arg);
+                    let live = Block::Live {
+                        slot: cur as u32,
+                        in_heap: h.allocs,
+                        in_chunk: self.allocs,
+                        class: c,
+                    };
+                    match self.blocks.insert(e.addr, live) {
+                        Some(Block::Freed { slot, class, seq })
+                            if slot as usize == cur && class == c =>
+                        {
+                            let s = h.stack(c);
+                            put_varint(refs, ref_code(s.next, s.len, seq));
+                            s.next = i64::from(seq) - 1;
+                        }
+                        _ => {
+                            put_varint(refs, 0);
+                            put_varint(addr, zigzag(e.addr.wrapping_sub(h.pred.alloc_base(c))));
+                            h.pred.note_carved(c, e.addr);
+                        }
+                    }
+                    h.pred.last_addr[GROUP_ALLOC] = e.addr;
+                    h.allocs += 1;
+                    self.allocs += 1;
+                }
+                AddrCode::Ref => {
+                    match self.blocks.get_mut(&e.addr) {
+                        Some(b) if matches!(b, Block::Live { .. }) => {
+                            let Block::Live {
+                                slot,
+                                in_heap,
+                                in_chunk,
+                                class,
+                            } = *b
+                            else {
+                                unreachable!("matched Live")
+                            };
+                            if slot as usize == cur {
+                                put_varint(
+                                    refs,
+                                    1 + 2 * u64::from(heaps[cur].allocs - 1 - in_heap),
+                                );
+                            } else {
+                                put_varint(refs, 2 + 2 * u64::from(self.allocs - 1 - in_chunk));
+                            }
+                            if e.kind == FREE {
+                                let s = heaps[slot as usize].stack(class);
+                                *b = Block::Freed {
+                                    slot,
+                                    class,
+                                    seq: s.len,
+                                };
+                                s.len += 1;
+                            }
+                        }
+                        _ => {
+                            put_varint(refs, 0);
+                            let last = heaps[cur].pred.last_addr[GROUP_FREE];
+                            put_varint(addr, zigzag(e.addr.wrapping_sub(last)));
+                        }
+                    }
+                    heaps[cur].pred.last_addr[GROUP_FREE] = e.addr;
+                }
+                AddrCode::Delta(g) => {
+                    let last = &mut heaps[cur].pred.last_addr[g];
+                    put_varint(addr, zigzag(e.addr.wrapping_sub(*last)));
+                    *last = e.addr;
+                }
+                AddrCode::Plain => put_varint(addr, e.addr),
+                AddrCode::Absent => {}
+            }
+            if f & field::AUX != 0 {
+                match e.kind {
+                    ALLOC => put_varint(aux, code_alloc_aux(e.aux, e.arg)),
+                    _ => put_varint(aux, u64::from(e.aux)),
+                }
+            }
+            if f & field::ARG32 != 0 {
+                put_varint(arg32, u64::from(e.arg32));
+            }
+            if f & field::ARG != 0 {
+                match e.kind {
+                    REALLOC => {
+                        let last = heaps[cur].pred.last_addr[GROUP_FREE];
+                        put_varint(arg, zigzag(e.arg.wrapping_sub(last)));
+                    }
+                    _ => put_varint(arg, e.arg),
+                }
+            }
+        }
+        self.prev_time = prev_time;
+        self.start_time = lo;
+        self.end_time = hi;
+        self.events += events.len() as u32;
+    }
+
+    /// Writes the payload to `out` (cleared first) and starts a new chunk.
+    pub fn finish_into(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        for s in &self.streams {
+            put_varint(out, s.len() as u64);
+        }
+        for s in &mut self.streams {
+            out.extend_from_slice(s);
+            s.clear();
+        }
+        self.index.clear();
+        self.heaps.clear();
+        self.blocks.clear();
+        self.allocs = 0;
+        self.prev_time = 0;
+        self.events = 0;
+        self.start_time = u64::MAX;
+        self.end_time = 0;
+    }
+}
+
+/// A freed stack on the decoder side.
+struct Stack {
+    addrs: Vec<u64>,
+    next: i64,
+}
+
+/// Decoder state of one heap: the predictor, the heap's `Alloc`s in the chunk (address,
+/// class), its freed stacks.
+#[derive(Default)]
+struct DecodeHeap {
+    pred: Predictor,
+    allocs: Vec<(u64, u8)>,
+    stacks: Vec<Stack>,
+}
+
+impl DecodeHeap {
+    fn stack(&mut self, c: u8) -> &mut Stack {
+        let c = usize::from(c);
+        if self.stacks.len() <= c {
+            self.stacks.resize_with(c + 1, || Stack {
+                addrs: Vec::new(),
+                next: -1,
+            });
+        }
+        &mut self.stacks[c]
+    }
+}
+
+/// Decodes Events payloads. Keeps its scratch space from one chunk to the next.
+#[derive(Default)]
+pub struct Decoder {
+    index: HashMap<u32, usize>,
+    heaps: Vec<DecodeHeap>,
+    /// Every `Alloc` of the chunk: address, heap slot, class.
+    all_allocs: Vec<(u64, u32, u8)>,
+    /// The fields each event of the block writes.
+    masks: Vec<u8>,
+    /// The heap slot of each event of the block.
+    slots: Vec<u32>,
+}
+
+/// Events decoded a column at a time.
+const BLOCK: usize = 1024;
+
+impl Decoder {
+    /// A decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes an Events payload holding `count` events, appending `(heap, event)` pairs to
+    /// `out`. Never trusts a count further than the payload's size allows. On error `out` is as
+    /// it was.
+    pub fn decode(
+        &mut self,
+        payload: &[u8],
+        count: u32,
+        out: &mut Vec<(u32, Event)>,
+    ) -> Result<(), &'static str> {
+        let start = out.len();
+        let r = self.decode_columns(payload, count as usize, out);
+        self.index.clear();
+        self.heaps.clear();
+        self.all_allocs.clear();
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    fn decode_columns(
+        &mut self,
+        payload: &[u8],
+        count: usize,
+        out: &mut Vec<(u32, Event)>,
+    ) -> Result<(), &'static str> {
+        if count.saturating_mul(MIN_EVENT_BYTES) > payload.len() {
+            return Err("more events than the payload can hold");
+        }
+        let mut head = Bytes::new(payload);
+        let mut lens = [0usize; STREAMS];
+        for len in &mut lens {
+            *len = usize::try_from(head.varint()?).map_err(|_| "stream length too large")?;
+        }
+        let mut streams = [Bytes::new(&[]); STREAMS];
+        for (s, &len) in streams.iter_mut().zip(&lens) {
+            *s = Bytes::new(head.take(len)?);
+        }
+        if head.remaining() != 0 {
+            return Err("bytes after the last stream");
+        }
+        let [
+            mut ops,
+            mut time,
+            mut refs,
+            mut addr,
+            mut aux,
+            mut arg32,
+            mut arg,
+        ] = streams;
+
+        // Blocks of events small enough to stay in cache while each column is decoded into
+        // them in turn.
+        out.reserve(count);
+        let mut t = 0u64;
+        let mut batch_left = 0usize;
+        let (mut heap, mut slot) = (0u32, 0usize);
+        let mut done = 0usize;
+        while done < count {
+            let n = (count - done).min(BLOCK);
+            let first = out.len();
+            // Ops: batches, kinds, flags, which fields follow.
+            self.masks.clear();
+            self.slots.clear();
+            for _ in 0..n {
+                while batch_left == 0 {
+                    heap = u32::try_from(ops.varint()?).map_err(|_| "heap id too large")?;
+                    let k = ops.varint()?;
+                    if k == 0 || k > (count - done - self.masks.len()) as u64 {
+                        return Err("batch sizes do not add up to the event count");
+                    }
+                    batch_left = k as usize;
+                    if self.heaps.len() >= MAX_CHUNK_HEAPS && !self.index.contains_key(&heap) {
+                        return Err("too many heaps in one chunk");
+                    }
+                    slot = slot_of(&mut self.index, &mut self.heaps, heap);
+                }
+                batch_left -= 1;
+                let op = ops.varint()?;
+                let kind = u8::try_from(op >> 1).map_err(|_| "kind too large")?;
+                let flags = ops.byte()?;
+                self.masks.push(if op & 1 == 1 {
+                    field::ALL
+                } else {
+                    FIELDS[usize::from(kind)]
+                });
+                self.slots.push(slot as u32);
+                out.push((
+                    heap,
+                    Event {
+                        kind,
+                        flags,
+                        ..Event::default()
+                    },
+                ));
+            }
+            let events = &mut out[first..];
+            let masks = &self.masks[..];
+
+            // The plain columns.
+            for (_, e) in events.iter_mut() {
+                t = t.wrapping_add(unzigzag(time.varint()?));
+                e.time = t;
+            }
+            for ((_, e), &f) in events.iter_mut().zip(masks) {
+                if f & field::ARG != 0 {
+                    e.arg = arg.varint()?;
+                }
+            }
+            for ((_, e), &f) in events.iter_mut().zip(masks) {
+                if f & field::ARG32 != 0 {
+                    e.arg32 = u32::try_from(arg32.varint()?).map_err(|_| "arg32 too large")?;
+                }
+            }
+            for ((_, e), &f) in events.iter_mut().zip(masks) {
+                if f & field::AUX != 0 {
+                    let x = aux.varint()?;
+                    e.aux = match e.kind {
+                        ALLOC => decode_alloc_aux(x, e.arg)?,
+                        _ => u16::try_from(x).map_err(|_| "aux too large")?,
+                    };
+                }
+            }
+
+            // Addresses, with the predictors.
+            let heaps = &mut self.heaps;
+            let all_allocs = &mut self.all_allocs;
+            for (((_, e), &f), &cur) in events.iter_mut().zip(masks).zip(&self.slots) {
+                let cur = cur as usize;
+                e.addr = match addr_code(e.kind, f) {
+                    AddrCode::Alloc => {
+                        let h = &mut heaps[cur];
+                        let c = size_class(e.arg);
+                        let a = match refs.varint()? {
+                            0 => {
+                                let a = h.pred.alloc_base(c).wrapping_add(unzigzag(addr.varint()?));
+                                h.pred.note_carved(c, a);
+                                a
+                            }
+                            v => {
+                                let s = h.stack(c);
+                                let len = s.addrs.len() as i64;
+                                let back = (v - 1) >> 1;
+                                let seq = if v & 1 == 1 {
+                                    s.next.wrapping_sub(unzigzag(back) as i64)
+                                } else {
+                                    (len - 1).wrapping_sub(back as i64)
+                                };
+                                if !(0..len).contains(&seq) {
+                                    return Err("reference to no freed block");
+                                }
+                                s.next = seq - 1;
+                                s.addrs[seq as usize]
+                            }
+                        };
+                        h.pred.last_addr[GROUP_ALLOC] = a;
+                        h.allocs.push((a, c));
+                        all_allocs.push((a, cur as u32, c));
+                        a
+                    }
+                    AddrCode::Ref => {
+                        let a = match refs.varint()? {
+                            0 => heaps[cur].pred.last_addr[GROUP_FREE]
+                                .wrapping_add(unzigzag(addr.varint()?)),
+                            v => {
+                                let back = usize::try_from((v - 1) / 2).unwrap_or(usize::MAX);
+                                let (a, owner, c) = if v & 1 == 1 {
+                                    let allocs = &heaps[cur].allocs;
+                                    let i = allocs.len().checked_sub(1 + back);
+                                    let (a, c) = allocs[i.ok_or("reference to no allocation")?];
+                                    (a, cur as u32, c)
+                                } else {
+                                    let i = all_allocs.len().checked_sub(1 + back);
+                                    all_allocs[i.ok_or("reference to no allocation")?]
+                                };
+                                if e.kind == FREE {
+                                    heaps[owner as usize].stack(c).addrs.push(a);
+                                }
+                                a
+                            }
+                        };
+                        heaps[cur].pred.last_addr[GROUP_FREE] = a;
+                        a
+                    }
+                    AddrCode::Delta(g) => {
+                        let last = &mut heaps[cur].pred.last_addr[g];
+                        *last = last.wrapping_add(unzigzag(addr.varint()?));
+                        *last
+                    }
+                    AddrCode::Plain => addr.varint()?,
+                    AddrCode::Absent => 0,
+                };
+                if e.kind == REALLOC && f & field::ARG != 0 {
+                    e.arg = unzigzag(e.arg).wrapping_add(heaps[cur].pred.last_addr[GROUP_FREE]);
+                }
+            }
+            done += n;
+        }
+        if batch_left != 0 {
+            return Err("batch sizes do not add up to the event count");
+        }
+        if [ops, time, refs, addr, aux, arg32, arg]
+            .iter()
+            .any(|b| b.remaining() != 0)
+        {
+            return Err("bytes after the last event");
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one Events payload (see [`Decoder::decode`]).
+pub fn decode_events(
+    payload: &[u8],
+    count: u32,
+    out: &mut Vec<(u32, Event)>,
+) -> Result<(), &'static str> {
+    Decoder::new().decode(payload, count, out)
+}
+
+/// A fast hasher for the encoder's address map (a multiply and a rotate: the writer hashes
+/// addresses of its own allocator's events, not keys an attacker picks; a decoder never hashes
+/// addresses).
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(26);
+    }
+}
+
+type BuildAddrHasher = std::hash::BuildHasherDefault<AddrHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_zigzag_round_trip() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(Bytes::new(&b).varint(), Ok(v));
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!(zigzag(u64::MAX), 1); // -1
+        assert_eq!(zigzag(1), 2);
+        // 11 bytes, or a tenth byte with more than one bit: not a 64-bit varint.
+        assert!(Bytes::new(&[0xff; 11]).varint().is_err());
+        assert!(
+            Bytes::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2])
+                .varint()
+                .is_err()
+        );
+        assert!(Bytes::new(&[0x80]).varint().is_err());
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let ev = |kind: u8, addr: u64, time: u64| Event {
+            kind,
+            addr,
+            time,
+            arg: addr ^ 0x55,
+            ..Event::default()
+        };
+        let mut enc = ChunkEncoder::new();
+        let a = [
+            ev(1, 0x1000, 5),
+            ev(2, 0x1000, 5),
+            ev(4, 0x20, 9),
+            ev(200, 7, 3),
+        ];
+        let b = [ev(1, 0xffff_0000, 4), ev(61, 0, u64::MAX)];
+        enc.push_batch(3, &a);
+        enc.push_batch(0, &b);
+        enc.push_batch(3, &a[..1]);
+        assert_eq!(enc.len(), 7);
+        assert_eq!(enc.time_range(), (3, u64::MAX));
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        assert!(enc.is_empty());
+        let mut out = Vec::new();
+        decode_events(&payload, 7, &mut out).unwrap();
+        let want: Vec<(u32, Event)> = a
+            .iter()
+            .map(|&e| (3, e))
+            .chain(b.iter().map(|&e| (0, e)))
+            .chain([(3, a[0])])
+            .collect();
+        assert_eq!(out, want);
+        out.clear();
+        assert!(decode_events(&payload, 6, &mut out).is_err());
+        assert!(decode_events(&payload, 8, &mut out).is_err());
+        assert!(decode_events(&payload[..payload.len() - 1], 7, &mut out).is_err());
+    }
+}

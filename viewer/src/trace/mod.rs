@@ -1,0 +1,62 @@
+//! The heaplens trace file: a recorded event stream, replayable and seekable.
+//!
+//! A file is a header (magic, format version, JSON metadata) followed by self-describing chunks:
+//! compressed Events (the collector's batches, delta-coded), Keyframes (opaque snapshots the
+//! caller supplies, for seeking), and when the writer finished, End (how the process exited),
+//! an Index and a trailer pointing at it. Every chunk is checksummed and written whole, so a
+//! file cut off anywhere reads up to its last complete chunk. The specification is `README.md`
+//! in this directory.
+//!
+//! A recorder:
+//! ```no_run
+//! # use heaplens_viewer::trace::*;
+//! # fn f(batches: &[(u32, Vec<heaplens_alloc::event::Event>)]) -> std::io::Result<()> {
+//! let mut w = TraceWriter::create("run.hltrace", &Metadata::for_this_process())?;
+//! for (heap, events) in batches {
+//!     w.write_batch(*heap, events)?;
+//! }
+//! w.write_keyframe(w.events_written(), 1_000_000, b"model snapshot")?;
+//! w.finish(EndInfo::clean(0))?;
+//! # Ok(()) }
+//! ```
+//! A replay viewer:
+//! ```no_run
+//! # use heaplens_viewer::trace::*;
+//! # fn f() -> Result<(), TraceError> {
+//! let mut r = TraceReader::open("run.hltrace")?;
+//! if let Some(problem) = r.damage() {
+//!     eprintln!("{problem}"); // "truncated at byte N; 1234 events up to 1.250 s are readable"
+//! }
+//! let target = r.total_events() / 2;
+//! let start = match r.keyframe_before_event(target).copied() {
+//!     Some(k) => {
+//!         let k_index = r.keyframes().iter().position(|x| *x == k).unwrap();
+//!         let _snapshot = r.read_keyframe(k_index)?; // restore the model from it
+//!         k.event_index
+//!     }
+//!     None => 0,
+//! };
+//! for (_heap, _event) in r.read_events(start..target)? { /* apply to the model */ }
+//! # Ok(()) }
+//! ```
+
+pub mod encode;
+pub mod end;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod metadata;
+pub mod reader;
+pub mod synth;
+pub mod writer;
+
+pub use end::{EndInfo, EndReason, ExitStatus};
+pub use error::TraceError;
+pub use format::{ChunkDefect, VERSION};
+pub use index::{ChunkInfo, KeyframeInfo, TraceIndex};
+pub use metadata::Metadata;
+pub use reader::{Events, Status, TraceReader};
+pub use writer::{TraceWriter, WriterOptions};
+
+/// The file name extension of trace files.
+pub const EXTENSION: &str = "hltrace";

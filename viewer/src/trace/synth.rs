@@ -1,0 +1,610 @@
+//! A deterministic synthetic event stream shaped like the allocator's, for tests, benchmarks and
+//! the golden trace file.
+//!
+//! It plays a small mimalloc: several threads (heaps), segments of 64 KiB small pages and 512 KiB
+//! medium pages, blocks carved sequentially per extension, LIFO free lists (`free`,
+//! `local_free`, `thread_free`) with collects, full and retired pages, cross-thread frees,
+//! reallocs, marks and a census every so often; requests are skewed small and repeat a few
+//! favourite sizes, lifetimes are mostly short. Times follow the hook's coarse clock: one tick a
+//! millisecond, every event of a tick the same time, one batch per heap per tick. It aims at
+//! realistic *bytes*, not at a stream the model must agree with to the last counter.
+
+use heaplens_alloc::bin::{PageKind, bin_of, block_size};
+use heaplens_alloc::event::{Event, EventKind, flags};
+
+/// What to generate.
+#[derive(Clone, Copy, Debug)]
+pub struct SynthConfig {
+    /// Traced threads (heaps 1..=threads).
+    pub threads: u32,
+    /// Stop after about this many events.
+    pub events: usize,
+    /// Random seed: the same seed gives the same stream.
+    pub seed: u64,
+    /// Fraction of allocations later freed by another thread.
+    pub cross_thread: f64,
+    /// A census every this many ticks (milliseconds); 0: none.
+    pub census_every: u64,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            threads: 4,
+            events: 1_000_000,
+            seed: 1,
+            cross_thread: 0.04,
+            census_every: 1000,
+        }
+    }
+}
+
+/// SplitMix64: small, fast and deterministic.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+const SEGMENT: u64 = heaplens_alloc::SEGMENT_SIZE as u64;
+const INFO: u64 = heaplens_alloc::segment::INFO_SIZE as u64;
+
+struct Page {
+    start: u64,
+    bin: u16,
+    block: u64,
+    kind: PageKind,
+    reserved: u32,
+    capacity: u32,
+    used: u32,
+    free: Vec<u64>,
+    local_free: Vec<u64>,
+    thread_free: Vec<u64>,
+    full: bool,
+    owner: u32,
+    segment: usize,
+    slot: usize,
+    live: bool,
+}
+
+struct Segment {
+    base: u64,
+    kind: PageKind,
+    slots: Vec<Option<usize>>,
+    owner: u32,
+    live: bool,
+}
+
+struct Live {
+    addr: u64,
+    page: usize,
+    size: u64,
+}
+
+struct Heap {
+    id: u32,
+    bins: Vec<Vec<usize>>,
+    live: Vec<Live>,
+    inbox: Vec<Live>,
+    events: Vec<Event>,
+    grow: f64,
+}
+
+struct World {
+    rng: Rng,
+    time: u64,
+    pages: Vec<Page>,
+    segments: Vec<Segment>,
+    next_segment: u64,
+    sizes: Vec<u64>,
+}
+
+fn ev(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64, time: u64) -> Event {
+    Event {
+        kind: kind as u8,
+        flags,
+        aux,
+        arg32,
+        addr,
+        arg,
+        time,
+    }
+}
+
+/// Favourite request sizes, most common first.
+fn size_table(rng: &mut Rng) -> Vec<u64> {
+    (0..96)
+        .map(|i| {
+            let r = rng.below(1000);
+            let base = match r {
+                0..=549 => 8 + rng.below(57),
+                550..=849 => 65 + rng.below(192),
+                850..=969 => 257 + rng.below(1800),
+                970..=996 => 2048 + rng.below(14_000),
+                _ => 16_384 + rng.below(100_000),
+            };
+            // Many programs ask for round sizes.
+            if i % 3 == 0 {
+                base.next_multiple_of(8)
+            } else {
+                base
+            }
+        })
+        .collect()
+}
+
+impl World {
+    fn size(&mut self) -> u64 {
+        // Zipf-like: the first sizes of the table are asked for most.
+        let n = self.sizes.len() as u64;
+        let i = (self.rng.below(n) * self.rng.below(n)) / n;
+        if self.rng.chance(0.03) {
+            1 + self.rng.below(300)
+        } else {
+            self.sizes[i as usize]
+        }
+    }
+
+    fn new_page(&mut self, heap: &mut Heap, bin: usize) -> usize {
+        let block = block_size(bin) as u64;
+        let kind = PageKind::for_block_size(block as usize);
+        let (page_size, pages) = match kind {
+            PageKind::Small => (heaplens_alloc::SMALL_PAGE_SIZE as u64, 64),
+            _ => (heaplens_alloc::MEDIUM_PAGE_SIZE as u64, 8),
+        };
+        let t = self.time;
+        let found = self.segments.iter().position(|s| {
+            s.live && s.owner == heap.id && s.kind == kind && s.slots.iter().any(Option::is_none)
+        });
+        let seg = found.unwrap_or_else(|| {
+            let base = self.next_segment;
+            self.next_segment += SEGMENT * (1 + u64::from(self.rng.chance(0.2)));
+            heap.events.push(ev(
+                EventKind::SegmentAlloc,
+                kind as u8,
+                0,
+                pages as u32,
+                base,
+                SEGMENT,
+                t,
+            ));
+            self.segments.push(Segment {
+                base,
+                kind,
+                slots: vec![None; pages],
+                owner: heap.id,
+                live: true,
+            });
+            self.segments.len() - 1
+        });
+        let slot = self.segments[seg]
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(0);
+        let offset = if slot == 0 { INFO } else { 0 };
+        let start = self.segments[seg].base + slot as u64 * page_size + offset;
+        let reserved = ((page_size - offset) / block) as u32;
+        heap.events.push(ev(
+            EventKind::PageInit,
+            kind as u8,
+            bin as u16,
+            reserved,
+            start,
+            block,
+            t,
+        ));
+        let id = self.pages.len();
+        self.pages.push(Page {
+            start,
+            bin: bin as u16,
+            block,
+            kind,
+            reserved,
+            capacity: 0,
+            used: 0,
+            free: Vec::new(),
+            local_free: Vec::new(),
+            thread_free: Vec::new(),
+            full: false,
+            owner: heap.id,
+            segment: seg,
+            slot,
+            live: true,
+        });
+        self.segments[seg].slots[slot] = Some(id);
+        self.extend(heap, id);
+        id
+    }
+
+    fn extend(&mut self, heap: &mut Heap, id: usize) -> bool {
+        let p = &mut self.pages[id];
+        if p.capacity >= p.reserved {
+            return false;
+        }
+        let n = (u64::from(p.reserved - p.capacity)).min((4096 / p.block).max(1)) as u32;
+        for i in (0..n).rev() {
+            p.free.push(p.start + u64::from(p.capacity + i) * p.block);
+        }
+        p.capacity += n;
+        heap.events.push(ev(
+            EventKind::PageExtend,
+            0,
+            0,
+            p.capacity,
+            p.start,
+            0,
+            self.time,
+        ));
+        true
+    }
+
+    /// A block from page `id`, making room on it if it can; `None` if the page is full.
+    fn pop(&mut self, heap: &mut Heap, id: usize) -> Option<u64> {
+        loop {
+            if let Some(a) = self.pages[id].free.pop() {
+                return Some(a);
+            }
+            let p = &mut self.pages[id];
+            if !p.local_free.is_empty() || !p.thread_free.is_empty() {
+                let (local, thread) = (p.local_free.len() as u64, p.thread_free.len() as u32);
+                p.free.append(&mut p.thread_free);
+                p.free.append(&mut p.local_free);
+                heap.events.push(ev(
+                    EventKind::PageCollect,
+                    0,
+                    0,
+                    thread,
+                    p.start,
+                    local,
+                    self.time,
+                ));
+                continue;
+            }
+            if !self.extend(heap, id) {
+                return None;
+            }
+        }
+    }
+
+    fn alloc(&mut self, heap: &mut Heap, size: u64, flags: u8) -> Live {
+        let bin = bin_of(size as usize);
+        let t = self.time;
+        let addr;
+        let page;
+        loop {
+            if let Some(&id) = heap.bins[bin].last() {
+                if let Some(a) = self.pop(heap, id) {
+                    addr = a;
+                    page = id;
+                    break;
+                }
+                // Full: to the full queue.
+                let p = &mut self.pages[id];
+                p.full = true;
+                heap.events
+                    .push(ev(EventKind::PageFull, 0, 0, 0, p.start, 0, t));
+                heap.bins[bin].pop();
+            } else {
+                let id = self.new_page(heap, bin);
+                heap.bins[bin].push(id);
+            }
+        }
+        self.pages[page].used += 1;
+        heap.events
+            .push(ev(EventKind::Alloc, flags, bin as u16, 0, addr, size, t));
+        Live { addr, page, size }
+    }
+
+    fn free(&mut self, heap: &mut Heap, b: &Live, flags: u8) {
+        let t = self.time;
+        let p = &mut self.pages[b.page];
+        if p.owner != heap.id {
+            p.thread_free.push(b.addr);
+            p.used -= 1;
+            heap.events.push(ev(
+                EventKind::Free,
+                flags | flags::CROSS_THREAD,
+                0,
+                0,
+                b.addr,
+                0,
+                t,
+            ));
+            return;
+        }
+        p.local_free.push(b.addr);
+        p.used -= 1;
+        heap.events
+            .push(ev(EventKind::Free, flags, 0, 0, b.addr, 0, t));
+        let bin = p.bin as usize;
+        if p.full {
+            p.full = false;
+            heap.events
+                .push(ev(EventKind::PageUnfull, 0, 0, 0, p.start, 0, t));
+            heap.bins[bin].insert(0, b.page);
+        }
+        let current = heap.bins[bin].last() == Some(&b.page);
+        if p.used == 0 && p.thread_free.is_empty() && !current {
+            self.retire(heap, b.page);
+        }
+    }
+
+    fn retire(&mut self, heap: &mut Heap, id: usize) {
+        let t = self.time;
+        let p = &mut self.pages[id];
+        p.live = false;
+        let (start, seg, slot, bin) = (p.start, p.segment, p.slot, p.bin as usize);
+        heap.bins[bin].retain(|&x| x != id);
+        heap.events
+            .push(ev(EventKind::PageRetire, 0, 0, 0, start, 0, t));
+        heap.events
+            .push(ev(EventKind::PageFree, 0, 0, 0, start, 0, t));
+        let s = &mut self.segments[seg];
+        s.slots[slot] = None;
+        if s.slots.iter().all(Option::is_none) {
+            s.live = false;
+            heap.events.push(ev(
+                EventKind::SegmentFree,
+                flags::CACHED,
+                0,
+                0,
+                s.base,
+                SEGMENT,
+                t,
+            ));
+        }
+    }
+
+    fn census(&self, number: u32, out: &mut Vec<Event>) {
+        let t = self.time;
+        let begin = out.len();
+        out.push(ev(EventKind::CensusBegin, 0, 0, number, 0, 0, t));
+        let mut pages = 0;
+        for s in self.segments.iter().filter(|s| s.live) {
+            let count = s.slots.len() as u32;
+            out.push(ev(
+                EventKind::CensusSegment,
+                s.kind as u8,
+                0,
+                count,
+                s.base,
+                SEGMENT,
+                t,
+            ));
+            for &id in s.slots.iter().flatten() {
+                let p = &self.pages[id];
+                pages += 1;
+                out.push(ev(
+                    EventKind::CensusPage,
+                    p.kind as u8,
+                    p.bin,
+                    p.capacity,
+                    p.start,
+                    p.block,
+                    t,
+                ));
+                out.push(ev(
+                    EventKind::CensusPage2,
+                    u8::from(p.full),
+                    0,
+                    p.thread_free.len() as u32,
+                    u64::from(p.owner),
+                    u64::from(p.used) | ((p.local_free.len() as u64) << 32),
+                    t,
+                ));
+            }
+        }
+        out[begin].arg = pages;
+        out.push(ev(EventKind::CensusEnd, 0, 0, number, 0, 0, t));
+    }
+}
+
+/// Generates a stream: batches `(heap, events)` in the order a collector would hand them over.
+pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
+    let mut rng = Rng::new(config.seed);
+    let sizes = size_table(&mut rng);
+    let mut w = World {
+        rng,
+        time: 0,
+        pages: Vec::new(),
+        segments: Vec::new(),
+        next_segment: 0x7f3a_0000_0000,
+        sizes,
+    };
+    let threads = config.threads.max(1);
+    let mut heaps: Vec<Heap> = (1..=threads)
+        .map(|id| Heap {
+            id,
+            bins: vec![Vec::new(); heaplens_alloc::bin::BIN_COUNT],
+            live: Vec::new(),
+            inbox: Vec::new(),
+            events: Vec::new(),
+            grow: 0.55,
+        })
+        .collect();
+    let mut out: Vec<(u32, Vec<Event>)> = Vec::new();
+    let mut total = 0usize;
+    let mut process = Vec::new();
+    for h in &mut heaps {
+        let name = format!("worker-{}", h.id);
+        let (addr, arg) = Event::pack_text(name.as_bytes());
+        h.events
+            .push(ev(EventKind::ThreadStart, 0, 0, h.id, addr, arg, 0));
+        process.push(ev(EventKind::ThreadName, 0, 0, h.id, addr, arg, 0));
+    }
+    let mut census = 0u32;
+    let mut tick = 0u64;
+    while total < config.events {
+        w.time = tick * 1_000_000;
+        if tick > 0 && config.census_every > 0 && tick.is_multiple_of(config.census_every) {
+            census += 1;
+            w.census(census, &mut process);
+        }
+        if !process.is_empty() {
+            total += process.len();
+            out.push((0, std::mem::take(&mut process)));
+        }
+        for hi in 0..heaps.len() {
+            let mut heap = std::mem::replace(
+                &mut heaps[hi],
+                Heap {
+                    id: 0,
+                    bins: Vec::new(),
+                    live: Vec::new(),
+                    inbox: Vec::new(),
+                    events: Vec::new(),
+                    grow: 0.0,
+                },
+            );
+            if tick % 200 == 0 {
+                heap.grow = [0.45, 0.5, 0.53, 0.6][w.rng.below(4) as usize];
+            }
+            if heap.id == 1 && tick % 500 == 250 {
+                let (addr, arg) = Event::pack_text(format!("phase {}", tick / 500).as_bytes());
+                heap.events
+                    .push(ev(EventKind::Mark, 0, 0, 0, addr, arg, w.time));
+            }
+            let ops = 100 + w.rng.below(1400);
+            for _ in 0..ops {
+                step(&mut w, &mut heap, &mut heaps, threads, config.cross_thread);
+            }
+            if !heap.events.is_empty() {
+                total += heap.events.len();
+                out.push((heap.id, std::mem::take(&mut heap.events)));
+            }
+            heaps[hi] = heap;
+        }
+        tick += 1;
+    }
+    out
+}
+
+fn step(w: &mut World, heap: &mut Heap, others: &mut [Heap], threads: u32, cross: f64) {
+    let r = w.rng.below(1000);
+    if r < 10 && !heap.live.is_empty() {
+        // realloc
+        let i = w.rng.below(heap.live.len() as u64) as usize;
+        let old = heap.live.swap_remove(i);
+        let size = old.size + old.size / 2 + 1;
+        let owner = w.pages[old.page].owner == heap.id;
+        if owner && size <= w.pages[old.page].block {
+            heap.events
+                .push(ev(EventKind::Resize, 0, 0, 0, old.addr, size, w.time));
+            heap.live.push(Live { size, ..old });
+        } else {
+            let new = w.alloc(heap, size, flags::REALLOC);
+            w.free(heap, &old, flags::REALLOC);
+            heap.events.push(ev(
+                EventKind::Realloc,
+                0,
+                0,
+                size.min(u64::from(u32::MAX)) as u32,
+                new.addr,
+                old.addr,
+                w.time,
+            ));
+            heap.live.push(new);
+        }
+    } else if !heap.inbox.is_empty() && r < 60 {
+        let b = heap.inbox.swap_remove(0);
+        w.free(heap, &b, 0);
+    } else if heap.live.is_empty() || w.rng.chance(heap.grow) {
+        let size = w.size();
+        let b = w.alloc(heap, size, 0);
+        if threads > 1 && w.rng.chance(cross) {
+            // Handed to another thread, which frees it later.
+            let to = w.rng.below(u64::from(threads - 1)) as usize;
+            let to = if to + 1 >= heap.id as usize {
+                to + 1
+            } else {
+                to
+            };
+            if let Some(o) = others.get_mut(to) {
+                o.inbox.push(b);
+            }
+        } else {
+            heap.live.push(b);
+        }
+    } else {
+        // Mostly short lifetimes: one of the latest blocks, else any.
+        let n = heap.live.len() as u64;
+        let i = if w.rng.chance(0.6) {
+            n - 1 - w.rng.below(n.min(8))
+        } else {
+            w.rng.below(n)
+        };
+        let b = heap.live.swap_remove(i as usize);
+        w.free(heap, &b, 0);
+    }
+}
+
+/// Every event of a stream with its heap, in order.
+pub fn flatten(batches: &[(u32, Vec<Event>)]) -> Vec<(u32, Event)> {
+    batches
+        .iter()
+        .flat_map(|(h, evs)| evs.iter().map(move |&e| (*h, e)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_varied() {
+        let cfg = SynthConfig {
+            events: 50_000,
+            census_every: 10,
+            ..SynthConfig::default()
+        };
+        let a = generate(&cfg);
+        assert_eq!(flatten(&a), flatten(&generate(&cfg)));
+        let all = flatten(&a);
+        assert!(all.len() >= 50_000);
+        let count = |k: EventKind| all.iter().filter(|(_, e)| e.kind == k as u8).count();
+        for k in [
+            EventKind::Alloc,
+            EventKind::Free,
+            EventKind::PageInit,
+            EventKind::PageExtend,
+            EventKind::PageCollect,
+            EventKind::SegmentAlloc,
+            EventKind::CensusPage,
+            EventKind::Realloc,
+            EventKind::Resize,
+        ] {
+            assert!(count(k) > 0, "{k:?}");
+        }
+        let cross = all
+            .iter()
+            .filter(|(_, e)| e.flags & flags::CROSS_THREAD != 0)
+            .count();
+        assert!(cross > 100);
+        // Times never go backwards.
+        assert!(all.windows(2).all(|w| w[0].1.time <= w[1].1.time));
+    }
+}
