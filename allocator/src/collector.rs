@@ -57,6 +57,8 @@ pub type Sink = Box<dyn FnMut(Option<Batch<'_>>) -> bool + Send>;
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 static FINISHED: AtomicBool = AtomicBool::new(false);
+/// The collector took its first census.
+static STARTED: AtomicBool = AtomicBool::new(false);
 static CENSUS_REQUESTS: AtomicU64 = AtomicU64::new(0);
 static CENSUS_DONE: AtomicU64 = AtomicU64::new(0);
 
@@ -127,6 +129,8 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     }
     // SAFETY: the thread runs detached; nobody joins it.
     unsafe { libc::pthread_detach(thread) };
+    // Return once the first census is taken, so it describes the state recording starts from.
+    wait_until(|| STARTED.load(Acquire) || FINISHED.load(Acquire));
     Ok(())
 }
 
@@ -261,13 +265,15 @@ struct Collector<'a> {
     last_census: u64,
     census_number: u32,
     census_served: u64,
+    /// Every event with an earlier time has been collected (from buffers or the channel).
+    safe_until: u64,
     sink_alive: bool,
     scratch: Vec<Event>,
 }
 
 const MS: u64 = 1_000_000;
-/// Events are held back this long so that a buffer arriving late still merges in order.
-const HOLD_BACK: u64 = 2 * MS;
+/// Margin for events being written while a drain reads their buffer.
+const IN_FLIGHT: u64 = MS;
 
 impl<'a> Collector<'a> {
     fn new(state: &'a mut State) -> Self {
@@ -283,6 +289,7 @@ impl<'a> Collector<'a> {
             last_census: 0,
             census_number: 0,
             census_served: 0,
+            safe_until: 0,
             sink_alive: true,
             scratch: Vec::new(),
         }
@@ -294,8 +301,10 @@ impl<'a> Collector<'a> {
 
     fn run(&mut self) {
         // A first census: the state before recording started (the keyframe a viewer starts from).
-        self.drain(self.now());
+        self.collect_all(self.now());
+        self.flush(u64::MAX);
         self.census(self.now());
+        STARTED.store(true, Release);
         loop {
             match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(buf) => self.take_full(buf),
@@ -313,18 +322,20 @@ impl<'a> Collector<'a> {
                 return;
             }
             if now - self.last_drain >= 10 * MS {
-                self.drain(now);
+                self.collect_all(now);
             }
             let requested = CENSUS_REQUESTS.load(Acquire);
             let every = self.state.config.census_every_ms * MS;
             if requested > self.census_served || (every > 0 && now - self.last_census >= every) {
-                self.drain(now);
+                self.collect_all(now);
                 self.flush(u64::MAX);
                 self.census(now);
                 self.census_served = requested;
                 CENSUS_DONE.store(requested, Release);
             }
-            self.flush(hook::now().saturating_sub(HOLD_BACK));
+            // Events are passed on in time order up to the point where every thread's events
+            // are known to be in hand: a buffer that arrives later holds only later events.
+            self.flush(self.safe_until);
         }
     }
 
@@ -334,7 +345,7 @@ impl<'a> Collector<'a> {
             self.take_full(buf);
         }
         let now = self.now();
-        self.drain(now);
+        self.collect_all(now);
         self.flush(u64::MAX);
         self.census(now);
         CENSUS_DONE.store(CENSUS_REQUESTS.load(Acquire), Release);
@@ -372,6 +383,17 @@ impl<'a> Collector<'a> {
     fn recycle(&self, buf: BufferPtr) {
         let tx = &self.state.empty_tx;
         hook::release_buffer(buf, &|b| tx.try_send(b).is_ok());
+    }
+
+    /// Takes every event emitted so far: the threads' current buffers, then the full buffers
+    /// sent before those (a thread sends its full buffer before it publishes the next one).
+    fn collect_all(&mut self, now: u64) {
+        let t = hook::now();
+        self.drain(now);
+        while let Ok(buf) = self.state.full_rx.try_recv() {
+            self.take_full(buf);
+        }
+        self.safe_until = self.safe_until.max(t.saturating_sub(IN_FLIGHT));
     }
 
     fn drain(&mut self, now: u64) {
