@@ -1,0 +1,47 @@
+/* An allocation-heavy C program for the record-overhead benchmark: threads that allocate and
+ * free blocks of mixed sizes, hand some to each other (cross-thread frees), and check them. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define THREADS 4
+#define STEPS 400000
+#define LIVE 4096
+
+static void *volatile handoff[THREADS][256];
+
+static uint64_t next(uint64_t *s) { *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17; return *s; }
+
+static void *work(void *arg) {
+    long id = (long)arg;
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ (uint64_t)id;
+    void *slots[LIVE] = {0};
+    uint64_t sum = 0;
+    for (long i = 0; i < STEPS; i++) {
+        size_t k = next(&s) % LIVE;
+        if (slots[k]) { sum += ((unsigned char *)slots[k])[0]; free(slots[k]); }
+        size_t size = (next(&s) % 8 == 0) ? 1024 + next(&s) % 16384 : 8 + next(&s) % 256;
+        slots[k] = malloc(size);
+        memset(slots[k], (int)(i & 0xff), 8);
+        if (i % 64 == 0) { /* hand a block to the next thread; free the one handed to us */
+            size_t h = (i / 64) % 256;
+            void *mine = malloc(64);
+            void *old = __atomic_exchange_n(&handoff[(id + 1) % THREADS][h], mine, __ATOMIC_ACQ_REL);
+            free(old);
+        }
+    }
+    for (size_t k = 0; k < LIVE; k++) free(slots[k]);
+    return (void *)(uintptr_t)sum;
+}
+
+int main(void) {
+    pthread_t t[THREADS];
+    for (long i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, work, (void *)i);
+    uint64_t total = 0;
+    for (int i = 0; i < THREADS; i++) { void *r; pthread_join(t[i], &r); total += (uintptr_t)r; }
+    for (int i = 0; i < THREADS; i++) for (int h = 0; h < 256; h++) free(handoff[i][h]);
+    printf("%llu\n", (unsigned long long)total);
+    return 0;
+}
