@@ -25,11 +25,11 @@ static void *work(void *arg) {
         size_t size = (next(&s) % 8 == 0) ? 1024 + next(&s) % 16384 : 8 + next(&s) % 256;
         slots[k] = malloc(size);
         memset(slots[k], (int)(i & 0xff), 8);
-        if (i % 64 == 0) { /* hand a block to the next thread; free the one handed to us */
-            size_t h = (i / 64) % 256;
-            void *mine = malloc(64);
-            void *old = __atomic_exchange_n(&handoff[(id + 1) % THREADS][h], mine, __ATOMIC_ACQ_REL);
-            free(old);
+        if (i % 16 == 0) { /* free a block the previous thread handed us; hand one to the next */
+            size_t h = (i / 16) % 256;
+            free(__atomic_exchange_n(&handoff[id][h], NULL, __ATOMIC_ACQ_REL));
+            void *old = __atomic_exchange_n(&handoff[(id + 1) % THREADS][h], malloc(64), __ATOMIC_ACQ_REL);
+            free(old); /* not taken yet: ours, freed locally */
         }
     }
     for (size_t k = 0; k < LIVE; k++) free(slots[k]);
