@@ -141,6 +141,66 @@ pub(crate) fn after_fork_child() {
     FINISHED.store(true, Release);
 }
 
+/// What a subscriber receives: one heap's events (heap 0: process-level), or the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Events of one heap, in time order.
+    Batch {
+        /// Heap id (0: process-level events).
+        heap: u32,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// Recording ended; nothing follows.
+    End,
+}
+
+/// Starts recording into a channel (the in-process transport: a viewer in the same process
+/// subscribes). The channel holds `capacity` batches. When the subscriber falls behind, batches
+/// are dropped, and the count arrives as a `Dropped` event (heap 0) with the next batch that
+/// fits, never silently. Dropping the receiver stops recording.
+pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, StartError> {
+    let (tx, rx) = bounded(capacity.max(1));
+    let mut dropped = 0u64;
+    let sink: Sink = Box::new(move |batch| {
+        let Some(b) = batch else {
+            return tx.send(Message::End).is_ok();
+        };
+        if dropped > 0 {
+            let note = Event {
+                kind: EventKind::Dropped as u8,
+                arg: dropped,
+                time: hook::now(),
+                ..Event::default()
+            };
+            match tx.try_send(Message::Batch {
+                heap: 0,
+                events: vec![note],
+            }) {
+                Ok(()) => dropped = 0,
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    dropped += b.events.len() as u64;
+                    return true;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        match tx.try_send(Message::Batch {
+            heap: b.heap,
+            events: b.events.to_vec(),
+        }) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                dropped += b.events.len() as u64;
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        }
+    });
+    start(config, sink)?;
+    Ok(rx)
+}
+
 /// Whether a collector runs.
 pub fn is_running() -> bool {
     RUNNING.load(Acquire) && !FINISHED.load(Acquire)
