@@ -10,7 +10,7 @@
 //!
 //! | kind | addr | arg | arg32 | aux | flags |
 //! |---|---|---|---|---|---|
-//! | `Alloc` | pointer | requested size | | bin | `ZERO`, `ALIGNED`, `REALLOC` |
+//! | `Alloc` | pointer | requested size | stack id (0: none; reserved for stack capture) | | `ZERO`, `ALIGNED`, `REALLOC` |
 //! | `Free` | pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC` |
 //! | `Resize` | pointer | new requested size | | | (realloc in place) |
 //! | `Realloc` | new pointer | old pointer | new size (saturated) | | |
