@@ -127,8 +127,8 @@ fn report(name: &str, batches: &Batches, path: &std::path::Path) -> bool {
     per_event <= BUDGET
 }
 
-/// Where the time goes (encode, decode alone), and bytes/event of the Events payloads under
-/// other zstd levels and lz4.
+/// Where the time goes (encode and decode alone), bytes/event of the Events payloads at other
+/// zstd levels, and each stream's share.
 fn codecs(batches: &Batches) {
     let chunk = WriterOptions::default().chunk_events as usize;
     let mut enc = ChunkEncoder::new();
@@ -190,33 +190,27 @@ fn codecs(batches: &Batches) {
             rate(ds)
         );
     }
-    let t = Instant::now();
-    let n: usize = payloads
-        .iter()
-        .map(|p| lz4_flex::compress_prepend_size(p).len())
-        .sum();
-    line += &format!(
-        "; lz4_flex {:.2} ({:.0} M ev/s)",
-        per(n),
-        rate(t.elapsed().as_secs_f64())
-    );
     println!("{line}");
+    // Each stream compressed alone (zstd-1): what each part of an event costs.
     let mut per_stream = [(0usize, 0usize); heaplens_viewer::trace::encode::STREAMS];
     for p in &payloads {
         let mut b = heaplens_viewer::trace::encode::Bytes::new(p);
         let lens: Vec<usize> = (0..per_stream.len())
-            .map(|_| b.varint().unwrap() as usize)
+            .map(|_| b.varint().expect("stream length") as usize)
             .collect();
         for (k, &l) in lens.iter().enumerate() {
-            let s = b.take(l).unwrap();
+            let s = b.take(l).expect("stream");
             per_stream[k].0 += l;
-            per_stream[k].1 += zstd::bulk::compress(s, 3).unwrap().len();
+            per_stream[k].1 += zstd::bulk::compress(s, 1).expect("zstd").len();
         }
     }
-    println!(
-        "  streams (raw/zstd3 B/ev): {:?}",
-        per_stream.map(|(a, b)| (per(a), per(b)))
-    );
+    let names = ["ops", "time", "refs", "addr", "aux", "arg32", "arg"];
+    let parts: Vec<String> = names
+        .iter()
+        .zip(per_stream)
+        .map(|(n, (raw, z))| format!("{n} {:.2}->{:.2}", per(raw), per(z)))
+        .collect();
+    println!("  per stream, B/ev raw->zstd-1: {}", parts.join(", "));
 }
 
 /// Records a workload of ordinary Rust allocations on heaplens (this binary's global allocator):

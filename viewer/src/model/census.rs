@@ -309,11 +309,15 @@ fn reserved_for(seg: &Segment, index: usize, start: u64, block_size: u64) -> u32
         return 0;
     }
     let end = match seg.kind {
-        0 => seg.base + ((index as u64 + 1) << SMALL_PAGE_SHIFT),
-        1 => seg.base + ((index as u64 + 1) << MEDIUM_PAGE_SHIFT),
-        _ => seg.base + seg.bytes.max(SEGMENT_SIZE as u64),
+        0 => seg
+            .base
+            .saturating_add((index as u64 + 1) << SMALL_PAGE_SHIFT),
+        1 => seg
+            .base
+            .saturating_add((index as u64 + 1) << MEDIUM_PAGE_SHIFT),
+        _ => seg.base.saturating_add(seg.bytes.max(SEGMENT_SIZE as u64)),
     };
-    let first = start.max(seg.base + INFO_SIZE as u64);
+    let first = start.max(seg.base.saturating_add(INFO_SIZE as u64));
     (end.saturating_sub(first) / block_size).min(u64::from(u32::MAX)) as u32
 }
 

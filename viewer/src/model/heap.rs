@@ -229,18 +229,21 @@ pub struct PageTotals {
 impl PageTotals {
     /// Adds one page.
     pub fn add(&mut self, p: &Page) {
+        fn add(a: &mut i64, b: i64) {
+            *a = a.wrapping_add(b);
+        }
         self.pages += 1;
         self.full_pages += u64::from(p.in_full);
-        self.reserved += i64::from(p.reserved);
-        self.capacity += i64::from(p.capacity);
-        self.used += p.used;
-        self.held += p.held();
-        self.free += p.free_len();
-        self.local_free += p.local_free;
-        self.thread_free += p.thread_free;
-        self.delayed += p.delayed;
-        self.held_bytes += p.held_bytes();
-        self.capacity_bytes += p.capacity_bytes();
+        add(&mut self.reserved, p.reserved.into());
+        add(&mut self.capacity, p.capacity.into());
+        add(&mut self.used, p.used);
+        add(&mut self.held, p.held());
+        add(&mut self.free, p.free_len());
+        add(&mut self.local_free, p.local_free);
+        add(&mut self.thread_free, p.thread_free);
+        add(&mut self.delayed, p.delayed);
+        add(&mut self.held_bytes, p.held_bytes());
+        add(&mut self.capacity_bytes, p.capacity_bytes());
     }
 }
 

@@ -174,7 +174,9 @@ impl LiveTable {
             return false;
         }
         let size = size.min(u64::from(SIZE_MASK));
-        live.requested += size as i64 - s as i64;
+        live.requested = live
+            .requested
+            .wrapping_add((size as i64).wrapping_sub(s as i64));
         *slot = pack(c, size);
         true
     }
@@ -253,14 +255,16 @@ impl LiveBlocks {
     pub(crate) fn alloc_pair(&mut self, c: i32, s: u64, size: u64) -> (i32, u64) {
         match c {
             0 => {
-                self.requested += size as i64;
+                self.requested = self.requested.wrapping_add(size as i64);
                 self.live += 1;
                 (1, size)
             }
             c if c < 0 => (c + 1, s),
             c => {
-                self.requested += size as i64 - s as i64;
-                (c + 1, size)
+                self.requested = self
+                    .requested
+                    .wrapping_add((size as i64).wrapping_sub(s as i64));
+                (c.saturating_add(1), size)
             }
         }
     }
@@ -269,11 +273,11 @@ impl LiveBlocks {
     #[inline(always)]
     pub(crate) fn free_pair(&mut self, c: i32, s: u64) -> (i32, u64) {
         if c == 1 {
-            self.requested -= s as i64;
+            self.requested = self.requested.wrapping_sub(s as i64);
             self.live -= 1;
             (0, 0)
         } else {
-            (c - 1, s)
+            (c.saturating_sub(1), s)
         }
     }
 
@@ -362,7 +366,9 @@ impl LiveBlocks {
             {
                 let old = e.size;
                 e.size = size;
-                self.requested += size as i64 - old as i64;
+                self.requested = self
+                    .requested
+                    .wrapping_add((size as i64).wrapping_sub(old as i64));
                 return true;
             }
         }
@@ -385,13 +391,13 @@ impl LiveBlocks {
                 // Both counted: take them out of the totals and put the merged entry back in.
                 for x in [old, e] {
                     if x.count >= 1 {
-                        self.requested -= x.size as i64;
+                        self.requested = self.requested.wrapping_sub(x.size as i64);
                         self.live -= 1;
                     }
                 }
                 let (newest, oldest) = if old.count >= 1 { (e, old) } else { (old, e) };
                 let merged = LiveBlock {
-                    count: old.count + count,
+                    count: old.count.saturating_add(count),
                     generation: newest.generation,
                     size: if newest.count >= 1 {
                         newest.size
@@ -401,7 +407,7 @@ impl LiveBlocks {
                     older_generation: oldest.generation,
                 };
                 if merged.count >= 1 {
-                    self.requested += merged.size as i64;
+                    self.requested = self.requested.wrapping_add(merged.size as i64);
                     self.live += 1;
                 }
                 self.put(Side::Pending, key, merged);
@@ -428,7 +434,7 @@ impl Model {
         let tables = self.segs.iter().flat_map(|seg| {
             seg.pages.iter().flat_map(|p| {
                 p.live.entries().map(move |(i, count, size)| Block {
-                    addr: p.start + i as u64 * p.block_size,
+                    addr: p.start.wrapping_add((i as u64).wrapping_mul(p.block_size)),
                     size,
                     count,
                 })
@@ -462,7 +468,10 @@ impl Model {
             let (count, size) = r.page.live.get(i);
             if count != 0 {
                 return Some(Block {
-                    addr: r.page.start + i as u64 * r.page.block_size,
+                    addr: r
+                        .page
+                        .start
+                        .wrapping_add((i as u64).wrapping_mul(r.page.block_size)),
                     size,
                     count,
                 });

@@ -157,9 +157,11 @@ impl Metrics {
                 i += 1;
                 keep
             });
-            self.interval *= 2;
+            self.interval = self.interval.saturating_mul(2);
         }
-        self.next_due = (now / self.interval + 1) * self.interval;
+        self.next_due = (now / self.interval)
+            .saturating_add(1)
+            .saturating_mul(self.interval);
     }
 
     pub(crate) fn push_marker(&mut self, m: Marker) {
@@ -198,6 +200,7 @@ pub struct Totals {
     pub pages_initialised: u64,
     /// Censuses received whole.
     pub censuses: u64,
-    /// Events of a kind this model does not know.
+    /// Events of a kind this model does not know, or naming a segment by an address that
+    /// cannot be a segment base.
     pub unknown_events: u64,
 }

@@ -33,9 +33,9 @@ pub mod page;
 pub mod segment;
 pub mod synth;
 
-use heaplens_alloc::SEGMENT_SIZE;
 use heaplens_alloc::bin::PageKind;
 use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::{SEGMENT_MASK, SEGMENT_SIZE};
 use serde::{Deserialize, Serialize};
 
 pub use census::{Census, CensusCheck, CensusPage, CensusSegment, Field, Mismatch};
@@ -96,8 +96,8 @@ impl Aggregates {
             ..Self::default()
         };
         for p in &seg.pages {
-            a.block_bytes += p.held_bytes();
-            a.page_capacity_bytes += p.capacity_bytes();
+            a.block_bytes = a.block_bytes.wrapping_add(p.held_bytes());
+            a.page_capacity_bytes = a.page_capacity_bytes.wrapping_add(p.capacity_bytes());
             if seg.is_multi_page() {
                 a.segment_pages += 1;
                 a.segment_pages_used += i64::from(p.in_use);
@@ -107,11 +107,12 @@ impl Aggregates {
     }
 
     fn add(&mut self, o: &Self, sign: i64) {
-        self.block_bytes += sign * o.block_bytes;
-        self.page_capacity_bytes += sign * o.page_capacity_bytes;
-        self.committed += sign * o.committed;
-        self.segment_pages += sign * o.segment_pages;
-        self.segment_pages_used += sign * o.segment_pages_used;
+        let f = |a: i64, b: i64| a.wrapping_add(sign.wrapping_mul(b));
+        self.block_bytes = f(self.block_bytes, o.block_bytes);
+        self.page_capacity_bytes = f(self.page_capacity_bytes, o.page_capacity_bytes);
+        self.committed = f(self.committed, o.committed);
+        self.segment_pages = f(self.segment_pages, o.segment_pages);
+        self.segment_pages_used = f(self.segment_pages_used, o.segment_pages_used);
     }
 }
 
@@ -204,6 +205,15 @@ impl Model {
 
     #[inline(never)]
     fn apply_other(&mut self, heap: u32, ev: &Event) {
+        let segment_event = matches!(
+            ev.kind,
+            SEGMENT_ALLOC | SEGMENT_FREE | SEGMENT_ABANDON | SEGMENT_RECLAIM
+        );
+        if segment_event && ev.addr & SEGMENT_MASK as u64 != 0 {
+            // Not a segment base: the event is damaged.
+            self.totals.unknown_events += 1;
+            return;
+        }
         match ev.kind {
             RESIZE => {
                 self.totals.resizes += 1;
@@ -219,14 +229,15 @@ impl Model {
             PAGE_EXTEND => self.with_page(heap, ev, |p, ev| {
                 p.capacity = ev.arg32;
                 if p.div_magic != 0 {
-                    p.live.ensure((ev.arg32 as usize).min(p.reserved as usize));
+                    p.live.ensure((ev.arg32 as usize).min(p.table_limit()));
                 }
             }),
             PAGE_COLLECT => self.with_page(heap, ev, |p, ev| {
                 let n = i64::from(ev.arg32);
-                p.thread_free -= n;
-                p.used -= n;
-                p.local_free += n - ev.arg as i64;
+                let m = i64::from(ev.arg.min(u64::from(u32::MAX)) as u32);
+                p.thread_free = p.thread_free.wrapping_sub(n);
+                p.used = p.used.wrapping_sub(n);
+                p.local_free = p.local_free.wrapping_add(n - m);
             }),
             PAGE_FULL => self.with_page(heap, ev, |p, _| p.in_full = true),
             PAGE_UNFULL => self.with_page(heap, ev, |p, _| p.in_full = false),
@@ -274,7 +285,7 @@ impl Model {
             }
             OS_PURGE | OS_COMMIT => self.on_os(ev),
             MARK => self.on_mark(heap, ev),
-            DROPPED => self.totals.dropped += ev.arg,
+            DROPPED => self.totals.dropped = self.totals.dropped.saturating_add(ev.arg),
             CLOCK_SYNC => self.clock_sync = Some((ev.time, ev.addr)),
             CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
                 self.on_census_event(ev);
@@ -362,7 +373,7 @@ impl Model {
         if ev.flags & flags::ALIGNED != 0 {
             p.has_aligned = true;
         }
-        self.agg.block_bytes += p.block_size as i64;
+        self.agg.block_bytes = self.agg.block_bytes.wrapping_add(p.block_size as i64);
         if self.live.has_pending()
             && self
                 .live
@@ -371,7 +382,7 @@ impl Model {
             return;
         }
         let counted = match p.table_index(ev.addr) {
-            Some(i) => p.live.alloc(i, p.reserved as usize, &mut self.live, ev.arg),
+            Some(i) => p.live.alloc(i, p.table_limit(), &mut self.live, ev.arg),
             None => false,
         };
         if !counted {
@@ -439,7 +450,7 @@ impl Model {
         }
         if !counted {
             counted = match p.table_index(ev.addr) {
-                Some(i) => p.live.free(i, p.reserved as usize, &mut self.live),
+                Some(i) => p.live.free(i, p.table_limit(), &mut self.live),
                 None => false,
             };
         }
@@ -464,7 +475,7 @@ impl Model {
             p.local_free += 1;
         }
         p.last = last;
-        self.agg.block_bytes -= p.block_size as i64;
+        self.agg.block_bytes = self.agg.block_bytes.wrapping_sub(p.block_size as i64);
     }
 
     /// A free whose segment is gone (generation `g`) or not announced yet (`g == 0`).
@@ -508,8 +519,10 @@ impl Model {
         let p = &mut seg.pages[pi];
         let (held, cap, used) = (p.held_bytes(), p.capacity_bytes(), p.in_use);
         f(p);
-        self.agg.block_bytes += p.held_bytes() - held;
-        self.agg.page_capacity_bytes += p.capacity_bytes() - cap;
+        self.agg.block_bytes =
+            (self.agg.block_bytes).wrapping_add(p.held_bytes().wrapping_sub(held));
+        self.agg.page_capacity_bytes =
+            (self.agg.page_capacity_bytes).wrapping_add(p.capacity_bytes().wrapping_sub(cap));
         if multi {
             self.agg.segment_pages_used += i64::from(p.in_use) - i64::from(used);
         }
@@ -605,7 +618,7 @@ impl Model {
                 if gp.settled() {
                     continue;
                 }
-                let at = ghost.base + ((i as u64) << ghost.page_shift);
+                let at = ghost.base.wrapping_add((i as u64) << ghost.page_shift);
                 let j = seg.page_index(at);
                 seg.pages[j].thread_free += gp.thread_free;
                 seg.pages[j].delayed += gp.delayed;
@@ -637,8 +650,8 @@ impl Model {
         }
         let (start, bs) = (p.start, p.block_size);
         for (i, count, size) in p.live.take_unsettled() {
-            self.live
-                .spill(start + i as u64 * bs, count, size, generation);
+            let key = start.wrapping_add((i as u64).wrapping_mul(bs));
+            self.live.spill(key, count, size, generation);
         }
     }
 
@@ -656,11 +669,12 @@ impl Model {
         let seg = self.segs.get_mut(si);
         let before = seg.purged;
         seg.purged = if ev.kind == OS_PURGE {
-            (seg.purged + ev.arg).min(seg.bytes)
+            seg.purged.saturating_add(ev.arg).min(seg.bytes)
         } else {
             seg.purged.saturating_sub(ev.arg)
         };
-        self.agg.committed -= seg.purged as i64 - before as i64;
+        self.agg.committed =
+            (self.agg.committed).wrapping_sub((seg.purged as i64).wrapping_sub(before as i64));
         self.note_committed();
     }
 
@@ -700,6 +714,13 @@ impl Model {
     /// The live segments.
     pub fn segments(&self) -> &Segments {
         &self.segs
+    }
+
+    /// The live segments by address.
+    pub fn segments_by_address(&self) -> Vec<&Segment> {
+        let mut v: Vec<&Segment> = self.segs.iter().collect();
+        v.sort_unstable_by_key(|s| s.base);
+        v
     }
 
     /// The live segment at `base`.

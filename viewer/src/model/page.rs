@@ -14,8 +14,8 @@
 //!   block was pushed, so the owner may collect it first). They are signed running sums that only
 //!   a census resets: then every order of the same events ends in the same values.
 
-use heaplens_alloc::LARGE_OBJ_SIZE_MAX;
 use heaplens_alloc::bin::PageKind;
+use heaplens_alloc::{LARGE_OBJ_SIZE_MAX, MAX_ALIGN};
 use serde::{Deserialize, Serialize};
 
 use super::live::LiveTable;
@@ -108,26 +108,30 @@ impl Page {
 
     /// Length of `free`: `capacity - used - local_free` (mimalloc's invariant).
     pub fn free_len(&self) -> i64 {
-        i64::from(self.capacity) - self.used - self.local_free
+        i64::from(self.capacity)
+            .wrapping_sub(self.used)
+            .wrapping_sub(self.local_free)
     }
 
     /// Blocks the program holds: `used` less the blocks freed by other threads and not yet
     /// collected (`thread_free`, delayed).
     #[inline(always)]
     pub fn held(&self) -> i64 {
-        self.used - self.thread_free - self.delayed
+        self.used
+            .wrapping_sub(self.thread_free)
+            .wrapping_sub(self.delayed)
     }
 
     /// Bytes of blocks the program holds.
     #[inline(always)]
     pub fn held_bytes(&self) -> i64 {
-        self.held() * self.block_size as i64
+        self.held().wrapping_mul(self.block_size as i64)
     }
 
     /// Bytes the page can hold (`reserved * block_size`) while in use, else 0.
     pub fn capacity_bytes(&self) -> i64 {
         if self.in_use {
-            i64::from(self.reserved) * self.block_size as i64
+            i64::from(self.reserved).wrapping_mul(self.block_size as i64)
         } else {
             0
         }
@@ -146,7 +150,7 @@ impl Page {
     /// Sets the block size the live table is laid out for.
     pub(crate) fn set_layout(&mut self, block_size: u64, kind: u8) {
         self.div_magic = if kind != PageKind::Huge as u8
-            && block_size > 0
+            && block_size >= MAX_ALIGN as u64
             && block_size <= LARGE_OBJ_SIZE_MAX as u64
         {
             (1u64 << DIV_SHIFT) / block_size + 1
@@ -172,11 +176,17 @@ impl Page {
     #[inline(always)]
     pub(crate) fn table_index(&self, addr: u64) -> Option<usize> {
         let i = self.block_index(addr)?;
-        if self.has_aligned || self.start + i as u64 * self.block_size == addr {
+        if self.has_aligned || self.start.wrapping_add(i as u64 * self.block_size) == addr {
             Some(i)
         } else {
             None
         }
+    }
+
+    /// Blocks the live table may grow to: `reserved`, and never more than a 4 MiB offset holds
+    /// (an event's `reserved` is not trusted to size memory).
+    pub(crate) fn table_limit(&self) -> usize {
+        (self.reserved as usize).min(1 << (OFFSET_BITS - MAX_ALIGN.trailing_zeros()))
     }
 
     /// Whether nothing remains that later events could still settle (a freed segment's page).

@@ -83,9 +83,9 @@ impl Segment {
         let pages = (0..count)
             .map(|i| {
                 let start = if i == 0 {
-                    base + INFO_SIZE as u64
+                    base.wrapping_add(INFO_SIZE as u64)
                 } else {
-                    base + ((i as u64) << page_shift)
+                    base.wrapping_add((i as u64) << page_shift)
                 };
                 Page::empty(i as u16, start, page_kind)
             })
@@ -146,7 +146,7 @@ impl Segment {
 const MAX_GHOSTS: usize = 1024;
 const NO_CACHE: u64 = u64::MAX;
 /// Entries of the lookup cache (direct-mapped by segment number).
-const CACHE_WAYS: usize = 16;
+const CACHE_WAYS: usize = 256;
 
 fn no_cache() -> [(u64, u32); CACHE_WAYS] {
     [(NO_CACHE, 0); CACHE_WAYS]

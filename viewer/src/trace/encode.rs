@@ -5,7 +5,7 @@
 //!
 //! | stream | per batch | per event |
 //! |---|---|---|
-//! | 0 ops | heap id, event count (varints) | kind × 2 + wide (varint), flags byte |
+//! | 0 ops | heap id, event count (varints) | op = kind × 4 + wide × 2 + (flags ≠ 0) (varint), then flags (byte) if not 0 |
 //! | 1 time | | time − previous event's time in the chunk (zigzag varint) |
 //! | 2 refs | | `Alloc`, `Free`, `Resize`: where the address comes from (varint, below) |
 //! | 3 addr | | an address delta (zigzag varint) or an address (varint), by kind (below) |
@@ -47,9 +47,9 @@ use heaplens_alloc::event::{Event, EventKind};
 /// Number of byte streams in an Events payload.
 pub const STREAMS: usize = 7;
 
-/// Fewest payload bytes an event takes (op, flags, time and at least one field): a decoder uses
-/// it to bound an event count before trusting it.
-pub const MIN_EVENT_BYTES: usize = 4;
+/// Fewest payload bytes an event takes (op, time and at least one field): a decoder uses it to
+/// bound an event count before trusting it.
+pub const MIN_EVENT_BYTES: usize = 3;
 
 /// Most distinct heaps in one chunk: bounds a decoder's predictor state (about 1 KiB a heap).
 /// A writer starts a new chunk rather than exceed it.
@@ -153,7 +153,7 @@ enum AddrCode {
     /// A reference to an earlier `Alloc` (the block it frees or resizes), else a delta.
     Ref,
     /// A delta against the last address of the heap's group.
-    Delta(usize),
+    Delta(u8),
     /// The address itself.
     Plain,
     /// Not written (zero).
@@ -173,9 +173,11 @@ const fn code_of(kind: u8) -> AddrCode {
     match kind {
         ALLOC => AddrCode::Alloc,
         FREE | RESIZE => AddrCode::Ref,
-        REALLOC => AddrCode::Delta(GROUP_ALLOC),
-        PAGE_FIRST..=PAGE_LAST | CENSUS_PAGE => AddrCode::Delta(GROUP_PAGE),
-        SEG_FIRST..=SEG_LAST | COMMIT | PURGE | CENSUS_SEGMENT => AddrCode::Delta(GROUP_SEGMENT),
+        REALLOC => AddrCode::Delta(GROUP_ALLOC as u8),
+        PAGE_FIRST..=PAGE_LAST | CENSUS_PAGE => AddrCode::Delta(GROUP_PAGE as u8),
+        SEG_FIRST..=SEG_LAST | COMMIT | PURGE | CENSUS_SEGMENT => {
+            AddrCode::Delta(GROUP_SEGMENT as u8)
+        }
         _ => AddrCode::Plain,
     }
 }
@@ -224,15 +226,6 @@ fn code_alloc_aux(aux: u16, size: u64) -> u64 {
         0 => 0,
         a if a == u16::from(size_class(size)) => 1,
         a => u64::from(a) + 2,
-    }
-}
-
-#[inline]
-fn decode_alloc_aux(v: u64, size: u64) -> Result<u16, &'static str> {
-    match v {
-        0 => Ok(0),
-        1 => Ok(u16::from(size_class(size))),
-        v => u16::try_from(v - 2).map_err(|_| "aux too large"),
     }
 }
 
@@ -509,8 +502,11 @@ impl ChunkEncoder {
         let (mut lo, mut hi) = (self.start_time, self.end_time);
         for e in events {
             let (f, wide) = present(e);
-            put_varint(ops, u64::from(e.kind) * 2 + u64::from(wide));
-            ops.push(e.flags);
+            let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
+            put_varint(ops, op);
+            if e.flags != 0 {
+                ops.push(e.flags);
+            }
             put_varint(time, zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
             lo = lo.min(e.time);
@@ -582,7 +578,7 @@ impl ChunkEncoder {
                     heaps[cur].pred.last_addr[GROUP_FREE] = e.addr;
                 }
                 AddrCode::Delta(g) => {
-                    let last = &mut heaps[cur].pred.last_addr[g];
+                    let last = &mut heaps[cur].pred.last_addr[usize::from(g)];
                     put_varint(addr, zigzag(e.addr.wrapping_sub(*last)));
                     *last = e.addr;
                 }
@@ -670,10 +666,6 @@ pub struct Decoder {
     heaps: Vec<DecodeHeap>,
     /// Every `Alloc` of the chunk: address, heap slot, class.
     all_allocs: Vec<(u64, u32, u8)>,
-    /// The fields each event of the block writes.
-    masks: Vec<u8>,
-    /// The heap slot of each event of the block.
-    slots: Vec<u32>,
 }
 
 /// Events decoded a column at a time.
@@ -746,14 +738,17 @@ impl Decoder {
         while done < count {
             let n = (count - done).min(BLOCK);
             let first = out.len();
+            // Per event of the block: the fields it writes, its heap's slot, its size class.
+            let mut masks = [0u8; BLOCK];
+            let mut slots = [0u32; BLOCK];
+            let mut classes = [0u8; BLOCK];
             // Ops: batches, kinds, flags, which fields follow.
-            self.masks.clear();
-            self.slots.clear();
-            for _ in 0..n {
+            for (i, (mask, slot_of_event)) in masks[..n].iter_mut().zip(&mut slots[..n]).enumerate()
+            {
                 while batch_left == 0 {
                     heap = u32::try_from(ops.varint()?).map_err(|_| "heap id too large")?;
                     let k = ops.varint()?;
-                    if k == 0 || k > (count - done - self.masks.len()) as u64 {
+                    if k == 0 || k > (count - done - i) as u64 {
                         return Err("batch sizes do not add up to the event count");
                     }
                     batch_left = k as usize;
@@ -764,14 +759,14 @@ impl Decoder {
                 }
                 batch_left -= 1;
                 let op = ops.varint()?;
-                let kind = u8::try_from(op >> 1).map_err(|_| "kind too large")?;
-                let flags = ops.byte()?;
-                self.masks.push(if op & 1 == 1 {
+                let kind = u8::try_from(op >> 2).map_err(|_| "kind too large")?;
+                let flags = if op & 1 == 1 { ops.byte()? } else { 0 };
+                *mask = if op & 2 == 2 {
                     field::ALL
                 } else {
                     FIELDS[usize::from(kind)]
-                });
-                self.slots.push(slot as u32);
+                };
+                *slot_of_event = slot as u32;
                 out.push((
                     heap,
                     Event {
@@ -782,16 +777,19 @@ impl Decoder {
                 ));
             }
             let events = &mut out[first..];
-            let masks = &self.masks[..];
+            let masks = &masks[..n];
 
             // The plain columns.
             for (_, e) in events.iter_mut() {
                 t = t.wrapping_add(unzigzag(time.varint()?));
                 e.time = t;
             }
-            for ((_, e), &f) in events.iter_mut().zip(masks) {
+            for (((_, e), &f), class) in events.iter_mut().zip(masks).zip(&mut classes) {
                 if f & field::ARG != 0 {
                     e.arg = arg.varint()?;
+                }
+                if e.kind == ALLOC {
+                    *class = size_class(e.arg);
                 }
             }
             for ((_, e), &f) in events.iter_mut().zip(masks) {
@@ -799,12 +797,14 @@ impl Decoder {
                     e.arg32 = u32::try_from(arg32.varint()?).map_err(|_| "arg32 too large")?;
                 }
             }
-            for ((_, e), &f) in events.iter_mut().zip(masks) {
+            for (((_, e), &f), &class) in events.iter_mut().zip(masks).zip(&classes) {
                 if f & field::AUX != 0 {
                     let x = aux.varint()?;
-                    e.aux = match e.kind {
-                        ALLOC => decode_alloc_aux(x, e.arg)?,
-                        _ => u16::try_from(x).map_err(|_| "aux too large")?,
+                    e.aux = match (e.kind, x) {
+                        (ALLOC, 0) => 0,
+                        (ALLOC, 1) => u16::from(class),
+                        (ALLOC, x) => u16::try_from(x - 2).map_err(|_| "aux too large")?,
+                        (_, x) => u16::try_from(x).map_err(|_| "aux too large")?,
                     };
                 }
             }
@@ -812,12 +812,12 @@ impl Decoder {
             // Addresses, with the predictors.
             let heaps = &mut self.heaps;
             let all_allocs = &mut self.all_allocs;
-            for (((_, e), &f), &cur) in events.iter_mut().zip(masks).zip(&self.slots) {
+            let per_event = masks.iter().zip(&slots).zip(&classes);
+            for ((_, e), ((&f, &cur), &c)) in events.iter_mut().zip(per_event) {
                 let cur = cur as usize;
                 e.addr = match addr_code(e.kind, f) {
                     AddrCode::Alloc => {
                         let h = &mut heaps[cur];
-                        let c = size_class(e.arg);
                         let a = match refs.varint()? {
                             0 => {
                                 let a = h.pred.alloc_base(c).wrapping_add(unzigzag(addr.varint()?));
@@ -870,7 +870,7 @@ impl Decoder {
                         a
                     }
                     AddrCode::Delta(g) => {
-                        let last = &mut heaps[cur].pred.last_addr[g];
+                        let last = &mut heaps[cur].pred.last_addr[usize::from(g)];
                         *last = last.wrapping_add(unzigzag(addr.varint()?));
                         *last
                     }

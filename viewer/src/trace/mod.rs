@@ -28,13 +28,9 @@
 //!     eprintln!("{problem}"); // "truncated at byte N; 1234 events up to 1.250 s are readable"
 //! }
 //! let target = r.total_events() / 2;
-//! let start = match r.keyframe_before_event(target).copied() {
-//!     Some(k) => {
-//!         let k_index = r.keyframes().iter().position(|x| *x == k).unwrap();
-//!         let _snapshot = r.read_keyframe(k_index)?; // restore the model from it
-//!         k.event_index
-//!     }
-//!     None => 0,
+//! let start = match r.keyframe_for_event(target)? {
+//!     Some((k, _snapshot)) => k.event_index, // restore the model from the snapshot
+//!     None => 0,                             // or start from an empty model
 //! };
 //! for (_heap, _event) in r.read_events(start..target)? { /* apply to the model */ }
 //! # Ok(()) }

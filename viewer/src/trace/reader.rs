@@ -11,7 +11,7 @@ use std::path::Path;
 
 use heaplens_alloc::event::Event;
 
-use super::encode::decode_events;
+use super::encode::Decoder;
 use super::end::EndInfo;
 use super::error::TraceError;
 use super::format::{
@@ -55,6 +55,7 @@ pub struct TraceReader<R = BufReader<File>> {
     end: Option<EndInfo>,
     stored: Vec<u8>,
     raw: Vec<u8>,
+    decoder: Decoder,
 }
 
 impl TraceReader<BufReader<File>> {
@@ -95,6 +96,7 @@ impl<R: Read + Seek> TraceReader<R> {
             end: None,
             stored: Vec::new(),
             raw: Vec::new(),
+            decoder: Decoder::new(),
         };
         if !reader.load_index(data_start)? {
             reader.scan(data_start)?;
@@ -177,6 +179,23 @@ impl<R: Read + Seek> TraceReader<R> {
         self.index.keyframe_before_time(time)
     }
 
+    /// Where replay to event `index` starts: the latest keyframe at or before it, with its
+    /// payload (`None`: start from the beginning of the trace).
+    pub fn keyframe_for_event(
+        &mut self,
+        index: u64,
+    ) -> Result<Option<(KeyframeInfo, Vec<u8>)>, TraceError> {
+        let k = self
+            .index
+            .keyframes()
+            .partition_point(|k| k.event_index <= index);
+        let Some(k) = k.checked_sub(1) else {
+            return Ok(None);
+        };
+        let info = self.index.keyframes()[k];
+        Ok(Some((info, self.read_keyframe(k)?)))
+    }
+
     /// The events of Events chunk `i` (see [`TraceReader::chunks`]), with their heap ids.
     pub fn read_chunk(&mut self, i: usize) -> Result<Vec<(u32, Event)>, TraceError> {
         let mut out = Vec::new();
@@ -199,10 +218,11 @@ impl<R: Read + Seek> TraceReader<R> {
             .ok_or(TraceError::OutOfRange { index: i, count })?;
         let entry = self.index.entries[info.number];
         self.load(info.number, entry)?;
-        decode_events(&self.raw, info.events, out).map_err(|what| {
-            out.clear();
-            TraceError::corrupt(info.number, info.offset, ChunkDefect::BadPayload(what))
-        })
+        self.decoder
+            .decode(&self.raw, info.events, out)
+            .map_err(|what| {
+                TraceError::corrupt(info.number, info.offset, ChunkDefect::BadPayload(what))
+            })
     }
 
     /// The payload of keyframe `k` (see [`TraceReader::keyframes`]).

@@ -480,7 +480,7 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
                     grow: 0.0,
                 },
             );
-            if tick % 200 == 0 {
+            if tick.is_multiple_of(200) {
                 heap.grow = [0.45, 0.5, 0.53, 0.6][w.rng.below(4) as usize];
             }
             if heap.id == 1 && tick % 500 == 250 {

@@ -32,7 +32,7 @@ impl Default for WriterOptions {
     fn default() -> Self {
         Self {
             chunk_events: 128 * 1024,
-            zstd_level: Some(3),
+            zstd_level: Some(1),
         }
     }
 }

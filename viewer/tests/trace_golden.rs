@@ -1,0 +1,198 @@
+//! The golden trace of format version 1 (`assets/traces/golden-v1.hltrace`) reads to exactly what
+//! was written when it was made: readers must read every older version forever.
+//!
+//! The file was written once by this test with `HEAPLENS_BLESS=1` (never rewrite it for a format
+//! change: add `golden-v2.hltrace` and a test of its own instead). It holds a synthetic
+//! allocator stream, an edge batch (every event kind, an unknown kind, extreme values), two
+//! keyframes and an End chunk; the assertions below are literal values, not recomputed ones.
+
+use std::path::PathBuf;
+
+use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_viewer::trace::synth::{self, SynthConfig};
+use heaplens_viewer::trace::{
+    EndInfo, EndReason, ExitStatus, Metadata, Status, TraceReader, TraceWriter, WriterOptions,
+};
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/golden-v1.hltrace")
+}
+
+/// Every kind, an unknown kind, wide events, extreme values.
+fn edge_batch() -> Vec<Event> {
+    let mut v: Vec<Event> = (0u8..=70)
+        .filter(|&k| EventKind::from_u8(k).is_some())
+        .map(|k| Event {
+            kind: k,
+            flags: k.wrapping_mul(3),
+            aux: u16::from(k) * 7,
+            arg32: u32::from(k) << 20,
+            addr: 0x7f00_dead_0000 + u64::from(k) * 0x1000,
+            arg: u64::from(k) * 1_000_003,
+            time: 9_000_000_000 + u64::from(k),
+        })
+        .collect();
+    v.push(Event {
+        kind: 200,
+        flags: 0xff,
+        aux: u16::MAX,
+        arg32: u32::MAX,
+        addr: u64::MAX,
+        arg: u64::MAX,
+        time: u64::MAX,
+    });
+    v.push(Event {
+        kind: EventKind::Free as u8,
+        flags: flags::CROSS_THREAD,
+        addr: 0x10,
+        time: 0,
+        ..Event::default()
+    });
+    v
+}
+
+fn metadata() -> Metadata {
+    let mut m = Metadata {
+        pid: 4242,
+        command: vec!["golden".into(), "--seed".into(), "7".into()],
+        start_unix_ns: 1_700_000_000_123_456_789,
+        hostname: "golden-host".into(),
+        ..Metadata::with_allocator_constants()
+    };
+    m.extra
+        .insert("note".into(), "format v1 golden file".into());
+    m
+}
+
+/// Writes the golden file (only with `HEAPLENS_BLESS=1`).
+fn bless() {
+    let batches = synth::generate(&SynthConfig {
+        threads: 2,
+        events: 6000,
+        seed: 7,
+        cross_thread: 0.05,
+        census_every: 3,
+    });
+    let options = WriterOptions {
+        chunk_events: 1024,
+        zstd_level: Some(3),
+    };
+    let mut w = TraceWriter::create_with(golden_path(), &metadata(), options).unwrap();
+    for (i, (h, evs)) in batches.iter().enumerate() {
+        w.write_batch(*h, evs).unwrap();
+        if i == 2 || i == 6 {
+            let payload = format!("keyframe after batch {i}").into_bytes();
+            w.write_keyframe(w.events_written(), evs[0].time, &payload)
+                .unwrap();
+        }
+    }
+    w.write_batch(3, &edge_batch()).unwrap();
+    w.finish(EndInfo {
+        reason: EndReason::PeerVanished,
+        status: ExitStatus::Signal(11),
+    })
+    .unwrap();
+}
+
+/// FNV-1a over the decoded events (heap id, then the event's 32 bytes).
+fn fingerprint(events: &[(u32, Event)]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (heap, e) in events {
+        for b in heap.to_le_bytes().iter().chain(e.to_bytes().iter()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[test]
+fn golden_v1_reads_exactly() {
+    if std::env::var_os("HEAPLENS_BLESS").is_some() {
+        bless();
+    }
+    let path = golden_path();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 100 * 1024, "golden file is {size} bytes");
+    let mut r = TraceReader::open(&path).unwrap();
+    assert_eq!(r.version(), 1);
+    assert_eq!(r.status(), Status::Complete);
+    assert_eq!(
+        r.end_info(),
+        Some(EndInfo {
+            reason: EndReason::PeerVanished,
+            status: ExitStatus::Signal(11),
+        })
+    );
+
+    let m = r.metadata().clone();
+    let all: Vec<(u32, Event)> = r.events().map(Result::unwrap).collect();
+    if std::env::var_os("HEAPLENS_BLESS").is_some() {
+        eprintln!(
+            "info {} bins {} events {} chunks {} fingerprint {:#x} keyframes {:?}",
+            m.segment_info_size,
+            m.bin_block_sizes.len(),
+            all.len(),
+            r.chunks().len(),
+            fingerprint(&all),
+            r.keyframes()
+                .iter()
+                .map(|k| (k.event_index, k.time))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(m.pid, 4242);
+    assert_eq!(m.command, ["golden", "--seed", "7"]);
+    assert_eq!(m.start_unix_ns, 1_700_000_000_123_456_789);
+    assert_eq!(m.hostname, "golden-host");
+    assert_eq!(m.segment_size, 4 << 20);
+    assert_eq!(m.small_page_size, 64 << 10);
+    assert_eq!(m.medium_page_size, 512 << 10);
+    assert_eq!(m.segment_info_size, GOLDEN_INFO_SIZE);
+    assert_eq!(m.bin_block_sizes.len(), GOLDEN_BINS);
+    assert_eq!(m.bin_block_sizes[..6], [16, 32, 48, 64, 80, 96]);
+    assert_eq!(m.extra["note"], "format v1 golden file");
+
+    assert_eq!(all.len() as u64, GOLDEN_EVENTS);
+    assert_eq!(r.total_events(), GOLDEN_EVENTS);
+    assert_eq!(r.chunks().len(), GOLDEN_CHUNKS);
+    assert_eq!(r.duration_ns(), u64::MAX);
+    assert_eq!(fingerprint(&all), GOLDEN_FINGERPRINT);
+
+    // The stream starts with the threads' names (process events), then their starts.
+    let (addr, arg) = Event::pack_text(b"worker-1");
+    let named = Event {
+        kind: EventKind::ThreadName as u8,
+        arg32: 1,
+        addr,
+        arg,
+        ..Event::default()
+    };
+    assert_eq!(all[0], (0, named));
+    let started = Event {
+        kind: EventKind::ThreadStart as u8,
+        ..named
+    };
+    assert_eq!(all[2], (1, started));
+    // It ends with the edge batch, exactly.
+    let edge = edge_batch();
+    let tail = &all[all.len() - edge.len()..];
+    assert!(tail.iter().all(|(h, _)| *h == 3));
+    assert_eq!(tail.iter().map(|(_, e)| *e).collect::<Vec<_>>(), edge);
+
+    let kf: Vec<(u64, u64)> = r
+        .keyframes()
+        .iter()
+        .map(|k| (k.event_index, k.time))
+        .collect();
+    assert_eq!(kf, GOLDEN_KEYFRAMES);
+    assert_eq!(r.read_keyframe(0).unwrap(), b"keyframe after batch 2");
+    assert_eq!(r.read_keyframe(1).unwrap(), b"keyframe after batch 6");
+}
+
+// Literal values of the golden file, as it was written.
+const GOLDEN_INFO_SIZE: u64 = 7296;
+const GOLDEN_BINS: usize = 64;
+const GOLDEN_EVENTS: u64 = 8102;
+const GOLDEN_CHUNKS: usize = 9;
+const GOLDEN_FINGERPRINT: u64 = 0x6c10_c1c5_7330_c544;
+const GOLDEN_KEYFRAMES: [(u64, u64); 2] = [(1015, 0), (5356, 2_000_000)];
