@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::Frame;
+use heaplens_viewer::model::Model;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
 use crate::launch::{self, Exit, StreamItem};
+
+/// A keyframe (a snapshot of the model) every this many events: where replay can start from.
+const KEYFRAME_EVERY: u64 = 500_000;
 
 /// How long the program may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +26,8 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
     let start = Instant::now();
     let mut progress = Progress::new(pid);
     let mut writer: Option<TraceWriter> = None;
+    let mut model = Model::new();
+    let mut next_keyframe = KEYFRAME_EVERY;
     let mut stream_error = None;
     let mut ended_cleanly = false;
     for item in &launched.frames {
@@ -40,6 +46,12 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
                     return Err("the program's stream had events before its metadata".into());
                 };
                 w.write_batch(heap, &events)?;
+                model.apply_batch(heap, &events);
+                if w.events_written() >= next_keyframe {
+                    let snapshot = postcard::to_stdvec(&model)?;
+                    w.write_keyframe(w.events_written(), model.time(), &snapshot)?;
+                    next_keyframe = w.events_written() + KEYFRAME_EVERY;
+                }
                 progress.update(w.events_written(), w.bytes_written());
             }
             StreamItem::Frame(Frame::End) => ended_cleanly = true,
@@ -48,6 +60,8 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
                 progress.clear();
                 eprintln!("heaplens: pid {pid} exec'd another program; recording that one");
                 writer = None;
+                model = Model::new();
+                next_keyframe = KEYFRAME_EVERY;
                 progress.last_events = 0;
             }
             StreamItem::Closed(why) => {
