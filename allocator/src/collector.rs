@@ -516,7 +516,7 @@ impl<'a> Collector<'a> {
         self.last_census = now;
         self.census_number += 1;
         let mut events = Vec::new();
-        hook::census(self.census_number, &mut events);
+        hook::census(self.census_number, self.census_number == 1, &mut events);
         self.emit(Batch {
             heap: 0,
             events: &events,

@@ -162,6 +162,8 @@ pub mod flags {
     pub const IN_FULL: u8 = 1;
     /// CensusBegin: some segments were left out (they appeared while the census ran).
     pub const PARTIAL: u8 = 2;
+    /// CensusBegin: the census taken when recording started (the state before it).
+    pub const INITIAL: u8 = 4;
 }
 
 impl Event {

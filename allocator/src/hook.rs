@@ -415,7 +415,7 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, &[Event])) {
 /// A census: every in-use page of a traced (or abandoned) heap, as `CensusBegin`, a
 /// `CensusPage`/`CensusPage2` pair per page and `CensusEnd`, appended to `out`. Reads only atomics
 /// and constant page geometry, holding the segment registry lock.
-pub fn census(number: u32, out: &mut impl Extend<Event>) {
+pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
     let t = now();
     // Nothing may allocate while the registry lock is held (a new segment would wait for it, on
     // this very thread): room for every page is reserved first, with slack for segments that
@@ -483,7 +483,7 @@ pub fn census(number: u32, out: &mut impl Extend<Event>) {
         .count();
     let begin = Event {
         kind: EventKind::CensusBegin as u8,
-        flags: if partial { flags::PARTIAL } else { 0 },
+        flags: if partial { flags::PARTIAL } else { 0 } | if initial { flags::INITIAL } else { 0 },
         arg32: number,
         arg: n as u64,
         time: t,

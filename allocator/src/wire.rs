@@ -334,21 +334,36 @@ pub fn stream_from_env() -> bool {
     let Ok(stream) = UnixStream::connect(&path) else {
         return false;
     };
-    let mut out = io::BufWriter::with_capacity(256 * 1024, SocketWriter(stream));
-    if write_header(&mut out)
-        .and_then(|()| write_meta(&mut out, &metadata_json()))
-        .and_then(|()| out.flush())
+    let mut socket = SocketWriter(stream);
+    let mut head = Vec::new();
+    if write_header(&mut head)
+        .and_then(|()| write_meta(&mut head, &metadata_json()))
+        .and_then(|()| socket.write_all(&head))
         .is_err()
     {
         return false;
     }
-    let mut scratch = Vec::with_capacity(70_000);
+    drop(head);
+    // The sink's buffers are made on the collector's own (untraced) thread, at its first batch:
+    // made here, they would sit on the program's heap and show up as the program's memory.
+    let mut out: Option<(io::BufWriter<SocketWriter>, Vec<u8>)> = None;
+    let mut socket = Some(socket);
     let sink: crate::collector::Sink = Box::new(move |batch| {
+        if out.is_none() {
+            let Some(socket) = socket.take() else {
+                return false;
+            };
+            out = Some((
+                io::BufWriter::with_capacity(256 * 1024, socket),
+                Vec::with_capacity(70_000),
+            ));
+        }
+        let Some((out, scratch)) = out.as_mut() else {
+            return false;
+        };
         let r = match batch {
-            Some(b) => {
-                write_batch(&mut out, b.heap, b.events, &mut scratch).and_then(|()| out.flush())
-            }
-            None => write_end(&mut out).and_then(|()| out.flush()),
+            Some(b) => write_batch(out, b.heap, b.events, scratch).and_then(|()| out.flush()),
+            None => write_end(out).and_then(|()| out.flush()),
         };
         r.is_ok()
     });

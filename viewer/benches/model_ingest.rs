@@ -3,10 +3,14 @@
 //! Generates about 20 M realistic events with the allocator simulation (`model::synth`): eight
 //! threads allocating and freeing across many pages and bins, 15% cross-thread frees (some
 //! reported late), reallocs, thread churn, medium and large blocks. Then times `Model::apply`
-//! over the stream, in the order the collector delivers it (runs of one heap's events).
+//! over the stream in the order the collector delivers it (within a tick, each heap's events in
+//! one run), and, for comparison, with a tick's events interleaved one by one (the worst order)
+//! and with a 32 times larger live set. Rates are per second of the thread's CPU time (so other
+//! processes on a busy machine count less), best of five runs, with the median.
 //!
-//! `cargo bench -p heaplens-viewer --bench model_ingest` (`HEAPLENS_BENCH_EVENTS=N` for another
-//! size).
+//! `cargo bench -p heaplens-viewer --bench model_ingest`; `HEAPLENS_BENCH_EVENTS` (20 M),
+//! `HEAPLENS_BENCH_LIVE` (live blocks per thread, 2000), `HEAPLENS_BENCH_REPS` (5) change the
+//! run, `HEAPLENS_BENCH_DEBUG=1` prints each run's CPU and wall time.
 
 use std::time::Instant;
 
@@ -78,17 +82,21 @@ fn cpu_ns() -> Option<u64> {
 fn measure(name: &str, events: &[(u32, Event)]) -> f64 {
     let mut rates = Vec::new();
     let mut last = None;
-    for _ in 0..5 {
+    for _ in 0..env("HEAPLENS_BENCH_REPS", 5).max(1) {
         let mut m = Model::new();
         let (t, c) = (Instant::now(), cpu_ns());
         for (heap, ev) in events {
             m.apply(*heap, ev);
         }
         m.finish();
+        let wall = t.elapsed().as_secs_f64();
         let secs = match (c, cpu_ns()) {
             (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
-            _ => t.elapsed().as_secs_f64(),
+            _ => wall,
         };
+        if std::env::var_os("HEAPLENS_BENCH_DEBUG").is_some() {
+            eprintln!("  cpu {secs:.3} s, wall {wall:.3} s");
+        }
         rates.push(events.len() as f64 / secs);
         last = Some(m);
     }
@@ -97,10 +105,11 @@ fn measure(name: &str, events: &[(u32, Event)]) -> f64 {
     let m = last.expect("ran");
     let s = m.current();
     println!(
-        "{name}: {} events, {:.1} M events/s of CPU time (best of 5; median {:.1}); end state: \
+        "{name}: {} events, {:.1} M events/s of CPU time (best of {}; median {:.1}); end state: \
          {} segments, {} live blocks, {} samples",
         events.len(),
         best / 1e6,
+        rates.len(),
         median / 1e6,
         m.segments().len(),
         s.live_blocks,
@@ -122,8 +131,7 @@ fn main() {
     );
     // The collector merges the threads' streams by time, each heap's events of a tick in a run.
     let events = merge_like_collector(&truth, 1);
-    let first = measure("collector order", &events);
-    let rate = measure("collector order, again", &events).max(first);
+    let rate = measure("collector order", &events);
     drop(events);
     // Worst case: a tick's events of different threads interleaved one by one.
     let events = shuffle_within_ticks(&truth, 2);

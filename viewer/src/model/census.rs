@@ -64,6 +64,10 @@ pub struct Census {
     pub number: u32,
     /// Trace time it was taken.
     pub time: u64,
+    /// Taken when recording started: it describes what existed before (pages made before the
+    /// hook was switched on), and the model starts from it.
+    #[serde(default)]
+    pub initial: bool,
     /// Every segment (including those of untraced heaps, whose pages are not listed).
     pub segments: Vec<CensusSegment>,
     /// Every in-use page of a traced heap or an abandoned segment.
@@ -77,6 +81,7 @@ impl Census {
         let mut out = Vec::with_capacity(2 + self.segments.len() + 2 * self.pages.len());
         out.push(Event {
             kind: EventKind::CensusBegin as u8,
+            flags: if self.initial { flags::INITIAL } else { 0 },
             arg32: self.number,
             arg: self.pages.len() as u64,
             time: t,
@@ -333,6 +338,7 @@ impl Model {
                 st.building = Some(Census {
                     number: ev.arg32,
                     time: ev.time,
+                    initial: ev.flags & flags::INITIAL != 0,
                     segments: Vec::new(),
                     pages: Vec::with_capacity((ev.arg as usize).min(RESERVE_MAX)),
                 });
@@ -382,7 +388,9 @@ impl Model {
         self.totals.censuses += 1;
         let mismatches = self.compare(&c);
         let lost = self.totals.dropped > self.census.dropped_at_last;
-        let resync = self.auto_resync && lost && !mismatches.is_empty();
+        // The census taken when recording started describes what existed before (pages made
+        // before the hook was switched on): the model starts from it.
+        let resync = self.auto_resync && (lost || c.initial) && !mismatches.is_empty();
         if resync {
             self.resync(&c);
         }

@@ -48,8 +48,10 @@ pub struct LastEvent {
     pub time: u64,
 }
 
-/// One page's state.
+/// One page's state (aligned to a cache line: a page's fields never straddle more lines than
+/// they fill, which the alloc and free paths feel).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(align(64))]
 pub struct Page {
     /// Address of the first block (`PageInit`'s address; before that, where the first block
     /// would start).
