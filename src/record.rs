@@ -97,7 +97,7 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
     );
     match exit {
         Exit::Signal(_) => {
-            eprintln!("heaplens: the program was {exit}; the trace holds everything up to then")
+            eprintln!("heaplens: the program was {exit}; the trace holds everything up to then");
         }
         Exit::Code(_) if reason != EndReason::Clean => {
             eprintln!("heaplens: the program {exit} but its stream ended early ({stream_error:?})");

@@ -93,7 +93,7 @@ fn main() {
     println!(
         "record overhead: sample-apps/c/alloc_workload.c (4 threads, 1.6 M mallocs), {rounds} rounds, medians"
     );
-    println!("  plain (glibc malloc)     {:8.3} s", p);
+    println!("  plain (glibc malloc)     {p:8.3} s");
     println!(
         "  heaplens record          {:8.3} s   {:.2}x plain",
         r,
