@@ -44,6 +44,19 @@ fn heaplens() -> Command {
     c
 }
 
+/// `heaplens record -o trace -- exe args...`
+fn record(trace: &Path, exe: &Path, args: &[&str]) -> std::process::Output {
+    heaplens()
+        .arg("record")
+        .arg("-o")
+        .arg(trace)
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn stats_json(trace: &Path) -> serde_json::Value {
     let out = heaplens()
         .args(["stats", "--json"])
@@ -69,14 +82,7 @@ fn stats_agree_with_what_the_program_did() {
     let dir = tempdir("counts");
     let exe = setup(&dir);
     let trace = dir.join("run.hltrace");
-    let out = heaplens()
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--")
-        .arg(&exe)
-        .output()
-        .unwrap();
+    let out = record(&trace, &exe, &[]);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -133,15 +139,7 @@ fn a_crashing_program_leaves_a_readable_trace() {
     let dir = tempdir("crash");
     let exe = setup(&dir);
     let trace = dir.join("crash.hltrace");
-    let out = heaplens()
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--")
-        .arg(&exe)
-        .arg("crash")
-        .output()
-        .unwrap();
+    let out = record(&trace, &exe, &["crash"]);
     assert_eq!(out.status.code(), Some(128 + 11), "128 + SIGSEGV");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -161,14 +159,7 @@ fn damaged_and_foreign_files_give_clear_errors() {
     let dir = tempdir("damage");
     let exe = setup(&dir);
     let trace = dir.join("full.hltrace");
-    let out = heaplens()
-        .arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--")
-        .arg(&exe)
-        .output()
-        .unwrap();
+    let out = record(&trace, &exe, &[]);
     assert_eq!(out.status.code(), Some(3));
     let bytes = std::fs::read(&trace).unwrap();
     let cut = dir.join("cut.hltrace");
