@@ -188,8 +188,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
     }
 }
 
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the stream ends (retrying interrupted reads); returns the bytes
+/// read. Shared with the trace reader.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -66,19 +66,7 @@ impl TraceReader<BufReader<File>> {
     }
 }
 
-/// Reads as many bytes as there are, up to `buf.len()`.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+use heaplens_alloc::wire::read_full as read_up_to;
 
 impl<R: Read + Seek> TraceReader<R> {
     /// Reads a trace from any seekable source (a file, a `Cursor` over bytes).
