@@ -4,11 +4,12 @@
 //! `cross_thread_frees`, `reallocs`, `threads`, `duration_s`, `peak_committed_bytes`,
 //! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
-//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `dropped_events`,
+//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `dropped_events`, `dropped_reasons`,
 //! `complete`, `damage`, `exit`.
 
 use std::path::Path;
 
+use heaplens_alloc::event::drop_reason;
 use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::{Model, Sample};
 use heaplens_viewer::trace::{ExitStatus, TraceReader};
@@ -82,6 +83,7 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         "live_blocks_at_exit": live.len(),
         "live_bytes_at_exit": live.requested_bytes(),
         "dropped_events": totals.dropped,
+        "dropped_reasons": drop_reason::names(totals.drop_reasons).collect::<Vec<_>>(),
         "complete": reader.is_complete(),
         "damage": damage,
         "exit": exit,
@@ -128,7 +130,12 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         live.len(),
         b(live.requested_bytes())
     );
-    println!("dropped     {} events", totals.dropped);
+    if totals.dropped == 0 {
+        println!("dropped     0 events");
+    } else {
+        let why: Vec<_> = drop_reason::names(totals.drop_reasons).collect();
+        println!("dropped     {} events ({})", totals.dropped, why.join(", "));
+    }
     if !top.is_empty() {
         println!("top size classes by live bytes at end:");
         println!(

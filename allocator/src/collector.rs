@@ -169,6 +169,7 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
         if dropped > 0 {
             let note = Event {
                 kind: EventKind::Dropped as u8,
+                aux: crate::event::drop_reason::SUBSCRIBER,
                 arg: dropped,
                 time: hook::now(),
                 ..Event::default()

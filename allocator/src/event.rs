@@ -27,7 +27,7 @@
 //! | `ThreadName` | name bytes 0..8 | name bytes 8..16 | heap id | | `MORE` (name continues) |
 //! | `OsCommit`, `OsPurge` | address | bytes | | | |
 //! | `Mark` | label bytes 0..8 | label bytes 8..16 | | | `MORE` (label continues in the next event) |
-//! | `Dropped` | | events lost | | | |
+//! | `Dropped` | | events lost | | why ([`drop_reason`] bits) | |
 //! | `ClockSync` | nanoseconds (CLOCK_MONOTONIC) | | | | |
 //! | `CensusBegin` | | pages that follow | census number | | |
 //! | `CensusPage` | page start | block size | capacity | bin | page kind; then `CensusPage2` |
@@ -164,6 +164,44 @@ pub mod flags {
     pub const PARTIAL: u8 = 2;
     /// CensusBegin: the census taken when recording started (the state before it).
     pub const INITIAL: u8 = 4;
+}
+
+/// Why events were lost: the bits of a `Dropped` event's `aux`.
+pub mod drop_reason {
+    /// Emitted while the hook was already running on the thread, with its spill slots full.
+    pub const NESTED: u16 = 1;
+    /// No event buffer could be mapped (out of memory).
+    pub const NO_BUFFER: u16 = 2;
+    /// The consumer did not take the buffer: live mode and it fell behind, or recording stopped.
+    pub const CONSUMER: u16 = 4;
+    /// A subscriber's channel was full (in-process live mode).
+    pub const SUBSCRIBER: u16 = 8;
+
+    /// Names of the bits set in `bits`.
+    pub fn names(bits: u16) -> impl Iterator<Item = &'static str> {
+        [
+            (NESTED, "nested"),
+            (NO_BUFFER, "no_buffer"),
+            (CONSUMER, "consumer"),
+            (SUBSCRIBER, "subscriber"),
+        ]
+        .into_iter()
+        .filter(move |(b, _)| bits & b != 0)
+        .map(|(_, n)| n)
+    }
+}
+
+impl Event {
+    /// An all-zero event (usable in constants).
+    pub const EMPTY: Self = Self {
+        kind: 0,
+        flags: 0,
+        aux: 0,
+        arg32: 0,
+        addr: 0,
+        arg: 0,
+        time: 0,
+    };
 }
 
 impl Event {

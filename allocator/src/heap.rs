@@ -47,8 +47,14 @@ pub struct Heap {
     pub(crate) events: AtomicPtr<crate::hook::EventBuffer>,
     /// Whether this heap's events are recorded (the collector's own heap is not).
     pub(crate) traced: AtomicBool,
-    /// Events lost since the last one recorded (live mode).
+    /// Events lost since the last one recorded.
     pub(crate) dropped: u64,
+    /// Why they were lost: [`crate::event::drop_reason`] bits.
+    pub(crate) drop_reasons: u16,
+    /// Events emitted while the hook itself ran on this thread (it was fetching a buffer): kept
+    /// here and appended after the event being emitted, so lossless mode stays lossless.
+    pub(crate) spill: [crate::event::Event; crate::hook::SPILL_EVENTS],
+    pub(crate) spill_len: u8,
     pub(crate) next_heap: *mut Heap,
     pub(crate) prev_heap: *mut Heap,
 }
@@ -77,6 +83,9 @@ impl Heap {
             events: AtomicPtr::new(ptr::null_mut()),
             traced: AtomicBool::new(false),
             dropped: 0,
+            drop_reasons: 0,
+            spill: [crate::event::Event::EMPTY; crate::hook::SPILL_EVENTS],
+            spill_len: 0,
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),
         }

@@ -20,7 +20,7 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
-use crate::event::{Event, EventKind, flags};
+use crate::event::{Event, EventKind, drop_reason, flags};
 use crate::heap::{self, Heap};
 use crate::segment::Segment;
 use crate::{os, segment_map};
@@ -191,6 +191,9 @@ pub(crate) fn emit_current(
     unsafe { emit(heap::default_heap(), kind, flags, aux, arg32, addr, arg) };
 }
 
+/// Events a thread may emit while its hook already runs (see [`Heap::spill`]).
+pub(crate) const SPILL_EVENTS: usize = 4;
+
 #[cold]
 #[inline(never)]
 unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
@@ -200,7 +203,14 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             return;
         }
         if IN_HOOK.with(Cell::get) {
-            (*heap).dropped += 1;
+            // Fetching a buffer ran into the allocator again: keep the event for the outer call.
+            let n = usize::from((*heap).spill_len);
+            if n < SPILL_EVENTS {
+                (*heap).spill[n] = ev;
+                (*heap).spill_len += 1;
+            } else {
+                lose(heap, drop_reason::NESTED);
+            }
             return;
         }
         IN_HOOK.with(|h| h.set(true));
@@ -212,14 +222,22 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             (*heap).events.store(buf, Release);
         }
         let buf = (*heap).events.load(Relaxed);
-        if buf.is_null() || (*buf).len.load(Relaxed) as usize >= BUFFER_EVENTS - 1 {
-            (*heap).dropped += 1; // no room: live mode with a slow consumer
+        let spilled = usize::from((*heap).spill_len);
+        // Room for the drop note, the event and the spilled events.
+        if buf.is_null() || (*buf).len.load(Relaxed) as usize + 2 + spilled > BUFFER_EVENTS {
+            let why = if buf.is_null() {
+                drop_reason::NO_BUFFER
+            } else {
+                drop_reason::CONSUMER
+            };
+            lose(heap, why);
         } else {
             let mut n = (*buf).len.load(Relaxed) as usize;
             let events = (&raw mut (*buf).events).cast::<Event>();
             if (*heap).dropped > 0 {
                 let d = Event {
                     kind: EventKind::Dropped as u8,
+                    aux: (*heap).drop_reasons,
                     arg: (*heap).dropped,
                     time: ev.time,
                     ..Event::default()
@@ -227,11 +245,30 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
                 events.add(n).write(d);
                 n += 1;
                 (*heap).dropped = 0;
+                (*heap).drop_reasons = 0;
             }
             events.add(n).write(ev);
-            (*buf).len.store(n as u32 + 1, Release);
+            n += 1;
+            for i in 0..spilled {
+                events.add(n).write((*heap).spill[i]);
+                n += 1;
+            }
+            (*heap).spill_len = 0;
+            (*buf).len.store(n as u32, Release);
         }
         IN_HOOK.with(|h| h.set(false));
+    }
+}
+
+/// Counts an event as lost, and why; the count is recorded with the next event that fits.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn lose(heap: *mut Heap, why: u16) {
+    // SAFETY: owner-only fields.
+    unsafe {
+        (*heap).dropped += 1;
+        (*heap).drop_reasons |= why;
     }
 }
 

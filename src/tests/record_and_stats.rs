@@ -109,7 +109,12 @@ fn stats_agree_with_what_the_program_did() {
         n("live_blocks_at_exit")
     );
     assert!(n("threads") >= 2);
-    assert_eq!(n("dropped_events"), 0);
+    assert_eq!(
+        n("dropped_events"),
+        0,
+        "recording is lossless; lost because: {}",
+        s["dropped_reasons"]
+    );
     assert!(n("events") >= n("allocs") + n("frees"));
     assert!(n("peak_committed_bytes") >= n("final_committed_bytes"));
     assert_eq!(s["complete"], true);

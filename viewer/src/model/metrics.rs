@@ -190,6 +190,8 @@ pub struct Totals {
     pub resizes: u64,
     /// Events lost, as reported by `Dropped` events.
     pub dropped: u64,
+    /// Why they were lost: `heaplens_alloc::event::drop_reason` bits.
+    pub drop_reasons: u16,
     /// Distinct heaps (threads) seen.
     pub threads_seen: u64,
     /// Most bytes committed at once.

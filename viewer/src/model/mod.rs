@@ -285,7 +285,10 @@ impl Model {
             }
             OS_PURGE | OS_COMMIT => self.on_os(ev),
             MARK => self.on_mark(heap, ev),
-            DROPPED => self.totals.dropped = self.totals.dropped.saturating_add(ev.arg),
+            DROPPED => {
+                self.totals.dropped = self.totals.dropped.saturating_add(ev.arg);
+                self.totals.drop_reasons |= ev.aux;
+            }
             CLOCK_SYNC => self.clock_sync = Some((ev.time, ev.addr)),
             CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
                 self.on_census_event(ev);
