@@ -1,51 +1,85 @@
-//! The text demo: a workload on the heaplens allocator (this program's global allocator),
-//! with the allocator's segments, pages and bins printed while the memory is held and after.
+//! `heaplens` / `heaplens demo [NAME]`: the live demo. The scenarios of heaplens-sample-apps run
+//! on threads of this process, on the heaplens allocator (this program's global allocator); the
+//! collector's in-process subscription feeds the viewer. The viewer's own threads are left
+//! untraced, so what the window shows is the workload.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-/// Runs the workload and prints the allocator state before and after freeing it.
-pub fn run() {
-    println!(
-        "heaplens {} — a mimalloc-design allocator you can watch",
-        env!("CARGO_PKG_VERSION")
-    );
-    println!(
-        "(the live viewer is not built yet; this runs a workload and prints the allocator's state)\n"
-    );
-    let mut live: Vec<Vec<u8>> = Vec::new();
-    let mut map: HashMap<u64, String> = HashMap::new();
-    for i in 0..200_000u64 {
-        live.push(vec![(i % 251) as u8; (i as usize * 37) % 700 + 1]);
-        if i % 3 == 0 {
-            map.insert(i, format!("value {i}"));
-        }
-        if live.len() > 50_000 {
-            live.swap_remove((i as usize * 7919) % live.len());
+use crossbeam_channel::bounded;
+use heaplens_alloc::collector::{self, Config, Message};
+use heaplens_alloc::hook;
+use heaplens_sample_apps::{Params, Scenario, find, scenarios};
+use heaplens_viewer::source::{Feed, Live};
+use heaplens_viewer::ui::{self, App, Source};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Runs the demo until the window closes.
+pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
+    let chosen: Vec<&'static Scenario> = match name {
+        Some(n) => vec![find(n).ok_or_else(|| {
+            let names: Vec<_> = scenarios().iter().map(|s| s.name).collect();
+            format!("no scenario named {n:?}; there are: {}", names.join(", "))
+        })?],
+        None => scenarios().iter().collect(),
+    };
+    if !ui::display_available() {
+        return Err(crate::NO_DISPLAY.into());
+    }
+    hook::set_thread_traced(false); // the UI thread
+    let rx = collector::subscribe(
+        Config {
+            lossless: false,
+            census_every_ms: 500,
+            channel_buffers: 64,
+        },
+        4096,
+    )
+    .map_err(|e| format!("cannot start the event collector: {e}"))?;
+    let (tx, feed) = bounded(1024);
+    std::thread::Builder::new()
+        .name("heaplens-forward".into())
+        .spawn(move || {
+            hook::set_thread_traced(false);
+            for msg in rx {
+                match msg {
+                    Message::Batch { heap, events } => {
+                        if tx.send(Feed::Batch { heap, events }).is_err() {
+                            break;
+                        }
+                    }
+                    Message::End => break,
+                }
+            }
+        })?;
+    let what = match name {
+        Some(n) => format!("demo: {n}"),
+        None => "demo: every scenario in turn".to_owned(),
+    };
+    std::thread::Builder::new()
+        .name("demo".into())
+        .spawn(move || workload(&chosen))?;
+    let app = App::new(Source::Live(Live::start(feed, "this process")), what);
+    ui::run(app)?;
+    STOP.store(true, Ordering::Relaxed);
+    Ok(0)
+}
+
+/// Runs the scenarios one after another, over and over, until the window closes.
+fn workload(chosen: &[&'static Scenario]) {
+    let mark = |label: &str| hook::mark(label);
+    while !STOP.load(Ordering::Relaxed) {
+        for s in chosen {
+            if STOP.load(Ordering::Relaxed) {
+                return;
+            }
+            hook::mark(s.name);
+            (s.run)(&Params {
+                short: false,
+                mark: &mark,
+                pace: Duration::from_millis(300),
+            });
         }
     }
-    let workers: Vec<_> = (0..4)
-        .map(|t| {
-            std::thread::Builder::new()
-                .name(format!("worker-{t}"))
-                .spawn(move || {
-                    (0..50_000)
-                        .map(|i| vec![t as u8; i % 300 + 1])
-                        .collect::<Vec<_>>()
-                })
-                .expect("spawn worker")
-        })
-        .collect();
-    let handed_over: Vec<Vec<Vec<u8>>> = workers
-        .into_iter()
-        .map(|w| w.join().expect("worker"))
-        .collect();
-    println!("while the workload holds its memory:");
-    heaplens_alloc::print_stats(1);
-    drop(handed_over);
-    drop(live);
-    drop(map);
-    println!(
-        "\nafter freeing it (blocks allocated by the exited workers were freed cross-thread):"
-    );
-    heaplens_alloc::print_stats(1);
 }

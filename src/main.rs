@@ -1,13 +1,21 @@
 //! `heaplens`: watch a mimalloc-design allocator work.
 //!
-//! - `heaplens` / `heaplens demo`: a workload on the heaplens allocator (this program's own).
+//! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
+//! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
+//! - `heaplens view FILE`: replay a recorded trace in the viewer.
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 
 mod demo;
 mod launch;
 mod record;
+mod run;
 mod stats;
+
+/// What heaplens says when it cannot open a window.
+pub const NO_DISPLAY: &str = "no display to open the viewer on (DISPLAY is not set); record a \
+    program with `heaplens record -o trace.hltrace -- CMD` and read it with `heaplens stats \
+    trace.hltrace`";
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -28,8 +36,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a built-in workload on the heaplens allocator and show its state (the default).
-    Demo,
+    /// Watch built-in scenarios live in the viewer (the default): all in turn, or one by name
+    /// (fragmentation, producer-consumer, thread-churn, server, leak, large).
+    Demo {
+        /// The scenario.
+        name: Option<String>,
+    },
+    /// Run a program with heaplens as its malloc and watch it live in the viewer.
+    Run {
+        /// Also record every event to this trace file.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Replay a recorded trace in the viewer.
+    View {
+        /// The trace file.
+        file: PathBuf,
+    },
     /// Run a program with heaplens as its malloc and record every allocator event to a trace.
     Record {
         /// The trace file to write.
@@ -56,11 +87,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Cmd::Demo) {
-        Cmd::Demo => {
-            demo::run();
-            Ok(0)
-        }
+    let result = match cli.command.unwrap_or(Cmd::Demo { name: None }) {
+        Cmd::Demo { name } => demo::run(name.as_deref()),
+        Cmd::Run { record, command } => run::run(record.as_deref(), &command),
+        Cmd::View { file } => run::view(&file),
         Cmd::Record { output, command } => record::run(&output, &command),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
     };

@@ -3,9 +3,10 @@
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::Frame;
 use heaplens_viewer::model::Model;
@@ -19,49 +20,110 @@ const KEYFRAME_EVERY: u64 = 500_000;
 /// How long the program may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Writes one program's stream to a trace file, with a keyframe every [`KEYFRAME_EVERY`] events.
+/// `heaplens record` and `heaplens run --record` both use it.
+pub struct Recorder {
+    output: PathBuf,
+    writer: Option<TraceWriter>,
+    model: Model,
+    next_keyframe: u64,
+}
+
+impl Recorder {
+    /// A recorder that will write `output` once the program's metadata arrives.
+    pub fn new(output: &Path) -> Self {
+        Self {
+            output: output.to_owned(),
+            writer: None,
+            model: Model::new(),
+            next_keyframe: KEYFRAME_EVERY,
+        }
+    }
+
+    /// The program's metadata: creates the file.
+    pub fn meta(&mut self, json: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let mut meta =
+            Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
+        meta.hostname = heaplens_viewer::trace::metadata::hostname();
+        self.writer = Some(
+            TraceWriter::create(&self.output, &meta)
+                .map_err(|e| format!("cannot write {}: {e}", self.output.display()))?,
+        );
+        Ok(())
+    }
+
+    /// A batch of events.
+    pub fn batch(&mut self, heap: u32, events: &[Event]) -> Result<(), Box<dyn std::error::Error>> {
+        let Some(w) = self.writer.as_mut() else {
+            return Err("the program's stream had events before its metadata".into());
+        };
+        w.write_batch(heap, events)?;
+        self.model.apply_batch(heap, events);
+        if w.events_written() >= self.next_keyframe {
+            let snapshot = postcard::to_stdvec(&self.model)?;
+            w.write_keyframe(w.events_written(), self.model.time(), &snapshot)?;
+            self.next_keyframe = w.events_written() + KEYFRAME_EVERY;
+        }
+        Ok(())
+    }
+
+    /// The program replaced itself: start the file over for the new one.
+    pub fn exec(&mut self) {
+        self.writer = None;
+        self.model = Model::new();
+        self.next_keyframe = KEYFRAME_EVERY;
+    }
+
+    /// Events and bytes written so far.
+    pub fn written(&self) -> (u64, u64) {
+        self.writer
+            .as_ref()
+            .map_or((0, 0), |w| (w.events_written(), w.bytes_written()))
+    }
+
+    /// Ends the file with how the program ended; returns the events written.
+    pub fn finish(self, exit: Exit, clean: bool) -> Result<u64, Box<dyn std::error::Error>> {
+        let status = match exit {
+            Exit::Code(c) => ExitStatus::Code(c),
+            Exit::Signal(s) => ExitStatus::Signal(s),
+        };
+        let reason = if clean {
+            EndReason::Clean
+        } else {
+            EndReason::PeerVanished
+        };
+        let Some(w) = self.writer else {
+            return Err(format!("the program {exit} without sending any events").into());
+        };
+        let events = w.events_written();
+        w.finish(EndInfo { reason, status })?;
+        Ok(events)
+    }
+}
+
 /// Records; returns the exit code heaplens should end with (the program's).
 pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
     let launched = launch::launch(command, CONNECT_TIMEOUT)?;
     let pid = launched.child.id();
     let start = Instant::now();
     let mut progress = Progress::new(pid);
-    let mut writer: Option<TraceWriter> = None;
-    let mut model = Model::new();
-    let mut next_keyframe = KEYFRAME_EVERY;
+    let mut recorder = Recorder::new(output);
     let mut stream_error = None;
     let mut ended_cleanly = false;
     for item in &launched.frames {
         match item {
-            StreamItem::Frame(Frame::Meta(json)) => {
-                let mut meta = Metadata::from_json(&json)
-                    .map_err(|e| format!("the program sent bad metadata: {e}"))?;
-                meta.hostname = heaplens_viewer::trace::metadata::hostname();
-                writer = Some(
-                    TraceWriter::create(output, &meta)
-                        .map_err(|e| format!("cannot write {}: {e}", output.display()))?,
-                );
-            }
+            StreamItem::Frame(Frame::Meta(json)) => recorder.meta(&json)?,
             StreamItem::Frame(Frame::Batch { heap, events }) => {
-                let Some(w) = writer.as_mut() else {
-                    return Err("the program's stream had events before its metadata".into());
-                };
-                w.write_batch(heap, &events)?;
-                model.apply_batch(heap, &events);
-                if w.events_written() >= next_keyframe {
-                    let snapshot = postcard::to_stdvec(&model)?;
-                    w.write_keyframe(w.events_written(), model.time(), &snapshot)?;
-                    next_keyframe = w.events_written() + KEYFRAME_EVERY;
-                }
-                progress.update(w.events_written(), w.bytes_written());
+                recorder.batch(heap, &events)?;
+                let (events, bytes) = recorder.written();
+                progress.update(events, bytes);
             }
             StreamItem::Frame(Frame::End) => ended_cleanly = true,
             StreamItem::Exec => {
                 // The program replaced itself (a wrapper script, a shell): record the new one.
                 progress.clear();
                 eprintln!("heaplens: pid {pid} exec'd another program; recording that one");
-                writer = None;
-                model = Model::new();
-                next_keyframe = KEYFRAME_EVERY;
+                recorder.exec();
                 progress.last_events = 0;
             }
             StreamItem::Closed(why) => {
@@ -73,20 +135,8 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
     let mut child = launched.child;
     let exit = Exit::from_status(child.wait()?);
     progress.clear();
-    let status = match exit {
-        Exit::Code(c) => ExitStatus::Code(c),
-        Exit::Signal(s) => ExitStatus::Signal(s),
-    };
-    let reason = if ended_cleanly && stream_error.is_none() {
-        EndReason::Clean
-    } else {
-        EndReason::PeerVanished
-    };
-    let Some(w) = writer else {
-        return Err(format!("the program {exit} without sending any events").into());
-    };
-    let events = w.events_written();
-    w.finish(EndInfo { reason, status })?;
+    let clean = ended_cleanly && stream_error.is_none();
+    let events = recorder.finish(exit, clean)?;
     let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
@@ -99,7 +149,7 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
         Exit::Signal(_) => {
             eprintln!("heaplens: the program was {exit}; the trace holds everything up to then");
         }
-        Exit::Code(_) if reason != EndReason::Clean => {
+        Exit::Code(_) if !clean => {
             eprintln!("heaplens: the program {exit} but its stream ended early ({stream_error:?})");
         }
         Exit::Code(_) => {}

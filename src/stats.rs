@@ -4,7 +4,8 @@
 //! `cross_thread_frees`, `reallocs`, `threads`, `duration_s`, `peak_committed_bytes`,
 //! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
-//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `dropped_events`, `dropped_reasons`,
+//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`),
+//! `dropped_events`, `dropped_reasons`,
 //! `complete`, `damage`, `exit`.
 
 use std::path::Path;
@@ -82,6 +83,10 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         })).collect::<Vec<_>>(),
         "live_blocks_at_exit": live.len(),
         "live_bytes_at_exit": live.requested_bytes(),
+        "markers": model.metrics().markers().iter().map(|m| json!({
+            "time_s": round3(m.time as f64 / 1e9),
+            "label": m.label,
+        })).collect::<Vec<_>>(),
         "dropped_events": totals.dropped,
         "dropped_reasons": drop_reason::names(totals.drop_reasons).collect::<Vec<_>>(),
         "complete": reader.is_complete(),

@@ -73,6 +73,10 @@ size_t hl_usable_size(const void *p) hl_attr_noexcept;
  * segments, pages, threads, per-bin use) to stderr. Does not allocate. */
 void hl_stats_print(void) hl_attr_noexcept;
 
+/* A user marker: a labelled vertical line on the viewer's timeline at this moment (a phase of
+ * the program, a request). Labels are cut at 64 bytes. Does nothing when no recording runs. */
+void hl_mark(const char *label) hl_attr_noexcept;
+
 #ifdef __cplusplus
 }
 #endif

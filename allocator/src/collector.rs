@@ -244,7 +244,7 @@ fn wait_until(done: impl Fn() -> bool) -> bool {
 }
 
 extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
-    hook::UNTRACED.with(|u| u.set(true));
+    hook::TRACE_CHOICE.with(|u| u.set(2));
     // Make this thread's (untraced) heap now: its first allocation must not happen while a lock
     // that thread initialisation takes is held (the heap list lock, during a drain).
     drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));

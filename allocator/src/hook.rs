@@ -125,15 +125,54 @@ pub(crate) struct Channels {
 pub(crate) static CHANNELS: AtomicPtr<Channels> = AtomicPtr::new(ptr::null_mut());
 
 thread_local! {
-    /// Set on the collector thread before its first allocation: its heap is never traced.
-    pub(crate) static UNTRACED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's choice: 0 follows [`trace_new_threads`], 1 traced, 2 untraced (the
+    /// collector sets 2 before its first allocation).
+    pub(crate) static TRACE_CHOICE: Cell<u8> = const { Cell::new(0) };
     /// Set while the hook itself runs on this thread: nested events are counted as dropped.
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
 }
 
+static TRACE_NEW_THREADS: AtomicBool = AtomicBool::new(true);
+
+/// Whether threads that made no choice ([`set_thread_traced`]) are traced; on by default. A
+/// program that embeds the viewer turns it off, so the UI's threads stay out of the picture,
+/// and turns tracing on in the threads it wants to watch.
+pub fn trace_new_threads(on: bool) {
+    TRACE_NEW_THREADS.store(on, Relaxed);
+}
+
+/// Whether the calling thread's allocations are recorded. Call it first thing in a thread: the
+/// blocks a thread allocated while untraced are unknown to the viewer (frees of them show as
+/// frees of unknown blocks until the next census). Switching off sends the thread's buffered
+/// events first.
+pub fn set_thread_traced(on: bool) {
+    TRACE_CHOICE.with(|c| c.set(if on { 1 } else { 2 }));
+    let heap = heap::default_heap();
+    if heap == heap::EMPTY_HEAP_PTR {
+        return; // the heap made at the first allocation follows the choice
+    }
+    // SAFETY: the calling thread's own heap.
+    unsafe {
+        let was = (*heap).traced.load(Relaxed);
+        if !on {
+            flush_thread(heap);
+        }
+        (*heap).traced.store(on, Relaxed);
+        if on && !was && enabled() {
+            let tid = (*heap).os_tid as usize;
+            emit(heap, EventKind::ThreadStart, 0, 0, (*heap).id, tid, 0);
+            emit_thread_name(heap);
+        }
+    }
+}
+
 /// Whether a new heap on this thread should be traced.
 pub(crate) fn thread_is_traced() -> bool {
-    !UNTRACED.with(Cell::get)
+    match TRACE_CHOICE.with(Cell::get) {
+        1 => true,
+        2 => false,
+        _ => TRACE_NEW_THREADS.load(Relaxed),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

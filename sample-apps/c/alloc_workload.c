@@ -1,5 +1,7 @@
-/* An allocation-heavy C program for the record-overhead benchmark: threads that allocate and
- * free blocks of mixed sizes, hand some to each other (cross-thread frees), and check them. */
+/* An allocation-heavy C program for the record-overhead benchmark and the C scenario: threads
+ * that allocate and free blocks of mixed sizes, hand some to each other (cross-thread frees),
+ * and check them. Argument: steps per thread (default 400000). Marks its phases with hl_mark
+ * when heaplens is preloaded. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -7,10 +9,14 @@
 #include <string.h>
 
 #define THREADS 4
-#define STEPS 400000
+static long STEPS = 400000;
 #define LIVE 4096
 
 static void *volatile handoff[THREADS][256];
+
+/* heaplens's marker, present when libheaplens.so is preloaded. */
+extern void hl_mark(const char *label) __attribute__((weak));
+static void mark(const char *label) { if (hl_mark) hl_mark(label); }
 
 static uint64_t next(uint64_t *s) { *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17; return *s; }
 
@@ -36,11 +42,15 @@ static void *work(void *arg) {
     return (void *)(uintptr_t)sum;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1) STEPS = atol(argv[1]);
+    if (STEPS <= 0) { fprintf(stderr, "usage: %s [steps per thread]\n", argv[0]); return 2; }
+    mark("threads start");
     pthread_t t[THREADS];
     for (long i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, work, (void *)i);
     uint64_t total = 0;
     for (int i = 0; i < THREADS; i++) { void *r; pthread_join(t[i], &r); total += (uintptr_t)r; }
+    mark("threads joined");
     for (int i = 0; i < THREADS; i++) for (int h = 0; h < 256; h++) free(handoff[i][h]);
     printf("%llu\n", (unsigned long long)total);
     return 0;

@@ -118,6 +118,13 @@ fn stats_agree_with_what_the_program_did() {
     assert!(n("events") >= n("allocs") + n("frees"));
     assert!(n("peak_committed_bytes") >= n("final_committed_bytes"));
     assert_eq!(s["complete"], true);
+    let labels: Vec<_> = s["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["label"])
+        .collect();
+    assert_eq!(labels, ["worker joined"], "hl_mark reaches the trace");
     assert_eq!(s["exit"]["code"], 3);
     for when in ["fragmentation_at_peak", "fragmentation_at_end"] {
         for f in ["internal", "page", "segment"] {

@@ -11,7 +11,7 @@
 //! No indexing, no `unwrap`; arithmetic on caller sizes is checked.
 #![allow(unsafe_code)] // a C ABI takes and returns raw pointers; every block says why it holds.
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -321,6 +321,29 @@ pub unsafe extern "C" fn hl_usable_size(p: *const c_void) -> usize {
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn hl_stats_print() {
     hl::print_stats(libc::STDERR_FILENO);
+}
+
+/// `hl_mark`: a user marker on the viewer's timeline (nothing when no recording runs). Labels
+/// longer than 16 bytes take several events; bytes that are not UTF-8 are replaced.
+///
+/// # Safety
+/// `label` is NULL (ignored) or a NUL-terminated string.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn hl_mark(label: *const c_char) {
+    if label.is_null() || !heaplens_alloc::hook::enabled() {
+        return;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let bytes = unsafe { core::ffi::CStr::from_ptr(label) }.to_bytes();
+    let mut text = [0u8; 64];
+    let n = bytes.len().min(text.len());
+    text[..n].copy_from_slice(&bytes[..n]);
+    // Invalid UTF-8 is cut at the first bad byte rather than allocating a lossy copy.
+    let valid = match core::str::from_utf8(&text[..n]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&text[..e.valid_up_to()]).unwrap_or(""),
+    };
+    heaplens_alloc::hook::mark(valid);
 }
 
 #[cfg(test)]

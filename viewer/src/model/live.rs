@@ -73,6 +73,11 @@ pub struct LiveTable {
     slots: Vec<u32>,
     /// Slots that are not zero.
     nonzero: u32,
+    /// Which free list each freed block went to ([`super::page::BlockState`] as a byte; 0 when
+    /// not known). Not saved in keyframes: after a seek the lists of earlier frees are inferred
+    /// from the page's counts (see [`super::Page::block_states`]).
+    #[serde(skip)]
+    lists: Vec<u8>,
 }
 
 impl PartialEq for LiveTable {
@@ -101,6 +106,32 @@ impl LiveTable {
                 let (c, s) = unpack(v);
                 (i, c, s)
             })
+    }
+
+    /// The list block `i` was last put on (0: not known).
+    pub fn list_of(&self, i: usize) -> u8 {
+        self.lists.get(i).copied().unwrap_or(0)
+    }
+
+    /// Records that block `i` (a valid slot) went onto `list`.
+    #[inline]
+    pub(crate) fn set_list(&mut self, i: usize, list: u8) {
+        if i >= self.lists.len() {
+            self.lists.resize(self.slots.len().max(i + 1), 0);
+        }
+        self.lists[i] = list;
+    }
+
+    /// Every block on list `from` moves to `to` (a collect moves whole lists).
+    pub(crate) fn move_list(&mut self, from: u8, to: u8) {
+        for l in self.lists.iter_mut().filter(|l| **l == from) {
+            *l = to;
+        }
+    }
+
+    /// Forgets the lists (the page was set up anew).
+    pub(crate) fn clear_lists(&mut self) {
+        self.lists.clear();
     }
 
     /// Whether every slot is zero.

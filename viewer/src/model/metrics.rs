@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Nanoseconds between samples to start with.
-pub const SAMPLE_INTERVAL_NS: u64 = 10_000_000;
+pub const SAMPLE_INTERVAL_NS: u64 = 1_000_000;
 /// Samples kept before decimating.
 pub const MAX_SAMPLES: usize = 8192;
 /// User markers kept (further ones are counted in `Metrics::markers_dropped`).
@@ -38,6 +38,14 @@ pub struct Sample {
     pub frees: u64,
     /// Threads (heaps) alive.
     pub threads: u32,
+    /// Blocks on the pages' `free` lists.
+    pub free_blocks: u64,
+    /// Blocks on `local_free` lists.
+    pub local_free_blocks: u64,
+    /// Blocks on `thread_free` lists and delayed lists (freed by other threads, not collected).
+    pub thread_free_blocks: u64,
+    /// Pages in their heap's full queue.
+    pub full_pages: u64,
 }
 
 fn ratio_left(part: u64, whole: u64) -> f64 {

@@ -42,7 +42,7 @@ pub use census::{Census, CensusCheck, CensusPage, CensusSegment, Field, Mismatch
 pub use heap::{BinGroup, Heap, Heaps, PageTotals};
 pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
 pub use metrics::{Marker, Metrics, Sample, Totals};
-pub use page::{LastEvent, Page};
+pub use page::{BlockState, LastEvent, Page};
 pub use segment::{Segment, Segments, segment_base};
 
 use census::CensusState;
@@ -238,6 +238,14 @@ impl Model {
                 p.thread_free = p.thread_free.wrapping_sub(n);
                 p.used = p.used.wrapping_sub(n);
                 p.local_free = p.local_free.wrapping_add(n - m);
+                if n > 0 {
+                    p.live
+                        .move_list(BlockState::ThreadFree as u8, BlockState::LocalFree as u8);
+                }
+                if m > 0 {
+                    p.live
+                        .move_list(BlockState::LocalFree as u8, BlockState::Free as u8);
+                }
             }),
             PAGE_FULL => self.with_page(heap, ev, |p, _| p.in_full = true),
             PAGE_UNFULL => self.with_page(heap, ev, |p, _| p.in_full = false),
@@ -411,6 +419,9 @@ impl Model {
                 p.delayed -= 1;
                 p.used -= 1;
                 p.local_free += 1;
+                if let Some(i) = p.table_index(ev.addr) {
+                    p.live.set_list(i, BlockState::LocalFree as u8);
+                }
                 p.last = last;
             } else {
                 self.free_on_ghost(ev, 0);
@@ -451,9 +462,14 @@ impl Model {
             }
             counted = freed.is_some();
         }
+        let mut slot = None;
         if !counted {
             counted = match p.table_index(ev.addr) {
-                Some(i) => p.live.free(i, p.table_limit(), &mut self.live),
+                Some(i) => {
+                    let ok = p.live.free(i, p.table_limit(), &mut self.live);
+                    slot = ok.then_some(i);
+                    ok
+                }
                 None => false,
             };
         }
@@ -469,13 +485,19 @@ impl Model {
             self.free_on_ghost(ev, g);
             return;
         }
-        if f & flags::TO_DELAYED != 0 {
+        let list = if f & flags::TO_DELAYED != 0 {
             p.delayed += 1;
+            BlockState::Delayed
         } else if f & flags::CROSS_THREAD != 0 {
             p.thread_free += 1;
+            BlockState::ThreadFree
         } else {
             p.used -= 1;
             p.local_free += 1;
+            BlockState::LocalFree
+        };
+        if let Some(i) = slot {
+            p.live.set_list(i, list as u8);
         }
         p.last = last;
         self.agg.block_bytes = self.agg.block_bytes.wrapping_sub(p.block_size as i64);
@@ -541,6 +563,7 @@ impl Model {
         self.spill_page(si, pi);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
+            p.live.clear_lists();
             p.set_layout(ev.arg, kind);
             p.in_use = true;
             p.owner = heap;
@@ -765,7 +788,12 @@ impl Model {
 
     /// The metrics now.
     pub fn current(&self) -> Sample {
+        let lists = self.page_totals(None);
         Sample {
+            free_blocks: lists.free.max(0) as u64,
+            local_free_blocks: lists.local_free.max(0) as u64,
+            thread_free_blocks: (lists.thread_free + lists.delayed).max(0) as u64,
+            full_pages: lists.full_pages,
             time: self.time,
             requested_bytes: self.live.requested_bytes(),
             block_bytes: self.agg.block_bytes.max(0) as u64,

@@ -48,6 +48,52 @@ pub struct LastEvent {
     pub time: u64,
 }
 
+/// What a block of a page is doing, as the page inspector shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlockState {
+    /// Held by the program.
+    InUse = 1,
+    /// On `free`: the next allocations pop it.
+    Free = 2,
+    /// On `local_free`: freed by the owner thread, waiting for the next collect.
+    LocalFree = 3,
+    /// On `thread_free`: freed by another thread, waiting for the owner to collect it.
+    ThreadFree = 4,
+    /// On the owner heap's delayed list (freed by another thread into a full page).
+    Delayed = 5,
+    /// Beyond the page's capacity: not carved into blocks yet.
+    Uncarved = 6,
+}
+
+impl BlockState {
+    /// Every state, in legend order.
+    pub const ALL: [Self; 6] = [
+        Self::InUse,
+        Self::Free,
+        Self::LocalFree,
+        Self::ThreadFree,
+        Self::Delayed,
+        Self::Uncarved,
+    ];
+
+    fn from_u8(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as u8 == b)
+    }
+
+    /// The name used in the viewer (the allocator's own list names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InUse => "in use",
+            Self::Free => "free",
+            Self::LocalFree => "local_free",
+            Self::ThreadFree => "thread_free",
+            Self::Delayed => "delayed",
+            Self::Uncarved => "not carved",
+        }
+    }
+}
+
 /// One page's state (aligned to a cache line: a page's fields never straddle more lines than
 /// they fill, which the alloc and free paths feel).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +147,54 @@ impl Page {
             kind,
             ..Self::default()
         }
+    }
+
+    /// Each block's state, for the first `reserved` blocks (a huge page: its one block).
+    ///
+    /// In-use and not-carved blocks are exact. A freed block is on the list its free put it on,
+    /// moved along by collects; where that is not known (freed before the keyframe a replay
+    /// started from) or disagrees with the page's list lengths, blocks are assigned so that
+    /// the strip's counts equal the lengths: `free` first, then `local_free`, `thread_free`.
+    pub fn block_states(&self) -> Vec<BlockState> {
+        let reserved = (self.reserved as usize).max(1);
+        let capacity = (self.capacity as usize).min(reserved);
+        let mut out = vec![BlockState::Uncarved; reserved];
+        if self.div_magic == 0 {
+            // No table (huge page): its one block is in use while anything is used.
+            if self.used > 0 {
+                out[0] = BlockState::InUse;
+            }
+            return out;
+        }
+        let mut want = [
+            (BlockState::Free, self.free_len().max(0)),
+            (BlockState::LocalFree, self.local_free.max(0)),
+            (BlockState::ThreadFree, self.thread_free.max(0)),
+            (BlockState::Delayed, self.delayed.max(0)),
+        ];
+        let mut unknown = Vec::new();
+        for (i, state) in out.iter_mut().enumerate().take(capacity) {
+            if self.live.get(i).0 > 0 {
+                *state = BlockState::InUse;
+                continue;
+            }
+            let tagged = BlockState::from_u8(self.live.list_of(i));
+            match want.iter_mut().find(|(s, _)| Some(*s) == tagged) {
+                Some((s, n)) if *n > 0 => {
+                    *n -= 1;
+                    *state = *s;
+                }
+                _ => unknown.push(i),
+            }
+        }
+        let mut left = want.iter_mut().flat_map(|(s, n)| {
+            let k = usize::try_from(*n).unwrap_or(0);
+            std::iter::repeat_n(*s, k)
+        });
+        for i in unknown {
+            out[i] = left.next().unwrap_or(BlockState::Free);
+        }
+        out
     }
 
     /// The page kind.

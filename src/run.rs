@@ -1,0 +1,169 @@
+//! `heaplens run [--record FILE] -- CMD [ARGS...]`: launch CMD with heaplens preloaded and watch
+//! it live in the viewer; with `--record`, also write every event to a trace.
+//!
+//! The program's stream is read on a thread of its own: the trace (when recording) gets every
+//! event; the viewer gets them through a bounded channel, and when it falls behind the batches
+//! it misses are counted and shown as lost (the next census puts the model right), so a slow
+//! window never slows the program. Closing the window never harms the program: without
+//! `--record` heaplens exits and the program runs on untraced (its hook sees the socket close);
+//! with it, heaplens keeps recording until the program exits.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use heaplens_alloc::event::{Event, EventKind, drop_reason};
+use heaplens_alloc::wire::Frame;
+use heaplens_viewer::source::{Feed, Live, Status};
+use heaplens_viewer::trace::ExitStatus;
+use heaplens_viewer::ui::{self, App, Source};
+
+use crate::launch::{self, Exit, Launched, StreamItem};
+use crate::record::Recorder;
+
+/// Batches the viewer may fall behind by before it misses some.
+const VIEWER_BACKLOG: usize = 1024;
+
+/// Runs; returns the exit code heaplens should end with.
+pub fn run(record: Option<&Path>, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
+    if !ui::display_available() {
+        return Err(crate::NO_DISPLAY.into());
+    }
+    let launched = launch::launch(command, Duration::from_secs(10))?;
+    let what = command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let pid = launched.child.id();
+    let (tx, rx) = bounded(VIEWER_BACKLOG);
+    let live = Live::start(rx, &format!("{what} (pid {pid})"));
+    let recorder = record.map(Recorder::new);
+    let output = record.map(Path::to_owned);
+    let pump = std::thread::Builder::new()
+        .name("heaplens-pump".into())
+        .spawn(move || pump(launched, recorder, &tx))?;
+    ui::run(App::new(Source::Live(live), what))?;
+    if !pump.is_finished() {
+        if output.is_none() {
+            eprintln!("heaplens: viewer closed; pid {pid} runs on without heaplens watching");
+            return Ok(0);
+        }
+        eprintln!("heaplens: viewer closed; recording pid {pid} until it exits");
+    }
+    let (exit, written) = pump.join().map_err(|_| "the stream reader failed")??;
+    if let (Some(out), Some(events)) = (output, written) {
+        eprintln!("heaplens: {events} events -> {}", out.display());
+    }
+    Ok(exit.shell_code())
+}
+
+/// Reads the program's stream into the recorder and the viewer; returns how the program ended
+/// and the events recorded.
+fn pump(
+    launched: Launched,
+    mut recorder: Option<Recorder>,
+    tx: &Sender<Feed>,
+) -> Result<(Exit, Option<u64>), String> {
+    let mut tap = Tap { tx, missed: 0 };
+    let mut clean = false;
+    let mut failed = None;
+    for item in &launched.frames {
+        match item {
+            StreamItem::Frame(Frame::Meta(json)) => {
+                if let Some(r) = recorder.as_mut()
+                    && let Err(e) = r.meta(&json)
+                {
+                    failed = Some(e.to_string());
+                    recorder = None;
+                }
+            }
+            StreamItem::Frame(Frame::Batch { heap, events }) => {
+                if let Some(r) = recorder.as_mut()
+                    && let Err(e) = r.batch(heap, &events)
+                {
+                    failed = Some(e.to_string());
+                    recorder = None;
+                }
+                tap.send(heap, events);
+            }
+            StreamItem::Frame(Frame::End) => clean = true,
+            StreamItem::Exec => {
+                if let Some(r) = recorder.as_mut() {
+                    r.exec();
+                }
+            }
+            StreamItem::Closed(why) => {
+                if why.is_some() {
+                    clean = false;
+                }
+                break;
+            }
+        }
+    }
+    let mut child = launched.child;
+    let exit = Exit::from_status(child.wait().map_err(|e| e.to_string())?);
+    let status = match exit {
+        Exit::Code(c) => ExitStatus::Code(c),
+        Exit::Signal(s) => ExitStatus::Signal(s),
+    };
+    let _ = tx.send(Feed::Status(Status::Exited(status)));
+    let written = match recorder {
+        Some(r) => Some(r.finish(exit, clean).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(e) = failed {
+        return Err(format!("recording stopped: {e}"));
+    }
+    Ok((exit, written))
+}
+
+/// The viewer's side of the stream: never blocks; what does not fit is counted and reported.
+struct Tap<'a> {
+    tx: &'a Sender<Feed>,
+    missed: u64,
+}
+
+impl Tap<'_> {
+    fn send(&mut self, heap: u32, events: Vec<Event>) {
+        if self.missed > 0 {
+            let note = Event {
+                kind: EventKind::Dropped as u8,
+                aux: drop_reason::SUBSCRIBER,
+                arg: self.missed,
+                time: events.first().map_or(0, |e| e.time),
+                ..Event::default()
+            };
+            match self.tx.try_send(Feed::Batch {
+                heap: 0,
+                events: vec![note],
+            }) {
+                Ok(()) => self.missed = 0,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.missed += events.len() as u64;
+                    return;
+                }
+            }
+        }
+        let n = events.len() as u64;
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::Batch { heap, events }) {
+            self.missed += n;
+        }
+    }
+}
+
+/// `heaplens view FILE`.
+pub fn view(file: &PathBuf) -> Result<i32, Box<dyn std::error::Error>> {
+    let replay = heaplens_viewer::source::Replay::open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if !ui::display_available() {
+        return Err(crate::NO_DISPLAY.into());
+    }
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    ui::run(App::new(Source::Replay(Box::new(replay)), name))?;
+    Ok(0)
+}

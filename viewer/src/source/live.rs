@@ -1,0 +1,135 @@
+//! Live sources: events arrive as [`Feed`] messages over a channel and are applied to the model
+//! on a thread of their own, so a burst never stalls the UI; the UI takes the lock only to draw.
+//! The producer is either the socket of a launched program (the `heaplens` command wires it) or
+//! the collector's in-process subscription.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+use heaplens_alloc::event::Event;
+
+use super::{Status, View};
+
+/// A message for a live view.
+#[derive(Debug)]
+pub enum Feed {
+    /// Events of one heap, in order (heap 0: process-level).
+    Batch {
+        /// Heap id.
+        heap: u32,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// The source's state changed (connected, exited, ended).
+    Status(Status),
+}
+
+/// Events applied per hold of the lock: about a millisecond of work, so the UI waits at most
+/// that long for its frame.
+const SLICE: usize = 32 * 1024;
+
+/// A view fed from a channel.
+pub struct Live {
+    view: Arc<Mutex<View>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Starts applying what arrives on `rx`. When every sender is gone the stream has ended.
+    pub fn start(rx: Receiver<Feed>, what: &str) -> Self {
+        let view = Arc::new(Mutex::new(View::new(Status::Waiting)));
+        let shared = Arc::clone(&view);
+        let what = what.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("heaplens-ingest".into())
+            .spawn(move || ingest(&rx, &shared, &what))
+            .ok();
+        Self { view, thread }
+    }
+
+    /// The view, to draw from (held briefly: the ingest thread waits meanwhile).
+    pub fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the stream has ended and every event is applied.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
+    // In a process that watches itself (the demo) the model's own allocations stay out of it.
+    heaplens_alloc::hook::set_thread_traced(false);
+    view.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .model
+        .set_auto_resync(true);
+    let lock = || view.lock().unwrap_or_else(PoisonError::into_inner);
+    for msg in rx {
+        match msg {
+            Feed::Batch { heap, events } => {
+                for slice in events.chunks(SLICE) {
+                    let mut v = lock();
+                    if v.status == Status::Waiting {
+                        v.status = Status::Connected {
+                            what: what.to_owned(),
+                        };
+                    }
+                    v.apply_batch(heap, slice);
+                    v.backlog = rx.len() as u64;
+                }
+            }
+            Feed::Status(s) => lock().status = s,
+        }
+    }
+    let mut v = lock();
+    v.model.finish();
+    v.backlog = 0;
+    if matches!(v.status, Status::Waiting | Status::Connected { .. }) {
+        v.status = Status::Ended("the connection closed".to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heaplens_alloc::event::EventKind;
+
+    #[test]
+    fn events_are_applied_and_the_end_is_reported() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let live = Live::start(rx, "test");
+        let mark = |t| Event {
+            kind: EventKind::Mark as u8,
+            addr: u64::from_le_bytes(*b"phase\0\0\0"),
+            time: t,
+            ..Event::default()
+        };
+        tx.send(Feed::Batch {
+            heap: 1,
+            events: vec![mark(10), mark(20)],
+        })
+        .unwrap();
+        tx.send(Feed::Status(Status::Exited(
+            crate::trace::ExitStatus::Code(7),
+        )))
+        .unwrap();
+        drop(tx);
+        while !live.is_finished() {
+            std::thread::yield_now();
+        }
+        let v = live.view();
+        assert_eq!(v.applied, 2);
+        assert_eq!(v.model.metrics().markers().len(), 2);
+        assert_eq!(v.recent.len(), 2);
+        assert_eq!(v.status.describe(), "process exited (code 7)");
+    }
+}

@@ -1,0 +1,114 @@
+//! Where the viewer's events come from, and the state it draws: a [`View`] (the model, the last
+//! events in order, and a status line) kept up to date by one of three sources:
+//! - [`Replay`]: a trace file, with seeking through keyframes;
+//! - [`Live`]: events arriving over a channel, applied on a thread of their own, from a program
+//!   launched with heaplens preloaded (the socket) or from this very process (the collector's
+//!   in-process subscription). Both reach it as [`Feed`] messages.
+//!
+//! No egui here: the UI only reads a `View`.
+
+pub mod live;
+pub mod recent;
+pub mod replay;
+
+use heaplens_alloc::event::Event;
+
+use crate::model::Model;
+use crate::trace::ExitStatus;
+
+pub use live::{Feed, Live};
+pub use recent::Recent;
+pub use replay::Replay;
+
+/// What the status line says about the source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Status {
+    /// Live: the program has not connected yet.
+    Waiting,
+    /// Live: events are arriving from `what` (a command line, or "this process").
+    Connected {
+        /// What is being watched.
+        what: String,
+    },
+    /// Live: the program exited; everything it sent is shown.
+    Exited(ExitStatus),
+    /// Live: the stream ended or broke without an exit status (the reason).
+    Ended(String),
+    /// Replay at time `t` (ns since the trace started) of `duration` ns.
+    Replaying {
+        /// Current time.
+        t: u64,
+        /// The trace's length.
+        duration: u64,
+        /// Whether the replay is advancing by itself.
+        playing: bool,
+    },
+}
+
+impl Status {
+    /// The status line's words.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Waiting => "waiting for the program to connect".to_owned(),
+            Self::Connected { what } => format!("connected: {what}"),
+            Self::Exited(ExitStatus::Code(c)) => format!("process exited (code {c})"),
+            Self::Exited(ExitStatus::Signal(s)) => format!("process exited (signal {s})"),
+            Self::Exited(ExitStatus::Unknown) => "process exited".to_owned(),
+            Self::Ended(why) => format!("stream ended: {why}"),
+            Self::Replaying {
+                t,
+                duration,
+                playing,
+            } => format!(
+                "{} at {} of {}",
+                if *playing {
+                    "replaying"
+                } else {
+                    "replay paused"
+                },
+                seconds(*t),
+                seconds(*duration)
+            ),
+        }
+    }
+}
+
+/// `12.345 s`.
+pub fn seconds(ns: u64) -> String {
+    format!("{:.3} s", ns as f64 / 1e9)
+}
+
+/// What the UI draws from.
+#[derive(Debug)]
+pub struct View {
+    /// The rebuilt allocator state.
+    pub model: Model,
+    /// The last events applied, oldest first.
+    pub recent: Recent,
+    /// What the status line says.
+    pub status: Status,
+    /// Events applied so far.
+    pub applied: u64,
+    /// Events received but not applied yet (live: the channel's backlog).
+    pub backlog: u64,
+}
+
+impl View {
+    /// An empty view with `status`.
+    pub fn new(status: Status) -> Self {
+        Self {
+            model: Model::new(),
+            recent: Recent::default(),
+            status,
+            applied: 0,
+            backlog: 0,
+        }
+    }
+
+    /// Applies one heap's events.
+    pub fn apply_batch(&mut self, heap: u32, events: &[Event]) {
+        self.model.apply_batch(heap, events);
+        self.recent.push_batch(heap, events);
+        self.applied += events.len() as u64;
+    }
+}

@@ -1,0 +1,278 @@
+//! The app: a source, the UI state, and the frame layout. Panels draw from the [`View`] and
+//! return what the user asked for; the app applies it after drawing.
+
+use std::time::Instant;
+
+use eframe::egui::{self, Color32, RichText};
+
+use super::{event_log, heaps, inspector, occupancy, overview, segment_map, style, timeline};
+use crate::model::Metrics;
+use crate::source::{Live, Replay, Status, View};
+
+/// What the viewer shows.
+pub enum Source {
+    /// A trace file.
+    Replay(Box<Replay>),
+    /// Events arriving now.
+    Live(Live),
+}
+
+/// The tabs of the central area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    /// Time series.
+    Overview,
+    /// Segments and their pages.
+    Segments,
+    /// Per-thread heaps.
+    Heaps,
+    /// Free-list occupancy by size class.
+    FreeLists,
+    /// The event log.
+    Events,
+}
+
+impl Tab {
+    const ALL: [(Self, &'static str, &'static str); 5] = [
+        (
+            Self::Overview,
+            "Overview",
+            "Memory, fragmentation, rates and threads over time",
+        ),
+        (
+            Self::Segments,
+            "Segment map",
+            "Every segment with its pages as tiles; click a page to inspect it",
+        ),
+        (
+            Self::Heaps,
+            "Heaps",
+            "One panel per thread's heap: its pages by size class",
+        ),
+        (
+            Self::FreeLists,
+            "Free lists",
+            "Per size class: blocks in use and on each of the three free lists",
+        ),
+        (Self::Events, "Events", "The latest events, in words"),
+    ];
+}
+
+/// UI state (kept apart from the model).
+#[derive(Debug)]
+pub struct UiState {
+    /// The open tab.
+    pub tab: Tab,
+    /// The page the inspector shows (its start address).
+    pub selected_page: Option<u64>,
+    /// The heap the heaps tab scrolls to.
+    pub selected_heap: Option<u32>,
+    /// Segment map tile width in points (zoom).
+    pub tile: f32,
+    /// The last error to show (a damaged trace, a failed seek).
+    pub error: Option<String>,
+}
+
+impl Default for UiState {
+    fn default() -> Self {
+        Self {
+            tab: Tab::Overview,
+            selected_page: None,
+            selected_heap: None,
+            tile: 12.0,
+            error: None,
+        }
+    }
+}
+
+/// The heaplens viewer.
+pub struct App {
+    source: Source,
+    /// What the title bar and header say is shown ("trace.hltrace", "python3 script.py").
+    what: String,
+    /// The UI state.
+    pub state: UiState,
+    last_frame: Option<Instant>,
+}
+
+impl App {
+    /// A viewer on `source`; `what` names it in the header.
+    pub fn new(source: Source, what: impl Into<String>) -> Self {
+        let mut state = UiState::default();
+        if let Source::Replay(r) = &source {
+            state.error = r.damage().map(|d| format!("damaged trace: {d}"));
+        }
+        Self {
+            source,
+            what: what.into(),
+            state,
+            last_frame: None,
+        }
+    }
+
+    /// The window title.
+    pub fn title(&self) -> String {
+        format!("heaplens — {}", self.what)
+    }
+
+    /// The source (tests read the model through it).
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The source, to drive it (tests, the command line).
+    pub fn source_mut(&mut self) -> &mut Source {
+        &mut self.source
+    }
+
+    /// Draws one frame into `ui` (the whole window).
+    pub fn draw(&mut self, ui: &mut egui::Ui) {
+        let now = Instant::now();
+        let dt = self
+            .last_frame
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64().min(0.25));
+        self.last_frame = Some(now);
+        let mut action = None;
+        match &mut self.source {
+            Source::Replay(r) => {
+                if let Err(e) = r.tick(dt) {
+                    self.state.error = Some(e.to_string());
+                }
+                if r.is_playing() {
+                    ui.ctx().request_repaint();
+                }
+                let (view, full) = (r.view(), r.full_metrics());
+                egui::Panel::bottom("timeline").show(ui, |ui| {
+                    action = timeline::draw(ui, r);
+                });
+                draw_frame(ui, view, Some(full), &self.what, &mut self.state);
+            }
+            Source::Live(l) => {
+                ui.ctx()
+                    .request_repaint_after(std::time::Duration::from_millis(50));
+                let view = l.view();
+                draw_frame(ui, &view, None, &self.what, &mut self.state);
+            }
+        }
+        if let (Some(a), Source::Replay(r)) = (action, &mut self.source)
+            && let Err(e) = timeline::apply(r, a)
+        {
+            self.state.error = Some(e.to_string());
+        }
+    }
+}
+
+impl eframe::App for App {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.draw(ui);
+    }
+}
+
+fn draw_frame(
+    ui: &mut egui::Ui,
+    view: &View,
+    full: Option<&Metrics>,
+    what: &str,
+    state: &mut UiState,
+) {
+    egui::Panel::top("header").show(ui, |ui| {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("heaplens").size(20.0).strong());
+            ui.label(RichText::new(what).weak())
+                .on_hover_text("What is shown: a trace file, or the program being watched");
+            ui.separator();
+            for (tab, name, help) in Tab::ALL {
+                ui.selectable_value(&mut state.tab, tab, name)
+                    .on_hover_text(help);
+            }
+        });
+    });
+    egui::Panel::bottom("status").show(ui, |ui| status_line(ui, view, state));
+    if let Some(addr) = state.selected_page {
+        egui::Panel::right("inspector")
+            .default_size(340.0)
+            .min_size(300.0)
+            .show(ui, |ui| {
+                if inspector::draw(ui, &view.model, addr) {
+                    state.selected_page = None;
+                }
+            });
+    }
+    egui::CentralPanel::default().show(ui, |ui| match state.tab {
+        Tab::Overview => overview::draw(ui, view, full),
+        Tab::Segments => segment_map::draw(ui, &view.model, state),
+        Tab::Heaps => heaps::draw(ui, &view.model, state),
+        Tab::FreeLists => occupancy::draw(ui, view, full),
+        Tab::Events => event_log::draw(ui, view),
+    });
+}
+
+fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
+    ui.horizontal(|ui| {
+        let color = match view.status {
+            Status::Connected { .. } => Color32::from_rgb(0x4c, 0xaf, 0x6a),
+            Status::Waiting => Color32::from_rgb(0xe0, 0xc0, 0x40),
+            Status::Exited(_) | Status::Ended(_) => Color32::from_rgb(0xe0, 0x8a, 0x3c),
+            Status::Replaying { .. } => Color32::from_rgb(0x4f, 0x9d, 0xe0),
+        };
+        let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+        ui.painter().circle_filled(dot.center(), 5.0, color);
+        ui.label(view.status.describe())
+            .on_hover_text("What is shown now: connected, waiting, exited, or a replay position");
+        ui.separator();
+        ui.label(format!("{} events", view.applied))
+            .on_hover_text("Events applied to the model so far");
+        if view.backlog > 0 {
+            ui.separator();
+            ui.label(format!("{} batches waiting", view.backlog))
+                .on_hover_text("Received but not applied yet: the viewer is catching up");
+        }
+        let totals = view.model.totals();
+        if totals.dropped > 0 {
+            ui.separator();
+            let why: Vec<_> =
+                heaplens_alloc::event::drop_reason::names(totals.drop_reasons).collect();
+            ui.label(
+                RichText::new(format!("{} events lost", totals.dropped))
+                    .color(Color32::from_rgb(0xe0, 0x55, 0x55)),
+            )
+            .on_hover_text(format!(
+                "The program produced events faster than they were taken ({}); a census puts \
+                 the model right again",
+                why.join(", ")
+            ));
+        }
+        if let Some(c) = view.model.last_census_check() {
+            ui.separator();
+            let text = if c.mismatches == 0 {
+                format!("census {} agrees", c.number)
+            } else {
+                format!("census {}: {} differences", c.number, c.mismatches)
+            };
+            let mut help = "The allocator's periodic snapshot of every page, compared with the \
+                model rebuilt from events"
+                .to_owned();
+            for m in &c.first {
+                help.push_str(&format!("\n{m}"));
+            }
+            ui.label(text).on_hover_text(help);
+        }
+        if let Some(e) = &state.error {
+            ui.separator();
+            let r = ui.label(RichText::new(e).color(Color32::from_rgb(0xe0, 0x55, 0x55)));
+            if r.on_hover_text("Click to dismiss").clicked() {
+                state.error = None;
+            }
+        }
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            ui.label(
+                RichText::new(format!(
+                    "committed {}",
+                    style::bytes(view.model.current().committed_bytes)
+                ))
+                .weak(),
+            )
+            .on_hover_text("Memory the allocator holds from the OS now");
+        });
+    });
+}

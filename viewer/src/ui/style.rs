@@ -1,0 +1,123 @@
+//! The viewer's colours and units, in one place so every panel and the legends agree.
+
+use eframe::egui::{self, Color32, RichText, Ui};
+use heaplens_alloc::bin::PageKind;
+use heaplens_alloc::stats::Bytes;
+
+use crate::model::BlockState;
+
+/// Colour of a block state (page inspector, occupancy bars).
+pub fn state_color(s: BlockState) -> Color32 {
+    match s {
+        BlockState::InUse => Color32::from_rgb(0xe8, 0x9f, 0x3c),
+        BlockState::Free => Color32::from_rgb(0x4c, 0xaf, 0x6a),
+        BlockState::LocalFree => Color32::from_rgb(0x4f, 0x9d, 0xe0),
+        BlockState::ThreadFree => Color32::from_rgb(0xc8, 0x5c, 0xd6),
+        BlockState::Delayed => Color32::from_rgb(0xe0, 0x55, 0x55),
+        BlockState::Uncarved => Color32::from_rgb(0x3c, 0x40, 0x48),
+    }
+}
+
+/// What a block state means, for tooltips.
+pub fn state_help(s: BlockState) -> &'static str {
+    match s {
+        BlockState::InUse => "Held by the program.",
+        BlockState::Free => "On the page's free list: the next allocations of this size pop it.",
+        BlockState::LocalFree => {
+            "On local_free: freed by the owning thread; moved to free at the next collect."
+        }
+        BlockState::ThreadFree => {
+            "On thread_free: freed by another thread with an atomic push; the owner collects it."
+        }
+        BlockState::Delayed => {
+            "Freed by another thread into a full page: on the owner heap's delayed list."
+        }
+        BlockState::Uncarved => "Not carved yet: pages extend their capacity lazily.",
+    }
+}
+
+/// Colour of a page kind (segment map tiles, at full fill).
+pub fn kind_color(k: PageKind) -> Color32 {
+    match k {
+        PageKind::Small => Color32::from_rgb(0x4f, 0x9d, 0xe0),
+        PageKind::Medium => Color32::from_rgb(0x3f, 0xb8, 0xa8),
+        PageKind::Large => Color32::from_rgb(0x9b, 0x7b, 0xe0),
+        PageKind::Huge => Color32::from_rgb(0xe0, 0x8a, 0x3c),
+    }
+}
+
+/// Page kind names.
+pub fn kind_name(k: PageKind) -> &'static str {
+    match k {
+        PageKind::Small => "small",
+        PageKind::Medium => "medium",
+        PageKind::Large => "large",
+        PageKind::Huge => "huge",
+    }
+}
+
+/// Every page kind, in legend order.
+pub const KINDS: [PageKind; 4] = [
+    PageKind::Small,
+    PageKind::Medium,
+    PageKind::Large,
+    PageKind::Huge,
+];
+
+/// A page tile: the kind's colour, darker the emptier the page; unused pages are dim grey.
+pub fn tile_color(kind: PageKind, fill: f32, in_use: bool) -> Color32 {
+    if !in_use {
+        return Color32::from_gray(0x2a);
+    }
+    let base = kind_color(kind);
+    let f = 0.25 + 0.75 * fill.clamp(0.0, 1.0);
+    Color32::from_rgb(
+        (f32::from(base.r()) * f) as u8,
+        (f32::from(base.g()) * f) as u8,
+        (f32::from(base.b()) * f) as u8,
+    )
+}
+
+/// The time-series colours.
+pub const COMMITTED: Color32 = Color32::from_rgb(0xe0, 0x55, 0x55);
+/// Page capacity bytes.
+pub const CAPACITY: Color32 = Color32::from_rgb(0xe0, 0x8a, 0x3c);
+/// Block bytes.
+pub const BLOCKS: Color32 = Color32::from_rgb(0x4f, 0x9d, 0xe0);
+/// Requested bytes.
+pub const REQUESTED: Color32 = Color32::from_rgb(0x4c, 0xaf, 0x6a);
+/// Marker lines.
+pub const MARKER: Color32 = Color32::from_rgb(0xd0, 0xd0, 0x60);
+/// The replay cursor.
+pub const CURSOR: Color32 = Color32::from_rgb(0xf0, 0xf0, 0xf0);
+
+/// Bytes in B/KiB/MiB/GiB.
+pub fn bytes(n: impl TryInto<usize>) -> String {
+    Bytes(n.try_into().unwrap_or(0)).to_string()
+}
+
+/// A percentage with one decimal.
+pub fn percent(f: f64) -> String {
+    format!("{:.1} %", f * 100.0)
+}
+
+/// A coloured square and a name, with a tooltip: one legend entry.
+pub fn legend_entry(ui: &mut Ui, color: Color32, name: &str, help: &str) {
+    ui.horizontal(|ui| {
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(12.0, 12.0), egui::Sense::hover());
+        ui.painter().rect_filled(rect, 2.0, color);
+        ui.label(name);
+    })
+    .response
+    .on_hover_text(help);
+}
+
+/// A figure: a small caption above a large value, with a tooltip that explains it.
+pub fn figure(ui: &mut Ui, caption: &str, value: &str, help: &str) {
+    ui.vertical(|ui| {
+        ui.label(RichText::new(caption).small().weak());
+        ui.label(RichText::new(value).size(18.0).strong());
+    })
+    .response
+    .on_hover_text(help);
+}
