@@ -27,7 +27,10 @@ pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
     }
-    hook::set_thread_traced(false); // the UI thread
+    // Only the scenarios' threads are watched: they opt in (heaplens_sample_apps spawns its
+    // threads traced); the UI's threads, the toolkit's and ours stay out of the picture.
+    hook::trace_new_threads(false);
+    hook::set_thread_traced(false);
     let rx = collector::subscribe(
         Config {
             lossless: false,
@@ -68,6 +71,7 @@ pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
 
 /// Runs the scenarios one after another, over and over, until the window closes.
 fn workload(chosen: &[&'static Scenario]) {
+    hook::set_thread_traced(true);
     let mark = |label: &str| hook::mark(label);
     while !STOP.load(Ordering::Relaxed) {
         for s in chosen {

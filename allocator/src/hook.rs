@@ -154,6 +154,10 @@ pub fn set_thread_traced(on: bool) {
     // SAFETY: the calling thread's own heap.
     unsafe {
         let was = (*heap).traced.load(Relaxed);
+        if !on && was && enabled() {
+            // The viewer shows the heap as gone from here on.
+            emit(heap, EventKind::ThreadExit, 0, 0, (*heap).id, 0, 0);
+        }
         if !on {
             flush_thread(heap);
         }
@@ -412,15 +416,23 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
 #[inline]
 pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
     let mut heap = heap::default_heap();
+    let mut late = false;
     if heap == heap::EMPTY_HEAP_PTR {
-        // A thread that frees before it ever allocated: give it a heap so its frees are seen.
+        // A thread that frees before it ever allocated, or after its exit (the C library's
+        // cleanup): give it a heap so the free is seen; after exit, only for this free.
+        late = crate::init::thread_exited();
         heap = crate::init::thread_init();
         if heap.is_null() {
             return;
         }
     }
     // SAFETY: the calling thread's heap.
-    unsafe { emit(heap, EventKind::Free, flags, 0, 0, p as usize, 0) };
+    unsafe {
+        emit(heap, EventKind::Free, flags, 0, 0, p as usize, 0);
+        if late {
+            crate::init::finish_late_heap(heap);
+        }
+    }
 }
 
 /// Records the calling thread's name (`prctl(PR_GET_NAME)`: a system call, no allocation).

@@ -65,6 +65,26 @@ extern "C" fn show_stats_at_exit() {
 }
 
 static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(1);
+
+std::thread_local! {
+    /// Set once the thread's heap went away at thread exit (later frees come from the C
+    /// library's own cleanup).
+    static EXITED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is past its exit (its heap was abandoned).
+pub(crate) fn thread_exited() -> bool {
+    EXITED.with(core::cell::Cell::get)
+}
+
+/// Ends a heap made after the thread's exit (for a late free that must still be recorded): it
+/// is abandoned again at once, so it never lingers as a live thread.
+///
+/// # Safety
+/// `heap` is the calling thread's current heap.
+pub(crate) unsafe fn finish_late_heap(heap: *mut Heap) {
+    thread_done(heap.cast());
+}
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// Number of threads with a live heap.
@@ -169,6 +189,7 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
         heap::set_default_heap(EMPTY_HEAP_PTR);
         pool_free(heap);
     }
+    EXITED.with(|e| e.set(true));
     THREADS.fetch_sub(1, Relaxed);
 }
 

@@ -60,7 +60,12 @@ where
 {
     thread::Builder::new()
         .name(name)
-        .spawn_scoped(s, f)
+        .spawn_scoped(s, move || {
+            // Watched when heaplens is this process's allocator and only chosen threads are
+            // traced (`heaplens demo`); nothing otherwise.
+            heaplens_alloc::hook::set_thread_traced(true);
+            f();
+        })
         .expect("spawn a thread")
 }
 

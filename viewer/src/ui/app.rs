@@ -1,8 +1,6 @@
 //! The app: a source, the UI state, and the frame layout. Panels draw from the [`View`] and
 //! return what the user asked for; the app applies it after drawing.
 
-use std::time::Instant;
-
 use eframe::egui::{self, Color32, RichText};
 
 use super::{event_log, heaps, inspector, occupancy, overview, segment_map, style, timeline};
@@ -92,7 +90,6 @@ pub struct App {
     what: String,
     /// The UI state.
     pub state: UiState,
-    last_frame: Option<Instant>,
 }
 
 impl App {
@@ -106,7 +103,6 @@ impl App {
             source,
             what: what.into(),
             state,
-            last_frame: None,
         }
     }
 
@@ -127,11 +123,8 @@ impl App {
 
     /// Draws one frame into `ui` (the whole window).
     pub fn draw(&mut self, ui: &mut egui::Ui) {
-        let now = Instant::now();
-        let dt = self
-            .last_frame
-            .map_or(0.0, |t| now.duration_since(t).as_secs_f64().min(0.25));
-        self.last_frame = Some(now);
+        // egui's frame time: real in a window, fixed in tests.
+        let dt = f64::from(ui.input(|i| i.stable_dt)).clamp(0.0, 0.25);
         let mut action = None;
         match &mut self.source {
             Source::Replay(r) => {

@@ -40,16 +40,22 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                     .collect()
             };
             let c = style::state_color;
-            p.line(Line::new("free", series(&|s| s.free_blocks)).color(c(BlockState::Free)));
-            p.line(
+            style::add_line(
+                p,
+                Line::new("free", series(&|s| s.free_blocks)).color(c(BlockState::Free)),
+            );
+            style::add_line(
+                p,
                 Line::new("local_free", series(&|s| s.local_free_blocks))
                     .color(c(BlockState::LocalFree)),
             );
-            p.line(
+            style::add_line(
+                p,
                 Line::new("thread_free", series(&|s| s.thread_free_blocks))
                     .color(c(BlockState::ThreadFree)),
             );
-            p.line(
+            style::add_line(
+                p,
                 Line::new("full pages", series(&|s| s.full_pages)).color(c(BlockState::Delayed)),
             );
             if full.is_some() {

@@ -26,12 +26,23 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
     let h = ((ui.available_height() - 30.0) / 2.0).max(120.0);
     let w = (ui.available_width() / 2.0 - 8.0).max(200.0);
     let link = ui.make_persistent_id("overview-time");
+    let span = samples
+        .last()
+        .map_or(1.0, |s| s.time as f64 / 1e9)
+        .max(1e-9);
     let decorate = |plot_ui: &mut egui_plot::PlotUi<'_>, top: f64| {
+        // Labels are kept apart (a fifth of the time axis) and short; every marker keeps its
+        // line, and the timeline lists them all.
+        let mut last_label = f64::NEG_INFINITY;
         for m in markers {
             let x = m.time as f64 / 1e9;
             plot_ui.vline(VLine::new("", x).color(style::MARKER));
+            if x - last_label < span / 5.0 {
+                continue;
+            }
+            last_label = x;
             plot_ui.text(
-                Text::new("", PlotPoint::new(x, top), m.label.as_str())
+                Text::new("", PlotPoint::new(x, top), short_label(&m.label))
                     .color(style::MARKER)
                     .anchor(egui::Align2::LEFT_TOP),
             );
@@ -61,18 +72,22 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                 .include_y(0.0)
                 .show(ui, |p| {
                     let mib = |b: u64| b as f64 / MIB;
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("committed", series(&|s| mib(s.committed_bytes)))
                             .color(style::COMMITTED),
                     );
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("page capacity", series(&|s| mib(s.page_capacity_bytes)))
                             .color(style::CAPACITY),
                     );
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("blocks", series(&|s| mib(s.block_bytes))).color(style::BLOCKS),
                     );
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("requested", series(&|s| mib(s.requested_bytes)))
                             .color(style::REQUESTED),
                     );
@@ -93,15 +108,18 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                 .include_y(100.0)
                 .show(ui, |p| {
                     let pc = |f: f64| f * 100.0;
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("internal", series(&|s| pc(s.internal_fragmentation())))
                             .color(style::REQUESTED),
                     );
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("page", series(&|s| pc(s.page_fragmentation())))
                             .color(style::BLOCKS),
                     );
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("segment", series(&|s| pc(s.segment_fragmentation())))
                             .color(style::CAPACITY),
                     );
@@ -133,8 +151,8 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                     let pts = |i: usize| -> PlotPoints<'static> {
                         rates.iter().map(|r| [r[0], r[i]]).collect()
                     };
-                    p.line(Line::new("allocs/s", pts(1)).color(style::BLOCKS));
-                    p.line(Line::new("frees/s", pts(2)).color(style::REQUESTED));
+                    style::add_line(p, Line::new("allocs/s", pts(1)).color(style::BLOCKS));
+                    style::add_line(p, Line::new("frees/s", pts(2)).color(style::REQUESTED));
                     decorate(p, top);
                 });
         });
@@ -149,7 +167,8 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                 .link_axis(link, [true, false])
                 .include_y(0.0)
                 .show(ui, |p| {
-                    p.line(
+                    style::add_line(
+                        p,
                         Line::new("threads", series(&|s| f64::from(s.threads)))
                             .color(Color32::from_rgb(0xc8, 0x5c, 0xd6)),
                     );
@@ -211,4 +230,15 @@ fn figures(ui: &mut egui::Ui, s: &Sample) {
             "Threads with a live heap",
         );
     });
+}
+
+/// A marker label cut to fit beside its line.
+fn short_label(label: &str) -> String {
+    const MAX: usize = 28;
+    if label.chars().count() <= MAX {
+        label.to_owned()
+    } else {
+        let cut: String = label.chars().take(MAX - 3).collect();
+        format!("{cut}...")
+    }
 }

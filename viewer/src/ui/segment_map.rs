@@ -1,6 +1,6 @@
 //! The segment map: one row per segment, its pages as tiles whose width is proportional to
-//! their size (every segment row is as wide as 64 small pages), coloured by page kind, darker the
-//! emptier. Hover a tile for the page's summary, click it to open the page inspector; zoom with
+//! their size (every segment row is as wide as 64 small pages), coloured by page kind and filled
+//! from the bottom by the share of blocks in use. Hover a tile for the page's summary, click it to open the page inspector; zoom with
 //! the slider or ctrl + scroll, pan by scrolling.
 
 use eframe::egui::{self, Color32, RichText, Sense, Stroke, StrokeKind, vec2};
@@ -46,8 +46,10 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut UiState) {
             "unused",
             "A page no heap uses now",
         );
-        ui.label(RichText::new("darker = emptier").weak())
-            .on_hover_text("A tile's brightness is the share of its blocks in use");
+        ui.label(RichText::new("bright part = blocks in use").weak())
+            .on_hover_text(
+                "Each page tile fills from the bottom with the share of its blocks in use",
+            );
     });
     let zoom = ui.input(|i| {
         if i.modifiers.ctrl {

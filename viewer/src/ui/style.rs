@@ -70,7 +70,7 @@ pub fn tile_color(kind: PageKind, fill: f32, in_use: bool) -> Color32 {
         return Color32::from_gray(0x2a);
     }
     let base = kind_color(kind);
-    let f = 0.25 + 0.75 * fill.clamp(0.0, 1.0);
+    let f = 0.35 + 0.65 * fill.clamp(0.0, 1.0);
     Color32::from_rgb(
         (f32::from(base.r()) * f) as u8,
         (f32::from(base.g()) * f) as u8,
@@ -120,4 +120,10 @@ pub fn figure(ui: &mut Ui, caption: &str, value: &str, help: &str) {
     })
     .response
     .on_hover_text(help);
+}
+
+/// Adds a time series to a plot. Our series are already bounded (the model decimates them), so
+/// they are drawn as lines, never aggregated into bands.
+pub fn add_line<'a>(p: &mut egui_plot::PlotUi<'a>, line: egui_plot::Line<'a>) {
+    p.line(line.allow_band(false));
 }

@@ -130,12 +130,17 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
         egui::Sense::hover(),
     );
     let p = ui.painter();
+    let mut label_end = f32::NEG_INFINITY;
     for m in markers {
         let x = rect.left() + rect.width() * (m.time as f32 / duration as f32);
         p.line_segment(
             [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
             egui::Stroke::new(2.0, style::MARKER),
         );
+        if x < label_end {
+            continue; // no room for its label: the line is enough (hover lists all)
+        }
+        label_end = x + 8.0 + 6.0 * m.label.len() as f32;
         p.text(
             egui::pos2(x + 2.0, rect.center().y),
             egui::Align2::LEFT_CENTER,
@@ -144,7 +149,14 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
             style::MARKER,
         );
     }
-    resp.on_hover_text("User markers (heaplens_alloc::hook::mark, hl_mark)");
+    let list: Vec<String> = markers
+        .iter()
+        .map(|m| format!("{}  {}", seconds(m.time), m.label))
+        .collect();
+    resp.on_hover_text(format!(
+        "User markers (heaplens_alloc::hook::mark, hl_mark):\n{}",
+        list.join("\n")
+    ));
 }
 
 /// Carries out `a`.

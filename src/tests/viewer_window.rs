@@ -1,0 +1,152 @@
+//! The viewer in a real window: `heaplens view`, `heaplens run` and `heaplens demo` under Xvfb
+//! (a virtual X display; `.ci/run` installs it), and the one-sentence answer without a display.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn heaplens() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_heaplens"));
+    c.env(
+        "HEAPLENS_PRELOAD",
+        root().join("target/release/libheaplens.so"),
+    );
+    c
+}
+
+/// A virtual display, stopped when dropped.
+struct Display {
+    server: Child,
+    name: String,
+}
+
+impl Display {
+    fn start(number: u32) -> Display {
+        let name = format!(":{number}");
+        let server = Command::new("Xvfb")
+            .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
+        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "Xvfb did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Display { server, name }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Runs `cmd` on `display` for `secs`; returns whether it was still running (the window stayed
+/// open), and its stderr.
+fn runs_for(mut cmd: Command, display: &Display, secs: u64) -> (bool, String) {
+    let mut child = cmd
+        .env("DISPLAY", &display.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut alive = true;
+    while start.elapsed() < Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            alive = false;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (alive, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn trace(name: &str) -> PathBuf {
+    root().join("assets/traces").join(name)
+}
+
+#[test]
+fn without_a_display_heaplens_says_so_and_points_to_record_and_stats() {
+    for args in [vec!["demo"], vec!["view", "assets/traces/leak.hltrace"]] {
+        let out = heaplens()
+            .args(&args)
+            .current_dir(root())
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("no display"), "{args:?}: {err}");
+        assert!(err.contains("heaplens record") && err.contains("heaplens stats"));
+        assert_eq!(err.lines().count(), 1, "one sentence: {err}");
+    }
+}
+
+#[test]
+fn view_opens_a_window_on_a_trace() {
+    let display = Display::start(91);
+    let mut cmd = heaplens();
+    cmd.arg("view").arg(trace("producer-consumer.hltrace"));
+    let (alive, err) = runs_for(cmd, &display, 4);
+    assert!(alive, "the viewer stays open: {err}");
+}
+
+#[test]
+fn demo_opens_a_window_and_runs_the_scenarios() {
+    let display = Display::start(92);
+    let mut cmd = heaplens();
+    cmd.arg("demo").arg("leak");
+    let (alive, err) = runs_for(cmd, &display, 5);
+    assert!(alive, "the demo stays open: {err}");
+}
+
+#[test]
+fn run_watches_a_program_and_records_it() {
+    let dir = std::env::temp_dir().join(format!("heaplens-test-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("known_counts");
+    let ok = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(root().join("sample-apps/c/known_counts.c"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = dir.join("run.hltrace");
+    let display = Display::start(93);
+    let mut cmd = heaplens();
+    cmd.arg("run").arg("--record").arg(&out).arg("--").arg(&exe);
+    // The program exits at once; the window stays open on what it did.
+    let (alive, err) = runs_for(cmd, &display, 4);
+    assert!(
+        alive,
+        "the viewer stays open after the program exits: {err}"
+    );
+    let stats = heaplens()
+        .args(["stats", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("a complete trace");
+    assert_eq!(s["exit"]["code"], 3);
+    assert_eq!(s["complete"], true);
+    assert!(s["allocs"].as_u64().unwrap() >= 1200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
