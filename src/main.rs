@@ -3,6 +3,7 @@
 //! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
 //! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
 //! - `heaplens view FILE`: replay a recorded trace in the viewer.
+//! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 
@@ -56,6 +57,13 @@ enum Cmd {
         )]
         command: Vec<OsString>,
     },
+    /// Take a guided tour of a scenario's recording (fragmentation, producer-consumer,
+    /// thread-churn, server, leak, large, c-program).
+    Learn {
+        /// The scenario.
+        #[arg(default_value = "fragmentation")]
+        scenario: String,
+    },
     /// Replay a recorded trace in the viewer.
     View {
         /// The trace file.
@@ -91,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::Demo { name } => demo::run(name.as_deref()),
         Cmd::Run { record, command } => run::run(record.as_deref(), &command),
         Cmd::View { file } => run::view(&file),
+        Cmd::Learn { scenario } => run::learn(&scenario),
         Cmd::Record { output, command } => record::run(&output, &command),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
     };

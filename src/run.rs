@@ -167,3 +167,32 @@ pub fn view(file: &PathBuf) -> Result<i32, Box<dyn std::error::Error>> {
     ui::run(App::new(Source::Replay(Box::new(replay)), name))?;
     Ok(0)
 }
+
+/// `heaplens learn [SCENARIO]`: the recorded scenario with its guided tour, from the recordings
+/// built into heaplens (no files, nothing to run).
+pub fn learn(scenario: &str) -> Result<i32, Box<dyn std::error::Error>> {
+    let Some(tour) = heaplens_viewer::teach::tour(scenario) else {
+        let names: Vec<_> = heaplens_viewer::teach::TOURS
+            .iter()
+            .map(|t| t.scenario)
+            .collect();
+        return Err(format!(
+            "no tour named {scenario:?}; there are: {}",
+            names.join(", ")
+        )
+        .into());
+    };
+    if !ui::display_available() {
+        return Err(crate::NO_DISPLAY.into());
+    }
+    let path = heaplens_viewer::teach::trace_file(scenario)?;
+    let replay = heaplens_viewer::source::Replay::open(&path)?;
+    let app = App::new(
+        Source::Replay(Box::new(replay)),
+        format!("tour: {}", tour.title),
+    )
+    .with_tour(scenario);
+    ui::run(app)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(0)
+}

@@ -4,7 +4,7 @@
 //! `cross_thread_frees`, `reallocs`, `threads`, `duration_s`, `peak_committed_bytes`,
 //! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
-//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`),
+//! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`), `insights` (each `kind`, `text`),
 //! `dropped_events`, `dropped_reasons`,
 //! `complete`, `damage`, `exit`.
 
@@ -40,6 +40,11 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     }
     model.finish();
     let totals = model.totals();
+    let exited = matches!(
+        reader.end_info().map(|e| e.status),
+        Some(ExitStatus::Code(_) | ExitStatus::Signal(_))
+    );
+    let found = heaplens_viewer::insights::insights(&model, exited);
     let end = model.current();
     let peak = model
         .metrics()
@@ -86,6 +91,10 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         "markers": model.metrics().markers().iter().map(|m| json!({
             "time_s": round3(m.time as f64 / 1e9),
             "label": m.label,
+        })).collect::<Vec<_>>(),
+        "insights": found.iter().map(|i| json!({
+            "kind": i.kind.title(),
+            "text": i.text,
         })).collect::<Vec<_>>(),
         "dropped_events": totals.dropped,
         "dropped_reasons": drop_reason::names(totals.drop_reasons).collect::<Vec<_>>(),
@@ -156,6 +165,12 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 b(u64::try_from(g.totals.held_bytes).unwrap_or(0)).to_string(),
                 g.totals.pages
             );
+        }
+    }
+    if !found.is_empty() {
+        println!("insights at end:");
+        for i in &found {
+            println!("  - {}: {}", i.kind.title(), i.text);
         }
     }
     Ok(())

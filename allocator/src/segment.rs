@@ -455,6 +455,10 @@ pub(crate) fn cache_expire(now: u64) {
     for &(addr, size) in &expired[..n] {
         // SAFETY: cached segments are whole, unregistered mappings that nothing references.
         unsafe { os::free(addr as *mut u8, size, 0) };
+        if hook::enabled() {
+            // The segment's memory leaves the process: the viewer stops counting it as cached.
+            hook::emit_current(EventKind::OsPurge, 0, 0, 0, addr, size as u64);
+        }
     }
 }
 

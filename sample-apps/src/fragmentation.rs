@@ -89,7 +89,7 @@ pub(crate) fn run(p: &Params) {
     for (j, b) in others.into_iter().enumerate() {
         check(&b, (n + j) as u64);
     }
-    p.settle(Duration::from_millis(30));
+    p.settle(Duration::from_millis(150));
     p.mark("phase: done, empty pages purged");
     p.pause(2.0);
 }

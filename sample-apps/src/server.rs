@@ -77,7 +77,7 @@ pub(crate) fn run(p: &Params) {
         }
     }
     assert!(live > 0);
-    p.settle(std::time::Duration::from_millis(30));
+    p.settle(std::time::Duration::from_millis(150));
     p.mark("phase: done");
     p.pause(1.0);
 }

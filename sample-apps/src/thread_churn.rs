@@ -72,7 +72,7 @@ pub(crate) fn run(p: &Params) {
     for (tag, b) in rest {
         check(&b, tag);
     }
-    p.settle(std::time::Duration::from_millis(30));
+    p.settle(std::time::Duration::from_millis(150));
     p.mark("phase: done");
     p.pause(1.0);
 }

@@ -3,7 +3,9 @@
 //! benchmarked on its own; the UI only draws from it.
 
 pub mod describe;
+pub mod insights;
 pub mod model;
 pub mod source;
+pub mod teach;
 pub mod trace;
 pub mod ui;

@@ -31,6 +31,8 @@ pub struct Heap {
     pub allocs: u64,
     /// Program `Free` events in its buffer.
     pub frees: u64,
+    /// Of those, frees of blocks of pages another heap owns (cross-thread).
+    pub cross_frees: u64,
     /// A marker label still being assembled (`MORE`).
     #[serde(skip)]
     pub(crate) pending_mark: Vec<u8>,

@@ -100,6 +100,9 @@ pub struct Marker {
     pub heap: u32,
     /// Label.
     pub label: String,
+    /// Events applied up to and including the marker's (in a replay: the trace position just
+    /// after it).
+    pub event: u64,
 }
 
 /// Sampled time series and markers.

@@ -143,6 +143,9 @@ pub struct Model {
     #[serde(skip)]
     pending_mark: Vec<u8>,
     auto_resync: bool,
+    /// Freed segments the allocator keeps mapped in its cache, `(base, bytes)`, until it reuses
+    /// or unmaps them (an `OsPurge` of the segment).
+    cached: Vec<(u64, u64)>,
 }
 
 impl Default for Model {
@@ -172,6 +175,7 @@ impl Model {
             clock_sync: None,
             pending_mark: Vec::new(),
             auto_resync: true,
+            cached: Vec::new(),
         }
     }
 
@@ -254,6 +258,9 @@ impl Model {
             PAGE_RECLAIM => self.on_page_reclaim(heap, ev),
             SEGMENT_ALLOC => self.on_segment_alloc(heap, ev),
             SEGMENT_FREE => {
+                if ev.flags & flags::CACHED != 0 && self.cached.len() < 1024 {
+                    self.cached.push((ev.addr, ev.arg));
+                }
                 if let Some(si) = self.segs.find(ev.addr) {
                     let seg = self.remove_segment(si);
                     self.segs.bury(seg);
@@ -434,6 +441,9 @@ impl Model {
         }
         if let Some(h) = self.heaps.current_mut() {
             h.frees += 1;
+            if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 {
+                h.cross_frees += 1;
+            }
         }
         let Some((si, pi)) = located else {
             // Its segment is gone (a late free) or not announced yet (an early one).
@@ -563,6 +573,7 @@ impl Model {
         self.spill_page(si, pi);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
+            p.awaiting_purge = false;
             p.live.clear_lists();
             p.set_layout(ev.arg, kind);
             p.in_use = true;
@@ -583,6 +594,7 @@ impl Model {
     fn on_page_free(&mut self, heap: u32, ev: &Event) {
         if let Some((si, pi)) = self.segs.locate(ev.addr) {
             self.bulk(si, pi, |p| {
+                p.awaiting_purge = p.capacity > 0;
                 p.clear_owner_state();
                 p.last = LastEvent {
                     kind: ev.kind,
@@ -615,6 +627,7 @@ impl Model {
 
     fn on_segment_alloc(&mut self, heap: u32, ev: &Event) {
         self.totals.segments_allocated += 1;
+        self.cached.retain(|(b, _)| *b != ev.addr);
         if let Some(si) = self.segs.find(ev.addr) {
             // Its free was lost.
             let old = self.remove_segment(si);
@@ -690,9 +703,22 @@ impl Model {
 
     fn on_os(&mut self, ev: &Event) {
         let Some(si) = self.segs.find(segment_base(ev.addr)) else {
+            if ev.kind == OS_PURGE {
+                self.cached.retain(|(b, _)| *b != ev.addr); // a cached segment unmapped
+            }
             return;
         };
         let seg = self.segs.get_mut(si);
+        if ev.kind == OS_PURGE {
+            let (from, to) = (ev.addr, ev.addr.saturating_add(ev.arg));
+            let page_bytes = 1u64 << seg.page_shift;
+            for p in &mut seg.pages {
+                let base = seg.base + u64::from(p.index) * page_bytes;
+                if base < to && base + page_bytes > from {
+                    p.awaiting_purge = false;
+                }
+            }
+        }
         let before = seg.purged;
         seg.purged = if ev.kind == OS_PURGE {
             seg.purged.saturating_add(ev.arg).min(seg.bytes)
@@ -720,6 +746,7 @@ impl Model {
                 time: ev.time,
                 heap,
                 label,
+                event: self.totals.events,
             });
         }
     }
@@ -736,6 +763,11 @@ impl Model {
 
     // ---------------------------------------------------------------------------------------
     // Queries
+
+    /// Freed segments still mapped in the allocator's cache: `(base, bytes)`.
+    pub fn cached_segments(&self) -> &[(u64, u64)] {
+        &self.cached
+    }
 
     /// The live segments.
     pub fn segments(&self) -> &Segments {

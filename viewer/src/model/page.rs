@@ -130,6 +130,9 @@ pub struct Page {
     pub has_aligned: bool,
     /// Owning heap id; 0 when abandoned or not in use.
     pub owner: u32,
+    /// The page was freed with blocks carved (its memory touched) and no purge has covered it
+    /// since: memory waiting to go back to the OS.
+    pub awaiting_purge: bool,
     /// The last event that touched the page.
     pub last: LastEvent,
     /// Live blocks of the current block size, by block number.

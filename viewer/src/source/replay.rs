@@ -140,13 +140,16 @@ impl Replay {
         Ok(())
     }
 
-    /// Advances play by `wall_seconds`.
-    pub fn tick(&mut self, wall_seconds: f64) -> Result<(), TraceError> {
+    /// Advances play by `wall_seconds`, but not past `until` (a time to stop at, if any).
+    pub fn tick(&mut self, wall_seconds: f64, until: Option<u64>) -> Result<(), TraceError> {
         if !self.playing {
             return Ok(());
         }
         let step = (wall_seconds * self.speed * 1e9) as u64;
-        let target = self.time().saturating_add(step.max(1));
+        let target = self
+            .time()
+            .saturating_add(step.max(1))
+            .min(until.unwrap_or(u64::MAX));
         self.seek_time(target)?;
         if self.position() >= self.total {
             self.playing = false;
@@ -177,8 +180,17 @@ impl Replay {
         let Some(m) = m.cloned() else {
             return Ok(None);
         };
-        self.seek_time(m.time)?;
+        self.seek_marker(&m)?;
         Ok(Some(m.label))
+    }
+
+    /// Moves to just after the event of marker `m`: the state the program marked.
+    pub fn seek_marker(&mut self, m: &Marker) -> Result<(), TraceError> {
+        if m.event > 0 && m.event <= self.total {
+            self.seek_event(m.event)
+        } else {
+            self.seek_time(m.time)
+        }
     }
 
     /// Moves to the first event at or after `time` (ns), inclusive of every event before it.

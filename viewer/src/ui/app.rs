@@ -3,6 +3,7 @@
 
 use eframe::egui::{self, Color32, RichText};
 
+use super::learn::{self, TourState};
 use super::{event_log, heaps, inspector, occupancy, overview, segment_map, style, timeline};
 use crate::model::Metrics;
 use crate::source::{Live, Replay, Status, View};
@@ -69,6 +70,8 @@ pub struct UiState {
     pub tile: f32,
     /// The last error to show (a damaged trace, a failed seek).
     pub error: Option<String>,
+    /// Whether the Learn panel is open.
+    pub learn_open: bool,
 }
 
 impl Default for UiState {
@@ -79,6 +82,7 @@ impl Default for UiState {
             selected_heap: None,
             tile: 12.0,
             error: None,
+            learn_open: false,
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct App {
     what: String,
     /// The UI state.
     pub state: UiState,
+    /// The guided tour being taken.
+    pub tour: Option<TourState>,
 }
 
 impl App {
@@ -103,7 +109,16 @@ impl App {
             source,
             what: what.into(),
             state,
+            tour: None,
         }
+    }
+
+    /// Offers the tour of `scenario` (when the source is its recording) and opens the Learn
+    /// panel on it.
+    pub fn with_tour(mut self, scenario: &str) -> Self {
+        self.tour = crate::teach::tour(scenario).map(|tour| TourState { tour, step: None });
+        self.state.learn_open = true;
+        self
     }
 
     /// The window title.
@@ -126,10 +141,16 @@ impl App {
         // egui's frame time: real in a window, fixed in tests.
         let dt = f64::from(ui.input(|i| i.stable_dt)).clamp(0.0, 0.25);
         let mut action = None;
+        let learn_action;
         match &mut self.source {
             Source::Replay(r) => {
-                if let Err(e) = r.tick(dt) {
+                let next_step = next_step_time(r, self.tour);
+                let was_playing = r.is_playing();
+                if let Err(e) = r.tick(dt, next_step) {
                     self.state.error = Some(e.to_string());
+                }
+                if was_playing {
+                    pause_at_step(r, &mut self.tour, &mut self.state);
                 }
                 if r.is_playing() {
                     ui.ctx().request_repaint();
@@ -138,19 +159,108 @@ impl App {
                 egui::Panel::bottom("timeline").show(ui, |ui| {
                     action = timeline::draw(ui, r);
                 });
-                draw_frame(ui, view, Some(full), &self.what, &mut self.state);
+                let exited = r.exit().is_some() && r.position() >= r.total_events();
+                learn_action = draw_frame(
+                    ui,
+                    view,
+                    Some(full),
+                    &self.what,
+                    &mut self.state,
+                    self.tour,
+                    exited,
+                );
             }
             Source::Live(l) => {
                 ui.ctx()
                     .request_repaint_after(std::time::Duration::from_millis(50));
                 let view = l.view();
-                draw_frame(ui, &view, None, &self.what, &mut self.state);
+                let exited = matches!(view.status, crate::source::Status::Exited(_));
+                learn_action = draw_frame(
+                    ui,
+                    &view,
+                    None,
+                    &self.what,
+                    &mut self.state,
+                    self.tour,
+                    exited,
+                );
             }
         }
         if let (Some(a), Source::Replay(r)) = (action, &mut self.source)
             && let Err(e) = timeline::apply(r, a)
         {
             self.state.error = Some(e.to_string());
+        }
+        if let Some(a) = learn_action {
+            self.learn(a);
+        }
+    }
+
+    /// Carries out a Learn panel action.
+    pub fn learn(&mut self, a: learn::Action) {
+        match a {
+            learn::Action::OpenTour(scenario) => {
+                match crate::teach::trace_file(scenario).and_then(|p| {
+                    Replay::open(&p).map_err(|e| std::io::Error::other(e.to_string()))
+                }) {
+                    Ok(r) => {
+                        self.source = Source::Replay(Box::new(r));
+                        self.what = format!("tour: {scenario}");
+                        self.state.selected_page = None;
+                        self.tour =
+                            crate::teach::tour(scenario).map(|tour| TourState { tour, step: None });
+                        self.learn(learn::Action::Step(0));
+                    }
+                    Err(e) => self.state.error = Some(e.to_string()),
+                }
+            }
+            learn::Action::Step(i) => {
+                let (Some(t), Source::Replay(r)) = (self.tour.as_mut(), &mut self.source) else {
+                    return;
+                };
+                let Some(step) = t.tour.steps.get(i) else {
+                    return;
+                };
+                t.step = Some(i);
+                let at = learn::step_marker(r.markers(), step.marker).cloned();
+                let moved = r.set_playing(false).and_then(|()| match at {
+                    Some(m) => r.seek_marker(&m),
+                    None => Ok(()),
+                });
+                if let Err(e) = moved {
+                    self.state.error = Some(e.to_string());
+                }
+                learn::show(&mut self.state, r.view(), step.place, step.example);
+            }
+            learn::Action::PlayToNext => {
+                if let Source::Replay(r) = &mut self.source
+                    && let Err(e) = r.set_playing(true)
+                {
+                    self.state.error = Some(e.to_string());
+                }
+            }
+            learn::Action::Show(place, example) => {
+                let state = &mut self.state;
+                match &self.source {
+                    Source::Replay(r) => learn::show(state, r.view(), place, example),
+                    Source::Live(l) => learn::show(state, &l.view(), place, example),
+                }
+            }
+            learn::Action::Insight(target) => {
+                use crate::insights::Target;
+                match target {
+                    Target::Page(p) => {
+                        self.state.tab = Tab::Segments;
+                        self.state.selected_page = Some(p);
+                    }
+                    Target::Heap(h) => {
+                        self.state.tab = Tab::Heaps;
+                        self.state.selected_heap = Some(h);
+                    }
+                    Target::FreeLists => self.state.tab = Tab::FreeLists,
+                    Target::Overview => self.state.tab = Tab::Overview,
+                }
+            }
         }
     }
 }
@@ -161,13 +271,45 @@ impl eframe::App for App {
     }
 }
 
+/// The time of the tour's next step, where play stops.
+fn next_step_time(r: &Replay, tour: Option<TourState>) -> Option<u64> {
+    let t = tour?;
+    let step = t.tour.steps.get(t.step.map_or(0, |i| i + 1))?;
+    learn::step_time(r.markers(), step.marker)
+}
+
+/// When play reached the tour's next step, pauses there and shows that step.
+fn pause_at_step(r: &mut Replay, tour: &mut Option<TourState>, state: &mut UiState) {
+    let Some(t) = tour.as_mut() else {
+        return;
+    };
+    let next = t.step.map_or(0, |i| i + 1);
+    let Some(step) = t.tour.steps.get(next) else {
+        return;
+    };
+    let Some(m) = learn::step_marker(r.markers(), step.marker).cloned() else {
+        return;
+    };
+    if r.time() >= m.time {
+        let paused = r.set_playing(false).and_then(|()| r.seek_marker(&m));
+        if let Err(e) = paused {
+            state.error = Some(e.to_string());
+        }
+        t.step = Some(next);
+        learn::show(state, r.view(), step.place, step.example);
+    }
+}
+
 fn draw_frame(
     ui: &mut egui::Ui,
     view: &View,
     full: Option<&Metrics>,
     what: &str,
     state: &mut UiState,
-) {
+    tour: Option<TourState>,
+    exited: bool,
+) -> Option<learn::Action> {
+    let mut action = None;
     egui::Panel::top("header").show(ui, |ui| {
         ui.horizontal(|ui| {
             ui.label(RichText::new("heaplens").size(20.0).strong());
@@ -178,9 +320,22 @@ fn draw_frame(
                 ui.selectable_value(&mut state.tab, tab, name)
                     .on_hover_text(help);
             }
+            ui.separator();
+            ui.toggle_value(&mut state.learn_open, "Learn")
+                .on_hover_text(
+                    "Guided tours of the scenarios, the glossary, and insights found in this heap",
+                );
         });
     });
     egui::Panel::bottom("status").show(ui, |ui| status_line(ui, view, state));
+    if state.learn_open {
+        egui::Panel::left("learn")
+            .default_size(330.0)
+            .min_size(260.0)
+            .show(ui, |ui| {
+                action = learn::draw(ui, view, tour, exited);
+            });
+    }
     if let Some(addr) = state.selected_page {
         egui::Panel::right("inspector")
             .default_size(340.0)
@@ -198,6 +353,7 @@ fn draw_frame(
         Tab::FreeLists => occupancy::draw(ui, view, full),
         Tab::Events => event_log::draw(ui, view),
     });
+    action
 }
 
 fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {

@@ -5,6 +5,7 @@ pub mod app;
 mod event_log;
 mod heaps;
 mod inspector;
+pub mod learn;
 mod occupancy;
 mod overview;
 mod segment_map;

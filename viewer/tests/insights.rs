@@ -1,0 +1,64 @@
+//! Each insight fires on the scenario built to trigger it and stays quiet on the others. The
+//! model is checked at every marker of each scenario's recorded trace and at its end.
+//!
+//! `server` is the mixed, larson-like scenario: generations of workers exit while their blocks
+//! sit in shared slots, and it ends with a few long-lived blocks across many size classes, so
+//! "memory of exited threads" and "mostly empty pages" are true of it too; it must stay quiet
+//! on the other three.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use heaplens_viewer::insights::{Kind, insights};
+use heaplens_viewer::source::Replay;
+
+fn fired(scenario: &str) -> BTreeSet<&'static str> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/traces")
+        .join(format!("{scenario}.hltrace"));
+    let mut r = Replay::open(&path).unwrap();
+    let mut kinds = BTreeSet::new();
+    for i in insights(&r.view().model, r.exit().is_some()) {
+        kinds.insert(i.kind.title());
+    }
+    let times: Vec<u64> = r.markers().iter().map(|m| m.time).collect();
+    for t in times {
+        r.seek_time(t).unwrap();
+        for i in insights(&r.view().model, false) {
+            if std::env::var_os("HEAPLENS_SHOW_INSIGHTS").is_some() {
+                println!("{scenario} @ {t}: {}", i.text);
+            }
+            kinds.insert(i.kind.title());
+        }
+    }
+    kinds
+}
+
+#[test]
+fn each_insight_fires_on_its_scenario_and_only_there() {
+    use Kind::*;
+    // (scenario, must fire, may fire besides)
+    let expect: [(&str, &[Kind], &[Kind]); 7] = [
+        ("fragmentation", &[MostlyEmptyPages], &[]),
+        ("producer-consumer", &[CrossThreadFrees], &[]),
+        ("thread-churn", &[AbandonedMemory], &[]),
+        ("server", &[], &[AbandonedMemory, MostlyEmptyPages]),
+        ("leak", &[LeaksAtExit], &[]),
+        ("large", &[PurgePending], &[]),
+        ("c-program", &[], &[]),
+    ];
+    let mut report = Vec::new();
+    for (scenario, must, may) in expect {
+        let got = fired(scenario);
+        for k in Kind::ALL {
+            let fired = got.contains(k.title());
+            if must.contains(&k) && !fired {
+                report.push(format!("{scenario}: {:?} did not fire", k.title()));
+            }
+            if fired && !must.contains(&k) && !may.contains(&k) {
+                report.push(format!("{scenario}: {:?} fired", k.title()));
+            }
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
+}
