@@ -17,10 +17,19 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Runs the demo until the window closes.
 pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
+    if name == Some("c-program") {
+        // The C scenario runs as its own process, preloaded, watched over the socket.
+        let exe = heaplens_sample_apps::c_workload()
+            .ok_or("the C scenario was not built (no C compiler when heaplens was built)")?;
+        return crate::run::run(None, &[exe.into(), "400000".into()]);
+    }
     let chosen: Vec<&'static Scenario> = match name {
         Some(n) => vec![find(n).ok_or_else(|| {
             let names: Vec<_> = scenarios().iter().map(|s| s.name).collect();
-            format!("no scenario named {n:?}; there are: {}", names.join(", "))
+            format!(
+                "no scenario named {n:?}; there are: {}, c-program",
+                names.join(", ")
+            )
         })?],
         None => scenarios().iter().collect(),
     };
@@ -60,10 +69,15 @@ pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
         Some(n) => format!("demo: {n}"),
         None => "demo: every scenario in turn".to_owned(),
     };
-    std::thread::Builder::new()
-        .name("demo".into())
-        .spawn(move || workload(&chosen))?;
-    let app = App::new(Source::Live(Live::start(feed, "this process")), what);
+    std::thread::Builder::new().name("demo".into()).spawn({
+        let chosen = chosen.clone();
+        move || workload(&chosen)
+    })?;
+    let stories = chosen
+        .iter()
+        .map(|s| (s.name.to_owned(), s.title.to_owned(), s.story.to_owned()))
+        .collect();
+    let app = App::new(Source::Live(Live::start(feed, "this process")), what).with_stories(stories);
     ui::run(app)?;
     STOP.store(true, Ordering::Relaxed);
     Ok(0)

@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 
 pub use marker::{hl_mark, preloaded};
 
+/// The C scenario (`c/alloc_workload.c`, built by this crate's build script with the system C
+/// compiler): threads allocating mixed sizes and handing blocks to each other, run under
+/// `LD_PRELOAD`. Its argument is the steps per thread. None if no C compiler was found.
+pub fn c_workload() -> Option<&'static str> {
+    option_env!("HEAPLENS_C_WORKLOAD")
+}
+
 /// One scenario.
 pub struct Scenario {
     /// Short name, also the binary's name: `"fragmentation"`, `"producer-consumer"`, ...

@@ -25,24 +25,36 @@ struct Display {
 }
 
 impl Display {
-    fn start(number: u32) -> Display {
-        let name = format!(":{number}");
-        let server = Command::new("Xvfb")
-            .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+    /// A fresh display: Xvfb picks a free number and tells it (`-displayfd`), so tests running
+    /// at the same time (and other X servers) never collide.
+    fn start() -> Display {
+        use std::io::{BufRead, BufReader};
+        let mut server = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "Xvfb did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let number: u32 = line
+            .trim()
+            .parse()
+            .expect("Xvfb reports its display number");
+        Display {
+            server,
+            name: format!(":{number}"),
         }
-        Display { server, name }
     }
 }
 
@@ -100,7 +112,7 @@ fn without_a_display_heaplens_says_so_and_points_to_record_and_stats() {
 
 #[test]
 fn view_opens_a_window_on_a_trace() {
-    let display = Display::start(91);
+    let display = Display::start();
     let mut cmd = heaplens();
     cmd.arg("view").arg(trace("producer-consumer.hltrace"));
     let (alive, err) = runs_for(cmd, &display, 4);
@@ -109,7 +121,7 @@ fn view_opens_a_window_on_a_trace() {
 
 #[test]
 fn demo_opens_a_window_and_runs_the_scenarios() {
-    let display = Display::start(92);
+    let display = Display::start();
     let mut cmd = heaplens();
     cmd.arg("demo").arg("leak");
     let (alive, err) = runs_for(cmd, &display, 5);
@@ -130,7 +142,7 @@ fn run_watches_a_program_and_records_it() {
         .success();
     assert!(ok);
     let out = dir.join("run.hltrace");
-    let display = Display::start(93);
+    let display = Display::start();
     let mut cmd = heaplens();
     cmd.arg("run").arg("--record").arg(&out).arg("--").arg(&exe);
     // The program exits at once; the window stays open on what it did.
@@ -148,5 +160,39 @@ fn run_watches_a_program_and_records_it() {
     assert_eq!(s["exit"]["code"], 3);
     assert_eq!(s["complete"], true);
     assert!(s["allocs"].as_u64().unwrap() >= 1200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_program_runs_on_when_the_viewer_goes_away() {
+    let dir = std::env::temp_dir().join(format!("heaplens-test-away-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let done = dir.join("done");
+    let display = Display::start();
+    let script = format!(
+        "i=0; while [ $i -lt 20 ]; do i=$((i+1)); x=$(echo $i); sleep 0.1; done; echo ok > {}",
+        done.display()
+    );
+    let mut viewer = heaplens()
+        .args(["run", "--", "sh", "-c", &script])
+        .env("DISPLAY", &display.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // Harsher than closing the window: the viewer dies while the program streams to it.
+    viewer.kill().unwrap();
+    viewer.wait().unwrap();
+    let start = Instant::now();
+    while !done.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::fs::read_to_string(&done).unwrap_or_default();
+    assert_eq!(
+        out.trim(),
+        "ok",
+        "the program finished its work after the viewer went away"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

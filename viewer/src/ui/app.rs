@@ -96,6 +96,9 @@ pub struct App {
     pub state: UiState,
     /// The guided tour being taken.
     pub tour: Option<TourState>,
+    /// Stories of workloads that announce themselves with a marker of their name (the demo):
+    /// `(name, title, story)`.
+    stories: Vec<(String, String, String)>,
 }
 
 impl App {
@@ -110,7 +113,16 @@ impl App {
             what: what.into(),
             state,
             tour: None,
+            stories: Vec::new(),
         }
+    }
+
+    /// Shows the story of the workload running now: the last marker naming one of `stories`
+    /// `(name, title, story)` says which. Opens the Learn panel, where it is shown.
+    pub fn with_stories(mut self, stories: Vec<(String, String, String)>) -> Self {
+        self.stories = stories;
+        self.state.learn_open = true;
+        self
     }
 
     /// Offers the tour of `scenario` (when the source is its recording) and opens the Learn
@@ -160,13 +172,14 @@ impl App {
                     action = timeline::draw(ui, r);
                 });
                 let exited = r.exit().is_some() && r.position() >= r.total_events();
+                let story = now_running(&self.stories, view);
                 learn_action = draw_frame(
                     ui,
                     view,
                     Some(full),
                     &self.what,
                     &mut self.state,
-                    self.tour,
+                    (self.tour, story),
                     exited,
                 );
             }
@@ -175,13 +188,14 @@ impl App {
                     .request_repaint_after(std::time::Duration::from_millis(50));
                 let view = l.view();
                 let exited = matches!(view.status, crate::source::Status::Exited(_));
+                let story = now_running(&self.stories, &view);
                 learn_action = draw_frame(
                     ui,
                     &view,
                     None,
                     &self.what,
                     &mut self.state,
-                    self.tour,
+                    (self.tour, story),
                     exited,
                 );
             }
@@ -271,6 +285,20 @@ impl eframe::App for App {
     }
 }
 
+/// The story of the workload the last marker announced.
+fn now_running<'a>(
+    stories: &'a [(String, String, String)],
+    view: &View,
+) -> Option<(&'a str, &'a str)> {
+    let markers = view.model.metrics().markers();
+    markers.iter().rev().find_map(|m| {
+        stories
+            .iter()
+            .find(|(name, _, _)| *name == m.label)
+            .map(|(_, title, story)| (title.as_str(), story.as_str()))
+    })
+}
+
 /// The time of the tour's next step, where play stops.
 fn next_step_time(r: &Replay, tour: Option<TourState>) -> Option<u64> {
     let t = tour?;
@@ -306,7 +334,7 @@ fn draw_frame(
     full: Option<&Metrics>,
     what: &str,
     state: &mut UiState,
-    tour: Option<TourState>,
+    (tour, story): (Option<TourState>, Option<(&str, &str)>),
     exited: bool,
 ) -> Option<learn::Action> {
     let mut action = None;
@@ -333,7 +361,7 @@ fn draw_frame(
             .default_size(330.0)
             .min_size(260.0)
             .show(ui, |ui| {
-                action = learn::draw(ui, view, tour, exited);
+                action = learn::draw(ui, view, tour, story, exited);
             });
     }
     if let Some(addr) = state.selected_page {

@@ -37,6 +37,7 @@ pub fn draw(
     ui: &mut egui::Ui,
     view: &View,
     tour: Option<TourState>,
+    story: Option<(&str, &str)>,
     exited: bool,
 ) -> Option<Action> {
     let mut action = None;
@@ -44,6 +45,12 @@ pub fn draw(
         .auto_shrink(false)
         .show(ui, |ui| {
             ui.heading("Learn");
+            if let Some((title, text)) = story {
+                ui.label(RichText::new("Running now").weak());
+                ui.label(RichText::new(title).strong().size(15.0));
+                ui.label(text);
+                ui.separator();
+            }
             if let Some(t) = tour {
                 tour_steps(ui, t, &mut action);
             } else {
