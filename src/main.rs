@@ -35,10 +35,23 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+/// The program heaplens starts: `-- CMD [ARGS...]`.
+#[derive(clap::Args)]
+struct Target {
+    /// The program and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Watch built-in scenarios live in the viewer (the default): all in turn, or one by name
-    /// (fragmentation, producer-consumer, thread-churn, server, leak, large).
+    /// (fragmentation, producer-consumer, thread-churn, server, leak, large, c-program).
     Demo {
         /// The scenario.
         name: Option<String>,
@@ -48,14 +61,8 @@ enum Cmd {
         /// Also record every event to this trace file.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
-        /// The program and its arguments.
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
-        command: Vec<OsString>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Take a guided tour of a scenario's recording (fragmentation, producer-consumer,
     /// thread-churn, server, leak, large, c-program).
@@ -74,14 +81,8 @@ enum Cmd {
         /// The trace file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
-        /// The program and its arguments.
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
-        command: Vec<OsString>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Summarise a recorded trace.
     Stats {
@@ -97,10 +98,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Cmd::Demo { name: None }) {
         Cmd::Demo { name } => demo::run(name.as_deref()),
-        Cmd::Run { record, command } => run::run(record.as_deref(), &command),
+        Cmd::Run { record, target } => run::run(record.as_deref(), &target.command),
         Cmd::View { file } => run::view(&file),
         Cmd::Learn { scenario } => run::learn(&scenario),
-        Cmd::Record { output, command } => record::run(&output, &command),
+        Cmd::Record { output, target } => record::run(&output, &target.command),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
     };
     match result {

@@ -2,47 +2,11 @@
 //! what the program did; the program's exit status is passed through; a program that crashes
 //! leaves a readable trace; damaged and foreign files give clear errors.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Once;
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::Path;
 
-/// Builds libheaplens.so next to the heaplens binary (once) and the C program.
-fn setup(dir: &Path) -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "heaplens-preload"])
-            .current_dir(root())
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "building libheaplens.so failed");
-    });
-    let exe = dir.join("known_counts");
-    let ok = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(root().join("sample-apps/c/known_counts.c"))
-        .status()
-        .expect("cc")
-        .success();
-    assert!(ok);
-    exe
-}
-
-fn heaplens() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_heaplens"));
-    // The binary finds libheaplens.so beside it only in a release build; say where it is.
-    c.env(
-        "HEAPLENS_PRELOAD",
-        root().join("target/release/libheaplens.so"),
-    );
-    c
-}
+use common::{heaplens, known_counts as setup, tempdir};
 
 /// `heaplens record -o trace -- exe args...`
 fn record(trace: &Path, exe: &Path, args: &[&str]) -> std::process::Output {
@@ -69,12 +33,6 @@ fn stats_json(trace: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("stats --json prints JSON")
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("heaplens-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

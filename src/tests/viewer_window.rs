@@ -1,22 +1,13 @@
 //! The viewer in a real window: `heaplens view`, `heaplens run` and `heaplens demo` under Xvfb
 //! (a virtual X display; `.ci/run` installs it), and the one-sentence answer without a display.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn heaplens() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_heaplens"));
-    c.env(
-        "HEAPLENS_PRELOAD",
-        root().join("target/release/libheaplens.so"),
-    );
-    c
-}
+use common::{heaplens, known_counts, root, tempdir};
 
 /// A virtual display, stopped when dropped.
 struct Display {
@@ -130,17 +121,8 @@ fn demo_opens_a_window_and_runs_the_scenarios() {
 
 #[test]
 fn run_watches_a_program_and_records_it() {
-    let dir = std::env::temp_dir().join(format!("heaplens-test-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("known_counts");
-    let ok = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(root().join("sample-apps/c/known_counts.c"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let dir = tempdir("run");
+    let exe = known_counts(&dir);
     let out = dir.join("run.hltrace");
     let display = Display::start();
     let mut cmd = heaplens();
@@ -165,8 +147,7 @@ fn run_watches_a_program_and_records_it() {
 
 #[test]
 fn the_program_runs_on_when_the_viewer_goes_away() {
-    let dir = std::env::temp_dir().join(format!("heaplens-test-away-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("away");
     let done = dir.join("done");
     let display = Display::start();
     let script = format!(

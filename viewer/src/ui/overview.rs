@@ -64,47 +64,36 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
                  in-use pages can hold · blocks: the blocks handed out · requested: what the \
                  program asked for",
             );
-            Plot::new("memory")
-                .height(h)
-                .width(w)
-                .legend(Legend::default())
-                .link_axis(link, [true, false])
-                .include_y(0.0)
-                .show(ui, |p| {
-                    let mib = |b: u64| b as f64 / MIB;
-                    style::add_line(
-                        p,
-                        Line::new("committed", series(&|s| mib(s.committed_bytes)))
-                            .color(style::COMMITTED),
-                    );
-                    style::add_line(
-                        p,
-                        Line::new("page capacity", series(&|s| mib(s.page_capacity_bytes)))
-                            .color(style::CAPACITY),
-                    );
-                    style::add_line(
-                        p,
-                        Line::new("blocks", series(&|s| mib(s.block_bytes))).color(style::BLOCKS),
-                    );
-                    style::add_line(
-                        p,
-                        Line::new("requested", series(&|s| mib(s.requested_bytes)))
-                            .color(style::REQUESTED),
-                    );
-                    decorate(p, top);
-                });
+            time_plot("memory", h, w, link).show(ui, |p| {
+                let mib = |b: u64| b as f64 / MIB;
+                style::add_line(
+                    p,
+                    Line::new("committed", series(&|s| mib(s.committed_bytes)))
+                        .color(style::COMMITTED),
+                );
+                style::add_line(
+                    p,
+                    Line::new("page capacity", series(&|s| mib(s.page_capacity_bytes)))
+                        .color(style::CAPACITY),
+                );
+                style::add_line(
+                    p,
+                    Line::new("blocks", series(&|s| mib(s.block_bytes))).color(style::BLOCKS),
+                );
+                style::add_line(
+                    p,
+                    Line::new("requested", series(&|s| mib(s.requested_bytes)))
+                        .color(style::REQUESTED),
+                );
+                decorate(p, top);
+            });
         });
         ui.vertical(|ui| {
             ui.label("Fragmentation (%)").on_hover_text(
                 "internal: block bytes not requested · page: page capacity not in blocks · \
                  segment: pages of small and medium segments not in use",
             );
-            Plot::new("fragmentation")
-                .height(h)
-                .width(w)
-                .legend(Legend::default())
-                .link_axis(link, [true, false])
-                .include_y(0.0)
+            time_plot("fragmentation", h, w, link)
                 .include_y(100.0)
                 .show(ui, |p| {
                     let pc = |f: f64| f * 100.0;
@@ -141,39 +130,27 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
         ui.vertical(|ui| {
             ui.label("Allocations and frees per second")
                 .on_hover_text("Rates between consecutive samples");
-            Plot::new("rates")
-                .height(h)
-                .width(w)
-                .legend(Legend::default())
-                .link_axis(link, [true, false])
-                .include_y(0.0)
-                .show(ui, |p| {
-                    let pts = |i: usize| -> PlotPoints<'static> {
-                        rates.iter().map(|r| [r[0], r[i]]).collect()
-                    };
-                    style::add_line(p, Line::new("allocs/s", pts(1)).color(style::BLOCKS));
-                    style::add_line(p, Line::new("frees/s", pts(2)).color(style::REQUESTED));
-                    decorate(p, top);
-                });
+            time_plot("rates", h, w, link).show(ui, |p| {
+                let pts = |i: usize| -> PlotPoints<'static> {
+                    rates.iter().map(|r| [r[0], r[i]]).collect()
+                };
+                style::add_line(p, Line::new("allocs/s", pts(1)).color(style::BLOCKS));
+                style::add_line(p, Line::new("frees/s", pts(2)).color(style::REQUESTED));
+                decorate(p, top);
+            });
         });
         let top = max_of(&|s| f64::from(s.threads)) + 1.0;
         ui.vertical(|ui| {
             ui.label("Threads")
                 .on_hover_text("Heaps alive: one per thread that allocated");
-            Plot::new("threads")
-                .height(h)
-                .width(w)
-                .legend(Legend::default())
-                .link_axis(link, [true, false])
-                .include_y(0.0)
-                .show(ui, |p| {
-                    style::add_line(
-                        p,
-                        Line::new("threads", series(&|s| f64::from(s.threads)))
-                            .color(Color32::from_rgb(0xc8, 0x5c, 0xd6)),
-                    );
-                    decorate(p, top);
-                });
+            time_plot("threads", h, w, link).show(ui, |p| {
+                style::add_line(
+                    p,
+                    Line::new("threads", series(&|s| f64::from(s.threads)))
+                        .color(Color32::from_rgb(0xc8, 0x5c, 0xd6)),
+                );
+                decorate(p, top);
+            });
         });
         ui.end_row();
     });
@@ -230,6 +207,16 @@ fn figures(ui: &mut egui::Ui, s: &Sample) {
             "Threads with a live heap",
         );
     });
+}
+
+/// One of the overview's plots: time on x (shared by all four), from zero on y, with a legend.
+fn time_plot(id: &str, h: f32, w: f32, link: egui::Id) -> Plot<'static> {
+    Plot::new(id)
+        .height(h)
+        .width(w)
+        .legend(Legend::default())
+        .link_axis(link, [true, false])
+        .include_y(0.0)
 }
 
 /// A marker label cut to fit beside its line.

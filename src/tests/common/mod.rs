@@ -1,0 +1,54 @@
+//! What the command's integration tests share: the heaplens binary, libheaplens.so, and the
+//! C program whose allocations are known.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `heaplens`, told where libheaplens.so is (it finds it beside itself only in a release build).
+pub fn heaplens() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_heaplens"));
+    c.env(
+        "HEAPLENS_PRELOAD",
+        root().join("target/release/libheaplens.so"),
+    );
+    c
+}
+
+/// A fresh directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("heaplens-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Builds libheaplens.so (once) and `sample-apps/c/known_counts.c` into `dir`.
+pub fn known_counts(dir: &Path) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "heaplens-preload"])
+            .current_dir(root())
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "building libheaplens.so failed");
+    });
+    let exe = dir.join("known_counts");
+    let ok = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(root().join("sample-apps/c/known_counts.c"))
+        .status()
+        .expect("cc")
+        .success();
+    assert!(ok, "compiling known_counts.c failed");
+    exe
+}
