@@ -281,6 +281,9 @@ struct Chunk {
     owned: Vec<Event>,
     pos: usize,
     end: usize,
+    /// Where its events were written: (buffer seq, index in the buffer). A heap's chunks are
+    /// kept in this order, which is the order its thread emitted them.
+    order: (u32, u32),
 }
 
 impl Chunk {
@@ -302,16 +305,28 @@ impl Pending {
             .map(|e| e.time)
     }
 
-    fn push_owned(&mut self, events: Vec<Event>) {
+    fn push_owned(&mut self, events: Vec<Event>, order: (u32, u32)) {
         if !events.is_empty() {
             let end = events.len();
-            self.chunks.push_back(Chunk {
+            self.push(Chunk {
                 buf: None,
                 owned: events,
                 pos: 0,
                 end,
+                order,
             });
         }
+    }
+
+    /// Queues `chunk` in emission order. Chunks nearly always arrive in order; a drained
+    /// current buffer can overtake the full buffer its thread sent just before it.
+    fn push(&mut self, chunk: Chunk) {
+        let at = self
+            .chunks
+            .iter()
+            .rposition(|c| c.order <= chunk.order)
+            .map_or(0, |i| i + 1);
+        self.chunks.insert(at, chunk);
     }
 }
 
@@ -330,6 +345,7 @@ struct Collector<'a> {
     safe_until: u64,
     sink_alive: bool,
     scratch: Vec<Event>,
+    scratch_seq: u32,
 }
 
 const MS: u64 = 1_000_000;
@@ -353,6 +369,7 @@ impl<'a> Collector<'a> {
             safe_until: 0,
             sink_alive: true,
             scratch: Vec::new(),
+            scratch_seq: 0,
         }
     }
 
@@ -432,11 +449,14 @@ impl<'a> Collector<'a> {
         if pos == end {
             self.recycle(buf);
         } else {
-            self.queue(heap).chunks.push_back(Chunk {
+            // SAFETY: as above.
+            let seq = unsafe { (*buf.0).seq };
+            self.queue(heap).push(Chunk {
                 buf: Some(buf),
                 owned: Vec::new(),
                 pos,
                 end,
+                order: (seq, pos as u32),
             });
         }
     }
@@ -460,15 +480,15 @@ impl<'a> Collector<'a> {
     fn drain(&mut self, now: u64) {
         self.last_drain = now;
         let mut fresh: Vec<(u32, i32)> = Vec::new();
-        let mut drained: Vec<(u32, Vec<Event>)> = Vec::new();
-        hook::drain(|heap, tid, events| {
+        let mut drained: Vec<(u32, (u32, u32), Vec<Event>)> = Vec::new();
+        hook::drain(|heap, tid, order, events| {
             if !events.is_empty() {
-                drained.push((heap, events.to_vec()));
+                drained.push((heap, order, events.to_vec()));
             }
             fresh.push((heap, tid));
         });
-        for (heap, events) in drained {
-            self.queue(heap).push_owned(events);
+        for (heap, order, events) in drained {
+            self.queue(heap).push_owned(events, order);
         }
         // Threads name themselves at start and exit; the collector announces the threads that were
         // there before recording began, and picks up renames of live threads now and then.
@@ -509,7 +529,10 @@ impl<'a> Collector<'a> {
     fn flush_scratch(&mut self) {
         if !self.scratch.is_empty() {
             let events = std::mem::take(&mut self.scratch);
-            self.queue(0).push_owned(events);
+            // Heap 0 holds only the collector's own notes, queued in the order they are made.
+            self.scratch_seq += 1;
+            let order = (self.scratch_seq, 0);
+            self.queue(0).push_owned(events, order);
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Heap {
     pub(crate) events: AtomicPtr<crate::hook::EventBuffer>,
     /// Whether this heap's events are recorded (the collector's own heap is not).
     pub(crate) traced: AtomicBool,
+    /// Event buffers this heap has taken (numbers them, see `EventBuffer::seq`).
+    pub(crate) buffers_taken: u32,
     /// Events lost since the last one recorded.
     pub(crate) dropped: u64,
     /// Why they were lost: [`crate::event::drop_reason`] bits.
@@ -82,6 +84,7 @@ impl Heap {
             os_tid: 0,
             events: AtomicPtr::new(ptr::null_mut()),
             traced: AtomicBool::new(false),
+            buffers_taken: 0,
             dropped: 0,
             drop_reasons: 0,
             spill: [crate::event::Event::EMPTY; crate::hook::SPILL_EVENTS],

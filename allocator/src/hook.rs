@@ -74,7 +74,9 @@ pub struct EventBuffer {
     /// Events the collector has already taken (the collector's field alone).
     pub(crate) drained: u32,
     pub(crate) heap_id: u32,
-    _pad: u32,
+    /// The buffer's number among its heap's buffers: the collector orders a heap's events by
+    /// it, since a drained current buffer can reach it before the full one sent just before.
+    pub(crate) seq: u32,
     pub(crate) events: [Event; BUFFER_EVENTS],
 }
 const BUFFER_BYTES: usize = core::mem::size_of::<EventBuffer>().next_multiple_of(4096);
@@ -88,23 +90,13 @@ impl EventBuffer {
     /// The range of events not yet taken by the collector; marks them taken.
     ///
     /// # Safety
-    /// As [`EventBuffer::take_new`].
+    /// Only the collector thread calls this, for a buffer that is live (a heap's current buffer,
+    /// under the heap list lock, or a buffer it received whole).
     pub(crate) unsafe fn take_range(&mut self) -> (usize, usize) {
         let n = (self.len.load(Acquire) as usize).min(BUFFER_EVENTS);
         let from = (self.drained as usize).min(n);
         self.drained = n as u32;
         (from, n)
-    }
-
-    /// The events not yet taken by the collector; marks them taken.
-    ///
-    /// # Safety
-    /// Only the collector thread calls this, for a buffer that is live (a heap's current buffer,
-    /// under the heap list lock, or a buffer it received whole).
-    pub(crate) unsafe fn take_new(&mut self) -> &[Event] {
-        // SAFETY: forwarded contract.
-        let (from, n) = unsafe { self.take_range() };
-        &self.events[from..n]
     }
 }
 
@@ -261,7 +253,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
         let sent = full.is_null() || send(full);
         if sent {
             (*heap).events.store(ptr::null_mut(), Relaxed);
-            let buf = take_empty_buffer((*heap).id);
+            let buf = take_empty_buffer(heap);
             (*heap).events.store(buf, Release);
         }
         let buf = (*heap).events.load(Relaxed);
@@ -350,8 +342,11 @@ fn send(_buf: *mut EventBuffer) -> bool {
     false
 }
 
-/// An empty buffer: a recycled one, or fresh OS memory.
-fn take_empty_buffer(heap_id: u32) -> *mut EventBuffer {
+/// An empty buffer for `heap`: a recycled one, or fresh OS memory.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
     #[cfg(feature = "hook")]
     let recycled = {
         let ch = CHANNELS.load(Acquire);
@@ -369,11 +364,13 @@ fn take_empty_buffer(heap_id: u32) -> *mut EventBuffer {
         None => os::map_internal(BUFFER_BYTES).cast::<EventBuffer>(),
     };
     if !buf.is_null() {
-        // SAFETY: the buffer is ours alone until we publish it in the heap.
+        // SAFETY: the buffer is ours alone until we publish it in the heap; the heap is ours.
         unsafe {
             (*buf).len.store(0, Relaxed);
             (*buf).drained = 0;
-            (*buf).heap_id = heap_id;
+            (*buf).heap_id = (*heap).id;
+            (*buf).seq = (*heap).buffers_taken;
+            (*heap).buffers_taken = (*heap).buffers_taken.wrapping_add(1);
         }
     }
     buf
@@ -485,18 +482,25 @@ pub fn mark(label: &str) {
 // The collector's side: drain and census
 
 /// Copies the not yet taken events of every live traced heap's current buffer to `f(heap_id,
-/// os_tid, events)`. Collector thread only.
-pub(crate) fn drain(mut f: impl FnMut(u32, i32, &[Event])) {
+/// os_tid, (buffer seq, index of the first event), events)`. Collector thread only.
+pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
     crate::init::for_each_heap(|heap: &Heap| {
         let buf = heap.events.load(Acquire);
         if buf.is_null() {
-            f(heap.id, heap.os_tid, &[]);
+            f(heap.id, heap.os_tid, (0, 0), &[]);
             return;
         }
         // SAFETY: the heap list lock keeps the heap (and its current buffer, which only the
-        // collector recycles) alive; `take_new` reads only published events.
-        let events = unsafe { (*buf).take_new() };
-        f(heap.id, heap.os_tid, events);
+        // collector recycles) alive; `take_range` covers only published events.
+        unsafe {
+            let (from, n) = (*buf).take_range();
+            f(
+                heap.id,
+                heap.os_tid,
+                ((*buf).seq, from as u32),
+                &(&(*buf).events)[from..n],
+            );
+        }
     });
 }
 
