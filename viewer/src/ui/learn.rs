@@ -79,7 +79,7 @@ pub fn draw(
             egui::CollapsingHeader::new("Insights")
                 .default_open(true)
                 .show(ui, |ui| {
-                    let found = insights::insights(&view.model, exited);
+                    let found = cached_insights(ui, view, exited);
                     if found.is_empty() {
                         ui.label(RichText::new("nothing stands out right now").weak());
                     }
@@ -196,4 +196,40 @@ pub fn show(state: &mut super::UiState, view: &View, place: Place, example: Exam
     if sel.heap.is_some() {
         state.selected_heap = sel.heap;
     }
+}
+
+/// The insights, computed again only when the model has moved on (and, while events stream in,
+/// at most four times a second): they scan every page, which a frame should not do each time.
+fn cached_insights(ui: &egui::Ui, view: &View, exited: bool) -> Vec<insights::Insight> {
+    #[derive(Clone)]
+    struct Cached {
+        key: (u64, bool),
+        at: f64,
+        found: Vec<insights::Insight>,
+    }
+    let id = ui.make_persistent_id("heaplens-insights");
+    let now = ui.input(|i| i.time);
+    let key = (view.applied, exited);
+    let old: Option<Cached> = ui.data(|d| d.get_temp(id));
+    if let Some(c) = &old
+        && (c.key == key || now - c.at < 0.25)
+    {
+        if c.key != key {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(250));
+        }
+        return c.found.clone();
+    }
+    let found = insights::insights(&view.model, exited);
+    ui.data_mut(|d| {
+        d.insert_temp(
+            id,
+            Cached {
+                key,
+                at: now,
+                found: found.clone(),
+            },
+        );
+    });
+    found
 }
