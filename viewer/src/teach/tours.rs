@@ -157,7 +157,7 @@ pub static TOURS: [Tour; 7] = [
         title: "A server: mixed sizes, lifetimes and threads",
         steps: &[
             Step {
-                marker: "generation 1: workers",
+                marker: "phase: open",
                 title: "Requests of every size",
                 text: "Worker threads allocate requests from 16 bytes to 8 KiB and free them at \
                        random times, many on other threads. Each size rounds up to its size \
@@ -166,15 +166,18 @@ pub static TOURS: [Tour; 7] = [
                 example: E::Nothing,
             },
             Step {
-                marker: "generation 1 exited",
-                title: "Workers leave blocks behind",
-                text: "The first workers exited while their blocks sat in shared slots. Their \
-                       segments were abandoned, and the next generation reclaims them.",
+                marker: "worker-1 exited",
+                title: "A worker retires",
+                text: "worker-1 exited while its blocks still sat in shared slots, so its heap \
+                       could not give its segments back: they were abandoned, owned by no \
+                       thread. A thread that frees a block into an abandoned segment, or needs \
+                       a fresh one, takes it over; the heaps panel counts the pages each heap \
+                       reclaimed.",
                 place: P::Heaps,
-                example: E::AbandonedPage,
+                example: E::Heap("worker-2"),
             },
             Step {
-                marker: "generation 2: workers",
+                marker: "worker-3 exited",
                 title: "Free lists of many classes",
                 text: "Each page keeps three lists: free (popped by allocation), local_free (the \
                        owner's frees) and thread_free (other threads' frees). Keeping them apart \
@@ -183,13 +186,24 @@ pub static TOURS: [Tour; 7] = [
                 example: E::LocalFreePage,
             },
             Step {
-                marker: "phase: drain",
-                title: "Draining",
-                text: "The slots are drained: pages empty and are retired. A few stay pinned by \
-                       the last long-lived requests, and their pages cannot go back until those \
-                       are freed.",
+                marker: "phase: shutdown",
+                title: "Shutdown",
+                text: "The last workers stop serving and free every slot, most of them blocks \
+                       of other threads, which go onto their pages' thread_free lists. No worker \
+                       exits before every slot is free, so each heap ends with empty pages that \
+                       are retired and freed, and nothing is left abandoned.",
                 place: P::Segments,
-                example: E::PinnedPage,
+                example: E::FullestPage,
+            },
+            Step {
+                marker: "phase: done",
+                title: "Memory goes back",
+                text: "Every slot is free and the workers are gone. Empty pages are purged \
+                       after a short delay, and freed segments wait a little longer in the \
+                       segment cache before they go back to the OS, so committed memory falls \
+                       in steps in the overview.",
+                place: P::Overview,
+                example: E::Nothing,
             },
         ],
     },
