@@ -5,8 +5,8 @@
 //! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
 //! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`), `insights` (each `kind`, `text`),
-//! `dropped_events`, `dropped_reasons`,
-//! `complete`, `damage`, `exit`.
+//! `dropped_events`, `dropped_reasons`, `census_mismatches` (differences between the model and
+//! the trace's last census; null without a census), `complete`, `damage`, `exit`.
 
 use std::path::Path;
 
@@ -67,6 +67,7 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         Some(ExitStatus::Unknown) | None => serde_json::Value::Null,
     };
     let duration_s = reader.duration_ns() as f64 / 1e9;
+    let census = model.last_census_check();
     let summary = json!({
         "events": totals.events,
         "allocs": totals.allocs,
@@ -98,6 +99,7 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         })).collect::<Vec<_>>(),
         "dropped_events": totals.dropped,
         "dropped_reasons": drop_reason::names(totals.drop_reasons).collect::<Vec<_>>(),
+        "census_mismatches": census.map(|c| c.mismatches),
         "complete": reader.is_complete(),
         "damage": damage,
         "exit": exit,
@@ -149,6 +151,21 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     } else {
         let why: Vec<_> = drop_reason::names(totals.drop_reasons).collect();
         println!("dropped     {} events ({})", totals.dropped, why.join(", "));
+    }
+    match census {
+        None => println!("census      none in the trace"),
+        Some(c) if c.mismatches == 0 => {
+            println!("census      the last (#{}) agrees with the model", c.number);
+        }
+        Some(c) => {
+            let first: Vec<String> = c.first.iter().take(3).map(ToString::to_string).collect();
+            println!(
+                "census      the last (#{}) differs from the model in {} places: {}",
+                c.number,
+                c.mismatches,
+                first.join("; ")
+            );
+        }
     }
     if !top.is_empty() {
         println!("top size classes by live bytes at end:");

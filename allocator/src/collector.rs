@@ -258,7 +258,7 @@ extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
     core::ptr::null_mut()
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -355,6 +355,7 @@ const IN_FLIGHT: u64 = MS;
 impl<'a> Collector<'a> {
     fn new(state: &'a mut State) -> Self {
         let t0 = monotonic_ns();
+        hook::set_clock_origin(t0);
         Self {
             state,
             pending: Vec::new(),

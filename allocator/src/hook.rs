@@ -49,6 +49,25 @@ pub(crate) fn set_clock(ns: u64) {
     CLOCK_NS.fetch_max(ns, Relaxed);
 }
 
+/// `CLOCK_MONOTONIC` at the clock's zero (0: the collector has not started).
+static CLOCK_ORIGIN: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn set_clock_origin(monotonic_ns: u64) {
+    CLOCK_ORIGIN.store(monotonic_ns, Relaxed);
+}
+
+/// Brings the clock up to date from the calling thread. The collector advances it every
+/// millisecond when it gets to run; a thread that starts a new buffer (every 2046 events) also
+/// does, so that busy threads keep the clock moving while the collector waits for a core, and
+/// the events of different threads share a tick only when they are that close in time.
+#[cfg(feature = "hook")]
+fn catch_up_clock() {
+    let origin = CLOCK_ORIGIN.load(Relaxed);
+    if origin != 0 {
+        set_clock(crate::collector::monotonic_ns().saturating_sub(origin));
+    }
+}
+
 /// Moves the clock one tick on, so every event another thread emits after it takes over what
 /// this thread just gave up (an abandoned or freed segment, handed on under a lock or through the
 /// kernel) sorts after this thread's last event about it. Events of one tick arrive in any order
@@ -363,6 +382,8 @@ unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
         Some(b) => b.0,
         None => os::map_internal(BUFFER_BYTES).cast::<EventBuffer>(),
     };
+    #[cfg(feature = "hook")]
+    catch_up_clock();
     if !buf.is_null() {
         // SAFETY: the buffer is ours alone until we publish it in the heap; the heap is ours.
         unsafe {

@@ -109,24 +109,20 @@ fn thread_churn() {
 #[test]
 fn server() {
     let m = marks_of("server");
-    assert_eq!(m.len(), 1 + 4 + 2, "{m:?}");
-    assert_eq!(m[0], "phase: open with workers 1-2");
-    // Workers retire one at a time (the order of the two places' handovers can vary) and each
+    assert_eq!(m.len(), 1 + 8 + 2, "{m:?}");
+    assert_eq!(m[0], "phase: open with workers 1-4");
+    // Workers retire one at a time (the order of the places' handovers can vary) and each
     // place's successor is the next generation's worker.
-    let mut handovers = m[1..5].to_vec();
+    let mut handovers = m[1..9].to_vec();
     handovers.sort();
-    assert_eq!(
-        handovers,
-        [
-            "worker-1 exited: worker-3 takes its place",
-            "worker-2 exited: worker-4 takes its place",
-            "worker-3 exited: worker-5 takes its place",
-            "worker-4 exited: worker-6 takes its place",
-        ]
-    );
-    assert_eq!(m[5], "phase: shutdown: the last workers free every slot");
-    // Place 1's first worker serves half a term: 10 000 + 2 x 20 000 + 3 x 20 000.
-    assert_eq!(m[6], "phase: done: 110000 requests served");
+    let expected: Vec<String> = (1..=8)
+        .map(|w| format!("worker-{w} exited: worker-{} takes its place", w + 4))
+        .collect();
+    assert_eq!(handovers, expected);
+    assert_eq!(m[9], "phase: shutdown: the last workers free every slot");
+    // The first generation's terms are staggered (2 500, 5 000, 7 500, 10 000 requests), then
+    // two full terms of 10 000 in each of the four places.
+    assert_eq!(m[10], "phase: done: 105000 requests served");
 }
 
 #[test]

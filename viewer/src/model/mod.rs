@@ -713,8 +713,10 @@ impl Model {
             let (from, to) = (ev.addr, ev.addr.saturating_add(ev.arg));
             let page_bytes = 1u64 << seg.page_shift;
             for p in &mut seg.pages {
-                let base = seg.base + u64::from(p.index) * page_bytes;
-                if base < to && base + page_bytes > from {
+                let base = seg
+                    .base
+                    .saturating_add(u64::from(p.index) << seg.page_shift);
+                if base < to && base.saturating_add(page_bytes) > from {
                     p.awaiting_purge = false;
                 }
             }
