@@ -1,6 +1,6 @@
 //! The collector: the thread on the consumer side of the hook's channel.
 //!
-//! It receives full event buffers, drains partly filled ones every 10 ms (so idle threads' events
+//! It receives full event buffers, drains partly filled ones every 2 ms (so idle threads' events
 //! arrive), advances the hook's coarse clock every millisecond, merges the threads' streams by
 //! time (holding events back for 2 ms so a late buffer can still slot in), names threads, takes
 //! a census on request or periodically, and hands the result to a [`Sink`] as [`Batch`]es. At
@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
 use crate::event::{Event, EventKind, flags};
 use crate::hook::{self, BufferPtr, Channels};
@@ -89,7 +89,6 @@ struct State {
     config: Config,
     sink: Sink,
     full_rx: Receiver<BufferPtr>,
-    empty_tx: Sender<BufferPtr>,
 }
 
 /// Starts recording: creates the channels, starts the collector thread, switches the hook on.
@@ -101,14 +100,12 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
         return Err(StartError::AlreadyRunning);
     }
     let (full_tx, full_rx) = bounded(config.channel_buffers.max(2));
-    let (empty_tx, empty_rx) = bounded(config.channel_buffers.max(2) * 2);
-    let channels = Box::leak(Box::new(Channels { full_tx, empty_rx }));
+    let channels = Box::leak(Box::new(Channels { full_tx }));
     hook::CHANNELS.store(channels, Release);
     let state = Box::into_raw(Box::new(State {
         config,
         sink,
         full_rx,
-        empty_tx,
     }));
     // On before the collector's first census, so nothing happens unseen in between.
     hook::set_enabled(true, config.lossless);
@@ -349,6 +346,11 @@ struct Collector<'a> {
 }
 
 const MS: u64 = 1_000_000;
+/// How often the threads' partly filled buffers are drained. Events are passed on only up to the
+/// last drain (less [`IN_FLIGHT`]), so this also bounds how long full buffers wait in the merge:
+/// with 10 ms a busy thread had hundreds of 64 KiB buffers waiting, and refilled them from far
+/// outside the caches.
+const DRAIN_EVERY: u64 = 10 * MS;
 /// Margin for events being written while a drain reads their buffer.
 const IN_FLIGHT: u64 = MS;
 
@@ -400,7 +402,7 @@ impl<'a> Collector<'a> {
                 self.finish();
                 return;
             }
-            if now - self.last_drain >= 10 * MS {
+            if now - self.last_drain >= DRAIN_EVERY {
                 self.collect_all(now);
             }
             let requested = CENSUS_REQUESTS.load(Acquire);
@@ -463,8 +465,7 @@ impl<'a> Collector<'a> {
     }
 
     fn recycle(&self, buf: BufferPtr) {
-        let tx = &self.state.empty_tx;
-        hook::release_buffer(buf, &|b| tx.try_send(b).is_ok());
+        hook::release_buffer(buf);
     }
 
     /// Takes every event emitted so far: the threads' current buffers, then the full buffers

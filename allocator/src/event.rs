@@ -55,6 +55,27 @@ pub struct Event {
     pub time: u64,
 }
 
+impl Event {
+    /// The first 8 bytes of an event in memory, as one word: `kind`, `flags`, `aux`, `arg32`.
+    #[inline(always)]
+    pub const fn head_word(kind: u8, flags: u8, aux: u16, arg32: u32) -> u64 {
+        let a = aux.to_ne_bytes();
+        let b = arg32.to_ne_bytes();
+        u64::from_ne_bytes([kind, flags, a[0], a[1], b[0], b[1], b[2], b[3]])
+    }
+}
+
+const _: () = {
+    // `head_word` matches the field layout.
+    assert!(core::mem::offset_of!(Event, kind) == 0);
+    assert!(core::mem::offset_of!(Event, flags) == 1);
+    assert!(core::mem::offset_of!(Event, aux) == 2);
+    assert!(core::mem::offset_of!(Event, arg32) == 4);
+    assert!(core::mem::offset_of!(Event, addr) == 8);
+    assert!(core::mem::offset_of!(Event, arg) == 16);
+    assert!(core::mem::offset_of!(Event, time) == 24);
+};
+
 /// Size of an encoded [`Event`].
 pub const EVENT_SIZE: usize = 32;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);

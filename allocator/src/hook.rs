@@ -96,9 +96,16 @@ pub struct EventBuffer {
     /// The buffer's number among its heap's buffers: the collector orders a heap's events by
     /// it, since a drained current buffer can reach it before the full one sent just before.
     pub(crate) seq: u32,
+    /// The next buffer in the stack of empty buffers ([`EMPTY`]).
+    next: *mut EventBuffer,
+    /// The header has a cache line of its own and the events start on the next, so that no
+    /// 32-byte event straddles two lines (a split store costs twice).
+    _line: [u32; 10],
     pub(crate) events: [Event; BUFFER_EVENTS],
 }
 const BUFFER_BYTES: usize = core::mem::size_of::<EventBuffer>().next_multiple_of(4096);
+const _: () = assert!(core::mem::offset_of!(EventBuffer, events) == 64);
+const _: () = assert!(core::mem::size_of::<EventBuffer>() == BUFFER_BYTES);
 
 impl EventBuffer {
     /// The heap (thread) that wrote this buffer.
@@ -126,11 +133,89 @@ pub struct BufferPtr(pub(crate) *mut EventBuffer);
 // buffer, the collector until it sends it back.
 unsafe impl Send for BufferPtr {}
 
-/// The channels between the threads and the collector.
+/// The channel from the threads to the collector (full buffers).
 #[cfg(feature = "hook")]
 pub(crate) struct Channels {
     pub(crate) full_tx: crossbeam_channel::Sender<BufferPtr>,
-    pub(crate) empty_rx: crossbeam_channel::Receiver<BufferPtr>,
+}
+
+/// Empty buffers kept for reuse (64 KiB each; the buffers in flight at any time are far fewer
+/// unless the collector falls far behind).
+const EMPTY_BUFFERS_KEPT: usize = 1024;
+
+/// The empty buffers, last returned first: a thread refills from the buffer the collector
+/// released most recently, which is likely still in a cache, instead of the one that waited
+/// longest (a queue made every event's store miss). A linked list through the buffers' `next`,
+/// under a flag: the collector waits for it (a handful of instructions), a thread only tries
+/// it and maps a fresh buffer if it is taken, so a thread never waits and a `fork()` that
+/// catches it taken costs the child nothing but fresh buffers.
+struct BufferStack {
+    locked: AtomicBool,
+    top: core::cell::UnsafeCell<(*mut EventBuffer, usize)>,
+}
+
+// SAFETY: `top` is only touched while `locked` is held (Acquire to take, Release to give back).
+unsafe impl Sync for BufferStack {}
+
+static EMPTY: BufferStack = BufferStack {
+    locked: AtomicBool::new(false),
+    top: core::cell::UnsafeCell::new((ptr::null_mut(), 0)),
+};
+
+impl BufferStack {
+    /// The most recently pushed buffer, or null if there is none or the stack is busy.
+    fn try_pop(&self) -> *mut EventBuffer {
+        if self
+            .locked
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            return ptr::null_mut();
+        }
+        // SAFETY: we hold the flag; buffers on the stack are mapped and owned by the stack.
+        let buf = unsafe {
+            let top = &mut *self.top.get();
+            let buf = top.0;
+            if !buf.is_null() {
+                top.0 = (*buf).next;
+                top.1 -= 1;
+            }
+            buf
+        };
+        self.locked.store(false, Release);
+        buf
+    }
+
+    /// Keeps `buf` for reuse; false if the stack is full.
+    fn push(&self, buf: *mut EventBuffer) -> bool {
+        let mut spins = 0u32;
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+        // SAFETY: we hold the flag, and the caller owns `buf`, which nobody else references.
+        let kept = unsafe {
+            let top = &mut *self.top.get();
+            if top.1 < EMPTY_BUFFERS_KEPT {
+                (*buf).next = top.0;
+                *top = (buf, top.1 + 1);
+                true
+            } else {
+                false
+            }
+        };
+        self.locked.store(false, Release);
+        kept
+    }
 }
 #[cfg(feature = "hook")]
 pub(crate) static CHANNELS: AtomicPtr<Channels> = AtomicPtr::new(ptr::null_mut());
@@ -207,26 +292,36 @@ pub(crate) unsafe fn emit(
     addr: usize,
     arg: u64,
 ) {
-    let ev = Event {
-        kind: kind as u8,
-        flags,
-        aux,
-        arg32,
-        addr: addr as u64,
-        arg,
-        time: now(),
-    };
     // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
     unsafe {
         let buf = (*heap).events.load(Relaxed);
         if !buf.is_null() {
             let n = (*buf).len.load(Relaxed) as usize;
             if n < BUFFER_EVENTS {
-                (&raw mut (*buf).events).cast::<Event>().add(n).write(ev);
+                // Stored as four words straight from registers: an `Event` built on the stack
+                // and copied in 16-byte halves made every event wait for store forwarding to
+                // fail (two 8-byte stores read back by one 16-byte load).
+                let w = (&raw mut (*buf).events)
+                    .cast::<Event>()
+                    .add(n)
+                    .cast::<u64>();
+                w.write(Event::head_word(kind as u8, flags, aux, arg32));
+                w.add(1).write(addr as u64);
+                w.add(2).write(arg);
+                w.add(3).write(now());
                 (*buf).len.store(n as u32 + 1, Release);
                 return;
             }
         }
+        let ev = Event {
+            kind: kind as u8,
+            flags,
+            aux,
+            arg32,
+            addr: addr as u64,
+            arg,
+            time: now(),
+        };
         emit_slow(heap, ev);
     }
 }
@@ -366,22 +461,10 @@ fn send(_buf: *mut EventBuffer) -> bool {
 /// # Safety
 /// `heap` is the calling thread's heap.
 unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
-    #[cfg(feature = "hook")]
-    let recycled = {
-        let ch = CHANNELS.load(Acquire);
-        if ch.is_null() {
-            None
-        } else {
-            // SAFETY: leaked channels live forever.
-            unsafe { (*ch).empty_rx.try_recv().ok() }
-        }
-    };
-    #[cfg(not(feature = "hook"))]
-    let recycled: Option<BufferPtr> = None;
-    let buf = match recycled {
-        Some(b) => b.0,
-        None => os::map_internal(BUFFER_BYTES).cast::<EventBuffer>(),
-    };
+    let mut buf = EMPTY.try_pop();
+    if buf.is_null() {
+        buf = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
+    }
     #[cfg(feature = "hook")]
     catch_up_clock();
     if !buf.is_null() {
@@ -397,9 +480,9 @@ unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
     buf
 }
 
-/// Returns a buffer the collector is done with.
-pub(crate) fn release_buffer(buf: BufferPtr, recycle: &dyn Fn(BufferPtr) -> bool) {
-    if !recycle(buf) {
+/// Returns a buffer the collector is done with: kept for reuse, or unmapped.
+pub(crate) fn release_buffer(buf: BufferPtr) {
+    if !EMPTY.push(buf.0) {
         // SAFETY: the collector owns the buffer and nobody else references it.
         unsafe { os::unmap_internal(buf.0.cast(), BUFFER_BYTES) };
     }

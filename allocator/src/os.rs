@@ -67,6 +67,10 @@ pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
 }
 
 fn map(size: usize) -> *mut u8 {
+    map_with(size, 0)
+}
+
+fn map_with(size: usize, extra_flags: libc::c_int) -> *mut u8 {
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory.
     let p = unsafe {
@@ -74,7 +78,7 @@ fn map(size: usize) -> *mut u8 {
             ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
             -1,
             0,
         )
@@ -100,6 +104,12 @@ pub(crate) unsafe fn advise_huge_pages(p: *mut u8, size: usize) {
 /// memory, so statistics and the model agree on what the program's heap holds.
 pub(crate) fn map_internal(size: usize) -> *mut u8 {
     map(size)
+}
+
+/// Like [`map_internal`], with every page faulted in by the one `mmap` call: for memory that is
+/// about to be written through at once (event buffers), where a fault per page costs more.
+pub(crate) fn map_internal_populated(size: usize) -> *mut u8 {
+    map_with(size, libc::MAP_POPULATE)
 }
 
 /// Unmaps memory from [`map_internal`].

@@ -138,9 +138,12 @@ fn server() {
     // The scenario's own thread, plus two workers while serving.
     let serving = at(&snaps, "phase: shutdown").threads;
     assert!(serving >= 3, "{serving}");
-    // Workers retire one at a time: at each handover the pool is one worker short, never empty.
+    // Workers retire one at a time while the others serve: at each handover the retired
+    // worker is gone and its successor not started, but the pool still has workers (their
+    // first terms are staggered, so they do not all retire at once).
     for (label, st) in snaps.iter().filter(|(l, _)| l.contains(" exited: ")) {
-        assert_eq!(st.threads, serving - 1, "{label}");
+        assert!(st.threads < serving, "{label}: {} threads", st.threads);
+        assert!(st.threads >= 2, "{label}: {} threads", st.threads);
     }
     // Every slot was freed before the last workers exited, so nothing was left abandoned.
     let done = at(&snaps, "phase: done");
