@@ -168,7 +168,14 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
     // SAFETY: `heap` is the exiting thread's own heap; after abandoning it the thread falls back
     // to the empty heap (a later allocation makes a new heap and re-arms the key).
     unsafe {
+        // Send what the thread recorded while its heap is still whole: a thread's first send can
+        // allocate (the channel's per-thread state), and that must not come from a heap being
+        // taken apart.
+        hook::flush_thread(heap);
         heap::abandon(heap);
+        // Nothing may allocate from the abandoned heap: it would take its own segments back
+        // from the abandoned list and leave pages pointing at a heap that is about to be freed.
+        heap::set_default_heap(EMPTY_HEAP_PTR);
         if hook::enabled() {
             hook::emit_thread_name(heap); // threads are often named after their first allocation
             hook::emit(heap, EventKind::ThreadExit, 0, 0, (*heap).id, 0, 0);
@@ -186,10 +193,13 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
                 (*next).prev_heap = prev;
             }
         }
-        heap::set_default_heap(EMPTY_HEAP_PTR);
         pool_free(heap);
     }
-    EXITED.with(|e| e.set(true));
+    // If the last flush allocated, the thread has a new heap, which ends in a later round of
+    // key destructors; only then is the thread past its exit.
+    if heap::default_heap() == EMPTY_HEAP_PTR {
+        EXITED.with(|e| e.set(true));
+    }
     THREADS.fetch_sub(1, Relaxed);
 }
 

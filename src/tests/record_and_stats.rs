@@ -74,6 +74,13 @@ fn stats_agree_with_what_the_program_did() {
         s["dropped_reasons"]
     );
     assert!(n("events") >= n("allocs") + n("frees"));
+    // The worker's blocks outlive it: its segment is abandoned at its exit and reclaimed by
+    // main's frees, and the model rebuilt from the events must agree with the last census.
+    assert_eq!(
+        n("census_mismatches"),
+        0,
+        "the model equals the allocator's last census"
+    );
     assert!(n("peak_committed_bytes") >= n("final_committed_bytes"));
     assert_eq!(s["complete"], true);
     let labels: Vec<_> = s["markers"]
