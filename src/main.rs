@@ -8,6 +8,7 @@
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 
 mod demo;
+mod keyframes;
 mod launch;
 mod record;
 mod run;

@@ -9,38 +9,32 @@ use std::time::{Duration, Instant};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::Frame;
-use heaplens_viewer::model::Model;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
+use crate::keyframes::{Keyframe, Keyframes};
 use crate::launch::{self, Exit, StreamItem};
-
-/// A keyframe (a snapshot of the model) every this many events: where replay can start from.
-const KEYFRAME_EVERY: u64 = 500_000;
 
 /// How long the program may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Writes one program's stream to a trace file, with a keyframe every [`KEYFRAME_EVERY`] events.
-/// `heaplens record` and `heaplens run --record` both use it.
+/// Writes one program's stream to a trace file, with a keyframe every
+/// [`crate::keyframes::KEYFRAME_EVERY`] events. `heaplens record` and `heaplens run --record`
+/// both use it.
 pub struct Recorder {
     output: PathBuf,
     writer: Option<TraceWriter>,
-    model: Model,
-    next_keyframe: u64,
+    keyframes: Option<Keyframes>,
 }
 
 impl Recorder {
-    /// A recorder that will write `output` once the program's metadata arrives.
     pub fn new(output: &Path) -> Self {
         Self {
             output: output.to_owned(),
             writer: None,
-            model: Model::new(),
-            next_keyframe: KEYFRAME_EVERY,
+            keyframes: None,
         }
     }
 
-    /// The program's metadata: creates the file.
     pub fn meta(&mut self, json: &str) -> Result<(), Box<dyn std::error::Error>> {
         let mut meta =
             Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
@@ -49,32 +43,37 @@ impl Recorder {
             TraceWriter::create(&self.output, &meta)
                 .map_err(|e| format!("cannot write {}: {e}", self.output.display()))?,
         );
+        self.keyframes = Some(Keyframes::start()?);
         Ok(())
     }
 
-    /// A batch of events.
+    /// Writes a batch (see [`Recorder::batch_owned`]).
     pub fn batch(&mut self, heap: u32, events: &[Event]) -> Result<(), Box<dyn std::error::Error>> {
-        let Some(w) = self.writer.as_mut() else {
+        self.batch_owned(heap, events.to_vec())
+    }
+
+    /// Writes a batch and hands it to the keyframe model.
+    pub fn batch_owned(
+        &mut self,
+        heap: u32,
+        events: Vec<Event>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_ref()) else {
             return Err("the program's stream had events before its metadata".into());
         };
-        w.write_batch(heap, events)?;
-        self.model.apply_batch(heap, events);
-        if w.events_written() >= self.next_keyframe {
-            let snapshot = postcard::to_stdvec(&self.model)?;
-            w.write_keyframe(w.events_written(), self.model.time(), &snapshot)?;
-            self.next_keyframe = w.events_written() + KEYFRAME_EVERY;
+        w.write_batch(heap, &events)?;
+        k.push(heap, events);
+        for kf in k.ready() {
+            write_keyframe(w, &kf?)?;
         }
         Ok(())
     }
 
-    /// The program replaced itself: start the file over for the new one.
     pub fn exec(&mut self) {
         self.writer = None;
-        self.model = Model::new();
-        self.next_keyframe = KEYFRAME_EVERY;
+        self.keyframes = None;
     }
 
-    /// Events and bytes written so far.
     pub fn written(&self) -> (u64, u64) {
         self.writer
             .as_ref()
@@ -92,9 +91,14 @@ impl Recorder {
         } else {
             EndReason::PeerVanished
         };
-        let Some(w) = self.writer else {
+        let Some(mut w) = self.writer else {
             return Err(format!("the program {exit} without sending any events").into());
         };
+        if let Some(k) = self.keyframes {
+            for kf in k.finish()? {
+                write_keyframe(&mut w, &kf?)?;
+            }
+        }
         let events = w.events_written();
         w.finish(EndInfo { reason, status })?;
         Ok(events)
@@ -102,6 +106,11 @@ impl Recorder {
 }
 
 /// Records; returns the exit code heaplens should end with (the program's).
+fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std::error::Error>> {
+    w.write_keyframe(kf.event_index, kf.time, &kf.snapshot)?;
+    Ok(())
+}
+
 pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
     let launched = launch::launch(command, CONNECT_TIMEOUT)?;
     let pid = launched.child.id();
@@ -114,7 +123,7 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
         match item {
             StreamItem::Frame(Frame::Meta(json)) => recorder.meta(&json)?,
             StreamItem::Frame(Frame::Batch { heap, events }) => {
-                recorder.batch(heap, &events)?;
+                recorder.batch_owned(heap, events)?;
                 let (events, bytes) = recorder.written();
                 progress.update(events, bytes);
             }

@@ -438,12 +438,22 @@ fn send(buf: *mut EventBuffer) -> bool {
             Err(crossbeam_channel::TrySendError::Full(_))
                 if LOSSLESS.load(Relaxed) && ENABLED.load(Relaxed) =>
             {
+                // The collector is behind. Spin briefly, then yield, then sleep: threads that
+                // yield in a loop keep the cores busy with system calls and take CPU from the
+                // collector and the recorder they are waiting for.
                 spins += 1;
                 if spins < 16 {
                     core::hint::spin_loop();
-                } else {
+                } else if spins < 24 {
                     // SAFETY: no preconditions.
                     unsafe { libc::sched_yield() };
+                } else {
+                    let pause = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 50_000,
+                    };
+                    // SAFETY: `pause` is a valid duration; the remainder is not wanted.
+                    unsafe { libc::nanosleep(&raw const pause, ptr::null_mut()) };
                 }
             }
             Err(_) => return false,

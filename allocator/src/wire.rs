@@ -164,28 +164,54 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, WireError> {
             "frame of {len} bytes (at most {MAX_FRAME})"
         )));
     }
+    if head[0] == FRAME_BATCH {
+        if len < 4 || !(len - 4).is_multiple_of(EVENT_SIZE) {
+            return Err(WireError::Corrupt(format!(
+                "batch frame of {len} bytes is not a heap id plus whole events"
+            )));
+        }
+        let mut heap = [0u8; 4];
+        r.read_exact(&mut heap)?;
+        let events = read_events(r, (len - 4) / EVENT_SIZE)?;
+        return Ok(Some(Frame::Batch {
+            heap: u32::from_le_bytes(heap),
+            events,
+        }));
+    }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     match head[0] {
         FRAME_META => String::from_utf8(payload)
             .map(|s| Some(Frame::Meta(s)))
             .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
-        FRAME_BATCH => {
-            if len < 4 || !(len - 4).is_multiple_of(EVENT_SIZE) {
-                return Err(WireError::Corrupt(format!(
-                    "batch frame of {len} bytes is not a heap id plus whole events"
-                )));
-            }
-            let heap = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-            let events = payload[4..]
-                .chunks_exact(EVENT_SIZE)
-                .map(|c| Event::from_bytes(c.try_into().unwrap_or(&[0; EVENT_SIZE])))
-                .collect();
-            Ok(Some(Frame::Batch { heap, events }))
-        }
         FRAME_END => Ok(Some(Frame::End)),
         other => Err(WireError::Corrupt(format!("unknown frame type {other}"))),
     }
+}
+
+/// `n` events in their wire form (32 bytes each, little-endian), read straight into place.
+fn read_events(r: &mut impl Read, n: usize) -> io::Result<Vec<Event>> {
+    let mut events = vec![Event::default(); n];
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: `Event` is `repr(C)`: 32 bytes of plain integers without padding (see the
+        // layout assertions in `event`), so any bytes make a valid `Event`, and on a
+        // little-endian machine its memory is exactly its wire form. The slice covers the
+        // vector's `n` initialised events and nothing else.
+        let bytes = unsafe {
+            core::slice::from_raw_parts_mut(events.as_mut_ptr().cast::<u8>(), n * EVENT_SIZE)
+        };
+        r.read_exact(bytes)?;
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut b = [0u8; EVENT_SIZE];
+        for e in &mut events {
+            r.read_exact(&mut b)?;
+            *e = Event::from_bytes(&b);
+        }
+    }
+    Ok(events)
 }
 
 /// Reads until `buf` is full or the stream ends (retrying interrupted reads); returns the bytes
@@ -440,7 +466,7 @@ mod tests {
         let mut r = &[2u8, 5, 0, 0, 0, 1, 2, 3, 4, 5][..];
         assert!(matches!(read_frame(&mut r), Err(WireError::Corrupt(_))));
         // cut inside a frame
-        let mut r = &[2u8, 40, 0, 0, 0, 1, 2][..];
+        let mut r = &[2u8, 36, 0, 0, 0, 1, 2][..];
         assert!(matches!(read_frame(&mut r), Err(WireError::Io(_))));
         // every prefix and random garbage: errors or frames, never a panic
         let mut buf = Vec::new();
