@@ -348,9 +348,9 @@ struct Collector<'a> {
 const MS: u64 = 1_000_000;
 /// How often the threads' partly filled buffers are drained. Events are passed on only up to the
 /// last drain (less [`IN_FLIGHT`]), so this also bounds how long full buffers wait in the merge:
-/// with 10 ms a busy thread had hundreds of 64 KiB buffers waiting, and refilled them from far
-/// outside the caches.
-const DRAIN_EVERY: u64 = 10 * MS;
+/// with 10 ms a busy thread had hundreds of 64 KiB buffers waiting (40 MiB on the trees
+/// benchmark; 20 MiB with 2 ms), and refilled them from far outside the caches.
+const DRAIN_EVERY: u64 = 2 * MS;
 /// Margin for events being written while a drain reads their buffer.
 const IN_FLIGHT: u64 = MS;
 
