@@ -90,9 +90,8 @@ fn map_with(size: usize, extra_flags: libc::c_int) -> *mut u8 {
     }
 }
 
-/// Asks for transparent huge pages on `p..p+size` (every fresh segment: one fault per 2 MiB
-/// instead of 512, as mimalloc gets from its arenas). Purging part of a huge page splits it, so
-/// memory still goes back to the OS a page at a time. Advice only; errors ignored.
+/// Asks for transparent huge pages on `p..p+size` (large and huge segments, whose memory a
+/// program touches wholesale: one fault per 2 MiB instead of 512). Advice only; errors ignored.
 ///
 /// # Safety
 /// The range must be inside a mapping of ours.
