@@ -4,7 +4,7 @@
 
 use core::sync::atomic::Ordering::*;
 
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::heap::{self, thread_id};
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_HAS_ALIGNED, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
@@ -32,7 +32,7 @@ pub unsafe fn free(p: *mut u8) {
         if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
             let heap = (*page).heap();
             if hook::enabled() {
-                hook::emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0);
+                hook::emit_local_free(heap, p);
             }
             if push_local(page, p.cast()) == 0 {
                 heap::retire(heap, page);

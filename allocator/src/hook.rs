@@ -326,6 +326,18 @@ pub(crate) unsafe fn emit(
     }
 }
 
+/// A local free, out of line: `free`'s fast path must stay small enough to be inlined into its
+/// callers, as it is when the hook is compiled out (with the event write inlined, the trees
+/// benchmark ran 15-20% slower with the hook compiled in and off than compiled out).
+///
+/// # Safety
+/// As [`emit`].
+#[inline(never)]
+pub(crate) unsafe fn emit_local_free(heap: *mut Heap, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0) };
+}
+
 /// Emits on the calling thread's heap (for slow paths that do not carry the heap).
 #[inline]
 pub(crate) fn emit_current(
