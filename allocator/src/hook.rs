@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::
 use crate::event::{Event, EventKind, drop_reason, flags};
 use crate::heap::{self, Heap};
 use crate::segment::Segment;
+use crate::sync::SpinLock;
 use crate::{os, segment_map};
 
 /// Whether the hook is compiled in.
@@ -96,7 +97,7 @@ pub struct EventBuffer {
     /// The buffer's number among its heap's buffers: the collector orders a heap's events by
     /// it, since a drained current buffer can reach it before the full one sent just before.
     pub(crate) seq: u32,
-    /// The next buffer in the stack of empty buffers ([`EMPTY`]).
+    /// The next buffer in the list of empty buffers ([`EMPTY`]).
     next: *mut EventBuffer,
     /// The header has a cache line of its own and the events start on the next, so that no
     /// 32-byte event straddles two lines (a split store costs twice).
@@ -145,78 +146,51 @@ const EMPTY_BUFFERS_KEPT: usize = 1024;
 
 /// The empty buffers, last returned first: a thread refills from the buffer the collector
 /// released most recently, which is likely still in a cache, instead of the one that waited
-/// longest (a queue made every event's store miss). A linked list through the buffers' `next`,
-/// under a flag: the collector waits for it (a handful of instructions), a thread only tries
-/// it and maps a fresh buffer if it is taken, so a thread never waits and a `fork()` that
-/// catches it taken costs the child nothing but fresh buffers.
-struct BufferStack {
-    locked: AtomicBool,
-    top: core::cell::UnsafeCell<(*mut EventBuffer, usize)>,
+/// longest (a queue made every event's store miss). A list linked through the buffers' `next`,
+/// with its length. The collector waits for the lock (held for a handful of instructions); a
+/// thread only tries it and maps a fresh buffer if it is taken, so a thread never waits, and a
+/// `fork()` that catches it taken costs the child nothing but fresh buffers.
+static EMPTY: SpinLock<EmptyBuffers> = SpinLock::new(EmptyBuffers {
+    top: ptr::null_mut(),
+    len: 0,
+});
+
+struct EmptyBuffers {
+    top: *mut EventBuffer,
+    len: usize,
 }
 
-// SAFETY: `top` is only touched while `locked` is held (Acquire to take, Release to give back).
-unsafe impl Sync for BufferStack {}
+// SAFETY: the buffers on the list are owned by the list (the lock serialises every access) and
+// hold no thread-bound state.
+unsafe impl Send for EmptyBuffers {}
 
-static EMPTY: BufferStack = BufferStack {
-    locked: AtomicBool::new(false),
-    top: core::cell::UnsafeCell::new((ptr::null_mut(), 0)),
-};
-
-impl BufferStack {
-    /// The most recently pushed buffer, or null if there is none or the stack is busy.
-    fn try_pop(&self) -> *mut EventBuffer {
-        if self
-            .locked
-            .compare_exchange(false, true, Acquire, Relaxed)
-            .is_err()
-        {
-            return ptr::null_mut();
-        }
-        // SAFETY: we hold the flag; buffers on the stack are mapped and owned by the stack.
-        let buf = unsafe {
-            let top = &mut *self.top.get();
-            let buf = top.0;
-            if !buf.is_null() {
-                top.0 = (*buf).next;
-                top.1 -= 1;
-            }
-            buf
-        };
-        self.locked.store(false, Release);
-        buf
+/// The most recently released buffer, or null if there is none or the list is busy.
+fn pop_empty() -> *mut EventBuffer {
+    let Some(mut list) = EMPTY.try_lock() else {
+        return ptr::null_mut();
+    };
+    let buf = list.top;
+    if !buf.is_null() {
+        // SAFETY: buffers on the list are mapped and owned by the list, which we hold.
+        list.top = unsafe { (*buf).next };
+        list.len -= 1;
     }
-
-    /// Keeps `buf` for reuse; false if the stack is full.
-    fn push(&self, buf: *mut EventBuffer) -> bool {
-        let mut spins = 0u32;
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Acquire, Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins < 64 {
-                core::hint::spin_loop();
-            } else {
-                // SAFETY: no preconditions.
-                unsafe { libc::sched_yield() };
-            }
-        }
-        // SAFETY: we hold the flag, and the caller owns `buf`, which nobody else references.
-        let kept = unsafe {
-            let top = &mut *self.top.get();
-            if top.1 < EMPTY_BUFFERS_KEPT {
-                (*buf).next = top.0;
-                *top = (buf, top.1 + 1);
-                true
-            } else {
-                false
-            }
-        };
-        self.locked.store(false, Release);
-        kept
-    }
+    buf
 }
+
+/// Keeps `buf` for reuse; false if the list is full.
+fn push_empty(buf: *mut EventBuffer) -> bool {
+    let mut list = EMPTY.lock();
+    if list.len >= EMPTY_BUFFERS_KEPT {
+        return false;
+    }
+    // SAFETY: the caller owns `buf`, which nobody else references; the list is ours to change.
+    unsafe { (*buf).next = list.top };
+    list.top = buf;
+    list.len += 1;
+    true
+}
+
 #[cfg(feature = "hook")]
 pub(crate) static CHANNELS: AtomicPtr<Channels> = AtomicPtr::new(ptr::null_mut());
 
@@ -483,7 +457,7 @@ fn send(_buf: *mut EventBuffer) -> bool {
 /// # Safety
 /// `heap` is the calling thread's heap.
 unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
-    let mut buf = EMPTY.try_pop();
+    let mut buf = pop_empty();
     if buf.is_null() {
         buf = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
     }
@@ -504,7 +478,7 @@ unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
 
 /// Returns a buffer the collector is done with: kept for reuse, or unmapped.
 pub(crate) fn release_buffer(buf: BufferPtr) {
-    if !EMPTY.push(buf.0) {
+    if !push_empty(buf.0) {
         // SAFETY: the collector owns the buffer and nobody else references it.
         unsafe { os::unmap_internal(buf.0.cast(), BUFFER_BYTES) };
     }

@@ -26,6 +26,14 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it is free; never waits.
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(SpinGuard { lock: self })
+    }
+
     /// Takes the lock without a guard (fork prepare); pair with [`SpinLock::force_unlock`].
     pub(crate) fn acquire(&self) {
         let mut spins = 0u32;
