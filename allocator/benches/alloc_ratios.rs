@@ -262,6 +262,7 @@ impl Block {
 ///
 /// # Safety
 /// `a` must be a working allocator; `size >= 8`.
+#[inline(always)]
 unsafe fn alloc_tagged<A: GlobalAlloc>(a: &A, size: usize, tag: u64) -> Block {
     // SAFETY: `size >= 8`, so the layout has a non-zero size.
     let ptr = unsafe { a.alloc(layout(size)) };
@@ -284,6 +285,7 @@ unsafe fn alloc_tagged<A: GlobalAlloc>(a: &A, size: usize, tag: u64) -> Block {
 ///
 /// # Safety
 /// `b` must come from `alloc_tagged` with the same allocator and not be freed yet.
+#[inline(always)]
 unsafe fn free_tagged<A: GlobalAlloc>(a: &A, b: Block) -> u64 {
     let ptr = b.ptr as *mut u8;
     // SAFETY: `b` is a live block of `b.size >= 8` bytes.

@@ -239,6 +239,11 @@ pub(crate) unsafe fn queue_remove(heap: *mut Heap, bin: usize, page: *mut Page) 
 // ---------------------------------------------------------------------------------------------
 // The generic allocation path
 
+/// Every this many generic calls a heap counts down its retired pages and purges what is due
+/// (mimalloc does it every 1000): the generic path is hot for blocks over [`SMALL_SIZE_MAX`], and
+/// walking the retired bins touches a cold page header per bin.
+const HOUSEKEEPING_EVERY: u64 = 16;
+
 /// Finds (or makes) a page of `heap` with a free block for `size` bytes. Also does the heap's
 /// deferred work: delayed frees from other threads, retired pages, purging. Null when out of
 /// memory or `size` is impossible.
@@ -250,10 +255,8 @@ pub(crate) unsafe fn find_page(heap: *mut Heap, size: usize) -> *mut Page {
     unsafe {
         (*heap).generic_count += 1;
         delayed_free_all(heap, false);
-        if (*heap).retired_min <= (*heap).retired_max {
+        if (*heap).generic_count.is_multiple_of(HOUSEKEEPING_EVERY) {
             collect_retired(heap);
-        }
-        if (*heap).generic_count.is_multiple_of(16) {
             deferred_purge(heap);
         }
         if size > LARGE_OBJ_SIZE_MAX {
@@ -276,6 +279,9 @@ pub(crate) unsafe fn find_page(heap: *mut Heap, size: usize) -> *mut Page {
             }
             page = next;
         }
+        // Before taking a fresh page: retired pages whose time has come go back to their
+        // segments, where this allocation may find one.
+        collect_retired(heap);
         let page = segment::page_alloc(heap, block_size(bin));
         if page.is_null() {
             return page;
@@ -378,8 +384,8 @@ pub(crate) unsafe fn free_block_local(page: *mut Page, block: *mut Block) {
 }
 
 /// An empty page goes back to its segment, unless it is the only page of its size class: then it
-/// stays for a few generic calls, so a loop that allocates and frees one block does not map and
-/// unmap a page each time.
+/// stays for a few housekeeping rounds, so a loop that allocates and frees one block does not map
+/// and unmap a page each time.
 ///
 /// # Safety
 /// The calling thread owns `page`, which has no used blocks and is in a regular queue.
@@ -420,10 +426,14 @@ unsafe fn free_page(heap: *mut Heap, bin: usize, page: *mut Page) {
     }
 }
 
+/// Counts down the retired pages; those whose count reaches zero go back to their segments.
 unsafe fn collect_retired(heap: *mut Heap) {
     // SAFETY: the calling thread owns `heap`.
     unsafe {
         let (lo, hi) = ((*heap).retired_min, (*heap).retired_max);
+        if lo > hi {
+            return;
+        }
         (*heap).retired_min = BIN_FULL;
         (*heap).retired_max = 0;
         for bin in lo..=hi.min(BIN_LARGE_MAX) {
@@ -449,6 +459,7 @@ unsafe fn collect_retired(heap: *mut Heap) {
 unsafe fn deferred_purge(heap: *mut Heap) {
     let now = os::clock_ms();
     segment::cache_expire(now);
+    segment::purge_abandoned(now);
     // SAFETY: the calling thread owns `heap`.
     unsafe {
         let due = (*heap).tld.next_purge_ms;

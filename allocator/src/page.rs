@@ -61,7 +61,8 @@ pub struct Page {
     pub(crate) flags: AtomicU8,
     /// Every block on `free` is zero but for its first word (fresh OS memory).
     pub(crate) free_is_zero: bool,
-    /// Generic `malloc` calls left before an empty, retired page goes back to its segment.
+    /// Housekeeping rounds of the heap left before an empty, retired page goes back to its
+    /// segment (see `heap::find_page`).
     pub(crate) retire_expire: u8,
     pub(crate) bin: AtomicU8,
     pub(crate) capacity: AtomicU32,

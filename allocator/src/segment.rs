@@ -302,6 +302,7 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
         (*page).local_free_count.store(0, Relaxed);
         (*page).reserved.store(0, Relaxed);
         (*page).is_zero_init = false;
+        (*page).purge_at_ms = os::clock_ms() + options::purge_delay_ms();
         let used = (*s).used.load(Relaxed) - 1;
         (*s).used.store(used, Relaxed);
         if used == 0 {
@@ -312,11 +313,7 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
             abandon_if_complete(tld, s); // its thread is exiting: this was the last page in use
             return;
         }
-        let delay = options::purge_delay_ms();
-        (*page).purge_at_ms = os::clock_ms() + delay;
-        if (*tld).next_purge_ms == 0 || (*page).purge_at_ms < (*tld).next_purge_ms {
-            (*tld).next_purge_ms = (*page).purge_at_ms;
-        }
+        (*tld).next_purge_ms = earliest((*tld).next_purge_ms, (*page).purge_at_ms);
         if !(*s).in_free_queue
             && let Some(q) = (*tld).queue((*s).kind)
         {
@@ -336,8 +333,8 @@ unsafe fn purge_range(page: *mut Page) -> (*mut u8, usize) {
 }
 
 unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
-    // SAFETY: the page is free and its segment owned by the calling thread (or abandoned and
-    // not yet published).
+    // SAFETY: the page is free and its segment owned by the calling thread (or abandoned, with
+    // the abandoned list's lock held).
     unsafe {
         let (p, len) = purge_range(page);
         // The OS takes whole pages only: zero the partial ones at either end (page 0 starts
@@ -371,21 +368,44 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
         for q in [&raw mut (*tld).small, &raw mut (*tld).medium] {
             let mut s = (*q).first;
             while !s.is_null() {
-                for i in 0..(*s).capacity {
-                    let page = &raw mut (*s).pages[i];
-                    if (*page).is_in_use() || (*page).is_purged {
-                        continue;
-                    }
-                    if (*page).purge_at_ms <= now {
-                        purge_page(s, page);
-                    } else if next_due == 0 || (*page).purge_at_ms < next_due {
-                        next_due = (*page).purge_at_ms;
-                    }
-                }
+                next_due = earliest(next_due, purge_segment(s, now));
                 s = (*s).next;
             }
         }
         (*tld).next_purge_ms = next_due;
+    }
+}
+
+/// Purges the free pages of `s` whose delay has passed (`now == 0` purges none); returns when
+/// the next of the others is due (0: none). Pages never used since the segment was mapped hold
+/// no memory and are skipped.
+///
+/// # Safety
+/// The calling thread owns `s`, or holds the abandoned list's lock while `s` is on it.
+unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
+    let mut next_due = 0;
+    // SAFETY: see the contract; free pages are touched by no one else.
+    unsafe {
+        for i in 0..(*s).capacity {
+            let page = &raw mut (*s).pages[i];
+            if (*page).is_in_use() || (*page).is_purged || (*page).purge_at_ms == 0 {
+                continue;
+            }
+            if (*page).purge_at_ms <= now {
+                purge_page(s, page);
+            } else {
+                next_due = earliest(next_due, (*page).purge_at_ms);
+            }
+        }
+    }
+    next_due
+}
+
+/// The earlier of two due times, where 0 means "none".
+fn earliest(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
     }
 }
 
@@ -405,8 +425,10 @@ struct SegmentCache {
 const CACHE_SLOTS: usize = 16;
 const CACHE_HUGE_MAX: usize = 32 << 20;
 const CACHE_BYTES_MAX: usize = 128 << 20;
-/// Huge segments are sized in these steps, so blocks of similar sizes can reuse each other's.
-const HUGE_GRANULE: usize = 1 << 20;
+/// Huge segments are sized in these steps, so blocks of similar sizes can reuse each other's. It is
+/// the transparent huge page size: a segment that ended inside a huge page would fault its tail in
+/// 4 KiB pages, each fault costing about three times as much per byte as zeroing a huge page.
+const HUGE_GRANULE: usize = 2 << 20;
 static CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
     entries: [(0, 0, 0); CACHE_SLOTS],
     len: 0,
@@ -575,6 +597,7 @@ unsafe fn segment_alloc(
         seg.abandoned_prev = ptr::null_mut();
         seg.is_abandoned = false;
         let base = s as usize;
+        let cached_due = os::clock_ms() + options::purge_delay_ms();
         for i in 0..SMALL_PAGES_PER_SEGMENT {
             let page = &raw mut seg.pages[i];
             page.write(Page::empty());
@@ -589,7 +612,14 @@ unsafe fn segment_alloc(
                     page_base + page_size - start
                 };
                 (*page).is_zero_init = is_zero;
+                // A fresh mapping's pages hold no memory until used (0: nothing to purge); a
+                // cached segment's may, and go back after the usual delay unless used first.
+                (*page).purge_at_ms = if is_zero { 0 } else { cached_due };
             }
+        }
+        if !is_zero {
+            let tld = &raw mut (*heap).tld;
+            (*tld).next_purge_ms = earliest((*tld).next_purge_ms, cached_due);
         }
         segment_map::register(s);
         if hook::enabled() {
@@ -675,6 +705,33 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
 static ABANDONED: SpinLock<usize> = SpinLock::new(0);
 /// Number of abandoned segments, read without the lock.
 pub(crate) static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// When the next free page of an abandoned segment is due to be purged (0: none); written under
+/// the lock, read without it.
+static ABANDONED_PURGE_DUE: AtomicU64 = AtomicU64::new(0);
+
+/// Purges the free pages of abandoned segments whose delay has passed, so memory of exited
+/// threads goes back to the OS even when no thread takes their segments over. Called from the
+/// slow path of any thread; skipped when the list is busy.
+pub(crate) fn purge_abandoned(now: u64) {
+    let due = ABANDONED_PURGE_DUE.load(Relaxed);
+    if due == 0 || due > now {
+        return;
+    }
+    let Some(head) = ABANDONED.try_lock() else {
+        return;
+    };
+    let mut next_due = 0;
+    let mut s = *head as *mut Segment;
+    while !s.is_null() {
+        // SAFETY: we hold the list lock, so no thread can take `s` over meanwhile; listed
+        // segments stay mapped while listed.
+        unsafe {
+            next_due = earliest(next_due, purge_segment(s, now));
+            s = (*s).abandoned_next;
+        }
+    }
+    ABANDONED_PURGE_DUE.store(next_due, Relaxed);
+}
 
 /// Marks a page of an exiting thread's heap abandoned; abandons its segment once every used page
 /// of it is.
@@ -701,17 +758,15 @@ unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
             {
                 q.remove(s);
             }
-            for i in 0..(*s).capacity {
-                let p = &raw mut (*s).pages[i];
-                if !(*p).is_in_use() && !(*p).is_purged {
-                    purge_page(s, p);
-                }
-            }
+            // Its free pages keep their purge time: a thread that starts soon after takes the
+            // segment back with its memory still resident (see `purge_abandoned`).
+            let due = purge_segment(s, os::clock_ms());
             if hook::enabled() {
                 hook::emit_current(EventKind::SegmentAbandon, 0, 0, 0, s as usize, 0);
                 hook::bump_clock();
             }
             let mut head = ABANDONED.lock();
+            ABANDONED_PURGE_DUE.store(earliest(ABANDONED_PURGE_DUE.load(Relaxed), due), Relaxed);
             (*s).abandoned_prev = ptr::null_mut();
             (*s).abandoned_next = *head as *mut Segment;
             if *head != 0 {
@@ -847,6 +902,8 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
                 crate::heap::queue_push_back(heap, (*page).bin(), page);
             }
         }
+        // Free pages still waiting for their purge now wait on this thread's clock.
+        (*tld).next_purge_ms = earliest((*tld).next_purge_ms, purge_segment(s, 0));
         if (*s).used.load(Relaxed) < (*s).capacity
             && !(*s).in_free_queue
             && let Some(q) = (*tld).queue((*s).kind)

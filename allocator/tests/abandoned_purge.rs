@@ -1,0 +1,121 @@
+//! The free pages of an exiting thread's segments are not purged at once: a thread that starts
+//! soon after takes the segments back with their memory still resident. When no thread takes
+//! them, the purge delay still applies: any thread's slow path purges them once it has passed.
+//!
+//! Its own test binary (so its own process): the committed-bytes numbers are the whole heap's,
+//! and no other test allocates meanwhile.
+#![allow(unsafe_code)] // tests call the raw allocator API
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use heaplens_alloc::{SEGMENT_MASK, stats};
+
+#[global_allocator]
+static A: heaplens_alloc::HeapLens = heaplens_alloc::HeapLens;
+
+const MIB: usize = 1 << 20;
+/// What the exiting thread allocates, in 256-byte blocks (small pages).
+const WORKING_SET: usize = 16 * MIB;
+const BLOCK: usize = 256;
+
+/// Allocates and frees `n` blocks of 4 KiB, one at a time: each call takes the generic path
+/// (blocks over 1 KiB always do), which is where deferred purging runs, and reuses one page.
+fn activity(n: usize) {
+    for _ in 0..n {
+        // SAFETY: any size is a valid request.
+        let p = unsafe { heaplens_alloc::malloc(4096) };
+        assert!(!p.is_null());
+        // SAFETY: `p` has 4096 writable bytes; it is freed once.
+        unsafe {
+            p.write_bytes(7, 4096);
+            heaplens_alloc::free(p);
+        }
+    }
+}
+
+#[test]
+fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
+    // The main thread's page for the activity exists before the worker runs, so the activity
+    // never needs a segment (which would reclaim the abandoned ones and purge them as its own).
+    activity(64);
+
+    // The worker fills WORKING_SET, keeps the first block of each segment it used (so the
+    // segments survive its exit, abandoned), frees the rest and exits.
+    let (kept, committed_full) = std::thread::spawn(|| {
+        let mut blocks = Vec::with_capacity(WORKING_SET / BLOCK);
+        for _ in 0..WORKING_SET / BLOCK {
+            // SAFETY: any size is a valid request.
+            let p = unsafe { heaplens_alloc::malloc(BLOCK) };
+            assert!(!p.is_null());
+            // SAFETY: `p` has BLOCK writable bytes.
+            unsafe { p.write_bytes(1, BLOCK) };
+            blocks.push(p as usize);
+        }
+        let committed_full = stats().committed_bytes;
+        let mut kept: Vec<usize> = Vec::new();
+        for p in blocks {
+            if kept.iter().all(|k| k & !SEGMENT_MASK != p & !SEGMENT_MASK) {
+                kept.push(p);
+            } else {
+                // SAFETY: each block is live and freed once.
+                unsafe { heaplens_alloc::free(p as *mut u8) };
+            }
+        }
+        (kept, committed_full)
+    })
+    .join()
+    .expect("worker panicked");
+
+    let at_exit = stats();
+    assert!(
+        at_exit.abandoned_segments >= kept.len() && kept.len() >= 4,
+        "the worker's {} segments should be abandoned ({} are)",
+        kept.len(),
+        at_exit.abandoned_segments
+    );
+    // Nothing has run the slow path since the worker exited: its free pages are still there.
+    assert!(
+        at_exit.committed_bytes + WORKING_SET / 8 >= committed_full,
+        "the exiting thread's free pages were purged at once: committed {} MiB with the working \
+         set live, {} MiB just after its thread exited",
+        committed_full / MIB,
+        at_exit.committed_bytes / MIB
+    );
+
+    // After the purge delay (10 ms by default) the main thread's slow path purges them, although
+    // no thread has taken the segments over.
+    let delay = heaplens_alloc::options::purge_delay_ms();
+    let mut after = stats();
+    for _ in 0..20 {
+        sleep(Duration::from_millis(delay + 20));
+        activity(64);
+        after = stats();
+        if after.committed_bytes + WORKING_SET * 3 / 4 <= at_exit.committed_bytes {
+            break;
+        }
+    }
+    eprintln!(
+        "committed: {} MiB full, {} MiB at exit, {} MiB after the delay; {} abandoned segments",
+        committed_full / MIB,
+        at_exit.committed_bytes / MIB,
+        after.committed_bytes / MIB,
+        after.abandoned_segments
+    );
+    assert!(
+        after.abandoned_segments >= kept.len(),
+        "the abandoned segments were taken over, so this did not test their purge"
+    );
+    assert!(
+        after.committed_bytes + WORKING_SET * 3 / 4 <= at_exit.committed_bytes,
+        "the abandoned segments' free pages were not purged: {} MiB committed at exit, {} MiB \
+         after the delay",
+        at_exit.committed_bytes / MIB,
+        after.committed_bytes / MIB
+    );
+
+    for p in kept {
+        // SAFETY: the kept blocks are live; a free from another thread is allowed.
+        unsafe { heaplens_alloc::free(p as *mut u8) };
+    }
+}
