@@ -351,6 +351,9 @@ const MS: u64 = 1_000_000;
 /// with 10 ms a busy thread had hundreds of 64 KiB buffers waiting (40 MiB on the trees
 /// benchmark; 20 MiB with 2 ms), and refilled them from far outside the caches.
 const DRAIN_EVERY: u64 = 2 * MS;
+/// How long the collector sleeps between polls while full buffers keep arriving: a busy thread
+/// fills about 20 buffers in that time, well within the channel's capacity.
+const BUSY_POLL: Duration = Duration::from_micros(200);
 /// Margin for events being written while a drain reads their buffer.
 const IN_FLIGHT: u64 = MS;
 
@@ -386,15 +389,29 @@ impl<'a> Collector<'a> {
         self.flush(u64::MAX);
         self.census(self.now());
         STARTED.store(true, Release);
+        let mut busy = false;
         loop {
-            match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
-                Ok(buf) => self.take_full(buf),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let mut received = false;
+            if busy {
+                // Buffers are coming in: poll rather than wait in `recv`, so that a thread
+                // sending one never has to wake the collector (a futex system call for every
+                // 2046 events, and the collector's wake-up, on the sending thread's time).
+                std::thread::sleep(BUSY_POLL);
+            } else {
+                match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
+                    Ok(buf) => {
+                        self.take_full(buf);
+                        received = true;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
             while let Ok(buf) = self.state.full_rx.try_recv() {
                 self.take_full(buf);
+                received = true;
             }
+            busy = received;
             let now = self.now();
             hook::set_clock(now);
             if SHUTDOWN.load(Acquire) {

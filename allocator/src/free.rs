@@ -4,8 +4,8 @@
 
 use core::sync::atomic::Ordering::*;
 
-use crate::event::flags;
-use crate::heap::{self, thread_id};
+use crate::event::{EventKind, flags};
+use crate::heap::{self, Heap, thread_id};
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_HAS_ALIGNED, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
 };
@@ -22,17 +22,65 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     let segment = segment_of(p);
-    if options::check() {
-        check::verify_segment(segment, p); // before anything is read from it
-    }
     // SAFETY: `p` is live, so its segment header is mapped; a page of this thread's segment with
     // no flags holds `p` at a block start and belongs to this thread's heap.
+    unsafe {
+        if options::watched() {
+            return free_watched(segment, p);
+        }
+        let page = page_of(segment, p);
+        if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
+            if push_local(page, p.cast()) == 0 {
+                heap::retire((*page).heap(), page);
+            }
+            return;
+        }
+        free_generic(segment, page, p);
+    }
+}
+
+/// [`free`] in checked mode or with the hook on: the same steps, with the pointer verified first
+/// and the local free reported. Out of line, so that the fast path inlined into callers is the
+/// same with the hook compiled in (and off) as compiled out; its rare cases are tail calls, so
+/// the traced local free needs no stack frame.
+///
+/// # Safety
+/// As [`free`]; `segment` is `p`'s.
+#[inline(never)]
+unsafe fn free_watched(segment: *mut Segment, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe {
+        if options::check() {
+            return free_checked(segment, p);
+        }
+        free_reported(segment, p);
+    }
+}
+
+/// [`free_watched`] in checked mode: the pointer is verified before anything is read from it.
+///
+/// # Safety
+/// As [`free`]; `segment` is `p`'s.
+#[inline(never)]
+unsafe fn free_checked(segment: *mut Segment, p: *mut u8) {
+    check::verify_segment(segment, p);
+    // SAFETY: verified above.
+    unsafe { free_reported(segment, p) };
+}
+
+/// [`free`]'s steps with the local free reported to the hook (when on).
+///
+/// # Safety
+/// As [`free`]; `segment` is `p`'s.
+#[inline(always)]
+unsafe fn free_reported(segment: *mut Segment, p: *mut u8) {
+    // SAFETY: as in `free`.
     unsafe {
         let page = page_of(segment, p);
         if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
             let heap = (*page).heap();
-            if hook::enabled() {
-                hook::emit_local_free(heap, p);
+            if hook::enabled() && !hook::try_free_event(heap, p) {
+                return free_local_reported(heap, page, p);
             }
             if push_local(page, p.cast()) == 0 {
                 heap::retire(heap, page);
@@ -40,6 +88,21 @@ pub unsafe fn free(p: *mut u8) {
             return;
         }
         free_generic(segment, page, p);
+    }
+}
+
+/// A local free whose event did not fit the thread's buffer: reported through the slow path.
+///
+/// # Safety
+/// `page` is a page of the calling thread's `heap` holding the live block `p`.
+#[inline(never)]
+unsafe fn free_local_reported(heap: *mut Heap, page: *mut Page, p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe {
+        hook::emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0);
+        if push_local(page, p.cast()) == 0 {
+            heap::retire(heap, page);
+        }
     }
 }
 

@@ -81,6 +81,7 @@ pub(crate) fn bump_clock() {
 pub(crate) fn set_enabled(on: bool, lossless: bool) {
     LOSSLESS.store(lossless, Relaxed);
     ENABLED.store(on && COMPILED, Release);
+    crate::options::set_watch(crate::options::WATCH_HOOK, on && COMPILED);
 }
 
 /// Events per buffer: the buffer fills 64 KiB.
@@ -266,50 +267,105 @@ pub(crate) unsafe fn emit(
     addr: usize,
     arg: u64,
 ) {
-    // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
+    // SAFETY: forwarded.
     unsafe {
-        let buf = (*heap).events.load(Relaxed);
-        if !buf.is_null() {
-            let n = (*buf).len.load(Relaxed) as usize;
-            if n < BUFFER_EVENTS {
-                // Stored as four words straight from registers: an `Event` built on the stack
-                // and copied in 16-byte halves made every event wait for store forwarding to
-                // fail (two 8-byte stores read back by one 16-byte load).
-                let w = (&raw mut (*buf).events)
-                    .cast::<Event>()
-                    .add(n)
-                    .cast::<u64>();
-                w.write(Event::head_word(kind as u8, flags, aux, arg32));
-                w.add(1).write(addr as u64);
-                w.add(2).write(arg);
-                w.add(3).write(now());
-                (*buf).len.store(n as u32 + 1, Release);
-                return;
-            }
+        if !append(heap, kind, flags, aux, arg32, addr, arg) {
+            let ev = Event {
+                kind: kind as u8,
+                flags,
+                aux,
+                arg32,
+                addr: addr as u64,
+                arg,
+                time: now(),
+            };
+            emit_slow(heap, ev);
         }
-        let ev = Event {
-            kind: kind as u8,
-            flags,
-            aux,
-            arg32,
-            addr: addr as u64,
-            arg,
-            time: now(),
-        };
-        emit_slow(heap, ev);
     }
 }
 
-/// A local free, out of line: `free`'s fast path must stay small enough to be inlined into its
-/// callers, as it is when the hook is compiled out (with the event write inlined, the trees
-/// benchmark ran 15-20% slower with the hook compiled in and off than compiled out).
+/// Writes an event into `heap`'s current buffer if it has room; false otherwise (no buffer, or
+/// full), when [`emit_slow`] must take over.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+#[inline(always)]
+unsafe fn append(
+    heap: *mut Heap,
+    kind: EventKind,
+    flags: u8,
+    aux: u16,
+    arg32: u32,
+    addr: usize,
+    arg: u64,
+) -> bool {
+    // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if buf.is_null() {
+            return false;
+        }
+        let n = (*buf).len.load(Relaxed) as usize;
+        if n >= BUFFER_EVENTS {
+            return false;
+        }
+        // Stored as four words straight from registers: an `Event` built on the stack and
+        // copied in 16-byte halves made every event wait for store forwarding to fail (two
+        // 8-byte stores read back by one 16-byte load).
+        let w = (&raw mut (*buf).events)
+            .cast::<Event>()
+            .add(n)
+            .cast::<u64>();
+        w.write(Event::head_word(kind as u8, flags, aux, arg32));
+        w.add(1).write(addr as u64);
+        w.add(2).write(arg);
+        w.add(3).write(now());
+        (*buf).len.store(n as u32 + 1, Release);
+        true
+    }
+}
+
+/// Reports the allocation of `p` and returns it: the traced fast path of `malloc`. The rare
+/// full-buffer case is a tail call, so the common case needs no stack frame.
 ///
 /// # Safety
 /// As [`emit`].
-#[inline(never)]
-pub(crate) unsafe fn emit_local_free(heap: *mut Heap, p: *mut u8) {
+#[inline(always)]
+pub(crate) unsafe fn alloc_event(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
     // SAFETY: forwarded.
-    unsafe { emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0) };
+    unsafe {
+        if append(heap, EventKind::Alloc, flags, 0, 0, p as usize, size as u64) {
+            p
+        } else {
+            alloc_event_slow(heap, p, size, flags)
+        }
+    }
+}
+
+/// Reports a local free of `p` if the buffer has room; false when [`emit`] must do it.
+///
+/// # Safety
+/// As [`emit`].
+#[inline(always)]
+pub(crate) unsafe fn try_free_event(heap: *mut Heap, p: *mut u8) -> bool {
+    // SAFETY: forwarded.
+    unsafe { append(heap, EventKind::Free, 0, 0, 0, p as usize, 0) }
+}
+
+#[inline(never)]
+unsafe fn alloc_event_slow(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
+    let ev = Event {
+        kind: EventKind::Alloc as u8,
+        flags,
+        aux: 0,
+        arg32: 0,
+        addr: p as u64,
+        arg: size as u64,
+        time: now(),
+    };
+    // SAFETY: forwarded.
+    unsafe { emit_slow(heap, ev) };
+    p
 }
 
 /// Emits on the calling thread's heap (for slow paths that do not carry the heap).

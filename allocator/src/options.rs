@@ -1,7 +1,7 @@
 //! Options from the environment, read once at process initialisation with `getenv` (which does
 //! not allocate). `std::env::var` would allocate inside `malloc` and recurse.
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
 static CHECK: AtomicBool = AtomicBool::new(false);
@@ -16,6 +16,28 @@ pub fn show_stats() -> bool {
 #[inline]
 pub fn check() -> bool {
     CHECK.load(Relaxed)
+}
+
+/// Why `free` leaves its fast path for [`crate::free`]'s watched twin: bits of [`WATCH`].
+pub(crate) const WATCH_CHECK: u8 = 1;
+pub(crate) const WATCH_HOOK: u8 = 2;
+/// Checked mode and the hook in one byte, so that `free` with the hook compiled in but off
+/// tests the same single flag as with the hook compiled out.
+static WATCH: AtomicU8 = AtomicU8::new(0);
+
+/// Whether `free` must take its watched path (checked mode, or the hook on).
+#[inline(always)]
+pub(crate) fn watched() -> bool {
+    WATCH.load(Relaxed) != 0
+}
+
+/// Sets or clears one reason to watch `free`.
+pub(crate) fn set_watch(bit: u8, on: bool) {
+    if on {
+        WATCH.fetch_or(bit, Relaxed);
+    } else {
+        WATCH.fetch_and(!bit, Relaxed);
+    }
 }
 
 /// `HEAPLENS_PURGE_DELAY_MS` (default 10): how long empty memory waits before it goes back to the
@@ -44,6 +66,7 @@ pub(crate) fn init() {
         }
     }
     CHECK.store(flag(c"HEAPLENS_CHECK"), Relaxed);
+    set_watch(WATCH_CHECK, check());
     if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
         PURGE_DELAY_MS.store(ms, Relaxed);
     }
