@@ -343,6 +343,10 @@ struct Collector<'a> {
     sink_alive: bool,
     scratch: Vec<Event>,
     scratch_seq: u32,
+    /// Buffers whose events are passed on, waiting until no heap names them (see `recycle`).
+    retired: Vec<BufferPtr>,
+    /// The heaps' current buffers, gathered by `release_retired` (kept for its capacity).
+    current: Vec<*mut hook::EventBuffer>,
 }
 
 const MS: u64 = 1_000_000;
@@ -376,6 +380,8 @@ impl<'a> Collector<'a> {
             sink_alive: true,
             scratch: Vec::new(),
             scratch_seq: 0,
+            retired: Vec::new(),
+            current: Vec::new(),
         }
     }
 
@@ -434,6 +440,7 @@ impl<'a> Collector<'a> {
             // Events are passed on in time order up to the point where every thread's events
             // are known to be in hand: a buffer that arrives later holds only later events.
             self.flush(self.safe_until);
+            self.release_retired();
         }
     }
 
@@ -447,6 +454,7 @@ impl<'a> Collector<'a> {
         self.flush(u64::MAX);
         self.census(now);
         CENSUS_DONE.store(CENSUS_REQUESTS.load(Acquire), Release);
+        self.release_retired();
         if self.sink_alive {
             (self.state.sink)(None);
         }
@@ -481,8 +489,45 @@ impl<'a> Collector<'a> {
         }
     }
 
-    fn recycle(&self, buf: BufferPtr) {
-        hook::release_buffer(buf);
+    /// A buffer whose events have been passed on. It goes back for reuse only once no heap names
+    /// it as its current buffer ([`Collector::release_retired`]): a thread sends its full buffer
+    /// before it replaces it, and until then a drain still reads it through the heap.
+    fn recycle(&mut self, buf: BufferPtr) {
+        self.retired.push(buf);
+    }
+
+    /// Hands back the retired buffers that no heap names as its current buffer. Released while a
+    /// thread that had just sent one still named it, a buffer was unmapped (or given to another
+    /// thread) under the next drain, which read it through the stale pointer: a crash in about
+    /// one recording of a 4-thread program in 40.
+    fn release_retired(&mut self) {
+        if self.retired.is_empty() {
+            return;
+        }
+        let mut current = std::mem::take(&mut self.current);
+        current.clear();
+        // Room first: nothing may allocate while the heap list is locked.
+        current.reserve(crate::init::thread_count() + 64);
+        let mut complete = true;
+        hook::current_buffers(|b| {
+            if current.len() < current.capacity() {
+                current.push(b);
+            } else {
+                complete = false;
+            }
+        });
+        if !complete {
+            self.current = current;
+            return; // threads appeared meanwhile: try again next time
+        }
+        self.retired.retain(|b| {
+            let in_use = current.contains(&b.0);
+            if !in_use {
+                hook::release_buffer(*b);
+            }
+            in_use
+        });
+        self.current = current;
     }
 
     /// Takes every event emitted so far: the threads' current buffers, then the full buffers

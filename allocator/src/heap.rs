@@ -458,10 +458,14 @@ unsafe fn collect_retired(heap: *mut Heap) {
 
 unsafe fn deferred_purge(heap: *mut Heap) {
     let now = os::clock_ms();
-    segment::cache_expire(now);
-    segment::purge_abandoned(now);
     // SAFETY: the calling thread owns `heap`.
     unsafe {
+        // Shared state (cached segments, abandoned ones) is left to threads whose work is
+        // recorded (see `hook::records`).
+        if hook::records(heap) {
+            segment::cache_expire(now);
+            segment::purge_abandoned(now);
+        }
         let due = (*heap).tld.next_purge_ms;
         if due != 0 && due <= now {
             segment::purge_expired(&raw mut (*heap).tld, now);

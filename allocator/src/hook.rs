@@ -39,6 +39,19 @@ pub fn enabled() -> bool {
     COMPILED && ENABLED.load(Relaxed)
 }
 
+/// Whether what `heap`'s thread does to shared allocator state would be recorded: always when
+/// the hook is off (nothing is recorded, nothing is missed); with it on, only for a traced thread.
+/// An untraced thread (the collector) must not take over what traced threads left (abandoned
+/// segments, their free pages): the events would be lost and the model would go wrong.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+#[inline]
+pub(crate) unsafe fn records(heap: *mut Heap) -> bool {
+    // SAFETY: forwarded.
+    !enabled() || unsafe { (*heap).traced.load(Relaxed) }
+}
+
 /// The coarse event clock: nanoseconds since the hook started.
 #[inline(always)]
 pub fn now() -> u64 {
@@ -637,6 +650,11 @@ pub fn mark(label: &str) {
 // ---------------------------------------------------------------------------------------------
 // The collector's side: drain and census
 
+/// Calls `f` with every live heap's current buffer (null for none). Collector thread only.
+pub(crate) fn current_buffers(mut f: impl FnMut(*mut EventBuffer)) {
+    crate::init::for_each_heap(|heap: &Heap| f(heap.events.load(Acquire)));
+}
+
 /// Copies the not yet taken events of every live traced heap's current buffer to `f(heap_id,
 /// os_tid, (buffer seq, index of the first event), events)`. Collector thread only.
 pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
@@ -646,8 +664,9 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
             f(heap.id, heap.os_tid, (0, 0), &[]);
             return;
         }
-        // SAFETY: the heap list lock keeps the heap (and its current buffer, which only the
-        // collector recycles) alive; `take_range` covers only published events.
+        // SAFETY: the heap list lock keeps the heap alive, and its current buffer too: the
+        // collector hands a buffer back only once no heap names it (`release_retired`), even
+        // when its thread has already sent it; `take_range` covers only published events.
         unsafe {
             let (from, n) = (*buf).take_range();
             f(
@@ -658,6 +677,17 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
             );
         }
     });
+}
+
+/// Whether the in-use pages of `s` belong to an untraced heap (a segment's pages all belong to
+/// its owner's heap, or to none when abandoned).
+fn owned_by_untraced(s: &Segment) -> bool {
+    (0..s.page_count())
+        .map(|i| s.page(i))
+        .find(|p| p.is_in_use())
+        .map(crate::page::Page::heap)
+        // SAFETY: a page's heap pointer is live while the page is in use by it.
+        .is_some_and(|h| !h.is_null() && unsafe { !(*h).traced.load(Relaxed) })
 }
 
 /// A census: every in-use page of a traced (or abandoned) heap, as `CensusBegin`, a
@@ -675,6 +705,9 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
         if pages.len() + 1 + 2 * s.page_count() > pages.capacity() {
             partial = true;
             return;
+        }
+        if owned_by_untraced(s) {
+            return; // an untraced thread's (the collector's): nothing about it is recorded
         }
         pages.push(Event {
             kind: EventKind::CensusSegment as u8,

@@ -528,7 +528,13 @@ unsafe fn segment_alloc(
     size: usize,
     align: usize,
 ) -> *mut Segment {
-    cache_expire(os::clock_ms());
+    // An untraced thread (the collector) keeps out of the shared cache while the hook records:
+    // what it took or unmapped there would not be recorded.
+    // SAFETY: the calling thread's heap.
+    let shared = unsafe { hook::records(heap) };
+    if shared {
+        cache_expire(os::clock_ms());
+    }
     let (s, segment_size, first_start, is_zero) = if kind == PageKind::Huge {
         // A cached huge segment serves a block that fits with at most a quarter to spare and whose
         // alignment its block start already has.
@@ -537,7 +543,7 @@ unsafe fn segment_alloc(
             .and_then(|n| os::align_up(n, HUGE_GRANULE));
         let cached = match need {
             // its block starts at `segment + INFO_SIZE`, and the segment is SEGMENT_SIZE-aligned
-            Some(need) if INFO_SIZE.is_multiple_of(align.max(1)) => {
+            Some(need) if shared && INFO_SIZE.is_multiple_of(align.max(1)) => {
                 cache_pop(need, need + need / 4)
             }
             _ => (ptr::null_mut(), 0),
@@ -551,7 +557,11 @@ unsafe fn segment_alloc(
             (cached.0, cached.1, cached.0 as usize + INFO_SIZE, false)
         }
     } else {
-        let cached = cache_pop(SEGMENT_SIZE, SEGMENT_SIZE).0;
+        let cached = if shared {
+            cache_pop(SEGMENT_SIZE, SEGMENT_SIZE).0
+        } else {
+            ptr::null_mut()
+        };
         let (s, zero) = if cached.is_null() {
             (
                 os::alloc_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>(),
@@ -690,7 +700,8 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
             hook::emit_current(EventKind::SegmentFree, flag, 0, 0, s as usize, size as u64);
             hook::bump_clock();
         }
-        if !(cacheable && cache_push(s, size)) {
+        let shared = hook::records(crate::heap::default_heap()); // see `segment_alloc`
+        if !(cacheable && shared && cache_push(s, size)) {
             os::free(s.cast(), size, purged);
         }
     }
@@ -712,25 +723,71 @@ static ABANDONED_PURGE_DUE: AtomicU64 = AtomicU64::new(0);
 /// Purges the free pages of abandoned segments whose delay has passed, so memory of exited
 /// threads goes back to the OS even when no thread takes their segments over. Called from the
 /// slow path of any thread; skipped when the list is busy.
+///
+/// The segments to purge are taken off the list first and put back after: purging reports to the
+/// hook, which may allocate, and an allocation may need the list.
 pub(crate) fn purge_abandoned(now: u64) {
     let due = ABANDONED_PURGE_DUE.load(Relaxed);
     if due == 0 || due > now {
         return;
     }
-    let Some(head) = ABANDONED.try_lock() else {
-        return;
-    };
+    let mut taken = [ptr::null_mut::<Segment>(); 16];
+    let mut n = 0;
+    {
+        let Some(mut head) = ABANDONED.try_lock() else {
+            return;
+        };
+        let mut s = *head as *mut Segment;
+        while !s.is_null() && n < taken.len() {
+            // SAFETY: we hold the list lock; listed segments stay mapped while listed.
+            unsafe {
+                let next = (*s).abandoned_next;
+                let next_due = purge_segment(s, 0); // nothing purged: when its pages are due
+                if next_due != 0 && next_due <= now && abandoned_take(&mut head, s) {
+                    taken[n] = s;
+                    n += 1;
+                }
+                s = next;
+            }
+        }
+    }
+    for &s in &taken[..n] {
+        // SAFETY: taking `s` off the list made it ours (nobody can reclaim it meanwhile).
+        unsafe { purge_segment(s, now) };
+    }
+    let mut head = ABANDONED.lock();
+    for &s in &taken[..n] {
+        // SAFETY: ours since we took it; the lock is held.
+        unsafe { abandoned_push(&mut head, s) };
+    }
     let mut next_due = 0;
     let mut s = *head as *mut Segment;
     while !s.is_null() {
-        // SAFETY: we hold the list lock, so no thread can take `s` over meanwhile; listed
-        // segments stay mapped while listed.
+        // SAFETY: we hold the list lock; with `now == 0` nothing is purged, only read.
         unsafe {
-            next_due = earliest(next_due, purge_segment(s, now));
+            next_due = earliest(next_due, purge_segment(s, 0));
             s = (*s).abandoned_next;
         }
     }
     ABANDONED_PURGE_DUE.store(next_due, Relaxed);
+}
+
+/// Puts `s` at the head of the abandoned list.
+///
+/// # Safety
+/// The caller holds the list lock (`head`) and owns `s`, which is not on the list.
+unsafe fn abandoned_push(head: &mut usize, s: *mut Segment) {
+    // SAFETY: see the contract.
+    unsafe {
+        (*s).abandoned_prev = ptr::null_mut();
+        (*s).abandoned_next = *head as *mut Segment;
+        if *head != 0 {
+            (*(*head as *mut Segment)).abandoned_prev = s;
+        }
+        *head = s as usize;
+        (*s).is_abandoned = true;
+        ABANDONED_COUNT.fetch_add(1, Relaxed);
+    }
 }
 
 /// Marks a page of an exiting thread's heap abandoned; abandons its segment once every used page
@@ -767,15 +824,8 @@ unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
             }
             let mut head = ABANDONED.lock();
             ABANDONED_PURGE_DUE.store(earliest(ABANDONED_PURGE_DUE.load(Relaxed), due), Relaxed);
-            (*s).abandoned_prev = ptr::null_mut();
-            (*s).abandoned_next = *head as *mut Segment;
-            if *head != 0 {
-                (*(*head as *mut Segment)).abandoned_prev = s;
-            }
-            *head = s as usize;
-            (*s).is_abandoned = true;
             (*s).thread_id.store(0, Release);
-            ABANDONED_COUNT.fetch_add(1, Relaxed);
+            abandoned_push(&mut head, s);
         }
     }
 }
@@ -822,6 +872,10 @@ fn abandoned_pop() -> *mut Segment {
 /// # Safety
 /// `heap` is the calling thread's initialised heap; `s` is the segment of a block just freed.
 pub(crate) unsafe fn reclaim_on_free(heap: *mut Heap, s: *mut Segment) {
+    // SAFETY: the calling thread's heap.
+    if unsafe { !hook::records(heap) } {
+        return;
+    }
     let taken = {
         let mut head = ABANDONED.lock();
         // SAFETY: we hold the lock; `s` is mapped (a block in it was live until just now, and an
@@ -840,6 +894,10 @@ pub(crate) unsafe fn reclaim_on_free(heap: *mut Heap, s: *mut Segment) {
 /// # Safety
 /// `heap` is the calling thread's heap.
 pub(crate) unsafe fn reclaim_abandoned(heap: *mut Heap) -> usize {
+    // SAFETY: the calling thread's heap.
+    if unsafe { !hook::records(heap) } {
+        return 0;
+    }
     let mut n = 0;
     while n < 8 {
         let s = abandoned_pop();

@@ -28,10 +28,15 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock if it is free; never waits.
     pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
-        self.locked
+        // Not `bool::then_some(SpinGuard { .. })`: that builds the guard either way, and dropping
+        // it when the lock is taken released another thread's lock.
+        match self
+            .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            .then_some(SpinGuard { lock: self })
+        {
+            Ok(_) => Some(SpinGuard { lock: self }),
+            Err(_) => None,
+        }
     }
 
     /// Takes the lock without a guard (fork prepare); pair with [`SpinLock::force_unlock`].
@@ -82,5 +87,26 @@ impl<T> core::ops::DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinLock;
+
+    #[test]
+    fn try_lock_fails_on_a_held_lock_and_leaves_it_held() {
+        let lock = SpinLock::new(0u32);
+        let held = lock.lock();
+        assert!(lock.try_lock().is_none(), "try_lock took a held lock");
+        assert!(
+            lock.try_lock().is_none(),
+            "a failed try_lock released the holder's lock"
+        );
+        drop(held);
+        let mut again = lock.try_lock().expect("free after the holder released it");
+        *again += 1;
+        drop(again);
+        assert_eq!(*lock.lock(), 1);
     }
 }

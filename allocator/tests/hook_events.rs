@@ -229,6 +229,48 @@ fn the_hook_delivers_every_event_and_a_matching_census() {
             .all(|(_, pg2)| pg2.arg & 0xffff_ffff == 0 && pg2.addr == u64::from(main_heap))
     );
 
+    // Threads racing for event buffers (the channel holds 4, so buffers go round the list of
+    // empty ones all the time): every thread's events arrive, exactly once. Each thread uses its
+    // own block size, so its allocations can be told apart.
+    const PER_THREAD: usize = 20_000;
+    let before = recorded.lock().unwrap().len();
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let racers: Vec<_> = (0..4usize)
+        .map(|t| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                for _ in 0..PER_THREAD {
+                    // SAFETY: a plain allocation, freed at once.
+                    unsafe { heaplens_alloc::free(heaplens_alloc::malloc(200 + 8 * t)) };
+                }
+            })
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap();
+    }
+    assert!(collector::census_now(), "census delivered");
+    let raced = recorded.lock().unwrap()[before..].to_vec();
+    for t in 0..4u64 {
+        let size = 200 + 8 * t;
+        let allocs: Vec<&(u32, Event)> = raced
+            .iter()
+            .filter(|(_, e)| e.kind == EventKind::Alloc as u8 && e.arg == size)
+            .collect();
+        assert_eq!(allocs.len(), PER_THREAD, "allocations of thread {t}");
+        let heap = allocs[0].0;
+        assert!(
+            allocs.iter().all(|(h, _)| *h == heap),
+            "thread {t}: one heap"
+        );
+        assert_eq!(
+            count(&raced, EventKind::Free, |(h, _)| *h == heap),
+            PER_THREAD,
+            "frees of thread {t}"
+        );
+    }
+
     collector::shutdown();
     assert!(*ended.lock().unwrap(), "the sink was ended");
     assert!(!heaplens_alloc::hook::enabled());
