@@ -3,7 +3,10 @@
 //! of requests and retires, and a new one takes its place at once, as in larson: the pool never
 //! stops serving. At shutdown the last workers free every slot before they exit.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{AcqRel, Relaxed, Release},
+};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Barrier, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -35,7 +38,8 @@ struct Shape {
 
 impl Shape {
     /// Requests served by the worker of place `lane` (from 0) in `generation` (from 1). The
-    /// first generation's terms are staggered, so workers retire one at a time.
+    /// first generation's terms are staggered, so workers reach retirement one after another
+    /// (and `Pool::handover` makes them retire one at a time).
     fn requests(&self, lane: usize, generation: usize) -> usize {
         if generation == 1 {
             self.requests * (lane + 1) / self.workers
@@ -55,6 +59,12 @@ struct Pool<'a> {
     shape: Shape,
     slots: Vec<Slot>,
     served: AtomicUsize,
+    /// A worker has retired and its successor has not yet served [`settled`] requests: the next
+    /// retirement waits, so that exited workers' memory never outweighs the working threads'.
+    handover: AtomicBool,
+    /// The first generation starts serving together, so that no worker fills the slots before
+    /// the others have started (on two cores, threads start one after another).
+    open: Barrier,
     /// The last generation and the pool meet here when the workers have stopped serving, and
     /// again once the pool has said so; then the workers free the slots, and meet at `drained`
     /// once every slot is free.
@@ -83,6 +93,8 @@ pub(crate) fn run(p: &Params) {
     let pool = Pool {
         slots: (0..shape.slots).map(|_| Mutex::new(None)).collect(),
         served: AtomicUsize::new(0),
+        handover: AtomicBool::new(false),
+        open: Barrier::new(shape.workers),
         shutdown: Barrier::new(shape.workers + 1),
         drained: Barrier::new(shape.workers),
         p,
@@ -141,14 +153,34 @@ fn start<'scope>(
     spawn(s, name, move || {
         serve(pool, lane, generation);
         match retired {
-            Some(retired) => retired.send((lane, generation)).expect("the pool listens"),
+            Some(retired) => {
+                // One retirement at a time: wait (still holding this worker's blocks, so none of
+                // its memory is abandoned yet) until the last successor has settled in.
+                while pool
+                    .handover
+                    .compare_exchange(false, true, AcqRel, Relaxed)
+                    .is_err()
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                retired.send((lane, generation)).expect("the pool listens");
+            }
             None => drain(pool, lane),
         }
     })
 }
 
+/// Requests a successor serves before the next worker may retire: by then its frees have
+/// reclaimed much of what its predecessor left.
+fn settled(shape: &Shape) -> usize {
+    shape.requests / 20
+}
+
 fn serve(pool: &Pool<'_>, lane: usize, generation: usize) {
     let (shape, slots) = (&pool.shape, &pool.slots);
+    if generation == 1 {
+        pool.open.wait();
+    }
     let id = shape.id(lane, generation);
     let mut rng = Rng::new(0x5E7E_0000 + id as u64);
     let requests = shape.requests(lane, generation);
@@ -171,6 +203,9 @@ fn serve(pool: &Pool<'_>, lane: usize, generation: usize) {
         }
         if r % every == every - 1 {
             pool.p.pause(1.0 / 20.0);
+        }
+        if generation > 1 && r + 1 == settled(shape) {
+            pool.handover.store(false, Release);
         }
     }
     pool.served.fetch_add(requests, Relaxed);
