@@ -282,36 +282,38 @@ pub(crate) unsafe fn emit(
 ) {
     // SAFETY: forwarded.
     unsafe {
-        if !append(heap, kind, flags, aux, arg32, addr, arg) {
-            let ev = Event {
-                kind: kind as u8,
-                flags,
-                aux,
-                arg32,
-                addr: addr as u64,
-                arg,
-                time: now(),
-            };
-            emit_slow(heap, ev);
+        if !append(
+            heap,
+            Event::head_word(kind as u8, flags, aux, arg32),
+            addr,
+            arg,
+        ) {
+            emit_slow(heap, stamped(kind, flags, aux, arg32, addr, arg));
         }
     }
 }
 
-/// Writes an event into `heap`'s current buffer if it has room; false otherwise (no buffer, or
-/// full), when [`emit_slow`] must take over.
+/// An event at the clock's current time.
+#[inline(always)]
+fn stamped(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: usize, arg: u64) -> Event {
+    Event {
+        kind: kind as u8,
+        flags,
+        aux,
+        arg32,
+        addr: addr as u64,
+        arg,
+        time: now(),
+    }
+}
+
+/// Writes an event (its first word `head`, see [`Event::head_word`]) into `heap`'s current buffer
+/// if it has room; false otherwise (no buffer, or full), when [`emit_slow`] must take over.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap.
 #[inline(always)]
-unsafe fn append(
-    heap: *mut Heap,
-    kind: EventKind,
-    flags: u8,
-    aux: u16,
-    arg32: u32,
-    addr: usize,
-    arg: u64,
-) -> bool {
+unsafe fn append(heap: *mut Heap, head: u64, addr: usize, arg: u64) -> bool {
     // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
     unsafe {
         let buf = (*heap).events.load(Relaxed);
@@ -329,7 +331,7 @@ unsafe fn append(
             .cast::<Event>()
             .add(n)
             .cast::<u64>();
-        w.write(Event::head_word(kind as u8, flags, aux, arg32));
+        w.write(head);
         w.add(1).write(addr as u64);
         w.add(2).write(arg);
         w.add(3).write(now());
@@ -347,7 +349,8 @@ unsafe fn append(
 pub(crate) unsafe fn alloc_event(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
     // SAFETY: forwarded.
     unsafe {
-        if append(heap, EventKind::Alloc, flags, 0, 0, p as usize, size as u64) {
+        let head = Event::head_word(EventKind::Alloc as u8, flags, 0, 0);
+        if append(heap, head, p as usize, size as u64) {
             p
         } else {
             alloc_event_slow(heap, p, size, flags)
@@ -362,20 +365,19 @@ pub(crate) unsafe fn alloc_event(heap: *mut Heap, p: *mut u8, size: usize, flags
 #[inline(always)]
 pub(crate) unsafe fn try_free_event(heap: *mut Heap, p: *mut u8) -> bool {
     // SAFETY: forwarded.
-    unsafe { append(heap, EventKind::Free, 0, 0, 0, p as usize, 0) }
+    unsafe {
+        append(
+            heap,
+            Event::head_word(EventKind::Free as u8, 0, 0, 0),
+            p as usize,
+            0,
+        )
+    }
 }
 
 #[inline(never)]
 unsafe fn alloc_event_slow(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
-    let ev = Event {
-        kind: EventKind::Alloc as u8,
-        flags,
-        aux: 0,
-        arg32: 0,
-        addr: p as u64,
-        arg: size as u64,
-        time: now(),
-    };
+    let ev = stamped(EventKind::Alloc, flags, 0, 0, p as usize, size as u64);
     // SAFETY: forwarded.
     unsafe { emit_slow(heap, ev) };
     p
