@@ -27,6 +27,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder that will write `output` once the program's metadata arrives.
     pub fn new(output: &Path) -> Self {
         Self {
             output: output.to_owned(),
@@ -35,6 +36,7 @@ impl Recorder {
         }
     }
 
+    /// The program's metadata: creates the file and starts the keyframe model.
     pub fn meta(&mut self, json: &str) -> Result<(), Box<dyn std::error::Error>> {
         let mut meta =
             Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
@@ -69,11 +71,13 @@ impl Recorder {
         Ok(())
     }
 
+    /// The program replaced itself: start the file over for the new one.
     pub fn exec(&mut self) {
         self.writer = None;
         self.keyframes = None;
     }
 
+    /// Events and bytes written so far.
     pub fn written(&self) -> (u64, u64) {
         self.writer
             .as_ref()
@@ -105,12 +109,12 @@ impl Recorder {
     }
 }
 
-/// Records; returns the exit code heaplens should end with (the program's).
 fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std::error::Error>> {
     w.write_keyframe(kf.event_index, kf.time, &kf.snapshot)?;
     Ok(())
 }
 
+/// Records; returns the exit code heaplens should end with (the program's).
 pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
     let launched = launch::launch(command, CONNECT_TIMEOUT)?;
     let pid = launched.child.id();

@@ -5,7 +5,7 @@ use core::ptr;
 
 use crate::event::{EventKind, flags};
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
-use crate::page::{self, FLAG_HAS_ALIGNED};
+use crate::page::{self, FLAG_HAS_ALIGNED, Page};
 use crate::segment::{page_of, segment_of};
 use crate::{
     LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, hook, init, options,
@@ -16,9 +16,10 @@ use crate::{
 unsafe fn traced(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
     if hook::enabled() && !p.is_null() {
         // SAFETY: `heap` is the calling thread's.
-        unsafe { hook::emit(heap, EventKind::Alloc, flags, 0, 0, p as usize, size as u64) };
+        unsafe { hook::alloc_event(heap, p, size, flags) }
+    } else {
+        p
     }
-    p
 }
 
 /// Allocates `size` bytes aligned to 16; null when out of memory or `size > MAX_ALLOC_SIZE`.
@@ -28,23 +29,8 @@ unsafe fn traced(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8
 /// Always safe to call; the result must be released with [`crate::free`] (or `realloc`).
 #[inline]
 pub unsafe fn malloc(size: usize) -> *mut u8 {
-    if hook::enabled() {
-        // SAFETY: forwarded.
-        return unsafe { alloc_traced::<false>(size) };
-    }
-    let heap = heap::default_heap();
-    if size <= SMALL_SIZE_MAX {
-        // SAFETY: `size / 16` rounded up is at most SMALL_SIZE_MAX / 16, inside the direct slots;
-        // a direct slot always points at a page of this thread's heap or at the empty page.
-        unsafe {
-            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
-            if !(*page).free.is_null() {
-                return page::pop(page, 0);
-            }
-        }
-    }
-    // SAFETY: `heap` is the calling thread's heap.
-    unsafe { malloc_generic(heap, size, false) }
+    // SAFETY: forwarded.
+    unsafe { alloc_fast::<false>(size) }
 }
 
 /// [`malloc`], zeroed.
@@ -53,46 +39,74 @@ pub unsafe fn malloc(size: usize) -> *mut u8 {
 /// As [`malloc`].
 #[inline]
 pub unsafe fn zalloc(size: usize) -> *mut u8 {
-    if hook::enabled() {
-        // SAFETY: forwarded.
-        return unsafe { alloc_traced::<true>(size) };
-    }
-    let heap = heap::default_heap();
-    if size <= SMALL_SIZE_MAX {
-        // SAFETY: as in `malloc`; the block is at least `size` bytes.
-        unsafe {
-            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
-            if !(*page).free.is_null() {
-                return page::pop(page, size.max(1));
-            }
-        }
-    }
-    // SAFETY: `heap` is the calling thread's heap.
-    unsafe { malloc_generic(heap, size, true) }
+    // SAFETY: forwarded.
+    unsafe { alloc_fast::<true>(size) }
 }
 
-/// [`malloc`] (or, with `ZERO`, [`zalloc`]) with the hook on: the same fast path, with the
-/// allocation reported. Out of line, so that the fast path inlined into callers is the same with
-/// the hook compiled in (and off) as compiled out: with the event write inlined, the trees
-/// benchmark ran 15-20% slower. Its rare cases are tail calls: no stack frame.
+/// The fast path of [`malloc`] (and, with `ZERO`, [`zalloc`]): pop the free list of the page in
+/// the heap's direct slot for the size.
+///
+/// # Safety
+/// As [`malloc`].
+#[inline(always)]
+unsafe fn alloc_fast<const ZERO: bool>(size: usize) -> *mut u8 {
+    if hook::enabled() {
+        // SAFETY: forwarded.
+        return unsafe { alloc_traced::<ZERO>(size) };
+    }
+    let heap = heap::default_heap();
+    // SAFETY: `heap` is the calling thread's heap; a page from the direct slot has a free block
+    // of at least `size` bytes.
+    unsafe {
+        let page = direct_page(heap, size);
+        if !page.is_null() {
+            return page::pop(page, if ZERO { size.max(1) } else { 0 });
+        }
+        malloc_generic(heap, size, ZERO)
+    }
+}
+
+/// [`alloc_fast`] with the hook on: the same fast path, with the allocation reported. Out of
+/// line, so that the fast path inlined into callers is the same with the hook compiled in (and
+/// off) as compiled out: with the event write inlined, the trees benchmark ran 15-20% slower. Its
+/// rare cases are tail calls: no stack frame.
 ///
 /// # Safety
 /// As [`malloc`].
 #[inline(never)]
 unsafe fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
     let heap = heap::default_heap();
-    if size <= SMALL_SIZE_MAX {
-        // SAFETY: as in `malloc`; the block is at least `size` bytes.
-        unsafe {
-            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
-            if !(*page).free.is_null() {
-                let p = page::pop(page, if ZERO { size.max(1) } else { 0 });
-                return hook::alloc_event(heap, p, size, if ZERO { flags::ZERO } else { 0 });
-            }
+    // SAFETY: as in `alloc_fast`; the generic path reports the allocation itself.
+    unsafe {
+        let page = direct_page(heap, size);
+        if !page.is_null() {
+            let p = page::pop(page, if ZERO { size.max(1) } else { 0 });
+            return hook::alloc_event(heap, p, size, if ZERO { flags::ZERO } else { 0 });
+        }
+        malloc_generic(heap, size, ZERO)
+    }
+}
+
+/// The page in `heap`'s direct slot for `size` if the size has one and its page a free block;
+/// null otherwise.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (or the empty heap).
+#[inline(always)]
+unsafe fn direct_page(heap: *mut Heap, size: usize) -> *mut Page {
+    if size > SMALL_SIZE_MAX {
+        return ptr::null_mut();
+    }
+    // SAFETY: `size / 16` rounded up is at most SMALL_SIZE_MAX / 16, inside the direct slots; a
+    // direct slot always points at a page of this thread's heap or at the empty page.
+    unsafe {
+        let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
+        if (*page).free.is_null() {
+            ptr::null_mut()
+        } else {
+            page
         }
     }
-    // SAFETY: `heap` is the calling thread's heap; the generic path reports the allocation.
-    unsafe { malloc_generic(heap, size, ZERO) }
 }
 
 /// Zeroed memory for `count` elements of `size` bytes; null if the product overflows.

@@ -506,20 +506,7 @@ impl<'a> Collector<'a> {
         }
         let mut current = std::mem::take(&mut self.current);
         current.clear();
-        // Room first: nothing may allocate while the heap list is locked.
-        current.reserve(crate::init::thread_count() + 64);
-        let mut complete = true;
-        hook::current_buffers(|b| {
-            if current.len() < current.capacity() {
-                current.push(b);
-            } else {
-                complete = false;
-            }
-        });
-        if !complete {
-            self.current = current;
-            return; // threads appeared meanwhile: try again next time
-        }
+        hook::current_buffers(|b| current.push(b));
         self.retired.retain(|b| {
             let in_use = current.contains(&b.0);
             if !in_use {

@@ -401,6 +401,15 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
     next_due
 }
 
+/// When the next free page of `s` is due to be purged (0: none); purges nothing.
+///
+/// # Safety
+/// As [`purge_segment`].
+unsafe fn purge_due(s: *mut Segment) -> u64 {
+    // SAFETY: forwarded; with `now == 0` no page is purged.
+    unsafe { purge_segment(s, 0) }
+}
+
 /// The earlier of two due times, where 0 means "none".
 fn earliest(a: u64, b: u64) -> u64 {
     match (a, b) {
@@ -742,7 +751,7 @@ pub(crate) fn purge_abandoned(now: u64) {
             // SAFETY: we hold the list lock; listed segments stay mapped while listed.
             unsafe {
                 let next = (*s).abandoned_next;
-                let next_due = purge_segment(s, 0); // nothing purged: when its pages are due
+                let next_due = purge_due(s);
                 if next_due != 0 && next_due <= now && abandoned_take(&mut head, s) {
                     taken[n] = s;
                     n += 1;
@@ -763,9 +772,9 @@ pub(crate) fn purge_abandoned(now: u64) {
     let mut next_due = 0;
     let mut s = *head as *mut Segment;
     while !s.is_null() {
-        // SAFETY: we hold the list lock; with `now == 0` nothing is purged, only read.
+        // SAFETY: we hold the list lock.
         unsafe {
-            next_due = earliest(next_due, purge_segment(s, 0));
+            next_due = earliest(next_due, purge_due(s));
             s = (*s).abandoned_next;
         }
     }
@@ -961,7 +970,7 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
             }
         }
         // Free pages still waiting for their purge now wait on this thread's clock.
-        (*tld).next_purge_ms = earliest((*tld).next_purge_ms, purge_segment(s, 0));
+        (*tld).next_purge_ms = earliest((*tld).next_purge_ms, purge_due(s));
         if (*s).used.load(Relaxed) < (*s).capacity
             && !(*s).in_free_queue
             && let Some(q) = (*tld).queue((*s).kind)
