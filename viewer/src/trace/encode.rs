@@ -42,6 +42,8 @@
 
 use std::collections::HashMap;
 
+use super::addr_map::AddrMap;
+
 use heaplens_alloc::event::{Event, EventKind};
 
 /// Number of byte streams in an Events payload.
@@ -57,6 +59,9 @@ pub const MAX_CHUNK_HEAPS: usize = 4096;
 
 /// Size classes the `Alloc` predictor keeps apart.
 const CLASSES: usize = 128;
+
+/// How many events ahead [`ChunkEncoder::push_batch`] prefetches the address map.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Address groups delta-coded against the group's last address.
 const GROUPS: usize = 4;
@@ -376,8 +381,8 @@ fn ref_code(next: i64, len: u32, seq: u32) -> u64 {
 }
 
 /// What the encoder knows about an address in this chunk. Heaps are named by their slot in
-/// the chunk's heap list.
-#[derive(Clone, Copy)]
+/// the chunk's heap list. Kept in the [`AddrMap`] packed in a word ([`Block::pack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Block {
     /// Allocated by heap `slot`, its `in_heap`-th `Alloc` (and `in_chunk`-th in the chunk).
     Live {
@@ -389,6 +394,60 @@ enum Block {
     /// Freed: entry `seq` of the freed stack of heap `slot` and `class`.
     Freed { slot: u32, class: u8, seq: u32 },
 }
+
+impl Block {
+    // The packed layout: bit 63 tells Freed from Live; slot (12 bits: fewer than
+    // MAX_CHUNK_HEAPS), class (7 bits: fewer than CLASSES), then 20-bit counts (each below
+    // MAX_CHUNK_EVENTS).
+    const FREED: u64 = 1 << 63;
+
+    #[inline]
+    fn pack(self) -> u64 {
+        match self {
+            Block::Live {
+                slot,
+                in_heap,
+                in_chunk,
+                class,
+            } => {
+                u64::from(slot)
+                    | u64::from(class) << 12
+                    | u64::from(in_heap) << 19
+                    | u64::from(in_chunk) << 39
+            }
+            Block::Freed { slot, class, seq } => {
+                Self::FREED | u64::from(slot) | u64::from(class) << 12 | u64::from(seq) << 19
+            }
+        }
+    }
+
+    #[inline]
+    fn unpack(v: u64) -> Self {
+        let slot = (v & 0xfff) as u32;
+        let class = ((v >> 12) & 0x7f) as u8;
+        let count = |shift: u32| ((v >> shift) & 0xf_ffff) as u32;
+        if v & Self::FREED != 0 {
+            Block::Freed {
+                slot,
+                class,
+                seq: count(19),
+            }
+        } else {
+            Block::Live {
+                slot,
+                in_heap: count(19),
+                in_chunk: count(39),
+                class,
+            }
+        }
+    }
+}
+
+const _: () = {
+    assert!(MAX_CHUNK_HEAPS <= 1 << 12);
+    assert!(CLASSES <= 1 << 7);
+    assert!(super::format::MAX_CHUNK_EVENTS <= 1 << 20);
+};
 
 /// A freed stack on the encoder side: how many entries, and the cursor.
 #[derive(Clone, Copy)]
@@ -434,7 +493,7 @@ pub struct ChunkEncoder {
     streams: [Vec<u8>; STREAMS],
     index: HashMap<u32, usize>,
     heaps: Vec<EncodeHeap>,
-    blocks: HashMap<u64, Block, BuildAddrHasher>,
+    blocks: AddrMap,
     allocs: u32,
     prev_time: u64,
     events: u32,
@@ -455,7 +514,7 @@ impl ChunkEncoder {
             streams: Default::default(),
             index: HashMap::new(),
             heaps: Vec::new(),
-            blocks: HashMap::default(),
+            blocks: AddrMap::new(),
             allocs: 0,
             prev_time: 0,
             events: 0,
@@ -500,7 +559,11 @@ impl ChunkEncoder {
         let heaps = &mut self.heaps;
         let mut prev_time = self.prev_time;
         let (mut lo, mut hi) = (self.start_time, self.end_time);
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
+            // The address lookups miss the cache: start the one of an event a few ahead.
+            if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
+                self.blocks.prefetch(ahead.addr);
+            }
             let (f, wide) = present(e);
             let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
             put_varint(ops, op);
@@ -521,7 +584,7 @@ impl ChunkEncoder {
                         in_chunk: self.allocs,
                         class: c,
                     };
-                    match self.blocks.insert(e.addr, live) {
+                    match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
                         Some(Block::Freed { slot, class, seq })
                             if slot as usize == cur && class == c =>
                         {
@@ -540,17 +603,14 @@ impl ChunkEncoder {
                     self.allocs += 1;
                 }
                 AddrCode::Ref => {
-                    match self.blocks.get_mut(&e.addr) {
-                        Some(b) if matches!(b, Block::Live { .. }) => {
-                            let Block::Live {
-                                slot,
-                                in_heap,
-                                in_chunk,
-                                class,
-                            } = *b
-                            else {
-                                unreachable!("matched Live")
-                            };
+                    let found = self.blocks.get_mut(e.addr);
+                    match found.as_ref().map(|b| Block::unpack(**b)) {
+                        Some(Block::Live {
+                            slot,
+                            in_heap,
+                            in_chunk,
+                            class,
+                        }) => {
                             if slot as usize == cur {
                                 put_varint(
                                     refs,
@@ -561,11 +621,14 @@ impl ChunkEncoder {
                             }
                             if e.kind == FREE {
                                 let s = heaps[slot as usize].stack(class);
-                                *b = Block::Freed {
-                                    slot,
-                                    class,
-                                    seq: s.len,
-                                };
+                                if let Some(b) = found {
+                                    *b = Block::Freed {
+                                        slot,
+                                        class,
+                                        seq: s.len,
+                                    }
+                                    .pack();
+                                }
                                 s.len += 1;
                             }
                         }
@@ -905,30 +968,6 @@ pub fn decode_events(
     Decoder::new().decode(payload, count, out)
 }
 
-/// A fast hasher for the encoder's address map (a multiply and a rotate: the writer hashes
-/// addresses of its own allocator's events, not keys an attacker picks; a decoder never hashes
-/// addresses).
-#[derive(Default, Clone, Copy)]
-pub struct AddrHasher(u64);
-
-impl std::hash::Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ (v >> 29))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(26);
-    }
-}
-
-type BuildAddrHasher = std::hash::BuildHasherDefault<AddrHasher>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -960,6 +999,45 @@ mod tests {
                 .is_err()
         );
         assert!(Bytes::new(&[0x80]).varint().is_err());
+    }
+
+    #[test]
+    fn blocks_pack_losslessly() {
+        let max = super::super::format::MAX_CHUNK_EVENTS - 1;
+        let heaps = MAX_CHUNK_HEAPS as u32 - 1;
+        let classes = CLASSES as u8 - 1;
+        for b in [
+            Block::Live {
+                slot: 0,
+                in_heap: 0,
+                in_chunk: 0,
+                class: 0,
+            },
+            Block::Live {
+                slot: heaps,
+                in_heap: max,
+                in_chunk: max,
+                class: classes,
+            },
+            Block::Live {
+                slot: 5,
+                in_heap: 1,
+                in_chunk: max,
+                class: 3,
+            },
+            Block::Freed {
+                slot: 0,
+                class: 0,
+                seq: 0,
+            },
+            Block::Freed {
+                slot: heaps,
+                class: classes,
+                seq: max,
+            },
+        ] {
+            assert_eq!(Block::unpack(b.pack()), b);
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod addr_map;
 pub mod encode;
 pub mod end;
 pub mod error;

@@ -1,0 +1,186 @@
+//! The encoder's map from a block address to what it knows about the block in the chunk.
+//!
+//! Every `Alloc` and `Free` of a chunk looks an address up here, and the addresses are spread
+//! over the whole heap, so nearly every lookup is a cache miss: the map is built for that. An open
+//! addressing table of 16-byte slots (the address and a packed value), probed linearly from a
+//! multiplicative hash, at most half full: a lookup touches one cache line, where
+//! `std::collections::HashMap` touched its control bytes and then a 24-byte entry. The encoder
+//! also prefetches the slot of an event a few ahead ([`AddrMap::prefetch`]). Together: encoding
+//! alone 22 -> 26 M events/s on the real-allocator stream of `--bench trace_size`, and
+//! `heaplens record` of the 4-thread C workload 6% faster (alternating runs).
+//!
+//! Address 0 marks an empty slot; the map keeps the value of address 0 (which no allocator
+//! returns, but an event may carry) beside the table.
+
+/// A map from `u64` addresses to `u64` values, cleared per chunk.
+pub struct AddrMap {
+    slots: Vec<[u64; 2]>,
+    /// `slots.len() - 1` (the length is a power of two).
+    mask: usize,
+    /// Occupied slots.
+    len: usize,
+    /// The value of address 0.
+    zero: Option<u64>,
+}
+
+const MIN_SLOTS: usize = 1024;
+
+impl Default for AddrMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AddrMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self {
+            slots: vec![[0; 2]; MIN_SLOTS],
+            mask: MIN_SLOTS - 1,
+            len: 0,
+            zero: None,
+        }
+    }
+
+    /// Entries in the map.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len + usize::from(self.zero.is_some())
+    }
+
+    /// Whether the map is empty.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn home(&self, addr: u64) -> usize {
+        // Fibonacci hashing; blocks are 16-byte aligned, so the low bits carry nothing.
+        ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask
+    }
+
+    /// The slot holding `addr`, or the empty slot where it would go.
+    #[inline]
+    fn find(&self, addr: u64) -> usize {
+        let mut i = self.home(addr);
+        loop {
+            let key = self.slots[i][0];
+            if key == addr || key == 0 {
+                return i;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Starts loading the slot where a lookup of `addr` begins, so that a lookup a few events
+    /// later finds it in the cache.
+    #[inline]
+    pub fn prefetch(&self, addr: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let slot = &raw const self.slots[self.home(addr)];
+            // SAFETY: SSE is part of x86-64; a prefetch only hints the cache (and `slot` points
+            // into the table anyway).
+            #[allow(unsafe_code)]
+            // the viewer's only unsafe: the lookups are its encoder's hot spot
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(slot.cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = addr;
+    }
+
+    /// Sets the value of `addr`; returns the value it replaces.
+    #[inline]
+    pub fn insert(&mut self, addr: u64, value: u64) -> Option<u64> {
+        if addr == 0 {
+            return self.zero.replace(value);
+        }
+        let i = self.find(addr);
+        let slot = &mut self.slots[i];
+        if slot[0] == addr {
+            return Some(std::mem::replace(&mut slot[1], value));
+        }
+        *slot = [addr, value];
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            self.grow();
+        }
+        None
+    }
+
+    /// The value of `addr`, to read or change.
+    #[inline]
+    pub fn get_mut(&mut self, addr: u64) -> Option<&mut u64> {
+        if addr == 0 {
+            return self.zero.as_mut();
+        }
+        let i = self.find(addr);
+        let slot = &mut self.slots[i];
+        (slot[0] == addr).then_some(&mut slot[1])
+    }
+
+    /// Empties the map, keeping its room.
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            self.slots.fill([0; 2]);
+        }
+        self.len = 0;
+        self.zero = None;
+    }
+
+    fn grow(&mut self) {
+        let bigger = vec![[0; 2]; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, bigger);
+        self.mask = self.slots.len() - 1;
+        for [addr, value] in old {
+            if addr != 0 {
+                let i = self.find(addr);
+                self.slots[i] = [addr, value];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn behaves_like_a_hash_map() {
+        let mut map = AddrMap::new();
+        let mut model = HashMap::new();
+        let mut x = 0x1234_5678_9abc_def1_u64;
+        for round in 0..3 {
+            for i in 0..20_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Clustered addresses (as blocks are), some repeated, and address 0.
+                let addr = match x % 7 {
+                    0 => 0,
+                    1 | 2 => (x % 512) * 16,
+                    _ => 0x7f00_0000_0000 + (x % (1 << 20)) * 16,
+                };
+                if x.is_multiple_of(3) {
+                    assert_eq!(map.insert(addr, i), model.insert(addr, i), "round {round}");
+                } else {
+                    assert_eq!(map.get_mut(addr).copied(), model.get(&addr).copied());
+                    if let Some(v) = map.get_mut(addr) {
+                        *v += 1;
+                        *model.get_mut(&addr).unwrap() += 1;
+                    }
+                }
+                assert_eq!(map.len(), model.len());
+            }
+            map.clear();
+            model.clear();
+            assert!(map.is_empty());
+            assert_eq!(map.get_mut(16), None);
+        }
+    }
+}
