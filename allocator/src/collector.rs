@@ -501,6 +501,7 @@ impl<'a> Collector<'a> {
     /// thread) under the next drain, which read it through the stale pointer: a crash in about
     /// one recording of a 4-thread program in 40.
     fn release_retired(&mut self) {
+        hook::take_orphans(|b| self.retired.push(b));
         if self.retired.is_empty() {
             return;
         }

@@ -198,11 +198,37 @@ fn push_empty(buf: *mut EventBuffer) -> bool {
     if list.len >= EMPTY_BUFFERS_KEPT {
         return false;
     }
-    // SAFETY: the caller owns `buf`, which nobody else references; the list is ours to change.
-    unsafe { (*buf).next = list.top };
-    list.top = buf;
-    list.len += 1;
+    list.push(buf);
     true
+}
+
+impl EmptyBuffers {
+    /// Puts `buf` on top.
+    fn push(&mut self, buf: *mut EventBuffer) {
+        // SAFETY: the caller owns `buf`, which nobody else references; the list is ours.
+        unsafe { (*buf).next = self.top };
+        self.top = buf;
+        self.len += 1;
+    }
+}
+
+/// Buffers a thread could not send at exit (see [`flush_thread`]), for the collector to take.
+static ORPHANS: SpinLock<EmptyBuffers> = SpinLock::new(EmptyBuffers {
+    top: ptr::null_mut(),
+    len: 0,
+});
+
+/// Hands the buffers threads could not send to `f` (the collector, which releases them once
+/// no drain can be reading them).
+pub(crate) fn take_orphans(mut f: impl FnMut(BufferPtr)) {
+    let mut list = ORPHANS.lock();
+    while !list.top.is_null() {
+        let buf = list.top;
+        // SAFETY: buffers on the list are mapped and owned by the list, which we hold.
+        list.top = unsafe { (*buf).next };
+        list.len -= 1;
+        f(BufferPtr(buf));
+    }
 }
 
 #[cfg(feature = "hook")]
@@ -568,8 +594,19 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
         }
         (*heap).events.store(ptr::null_mut(), Release);
         if !send(buf) {
-            // The collector is gone or full (live mode): the events are lost.
-            os::unmap_internal(buf.cast(), BUFFER_BYTES);
+            // The collector is full (live mode) or stopping: the events are lost. A drain may be
+            // reading the buffer (it reads a heap's current buffer under the heap list lock,
+            // which an exiting thread does not take to send it), so while the collector runs
+            // only the collector may unmap or reuse it.
+            #[cfg(feature = "hook")]
+            let running = crate::collector::is_running();
+            #[cfg(not(feature = "hook"))]
+            let running = false;
+            if running {
+                ORPHANS.lock().push(buf);
+            } else {
+                os::unmap_internal(buf.cast(), BUFFER_BYTES);
+            }
         }
     }
 }

@@ -116,12 +116,62 @@ pub fn write_batch(
     events: &[Event],
     scratch: &mut Vec<u8>,
 ) -> io::Result<()> {
+    if let Some(bytes) = wire_bytes(events) {
+        return write_frame(w, FRAME_BATCH, &[&heap.to_le_bytes(), bytes]);
+    }
     scratch.clear();
     scratch.extend_from_slice(&heap.to_le_bytes());
     for e in events {
         scratch.extend_from_slice(&e.to_bytes());
     }
     write_frame(w, FRAME_BATCH, &[scratch])
+}
+
+/// Writes a batch frame to a socket in one system call where it can (`sendmsg` of the frame
+/// header and the events in place: no copy on the way out).
+pub fn send_batch(
+    socket: &mut SocketWriter,
+    heap: u32,
+    events: &[Event],
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    let Some(bytes) = wire_bytes(events) else {
+        return write_batch(socket, heap, events, scratch);
+    };
+    let len = u32::try_from(4 + bytes.len()).map_err(|_| io::Error::other("frame too large"))?;
+    let mut head = [0u8; 9];
+    head[0] = FRAME_BATCH;
+    head[1..5].copy_from_slice(&len.to_le_bytes());
+    head[5..].copy_from_slice(&heap.to_le_bytes());
+    let mut parts = [io::IoSlice::new(&head), io::IoSlice::new(bytes)];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        match socket.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The events' wire form, in place: on a little-endian machine an event's memory is exactly
+/// its wire form. `None` on a big-endian one.
+fn wire_bytes(events: &[Event]) -> Option<&[u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: `Event` is `repr(C)`: 32 bytes of plain integers without padding (see the
+        // layout assertions in `event`); the slice covers exactly the events' memory.
+        Some(unsafe {
+            core::slice::from_raw_parts(events.as_ptr().cast::<u8>(), events.len() * EVENT_SIZE)
+        })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let _ = events;
+        None
+    }
 }
 
 /// Writes the end frame.
@@ -299,6 +349,27 @@ impl Write for SocketWriter {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: an all-zero msghdr is valid (no address, no control data).
+            let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+            // `IoSlice` is ABI-compatible with `iovec` on Unix; sendmsg only reads them.
+            msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+            msg.msg_iovlen = bufs.len() as _;
+            // SAFETY: `msg` points at `bufs`, valid for the call; the fd is our connected socket.
+            let n =
+                unsafe { libc::sendmsg(self.0.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                return Ok(n.cast_unsigned());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -371,26 +442,14 @@ pub fn stream_from_env() -> bool {
         return false;
     }
     drop(head);
-    // The sink's buffers are made on the collector's own (untraced) thread, at its first batch:
-    // made here, they would sit on the program's heap and show up as the program's memory.
-    let mut out: Option<(io::BufWriter<SocketWriter>, Vec<u8>)> = None;
-    let mut socket = Some(socket);
+    // Events go out in place, with no buffer of the sink's. Only a big-endian machine fills
+    // `scratch`, and it does so on the collector's own (untraced) thread: filled here, it would
+    // sit on the program's heap and show up as the program's memory.
+    let mut scratch = Vec::new();
     let sink: crate::collector::Sink = Box::new(move |batch| {
-        if out.is_none() {
-            let Some(socket) = socket.take() else {
-                return false;
-            };
-            out = Some((
-                io::BufWriter::with_capacity(256 * 1024, socket),
-                Vec::with_capacity(70_000),
-            ));
-        }
-        let Some((out, scratch)) = out.as_mut() else {
-            return false;
-        };
         let r = match batch {
-            Some(b) => write_batch(out, b.heap, b.events, scratch).and_then(|()| out.flush()),
-            None => write_end(out).and_then(|()| out.flush()),
+            Some(b) => send_batch(&mut socket, b.heap, b.events, &mut scratch),
+            None => write_end(&mut socket),
         };
         r.is_ok()
     });
