@@ -29,7 +29,8 @@ pub struct Keyframes {
 }
 
 impl Keyframes {
-    pub fn start() -> std::io::Result<Self> {
+    /// Starts the model thread; it gives each batch's vector to `recycle` once applied.
+    pub fn start(recycle: Option<crossbeam_channel::Sender<Vec<Event>>>) -> std::io::Result<Self> {
         let (batches, todo) = sync_channel::<(u32, Vec<Event>)>(QUEUED_BATCHES);
         let (done, made) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -40,6 +41,9 @@ impl Keyframes {
                 for (heap, events) in todo {
                     model.apply_batch(heap, &events);
                     applied += events.len() as u64;
+                    if let Some(r) = &recycle {
+                        let _ = r.try_send(events);
+                    }
                     if applied >= next {
                         let kf = postcard::to_stdvec(&model)
                             .map(|snapshot| Keyframe {

@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use heaplens_alloc::event::Event;
 use heaplens_alloc::wire::{self, Frame, WireError};
+
+/// Event vectors kept for the reader to refill: as many as are in flight between it and the
+/// recorder's keyframe model.
+const RECYCLED_BATCHES: usize = 512;
 
 /// How the traced program ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +132,9 @@ pub struct Launched {
     pub child: Child,
     /// Frames from it (or the stream's end).
     pub frames: Receiver<StreamItem>,
+    /// Where a consumer may give a batch's event vector back once done with it: the reader
+    /// fills it with a later batch instead of allocating (64 KiB a batch).
+    pub recycle: Sender<Vec<Event>>,
     _dir: PrivateDir,
 }
 
@@ -188,12 +196,14 @@ pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
         timeout,
     )?;
     let (tx, rx) = bounded(256);
+    let (recycle, recycled) = bounded(RECYCLED_BATCHES);
     std::thread::Builder::new()
         .name("heaplens-reader".into())
-        .spawn(move || read_streams(&listener, stream, pid, &tx))?;
+        .spawn(move || read_streams(&listener, stream, pid, &tx, &recycled))?;
     Ok(Launched {
         child,
         frames: rx,
+        recycle,
         _dir: dir,
     })
 }
@@ -257,10 +267,11 @@ fn read_streams(
     first: UnixStream,
     pid: i32,
     tx: &crossbeam_channel::Sender<StreamItem>,
+    recycled: &Receiver<Vec<Event>>,
 ) {
     let mut stream = first;
     loop {
-        match read_stream(stream, tx) {
+        match read_stream(stream, tx, recycled) {
             Some(unclean) if running(pid) => {
                 let again = accept(
                     listener,
@@ -293,6 +304,7 @@ fn read_streams(
 fn read_stream(
     stream: UnixStream,
     tx: &crossbeam_channel::Sender<StreamItem>,
+    recycled: &Receiver<Vec<Event>>,
 ) -> Option<WireError> {
     let mut r = BufReader::with_capacity(1 << 20, stream);
     if let Err(e) = wire::read_header(&mut r) {
@@ -300,7 +312,7 @@ fn read_stream(
     }
     let mut ended = false;
     loop {
-        match wire::read_frame(&mut r) {
+        match wire::read_frame_reusing(&mut r, recycled.try_recv().ok()) {
             Ok(Some(frame)) => {
                 ended = matches!(frame, Frame::End);
                 if tx.send(StreamItem::Frame(frame)).is_err() {

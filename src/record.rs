@@ -24,6 +24,7 @@ pub struct Recorder {
     output: PathBuf,
     writer: Option<TraceWriter>,
     keyframes: Option<Keyframes>,
+    recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
 }
 
 impl Recorder {
@@ -33,7 +34,14 @@ impl Recorder {
             output: output.to_owned(),
             writer: None,
             keyframes: None,
+            recycle: None,
         }
+    }
+
+    /// Gives each batch's event vector to `recycle` once the recorder is done with it.
+    pub fn recycling(mut self, recycle: crossbeam_channel::Sender<Vec<Event>>) -> Self {
+        self.recycle = Some(recycle);
+        self
     }
 
     /// The program's metadata: creates the file and starts the keyframe model.
@@ -45,7 +53,7 @@ impl Recorder {
             TraceWriter::create(&self.output, &meta)
                 .map_err(|e| format!("cannot write {}: {e}", self.output.display()))?,
         );
-        self.keyframes = Some(Keyframes::start()?);
+        self.keyframes = Some(Keyframes::start(self.recycle.clone())?);
         Ok(())
     }
 
@@ -120,7 +128,7 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
     let pid = launched.child.id();
     let start = Instant::now();
     let mut progress = Progress::new(pid);
-    let mut recorder = Recorder::new(output);
+    let mut recorder = Recorder::new(output).recycling(launched.recycle.clone());
     let mut stream_error = None;
     let mut ended_cleanly = false;
     for item in &launched.frames {
