@@ -122,10 +122,20 @@ impl LiveTable {
         self.lists[i] = list;
     }
 
-    /// Every block on list `from` moves to `to` (a collect moves whole lists).
-    pub(crate) fn move_list(&mut self, from: u8, to: u8) {
-        for l in self.lists.iter_mut().filter(|l| **l == from) {
-            *l = to;
+    /// Every block on list `a.0` moves to `a.1`, and every block on `b.0` to `b.1` (a collect
+    /// moves whole lists; `(0, 0)` moves nothing). One branch-free pass, which the compiler
+    /// vectorises: a collect on a page of 4096 blocks walked them a byte at a time (a third of the
+    /// keyframe model's time in a recording).
+    pub(crate) fn move_lists(&mut self, a: (u8, u8), b: (u8, u8)) {
+        for l in &mut self.lists {
+            let v = *l;
+            *l = if v == a.0 {
+                a.1
+            } else if v == b.0 {
+                b.1
+            } else {
+                v
+            };
         }
     }
 
@@ -529,6 +539,32 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collect_moves_whole_lists_in_one_pass() {
+        let (thread, local, free) = (4, 3, 2);
+        let start = [0, free, local, thread, local, thread, 7];
+        let table = |lists: &[u8]| {
+            let mut t = LiveTable::default();
+            for (i, &l) in lists.iter().enumerate() {
+                t.set_list(i, l);
+            }
+            t
+        };
+        let lists = |t: &LiveTable| (0..start.len()).map(|i| t.list_of(i)).collect::<Vec<_>>();
+        // Both lists move: thread_free joins local_free, which joins free.
+        let mut t = table(&start);
+        t.move_lists((thread, free), (local, free));
+        assert_eq!(lists(&t), [0, free, free, free, free, free, 7]);
+        // Only thread_free moves.
+        let mut t = table(&start);
+        t.move_lists((thread, local), (0, 0));
+        assert_eq!(lists(&t), [0, free, local, local, local, local, 7]);
+        // Only local_free moves: thread_free stays.
+        let mut t = table(&start);
+        t.move_lists((local, free), (0, 0));
+        assert_eq!(lists(&t), [0, free, free, thread, free, thread, 7]);
+    }
 
     #[test]
     fn any_order_of_alloc_free_realloc_settles_the_same() {

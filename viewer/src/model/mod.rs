@@ -242,13 +242,17 @@ impl Model {
                 p.thread_free = p.thread_free.wrapping_sub(n);
                 p.used = p.used.wrapping_sub(n);
                 p.local_free = p.local_free.wrapping_add(n - m);
-                if n > 0 {
-                    p.live
-                        .move_list(BlockState::ThreadFree as u8, BlockState::LocalFree as u8);
-                }
-                if m > 0 {
-                    p.live
-                        .move_list(BlockState::LocalFree as u8, BlockState::Free as u8);
+                // thread_free joins local_free, then local_free joins free.
+                let (thread, local, free) = (
+                    BlockState::ThreadFree as u8,
+                    BlockState::LocalFree as u8,
+                    BlockState::Free as u8,
+                );
+                match (n > 0, m > 0) {
+                    (true, true) => p.live.move_lists((thread, free), (local, free)),
+                    (true, false) => p.live.move_lists((thread, local), (0, 0)),
+                    (false, true) => p.live.move_lists((local, free), (0, 0)),
+                    (false, false) => {}
                 }
             }),
             PAGE_FULL => self.with_page(heap, ev, |p, _| p.in_full = true),
