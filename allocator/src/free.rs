@@ -25,8 +25,9 @@ pub unsafe fn free(p: *mut u8) {
     // SAFETY: `p` is live, so its segment header is mapped; a page of this thread's segment with
     // no flags holds `p` at a block start and belongs to this thread's heap.
     unsafe {
-        if options::watched() {
-            return free_watched(segment, p);
+        let watch = options::watch();
+        if watch != 0 {
+            return free_watched(segment, p, watch);
         }
         let page = page_of(segment, p);
         if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
@@ -39,21 +40,23 @@ pub unsafe fn free(p: *mut u8) {
     }
 }
 
-/// [`free`] in checked mode or with the hook on: the same steps, with the pointer verified first
-/// and the local free reported. Out of line, so that the fast path inlined into callers is the
-/// same with the hook compiled in (and off) as compiled out; its rare cases are tail calls, so
-/// the traced local free needs no stack frame.
+/// [`free`] in checked mode or with the hook on (`watch`, from [`options::watch`], says which):
+/// the same steps, with the pointer verified first and the local free reported. Out of line, so
+/// that the fast path inlined into callers is the same with the hook compiled in (and off) as
+/// compiled out; its rare cases are tail calls, so the traced local free needs no stack frame.
+/// It tests the flags its caller loaded rather than loading them again.
 ///
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.
 #[inline(never)]
-unsafe fn free_watched(segment: *mut Segment, p: *mut u8) {
+unsafe fn free_watched(segment: *mut Segment, p: *mut u8, watch: u8) {
     // SAFETY: forwarded.
     unsafe {
-        if options::check() {
-            return free_checked(segment, p);
+        if watch & options::WATCH_CHECK != 0 {
+            return free_checked(segment, p, watch);
         }
-        free_reported(segment, p);
+        // Not checked mode, so the hook is why `free` came here.
+        free_reported::<{ hook::COMPILED }>(segment, p);
     }
 }
 
@@ -62,24 +65,30 @@ unsafe fn free_watched(segment: *mut Segment, p: *mut u8) {
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.
 #[inline(never)]
-unsafe fn free_checked(segment: *mut Segment, p: *mut u8) {
+unsafe fn free_checked(segment: *mut Segment, p: *mut u8, watch: u8) {
     check::verify_segment(segment, p);
     // SAFETY: verified above.
-    unsafe { free_reported(segment, p) };
+    unsafe {
+        if hook::COMPILED && watch & options::WATCH_HOOK != 0 {
+            free_reported::<true>(segment, p);
+        } else {
+            free_reported::<false>(segment, p);
+        }
+    }
 }
 
-/// [`free`]'s steps with the local free reported to the hook (when on).
+/// [`free`]'s steps, with the local free reported to the hook if `TRACE`.
 ///
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.
 #[inline(always)]
-unsafe fn free_reported(segment: *mut Segment, p: *mut u8) {
+unsafe fn free_reported<const TRACE: bool>(segment: *mut Segment, p: *mut u8) {
     // SAFETY: as in `free`.
     unsafe {
         let page = page_of(segment, p);
         if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
             let heap = (*page).heap();
-            if hook::enabled() && !hook::try_free_event(heap, p) {
+            if TRACE && !hook::try_free_event(heap, p) {
                 return free_local_reported(heap, page, p);
             }
             if push_local(page, p.cast()) == 0 {

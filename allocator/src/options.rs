@@ -25,10 +25,11 @@ pub(crate) const WATCH_HOOK: u8 = 2;
 /// tests the same single flag as with the hook compiled out.
 static WATCH: AtomicU8 = AtomicU8::new(0);
 
-/// Whether `free` must take its watched path (checked mode, or the hook on).
+/// Why `free` must take its watched path: [`WATCH_CHECK`], [`WATCH_HOOK`], both, or 0 (it
+/// need not).
 #[inline(always)]
-pub(crate) fn watched() -> bool {
-    WATCH.load(Relaxed) != 0
+pub(crate) fn watch() -> u8 {
+    WATCH.load(Relaxed)
 }
 
 /// Sets or clears one reason to watch `free`.
