@@ -40,16 +40,24 @@ pub fn enabled() -> bool {
 }
 
 /// Whether what `heap`'s thread does to shared allocator state would be recorded: always when
-/// the hook is off (nothing is recorded, nothing is missed); with it on, only for a traced thread.
-/// An untraced thread (the collector) must not take over what traced threads left (abandoned
-/// segments, their free pages): the events would be lost and the model would go wrong.
+/// no collector runs (nothing is recorded, nothing is missed); while one runs, only for a traced
+/// thread. An untraced thread (the collector) must not take over what traced threads left
+/// (abandoned segments, their free pages): the events would be lost and the model would go
+/// wrong. That holds until the collector has finished, not only while the hook is on: the
+/// collector switches the hook off, then drains and takes the final census, allocating as it
+/// does; a segment it reclaimed meanwhile would be missing from that census (it leaves out what
+/// untraced threads own) although the model holds its pages.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap.
 #[inline]
 pub(crate) unsafe fn records(heap: *mut Heap) -> bool {
+    #[cfg(feature = "hook")]
+    let collecting = crate::collector::is_running();
+    #[cfg(not(feature = "hook"))]
+    let collecting = false;
     // SAFETY: forwarded.
-    !enabled() || unsafe { (*heap).traced.load(Relaxed) }
+    !collecting || unsafe { (*heap).traced.load(Relaxed) }
 }
 
 /// The coarse event clock: nanoseconds since the hook started.
