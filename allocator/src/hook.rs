@@ -52,12 +52,16 @@ pub fn enabled() -> bool {
 /// `heap` is the calling thread's heap.
 #[inline]
 pub(crate) unsafe fn records(heap: *mut Heap) -> bool {
-    #[cfg(feature = "hook")]
-    let collecting = crate::collector::is_running();
-    #[cfg(not(feature = "hook"))]
-    let collecting = false;
     // SAFETY: forwarded.
-    !collecting || unsafe { (*heap).traced.load(Relaxed) }
+    !collecting() || unsafe { (*heap).traced.load(Relaxed) }
+}
+
+/// Whether a collector runs (it may be finishing, with the hook already off).
+fn collecting() -> bool {
+    #[cfg(feature = "hook")]
+    return crate::collector::is_running();
+    #[cfg(not(feature = "hook"))]
+    return false;
 }
 
 /// The coarse event clock: nanoseconds since the hook started.
@@ -606,11 +610,7 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
             // reading the buffer (it reads a heap's current buffer under the heap list lock,
             // which an exiting thread does not take to send it), so while the collector runs
             // only the collector may unmap or reuse it.
-            #[cfg(feature = "hook")]
-            let running = crate::collector::is_running();
-            #[cfg(not(feature = "hook"))]
-            let running = false;
-            if running {
+            if collecting() {
                 ORPHANS.lock().push(buf);
             } else {
                 os::unmap_internal(buf.cast(), BUFFER_BYTES);
