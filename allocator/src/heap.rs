@@ -45,6 +45,11 @@ pub struct Heap {
     pub(crate) os_tid: i32,
     /// The hook's buffer for this thread's events (null: none yet, or untraced).
     pub(crate) events: AtomicPtr<crate::hook::EventBuffer>,
+    /// Where the next event goes in `events` (null with it). The owner publishes each event by
+    /// moving it on; a drain reads how far it got (see `hook::append`).
+    pub(crate) event_cursor: AtomicPtr<crate::event::Event>,
+    /// The end of `events`' event array (null with it): the cursor's limit (the owner's alone).
+    pub(crate) event_end: *mut crate::event::Event,
     /// Whether this heap's events are recorded (the collector's own heap is not).
     pub(crate) traced: AtomicBool,
     /// Event buffers this heap has taken (numbers them, see `EventBuffer::seq`).
@@ -83,6 +88,8 @@ impl Heap {
             id: 0,
             os_tid: 0,
             events: AtomicPtr::new(ptr::null_mut()),
+            event_cursor: AtomicPtr::new(ptr::null_mut()),
+            event_end: ptr::null_mut(),
             traced: AtomicBool::new(false),
             buffers_taken: 0,
             dropped: 0,

@@ -20,7 +20,7 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
-use crate::event::{Event, EventKind, drop_reason, flags};
+use crate::event::{EVENT_SIZE, Event, EventKind, drop_reason, flags};
 use crate::heap::{self, Heap};
 use crate::segment::Segment;
 use crate::sync::SpinLock;
@@ -146,9 +146,20 @@ impl EventBuffer {
     /// Only the collector thread calls this, for a buffer that is live (a heap's current buffer,
     /// under the heap list lock, or a buffer it received whole).
     pub(crate) unsafe fn take_range(&mut self) -> (usize, usize) {
-        let n = (self.len.load(Acquire) as usize).min(BUFFER_EVENTS);
+        // SAFETY: forwarded.
+        unsafe { self.take_upto(self.len.load(Acquire) as usize) }
+    }
+
+    /// The range of events not yet taken, up to `published`; marks them taken.
+    ///
+    /// # Safety
+    /// As [`EventBuffer::take_range`]; the first `published` events are written and visible.
+    pub(crate) unsafe fn take_upto(&mut self, published: usize) -> (usize, usize) {
+        let n = published.min(BUFFER_EVENTS);
         let from = (self.drained as usize).min(n);
-        self.drained = n as u32;
+        if n > from {
+            self.drained = n as u32;
+        }
         (from, n)
     }
 }
@@ -348,33 +359,90 @@ fn stamped(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: usize, arg: u
 /// Writes an event (its first word `head`, see [`Event::head_word`]) into `heap`'s current buffer
 /// if it has room; false otherwise (no buffer, or full), when [`emit_slow`] must take over.
 ///
+/// The heap's cursor says where the event goes and, moved on, publishes it: one compare against
+/// the end (both null without a buffer) instead of a null test, a count load, a compare and an
+/// index computation (4 instructions fewer per event than counting in the buffer).
+///
 /// # Safety
 /// `heap` is the calling thread's heap.
 #[inline(always)]
 unsafe fn append(heap: *mut Heap, head: u64, addr: usize, arg: u64) -> bool {
-    // SAFETY: only the owner thread appends to its heap's buffer; `len` publishes the event.
+    // SAFETY: only the owner thread appends to its heap's buffer; the cursor lies in it, below
+    // its end, and publishes the event.
     unsafe {
-        let buf = (*heap).events.load(Relaxed);
-        if buf.is_null() {
-            return false;
-        }
-        let n = (*buf).len.load(Relaxed) as usize;
-        if n >= BUFFER_EVENTS {
+        let at = (*heap).event_cursor.load(Relaxed);
+        if at >= (*heap).event_end {
             return false;
         }
         // Stored as four words straight from registers: an `Event` built on the stack and
         // copied in 16-byte halves made every event wait for store forwarding to fail (two
         // 8-byte stores read back by one 16-byte load).
-        let w = (&raw mut (*buf).events)
-            .cast::<Event>()
-            .add(n)
-            .cast::<u64>();
+        let w = at.cast::<u64>();
         w.write(head);
         w.add(1).write(addr as u64);
         w.add(2).write(arg);
         w.add(3).write(now());
-        (*buf).len.store(n as u32 + 1, Release);
+        (*heap).event_cursor.store(at.add(1), Release);
         true
+    }
+}
+
+/// The first event slot of `buf`.
+///
+/// # Safety
+/// `buf` is a mapped buffer.
+unsafe fn first_slot(buf: *mut EventBuffer) -> *mut Event {
+    // SAFETY: forwarded.
+    unsafe { (&raw mut (*buf).events).cast::<Event>() }
+}
+
+/// How many events `heap`'s thread has written to its current buffer `buf` (the owner's view).
+///
+/// # Safety
+/// The calling thread owns `heap`, whose current buffer is `buf` (not null).
+unsafe fn written(heap: *mut Heap, buf: *mut EventBuffer) -> usize {
+    // SAFETY: the cursor lies within `buf`'s events (see `attach`).
+    unsafe {
+        (*heap)
+            .event_cursor
+            .load(Relaxed)
+            .offset_from(first_slot(buf)) as usize
+    }
+}
+
+/// Makes `buf` (or null: none) `heap`'s current buffer, its cursor at the start.
+///
+/// # Safety
+/// The calling thread owns `heap`, which has no current buffer; `buf` is empty and ours.
+unsafe fn attach(heap: *mut Heap, buf: *mut EventBuffer) {
+    // SAFETY: forwarded.
+    unsafe {
+        if buf.is_null() {
+            return;
+        }
+        let first = first_slot(buf);
+        (*heap).event_end = first.add(BUFFER_EVENTS);
+        (*heap).event_cursor.store(first, Release);
+        (*heap).events.store(buf, Release);
+    }
+}
+
+/// Takes `heap`'s current buffer away (null if none), its count of events set for the
+/// collector: from here on only a drain that found it earlier reads the heap's cursor for it.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+unsafe fn detach(heap: *mut Heap) -> *mut EventBuffer {
+    // SAFETY: forwarded.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if !buf.is_null() {
+            (*buf).len.store(written(heap, buf) as u32, Release);
+        }
+        (*heap).events.store(ptr::null_mut(), Release);
+        (*heap).event_end = ptr::null_mut();
+        (*heap).event_cursor.store(ptr::null_mut(), Release);
+        buf
     }
 }
 
@@ -459,16 +527,19 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
         }
         IN_HOOK.with(|h| h.set(true));
         let full = (*heap).events.load(Relaxed);
-        let sent = full.is_null() || send(full);
+        let sent = full.is_null() || {
+            // The count goes with the buffer (the collector reads it once it has the buffer).
+            (*full).len.store(written(heap, full) as u32, Release);
+            send(full)
+        };
         if sent {
-            (*heap).events.store(ptr::null_mut(), Relaxed);
-            let buf = take_empty_buffer(heap);
-            (*heap).events.store(buf, Release);
+            detach(heap);
+            attach(heap, take_empty_buffer(heap));
         }
         let buf = (*heap).events.load(Relaxed);
         let spilled = usize::from((*heap).spill_len);
         // Room for the drop note, the event and the spilled events.
-        if buf.is_null() || (*buf).len.load(Relaxed) as usize + 2 + spilled > BUFFER_EVENTS {
+        if buf.is_null() || written(heap, buf) + 2 + spilled > BUFFER_EVENTS {
             let why = if buf.is_null() {
                 drop_reason::NO_BUFFER
             } else {
@@ -476,8 +547,8 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             };
             lose(heap, why);
         } else {
-            let mut n = (*buf).len.load(Relaxed) as usize;
-            let events = (&raw mut (*buf).events).cast::<Event>();
+            let mut n = written(heap, buf);
+            let events = first_slot(buf);
             if (*heap).dropped > 0 {
                 let d = Event {
                     kind: EventKind::Dropped as u8,
@@ -498,7 +569,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
                 n += 1;
             }
             (*heap).spill_len = 0;
-            (*buf).len.store(n as u32, Release);
+            (*heap).event_cursor.store(events.add(n), Release);
         }
         IN_HOOK.with(|h| h.set(false));
     }
@@ -600,11 +671,10 @@ pub(crate) fn release_buffer(buf: BufferPtr) {
 pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
     // SAFETY: the owner hands its buffer over; afterwards the heap has none.
     unsafe {
-        let buf = (*heap).events.load(Relaxed);
+        let buf = detach(heap);
         if buf.is_null() {
             return;
         }
-        (*heap).events.store(ptr::null_mut(), Release);
         if !send(buf) {
             // The collector is full (live mode) or stopping: the events are lost. A drain may be
             // reading the buffer (it reads a heap's current buffer under the heap list lock,
@@ -711,11 +781,25 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
             f(heap.id, heap.os_tid, (0, 0), &[]);
             return;
         }
+        // The owner publishes events by moving the heap's cursor on. Read after the buffer, it
+        // may already point into the owner's next buffer (or be null): then this buffer was
+        // sent, and its events come through the channel.
+        // SAFETY: the buffer is mapped (see below).
+        let first = unsafe { first_slot(buf) };
+        let at = heap.event_cursor.load(Acquire);
+        let Some(published) = (at as usize)
+            .checked_sub(first as usize)
+            .map(|bytes| bytes / EVENT_SIZE)
+            .filter(|&n| n <= BUFFER_EVENTS)
+        else {
+            f(heap.id, heap.os_tid, (0, 0), &[]);
+            return;
+        };
         // SAFETY: the heap list lock keeps the heap alive, and its current buffer too: the
         // collector hands a buffer back only once no heap names it (`release_retired`), even
-        // when its thread has already sent it; `take_range` covers only published events.
+        // when its thread has already sent it; `published` events are written and visible.
         unsafe {
-            let (from, n) = (*buf).take_range();
+            let (from, n) = (*buf).take_upto(published);
             f(
                 heap.id,
                 heap.os_tid,
