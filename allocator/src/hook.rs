@@ -4,13 +4,14 @@
 //!   test (a predictable branch). Without the feature it is the constant `false` and every hook
 //!   call compiles away.
 //! - Each traced thread's heap owns a fixed [`EventBuffer`] (64 KiB, from the OS, never from the
-//!   traced heap). Emitting is a store of 32 bytes and a length bump; no lock, no allocation.
+//!   traced heap). Emitting is a store of 32 bytes and a cursor bump; no lock, no allocation.
 //! - A full buffer travels whole through a bounded crossbeam channel to the collector
 //!   ([`crate::collector`]), which hands it back empty through a second channel for reuse.
 //!   Lossless mode waits for room (back-pressure); live mode drops and later says how many
 //!   ([`EventKind::Dropped`]). Only `try_send`/`try_recv` are used: they never allocate.
 //! - The collector also *drains* buffers that are not full: the owner publishes each event with a
-//!   release store of `len`, the collector copies up to it, so idle threads' events still arrive.
+//!   release store of its heap's event cursor, the collector copies up to it, so idle threads'
+//!   events still arrive.
 //! - A thread flagged untraced (the collector itself) gets no buffer and emits nothing.
 
 // Without the `hook` feature the collector is not built, so its half of this module is unused.
@@ -112,8 +113,9 @@ pub(crate) fn set_enabled(on: bool, lossless: bool) {
 /// Events per buffer: the buffer fills 64 KiB.
 pub const BUFFER_EVENTS: usize = 2046;
 
-/// A thread's event buffer. The owner appends and publishes `len`; the collector reads
-/// `events[drained..len]`.
+/// A thread's event buffer. While it is a heap's current buffer, the owner appends at the heap's
+/// cursor, which publishes each event; `len` is set when the buffer leaves the heap (sent full,
+/// or flushed). The collector reads `events[drained..]` up to the one or the other.
 #[repr(C)]
 pub struct EventBuffer {
     pub(crate) len: AtomicU32,
