@@ -29,14 +29,7 @@ pub unsafe fn free(p: *mut u8) {
         if watch != 0 {
             return free_watched(segment, p, watch);
         }
-        let page = page_of(segment, p);
-        if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
-            if push_local(page, p.cast()) == 0 {
-                heap::retire((*page).heap(), page);
-            }
-            return;
-        }
-        free_generic(segment, page, p);
+        free_reported::<false>(segment, p);
     }
 }
 
@@ -77,7 +70,8 @@ unsafe fn free_checked(segment: *mut Segment, p: *mut u8, watch: u8) {
     }
 }
 
-/// [`free`]'s steps, with the local free reported to the hook if `TRACE`.
+/// [`free`]'s steps (its fast path, inlined there), with the local free reported to the hook if
+/// `TRACE`.
 ///
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.

@@ -429,22 +429,27 @@ unsafe fn attach(heap: *mut Heap, buf: *mut EventBuffer) {
     }
 }
 
-/// Takes `heap`'s current buffer away (null if none), its count of events set for the
-/// collector: from here on only a drain that found it earlier reads the heap's cursor for it.
+/// Sets the count of events in `heap`'s current buffer `buf`, before it is sent: the collector
+/// reads the count of a buffer it receives (the cursor only while a heap names the buffer).
+///
+/// # Safety
+/// As [`written`].
+unsafe fn seal(heap: *mut Heap, buf: *mut EventBuffer) {
+    // SAFETY: forwarded.
+    unsafe { (*buf).len.store(written(heap, buf) as u32, Release) };
+}
+
+/// Leaves `heap` without a current buffer ([`seal`] the buffer first to send it): from here on
+/// only a drain that found the buffer earlier reads the heap's cursor for it.
 ///
 /// # Safety
 /// The calling thread owns `heap`.
-unsafe fn detach(heap: *mut Heap) -> *mut EventBuffer {
+unsafe fn detach(heap: *mut Heap) {
     // SAFETY: forwarded.
     unsafe {
-        let buf = (*heap).events.load(Relaxed);
-        if !buf.is_null() {
-            (*buf).len.store(written(heap, buf) as u32, Release);
-        }
         (*heap).events.store(ptr::null_mut(), Release);
         (*heap).event_end = ptr::null_mut();
         (*heap).event_cursor.store(ptr::null_mut(), Release);
-        buf
     }
 }
 
@@ -530,8 +535,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
         IN_HOOK.with(|h| h.set(true));
         let full = (*heap).events.load(Relaxed);
         let sent = full.is_null() || {
-            // The count goes with the buffer (the collector reads it once it has the buffer).
-            (*full).len.store(written(heap, full) as u32, Release);
+            seal(heap, full);
             send(full)
         };
         if sent {
@@ -673,10 +677,12 @@ pub(crate) fn release_buffer(buf: BufferPtr) {
 pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
     // SAFETY: the owner hands its buffer over; afterwards the heap has none.
     unsafe {
-        let buf = detach(heap);
+        let buf = (*heap).events.load(Relaxed);
         if buf.is_null() {
             return;
         }
+        seal(heap, buf);
+        detach(heap);
         if !send(buf) {
             // The collector is full (live mode) or stopping: the events are lost. A drain may be
             // reading the buffer (it reads a heap's current buffer under the heap list lock,

@@ -4,7 +4,6 @@
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
-static CHECK: AtomicBool = AtomicBool::new(false);
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(10);
 
 /// `HEAPLENS_SHOW_STATS=1`: print a summary of the heap at exit.
@@ -15,7 +14,7 @@ pub fn show_stats() -> bool {
 /// `HEAPLENS_CHECK=1`: checked mode (see [`crate::check`]).
 #[inline]
 pub fn check() -> bool {
-    CHECK.load(Relaxed)
+    WATCH.load(Relaxed) & WATCH_CHECK != 0
 }
 
 /// Why `free` leaves its fast path for [`crate::free`]'s watched twin: bits of [`WATCH`].
@@ -66,8 +65,7 @@ pub(crate) fn init() {
             STATS_FD.store(fd, Relaxed);
         }
     }
-    CHECK.store(flag(c"HEAPLENS_CHECK"), Relaxed);
-    set_watch(WATCH_CHECK, check());
+    set_watch(WATCH_CHECK, flag(c"HEAPLENS_CHECK"));
     if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
         PURGE_DELAY_MS.store(ms, Relaxed);
     }
