@@ -1097,17 +1097,15 @@ fn report(o: &Options, results: &Results) -> String {
         let _ = write!(r, " {:>19}", format!("vs {}", other.name()));
     }
     r.push('\n');
-    let mut time_ratios = vec![Vec::new(); others.len()];
+    // (workload, time ratio): the budgets that name workloads look them up
+    let mut time_ratios: Vec<Vec<(&str, f64)>> = vec![Vec::new(); others.len()];
     let mut rss_ratios = vec![Vec::new(); others.len()];
-    // (workload, time ratio) for the budgets that name workloads
-    let mut named: Vec<Vec<(&str, f64)>> = vec![Vec::new(); others.len()];
     for (wi, w) in o.workloads.iter().enumerate() {
         let _ = write!(r, "  {:<10}", w.name);
         for (oi, other) in others.iter().enumerate() {
             if let (Some((ht, hm)), Some((ot, om))) = (med[wi][0], med[wi][other.index()]) {
-                time_ratios[oi].push(ht / ot);
+                time_ratios[oi].push((w.name, ht / ot));
                 rss_ratios[oi].push(hm / om);
-                named[oi].push((w.name, ht / ot));
                 let _ = write!(r, " {:>19}", format!("{:.2}x | {:.2}x", ht / ot, hm / om));
             } else {
                 let _ = write!(r, " {:>19}", "-");
@@ -1118,7 +1116,8 @@ fn report(o: &Options, results: &Results) -> String {
     let _ = write!(r, "  {:<10}", "geomean");
     let mut geo = Vec::new();
     for oi in 0..others.len() {
-        let (t, m) = (geomean(&time_ratios[oi]), geomean(&rss_ratios[oi]));
+        let times: Vec<f64> = time_ratios[oi].iter().map(|&(_, t)| t).collect();
+        let (t, m) = (geomean(&times), geomean(&rss_ratios[oi]));
         geo.push((t, m));
         let cell = match (t, m) {
             (Some(t), Some(m)) => format!("{t:.2}x | {m:.2}x"),
@@ -1133,7 +1132,7 @@ fn report(o: &Options, results: &Results) -> String {
         let (Some(t), Some(m)) = geo[oi] else {
             continue;
         };
-        let worst = time_ratios[oi].iter().copied().fold(0.0, f64::max);
+        let worst = time_ratios[oi].iter().map(|&(_, t)| t).fold(0.0, f64::max);
         let verdict = |ok: bool| if ok { "ok" } else { "OVER" };
         match other {
             Alloc::MiMalloc => {
@@ -1163,7 +1162,7 @@ fn report(o: &Options, results: &Results) -> String {
             Alloc::HeapLensHookOn => {
                 // The budget names the churn, cross-thread and trees workloads.
                 let on = 1.0 / t;
-                let worst = named[oi]
+                let worst = time_ratios[oi]
                     .iter()
                     .filter(|(w, _)| HOOK_BUDGET_WORKLOADS.contains(w))
                     .map(|&(w, x)| (w, 1.0 / x))
