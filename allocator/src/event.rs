@@ -10,7 +10,7 @@
 //!
 //! | kind | addr | arg | arg32 | aux | flags |
 //! |---|---|---|---|---|---|
-//! | `Alloc` | pointer | requested size | stack id (0: none; reserved for stack capture) | | `ZERO`, `ALIGNED`, `REALLOC` |
+//! | `Alloc` | pointer | requested size | stack id (leaf [`EventKind::StackFrame`] node; 0: none) | | `ZERO`, `ALIGNED`, `REALLOC` |
 //! | `Free` | pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC` |
 //! | `Resize` | pointer | new requested size | | | (realloc in place) |
 //! | `Realloc` | new pointer | old pointer | new size (saturated) | | |
@@ -34,6 +34,21 @@
 //! | `CensusPage2` | owner heap id | `used \| local_free << 32` | thread_free | | `IN_FULL` |
 //! | `CensusSegment` | segment | bytes mapped | page count | | page kind |
 //! | `CensusEnd` | | | census number | | |
+//! | `StackFrame` | return address (the frame's pc) | parent node id (0: outermost frame) | this node's id | | `TRUNCATED` |
+//! | `StackMode` | | mean sampling interval in bytes (0 with mode all) | | mode ([`stack_mode`]) | |
+//! | `Module` | load bias (`dlpi_addr`) | | module id | | |
+//! | `ModuleRange` | start of an executable range | its length | module id | | |
+//! | `ModuleText` | text bytes 0..8 | text bytes 8..16 | module id | 0 path, 1 build id (raw bytes) | `MORE` (continues) |
+//! | `ModuleGone` | | | module id | | |
+//!
+//! Stacks: each thread interns the stacks it captures as a tree of frames (node ids from one
+//! process-wide counter, so an id names one node whatever thread made it). A node's
+//! `StackFrame` is sent in the thread's own stream before the first event that uses it; an
+//! `Alloc`'s `arg32` names the leaf (the frame that called `malloc`), the parents lead outwards.
+//! `TRUNCATED` on the outermost node sent: the walk stopped early (depth limit, a frame that
+//! failed a check), so frames beyond it are unknown. Modules are process-level events (heap 0)
+//! from the collector: `Module`, its `ModuleRange`s and `ModuleText`s, before any stack that
+//! uses an address in them is resolved (symbols are resolved by `heaplens`, never in the target).
 
 /// One recorded event (32 bytes, little-endian on the wire in this field order).
 #[repr(C)]
@@ -159,6 +174,18 @@ kinds! {
     CensusEnd = 63,
     /// A segment in a census (before its pages).
     CensusSegment = 64,
+    /// A node of a thread's tree of interned stack frames.
+    StackFrame = 70,
+    /// How stacks are captured (a process-level event, before the first stack).
+    StackMode = 71,
+    /// A module (executable or shared library) was loaded.
+    Module = 72,
+    /// An executable address range of a module.
+    ModuleRange = 73,
+    /// 16 bytes of a module's path or build id.
+    ModuleText = 74,
+    /// A module was unloaded (`dlclose`).
+    ModuleGone = 75,
 }
 
 /// Flag bits of [`Event::flags`].
@@ -185,6 +212,27 @@ pub mod flags {
     pub const PARTIAL: u8 = 2;
     /// CensusBegin: the census taken when recording started (the state before it).
     pub const INITIAL: u8 = 4;
+    /// StackFrame: the walk stopped at this frame; the frames beyond it are unknown.
+    pub const TRUNCATED: u8 = 1;
+}
+
+/// Stack capture modes: the `aux` of a `StackMode` event.
+pub mod stack_mode {
+    /// No stacks.
+    pub const OFF: u16 = 0;
+    /// A stack for about one allocation per sampling interval of bytes (a Poisson process on
+    /// bytes: each byte is sampled with probability 1/interval).
+    pub const SAMPLED: u16 = 1;
+    /// A stack for every allocation.
+    pub const ALL: u16 = 2;
+}
+
+/// What a `ModuleText` event carries: its `aux`.
+pub mod module_text {
+    /// The module's path.
+    pub const PATH: u16 = 0;
+    /// The module's GNU build id (raw bytes).
+    pub const BUILD_ID: u16 = 1;
 }
 
 /// Why events were lost: the bits of a `Dropped` event's `aux`.

@@ -120,6 +120,13 @@ pub const fn fields(kind: u8) -> u8 {
         K::ThreadExit | K::CensusEnd => ARG32,
         K::Dropped => ARG,
         K::CensusBegin => ARG | ARG32,
+        // Stack and module events are coded as kinds this version does not name.
+        K::StackFrame
+        | K::StackMode
+        | K::Module
+        | K::ModuleRange
+        | K::ModuleText
+        | K::ModuleGone => ALL,
     }
 }
 
