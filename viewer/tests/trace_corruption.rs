@@ -1,5 +1,6 @@
 //! Damaged and hostile files: bit flips anywhere are either read correctly or reported as
-//! corruption (never silently wrong, never a panic); random bytes and forged lengths give clear
+//! corruption (never silently wrong, never a panic), and one damaged chunk costs its own events
+//! only, whether the index is intact or the file is scanned; random bytes and forged lengths give clear
 //! errors without panicking or allocating what a length field claims; a newer format version is
 //! refused with both versions named.
 
@@ -10,7 +11,8 @@ use heaplens_alloc::event::Event;
 use heaplens_viewer::trace::format::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkType};
 use heaplens_viewer::trace::synth::{self, SynthConfig};
 use heaplens_viewer::trace::{
-    ChunkDefect, EndInfo, Metadata, Status, TraceError, TraceReader, TraceWriter, WriterOptions,
+    ChunkDefect, Damage, EndInfo, Metadata, Status, TraceError, TraceReader, TraceWriter,
+    WriterOptions,
 };
 use proptest::prelude::*;
 
@@ -148,6 +150,43 @@ proptest! {
     }
 }
 
+/// Where the chunks of `bytes` start (after the file header).
+fn data_start(bytes: &[u8]) -> usize {
+    16 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize + 4
+}
+
+/// Reads every event of a damaged copy of `original` and checks that damage cost only the
+/// damaged part: every event outside the chunks reported damaged reads, in order, and the
+/// damage reported is at most one chunk's events (one flip damages one chunk). `what` names the
+/// damage in messages.
+fn keeps_all_but_the_damaged_chunk(bytes: &[u8], original: &Trace, in_header: bool, what: &str) {
+    let mut r = match TraceReader::new(Cursor::new(bytes)) {
+        Ok(r) => r,
+        Err(e) => {
+            // Only damage to the file header may refuse the file.
+            assert!(in_header, "{what}: {e}");
+            return;
+        }
+    };
+    let got: Vec<(u32, Event)> = r.events().filter_map(Result::ok).collect();
+    let lost: Vec<std::ops::Range<u64>> = r.damaged().iter().map(|d| d.events.clone()).collect();
+    let want: Vec<(u32, Event)> = original
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lost.iter().any(|l| l.contains(&(*i as u64))))
+        .map(|(_, e)| *e)
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}: damage {:?}", r.damaged());
+    assert!(got == want, "{what}: events differ");
+    assert!(
+        r.damaged().len() <= 1 && r.events_lost() <= 300,
+        "{what}: {:?}",
+        r.damaged()
+    );
+    assert_eq!(r.total_events(), original.events.len() as u64, "{what}");
+}
+
 #[test]
 fn a_bit_flip_in_every_byte_of_the_small_trace() {
     let t = small();
@@ -156,15 +195,51 @@ fn a_bit_flip_in_every_byte_of_the_small_trace() {
         let bit = i % 8;
         bytes[i] ^= 1 << bit;
         read_checked(&bytes, t);
+        let what = format!("bit {bit} of byte {i}");
+        keeps_all_but_the_damaged_chunk(&bytes, t, i < data_start(&t.bytes), &what);
         bytes[i] ^= 1 << bit;
     }
 }
 
 #[test]
-fn a_damaged_chunk_is_named_and_what_precedes_it_reads() {
+fn a_flipped_byte_in_any_chunk_loses_that_chunk_only_with_or_without_the_index() {
+    let t = small();
+    let clean = TraceReader::new(Cursor::new(&t.bytes[..])).unwrap();
+    let start = data_start(&t.bytes);
+    assert!(clean.chunks().len() >= 4);
+    let n = t.bytes.len();
+    for (k, c) in clean.chunks().iter().enumerate() {
+        // In the header's first_event, and in the middle of the payload.
+        for at in [
+            c.offset as usize + 24,
+            c.offset as usize + CHUNK_HEADER_SIZE + c.stored_len as usize / 2,
+        ] {
+            for trailer_too in [false, true] {
+                let mut bytes = t.bytes.clone();
+                bytes[at] ^= 0x5a;
+                if trailer_too {
+                    bytes[n - 1] ^= 1; // no index: the reader scans
+                }
+                let what = format!("chunk {k} byte {at}, index used: {}", !trailer_too);
+                keeps_all_but_the_damaged_chunk(&bytes, t, false, &what);
+                let mut r = TraceReader::new(Cursor::new(&bytes[..])).unwrap();
+                let read = r.events().filter(Result::is_ok).count();
+                assert_eq!(read, t.events.len() - c.events as usize, "{what}");
+                let d = &r.damaged()[0];
+                assert_eq!((d.chunk, d.at), (c.number, c.offset), "{what}");
+                assert_eq!(d.events, c.event_range(), "{what}");
+                assert!(start <= at);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_chunk_is_named_and_the_rest_reads() {
     let t = small();
     let clean = TraceReader::new(Cursor::new(&t.bytes[..])).unwrap();
     let c = clean.chunks()[2];
+    let (before, after) = (clean.chunks()[1], clean.chunks()[3]);
     let mut bytes = t.bytes.clone();
     bytes[c.offset as usize + CHUNK_HEADER_SIZE + 5] ^= 0x10;
     // With the index intact, the damage shows when the chunk is read.
@@ -180,13 +255,77 @@ fn a_damaged_chunk_is_named_and_what_precedes_it_reads() {
     );
     assert!(r.read_chunk(1).is_ok() && r.read_chunk(3).is_ok());
     let all: Vec<_> = r.events().collect();
-    assert!(all.last().unwrap().is_err());
-    assert_eq!(all.len() as u64, c.first_event + 1);
+    assert_eq!(all.iter().filter(|e| e.is_err()).count(), 1);
+    assert!(all[c.first_event as usize].is_err());
+    assert_eq!(all.len(), t.events.len() - c.events as usize + 1);
+    assert_eq!(
+        r.damaged(),
+        [Damage {
+            chunk: c.number,
+            at: c.offset,
+            defect: ChunkDefect::ChecksumMismatch,
+            events: c.event_range(),
+            start_time: c.start_time,
+            end_time: c.end_time,
+        }]
+    );
+    assert_eq!(r.events_lost(), u64::from(c.events));
+    assert!(
+        r.damaged()[0].to_string().starts_with(&format!(
+            "chunk {} at byte {} is damaged (checksum mismatch): {} events from ",
+            c.number, c.offset, c.events
+        )),
+        "{}",
+        r.damaged()[0]
+    );
+    // A range across the damage leaves its events out.
+    let across = r
+        .read_events(before.first_event..after.first_event + 1)
+        .unwrap();
+    assert_eq!(across.len(), before.events as usize + 1);
 
-    // Without the index (the trailer is damaged too), the scan stops at the damage.
+    // Without the index (the trailer is damaged too), the scan skips the damaged chunk and
+    // goes on at the next.
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     let mut r = TraceReader::new(Cursor::new(&bytes[..])).unwrap();
+    assert!(matches!(
+        r.status(),
+        Status::Corrupt {
+            defect: ChunkDefect::BadTrailer,
+            ..
+        }
+    ));
+    assert_eq!(r.total_events(), t.events.len() as u64);
+    assert_eq!(
+        r.damaged(),
+        [Damage {
+            chunk: c.number,
+            at: c.offset,
+            defect: ChunkDefect::ChecksumMismatch,
+            events: c.event_range(),
+            start_time: before.end_time,
+            end_time: after.start_time,
+        }]
+    );
+    assert_eq!(
+        r.events().filter(Result::is_ok).count(),
+        t.events.len() - c.events as usize
+    );
+    let msg = r.damage().unwrap().to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "corrupt trailer at byte {}; {} events up to ",
+            n - 16,
+            t.events.len() - c.events as usize
+        )),
+        "{msg}"
+    );
+
+    // Without the index and with every chunk after the damage cut off, the file reads up to
+    // the damage and says where it stops.
+    let cut = &bytes[..after.offset as usize + 10];
+    let mut r = TraceReader::new(Cursor::new(cut)).unwrap();
     assert_eq!(
         r.status(),
         Status::Corrupt {
@@ -196,11 +335,6 @@ fn a_damaged_chunk_is_named_and_what_precedes_it_reads() {
         }
     );
     assert_eq!(r.total_events(), c.first_event);
-    let msg = r.damage().unwrap().to_string();
-    assert!(msg.starts_with(&format!(
-        "corrupt chunk {} at byte {}: checksum mismatch; {} events up to ",
-        c.number, c.offset, c.first_event
-    )));
     assert_eq!(r.events().count() as u64, c.first_event);
 
     // Only the trailer damaged: nothing is lost, the damage is still reported.
@@ -221,6 +355,7 @@ fn a_damaged_chunk_is_named_and_what_precedes_it_reads() {
             .to_string()
             .starts_with("corrupt trailer at byte ")
     );
+    assert!(r.damaged().is_empty());
     assert_eq!(r.events().count(), t.events.len());
     assert_eq!(r.end_info(), Some(EndInfo::clean(0)));
 }

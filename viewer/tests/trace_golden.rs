@@ -1,8 +1,10 @@
 //! The golden trace of format version 1 (`assets/traces/golden-v1.hltrace`) reads to exactly what
 //! was written when it was made: readers must read every older version forever.
 //!
-//! The file was written once by this test with `HEAPLENS_BLESS=1` (never rewrite it for a format
-//! change: add `golden-v2.hltrace` and a test of its own instead). It holds a synthetic
+//! The file was written once by this test with `HEAPLENS_BLESS=1`. Bless mode writes only the
+//! golden file of the current format version ([`VERSION`]): an older version's file is never
+//! rewritten (a format change adds `golden-vN.hltrace` and a test of its own instead), and each
+//! older file's bytes are pinned by a hash here, so a rewrite fails. It holds a synthetic
 //! allocator stream, an edge batch (every event kind, an unknown kind, extreme values), two
 //! keyframes and an End chunk; the assertions below are literal values, not recomputed ones.
 
@@ -11,16 +13,92 @@ use std::path::PathBuf;
 use heaplens_alloc::event::{Event, EventKind, flags};
 use heaplens_viewer::trace::synth::{self, SynthConfig};
 use heaplens_viewer::trace::{
-    EndInfo, EndReason, ExitStatus, Metadata, Status, TraceReader, TraceWriter, WriterOptions,
+    EndInfo, EndReason, ExitStatus, Metadata, Status, TraceReader, TraceWriter, VERSION,
+    WriterOptions,
 };
 
-fn golden_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/golden-v1.hltrace")
+fn traces_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces")
 }
 
-/// Every kind, an unknown kind, wide events, extreme values.
+fn golden_path() -> PathBuf {
+    traces_dir().join("golden-v1.hltrace")
+}
+
+/// Whether bless mode (`asked`) may write the golden file of format `version`: only the current
+/// version's, since the writer writes only the current version.
+fn may_bless(version: u16, asked: bool) -> bool {
+    if asked && version != VERSION {
+        eprintln!(
+            "golden-v{version}.hltrace is of an older format version (this build writes \
+             {VERSION}): never rewritten"
+        );
+    }
+    asked && version == VERSION
+}
+
+fn bless_asked() -> bool {
+    std::env::var_os("HEAPLENS_BLESS").is_some()
+}
+
+/// FNV-1a over bytes.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The hash of each older version's golden file as it was written: `(version, hash)`.
+const FROZEN: [(u16, u64); 1] = [(1, 0x7ce4_7639_3085_7392)];
+
+#[test]
+fn bless_mode_rewrites_only_the_current_versions_golden_file() {
+    assert!(may_bless(VERSION, true));
+    assert!(!may_bless(VERSION, false));
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(traces_dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let Some(v) = name
+            .strip_prefix("golden-v")
+            .and_then(|n| n.strip_suffix(".hltrace"))
+        else {
+            continue;
+        };
+        let v: u16 = v.parse().unwrap();
+        let r = TraceReader::open(traces_dir().join(&name)).unwrap();
+        assert_eq!(
+            r.version(),
+            v,
+            "{name} holds format version {}",
+            r.version()
+        );
+        assert!(v <= VERSION, "{name} is newer than this build");
+        if v < VERSION {
+            assert!(!may_bless(v, true), "{name} could be rewritten");
+        }
+        if let Some((_, hash)) = FROZEN.iter().find(|(f, _)| *f == v) {
+            let bytes = std::fs::read(traces_dir().join(&name)).unwrap();
+            assert_eq!(fnv(&bytes), *hash, "{name} was rewritten");
+        } else {
+            assert_eq!(
+                v, VERSION,
+                "{name}: an older golden file needs its hash in FROZEN"
+            );
+        }
+        versions.push(v);
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=VERSION).collect::<Vec<_>>(),
+        "a golden file per version"
+    );
+}
+
+/// Every kind format version 1 named (up to `CensusSegment`, 64), an unknown kind, wide
+/// events, extreme values. Kinds named later are not in the golden file.
 fn edge_batch() -> Vec<Event> {
-    let mut v: Vec<Event> = (0u8..=70)
+    let mut v: Vec<Event> = (0u8..=64)
         .filter(|&k| EventKind::from_u8(k).is_some())
         .map(|k| Event {
             kind: k,
@@ -107,7 +185,7 @@ fn fingerprint(events: &[(u32, Event)]) -> u64 {
 
 #[test]
 fn golden_v1_reads_exactly() {
-    if std::env::var_os("HEAPLENS_BLESS").is_some() {
+    if may_bless(1, bless_asked()) {
         bless();
     }
     let path = golden_path();
@@ -126,7 +204,7 @@ fn golden_v1_reads_exactly() {
 
     let m = r.metadata().clone();
     let all: Vec<(u32, Event)> = r.events().map(Result::unwrap).collect();
-    if std::env::var_os("HEAPLENS_BLESS").is_some() {
+    if may_bless(1, bless_asked()) {
         eprintln!(
             "info {} bins {} events {} chunks {} fingerprint {:#x} keyframes {:?}",
             m.segment_info_size,

@@ -71,6 +71,8 @@ pub struct TraceIndex {
     end: Option<usize>,
     total_events: u64,
     end_time: u64,
+    /// A damaged stretch was skipped: the next Events chunk may start past `total_events`.
+    gap_open: bool,
 }
 
 impl TraceIndex {
@@ -87,7 +89,8 @@ impl TraceIndex {
         }
         match header.kind() {
             Some(ChunkType::Events) => {
-                if header.first_event != self.total_events {
+                let after_gap = self.gap_open && header.first_event > self.total_events;
+                if header.first_event != self.total_events && !after_gap {
                     return Err(ChunkDefect::EventOrder);
                 }
                 let n = header.event_count;
@@ -110,8 +113,9 @@ impl TraceIndex {
                     stored_len: header.stored_len,
                     raw_len: header.raw_len,
                 });
-                self.total_events += u64::from(n);
+                self.total_events = header.first_event + u64::from(n);
                 self.end_time = self.end_time.max(header.end_time);
+                self.gap_open = false;
             }
             Some(ChunkType::Keyframe) => {
                 let k = KeyframeInfo {
@@ -138,6 +142,26 @@ impl TraceIndex {
         }
         self.entries.push(Entry { offset, header });
         Ok(())
+    }
+
+    /// A damaged stretch of the file at `offset`, found by a scan and skipped: it counts as one
+    /// chunk (so later chunks keep numbers close to the writer's), and the next Events chunk may
+    /// start past the events seen so far (the damaged stretch held them).
+    pub(crate) fn push_damaged(&mut self, offset: u64) {
+        self.entries.push(Entry {
+            offset,
+            header: ChunkHeader::default(),
+        });
+        self.gap_open = true;
+    }
+
+    /// After a damaged stretch at the end of the events: the End or Index chunk that follows
+    /// says how many events the trace held (`total`), and the numbering ends there.
+    pub(crate) fn end_gap_at(&mut self, total: u64) {
+        if self.gap_open && total > self.total_events {
+            self.total_events = total;
+        }
+        self.gap_open = false;
     }
 
     /// Drops keyframes that refer to events the file does not hold (a recorder that stopped
@@ -210,7 +234,8 @@ impl TraceIndex {
         self.entries.len()
     }
 
-    /// Events in all Events chunks.
+    /// The number of the event after the last readable one: the events of all Events chunks,
+    /// and those of damaged stretches between them.
     pub fn total_events(&self) -> u64 {
         self.total_events
     }
@@ -220,12 +245,13 @@ impl TraceIndex {
         self.end_time
     }
 
-    /// The Events chunk holding event `index`.
+    /// The Events chunk holding event `index`, or after a damaged stretch holding it, the first
+    /// chunk after the damage.
     pub fn chunk_of_event(&self, index: u64) -> Option<usize> {
-        if index >= self.total_events {
-            return None;
-        }
-        Some(self.chunks.partition_point(|c| c.first_event <= index) - 1)
+        let i = self
+            .chunks
+            .partition_point(|c| c.first_event + u64::from(c.events) <= index);
+        (i < self.chunks.len()).then_some(i)
     }
 
     /// The first Events chunk with events at or after `time`.

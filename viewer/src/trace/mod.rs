@@ -37,6 +37,7 @@
 //! ```
 
 mod addr_map;
+pub mod damage;
 pub mod encode;
 pub mod end;
 pub mod error;
@@ -47,6 +48,7 @@ pub mod reader;
 pub mod synth;
 pub mod writer;
 
+pub use damage::Damage;
 pub use end::{EndInfo, EndReason, ExitStatus};
 pub use error::TraceError;
 pub use format::{ChunkDefect, VERSION};

@@ -3,7 +3,11 @@
 //! The file is untrusted. Every length is checked against the file's size and a fixed maximum
 //! before anything is allocated; every chunk's checksum is verified before it is decoded. A file
 //! without an intact index (the recorder was killed, or the file was cut or damaged) is scanned
-//! chunk by chunk up to the first incomplete or damaged chunk, and everything before it reads.
+//! chunk by chunk up to its end or the first incomplete chunk.
+//!
+//! A damaged chunk costs only its own events ([`Damage`]): a scan that meets one looks for the
+//! next chunk that verifies and goes on there; a chunk found damaged when read (its checksum, its
+//! decompression or its decoding fails) is recorded and the other chunks still read.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -11,12 +15,14 @@ use std::path::Path;
 
 use heaplens_alloc::event::Event;
 
+use super::damage::Damage;
 use super::encode::Decoder;
 use super::end::EndInfo;
 use super::error::TraceError;
 use super::format::{
-    CHUNK_HEADER_SIZE, ChunkDefect, ChunkHeader, ChunkType, Compression, FILE_HEADER_FIXED, MAGIC,
-    MAX_METADATA_LEN, MAX_PAYLOAD_LEN, TRAILER_SIZE, VERSION, parse_trailer, u32_at,
+    CHUNK_HEADER_SIZE, CHUNK_TAG, ChunkDefect, ChunkHeader, ChunkType, Compression,
+    FILE_HEADER_FIXED, MAGIC, MAX_METADATA_LEN, MAX_PAYLOAD_LEN, TRAILER_SIZE, VERSION,
+    parse_trailer, u32_at,
 };
 use super::index::{ChunkInfo, Entry, KeyframeInfo, TraceIndex};
 use super::metadata::Metadata;
@@ -32,8 +38,8 @@ pub enum Status {
         /// Where the readable part ends.
         at: u64,
     },
-    /// Chunk `chunk` (counting every chunk from 0) at byte `at` is damaged; everything before it
-    /// reads.
+    /// Chunk `chunk` (counting every chunk from 0) at byte `at` is damaged and no chunk after it
+    /// verifies; everything before it reads.
     Corrupt {
         /// The chunk's number.
         chunk: usize,
@@ -52,6 +58,7 @@ pub struct TraceReader<R = BufReader<File>> {
     metadata: Metadata,
     index: TraceIndex,
     status: Status,
+    damaged: Vec<Damage>,
     end: Option<EndInfo>,
     stored: Vec<u8>,
     raw: Vec<u8>,
@@ -81,6 +88,7 @@ impl<R: Read + Seek> TraceReader<R> {
             metadata,
             index: TraceIndex::default(),
             status: Status::Complete,
+            damaged: Vec::new(),
             end: None,
             stored: Vec::new(),
             raw: Vec::new(),
@@ -117,9 +125,29 @@ impl<R: Read + Seek> TraceReader<R> {
         self.index.keyframes()
     }
 
-    /// Events readable.
+    /// The number of the event after the last readable one (events lost to damage in the middle
+    /// of the file count: trace event indices keep the writer's numbering).
     pub fn total_events(&self) -> u64 {
         self.index.total_events()
+    }
+
+    /// Damaged chunks in the middle of the file found so far, in file order: by the scan at open
+    /// (a file without an intact index), and by reading chunks (a chunk is checked when read;
+    /// read every chunk, as [`TraceReader::events`] does, to find all).
+    pub fn damaged(&self) -> &[Damage] {
+        &self.damaged
+    }
+
+    /// Events lost to the damage found so far.
+    pub fn events_lost(&self) -> u64 {
+        self.damaged.iter().map(Damage::events_lost).sum()
+    }
+
+    /// Records damage found reading chunk `number` at `at` (once per chunk).
+    fn record(&mut self, damage: Damage) {
+        if let Err(i) = self.damaged.binary_search_by_key(&damage.at, |d| d.at) {
+            self.damaged.insert(i, damage);
+        }
     }
 
     /// Time of the last readable event (ns since recording started).
@@ -152,7 +180,7 @@ impl<R: Read + Seek> TraceReader<R> {
         };
         Some(TraceError::Partial {
             problem: Box::new(problem),
-            events: self.total_events(),
+            events: self.total_events() - self.events_lost().min(self.total_events()),
             until_ns: self.duration_ns(),
         })
     }
@@ -192,6 +220,8 @@ impl<R: Read + Seek> TraceReader<R> {
     }
 
     /// Like [`TraceReader::read_chunk`], into `out` (cleared first; reuse it to save allocations).
+    /// A damaged chunk gives [`TraceError::CorruptChunk`] and is added to
+    /// [`TraceReader::damaged`].
     pub fn read_chunk_into(
         &mut self,
         i: usize,
@@ -205,12 +235,25 @@ impl<R: Read + Seek> TraceReader<R> {
             .get(i)
             .ok_or(TraceError::OutOfRange { index: i, count })?;
         let entry = self.index.entries[info.number];
-        self.load(info.number, entry)?;
-        self.decoder
-            .decode(&self.raw, info.events, out)
-            .map_err(|what| {
-                TraceError::corrupt(info.number, info.offset, ChunkDefect::BadPayload(what))
-            })
+        let read = self.load(info.number, entry).and_then(|()| {
+            self.decoder
+                .decode(&self.raw, info.events, out)
+                .map_err(|what| {
+                    TraceError::corrupt(info.number, info.offset, ChunkDefect::BadPayload(what))
+                })
+        });
+        if let Err(TraceError::CorruptChunk { defect, .. }) = &read {
+            out.clear();
+            self.record(Damage {
+                chunk: info.number,
+                at: info.offset,
+                defect: *defect,
+                events: info.event_range(),
+                start_time: info.start_time,
+                end_time: info.end_time,
+            });
+        }
+        read
     }
 
     /// The payload of keyframe `k` (see [`TraceReader::keyframes`]).
@@ -222,11 +265,24 @@ impl<R: Read + Seek> TraceReader<R> {
             .get(k)
             .ok_or(TraceError::OutOfRange { index: k, count })?;
         let entry = self.index.entries[info.number];
-        self.load(info.number, entry)?;
+        if let Err(e) = self.load(info.number, entry) {
+            if let TraceError::CorruptChunk { defect, .. } = e {
+                self.record(Damage {
+                    chunk: info.number,
+                    at: info.offset,
+                    defect,
+                    events: info.event_index..info.event_index,
+                    start_time: info.time,
+                    end_time: info.time,
+                });
+            }
+            return Err(e);
+        }
         Ok(std::mem::take(&mut self.raw))
     }
 
-    /// The events with trace indices in `range` (clipped to the readable events).
+    /// The events with trace indices in `range` (clipped to the readable events; events lost to
+    /// damage are left out, so the result may be shorter than the range).
     pub fn read_events(
         &mut self,
         range: std::ops::Range<u64>,
@@ -245,15 +301,20 @@ impl<R: Read + Seek> TraceReader<R> {
             if info.first_event >= end {
                 break;
             }
-            self.read_chunk_into(i, &mut buf)?;
-            let from = range.start.saturating_sub(info.first_event) as usize;
-            let to = ((end - info.first_event) as usize).min(buf.len());
+            match self.read_chunk_into(i, &mut buf) {
+                Ok(()) => {}
+                Err(TraceError::CorruptChunk { .. }) => continue, // recorded in `damaged`
+                Err(e) => return Err(e),
+            }
+            let from = (range.start.saturating_sub(info.first_event) as usize).min(buf.len());
+            let to = ((end - info.first_event) as usize).clamp(from, buf.len());
             out.extend_from_slice(&buf[from..to]);
         }
         Ok(out)
     }
 
-    /// Every readable event in order, chunk by chunk; stops after the first error.
+    /// Every readable event in order, chunk by chunk. A damaged chunk gives one error in its
+    /// place and the events of the next chunks follow; an I/O error ends the iteration.
     pub fn events(&mut self) -> Events<'_, R> {
         Events {
             reader: self,
@@ -337,66 +398,214 @@ impl<R: Read + Seek> TraceReader<R> {
         Ok(true)
     }
 
-    /// Rebuilds the index chunk by chunk, verifying each, up to the first that is incomplete or
-    /// damaged (or the index chunk).
+    /// Rebuilds the index chunk by chunk, verifying each, up to the end, the index chunk, or an
+    /// incomplete chunk. A damaged chunk is skipped: the scan goes on at the next chunk that
+    /// verifies, if any.
     fn scan(&mut self, data_start: u64) -> Result<(), TraceError> {
         let mut index = TraceIndex::default();
         let mut end = None;
         let mut pos = data_start;
+        let mut pending: Option<Damage> = None;
         self.src.seek(SeekFrom::Start(pos))?;
         let status = loop {
             let number = index.chunk_count();
-            let corrupt = |defect| Status::Corrupt {
-                chunk: number,
-                at: pos,
-                defect,
-            };
-            if self.len - pos < CHUNK_HEADER_SIZE as u64 {
-                break Status::Truncated { at: pos };
-            }
-            let mut hb = [0u8; CHUNK_HEADER_SIZE];
-            self.src.read_exact(&mut hb)?;
-            let Some(header) = ChunkHeader::from_bytes(&hb) else {
-                break corrupt(ChunkDefect::BadTag);
-            };
-            if header.raw_len > header.max_raw_len() {
-                break corrupt(ChunkDefect::BadLength);
-            }
-            if header.total_len() > self.len - pos {
-                break Status::Truncated { at: pos };
-            }
-            let kind = header.kind();
-            let keep = matches!(kind, Some(ChunkType::End | ChunkType::Index));
-            if !self.verify_streaming(&header, keep)? {
-                break corrupt(ChunkDefect::ChecksumMismatch);
-            }
-            let next = pos + header.total_len();
-            match kind {
-                Some(ChunkType::Index) => {
-                    break self.check_trailer(pos, next, number);
+            let problem = self.scan_chunk(pos, &mut index, &mut end, &mut pending)?;
+            let defect = match problem {
+                Scanned::Next(next) => {
+                    pos = next;
+                    continue;
                 }
-                Some(ChunkType::End) => {
-                    let parsed =
-                        decompress(&header, &mut self.stored, &mut self.raw).and_then(|()| {
-                            EndInfo::from_bytes(&self.raw).map_err(ChunkDefect::BadPayload)
-                        });
-                    match parsed {
-                        Ok(info) => end = Some(info),
-                        Err(defect) => break corrupt(defect),
-                    }
+                Scanned::Stop(status) => break status,
+                Scanned::Damaged(defect) => defect,
+            };
+            let hint = self.hint_after(pos);
+            match self.find_next_chunk(pos + 1, hint)? {
+                Some(next) => {
+                    pending.get_or_insert(Damage {
+                        chunk: number,
+                        at: pos,
+                        defect,
+                        events: index.total_events()..index.total_events(),
+                        start_time: index.end_time(),
+                        end_time: index.end_time(),
+                    });
+                    index.push_damaged(pos);
+                    pos = next;
+                    self.src.seek(SeekFrom::Start(pos))?;
                 }
-                _ => {}
+                None if defect == ChunkDefect::BadLength && self.claims_past_end(pos) => {
+                    break Status::Truncated { at: pos };
+                }
+                None => {
+                    break Status::Corrupt {
+                        chunk: number,
+                        at: pos,
+                        defect,
+                    };
+                }
             }
-            if let Err(defect) = index.push(pos, header) {
-                break corrupt(defect);
-            }
-            pos = next;
         };
+        if let Some(d) = pending {
+            // Damage with nothing after it that tells how many events it held.
+            self.damaged.push(d);
+        }
         index.seal();
         self.index = index;
         self.end = end;
         self.status = status;
         Ok(())
+    }
+
+    /// Reads and verifies the chunk at `pos` (the source is positioned there) and adds it to
+    /// `index`.
+    fn scan_chunk(
+        &mut self,
+        pos: u64,
+        index: &mut TraceIndex,
+        end: &mut Option<EndInfo>,
+        pending: &mut Option<Damage>,
+    ) -> Result<Scanned, TraceError> {
+        let number = index.chunk_count();
+        if self.len - pos < CHUNK_HEADER_SIZE as u64 {
+            return Ok(Scanned::Stop(Status::Truncated { at: pos }));
+        }
+        let mut hb = [0u8; CHUNK_HEADER_SIZE];
+        self.src.read_exact(&mut hb)?;
+        let Some(header) = ChunkHeader::from_bytes(&hb) else {
+            return Ok(Scanned::Damaged(ChunkDefect::BadTag));
+        };
+        if header.raw_len > header.max_raw_len() {
+            return Ok(Scanned::Damaged(ChunkDefect::BadLength));
+        }
+        if header.total_len() > self.len - pos {
+            // Cut off, or a damaged length: the scan looks for a chunk after it to tell which.
+            return Ok(Scanned::Damaged(ChunkDefect::BadLength));
+        }
+        let kind = header.kind();
+        let keep = matches!(kind, Some(ChunkType::End | ChunkType::Index));
+        if !self.verify_streaming(&header, keep)? {
+            return Ok(Scanned::Damaged(ChunkDefect::ChecksumMismatch));
+        }
+        let next = pos + header.total_len();
+        match kind {
+            Some(ChunkType::Index) => {
+                index.end_gap_at(header.first_event);
+                self.close_damage(pending, header.first_event, index.end_time());
+                return Ok(Scanned::Stop(self.check_trailer(pos, next, number)));
+            }
+            Some(ChunkType::End) => {
+                let parsed = decompress(&header, &mut self.stored, &mut self.raw)
+                    .and_then(|()| EndInfo::from_bytes(&self.raw).map_err(ChunkDefect::BadPayload));
+                match parsed {
+                    Ok(info) => *end = Some(info),
+                    Err(defect) => return Ok(Scanned::Damaged(defect)),
+                }
+            }
+            _ => {}
+        }
+        if let Err(defect) = index.push(pos, header) {
+            return Ok(Scanned::Damaged(defect));
+        }
+        match kind {
+            Some(ChunkType::Events) => {
+                self.close_damage(pending, header.first_event, header.start_time);
+            }
+            Some(ChunkType::End) => {
+                index.end_gap_at(header.first_event);
+                self.close_damage(pending, header.first_event, index.end_time());
+            }
+            _ => {}
+        }
+        Ok(Scanned::Next(next))
+    }
+
+    /// Ends the damaged stretch `pending` before the chunk that comes next: its events end at
+    /// `first_event` (where the next chunk's numbering starts), its time at `time`.
+    fn close_damage(&mut self, pending: &mut Option<Damage>, first_event: u64, time: u64) {
+        if let Some(mut d) = pending.take() {
+            d.events.end = first_event.max(d.events.start);
+            d.end_time = time.max(d.start_time);
+            self.damaged.push(d);
+        }
+    }
+
+    /// Where the chunk at `pos` would end if its header's lengths were right (`None` if there is
+    /// no header there).
+    fn hint_after(&mut self, pos: u64) -> Option<u64> {
+        let mut hb = [0u8; CHUNK_HEADER_SIZE];
+        self.src.seek(SeekFrom::Start(pos)).ok()?;
+        self.src.read_exact(&mut hb).ok()?;
+        let h = ChunkHeader::from_bytes(&hb)?;
+        pos.checked_add(h.total_len()).filter(|&n| n < self.len)
+    }
+
+    /// Whether the header at `pos` claims a chunk longer than what is left of the file.
+    fn claims_past_end(&mut self, pos: u64) -> bool {
+        let mut hb = [0u8; CHUNK_HEADER_SIZE];
+        if self.src.seek(SeekFrom::Start(pos)).is_err() || self.src.read_exact(&mut hb).is_err() {
+            return false;
+        }
+        ChunkHeader::from_bytes(&hb)
+            .is_some_and(|h| h.raw_len <= h.max_raw_len() && h.total_len() > self.len - pos)
+    }
+
+    /// The next offset at or after `from` where a chunk starts that verifies (its tag, lengths
+    /// and checksum), trying `hint` first. Looks at no more than `MAX_RESYNC_CANDIDATES` tags.
+    fn find_next_chunk(&mut self, from: u64, hint: Option<u64>) -> io::Result<Option<u64>> {
+        if let Some(h) = hint.filter(|&h| h >= from)
+            && self.verifies_at(h)?
+        {
+            return Ok(Some(h));
+        }
+        let mut tried = 0;
+        let mut block = vec![0u8; RESYNC_BLOCK];
+        let mut at = from;
+        while at + CHUNK_HEADER_SIZE as u64 <= self.len {
+            self.src.seek(SeekFrom::Start(at))?;
+            let n = read_up_to(&mut self.src, &mut block)?;
+            if n < CHUNK_TAG.len() {
+                break;
+            }
+            let found: Vec<usize> = block[..n]
+                .windows(CHUNK_TAG.len())
+                .enumerate()
+                .filter(|(_, w)| *w == CHUNK_TAG)
+                .map(|(i, _)| i)
+                .collect();
+            for i in found {
+                let q = at + i as u64;
+                if Some(q) == hint {
+                    continue;
+                }
+                tried += 1;
+                if tried > MAX_RESYNC_CANDIDATES {
+                    return Ok(None);
+                }
+                if self.verifies_at(q)? {
+                    return Ok(Some(q));
+                }
+            }
+            // The next block overlaps this one by the tag's length less one.
+            at += (n - (CHUNK_TAG.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Whether a whole chunk that verifies starts at `at`.
+    fn verifies_at(&mut self, at: u64) -> io::Result<bool> {
+        if self.len.saturating_sub(at) < CHUNK_HEADER_SIZE as u64 {
+            return Ok(false);
+        }
+        self.src.seek(SeekFrom::Start(at))?;
+        let mut hb = [0u8; CHUNK_HEADER_SIZE];
+        self.src.read_exact(&mut hb)?;
+        let Some(header) = ChunkHeader::from_bytes(&hb) else {
+            return Ok(false);
+        };
+        if header.raw_len > header.max_raw_len() || header.total_len() > self.len - at {
+            return Ok(false);
+        }
+        self.verify_streaming(&header, false)
     }
 
     /// After an index chunk that ends at `index_end`: is the trailer there and right?
@@ -442,6 +651,22 @@ impl<R: Read + Seek> TraceReader<R> {
         }
         Ok(crc.finalize() == header.checksum)
     }
+}
+
+/// Bytes read at a time looking for the next chunk after damage.
+const RESYNC_BLOCK: usize = 1 << 20;
+/// Chunk tags tried after damage before the rest of the file is given up (hostile input could
+/// hold a tag every few bytes, each claiming a long chunk).
+const MAX_RESYNC_CANDIDATES: usize = 4096;
+
+/// What the scan found at one position.
+enum Scanned {
+    /// A good chunk; the next one starts here.
+    Next(u64),
+    /// The scan ends with this status.
+    Stop(Status),
+    /// The chunk is damaged.
+    Damaged(ChunkDefect),
 }
 
 /// Decompresses `stored` into `raw` (cleared first), producing at most `header.raw_len` bytes.
@@ -545,11 +770,13 @@ impl<R: Read + Seek> Iterator for Events<'_, R> {
                 return None;
             }
             self.pos = 0;
-            if let Err(e) = self.reader.read_chunk_into(self.next_chunk, &mut self.buf) {
-                self.done = true;
+            let chunk = self.next_chunk;
+            self.next_chunk += 1;
+            if let Err(e) = self.reader.read_chunk_into(chunk, &mut self.buf) {
+                self.buf.clear();
+                self.done = !matches!(e, TraceError::CorruptChunk { .. });
                 return Some(Err(e));
             }
-            self.next_chunk += 1;
         }
         self.pos += 1;
         Some(Ok(self.buf[self.pos - 1]))
