@@ -6,13 +6,22 @@
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
 //! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`), `insights` (each `kind`, `text`),
 //! `dropped_events`, `dropped_reasons`, `census_mismatches` (differences between the model and
-//! the trace's last census; null without a census), `complete`, `damage`, `exit`.
+//! the trace's last census; null without a census), `census_resynced` (whether the model was
+//! reset to that census, events having been lost before it), `censuses` (censuses in the trace, whole),
+//! `censuses_agreeing` (of those, the ones the model agreed with exactly when they arrived),
+//! `complete`, `damage` (where the readable part ends, null if nowhere), `damaged_chunks` (each
+//! `chunk`, `at_byte`, `defect`, `events_lost`, `from_s`, `to_s`, `resumed`: `keyframe` with
+//! `resumed_at_event`, `after_gap` or `nothing_after`), `events_lost_to_damage`, `exit`.
+//!
+//! A damaged chunk costs its own events only: the summary covers everything else, and says
+//! what was lost and how the model went on (see `heaplens_viewer::source::Resumed`).
 
 use std::path::Path;
 
 use heaplens_alloc::event::drop_reason;
 use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::{Model, Sample};
+use heaplens_viewer::source::{Resumed, replay_all};
 use heaplens_viewer::trace::{ExitStatus, TraceReader};
 use serde_json::json;
 
@@ -34,11 +43,13 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     let mut reader = TraceReader::open(file)?;
     let damage = reader.damage().map(|d| d.to_string());
     let mut model = Model::new();
-    for item in reader.events() {
-        let (heap, event) = item?;
-        model.apply(heap, &event);
-    }
+    let (mut censuses, mut agreeing) = (0u64, 0u64);
+    let damaged = replay_all(&mut reader, &mut model, &mut |c| {
+        censuses += 1;
+        agreeing += u64::from(c.mismatches == 0);
+    })?;
     model.finish();
+    let events_lost: u64 = damaged.iter().map(|(d, _)| d.events_lost()).sum();
     let totals = model.totals();
     let exited = matches!(
         reader.end_info().map(|e| e.status),
@@ -100,8 +111,29 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         "dropped_events": totals.dropped,
         "dropped_reasons": drop_reason::names(totals.drop_reasons).collect::<Vec<_>>(),
         "census_mismatches": census.map(|c| c.mismatches),
+        "census_resynced": census.map(|c| c.resynced),
+        "censuses": censuses,
+        "censuses_agreeing": agreeing,
         "complete": reader.is_complete(),
         "damage": damage,
+        "damaged_chunks": damaged.iter().map(|(d, how)| json!({
+            "chunk": d.chunk,
+            "at_byte": d.at,
+            "defect": d.defect.to_string(),
+            "events_lost": d.events_lost(),
+            "from_s": round3(d.start_time as f64 / 1e9),
+            "to_s": round3(d.end_time as f64 / 1e9),
+            "resumed": match how {
+                Resumed::Keyframe(_) => "keyframe",
+                Resumed::AfterGap => "after_gap",
+                Resumed::NothingAfter => "nothing_after",
+            },
+            "resumed_at_event": match how {
+                Resumed::Keyframe(k) => json!(k),
+                _ => serde_json::Value::Null,
+            },
+        })).collect::<Vec<_>>(),
+        "events_lost_to_damage": events_lost,
         "exit": exit,
     });
     if as_json {
@@ -116,6 +148,9 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     }
     if let Some(d) = &damage {
         println!("damage      {d}");
+    }
+    for (d, how) in &damaged {
+        println!("damage      {d}; the rest read; {how}");
     }
     match reader.end_info().map(|e| e.status) {
         Some(ExitStatus::Code(c)) => println!("exit        code {c}"),
@@ -152,6 +187,9 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         let why: Vec<_> = drop_reason::names(totals.drop_reasons).collect();
         println!("dropped     {} events ({})", totals.dropped, why.join(", "));
     }
+    if censuses > 0 {
+        println!("censuses    {censuses} in the trace, {agreeing} agree with the model");
+    }
     match census {
         None => println!("census      none in the trace"),
         Some(c) if c.mismatches == 0 => {
@@ -165,6 +203,9 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 c.mismatches,
                 first.join("; ")
             );
+            if c.resynced {
+                println!("census      events were lost before it: the model was reset to it");
+            }
         }
     }
     if !top.is_empty() {

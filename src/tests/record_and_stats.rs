@@ -165,3 +165,107 @@ fn damaged_and_foreign_files_give_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A copy of asset trace `name` in `dir` with four bytes flipped in the middle of Events chunk
+/// `k`'s payload; returns the path and the chunk.
+fn damaged_copy(
+    dir: &Path,
+    name: &str,
+    k: usize,
+) -> (std::path::PathBuf, heaplens_viewer::trace::ChunkInfo) {
+    let src = common::root().join("assets/traces").join(name);
+    let c = heaplens_viewer::trace::TraceReader::open(&src)
+        .unwrap()
+        .chunks()[k];
+    let mut bytes = std::fs::read(&src).unwrap();
+    let mid = c.offset as usize + 48 + c.stored_len as usize / 2;
+    for b in &mut bytes[mid..mid + 4] {
+        *b ^= 0xff;
+    }
+    let out = dir.join(format!("damaged-{k}-{name}"));
+    std::fs::write(&out, bytes).unwrap();
+    (out, c)
+}
+
+#[test]
+fn a_damaged_chunk_costs_only_its_events_and_stats_says_what_was_lost() {
+    let dir = tempdir("flipped");
+    let clean = stats_json(&common::root().join("assets/traces/server.hltrace"));
+
+    // A keyframe follows the damage: the model resumes there, exact, and every count and the
+    // last census are those of the whole trace.
+    let (path, c) = damaged_copy(&dir, "server.hltrace", 2);
+    let s = stats_json(&path);
+    assert_eq!(s["events_lost_to_damage"], c.events);
+    let d = &s["damaged_chunks"][0];
+    assert_eq!(d["chunk"], c.number);
+    assert_eq!(d["at_byte"], c.offset);
+    assert_eq!(d["defect"], "checksum mismatch");
+    assert_eq!(d["events_lost"], c.events);
+    assert_eq!(d["resumed"], "keyframe");
+    for key in [
+        "events",
+        "allocs",
+        "frees",
+        "live_blocks_at_exit",
+        "final_committed_bytes",
+        "census_mismatches",
+    ] {
+        assert_eq!(s[key], clean[key], "{key}");
+    }
+    assert_eq!(s["census_mismatches"], 0);
+    assert_eq!(s["complete"], true);
+    let out = heaplens().arg("stats").arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "damage      chunk {} at byte {} is damaged (checksum mismatch): {} events from ",
+        c.number, c.offset, c.events
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("the rest read; the model resumed exact at the keyframe at event "));
+    assert!(
+        text.contains(&format!("events      {} (", clean["events"])),
+        "{text}"
+    );
+
+    // No keyframe after the damage: the events after it are applied, the counts are the
+    // trace's less the lost chunk's, and the next census resets the model's pages.
+    let (path, c) = damaged_copy(&dir, "c-program.hltrace", 0);
+    let clean = stats_json(&common::root().join("assets/traces/c-program.hltrace"));
+    let s = stats_json(&path);
+    assert_eq!(s["events_lost_to_damage"], c.events);
+    assert_eq!(s["damaged_chunks"][0]["resumed"], "after_gap");
+    assert_eq!(
+        s["events"].as_u64().unwrap(),
+        clean["events"].as_u64().unwrap() - u64::from(c.events)
+    );
+    assert!(s["events"].as_u64().unwrap() > 0);
+    assert_eq!(s["census_resynced"], true);
+    assert_eq!(clean["census_resynced"], false);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stats_counts_the_censuses_and_those_that_agree() {
+    let s = stats_json(&common::root().join("assets/traces/server.hltrace"));
+    let (n, agreeing) = (
+        s["censuses"].as_u64().unwrap(),
+        s["censuses_agreeing"].as_u64().unwrap(),
+    );
+    assert!(n >= 2 && agreeing >= 1 && agreeing <= n, "{n} {agreeing}");
+    // The last census agrees, so it is among those counted.
+    assert_eq!(s["census_mismatches"], 0);
+    let out = heaplens()
+        .arg("stats")
+        .arg(common::root().join("assets/traces/server.hltrace"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "censuses    {n} in the trace, {agreeing} agree with the model"
+        )),
+        "{text}"
+    );
+}

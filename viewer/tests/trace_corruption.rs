@@ -8,11 +8,12 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 
 use heaplens_alloc::event::Event;
+use heaplens_viewer::source::{Replay, Resumed};
 use heaplens_viewer::trace::format::{CHUNK_HEADER_SIZE, ChunkHeader, ChunkType};
 use heaplens_viewer::trace::synth::{self, SynthConfig};
 use heaplens_viewer::trace::{
-    ChunkDefect, Damage, EndInfo, Metadata, Status, TraceError, TraceReader, TraceWriter,
-    WriterOptions,
+    ChunkDefect, ChunkInfo, Damage, EndInfo, Metadata, Status, TraceError, TraceReader,
+    TraceWriter, WriterOptions,
 };
 use proptest::prelude::*;
 
@@ -437,4 +438,62 @@ fn other_files_are_not_traces() {
     bytes[20] ^= 1; // inside the metadata
     let e = TraceReader::new(Cursor::new(&bytes[..])).err().unwrap();
     assert_eq!(e.to_string(), "corrupt trace header: checksum mismatch");
+}
+
+/// Writes asset trace `name` with four bytes of Events chunk `k`'s payload flipped to a
+/// temporary file; returns its path and the chunk.
+fn damaged_asset(name: &str, k: usize) -> (std::path::PathBuf, ChunkInfo) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/traces")
+        .join(name);
+    let c = TraceReader::open(&src).unwrap().chunks()[k];
+    let mut bytes = std::fs::read(&src).unwrap();
+    let mid = c.offset as usize + CHUNK_HEADER_SIZE + c.stored_len as usize / 2;
+    for b in &mut bytes[mid..mid + 4] {
+        *b ^= 0xff;
+    }
+    let out = std::env::temp_dir().join(format!(
+        "heaplens-damaged-{k}-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::write(&out, bytes).unwrap();
+    (out, c)
+}
+
+#[test]
+fn replay_goes_on_past_a_damaged_chunk_from_the_next_keyframe_or_the_next_chunk() {
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/traces");
+
+    // A keyframe follows: the model at the end is the undamaged trace's.
+    let clean = Replay::open(assets.join("server.hltrace")).unwrap();
+    let (path, c) = damaged_asset("server.hltrace", 2);
+    let r = Replay::open(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(r.position(), clean.position());
+    let [(d, how)] = r.damaged() else {
+        panic!("{:?}", r.damaged())
+    };
+    assert_eq!((d.chunk, d.events.clone()), (c.number, c.event_range()));
+    assert!(matches!(how, Resumed::Keyframe(k) if *k >= c.event_range().end));
+    let msg = r.damage().unwrap();
+    assert!(msg.contains("is damaged (checksum mismatch)"), "{msg}");
+    assert!(msg.contains("resumed exact at the keyframe"), "{msg}");
+    let (a, b) = (&r.view().model, &clean.view().model);
+    assert_eq!(a.totals(), b.totals());
+    assert_eq!(a.current(), b.current());
+    assert_eq!(a.last_census_check(), b.last_census_check());
+
+    // None follows: the events after the damage are applied; the model knows it lost some.
+    let clean = Replay::open(assets.join("c-program.hltrace")).unwrap();
+    let (path, c) = damaged_asset("c-program.hltrace", 0);
+    let r = Replay::open(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(r.position(), clean.position());
+    assert_eq!(r.damaged().len(), 1);
+    assert_eq!(r.damaged()[0].1, Resumed::AfterGap);
+    assert_eq!(
+        r.view().model.totals().events,
+        clean.view().model.totals().events - u64::from(c.events)
+    );
+    assert!(r.view().model.last_census_check().unwrap().resynced);
 }

@@ -387,7 +387,8 @@ impl Model {
     fn census_done(&mut self, c: Census) {
         self.totals.censuses += 1;
         let mismatches = self.compare(&c);
-        let lost = self.totals.dropped > self.census.dropped_at_last;
+        let lost = self.totals.dropped > self.census.dropped_at_last || self.lost_to_damage > 0;
+        self.lost_to_damage = 0;
         // The census taken when recording started describes what existed before (pages made
         // before the hook was switched on): the model starts from it.
         let resync = self.auto_resync && (lost || c.initial) && !mismatches.is_empty();

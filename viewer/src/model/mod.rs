@@ -143,6 +143,10 @@ pub struct Model {
     #[serde(skip)]
     pending_mark: Vec<u8>,
     auto_resync: bool,
+    /// Events lost to a damaged trace since the last census (not in keyframes: a keyframe is a
+    /// state with nothing lost).
+    #[serde(skip)]
+    lost_to_damage: u64,
     /// Freed segments the allocator keeps mapped in its cache, `(base, bytes)`, until it reuses
     /// or unmaps them (an `OsPurge` of the segment).
     cached: Vec<(u64, u64)>,
@@ -175,6 +179,7 @@ impl Model {
             clock_sync: None,
             pending_mark: Vec::new(),
             auto_resync: true,
+            lost_to_damage: 0,
             cached: Vec::new(),
         }
     }
@@ -183,6 +188,13 @@ impl Model {
     /// resets the model's pages to it (on by default).
     pub fn set_auto_resync(&mut self, on: bool) {
         self.auto_resync = on;
+    }
+
+    /// Tells the model that `n` events were lost between the last event applied and the next
+    /// (a damaged chunk of a trace): like a `Dropped` event, the next census that disagrees
+    /// resynchronises the pages. Unlike drops, the count is not in [`Totals::dropped`].
+    pub fn events_lost(&mut self, n: u64) {
+        self.lost_to_damage = self.lost_to_damage.saturating_add(n.max(1));
     }
 
     /// Applies the events of one batch of heap `heap`.

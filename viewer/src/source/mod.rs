@@ -18,7 +18,7 @@ use crate::trace::ExitStatus;
 
 pub use live::{Feed, Live};
 pub use recent::Recent;
-pub use replay::Replay;
+pub use replay::{Replay, Resumed, replay_all};
 
 /// What the status line says about the source.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,14 +4,133 @@
 //! (or far forward) restarts from the latest keyframe at or before the target, a model snapshot
 //! the recorder stored every 500 000 events, so a seek applies at most that many events
 //! whatever the trace's length. Play advances model time by wall time times the speed.
+//!
+//! A damaged chunk costs its own events only ([`Resumed`]): past it the model goes on from the
+//! next keyframe after the damage when there is one (exact again), otherwise with the events
+//! after the damage, and the next census that disagrees resynchronises it.
 
+use std::fmt;
+use std::io::{Read, Seek};
 use std::path::Path;
 
-use heaplens_alloc::event::Event;
+use heaplens_alloc::event::{Event, EventKind};
 
 use super::{Status, View};
-use crate::model::{Marker, Metrics, Model};
-use crate::trace::{ExitStatus, TraceError, TraceReader};
+use crate::model::{CensusCheck, Marker, Metrics, Model};
+use crate::trace::{Damage, ExitStatus, TraceError, TraceReader};
+
+/// How the model went on past a damaged chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// From the keyframe after `event_index` events, the first after the damage: the model is
+    /// exact again from there.
+    Keyframe(u64),
+    /// With the events after the damage, no keyframe being there; the model misses the lost
+    /// events until a census that disagrees resynchronises its pages.
+    AfterGap,
+    /// Nothing readable follows the damage.
+    NothingAfter,
+}
+
+impl fmt::Display for Resumed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Keyframe(k) => write!(f, "the model resumed exact at the keyframe at event {k}"),
+            Self::AfterGap => f.write_str(
+                "no keyframe follows: the model went on without them until a census resynchronises it",
+            ),
+            Self::NothingAfter => f.write_str("nothing readable follows"),
+        }
+    }
+}
+
+/// Where the model goes on after events `from..end` were lost (`until`: no keyframe past it
+/// is used): restores the first keyframe at or after `end` if there is one and it reads,
+/// otherwise tells the model what it lost. Returns how, and the event index to go on from.
+fn resume_after_damage<R: Read + Seek>(
+    reader: &mut TraceReader<R>,
+    model: &mut Model,
+    from: u64,
+    end: u64,
+    until: u64,
+) -> (Resumed, u64) {
+    let k = reader
+        .keyframes()
+        .iter()
+        .position(|k| k.event_index >= end && k.event_index <= until);
+    if let Some(k) = k {
+        let at = reader.keyframes()[k].event_index;
+        let restored = reader
+            .read_keyframe(k)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes::<Model>(&bytes).ok());
+        if let Some(m) = restored {
+            *model = m;
+            return (Resumed::Keyframe(at), at);
+        }
+    }
+    model.events_lost(end.saturating_sub(from));
+    (Resumed::AfterGap, end)
+}
+
+/// Applies every readable event of `reader` to `model` in order, going on past damaged chunks
+/// (see [`Resumed`]), and calls `on_census` with the model's check of each census as it
+/// completes. Returns each damage met and how the model went on after it. Fails only if reading
+/// the file fails.
+pub fn replay_all<R: Read + Seek>(
+    reader: &mut TraceReader<R>,
+    model: &mut Model,
+    on_census: &mut dyn FnMut(&CensusCheck),
+) -> Result<Vec<(Damage, Resumed)>, TraceError> {
+    const CENSUS_END: u8 = EventKind::CensusEnd as u8;
+    let mut met = Vec::new();
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    let mut censuses = model.totals().censuses;
+    while let Some(i) = reader.index().chunk_of_event(pos) {
+        let info = reader.chunks()[i];
+        let lost_until = if pos < info.first_event {
+            Some(info.first_event) // a damaged stretch the scan skipped
+        } else {
+            match reader.read_chunk_into(i, &mut buf) {
+                Ok(()) => {
+                    let from = usize::try_from(pos - info.first_event).unwrap_or(usize::MAX);
+                    for (heap, e) in buf.get(from..).unwrap_or(&[]) {
+                        model.apply(*heap, e);
+                        if e.kind == CENSUS_END && model.totals().censuses != censuses {
+                            censuses = model.totals().censuses;
+                            if let Some(c) = model.last_census_check() {
+                                on_census(c);
+                            }
+                        }
+                    }
+                    pos = info.event_range().end;
+                    None
+                }
+                Err(TraceError::CorruptChunk { .. }) => Some(info.event_range().end),
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(end) = lost_until {
+            let (how, next) = resume_after_damage(reader, model, pos, end, u64::MAX);
+            pos = next;
+            censuses = model.totals().censuses;
+            if let Some(d) = reader.damaged().iter().rev().find(|d| d.at <= info.offset) {
+                met.push((d.clone(), how));
+            }
+        }
+    }
+    if pos < reader.total_events() {
+        model.events_lost(reader.total_events() - pos);
+    }
+    // Damage with nothing readable after it (or only keyframes), found by the scan.
+    for d in reader.damaged() {
+        if !met.iter().any(|(m, _)| m.at == d.at) {
+            met.push((d.clone(), Resumed::NothingAfter));
+        }
+    }
+    Ok(met)
+}
 
 /// Moving forward by more than this many events goes through a keyframe if one is nearer.
 const FORWARD_LIMIT: u64 = 1_000_000;
@@ -29,6 +148,7 @@ pub struct Replay {
     playing: bool,
     speed: f64,
     damage: Option<String>,
+    damaged: Vec<(Damage, Resumed)>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -52,7 +172,6 @@ impl Replay {
         let total = reader.total_events();
         let duration = reader.duration_ns();
         let exit = reader.end_info().map(|e| e.status);
-        let damage = reader.damage().map(|e| e.to_string());
         let mut r = Self {
             reader,
             view: View::new(Status::Replaying {
@@ -67,8 +186,10 @@ impl Replay {
             chunk: None,
             playing: false,
             speed: 1.0,
-            damage,
+            damage: None,
+            damaged: Vec::new(),
         };
+        r.describe_damage();
         r.seek_event(total)?;
         r.view.model.finish();
         r.full = r.view.model.metrics().clone();
@@ -100,9 +221,27 @@ impl Replay {
         self.exit
     }
 
-    /// What is wrong with the file, if anything (everything before the damage is shown).
+    /// What is wrong with the file, if anything: where it stops, and each damaged chunk met so
+    /// far with what it cost and how the model went on (everything else is shown).
     pub fn damage(&self) -> Option<&str> {
         self.damage.as_deref()
+    }
+
+    /// The damaged chunks met so far and how the model went on after each.
+    pub fn damaged(&self) -> &[(Damage, Resumed)] {
+        &self.damaged
+    }
+
+    /// Composes [`Replay::damage`] from the reader's status and the damage met.
+    fn describe_damage(&mut self) {
+        let mut parts: Vec<String> = self
+            .reader
+            .damage()
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect();
+        parts.extend(self.damaged.iter().map(|(d, how)| format!("{d}; {how}")));
+        self.damage = (!parts.is_empty()).then(|| parts.join("; "));
     }
 
     /// Events applied: the position.
@@ -231,8 +370,9 @@ impl Replay {
     fn restart_from(&mut self, event_index: Option<u64>) -> Result<(), TraceError> {
         let status = self.view.status.clone();
         self.view = View::new(status);
+        // A damaged keyframe: replay from the start.
         if let Some(at) = event_index
-            && let Some((info, bytes)) = self.reader.keyframe_for_event(at)?
+            && let Some((info, bytes)) = self.reader.keyframe_for_event(at).ok().flatten()
         {
             match postcard::from_bytes::<Model>(&bytes) {
                 Ok(model) => {
@@ -256,7 +396,32 @@ impl Replay {
             let Some(info) = chunks.get(i).copied() else {
                 break; // past the readable events
             };
-            self.load_chunk(i)?;
+            let lost_until = if pos < info.first_event {
+                Some(info.first_event) // a damaged stretch the scan skipped
+            } else {
+                match self.load_chunk(i) {
+                    Ok(()) => None,
+                    Err(TraceError::CorruptChunk { .. }) => Some(info.event_range().end),
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Some(end) = lost_until {
+                let (how, next) =
+                    resume_after_damage(&mut self.reader, &mut self.view.model, pos, end, target);
+                self.view.applied = next;
+                self.view.recent.reset(next);
+                let d = self
+                    .reader
+                    .damaged()
+                    .iter()
+                    .rev()
+                    .find(|d| d.at <= info.offset);
+                if let Some(d) = d.filter(|d| !self.damaged.iter().any(|(m, _)| m.at == d.at)) {
+                    self.damaged.push((d.clone(), how));
+                    self.describe_damage();
+                }
+                continue;
+            }
             let Some((_, events)) = self.chunk.as_ref() else {
                 break;
             };
