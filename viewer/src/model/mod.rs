@@ -27,6 +27,7 @@
 pub mod census;
 pub mod hash;
 pub mod heap;
+pub mod invariants;
 pub mod live;
 pub mod metrics;
 pub mod page;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 pub use census::{Census, CensusCheck, CensusPage, CensusSegment, Field, Mismatch};
 pub use heap::{BinGroup, Heap, Heaps, PageTotals};
+pub use invariants::{Point, Violation};
 pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
 pub use metrics::{Marker, Metrics, Sample, Totals};
 pub use page::{BlockState, LastEvent, Page};
@@ -334,8 +336,16 @@ impl Model {
         self.metrics.push(s, self.time);
     }
 
+    /// Whether applying an event of time `t` takes a sample first (of the state before it):
+    /// the points [`Model::check_invariants`] is meant for.
+    pub fn sample_due(&self, t: u64) -> bool {
+        t > self.time && t >= self.metrics.next_due
+    }
+
     fn advance(&mut self, t: u64) {
         if t >= self.metrics.next_due {
+            #[cfg(debug_assertions)]
+            self.debug_check_invariants();
             let s = self.current();
             self.metrics.push(s, t);
         }

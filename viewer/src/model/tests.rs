@@ -581,3 +581,93 @@ fn keyframes_clone_and_serde_round_trip() {
         assert_eq!(m.totals(), t.m.totals());
     }
 }
+
+#[test]
+fn invariants_hold_on_a_settled_model_and_each_broken_one_is_reported() {
+    use super::invariants::Point;
+    let mut t = setup();
+    assert_eq!(t.m.check_invariants(Point::Settled), []);
+    // Another thread frees a block: settled again.
+    t.free(2, PAGE1 + 64, flags::CROSS_THREAD);
+    assert_eq!(t.m.check_invariants(Point::Settled), []);
+
+    // The owner's collect applied before the free it collected (an order transient): only the
+    // settled check sees it.
+    let mut early = setup();
+    early.ev(1, e(EventKind::PageCollect, 0, 0, 1, PAGE1, 0));
+    assert_eq!(early.m.check_invariants(Point::AnySample), []);
+    let v = early.m.check_invariants(Point::Settled);
+    assert!(
+        v.iter().any(|v| matches!(
+            v,
+            Violation::Page {
+                what: "a negative count of blocks freed by other threads",
+                ..
+            }
+        )),
+        "{v:?}"
+    );
+
+    // Owner-side counts that do not add up are reported at any sample.
+    let mut bad = setup();
+    let (si, pi) = bad.m.segs.locate(PAGE1).unwrap();
+    bad.m.segs.get_mut(si).pages[pi].local_free = -1;
+    let v = bad.m.check_invariants(Point::AnySample);
+    assert!(
+        matches!(
+            v.as_slice(),
+            [Violation::Page {
+                start: PAGE1,
+                what: "a negative count",
+                ..
+            }]
+        ),
+        "{v:?}"
+    );
+    assert!(v[0].to_string().contains("local_free -1"), "{}", v[0]);
+    bad.m.segs.get_mut(si).pages[pi].local_free = 0;
+    bad.m.segs.get_mut(si).pages[pi].capacity = 2000;
+    let v = bad.m.check_invariants(Point::AnySample);
+    assert!(
+        v.iter().any(|v| matches!(
+            v,
+            Violation::Page {
+                what: "more blocks carved than the page holds",
+                ..
+            }
+        )),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn sample_invariants_order_the_byte_totals_and_bound_fragmentation() {
+    use super::invariants::{Point, sample_violations};
+    let s = Sample {
+        requested_bytes: 110,
+        block_bytes: 100,
+        page_capacity_bytes: 1000,
+        committed_bytes: 900,
+        segment_pages: 4,
+        segment_pages_used: 2,
+        ..Sample::default()
+    };
+    let mut any = Vec::new();
+    sample_violations(&s, Point::AnySample, &mut any);
+    assert_eq!(any.len(), 1, "{any:?}");
+    assert_eq!(
+        any[0].to_string(),
+        "page-capacity bytes 1000 exceed committed bytes 900"
+    );
+    let mut all = Vec::new();
+    sample_violations(&s, Point::Settled, &mut all);
+    let text: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "internal fragmentation is -10.00 %",
+            "requested bytes 110 exceed block bytes 100",
+            "page-capacity bytes 1000 exceed committed bytes 900",
+        ]
+    );
+}
