@@ -102,10 +102,25 @@ impl PrivateDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = base.join(format!("heaplens-{}-{nanos:x}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let meta = std::fs::metadata(&dir)?;
-        if meta.permissions().mode() & 0o077 != 0 || meta.uid() != wire::my_uid() {
+        Self::create_at(base.join(format!("heaplens-{}-{nanos:x}", std::process::id())))
+    }
+
+    /// Creates `dir`, which must not exist (a directory someone made before, whatever its
+    /// mode, or a link, is refused: it may not be private), with mode 0700, and checks that it
+    /// is ours and private.
+    fn create_at(dir: PathBuf) -> io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot make the private directory {}: {e}", dir.display()),
+                )
+            })?;
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() || meta.permissions().mode() & 0o077 != 0 || meta.uid() != wire::my_uid()
+        {
             return Err(io::Error::other(format!(
                 "{} is not private",
                 dir.display()
@@ -328,5 +343,148 @@ fn read_stream(
             }
             Err(e) => return Some(e),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)] // the tests fork peers and drop their privileges with setuid
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    /// A listener in a fresh private directory, as `launch` makes it.
+    fn listener() -> (PrivateDir, PathBuf, UnixListener) {
+        let dir = PrivateDir::create().unwrap();
+        let socket = dir.path().join("stream.sock");
+        let l = UnixListener::bind(&socket).unwrap();
+        l.set_nonblocking(true).unwrap();
+        (dir, socket, l)
+    }
+
+    /// Forks a child that, as user `uid` if given, connects to `socket` and exits: status 0 if
+    /// it connected, 1 if the connection was refused, 2 if it could not change user. Returns
+    /// its pid once it has exited (its connection, if made, waits in the listener's backlog).
+    fn peer(socket: &Path, uid: Option<u32>) -> (i32, i32) {
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = socket.as_os_str().as_bytes();
+        assert!(path.len() < addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: the child makes only async-signal-safe system calls (no allocation, no locks)
+        // and leaves with _exit, so forking a multithreaded test process is sound.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: see above; `addr` and `len` describe a valid sockaddr_un.
+            unsafe {
+                if let Some(u) = uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(u) != 0
+                        || libc::setuid(u) != 0)
+                {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let rc = libc::connect(fd, (&raw const addr).cast(), len);
+                libc::_exit(i32::from(rc != 0));
+            }
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-parameter.
+        let waited = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        assert_eq!(waited, pid);
+        assert!(libc::WIFEXITED(status));
+        (pid, libc::WEXITSTATUS(status))
+    }
+
+    /// `accept` for `pid`, the peer having exited: the connection waiting, or why none.
+    fn accept_for(l: &UnixListener, pid: i32) -> io::Result<UnixStream> {
+        accept(l, pid, || Ok(Some(Exit::Code(0))), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn the_program_itself_is_accepted() {
+        let (_dir, socket, l) = listener();
+        let (pid, code) = peer(&socket, None);
+        assert_eq!(code, 0, "the peer connects");
+        accept_for(&l, pid).expect("the program's connection is taken");
+    }
+
+    #[test]
+    fn another_process_of_ours_such_as_the_programs_child_is_refused() {
+        let (_dir, socket, l) = listener();
+        let (child, code) = peer(&socket, None);
+        assert_eq!(code, 0, "the peer connects");
+        // The program is another process (here: this one, which never connects).
+        let program = i32::try_from(std::process::id()).unwrap();
+        assert_ne!(child, program);
+        let e = accept_for(&l, program).unwrap_err();
+        assert!(
+            e.to_string().contains("before heaplens could connect"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_user_is_refused() {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            eprintln!("skipped: running a peer as another user needs root (setuid)");
+            return;
+        }
+        let nobody = 65534;
+        let (dir, socket, l) = listener();
+        // The private directory keeps the other user out altogether.
+        let (_, code) = peer(&socket, Some(nobody));
+        assert_eq!(
+            code, 1,
+            "another user reached the socket through its 0700 directory"
+        );
+        // Opened up on purpose, so the connection is made and the peer check is what refuses it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (pid, code) = peer(&socket, Some(nobody));
+        assert_eq!(
+            code, 0,
+            "the other user's peer connects once the directory is open"
+        );
+        let e = accept_for(&l, pid).unwrap_err();
+        assert!(
+            e.to_string().contains("before heaplens could connect"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_socket_directory_is_fresh_and_0700_and_a_pre_existing_one_is_refused() {
+        let dir = PrivateDir::create().unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(meta.uid(), wire::my_uid());
+        drop(dir);
+
+        let base = std::env::temp_dir().join(format!("heaplens-guard-{}", std::process::id()));
+        for mode in [0o755, 0o777, 0o700] {
+            std::fs::create_dir_all(&base).unwrap();
+            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = PrivateDir::create_at(base.clone())
+                .err()
+                .unwrap_or_else(|| panic!("a directory of mode {mode:o} made before was taken"));
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+            // Refused, not taken over: its mode is as it was.
+            let now = std::fs::metadata(&base).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, mode);
+            std::fs::remove_dir(&base).unwrap();
+        }
+        // A link planted where the directory goes is refused too.
+        let target = std::env::temp_dir();
+        std::os::unix::fs::symlink(&target, &base).unwrap();
+        assert!(PrivateDir::create_at(base.clone()).is_err());
+        std::fs::remove_file(&base).unwrap();
     }
 }

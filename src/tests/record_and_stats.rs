@@ -269,3 +269,36 @@ fn stats_counts_the_censuses_and_those_that_agree() {
         "{text}"
     );
 }
+
+#[test]
+fn a_traced_programs_child_does_not_stream() {
+    let dir = tempdir("child");
+    let exe = setup(&dir);
+    // Traced directly, the program streams its allocations (at least 1200).
+    let direct = dir.join("direct.hltrace");
+    assert_eq!(record(&direct, &exe, &[]).status.code(), Some(3));
+    let s = stats_json(&direct);
+    assert!(s["allocs"].as_u64().unwrap() >= 1200, "{}", s["allocs"]);
+    // Run by a traced shell, it is the shell's child: the preloaded library sees that its
+    // parent is not the one heaplens launched and does not connect (and heaplens would refuse
+    // a connection from any process but the one it launched): the trace holds the shell's
+    // events only.
+    let via_shell = dir.join("via-shell.hltrace");
+    let out = heaplens()
+        .arg("record")
+        .arg("-o")
+        .arg(&via_shell)
+        .args(["--", "sh", "-c", "\"$0\"; echo child exited $?"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("child exited 3"), "the child ran: {stdout}");
+    let s = stats_json(&via_shell);
+    assert!(
+        s["allocs"].as_u64().unwrap() < 1200,
+        "the child's allocations reached the trace: {}",
+        s["allocs"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
