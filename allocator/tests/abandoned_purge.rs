@@ -6,8 +6,7 @@
 //! and no other test allocates meanwhile.
 #![allow(unsafe_code)] // tests call the raw allocator API
 
-use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heaplens_alloc::{SEGMENT_MASK, stats};
 
@@ -84,19 +83,24 @@ fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
     );
 
     // After the purge delay (10 ms by default) the main thread's slow path purges them, although
-    // no thread has taken the segments over.
+    // no thread has taken the segments over. The test waits for that purge: it keeps running
+    // the slow path until the committed bytes fall, and fails if they have not by a deadline far
+    // past the delay.
     let delay = heaplens_alloc::options::purge_delay_ms();
+    let deadline = Instant::now() + Duration::from_millis(delay) + Duration::from_secs(30);
     let mut after = stats();
-    for _ in 0..20 {
-        sleep(Duration::from_millis(delay + 20));
+    let mut rounds = 0u64;
+    while after.committed_bytes + WORKING_SET * 3 / 4 > at_exit.committed_bytes
+        && Instant::now() < deadline
+    {
         activity(64);
+        rounds += 1;
         after = stats();
-        if after.committed_bytes + WORKING_SET * 3 / 4 <= at_exit.committed_bytes {
-            break;
-        }
+        std::thread::yield_now();
     }
     eprintln!(
-        "committed: {} MiB full, {} MiB at exit, {} MiB after the delay; {} abandoned segments",
+        "committed: {} MiB full, {} MiB at exit, {} MiB after the delay ({rounds} rounds of \
+         activity); {} abandoned segments",
         committed_full / MIB,
         at_exit.committed_bytes / MIB,
         after.committed_bytes / MIB,

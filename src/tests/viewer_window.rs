@@ -145,14 +145,44 @@ fn run_watches_a_program_and_records_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A named pipe at `path`.
+fn fifo(path: &std::path::Path) -> PathBuf {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo {}", path.display());
+    path.to_owned()
+}
+
+/// What the program writes to the named pipe `path`, waiting for it until `deadline`: the read
+/// ends when the program has opened, written and closed the pipe. Fails if that never comes.
+fn read_fifo(path: &std::path::Path, what: &str, deadline: Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(p));
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(text) => text.unwrap(),
+        Err(_) => panic!("{what} did not happen within {deadline:?}"),
+    }
+}
+
 #[test]
 fn the_program_runs_on_when_the_viewer_goes_away() {
     let dir = tempdir("away");
-    let done = dir.join("done");
+    let started = fifo(&dir.join("started"));
+    let done = fifo(&dir.join("done"));
+    let killed = dir.join("killed");
     let display = Display::start();
+    // The program (a shell, traced: it streams its allocations to the viewer) says when it
+    // streams, goes on allocating until the test says the viewer is dead, then works on and
+    // says it finished. Each step is an event the test waits for, not a time.
     let script = format!(
-        "i=0; while [ $i -lt 20 ]; do i=$((i+1)); x=$(echo $i); sleep 0.1; done; echo ok > {}",
-        done.display()
+        "x=$(echo streaming); echo started > {started}; \
+         i=0; while [ ! -e {killed} ] && [ $i -lt 100000 ]; do i=$((i+1)); x=$(echo $i); done; \
+         i=0; while [ $i -lt 20 ]; do i=$((i+1)); x=$(echo $i); done; echo ok > {done}",
+        started = started.display(),
+        killed = killed.display(),
+        done = done.display(),
     );
     let mut viewer = heaplens()
         .args(["run", "--", "sh", "-c", &script])
@@ -161,15 +191,20 @@ fn the_program_runs_on_when_the_viewer_goes_away() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    let deadline = Duration::from_secs(60);
+    assert_eq!(
+        read_fifo(&started, "the program starting to stream", deadline).trim(),
+        "started"
+    );
     // Harsher than closing the window: the viewer dies while the program streams to it.
     viewer.kill().unwrap();
     viewer.wait().unwrap();
-    let start = Instant::now();
-    while !done.exists() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = std::fs::read_to_string(&done).unwrap_or_default();
+    std::fs::write(&killed, b"").unwrap();
+    let out = read_fifo(
+        &done,
+        "the program finishing after the viewer died",
+        deadline,
+    );
     assert_eq!(
         out.trim(),
         "ok",
