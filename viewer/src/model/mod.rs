@@ -25,6 +25,7 @@
 //! metrics are kept up to date incrementally. `benches/model_ingest.rs` measures it.
 
 pub mod census;
+pub mod compare;
 pub mod hash;
 pub mod heap;
 pub mod invariants;

@@ -149,6 +149,8 @@ pub struct Replay {
     speed: f64,
     damage: Option<String>,
     damaged: Vec<(Damage, Resumed)>,
+    /// The keyframe (its event index) the model was last restored from.
+    restored_from: Option<u64>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -188,6 +190,7 @@ impl Replay {
             speed: 1.0,
             damage: None,
             damaged: Vec::new(),
+            restored_from: None,
         };
         r.describe_damage();
         r.seek_event(total)?;
@@ -230,6 +233,12 @@ impl Replay {
     /// The damaged chunks met so far and how the model went on after each.
     pub fn damaged(&self) -> &[(Damage, Resumed)] {
         &self.damaged
+    }
+
+    /// The event index of the keyframe the model was last restored from (by a seek back or
+    /// far forward, or past damage); `None` if it never was.
+    pub fn restored_from(&self) -> Option<u64> {
+        self.restored_from
     }
 
     /// Composes [`Replay::damage`] from the reader's status and the damage met.
@@ -378,6 +387,7 @@ impl Replay {
                 Ok(model) => {
                     self.view.model = model;
                     self.view.applied = info.event_index;
+                    self.restored_from = Some(info.event_index);
                 }
                 Err(_) => self.view.model = Model::new(), // a bad keyframe: replay from the start
             }
@@ -410,6 +420,9 @@ impl Replay {
                     resume_after_damage(&mut self.reader, &mut self.view.model, pos, end, target);
                 self.view.applied = next;
                 self.view.recent.reset(next);
+                if let Resumed::Keyframe(k) = how {
+                    self.restored_from = Some(k);
+                }
                 let d = self
                     .reader
                     .damaged()
