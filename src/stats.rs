@@ -11,7 +11,7 @@
 //! `censuses_agreeing` (of those, the ones the model agreed with exactly when they arrived),
 //! `complete`, `damage` (where the readable part ends, null if nowhere), `damaged_chunks` (each
 //! `chunk`, `at_byte`, `defect`, `events_lost`, `from_s`, `to_s`, `resumed`: `keyframe` with
-//! `resumed_at_event`, `after_gap` or `nothing_after`), `events_lost_to_damage`, `exit`.
+//! `resumed_at_event`, `after_gap`, `nothing_after` or `nothing_lost`), `events_lost_to_damage`, `exit`.
 //!
 //! A damaged chunk costs its own events only: the summary covers everything else, and says
 //! what was lost and how the model went on (see `heaplens_viewer::source::Resumed`).
@@ -127,6 +127,7 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 Resumed::Keyframe(_) => "keyframe",
                 Resumed::AfterGap => "after_gap",
                 Resumed::NothingAfter => "nothing_after",
+                Resumed::NothingLost => "nothing_lost",
             },
             "resumed_at_event": match how {
                 Resumed::Keyframe(k) => json!(k),

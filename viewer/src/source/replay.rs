@@ -30,6 +30,8 @@ pub enum Resumed {
     AfterGap,
     /// Nothing readable follows the damage.
     NothingAfter,
+    /// The damaged chunk held no events (a keyframe, say): the model lost nothing.
+    NothingLost,
 }
 
 impl fmt::Display for Resumed {
@@ -40,6 +42,7 @@ impl fmt::Display for Resumed {
                 "no keyframe follows: the model went on without them until a census resynchronises it",
             ),
             Self::NothingAfter => f.write_str("nothing readable follows"),
+            Self::NothingLost => f.write_str("the model lost nothing"),
         }
     }
 }
@@ -123,12 +126,19 @@ pub fn replay_all<R: Read + Seek>(
     if pos < reader.total_events() {
         model.events_lost(reader.total_events() - pos);
     }
-    // Damage with nothing readable after it (or only keyframes), found by the scan.
+    // Damage the events never ran into: chunks without events (keyframes), or damage with
+    // nothing readable after it.
     for d in reader.damaged() {
         if !met.iter().any(|(m, _)| m.at == d.at) {
-            met.push((d.clone(), Resumed::NothingAfter));
+            let how = if d.events_lost() == 0 {
+                Resumed::NothingLost
+            } else {
+                Resumed::NothingAfter
+            };
+            met.push((d.clone(), how));
         }
     }
+    met.sort_by_key(|(d, _)| d.at);
     Ok(met)
 }
 
@@ -354,7 +364,15 @@ impl Replay {
         let Some(info) = chunks.get(i).copied() else {
             return Ok(self.total);
         };
-        let events = self.chunk_events(i)?;
+        let events = match self.chunk_events(i) {
+            Ok(events) => events,
+            // A damaged chunk: its events' times are unknown; before it, or past it.
+            Err(TraceError::CorruptChunk { .. }) if time < info.start_time => {
+                return Ok(info.first_event);
+            }
+            Err(TraceError::CorruptChunk { .. }) => return Ok(info.event_range().end),
+            Err(e) => return Err(e),
+        };
         let within = events.partition_point(|(_, e)| e.time <= time);
         Ok(info.first_event + within as u64)
     }

@@ -4,7 +4,8 @@
 //! compressed Events (the collector's batches, delta-coded), Keyframes (opaque snapshots the
 //! caller supplies, for seeking), and when the writer finished, End (how the process exited),
 //! an Index and a trailer pointing at it. Every chunk is checksummed and written whole, so a
-//! file cut off anywhere reads up to its last complete chunk. The specification is `README.md`
+//! file cut off anywhere reads up to its last complete chunk, and a damaged chunk costs its own
+//! events only ([`Damage`]). The specification is `README.md`
 //! in this directory.
 //!
 //! A recorder:
@@ -26,6 +27,11 @@
 //! let mut r = TraceReader::open("run.hltrace")?;
 //! if let Some(problem) = r.damage() {
 //!     eprintln!("{problem}"); // "truncated at byte N; 1234 events up to 1.250 s are readable"
+//! }
+//! for d in r.damaged() {
+//!     // A damaged chunk in the middle costs its own events only (found by the scan at open,
+//!     // or when read): "chunk 21 at byte 4868685 is damaged (checksum mismatch): ..."
+//!     eprintln!("{d}");
 //! }
 //! let target = r.total_events() / 2;
 //! let start = match r.keyframe_for_event(target)? {
