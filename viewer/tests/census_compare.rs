@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{model_of, simulate};
+use common::{model_of, model_of_lossy, simulate};
 use heaplens_alloc::event::{Event, EventKind};
 use heaplens_viewer::model::synth::SynthConfig;
 use heaplens_viewer::model::{Census, CensusPage, Field, Mismatch, Model};
@@ -133,7 +133,7 @@ fn resync_resets_a_diverged_model_to_the_census() {
         .filter(|(i, (_, e))| !(i % 10 == 0 && e.kind != EventKind::SegmentAlloc as u8))
         .map(|(_, x)| *x)
         .collect();
-    let mut m = model_of(&lossy);
+    let mut m = model_of_lossy(&lossy);
     assert!(!m.compare(&census).is_empty());
     m.resync(&census);
     assert_eq!(m.compare(&census), Vec::<Mismatch>::new());
@@ -161,7 +161,7 @@ fn a_census_after_lost_events_resyncs_the_model_by_itself() {
     };
     lossy.push((1, dropped));
     lossy.extend(census.to_events().into_iter().map(|e| (0, e)));
-    let m = model_of(&lossy);
+    let m = model_of_lossy(&lossy);
     let check = m.last_census_check().expect("census checked");
     assert!(check.mismatches > 0);
     assert!(check.resynced);

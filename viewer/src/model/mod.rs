@@ -150,6 +150,9 @@ pub struct Model {
     /// state with nothing lost).
     #[serde(skip)]
     lost_to_damage: u64,
+    /// Whether debug builds check the invariants at each sample (see [`invariants`]).
+    #[serde(skip, default = "checks_on")]
+    invariant_checks: bool,
     /// Freed segments the allocator keeps mapped in its cache, `(base, bytes)`, until it reuses
     /// or unmaps them (an `OsPurge` of the segment).
     cached: Vec<(u64, u64)>,
@@ -159,6 +162,10 @@ impl Default for Model {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn checks_on() -> bool {
+    true
 }
 
 fn text_bytes(ev: &Event) -> ([u8; 16], usize) {
@@ -183,6 +190,7 @@ impl Model {
             pending_mark: Vec::new(),
             auto_resync: true,
             lost_to_damage: 0,
+            invariant_checks: true,
             cached: Vec::new(),
         }
     }
@@ -198,6 +206,14 @@ impl Model {
     /// resynchronises the pages. Unlike drops, the count is not in [`Totals::dropped`].
     pub fn events_lost(&mut self, n: u64) {
         self.lost_to_damage = self.lost_to_damage.saturating_add(n.max(1));
+    }
+
+    /// Whether debug builds check the invariants that hold in any event order at each sample
+    /// (on by default; release builds never do). A stream known to lack events (`Dropped`,
+    /// damage, events of unknown kinds) is not checked; one that lacks events silently (a test
+    /// that drops them on purpose, hand-made garbage) must turn the check off.
+    pub fn set_invariant_checks(&mut self, on: bool) {
+        self.invariant_checks = on;
     }
 
     /// Applies the events of one batch of heap `heap`.
