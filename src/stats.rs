@@ -42,6 +42,8 @@ fn round3(x: f64) -> f64 {
 pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut reader = TraceReader::open(file)?;
     let damage = reader.damage().map(|d| d.to_string());
+    // Every chunk checked first: damage to a keyframe is reported too.
+    reader.verify_all()?;
     let mut model = Model::new();
     let (mut censuses, mut agreeing) = (0u64, 0u64);
     let damaged = replay_all(&mut reader, &mut model, &mut |c| {

@@ -302,3 +302,32 @@ fn a_traced_programs_child_does_not_stream() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_damaged_keyframe_is_reported_and_replay_goes_on_without_it() {
+    let dir = tempdir("keyframe");
+    let (path, c) = damaged_copy(&dir, "server.hltrace", 2);
+    let k = heaplens_viewer::trace::TraceReader::open(&path)
+        .unwrap()
+        .keyframes()[0];
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[k.offset as usize + 48 + 10] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let clean = stats_json(&common::root().join("assets/traces/server.hltrace"));
+    let s = stats_json(&path);
+    let d = s["damaged_chunks"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{d:?}");
+    // The events chunk: no keyframe to resume from now, so the next events go on after the gap.
+    assert_eq!(d[0]["chunk"], c.number);
+    assert_eq!(d[0]["resumed"], "after_gap");
+    // The keyframe: found by the check of every chunk; it held no events.
+    assert_eq!(d[1]["chunk"], k.number);
+    assert_eq!(d[1]["events_lost"], 0);
+    assert_eq!(d[1]["resumed"], "nothing_lost");
+    assert_eq!(s["events_lost_to_damage"], c.events);
+    assert_eq!(
+        s["events"].as_u64().unwrap(),
+        clean["events"].as_u64().unwrap() - u64::from(c.events)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

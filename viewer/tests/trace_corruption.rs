@@ -169,7 +169,11 @@ fn keeps_all_but_the_damaged_chunk(bytes: &[u8], original: &Trace, in_header: bo
             return;
         }
     };
+    // Checking every chunk up front finds the damage that reading the events meets.
+    r.verify_all().unwrap();
+    let found_first = r.damaged().to_vec();
     let got: Vec<(u32, Event)> = r.events().filter_map(Result::ok).collect();
+    assert_eq!(r.damaged(), found_first, "{what}");
     let lost: Vec<std::ops::Range<u64>> = r.damaged().iter().map(|d| d.events.clone()).collect();
     let want: Vec<(u32, Event)> = original
         .events

@@ -179,8 +179,10 @@ impl Replay {
         Self::from_reader(reader)
     }
 
-    /// Replays what `reader` reads.
-    pub fn from_reader(reader: TraceReader) -> Result<Self, TraceError> {
+    /// Replays what `reader` reads. Every chunk's checksum is verified first, so that what damage
+    /// costs is known before the replay meets it.
+    pub fn from_reader(mut reader: TraceReader) -> Result<Self, TraceError> {
+        reader.verify_all()?;
         let total = reader.total_events();
         let duration = reader.duration_ns();
         let exit = reader.end_info().map(|e| e.status);
@@ -251,7 +253,8 @@ impl Replay {
         self.restored_from
     }
 
-    /// Composes [`Replay::damage`] from the reader's status and the damage met.
+    /// Composes [`Replay::damage`] from the reader's status, the damaged chunks it found and how
+    /// the model went on past those it met.
     fn describe_damage(&mut self) {
         let mut parts: Vec<String> = self
             .reader
@@ -259,7 +262,12 @@ impl Replay {
             .map(|e| e.to_string())
             .into_iter()
             .collect();
-        parts.extend(self.damaged.iter().map(|(d, how)| format!("{d}; {how}")));
+        for d in self.reader.damaged() {
+            match self.damaged.iter().find(|(m, _)| m.at == d.at) {
+                Some((_, how)) => parts.push(format!("{d}; {how}")),
+                None => parts.push(d.to_string()),
+            }
+        }
         self.damage = (!parts.is_empty()).then(|| parts.join("; "));
     }
 

@@ -143,6 +143,45 @@ impl<R: Read + Seek> TraceReader<R> {
         self.damaged.iter().map(Damage::events_lost).sum()
     }
 
+    /// Verifies every chunk's header against the index and its checksum (no decompression),
+    /// adding the damaged ones to [`TraceReader::damaged`]: what a reader that wants to say
+    /// up front what is lost calls at open. Fails only if reading the file fails.
+    pub fn verify_all(&mut self) -> Result<(), TraceError> {
+        let entries = self.index.entries.clone();
+        for (number, entry) in entries.into_iter().enumerate() {
+            let Some(kind) = entry.header.kind() else {
+                continue; // a damaged stretch the scan skipped (recorded), or an unknown type
+            };
+            self.src.seek(SeekFrom::Start(entry.offset))?;
+            let mut hb = [0u8; CHUNK_HEADER_SIZE];
+            self.src.read_exact(&mut hb)?;
+            let defect = match ChunkHeader::from_bytes(&hb) {
+                None => Some(ChunkDefect::BadTag),
+                Some(h) if h != entry.header => Some(ChunkDefect::IndexMismatch),
+                Some(h) => {
+                    (!self.verify_streaming(&h, false)?).then_some(ChunkDefect::ChecksumMismatch)
+                }
+            };
+            let Some(defect) = defect else {
+                continue;
+            };
+            let h = entry.header;
+            let events = match kind {
+                ChunkType::Events => h.first_event..h.first_event + u64::from(h.event_count),
+                _ => 0..0,
+            };
+            self.record(Damage {
+                chunk: number,
+                at: entry.offset,
+                defect,
+                events,
+                start_time: h.start_time,
+                end_time: h.end_time.max(h.start_time),
+            });
+        }
+        Ok(())
+    }
+
     /// Records damage found reading chunk `number` at `at` (once per chunk).
     fn record(&mut self, damage: Damage) {
         if let Err(i) = self.damaged.binary_search_by_key(&damage.at, |d| d.at) {
