@@ -8,6 +8,7 @@
 //! `dropped_events`, `dropped_reasons`, `census_mismatches` (differences between the model and
 //! the trace's last census; null without a census), `complete`, `damage`, `exit`.
 
+use std::io::Write;
 use std::path::Path;
 
 use heaplens_alloc::event::drop_reason;
@@ -15,6 +16,14 @@ use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::{Model, Sample};
 use heaplens_viewer::trace::{ExitStatus, TraceReader};
 use serde_json::json;
+
+/// `println!` that hands a failed write back (`?`) instead of panicking: a reader that stops
+/// early (`heaplens stats t.hltrace | head -1`) ends the output quietly in `main`.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// The three fragmentation figures of a sample.
 fn fragmentation(s: &Sample) -> serde_json::Value {
