@@ -73,10 +73,7 @@ impl Status {
     }
 }
 
-/// `12.345 s`.
-pub fn seconds(ns: u64) -> String {
-    format!("{:.3} s", ns as f64 / 1e9)
-}
+pub use crate::units::seconds;
 
 /// What the UI draws from.
 #[derive(Debug)]

@@ -2,7 +2,6 @@
 
 use eframe::egui::{self, Color32, RichText, Ui};
 use heaplens_alloc::bin::PageKind;
-use heaplens_alloc::stats::Bytes;
 
 use crate::model::BlockState;
 
@@ -91,15 +90,7 @@ pub const MARKER: Color32 = Color32::from_rgb(0xd0, 0xd0, 0x60);
 /// The replay cursor.
 pub const CURSOR: Color32 = Color32::from_rgb(0xf0, 0xf0, 0xf0);
 
-/// Bytes in B/KiB/MiB/GiB.
-pub fn bytes(n: impl TryInto<usize>) -> String {
-    Bytes(n.try_into().unwrap_or(0)).to_string()
-}
-
-/// A percentage with one decimal.
-pub fn percent(f: f64) -> String {
-    format!("{:.1} %", f * 100.0)
-}
+pub use crate::units::{bytes, percent};
 
 /// A coloured square and a name, with a tooltip: one legend entry.
 pub fn legend_entry(ui: &mut Ui, color: Color32, name: &str, help: &str) {
