@@ -398,7 +398,10 @@ fn draw_frame(
             view,
             &mut state.events,
             &mut state.selected_page,
-            replay.map(|(_, p)| p),
+            (
+                replay.map(|(_, p)| p),
+                full.unwrap_or_else(|| view.model.metrics()).markers(),
+            ),
         ),
     });
     action

@@ -11,10 +11,10 @@
 use std::ops::Range;
 
 use eframe::egui::{self, Color32, RichText};
-use heaplens_alloc::event::{Event, EventKind};
+use heaplens_alloc::event::{Event, EventKind, flags};
 
 use crate::describe::{self, Namer};
-use crate::model::Model;
+use crate::model::{Marker, Model};
 use crate::source::{Recent, Replay, View};
 use crate::trace::TraceError;
 use crate::units;
@@ -120,8 +120,11 @@ pub struct EventLog {
     /// Rows shown (indices into the source), and what they were computed for.
     rows: Vec<usize>,
     rows_for: Option<(u64, Filter)>,
-    /// The position the view was last scrolled to.
-    scrolled_to: Option<(u64, Filter)>,
+    /// The position the view was last scrolled to, and the rows it was scrolled in.
+    scrolled_to: Option<(u64, u64, Filter)>,
+    /// Frames left to bring the position into view (a new scroll area learns its content's
+    /// height only once drawn, and clamps an offset asked for before).
+    scroll_tries: u8,
 }
 
 /// One event of the history: trace position, heap, event.
@@ -272,7 +275,10 @@ fn bin_of(model: &Model, e: &Event) -> Option<u16> {
 }
 
 fn matches(model: &Model, f: &Filter, (_, heap, e): &Entry) -> bool {
-    f.thread.is_none_or(|t| t == *heap)
+    // A marker's label comes in pieces of 16 bytes: the log shows it once, at its last piece.
+    let piece = e.event_kind() == Some(EventKind::Mark) && e.flags & flags::MORE != 0;
+    !piece
+        && f.thread.is_none_or(|t| t == *heap)
         && f.kind
             .is_none_or(|k| e.event_kind().and_then(KindGroup::of) == Some(k))
         && f.page.is_none_or(|p| {
@@ -288,14 +294,29 @@ fn matches(model: &Model, f: &Filter, (_, heap, e): &Entry) -> bool {
             .is_none_or(|a| touches(e, a, model.page_at(a).map(|r| r.page.start)))
 }
 
-/// Draws the log; `position` is the replay position (None: live). Clicking an event selects
-/// its page (`selected_page`).
+/// One event in words; a marker with its whole label (`markers`: the recording's, by position).
+fn words(model: &Model, names: &Namer, markers: &[Marker], (index, heap, ev): &Entry) -> String {
+    if ev.event_kind() == Some(EventKind::Mark) {
+        let i = markers.partition_point(|m| m.event <= *index);
+        if let Some(m) = markers.get(i).filter(|m| m.event == index + 1) {
+            return format!(
+                "marker \"{}\" from {}",
+                m.label,
+                describe::thread(model, *heap)
+            );
+        }
+    }
+    describe::describe(model, names, *heap, ev)
+}
+
+/// Draws the log; `position` is the replay position (None: live), `markers` the recording's
+/// (replay) or the model's. Clicking an event selects its page (`selected_page`).
 pub fn draw(
     ui: &mut egui::Ui,
     view: &View,
     log: &mut EventLog,
     selected_page: &mut Option<u64>,
-    position: Option<u64>,
+    (position, markers): (Option<u64>, &[Marker]),
 ) {
     let model = &view.model;
     filters(ui, model, log, *selected_page);
@@ -336,16 +357,27 @@ pub fn draw(
     let mut area = egui::ScrollArea::vertical()
         .auto_shrink(false)
         .stick_to_bottom(position.is_none());
-    if let (Some(p), Some(at)) = (position, at)
-        && log.scrolled_to.as_ref() != Some(&(p, log.filter.clone()))
+    if let Some(p) = position
+        && log.scrolled_to.as_ref() != Some(&(p, generation, log.filter.clone()))
+    {
+        log.scrolled_to = Some((p, generation, log.filter.clone()));
+        log.scroll_tries = 3;
+    }
+    let mut wanted = None;
+    if let Some(at) = at
+        && log.scroll_tries > 0
     {
         let visible = ui.available_height();
-        area = area.vertical_scroll_offset((at as f32 * row_pitch - visible / 2.0).max(0.0));
-        log.scrolled_to = Some((p, log.filter.clone()));
+        // As show_rows lays it out; an offset past its end would spring back, frame by frame.
+        let content = rows.len() as f32 * row_pitch - ui.spacing().item_spacing.y - 1.0;
+        let offset =
+            (at as f32 * row_pitch - visible / 2.0).clamp(0.0, (content - visible).max(0.0));
+        area = area.vertical_scroll_offset(offset);
+        wanted = Some(offset);
     }
     let names = Namer::new(model);
     let mut clicked = None;
-    area.show_rows(ui, row_h, rows.len(), |ui, range| {
+    let out = area.show_rows(ui, row_h, rows.len(), |ui, range| {
         for k in range {
             let Some(&(index, heap, ev)) = source.get(rows[k]) else {
                 continue;
@@ -361,7 +393,7 @@ pub fn draw(
                     .monospace()
                     .weak(),
                 );
-                let mut text = RichText::new(describe::describe(model, &names, heap, &ev));
+                let mut text = RichText::new(words(model, &names, markers, &(index, heap, ev)));
                 if future {
                     text = text.color(Color32::GRAY);
                 }
@@ -375,6 +407,14 @@ pub fn draw(
             });
         }
     });
+    if let Some(offset) = wanted {
+        log.scroll_tries = if (out.state.clamped_offset().y - offset).abs() <= 1.0 {
+            0
+        } else {
+            ui.ctx().request_repaint();
+            log.scroll_tries - 1
+        };
+    }
     if let Some((index, ev)) = clicked {
         log.selected = Some(index);
         if let Some(r) = model.page_at(ev.addr) {

@@ -38,7 +38,8 @@ pub fn layout(
     rows: usize,
     width: &dyn Fn(&str) -> f32,
 ) -> Vec<Placed> {
-    let min_w = width("Mar…");
+    // The least a squeezed label keeps (a few words); tighter, a marker is counted instead.
+    let min_w = width("Marker 1…");
     // Per row: the index (into `placed`) of its last label, and where that label ends whole.
     let mut last: Vec<Option<(usize, f32)>> = vec![None; rows.max(1)];
     let mut placed: Vec<Placed> = Vec::new();
@@ -184,6 +185,17 @@ pub fn draw(
                 format!("{}  {}", units::seconds(m.time), m.label)
             })
             .collect();
+        // A backing so the lines of other markers pass behind the text, not through it.
+        let backing = ui.visuals().extreme_bg_color.gamma_multiply(0.85);
+        ui.painter().rect_filled(r, 2.0, backing);
+        // The marker's own line beside its label, where it stands.
+        ui.painter().line_segment(
+            [
+                egui::pos2(p.x - 2.0, top),
+                egui::pos2(p.x - 2.0, top + row_height()),
+            ],
+            egui::Stroke::new(1.5, style::MARKER),
+        );
         ui.place(
             r,
             egui::Label::new(RichText::new(&p.text).font(font()).color(style::MARKER))

@@ -131,14 +131,15 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
         move |m: &crate::model::Marker| Some(left + width * (m.time as f32 / duration as f32));
     let rows = markers::rows_needed(ui, left..=left + width, markers, &x_of, markers::ROWS);
     let (rect, resp) = ui.allocate_exact_size(
-        egui::vec2(width, 4.0 + markers::row_height() * rows as f32),
+        egui::vec2(width, 6.0 + markers::row_height() * rows as f32),
         egui::Sense::hover(),
     );
+    // Every marker a tick at the top; its label (below, in its row) carries its own bar.
     let p = ui.painter();
     for m in markers {
         let x = x_of(m).unwrap_or(rect.left());
         p.line_segment(
-            [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
+            [egui::pos2(x, rect.top()), egui::pos2(x, rect.top() + 4.0)],
             egui::Stroke::new(1.5, style::MARKER),
         );
     }
@@ -152,7 +153,7 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
     ));
     markers::draw(
         ui,
-        rect.translate(egui::vec2(0.0, 2.0)),
+        rect.translate(egui::vec2(0.0, 4.0)),
         markers,
         &x_of,
         markers::ROWS,
