@@ -3,7 +3,7 @@
 //! hover labels carry their units (MiB, M/s, ms).
 
 use eframe::egui::{self, Color32};
-use egui_plot::{HoverPosition, Legend, Line, Plot, PlotPoints, VLine};
+use egui_plot::{Legend, Line, Plot, PlotPoints, VLine};
 
 use super::{markers, style};
 use crate::model::{Metrics, Sample};
@@ -219,38 +219,21 @@ fn figures(ui: &mut egui::Ui, s: &Sample) {
     });
 }
 
-/// One of the overview's plots: time on x (shared by all four, in ms or s as the view is
-/// wide), from zero on y with `y_label` giving the y unit on the axis and in the hover label,
-/// and a legend.
+/// One of the overview's plots: time on x (shared by all four), from zero on y with `y_label`
+/// giving the y unit, and a legend.
 fn time_plot<'a>(
     id: &str,
     (h, w): (f32, f32),
     link: egui::Id,
     y_label: impl Fn(f64) -> String + Clone + 'a,
 ) -> Plot<'a> {
-    let hover_y = y_label.clone();
-    Plot::new(id)
-        .height(h)
-        .width(w)
-        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
-        .link_axis(link, [true, false])
-        .include_y(0.0)
-        .x_axis_formatter(|mark, range| units::time_tick(mark.value, range.end() - range.start()))
-        .y_axis_formatter(move |mark, _| y_label(mark.value))
-        .label_formatter(move |pos| {
-            Some(match pos {
-                HoverPosition::NearDataPoint {
-                    plot_name,
-                    position,
-                    ..
-                } => format!(
-                    "{plot_name}\n{}\nat {}",
-                    hover_y(position.y),
-                    units::seconds((position.x.max(0.0) * 1e9) as u64)
-                ),
-                HoverPosition::Elsewhere { position } => {
-                    format!("at {}", units::seconds((position.x.max(0.0) * 1e9) as u64))
-                }
-            })
-        })
+    style::time_axes(
+        Plot::new(id)
+            .height(h)
+            .width(w)
+            .legend(Legend::default().position(egui_plot::Corner::RightBottom))
+            .link_axis(link, [true, false])
+            .include_y(0.0),
+        y_label,
+    )
 }

@@ -118,3 +118,27 @@ pub fn figure(ui: &mut Ui, caption: &str, value: &str, help: &str) {
 pub fn add_line<'a>(p: &mut egui_plot::PlotUi<'a>, line: egui_plot::Line<'a>) {
     p.line(line.allow_band(false));
 }
+
+/// A plot over trace time (x in seconds): ticks in ms or s as the view is wide, y ticks through
+/// `y_label` (which gives the unit), and hover labels with both.
+pub fn time_axes<'a>(
+    plot: egui_plot::Plot<'a>,
+    y_label: impl Fn(f64) -> String + Clone + 'a,
+) -> egui_plot::Plot<'a> {
+    use crate::units;
+    use egui_plot::HoverPosition;
+    let hover_y = y_label.clone();
+    let at = |x: f64| format!("at {}", units::seconds((x.max(0.0) * 1e9) as u64));
+    plot.x_axis_formatter(|mark, range| units::time_tick(mark.value, range.end() - range.start()))
+        .y_axis_formatter(move |mark, _| y_label(mark.value))
+        .label_formatter(move |pos| {
+            Some(match pos {
+                HoverPosition::NearDataPoint {
+                    plot_name,
+                    position,
+                    ..
+                } => format!("{plot_name}\n{}\n{}", hover_y(position.y), at(position.x)),
+                HoverPosition::Elsewhere { position } => at(position.x),
+            })
+        })
+}
