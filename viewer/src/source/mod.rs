@@ -20,6 +20,8 @@ pub use live::{Feed, Live};
 pub use recent::Recent;
 pub use replay::Replay;
 
+pub use crate::units::seconds;
+
 /// What the status line says about the source.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Status {
@@ -73,14 +75,12 @@ impl Status {
     }
 }
 
-pub use crate::units::seconds;
-
 /// What the UI draws from.
 #[derive(Debug)]
 pub struct View {
     /// The rebuilt allocator state.
     pub model: Model,
-    /// The last events applied, oldest first.
+    /// Live: the last events applied, oldest first (a replay's event log reads the trace).
     pub recent: Recent,
     /// What the status line says.
     pub status: Status,
