@@ -27,7 +27,7 @@ pub fn run(name: Option<&str>) -> Result<i32, Box<dyn std::error::Error>> {
         Some(n) => vec![find(n).ok_or_else(|| {
             let names: Vec<_> = scenarios().iter().map(|s| s.name).collect();
             format!(
-                "no scenario named {n:?}; there are: {}, c-program",
+                "no scenario named '{n}'; there are: {}, c-program",
                 names.join(", ")
             )
         })?],

@@ -19,6 +19,8 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::wire::{self, Frame, WireError};
 
+use crate::quiet::say;
+
 /// Event vectors kept for the reader to refill: as many as are in flight between it and the
 /// recorder's keyframe model.
 const RECYCLED_BATCHES: usize = 512;
@@ -237,7 +239,7 @@ fn accept(
             Ok((stream, _)) => {
                 let (uid, peer) = wire::peer_cred(stream.as_raw_fd())?;
                 if uid != wire::my_uid() {
-                    eprintln!("heaplens: refused a connection from another user (uid {uid})");
+                    say!("refused a connection from another user (uid {uid})");
                     continue;
                 }
                 if peer != pid {

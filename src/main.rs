@@ -10,6 +10,7 @@
 mod demo;
 mod keyframes;
 mod launch;
+mod quiet;
 mod record;
 mod run;
 mod stats;
@@ -96,6 +97,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    quiet::quiet_window_libraries();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Cmd::Demo { name: None }) {
         Cmd::Demo { name } => demo::run(name.as_deref()),
@@ -107,8 +109,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) if quiet::is_closed_pipe(&*e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("heaplens: {e}");
+            quiet::say!("{e}");
             ExitCode::from(2)
         }
     }

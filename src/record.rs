@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
-use heaplens_alloc::wire::Frame;
+use heaplens_alloc::wire::{Frame, WireError};
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
 use crate::keyframes::{Keyframe, Keyframes};
 use crate::launch::{self, Exit, StreamItem};
+use crate::quiet::say;
 
 /// How long the program may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,7 +144,7 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
             StreamItem::Exec => {
                 // The program replaced itself (a wrapper script, a shell): record the new one.
                 progress.clear();
-                eprintln!("heaplens: pid {pid} exec'd another program; recording that one");
+                say!("pid {pid} exec'd another program; recording that one");
                 recorder.exec();
                 progress.last_events = 0;
             }
@@ -160,22 +161,39 @@ pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::erro
     let events = recorder.finish(exit, clean)?;
     let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
     let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "heaplens: {events} events in {secs:.1} s -> {} ({}, {:.2} bytes/event)",
+    say!(
+        "{events} events in {secs:.1} s -> {} ({}, {:.2} bytes/event)",
         output.display(),
         Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
         bytes as f64 / events.max(1) as f64
     );
     match exit {
         Exit::Signal(_) => {
-            eprintln!("heaplens: the program was {exit}; the trace holds everything up to then");
+            say!("the program was {exit}; the trace holds everything up to then");
         }
         Exit::Code(_) if !clean => {
-            eprintln!("heaplens: the program {exit} but its stream ended early ({stream_error:?})");
+            say!(
+                "the program {exit}, but {}; the trace holds the {events} events that arrived \
+                 (any the program made after its last flush are missing)",
+                early_end(stream_error.as_ref())
+            );
         }
         Exit::Code(_) => {}
     }
     Ok(exit.shell_code())
+}
+
+/// Why a program's event stream ended before its end mark, in words.
+fn early_end(error: Option<&WireError>) -> String {
+    match error {
+        Some(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "its event stream stopped without the end mark the hook sends at exit (the program \
+             may have left through _exit, as shells do, or closed heaplens's socket)"
+                .to_owned()
+        }
+        Some(e) => format!("its event stream broke: {e}"),
+        None => "its event stream closed without the end mark the hook sends at exit".to_owned(),
+    }
 }
 
 /// A one-line progress report on stderr: events, rate, bytes written.

@@ -20,6 +20,7 @@ use heaplens_viewer::trace::ExitStatus;
 use heaplens_viewer::ui::{self, App, Source};
 
 use crate::launch::{self, Exit, Launched, StreamItem};
+use crate::quiet::say;
 use crate::record::Recorder;
 
 /// Batches the viewer may fall behind by before it misses some.
@@ -47,14 +48,14 @@ pub fn run(record: Option<&Path>, command: &[OsString]) -> Result<i32, Box<dyn s
     ui::run(App::new(Source::Live(live), what))?;
     if !pump.is_finished() {
         if output.is_none() {
-            eprintln!("heaplens: viewer closed; pid {pid} runs on without heaplens watching");
+            say!("viewer closed; pid {pid} runs on without heaplens watching");
             return Ok(0);
         }
-        eprintln!("heaplens: viewer closed; recording pid {pid} until it exits");
+        say!("viewer closed; recording pid {pid} until it exits");
     }
     let (exit, written) = pump.join().map_err(|_| "the stream reader failed")??;
     if let (Some(out), Some(events)) = (output, written) {
-        eprintln!("heaplens: {events} events -> {}", out.display());
+        say!("{events} events -> {}", out.display());
     }
     Ok(exit.shell_code())
 }
@@ -177,7 +178,7 @@ pub fn learn(scenario: &str) -> Result<i32, Box<dyn std::error::Error>> {
             .map(|t| t.scenario)
             .collect();
         return Err(format!(
-            "no tour named {scenario:?}; there are: {}",
+            "no tour named '{scenario}'; there are: {}",
             names.join(", ")
         )
         .into());

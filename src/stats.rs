@@ -16,6 +16,7 @@
 //! A damaged chunk costs its own events only: the summary covers everything else, and says
 //! what was lost and how the model went on (see `heaplens_viewer::source::Resumed`).
 
+use std::io::Write;
 use std::path::Path;
 
 use heaplens_alloc::event::drop_reason;
@@ -24,6 +25,14 @@ use heaplens_viewer::model::{Model, Sample};
 use heaplens_viewer::source::{Resumed, replay_all};
 use heaplens_viewer::trace::{ExitStatus, TraceReader};
 use serde_json::json;
+
+/// `println!` that hands a failed write back (`?`) instead of panicking: a reader that stops
+/// early (`heaplens stats t.hltrace | head -1`) ends the output quietly in `main`.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// The three fragmentation figures of a sample.
 fn fragmentation(s: &Sample) -> serde_json::Value {

@@ -271,6 +271,47 @@ fn stats_counts_the_censuses_and_those_that_agree() {
 }
 
 #[test]
+fn a_reader_that_stops_early_ends_stats_quietly() {
+    // `heaplens stats TRACE | head -1`, made deterministic: the reading end is closed before
+    // heaplens writes its first line (it replays the trace first), so every write meets a pipe
+    // without a reader.
+    let trace = common::root().join("assets/traces/producer-consumer.hltrace");
+    for json in [false, true] {
+        let mut cmd = heaplens();
+        cmd.arg("stats").arg(&trace);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "nothing on stderr (json {json}): {err}");
+        assert!(out.status.success(), "json {json}: {:?}", out.status);
+    }
+    // And through a real `head -1`: its one line, no panic.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" stats \"$1\" | head -1")
+        .arg(env!("CARGO_BIN_EXE_heaplens"))
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("trace "), "{text}");
+    assert_eq!(text.lines().count(), 1);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_traced_programs_child_does_not_stream() {
     let dir = tempdir("child");
     let exe = setup(&dir);
@@ -330,4 +371,30 @@ fn a_damaged_keyframe_is_reported_and_replay_goes_on_without_it() {
         clean["events"].as_u64().unwrap() - u64::from(c.events)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stream_that_ends_early_is_told_in_words() {
+    // A shell leaves through `_exit`: the hook never sends its end mark.
+    let dir = tempdir("early-end");
+    let exe = setup(&dir);
+    let trace = dir.join("run.hltrace");
+    let out = heaplens()
+        .arg("record")
+        .arg("-o")
+        .arg(&trace)
+        .args(["--", "sh", "-c", "\"$0\"; true"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "the shell's status: {err}");
+    assert!(
+        err.contains("stopped without the end mark") && err.contains("events that arrived"),
+        "{err}"
+    );
+    for debug in ["Some(", "Custom {", "kind:"] {
+        assert!(!err.contains(debug), "no Rust debug formatting: {err}");
+    }
+    assert!(stats_json(&trace)["events"].as_u64().unwrap() > 0);
 }

@@ -190,12 +190,12 @@ pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
         }
         K::ClockSync => "clock sync".to_owned(),
         K::CensusBegin | K::CensusPage | K::CensusPage2 | K::CensusSegment | K::CensusEnd => {
-            format!("census record ({kind:?})")
+            format!("census record ({})", kind.name())
         }
         K::StackFrame => format!("{who} captured stack frame {} at {:#x}", ev.arg32, ev.addr),
         K::StackMode => "stack capture mode".to_owned(),
         K::Module | K::ModuleRange | K::ModuleText | K::ModuleGone => {
-            format!("module {} ({kind:?})", ev.arg32)
+            format!("module {} ({})", ev.arg32, kind.name())
         }
     }
 }

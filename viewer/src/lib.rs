@@ -9,3 +9,4 @@ pub mod source;
 pub mod teach;
 pub mod trace;
 pub mod ui;
+pub mod units;

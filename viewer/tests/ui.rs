@@ -7,16 +7,24 @@ use std::path::PathBuf;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
+use heaplens_alloc::event::{Event, EventKind};
+use heaplens_viewer::describe::{self, Namer};
 use heaplens_viewer::model::BlockState;
 use heaplens_viewer::source::Replay;
-use heaplens_viewer::ui::{App, Source, WINDOW_SIZE, style};
+use heaplens_viewer::trace::synth::{self, SynthConfig};
+use heaplens_viewer::trace::{EndInfo, Metadata, TraceWriter};
+use heaplens_viewer::ui::{App, Source, Tab, WINDOW_SIZE, style};
 
 fn trace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/producer-consumer.hltrace")
 }
 
 fn harness() -> Harness<'static, App> {
-    let replay = Replay::open(trace()).expect("the recorded trace opens");
+    harness_on(&trace())
+}
+
+fn harness_on(path: &std::path::Path) -> Harness<'static, App> {
+    let replay = Replay::open(path).expect("the recorded trace opens");
     let mut h = Harness::builder()
         .with_size(WINDOW_SIZE)
         .wgpu()
@@ -158,11 +166,279 @@ fn the_timeline_steps_seeks_and_plays() {
 #[test]
 fn the_overview_renders() {
     let mut h = harness();
-    assert!(has_label_containing(&h, "Memory (MiB)"));
+    assert!(has_label_containing(&h, "Memory (KiB)") || has_label_containing(&h, "Memory (MiB)"));
     assert!(has_label_containing(&h, "Fragmentation (%)"));
     h.snapshot("overview");
     h.get_by_label("Free lists").click();
     h.run();
     assert!(has_label_containing(&h, "By size class, now"));
     h.snapshot("free-lists");
+}
+
+/// The two markers of [`close_markers_trace`], a millisecond apart.
+const MARKERS: [&str; 2] = ["warm-up done", "steady state"];
+
+/// A synthetic run of four threads (a few M allocations/s) with only two markers, a
+/// millisecond apart in its middle, written to a trace file.
+fn close_markers_trace() -> PathBuf {
+    let mut batches = synth::generate(&SynthConfig {
+        threads: 4,
+        events: 400_000,
+        seed: 7,
+        ..SynthConfig::default()
+    });
+    for (_, evs) in &mut batches {
+        evs.retain(|e| e.event_kind() != Some(EventKind::Mark));
+    }
+    let mid = batches[batches.len() / 2].1[0].time;
+    for (k, label) in MARKERS.iter().enumerate() {
+        let time = mid + k as u64 * 1_000_000;
+        let (addr, arg) = Event::pack_text(label.as_bytes());
+        let mark = Event {
+            kind: EventKind::Mark as u8,
+            addr,
+            arg,
+            time,
+            ..Event::default()
+        };
+        let at = batches.partition_point(|(_, evs)| evs.first().is_none_or(|e| e.time <= time));
+        batches.insert(at, (1, vec![mark]));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "heaplens-ui-{}-markers.hltrace",
+        std::process::id()
+    ));
+    let mut w = TraceWriter::create(&path, &Metadata::with_allocator_constants()).unwrap();
+    for (heap, evs) in &batches {
+        w.write_batch(*heap, evs).unwrap();
+    }
+    w.finish(EndInfo::clean(0)).unwrap();
+    path
+}
+
+/// The rectangles of the labels reading exactly `text`.
+fn label_rects(h: &Harness<'_, App>, text: &str) -> Vec<eframe::egui::Rect> {
+    h.query_all_by_label(text).map(|n| n.rect()).collect()
+}
+
+#[test]
+fn two_markers_a_millisecond_apart_get_two_readable_labels() {
+    let path = close_markers_trace();
+    let mut h = harness_on(&path);
+    let times: Vec<u64> = replay(&h).markers().iter().map(|m| m.time).collect();
+    assert_eq!(times.len(), 2);
+    assert_eq!(times[1] - times[0], 1_000_000, "a millisecond apart");
+    // Each label is shown whole (not elided: the query is by the full text) and apart from
+    // the other, in the overview's labelled plots and under the timeline.
+    let first = label_rects(&h, MARKERS[0]);
+    let second = label_rects(&h, MARKERS[1]);
+    assert_eq!(
+        first.len(),
+        3,
+        "memory, fragmentation and timeline: {first:?}"
+    );
+    assert_eq!(
+        second.len(),
+        3,
+        "memory, fragmentation and timeline: {second:?}"
+    );
+    for a in &first {
+        for b in &second {
+            let both = a.intersect(*b);
+            assert!(
+                both.width() <= 0.0 || both.height() <= 0.0,
+                "labels overlap: {a:?} {b:?}"
+            );
+        }
+    }
+    h.snapshot("close-markers");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn the_rate_axis_reads_in_millions_per_second() {
+    let path = close_markers_trace();
+    let h = harness_on(&path);
+    let samples = replay(&h).full_metrics().samples().to_vec();
+    let peak = samples
+        .windows(2)
+        .map(|w| w[1].alloc_rate_since(&w[0]))
+        .fold(0.0, f64::max);
+    assert!(
+        peak >= 1e6,
+        "the synthetic run allocates millions a second: {peak}"
+    );
+    assert!(
+        has_label_containing(&h, "Allocations and frees per second (M/s)"),
+        "the rate plot's unit"
+    );
+    assert!(heaplens_viewer::units::rate(peak).ends_with(" M/s"));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn filtering_events_by_thread_shows_only_its_events_and_a_click_selects_the_page() {
+    let mut h = harness();
+    // In the middle of the run, while the producers hold pages.
+    {
+        let Source::Replay(r) = h.state_mut().source_mut() else {
+            unreachable!("opened on a trace")
+        };
+        let m = r.markers()[r.markers().len() / 2].clone();
+        r.seek_marker(&m).unwrap();
+    }
+    h.run();
+    h.get_by_label("Events").click();
+    h.run();
+    // The history around the position (the end), read from the trace.
+    let all: Vec<(u64, u32)> = {
+        let view = replay(&h).view();
+        h.state()
+            .state
+            .events
+            .shown(view)
+            .map(|e| (e.0, e.1))
+            .collect()
+    };
+    assert!(
+        all.len() > 1000,
+        "the history around the position: {}",
+        all.len()
+    );
+    // Before and after the position.
+    let position = replay(&h).position();
+    assert!(
+        all.first().is_some_and(|e| e.0 < position) && all.last().is_some_and(|e| e.0 >= position)
+    );
+    let model = &replay(&h).view().model;
+    // A thread whose name is its own (pool threads share theirs), holding pages, with events
+    // in view.
+    let named = |id: u32| describe::thread(model, id);
+    let heap = model
+        .heaps()
+        .iter()
+        .filter(|x| model.heaps().iter().filter(|y| y.name == x.name).count() == 1)
+        .filter(|x| !model.bins(Some(x.id)).is_empty())
+        .find(|x| all.iter().any(|e| e.1 == x.id))
+        .expect("a thread with a name of its own, pages, and events")
+        .id;
+    let name = named(heap);
+    let others: Vec<String> = model
+        .heaps()
+        .iter()
+        .filter(|x| x.id != heap)
+        .map(|x| format!("{} ", describe::thread(model, x.id)))
+        .collect();
+    h.get_by_label("thread").click();
+    h.run();
+    h.get_by_label(&format!("{name} (heap {heap})")).click();
+    h.run();
+    let shown: Vec<(u64, u32, Event)> = {
+        let view = replay(&h).view();
+        h.state().state.events.shown(view).copied().collect()
+    };
+    assert!(!shown.is_empty());
+    assert!(shown.len() < all.len());
+    assert!(shown.iter().all(|e| e.1 == heap), "only {name}'s events");
+    // What is drawn says so too: rows name that thread, never another.
+    let top = h
+        .get_by_label_contains("around the replay position")
+        .rect()
+        .bottom();
+    let rows: Vec<String> = h
+        .query_all_by_label_contains("thread ")
+        .filter(|n| n.rect().top() >= top)
+        .filter_map(|n| n.accesskit_node().label())
+        .filter(|l| l.contains(" allocated ") || l.contains(" freed "))
+        .collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(r.starts_with(&format!("{name} ")), "{r}");
+        assert!(!others.iter().any(|o| r.starts_with(o.as_str())), "{r}");
+    }
+    // Clicking an allocation shown selects the page it came from.
+    let model = &replay(&h).view().model;
+    let names = Namer::new(model);
+    let (label, page) = rows
+        .iter()
+        .find_map(|r| {
+            shown.iter().find_map(|(_, hp, e)| {
+                let p = model.page_at(e.addr)?;
+                (describe::describe(model, &names, *hp, e) == *r).then(|| (r.clone(), p.page.start))
+            })
+        })
+        .expect("a row whose page is still there");
+    // A row in view: below the line that says what the log holds (the list scrolls under it).
+    let top = h
+        .get_by_label_contains("around the replay position")
+        .rect()
+        .bottom();
+    h.query_all_by_label(&label)
+        .find(|n| n.rect().top() >= top)
+        .expect("the row in view")
+        .click();
+    h.run();
+    assert_eq!(h.state().state.selected_page, Some(page));
+    assert_eq!(h.state().state.tab, Tab::Events);
+    h.snapshot("events-filtered");
+}
+
+#[test]
+fn an_address_search_tells_the_life_story_of_its_block() {
+    let mut h = harness();
+    let (addr, heap) = {
+        let model = &replay(&h).view().model;
+        // A block allocated and freed: the first freed in the trace.
+        let mut reader = heaplens_viewer::trace::TraceReader::open(trace()).unwrap();
+        let mut allocated = std::collections::HashMap::new();
+        let mut found = None;
+        for item in reader.events() {
+            let (heap, e) = item.unwrap();
+            match e.event_kind() {
+                Some(EventKind::Alloc) => {
+                    allocated.entry(e.addr).or_insert(heap);
+                }
+                Some(EventKind::Free) if allocated.contains_key(&e.addr) => {
+                    found = Some((e.addr, allocated[&e.addr]));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = model;
+        found.expect("a block freed")
+    };
+    h.get_by_label("Events").click();
+    h.run();
+    let events = &mut h.state_mut().state.events;
+    events.address_text = format!("{addr:#x}");
+    events.filter.address = Some(addr);
+    // The list springs back from where the history was scrolled: a few frames.
+    h.run_steps(10);
+    let story: Vec<(u32, Event)> = {
+        let view = replay(&h).view();
+        h.state()
+            .state
+            .events
+            .shown(view)
+            .map(|e| (e.1, e.2))
+            .collect()
+    };
+    let first = story.first().expect("a story");
+    assert_eq!(
+        first.1.event_kind(),
+        Some(EventKind::Alloc),
+        "it starts with its allocation"
+    );
+    assert_eq!((first.0, first.1.addr), (heap, addr));
+    assert!(
+        story
+            .iter()
+            .any(|(_, e)| e.event_kind() == Some(EventKind::Free) && e.addr == addr),
+        "and it was freed"
+    );
+    assert!(has_label_containing(
+        &h,
+        &format!("the life story of the block at {addr:#x}")
+    ));
 }

@@ -20,6 +20,8 @@ pub use live::{Feed, Live};
 pub use recent::Recent;
 pub use replay::{Replay, Resumed, replay_all};
 
+pub use crate::units::seconds;
+
 /// What the status line says about the source.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Status {
@@ -73,17 +75,12 @@ impl Status {
     }
 }
 
-/// `12.345 s`.
-pub fn seconds(ns: u64) -> String {
-    format!("{:.3} s", ns as f64 / 1e9)
-}
-
 /// What the UI draws from.
 #[derive(Debug)]
 pub struct View {
     /// The rebuilt allocator state.
     pub model: Model,
-    /// The last events applied, oldest first.
+    /// Live: the last events applied, oldest first (a replay's event log reads the trace).
     pub recent: Recent,
     /// What the status line says.
     pub status: Status,

@@ -1,11 +1,12 @@
-//! The last events applied, for the event log.
+//! The last events applied, for the event log of a live view (a replay reads its history from
+//! the trace instead).
 
 use std::collections::VecDeque;
 
 use heaplens_alloc::event::{Event, EventKind};
 
-/// How many events the log keeps.
-pub const RECENT_EVENTS: usize = 400;
+/// How many events a live view keeps for its log: about 2.4 MB.
+pub const RECENT_EVENTS: usize = 50_000;
 
 /// The last [`RECENT_EVENTS`] events (census records left out: they restate state, and a
 /// census would push everything else out), with their heap ids and trace positions.
@@ -67,6 +68,16 @@ impl Recent {
     /// Oldest first: `(trace position, heap, event)`.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &(u64, u32, Event)> {
         self.events.iter()
+    }
+
+    /// The `i`th kept, oldest first.
+    pub fn get(&self, i: usize) -> Option<&(u64, u32, Event)> {
+        self.events.get(i)
+    }
+
+    /// The trace position the next event will have: changes whenever an event arrives.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
     }
 
     /// How many are kept.

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::io::{Read, Seek};
+use std::ops::Range;
 use std::path::Path;
 
 use heaplens_alloc::event::{Event, EventKind};
@@ -418,13 +419,11 @@ impl Replay {
                 Err(_) => self.view.model = Model::new(), // a bad keyframe: replay from the start
             }
         }
-        self.view.recent.reset(self.view.applied);
         Ok(())
     }
 
     /// Applies events up to index `target`.
     fn apply_until(&mut self, target: u64) -> Result<(), TraceError> {
-        let log_from = target.saturating_sub(super::recent::RECENT_EVENTS as u64 * 2);
         while self.view.applied < target {
             let pos = self.view.applied;
             let chunks = self.reader.chunks();
@@ -471,16 +470,58 @@ impl Replay {
             if from >= to {
                 break;
             }
-            for (k, (heap, e)) in events[from..to].iter().enumerate() {
+            for (heap, e) in &events[from..to] {
                 self.view.model.apply(*heap, e);
-                let index = pos + k as u64;
-                if index >= log_from {
-                    self.view.recent.push_one(index, *heap, e);
-                }
             }
             self.view.applied = info.first_event + to as u64;
         }
         Ok(())
+    }
+
+    /// Events `range` of the trace as `(position, heap, event)`, read through the reader
+    /// without touching the model: the event log's history around the position.
+    pub fn read_events(&mut self, range: Range<u64>) -> Result<Vec<(u64, u32, Event)>, TraceError> {
+        let chunks = self.reader.chunks();
+        let first = chunks.partition_point(|c| c.first_event + u64::from(c.events) <= range.start);
+        let wanted: Vec<(usize, u64)> = chunks[first..]
+            .iter()
+            .take_while(|c| c.first_event < range.end)
+            .enumerate()
+            .map(|(k, c)| (first + k, c.first_event))
+            .collect();
+        let mut out = Vec::new();
+        for (i, first_event) in wanted {
+            let events = self.reader.read_chunk(i)?;
+            out.extend(
+                events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, (heap, e))| (first_event + j as u64, heap, e))
+                    .filter(|(index, _, _)| range.contains(index)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every event of the whole trace that `keep` accepts, as `(position, heap, event)`, read
+    /// chunk by chunk (the event log's search for a block's life story).
+    pub fn find_events(
+        &mut self,
+        mut keep: impl FnMut(u32, &Event) -> bool,
+    ) -> Result<Vec<(u64, u32, Event)>, TraceError> {
+        let starts: Vec<u64> = self.reader.chunks().iter().map(|c| c.first_event).collect();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (i, first_event) in starts.into_iter().enumerate() {
+            self.reader.read_chunk_into(i, &mut buf)?;
+            out.extend(
+                buf.iter()
+                    .enumerate()
+                    .filter(|(_, (heap, e))| keep(*heap, e))
+                    .map(|(j, &(heap, e))| (first_event + j as u64, heap, e)),
+            );
+        }
+        Ok(out)
     }
 
     fn load_chunk(&mut self, i: usize) -> Result<(), TraceError> {

@@ -162,7 +162,7 @@ pub fn trace_file(scenario: &str) -> std::io::Result<std::path::PathBuf> {
     let bytes = trace_bytes(scenario).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no recorded trace for scenario {scenario:?}"),
+            format!("no recorded trace for scenario '{scenario}'"),
         )
     })?;
     let dir = std::env::temp_dir().join(format!("heaplens-tours-{}", std::process::id()));

@@ -53,7 +53,12 @@ impl Tab {
             "Free lists",
             "Per size class: blocks in use and on each of the three free lists",
         ),
-        (Self::Events, "Events", "The latest events, in words"),
+        (
+            Self::Events,
+            "Events",
+            "The events around the replay position (live: the latest), in words; filter them, \
+             follow a block, click one to see its page",
+        ),
     ];
 }
 
@@ -72,6 +77,8 @@ pub struct UiState {
     pub error: Option<String>,
     /// Whether the Learn panel is open.
     pub learn_open: bool,
+    /// The Events tab: its filters and the history it holds.
+    pub events: event_log::EventLog,
 }
 
 impl Default for UiState {
@@ -83,6 +90,7 @@ impl Default for UiState {
             tile: 12.0,
             error: None,
             learn_open: false,
+            events: event_log::EventLog::default(),
         }
     }
 }
@@ -167,6 +175,11 @@ impl App {
                 if r.is_playing() {
                     ui.ctx().request_repaint();
                 }
+                if self.state.tab == Tab::Events
+                    && let Err(e) = event_log::refresh(&mut self.state.events, r)
+                {
+                    self.state.error = Some(e.to_string());
+                }
                 let (view, full) = (r.view(), r.full_metrics());
                 egui::Panel::bottom("timeline").show(ui, |ui| {
                     action = timeline::draw(ui, r);
@@ -176,7 +189,7 @@ impl App {
                 learn_action = draw_frame(
                     ui,
                     view,
-                    Some(full),
+                    Some((full, r.position())),
                     &self.what,
                     &mut self.state,
                     (self.tour, story),
@@ -331,7 +344,7 @@ fn pause_at_step(r: &mut Replay, tour: &mut Option<TourState>, state: &mut UiSta
 fn draw_frame(
     ui: &mut egui::Ui,
     view: &View,
-    full: Option<&Metrics>,
+    replay: Option<(&Metrics, u64)>,
     what: &str,
     state: &mut UiState,
     (tour, story): (Option<TourState>, Option<(&str, &str)>),
@@ -374,12 +387,22 @@ fn draw_frame(
                 }
             });
     }
+    let full = replay.map(|(m, _)| m);
     egui::CentralPanel::default().show(ui, |ui| match state.tab {
         Tab::Overview => overview::draw(ui, view, full),
         Tab::Segments => segment_map::draw(ui, &view.model, state),
         Tab::Heaps => heaps::draw(ui, &view.model, state),
         Tab::FreeLists => occupancy::draw(ui, view, full),
-        Tab::Events => event_log::draw(ui, view),
+        Tab::Events => event_log::draw(
+            ui,
+            view,
+            &mut state.events,
+            &mut state.selected_page,
+            (
+                replay.map(|(_, p)| p),
+                full.unwrap_or_else(|| view.model.metrics()).markers(),
+            ),
+        ),
     });
     action
 }

@@ -103,8 +103,8 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64) -> bool {
     let last = p.last;
     if let Some(kind) = EventKind::from_u8(last.kind) {
         ui.label(format!(
-            "last: {:?} by {} at {}",
-            kind,
+            "last: {} by {} at {}",
+            kind.name(),
             describe::thread(model, last.heap),
             crate::source::seconds(last.time)
         ))

@@ -2,10 +2,11 @@
 //! and keeps its own state in [`app::UiState`]; nothing here changes the model.
 
 pub mod app;
-mod event_log;
+pub mod event_log;
 mod heaps;
 mod inspector;
 pub mod learn;
+pub mod markers;
 mod occupancy;
 mod overview;
 mod segment_map;

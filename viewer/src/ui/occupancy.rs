@@ -28,40 +28,40 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
     let samples = metrics.samples();
     ui.label(RichText::new("Blocks on each list over time").strong())
         .on_hover_text("Totals over every page; thread_free includes delayed blocks");
-    Plot::new("lists-over-time")
+    let plot = Plot::new("lists-over-time")
         .height(150.0)
         .legend(Legend::default())
-        .include_y(0.0)
-        .show(ui, |p| {
-            let series = |f: &dyn Fn(&Sample) -> u64| -> PlotPoints<'static> {
-                samples
-                    .iter()
-                    .map(|s| [s.time as f64 / 1e9, f(s) as f64])
-                    .collect()
-            };
-            let c = style::state_color;
-            style::add_line(
-                p,
-                Line::new("free", series(&|s| s.free_blocks)).color(c(BlockState::Free)),
-            );
-            style::add_line(
-                p,
-                Line::new("local_free", series(&|s| s.local_free_blocks))
-                    .color(c(BlockState::LocalFree)),
-            );
-            style::add_line(
-                p,
-                Line::new("thread_free", series(&|s| s.thread_free_blocks))
-                    .color(c(BlockState::ThreadFree)),
-            );
-            style::add_line(
-                p,
-                Line::new("full pages", series(&|s| s.full_pages)).color(c(BlockState::Delayed)),
-            );
-            if full.is_some() {
-                p.vline(VLine::new("now", model.time() as f64 / 1e9).color(style::CURSOR));
-            }
-        });
+        .include_y(0.0);
+    style::time_axes(plot, crate::units::number).show(ui, |p| {
+        let series = |f: &dyn Fn(&Sample) -> u64| -> PlotPoints<'static> {
+            samples
+                .iter()
+                .map(|s| [s.time as f64 / 1e9, f(s) as f64])
+                .collect()
+        };
+        let c = style::state_color;
+        style::add_line(
+            p,
+            Line::new("free", series(&|s| s.free_blocks)).color(c(BlockState::Free)),
+        );
+        style::add_line(
+            p,
+            Line::new("local_free", series(&|s| s.local_free_blocks))
+                .color(c(BlockState::LocalFree)),
+        );
+        style::add_line(
+            p,
+            Line::new("thread_free", series(&|s| s.thread_free_blocks))
+                .color(c(BlockState::ThreadFree)),
+        );
+        style::add_line(
+            p,
+            Line::new("full pages", series(&|s| s.full_pages)).color(c(BlockState::Delayed)),
+        );
+        if full.is_some() {
+            p.vline(VLine::new("now", model.time() as f64 / 1e9).color(style::CURSOR));
+        }
+    });
     ui.separator();
     ui.label(RichText::new("By size class, now").strong())
         .on_hover_text("Each bar is every carved block of the class's pages");

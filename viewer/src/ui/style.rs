@@ -2,7 +2,6 @@
 
 use eframe::egui::{self, Color32, RichText, Ui};
 use heaplens_alloc::bin::PageKind;
-use heaplens_alloc::stats::Bytes;
 
 use crate::model::BlockState;
 
@@ -91,15 +90,7 @@ pub const MARKER: Color32 = Color32::from_rgb(0xd0, 0xd0, 0x60);
 /// The replay cursor.
 pub const CURSOR: Color32 = Color32::from_rgb(0xf0, 0xf0, 0xf0);
 
-/// Bytes in B/KiB/MiB/GiB.
-pub fn bytes(n: impl TryInto<usize>) -> String {
-    Bytes(n.try_into().unwrap_or(0)).to_string()
-}
-
-/// A percentage with one decimal.
-pub fn percent(f: f64) -> String {
-    format!("{:.1} %", f * 100.0)
-}
+pub use crate::units::{bytes, percent};
 
 /// A coloured square and a name, with a tooltip: one legend entry.
 pub fn legend_entry(ui: &mut Ui, color: Color32, name: &str, help: &str) {
@@ -126,4 +117,28 @@ pub fn figure(ui: &mut Ui, caption: &str, value: &str, help: &str) {
 /// they are drawn as lines, never aggregated into bands.
 pub fn add_line<'a>(p: &mut egui_plot::PlotUi<'a>, line: egui_plot::Line<'a>) {
     p.line(line.allow_band(false));
+}
+
+/// A plot over trace time (x in seconds): ticks in ms or s as the view is wide, y ticks through
+/// `y_label` (which gives the unit), and hover labels with both.
+pub fn time_axes<'a>(
+    plot: egui_plot::Plot<'a>,
+    y_label: impl Fn(f64) -> String + Clone + 'a,
+) -> egui_plot::Plot<'a> {
+    use crate::units;
+    use egui_plot::HoverPosition;
+    let hover_y = y_label.clone();
+    let at = |x: f64| format!("at {}", units::seconds((x.max(0.0) * 1e9) as u64));
+    plot.x_axis_formatter(|mark, range| units::time_tick(mark.value, range.end() - range.start()))
+        .y_axis_formatter(move |mark, _| y_label(mark.value))
+        .label_formatter(move |pos| {
+            Some(match pos {
+                HoverPosition::NearDataPoint {
+                    plot_name,
+                    position,
+                    ..
+                } => format!("{plot_name}\n{}\n{}", hover_y(position.y), at(position.x)),
+                HoverPosition::Elsewhere { position } => at(position.x),
+            })
+        })
 }

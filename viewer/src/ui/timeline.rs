@@ -3,7 +3,7 @@
 
 use eframe::egui::{self, RichText};
 
-use super::style;
+use super::{markers, style};
 use crate::source::{Replay, seconds};
 use crate::trace::TraceError;
 
@@ -119,34 +119,28 @@ pub fn draw(ui: &mut egui::Ui, r: &Replay) -> Option<Action> {
     action
 }
 
-/// The markers under the slider, as ticks with labels.
+/// The markers under the slider, as ticks with labels in as many rows as they need.
 fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
     let markers = r.markers();
     if markers.is_empty() {
         return;
     }
+    let width = ui.spacing().slider_width;
+    let left = ui.cursor().left();
+    let x_of =
+        move |m: &crate::model::Marker| Some(left + width * (m.time as f32 / duration as f32));
+    let rows = markers::rows_needed(ui, left..=left + width, markers, &x_of, markers::ROWS);
     let (rect, resp) = ui.allocate_exact_size(
-        egui::vec2(ui.spacing().slider_width, 14.0),
+        egui::vec2(width, 6.0 + markers::row_height() * rows as f32),
         egui::Sense::hover(),
     );
+    // Every marker a tick at the top; its label (below, in its row) carries its own bar.
     let p = ui.painter();
-    let mut label_end = f32::NEG_INFINITY;
     for m in markers {
-        let x = rect.left() + rect.width() * (m.time as f32 / duration as f32);
+        let x = x_of(m).unwrap_or(rect.left());
         p.line_segment(
-            [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
-            egui::Stroke::new(2.0, style::MARKER),
-        );
-        if x < label_end {
-            continue; // no room for its label: the line is enough (hover lists all)
-        }
-        label_end = x + 8.0 + 6.0 * m.label.len() as f32;
-        p.text(
-            egui::pos2(x + 2.0, rect.center().y),
-            egui::Align2::LEFT_CENTER,
-            &m.label,
-            egui::FontId::proportional(10.0),
-            style::MARKER,
+            [egui::pos2(x, rect.top()), egui::pos2(x, rect.top() + 4.0)],
+            egui::Stroke::new(1.5, style::MARKER),
         );
     }
     let list: Vec<String> = markers
@@ -157,6 +151,13 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
         "User markers (heaplens_alloc::hook::mark, hl_mark):\n{}",
         list.join("\n")
     ));
+    markers::draw(
+        ui,
+        rect.translate(egui::vec2(0.0, 4.0)),
+        markers,
+        &x_of,
+        markers::ROWS,
+    );
 }
 
 /// Carries out `a`.
