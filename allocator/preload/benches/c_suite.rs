@@ -2,7 +2,8 @@
 //! malloc and Debian's libmimalloc, libjemalloc and libtcmalloc, reported as ratios.
 //!
 //! Run: `cargo bench -p heaplens-preload --bench c_suite [-- --rounds N] [--only NAME[,NAME]]
-//! [--alloc NAME[,NAME]] [--scale F]`.
+//! [--alloc NAME[,NAME]] [--scale F] [--heaplens PATH]`. `--heaplens` measures another build of
+//! the library (a copy kept from before a change) instead of building this one.
 //!
 //! The workloads are C programs under `benches/c` (compiled here with `gcc -O2 -pthread` into
 //! `<target>/release/c_suite/`) and real programs (python3 on `benches/real/alloc_heavy.py`, g++
@@ -179,6 +180,7 @@ struct Options {
     scale: f64,
     only: Option<Vec<String>>,
     allocs: Option<Vec<String>>,
+    heaplens: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -187,6 +189,7 @@ fn parse_args() -> Result<Options, String> {
         scale: 1.0,
         only: None,
         allocs: None,
+        heaplens: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -212,6 +215,7 @@ fn parse_args() -> Result<Options, String> {
             "--alloc" => {
                 opts.allocs = Some(value("--alloc")?.split(',').map(str::to_owned).collect());
             }
+            "--heaplens" => opts.heaplens = Some(PathBuf::from(value("--heaplens")?)),
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -242,7 +246,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn new() -> Result<(Setup, PathBuf), String> {
+    fn new(heaplens: Option<&Path>) -> Result<(Setup, PathBuf), String> {
         let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
         let profile = exe
             .parent()
@@ -256,7 +260,11 @@ impl Setup {
             .map_err(|e| format!("workspace root: {e}"))?;
         let dir = profile.join("c_suite");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let lib = build_heaplens(&root, &profile)?;
+        let lib = match heaplens {
+            Some(lib) if lib.is_file() => lib.to_path_buf(),
+            Some(lib) => return Err(format!("{} is not a file", lib.display())),
+            None => build_heaplens(&root, &profile)?,
+        };
         let setup = Setup {
             dir,
             root,
@@ -522,7 +530,7 @@ fn main() -> ExitCode {
 #[allow(clippy::too_many_lines)]
 fn run() -> Result<bool, String> {
     let opts = parse_args()?;
-    let (setup, lib) = Setup::new()?;
+    let (setup, lib) = Setup::new(opts.heaplens.as_deref())?;
     let mut allocs = allocators(lib);
     if let Some(names) = &opts.allocs {
         for n in names {
