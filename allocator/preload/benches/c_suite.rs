@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p heaplens-preload --bench c_suite [-- --rounds N] [--only NAME[,NAME]]
 //! [--alloc NAME[,NAME]] [--scale F] [--heaplens PATH]`. `--heaplens` measures another build of
-//! the library (a copy kept from before a change) instead of building this one.
+//! the library (a copy kept from before a change; relative to the workspace root) instead of
+//! building this one.
 //!
 //! The workloads are C programs under `benches/c` (compiled here with `gcc -O2 -pthread` into
 //! `<target>/release/c_suite/`) and real programs (python3 on `benches/real/alloc_heavy.py`, g++
@@ -260,8 +261,11 @@ impl Setup {
             .map_err(|e| format!("workspace root: {e}"))?;
         let dir = profile.join("c_suite");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        // A relative `--heaplens` is taken from the workspace root (cargo runs benches in the
+        // package's directory, users type paths from the root).
+        let heaplens = heaplens.map(|l| root.join(l));
         let lib = match heaplens {
-            Some(lib) if lib.is_file() => lib.to_path_buf(),
+            Some(lib) if lib.is_file() => lib,
             Some(lib) => return Err(format!("{} is not a file", lib.display())),
             None => build_heaplens(&root, &profile)?,
         };
