@@ -135,6 +135,11 @@ const WORKLOADS: &[Workload] = &[
         program: Program::C("threadex", &[]),
     },
     Workload {
+        name: "threadex-1m",
+        what: "the same with blocks up to 1 MiB (those of 128 KiB..1 MiB are large pages)",
+        program: Program::C("threadex", &["20"]),
+    },
+    Workload {
         name: "churn-mt",
         what: "4 threads replace random 8 B..4 KiB blocks; one in 16 goes through a shared table to another thread",
         program: Program::C("churn_mt", &[]),
@@ -655,13 +660,13 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
         "\nC suite under LD_PRELOAD: median of {} rounds, time in ms | peak RSS in MiB",
         opts.rounds
     );
-    let _ = write!(out, "{:<10}", "workload");
+    let _ = write!(out, "{:<12}", "workload");
     for a in allocs {
         let _ = write!(out, " {:>19}", a.name);
     }
     let _ = writeln!(out);
     for (wi, w) in workloads.iter().enumerate() {
-        let _ = write!(out, "{:<10}", w.name);
+        let _ = write!(out, "{:<12}", w.name);
         for m in &med[wi] {
             let _ = write!(out, " {:>10.1} | {:>6.1}", m.0 * 1000.0, m.1);
         }
@@ -675,7 +680,7 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
         if rss { h.1 / o.1 } else { h.0 / o.0 }
     };
     let _ = writeln!(out, "\nheaplens / other (time | peak RSS)");
-    let _ = write!(out, "{:<10}", "workload");
+    let _ = write!(out, "{:<12}", "workload");
     for &ai in &others {
         let _ = write!(out, " {:>17}", format!("vs {}", allocs[ai].name));
     }
@@ -683,7 +688,7 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
     let mut time_ratios = vec![Vec::new(); allocs.len()];
     let mut rss_ratios = vec![Vec::new(); allocs.len()];
     for (wi, w) in workloads.iter().enumerate() {
-        let _ = write!(out, "{:<10}", w.name);
+        let _ = write!(out, "{:<12}", w.name);
         for &ai in &others {
             let (t, m) = (ratio(wi, ai, false), ratio(wi, ai, true));
             time_ratios[ai].push((w.name, t));
@@ -693,7 +698,7 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
         let _ = writeln!(out);
     }
     let gm = |v: &[(&str, f64)]| geomean(&v.iter().map(|x| x.1).collect::<Vec<_>>());
-    let _ = write!(out, "{:<10}", "geomean");
+    let _ = write!(out, "{:<12}", "geomean");
     for &ai in &others {
         let _ = write!(
             out,
@@ -814,7 +819,7 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
     let _ = writeln!(out);
     let _ = writeln!(out, "\nworkloads:");
     for w in workloads {
-        let _ = writeln!(out, "  {:<10} {}", w.name, w.what);
+        let _ = writeln!(out, "  {:<12} {}", w.name, w.what);
     }
     out
 }

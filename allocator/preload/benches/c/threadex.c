@@ -2,7 +2,9 @@
  * rptest and mstress): each round starts a set of threads that allocate blocks of 16 B .. 64 KiB
  * (powers of two, small ones more often), swap them into a shared table (freeing whatever block
  * they take out, usually another thread's), and exit; the next round's threads find the table
- * full of blocks from threads that are gone. Peak RSS shows whether abandoned memory is reused. */
+ * full of blocks from threads that are gone. Peak RSS shows whether abandoned memory is reused.
+ * argv[2] is log2 of the largest block (16 by default: 64 KiB; 20 makes 128 KiB .. 1 MiB blocks,
+ * large pages, part of the mix). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include "bench.h"
@@ -11,11 +13,12 @@ enum { THREADS = 4, ROUNDS = 40, TABLE = 4096 };
 
 static _Atomic(void *) table[TABLE];
 static long steps_each;
+static int max_shift = 16;
 
 static size_t pow2_size(rng_t *r) {
   uint64_t x = rng_next(r);
-  /* shift 4..16, weighted towards small: the low bits pick how many halvings from 64 KiB */
-  int shift = 4 + (int)((x & 0xff) % 13);
+  /* shift 4..max_shift, weighted towards small */
+  int shift = 4 + (int)((x & 0xff) % (uint64_t)(max_shift - 3));
   if ((x >> 8) & 1) shift = 4 + (int)((x >> 9) % 6); /* half the time 16 B .. 512 B */
   return (size_t)1 << shift;
 }
@@ -41,6 +44,8 @@ static void *run(void *arg) {
 
 int main(int argc, char **argv) {
   steps_each = scaled(24000, bench_scale(argc, argv));
+  if (argc > 2) max_shift = atoi(argv[2]);
+  if (max_shift < 5 || max_shift > 24) die("largest block shift out of range (5..24)");
   uint64_t sum = 0;
   for (int round = 0; round < ROUNDS; round++) {
     pthread_t tid[THREADS];
