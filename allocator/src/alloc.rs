@@ -46,6 +46,10 @@ pub unsafe fn zalloc(size: usize) -> *mut u8 {
 /// The fast path of [`malloc`] (and, with `ZERO`, [`zalloc`]): pop the free list of the page in
 /// the heap's direct slot for the size.
 ///
+/// The paths it leaves for are `extern "C"` functions: they cannot unwind (an allocator must
+/// not), so a C entry point that inlines this fast path needs no landing pad around them and
+/// reaches them with a jump instead of a call with a stack frame.
+///
 /// # Safety
 /// As [`malloc`].
 #[inline(always)]
@@ -74,7 +78,7 @@ unsafe fn alloc_fast<const ZERO: bool>(size: usize) -> *mut u8 {
 /// # Safety
 /// As [`malloc`].
 #[inline(never)]
-unsafe fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
+unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
     let heap = heap::default_heap();
     // SAFETY: as in `alloc_fast`; the generic path reports the allocation itself.
     unsafe {
@@ -84,6 +88,28 @@ unsafe fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
             return hook::alloc_event(heap, p, size, if ZERO { flags::ZERO } else { 0 });
         }
         malloc_generic(heap, size, ZERO)
+    }
+}
+
+/// [`malloc`]'s fast path alone: a block from the page in the direct slot for `size` when the
+/// hook is off and that page has a free block; null otherwise, and then the caller calls
+/// [`malloc`]. For a C entry point that handles the rare cases out of line (`errno`), so that its
+/// fast path needs no stack frame.
+///
+/// # Safety
+/// As [`malloc`].
+#[inline(always)]
+pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
+    if hook::enabled() {
+        return ptr::null_mut();
+    }
+    // SAFETY: as in `alloc_fast`.
+    unsafe {
+        let page = direct_page(heap::default_heap(), size);
+        if page.is_null() {
+            return page.cast();
+        }
+        page::pop(page, 0)
     }
 }
 
@@ -136,7 +162,11 @@ unsafe fn ensure_heap(heap: *mut Heap) -> *mut Heap {
 /// # Safety
 /// `heap` is [`heap::default_heap`].
 #[inline(never)]
-pub(crate) unsafe fn malloc_generic(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
+pub(crate) unsafe extern "C" fn malloc_generic(
+    heap: *mut Heap,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
     // SAFETY: the heap is this thread's; a page from `find_page` has a free block.
     unsafe {
         let heap = ensure_heap(heap);

@@ -42,7 +42,7 @@ pub unsafe fn free(p: *mut u8) {
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.
 #[inline(never)]
-unsafe fn free_watched(segment: *mut Segment, p: *mut u8, watch: u8) {
+unsafe extern "C" fn free_watched(segment: *mut Segment, p: *mut u8, watch: u8) {
     // SAFETY: forwarded.
     unsafe {
         if watch & options::WATCH_CHECK != 0 {
@@ -80,18 +80,32 @@ unsafe fn free_reported<const TRACE: bool>(segment: *mut Segment, p: *mut u8) {
     // SAFETY: as in `free`.
     unsafe {
         let page = page_of(segment, p);
-        if (*segment).thread_id.load(Relaxed) == thread_id() && (*page).flags.load(Relaxed) == 0 {
-            let heap = (*page).heap();
-            if TRACE && !hook::try_free_event(heap, p) {
-                return free_local_reported(heap, page, p);
+        if thread_id() == (*segment).thread_id.load(Relaxed) && (*page).flags.load(Relaxed) == 0 {
+            if TRACE {
+                let heap = (*page).heap();
+                if !hook::try_free_event(heap, p) {
+                    return free_local_reported(heap, page, p);
+                }
             }
             if push_local(page, p.cast()) == 0 {
-                heap::retire(heap, page);
+                retire_local(page);
             }
             return;
         }
         free_generic(segment, page, p);
     }
+}
+
+/// Retires `page`, which the local free just emptied. Out of line and `extern "C"` (it cannot
+/// unwind) like `free`'s other exits, so the fast path reaches it with a jump and needs no stack
+/// frame; it loads the page's heap itself, so the fast path does not.
+///
+/// # Safety
+/// `page` is an empty page of the calling thread's heap.
+#[inline(never)]
+unsafe extern "C" fn retire_local(page: *mut Page) {
+    // SAFETY: forwarded; an owned page's heap is the calling thread's.
+    unsafe { heap::retire((*page).heap(), page) }
 }
 
 /// A local free whose event did not fit the thread's buffer: reported through the slow path.
@@ -128,7 +142,7 @@ pub(crate) unsafe fn push_local(page: *mut Page, block: *mut Block) -> u32 {
 }
 
 #[inline(never)]
-unsafe fn free_generic(segment: *mut Segment, page: *mut Page, p: *mut u8) {
+unsafe extern "C" fn free_generic(segment: *mut Segment, page: *mut Page, p: *mut u8) {
     // SAFETY: `p` is live (checked mode verifies it and aborts otherwise).
     unsafe {
         let block = if options::check() {

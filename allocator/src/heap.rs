@@ -8,7 +8,6 @@
 //! blocks, so the first `malloc` of a thread falls into the generic path, which creates the
 //! thread's heap: the fast path never tests "is this thread initialised?".
 
-use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 
@@ -126,20 +125,15 @@ const EMPTY_PAGE_PTR: *mut Page = (&raw const EMPTY_PAGE.0).cast_mut();
 pub(crate) static EMPTY_HEAP: Static<Heap> = Static(Heap::new());
 pub(crate) const EMPTY_HEAP_PTR: *mut Heap = (&raw const EMPTY_HEAP.0).cast_mut();
 
-thread_local! {
-    /// The calling thread's heap. `const`-initialised, no destructor: safe to touch inside
-    /// `malloc` (see STYLE.md); thread exit is handled through a pthread key in [`crate::init`].
-    static DEFAULT_HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP_PTR) };
-}
-
-/// The calling thread's heap ([`EMPTY_HEAP`] before its first allocation).
+/// The calling thread's heap ([`EMPTY_HEAP`] before its first allocation): a thread-local word
+/// read in two instructions (see [`crate::tls`]).
 #[inline(always)]
 pub(crate) fn default_heap() -> *mut Heap {
-    DEFAULT_HEAP.with(Cell::get)
+    crate::tls::heap()
 }
 
 pub(crate) fn set_default_heap(heap: *mut Heap) {
-    DEFAULT_HEAP.with(|h| h.set(heap));
+    crate::tls::set_heap(heap);
 }
 
 /// A number unique among live threads: the thread pointer.

@@ -37,7 +37,7 @@ static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 /// Whether events are being recorded right now.
 #[inline(always)]
 pub fn enabled() -> bool {
-    COMPILED && ENABLED.load(Relaxed)
+    COMPILED && crate::static_flag::load_static_flag!(ENABLED) != 0
 }
 
 /// Whether what `heap`'s thread does to shared allocator state would be recorded: always when

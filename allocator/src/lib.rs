@@ -38,8 +38,10 @@ pub mod page;
 pub mod page_queue;
 pub mod segment;
 pub mod segment_map;
+mod static_flag;
 pub mod stats;
 mod sync;
+mod tls;
 pub mod wire;
 
 pub use alloc::{

@@ -28,7 +28,9 @@ static WATCH: AtomicU8 = AtomicU8::new(0);
 /// need not).
 #[inline(always)]
 pub(crate) fn watch() -> u8 {
-    WATCH.load(Relaxed)
+    #[allow(clippy::cast_possible_truncation)] // a byte, zero-extended
+    let watch = crate::static_flag::load_static_flag!(WATCH) as u8;
+    watch
 }
 
 /// Sets or clears one reason to watch `free`.

@@ -90,16 +90,6 @@ fn map_with(size: usize, extra_flags: libc::c_int) -> *mut u8 {
     }
 }
 
-/// Asks for transparent huge pages on `p..p+size` (large and huge segments, whose memory a
-/// program touches wholesale: one fault per 2 MiB instead of 512). Advice only; errors ignored.
-///
-/// # Safety
-/// The range must be inside a mapping of ours.
-pub(crate) unsafe fn advise_huge_pages(p: *mut u8, size: usize) {
-    // SAFETY: the caller guarantees the range is ours; MADV_HUGEPAGE changes no contents.
-    unsafe { libc::madvise(p.cast(), size, libc::MADV_HUGEPAGE) };
-}
-
 /// Maps memory for the allocator's own use (heap structs, event buffers): not counted as heap
 /// memory, so statistics and the model agree on what the program's heap holds.
 pub(crate) fn map_internal(size: usize) -> *mut u8 {

@@ -97,6 +97,22 @@ static INIT_ARRAY_ENTRY: extern "C" fn() = init;
 /// None beyond C's: release the result only with this library's `free`/`realloc`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // SAFETY: the core's fast path may be called with any size from any thread.
+    let p = unsafe { hl::alloc::malloc_fast(size) };
+    if !p.is_null() {
+        return p.cast();
+    }
+    // SAFETY: as above.
+    unsafe { malloc_slow(size) }
+}
+
+/// [`malloc`] when its fast path has no block: the core's whole `malloc`, and `errno`. Out of
+/// line and `extern "C"` (it cannot unwind), so `malloc`'s fast path is a leaf: no stack frame.
+///
+/// # Safety
+/// As for [`malloc`].
+#[inline(never)]
+unsafe extern "C" fn malloc_slow(size: usize) -> *mut c_void {
     // SAFETY: the core's `malloc` may be called with any size from any thread.
     or_enomem(unsafe { hl::malloc(size) })
 }

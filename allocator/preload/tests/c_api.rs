@@ -116,3 +116,13 @@ fn header_compiles_cleanly_in_c_and_cpp() {
         out.assert_success(&format!("heaplens.h with {compiler} {std}"));
     }
 }
+
+#[test]
+fn dlopened_library_gives_each_thread_its_own_heap() {
+    let scratch = Scratch::new("dlopen");
+    let exe = scratch.join("dlopen");
+    compile_with("cc", &[test_file("c/dlopen.c")], &exe, &["-ldl"]);
+    let out = run(command(&exe).arg(preload_lib()), TIMEOUT);
+    out.assert_success("dlopen.c loading libheaplens.so");
+    assert_eq!(out.stdout, "ok\n", "{}", out.describe());
+}
