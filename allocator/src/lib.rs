@@ -32,14 +32,19 @@ pub mod global;
 pub mod heap;
 pub mod hook;
 pub mod init;
+pub mod module;
 pub mod options;
 pub mod os;
 pub mod page;
 pub mod page_queue;
+pub mod sample;
 pub mod segment;
 pub mod segment_map;
+pub mod stack_table;
+pub mod stacks;
 pub mod stats;
 mod sync;
+pub mod unwind;
 pub mod wire;
 
 pub use alloc::{
@@ -48,6 +53,7 @@ pub use alloc::{
 pub use free::free;
 pub use global::HeapLens;
 pub use init::process_init;
+pub use sample::{StackMode, set_stack_mode};
 pub use stats::{BinStats, Stats, print_stats, stats};
 
 /// log2 of the segment size.
