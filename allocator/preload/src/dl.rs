@@ -2,7 +2,6 @@
 //! are known to the stack unwinder at once (frames in a library just loaded resolve) and
 //! reported in the trace. The real functions are looked up once, when the library starts.
 
-
 // The test build exports nothing (see `lib.rs`), so the wrappers are unused there.
 #![cfg_attr(test, allow(dead_code))]
 use core::ffi::{c_char, c_int, c_void};
