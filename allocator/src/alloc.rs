@@ -81,7 +81,7 @@ unsafe fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
         // One compare decides whether the allocation may get a stack; the rest is out of line,
         // reached by a tail call so that it finds the caller's registers (see `stacks`).
         if (*heap).stacks.sampler.take(size) {
-            return crate::stacks::alloc_sampled_entry(size, ZERO);
+            return crate::stacks::alloc_sampled_entry(size, ZERO, heap);
         }
         let page = direct_page(heap, size);
         if !page.is_null() {

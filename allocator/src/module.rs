@@ -50,6 +50,55 @@ pub fn is_code(pc: usize) -> bool {
     i > 0 && pc < ranges[i - 1].1
 }
 
+/// [`is_code`] with the last two ranges found kept at hand (a thread's return addresses mostly
+/// fall in a few modules): the owner's, in its heap.
+pub struct CodeCache {
+    table: *const RangeTable,
+    hits: [(usize, usize); 2],
+}
+
+impl CodeCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        Self {
+            table: ptr::null(),
+            hits: [(0, 0); 2],
+        }
+    }
+
+    /// Whether `pc` lies in a loaded module's code.
+    #[inline]
+    pub fn is_code(&mut self, pc: usize) -> bool {
+        let t = RANGES.load(Acquire);
+        if t.cast_const() != self.table {
+            self.table = t;
+            self.hits = [(0, 0); 2];
+        }
+        if self.hits.iter().any(|&(s, e)| pc >= s && pc < e) {
+            return true;
+        }
+        if t.is_null() {
+            return false;
+        }
+        // SAFETY: published tables are complete before the release store and never freed.
+        let t = unsafe { &*t };
+        let ranges = &t.ranges[..t.len.min(MAX_RANGES)];
+        let i = ranges.partition_point(|&(start, _)| start <= pc);
+        if i > 0 && pc < ranges[i - 1].1 {
+            self.hits = [ranges[i - 1], self.hits[0]];
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for CodeCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Whether `pc` lies in this library's own code, when it is a shared object.
 pub fn is_own_code(pc: usize) -> bool {
     pc >= OWN_START.load(Relaxed) && pc < OWN_END.load(Relaxed)

@@ -44,7 +44,16 @@ pub struct NewNode {
 pub struct StackTable {
     slots: *mut Slot,
     nodes: usize,
+    /// The last stack interned and its leaf's id (0: none): a loop that allocates from one
+    /// place finds its stack here without a lookup per frame.
+    last: [usize; LAST_FRAMES],
+    last_len: usize,
+    last_truncated: bool,
+    last_leaf: u32,
 }
+
+/// Frames of the last stack kept for comparison.
+const LAST_FRAMES: usize = 64;
 
 impl StackTable {
     /// An empty table (its memory is mapped at the first stack).
@@ -52,6 +61,10 @@ impl StackTable {
         Self {
             slots: ptr::null_mut(),
             nodes: 0,
+            last: [0; LAST_FRAMES],
+            last_len: 0,
+            last_truncated: false,
+            last_leaf: 0,
         }
     }
 
@@ -72,6 +85,7 @@ impl StackTable {
             unsafe { ptr::write_bytes(self.slots, 0, TABLE_SLOTS) };
         }
         self.nodes = 0;
+        self.last_leaf = 0;
     }
 
     /// Returns the table's memory to the OS.
@@ -82,6 +96,7 @@ impl StackTable {
             self.slots = ptr::null_mut();
         }
         self.nodes = 0;
+        self.last_leaf = 0;
     }
 
     fn ensure(&mut self) -> bool {
@@ -139,11 +154,35 @@ impl StackTable {
         truncated: bool,
         room: impl FnOnce(usize) -> bool,
         ids: impl FnOnce(u32) -> u32,
-        mut report: impl FnMut(NewNode),
+        report: impl FnMut(NewNode),
     ) -> u32 {
         if frames.is_empty() || !self.ensure() {
             return 0;
         }
+        if self.last_leaf != 0
+            && self.last_truncated == truncated
+            && self.last[..self.last_len] == *frames
+        {
+            return self.last_leaf;
+        }
+        let leaf = self.intern_new(frames, truncated, room, ids, report);
+        if leaf != 0 && frames.len() <= LAST_FRAMES {
+            self.last[..frames.len()].copy_from_slice(frames);
+            self.last_len = frames.len();
+            self.last_truncated = truncated;
+            self.last_leaf = leaf;
+        }
+        leaf
+    }
+
+    fn intern_new(
+        &mut self,
+        frames: &[usize],
+        truncated: bool,
+        room: impl FnOnce(usize) -> bool,
+        ids: impl FnOnce(u32) -> u32,
+        mut report: impl FnMut(NewNode),
+    ) -> u32 {
         let root_key = if truncated { TRUNCATED_ROOT } else { 0 };
         // The known part, from the outermost frame in.
         let mut parent = 0;

@@ -27,7 +27,7 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 
 use crate::event::{EventKind, flags};
-use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
+use crate::heap::{EMPTY_HEAP_PTR, Heap};
 use crate::sample::Sampler;
 use crate::stack_table::StackTable;
 use crate::unwind::{self, Regs};
@@ -46,6 +46,10 @@ pub struct HeapStacks {
     /// The table's nodes may not all have been delivered (events were lost), or belong to an
     /// earlier recording: start afresh at the next stack.
     epoch: u32,
+    /// The walk's frames (here rather than on the stack: no 512 bytes to clear per stack).
+    frames: [usize; MAX_FRAMES],
+    /// The last two code ranges return addresses fell in, and the module table they came from.
+    code_cache: module::CodeCache,
 }
 
 impl HeapStacks {
@@ -55,6 +59,8 @@ impl HeapStacks {
             table: StackTable::new(),
             stack: (0, 0),
             epoch: 0,
+            frames: [0; MAX_FRAMES],
+            code_cache: module::CodeCache::new(),
         }
     }
 }
@@ -145,8 +151,18 @@ pub unsafe fn register_entry(f: usize, a: usize, b: usize) {
     }
 }
 
+/// Calibration runs on some thread: the entry looks at [`CALIBRATING`] (a thread-local, which
+/// costs more than this load in a shared object).
+static CALIBRATION_RUNS: AtomicBool = AtomicBool::new(false);
+
 /// Calibrates the registered entry points (see the module docs). The hook must be on.
 pub(crate) fn calibrate() {
+    CALIBRATION_RUNS.store(true, Relaxed);
+    calibrate_entries();
+    CALIBRATION_RUNS.store(false, Relaxed);
+}
+
+fn calibrate_entries() {
     let mut n = 0;
     for e in &ENTRIES {
         let f = e.0.load(Acquire);
@@ -223,11 +239,17 @@ fn through_site(regs: Regs, stack: (usize, usize)) -> Option<Regs> {
 /// `malloc`, its stack pointer and frame pointer to [`alloc_sampled`].
 ///
 /// # Safety
-/// As [`crate::malloc`]; called only by a jump from `malloc`'s traced path.
+/// As [`crate::malloc`]; called only by a jump from `malloc`'s traced path, with the calling
+/// thread's heap.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(size: usize, zero: bool) -> *mut u8 {
+pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(
+    size: usize,
+    zero: bool,
+    heap: *mut Heap,
+) -> *mut u8 {
     core::arch::naked_asm!(
+        "mov r9, rdx",
         "mov rdx, [rsp]",
         "lea rcx, [rsp + 8]",
         "mov r8, rbp",
@@ -241,30 +263,37 @@ pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(size: usize, zero: bool
 /// # Safety
 /// As [`crate::malloc`].
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(size: usize, zero: bool) -> *mut u8 {
+pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(
+    size: usize,
+    zero: bool,
+    heap: *mut Heap,
+) -> *mut u8 {
     // SAFETY: forwarded.
-    unsafe { alloc_sampled(size, zero, 0, 0, 0) }
+    unsafe { alloc_sampled(size, zero, 0, 0, 0, heap) }
 }
 
 /// The out-of-line half of the traced path: decides whether the allocation gets a stack,
 /// allocates, and reports the stack's new frames and the allocation.
 ///
 /// # Safety
-/// As [`crate::malloc`]; `pc`, `sp`, `fp` are the registers at the call of `malloc` (or 0).
+/// As [`crate::malloc`]; `pc`, `sp`, `fp` are the registers at the call of `malloc` (or 0);
+/// `heap` is the calling thread's heap (or the empty heap).
 unsafe extern "sysv64" fn alloc_sampled(
     size: usize,
     zero: bool,
     pc: usize,
     sp: usize,
     fp: usize,
+    mut heap: *mut Heap,
 ) -> *mut u8 {
-    if let Some(noted) = CALIBRATING.with(Cell::get) {
+    if CALIBRATION_RUNS.load(Relaxed)
+        && let Some(noted) = CALIBRATING.with(Cell::get)
+    {
         if noted.pc == 0 {
             CALIBRATING.with(|c| c.set(Some(Regs { pc, sp, fp })));
         }
         return core::ptr::null_mut();
     }
-    let mut heap = heap::default_heap();
     if heap == EMPTY_HEAP_PTR {
         heap = init::thread_init();
         if heap.is_null() {
@@ -318,25 +347,26 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
         } else {
             regs
         };
-        let mut frames = [0usize; MAX_FRAMES];
+        let frames = &mut st.frames;
+        let cache = &mut st.code_cache;
         let walk = if lo <= regs.sp && regs.sp < hi {
             unwind::walk(
                 regs,
                 (lo, hi),
                 |a| (a as *const usize).read(),
-                module::is_code,
-                &mut frames,
+                |pc| cache.is_code(pc),
+                frames,
             )
         } else {
             // Not on the thread's stack (a coroutine's, a signal stack): the leaf alone.
-            let leaf = module::is_code(regs.pc);
+            let leaf = cache.is_code(regs.pc);
             frames[0] = regs.pc;
             unwind::Walk {
                 len: usize::from(leaf),
                 truncated: true,
             }
         };
-        let frames = &frames[..walk.len];
+        let frames = &st.frames[..walk.len];
         st.table.intern(
             frames,
             walk.truncated,

@@ -42,7 +42,7 @@ pub fn walk(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
-    is_code: impl Fn(usize) -> bool,
+    mut is_code: impl FnMut(usize) -> bool,
     out: &mut [usize],
 ) -> Walk {
     let stop = |len| Walk {
