@@ -23,6 +23,7 @@
 
 pub mod alloc;
 pub mod bin;
+pub mod cfi;
 pub mod check;
 #[cfg(feature = "hook")]
 pub mod collector;

@@ -11,22 +11,78 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
+use crate::cfi::Row;
 use crate::os;
 use crate::sync::SpinLock;
 
 /// Executable ranges a table holds; ranges beyond are left out (their frames end a walk).
 pub const MAX_RANGES: usize = 4096;
 
+/// An executable range `[start, end)` and the unwind rows of its module (empty: none yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CodeRange {
+    /// First address.
+    pub start: usize,
+    /// One past the last address.
+    pub end: usize,
+    rows: *const Row,
+    nrows: usize,
+}
+
+impl CodeRange {
+    /// A range without rows.
+    pub const fn new(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end,
+            rows: ptr::null(),
+            nrows: 0,
+        }
+    }
+
+    /// The unwind rows of the range's module, sorted (empty: none, walk by frame pointers).
+    pub fn rows(&self) -> &'static [Row] {
+        if self.rows.is_null() {
+            return &[];
+        }
+        // SAFETY: rows are registered in OS memory and never freed.
+        unsafe { core::slice::from_raw_parts(self.rows, self.nrows) }
+    }
+
+    /// A range whose rows are `rows` (which must never be freed: tests leak them).
+    pub fn with_rows(start: usize, end: usize, rows: &'static [Row]) -> Self {
+        Self {
+            start,
+            end,
+            rows: rows.as_ptr(),
+            nrows: rows.len(),
+        }
+    }
+}
+
 #[repr(C)]
 struct RangeTable {
     len: usize,
-    /// `[start, end)`, sorted by start.
-    ranges: [(usize, usize); MAX_RANGES],
+    /// Sorted by start.
+    ranges: [CodeRange; MAX_RANGES],
 }
 
+/// Unwind rows built by the collector, per executable range (`start`, `end`, rows): a refresh
+/// attaches them to the ranges it publishes. Guarded by [`REFRESH`]; in OS memory.
+struct Registry {
+    entries: *mut CodeRange,
+    len: usize,
+}
+const REGISTRY_MAX: usize = 4096;
+// SAFETY: the registry is only touched under its lock; its memory is ours.
+unsafe impl Send for Registry {}
+
 static RANGES: AtomicPtr<RangeTable> = AtomicPtr::new(ptr::null_mut());
-/// Serialises refreshes (the collector and threads in `dlopen`).
-static REFRESH: SpinLock<()> = SpinLock::new(());
+/// Serialises refreshes (the collector and threads in `dlopen`), and holds the rows registry.
+static REFRESH: SpinLock<Registry> = SpinLock::new(Registry {
+    entries: ptr::null_mut(),
+    len: 0,
+});
 /// `dlpi_adds` and `dlpi_subs` when the ranges were last enumerated.
 static SEEN_ADDS: AtomicU64 = AtomicU64::new(u64::MAX);
 static SEEN_SUBS: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -46,15 +102,15 @@ pub fn is_code(pc: usize) -> bool {
     // SAFETY: published tables are complete before the release store and never freed.
     let t = unsafe { &*t };
     let ranges = &t.ranges[..t.len.min(MAX_RANGES)];
-    let i = ranges.partition_point(|&(start, _)| start <= pc);
-    i > 0 && pc < ranges[i - 1].1
+    let i = ranges.partition_point(|r| r.start <= pc);
+    i > 0 && pc < ranges[i - 1].end
 }
 
 /// [`is_code`] with the last two ranges found kept at hand (a thread's return addresses mostly
 /// fall in a few modules): the owner's, in its heap.
 pub struct CodeCache {
     table: *const RangeTable,
-    hits: [(usize, usize); 2],
+    hits: [CodeRange; 2],
 }
 
 impl CodeCache {
@@ -62,33 +118,33 @@ impl CodeCache {
     pub const fn new() -> Self {
         Self {
             table: ptr::null(),
-            hits: [(0, 0); 2],
+            hits: [CodeRange::new(0, 0); 2],
         }
     }
 
-    /// Whether `pc` lies in a loaded module's code.
+    /// The code range holding `pc`, if `pc` lies in a loaded module's code.
     #[inline]
-    pub fn is_code(&mut self, pc: usize) -> bool {
+    pub fn lookup(&mut self, pc: usize) -> Option<CodeRange> {
         let t = RANGES.load(Acquire);
         if t.cast_const() != self.table {
             self.table = t;
-            self.hits = [(0, 0); 2];
+            self.hits = [CodeRange::new(0, 0); 2];
         }
-        if self.hits.iter().any(|&(s, e)| pc >= s && pc < e) {
-            return true;
+        if let Some(hit) = self.hits.iter().find(|r| pc >= r.start && pc < r.end) {
+            return Some(*hit);
         }
         if t.is_null() {
-            return false;
+            return None;
         }
         // SAFETY: published tables are complete before the release store and never freed.
         let t = unsafe { &*t };
         let ranges = &t.ranges[..t.len.min(MAX_RANGES)];
-        let i = ranges.partition_point(|&(start, _)| start <= pc);
-        if i > 0 && pc < ranges[i - 1].1 {
+        let i = ranges.partition_point(|r| r.start <= pc);
+        if i > 0 && pc < ranges[i - 1].end {
             self.hits = [ranges[i - 1], self.hits[0]];
-            true
+            Some(ranges[i - 1])
         } else {
-            false
+            None
         }
     }
 }
@@ -174,7 +230,7 @@ fn loader_counters() -> (u64, u64) {
 /// Enumerates the modules' executable ranges into a new table and publishes it. Not to be
 /// called inside `malloc`.
 pub fn refresh_ranges() {
-    let _guard = REFRESH.lock();
+    let mut registry = REFRESH.lock();
     let counters = loader_counters();
     let t = os::map_internal(core::mem::size_of::<RangeTable>()).cast::<RangeTable>();
     if t.is_null() {
@@ -196,7 +252,7 @@ pub fn refresh_ranges() {
                     OWN_END.store(end, Relaxed);
                 }
                 if t.len < MAX_RANGES {
-                    t.ranges[t.len] = (start, end);
+                    t.ranges[t.len] = CodeRange::new(start, end);
                     t.len += 1;
                 }
             }
@@ -208,11 +264,137 @@ pub fn refresh_ranges() {
     unsafe {
         libc::dl_iterate_phdr(Some(add), t.cast());
         let len = (*t).len;
-        (&mut (*t).ranges)[..len].sort_unstable();
+        let ranges = &mut (&mut (*t).ranges)[..len];
+        ranges.sort_unstable();
+        registry.attach(ranges);
     }
     RANGES.store(t, Release);
     SEEN_ADDS.store(counters.0, Relaxed);
     SEEN_SUBS.store(counters.1, Relaxed);
+}
+
+impl Registry {
+    fn entries(&self) -> &[CodeRange] {
+        if self.entries.is_null() {
+            return &[];
+        }
+        // SAFETY: the registry's own mapping of REGISTRY_MAX entries, `len` of them written;
+        // the caller holds the lock.
+        unsafe { core::slice::from_raw_parts(self.entries, self.len) }
+    }
+
+    fn entries_mut(&mut self) -> &mut [CodeRange] {
+        if self.entries.is_null() {
+            return &mut [];
+        }
+        // SAFETY: as in `entries`, and the registry is borrowed mutably.
+        unsafe { core::slice::from_raw_parts_mut(self.entries, self.len) }
+    }
+
+    /// Gives `ranges` (sorted) their rows, and forgets the rows of ranges no longer loaded.
+    fn attach(&mut self, ranges: &mut [CodeRange]) {
+        let mut kept = 0;
+        let entries = self.entries_mut();
+        for i in 0..entries.len() {
+            let e = entries[i];
+            let found = ranges.binary_search_by_key(&(e.start, e.end), |r| (r.start, r.end));
+            if let Ok(j) = found {
+                ranges[j].rows = e.rows;
+                ranges[j].nrows = e.nrows;
+                entries[kept] = e;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+
+    fn has(&self, start: usize, end: usize) -> bool {
+        self.entries()
+            .iter()
+            .any(|e| e.start == start && e.end == end)
+    }
+
+    fn add(&mut self, range: CodeRange) {
+        if self.entries.is_null() {
+            self.entries = os::map_internal(REGISTRY_MAX * size_of::<CodeRange>()).cast();
+        }
+        if !self.entries.is_null() && self.len < REGISTRY_MAX {
+            // SAFETY: below the mapping's capacity.
+            unsafe { self.entries.add(self.len).write(range) };
+            self.len += 1;
+        }
+    }
+}
+
+/// Builds the unwind rows of the loaded modules that have none yet (the collector, outside
+/// `malloc`; it allocates), registers them and publishes the ranges with their rows.
+#[cfg(feature = "hook")]
+pub fn build_rows() {
+    type Found = Vec<((usize, usize), Vec<(usize, usize)>, Vec<Row>)>;
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        let run = || {
+            // SAFETY: the loader passes a valid info; `data` is our pair.
+            unsafe {
+                let info = &*info;
+                let (known, out) = &mut *data.cast::<(Vec<(usize, usize)>, Found)>();
+                let ranges: Vec<(usize, usize)> = exec_ranges(info).collect();
+                if ranges.is_empty() || ranges.iter().all(|r| known.contains(r)) {
+                    return;
+                }
+                // Parsed here, while the loader keeps the module loaded.
+                let rows = crate::cfi::module_rows(info);
+                out.push(((info.dlpi_addr as usize, 0), ranges, rows));
+            }
+        };
+        // Nothing may unwind into the loader.
+        i32::from(std::panic::catch_unwind(run).is_err())
+    }
+    let known: Vec<(usize, usize)> = {
+        let registry = REFRESH.lock();
+        registry
+            .entries()
+            .iter()
+            .map(|e| (e.start, e.end))
+            .collect()
+    };
+    let mut data: (Vec<(usize, usize)>, Found) = (known, Vec::new());
+    // SAFETY: the callback only pushes onto the Vecs it is given and never unwinds.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut data).cast()) };
+    if data.1.is_empty() {
+        return;
+    }
+    {
+        let mut registry = REFRESH.lock();
+        for (_, ranges, rows) in data.1 {
+            // Rows go to OS memory, never freed: threads read them without a lock.
+            let bytes = (rows.len() * size_of::<Row>()).max(1);
+            let mem = if rows.is_empty() {
+                ptr::null_mut()
+            } else {
+                os::map_internal(bytes.next_multiple_of(4096)).cast::<Row>()
+            };
+            if !mem.is_null() {
+                // SAFETY: a fresh mapping of room for the rows.
+                unsafe { ptr::copy_nonoverlapping(rows.as_ptr(), mem, rows.len()) };
+            }
+            let nrows = if mem.is_null() { 0 } else { rows.len() };
+            for (start, end) in ranges {
+                if !registry.has(start, end) {
+                    registry.add(CodeRange {
+                        start,
+                        end,
+                        rows: mem,
+                        nrows,
+                    });
+                }
+            }
+        }
+    }
+    refresh_ranges();
 }
 
 /// Whether `info` is the main program (the loader gives it an empty name).
@@ -242,7 +424,7 @@ unsafe fn exec_ranges(info: &libc::dl_phdr_info) -> impl Iterator<Item = (usize,
 
 /// # Safety
 /// As [`exec_ranges`].
-unsafe fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
+pub(crate) unsafe fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
     if info.dlpi_phdr.is_null() {
         return &[];
     }
@@ -362,6 +544,8 @@ impl Reporter {
     pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>) {
         use crate::event::{Event, EventKind, flags, module_text};
         refresh_ranges();
+        #[cfg(feature = "hook")]
+        build_rows();
         let now = modules();
         let ev = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64, f: u8| Event {
             kind: kind as u8,

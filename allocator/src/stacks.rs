@@ -354,12 +354,12 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
                 regs,
                 (lo, hi),
                 |a| (a as *const usize).read(),
-                |pc| cache.is_code(pc),
+                |pc| cache.lookup(pc).map(|r| r.rows()),
                 frames,
             )
         } else {
             // Not on the thread's stack (a coroutine's, a signal stack): the leaf alone.
-            let leaf = cache.is_code(regs.pc);
+            let leaf = cache.lookup(regs.pc).is_some();
             frames[0] = regs.pc;
             unwind::Walk {
                 len: usize::from(leaf),

@@ -1,17 +1,22 @@
-//! Walking a stack by frame pointers, with every step checked, and finding a thread's stack.
+//! Walking a stack, with every step checked, and finding a thread's stack.
 //!
 //! [`walk`] is a pure function of the registers at the allocation site, a reader of stack words,
-//! the stack's bounds and a test for code addresses, so a test can feed it corrupt stacks. It
-//! reads only 8-byte words inside the bounds and never follows a frame that fails a check:
+//! the stack's bounds and a lookup of code addresses (with their module's unwind rows, see
+//! [`crate::cfi`]), so a test can feed it corrupt stacks. Each step finds the caller's frame by
+//! the row covering the return address when the module has rows (DWARF call frame information:
+//! code without frame pointers), by the frame pointer otherwise. It reads only 8-byte words
+//! inside the bounds and never follows a frame that fails a check:
 //!
-//! - the frame address lies in the stack (at or above the caller's stack pointer, below the top),
-//!   is 16-byte aligned (the x86-64 and aarch64 ABIs keep frames so), and grows strictly from one
-//!   frame to the next (no cycles);
+//! - each caller frame lies in the stack, strictly above the frame before it (no cycles), at or
+//!   below the top; a frame pointer is 16-byte aligned (the x86-64 ABI keeps frames so);
 //! - each return address lies in a known executable range (a loaded module's code);
 //! - at most `out.len()` frames (64).
 //!
-//! A walk that stops at a failed check or at the depth limit says so (`truncated`); a frame
-//! pointer of 0 is the end of the chain (`_start` and `clone` clear it), not a truncation.
+//! A walk that stops at a failed check, at a row it cannot follow, or at the depth limit says so
+//! (`truncated`); a frame pointer of 0 (`_start` and `clone` clear it) or a row saying the
+//! return address is undefined is the end of the stack, not a truncation.
+
+use crate::cfi::{self, Row, rule};
 
 /// The registers at the allocation site: the return address into the caller of `malloc`, the
 /// caller's stack pointer after the return, and its frame pointer.
@@ -34,54 +39,88 @@ pub struct Walk {
     pub truncated: bool,
 }
 
-/// Walks the frame-pointer chain from `regs` into `out` (leaf first). `stack` is the thread's
-/// stack `[lo, hi)`; `read(addr)` is only called with 8-byte aligned `addr` such that `addr + 8
-/// <= hi` and `addr >= max(lo, regs.sp)`. `is_code` says whether an address lies in a module's
-/// code.
+/// Walks the stack from `regs` into `out` (leaf first). `stack` is the thread's stack `[lo,
+/// hi)`; `read(addr)` is only called with 8-byte aligned `addr` such that `addr + 8 <= hi` and
+/// `addr >= max(lo, regs.sp)`. `code(pc)` says whether an address lies in a module's code, and
+/// gives that module's unwind rows (empty: walk by frame pointers).
 pub fn walk(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
-    mut is_code: impl FnMut(usize) -> bool,
+    mut code: impl FnMut(usize) -> Option<&'static [Row]>,
     out: &mut [usize],
 ) -> Walk {
     let stop = |len| Walk {
         len,
         truncated: true,
     };
-    if out.is_empty() || !is_code(regs.pc) {
+    let end = |len| Walk {
+        len,
+        truncated: false,
+    };
+    let Some(mut rows) = code(regs.pc) else {
+        return stop(0);
+    };
+    if out.is_empty() {
         return stop(0);
     }
     out[0] = regs.pc;
     let mut n = 1;
     let lo = stack.0.max(regs.sp);
     let hi = stack.1;
-    let mut fp = regs.fp;
-    // The lowest address the next frame may have (strictly above the last one).
-    let mut floor = lo;
+    // A word at `a` may be read: aligned, inside the stack, at or above the current frame.
+    let readable =
+        |a: usize, sp: usize| a >= sp && a >= lo && a.is_multiple_of(8) && hi >= 8 && a <= hi - 8;
+    let (mut pc, mut sp, mut fp) = (regs.pc, lo, regs.fp);
     loop {
-        if fp == 0 {
-            return Walk {
-                len: n,
-                truncated: false,
-            };
-        }
         if n == out.len() {
             return stop(n);
         }
-        let in_stack = fp >= floor && hi >= 16 && fp <= hi - 16;
-        if !in_stack || !fp.is_multiple_of(16) {
-            return stop(n);
+        // The return address points after the call: the call itself is at `pc - 1`.
+        let (ra, next_sp, next_fp) = match cfi::find(rows, pc.wrapping_sub(1)) {
+            Some(row) if row.rule == rule::END => return end(n),
+            Some(row) if row.rule == rule::CFA_RSP || row.rule == rule::CFA_RBP => {
+                let base = if row.rule == rule::CFA_RSP { sp } else { fp };
+                let Some(cfa) = base.checked_add_signed(row.cfa_offset as isize) else {
+                    return stop(n);
+                };
+                let Some(ra_at) = cfa.checked_add_signed(isize::from(row.ra_offset)) else {
+                    return stop(n);
+                };
+                if cfa <= sp || cfa > hi || !readable(ra_at, sp) {
+                    return stop(n);
+                }
+                let next_fp = if row.rbp_offset == 0 {
+                    fp
+                } else {
+                    match cfa.checked_add_signed(isize::from(row.rbp_offset)) {
+                        Some(at) if readable(at, sp) => read(at),
+                        _ => return stop(n),
+                    }
+                };
+                (read(ra_at), cfa, next_fp)
+            }
+            Some(_) => return stop(n),
+            None => {
+                // Frame pointers: `[fp]` the caller's frame pointer, `[fp + 8]` the return address.
+                if fp == 0 {
+                    return end(n);
+                }
+                if !fp.is_multiple_of(16) || !readable(fp, sp) || !readable(fp + 8, sp) {
+                    return stop(n);
+                }
+                (read(fp + 8), fp + 16, read(fp))
+            }
+        };
+        if ra == 0 {
+            return end(n);
         }
-        let next = read(fp);
-        let ret = read(fp + 8);
-        if !is_code(ret) {
+        let Some(next_rows) = code(ra) else {
             return stop(n);
-        }
-        out[n] = ret;
+        };
+        out[n] = ra;
         n += 1;
-        floor = fp + 16;
-        fp = next;
+        (pc, sp, fp, rows) = (ra, next_sp, next_fp, next_rows);
     }
 }
 
@@ -181,6 +220,7 @@ impl MapsParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cfi::{Row, rule};
     use std::cell::Cell;
 
     /// A synthetic stack: `words` at `base`, code in `[0x1000, 0x2000)`.
@@ -219,7 +259,7 @@ mod tests {
                 regs,
                 (self.base, self.hi()),
                 read,
-                |pc| (0x1000..0x2000).contains(&pc),
+                |pc| (0x1000..0x2000).contains(&pc).then_some(&[][..]),
                 &mut out,
             );
             (out[..w.len].to_vec(), w)
@@ -368,6 +408,103 @@ mod tests {
             let (_, w) = s.run(regs(fp));
             assert!(w.len <= 64);
         }
+    }
+
+    /// Code in `[0x1000, 0x2000)` with rows: `[0x1000, 0x1100)` keeps the CFA at rsp + 16 with
+    /// rbp saved at CFA - 16 (a function that pushed rbp, no frame pointer use), `[0x1100,
+    /// 0x1200)` at rsp + 8 (a leaf-like frame), `[0x1200, 0x1300)` has no row (frame pointers),
+    /// `[0x1300, 0x1400)` a rule the table cannot express, `[0x1400, 0x1500)` the end.
+    fn rows() -> &'static [Row] {
+        let row = |start, rule, cfa_offset, rbp_offset| Row {
+            start,
+            cfa_offset,
+            ra_offset: -8,
+            rbp_offset,
+            rule,
+        };
+        Box::leak(Box::new([
+            row(0x1000, rule::CFA_RSP, 16, -16),
+            row(0x1100, rule::CFA_RSP, 8, 0),
+            row(0x1200, rule::NONE, 0, 0),
+            row(0x1300, rule::STOP, 0, 0),
+            row(0x1400, rule::END, 0, 0),
+            row(0x1500, rule::NONE, 0, 0),
+        ]))
+    }
+
+    fn run_rows(s: &Fake, regs: Regs) -> (Vec<usize>, Walk) {
+        let mut out = [0usize; 64];
+        let read = |a: usize| {
+            assert!(a.is_multiple_of(8) && a >= s.base.max(regs.sp) && a + 8 <= s.hi());
+            s.words[(a - s.base) / 8]
+        };
+        let rows = rows();
+        let w = walk(
+            regs,
+            (s.base, s.hi()),
+            read,
+            |pc| (0x1000..0x2000).contains(&pc).then_some(rows),
+            &mut out,
+        );
+        (out[..w.len].to_vec(), w)
+    }
+
+    #[test]
+    fn rows_walk_frames_without_frame_pointers() {
+        let mut s = Fake::new(BASE, 64);
+        // Leaf at 0x1010 (CFA = sp + 16): return address 0x1110 at sp + 8, rbp saved at sp.
+        s.set(BASE, 0x7777);
+        s.set(BASE + 8, 0x1110);
+        // 0x1110 (CFA = sp + 8): return address 0x1210 at BASE + 16.
+        s.set(BASE + 16, 0x1210);
+        // 0x1210 has no row: frame pointers, and the rbp restored above (0x7777) is not a
+        // frame; make it one: rbp was saved as BASE + 0x40.
+        s.set(BASE, BASE + 0x40);
+        s.set(BASE + 0x40, 0);
+        s.set(BASE + 0x48, 0x1410);
+        let r = Regs {
+            pc: 0x1010,
+            sp: BASE,
+            fp: 0xdead,
+        };
+        let (pcs, w) = run_rows(&s, r);
+        assert_eq!(pcs, [0x1010, 0x1110, 0x1210, 0x1410]);
+        assert!(!w.truncated, "the end row ends the walk cleanly");
+    }
+
+    #[test]
+    fn rows_that_cannot_be_followed_truncate() {
+        let mut s = Fake::new(BASE, 64);
+        s.set(BASE + 8, 0x1310);
+        let r = Regs {
+            pc: 0x1010,
+            sp: BASE,
+            fp: 0,
+        };
+        let (pcs, w) = run_rows(&s, r);
+        assert_eq!((pcs, w.truncated), (vec![0x1010, 0x1310], true));
+        // A CFA beyond the stack's top.
+        let top = Regs {
+            pc: 0x1010,
+            sp: s.hi() - 8,
+            fp: 0,
+        };
+        assert_eq!(
+            run_rows(&s, top).1,
+            Walk {
+                len: 1,
+                truncated: true
+            }
+        );
+        // A return address that is not code.
+        s.set(BASE + 8, 0x9999);
+        assert_eq!(
+            run_rows(&s, r).1,
+            Walk {
+                len: 1,
+                truncated: true
+            }
+        );
     }
 
     #[test]

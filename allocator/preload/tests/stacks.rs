@@ -92,8 +92,19 @@ fn text(events: &[&Event]) -> Vec<u8> {
 
 #[test]
 fn leaf_frames_of_allocations_lie_in_their_functions() {
-    let scratch = Scratch::new("stacks");
-    let exe = compile_c(&scratch, "stacks.c", &["-fno-omit-frame-pointer", "-ldl"]);
+    check_frames("stacks", &["-fno-omit-frame-pointer", "-ldl"]);
+}
+
+/// The program built as most C code is (`-O2`, no frame pointers): the walk follows the
+/// modules' `.eh_frame` rows, and the callers are found all the same.
+#[test]
+fn frames_resolve_without_frame_pointers() {
+    check_frames("stacks-nofp", &["-O2", "-fomit-frame-pointer", "-ldl"]);
+}
+
+fn check_frames(name: &str, cflags: &[&str]) {
+    let scratch = Scratch::new(name);
+    let exe = compile_c(&scratch, "stacks.c", cflags);
     let events = record(&scratch, &exe, &[("HEAPLENS_STACKS", "all")]);
 
     // The mode, first among the stack events.
@@ -159,6 +170,13 @@ fn leaf_frames_of_allocations_lie_in_their_functions() {
             "caller {:#x} of {f} not in main or allocator",
             parent.addr
         );
+        if inside("main", parent.addr) {
+            // Beyond main: the C library's start code, up to the end of the stack.
+            let outer = frames
+                .get(&(parent.arg as u32))
+                .expect("a frame beyond main");
+            assert!(!inside("main", outer.addr));
+        }
         if e.arg == 1001 {
             from_a += 1;
         } else {
