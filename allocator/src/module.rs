@@ -111,7 +111,12 @@ pub fn is_code(pc: usize) -> bool {
 pub struct CodeCache {
     table: *const RangeTable,
     hits: [CodeRange; 2],
+    /// Return addresses seen, with their rows (direct-mapped by address): a thread's stacks
+    /// repeat, and a binary search over a large library's rows costs a few hundred instructions.
+    frames: [(usize, Option<Row>); FRAME_CACHE],
 }
+
+const FRAME_CACHE: usize = 64;
 
 impl CodeCache {
     /// An empty cache.
@@ -119,7 +124,29 @@ impl CodeCache {
         Self {
             table: ptr::null(),
             hits: [CodeRange::new(0, 0); 2],
+            frames: [(0, None); FRAME_CACHE],
         }
+    }
+
+    /// For the walk ([`crate::unwind::walk`]): whether the return address `pc` lies in code,
+    /// and the unwind row covering its call.
+    #[inline]
+    pub fn frame(&mut self, pc: usize) -> Option<Option<Row>> {
+        // Two ways: slot and its neighbour; a new entry goes to the first, the old one moves on.
+        let slot = ((pc as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize & !1;
+        if self.table == RANGES.load(Acquire).cast_const() && pc != 0 {
+            if self.frames[slot].0 == pc {
+                return Some(self.frames[slot].1);
+            }
+            if self.frames[slot + 1].0 == pc {
+                return Some(self.frames[slot + 1].1);
+            }
+        }
+        let range = self.lookup(pc)?;
+        let row = crate::unwind::rows_frame(range.rows(), pc);
+        self.frames[slot + 1] = self.frames[slot];
+        self.frames[slot] = (pc, row);
+        Some(row)
     }
 
     /// The code range holding `pc`, if `pc` lies in a loaded module's code.
@@ -129,6 +156,7 @@ impl CodeCache {
         if t.cast_const() != self.table {
             self.table = t;
             self.hits = [CodeRange::new(0, 0); 2];
+            self.frames = [(0, None); FRAME_CACHE];
         }
         if let Some(hit) = self.hits.iter().find(|r| pc >= r.start && pc < r.end) {
             return Some(*hit);

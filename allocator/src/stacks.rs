@@ -21,7 +21,9 @@
 //! return address into heaplens's own code that was not calibrated drops the stack (0) rather
 //! than report it wrong; the preload tests check the leaf frames of a C program.
 //!
-//! Allocations through `realloc` and the aligned entry points carry no stack.
+//! From there the walk ([`crate::unwind`]) follows the modules' `.eh_frame` rows
+//! ([`crate::cfi`]) or frame pointers. Allocations through `realloc` and the aligned entry
+//! points carry no stack.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
@@ -354,7 +356,7 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
                 regs,
                 (lo, hi),
                 |a| (a as *const usize).read(),
-                |pc| cache.lookup(pc).map(|r| r.rows()),
+                |pc| cache.frame(pc),
                 frames,
             )
         } else {

@@ -41,13 +41,14 @@ pub struct Walk {
 
 /// Walks the stack from `regs` into `out` (leaf first). `stack` is the thread's stack `[lo,
 /// hi)`; `read(addr)` is only called with 8-byte aligned `addr` such that `addr + 8 <= hi` and
-/// `addr >= max(lo, regs.sp)`. `code(pc)` says whether an address lies in a module's code, and
-/// gives that module's unwind rows (empty: walk by frame pointers).
+/// `addr >= max(lo, regs.sp)`. `frame(pc)` says whether the return address `pc` lies in a
+/// module's code (`None` if not), and gives the unwind row covering the call before it
+/// (`Some(None)`: no row, walk by frame pointers); see [`rows_frame`].
 pub fn walk(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
-    mut code: impl FnMut(usize) -> Option<&'static [Row]>,
+    mut frame: impl FnMut(usize) -> Option<Option<Row>>,
     out: &mut [usize],
 ) -> Walk {
     let stop = |len| Walk {
@@ -58,7 +59,7 @@ pub fn walk(
         len,
         truncated: false,
     };
-    let Some(mut rows) = code(regs.pc) else {
+    let Some(mut row) = frame(regs.pc) else {
         return stop(0);
     };
     if out.is_empty() {
@@ -71,13 +72,12 @@ pub fn walk(
     // A word at `a` may be read: aligned, inside the stack, at or above the current frame.
     let readable =
         |a: usize, sp: usize| a >= sp && a >= lo && a.is_multiple_of(8) && hi >= 8 && a <= hi - 8;
-    let (mut pc, mut sp, mut fp) = (regs.pc, lo, regs.fp);
+    let (mut sp, mut fp) = (lo, regs.fp);
     loop {
         if n == out.len() {
             return stop(n);
         }
-        // The return address points after the call: the call itself is at `pc - 1`.
-        let (ra, next_sp, next_fp) = match cfi::find(rows, pc.wrapping_sub(1)) {
+        let (ra, next_sp, next_fp) = match row {
             Some(row) if row.rule == rule::END => return end(n),
             Some(row) if row.rule == rule::CFA_RSP || row.rule == rule::CFA_RBP => {
                 let base = if row.rule == rule::CFA_RSP { sp } else { fp };
@@ -115,13 +115,19 @@ pub fn walk(
         if ra == 0 {
             return end(n);
         }
-        let Some(next_rows) = code(ra) else {
+        let Some(next_row) = frame(ra) else {
             return stop(n);
         };
         out[n] = ra;
         n += 1;
-        (pc, sp, fp, rows) = (ra, next_sp, next_fp, next_rows);
+        (sp, fp, row) = (next_sp, next_fp, next_row);
     }
+}
+
+/// The row for the return address `pc` in a module's `rows`: the one covering the call, at
+/// `pc - 1` (the return address points after it).
+pub fn rows_frame(rows: &[Row], pc: usize) -> Option<Row> {
+    cfi::find(rows, pc.wrapping_sub(1)).copied()
 }
 
 /// Bounds of the calling thread's stack: the mapping of `/proc/self/maps` that holds `sp`, read
@@ -259,7 +265,7 @@ mod tests {
                 regs,
                 (self.base, self.hi()),
                 read,
-                |pc| (0x1000..0x2000).contains(&pc).then_some(&[][..]),
+                |pc| (0x1000..0x2000).contains(&pc).then_some(None),
                 &mut out,
             );
             (out[..w.len].to_vec(), w)
@@ -443,7 +449,7 @@ mod tests {
             regs,
             (s.base, s.hi()),
             read,
-            |pc| (0x1000..0x2000).contains(&pc).then_some(rows),
+            |pc| (0x1000..0x2000).contains(&pc).then(|| rows_frame(rows, pc)),
             &mut out,
         );
         (out[..w.len].to_vec(), w)
