@@ -15,15 +15,16 @@
 //! call), so there the return address at the entry points into `malloc` itself. Those entry
 //! points are *calibrated* when recording starts ([`register_entry`], [`calibrate`]): each is
 //! called once through a naked trampoline that notes its own stack pointer and puts a marker in
-//! `rbp`; the entry sees how far below that its stack pointer is, and whether `rbp` came through.
+//! `rbp`; the entry sees how far below that its stack pointer is, and whether `rbp` came through
+//! or where a frame in between saved it.
 //! A frame's size at a given call site is fixed, so from then on a return address into
 //! `malloc` at that call site gives the distance to the caller's return address exactly. A
 //! return address into heaplens's own code that was not calibrated drops the stack (0) rather
 //! than report it wrong; the preload tests check the leaf frames of a C program.
 //!
 //! From there the walk ([`crate::unwind`]) follows the modules' `.eh_frame` rows
-//! ([`crate::cfi`]) or frame pointers. Allocations through `realloc` and the aligned entry
-//! points carry no stack.
+//! ([`crate::cfi`]) or frame pointers. Allocations through the aligned entry points carry no
+//! stack.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
@@ -115,12 +116,21 @@ static ENTRIES: [(AtomicUsize, AtomicUsize, AtomicUsize); 8] = [const {
         AtomicUsize::new(0),
     )
 }; 8];
-/// Calibrated call sites: the return address into heaplens seen at the entry, and the
-/// distance from the entry's stack pointer to the caller's (low bit: `rbp` came through).
+/// Calibrated call sites: the return address into heaplens seen at the entry, and how to find
+/// the caller's registers from there: the distance from the entry's stack pointer (`sp` as
+/// passed, 8 above the entry's `rsp`) to the caller's, in the high 32 bits; in the low 32, where
+/// the caller's `rbp` is (see [`RBP_LIVE`], [`RBP_LOST`], else 1 + its offset from the entry's
+/// `rsp`, saved by a frame in between that used the register).
 static SITES: [(AtomicUsize, AtomicUsize); 8] =
     [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 8];
 /// The trampoline's stack pointer (the caller's, once the entry point returns).
 static CALIBRATION_SP: AtomicUsize = AtomicUsize::new(0);
+/// A call site whose frames above differ by entry point.
+const AMBIGUOUS: usize = usize::MAX;
+/// The caller's `rbp` is still in the register at the entry.
+const RBP_LIVE: usize = 0;
+/// The caller's `rbp` was not found.
+const RBP_LOST: usize = 0xffff_ffff;
 /// What the trampoline puts in `rbp`.
 const RBP_MARK: usize = 0x5afe_f00d_0000_0010;
 
@@ -132,16 +142,23 @@ thread_local! {
 /// An allocation size no allocation path accepts, but which every one sends to the stack
 /// entry: what calibration asks for.
 pub const CALIBRATION_SIZE: usize = usize::MAX / 2;
+/// The largest size `realloc` passes on to `malloc` (larger sizes fail before): what the
+/// calibration of `realloc` asks for (the entry returns null at once, the block stays).
+pub const CALIBRATION_REALLOC_SIZE: usize = crate::MAX_ALLOC_SIZE;
+/// As the first argument of a registered entry point: a live block of 16 bytes, made for the
+/// call (`realloc(p, n)` moving the block takes another call site than `realloc(NULL, n)`).
+pub const CALIBRATION_BLOCK: usize = usize::MAX;
 
 /// Registers an allocation entry point to be calibrated when recording starts: `f(a, b)` must
-/// reach the traced path's stack entry asking for [`CALIBRATION_SIZE`] bytes (`malloc(n)`,
-/// `calloc(1, n)`), and returns null without allocating. Call it before recording starts.
+/// reach the traced path's stack entry (`malloc(n)`, `calloc(1, n)` with [`CALIBRATION_SIZE`],
+/// `realloc(p, n)` with [`CALIBRATION_REALLOC_SIZE`]; `a` may be [`CALIBRATION_BLOCK`]), and
+/// return null without allocating. Call it before recording starts.
 ///
 /// # Safety
 /// `f` is the address of such a function with the C calling convention.
 pub unsafe fn register_entry(f: usize, a: usize, b: usize) {
     for e in &ENTRIES {
-        if e.0.load(Acquire) == f {
+        if e.0.load(Acquire) == f && e.1.load(Relaxed) == a && e.2.load(Relaxed) == b {
             return;
         }
         if e.0.load(Acquire) == 0 {
@@ -171,10 +188,32 @@ fn calibrate_entries() {
         if f == 0 {
             continue;
         }
+        let mut a = e.1.load(Relaxed);
+        let block = if a == CALIBRATION_BLOCK {
+            // SAFETY: a block of this (untraced) thread's own, freed below.
+            let p = unsafe { crate::malloc(16) };
+            if p.is_null() {
+                continue;
+            }
+            a = p as usize;
+            p
+        } else {
+            core::ptr::null_mut()
+        };
+        // Whatever the mode, the next allocation of this thread goes to the entry.
+        let heap = crate::heap::default_heap();
+        if heap != EMPTY_HEAP_PTR {
+            // SAFETY: this thread's heap.
+            unsafe { (*heap).stacks.sampler.countdown.store(0, Relaxed) };
+        }
         CALIBRATING.with(|c| c.set(Some(Regs::default())));
         // SAFETY: a registered entry point takes these arguments and allocates nothing here.
-        unsafe { calibration_call(f, e.1.load(Relaxed), e.2.load(Relaxed)) };
+        unsafe { calibration_call(f, a, e.2.load(Relaxed)) };
         let seen = CALIBRATING.with(|c| c.replace(None));
+        if !block.is_null() {
+            // SAFETY: the block made above, left intact by the failed call.
+            unsafe { crate::free(block) };
+        }
         let Some(regs) = seen.filter(|r| r.pc != 0) else {
             continue;
         };
@@ -182,10 +221,20 @@ fn calibrate_entries() {
         if !module::is_own_code(regs.pc) || caller_sp < regs.sp || n == SITES.len() {
             continue; // a tail call all the way: nothing to correct
         }
-        let delta = caller_sp - regs.sp;
-        SITES[n]
-            .1
-            .store(delta | usize::from(regs.fp == RBP_MARK), Relaxed);
+        // During calibration the entry notes where `rbp` went in `fp` (see `alloc_sampled`).
+        let Ok(d32) = u32::try_from(caller_sp - regs.sp) else {
+            continue;
+        };
+        let delta = (d32 as usize) << 32 | regs.fp.min(RBP_LOST);
+        if let Some(same) = SITES[..n].iter().find(|s| s.0.load(Relaxed) == regs.pc) {
+            // One call site reached from two entry points with different frames above it (a
+            // function not inlined into both): its caller cannot be found this way.
+            if same.1.load(Relaxed) != delta {
+                same.1.store(AMBIGUOUS, Relaxed);
+            }
+            continue;
+        }
+        SITES[n].1.store(delta, Relaxed);
         SITES[n].0.store(regs.pc, Release);
         n += 1;
     }
@@ -225,14 +274,30 @@ unsafe extern "sysv64" fn calibration_call(_f: usize, _a: usize, _b: usize) -> u
 fn through_site(regs: Regs, stack: (usize, usize)) -> Option<Regs> {
     let site = SITES.iter().find(|(pc, _)| pc.load(Acquire) == regs.pc)?;
     let d = site.1.load(Relaxed);
-    let sp = regs.sp.checked_add(d & !1)?;
+    if d == AMBIGUOUS {
+        return None;
+    }
+    let sp = regs.sp.checked_add(d >> 32)?;
     // The caller's return address is the word below its stack pointer, inside the stack.
-    if sp < stack.0 + 8 || sp > stack.1 || !sp.is_multiple_of(8) || sp - 8 < regs.sp {
+    if regs.sp < stack.0 + 8 || sp > stack.1 || !sp.is_multiple_of(8) || sp - 8 < regs.sp {
         return None;
     }
     // SAFETY: inside the thread's stack, above the entry's stack pointer.
     let pc = unsafe { ((sp - 8) as *const usize).read() };
-    let fp = if d & 1 != 0 { regs.fp } else { 0 };
+    let fp = match d & RBP_LOST {
+        RBP_LIVE => regs.fp,
+        RBP_LOST => 0,
+        slot => {
+            // Saved in a frame of ours, between the entry's `rsp` and the caller's.
+            let at = regs.sp - 8 + (slot - 1);
+            if at + 8 > sp || !at.is_multiple_of(8) {
+                return None;
+            }
+            // SAFETY: inside the thread's stack, between the entry's and the caller's stack
+            // pointers (our own live frames).
+            unsafe { (at as *const usize).read() }
+        }
+    };
     Some(Regs { pc, sp, fp })
 }
 
@@ -292,7 +357,21 @@ unsafe extern "sysv64" fn alloc_sampled(
         && let Some(noted) = CALIBRATING.with(Cell::get)
     {
         if noted.pc == 0 {
-            CALIBRATING.with(|c| c.set(Some(Regs { pc, sp, fp })));
+            // Where the caller's `rbp` (the trampoline's mark) is now: still in the register,
+            // or saved by a frame in between; noted in `fp`.
+            let top = CALIBRATION_SP.load(Relaxed);
+            let entry_rsp = sp - 8;
+            let slot = if fp == RBP_MARK {
+                RBP_LIVE
+            } else {
+                (entry_rsp..top)
+                    .step_by(8)
+                    // SAFETY: between the entry's stack pointer and the trampoline's: the live
+                    // frames of this very call.
+                    .find(|&a| unsafe { (a as *const usize).read() } == RBP_MARK)
+                    .map_or(RBP_LOST, |a| a - entry_rsp + 1)
+            };
+            CALIBRATING.with(|c| c.set(Some(Regs { pc, sp, fp: slot })));
         }
         return core::ptr::null_mut();
     }

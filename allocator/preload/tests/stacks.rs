@@ -141,7 +141,7 @@ fn check_frames(name: &str, cflags: &[&str]) {
 
     // Frames, each sent before the first allocation that uses it, in its thread's stream.
     let mut frames: HashMap<u32, Event> = HashMap::new();
-    let (mut from_a, mut from_b) = (0, 0);
+    let (mut from_a, mut from_b, mut from_c) = (0, 0, 0);
     for (heap, e) in &events {
         if e.kind == EventKind::StackFrame as u8 {
             assert_ne!(*heap, 0, "frames come in the threads' streams");
@@ -156,14 +156,20 @@ fn check_frames(name: &str, cflags: &[&str]) {
                 );
             }
         }
-        if e.kind != EventKind::Alloc as u8 || (e.arg != 1001 && e.arg != 2002) {
+        let f = match e.arg {
+            1001 => "alloc_a",
+            2002 => "alloc_b",
+            3030 => "alloc_c",
+            5050 => "grow_c",
+            _ => continue,
+        };
+        if e.kind != EventKind::Alloc as u8 {
             continue;
         }
         let leaf = frames
             .get(&e.arg32)
             .unwrap_or_else(|| panic!("allocation {e:?} has a stack sent before it"));
         let parent = frames.get(&(leaf.arg as u32)).expect("a caller frame");
-        let f = if e.arg == 1001 { "alloc_a" } else { "alloc_b" };
         assert!(inside(f, leaf.addr), "leaf {:#x} not in {f}", leaf.addr);
         assert!(
             inside("main", parent.addr) || inside("allocator", parent.addr),
@@ -177,13 +183,14 @@ fn check_frames(name: &str, cflags: &[&str]) {
                 .expect("a frame beyond main");
             assert!(!inside("main", outer.addr));
         }
-        if e.arg == 1001 {
-            from_a += 1;
-        } else {
-            from_b += 1;
+        match f {
+            "alloc_a" => from_a += 1,
+            "alloc_b" => from_b += 1,
+            _ => from_c += 1,
         }
     }
     assert_eq!(from_b, 500);
+    assert_eq!(from_c, 1000, "realloc, from NULL and moving a block");
     assert_eq!(from_a, 500 + 2 * 20000);
     // Interned: a handful of distinct stacks, not one per allocation.
     assert!(frames.len() < 100, "{} frames", frames.len());

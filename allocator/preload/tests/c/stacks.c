@@ -1,5 +1,6 @@
 /* Known call paths for the stack capture test: alloc_a allocates 1001-byte blocks with malloc,
- * alloc_b 2002-byte blocks with calloc, both called from main; built with frame pointers. A
+ * alloc_b 2002-byte blocks with calloc, alloc_c 3030 bytes with realloc(NULL, n), grow_c moves
+ * them to 5050 bytes with realloc, all called from main; built with frame pointers. A
  * thread loads a library (stacks_plugin.c, named by argv[1]) with dlopen while the others
  * allocate. */
 #include <dlfcn.h>
@@ -17,6 +18,18 @@ __attribute__((noinline)) void *alloc_b(size_t n) {
     char *p = calloc(1, n);
     if (p) p[1] = 2;
     return p;
+}
+
+__attribute__((noinline)) void *alloc_c(size_t n) {
+    char *p = realloc(NULL, n);
+    if (p) p[2] = 3;
+    return p;
+}
+
+__attribute__((noinline)) void *grow_c(void *p, size_t n) {
+    char *q = realloc(p, n); /* moves: far more than the block holds */
+    if (q) q[3] = 4;
+    return q;
 }
 
 static void *loader(void *path) {
@@ -50,6 +63,7 @@ int main(int argc, char **argv) {
         keep[2 * i + 1] = alloc_b(2002);
     }
     for (int i = 0; i < 2 * N; i++) free(keep[i]);
+    for (int i = 0; i < N; i++) free(grow_c(alloc_c(3030), 5050));
     void *r = NULL;
     int failed = 0;
     for (int i = 0; i < 3; i++) {
