@@ -9,8 +9,11 @@ use core::ptr;
 
 use crate::os;
 
-/// Slots in a table (16 bytes each: 256 KiB of address space, touched as it fills).
-pub const TABLE_SLOTS: usize = 1 << 14;
+/// Slots in a table (16 bytes each: 4 MiB of address space, touched as it fills). Recursive code
+/// makes many distinct stacks (binary trees of depth 16: 2^17 nodes), and a table that restarts
+/// often sends the same frames again and again.
+pub const TABLE_SLOTS: usize = 1 << TABLE_BITS;
+const TABLE_BITS: u32 = 18;
 /// The table starts afresh beyond this many nodes.
 pub const TABLE_MAX_NODES: usize = TABLE_SLOTS / 4 * 3;
 /// The parent key of an outermost node whose walk was truncated (a node apart from the complete
@@ -81,8 +84,9 @@ impl StackTable {
     /// Forgets every node (the next stacks are reported again, with new ids).
     pub fn clear(&mut self) {
         if !self.slots.is_null() && self.nodes > 0 {
-            // SAFETY: the table's own mapping of TABLE_SLOTS slots.
-            unsafe { ptr::write_bytes(self.slots, 0, TABLE_SLOTS) };
+            // SAFETY: the table's own private anonymous mapping: it reads back as zeros (empty
+            // slots), and its memory goes back to the OS.
+            unsafe { libc::madvise(self.slots.cast(), TABLE_SLOTS * 16, libc::MADV_DONTNEED) };
         }
         self.nodes = 0;
         self.last_leaf = 0;
@@ -109,7 +113,7 @@ impl StackTable {
     fn home(pc: usize, parent: u32) -> usize {
         let h = (pc as u64 ^ (u64::from(parent) << 40) ^ u64::from(parent))
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 50) as usize & (TABLE_SLOTS - 1)
+        (h >> (64 - TABLE_BITS)) as usize
     }
 
     fn find(&self, pc: usize, parent: u32) -> Option<u32> {
