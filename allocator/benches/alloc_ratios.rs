@@ -45,17 +45,23 @@ enum Alloc {
     System,
     /// heaplens built without the event hook (crate heaplens-alloc-nohook, same source).
     HeapLensNoHook,
-    /// heaplens with the hook on: a collector runs and receives every event.
+    /// heaplens with the hook on: a collector runs and receives every event (stacks off).
     HeapLensHookOn,
+    /// The hook on with stacks sampled (mean interval 512 KiB).
+    HeapLensStacksSampled,
+    /// The hook on with a stack for every allocation.
+    HeapLensStacksAll,
 }
 
-const ALLOCS: [Alloc; 6] = [
+const ALLOCS: [Alloc; 8] = [
     Alloc::HeapLens,
     Alloc::MiMalloc,
     Alloc::Jemalloc,
     Alloc::System,
     Alloc::HeapLensNoHook,
     Alloc::HeapLensHookOn,
+    Alloc::HeapLensStacksSampled,
+    Alloc::HeapLensStacksAll,
 ];
 
 impl Alloc {
@@ -67,6 +73,8 @@ impl Alloc {
             Alloc::System => "system",
             Alloc::HeapLensNoHook => "heaplens-nohook",
             Alloc::HeapLensHookOn => "heaplens-hook-on",
+            Alloc::HeapLensStacksSampled => "heaplens-stacks-sampled",
+            Alloc::HeapLensStacksAll => "heaplens-stacks-all",
         }
     }
 
@@ -139,7 +147,7 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe {
             match Self::which() {
-                0 | 5 => HEAPLENS.alloc(layout),
+                0 | 5..=7 => HEAPLENS.alloc(layout),
                 4 => NOHOOK.alloc(layout),
                 1 => MIMALLOC.alloc(layout),
                 2 => JEMALLOC.alloc(layout),
@@ -153,7 +161,7 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe {
             match Self::which() {
-                0 | 5 => HEAPLENS.alloc_zeroed(layout),
+                0 | 5..=7 => HEAPLENS.alloc_zeroed(layout),
                 4 => NOHOOK.alloc_zeroed(layout),
                 1 => MIMALLOC.alloc_zeroed(layout),
                 2 => JEMALLOC.alloc_zeroed(layout),
@@ -167,7 +175,7 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees; `ptr` came from the same allocator.
         unsafe {
             match Self::which() {
-                0 | 5 => HEAPLENS.dealloc(ptr, layout),
+                0 | 5..=7 => HEAPLENS.dealloc(ptr, layout),
                 4 => NOHOOK.dealloc(ptr, layout),
                 1 => MIMALLOC.dealloc(ptr, layout),
                 2 => JEMALLOC.dealloc(ptr, layout),
@@ -181,7 +189,7 @@ unsafe impl GlobalAlloc for ProcessAlloc {
         // SAFETY: forwarded with the caller's guarantees; `ptr` came from the same allocator.
         unsafe {
             match Self::which() {
-                0 | 5 => HEAPLENS.realloc(ptr, layout, new_size),
+                0 | 5..=7 => HEAPLENS.realloc(ptr, layout, new_size),
                 4 => NOHOOK.realloc(ptr, layout, new_size),
                 1 => MIMALLOC.realloc(ptr, layout, new_size),
                 2 => JEMALLOC.realloc(ptr, layout, new_size),
@@ -741,9 +749,15 @@ fn child(args: &[String]) -> ExitCode {
     let (time, check) = match alloc {
         Alloc::HeapLens => run_workload(&HEAPLENS, workload, scale),
         Alloc::HeapLensNoHook => run_workload(&NOHOOK, workload, scale),
-        Alloc::HeapLensHookOn => {
+        Alloc::HeapLensHookOn | Alloc::HeapLensStacksSampled | Alloc::HeapLensStacksAll => {
             // Every event goes to the collector, which counts it: what streaming costs the
             // program, without a socket's or a disk's speed in the measurement.
+            let mode = match alloc {
+                Alloc::HeapLensStacksSampled => heaplens_alloc::StackMode::Sampled,
+                Alloc::HeapLensStacksAll => heaplens_alloc::StackMode::All,
+                _ => heaplens_alloc::StackMode::Off,
+            };
+            heaplens_alloc::set_stack_mode(mode, heaplens_alloc::sample::DEFAULT_INTERVAL);
             static EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let config = heaplens_alloc::collector::Config {
                 lossless: true,
@@ -852,7 +866,8 @@ struct Options {
 
 const USAGE: &str = "usage: alloc_ratios [--quick] [--rounds N] [--scale F] [--workload NAME[,NAME..]] \
                      [--alloc NAME[,NAME..]]\n  workloads: churn prodcons trees larson realloc large\n  \
-                     allocators: heaplens mimalloc jemalloc system heaplens-nohook heaplens-hook-on";
+                     allocators: heaplens mimalloc jemalloc system heaplens-nohook heaplens-hook-on \
+                     heaplens-stacks-sampled heaplens-stacks-all";
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -1085,6 +1100,7 @@ fn report(o: &Options, results: &Results) -> String {
         r.push('\n');
     }
     if !has_heaplens || others.is_empty() {
+        stack_ratios(o, &med, &mut r);
         return r;
     }
     // summary: ratios per workload and geomeans
@@ -1179,7 +1195,53 @@ fn report(o: &Options, results: &Results) -> String {
             _ => {}
         }
     }
+    stack_ratios(o, &med, &mut r);
     r
+}
+
+/// Stacks sampled and all against stacks off (the hook on in every case), per workload.
+fn stack_ratios(o: &Options, med: &[Vec<Option<(f64, f64)>>], r: &mut String) {
+    let off = Alloc::HeapLensHookOn.index();
+    if o.allocs.contains(&Alloc::HeapLensHookOn) {
+        let _ = writeln!(
+            r,
+            "
+stacks (the hook on in every case), for information:"
+        );
+    }
+    for (alloc, budget) in [
+        (Alloc::HeapLensStacksSampled, Some(1.1)),
+        (Alloc::HeapLensStacksAll, None),
+    ] {
+        if !o.allocs.contains(&alloc) || !o.allocs.contains(&Alloc::HeapLensHookOn) {
+            continue;
+        }
+        let ratios: Vec<(&str, f64)> = o
+            .workloads
+            .iter()
+            .enumerate()
+            .filter_map(|(wi, w)| Some((w.name, med[wi][alloc.index()]?.0 / med[wi][off]?.0)))
+            .collect();
+        let Some(g) = geomean(&ratios.iter().map(|&(_, t)| t).collect::<Vec<_>>()) else {
+            continue;
+        };
+        let worst = ratios
+            .iter()
+            .copied()
+            .fold(("-", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        let each: Vec<String> = ratios.iter().map(|(w, t)| format!("{w} {t:.2}x")).collect();
+        let verdict = budget.map_or(String::new(), |b: f64| {
+            format!(" <= {b}x {}", if worst.1 <= b { "ok" } else { "OVER" })
+        });
+        let _ = writeln!(
+            r,
+            "  {} vs stacks off (hook on): geomean time {g:.2}x; worst {:.2}x ({}){verdict}; {}",
+            alloc.name(),
+            worst.1,
+            worst.0,
+            each.join(", ")
+        );
+    }
 }
 
 /// The workloads the hook-on budget names: churn, cross-thread frees, binary trees.

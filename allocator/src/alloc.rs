@@ -82,6 +82,11 @@ unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
     let heap = heap::default_heap();
     // SAFETY: as in `alloc_fast`; the generic path reports the allocation itself.
     unsafe {
+        // One compare decides whether the allocation may get a stack; the rest is out of line,
+        // reached by a tail call so that it finds the caller's registers (see `stacks`).
+        if (*heap).stacks.sampler.take(size) {
+            return crate::stacks::alloc_sampled_entry(size, ZERO, heap);
+        }
         let page = direct_page(heap, size);
         if !page.is_null() {
             let p = page::pop(page, if ZERO { size.max(1) } else { 0 });
@@ -173,7 +178,20 @@ pub(crate) unsafe extern "C" fn malloc_generic(
         if heap.is_null() {
             return ptr::null_mut();
         }
-        let p = if options::check() {
+        let p = generic_block(heap, size, zero);
+        traced(heap, p, size, if zero { flags::ZERO } else { 0 })
+    }
+}
+
+/// The block of the generic path, not reported.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (not the empty heap).
+#[inline(always)]
+unsafe fn generic_block(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded; a page from `find_page` has a free block.
+    unsafe {
+        if options::check() {
             check::malloc(heap, size, MAX_ALIGN, zero)
         } else {
             let page = heap::find_page(heap, size);
@@ -181,8 +199,23 @@ pub(crate) unsafe extern "C" fn malloc_generic(
                 return ptr::null_mut();
             }
             page::pop(page, if zero { size.max(1) } else { 0 })
-        };
-        traced(heap, p, size, if zero { flags::ZERO } else { 0 })
+        }
+    }
+}
+
+/// A block of `size` bytes (zeroed with `zero`) from `heap`, not reported: the allocation of
+/// the stack-capturing path ([`crate::stacks`]), which reports it with its stack.
+///
+/// # Safety
+/// `heap` is the calling thread's heap (not the empty heap).
+pub(crate) unsafe fn block_untraced(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded; a page from the direct slot has a free block of at least `size` bytes.
+    unsafe {
+        let page = direct_page(heap, size);
+        if !page.is_null() {
+            return page::pop(page, if zero { size.max(1) } else { 0 });
+        }
+        generic_block(heap, size, zero)
     }
 }
 

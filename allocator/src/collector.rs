@@ -178,6 +178,7 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
                 Ok(()) => dropped = 0,
                 Err(crossbeam_channel::TrySendError::Full(_)) => {
                     dropped += b.events.len() as u64;
+                    crate::stacks::invalidate_tables();
                     return true;
                 }
                 Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
@@ -190,6 +191,7 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
             Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 dropped += b.events.len() as u64;
+                crate::stacks::invalidate_tables();
                 true
             }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
@@ -245,8 +247,18 @@ fn wait_until(done: impl Fn() -> bool) -> bool {
     done()
 }
 
+std::thread_local! {
+    static ON_COLLECTOR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is the collector.
+pub(crate) fn on_collector_thread() -> bool {
+    ON_COLLECTOR.with(core::cell::Cell::get)
+}
+
 extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
     hook::TRACE_CHOICE.with(|u| u.set(2));
+    ON_COLLECTOR.with(|c| c.set(true));
     // Make this thread's (untraced) heap now: its first allocation must not happen while a lock
     // that thread initialisation takes is held (the heap list lock, during a drain).
     drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));
@@ -352,6 +364,8 @@ struct Collector<'a> {
     retired: Vec<BufferPtr>,
     /// The heaps' current buffers, gathered by `release_retired` (kept for its capacity).
     current: Vec<*mut hook::EventBuffer>,
+    /// The modules reported so far.
+    modules: crate::module::Reporter,
 }
 
 const MS: u64 = 1_000_000;
@@ -387,6 +401,7 @@ impl<'a> Collector<'a> {
             scratch_seq: 0,
             retired: Vec::new(),
             current: Vec::new(),
+            modules: crate::module::Reporter::default(),
         }
     }
 
@@ -395,6 +410,7 @@ impl<'a> Collector<'a> {
     }
 
     fn run(&mut self) {
+        self.start_stacks();
         // A first census: the state before recording started (the keyframe a viewer starts from).
         self.collect_all(self.now());
         self.flush(u64::MAX);
@@ -430,6 +446,7 @@ impl<'a> Collector<'a> {
                 self.finish();
                 return;
             }
+            self.check_modules(now - self.last_drain >= DRAIN_EVERY);
             if now - self.last_drain >= DRAIN_EVERY {
                 self.collect_all(now);
             }
@@ -449,7 +466,41 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// Reports the stack mode and the loaded modules, then lets threads report stacks: the
+    /// mode and modules come first in the trace (the clock moves on a tick between).
+    fn start_stacks(&mut self) {
+        let mode = crate::sample::stack_mode();
+        let interval = match mode {
+            crate::sample::StackMode::Sampled => crate::sample::sample_interval() as u64,
+            _ => 0,
+        };
+        self.scratch.push(Event {
+            kind: EventKind::StackMode as u8,
+            aux: mode.code(),
+            arg: interval,
+            time: hook::now(),
+            ..Event::default()
+        });
+        self.modules.update(hook::now(), &mut self.scratch);
+        self.flush_scratch();
+        crate::stacks::calibrate();
+        hook::bump_clock();
+        crate::stacks::arm(mode != crate::sample::StackMode::Off);
+    }
+
+    /// Reports modules loaded or unloaded since the last look (`dlopen`/`dlclose`, or, with
+    /// `counters`, the loader's counters moved).
+    fn check_modules(&mut self, counters: bool) {
+        let asked = crate::module::requested();
+        if crate::module::take_changed() | (counters && crate::module::loader_changed()) {
+            self.modules.update(hook::now(), &mut self.scratch);
+            self.flush_scratch();
+        }
+        crate::module::served(asked);
+    }
+
     fn finish(&mut self) {
+        crate::stacks::arm(false);
         // Whatever is still in the channel or in the threads' buffers.
         while let Ok(buf) = self.state.full_rx.try_recv() {
             self.take_full(buf);

@@ -221,7 +221,10 @@ pub mod stack_mode {
     /// No stacks.
     pub const OFF: u16 = 0;
     /// A stack for about one allocation per sampling interval of bytes (a Poisson process on
-    /// bytes: each byte is sampled with probability 1/interval).
+    /// bytes: each byte is sampled with probability 1/interval), and for every allocation of
+    /// the interval or more. An unbiased estimate weighs a sampled allocation of `size` bytes
+    /// as `1 / (1 - exp(-size / interval))` allocations when `size < interval`, as 1 otherwise.
+    /// Allocations that were not sampled carry no stack (`arg32` 0).
     pub const SAMPLED: u16 = 1;
     /// A stack for every allocation.
     pub const ALL: u16 = 2;

@@ -61,6 +61,8 @@ pub struct Heap {
     /// here and appended after the event being emitted, so lossless mode stays lossless.
     pub(crate) spill: [crate::event::Event; crate::hook::SPILL_EVENTS],
     pub(crate) spill_len: u8,
+    /// Stack capture: the sampling countdown, the interned stacks (see [`crate::stacks`]).
+    pub(crate) stacks: crate::stacks::HeapStacks,
     pub(crate) next_heap: *mut Heap,
     pub(crate) prev_heap: *mut Heap,
 }
@@ -95,6 +97,7 @@ impl Heap {
             drop_reasons: 0,
             spill: [crate::event::Event::EMPTY; crate::hook::SPILL_EVENTS],
             spill_len: 0,
+            stacks: crate::stacks::HeapStacks::new(),
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),
         }

@@ -533,6 +533,19 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             return;
         }
         IN_HOOK.with(|h| h.set(true));
+        next_buffer(heap);
+        put(heap, Some(ev));
+        IN_HOOK.with(|h| h.set(false));
+    }
+}
+
+/// Sends `heap`'s current buffer (if any) and attaches an empty one, if the collector takes it.
+///
+/// # Safety
+/// `heap` is the calling thread's heap; the hook runs (`IN_HOOK`).
+unsafe fn next_buffer(heap: *mut Heap) {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
         let full = (*heap).events.load(Relaxed);
         let sent = full.is_null() || {
             seal(heap, full);
@@ -542,6 +555,17 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             detach(heap);
             attach(heap, take_empty_buffer(heap));
         }
+    }
+}
+
+/// Writes the pending drop note, `ev` and the spilled events into `heap`'s current buffer, or
+/// counts them lost if they do not fit.
+///
+/// # Safety
+/// As [`next_buffer`].
+unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
+    // SAFETY: the calling thread owns `heap` and its buffer; the writes stay below its end.
+    unsafe {
         let buf = (*heap).events.load(Relaxed);
         let spilled = usize::from((*heap).spill_len);
         // Room for the drop note, the event and the spilled events.
@@ -551,7 +575,9 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             } else {
                 drop_reason::CONSUMER
             };
-            lose(heap, why);
+            if ev.is_some() {
+                lose(heap, why);
+            }
         } else {
             let mut n = written(heap, buf);
             let events = first_slot(buf);
@@ -560,7 +586,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
                     kind: EventKind::Dropped as u8,
                     aux: (*heap).drop_reasons,
                     arg: (*heap).dropped,
-                    time: ev.time,
+                    time: ev.map_or_else(now, |e| e.time),
                     ..Event::default()
                 };
                 events.add(n).write(d);
@@ -568,8 +594,10 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
                 (*heap).dropped = 0;
                 (*heap).drop_reasons = 0;
             }
-            events.add(n).write(ev);
-            n += 1;
+            if let Some(ev) = ev {
+                events.add(n).write(ev);
+                n += 1;
+            }
             for i in 0..spilled {
                 events.add(n).write((*heap).spill[i]);
                 n += 1;
@@ -577,7 +605,42 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             (*heap).spill_len = 0;
             (*heap).event_cursor.store(events.add(n), Release);
         }
+    }
+}
+
+/// Makes room for `n` events in `heap`'s current buffer, sending it on if it has less, so that
+/// the next `n` [`emit`]s append without a break (a stack's frames and its allocation arrive
+/// whole or not at all). False if that cannot be done now (no buffer, the collector is behind in
+/// live mode, or the hook already runs on this thread).
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+pub(crate) unsafe fn reserve(heap: *mut Heap, n: usize) -> bool {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
+        let room = |heap: *mut Heap| {
+            let at = (*heap).event_cursor.load(Relaxed);
+            if at.is_null() {
+                0
+            } else {
+                ((*heap).event_end as usize - at as usize) / EVENT_SIZE
+            }
+        };
+        if room(heap) >= n {
+            return true;
+        }
+        if n + 2 + SPILL_EVENTS > BUFFER_EVENTS
+            || !(*heap).traced.load(Relaxed)
+            || !enabled()
+            || IN_HOOK.with(Cell::get)
+        {
+            return false;
+        }
+        IN_HOOK.with(|h| h.set(true));
+        next_buffer(heap);
+        put(heap, None);
         IN_HOOK.with(|h| h.set(false));
+        room(heap) >= n
     }
 }
 
@@ -590,6 +653,7 @@ unsafe fn lose(heap: *mut Heap, why: u16) {
     unsafe {
         (*heap).dropped += 1;
         (*heap).drop_reasons |= why;
+        crate::stacks::lost_events(heap);
     }
 }
 

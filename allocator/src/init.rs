@@ -193,6 +193,7 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
                 (*next).prev_heap = prev;
             }
         }
+        crate::stacks::thread_done(heap);
         pool_free(heap);
     }
     // If the last flush allocated, the thread has a new heap, which ends in a later round of

@@ -23,6 +23,7 @@
 
 pub mod alloc;
 pub mod bin;
+pub mod cfi;
 pub mod check;
 #[cfg(feature = "hook")]
 pub mod collector;
@@ -32,16 +33,21 @@ pub mod global;
 pub mod heap;
 pub mod hook;
 pub mod init;
+pub mod module;
 pub mod options;
 pub mod os;
 pub mod page;
 pub mod page_queue;
+pub mod sample;
 pub mod segment;
 pub mod segment_map;
+pub mod stack_table;
+pub mod stacks;
 mod static_flag;
 pub mod stats;
 mod sync;
 mod tls;
+pub mod unwind;
 pub mod wire;
 
 pub use alloc::{
@@ -50,6 +56,7 @@ pub use alloc::{
 pub use free::free;
 pub use global::HeapLens;
 pub use init::process_init;
+pub use sample::{StackMode, set_stack_mode};
 pub use stats::{BinStats, Stats, print_stats, stats};
 
 /// log2 of the segment size.

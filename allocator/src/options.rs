@@ -71,6 +71,25 @@ pub(crate) fn init() {
     if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
         PURGE_DELAY_MS.store(ms, Relaxed);
     }
+    stacks_init();
+}
+
+/// `HEAPLENS_STACKS=off|sampled|all` (default sampled; an unknown value keeps the default),
+/// `HEAPLENS_SAMPLE_BYTES=N` (mean sampling interval, default 512 KiB) and
+/// `HEAPLENS_SAMPLE_SEED=N` (a fixed seed for the sampling, for tests).
+fn stacks_init() {
+    use crate::sample;
+    let mode = value(c"HEAPLENS_STACKS").and_then(sample::StackMode::parse);
+    let interval = number(c"HEAPLENS_SAMPLE_BYTES").and_then(|n| usize::try_from(n).ok());
+    if mode.is_some() || interval.is_some_and(|n| n > 0) {
+        sample::set_stack_mode(
+            mode.unwrap_or_else(sample::stack_mode),
+            interval.unwrap_or(0),
+        );
+    }
+    if let Some(seed) = number(c"HEAPLENS_SAMPLE_SEED") {
+        sample::set_sample_seed(seed);
+    }
 }
 
 fn value(name: &core::ffi::CStr) -> Option<&'static [u8]> {

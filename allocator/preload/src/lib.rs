@@ -17,6 +17,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use heaplens_alloc as hl;
 
+mod dl;
+
 /// Sets the calling thread's `errno`.
 fn set_errno(code: c_int) {
     // SAFETY: `__errno_location` returns a valid pointer to the calling thread's errno.
@@ -76,6 +78,21 @@ fn page_size() -> usize {
 /// lazily inside whichever allocation comes first.
 extern "C" fn init() {
     hl::process_init();
+    dl::init();
+    // The C entry points keep a frame on the traced path: calibrated when recording starts, so
+    // stacks start at the caller of `malloc` (see `heaplens_alloc::stacks`).
+    let big = hl::stacks::CALIBRATION_SIZE;
+    // SAFETY: `malloc(big)`, `calloc(1, big)` and `realloc(p, n)` reach the stack entry and
+    // return null.
+    unsafe {
+        hl::stacks::register_entry(malloc as *const () as usize, big, 0);
+        hl::stacks::register_entry(calloc as *const () as usize, 1, big);
+        // `realloc(NULL, n)` and `realloc(p, n)` reach `malloc` through two call sites.
+        let realloc_entry = realloc as *const () as usize;
+        let n = hl::stacks::CALIBRATION_REALLOC_SIZE;
+        hl::stacks::register_entry(realloc_entry, 0, n);
+        hl::stacks::register_entry(realloc_entry, hl::stacks::CALIBRATION_BLOCK, n);
+    }
     // Launched by `heaplens record`/`run`: stream events to the socket it names. A failure to
     // connect leaves the program running untraced; nothing may unwind out of a constructor.
     let _ = std::panic::catch_unwind(hl::wire::stream_from_env);

@@ -14,12 +14,17 @@ use std::time::{Duration, Instant};
 
 /// Environment variables that change how heaplens or the loader behave; every command starts
 /// without them so the caller's shell cannot change a test's outcome.
-const SCRUBBED_ENV: [&str; 5] = [
+const SCRUBBED_ENV: [&str; 10] = [
     "LD_PRELOAD",
     "LD_LIBRARY_PATH",
     "HEAPLENS_CHECK",
     "HEAPLENS_SHOW_STATS",
     "HEAPLENS_PURGE_DELAY_MS",
+    "HEAPLENS_STACKS",
+    "HEAPLENS_SAMPLE_BYTES",
+    "HEAPLENS_SAMPLE_SEED",
+    "HEAPLENS_SOCKET",
+    "HEAPLENS_LAUNCHER_PID",
 ];
 
 /// The workspace root (`allocator/preload/../..`).

@@ -1,0 +1,244 @@
+//! Unwind rows from the modules' `.eh_frame` (DWARF call frame information), for stacks through
+//! code built without frame pointers.
+//!
+//! The collector parses each module's `.eh_frame` with `gimli`, outside `malloc`, into a compact
+//! sorted table of [`Row`]s: from an address on, where the canonical frame address (CFA) is
+//! (`rsp` or `rbp` plus an offset) and where the return address and the caller's `rbp` were
+//! saved (at an offset from the CFA). A rule this form cannot express makes the row a stop: the
+//! walk ends there, marked truncated. Rows live in OS memory, are registered per executable
+//! range and never freed; the unwinder ([`crate::unwind`]) finds a frame's row by binary search
+//! and falls back to frame pointers where a module has none.
+
+/// How a [`Row`] finds the caller's frame.
+pub mod rule {
+    /// No row here: fall back to frame pointers.
+    pub const NONE: u8 = 0;
+    /// CFA = `rsp` + offset.
+    pub const CFA_RSP: u8 = 1;
+    /// CFA = `rbp` + offset.
+    pub const CFA_RBP: u8 = 2;
+    /// A rule the table cannot express: the walk ends here, truncated.
+    pub const STOP: u8 = 3;
+    /// The outermost frame (the return address is undefined): the walk ends here, complete.
+    pub const END: u8 = 4;
+}
+
+/// One unwind row, valid from `start` to the next row's start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// First address the row covers.
+    pub start: usize,
+    /// CFA offset from the register [`Row::rule`] names.
+    pub cfa_offset: i32,
+    /// Where the return address is saved, from the CFA.
+    pub ra_offset: i16,
+    /// Where the caller's `rbp` is saved, from the CFA (0: not saved, `rbp` is unchanged).
+    pub rbp_offset: i16,
+    /// [`rule`].
+    pub rule: u8,
+}
+
+/// The row covering `pc` in `rows` (sorted by start), if any.
+pub fn find(rows: &[Row], pc: usize) -> Option<&Row> {
+    let i = rows.partition_point(|r| r.start <= pc);
+    rows.get(i.checked_sub(1)?).filter(|r| r.rule != rule::NONE)
+}
+
+#[cfg(feature = "hook")]
+mod parse {
+    use super::{Row, rule};
+    use gimli::{
+        BaseAddresses, CfaRule, CieOrFde, EhFrame, EhFrameHdr, LittleEndian, Pointer, RegisterRule,
+        UnwindContext, UnwindSection, X86_64,
+    };
+
+    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
+
+    /// The rows of the module `info`, sorted, or empty if it has no `.eh_frame_hdr` or it does
+    /// not parse.
+    ///
+    /// # Safety
+    /// Inside a `dl_iterate_phdr` callback for `info` (the module stays loaded meanwhile).
+    pub unsafe fn module_rows(info: &libc::dl_phdr_info) -> Vec<Row> {
+        if !cfg!(target_arch = "x86_64") {
+            return Vec::new();
+        }
+        // SAFETY: forwarded.
+        let phdrs = unsafe { crate::module::program_headers(info) };
+        let bias = info.dlpi_addr as usize;
+        let Some(hdr) = phdrs.iter().find(|p| p.p_type == PT_GNU_EH_FRAME) else {
+            return Vec::new();
+        };
+        let hdr_addr = bias.wrapping_add(hdr.p_vaddr as usize);
+        // SAFETY: the segment is mapped with the module.
+        let hdr_bytes =
+            unsafe { core::slice::from_raw_parts(hdr_addr as *const u8, hdr.p_memsz as usize) };
+        let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_addr as u64);
+        let Ok(parsed) = EhFrameHdr::new(hdr_bytes, LittleEndian).parse(&bases, 8) else {
+            return Vec::new();
+        };
+        let Pointer::Direct(eh) = parsed.eh_frame_ptr() else {
+            return Vec::new();
+        };
+        let eh = eh as usize;
+        // `.eh_frame` runs to a zero terminator within its loaded segment.
+        let Some(seg) = phdrs.iter().find(|p| {
+            let s = bias.wrapping_add(p.p_vaddr as usize);
+            p.p_type == libc::PT_LOAD && s <= eh && eh < s + p.p_memsz as usize
+        }) else {
+            return Vec::new();
+        };
+        let seg_end = bias.wrapping_add(seg.p_vaddr as usize) + seg.p_memsz as usize;
+        // SAFETY: inside the loaded segment.
+        let eh_bytes = unsafe { core::slice::from_raw_parts(eh as *const u8, seg_end - eh) };
+        let eh_frame = EhFrame::new(eh_bytes, LittleEndian);
+        let bases = bases.set_eh_frame(eh as u64);
+        let mut rows = Vec::new();
+        let mut ctx = Box::new(UnwindContext::new());
+        let mut entries = eh_frame.entries(&bases);
+        while let Ok(Some(entry)) = entries.next() {
+            let CieOrFde::Fde(partial) = entry else {
+                continue;
+            };
+            let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
+                continue;
+            };
+            let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut ctx) else {
+                continue;
+            };
+            let mut end = 0;
+            while let Ok(Some(r)) = table.next_row() {
+                rows.push(convert(r));
+                end = r.end_address() as usize;
+            }
+            // Past the function: nothing known (frame pointers), unless another FDE starts here.
+            rows.push(Row {
+                start: end,
+                ..Row::default()
+            });
+        }
+        // Rows of one FDE are in order; FDEs may not be. A gap marker that an FDE starting at
+        // the same address follows must give way to it: sorting puts NONE (0) first.
+        rows.sort_by_key(|r| (r.start, r.rule != rule::NONE));
+        rows.dedup_by(|later, earlier| {
+            // `later` comes after `earlier`; keep the last row of a start address.
+            if later.start == earlier.start {
+                *earlier = *later;
+                true
+            } else {
+                false
+            }
+        });
+        rows
+    }
+
+    fn convert<S: gimli::UnwindContextStorage<usize>>(r: &gimli::UnwindTableRow<usize, S>) -> Row {
+        let stop = Row {
+            start: r.start_address() as usize,
+            rule: rule::STOP,
+            ..Row::default()
+        };
+        let (rule, cfa_offset) = match *r.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RSP => {
+                (rule::CFA_RSP, offset)
+            }
+            CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RBP => {
+                (rule::CFA_RBP, offset)
+            }
+            _ => return stop,
+        };
+        let ra_offset = match r.register(X86_64::RA) {
+            Some(RegisterRule::Offset(o)) => o,
+            Some(RegisterRule::Undefined) => {
+                return Row {
+                    rule: rule::END,
+                    ..stop
+                };
+            }
+            _ => return stop,
+        };
+        let rbp_offset = match r.register(X86_64::RBP) {
+            None | Some(RegisterRule::SameValue) => 0,
+            Some(RegisterRule::Offset(o)) if o != 0 => o,
+            _ => return stop,
+        };
+        let (Ok(cfa_offset), Ok(ra_offset), Ok(rbp_offset)) = (
+            i32::try_from(cfa_offset),
+            i16::try_from(ra_offset),
+            i16::try_from(rbp_offset),
+        ) else {
+            return stop;
+        };
+        Row {
+            start: r.start_address() as usize,
+            cfa_offset,
+            ra_offset,
+            rbp_offset,
+            rule,
+        }
+    }
+}
+
+#[cfg(feature = "hook")]
+pub use parse::module_rows;
+
+#[cfg(all(test, feature = "hook"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_found_by_address() {
+        let rows = [
+            Row {
+                start: 0x100,
+                rule: rule::CFA_RSP,
+                cfa_offset: 8,
+                ra_offset: -8,
+                ..Row::default()
+            },
+            Row {
+                start: 0x110,
+                rule: rule::CFA_RSP,
+                cfa_offset: 16,
+                ra_offset: -8,
+                ..Row::default()
+            },
+            Row {
+                start: 0x140,
+                ..Row::default()
+            },
+        ];
+        assert_eq!(find(&rows, 0xff), None);
+        assert_eq!(find(&rows, 0x100).map(|r| r.cfa_offset), Some(8));
+        assert_eq!(find(&rows, 0x13f).map(|r| r.cfa_offset), Some(16));
+        assert_eq!(find(&rows, 0x140), None, "past the function: no row");
+    }
+
+    #[test]
+    fn this_programs_own_rows_parse() {
+        unsafe extern "C" fn each(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes a valid info; `data` is our Vec.
+            unsafe {
+                let out = &mut *data.cast::<Vec<Row>>();
+                out.extend(module_rows(&*info));
+            }
+            0
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        // SAFETY: the callback only extends the Vec it is given and never unwinds.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut rows).cast()) };
+        rows.sort_by_key(|r| r.start);
+        assert!(rows.len() > 1000, "{} rows", rows.len());
+        // This very function has a row, with the CFA on rsp or rbp and the return address just
+        // below it.
+        let f = this_programs_own_rows_parse as *const () as usize;
+        let r = find(&rows, f + 4).expect("a row for this function");
+        assert!(r.rule == rule::CFA_RSP || r.rule == rule::CFA_RBP);
+        assert_eq!(r.ra_offset, -8);
+    }
+}
