@@ -1,0 +1,104 @@
+//! Allocation sites rebuilt from a simulated allocator's stacks agree with the simulation, and
+//! travel through keyframes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{assert_agrees, model_of, simulate};
+use heaplens_alloc::event::{EventKind, stack_mode};
+use heaplens_viewer::model::Model;
+use heaplens_viewer::model::synth::SynthConfig;
+
+fn with_stacks(stacks: u16, seed: u64) -> SynthConfig {
+    SynthConfig {
+        seed,
+        threads: 4,
+        churn_per_million: 5_000,
+        stacks,
+        sample_bytes: 16 << 10,
+        ..SynthConfig::default()
+    }
+}
+
+/// Live bytes per site from the model, keyed by the site's pcs (leaf first).
+fn model_site_bytes(m: &Model) -> BTreeMap<Vec<u64>, u64> {
+    let mut out = BTreeMap::new();
+    for (leaf, s) in m.sites().sites() {
+        if s.live_bytes > 0.0 {
+            let pcs: Vec<u64> = m.sites().stack(leaf).iter().map(|f| f.pc).collect();
+            *out.entry(pcs).or_insert(0) += s.live_bytes as u64;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_site_has_its_exact_live_bytes_with_stacks_all() {
+    for seed in [1, 5] {
+        let (s, events, census) = simulate(with_stacks(stack_mode::ALL, seed), 40_000);
+        let m = model_of(&events);
+        // Stacks change nothing else the model knows.
+        assert_agrees(&m, &s, &census);
+        assert_eq!(m.sites().mode(), stack_mode::ALL);
+        let truth = s.site_live_bytes();
+        assert!(truth.len() > 10, "{} sites", truth.len());
+        assert_eq!(model_site_bytes(&m), truth);
+        // Every allocation counted once, and total bytes are the requests'.
+        let allocs: Vec<u64> = events
+            .iter()
+            .filter(|(_, e)| e.kind == EventKind::Alloc as u8)
+            .map(|(_, e)| e.arg)
+            .collect();
+        let sum = |f: fn(&heaplens_viewer::model::SiteStats) -> f64| {
+            m.sites().sites().map(|(_, s)| f(s)).sum::<f64>()
+        };
+        assert_eq!(sum(|s| s.allocs), allocs.len() as f64);
+        assert_eq!(sum(|s| s.total_bytes), allocs.iter().sum::<u64>() as f64);
+        for (_, st) in m.sites().sites() {
+            assert!(st.peak_live_bytes >= st.live_bytes);
+            assert!(st.temporary <= st.allocs);
+        }
+        assert!(sum(|s| s.temporary) > 0.0);
+    }
+}
+
+#[test]
+fn sites_survive_a_keyframe_and_replay_on() {
+    let (_, events, _) = simulate(with_stacks(stack_mode::ALL, 3), 30_000);
+    let half = events.len() / 2;
+    let mut m = model_of(&events[..half]);
+    let bytes = m.to_keyframe().unwrap();
+    let mut restored = Model::from_keyframe(&bytes).unwrap();
+    for (heap, e) in &events[half..] {
+        m.apply(*heap, e);
+        restored.apply(*heap, e);
+    }
+    assert_eq!(model_site_bytes(&restored), model_site_bytes(&m));
+    assert_eq!(restored.sites().frame_count(), m.sites().frame_count());
+    let mut a: Vec<_> = m.sites().sites().map(|(k, v)| (k, *v)).collect();
+    let mut b: Vec<_> = restored.sites().sites().map(|(k, v)| (k, *v)).collect();
+    a.sort_by_key(|x| x.0);
+    b.sort_by_key(|x| x.0);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn sampled_stacks_estimate_the_live_bytes() {
+    let (s, events, _) = simulate(with_stacks(stack_mode::SAMPLED, 9), 200_000);
+    let m = model_of(&events);
+    assert_eq!(m.sites().interval(), 16 << 10);
+    let truth: u64 = s.live_blocks().values().sum();
+    let estimate: f64 = m.sites().sites().map(|(_, s)| s.live_bytes).sum();
+    let sampled = events
+        .iter()
+        .filter(|(_, e)| e.kind == EventKind::Alloc as u8 && e.arg32 != 0)
+        .count();
+    let all = events
+        .iter()
+        .filter(|(_, e)| e.kind == EventKind::Alloc as u8)
+        .count();
+    assert!(sampled * 4 < all, "{sampled} of {all} sampled");
+    let err = (estimate - truth as f64).abs() / truth as f64;
+    assert!(err < 0.25, "estimate {estimate:.0}, truth {truth}");
+}
