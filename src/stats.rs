@@ -6,7 +6,10 @@
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
 //! `live_bytes`, `pages`), `live_blocks_at_exit`, `live_bytes_at_exit`, `markers` (each `time_s`, `label`), `insights` (each `kind`, `text`),
 //! `dropped_events`, `dropped_reasons`, `census_mismatches` (differences between the model and
-//! the trace's last census; null without a census), `complete`, `damage`, `exit`.
+//! the trace's last census; null without a census), `complete`, `damage`, `exit`, `stacks` (the
+//! stack mode: `off`, `sampled`, `all`), `top_sites` (each `stack_id`, `site`, `stack` (frames,
+//! leaf first), `live_bytes`, `live_blocks`, `peak_live_bytes`, `total_bytes`, `allocs`,
+//! `temporary`; estimates when sampled).
 
 use std::path::Path;
 
@@ -68,6 +71,8 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     };
     let duration_s = reader.duration_ns() as f64 / 1e9;
     let census = model.last_census_check();
+    let mut symbols = heaplens_viewer::symbols::Symbolizer::new();
+    let top_sites = crate::sites::top_sites(&model, &mut symbols, 10);
     let summary = json!({
         "events": totals.events,
         "allocs": totals.allocs,
@@ -103,6 +108,8 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         "complete": reader.is_complete(),
         "damage": damage,
         "exit": exit,
+        "stacks": crate::sites::mode_name(&model),
+        "top_sites": top_sites,
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -181,6 +188,24 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 g.totals.held,
                 b(u64::try_from(g.totals.held_bytes).unwrap_or(0)).to_string(),
                 g.totals.pages
+            );
+        }
+    }
+    println!("stacks      {}", crate::sites::mode_name(&model));
+    if !top_sites.is_empty() {
+        println!("top allocation sites by live bytes at end:");
+        println!(
+            "  {:>12} {:>14} {:>10}  site",
+            "live bytes", "allocated", "allocs"
+        );
+        for s in &top_sites {
+            let n = |k: &str| s[k].as_f64().unwrap_or(0.0) as u64;
+            println!(
+                "  {:>12} {:>14} {:>10}  {}",
+                b(n("live_bytes")).to_string(),
+                b(n("total_bytes")).to_string(),
+                n("allocs"),
+                s["site"].as_str().unwrap_or("?")
             );
         }
     }

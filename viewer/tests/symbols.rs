@@ -56,12 +56,14 @@ fn tool(name: &str) -> bool {
     Command::new(name).arg("--version").output().is_ok()
 }
 
-fn build() -> Option<PathBuf> {
+/// Compiles the program into a directory of its own (`name`: one per test, as tests run in
+/// parallel).
+fn build(name: &str) -> Option<PathBuf> {
     if !tool("cc") || !tool("nm") || !tool("addr2line") {
         eprintln!("skipped: needs cc, nm and addr2line");
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("heaplens-symbols-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("heaplens-symbols-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("sites.c");
     std::fs::write(&src, PROGRAM).unwrap();
@@ -130,7 +132,7 @@ fn binutils(exe: &PathBuf, addrs: &[u64]) -> Vec<Vec<(String, Option<u32>)>> {
 
 #[test]
 fn functions_and_lines_match_binutils_addr2line() {
-    let Some(exe) = build() else { return };
+    let Some(exe) = build("binutils") else { return };
     let funcs = functions(&exe);
     assert_eq!(funcs.len(), 3, "{funcs:?}");
     let mut addrs = Vec::new();
@@ -165,6 +167,7 @@ fn functions_and_lines_match_binutils_addr2line() {
     for (name, start, _) in &funcs {
         assert_eq!(sym.lookup_file(path, *start).function(), *name);
     }
+    let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
 
 /// The trace's modules: `path` with `build_id`, loaded at `bias`.
@@ -197,7 +200,7 @@ fn sites_with(path: &str, build_id: &[u8], bias: u64) -> Sites {
 
 #[test]
 fn a_pc_resolves_through_its_module_and_a_wrong_build_id_is_refused() {
-    let Some(exe) = build() else { return };
+    let Some(exe) = build("module") else { return };
     let path = exe.to_str().unwrap();
     let funcs = functions(&exe);
     let (_, start, _) = funcs.iter().find(|f| f.0 == "make_table").unwrap();
@@ -224,4 +227,5 @@ fn a_pc_resolves_through_its_module_and_a_wrong_build_id_is_refused() {
             .starts_with("build id mismatch")
     );
     assert_eq!(loc.to_string(), format!("sites+{:#x}", start + 1));
+    let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }

@@ -45,7 +45,7 @@ pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
 pub use metrics::{Marker, Metrics, Sample, Totals};
 pub use page::{BlockState, LastEvent, Page};
 pub use segment::{Segment, Segments, segment_base};
-pub use sites::{Frame, Module, SiteStats, Sites, StackedBlock};
+pub use sites::{Frame, Module, SiteKey, SiteStats, Sites, StackedBlock};
 
 use census::CensusState;
 use live::Side;

@@ -86,6 +86,54 @@ pub struct SiteStats {
     pub temporary: f64,
 }
 
+/// What sites are ranked by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SiteKey {
+    /// Bytes of the site's live blocks.
+    LiveBytes,
+    /// The most bytes the site had live at once.
+    PeakBytes,
+    /// Bytes allocated in all.
+    TotalBytes,
+    /// Allocations in all.
+    Allocs,
+    /// Temporary allocations (freed before the thread's next allocation).
+    Temporary,
+}
+
+impl SiteKey {
+    /// Every key, in the table's column order.
+    pub const ALL: [SiteKey; 5] = [
+        SiteKey::LiveBytes,
+        SiteKey::PeakBytes,
+        SiteKey::TotalBytes,
+        SiteKey::Allocs,
+        SiteKey::Temporary,
+    ];
+
+    /// The column title.
+    pub fn title(self) -> &'static str {
+        match self {
+            SiteKey::LiveBytes => "Live bytes",
+            SiteKey::PeakBytes => "Peak bytes",
+            SiteKey::TotalBytes => "Allocated bytes",
+            SiteKey::Allocs => "Allocations",
+            SiteKey::Temporary => "Temporary",
+        }
+    }
+
+    /// The figure of `s` this key ranks by.
+    pub fn of(self, s: &SiteStats) -> f64 {
+        match self {
+            SiteKey::LiveBytes => s.live_bytes,
+            SiteKey::PeakBytes => s.peak_live_bytes,
+            SiteKey::TotalBytes => s.total_bytes,
+            SiteKey::Allocs => s.allocs,
+            SiteKey::Temporary => s.temporary,
+        }
+    }
+}
+
 /// A live block with a stack.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StackedBlock {
@@ -184,6 +232,32 @@ impl Sites {
     /// The sites with what is known of them, in no particular order.
     pub fn sites(&self) -> impl Iterator<Item = (u32, &SiteStats)> + '_ {
         self.sites.iter().map(|(&k, v)| (k, v))
+    }
+
+    /// The sites by `key`, largest first (ties by id), leaving out those at 0.
+    pub fn ranked(&self, key: SiteKey) -> Vec<(u32, SiteStats)> {
+        let mut v: Vec<(u32, SiteStats)> = self
+            .sites
+            .iter()
+            .filter(|(_, s)| key.of(s) > 0.0)
+            .map(|(&k, &v)| (k, v))
+            .collect();
+        v.sort_by(|a, b| key.of(&b.1).total_cmp(&key.of(&a.1)).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// The live blocks with a stack grouped by stack: (leaf id, blocks, bytes), weighted, by
+    /// bytes, largest first.
+    pub fn live_by_stack(&self) -> Vec<(u32, f64, f64)> {
+        let mut by: FastMap<u32, (f64, f64)> = FastMap::default();
+        for b in self.blocks.values() {
+            let e = by.entry(b.stack).or_default();
+            e.0 += b.weight;
+            e.1 += b.size as f64 * b.weight;
+        }
+        let mut v: Vec<(u32, f64, f64)> = by.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        v
     }
 
     /// One site.

@@ -222,6 +222,39 @@ impl Symbolizer {
         loc
     }
 
+    /// The name of site `leaf`: its leaf frame's innermost function with file:line, or
+    /// `module+0xoffset`; `stack N` if the node is unknown.
+    pub fn site_name(&mut self, sites: &Sites, leaf: u32) -> String {
+        match sites.frame(leaf) {
+            Some(f) => self.frame(sites, f.pc).to_string(),
+            None => format!("stack {leaf}"),
+        }
+    }
+
+    /// The stack of site `leaf`, one line per function (inlined ones too), leaf first; the
+    /// last line says when the walk was cut short.
+    pub fn stack_lines(&mut self, sites: &Sites, leaf: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        let stack = sites.stack(leaf);
+        for f in &stack {
+            let loc = self.frame(sites, f.pc);
+            if loc.frames.iter().all(|fr| fr.function.is_none()) {
+                out.push(loc.raw());
+                continue;
+            }
+            for fr in &loc.frames {
+                out.push(match fr.file_line() {
+                    Some(fl) => format!("{} ({fl})", fr.name()),
+                    None => fr.name().to_owned(),
+                });
+            }
+        }
+        if stack.last().is_some_and(|f| f.truncated) {
+            out.push("... (truncated)".into());
+        }
+        out
+    }
+
     /// The functions at ELF address `addr` of module `m`'s file.
     pub fn lookup(&mut self, m: &Module, addr: u64) -> Location {
         let base = Path::new(&m.path)
