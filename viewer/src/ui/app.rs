@@ -4,7 +4,9 @@
 use eframe::egui::{self, Color32, RichText};
 
 use super::learn::{self, TourState};
-use super::{event_log, heaps, inspector, occupancy, overview, segment_map, style, timeline};
+use super::{
+    event_log, heaps, inspector, occupancy, overview, segment_map, sites, style, timeline,
+};
 use crate::model::Metrics;
 use crate::source::{Live, Replay, Status, View};
 
@@ -29,10 +31,12 @@ pub enum Tab {
     FreeLists,
     /// The event log.
     Events,
+    /// Allocation sites: which code allocated the live blocks.
+    Sites,
 }
 
 impl Tab {
-    const ALL: [(Self, &'static str, &'static str); 5] = [
+    const ALL: [(Self, &'static str, &'static str); 6] = [
         (
             Self::Overview,
             "Overview",
@@ -54,6 +58,11 @@ impl Tab {
             "Per size class: blocks in use and on each of the three free lists",
         ),
         (Self::Events, "Events", "The latest events, in words"),
+        (
+            Self::Sites,
+            "Sites",
+            "Which code allocated the live blocks: top allocation sites and a flame graph",
+        ),
     ];
 }
 
@@ -72,6 +81,8 @@ pub struct UiState {
     pub error: Option<String>,
     /// Whether the Learn panel is open.
     pub learn_open: bool,
+    /// The Sites tab's sort column and symbols.
+    pub sites: sites::SitesState,
 }
 
 impl Default for UiState {
@@ -83,6 +94,7 @@ impl Default for UiState {
             tile: 12.0,
             error: None,
             learn_open: false,
+            sites: sites::SitesState::default(),
         }
     }
 }
@@ -369,7 +381,7 @@ fn draw_frame(
             .default_size(340.0)
             .min_size(300.0)
             .show(ui, |ui| {
-                if inspector::draw(ui, &view.model, addr) {
+                if inspector::draw(ui, &view.model, addr, &mut state.sites) {
                     state.selected_page = None;
                 }
             });
@@ -380,6 +392,7 @@ fn draw_frame(
         Tab::Heaps => heaps::draw(ui, &view.model, state),
         Tab::FreeLists => occupancy::draw(ui, view, full),
         Tab::Events => event_log::draw(ui, view),
+        Tab::Sites => sites::draw(ui, &view.model, &mut state.sites),
     });
     action
 }

@@ -9,6 +9,7 @@ pub mod learn;
 mod occupancy;
 mod overview;
 mod segment_map;
+pub mod sites;
 pub mod style;
 pub mod timeline;
 
