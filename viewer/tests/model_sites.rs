@@ -102,3 +102,104 @@ fn sampled_stacks_estimate_the_live_bytes() {
     let err = (estimate - truth as f64).abs() / truth as f64;
     assert!(err < 0.25, "estimate {estimate:.0}, truth {truth}");
 }
+
+/// The events of a recorded scenario.
+fn recorded(scenario: &str) -> Vec<(u32, heaplens_alloc::event::Event)> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../assets/traces/{scenario}.hltrace"));
+    let mut r = heaplens_viewer::trace::TraceReader::open(&path).unwrap();
+    r.events().map(Result::unwrap).collect()
+}
+
+/// `events` with stacks added: the allocations whose blocks are live after the first `at`
+/// events come from site 2 (pc `0x2002`), every other from site 1 (pc `0x1001`).
+fn with_survivor_stacks(
+    events: &[(u32, heaplens_alloc::event::Event)],
+    at: usize,
+) -> Vec<(u32, heaplens_alloc::event::Event)> {
+    use heaplens_alloc::event::Event;
+    let then = model_of(&events[..at]);
+    let live: std::collections::HashSet<u64> = then.live_blocks().map(|b| b.addr).collect();
+    let mut last_alloc = std::collections::HashMap::new();
+    for (i, (_, e)) in events[..at].iter().enumerate() {
+        if e.kind == EventKind::Alloc as u8 {
+            last_alloc.insert(e.addr, i);
+        }
+    }
+    let survivors: std::collections::HashSet<usize> = live
+        .iter()
+        .filter_map(|a| last_alloc.get(a).copied())
+        .collect();
+    let ev = |kind: EventKind, arg32, addr| Event {
+        kind: kind as u8,
+        arg32,
+        addr,
+        aux: if kind == EventKind::StackMode {
+            stack_mode::ALL
+        } else {
+            0
+        },
+        ..Event::default()
+    };
+    let mut out = vec![(0, ev(EventKind::StackMode, 0, 0))];
+    let mut interned = std::collections::HashSet::new();
+    for (i, &(heap, mut e)) in events[..at].iter().enumerate() {
+        if e.kind == EventKind::Alloc as u8 {
+            let site = if survivors.contains(&i) { 2 } else { 1 };
+            // Node ids per heap: 10 * heap + site.
+            let id = 10 * heap + site;
+            if interned.insert(id) {
+                out.push((
+                    heap,
+                    ev(EventKind::StackFrame, id, 0x1001 * u64::from(site)),
+                ));
+            }
+            e.arg32 = id;
+        }
+        out.push((heap, e));
+    }
+    out
+}
+
+#[test]
+fn insights_name_the_sites_of_survivors_and_of_leaks() {
+    use heaplens_viewer::insights::{Kind, insights};
+    // The first marker of the fragmentation scenario where its pages are mostly empty.
+    let events = recorded("fragmentation");
+    let mut m = Model::new();
+    let mut at = None;
+    for (i, (heap, e)) in events.iter().enumerate() {
+        m.apply(*heap, e);
+        if e.kind == EventKind::Mark as u8
+            && insights(&m, false)
+                .iter()
+                .any(|x| x.kind == Kind::MostlyEmptyPages)
+        {
+            at = Some(i + 1);
+            break;
+        }
+    }
+    let at = at.expect("the fragmentation scenario pins pages");
+    let m = model_of(&with_survivor_stacks(&events, at));
+    let found = insights(&m, false);
+    let pinned: Vec<_> = found
+        .iter()
+        .filter(|i| i.kind == Kind::MostlyEmptyPages)
+        .collect();
+    assert!(!pinned.is_empty(), "{found:?}");
+    for i in &pinned {
+        assert!(i.text.contains("were allocated at 0x2002"), "{}", i.text);
+    }
+    let events = recorded("leak");
+    let m = model_of(&with_survivor_stacks(&events, events.len()));
+    let leaks: Vec<_> = insights(&m, true)
+        .into_iter()
+        .filter(|i| i.kind == Kind::LeaksAtExit)
+        .collect();
+    assert_eq!(leaks.len(), 1);
+    assert!(
+        leaks[0].text.contains("The site leaking most is 0x2002"),
+        "{}",
+        leaks[0].text
+    );
+}
