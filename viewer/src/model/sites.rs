@@ -168,6 +168,59 @@ pub struct Sites {
     sites: FastMap<u32, SiteStats>,
     /// Per heap id, the address of its latest allocation if it had a stack (else 0).
     last_alloc: Vec<u64>,
+    /// A filter of the addresses with a stack: a free of a block without one (most of them
+    /// when sampled) is answered here without the map. Rebuilt when empty or saturated.
+    #[serde(skip)]
+    filter: AddrFilter,
+}
+
+/// A bit per hash of an address: set for every address in the map, never cleared but by a
+/// rebuild (a false positive only costs a map lookup).
+#[derive(Clone, Debug, Default)]
+struct AddrFilter {
+    bits: Vec<u64>,
+    /// Bits set since the last rebuild.
+    set: usize,
+}
+
+/// Bits of the filter (128 KiB).
+const FILTER_BITS: usize = 1 << 20;
+
+impl AddrFilter {
+    #[inline(always)]
+    fn slot(addr: u64) -> usize {
+        ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 20)) as usize
+    }
+
+    #[inline(always)]
+    fn may_hold(&self, addr: u64) -> bool {
+        let i = Self::slot(addr);
+        self.bits
+            .get(i / 64)
+            .is_none_or(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn insert(&mut self, addr: u64) {
+        let i = Self::slot(addr);
+        if let Some(w) = self.bits.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+            self.set += 1;
+        }
+    }
+
+    fn rebuild<'a>(&mut self, addrs: impl Iterator<Item = &'a u64>) {
+        self.bits.clear();
+        self.bits.resize(FILTER_BITS / 64, 0);
+        self.set = 0;
+        for &a in addrs {
+            self.insert(a);
+        }
+    }
+
+    /// Whether it must be rebuilt: never built, or so full that it filters little.
+    fn stale(&self) -> bool {
+        self.bits.is_empty() || self.set > FILTER_BITS / 8
+    }
 }
 
 impl Sites {
@@ -298,6 +351,10 @@ impl Sites {
             heap,
             time: ev.time,
         };
+        if self.filter.stale() {
+            self.filter.rebuild(self.blocks.keys());
+        }
+        self.filter.insert(ev.addr);
         if let Some(old) = self.blocks.insert(ev.addr, b) {
             // Its free comes late (or was lost): the old block is gone.
             self.unlive(&old);
@@ -334,6 +391,14 @@ impl Sites {
             if *n == 0 {
                 self.displaced.remove(&ev.addr);
             }
+            return;
+        }
+        if self.filter.bits.is_empty() {
+            // A model restored from a keyframe: the filter was not saved.
+            self.filter.rebuild(self.blocks.keys());
+        }
+        if !self.filter.may_hold(ev.addr) {
+            // The common case when sampled: a block without a stack.
             return;
         }
         let Some(b) = self.blocks.remove(&ev.addr) else {
