@@ -440,17 +440,15 @@ impl Sites {
     /// `ModuleText`, `ModuleGone`); others are ignored.
     pub fn on_event(&mut self, ev: &Event) {
         match EventKind::from_u8(ev.kind) {
-            Some(EventKind::StackFrame) => {
-                if ev.arg32 != 0 {
-                    self.frames.insert(
-                        ev.arg32,
-                        Frame {
-                            pc: ev.addr,
-                            parent: u32::try_from(ev.arg).unwrap_or(0),
-                            truncated: ev.flags & flags::TRUNCATED != 0,
-                        },
-                    );
-                }
+            Some(EventKind::StackFrame) if ev.arg32 != 0 => {
+                self.frames.insert(
+                    ev.arg32,
+                    Frame {
+                        pc: ev.addr,
+                        parent: u32::try_from(ev.arg).unwrap_or(0),
+                        truncated: ev.flags & flags::TRUNCATED != 0,
+                    },
+                );
             }
             Some(EventKind::StackMode) => {
                 self.mode = ev.aux;

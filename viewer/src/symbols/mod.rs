@@ -296,7 +296,7 @@ fn frames_at(loader: &Loader, addr: u64) -> Vec<SymbolFrame> {
                 .function
                 .as_ref()
                 .and_then(|n| n.demangle().ok())
-                .map(|n| n.into_owned());
+                .map(std::borrow::Cow::into_owned);
             let (file, line) = match &f.location {
                 Some(l) => (l.file.map(str::to_owned), l.line),
                 None => (None, None),
