@@ -99,7 +99,6 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64, sites_state: &mut Sites
         });
     ui.separator();
     sites::page_sites(ui, model, p, sites_state);
-    ui.separator();
     ui.label(RichText::new("Blocks").strong())
         .on_hover_text("One cell per block, in address order");
     strip(ui, &states, &mut |i| {

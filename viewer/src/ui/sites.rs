@@ -291,7 +291,7 @@ pub fn block_stack(model: &Model, addr: u64, state: &mut SitesState) -> Option<S
 }
 
 /// The sites of page `p`'s live blocks (those with a stack), with blocks and bytes, for the
-/// page inspector.
+/// page inspector, then a separator; nothing without stacks.
 pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesState) {
     let sites = model.sites();
     if !sites.is_on() {
@@ -310,6 +310,7 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
         .on_hover_text("Where the page's live blocks with a stack were allocated");
     if by.is_empty() {
         ui.label("No live block here has a stack.");
+        ui.separator();
         return;
     }
     let mut rows: Vec<(u32, (u64, u64))> = by.into_iter().collect();
@@ -326,4 +327,5 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
     if rows.len() > 8 {
         ui.label(format!("... and {} more sites", rows.len() - 8));
     }
+    ui.separator();
 }
