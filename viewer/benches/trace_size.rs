@@ -82,6 +82,9 @@ fn main() {
             .count();
         println!("{name}: {frames} stack frame events");
         stacks_ok &= report(name, &with_stacks, &dir.join("stacks.hltrace"));
+        if mode == stack_mode::ALL {
+            codecs(&with_stacks);
+        }
     }
 
     let real = record_real_workload();

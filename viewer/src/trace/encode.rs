@@ -428,24 +428,47 @@ impl Predictor {
         self.carved = addr;
     }
 
-    /// The code of an `Alloc`'s stack id: its position among the recent ids, else
-    /// `STACK_MRU` + zigzag(id − the heap's last frame id). Moves the id to the front.
+    /// The code of an `Alloc`'s stack id: its position among the recent ids; else
+    /// `STACK_MRU` + 2 × its number among the ids the heap used in the chunk (`seen`, id ->
+    /// number); else, a new one, `STACK_MRU` + 2 × zigzag(id − the heap's last frame id) + 1.
+    /// Moves the id to the front of the recent ones.
     #[inline]
-    fn code_stack(&mut self, id: u32) -> u64 {
+    fn code_stack(&mut self, id: u32, seen: &mut HashMap<u32, u32>) -> u64 {
         let code = match self.stacks.iter().position(|&s| s == id) {
             Some(i) => i as u64,
-            None => STACK_MRU as u64 + zigzag32(id.wrapping_sub(self.frame_id)),
+            None => {
+                let n = seen.len() as u32;
+                match seen.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        STACK_MRU as u64 + 2 * u64::from(*o.get())
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(n);
+                        STACK_MRU as u64 + 2 * zigzag32(id.wrapping_sub(self.frame_id)) + 1
+                    }
+                }
+            }
         };
         self.note_stack(id);
         code
     }
 
-    /// The stack id a [`Predictor::code_stack`] code names.
+    /// The stack id a [`Predictor::code_stack`] code names (`seen`: the heap's ids used in the
+    /// chunk, in order).
     #[inline]
-    fn decode_stack(&mut self, code: u64) -> Option<u32> {
+    fn decode_stack(&mut self, code: u64, seen: &mut Vec<u32>) -> Option<u32> {
         let id = match usize::try_from(code) {
             Ok(i) if i < STACK_MRU => self.stacks[i],
-            _ => unzigzag32(code - STACK_MRU as u64)?.wrapping_add(self.frame_id),
+            _ => {
+                let w = code - STACK_MRU as u64;
+                if w & 1 == 0 {
+                    *seen.get(usize::try_from(w / 2).ok()?)?
+                } else {
+                    let id = unzigzag32(w / 2)?.wrapping_add(self.frame_id);
+                    seen.push(id);
+                    id
+                }
+            }
         };
         self.note_stack(id);
         Some(id)
@@ -579,6 +602,8 @@ struct EncodeHeap {
     pred: Predictor,
     allocs: u32,
     stacks: Vec<StackHead>,
+    /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order.
+    seen: HashMap<u32, u32>,
 }
 
 impl EncodeHeap {
@@ -766,10 +791,10 @@ impl ChunkEncoder {
                 }
             }
             if f & field::ARG32 != 0 {
-                let pred = &mut heaps[cur].pred;
+                let h = &mut heaps[cur];
                 let v = match e.kind {
-                    ALLOC => pred.code_stack(e.arg32),
-                    STACK_FRAME => pred.code_frame_id(e.arg32),
+                    ALLOC => h.pred.code_stack(e.arg32, &mut h.seen),
+                    STACK_FRAME => h.pred.code_frame_id(e.arg32),
                     _ => u64::from(e.arg32),
                 };
                 put_varint(arg32, v);
@@ -826,6 +851,8 @@ struct DecodeHeap {
     pred: Predictor,
     allocs: Vec<(u64, u8)>,
     stacks: Vec<Stack>,
+    /// Stack ids of the heap's `Alloc`s in the chunk, in first use order.
+    seen: Vec<u32>,
 }
 
 impl DecodeHeap {
@@ -1030,11 +1057,16 @@ impl Decoder {
             for ((_, e), (((&f, &cur), &c), &raw)) in events.iter_mut().zip(per_event) {
                 let cur = cur as usize;
                 if stacks && f & field::ARG32 != 0 {
-                    let pred = &mut heaps[cur].pred;
+                    let h = &mut heaps[cur];
                     match e.kind {
-                        ALLOC => e.arg32 = pred.decode_stack(raw).ok_or("stack id too large")?,
+                        ALLOC => {
+                            e.arg32 = h
+                                .pred
+                                .decode_stack(raw, &mut h.seen)
+                                .ok_or("bad stack id")?;
+                        }
                         STACK_FRAME => {
-                            e.arg32 = pred.decode_frame_id(raw).ok_or("node id too large")?;
+                            e.arg32 = h.pred.decode_frame_id(raw).ok_or("node id too large")?;
                             e.arg = u64::from(e.arg32).wrapping_sub(unzigzag(e.arg));
                         }
                         _ => {}
@@ -1240,5 +1272,61 @@ mod tests {
         assert!(decode_events(&payload, 6, &mut out).is_err());
         assert!(decode_events(&payload, 8, &mut out).is_err());
         assert!(decode_events(&payload[..payload.len() - 1], 7, &mut out).is_err());
+    }
+
+    #[test]
+    fn stack_ids_and_frames_round_trip() {
+        let mut rng = crate::trace::synth::Rng::new(3);
+        let mut batches: Vec<(u32, Vec<Event>)> = Vec::new();
+        let mut next = 0u32;
+        for b in 0..40u64 {
+            let heap = 1 + (b % 3) as u32;
+            let mut v = Vec::new();
+            for i in 0..50u64 {
+                if rng.chance(0.2) {
+                    next += 1 + rng.below(3) as u32;
+                    v.push(Event {
+                        kind: STACK_FRAME,
+                        flags: (i % 2) as u8,
+                        arg32: next,
+                        addr: 0x5555_0000_0000 + rng.below(1 << 20),
+                        arg: u64::from(next) - rng.below(u64::from(next) + 1),
+                        ..Event::default()
+                    });
+                }
+                let stack = match rng.below(4) {
+                    0 => 0,
+                    1 => next,
+                    2 => 1 + rng.below(u64::from(next)) as u32,
+                    _ => u32::MAX - rng.below(4) as u32,
+                };
+                v.push(Event {
+                    kind: ALLOC,
+                    arg32: stack,
+                    addr: 0x7f00_0000_0000 + (b * 50 + i) * 16,
+                    arg: 8 + rng.below(100),
+                    ..Event::default()
+                });
+            }
+            batches.push((heap, v));
+        }
+        let mut enc = ChunkEncoder::new();
+        for (h, v) in &batches {
+            enc.push_batch(*h, v);
+        }
+        let n = enc.len();
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let mut out = Vec::new();
+        decode_events(&payload, n, &mut out).unwrap();
+        let want: Vec<(u32, Event)> = batches
+            .iter()
+            .flat_map(|(h, v)| v.iter().map(move |e| (*h, *e)))
+            .collect();
+        assert_eq!(out, want);
+        // Version 1 reads the same bytes otherwise: its tables do not predict ids.
+        out.clear();
+        let v1 = Decoder::for_version(1).decode(&payload, n, &mut out);
+        assert!(v1.is_err() || out != want);
     }
 }

@@ -161,6 +161,9 @@ struct World {
     sizes: Vec<u64>,
     /// Stack mode, sampling interval.
     stacks: u16,
+    /// Draws for stacks only (sampling, sites), so that the allocator's stream is the same
+    /// with stacks as without.
+    stack_rng: Rng,
     sample_bytes: f64,
     /// Call sites: return addresses, leaf first.
     sites: Vec<Vec<u64>>,
@@ -277,14 +280,14 @@ impl World {
                     return 0;
                 }
                 while heap.countdown <= 0.0 {
-                    heap.countdown += self.rng.exponential(self.sample_bytes).max(1.0);
+                    heap.countdown += self.stack_rng.exponential(self.sample_bytes).max(1.0);
                 }
             }
             _ => return 0,
         }
         // A site, skewed: the first sites of the table allocate most.
         let n = self.sites.len() as u64;
-        let site = ((self.rng.below(n) * self.rng.below(n)) / n) as usize;
+        let site = ((self.stack_rng.below(n) * self.stack_rng.below(n)) / n) as usize;
         if heap.leaves.len() < self.sites.len() {
             heap.leaves.resize(self.sites.len(), 0);
         }
@@ -613,6 +616,7 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
         next_segment: 0x7f3a_0000_0000,
         sizes,
         stacks,
+        stack_rng: Rng::new(config.seed ^ 0x57ac),
         sample_bytes: config.sample_bytes.max(1) as f64,
         sites,
         next_node: 0,
