@@ -147,6 +147,8 @@ pub struct StackedBlock {
     pub heap: u32,
     /// Time of the allocation.
     pub time: u64,
+    /// Where its site's figures are (the model's table, not for display).
+    pub slot: u32,
 }
 
 /// Stacks, modules and per-site totals.
@@ -165,7 +167,10 @@ pub struct Sites {
     /// cross-thread free is reported after the block was pushed, so the owner may reuse it
     /// first. The count of such late frees still to come, per address.
     displaced: FastMap<u64, u32>,
-    sites: FastMap<u32, SiteStats>,
+    /// Every site's figures: (leaf id, stats), in order of first allocation.
+    stats: Vec<(u32, SiteStats)>,
+    /// Where each site is in `stats`.
+    index: FastMap<u32, u32>,
     /// Per heap id, the address of its latest allocation if it had a stack (else 0).
     last_alloc: Vec<u64>,
     /// A filter of the addresses with a stack: a free of a block without one (most of them
@@ -284,16 +289,16 @@ impl Sites {
 
     /// The sites with what is known of them, in no particular order.
     pub fn sites(&self) -> impl Iterator<Item = (u32, &SiteStats)> + '_ {
-        self.sites.iter().map(|(&k, v)| (k, v))
+        self.stats.iter().map(|(k, v)| (*k, v))
     }
 
     /// The sites by `key`, largest first (ties by id), leaving out those at 0.
     pub fn ranked(&self, key: SiteKey) -> Vec<(u32, SiteStats)> {
         let mut v: Vec<(u32, SiteStats)> = self
-            .sites
+            .stats
             .iter()
             .filter(|(_, s)| key.of(s) > 0.0)
-            .map(|(&k, &v)| (k, v))
+            .copied()
             .collect();
         v.sort_by(|a, b| key.of(&b.1).total_cmp(&key.of(&a.1)).then(a.0.cmp(&b.0)));
         v
@@ -315,7 +320,14 @@ impl Sites {
 
     /// One site.
     pub fn site(&self, id: u32) -> Option<&SiteStats> {
-        self.sites.get(&id)
+        let i = *self.index.get(&id)?;
+        self.stats.get(i as usize).map(|e| &e.1)
+    }
+
+    /// The figures of the site at `slot` of the table.
+    #[inline]
+    fn at(&mut self, slot: u32) -> Option<&mut SiteStats> {
+        self.stats.get_mut(slot as usize).map(|e| &mut e.1)
     }
 
     /// The live block with a stack at `addr`.
@@ -332,29 +344,37 @@ impl Sites {
     #[inline(never)]
     pub fn on_alloc(&mut self, heap: u32, ev: &Event) {
         self.on = true;
-        let slot = heap as usize;
-        if slot < MAX_TRACKED_HEAPS && self.last_alloc.len() <= slot {
-            self.last_alloc.resize(slot + 1, 0);
+        let h = heap as usize;
+        if h < MAX_TRACKED_HEAPS && self.last_alloc.len() <= h {
+            self.last_alloc.resize(h + 1, 0);
         }
         if ev.arg32 == 0 {
-            if let Some(l) = self.last_alloc.get_mut(slot) {
+            if let Some(l) = self.last_alloc.get_mut(h) {
                 *l = 0;
             }
             return;
         }
         let size = ev.arg;
         let weight = self.weight(size);
+        let stats = &mut self.stats;
+        let slot = *self.index.entry(ev.arg32).or_insert_with(|| {
+            stats.push((ev.arg32, SiteStats::default()));
+            (stats.len() - 1) as u32
+        });
         let b = StackedBlock {
             stack: ev.arg32,
             size,
             weight,
             heap,
             time: ev.time,
+            slot,
         };
-        if self.filter.stale() {
-            self.filter.rebuild(self.blocks.keys());
+        if self.mode != stack_mode::ALL {
+            if self.filter.stale() {
+                self.filter.rebuild(self.blocks.keys());
+            }
+            self.filter.insert(ev.addr);
         }
-        self.filter.insert(ev.addr);
         if let Some(old) = self.blocks.insert(ev.addr, b) {
             // Its free comes late (or was lost): the old block is gone.
             self.unlive(&old);
@@ -363,14 +383,14 @@ impl Sites {
             }
             *self.displaced.entry(ev.addr).or_insert(0) += 1;
         }
-        let s = self.sites.entry(ev.arg32).or_default();
+        let Some(s) = self.at(slot) else { return };
         let bytes = size as f64 * weight;
         s.live_bytes += bytes;
         s.live_blocks += weight;
         s.total_bytes += bytes;
         s.allocs += weight;
         s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
-        if let Some(l) = self.last_alloc.get_mut(slot) {
+        if let Some(l) = self.last_alloc.get_mut(heap as usize) {
             *l = ev.addr;
         }
     }
@@ -393,13 +413,15 @@ impl Sites {
             }
             return;
         }
-        if self.filter.bits.is_empty() {
-            // A model restored from a keyframe: the filter was not saved.
-            self.filter.rebuild(self.blocks.keys());
-        }
-        if !self.filter.may_hold(ev.addr) {
-            // The common case when sampled: a block without a stack.
-            return;
+        if self.mode != stack_mode::ALL {
+            if self.filter.bits.is_empty() {
+                // A model restored from a keyframe: the filter was not saved.
+                self.filter.rebuild(self.blocks.keys());
+            }
+            if !self.filter.may_hold(ev.addr) {
+                // The common case when sampled: a block without a stack.
+                return;
+            }
         }
         let Some(b) = self.blocks.remove(&ev.addr) else {
             return;
@@ -410,7 +432,7 @@ impl Sites {
             && b.heap == heap
         {
             *l = 0;
-            if let Some(s) = self.sites.get_mut(&b.stack) {
+            if let Some(s) = self.at(b.slot) {
                 s.temporary += b.weight;
             }
         }
@@ -423,14 +445,15 @@ impl Sites {
         };
         let delta = (size as f64 - b.size as f64) * b.weight;
         b.size = size;
-        if let Some(s) = self.sites.get_mut(&b.stack) {
+        let slot = b.slot;
+        if let Some(s) = self.at(slot) {
             s.live_bytes += delta;
             s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
         }
     }
 
     fn unlive(&mut self, b: &StackedBlock) {
-        if let Some(s) = self.sites.get_mut(&b.stack) {
+        if let Some(s) = self.at(b.slot) {
             s.live_bytes -= b.size as f64 * b.weight;
             s.live_blocks -= b.weight;
         }
