@@ -230,3 +230,13 @@ fn version_0_keyframes_of_recorded_traces_still_restore() {
     }
     assert!(checked > 0, "no recorded trace has a keyframe");
 }
+
+#[test]
+fn sites_tolerate_the_collectors_order() {
+    let (s, events, _) = simulate(with_stacks(stack_mode::ALL, 21), 40_000);
+    for seed in [1, 2, 3] {
+        let shuffled = heaplens_viewer::model::synth::shuffle_within_ticks(&events, seed);
+        let m = model_of(&shuffled);
+        assert_eq!(model_site_bytes(&m), s.site_live_bytes(), "seed {seed}");
+    }
+}

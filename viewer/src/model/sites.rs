@@ -9,6 +9,11 @@
 //! Only blocks with a stack are kept here, in a side map keyed by address: the model's hot path
 //! for blocks without one does not change, and with stacks off nothing here runs.
 //!
+//! **Order.** As in the rest of the model, a cross-thread free may come after the block was
+//! allocated again at its address (it is then matched to the older block), and within one clock
+//! tick before its allocation (with stacks `all`, where every block has a stack, it is then
+//! kept until the allocation arrives).
+//!
 //! **Sampling.** In sampled mode (a Poisson process on bytes with mean interval `I`) an
 //! allocation of `s` bytes is sampled with probability `1 − exp(−s / I)`, so each sample stands
 //! for `1 / (1 − exp(−s / I))` allocations, as in pprof and Go's heap profiles: the estimates are
@@ -167,6 +172,10 @@ pub struct Sites {
     /// cross-thread free is reported after the block was pushed, so the owner may reuse it
     /// first. The count of such late frees still to come, per address.
     displaced: FastMap<u64, u32>,
+    /// With stacks `all`: cross-thread frees that came before their allocation (events of
+    /// different threads within one clock tick come in any order), per address: how many, and
+    /// the time of the latest.
+    early: FastMap<u64, (u32, u64)>,
     /// Every site's figures: (leaf id, stats), in order of first allocation.
     stats: Vec<(u32, SiteStats)>,
     /// Where each site is in `stats`.
@@ -361,6 +370,21 @@ impl Sites {
             stats.push((ev.arg32, SiteStats::default()));
             (stats.len() - 1) as u32
         });
+        if !self.early.is_empty()
+            && let Some((n, t)) = self.early.get_mut(&ev.addr)
+            && ev.time <= *t
+        {
+            // Its free came first (from the same tick or a later one): allocated and freed.
+            *n -= 1;
+            if *n == 0 {
+                self.early.remove(&ev.addr);
+            }
+            if let Some(s) = self.at(slot) {
+                s.total_bytes += size as f64 * weight;
+                s.allocs += weight;
+            }
+            return;
+        }
         let b = StackedBlock {
             stack: ev.arg32,
             size,
@@ -424,6 +448,18 @@ impl Sites {
             }
         }
         let Some(b) = self.blocks.remove(&ev.addr) else {
+            if self.mode == stack_mode::ALL
+                && ev.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+            {
+                // Every block has a stack: its allocation, by another thread, has not
+                // arrived yet.
+                if self.early.len() >= MAX_DISPLACED {
+                    self.early.clear();
+                }
+                let e = self.early.entry(ev.addr).or_insert((0, 0));
+                e.0 += 1;
+                e.1 = e.1.max(ev.time);
+            }
             return;
         };
         self.unlive(&b);
