@@ -45,13 +45,11 @@ impl Keyframes {
                         let _ = r.try_send(events);
                     }
                     if applied >= next {
-                        let kf = postcard::to_stdvec(&model)
-                            .map(|snapshot| Keyframe {
-                                event_index: applied,
-                                time: model.time(),
-                                snapshot,
-                            })
-                            .map_err(|e| format!("cannot serialise a keyframe: {e}"));
+                        let kf = model.to_keyframe().map(|snapshot| Keyframe {
+                            event_index: applied,
+                            time: model.time(),
+                            snapshot,
+                        });
                         if done.send(kf).is_err() {
                             return;
                         }

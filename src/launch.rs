@@ -178,8 +178,13 @@ pub fn preload_library() -> io::Result<PathBuf> {
     }
 }
 
-/// Starts `command` with heaplens preloaded and waits (up to `timeout`) for it to connect.
-pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
+/// Starts `command` with heaplens preloaded and the variables `env` set (stack capture, say),
+/// and waits (up to `timeout`) for it to connect.
+pub fn launch(
+    command: &[OsString],
+    timeout: Duration,
+    env: &[(&str, String)],
+) -> io::Result<Launched> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
@@ -198,6 +203,7 @@ pub fn launch(command: &[OsString], timeout: Duration) -> io::Result<Launched> {
         .env("LD_PRELOAD", preload)
         .env(wire::SOCKET_ENV, &socket)
         .env(wire::PARENT_ENV, std::process::id().to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .map_err(|e| {
             io::Error::new(

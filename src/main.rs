@@ -6,13 +6,16 @@
 //! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
+//! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
 
 mod demo;
 mod keyframes;
 mod launch;
+mod leaks;
 mod quiet;
 mod record;
 mod run;
+mod sites;
 mod stats;
 
 /// What heaplens says when it cannot open a window.
@@ -57,12 +60,16 @@ enum Cmd {
     Demo {
         /// The scenario.
         name: Option<String>,
+        #[command(flatten)]
+        stacks: sites::StackArgs,
     },
     /// Run a program with heaplens as its malloc and watch it live in the viewer.
     Run {
         /// Also record every event to this trace file.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        #[command(flatten)]
+        stacks: sites::StackArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -84,6 +91,8 @@ enum Cmd {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         #[command(flatten)]
+        stacks: sites::StackArgs,
+        #[command(flatten)]
         target: Target,
     },
     /// Summarise a recorded trace.
@@ -94,18 +103,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the blocks a recorded program never freed, grouped by the stack that allocated them.
+    Leaks {
+        /// The trace file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     quiet::quiet_window_libraries();
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Cmd::Demo { name: None }) {
-        Cmd::Demo { name } => demo::run(name.as_deref()),
-        Cmd::Run { record, target } => run::run(record.as_deref(), &target.command),
+    let default = Cmd::Demo {
+        name: None,
+        stacks: sites::StackArgs {
+            stacks: sites::StackMode::default(),
+            sample_bytes: sites::DEFAULT_SAMPLE_BYTES,
+        },
+    };
+    let result = match cli.command.unwrap_or(default) {
+        Cmd::Demo { name, stacks } => demo::run(name.as_deref(), &stacks),
+        Cmd::Run {
+            record,
+            stacks,
+            target,
+        } => run::run(record.as_deref(), &target.command, &stacks),
         Cmd::View { file } => run::view(&file),
         Cmd::Learn { scenario } => run::learn(&scenario),
-        Cmd::Record { output, target } => record::run(&output, &target.command),
+        Cmd::Record {
+            output,
+            stacks,
+            target,
+        } => record::run(&output, &target.command, &stacks),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
+        Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -124,8 +124,12 @@ fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std:
 }
 
 /// Records; returns the exit code heaplens should end with (the program's).
-pub fn run(output: &Path, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
-    let launched = launch::launch(command, CONNECT_TIMEOUT)?;
+pub fn run(
+    output: &Path,
+    command: &[OsString],
+    stacks: &crate::sites::StackArgs,
+) -> Result<i32, Box<dyn std::error::Error>> {
+    let launched = launch::launch(command, CONNECT_TIMEOUT, &stacks.env())?;
     let pid = launched.child.id();
     let start = Instant::now();
     let mut progress = Progress::new(pid);

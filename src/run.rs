@@ -27,11 +27,15 @@ use crate::record::Recorder;
 const VIEWER_BACKLOG: usize = 1024;
 
 /// Runs; returns the exit code heaplens should end with.
-pub fn run(record: Option<&Path>, command: &[OsString]) -> Result<i32, Box<dyn std::error::Error>> {
+pub fn run(
+    record: Option<&Path>,
+    command: &[OsString],
+    stacks: &crate::sites::StackArgs,
+) -> Result<i32, Box<dyn std::error::Error>> {
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
     }
-    let launched = launch::launch(command, Duration::from_secs(10))?;
+    let launched = launch::launch(command, Duration::from_secs(10), &stacks.env())?;
     let what = command
         .iter()
         .map(|a| a.to_string_lossy())

@@ -11,7 +11,10 @@
 //! `censuses_agreeing` (of those, the ones the model agreed with exactly when they arrived),
 //! `complete`, `damage` (where the readable part ends, null if nowhere), `damaged_chunks` (each
 //! `chunk`, `at_byte`, `defect`, `events_lost`, `from_s`, `to_s`, `resumed`: `keyframe` with
-//! `resumed_at_event`, `after_gap`, `nothing_after` or `nothing_lost`), `events_lost_to_damage`, `exit`.
+//! `resumed_at_event`, `after_gap`, `nothing_after` or `nothing_lost`), `events_lost_to_damage`, `exit`, `stacks` (the
+//! stack mode: `off`, `sampled`, `all`), `top_sites` (each `stack_id`, `site`, `stack` (frames,
+//! leaf first), `live_bytes`, `live_blocks`, `peak_live_bytes`, `total_bytes`, `allocs`,
+//! `temporary`; estimates when sampled).
 //!
 //! A damaged chunk costs its own events only: the summary covers everything else, and says
 //! what was lost and how the model went on (see `heaplens_viewer::source::Resumed`).
@@ -90,6 +93,8 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     };
     let duration_s = reader.duration_ns() as f64 / 1e9;
     let census = model.last_census_check();
+    let mut symbols = heaplens_viewer::symbols::Symbolizer::new();
+    let top_sites = crate::sites::top_sites(&model, &mut symbols, 10);
     let summary = json!({
         "events": totals.events,
         "allocs": totals.allocs,
@@ -147,6 +152,8 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         })).collect::<Vec<_>>(),
         "events_lost_to_damage": events_lost,
         "exit": exit,
+        "stacks": crate::sites::mode_name(&model),
+        "top_sites": top_sites,
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -234,6 +241,24 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 g.totals.held,
                 b(u64::try_from(g.totals.held_bytes).unwrap_or(0)).to_string(),
                 g.totals.pages
+            );
+        }
+    }
+    println!("stacks      {}", crate::sites::mode_name(&model));
+    if !top_sites.is_empty() {
+        println!("top allocation sites by live bytes at end:");
+        println!(
+            "  {:>12} {:>14} {:>10}  site",
+            "live bytes", "allocated", "allocs"
+        );
+        for s in &top_sites {
+            let n = |k: &str| s[k].as_f64().unwrap_or(0.0) as u64;
+            println!(
+                "  {:>12} {:>14} {:>10}  {}",
+                b(n("live_bytes")).to_string(),
+                b(n("total_bytes")).to_string(),
+                n("allocs"),
+                s["site"].as_str().unwrap_or("?")
             );
         }
     }

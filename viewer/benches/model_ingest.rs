@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use heaplens_alloc::event::{Event, EventKind};
+use heaplens_alloc::event::{Event, EventKind, stack_mode};
 use heaplens_viewer::model::Model;
 use heaplens_viewer::model::synth::{
     Synth, SynthConfig, merge_like_collector, shuffle_within_ticks,
@@ -23,7 +23,12 @@ use heaplens_viewer::model::synth::{
 const BUDGET: f64 = 20e6;
 
 fn generate(n: usize, live_per_thread: usize, seed: u64) -> Vec<(u32, Event)> {
+    generate_with(n, live_per_thread, seed, stack_mode::OFF)
+}
+
+fn generate_with(n: usize, live_per_thread: usize, seed: u64, stacks: u16) -> Vec<(u32, Event)> {
     let mut s = Synth::new(SynthConfig {
+        stacks,
         seed,
         threads: 8,
         live_per_thread,
@@ -139,13 +144,25 @@ fn main() {
     drop((events, truth));
     let big = merge_like_collector(&generate(n / 4, 32 * live, 43), 3);
     let big_rate = measure("32x live set", &big);
+    drop(big);
+    // Stacks: every allocation's (a side map entry per live block), and sampled (512 KiB).
+    let all = merge_like_collector(&generate_with(n / 2, live, 42, stack_mode::ALL), 4);
+    let all_rate = measure("stacks all", &all);
+    drop(all);
+    let sampled = merge_like_collector(&generate_with(n / 2, live, 42, stack_mode::SAMPLED), 5);
+    let sampled_rate = measure("stacks sampled", &sampled);
+    drop(sampled);
     let verdict = if rate >= BUDGET { "within" } else { "BELOW" };
     println!(
         "model ingest: {:.1} M events/s ({verdict} the budget of {:.0} M/s); interleaved {:.1} M/s; \
-         32x live set {:.1} M/s",
+         32x live set {:.1} M/s; stacks all {:.1} M/s ({:.2}x), sampled {:.1} M/s ({:.2}x)",
         rate / 1e6,
         BUDGET / 1e6,
         worst / 1e6,
-        big_rate / 1e6
+        big_rate / 1e6,
+        all_rate / 1e6,
+        rate / all_rate,
+        sampled_rate / 1e6,
+        rate / sampled_rate,
     );
 }

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex, mpsc};
 
 use heaplens_alloc::collector::{self, Config};
-use heaplens_alloc::event::Event;
+use heaplens_alloc::event::{Event, EventKind, stack_mode};
 use heaplens_viewer::trace::encode::ChunkEncoder;
 use heaplens_viewer::trace::synth::{self, Rng, SynthConfig};
 use heaplens_viewer::trace::{EndInfo, Metadata, TraceReader, TraceWriter, WriterOptions};
@@ -62,6 +62,31 @@ fn main() {
     codecs(&synthetic);
     drop(synthetic);
 
+    // The same stream with stacks: every allocation's, then a sample by bytes.
+    let mut stacks_ok = true;
+    for (name, mode) in [
+        ("synthetic, stacks all", stack_mode::ALL),
+        ("synthetic, stacks sampled", stack_mode::SAMPLED),
+    ] {
+        let with_stacks = synth::generate(&SynthConfig {
+            threads: 4,
+            events: 3_000_000,
+            seed: 42,
+            stacks: mode,
+            ..SynthConfig::default()
+        });
+        let frames = with_stacks
+            .iter()
+            .flat_map(|(_, e)| e)
+            .filter(|e| e.kind == EventKind::StackFrame as u8)
+            .count();
+        println!("{name}: {frames} stack frame events");
+        stacks_ok &= report(name, &with_stacks, &dir.join("stacks.hltrace"));
+        if mode == stack_mode::ALL {
+            codecs(&with_stacks);
+        }
+    }
+
     let real = record_real_workload();
     let real_ok = report(
         "real allocator (4 threads)",
@@ -73,7 +98,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "budget {BUDGET} bytes/event: {}",
-        if synthetic_ok && real_ok {
+        if synthetic_ok && real_ok && stacks_ok {
             "met"
         } else {
             "MISSED"

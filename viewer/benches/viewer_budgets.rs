@@ -230,7 +230,7 @@ fn seeks() {
         w.write_batch(1, &batch).unwrap();
         model.apply_batch(1, &batch);
         if w.events_written() >= next_keyframe {
-            let snapshot = postcard::to_stdvec(&model).unwrap();
+            let snapshot = model.to_keyframe().unwrap();
             w.write_keyframe(w.events_written(), model.time(), &snapshot)
                 .unwrap();
             next_keyframe += 500_000;

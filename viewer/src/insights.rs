@@ -1,13 +1,51 @@
 //! Findings in plain words, computed from the model: size classes whose pages are mostly empty
 //! yet pinned, threads that mostly free other threads' blocks, memory held by abandoned heaps,
 //! empty memory waiting to be purged, and blocks never freed by a program that exited. Each
-//! points at the place in the viewer that shows it. No egui here; `heaplens stats` prints them
-//! too.
+//! points at the place in the viewer that shows it. With stacks in the trace, the pinned pages
+//! and the leaks name the code that allocated their blocks (symbolised once per thread and pc).
+//! No egui here; `heaplens stats` prints them too.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use heaplens_alloc::bin::PageKind;
 use heaplens_alloc::stats::Bytes;
 
-use crate::model::Model;
+use crate::model::{Model, Page};
+use crate::symbols::Symbolizer;
+
+thread_local! {
+    /// Symbols of the sites named, kept from one call to the next (files are opened once).
+    static SYMBOLS: RefCell<Symbolizer> = RefCell::new(Symbolizer::new());
+}
+
+/// The site allocating most bytes of the live blocks with a stack on `pages`: its name, its
+/// blocks and its bytes (weighted).
+fn top_site<'a>(
+    model: &Model,
+    pages: impl Iterator<Item = &'a Page>,
+) -> Option<(String, f64, f64)> {
+    let sites = model.sites();
+    if !sites.is_on() {
+        return None;
+    }
+    let mut by: HashMap<u32, (f64, f64)> = HashMap::new();
+    for p in pages {
+        for i in 0..u64::from(p.capacity) {
+            let addr = p.start.wrapping_add(i.wrapping_mul(p.block_size));
+            if let Some(b) = sites.block(addr) {
+                let e = by.entry(b.stack).or_default();
+                e.0 += b.weight;
+                e.1 += b.size as f64 * b.weight;
+            }
+        }
+    }
+    let (leaf, (n, bytes)) = by
+        .into_iter()
+        .max_by(|a, b| a.1.1.total_cmp(&b.1.1).then(b.0.cmp(&a.0)))?;
+    let name = SYMBOLS.with(|s| s.borrow_mut().site_name(sites, leaf));
+    Some((name, n, bytes))
+}
 
 /// What an insight is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,20 +155,33 @@ fn mostly_empty(model: &Model, out: &mut Vec<Insight>) {
         }
         if pinned > 0 {
             pinned_total += pinned;
-            classes.push((g.block_size, pinned, held, capacity, first));
+            classes.push((g.block_size, pinned, held, capacity, first, g.pages.clone()));
         }
     }
     if pinned_total < 24 || pinned_total * 2 < pages_in_use {
         return;
     }
     classes.sort_by_key(|c| std::cmp::Reverse(c.1));
-    for (block_size, pinned, held, capacity, first) in classes.into_iter().take(3) {
+    for (block_size, pinned, held, capacity, first, pages) in classes.into_iter().take(3) {
+        // The sites of the survivors on the pinned pages.
+        let pinned_pages = pages
+            .iter()
+            .filter_map(|&start| model.page_at(start))
+            .map(|r| r.page)
+            .filter(|p| p.held() > 0 && p.held() * 5 < i64::from(p.capacity));
+        let survivors = top_site(model, pinned_pages).map_or(String::new(), |(name, n, b)| {
+            format!(
+                " Most of the survivors ({n:.0} blocks, {}) were allocated at {name}.",
+                Bytes(b.max(0.0) as usize)
+            )
+        });
         out.push(Insight {
             kind: Kind::MostlyEmptyPages,
             text: format!(
                 "{} blocks: {pinned} pages are pinned by a few live blocks, holding {} of {} \
                  they could ({:.0} %). A page is reused only by its own size class and freed \
-                 only when empty, so long-lived objects scattered among short-lived ones keep it.",
+                 only when empty, so long-lived objects scattered among short-lived ones keep \
+                 it.{survivors}",
                 Bytes(usize::try_from(block_size).unwrap_or(0)),
                 bytes(held),
                 bytes(capacity),
@@ -238,10 +289,21 @@ fn leaks(model: &Model, out: &mut Vec<Insight>) {
             g.totals.held
         )
     });
+    let sites = model.sites();
+    let site = sites
+        .live_by_stack()
+        .first()
+        .map_or(String::new(), |&(leaf, n, b)| {
+            let name = SYMBOLS.with(|s| s.borrow_mut().site_name(sites, leaf));
+            format!(
+                " The site leaking most is {name} ({n:.0} blocks, {}).",
+                Bytes(b.max(0.0) as usize)
+            )
+        });
     out.push(Insight {
         kind: Kind::LeaksAtExit,
         text: format!(
-            "{} blocks ({} requested) were never freed before the program exited{largest}.",
+            "{} blocks ({} requested) were never freed before the program exited{largest}.{site}",
             live.len(),
             Bytes(usize::try_from(live.requested_bytes()).unwrap_or(usize::MAX))
         ),

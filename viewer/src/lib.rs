@@ -6,6 +6,7 @@ pub mod describe;
 pub mod insights;
 pub mod model;
 pub mod source;
+pub mod symbols;
 pub mod teach;
 pub mod trace;
 pub mod ui;

@@ -1,16 +1,17 @@
-//! The golden trace of format version 1 (`assets/traces/golden-v1.hltrace`) reads to exactly what
-//! was written when it was made: readers must read every older version forever.
+//! The golden traces of every format version (`assets/traces/golden-vN.hltrace`) read to exactly
+//! what was written when they were made: readers must read every older version forever.
 //!
-//! The file was written once by this test with `HEAPLENS_BLESS=1`. Bless mode writes only the
-//! golden file of the current format version ([`VERSION`]): an older version's file is never
-//! rewritten (a format change adds `golden-vN.hltrace` and a test of its own instead), and each
-//! older file's bytes are pinned by a hash here, so a rewrite fails. It holds a synthetic
-//! allocator stream, an edge batch (every event kind, an unknown kind, extreme values), two
-//! keyframes and an End chunk; the assertions below are literal values, not recomputed ones.
+//! Each file was written once by its test with `HEAPLENS_BLESS=1`, and only the current version's
+//! can be (a writer writes no other): never rewrite one for a format change, add
+//! `golden-v{N+1}.hltrace` and a test of its own instead. Each holds a synthetic allocator stream,
+//! an edge batch (every event kind, an unknown kind, extreme values), two keyframes and an End
+//! chunk; the assertions below are literal values, not recomputed ones. Version 1 was written
+//! before stacks existed (its edge batch codes `StackFrame` as a kind it does not name);
+//! version 2 adds stacks (mode `all`) and modules.
 
 use std::path::PathBuf;
 
-use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::event::{Event, EventKind, flags, stack_mode};
 use heaplens_viewer::trace::synth::{self, SynthConfig};
 use heaplens_viewer::trace::{
     EndInfo, EndReason, ExitStatus, Metadata, Status, TraceReader, TraceWriter, VERSION,
@@ -19,10 +20,6 @@ use heaplens_viewer::trace::{
 
 fn traces_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces")
-}
-
-fn golden_path() -> PathBuf {
-    traces_dir().join("golden-v1.hltrace")
 }
 
 /// Whether bless mode (`asked`) may write the golden file of format `version`: only the current
@@ -95,10 +92,14 @@ fn bless_mode_rewrites_only_the_current_versions_golden_file() {
     );
 }
 
-/// Every kind format version 1 named (up to `CensusSegment`, 64), an unknown kind, wide
-/// events, extreme values. Kinds named later are not in the golden file.
-fn edge_batch() -> Vec<Event> {
-    let mut v: Vec<Event> = (0u8..=64)
+fn golden_path(version: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../assets/traces/golden-v{version}.hltrace"))
+}
+
+/// Every kind up to `last`, an unknown kind, wide events, extreme values.
+fn edge_batch(last: u8) -> Vec<Event> {
+    let mut v: Vec<Event> = (0u8..=last)
         .filter(|&k| EventKind::from_u8(k).is_some())
         .map(|k| Event {
             kind: k,
@@ -129,7 +130,7 @@ fn edge_batch() -> Vec<Event> {
     v
 }
 
-fn metadata() -> Metadata {
+fn metadata(version: u16) -> Metadata {
     let mut m = Metadata {
         pid: 4242,
         command: vec!["golden".into(), "--seed".into(), "7".into()],
@@ -137,25 +138,31 @@ fn metadata() -> Metadata {
         hostname: "golden-host".into(),
         ..Metadata::with_allocator_constants()
     };
-    m.extra
-        .insert("note".into(), "format v1 golden file".into());
+    m.extra.insert(
+        "note".into(),
+        format!("format v{version} golden file").into(),
+    );
     m
 }
 
-/// Writes the golden file (only with `HEAPLENS_BLESS=1`).
+/// Writes the golden file of the current version (only with `HEAPLENS_BLESS=1`).
 fn bless() {
     let batches = synth::generate(&SynthConfig {
         threads: 2,
-        events: 6000,
+        events: 12_000,
         seed: 7,
         cross_thread: 0.05,
         census_every: 3,
+        stacks: stack_mode::ALL,
+        sample_bytes: 0,
     });
     let options = WriterOptions {
         chunk_events: 1024,
         zstd_level: Some(3),
     };
-    let mut w = TraceWriter::create_with(golden_path(), &metadata(), options).unwrap();
+    let version = heaplens_viewer::trace::VERSION;
+    let mut w =
+        TraceWriter::create_with(golden_path(version), &metadata(version), options).unwrap();
     for (i, (h, evs)) in batches.iter().enumerate() {
         w.write_batch(*h, evs).unwrap();
         if i == 2 || i == 6 {
@@ -164,7 +171,9 @@ fn bless() {
                 .unwrap();
         }
     }
-    w.write_batch(3, &edge_batch()).unwrap();
+    let mut edge = edge_batch(EventKind::ModuleGone as u8);
+    edge.extend(frame_edges());
+    w.write_batch(3, &edge).unwrap();
     w.finish(EndInfo {
         reason: EndReason::PeerVanished,
         status: ExitStatus::Signal(11),
@@ -183,12 +192,38 @@ fn fingerprint(events: &[(u32, Event)]) -> u64 {
     h
 }
 
+/// Stack frames and stack ids at the edges of their predictors.
+fn frame_edges() -> Vec<Event> {
+    let frame = |flags, arg32, addr, arg| Event {
+        kind: EventKind::StackFrame as u8,
+        flags,
+        arg32,
+        addr,
+        arg,
+        ..Event::default()
+    };
+    let alloc = |arg32| Event {
+        kind: EventKind::Alloc as u8,
+        arg32,
+        addr: 0x7f00_0000_1000,
+        arg: 24,
+        aux: 2,
+        ..Event::default()
+    };
+    vec![
+        frame(0, u32::MAX, u64::MAX, 0),
+        frame(flags::TRUNCATED, 0, 0, u64::MAX),
+        frame(0, 1, 0x4000, u64::from(u32::MAX)),
+        alloc(u32::MAX),
+        alloc(1),
+        alloc(u32::MAX),
+        alloc(7),
+    ]
+}
+
 #[test]
 fn golden_v1_reads_exactly() {
-    if may_bless(1, bless_asked()) {
-        bless();
-    }
-    let path = golden_path();
+    let path = golden_path(1);
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size < 100 * 1024, "golden file is {size} bytes");
     let mut r = TraceReader::open(&path).unwrap();
@@ -204,20 +239,6 @@ fn golden_v1_reads_exactly() {
 
     let m = r.metadata().clone();
     let all: Vec<(u32, Event)> = r.events().map(Result::unwrap).collect();
-    if may_bless(1, bless_asked()) {
-        eprintln!(
-            "info {} bins {} events {} chunks {} fingerprint {:#x} keyframes {:?}",
-            m.segment_info_size,
-            m.bin_block_sizes.len(),
-            all.len(),
-            r.chunks().len(),
-            fingerprint(&all),
-            r.keyframes()
-                .iter()
-                .map(|k| (k.event_index, k.time))
-                .collect::<Vec<_>>()
-        );
-    }
     assert_eq!(m.pid, 4242);
     assert_eq!(m.command, ["golden", "--seed", "7"]);
     assert_eq!(m.start_unix_ns, 1_700_000_000_123_456_789);
@@ -252,7 +273,8 @@ fn golden_v1_reads_exactly() {
     };
     assert_eq!(all[2], (1, started));
     // It ends with the edge batch, exactly.
-    let edge = edge_batch();
+    // Kinds known when it was written (the stack kinds, 70 on, came later).
+    let edge = edge_batch(69);
     let tail = &all[all.len() - edge.len()..];
     assert!(tail.iter().all(|(h, _)| *h == 3));
     assert_eq!(tail.iter().map(|(_, e)| *e).collect::<Vec<_>>(), edge);
@@ -267,10 +289,72 @@ fn golden_v1_reads_exactly() {
     assert_eq!(r.read_keyframe(1).unwrap(), b"keyframe after batch 6");
 }
 
-// Literal values of the golden file, as it was written.
+#[test]
+fn golden_v2_reads_exactly() {
+    let bless_mode = may_bless(VERSION, bless_asked());
+    if bless_mode {
+        bless();
+    }
+    let path = golden_path(2);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 100 * 1024, "golden file is {size} bytes");
+    let mut r = TraceReader::open(&path).unwrap();
+    assert_eq!(r.version(), 2);
+    assert_eq!(r.status(), Status::Complete);
+    let m = r.metadata().clone();
+    assert_eq!(m.command, ["golden", "--seed", "7"]);
+    assert_eq!(m.extra["note"], "format v2 golden file");
+    let all: Vec<(u32, Event)> = r.events().map(Result::unwrap).collect();
+    let kf: Vec<(u64, u64)> = r
+        .keyframes()
+        .iter()
+        .map(|k| (k.event_index, k.time))
+        .collect();
+    if bless_mode {
+        eprintln!(
+            "events {} chunks {} fingerprint {:#x} keyframes {kf:?}",
+            all.len(),
+            r.chunks().len(),
+            fingerprint(&all),
+        );
+    }
+    assert_eq!(all.len() as u64, GOLDEN_V2_EVENTS);
+    assert_eq!(r.chunks().len(), GOLDEN_V2_CHUNKS);
+    assert_eq!(fingerprint(&all), GOLDEN_V2_FINGERPRINT);
+    assert_eq!(kf, GOLDEN_V2_KEYFRAMES);
+
+    // Stacks and modules: the stack mode first among the process events, then the modules.
+    let mode = all
+        .iter()
+        .find(|(_, e)| e.kind == EventKind::StackMode as u8)
+        .unwrap();
+    assert_eq!((mode.0, mode.1.aux), (0, stack_mode::ALL));
+    let frames = all
+        .iter()
+        .filter(|(_, e)| e.kind == EventKind::StackFrame as u8)
+        .count();
+    assert!(frames > 100, "{frames} frames");
+    let allocs_without = all
+        .iter()
+        .filter(|(h, e)| *h != 3 && e.kind == EventKind::Alloc as u8 && e.arg32 == 0)
+        .count();
+    assert_eq!(allocs_without, 0);
+    // It ends with the edge batch, exactly.
+    let mut edge = edge_batch(EventKind::ModuleGone as u8);
+    edge.extend(frame_edges());
+    let tail = &all[all.len() - edge.len()..];
+    assert!(tail.iter().all(|(h, _)| *h == 3));
+    assert_eq!(tail.iter().map(|(_, e)| *e).collect::<Vec<_>>(), edge);
+}
+
+// Literal values of the golden files, as they were written.
 const GOLDEN_INFO_SIZE: u64 = 7296;
 const GOLDEN_BINS: usize = 64;
 const GOLDEN_EVENTS: u64 = 8102;
 const GOLDEN_CHUNKS: usize = 9;
 const GOLDEN_FINGERPRINT: u64 = 0x6c10_c1c5_7330_c544;
 const GOLDEN_KEYFRAMES: [(u64, u64); 2] = [(1015, 0), (5356, 2_000_000)];
+const GOLDEN_V2_EVENTS: u64 = 14229;
+const GOLDEN_V2_CHUNKS: usize = 16;
+const GOLDEN_V2_FINGERPRINT: u64 = 0x265d_c42e_38cb_2ec4;
+const GOLDEN_V2_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];

@@ -33,6 +33,7 @@ pub mod live;
 pub mod metrics;
 pub mod page;
 pub mod segment;
+pub mod sites;
 pub mod synth;
 
 use heaplens_alloc::bin::PageKind;
@@ -47,6 +48,7 @@ pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
 pub use metrics::{Marker, Metrics, Sample, Totals};
 pub use page::{BlockState, LastEvent, Page};
 pub use segment::{Segment, Segments, segment_base};
+pub use sites::{Frame, Module, SiteKey, SiteStats, Sites, StackedBlock};
 
 use census::CensusState;
 use live::Side;
@@ -81,6 +83,15 @@ const CENSUS_PAGE: u8 = EventKind::CensusPage as u8;
 const CENSUS_PAGE2: u8 = EventKind::CensusPage2 as u8;
 const CENSUS_SEGMENT: u8 = EventKind::CensusSegment as u8;
 const CENSUS_END: u8 = EventKind::CensusEnd as u8;
+const STACK_FRAME: u8 = EventKind::StackFrame as u8;
+const MODULE_GONE: u8 = EventKind::ModuleGone as u8;
+
+/// The first bytes of a keyframe of version 1 on (a version 0 keyframe, a model in postcard,
+/// starts with a segment count: these would take over nine thousand segments and then more).
+pub const KEYFRAME_MAGIC: [u8; 4] = *b"\xffHKF";
+
+/// The keyframe version this build writes: 0 had no header and no sites; 1 adds them.
+pub const KEYFRAME_VERSION: u16 = 1;
 
 /// Sums kept up to date as events arrive (over live segments).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +167,9 @@ pub struct Model {
     /// Freed segments the allocator keeps mapped in its cache, `(base, bytes)`, until it reuses
     /// or unmaps them (an `OsPurge` of the segment).
     cached: Vec<(u64, u64)>,
+    /// Stacks, modules and allocation sites. The last field: a keyframe of version 0 (before
+    /// sites) is read by appending an empty one (see [`Model::from_keyframe`]).
+    sites: Sites,
 }
 
 impl Default for Model {
@@ -192,6 +206,7 @@ impl Model {
             lost_to_damage: 0,
             invariant_checks: true,
             cached: Vec::new(),
+            sites: Sites::default(),
         }
     }
 
@@ -232,8 +247,18 @@ impl Model {
         }
         self.heaps.set_current(heap, ev.time);
         match ev.kind {
-            ALLOC => self.on_alloc(heap, ev),
-            FREE => self.on_free(heap, ev),
+            ALLOC => {
+                self.on_alloc(heap, ev);
+                if ev.arg32 != 0 || self.sites.is_on() {
+                    self.sites.on_alloc(heap, ev);
+                }
+            }
+            FREE => {
+                self.on_free(heap, ev);
+                if self.sites.is_on() {
+                    self.sites.on_free(heap, ev);
+                }
+            }
             _ => self.apply_other(heap, ev),
         }
     }
@@ -253,6 +278,7 @@ impl Model {
             RESIZE => {
                 self.totals.resizes += 1;
                 self.resize_block(ev.addr, ev.arg);
+                self.sites.on_resize(ev.addr, ev.arg);
             }
             REALLOC => {
                 self.totals.reallocs += 1;
@@ -343,6 +369,7 @@ impl Model {
             CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
                 self.on_census_event(ev);
             }
+            STACK_FRAME..=MODULE_GONE => self.sites.on_event(ev),
             _ => self.totals.unknown_events += 1,
         }
     }
@@ -856,6 +883,44 @@ impl Model {
     /// Latest event time seen (ns since trace start).
     pub fn time(&self) -> u64 {
         self.time
+    }
+
+    /// Stacks, modules and allocation sites.
+    pub fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// The model serialised as a keyframe: [`KEYFRAME_MAGIC`], the version
+    /// ([`KEYFRAME_VERSION`], u16 little-endian), then the model in postcard.
+    pub fn to_keyframe(&self) -> Result<Vec<u8>, String> {
+        let mut out = KEYFRAME_MAGIC.to_vec();
+        out.extend_from_slice(&KEYFRAME_VERSION.to_le_bytes());
+        postcard::to_extend(self, out).map_err(|e| format!("cannot serialise a keyframe: {e}"))
+    }
+
+    /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
+    /// header: the model in postcard, before allocation sites) reads with no sites.
+    pub fn from_keyframe(bytes: &[u8]) -> Result<Self, String> {
+        let bad = |e: postcard::Error| format!("keyframe does not decode: {e}");
+        match bytes.strip_prefix(&KEYFRAME_MAGIC[..]) {
+            Some(rest) if rest.len() >= 2 => {
+                let version = u16::from_le_bytes([rest[0], rest[1]]);
+                if version > KEYFRAME_VERSION {
+                    return Err(format!(
+                        "keyframe version {version} is newer than this heaplens (reads up to {KEYFRAME_VERSION})"
+                    ));
+                }
+                postcard::from_bytes(&rest[2..]).map_err(bad)
+            }
+            _ => {
+                // Version 0: the fields before `sites`, then an empty `Sites` appended.
+                let empty = postcard::to_stdvec(&Sites::default()).map_err(bad)?;
+                let mut v = Vec::with_capacity(bytes.len() + empty.len());
+                v.extend_from_slice(bytes);
+                v.extend_from_slice(&empty);
+                postcard::from_bytes(&v).map_err(bad)
+            }
+        }
     }
 
     /// Latest `ClockSync`: (trace time, CLOCK_MONOTONIC ns).

@@ -9,13 +9,17 @@
 //! it), and moves the clock on after it abandons or frees a segment. [`Synth::census`] gives its
 //! true state, [`Synth::live_blocks`] its live blocks.
 //!
+//! With stacks (`SynthConfig::stacks`) each allocation comes from one of a few dozen call sites,
+//! each thread interns the frames of a site before its first use (ids from one counter), and
+//! [`Synth::site_live_bytes`] gives the exact live bytes per site.
+//!
 //! Events come out in true order with coarse tick times; [`shuffle_within_ticks`] reorders them the
 //! way the collector may deliver them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use heaplens_alloc::bin::{BIN_HUGE, PageKind, bin_of, block_size};
-use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::event::{Event, EventKind, flags, stack_mode};
 use heaplens_alloc::segment::INFO_SIZE;
 use heaplens_alloc::{
     LARGE_OBJ_SIZE_MAX, MEDIUM_PAGE_SIZE, SEGMENT_SIZE, SMALL_PAGE_SIZE, SMALL_PAGES_PER_SEGMENT,
@@ -86,6 +90,10 @@ pub struct SynthConfig {
     /// Request sizes to pick from instead of the default spread (few sizes fill pages: full
     /// queues and delayed frees).
     pub sizes: Vec<u64>,
+    /// Stack capture ([`stack_mode`]): off, sampled, all.
+    pub stacks: u16,
+    /// Mean sampling interval in bytes when sampled.
+    pub sample_bytes: u64,
 }
 
 impl Default for SynthConfig {
@@ -103,6 +111,8 @@ impl Default for SynthConfig {
             realloc_percent: 3,
             reuse_percent: 70,
             sizes: Vec::new(),
+            stacks: stack_mode::OFF,
+            sample_bytes: 512 << 10,
         }
     }
 }
@@ -147,6 +157,12 @@ struct SThread {
     delayed: Vec<u64>,
     deferred: Vec<Event>,
     segments: Vec<u64>,
+    /// Leaf node of each call site in this thread's tree (0: not interned yet).
+    leaves: Vec<u32>,
+    /// Interned nodes: (parent, pc) -> id.
+    nodes: HashMap<(u32, u64), u32>,
+    /// Bytes until the next sampled allocation.
+    countdown: f64,
 }
 
 /// The simulation.
@@ -165,6 +181,28 @@ pub struct Synth {
     next_heap: u32,
     census_number: u32,
     marks: u32,
+    /// Drawn from only with stacks, so the allocator's stream does not change with them.
+    stack_rng: Rng,
+    next_node: u32,
+    /// The site of every block allocated with a stack, by address (the latest allocation).
+    block_site: HashMap<u64, u32>,
+    /// The call site of every leaf node.
+    leaf_site: HashMap<u32, usize>,
+}
+
+/// Call sites of the synthetic program.
+pub const SYNTH_SITES: usize = 48;
+
+/// The pcs of call site `i`, leaf first: `main`, then one of four request handlers, then deeper
+/// frames particular to the site.
+pub fn site_pcs(i: usize) -> Vec<u64> {
+    let i = i as u64;
+    let mut outer_first = vec![0x40_1000, 0x40_2000 + (i % 4) * 0x100];
+    for level in 0..(1 + i % 5) {
+        outer_first.push(0x41_0000 + level * 0x1_0000 + i * 0x40);
+    }
+    outer_first.reverse();
+    outer_first
 }
 
 fn ev(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64) -> Event {
@@ -196,7 +234,20 @@ impl Synth {
             next_heap: 1,
             census_number: 0,
             marks: 0,
+            stack_rng: Rng::new(0),
+            next_node: 0,
+            block_site: HashMap::new(),
+            leaf_site: HashMap::new(),
         };
+        s.stack_rng = Rng::new(s.cfg.seed ^ 0x5ca1_ab1e);
+        if s.cfg.stacks != stack_mode::OFF {
+            let interval = if s.cfg.stacks == stack_mode::SAMPLED {
+                s.cfg.sample_bytes
+            } else {
+                0
+            };
+            s.emit(0, ev(EventKind::StackMode, 0, s.cfg.stacks, 0, 0, interval));
+        }
         for _ in 0..s.cfg.threads.max(1) {
             s.start_thread();
         }
@@ -306,6 +357,71 @@ impl Synth {
         }
     }
 
+    /// The stack id of thread `t`'s next allocation of `size` bytes (0: none), its frames
+    /// interned and sent first.
+    fn stack_for(&mut self, t: usize, size: u64) -> u32 {
+        match self.cfg.stacks {
+            stack_mode::ALL => {}
+            stack_mode::SAMPLED => {
+                let th = &mut self.threads[t];
+                th.countdown -= size as f64;
+                if th.countdown > 0.0 {
+                    return 0;
+                }
+                let mean = self.cfg.sample_bytes.max(1) as f64;
+                while self.threads[t].countdown <= 0.0 {
+                    let u = (self.stack_rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    self.threads[t].countdown += (-(1.0 - u).ln() * mean).max(1.0);
+                }
+            }
+            _ => return 0,
+        }
+        // Sites by size, so each has its own spread of sizes, and a little at random.
+        let site = ((size.trailing_zeros() as u64 * 7 + size % 5 + self.stack_rng.below(3))
+            % SYNTH_SITES as u64) as usize;
+        let heap = self.threads[t].heap;
+        if self.threads[t].leaves.len() < SYNTH_SITES {
+            self.threads[t].leaves.resize(SYNTH_SITES, 0);
+        }
+        if self.threads[t].leaves[site] != 0 {
+            return self.threads[t].leaves[site];
+        }
+        let mut parent = 0u32;
+        for pc in site_pcs(site).into_iter().rev() {
+            let id = match self.threads[t].nodes.get(&(parent, pc)) {
+                Some(&id) => id,
+                None => {
+                    self.next_node += 1;
+                    let id = self.next_node;
+                    self.threads[t].nodes.insert((parent, pc), id);
+                    self.emit(
+                        heap,
+                        ev(EventKind::StackFrame, 0, 0, id, pc, u64::from(parent)),
+                    );
+                    id
+                }
+            };
+            parent = id;
+        }
+        self.threads[t].leaves[site] = parent;
+        self.leaf_site.insert(parent, site);
+        parent
+    }
+
+    /// Exact live bytes per site of the live blocks allocated with a stack, by the site's
+    /// pcs (leaf first): thread trees differ in ids, not in pcs.
+    pub fn site_live_bytes(&self) -> BTreeMap<Vec<u64>, u64> {
+        let mut out = BTreeMap::new();
+        for (addr, size) in self.live_blocks() {
+            if let Some(leaf) = self.block_site.get(&addr)
+                && let Some(&site) = self.leaf_site.get(leaf)
+            {
+                *out.entry(site_pcs(site)).or_insert(0) += size;
+            }
+        }
+        out
+    }
+
     fn size(&mut self) -> u64 {
         if !self.cfg.sizes.is_empty() {
             let i = self.rng.below(self.cfg.sizes.len() as u64) as usize;
@@ -350,10 +466,16 @@ impl Synth {
             let bin = bin_of(size as usize) as u16;
             self.page_with_free(t, bin)
         };
+        let stack = self.stack_for(t, size);
         let p = self.page(id);
         let addr = p.free.pop().expect("a page with a free block");
         p.used += 1;
-        self.emit(heap, ev(EventKind::Alloc, 0, 0, 0, addr, size));
+        self.emit(heap, ev(EventKind::Alloc, 0, 0, stack, addr, size));
+        if stack != 0 {
+            self.block_site.insert(addr, stack);
+        } else if self.cfg.stacks != stack_mode::OFF {
+            self.block_site.remove(&addr);
+        }
         self.threads[t].live.push((addr, size));
         addr
     }

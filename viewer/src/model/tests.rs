@@ -559,8 +559,8 @@ fn keyframes_clone_and_serde_round_trip() {
     let mut t = setup();
     t.free(2, PAGE1, flags::CROSS_THREAD);
     let snapshot = t.m.clone();
-    let bytes = postcard::to_stdvec(&t.m).expect("serialize");
-    let mut restored: Model = postcard::from_bytes(&bytes).expect("deserialize");
+    let bytes = t.m.to_keyframe().expect("serialize");
+    let mut restored = Model::from_keyframe(&bytes).expect("deserialize");
     let rest = [
         e(EventKind::PageCollect, 0, 0, 1, PAGE1, 0),
         e(EventKind::Alloc, 0, 0, 0, PAGE1 + 256, 7),

@@ -410,7 +410,7 @@ impl Replay {
         if let Some(at) = event_index
             && let Some((info, bytes)) = self.reader.keyframe_for_event(at).ok().flatten()
         {
-            match postcard::from_bytes::<Model>(&bytes) {
+            match Model::from_keyframe(&bytes) {
                 Ok(model) => {
                     self.view.model = model;
                     self.view.applied = info.event_index;

@@ -92,7 +92,7 @@ impl<R: Read + Seek> TraceReader<R> {
             end: None,
             stored: Vec::new(),
             raw: Vec::new(),
-            decoder: Decoder::new(),
+            decoder: Decoder::for_version(version),
         };
         if !reader.load_index(data_start)? {
             reader.scan(data_start)?;

@@ -5,12 +5,17 @@
 //! medium pages, blocks carved sequentially per extension, LIFO free lists (`free`,
 //! `local_free`, `thread_free`) with collects, full and retired pages, cross-thread frees,
 //! reallocs, marks and a census every so often; requests are skewed small and repeat a few
-//! favourite sizes, lifetimes are mostly short. Times follow the hook's coarse clock: one tick a
+//! favourite sizes, lifetimes are mostly short. With stacks on, the stream starts with the stack
+//! mode and two modules, and allocations come from a few hundred call sites (deep stacks sharing
+//! their outer frames), interned per thread and sent before their first use; sampled mode draws
+//! a byte countdown from an exponential distribution, as the hook does. Times follow the hook's coarse clock: one tick a
 //! millisecond, every event of a tick the same time, one batch per heap per tick. It aims at
 //! realistic *bytes*, not at a stream the model must agree with to the last counter.
 
 use heaplens_alloc::bin::{PageKind, bin_of, block_size};
-use heaplens_alloc::event::{Event, EventKind, flags};
+use std::collections::HashMap;
+
+use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
 
 /// What to generate.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +30,10 @@ pub struct SynthConfig {
     pub cross_thread: f64,
     /// A census every this many ticks (milliseconds); 0: none.
     pub census_every: u64,
+    /// Stack capture ([`stack_mode`]): `OFF`, `SAMPLED` or `ALL`.
+    pub stacks: u16,
+    /// Mean sampling interval in bytes when `stacks` is `SAMPLED`.
+    pub sample_bytes: u64,
 }
 
 impl Default for SynthConfig {
@@ -35,6 +44,8 @@ impl Default for SynthConfig {
             seed: 1,
             cross_thread: 0.04,
             census_every: 1000,
+            stacks: stack_mode::OFF,
+            sample_bytes: 512 << 10,
         }
     }
 }
@@ -65,9 +76,30 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        self.unit() <= p
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponentially distributed with mean `mean`.
+    pub fn exponential(&mut self, mean: f64) -> f64 {
+        -(1.0 - self.unit()).ln() * mean
     }
 }
+
+/// Load bias of the synthetic executable (module 1) and its library (module 2).
+pub const SYNTH_EXE_BIAS: u64 = 0x5555_5555_0000;
+/// Load bias of the synthetic library (module 2).
+pub const SYNTH_LIB_BIAS: u64 = 0x7f00_1000_0000;
+/// Length of each synthetic module's executable range.
+pub const SYNTH_TEXT_LEN: u64 = 0x40_0000;
+/// The path of the synthetic executable.
+pub const SYNTH_EXE_PATH: &str = "/opt/synth/bin/synth-server";
+/// The path of the synthetic library.
+pub const SYNTH_LIB_PATH: &str = "/usr/lib/x86_64-linux-gnu/libsynth.so.1";
 
 const SEGMENT: u64 = heaplens_alloc::SEGMENT_SIZE as u64;
 const INFO: u64 = heaplens_alloc::segment::INFO_SIZE as u64;
@@ -104,6 +136,7 @@ struct Live {
     size: u64,
 }
 
+#[derive(Default)]
 struct Heap {
     id: u32,
     bins: Vec<Vec<usize>>,
@@ -111,6 +144,12 @@ struct Heap {
     inbox: Vec<Live>,
     events: Vec<Event>,
     grow: f64,
+    /// Interned stack nodes: (parent id, pc) -> id.
+    tree: HashMap<(u32, u64), u32>,
+    /// Leaf node id of each call site, 0 until interned.
+    leaves: Vec<u32>,
+    /// Bytes until the next sampled allocation.
+    countdown: f64,
 }
 
 struct World {
@@ -120,6 +159,79 @@ struct World {
     segments: Vec<Segment>,
     next_segment: u64,
     sizes: Vec<u64>,
+    /// Stack mode, sampling interval.
+    stacks: u16,
+    /// Draws for stacks only (sampling, sites), so that the allocator's stream is the same
+    /// with stacks as without.
+    stack_rng: Rng,
+    sample_bytes: f64,
+    /// Call sites: return addresses, leaf first.
+    sites: Vec<Vec<u64>>,
+    /// The next stack node id (one counter for every thread).
+    next_node: u32,
+}
+
+/// Call sites: a few hundred stacks of 4 to 24 frames, sharing outer frames (a `main`, a
+/// dozen top-level functions, and so on), leaves mostly in the executable, some in the library.
+fn site_table(rng: &mut Rng) -> Vec<Vec<u64>> {
+    let func = |m: u64, f: u64, off: u64| {
+        if m == 0 {
+            SYNTH_EXE_BIAS + 0x1000 + f * 0x180 + off
+        } else {
+            SYNTH_LIB_BIAS + 0x2000 + f * 0x140 + off
+        }
+    };
+    (0..300)
+        .map(|_| {
+            let depth = 4 + rng.below(21) as usize;
+            let mut outer_first: Vec<u64> = Vec::with_capacity(depth);
+            for level in 0..depth {
+                // Outer levels choose among few functions, inner levels among many.
+                let choices = (2 + level as u64 * 6).min(400);
+                let f = rng.below(choices) + level as u64 * 40;
+                let in_lib = level + 2 >= depth && rng.chance(0.2);
+                outer_first.push(func(u64::from(in_lib), f, 0x10 + rng.below(4) * 0x18));
+            }
+            outer_first.reverse();
+            outer_first
+        })
+        .collect()
+}
+
+/// The process events that start a stream with stacks: the mode, then two modules.
+fn stack_prelude(mode: u16, interval: u64, out: &mut Vec<Event>) {
+    let interval = if mode == stack_mode::SAMPLED {
+        interval
+    } else {
+        0
+    };
+    out.push(ev(EventKind::StackMode, 0, mode, 0, 0, interval, 0));
+    for (id, bias, path, build_id) in [
+        (1u32, SYNTH_EXE_BIAS, SYNTH_EXE_PATH, &[0xab_u8; 20][..]),
+        (2, SYNTH_LIB_BIAS, SYNTH_LIB_PATH, &[0xcd; 20][..]),
+    ] {
+        out.push(ev(EventKind::Module, 0, 0, id, bias, 0, 0));
+        out.push(ev(
+            EventKind::ModuleRange,
+            0,
+            0,
+            id,
+            bias + 0x1000,
+            SYNTH_TEXT_LEN,
+            0,
+        ));
+        for (what, text) in [
+            (module_text::PATH, path.as_bytes()),
+            (module_text::BUILD_ID, build_id),
+        ] {
+            let pieces: Vec<&[u8]> = text.chunks(16).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let (addr, arg) = Event::pack_text(piece);
+                let more = if i + 1 < pieces.len() { flags::MORE } else { 0 };
+                out.push(ev(EventKind::ModuleText, more, what, id, addr, arg, 0));
+            }
+        }
+    }
 }
 
 fn ev(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64, time: u64) -> Event {
@@ -157,6 +269,60 @@ fn size_table(rng: &mut Rng) -> Vec<u64> {
 }
 
 impl World {
+    /// The stack id of an allocation of `size` bytes (0: none), interning its site's frames
+    /// into `heap`'s tree (their events go out before the allocation's).
+    fn stack_for(&mut self, heap: &mut Heap, size: u64) -> u32 {
+        match self.stacks {
+            stack_mode::ALL => {}
+            stack_mode::SAMPLED => {
+                heap.countdown -= size as f64;
+                if heap.countdown > 0.0 {
+                    return 0;
+                }
+                while heap.countdown <= 0.0 {
+                    heap.countdown += self.stack_rng.exponential(self.sample_bytes).max(1.0);
+                }
+            }
+            _ => return 0,
+        }
+        // A site, skewed: the first sites of the table allocate most.
+        let n = self.sites.len() as u64;
+        let site = ((self.stack_rng.below(n) * self.stack_rng.below(n)) / n) as usize;
+        if heap.leaves.len() < self.sites.len() {
+            heap.leaves.resize(self.sites.len(), 0);
+        }
+        if heap.leaves[site] != 0 {
+            return heap.leaves[site];
+        }
+        let mut parent = 0u32;
+        for (depth, &pc) in self.sites[site].iter().rev().enumerate() {
+            let next = &mut self.next_node;
+            let mut new = false;
+            let id = *heap.tree.entry((parent, pc)).or_insert_with(|| {
+                *next += 1;
+                new = true;
+                *next
+            });
+            if new {
+                // The deepest stacks were cut by the depth limit.
+                let truncated = depth == 0 && self.sites[site].len() >= 24;
+                let f = if truncated { flags::TRUNCATED } else { 0 };
+                heap.events.push(ev(
+                    EventKind::StackFrame,
+                    f,
+                    0,
+                    id,
+                    pc,
+                    u64::from(parent),
+                    self.time,
+                ));
+            }
+            parent = id;
+        }
+        heap.leaves[site] = parent;
+        parent
+    }
+
     fn size(&mut self) -> u64 {
         // Zipf-like: the first sizes of the table are asked for most.
         let n = self.sizes.len() as u64;
@@ -291,6 +457,7 @@ impl World {
     }
 
     fn alloc(&mut self, heap: &mut Heap, size: u64, flags: u8) -> Live {
+        let stack = self.stack_for(heap, size);
         let bin = bin_of(size as usize);
         let t = self.time;
         let addr;
@@ -314,8 +481,15 @@ impl World {
             }
         }
         self.pages[page].used += 1;
-        heap.events
-            .push(ev(EventKind::Alloc, flags, bin as u16, 0, addr, size, t));
+        heap.events.push(ev(
+            EventKind::Alloc,
+            flags,
+            bin as u16,
+            stack,
+            addr,
+            size,
+            t,
+        ));
         Live { addr, page, size }
     }
 
@@ -427,6 +601,13 @@ impl World {
 pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
     let mut rng = Rng::new(config.seed);
     let sizes = size_table(&mut rng);
+    let stacks = config.stacks;
+    // Drawn only with stacks, so a stream without them is the same as before they existed.
+    let sites = if stacks == stack_mode::OFF {
+        Vec::new()
+    } else {
+        site_table(&mut Rng::new(config.seed ^ 0x5eed))
+    };
     let mut w = World {
         rng,
         time: 0,
@@ -434,21 +615,28 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
         segments: Vec::new(),
         next_segment: 0x7f3a_0000_0000,
         sizes,
+        stacks,
+        stack_rng: Rng::new(config.seed ^ 0x57ac),
+        sample_bytes: config.sample_bytes.max(1) as f64,
+        sites,
+        next_node: 0,
     };
     let threads = config.threads.max(1);
     let mut heaps: Vec<Heap> = (1..=threads)
         .map(|id| Heap {
             id,
             bins: vec![Vec::new(); heaplens_alloc::bin::BIN_COUNT],
-            live: Vec::new(),
-            inbox: Vec::new(),
-            events: Vec::new(),
             grow: 0.55,
+            countdown: config.sample_bytes as f64,
+            ..Heap::default()
         })
         .collect();
     let mut out: Vec<(u32, Vec<Event>)> = Vec::new();
     let mut total = 0usize;
     let mut process = Vec::new();
+    if stacks != stack_mode::OFF {
+        stack_prelude(stacks, config.sample_bytes, &mut process);
+    }
     for h in &mut heaps {
         let name = format!("worker-{}", h.id);
         let (addr, arg) = Event::pack_text(name.as_bytes());
@@ -469,17 +657,7 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
             out.push((0, std::mem::take(&mut process)));
         }
         for hi in 0..heaps.len() {
-            let mut heap = std::mem::replace(
-                &mut heaps[hi],
-                Heap {
-                    id: 0,
-                    bins: Vec::new(),
-                    live: Vec::new(),
-                    inbox: Vec::new(),
-                    events: Vec::new(),
-                    grow: 0.0,
-                },
-            );
+            let mut heap = std::mem::take(&mut heaps[hi]);
             if tick.is_multiple_of(200) {
                 heap.grow = [0.45, 0.5, 0.53, 0.6][w.rng.below(4) as usize];
             }
@@ -606,5 +784,46 @@ mod tests {
         assert!(cross > 100);
         // Times never go backwards.
         assert!(all.windows(2).all(|w| w[0].1.time <= w[1].1.time));
+    }
+
+    #[test]
+    fn stacks_are_interned_before_use() {
+        for mode in [stack_mode::ALL, stack_mode::SAMPLED] {
+            let cfg = SynthConfig {
+                events: 60_000,
+                stacks: mode,
+                sample_bytes: 4096,
+                ..SynthConfig::default()
+            };
+            let all = flatten(&generate(&cfg));
+            assert_eq!(all[..], flatten(&generate(&cfg))[..]);
+            let mut known: HashMap<u32, (u32, u64)> = HashMap::new();
+            let (mut with, mut without) = (0usize, 0usize);
+            for (heap, e) in &all {
+                match EventKind::from_u8(e.kind) {
+                    Some(EventKind::StackFrame) => {
+                        let parent = e.arg as u32;
+                        assert!(parent == 0 || known.contains_key(&parent));
+                        assert!(known.insert(e.arg32, (*heap, e.addr)).is_none());
+                    }
+                    Some(EventKind::Alloc) if e.arg32 != 0 => {
+                        // Interned by this heap before its first use.
+                        assert_eq!(known[&e.arg32].0, *heap);
+                        with += 1;
+                    }
+                    Some(EventKind::Alloc) => without += 1,
+                    _ => {}
+                }
+            }
+            assert!(with > 0);
+            if mode == stack_mode::ALL {
+                assert_eq!(without, 0);
+            } else {
+                assert!(without > with, "{without} unsampled, {with} sampled");
+            }
+            let kinds = |k: EventKind| all.iter().filter(|(_, e)| e.kind == k as u8).count();
+            assert_eq!(kinds(EventKind::StackMode), 1);
+            assert_eq!(kinds(EventKind::Module), 2);
+        }
     }
 }

@@ -4,7 +4,9 @@
 use eframe::egui::{self, Color32, RichText};
 
 use super::learn::{self, TourState};
-use super::{event_log, heaps, inspector, occupancy, overview, segment_map, style, timeline};
+use super::{
+    event_log, heaps, inspector, occupancy, overview, segment_map, sites, style, timeline,
+};
 use crate::model::Metrics;
 use crate::source::{Live, Replay, Status, View};
 
@@ -29,10 +31,12 @@ pub enum Tab {
     FreeLists,
     /// The event log.
     Events,
+    /// Allocation sites: which code allocated the live blocks.
+    Sites,
 }
 
 impl Tab {
-    const ALL: [(Self, &'static str, &'static str); 5] = [
+    const ALL: [(Self, &'static str, &'static str); 6] = [
         (
             Self::Overview,
             "Overview",
@@ -59,6 +63,11 @@ impl Tab {
             "The events around the replay position (live: the latest), in words; filter them, \
              follow a block, click one to see its page",
         ),
+        (
+            Self::Sites,
+            "Sites",
+            "Which code allocated the live blocks: top allocation sites and a flame graph",
+        ),
     ];
 }
 
@@ -79,6 +88,8 @@ pub struct UiState {
     pub learn_open: bool,
     /// The Events tab: its filters and the history it holds.
     pub events: event_log::EventLog,
+    /// The Sites tab's sort column and symbols.
+    pub sites: sites::SitesState,
 }
 
 impl Default for UiState {
@@ -91,6 +102,7 @@ impl Default for UiState {
             error: None,
             learn_open: false,
             events: event_log::EventLog::default(),
+            sites: sites::SitesState::default(),
         }
     }
 }
@@ -382,7 +394,7 @@ fn draw_frame(
             .default_size(340.0)
             .min_size(300.0)
             .show(ui, |ui| {
-                if inspector::draw(ui, &view.model, addr) {
+                if inspector::draw(ui, &view.model, addr, &mut state.sites) {
                     state.selected_page = None;
                 }
             });
@@ -403,6 +415,7 @@ fn draw_frame(
                 full.unwrap_or_else(|| view.model.metrics()).markers(),
             ),
         ),
+        Tab::Sites => sites::draw(ui, &view.model, &mut state.sites),
     });
     action
 }

@@ -1,16 +1,18 @@
 //! The page inspector: one page's blocks as a strip, each coloured by what it is doing (in use,
 //! on `free`, on `local_free`, on `thread_free`, delayed, not carved yet), with the counts, the
-//! block size, bin, owner heap, and the last thing that happened to the page.
+//! block size, bin, owner heap, the allocation sites of its live blocks (hover a block for its
+//! stack), and the last thing that happened to the page.
 
 use eframe::egui::{self, RichText, Sense, vec2};
 use heaplens_alloc::event::EventKind;
 
+use super::sites::{self, SitesState};
 use super::style;
 use crate::describe;
 use crate::model::{BlockState, Model};
 
 /// Draws the inspector for the page at `addr`; true when the user closed it.
-pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64) -> bool {
+pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64, sites_state: &mut SitesState) -> bool {
     let mut close = false;
     ui.horizontal(|ui| {
         ui.heading("Page inspector");
@@ -96,9 +98,13 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64) -> bool {
             }
         });
     ui.separator();
+    sites::page_sites(ui, model, p, sites_state);
     ui.label(RichText::new("Blocks").strong())
         .on_hover_text("One cell per block, in address order");
-    strip(ui, &states);
+    strip(ui, &states, &mut |i| {
+        let addr = p.start.wrapping_add((i as u64).wrapping_mul(p.block_size));
+        sites::block_stack(model, addr, sites_state)
+    });
     ui.separator();
     let last = p.last;
     if let Some(kind) = EventKind::from_u8(last.kind) {
@@ -113,7 +119,11 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64) -> bool {
     close
 }
 
-fn strip(ui: &mut egui::Ui, states: &[BlockState]) {
+fn strip(
+    ui: &mut egui::Ui,
+    states: &[BlockState],
+    stack_of: &mut dyn FnMut(usize) -> Option<String>,
+) {
     let cell = if states.len() > 2048 { 5.0 } else { 8.0 };
     let per_row = ((ui.available_width() / cell).floor() as usize).max(8);
     let rows = states.len().div_ceil(per_row);
@@ -137,7 +147,11 @@ fn strip(ui: &mut egui::Ui, states: &[BlockState]) {
                 let rel = pos - rect.min;
                 let i = (rel.y / cell) as usize * per_row + (rel.x / cell) as usize;
                 if let Some(s) = states.get(i) {
-                    resp.on_hover_text(format!("block {i}: {}", s.name()));
+                    let text = match stack_of(i) {
+                        Some(stack) => format!("block {i}: {}\n{stack}", s.name()),
+                        None => format!("block {i}: {}", s.name()),
+                    };
+                    resp.on_hover_text(text);
                 }
             }
         });

@@ -10,6 +10,7 @@ pub mod markers;
 mod occupancy;
 mod overview;
 mod segment_map;
+pub mod sites;
 pub mod style;
 pub mod timeline;
 

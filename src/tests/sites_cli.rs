@@ -1,0 +1,218 @@
+//! `heaplens leaks` and the top sites of `heaplens stats` on a trace with stacks: a C program
+//! compiled here gives real functions; the trace's frames are return addresses inside them; the
+//! reports name those functions (symbolised from the program's file) with the exact bytes and
+//! counts each allocated and leaked. A trace without stacks groups leaks by size and thread.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{heaplens, tempdir};
+use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
+use heaplens_viewer::trace::{EndInfo, Metadata, TraceWriter};
+
+const PROGRAM: &str = r#"
+#include <stdlib.h>
+__attribute__((noinline)) void *leak_here(size_t n) { return malloc(n); }
+__attribute__((noinline)) void *keep_here(size_t n) { return malloc(n + 1) ; }
+int main(int argc, char **argv) {
+    (void)argv;
+    void *a = leak_here((size_t)argc);
+    void *b = keep_here((size_t)argc);
+    free(b);
+    return a == 0;
+}
+"#;
+
+/// The program and its functions' addresses (from `nm`); None without a C compiler.
+fn program(dir: &Path) -> Option<(PathBuf, Vec<(String, u64)>)> {
+    let src = dir.join("leaky.c");
+    std::fs::write(&src, PROGRAM).unwrap();
+    let exe = dir.join("leaky");
+    let ok = Command::new("cc")
+        .args(["-g", "-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: no C compiler");
+        return None;
+    }
+    let out = Command::new("nm").arg(&exe).output().ok()?;
+    let syms = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && ["main", "leak_here", "keep_here"].contains(&f[2]))
+                .then(|| (f[2].to_owned(), u64::from_str_radix(f[0], 16).unwrap()))
+        })
+        .collect();
+    Some((exe, syms))
+}
+
+fn e(kind: EventKind, f: u8, aux: u16, arg32: u32, addr: u64, arg: u64) -> Event {
+    Event {
+        kind: kind as u8,
+        flags: f,
+        aux,
+        arg32,
+        addr,
+        arg,
+        time: 1_000,
+    }
+}
+
+/// A trace of `exe` with stacks (or without): 10 blocks of 100 bytes leaked from `leak_here`,
+/// 5 of 1000 bytes from `keep_here` freed and 3 of 50 leaked.
+fn write_trace(path: &Path, exe: &Path, syms: &[(String, u64)], stacks: bool) {
+    let at = |name: &str| syms.iter().find(|s| s.0 == name).unwrap().1;
+    let mut w = TraceWriter::create(path, &Metadata::with_allocator_constants()).unwrap();
+    let mut process = Vec::new();
+    if stacks {
+        process.push(e(EventKind::StackMode, 0, stack_mode::ALL, 0, 0, 0));
+        process.push(e(EventKind::Module, 0, 0, 1, 0, 0));
+        process.push(e(EventKind::ModuleRange, 0, 0, 1, 0, 1 << 24));
+        let path = exe.to_str().unwrap().as_bytes();
+        let pieces: Vec<&[u8]> = path.chunks(16).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            let (addr, arg) = Event::pack_text(p);
+            let more = if i + 1 < pieces.len() { flags::MORE } else { 0 };
+            process.push(e(
+                EventKind::ModuleText,
+                more,
+                module_text::PATH,
+                1,
+                addr,
+                arg,
+            ));
+        }
+    }
+    w.write_batch(0, &process).unwrap();
+    let mut ev = Vec::new();
+    let (leak, keep) = if stacks { (2, 3) } else { (0, 0) };
+    if stacks {
+        // Return addresses: one byte into each function.
+        ev.push(e(EventKind::StackFrame, 0, 0, 1, at("main") + 1, 0));
+        ev.push(e(EventKind::StackFrame, 0, 0, 2, at("leak_here") + 1, 1));
+        ev.push(e(EventKind::StackFrame, 0, 0, 3, at("keep_here") + 1, 1));
+    }
+    let base = 0x7f00_0000_0000u64;
+    for i in 0..10 {
+        ev.push(e(EventKind::Alloc, 0, 0, leak, base + i * 0x100, 100));
+    }
+    for i in 0..8 {
+        let size = if i < 5 { 1000 } else { 50 };
+        ev.push(e(
+            EventKind::Alloc,
+            0,
+            0,
+            keep,
+            base + 0x10_0000 + i * 0x1000,
+            size,
+        ));
+    }
+    for i in 0..5 {
+        ev.push(e(
+            EventKind::Free,
+            0,
+            0,
+            0,
+            base + 0x10_0000 + i * 0x1000,
+            0,
+        ));
+    }
+    w.write_batch(1, &ev).unwrap();
+    w.finish(EndInfo::clean(0)).unwrap();
+}
+
+fn json(args: &[&str], trace: &Path) -> serde_json::Value {
+    let out = heaplens().args(args).arg(trace).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn leaks_and_top_sites_name_the_functions_with_exact_figures() {
+    let dir = tempdir("sites");
+    let Some((exe, syms)) = program(&dir) else {
+        return;
+    };
+    let trace = dir.join("stacks.hltrace");
+    write_trace(&trace, &exe, &syms, true);
+
+    let leaks = json(&["leaks", "--json"], &trace);
+    assert_eq!(leaks["stacks"], "all");
+    assert_eq!(leaks["leaked_blocks"], 13);
+    assert_eq!(leaks["leaked_bytes"], 1150);
+    let groups = leaks["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{leaks}");
+    let site = |g: &serde_json::Value| g["site"].as_str().unwrap().to_owned();
+    assert!(
+        site(&groups[0]).starts_with("leak_here (leaky.c:"),
+        "{}",
+        site(&groups[0])
+    );
+    assert_eq!(
+        (groups[0]["blocks"].as_f64(), groups[0]["bytes"].as_f64()),
+        (Some(10.0), Some(1000.0))
+    );
+    assert!(
+        site(&groups[1]).starts_with("keep_here"),
+        "{}",
+        site(&groups[1])
+    );
+    assert_eq!(
+        (groups[1]["blocks"].as_f64(), groups[1]["bytes"].as_f64()),
+        (Some(3.0), Some(150.0))
+    );
+    // The stack goes out to main.
+    let stack = groups[0]["stack"].as_array().unwrap();
+    assert!(
+        stack.last().unwrap().as_str().unwrap().starts_with("main"),
+        "{stack:?}"
+    );
+
+    let stats = json(&["stats", "--json"], &trace);
+    assert_eq!(stats["stacks"], "all");
+    let top = stats["top_sites"].as_array().unwrap();
+    assert!(site(&top[0]).starts_with("leak_here"));
+    assert_eq!(top[0]["live_bytes"].as_f64(), Some(1000.0));
+    assert_eq!(top[0]["allocs"].as_f64(), Some(10.0));
+    assert!(site(&top[1]).starts_with("keep_here"));
+    assert_eq!(top[1]["total_bytes"].as_f64(), Some(5150.0));
+    assert_eq!(top[1]["allocs"].as_f64(), Some(8.0));
+    assert_eq!(top[1]["peak_live_bytes"].as_f64(), Some(5150.0));
+
+    let text = heaplens().arg("leaks").arg(&trace).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("leak_here (leaky.c:"), "{text}");
+}
+
+#[test]
+fn without_stacks_leaks_group_by_size_and_thread() {
+    let dir = tempdir("nostacks");
+    let Some((exe, syms)) = program(&dir) else {
+        return;
+    };
+    let trace = dir.join("plain.hltrace");
+    write_trace(&trace, &exe, &syms, false);
+    let leaks = json(&["leaks", "--json"], &trace);
+    assert_eq!(leaks["stacks"], "off");
+    assert_eq!(leaks["leaked_bytes"], 1150);
+    let blocks: f64 = leaks["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["blocks"].as_f64().unwrap())
+        .sum();
+    assert_eq!(blocks, 13.0);
+    let text = heaplens().arg("leaks").arg(&trace).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("stacks      off"), "{text}");
+}

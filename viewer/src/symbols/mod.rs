@@ -1,0 +1,360 @@
+//! Symbols for allocation sites, resolved in `heaplens` from the files the target loaded (never
+//! inside the target).
+//!
+//! A pc is resolved in three steps: its module, by the module's executable ranges as the trace
+//! recorded them; its address in the ELF file, `pc − bias`; then the function, file and line from
+//! the file's DWARF data, with the chain of inlined frames (innermost first, as `addr2line -i`
+//! prints them), or the function alone from the symbol table when there is no DWARF. Names are
+//! demangled (Rust and C++). A pc that resolves to nothing shows as `module+0xoffset`.
+//!
+//! Each module's file is opened once, by the path the trace recorded; when the trace has the
+//! module's build id and the file's differs, the module is not resolved ("build id mismatch"):
+//! a rebuilt binary would give wrong names. Results are cached per pc.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::rc::Rc;
+
+use addr2line::Loader;
+use object::{Object, ObjectSection};
+
+use crate::model::{Module, Sites};
+
+/// One function of a resolved pc: the innermost inlined one first, the real function last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolFrame {
+    /// Demangled function name.
+    pub function: Option<String>,
+    /// Source file.
+    pub file: Option<String>,
+    /// Source line.
+    pub line: Option<u32>,
+}
+
+impl SymbolFrame {
+    /// The function name, or `??`.
+    pub fn name(&self) -> &str {
+        self.function.as_deref().unwrap_or("??")
+    }
+
+    /// `file:line` (the file's last component), if known.
+    pub fn file_line(&self) -> Option<String> {
+        let file = self.file.as_deref()?;
+        let base = Path::new(file)
+            .file_name()
+            .map_or(file.into(), |f| f.to_string_lossy());
+        Some(match self.line {
+            Some(l) => format!("{base}:{l}"),
+            None => base.into_owned(),
+        })
+    }
+}
+
+/// What is known of one pc.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Location {
+    /// The pc.
+    pub pc: u64,
+    /// The module's file name (last path component), if the pc is in a known module.
+    pub module: Option<String>,
+    /// The address in the module's ELF file (`pc − bias`).
+    pub offset: u64,
+    /// Functions, innermost inlined first; empty if unresolved.
+    pub frames: Vec<SymbolFrame>,
+    /// Why it did not resolve, when it did not ("build id mismatch", "cannot open ...").
+    pub problem: Option<String>,
+}
+
+impl Location {
+    /// The outermost function's name (the real function the pc is in), or `module+0xoffset`.
+    pub fn function(&self) -> String {
+        match self.frames.last().and_then(|f| f.function.clone()) {
+            Some(name) => name,
+            None => self.raw(),
+        }
+    }
+
+    /// The innermost function's name (the code written at the pc), or `module+0xoffset`.
+    pub fn innermost(&self) -> String {
+        match self.frames.first().and_then(|f| f.function.clone()) {
+            Some(name) => name,
+            None => self.raw(),
+        }
+    }
+
+    /// `module+0xoffset`, or the bare pc outside every known module.
+    pub fn raw(&self) -> String {
+        match &self.module {
+            Some(m) => format!("{m}+{:#x}", self.offset),
+            None => format!("{:#x}", self.pc),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    /// `function (file:line)` for the innermost frame, or `module+0xoffset`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.frames.first() {
+            Some(fr) if fr.function.is_some() => {
+                write!(f, "{}", fr.name())?;
+                if let Some(fl) = fr.file_line() {
+                    write!(f, " ({fl})")?;
+                }
+                Ok(())
+            }
+            _ => f.write_str(&self.raw()),
+        }
+    }
+}
+
+/// An opened module file.
+struct ModuleFile {
+    loader: Option<Loader>,
+    problem: Option<String>,
+}
+
+impl ModuleFile {
+    fn open(path: &str, build_id: &[u8]) -> Self {
+        let fail = |p: String| Self {
+            loader: None,
+            problem: Some(p),
+        };
+        if path.is_empty() {
+            return fail("no path recorded".into());
+        }
+        if !build_id.is_empty() {
+            match file_build_id(Path::new(path)) {
+                Ok(Some(id)) if !same_build_id(build_id, &id) => {
+                    return fail(format!(
+                        "build id mismatch: {path} is not the file recorded"
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return fail(format!("cannot open {path}: {e}")),
+            }
+        }
+        match Loader::new(path) {
+            Ok(loader) => Self {
+                loader: Some(loader),
+                problem: None,
+            },
+            Err(e) => fail(format!("cannot read {path}: {e}")),
+        }
+    }
+}
+
+/// The GNU build id of an ELF file, if it has one.
+pub fn file_build_id(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
+    if let Ok(Some(id)) = file.build_id() {
+        return Ok(Some(id.to_vec()));
+    }
+    // Some files carry the note without a program header pointing at it.
+    Ok(file
+        .section_by_name(".note.gnu.build-id")
+        .and_then(|s| s.data().ok())
+        .and_then(|d| d.get(16..).map(<[u8]>::to_vec)))
+}
+
+/// Whether a build id as recorded (trailing zero bytes may be missing) is the file's.
+fn same_build_id(recorded: &[u8], file: &[u8]) -> bool {
+    file.len() >= recorded.len()
+        && file[..recorded.len()] == *recorded
+        && file[recorded.len()..].iter().all(|&b| b == 0)
+}
+
+/// Resolves pcs to functions and lines, caching modules and pcs.
+#[derive(Default)]
+pub struct Symbolizer {
+    /// By module path and build id.
+    files: HashMap<(String, Vec<u8>), ModuleFile>,
+    /// By (pc, whether it is a return address).
+    cache: HashMap<(u64, bool), Rc<Location>>,
+}
+
+impl fmt::Debug for Symbolizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Symbolizer")
+            .field("files", &self.files.len())
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer with nothing opened yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The location of a stack frame's pc: a return address, so the call before it is looked
+    /// up (`pc − 1`), as debuggers and heaptrack do; shown with the pc itself.
+    pub fn frame(&mut self, sites: &Sites, pc: u64) -> Rc<Location> {
+        self.resolve(sites, pc, true)
+    }
+
+    /// The location of `pc` (`return_address`: look up `pc − 1`, the call instruction).
+    pub fn resolve(&mut self, sites: &Sites, pc: u64, return_address: bool) -> Rc<Location> {
+        if let Some(l) = self.cache.get(&(pc, return_address)) {
+            return Rc::clone(l);
+        }
+        let loc = match sites.module_of(pc) {
+            Some(m) => {
+                let probe = pc.wrapping_sub(m.bias);
+                let mut loc = self.lookup(m, probe.wrapping_sub(u64::from(return_address)));
+                loc.pc = pc;
+                loc.offset = probe;
+                loc
+            }
+            None => Location {
+                pc,
+                offset: pc,
+                problem: Some("in no known module".into()),
+                ..Location::default()
+            },
+        };
+        let loc = Rc::new(loc);
+        if self.cache.len() < 1 << 20 {
+            self.cache.insert((pc, return_address), Rc::clone(&loc));
+        }
+        loc
+    }
+
+    /// The name of site `leaf`: its leaf frame's innermost function with file:line, or
+    /// `module+0xoffset`; `stack N` if the node is unknown.
+    pub fn site_name(&mut self, sites: &Sites, leaf: u32) -> String {
+        match sites.frame(leaf) {
+            Some(f) => self.frame(sites, f.pc).to_string(),
+            None => format!("stack {leaf}"),
+        }
+    }
+
+    /// The stack of site `leaf`, one line per function (inlined ones too), leaf first; the
+    /// last line says when the walk was cut short.
+    pub fn stack_lines(&mut self, sites: &Sites, leaf: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        let stack = sites.stack(leaf);
+        for f in &stack {
+            let loc = self.frame(sites, f.pc);
+            if loc.frames.iter().all(|fr| fr.function.is_none()) {
+                out.push(loc.raw());
+                continue;
+            }
+            for fr in &loc.frames {
+                out.push(match fr.file_line() {
+                    Some(fl) => format!("{} ({fl})", fr.name()),
+                    None => fr.name().to_owned(),
+                });
+            }
+        }
+        if stack.last().is_some_and(|f| f.truncated) {
+            out.push("... (truncated)".into());
+        }
+        out
+    }
+
+    /// The functions at ELF address `addr` of module `m`'s file.
+    pub fn lookup(&mut self, m: &Module, addr: u64) -> Location {
+        let base = Path::new(&m.path)
+            .file_name()
+            .map_or_else(|| m.path.clone(), |f| f.to_string_lossy().into_owned());
+        let file = self
+            .files
+            .entry((m.path.clone(), m.build_id.clone()))
+            .or_insert_with(|| ModuleFile::open(&m.path, &m.build_id));
+        let mut loc = Location {
+            pc: addr.wrapping_add(m.bias),
+            module: Some(base),
+            offset: addr,
+            frames: Vec::new(),
+            problem: file.problem.clone(),
+        };
+        if let Some(loader) = &file.loader {
+            loc.frames = frames_at(loader, addr);
+        }
+        loc
+    }
+
+    /// The functions at ELF address `addr` of the file at `path` (no build id check).
+    pub fn lookup_file(&mut self, path: &str, addr: u64) -> Location {
+        let m = Module {
+            path: path.into(),
+            ..Module::default()
+        };
+        self.lookup(&m, addr)
+    }
+}
+
+/// The inlined chain at `addr` from DWARF, else the symbol table's function.
+fn frames_at(loader: &Loader, addr: u64) -> Vec<SymbolFrame> {
+    let mut out = Vec::new();
+    if let Ok(mut it) = loader.find_frames(addr) {
+        while let Ok(Some(f)) = it.next() {
+            let function = f
+                .function
+                .as_ref()
+                .and_then(|n| n.demangle().ok())
+                .map(std::borrow::Cow::into_owned);
+            let (file, line) = match &f.location {
+                Some(l) => (l.file.map(str::to_owned), l.line),
+                None => (None, None),
+            };
+            out.push(SymbolFrame {
+                function,
+                file,
+                line,
+            });
+            if out.len() >= 64 {
+                break;
+            }
+        }
+    }
+    let named = out.iter().any(|f| f.function.is_some());
+    if !named && let Some(sym) = loader.find_symbol(addr) {
+        let name = addr2line::demangle_auto(sym.into(), None).into_owned();
+        match out.last_mut() {
+            Some(last) => last.function = Some(name),
+            None => out.push(SymbolFrame {
+                function: Some(name),
+                ..SymbolFrame::default()
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_ids_compare_with_missing_trailing_zeros() {
+        assert!(same_build_id(&[1, 2], &[1, 2, 0, 0]));
+        assert!(same_build_id(&[1, 2], &[1, 2]));
+        assert!(!same_build_id(&[1, 2], &[1, 3, 0]));
+        assert!(!same_build_id(&[1, 2], &[1, 2, 5]));
+    }
+
+    #[test]
+    fn unknown_pcs_show_as_module_and_offset() {
+        let mut sites = Sites::default();
+        use heaplens_alloc::event::{Event, EventKind};
+        let e = |kind: EventKind, arg32, addr, arg| Event {
+            kind: kind as u8,
+            arg32,
+            addr,
+            arg,
+            ..Event::default()
+        };
+        sites.on_event(&e(EventKind::Module, 1, 0x1000_0000, 0));
+        sites.on_event(&e(EventKind::ModuleRange, 1, 0x1000_1000, 0x1000));
+        let mut s = Symbolizer::new();
+        let l = s.frame(&sites, 0x1000_1234);
+        assert_eq!(l.raw(), "+0x1234");
+        assert_eq!(l.problem.as_deref(), Some("no path recorded"));
+        let l = s.frame(&sites, 0x9999);
+        assert_eq!(l.to_string(), "0x9999");
+    }
+}
