@@ -452,12 +452,15 @@ impl<'a> Collector<'a> {
             }
             let requested = CENSUS_REQUESTS.load(Acquire);
             let every = self.state.config.census_every_ms * MS;
-            if requested > self.census_served || (every > 0 && now - self.last_census >= every) {
+            if requested > self.census_served {
+                // Asked for (`census_now`) at a quiet point: the collector reads every page.
                 self.collect_all(now);
                 self.flush(u64::MAX);
                 self.census(now);
                 self.census_served = requested;
                 CENSUS_DONE.store(requested, Release);
+            } else if every > 0 && now - self.last_census >= every {
+                self.heap_census(now);
             }
             // Events are passed on in time order up to the point where every thread's events
             // are known to be in hand: a buffer that arrives later holds only later events.
@@ -649,6 +652,29 @@ impl<'a> Collector<'a> {
         self.census_number += 1;
         let mut events = Vec::new();
         hook::census(self.census_number, self.census_number == 1, &mut events);
+        self.emit(Batch {
+            heap: 0,
+            events: &events,
+        });
+    }
+
+    /// A census while the program runs: each traced heap reports its own pages in its own
+    /// stream at its next allocator call (`hook::census_point`), where the model can check them
+    /// exactly; the collector sends only the begin and end, which say a census was asked for.
+    fn heap_census(&mut self, now: u64) {
+        self.last_census = now;
+        self.census_number += 1;
+        let n = self.census_number;
+        let t = hook::now();
+        let mark = |kind: EventKind| Event {
+            kind: kind as u8,
+            flags: flags::BY_HEAP,
+            arg32: n,
+            time: t,
+            ..Event::default()
+        };
+        let events = [mark(EventKind::CensusBegin), mark(EventKind::CensusEnd)];
+        hook::request_heap_census(n);
         self.emit(Batch {
             heap: 0,
             events: &events,

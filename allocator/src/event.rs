@@ -29,7 +29,7 @@
 //! | `Mark` | label bytes 0..8 | label bytes 8..16 | | | `MORE` (label continues in the next event) |
 //! | `Dropped` | | events lost | | why ([`drop_reason`] bits) | |
 //! | `ClockSync` | nanoseconds (CLOCK_MONOTONIC) | | | | |
-//! | `CensusBegin` | | pages that follow | census number | | |
+//! | `CensusBegin` | | pages that follow | census number | | `PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART` |
 //! | `CensusPage` | page start | block size | capacity | bin | page kind; then `CensusPage2` |
 //! | `CensusPage2` | owner heap id | `used \| local_free << 32` | thread_free | | `IN_FULL` |
 //! | `CensusSegment` | segment | bytes mapped | page count | | page kind |
@@ -212,6 +212,13 @@ pub mod flags {
     pub const PARTIAL: u8 = 2;
     /// CensusBegin: the census taken when recording started (the state before it).
     pub const INITIAL: u8 = 4;
+    /// CensusBegin, CensusEnd: one heap's part of a census, in that heap's own stream, taken at
+    /// a point of its own event order (its pages only; `thread_free` is a reading, see
+    /// `hook::census_point`).
+    pub const HEAP_PART: u8 = 8;
+    /// CensusBegin: a census whose pages come in each heap's part (`HEAP_PART`); the collector
+    /// sends only its begin and end.
+    pub const BY_HEAP: u8 = 16;
     /// StackFrame: the walk stopped at this frame; the frames beyond it are unknown.
     pub const TRUNCATED: u8 = 1;
 }

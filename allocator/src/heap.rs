@@ -9,7 +9,7 @@
 //! thread's heap: the fast path never tests "is this thread initialised?".
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering::*};
 
 use crate::bin::{BIN_COUNT, BIN_FULL, BIN_HUGE, BIN_LARGE_MAX, bin_of, block_size};
 use crate::event::{EventKind, flags};
@@ -47,8 +47,14 @@ pub struct Heap {
     /// Where the next event goes in `events` (null with it). The owner publishes each event by
     /// moving it on; a drain reads how far it got (see `hook::append`).
     pub(crate) event_cursor: AtomicPtr<crate::event::Event>,
-    /// The end of `events`' event array (null with it): the cursor's limit (the owner's alone).
-    pub(crate) event_end: *mut crate::event::Event,
+    /// The end of `events`' event array (null with it): the cursor's limit. The owner sets it;
+    /// the collector nulls it to ask for a census of this heap (see `census_want`), so that the
+    /// owner's next event leaves the fast path. Relaxed loads: the same instruction as a plain one.
+    pub(crate) event_end: AtomicPtr<crate::event::Event>,
+    /// The census whose part for this heap the collector wants (see `hook::census_point`).
+    pub(crate) census_want: AtomicU32,
+    /// The last census this heap reported its part of (the owner's alone).
+    pub(crate) census_done: u32,
     /// Whether this heap's events are recorded (the collector's own heap is not).
     pub(crate) traced: AtomicBool,
     /// Event buffers this heap has taken (numbers them, see `EventBuffer::seq`).
@@ -90,7 +96,9 @@ impl Heap {
             os_tid: 0,
             events: AtomicPtr::new(ptr::null_mut()),
             event_cursor: AtomicPtr::new(ptr::null_mut()),
-            event_end: ptr::null_mut(),
+            event_end: AtomicPtr::new(ptr::null_mut()),
+            census_want: AtomicU32::new(0),
+            census_done: 0,
             traced: AtomicBool::new(false),
             buffers_taken: 0,
             dropped: 0,

@@ -373,7 +373,7 @@ unsafe fn append(heap: *mut Heap, head: u64, addr: usize, arg: u64) -> bool {
     // its end, and publishes the event.
     unsafe {
         let at = (*heap).event_cursor.load(Relaxed);
-        if at >= (*heap).event_end {
+        if at >= (*heap).event_end.load(Relaxed) {
             return false;
         }
         // Stored as four words straight from registers: an `Event` built on the stack and
@@ -423,9 +423,13 @@ unsafe fn attach(heap: *mut Heap, buf: *mut EventBuffer) {
             return;
         }
         let first = first_slot(buf);
-        (*heap).event_end = first.add(BUFFER_EVENTS);
+        (*heap).event_end.store(first.add(BUFFER_EVENTS), Relaxed);
         (*heap).event_cursor.store(first, Release);
         (*heap).events.store(buf, Release);
+        if (*heap).census_want.load(Relaxed) != (*heap).census_done {
+            // A census is wanted: the next event leaves the fast path for `census_point`.
+            (*heap).event_end.store(ptr::null_mut(), Relaxed);
+        }
     }
 }
 
@@ -448,7 +452,7 @@ unsafe fn detach(heap: *mut Heap) {
     // SAFETY: forwarded.
     unsafe {
         (*heap).events.store(ptr::null_mut(), Release);
-        (*heap).event_end = ptr::null_mut();
+        (*heap).event_end.store(ptr::null_mut(), Relaxed);
         (*heap).event_cursor.store(ptr::null_mut(), Release);
     }
 }
@@ -530,6 +534,31 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             } else {
                 lose(heap, drop_reason::NESTED);
             }
+            return;
+        }
+        let want = (*heap).census_want.load(Acquire);
+        if want != (*heap).census_done {
+            census_point(heap, ev, want);
+            return;
+        }
+        emit_buffered(heap, ev);
+    }
+}
+
+/// Appends `ev` to `heap`'s buffer, or, when it is full or missing, sends it and takes another.
+///
+/// # Safety
+/// The calling thread owns `heap`, which is traced, with the hook on and not already running
+/// on this thread.
+unsafe fn emit_buffered(heap: *mut Heap, ev: Event) {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
+        if append(
+            heap,
+            Event::head_word(ev.kind, ev.flags, ev.aux, ev.arg32),
+            ev.addr as usize,
+            ev.arg,
+        ) {
             return;
         }
         IN_HOOK.with(|h| h.set(true));
@@ -619,11 +648,13 @@ pub(crate) unsafe fn reserve(heap: *mut Heap, n: usize) -> bool {
     // SAFETY: the calling thread owns `heap` and its buffer.
     unsafe {
         let room = |heap: *mut Heap| {
+            // From the buffer's own end: `event_end` may be null while a census is wanted.
             let at = (*heap).event_cursor.load(Relaxed);
-            if at.is_null() {
+            let buf = (*heap).events.load(Relaxed);
+            if at.is_null() || buf.is_null() {
                 0
             } else {
-                ((*heap).event_end as usize - at as usize) / EVENT_SIZE
+                (first_slot(buf).add(BUFFER_EVENTS) as usize - at as usize) / EVENT_SIZE
             }
         };
         if room(heap) >= n {
@@ -642,6 +673,128 @@ pub(crate) unsafe fn reserve(heap: *mut Heap, n: usize) -> bool {
         IN_HOOK.with(|h| h.set(false));
         room(heap) >= n
     }
+}
+
+/// A census was asked for ([`request_heap_census`]) and `ev` is the heap's next event: the heap
+/// reports its part of the census in its own stream, so that it describes the heap's pages at
+/// one point of the heap's own event order, which the model reaches exactly (a census the
+/// collector read while the threads ran would catch them between a change and its event).
+///
+/// The part is taken right after an `Alloc`, the last thing `malloc` does (every change it
+/// made has been reported by then). Not after other events: a local `free` reports its block
+/// before it pushes it, so the page would be read half-way. After any other event the heap asks
+/// again at its next one; a thread that never allocates again reports at its exit
+/// ([`flush_thread`]).
+///
+/// Of a page's counters, `thread_free` alone changes under the owner's feet (other threads push
+/// onto it); a cross-thread free moves a block from the program to `thread_free`, which leaves
+/// `used` as it is, so `used`, `free`, `local_free` and the full flag are exact here, and the
+/// `thread_free` read is only a reading (the model does not compare it in a heap's part).
+///
+/// # Safety
+/// As [`emit_buffered`].
+unsafe fn census_point(heap: *mut Heap, ev: Event, want: u32) {
+    // SAFETY: the calling thread owns `heap`, its buffer and its pages.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if !buf.is_null() {
+            (*heap)
+                .event_end
+                .store(first_slot(buf).add(BUFFER_EVENTS), Relaxed);
+        }
+        if ev.kind != EventKind::Alloc as u8 {
+            emit_buffered(heap, ev);
+            // Ask again at the next event.
+            (*heap).event_end.store(ptr::null_mut(), Relaxed);
+            return;
+        }
+        emit_buffered(heap, ev);
+        heap_census(heap, want);
+    }
+}
+
+/// Writes `heap`'s part of census `number` into its stream.
+///
+/// # Safety
+/// As [`emit_buffered`]; no allocator call of the thread is half done.
+unsafe fn heap_census(heap: *mut Heap, number: u32) {
+    // SAFETY: the calling thread owns `heap`, its buffer and its pages.
+    unsafe {
+        (*heap).census_done = number;
+        let t = now();
+        let mut pages = 0u64;
+        for_each_heap_page(heap, |_| pages += 1);
+        let mark = |kind: EventKind, arg: u64| Event {
+            kind: kind as u8,
+            flags: flags::HEAP_PART,
+            arg32: number,
+            arg,
+            time: t,
+            ..Event::default()
+        };
+        emit_buffered(heap, mark(EventKind::CensusBegin, pages));
+        let id = (*heap).id;
+        for_each_heap_page(heap, |page| {
+            let [a, b] = census_page_events(page, id, t);
+            emit_buffered(heap, a);
+            emit_buffered(heap, b);
+        });
+        emit_buffered(heap, mark(EventKind::CensusEnd, 0));
+    }
+}
+
+/// Calls `f` on every page of `heap` (its bins' queues, the huge pages and the full queue).
+///
+/// # Safety
+/// The calling thread owns `heap`.
+unsafe fn for_each_heap_page(heap: *mut Heap, mut f: impl FnMut(&crate::page::Page)) {
+    // SAFETY: the owner's queues hold its in-use pages, linked while it does not change them.
+    unsafe {
+        for q in &(*heap).queues {
+            let mut p = q.first();
+            while !p.is_null() {
+                f(&*p);
+                p = (*p).next;
+            }
+        }
+    }
+}
+
+/// A page as the two census events (`CensusPage`, `CensusPage2`), owned by heap `owner`.
+fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2] {
+    // SAFETY: an in-use page lies in a live segment.
+    let kind = unsafe { (*crate::segment::segment_of_page(page)).kind() } as u8;
+    [
+        Event {
+            kind: EventKind::CensusPage as u8,
+            flags: kind,
+            aux: page.bin() as u16,
+            arg32: page.capacity(),
+            addr: page.start() as u64,
+            arg: page.block_size() as u64,
+            time: t,
+        },
+        Event {
+            kind: EventKind::CensusPage2 as u8,
+            flags: u8::from(page.is_in_full()),
+            aux: 0,
+            arg32: page.thread_free_len(),
+            addr: u64::from(owner),
+            arg: u64::from(page.used()) | (u64::from(page.local_free_len()) << 32),
+            time: t,
+        },
+    ]
+}
+
+/// Asks every traced heap for its part of census `number`: each reports it in its own stream
+/// at its next allocator call ([`census_point`]); a heap that makes none reports nothing.
+pub(crate) fn request_heap_census(number: u32) {
+    crate::init::for_each_heap(|h| {
+        if h.traced.load(Relaxed) {
+            h.census_want.store(number, Release);
+            h.event_end.store(ptr::null_mut(), Relaxed);
+        }
+    });
 }
 
 /// Counts an event as lost, and why; the count is recorded with the next event that fits.
@@ -741,6 +894,15 @@ pub(crate) fn release_buffer(buf: BufferPtr) {
 pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
     // SAFETY: the owner hands its buffer over; afterwards the heap has none.
     unsafe {
+        let want = (*heap).census_want.load(Acquire);
+        if want != (*heap).census_done
+            && (*heap).traced.load(Relaxed)
+            && enabled()
+            && !IN_HOOK.with(Cell::get)
+        {
+            // It made no allocation since a census was asked for: its part now, at its end.
+            heap_census(heap, want);
+        }
         let buf = (*heap).events.load(Relaxed);
         if buf.is_null() {
             return;
@@ -939,26 +1101,7 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
                     (*heap).id
                 }
             };
-            let bin = page.bin() as u16;
-            let kind = s.kind() as u8;
-            pages.push(Event {
-                kind: EventKind::CensusPage as u8,
-                flags: kind,
-                aux: bin,
-                arg32: page.capacity(),
-                addr: page.start() as u64,
-                arg: page.block_size() as u64,
-                time: t,
-            });
-            pages.push(Event {
-                kind: EventKind::CensusPage2 as u8,
-                flags: u8::from(page.is_in_full()),
-                aux: 0,
-                arg32: page.thread_free_len(),
-                addr: u64::from(owner),
-                arg: u64::from(page.used()) | (u64::from(page.local_free_len()) << 32),
-                time: t,
-            });
+            pages.extend(census_page_events(page, owner, t));
         }
     });
     let n = pages

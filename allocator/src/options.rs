@@ -5,6 +5,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::R
 
 static SHOW_STATS: AtomicBool = AtomicBool::new(false);
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(10);
+static CENSUS_MS: AtomicU64 = AtomicU64::new(1000);
 
 /// `HEAPLENS_SHOW_STATS=1`: print a summary of the heap at exit.
 pub fn show_stats() -> bool {
@@ -49,6 +50,13 @@ pub fn purge_delay_ms() -> u64 {
     PURGE_DELAY_MS.load(Relaxed)
 }
 
+/// `HEAPLENS_CENSUS_MS` (default 1000): how often a recording takes a census (0: only at the
+/// start and the end). More censuses prove the recording exact at more points, and cost a
+/// little recording time each.
+pub fn census_ms() -> u64 {
+    CENSUS_MS.load(Relaxed)
+}
+
 /// Where the summary goes: a private copy of stderr taken at start-up, because many programs
 /// (GNU coreutils among them) close stderr in their own exit handler, which runs before ours.
 static STATS_FD: AtomicI32 = AtomicI32::new(2);
@@ -70,6 +78,9 @@ pub(crate) fn init() {
     set_watch(WATCH_CHECK, flag(c"HEAPLENS_CHECK"));
     if let Some(ms) = number(c"HEAPLENS_PURGE_DELAY_MS") {
         PURGE_DELAY_MS.store(ms, Relaxed);
+    }
+    if let Some(ms) = number(c"HEAPLENS_CENSUS_MS") {
+        CENSUS_MS.store(ms, Relaxed);
     }
     stacks_init();
 }

@@ -489,7 +489,7 @@ pub fn stream_from_env() -> bool {
     });
     let config = crate::collector::Config {
         lossless: true,
-        census_every_ms: 1000,
+        census_every_ms: crate::options::census_ms(),
         channel_buffers: 64,
     };
     if crate::collector::start(config, sink).is_err() {

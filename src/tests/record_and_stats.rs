@@ -398,3 +398,48 @@ fn a_stream_that_ends_early_is_told_in_words() {
     }
     assert!(stats_json(&trace)["events"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn every_census_agrees_mid_run_on_a_multithreaded_program() {
+    // Four threads allocating, freeing and handing blocks to each other, with a census every
+    // 2 ms: each heap reports its pages at a point of its own event order, and every census of
+    // every recording must agree exactly with the model.
+    let dir = tempdir("midrun-census");
+    common::known_counts(&dir); // builds libheaplens.so
+    let exe = dir.join("alloc_workload");
+    let ok = std::process::Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(common::root().join("sample-apps/c/alloc_workload.c"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "compiling alloc_workload.c failed");
+    for round in 0..3 {
+        let trace = dir.join(format!("run{round}.hltrace"));
+        let out = heaplens()
+            .env("HEAPLENS_CENSUS_MS", "2")
+            .arg("record")
+            .arg("-o")
+            .arg(&trace)
+            .arg("--")
+            .arg(&exe)
+            .arg("150000")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = stats_json(&trace);
+        let (n, agreeing) = (
+            s["censuses"].as_u64().unwrap(),
+            s["censuses_agreeing"].as_u64().unwrap(),
+        );
+        // The initial and final censuses and at least a few taken by the heaps as they ran.
+        assert!(n >= 5, "round {round}: only {n} censuses");
+        assert_eq!(agreeing, n, "round {round}: {s}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -280,6 +280,26 @@ pub struct CensusCheck {
     pub first: Vec<Mismatch>,
     /// Whether the model was reset from the census (mismatches after lost events).
     pub resynced: bool,
+    /// Heaps whose own part of the census arrived (a census taken while the program ran:
+    /// each heap reports its pages at a point of its own event order); 0 for a census the
+    /// collector took whole.
+    #[serde(skip)]
+    pub heap_parts: u32,
+    /// The initial census: the pages that existed before recording started, which the model
+    /// took over (`mismatches` is then the check after taking them over).
+    #[serde(skip)]
+    pub adopted_pages: usize,
+    /// A census taken by the heaps (`heap_parts` says how many reported).
+    #[serde(skip)]
+    pub by_heap: bool,
+}
+
+impl CensusCheck {
+    /// Whether the check compared anything: a census left to the heaps compares only the parts
+    /// that arrived (none when no traced thread allocated in between).
+    pub fn compared(&self) -> bool {
+        !self.by_heap || self.heap_parts > 0
+    }
 }
 
 /// Mismatches kept in a [`CensusCheck`].
@@ -295,6 +315,41 @@ pub(crate) struct CensusState {
     last: Option<Census>,
     check: Option<CensusCheck>,
     dropped_at_last: u64,
+    /// Heaps' parts of a census being received, by heap (transient: not in keyframes, so a
+    /// part cut by a seek is ignored).
+    #[serde(skip)]
+    parts: FastMap<u32, (Census, Option<CensusPage>)>,
+    /// Censuses checked, and how many of them agreed (not in keyframes: counts from the start
+    /// of a replay).
+    #[serde(skip)]
+    tally: CensusTally,
+}
+
+/// How many censuses were checked and how many agreed with the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusTally {
+    /// Censuses whose check finished (a census taken by heaps counts once, with its parts).
+    pub censuses: u32,
+    /// Of those, the ones with no difference.
+    pub agreeing: u32,
+    /// Of `censuses`, those taken by the heaps while the program ran.
+    pub by_heap: u32,
+    /// Of `by_heap`, the ones with no difference.
+    pub by_heap_agreeing: u32,
+}
+
+impl CensusTally {
+    fn count(&mut self, c: &CensusCheck) {
+        if c.compared() {
+            let agrees = u32::from(c.mismatches == 0);
+            self.censuses += 1;
+            self.agreeing += agrees;
+            if c.by_heap {
+                self.by_heap += 1;
+                self.by_heap_agreeing += agrees;
+            }
+        }
+    }
 }
 
 fn field(out: &mut Vec<Mismatch>, start: u64, name: Field, model: i64, census: i64) {
@@ -327,13 +382,28 @@ fn reserved_for(seg: &Segment, index: usize, start: u64, block_size: u64) -> u32
 }
 
 impl Model {
-    pub(super) fn on_census_event(&mut self, ev: &Event) {
+    pub(super) fn on_census_event(&mut self, heap: u32, ev: &Event) {
         const BEGIN: u8 = EventKind::CensusBegin as u8;
         const PAGE: u8 = EventKind::CensusPage as u8;
         const PAGE2: u8 = EventKind::CensusPage2 as u8;
         const SEGMENT: u8 = EventKind::CensusSegment as u8;
+        if heap != 0 {
+            self.on_heap_part_event(heap, ev);
+            return;
+        }
         let st = &mut self.census;
         match ev.kind {
+            BEGIN if ev.flags & flags::BY_HEAP != 0 => {
+                // The heaps send the pages, each in its own stream.
+                self.finish_tally();
+                self.totals.censuses += 1;
+                self.census.check = Some(CensusCheck {
+                    number: ev.arg32,
+                    time: ev.time,
+                    by_heap: true,
+                    ..CensusCheck::default()
+                });
+            }
             BEGIN => {
                 st.building = Some(Census {
                     number: ev.arg32,
@@ -384,16 +454,135 @@ impl Model {
         }
     }
 
+    /// An event of heap `heap`'s own part of a census (`flags::HEAP_PART`).
+    fn on_heap_part_event(&mut self, heap: u32, ev: &Event) {
+        const BEGIN: u8 = EventKind::CensusBegin as u8;
+        const PAGE: u8 = EventKind::CensusPage as u8;
+        const PAGE2: u8 = EventKind::CensusPage2 as u8;
+        const END: u8 = EventKind::CensusEnd as u8;
+        let parts = &mut self.census.parts;
+        match ev.kind {
+            BEGIN => {
+                let c = Census {
+                    number: ev.arg32,
+                    time: ev.time,
+                    pages: Vec::with_capacity((ev.arg as usize).min(RESERVE_MAX)),
+                    ..Census::default()
+                };
+                parts.insert(heap, (c, None));
+            }
+            PAGE => {
+                if let Some((_, half)) = parts.get_mut(&heap) {
+                    *half = Some(CensusPage {
+                        start: ev.addr,
+                        block_size: ev.arg,
+                        capacity: ev.arg32,
+                        bin: ev.aux,
+                        kind: ev.flags,
+                        ..CensusPage::default()
+                    });
+                }
+            }
+            PAGE2 => {
+                if let Some((c, half)) = parts.get_mut(&heap)
+                    && let Some(mut p) = half.take()
+                {
+                    p.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
+                    p.used = ev.arg as u32;
+                    p.local_free = (ev.arg >> 32) as u32;
+                    p.thread_free = ev.arg32;
+                    p.in_full = ev.flags & flags::IN_FULL != 0;
+                    c.pages.push(p);
+                }
+            }
+            END => {
+                if let Some((c, _)) = parts.remove(&heap)
+                    && c.number == ev.arg32
+                {
+                    self.heap_part_done(heap, &c);
+                }
+            }
+            _ => {} // a heap sends no segments
+        }
+    }
+
+    fn heap_part_done(&mut self, heap: u32, part: &Census) {
+        let mismatches = self.compare_heap_part(heap, part);
+        let check = match &mut self.census.check {
+            Some(c) if c.number == part.number => c,
+            _ => {
+                // A part of a census whose begin was not seen (a seek into its middle).
+                self.finish_tally();
+                self.census.check.insert(CensusCheck {
+                    number: part.number,
+                    time: part.time,
+                    by_heap: true,
+                    ..CensusCheck::default()
+                })
+            }
+        };
+        check.heap_parts += 1;
+        check.mismatches += mismatches.len();
+        let room = CHECK_KEEP.saturating_sub(check.first.len());
+        check.first.extend(mismatches.into_iter().take(room));
+    }
+
+    /// Counts the current check in the tally once it is complete (the next census began).
+    fn finish_tally(&mut self) {
+        if let Some(c) = self.census.check.take() {
+            self.census.tally.count(&c);
+        }
+    }
+
+    /// Censuses checked so far and how many agreed, counting the last one.
+    pub fn census_tally(&self) -> CensusTally {
+        let mut t = self.census.tally;
+        if let Some(c) = &self.census.check {
+            t.count(c);
+        }
+        t
+    }
+
+    /// The differences between heap `heap`'s pages in the model and its part of a census: as
+    /// [`Model::compare`] for its pages alone, without `thread_free` (other threads push onto it
+    /// while the owner reads it, so at a point of the owner's order it is only a reading).
+    pub fn compare_heap_part(&self, heap: u32, part: &Census) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        let mut listed: HashSet<u64> = HashSet::with_capacity(part.pages.len());
+        for cp in &part.pages {
+            listed.insert(cp.start);
+            self.compare_page(cp, false, &mut out);
+        }
+        for seg in self.segs.iter() {
+            for p in seg.pages.iter().filter(|p| p.in_use && p.owner == heap) {
+                if !listed.contains(&p.start) {
+                    out.push(Mismatch::PageMissingInCensus {
+                        start: p.start,
+                        owner: p.owner,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn census_done(&mut self, c: Census) {
+        self.finish_tally();
         self.totals.censuses += 1;
-        let mismatches = self.compare(&c);
+        let mut mismatches = self.compare(&c);
         let lost = self.totals.dropped > self.census.dropped_at_last || self.lost_to_damage > 0;
         self.lost_to_damage = 0;
         // The census taken when recording started describes what existed before (pages made
-        // before the hook was switched on): the model starts from it.
+        // before the hook was switched on): the model starts from it, and the check is whether
+        // it then agrees (the differences before were the program's earlier life, not errors).
         let resync = self.auto_resync && (lost || c.initial) && !mismatches.is_empty();
+        let mut adopted_pages = 0;
         if resync {
             self.resync(&c);
+            if c.initial && !lost {
+                adopted_pages = mismatches.len();
+                mismatches = self.compare(&c);
+            }
         }
         self.census.check = Some(CensusCheck {
             number: c.number,
@@ -401,6 +590,9 @@ impl Model {
             mismatches: mismatches.len(),
             first: mismatches.into_iter().take(CHECK_KEEP).collect(),
             resynced: resync,
+            heap_parts: 0,
+            adopted_pages,
+            by_heap: false,
         });
         self.census.dropped_at_last = self.totals.dropped;
         self.census.last = Some(c);
@@ -428,55 +620,7 @@ impl Model {
         for cp in &census.pages {
             listed.insert(cp.start);
             page_segments.insert(segment_base(cp.start));
-            let Some(r) = self.page_at(cp.start) else {
-                out.push(Mismatch::PageMissingInModel { start: cp.start });
-                continue;
-            };
-            let p = r.page;
-            if !p.in_use || p.start != cp.start {
-                out.push(Mismatch::PageMissingInModel { start: cp.start });
-                continue;
-            }
-            let s = cp.start;
-            field(
-                &mut out,
-                s,
-                Field::BlockSize,
-                p.block_size as i64,
-                cp.block_size as i64,
-            );
-            field(&mut out, s, Field::Bin, p.bin.into(), cp.bin.into());
-            field(&mut out, s, Field::Kind, p.kind.into(), cp.kind.into());
-            field(
-                &mut out,
-                s,
-                Field::Capacity,
-                p.capacity.into(),
-                cp.capacity.into(),
-            );
-            field(&mut out, s, Field::Used, p.used, cp.used.into());
-            field(
-                &mut out,
-                s,
-                Field::LocalFree,
-                p.local_free,
-                cp.local_free.into(),
-            );
-            field(
-                &mut out,
-                s,
-                Field::ThreadFree,
-                p.thread_free,
-                cp.thread_free.into(),
-            );
-            field(&mut out, s, Field::Owner, p.owner.into(), cp.owner.into());
-            field(
-                &mut out,
-                s,
-                Field::InFull,
-                p.in_full.into(),
-                cp.in_full.into(),
-            );
+            self.compare_page(cp, true, &mut out);
         }
         for seg in self.segs.iter() {
             for p in seg.pages.iter().filter(|p| p.in_use) {
@@ -521,6 +665,50 @@ impl Model {
             }
         }
         out
+    }
+
+    /// The differences between census page `cp` and the model's page there (`thread_free`
+    /// compared when asked).
+    fn compare_page(&self, cp: &CensusPage, thread_free: bool, out: &mut Vec<Mismatch>) {
+        let Some(r) = self.page_at(cp.start) else {
+            out.push(Mismatch::PageMissingInModel { start: cp.start });
+            return;
+        };
+        let p = r.page;
+        if !p.in_use || p.start != cp.start {
+            out.push(Mismatch::PageMissingInModel { start: cp.start });
+            return;
+        }
+        let s = cp.start;
+        field(
+            out,
+            s,
+            Field::BlockSize,
+            p.block_size as i64,
+            cp.block_size as i64,
+        );
+        field(out, s, Field::Bin, p.bin.into(), cp.bin.into());
+        field(out, s, Field::Kind, p.kind.into(), cp.kind.into());
+        field(
+            out,
+            s,
+            Field::Capacity,
+            p.capacity.into(),
+            cp.capacity.into(),
+        );
+        field(out, s, Field::Used, p.used, cp.used.into());
+        field(out, s, Field::LocalFree, p.local_free, cp.local_free.into());
+        if thread_free {
+            field(
+                out,
+                s,
+                Field::ThreadFree,
+                p.thread_free,
+                cp.thread_free.into(),
+            );
+        }
+        field(out, s, Field::Owner, p.owner.into(), cp.owner.into());
+        field(out, s, Field::InFull, p.in_full.into(), cp.in_full.into());
     }
 
     /// Resets segments and pages to `census` (a keyframe, or recovery after lost events):

@@ -41,7 +41,7 @@ use heaplens_alloc::event::{Event, EventKind, flags};
 use heaplens_alloc::{SEGMENT_MASK, SEGMENT_SIZE};
 use serde::{Deserialize, Serialize};
 
-pub use census::{Census, CensusCheck, CensusPage, CensusSegment, Field, Mismatch};
+pub use census::{Census, CensusCheck, CensusPage, CensusSegment, CensusTally, Field, Mismatch};
 pub use heap::{BinGroup, Heap, Heaps, PageTotals};
 pub use invariants::{Point, Violation};
 pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
@@ -367,7 +367,7 @@ impl Model {
             }
             CLOCK_SYNC => self.clock_sync = Some((ev.time, ev.addr)),
             CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
-                self.on_census_event(ev);
+                self.on_census_event(heap, ev);
             }
             STACK_FRAME..=MODULE_GONE => self.sites.on_event(ev),
             _ => self.totals.unknown_events += 1,

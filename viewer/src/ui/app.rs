@@ -457,14 +457,29 @@ fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
         }
         if let Some(c) = view.model.last_census_check() {
             ui.separator();
-            let text = if c.mismatches == 0 {
-                format!("census {} agrees", c.number)
+            let heaps = match c.heap_parts {
+                1 => " (1 heap)".to_owned(),
+                n => format!(" ({n} heaps)"),
+            };
+            let heaps = if c.by_heap { heaps.as_str() } else { "" };
+            let text = if !c.compared() {
+                format!("census {}: waiting for the heaps", c.number)
+            } else if c.mismatches == 0 {
+                format!("census {} agrees{heaps}", c.number)
             } else {
-                format!("census {}: {} differences", c.number, c.mismatches)
+                format!("census {}: {} differences{heaps}", c.number, c.mismatches)
             };
             let mut help = "The allocator's periodic snapshot of every page, compared with the \
-                model rebuilt from events"
+                model rebuilt from events. While the program runs, each thread's heap reports \
+                its own pages at its next allocation, at that point of its own events"
                 .to_owned();
+            if c.adopted_pages > 0 {
+                help.push_str(&format!(
+                    "\nThe first census: {} pages existed before recording started; the model \
+                     took them over",
+                    c.adopted_pages
+                ));
+            }
             for m in &c.first {
                 help.push_str(&format!("\n{m}"));
             }
