@@ -59,7 +59,7 @@ fn with_keyframes(name: &str) -> Seekable {
         model.apply_batch(heap, &evs);
         applied += evs.len() as u64;
         if applied >= next {
-            let snapshot = postcard::to_stdvec(&model).unwrap();
+            let snapshot = model.to_keyframe().unwrap();
             w.write_keyframe(applied, model.time(), &snapshot).unwrap();
             keyframes.push(applied);
             next = applied + every;

@@ -325,6 +325,15 @@ pub(crate) struct CensusState {
     tally: CensusTally,
 }
 
+/// What a keyframe (version 2 on) keeps of the last census check beyond [`CensusCheck`]'s own
+/// serialised fields, which older keyframes fixed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CensusDetail {
+    heap_parts: u32,
+    adopted_pages: u64,
+    by_heap: bool,
+}
+
 /// How many censuses were checked and how many agreed with the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CensusTally {
@@ -531,6 +540,27 @@ impl Model {
     fn finish_tally(&mut self) {
         if let Some(c) = self.census.check.take() {
             self.census.tally.count(&c);
+        }
+    }
+
+    /// The last check's detail, for a keyframe.
+    pub(crate) fn census_detail(&self) -> CensusDetail {
+        self.census
+            .check
+            .as_ref()
+            .map_or_else(CensusDetail::default, |c| CensusDetail {
+                heap_parts: c.heap_parts,
+                adopted_pages: c.adopted_pages as u64,
+                by_heap: c.by_heap,
+            })
+    }
+
+    /// Restores the last check's detail from a keyframe.
+    pub(crate) fn set_census_detail(&mut self, d: CensusDetail) {
+        if let Some(c) = &mut self.census.check {
+            c.heap_parts = d.heap_parts;
+            c.adopted_pages = usize::try_from(d.adopted_pages).unwrap_or(usize::MAX);
+            c.by_heap = d.by_heap;
         }
     }
 

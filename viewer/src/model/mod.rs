@@ -90,8 +90,9 @@ const MODULE_GONE: u8 = EventKind::ModuleGone as u8;
 /// starts with a segment count: these would take over nine thousand segments and then more).
 pub const KEYFRAME_MAGIC: [u8; 4] = *b"\xffHKF";
 
-/// The keyframe version this build writes: 0 had no header and no sites; 1 adds them.
-pub const KEYFRAME_VERSION: u16 = 1;
+/// The keyframe version this build writes: 0 had no header and no sites; 1 adds them; 2
+/// appends the last census check's detail (heaps' parts, pages taken over).
+pub const KEYFRAME_VERSION: u16 = 2;
 
 /// Sums kept up to date as events arrive (over live segments).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -895,7 +896,9 @@ impl Model {
     pub fn to_keyframe(&self) -> Result<Vec<u8>, String> {
         let mut out = KEYFRAME_MAGIC.to_vec();
         out.extend_from_slice(&KEYFRAME_VERSION.to_le_bytes());
-        postcard::to_extend(self, out).map_err(|e| format!("cannot serialise a keyframe: {e}"))
+        let bad = |e: postcard::Error| format!("cannot serialise a keyframe: {e}");
+        let out = postcard::to_extend(self, out).map_err(bad)?;
+        postcard::to_extend(&self.census_detail(), out).map_err(bad)
     }
 
     /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
@@ -910,7 +913,13 @@ impl Model {
                         "keyframe version {version} is newer than this heaplens (reads up to {KEYFRAME_VERSION})"
                     ));
                 }
-                postcard::from_bytes(&rest[2..]).map_err(bad)
+                if version < 2 {
+                    return postcard::from_bytes(&rest[2..]).map_err(bad);
+                }
+                let (mut model, tail) =
+                    postcard::take_from_bytes::<Self>(&rest[2..]).map_err(bad)?;
+                model.set_census_detail(postcard::from_bytes(tail).map_err(bad)?);
+                Ok(model)
             }
             _ => {
                 // Version 0: the fields before `sites`, then an empty `Sites` appended.

@@ -67,7 +67,7 @@ fn resume_after_damage<R: Read + Seek>(
         let restored = reader
             .read_keyframe(k)
             .ok()
-            .and_then(|bytes| postcard::from_bytes::<Model>(&bytes).ok());
+            .and_then(|bytes| Model::from_keyframe(&bytes).ok());
         if let Some(m) = restored {
             *model = m;
             return (Resumed::Keyframe(at), at);
