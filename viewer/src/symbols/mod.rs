@@ -165,6 +165,21 @@ fn same_build_id(recorded: &[u8], file: &[u8]) -> bool {
         && file[recorded.len()..].iter().all(|&b| b == 0)
 }
 
+/// Whether `fr` is a language runtime's allocation machinery rather than the program's code:
+/// Rust's standard library (its sources are under `/rustc/`), Rust's allocator shims, C++'s
+/// `operator new`.
+fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
+    let name = fr.name();
+    fr.file.as_deref().is_some_and(|f| f.starts_with("/rustc/"))
+        || name.starts_with("__rust_")
+        || name.starts_with("__rdl_")
+        || name.starts_with("__rg_")
+        || name.starts_with("operator new")
+        || ["alloc::", "<alloc::", "core::alloc", "std::alloc"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
 /// Resolves pcs to functions and lines, caching modules and pcs.
 #[derive(Default)]
 pub struct Symbolizer {
@@ -222,13 +237,29 @@ impl Symbolizer {
         loc
     }
 
-    /// The name of site `leaf`: its leaf frame's innermost function with file:line, or
-    /// `module+0xoffset`; `stack N` if the node is unknown.
+    /// The name of site `leaf`: the innermost function of its stack that is the program's own
+    /// code, with file:line (the frames of the allocation plumbing it called through, such as
+    /// Rust's `alloc::alloc` and `RawVec` or C++'s `operator new`, are skipped), or
+    /// `module+0xoffset` for code without symbols; `stack N` if the node is unknown.
     pub fn site_name(&mut self, sites: &Sites, leaf: u32) -> String {
-        match sites.frame(leaf) {
-            Some(f) => self.frame(sites, f.pc).to_string(),
-            None => format!("stack {leaf}"),
+        let Some(first) = sites.frame(leaf) else {
+            return format!("stack {leaf}");
+        };
+        for f in &sites.stack(leaf) {
+            let loc = self.frame(sites, f.pc);
+            if loc.frames.iter().all(|fr| fr.function.is_none()) {
+                return loc.to_string();
+            }
+            for fr in &loc.frames {
+                if !is_allocation_plumbing(fr) {
+                    return match fr.file_line() {
+                        Some(fl) => format!("{} ({fl})", fr.name()),
+                        None => fr.name().to_owned(),
+                    };
+                }
+            }
         }
+        self.frame(sites, first.pc).to_string()
     }
 
     /// The stack of site `leaf`, one line per function (inlined ones too), leaf first; the
@@ -356,5 +387,38 @@ mod tests {
         assert_eq!(l.problem.as_deref(), Some("no path recorded"));
         let l = s.frame(&sites, 0x9999);
         assert_eq!(l.to_string(), "0x9999");
+    }
+}
+
+#[cfg(test)]
+mod plumbing_tests {
+    use super::{SymbolFrame, is_allocation_plumbing};
+
+    fn frame(function: &str, file: &str) -> SymbolFrame {
+        SymbolFrame {
+            function: Some(function.to_owned()),
+            file: Some(file.to_owned()),
+            line: Some(1),
+        }
+    }
+
+    #[test]
+    fn sites_skip_the_runtimes_allocation_frames_and_keep_the_programs() {
+        let rust_std = "/rustc/59807616e1fa/library/alloc/src/alloc.rs";
+        assert!(is_allocation_plumbing(&frame("alloc", rust_std)));
+        assert!(is_allocation_plumbing(&frame(
+            "alloc::raw_vec::RawVec<u8>::grow_one",
+            "raw_vec.rs"
+        )));
+        assert!(is_allocation_plumbing(&frame("__rust_alloc", "")));
+        assert!(is_allocation_plumbing(&frame(
+            "operator new(unsigned long)",
+            "new_op.cc"
+        )));
+        assert!(!is_allocation_plumbing(&frame("alloc_a", "/tmp/stacks.c")));
+        assert!(!is_allocation_plumbing(&frame(
+            "heaplens_sample_apps::util::make",
+            "/work/sample-apps/src/util.rs"
+        )));
     }
 }
