@@ -57,6 +57,30 @@ pub struct CensusPage {
     pub in_full: bool,
 }
 
+impl CensusPage {
+    /// A page from its `CensusPage` event (block size, capacity, bin, kind).
+    fn first_half(ev: &Event) -> Self {
+        Self {
+            start: ev.addr,
+            block_size: ev.arg,
+            capacity: ev.arg32,
+            bin: ev.aux,
+            kind: ev.flags,
+            ..Self::default()
+        }
+    }
+
+    /// The page completed by its `CensusPage2` event (owner, list counts, full flag).
+    fn with_second_half(mut self, ev: &Event) -> Self {
+        self.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
+        self.used = ev.arg as u32;
+        self.local_free = (ev.arg >> 32) as u32;
+        self.thread_free = ev.arg32;
+        self.in_full = ev.flags & flags::IN_FULL != 0;
+        self
+    }
+}
+
 /// A whole census.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Census {
@@ -433,24 +457,10 @@ impl Model {
                     });
                 }
             }
-            PAGE => {
-                st.half = Some(CensusPage {
-                    start: ev.addr,
-                    block_size: ev.arg,
-                    capacity: ev.arg32,
-                    bin: ev.aux,
-                    kind: ev.flags,
-                    ..CensusPage::default()
-                });
-            }
+            PAGE => st.half = Some(CensusPage::first_half(ev)),
             PAGE2 => {
-                if let (Some(c), Some(mut p)) = (&mut st.building, st.half.take()) {
-                    p.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
-                    p.used = ev.arg as u32;
-                    p.local_free = (ev.arg >> 32) as u32;
-                    p.thread_free = ev.arg32;
-                    p.in_full = ev.flags & flags::IN_FULL != 0;
-                    c.pages.push(p);
+                if let (Some(c), Some(p)) = (&mut st.building, st.half.take()) {
+                    c.pages.push(p.with_second_half(ev));
                 }
             }
             _ => {
@@ -482,26 +492,14 @@ impl Model {
             }
             PAGE => {
                 if let Some((_, half)) = parts.get_mut(&heap) {
-                    *half = Some(CensusPage {
-                        start: ev.addr,
-                        block_size: ev.arg,
-                        capacity: ev.arg32,
-                        bin: ev.aux,
-                        kind: ev.flags,
-                        ..CensusPage::default()
-                    });
+                    *half = Some(CensusPage::first_half(ev));
                 }
             }
             PAGE2 => {
                 if let Some((c, half)) = parts.get_mut(&heap)
-                    && let Some(mut p) = half.take()
+                    && let Some(p) = half.take()
                 {
-                    p.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
-                    p.used = ev.arg as u32;
-                    p.local_free = (ev.arg >> 32) as u32;
-                    p.thread_free = ev.arg32;
-                    p.in_full = ev.flags & flags::IN_FULL != 0;
-                    c.pages.push(p);
+                    c.pages.push(p.with_second_half(ev));
                 }
             }
             END => {
