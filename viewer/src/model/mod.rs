@@ -329,7 +329,9 @@ impl Model {
                 }
             }
             SEGMENT_ABANDON => {
-                if let Some(si) = self.segs.find(ev.addr) {
+                if let Some(si) = self.segs.find(ev.addr)
+                    && ev.time >= self.segs.get(si).reclaimed_at
+                {
                     let seg = self.segs.get_mut(si);
                     seg.owner = 0;
                     seg.abandoned = true;
@@ -344,6 +346,7 @@ impl Model {
                     let seg = self.segs.get_mut(si);
                     seg.owner = if ev.arg32 != 0 { ev.arg32 } else { heap };
                     seg.abandoned = false;
+                    seg.reclaimed_at = ev.time;
                 }
             }
             THREAD_START => {

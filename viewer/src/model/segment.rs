@@ -73,6 +73,11 @@ pub struct Segment {
     pub allocated_at: u64,
     /// Known from a page event or a census rather than its `SegmentAlloc` (events were lost).
     pub inferred: bool,
+    /// Time of its latest `SegmentReclaim` (0: none). An abandon stamped before it happened
+    /// before the reclaim, whenever it arrives: the exiting thread's last buffer can reach the
+    /// collector after the reclaiming thread's events (not in keyframes).
+    #[serde(skip)]
+    pub reclaimed_at: u64,
 }
 
 impl Segment {
@@ -97,6 +102,7 @@ impl Segment {
             page_shift,
             pages,
             owner: 0,
+            reclaimed_at: 0,
             abandoned: false,
             purged: 0,
             generation,

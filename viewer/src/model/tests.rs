@@ -257,6 +257,26 @@ fn abandon_and_reclaim_change_owners() {
 }
 
 #[test]
+fn an_abandon_that_arrives_after_the_reclaim_it_preceded_changes_nothing() {
+    // The exiting thread's last buffer (its abandon, stamped at 2000) reaches the collector after
+    // the reclaiming thread's events (stamped later): the reclaim stands.
+    let mut t = setup();
+    t.at(3_000)
+        .ev(3, e(EventKind::SegmentReclaim, 0, 0, 3, BASE, 0))
+        .ev(3, e(EventKind::PageReclaim, 0, 0, 3, PAGE1, 0))
+        .at(2_000)
+        .ev(1, e(EventKind::SegmentAbandon, 0, 0, 0, BASE, 0));
+    assert_eq!(t.pg(PAGE1).owner, 3);
+    let seg = t.m.segment(BASE).expect("segment");
+    assert!(!seg.abandoned);
+    assert_eq!(seg.owner, 3);
+    // A later abandon (the reclaiming thread exits) is applied.
+    t.at(4_000)
+        .ev(3, e(EventKind::SegmentAbandon, 0, 0, 0, BASE, 0));
+    assert_eq!(t.pg(PAGE1).owner, 0);
+}
+
+#[test]
 fn resize_and_realloc_update_requested_sizes() {
     let mut t = setup();
     t.ev(1, e(EventKind::Resize, 0, 0, 0, PAGE1, 60));
