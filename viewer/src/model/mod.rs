@@ -91,7 +91,8 @@ const MODULE_GONE: u8 = EventKind::ModuleGone as u8;
 pub const KEYFRAME_MAGIC: [u8; 4] = *b"\xffHKF";
 
 /// The keyframe version this build writes: 0 had no header and no sites; 1 adds them; 2
-/// appends the last census check's detail (heaps' parts, pages taken over).
+/// appends the last census check's detail (heaps' parts, pages taken over) and the segments'
+/// last reclaim times.
 pub const KEYFRAME_VERSION: u16 = 2;
 
 /// Sums kept up to date as events arrive (over live segments).
@@ -901,7 +902,13 @@ impl Model {
         out.extend_from_slice(&KEYFRAME_VERSION.to_le_bytes());
         let bad = |e: postcard::Error| format!("cannot serialise a keyframe: {e}");
         let out = postcard::to_extend(self, out).map_err(bad)?;
-        postcard::to_extend(&self.census_detail(), out).map_err(bad)
+        let reclaimed: Vec<(u64, u64)> = self
+            .segs
+            .iter()
+            .filter(|seg| seg.reclaimed_at != 0)
+            .map(|seg| (seg.base, seg.reclaimed_at))
+            .collect();
+        postcard::to_extend(&(self.census_detail(), reclaimed), out).map_err(bad)
     }
 
     /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
@@ -921,7 +928,14 @@ impl Model {
                 }
                 let (mut model, tail) =
                     postcard::take_from_bytes::<Self>(&rest[2..]).map_err(bad)?;
-                model.set_census_detail(postcard::from_bytes(tail).map_err(bad)?);
+                let (detail, reclaimed): (_, Vec<(u64, u64)>) =
+                    postcard::from_bytes(tail).map_err(bad)?;
+                model.set_census_detail(detail);
+                for (base, at) in reclaimed {
+                    if let Some(si) = model.segs.find(base) {
+                        model.segs.get_mut(si).reclaimed_at = at;
+                    }
+                }
                 Ok(model)
             }
             _ => {
