@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{heaplens, tempdir};
+use common::{heaplens, json, tempdir};
 
 /// Each function allocates a known total; `leak_some` leaks 300 blocks of 100 bytes. The empty
 /// asm after each `malloc` keeps the call from becoming a tail call, so the function's own frame
@@ -44,16 +44,6 @@ fn build(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
         .success();
     assert!(ok, "compiling {name} failed");
     exe
-}
-
-fn json(args: &[&str], trace: &Path) -> serde_json::Value {
-    let out = heaplens().args(args).arg(trace).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The function a site names (`leak_some (sites.c:6)` -> `leak_some`).

@@ -22,17 +22,7 @@ fn record(trace: &Path, exe: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn stats_json(trace: &Path) -> serde_json::Value {
-    let out = heaplens()
-        .args(["stats", "--json"])
-        .arg(trace)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stats --json prints JSON")
+    common::json(&["stats", "--json"], trace)
 }
 
 #[test]

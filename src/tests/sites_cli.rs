@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{heaplens, tempdir};
+use common::{heaplens, json, tempdir};
 use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
 use heaplens_viewer::trace::{EndInfo, Metadata, TraceWriter};
 
@@ -125,16 +125,6 @@ fn write_trace(path: &Path, exe: &Path, syms: &[(String, u64)], stacks: bool) {
     }
     w.write_batch(1, &ev).unwrap();
     w.finish(EndInfo::clean(0)).unwrap();
-}
-
-fn json(args: &[&str], trace: &Path) -> serde_json::Value {
-    let out = heaplens().args(args).arg(trace).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -52,3 +52,14 @@ pub fn known_counts(dir: &Path) -> PathBuf {
     assert!(ok, "compiling known_counts.c failed");
     exe
 }
+
+/// What `heaplens ARGS TRACE` prints as JSON (`stats --json`, `leaks --json`); it must succeed.
+pub fn json(args: &[&str], trace: &Path) -> serde_json::Value {
+    let out = heaplens().args(args).arg(trace).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("heaplens prints JSON")
+}
