@@ -8,38 +8,8 @@
 //! every millisecond (a precise timestamp per event would cost more than the `malloc` it records),
 //! so events of different threads within one tick come in no particular order.
 //!
-//! | kind | addr | arg | arg32 | aux | flags |
-//! |---|---|---|---|---|---|
-//! | `Alloc` | pointer | requested size | stack id (leaf [`EventKind::StackFrame`] node; 0: none) | | `ZERO`, `ALIGNED`, `REALLOC` |
-//! | `Free` | pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC` |
-//! | `Resize` | pointer | new requested size | | | (realloc in place) |
-//! | `Realloc` | new pointer | old pointer | new size (saturated) | | |
-//! | `PageInit` | page start | block size | reserved blocks | bin | page kind |
-//! | `PageExtend` | page start | | new capacity | | |
-//! | `PageCollect` | page start | blocks `local_free -> free` | blocks `thread_free -> local_free` | | |
-//! | `PageFull`, `PageUnfull`, `PageRetire`, `PageFree` | page start | | | | |
-//! | `PageReclaim` | page start | | new owner heap | | |
-//! | `SegmentAlloc` | segment | bytes mapped | page count | | page kind |
-//! | `SegmentFree` | segment | bytes | | | `CACHED` |
-//! | `SegmentAbandon`, `SegmentReclaim` | segment | | | | |
-//! | `ThreadStart` | name bytes 0..8 | name bytes 8..16 | heap id | | |
-//! | `ThreadExit` | | | heap id | | |
-//! | `ThreadName` | name bytes 0..8 | name bytes 8..16 | heap id | | `MORE` (name continues) |
-//! | `OsCommit`, `OsPurge` | address | bytes | | | |
-//! | `Mark` | label bytes 0..8 | label bytes 8..16 | | | `MORE` (label continues in the next event) |
-//! | `Dropped` | | events lost | | why ([`drop_reason`] bits) | |
-//! | `ClockSync` | nanoseconds (CLOCK_MONOTONIC) | | | | |
-//! | `CensusBegin` | | pages that follow | census number | | `PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART` |
-//! | `CensusPage` | page start | block size | capacity | bin | page kind; then `CensusPage2` |
-//! | `CensusPage2` | owner heap id | `used \| local_free << 32` | thread_free | | `IN_FULL` |
-//! | `CensusSegment` | segment | bytes mapped | page count | | page kind |
-//! | `CensusEnd` | | | census number | | |
-//! | `StackFrame` | return address (the frame's pc) | parent node id (0: outermost frame) | this node's id | | `TRUNCATED` |
-//! | `StackMode` | | mean sampling interval in bytes (0 with mode all) | | mode ([`stack_mode`]) | |
-//! | `Module` | load bias (`dlpi_addr`) | | module id | | |
-//! | `ModuleRange` | start of an executable range | its length | module id | | |
-//! | `ModuleText` | text bytes 0..8 | text bytes 8..16 | module id | 0 path, 1 build id (raw bytes) | `MORE` (continues) |
-//! | `ModuleGone` | | | module id | | |
+//! What each kind's slots (`addr`, `arg`, `arg32`, `aux`, `flags`) hold, and how the trace
+//! encoder codes them, is one table: [`crate::schema`] (with a typed view per kind).
 //!
 //! Stacks: each thread interns the stacks it captures as a tree of frames (node ids from one
 //! process-wide counter, so an id names one node whatever thread made it). A node's
@@ -284,6 +254,14 @@ impl Event {
 }
 
 impl Event {
+    /// The same event at `time`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn at(mut self, time: u64) -> Self {
+        self.time = time;
+        self
+    }
+
     /// The kind, if the byte names one.
     pub fn event_kind(&self) -> Option<EventKind> {
         EventKind::from_u8(self.kind)

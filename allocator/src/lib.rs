@@ -39,6 +39,7 @@ pub mod os;
 pub mod page;
 pub mod page_queue;
 pub mod sample;
+pub mod schema;
 pub mod segment;
 pub mod segment_map;
 pub mod stack_table;

@@ -15,8 +15,9 @@
 //!
 //! The payload is the seven stream lengths (varints) followed by the seven streams.
 //!
-//! **Fields.** Each kind has a set of fields it uses (the table in `heaplens_alloc::event`;
-//! [`fields`] here). A *narrow* event (wide = 0) writes only those, the others being zero. An
+//! **Fields.** Each kind has a set of fields it uses (the schema's table,
+//! `heaplens_alloc::schema::TABLE`, from which [`fields`] and the address codings here are
+//! derived). A *narrow* event (wide = 0) writes only those, the others being zero. An
 //! event with a non-zero field outside its kind's set, and every event of an unknown kind, is
 //! *wide* (wide = 1) and writes all four: addr, aux, arg32, arg.
 //!
@@ -45,6 +46,7 @@ use std::collections::HashMap;
 use super::addr_map::AddrMap;
 
 use heaplens_alloc::event::{Event, EventKind};
+use heaplens_alloc::schema::{self, How};
 
 /// Number of byte streams in an Events payload.
 pub const STREAMS: usize = 7;
@@ -74,11 +76,21 @@ const GROUP_FRAME: usize = 4;
 /// Stack ids of a heap's recent `Alloc`s that an `Alloc`'s arg32 can name by position.
 const STACK_MRU: usize = 8;
 
-const ALLOC: u8 = EventKind::Alloc as u8;
+// The kinds with a coding of their own, named by the schema's table.
+/// The kind whose `addr` is a carved or reused block (`Alloc`): its size class drives the
+/// predictors.
+const ALLOC: u8 = schema::kind_coded(schema::ADDR, How::Carved) as u8;
+/// The kind whose `aux` is coded against the request's size class (`Alloc`).
+const SIZE_CLASS_AUX: u8 = schema::kind_coded(schema::AUX, How::SizeClass) as u8;
+/// The kind whose `arg32` is a predicted stack id (`Alloc`).
+const STACK_ID_ARG32: u8 = schema::kind_coded(schema::ARG32, How::StackId) as u8;
+/// The kind whose `arg32` is a predicted node id and `arg` its parent (`StackFrame`).
+const STACK_FRAME: u8 = schema::kind_coded(schema::ARG32, How::NodeId) as u8;
+const _: () = assert!(schema::kind_coded(schema::ARG, How::ParentOfNode) as u8 == STACK_FRAME);
+/// The kind whose `arg` is coded against the heap's last `Free`/`Resize` address (`Realloc`).
+const AFTER_FREE_ARG: u8 = schema::kind_coded(schema::ARG, How::AfterFree) as u8;
+/// A free pushes its block onto the freed stack (a `Resize` refers to a block without freeing it).
 const FREE: u8 = EventKind::Free as u8;
-const RESIZE: u8 = EventKind::Resize as u8;
-const REALLOC: u8 = EventKind::Realloc as u8;
-const STACK_FRAME: u8 = EventKind::StackFrame as u8;
 
 /// Field bits of [`fields`].
 pub mod field {
@@ -95,55 +107,30 @@ pub mod field {
 }
 
 /// The fields an event of `kind` uses in format `version` (every kind uses at least one); an
-/// event with another field non-zero is written wide.
+/// event with another field non-zero is written wide. The field sets are the schema's
+/// ([`schema::TABLE`]: the slots coded narrow); a kind the version does not name uses all.
 pub const fn fields(version: u16, kind: u8) -> u8 {
-    use EventKind as K;
-    use field::{ADDR, ALL, ARG, ARG32, AUX};
-    let Some(k) = EventKind::from_u8(kind) else {
-        return ALL;
+    let Some(f) = schema::fields_of(kind) else {
+        return field::ALL;
     };
-    match k {
-        // An `Alloc` with a stack id is wide: it adds only arg32 to the fields it writes anyway,
-        // and an `Alloc` without one (stacks off, or not sampled) writes no arg32 at all.
-        K::Alloc => ADDR | ARG | AUX,
-        K::Free
-        | K::PageFull
-        | K::PageUnfull
-        | K::PageRetire
-        | K::PageFree
-        | K::SegmentAbandon
-        | K::SegmentReclaim
-        | K::ClockSync => ADDR,
-        K::Resize | K::SegmentFree | K::OsCommit | K::OsPurge | K::Mark => ADDR | ARG,
-        K::Realloc
-        | K::PageCollect
-        | K::SegmentAlloc
-        | K::ThreadStart
-        | K::ThreadName
-        | K::CensusPage2
-        | K::CensusSegment => ADDR | ARG | ARG32,
-        K::PageInit | K::CensusPage => ADDR | ARG | ARG32 | AUX,
-        K::PageExtend | K::PageReclaim => ADDR | ARG32,
-        K::ThreadExit | K::CensusEnd => ARG32,
-        K::Dropped => ARG,
-        K::CensusBegin => ARG | ARG32,
-        // Version 1 does not name the stack and module kinds: it writes them as unknown ones.
-        K::StackFrame
-        | K::StackMode
-        | K::Module
-        | K::ModuleRange
-        | K::ModuleText
-        | K::ModuleGone
-            if version < 2 =>
-        {
-            ALL
-        }
-        K::StackFrame | K::ModuleRange => ADDR | ARG | ARG32,
-        K::StackMode => ARG | AUX,
-        K::Module => ADDR | ARG32,
-        K::ModuleText => ALL,
-        K::ModuleGone => ARG32,
+    let Some(m) = f.narrow_mask(version) else {
+        return field::ALL;
+    };
+    // The schema's slot order is addr, arg, arg32, aux; the field bits' are addr, aux, arg32, arg.
+    let mut bits = 0;
+    if m & (1 << schema::ADDR) != 0 {
+        bits |= field::ADDR;
     }
+    if m & (1 << schema::ARG) != 0 {
+        bits |= field::ARG;
+    }
+    if m & (1 << schema::ARG32) != 0 {
+        bits |= field::ARG32;
+    }
+    if m & (1 << schema::AUX) != 0 {
+        bits |= field::AUX;
+    }
+    bits
 }
 
 /// [`fields`] of every kind byte in one version.
@@ -194,26 +181,28 @@ enum AddrCode {
     Absent,
 }
 
-/// How the address of a `kind` is coded when it is written in format `version`.
+/// How the address of a `kind` is coded when it is written in format `version`: the schema's
+/// coding of `addr` ([`schema::TABLE`]); plain for a kind the version does not name.
 const fn code_of(version: u16, kind: u8) -> AddrCode {
-    const PAGE_FIRST: u8 = EventKind::PageInit as u8;
-    const PAGE_LAST: u8 = EventKind::PageReclaim as u8;
-    const SEG_FIRST: u8 = EventKind::SegmentAlloc as u8;
-    const SEG_LAST: u8 = EventKind::SegmentReclaim as u8;
-    const COMMIT: u8 = EventKind::OsCommit as u8;
-    const PURGE: u8 = EventKind::OsPurge as u8;
-    const CENSUS_PAGE: u8 = EventKind::CensusPage as u8;
-    const CENSUS_SEGMENT: u8 = EventKind::CensusSegment as u8;
-    match kind {
-        ALLOC => AddrCode::Alloc,
-        FREE | RESIZE => AddrCode::Ref,
-        STACK_FRAME if version >= 2 => AddrCode::Delta(GROUP_FRAME as u8),
-        REALLOC => AddrCode::Delta(GROUP_ALLOC as u8),
-        PAGE_FIRST..=PAGE_LAST | CENSUS_PAGE => AddrCode::Delta(GROUP_PAGE as u8),
-        SEG_FIRST..=SEG_LAST | COMMIT | PURGE | CENSUS_SEGMENT => {
-            AddrCode::Delta(GROUP_SEGMENT as u8)
-        }
-        _ => AddrCode::Plain,
+    let Some(f) = schema::fields_of(kind) else {
+        return AddrCode::Plain;
+    };
+    if version < f.since {
+        return AddrCode::Plain;
+    }
+    match f.slots[schema::ADDR].code.how() {
+        How::Carved => AddrCode::Alloc,
+        How::BlockRef => AddrCode::Ref,
+        How::AfterAlloc => AddrCode::Delta(GROUP_ALLOC as u8),
+        How::PageDelta => AddrCode::Delta(GROUP_PAGE as u8),
+        How::SegmentDelta => AddrCode::Delta(GROUP_SEGMENT as u8),
+        How::FrameDelta => AddrCode::Delta(GROUP_FRAME as u8),
+        How::Varint
+        | How::SizeClass
+        | How::StackId
+        | How::NodeId
+        | How::AfterFree
+        | How::ParentOfNode => AddrCode::Plain,
     }
 }
 
@@ -786,14 +775,14 @@ impl ChunkEncoder {
             }
             if f & field::AUX != 0 {
                 match e.kind {
-                    ALLOC => put_varint(aux, code_alloc_aux(e.aux, e.arg)),
+                    SIZE_CLASS_AUX => put_varint(aux, code_alloc_aux(e.aux, e.arg)),
                     _ => put_varint(aux, u64::from(e.aux)),
                 }
             }
             if f & field::ARG32 != 0 {
                 let h = &mut heaps[cur];
                 let v = match e.kind {
-                    ALLOC => h.pred.code_stack(e.arg32, &mut h.seen),
+                    STACK_ID_ARG32 => h.pred.code_stack(e.arg32, &mut h.seen),
                     STACK_FRAME => h.pred.code_frame_id(e.arg32),
                     _ => u64::from(e.arg32),
                 };
@@ -801,7 +790,7 @@ impl ChunkEncoder {
             }
             if f & field::ARG != 0 {
                 match e.kind {
-                    REALLOC => {
+                    AFTER_FREE_ARG => {
                         let last = heaps[cur].pred.last_addr[GROUP_FREE];
                         put_varint(arg, zigzag(e.arg.wrapping_sub(last)));
                     }
@@ -1031,7 +1020,7 @@ impl Decoder {
             for (((_, e), &f), raw) in events.iter_mut().zip(masks).zip(&mut raw32) {
                 if f & field::ARG32 != 0 {
                     *raw = arg32.varint()?;
-                    if !(self.stacks && matches!(e.kind, ALLOC | STACK_FRAME)) {
+                    if !(self.stacks && matches!(e.kind, STACK_ID_ARG32 | STACK_FRAME)) {
                         e.arg32 = u32::try_from(*raw).map_err(|_| "arg32 too large")?;
                     }
                 }
@@ -1040,9 +1029,9 @@ impl Decoder {
                 if f & field::AUX != 0 {
                     let x = aux.varint()?;
                     e.aux = match (e.kind, x) {
-                        (ALLOC, 0) => 0,
-                        (ALLOC, 1) => u16::from(class),
-                        (ALLOC, x) => u16::try_from(x - 2).map_err(|_| "aux too large")?,
+                        (SIZE_CLASS_AUX, 0) => 0,
+                        (SIZE_CLASS_AUX, 1) => u16::from(class),
+                        (SIZE_CLASS_AUX, x) => u16::try_from(x - 2).map_err(|_| "aux too large")?,
                         (_, x) => u16::try_from(x).map_err(|_| "aux too large")?,
                     };
                 }
@@ -1059,7 +1048,7 @@ impl Decoder {
                 if stacks && f & field::ARG32 != 0 {
                     let h = &mut heaps[cur];
                     match e.kind {
-                        ALLOC => {
+                        STACK_ID_ARG32 => {
                             e.arg32 = h
                                 .pred
                                 .decode_stack(raw, &mut h.seen)
@@ -1134,7 +1123,7 @@ impl Decoder {
                     AddrCode::Plain => addr.varint()?,
                     AddrCode::Absent => 0,
                 };
-                if e.kind == REALLOC && f & field::ARG != 0 {
+                if e.kind == AFTER_FREE_ARG && f & field::ARG != 0 {
                     e.arg = unzigzag(e.arg).wrapping_add(heaps[cur].pred.last_addr[GROUP_FREE]);
                 }
             }
@@ -1272,6 +1261,107 @@ mod tests {
         assert!(decode_events(&payload, 6, &mut out).is_err());
         assert!(decode_events(&payload, 8, &mut out).is_err());
         assert!(decode_events(&payload[..payload.len() - 1], 7, &mut out).is_err());
+    }
+
+    /// An event of `f`'s kind with every slot the schema gives it filled (`wide`: the slots
+    /// outside its field set too), values drawn from `rng`.
+    fn filled(f: &schema::Fields, rng: &mut crate::trace::synth::Rng, wide: bool) -> Event {
+        use schema::Code;
+        let mut e = Event {
+            kind: f.kind as u8,
+            flags: rng.below(256) as u8,
+            time: rng.below(1 << 40),
+            ..Event::default()
+        };
+        for (i, s) in f.slots.iter().enumerate() {
+            let on = match s.code {
+                Code::Unused | Code::Reserved => false,
+                Code::Narrow(_) => true,
+                Code::Wide(_) => wide,
+            };
+            if !on {
+                continue;
+            }
+            let v = 1 + rng.below(1 << 47);
+            match i {
+                schema::ADDR => e.addr = v,
+                schema::ARG => e.arg = v,
+                schema::ARG32 => e.arg32 = v as u32 | 1,
+                _ => e.aux = v as u16 | 1,
+            }
+        }
+        if f.slots[schema::AUX].code.how() == How::SizeClass && rng.chance(0.5) {
+            e.aux = u16::from(size_class(e.arg)); // the coding's short case
+        }
+        e
+    }
+
+    #[test]
+    fn every_kind_of_the_schema_round_trips_through_the_encoder() {
+        let mut rng = crate::trace::synth::Rng::new(11);
+        let version = super::super::format::VERSION;
+        let mut batches: Vec<(u32, Vec<Event>)> = Vec::new();
+        for round in 0..6u32 {
+            let mut v = Vec::new();
+            for f in schema::TABLE {
+                let narrow = filled(f, &mut rng, false);
+                // Filled as the table says, it is written narrow, with exactly its field set.
+                let bits = fields(version, f.kind as u8);
+                assert_eq!(present(&narrow), (bits, false), "{:?}", f.kind);
+                let mask = f.narrow_mask(version).unwrap();
+                assert_eq!(
+                    mask.count_ones(),
+                    bits.count_ones(),
+                    "{:?}: the encoder's field set is the schema's",
+                    f.kind
+                );
+                v.push(narrow);
+                let wide = filled(f, &mut rng, true);
+                let has_wide = f
+                    .slots
+                    .iter()
+                    .any(|s| matches!(s.code, schema::Code::Wide(_)));
+                assert_eq!(present(&wide).1, has_wide, "{:?}", f.kind);
+                v.push(wide);
+                // A block freed and resized after its allocation: the reference codings.
+                if f.kind == EventKind::Alloc {
+                    let a = *v.last().unwrap();
+                    v.push(Event {
+                        kind: EventKind::Resize as u8,
+                        addr: a.addr,
+                        arg: a.arg + 1,
+                        ..a
+                    });
+                    v.push(Event {
+                        kind: EventKind::Free as u8,
+                        addr: a.addr,
+                        arg: 0,
+                        arg32: 0,
+                        aux: 0,
+                        ..a
+                    });
+                    v.push(Event { aux: 0, ..a }); // the freed block reused
+                }
+            }
+            batches.push((1 + round % 3, v));
+        }
+        let mut enc = ChunkEncoder::new();
+        for (h, v) in &batches {
+            enc.push_batch(*h, v);
+        }
+        let n = enc.len();
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let mut out = Vec::new();
+        decode_events(&payload, n, &mut out).unwrap();
+        let want: Vec<(u32, Event)> = batches
+            .iter()
+            .flat_map(|(h, v)| v.iter().map(move |e| (*h, *e)))
+            .collect();
+        for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+            assert_eq!(got, want, "event {i}");
+        }
+        assert_eq!(out.len(), want.len());
     }
 
     #[test]
