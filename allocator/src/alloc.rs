@@ -3,9 +3,10 @@
 
 use core::ptr;
 
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
 use crate::page::{self, FLAG_HAS_ALIGNED, Page};
+use crate::schema;
 use crate::segment::{page_of, segment_of};
 use crate::{
     LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, hook, init, options,
@@ -384,7 +385,11 @@ pub(crate) unsafe fn resize(p: *mut u8, old_size: usize, new_size: usize, align:
             && (p as usize).is_multiple_of(align)
         {
             if hook::enabled() {
-                hook::emit_current(EventKind::Resize, 0, 0, 0, p as usize, new_size as u64);
+                hook::emit_current(schema::Resize {
+                    ptr: p as u64,
+                    size: new_size as u64,
+                    flags: 0,
+                });
             }
             return p;
         }
@@ -396,7 +401,12 @@ pub(crate) unsafe fn resize(p: *mut u8, old_size: usize, new_size: usize, align:
         crate::free(p);
         if hook::enabled() {
             let size32 = u32::try_from(new_size).unwrap_or(u32::MAX);
-            hook::emit_current(EventKind::Realloc, 0, 0, size32, q as usize, p as u64);
+            hook::emit_current(schema::Realloc {
+                ptr: q as u64,
+                old: p as u64,
+                size: size32,
+                flags: 0,
+            });
         }
         q
     }

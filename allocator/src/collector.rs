@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
-use crate::event::{Event, EventKind, flags};
+use crate::event::{Event, flags};
 use crate::hook::{self, BufferPtr, Channels};
+use crate::schema;
 
 /// How the collector runs.
 #[derive(Clone, Copy, Debug)]
@@ -164,13 +165,13 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
             return tx.send(Message::End).is_ok();
         };
         if dropped > 0 {
-            let note = Event {
-                kind: EventKind::Dropped as u8,
-                aux: crate::event::drop_reason::SUBSCRIBER,
-                arg: dropped,
-                time: hook::now(),
-                ..Event::default()
-            };
+            let note = schema::Dropped {
+                lost: dropped,
+                reasons: crate::event::drop_reason::SUBSCRIBER,
+                flags: 0,
+            }
+            .into_event()
+            .at(hook::now());
             match tx.try_send(Message::Batch {
                 heap: 0,
                 events: vec![note],
@@ -477,13 +478,15 @@ impl<'a> Collector<'a> {
             crate::sample::StackMode::Sampled => crate::sample::sample_interval() as u64,
             _ => 0,
         };
-        self.scratch.push(Event {
-            kind: EventKind::StackMode as u8,
-            aux: mode.code(),
-            arg: interval,
-            time: hook::now(),
-            ..Event::default()
-        });
+        self.scratch.push(
+            schema::StackMode {
+                interval,
+                mode: mode.code(),
+                flags: 0,
+            }
+            .into_event()
+            .at(hook::now()),
+        );
         self.modules.update(hook::now(), &mut self.scratch);
         self.flush_scratch();
         crate::stacks::calibrate();
@@ -616,21 +619,15 @@ impl<'a> Collector<'a> {
             let name = name.trim_end().to_owned();
             if known.is_none() && first {
                 let t = hook::now();
-                self.scratch.push(Event {
-                    kind: EventKind::ThreadStart as u8,
-                    arg32: heap,
-                    addr: tid as u64,
-                    time: t,
-                    ..Event::default()
-                });
+                let start = schema::ThreadStart {
+                    os_tid: tid as u64,
+                    heap,
+                    flags: 0,
+                };
+                self.scratch.push(start.into_event().at(t));
             }
             if self.names.get(&heap).is_none_or(|(_, n)| *n != name) {
-                push_text(
-                    &mut self.scratch,
-                    EventKind::ThreadName,
-                    heap,
-                    name.as_bytes(),
-                );
+                push_name(&mut self.scratch, heap, name.as_bytes());
                 self.names.insert(heap, (tid, name));
             }
         }
@@ -666,14 +663,16 @@ impl<'a> Collector<'a> {
         self.census_number += 1;
         let n = self.census_number;
         let t = hook::now();
-        let mark = |kind: EventKind| Event {
-            kind: kind as u8,
+        let begin = schema::CensusBegin {
+            pages: 0,
+            number: n,
             flags: flags::BY_HEAP,
-            arg32: n,
-            time: t,
-            ..Event::default()
         };
-        let events = [mark(EventKind::CensusBegin), mark(EventKind::CensusEnd)];
+        let end = schema::CensusEnd {
+            number: n,
+            flags: flags::BY_HEAP,
+        };
+        let events = [begin.into_event().at(t), end.into_event().at(t)];
         hook::request_heap_census(n);
         self.emit(Batch {
             heap: 0,
@@ -732,8 +731,8 @@ impl<'a> Collector<'a> {
     }
 }
 
-/// Appends `text` as events of `kind` (16 bytes each, `MORE` on all but the last).
-fn push_text(out: &mut Vec<Event>, kind: EventKind, arg32: u32, text: &[u8]) {
+/// Appends `text` as `ThreadName` events of `heap` (16 bytes each, `MORE` on all but the last).
+fn push_name(out: &mut Vec<Event>, heap: u32, text: &[u8]) {
     let t = hook::now();
     let chunks: Vec<&[u8]> = if text.is_empty() {
         vec![&[][..]]
@@ -742,16 +741,14 @@ fn push_text(out: &mut Vec<Event>, kind: EventKind, arg32: u32, text: &[u8]) {
     };
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let (addr, arg) = Event::pack_text(chunk);
+        let (text_lo, text_hi) = Event::pack_text(chunk);
         let more = if i + 1 < n { flags::MORE } else { 0 };
-        out.push(Event {
-            kind: kind as u8,
+        let part = schema::ThreadName {
+            text_lo,
+            text_hi,
+            heap,
             flags: more,
-            arg32,
-            addr,
-            arg,
-            time: t,
-            ..Event::default()
-        });
+        };
+        out.push(part.into_event().at(t));
     }
 }

@@ -4,11 +4,12 @@
 
 use core::sync::atomic::Ordering::*;
 
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::heap::{self, Heap, thread_id};
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_HAS_ALIGNED, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
 };
+use crate::schema;
 use crate::segment::{self, Segment, page_of, segment_of};
 use crate::{check, hook, options};
 
@@ -116,7 +117,13 @@ unsafe extern "C" fn retire_local(page: *mut Page) {
 unsafe fn free_local_reported(heap: *mut Heap, page: *mut Page, p: *mut u8) {
     // SAFETY: forwarded.
     unsafe {
-        hook::emit(heap, EventKind::Free, 0, 0, 0, p as usize, 0);
+        hook::emit(
+            heap,
+            schema::Free {
+                ptr: p as u64,
+                flags: 0,
+            },
+        );
         if push_local(page, p.cast()) == 0 {
             heap::retire(heap, page);
         }

@@ -12,12 +12,13 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering::*};
 
 use crate::bin::{BIN_COUNT, BIN_FULL, BIN_HUGE, BIN_LARGE_MAX, bin_of, block_size};
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::hook;
 use crate::page::{
     self, Block, DELAYED_FREEING, FLAG_IN_FULL, NO_DELAYED_FREE, Page, USE_DELAYED_FREE,
 };
 use crate::page_queue::PageQueue;
+use crate::schema;
 use crate::segment::{self, SegmentsTld};
 use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALLOC_SIZE, SMALL_OBJ_SIZE_MAX, SMALL_SIZE_MAX, os};
 
@@ -342,12 +343,10 @@ unsafe fn to_full(heap: *mut Heap, bin: usize, page: *mut Page) -> bool {
         if hook::enabled() {
             hook::emit(
                 heap,
-                EventKind::PageFull,
-                0,
-                0,
-                0,
-                (*page).start as usize,
-                0,
+                schema::PageFull {
+                    start: (*page).start as u64,
+                    flags: 0,
+                },
             );
         }
         false
@@ -365,12 +364,10 @@ unsafe fn from_full(heap: *mut Heap, page: *mut Page) {
         if hook::enabled() {
             hook::emit(
                 heap,
-                EventKind::PageUnfull,
-                0,
-                0,
-                0,
-                (*page).start as usize,
-                0,
+                schema::PageUnfull {
+                    start: (*page).start as u64,
+                    flags: 0,
+                },
             );
         }
     }
@@ -412,12 +409,10 @@ pub(crate) unsafe fn retire(heap: *mut Heap, page: *mut Page) {
             if hook::enabled() {
                 hook::emit(
                     heap,
-                    EventKind::PageRetire,
-                    0,
-                    0,
-                    0,
-                    (*page).start as usize,
-                    0,
+                    schema::PageRetire {
+                        start: (*page).start as u64,
+                        flags: 0,
+                    },
                 );
             }
             (*heap).retired_min = (*heap).retired_min.min(bin);
@@ -550,12 +545,10 @@ unsafe fn free_delayed_block(block: *mut Block) -> bool {
         if hook::enabled() {
             hook::emit(
                 (*page).heap(),
-                EventKind::Free,
-                flags::FROM_DELAYED,
-                0,
-                0,
-                block as usize,
-                0,
+                schema::Free {
+                    ptr: block as u64,
+                    flags: flags::FROM_DELAYED,
+                },
             );
         }
         free_block_local(page, block);

@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::
 
 use crate::event::{EVENT_SIZE, Event, EventKind, drop_reason, flags};
 use crate::heap::{self, Heap};
+use crate::schema;
 use crate::segment::Segment;
 use crate::sync::SpinLock;
 use crate::{os, segment_map};
@@ -291,15 +292,20 @@ pub fn set_thread_traced(on: bool) {
         let was = (*heap).traced.load(Relaxed);
         if !on && was && enabled() {
             // The viewer shows the heap as gone from here on.
-            emit(heap, EventKind::ThreadExit, 0, 0, (*heap).id, 0, 0);
+            emit(
+                heap,
+                schema::ThreadExit {
+                    heap: (*heap).id,
+                    flags: 0,
+                },
+            );
         }
         if !on {
             flush_thread(heap);
         }
         (*heap).traced.store(on, Relaxed);
         if on && !was && enabled() {
-            let tid = (*heap).os_tid as usize;
-            emit(heap, EventKind::ThreadStart, 0, 0, (*heap).id, tid, 0);
+            emit(heap, thread_start(heap));
             emit_thread_name(heap);
         }
     }
@@ -317,44 +323,36 @@ pub(crate) fn thread_is_traced() -> bool {
 // ---------------------------------------------------------------------------------------------
 // Emitting
 
-/// Appends an event to `heap`'s buffer.
+/// Appends an event to `heap`'s buffer, stamped with the clock's time. Build `ev` with the
+/// kind's view ([`crate::schema`]), e.g. `schema::PageFull { start, flags: 0 }.into()`.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap (possibly the empty heap, which records nothing).
 #[inline(always)]
-pub(crate) unsafe fn emit(
-    heap: *mut Heap,
-    kind: EventKind,
-    flags: u8,
-    aux: u16,
-    arg32: u32,
-    addr: usize,
-    arg: u64,
-) {
+pub(crate) unsafe fn emit(heap: *mut Heap, ev: impl Into<Event>) {
+    let ev: Event = ev.into();
     // SAFETY: forwarded.
     unsafe {
-        if !append(
-            heap,
-            Event::head_word(kind as u8, flags, aux, arg32),
-            addr,
-            arg,
-        ) {
-            emit_slow(heap, stamped(kind, flags, aux, arg32, addr, arg));
+        if !append_event(heap, &ev) {
+            emit_slow(heap, ev.at(now()));
         }
     }
 }
 
-/// An event at the clock's current time.
+/// [`append`] of an event's slots (its time is the clock's).
+///
+/// # Safety
+/// As [`append`].
 #[inline(always)]
-fn stamped(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: usize, arg: u64) -> Event {
-    Event {
-        kind: kind as u8,
-        flags,
-        aux,
-        arg32,
-        addr: addr as u64,
-        arg,
-        time: now(),
+unsafe fn append_event(heap: *mut Heap, ev: &Event) -> bool {
+    // SAFETY: forwarded.
+    unsafe {
+        append(
+            heap,
+            Event::head_word(ev.kind, ev.flags, ev.aux, ev.arg32),
+            ev.addr as usize,
+            ev.arg,
+        )
     }
 }
 
@@ -464,10 +462,17 @@ unsafe fn detach(heap: *mut Heap) {
 /// As [`emit`].
 #[inline(always)]
 pub(crate) unsafe fn alloc_event(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
+    let ev = schema::Alloc {
+        ptr: p as u64,
+        size: size as u64,
+        stack: 0,
+        bin: 0,
+        flags,
+    }
+    .into_event();
     // SAFETY: forwarded.
     unsafe {
-        let head = Event::head_word(EventKind::Alloc as u8, flags, 0, 0);
-        if append(heap, head, p as usize, size as u64) {
+        if append_event(heap, &ev) {
             p
         } else {
             alloc_event_slow(heap, p, size, flags)
@@ -481,20 +486,27 @@ pub(crate) unsafe fn alloc_event(heap: *mut Heap, p: *mut u8, size: usize, flags
 /// As [`emit`].
 #[inline(always)]
 pub(crate) unsafe fn try_free_event(heap: *mut Heap, p: *mut u8) -> bool {
-    // SAFETY: forwarded.
-    unsafe {
-        append(
-            heap,
-            Event::head_word(EventKind::Free as u8, 0, 0, 0),
-            p as usize,
-            0,
-        )
+    let ev = schema::Free {
+        ptr: p as u64,
+        flags: 0,
     }
+    .into_event();
+    // SAFETY: forwarded.
+    unsafe { append_event(heap, &ev) }
 }
 
 #[inline(never)]
 unsafe fn alloc_event_slow(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) -> *mut u8 {
-    let ev = stamped(EventKind::Alloc, flags, 0, 0, p as usize, size as u64);
+    let time = now();
+    let ev = schema::Alloc {
+        ptr: p as u64,
+        size: size as u64,
+        stack: 0,
+        bin: 0,
+        flags,
+    }
+    .into_event()
+    .at(time);
     // SAFETY: forwarded.
     unsafe { emit_slow(heap, ev) };
     p
@@ -502,16 +514,9 @@ unsafe fn alloc_event_slow(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) 
 
 /// Emits on the calling thread's heap (for slow paths that do not carry the heap).
 #[inline]
-pub(crate) fn emit_current(
-    kind: EventKind,
-    flags: u8,
-    aux: u16,
-    arg32: u32,
-    addr: usize,
-    arg: u64,
-) {
+pub(crate) fn emit_current(ev: impl Into<Event>) {
     // SAFETY: the default heap is the calling thread's.
-    unsafe { emit(heap::default_heap(), kind, flags, aux, arg32, addr, arg) };
+    unsafe { emit(heap::default_heap(), ev) };
 }
 
 /// Events a thread may emit while its hook already runs (see [`Heap::spill`]).
@@ -611,13 +616,13 @@ unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
             let mut n = written(heap, buf);
             let events = first_slot(buf);
             if (*heap).dropped > 0 {
-                let d = Event {
-                    kind: EventKind::Dropped as u8,
-                    aux: (*heap).drop_reasons,
-                    arg: (*heap).dropped,
-                    time: ev.map_or_else(now, |e| e.time),
-                    ..Event::default()
-                };
+                let d = schema::Dropped {
+                    lost: (*heap).dropped,
+                    reasons: (*heap).drop_reasons,
+                    flags: 0,
+                }
+                .into_event()
+                .at(ev.map_or_else(now, |e| e.time));
                 events.add(n).write(d);
                 n += 1;
                 (*heap).dropped = 0;
@@ -724,22 +729,23 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
         let t = now();
         let mut pages = 0u64;
         for_each_heap_page(heap, |_| pages += 1);
-        let mark = |kind: EventKind, arg: u64| Event {
-            kind: kind as u8,
+        let begin = schema::CensusBegin {
+            pages,
+            number,
             flags: flags::HEAP_PART,
-            arg32: number,
-            arg,
-            time: t,
-            ..Event::default()
         };
-        emit_buffered(heap, mark(EventKind::CensusBegin, pages));
+        emit_buffered(heap, begin.into_event().at(t));
         let id = (*heap).id;
         for_each_heap_page(heap, |page| {
             let [a, b] = census_page_events(page, id, t);
             emit_buffered(heap, a);
             emit_buffered(heap, b);
         });
-        emit_buffered(heap, mark(EventKind::CensusEnd, 0));
+        let end = schema::CensusEnd {
+            number,
+            flags: flags::HEAP_PART,
+        };
+        emit_buffered(heap, end.into_event().at(t));
     }
 }
 
@@ -765,24 +771,23 @@ fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2
     // SAFETY: an in-use page lies in a live segment.
     let kind = unsafe { (*crate::segment::segment_of_page(page)).kind() } as u8;
     [
-        Event {
-            kind: EventKind::CensusPage as u8,
+        schema::CensusPage {
+            start: page.start() as u64,
+            block_size: page.block_size() as u64,
+            capacity: page.capacity(),
+            bin: page.bin() as u16,
             flags: kind,
-            aux: page.bin() as u16,
-            arg32: page.capacity(),
-            addr: page.start() as u64,
-            arg: page.block_size() as u64,
-            time: t,
-        },
-        Event {
-            kind: EventKind::CensusPage2 as u8,
+        }
+        .into_event()
+        .at(t),
+        schema::CensusPage2 {
+            owner: u64::from(owner),
+            counts: schema::CensusPage2::counts_of(page.used(), page.local_free_len()),
+            thread_free: page.thread_free_len(),
             flags: u8::from(page.is_in_full()),
-            aux: 0,
-            arg32: page.thread_free_len(),
-            addr: u64::from(owner),
-            arg: u64::from(page.used()) | (u64::from(page.local_free_len()) << 32),
-            time: t,
-        },
+        }
+        .into_event()
+        .at(t),
     ]
 }
 
@@ -945,7 +950,13 @@ pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
     }
     // SAFETY: the calling thread's heap.
     unsafe {
-        emit(heap, EventKind::Free, flags, 0, 0, p as usize, 0);
+        emit(
+            heap,
+            schema::Free {
+                ptr: p as u64,
+                flags,
+            },
+        );
         if late {
             crate::init::finish_late_heap(heap);
         }
@@ -961,19 +972,34 @@ pub(crate) unsafe fn emit_thread_name(heap: *mut Heap) {
     // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
     let len = name.iter().position(|&b| b == 0).unwrap_or(16);
-    let (addr, arg) = Event::pack_text(&name[..len]);
+    let (text_lo, text_hi) = Event::pack_text(&name[..len]);
     // SAFETY: forwarded.
     unsafe {
         emit(
             heap,
-            EventKind::ThreadName,
-            0,
-            0,
-            (*heap).id,
-            addr as usize,
-            arg,
+            schema::ThreadName {
+                text_lo,
+                text_hi,
+                heap: (*heap).id,
+                flags: 0,
+            },
         );
     };
+}
+
+/// The `ThreadStart` of `heap`.
+///
+/// # Safety
+/// `heap` is a live heap.
+pub(crate) unsafe fn thread_start(heap: *mut Heap) -> schema::ThreadStart {
+    // SAFETY: forwarded.
+    unsafe {
+        schema::ThreadStart {
+            os_tid: (*heap).os_tid as u64,
+            heap: (*heap).id,
+            flags: 0,
+        }
+    }
 }
 
 /// A user marker, e.g. `heaplens_alloc::hook::mark("phase 2")`: appears on the viewer's timeline.
@@ -985,16 +1011,20 @@ pub fn mark(label: &str) {
     let bytes = label.as_bytes();
     let mut chunks = bytes.chunks(16).peekable();
     if chunks.peek().is_none() {
-        emit_current(EventKind::Mark, 0, 0, 0, 0, 0);
+        emit_current(schema::Mark::default());
     }
     while let Some(chunk) = chunks.next() {
-        let (addr, arg) = Event::pack_text(chunk);
+        let (text_lo, text_hi) = Event::pack_text(chunk);
         let more = if chunks.peek().is_some() {
             flags::MORE
         } else {
             0
         };
-        emit_current(EventKind::Mark, more, 0, 0, addr as usize, arg);
+        emit_current(schema::Mark {
+            text_lo,
+            text_hi,
+            flags: more,
+        });
     }
 }
 
@@ -1074,15 +1104,16 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
         if owned_by_untraced(s) {
             return; // an untraced thread's (the collector's): nothing about it is recorded
         }
-        pages.push(Event {
-            kind: EventKind::CensusSegment as u8,
-            flags: s.kind() as u8,
-            aux: 0,
-            arg32: s.page_count() as u32,
-            addr: segment_addr(s),
-            arg: s.size() as u64,
-            time: t,
-        });
+        pages.push(
+            schema::CensusSegment {
+                base: segment_addr(s),
+                bytes: s.size() as u64,
+                pages: s.page_count() as u32,
+                flags: s.kind() as u8,
+            }
+            .into_event()
+            .at(t),
+        );
         for i in 0..s.page_count() {
             let page = s.page(i);
             if !page.is_in_use() {
@@ -1108,22 +1139,18 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
         .iter()
         .filter(|e| e.kind == EventKind::CensusPage as u8)
         .count();
-    let begin = Event {
-        kind: EventKind::CensusBegin as u8,
+    let begin = schema::CensusBegin {
+        pages: n as u64,
+        number,
         flags: if partial { flags::PARTIAL } else { 0 } | if initial { flags::INITIAL } else { 0 },
-        arg32: number,
-        arg: n as u64,
-        time: t,
-        ..Event::default()
-    };
+    }
+    .into_event()
+    .at(t);
     out.extend(core::iter::once(begin));
     out.extend(pages);
-    out.extend(core::iter::once(Event {
-        kind: EventKind::CensusEnd as u8,
-        arg32: number,
-        time: t,
-        ..Event::default()
-    }));
+    out.extend(core::iter::once(
+        schema::CensusEnd { number, flags: 0 }.into_event().at(t),
+    ));
 }
 
 /// Segment events carry the segment base.

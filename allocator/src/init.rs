@@ -11,8 +11,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
 
-use crate::event::EventKind;
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
+use crate::schema;
 use crate::sync::SpinLock;
 use crate::{hook, options, os, segment, segment_map};
 
@@ -128,15 +128,7 @@ pub(crate) fn thread_init() -> *mut Heap {
     if hook::enabled() {
         // SAFETY: `heap` is this thread's.
         unsafe {
-            hook::emit(
-                heap,
-                EventKind::ThreadStart,
-                0,
-                0,
-                (*heap).id,
-                (*heap).os_tid as usize,
-                0,
-            );
+            hook::emit(heap, hook::thread_start(heap));
             hook::emit_thread_name(heap);
         }
     }
@@ -178,7 +170,13 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
         heap::set_default_heap(EMPTY_HEAP_PTR);
         if hook::enabled() {
             hook::emit_thread_name(heap); // threads are often named after their first allocation
-            hook::emit(heap, EventKind::ThreadExit, 0, 0, (*heap).id, 0, 0);
+            hook::emit(
+                heap,
+                schema::ThreadExit {
+                    heap: (*heap).id,
+                    flags: 0,
+                },
+            );
         }
         hook::flush_thread(heap);
         {

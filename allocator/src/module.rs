@@ -573,20 +573,12 @@ pub struct Reporter {
 impl Reporter {
     /// Publishes the ranges anew and appends the events for what changed to `out`, at `time`.
     pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>) {
-        use crate::event::{Event, EventKind, flags, module_text};
+        use crate::event::{Event, flags, module_text};
+        use crate::schema;
         refresh_ranges();
         #[cfg(feature = "hook")]
         build_rows();
         let now = modules();
-        let ev = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64, f: u8| Event {
-            kind: kind as u8,
-            flags: f,
-            aux,
-            arg32,
-            addr,
-            arg,
-            time,
-        };
         let current: std::collections::HashSet<(usize, &[u8])> =
             now.iter().map(|m| (m.bias, &m.path[..])).collect();
         let mut gone: Vec<_> = self
@@ -598,7 +590,7 @@ impl Reporter {
         gone.sort_by_key(|&(_, id)| id);
         for (key, id) in gone {
             self.known.remove(&key);
-            out.push(ev(EventKind::ModuleGone, 0, id, 0, 0, 0));
+            out.push(schema::ModuleGone { id, flags: 0 }.into_event().at(time));
         }
         for m in &now {
             let key = (m.bias, m.path.clone());
@@ -608,10 +600,21 @@ impl Reporter {
             self.next_id += 1;
             let id = self.next_id;
             self.known.insert(key, id);
-            out.push(ev(EventKind::Module, 0, id, m.bias as u64, 0, 0));
+            let module = schema::Module {
+                bias: m.bias as u64,
+                id,
+                flags: 0,
+            };
+            out.push(module.into_event().at(time));
             for &(start, end) in &m.ranges {
                 let len = (end - start) as u64;
-                out.push(ev(EventKind::ModuleRange, 0, id, start as u64, len, 0));
+                let range = schema::ModuleRange {
+                    start: start as u64,
+                    len,
+                    id,
+                    flags: 0,
+                };
+                out.push(range.into_event().at(time));
             }
             for (what, text) in [
                 (module_text::PATH, &m.path),
@@ -619,9 +622,16 @@ impl Reporter {
             ] {
                 let chunks: Vec<&[u8]> = text.chunks(16).collect();
                 for (i, chunk) in chunks.iter().enumerate() {
-                    let (addr, arg) = Event::pack_text(chunk);
+                    let (text_lo, text_hi) = Event::pack_text(chunk);
                     let more = if i + 1 < chunks.len() { flags::MORE } else { 0 };
-                    out.push(ev(EventKind::ModuleText, what, id, addr, arg, more));
+                    let text = schema::ModuleText {
+                        text_lo,
+                        text_hi,
+                        id,
+                        what,
+                        flags: more,
+                    };
+                    out.push(text.into_event().at(time));
                 }
             }
         }

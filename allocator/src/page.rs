@@ -22,9 +22,9 @@
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
 
-use crate::event::EventKind;
 use crate::heap::Heap;
 use crate::hook;
+use crate::schema;
 
 /// A free block: its first word links to the next free block.
 #[repr(C)]
@@ -239,12 +239,13 @@ pub(crate) unsafe fn init(page: *mut Page, heap: *mut Heap, bin: usize, block_si
             let kind = (*crate::segment::segment_of_page(page)).kind() as u8;
             hook::emit(
                 heap,
-                EventKind::PageInit,
-                kind,
-                bin as u16,
-                reserved,
-                pg.start as usize,
-                block_size as u64,
+                schema::PageInit {
+                    start: pg.start as u64,
+                    block_size: block_size as u64,
+                    reserved,
+                    bin: bin as u16,
+                    flags: kind,
+                },
             );
         }
         extend_free(page);
@@ -284,12 +285,11 @@ pub(crate) unsafe fn extend_free(page: *mut Page) {
         if hook::enabled() {
             hook::emit(
                 pg.heap(),
-                EventKind::PageExtend,
-                0,
-                0,
-                (cap + extend) as u32,
-                pg.start as usize,
-                0,
+                schema::PageExtend {
+                    start: pg.start as u64,
+                    capacity: (cap + extend) as u32,
+                    flags: 0,
+                },
             );
         }
     }
@@ -345,12 +345,12 @@ pub(crate) unsafe fn collect(page: *mut Page) {
         if hook::enabled() && (from_thread_free | to_free) != 0 {
             hook::emit(
                 pg.heap(),
-                EventKind::PageCollect,
-                0,
-                0,
-                from_thread_free,
-                pg.start as usize,
-                u64::from(to_free),
+                schema::PageCollect {
+                    start: pg.start as u64,
+                    to_free: u64::from(to_free),
+                    from_thread_free,
+                    flags: 0,
+                },
             );
         }
     }

@@ -23,10 +23,11 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::bin::PageKind;
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::heap::Heap;
 use crate::hook;
 use crate::page::{self, NEVER_DELAYED_FREE, NO_DELAYED_FREE, Page};
+use crate::schema;
 use crate::sync::SpinLock;
 use crate::{
     MEDIUM_PAGE_SHIFT, MEDIUM_PAGE_SIZE, SEGMENT_MASK, SEGMENT_SIZE, SMALL_PAGE_SHIFT,
@@ -267,7 +268,11 @@ unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut 
             (*s).purged_bytes -= len;
             os::recommit(len);
             if hook::enabled() {
-                hook::emit_current(EventKind::OsCommit, 0, 0, 0, p as usize, len as u64);
+                hook::emit_current(schema::OsCommit {
+                    addr: p as u64,
+                    bytes: len as u64,
+                    flags: 0,
+                });
             }
         }
         let used = (*s).used.load(Relaxed) + 1;
@@ -291,7 +296,10 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
     unsafe {
         let s = segment_of_page(page);
         if hook::enabled() {
-            hook::emit_current(EventKind::PageFree, 0, 0, 0, (*page).start as usize, 0);
+            hook::emit_current(schema::PageFree {
+                start: (*page).start as u64,
+                flags: 0,
+            });
         }
         (*page).in_use.store(false, Relaxed);
         (*page).heap.store(ptr::null_mut(), Relaxed);
@@ -349,7 +357,11 @@ unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
         if len > 0 {
             os::purge(p, len);
             if hook::enabled() {
-                hook::emit_current(EventKind::OsPurge, 0, 0, 0, p as usize, len as u64);
+                hook::emit_current(schema::OsPurge {
+                    addr: p as u64,
+                    bytes: len as u64,
+                    flags: 0,
+                });
             }
         }
         (*page).is_purged = true;
@@ -488,7 +500,11 @@ pub(crate) fn cache_expire(now: u64) {
         unsafe { os::free(addr as *mut u8, size, 0) };
         if hook::enabled() {
             // The segment's memory leaves the process: the viewer stops counting it as cached.
-            hook::emit_current(EventKind::OsPurge, 0, 0, 0, addr, size as u64);
+            hook::emit_current(schema::OsPurge {
+                addr: addr as u64,
+                bytes: size as u64,
+                flags: 0,
+            });
         }
     }
 }
@@ -656,12 +672,12 @@ unsafe fn segment_alloc(
         if hook::enabled() {
             hook::emit(
                 heap,
-                EventKind::SegmentAlloc,
-                kind as u8,
-                0,
-                capacity as u32,
-                s as usize,
-                segment_size as u64,
+                schema::SegmentAlloc {
+                    base: s as u64,
+                    bytes: segment_size as u64,
+                    pages: capacity as u32,
+                    flags: kind as u8,
+                },
             );
         }
         if let Some(q) = (*heap).tld.queue(kind) {
@@ -718,7 +734,11 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
         if hook::enabled() {
             // Before the segment can be taken again (from the cache, or as a new mapping).
             let flag = if cacheable { flags::CACHED } else { 0 };
-            hook::emit_current(EventKind::SegmentFree, flag, 0, 0, s as usize, size as u64);
+            hook::emit_current(schema::SegmentFree {
+                base: s as u64,
+                bytes: size as u64,
+                flags: flag,
+            });
             hook::bump_clock();
         }
         let shared = hook::records(crate::heap::default_heap()); // see `segment_alloc`
@@ -727,7 +747,11 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
                 // Announced as cached above, but the cache had no room (it is bounded by the
                 // heap, see `cache_limit`): the memory leaves the process now, said before the
                 // address can be mapped again.
-                hook::emit_current(EventKind::OsPurge, 0, 0, 0, s as usize, size as u64);
+                hook::emit_current(schema::OsPurge {
+                    addr: s as u64,
+                    bytes: size as u64,
+                    flags: 0,
+                });
             }
             os::free(s.cast(), size, purged);
         }
@@ -846,7 +870,10 @@ unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
             // segment back with its memory still resident (see `purge_abandoned`).
             let due = purge_segment(s, os::clock_ms());
             if hook::enabled() {
-                hook::emit_current(EventKind::SegmentAbandon, 0, 0, 0, s as usize, 0);
+                hook::emit_current(schema::SegmentAbandon {
+                    base: s as u64,
+                    flags: 0,
+                });
                 hook::bump_clock();
             }
             let mut head = ABANDONED.lock();
@@ -948,12 +975,11 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
         if hook::enabled() {
             hook::emit(
                 heap,
-                EventKind::SegmentReclaim,
-                0,
-                0,
-                (*heap).id,
-                s as usize,
-                0,
+                schema::SegmentReclaim {
+                    base: s as u64,
+                    owner: (*heap).id,
+                    flags: 0,
+                },
             );
         }
         for i in 0..(*s).capacity {
@@ -965,12 +991,11 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
             if hook::enabled() {
                 hook::emit(
                     heap,
-                    EventKind::PageReclaim,
-                    0,
-                    0,
-                    (*heap).id,
-                    (*page).start as usize,
-                    0,
+                    schema::PageReclaim {
+                        start: (*page).start as u64,
+                        owner: (*heap).id,
+                        flags: 0,
+                    },
                 );
             }
             page::use_delayed_free(page, NO_DELAYED_FREE, true);

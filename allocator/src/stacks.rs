@@ -32,9 +32,10 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 
-use crate::event::{EventKind, flags};
+use crate::event::flags;
 use crate::heap::{EMPTY_HEAP_PTR, Heap};
 use crate::sample::Sampler;
+use crate::schema;
 use crate::stack_table::StackTable;
 use crate::unwind::{self, Regs};
 use crate::{hook, init, module};
@@ -398,7 +399,16 @@ unsafe extern "sysv64" fn alloc_sampled(
         } else {
             0
         };
-        hook::emit(heap, EventKind::Alloc, fl, 0, id, p as usize, size as u64);
+        hook::emit(
+            heap,
+            schema::Alloc {
+                ptr: p as u64,
+                size: size as u64,
+                stack: id,
+                bin: 0,
+                flags: fl,
+            },
+        );
         p
     }
 }
@@ -468,12 +478,12 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
                 let f = if node.truncated { flags::TRUNCATED } else { 0 };
                 hook::emit(
                     heap,
-                    EventKind::StackFrame,
-                    f,
-                    0,
-                    node.id,
-                    node.pc,
-                    u64::from(node.parent),
+                    schema::StackFrame {
+                        pc: node.pc as u64,
+                        parent: u64::from(node.parent),
+                        id: node.id,
+                        flags: f,
+                    },
                 );
             },
         )
