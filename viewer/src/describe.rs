@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use heaplens_alloc::event::{Event, EventKind, drop_reason, flags};
+use heaplens_alloc::schema::{self, Code};
 use heaplens_alloc::stats::Bytes;
 
 use crate::model::{Model, segment_base};
@@ -61,11 +62,37 @@ pub fn thread(model: &Model, heap: u32) -> String {
 }
 
 fn text(ev: &Event) -> String {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&ev.addr.to_le_bytes());
-    b[8..].copy_from_slice(&ev.arg.to_le_bytes());
+    let b = ev.text();
     let n = b.iter().position(|&c| c == 0).unwrap_or(16);
     String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// The slots `ev`'s kind uses, by their names in the schema: "start 0x7f0000010000, block_size
+/// 48, capacity 1365, bin 3".
+pub fn slots(ev: &Event) -> String {
+    let Some(f) = schema::fields_of(ev.kind) else {
+        return String::new();
+    };
+    let values = [ev.addr, ev.arg, u64::from(ev.arg32), u64::from(ev.aux)];
+    let mut out = Vec::new();
+    for (s, v) in f.slots.iter().zip(values) {
+        if !matches!(s.code, Code::Narrow(_) | Code::Wide(_)) {
+            continue;
+        }
+        // Addresses in hex.
+        if matches!(
+            s.name,
+            "ptr" | "old" | "start" | "base" | "addr" | "pc" | "bias"
+        ) {
+            out.push(format!("{} {v:#x}", s.name));
+        } else {
+            out.push(format!("{} {v}", s.name));
+        }
+    }
+    if ev.flags != 0 {
+        out.push(format!("flags {:#x}", ev.flags));
+    }
+    out.join(", ")
 }
 
 fn bytes(n: u64) -> Bytes {
@@ -76,6 +103,7 @@ fn bytes(n: u64) -> Bytes {
 pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
     use EventKind as K;
     let who = thread(model, heap);
+    // Blocks and pages are named by `addr` in every kind that names one (`ptr`, `start`).
     let page = || names.page(model, ev.addr);
     let block = || model.page_at(ev.addr).map(|r| r.page.block_size);
     let owner = || model.page_at(ev.addr).map(|r| r.page.owner);
@@ -85,11 +113,13 @@ pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
     match kind {
         K::Alloc => {
             let b = block().map_or(String::new(), |b| format!(" (a {} block)", bytes(b)));
-            format!("{who} allocated {}{b} from {}", bytes(ev.arg), page())
+            let a = schema::Alloc::from_event(ev);
+            format!("{who} allocated {}{b} from {}", bytes(a.size), page())
         }
         K::Free => {
             let size = block().map_or("a".to_owned(), |b| format!("a {}", bytes(b)));
-            if ev.flags & flags::FROM_DELAYED != 0 {
+            let f = schema::Free::from_event(ev).flags;
+            if f & flags::FROM_DELAYED != 0 {
                 return format!(
                     "{who} took {size} block off its delayed list onto local_free of {}",
                     page()
@@ -100,9 +130,9 @@ pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
                 Some(0) => " of an abandoned page".to_owned(),
                 _ => String::new(),
             };
-            let how = if ev.flags & flags::TO_DELAYED != 0 {
+            let how = if f & flags::TO_DELAYED != 0 {
                 "the page was full, so it went onto its owner's delayed list".to_owned()
-            } else if ev.flags & flags::CROSS_THREAD != 0 {
+            } else if f & flags::CROSS_THREAD != 0 {
                 format!("pushed onto thread_free of {}", page())
             } else {
                 format!("pushed onto local_free of {}", page())
@@ -111,29 +141,42 @@ pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
         }
         K::Resize => format!(
             "{who} resized a block in place to {} ({})",
-            bytes(ev.arg),
+            bytes(schema::Resize::from_event(ev).size),
             page()
         ),
-        K::Realloc => format!(
-            "{who} reallocated {:#x} to {} at {:#x}: the block moved",
-            ev.arg,
-            bytes(u64::from(ev.arg32)),
-            ev.addr
-        ),
-        K::PageInit => format!(
-            "{who} set up {} for {} blocks ({} of them, bin {})",
+        K::Realloc => {
+            let r = schema::Realloc::from_event(ev);
+            format!(
+                "{who} reallocated {:#x} to {} at {:#x}: the block moved",
+                r.old,
+                bytes(u64::from(r.size)),
+                r.ptr
+            )
+        }
+        K::PageInit => {
+            let p = schema::PageInit::from_event(ev);
+            format!(
+                "{who} set up {} for {} blocks ({} of them, bin {})",
+                page(),
+                bytes(p.block_size),
+                p.reserved,
+                p.bin
+            )
+        }
+        K::PageExtend => format!(
+            "{who} carved more of {}: {} blocks now",
             page(),
-            bytes(ev.arg),
-            ev.arg32,
-            ev.aux
+            schema::PageExtend::from_event(ev).capacity
         ),
-        K::PageExtend => format!("{who} carved more of {}: {} blocks now", page(), ev.arg32),
-        K::PageCollect => format!(
-            "{who} collected {}: {} blocks thread_free -> local_free, {} local_free -> free",
-            page(),
-            ev.arg32,
-            ev.arg
-        ),
+        K::PageCollect => {
+            let c = schema::PageCollect::from_event(ev);
+            format!(
+                "{who} collected {}: {} blocks thread_free -> local_free, {} local_free -> free",
+                page(),
+                c.from_thread_free,
+                c.to_free
+            )
+        }
         K::PageFull => format!(
             "{}: no free block left, moved to {who}'s full queue",
             page()
@@ -147,55 +190,89 @@ pub fn describe(model: &Model, names: &Namer, heap: u32, ev: &Event) -> String {
         K::PageReclaim => format!(
             "{} of an abandoned segment now belongs to {}",
             page(),
-            thread(model, ev.arg32)
+            thread(model, schema::PageReclaim::from_event(ev).owner)
         ),
-        K::SegmentAlloc => format!(
-            "{who} mapped {} ({}, {} pages)",
-            names.segment(ev.addr),
-            bytes(ev.arg),
-            ev.arg32
-        ),
-        K::SegmentFree => format!(
-            "{who} released {} ({}){}",
-            names.segment(ev.addr),
-            bytes(ev.arg),
-            if ev.flags & flags::CACHED != 0 {
-                " to the segment cache"
-            } else {
-                " to the OS"
-            }
-        ),
+        K::SegmentAlloc => {
+            let s = schema::SegmentAlloc::from_event(ev);
+            format!(
+                "{who} mapped {} ({}, {} pages)",
+                names.segment(s.base),
+                bytes(s.bytes),
+                s.pages
+            )
+        }
+        K::SegmentFree => {
+            let s = schema::SegmentFree::from_event(ev);
+            format!(
+                "{who} released {} ({}){}",
+                names.segment(s.base),
+                bytes(s.bytes),
+                if s.flags & flags::CACHED != 0 {
+                    " to the segment cache"
+                } else {
+                    " to the OS"
+                }
+            )
+        }
         K::SegmentAbandon => format!(
             "{who} exited and abandoned {}: other threads may reclaim it",
-            names.segment(ev.addr)
+            names.segment(schema::SegmentAbandon::from_event(ev).base)
         ),
-        K::SegmentReclaim => format!("{who} reclaimed {}", names.segment(ev.addr)),
-        K::ThreadStart => format!("{} started (heap {})", thread(model, ev.arg32), ev.arg32),
-        K::ThreadExit => format!("{} exited", thread(model, ev.arg32)),
-        K::ThreadName => format!("heap {} is thread \"{}\"", ev.arg32, text(ev)),
-        K::OsCommit => format!(
-            "{who} committed {} at {:#x} from the OS",
-            bytes(ev.arg),
-            ev.addr
+        K::SegmentReclaim => format!(
+            "{who} reclaimed {}",
+            names.segment(schema::SegmentReclaim::from_event(ev).base)
         ),
-        K::OsPurge => format!(
-            "{who} purged {} at {:#x}: the memory went back to the OS",
-            bytes(ev.arg),
-            ev.addr
+        K::ThreadStart => {
+            let s = schema::ThreadStart::from_event(ev);
+            format!(
+                "{} started (heap {}, thread id {})",
+                thread(model, s.heap),
+                s.heap,
+                s.os_tid
+            )
+        }
+        K::ThreadExit => format!(
+            "{} exited",
+            thread(model, schema::ThreadExit::from_event(ev).heap)
         ),
+        K::ThreadName => format!(
+            "heap {} is thread \"{}\"",
+            schema::ThreadName::from_event(ev).heap,
+            text(ev)
+        ),
+        K::OsCommit => {
+            let o = schema::OsCommit::from_event(ev);
+            format!(
+                "{who} committed {} at {:#x} from the OS",
+                bytes(o.bytes),
+                o.addr
+            )
+        }
+        K::OsPurge => {
+            let o = schema::OsPurge::from_event(ev);
+            format!(
+                "{who} purged {} at {:#x}: the memory went back to the OS",
+                bytes(o.bytes),
+                o.addr
+            )
+        }
         K::Mark => format!("marker \"{}\" from {who}", text(ev)),
         K::Dropped => {
-            let why: Vec<_> = drop_reason::names(ev.aux).collect();
-            format!("{} events were lost ({})", ev.arg, why.join(", "))
+            let d = schema::Dropped::from_event(ev);
+            let why: Vec<_> = drop_reason::names(d.reasons).collect();
+            format!("{} events were lost ({})", d.lost, why.join(", "))
         }
         K::ClockSync => "clock sync".to_owned(),
         K::CensusBegin | K::CensusPage | K::CensusPage2 | K::CensusSegment | K::CensusEnd => {
-            format!("census record ({})", kind.name())
+            format!("census record ({}: {})", kind.name(), slots(ev))
         }
-        K::StackFrame => format!("{who} captured stack frame {} at {:#x}", ev.arg32, ev.addr),
-        K::StackMode => "stack capture mode".to_owned(),
+        K::StackFrame => {
+            let f = schema::StackFrame::from_event(ev);
+            format!("{who} captured stack frame {} at {:#x}", f.id, f.pc)
+        }
+        K::StackMode => format!("stack capture mode ({})", slots(ev)),
         K::Module | K::ModuleRange | K::ModuleText | K::ModuleGone => {
-            format!("module {} ({})", ev.arg32, kind.name())
+            format!("module event ({}: {})", kind.name(), slots(ev))
         }
     }
 }
@@ -242,6 +319,14 @@ mod tests {
         assert_eq!(
             describe(&m, &names, 2, &free),
             "thread worker-2 freed a 48 B block owned by thread main: pushed onto thread_free of page 3 in segment 1"
+        );
+        let census = Event {
+            aux: 3,
+            ..ev(EventKind::CensusPage, 0, page3, 48, 1365)
+        };
+        assert_eq!(
+            describe(&m, &names, 0, &census),
+            "census record (CensusPage: start 0x700000030000, block_size 48, capacity 1365, bin 3)"
         );
         let local = ev(EventKind::Free, 0, page3, 0, 0);
         assert_eq!(

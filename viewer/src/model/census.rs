@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::schema;
 use heaplens_alloc::segment::INFO_SIZE;
 use heaplens_alloc::{MEDIUM_PAGE_SHIFT, SEGMENT_SIZE, SMALL_PAGE_SHIFT};
 use serde::{Deserialize, Serialize};
@@ -60,23 +61,25 @@ pub struct CensusPage {
 impl CensusPage {
     /// A page from its `CensusPage` event (block size, capacity, bin, kind).
     fn first_half(ev: &Event) -> Self {
+        let p = schema::CensusPage::from_event(ev);
         Self {
-            start: ev.addr,
-            block_size: ev.arg,
-            capacity: ev.arg32,
-            bin: ev.aux,
-            kind: ev.flags,
+            start: p.start,
+            block_size: p.block_size,
+            capacity: p.capacity,
+            bin: p.bin,
+            kind: p.flags,
             ..Self::default()
         }
     }
 
     /// The page completed by its `CensusPage2` event (owner, list counts, full flag).
     fn with_second_half(mut self, ev: &Event) -> Self {
-        self.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
-        self.used = ev.arg as u32;
-        self.local_free = (ev.arg >> 32) as u32;
-        self.thread_free = ev.arg32;
-        self.in_full = ev.flags & flags::IN_FULL != 0;
+        let p = schema::CensusPage2::from_event(ev);
+        self.owner = u32::try_from(p.owner).unwrap_or(u32::MAX);
+        self.used = p.used();
+        self.local_free = p.local_free();
+        self.thread_free = p.thread_free;
+        self.in_full = p.flags & flags::IN_FULL != 0;
         self
     }
 }
@@ -431,29 +434,31 @@ impl Model {
                 self.finish_tally();
                 self.totals.censuses += 1;
                 self.census.check = Some(CensusCheck {
-                    number: ev.arg32,
+                    number: schema::CensusBegin::from_event(ev).number,
                     time: ev.time,
                     by_heap: true,
                     ..CensusCheck::default()
                 });
             }
             BEGIN => {
+                let b = schema::CensusBegin::from_event(ev);
                 st.building = Some(Census {
-                    number: ev.arg32,
+                    number: b.number,
                     time: ev.time,
-                    initial: ev.flags & flags::INITIAL != 0,
+                    initial: b.flags & flags::INITIAL != 0,
                     segments: Vec::new(),
-                    pages: Vec::with_capacity((ev.arg as usize).min(RESERVE_MAX)),
+                    pages: Vec::with_capacity((b.pages as usize).min(RESERVE_MAX)),
                 });
                 st.half = None;
             }
             SEGMENT => {
                 if let Some(c) = &mut st.building {
+                    let s = schema::CensusSegment::from_event(ev);
                     c.segments.push(CensusSegment {
-                        base: ev.addr,
-                        bytes: ev.arg,
-                        page_count: ev.arg32,
-                        kind: ev.flags,
+                        base: s.base,
+                        bytes: s.bytes,
+                        page_count: s.pages,
+                        kind: s.flags,
                     });
                 }
             }
@@ -466,7 +471,9 @@ impl Model {
             _ => {
                 // CensusEnd
                 match st.building.take() {
-                    Some(c) if c.number == ev.arg32 => self.census_done(c),
+                    Some(c) if c.number == schema::CensusEnd::from_event(ev).number => {
+                        self.census_done(c);
+                    }
                     _ => {}
                 }
             }
@@ -482,10 +489,11 @@ impl Model {
         let parts = &mut self.census.parts;
         match ev.kind {
             BEGIN => {
+                let b = schema::CensusBegin::from_event(ev);
                 let c = Census {
-                    number: ev.arg32,
+                    number: b.number,
                     time: ev.time,
-                    pages: Vec::with_capacity((ev.arg as usize).min(RESERVE_MAX)),
+                    pages: Vec::with_capacity((b.pages as usize).min(RESERVE_MAX)),
                     ..Census::default()
                 };
                 parts.insert(heap, (c, None));
@@ -504,7 +512,7 @@ impl Model {
             }
             END => {
                 if let Some((c, _)) = parts.remove(&heap)
-                    && c.number == ev.arg32
+                    && c.number == schema::CensusEnd::from_event(ev).number
                 {
                     self.heap_part_done(heap, &c);
                 }

@@ -38,6 +38,7 @@ pub mod synth;
 
 use heaplens_alloc::bin::PageKind;
 use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::schema::{self, Free};
 use heaplens_alloc::{SEGMENT_MASK, SEGMENT_SIZE};
 use serde::{Deserialize, Serialize};
 
@@ -251,7 +252,7 @@ impl Model {
         match ev.kind {
             ALLOC => {
                 self.on_alloc(heap, ev);
-                if ev.arg32 != 0 || self.sites.is_on() {
+                if schema::Alloc::from_event(ev).stack != 0 || self.sites.is_on() {
                     self.sites.on_alloc(heap, ev);
                 }
             }
@@ -278,26 +279,30 @@ impl Model {
         }
         match ev.kind {
             RESIZE => {
+                let r = schema::Resize::from_event(ev);
                 self.totals.resizes += 1;
-                self.resize_block(ev.addr, ev.arg);
-                self.sites.on_resize(ev.addr, ev.arg);
+                self.resize_block(r.ptr, r.size);
+                self.sites.on_resize(r.ptr, r.size);
             }
             REALLOC => {
+                let r = schema::Realloc::from_event(ev);
                 self.totals.reallocs += 1;
-                if ev.arg32 != u32::MAX {
-                    self.resize_block(ev.addr, u64::from(ev.arg32));
+                if r.size != u32::MAX {
+                    self.resize_block(r.ptr, u64::from(r.size));
                 }
             }
             PAGE_INIT => self.on_page_init(heap, ev),
             PAGE_EXTEND => self.with_page(heap, ev, |p, ev| {
-                p.capacity = ev.arg32;
+                let capacity = schema::PageExtend::from_event(ev).capacity;
+                p.capacity = capacity;
                 if p.div_magic != 0 {
-                    p.live.ensure((ev.arg32 as usize).min(p.table_limit()));
+                    p.live.ensure((capacity as usize).min(p.table_limit()));
                 }
             }),
             PAGE_COLLECT => self.with_page(heap, ev, |p, ev| {
-                let n = i64::from(ev.arg32);
-                let m = i64::from(ev.arg.min(u64::from(u32::MAX)) as u32);
+                let c = schema::PageCollect::from_event(ev);
+                let n = i64::from(c.from_thread_free);
+                let m = i64::from(c.to_free.min(u64::from(u32::MAX)) as u32);
                 p.thread_free = p.thread_free.wrapping_sub(n);
                 p.used = p.used.wrapping_sub(n);
                 p.local_free = p.local_free.wrapping_add(n - m);
@@ -321,16 +326,17 @@ impl Model {
             PAGE_RECLAIM => self.on_page_reclaim(heap, ev),
             SEGMENT_ALLOC => self.on_segment_alloc(heap, ev),
             SEGMENT_FREE => {
-                if ev.flags & flags::CACHED != 0 && self.cached.len() < 1024 {
-                    self.cached.push((ev.addr, ev.arg));
+                let f = schema::SegmentFree::from_event(ev);
+                if f.flags & flags::CACHED != 0 && self.cached.len() < 1024 {
+                    self.cached.push((f.base, f.bytes));
                 }
-                if let Some(si) = self.segs.find(ev.addr) {
+                if let Some(si) = self.segs.find(f.base) {
                     let seg = self.remove_segment(si);
                     self.segs.bury(seg);
                 }
             }
             SEGMENT_ABANDON => {
-                if let Some(si) = self.segs.find(ev.addr)
+                if let Some(si) = self.segs.find(schema::SegmentAbandon::from_event(ev).base)
                     && ev.time >= self.segs.get(si).reclaimed_at
                 {
                     let seg = self.segs.get_mut(si);
@@ -343,34 +349,41 @@ impl Model {
                 }
             }
             SEGMENT_RECLAIM => {
-                if let Some(si) = self.segs.find(ev.addr) {
+                let r = schema::SegmentReclaim::from_event(ev);
+                if let Some(si) = self.segs.find(r.base) {
                     let seg = self.segs.get_mut(si);
-                    seg.owner = if ev.arg32 != 0 { ev.arg32 } else { heap };
+                    seg.owner = if r.owner != 0 { r.owner } else { heap };
                     seg.abandoned = false;
                     seg.reclaimed_at = ev.time;
                 }
             }
             THREAD_START => {
-                if let Some((h, _)) = self.heaps.touch(ev.arg32, ev.time) {
+                let s = schema::ThreadStart::from_event(ev);
+                if let Some((h, _)) = self.heaps.touch(s.heap, ev.time) {
                     h.started_at.get_or_insert(ev.time);
-                    h.os_tid = ev.addr;
+                    h.os_tid = s.os_tid;
                 }
             }
             THREAD_EXIT => {
-                self.heaps.exit(ev.arg32, ev.time);
+                self.heaps
+                    .exit(schema::ThreadExit::from_event(ev).heap, ev.time);
             }
             THREAD_NAME => {
                 let (t, n) = text_bytes(ev);
+                let name = schema::ThreadName::from_event(ev);
                 self.heaps
-                    .name_part(ev.arg32, &t[..n], ev.flags & flags::MORE == 0, ev.time);
+                    .name_part(name.heap, &t[..n], name.flags & flags::MORE == 0, ev.time);
             }
             OS_PURGE | OS_COMMIT => self.on_os(ev),
             MARK => self.on_mark(heap, ev),
             DROPPED => {
-                self.totals.dropped = self.totals.dropped.saturating_add(ev.arg);
-                self.totals.drop_reasons |= ev.aux;
+                let d = schema::Dropped::from_event(ev);
+                self.totals.dropped = self.totals.dropped.saturating_add(d.lost);
+                self.totals.drop_reasons |= d.reasons;
             }
-            CLOCK_SYNC => self.clock_sync = Some((ev.time, ev.addr)),
+            CLOCK_SYNC => {
+                self.clock_sync = Some((ev.time, schema::ClockSync::from_event(ev).monotonic_ns));
+            }
             CENSUS_BEGIN | CENSUS_PAGE | CENSUS_PAGE2 | CENSUS_SEGMENT | CENSUS_END => {
                 self.on_census_event(heap, ev);
             }
@@ -449,9 +462,10 @@ impl Model {
         if let Some(h) = self.heaps.current_mut() {
             h.allocs += 1;
         }
-        let Some((si, pi)) = self.segs.locate(ev.addr) else {
+        let a = schema::Alloc::from_event(ev);
+        let Some((si, pi)) = self.segs.locate(a.ptr) else {
             // Its segment is unknown (events were lost): keep the block, at least.
-            self.live.alloc(Side::Pending, ev.addr, ev.arg, 0);
+            self.live.alloc(Side::Pending, a.ptr, a.size, 0);
             return;
         };
         let seg = self.segs.get_mut(si);
@@ -463,36 +477,36 @@ impl Model {
             heap,
             time: ev.time,
         };
-        if ev.flags & flags::ALIGNED != 0 {
+        if a.flags & flags::ALIGNED != 0 {
             p.has_aligned = true;
         }
         self.agg.block_bytes = self.agg.block_bytes.wrapping_add(p.block_size as i64);
         if self.live.has_pending()
             && self
                 .live
-                .cancel_early_free(Self::overflow_key(p, ev.addr), ev.arg)
+                .cancel_early_free(Self::overflow_key(p, a.ptr), a.size)
         {
             return;
         }
-        let counted = match p.table_index(ev.addr) {
-            Some(i) => p.live.alloc(i, p.table_limit(), &mut self.live, ev.arg),
+        let counted = match p.table_index(a.ptr) {
+            Some(i) => p.live.alloc(i, p.table_limit(), &mut self.live, a.size),
             None => false,
         };
         if !counted {
-            let key = Self::overflow_key(p, ev.addr);
-            self.live.alloc(Self::side_for(p), key, ev.arg, generation);
+            let key = Self::overflow_key(p, a.ptr);
+            self.live.alloc(Self::side_for(p), key, a.size, generation);
         }
     }
 
     #[inline(always)]
     fn on_free(&mut self, heap: u32, ev: &Event) {
-        let f = ev.flags;
+        let Free { ptr, flags: f } = Free::from_event(ev);
         let last = LastEvent {
             kind: FREE,
             heap,
             time: ev.time,
         };
-        let located = self.segs.locate(ev.addr);
+        let located = self.segs.locate(ptr);
         if f & flags::FROM_DELAYED != 0 {
             // The owner frees a block of its delayed list: the program's free was the TO_DELAYED
             // one, so the live blocks do not change.
@@ -501,7 +515,7 @@ impl Model {
                 p.delayed -= 1;
                 p.used -= 1;
                 p.local_free += 1;
-                if let Some(i) = p.table_index(ev.addr) {
+                if let Some(i) = p.table_index(ptr) {
                     p.live.set_list(i, BlockState::LocalFree as u8);
                 }
                 p.last = last;
@@ -524,8 +538,8 @@ impl Model {
             // Its segment is gone (a late free) or not announced yet (an early one).
             let generation = self
                 .live
-                .free_older(Side::Untabled, ev.addr)
-                .or_else(|| self.live.free(Side::Pending, ev.addr))
+                .free_older(Side::Untabled, ptr)
+                .or_else(|| self.live.free(Side::Pending, ptr))
                 .unwrap_or(0);
             self.free_on_ghost(ev, generation);
             return;
@@ -540,16 +554,16 @@ impl Model {
         let mut freed = None;
         let mut counted = false;
         if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 && self.live.has_pending() {
-            let key = Self::overflow_key(p, ev.addr);
+            let key = Self::overflow_key(p, ptr);
             freed = self.live.free_older(Side::Pending, key);
-            if freed.is_none() && key != ev.addr {
-                freed = self.live.free_older(Side::Pending, ev.addr);
+            if freed.is_none() && key != ptr {
+                freed = self.live.free_older(Side::Pending, ptr);
             }
             counted = freed.is_some();
         }
         let mut slot = None;
         if !counted {
-            counted = match p.table_index(ev.addr) {
+            counted = match p.table_index(ptr) {
                 Some(i) => {
                     let ok = p.live.free(i, p.table_limit(), &mut self.live);
                     slot = ok.then_some(i);
@@ -561,7 +575,7 @@ impl Model {
         if !counted {
             freed = self
                 .live
-                .free(Self::side_for(p), Self::overflow_key(p, ev.addr));
+                .free(Self::side_for(p), Self::overflow_key(p, ptr));
         }
         if let Some(g) = freed
             && g != generation
@@ -591,8 +605,9 @@ impl Model {
     /// A free whose segment is gone (generation `g`) or not announced yet (`g == 0`).
     #[cold]
     fn free_on_ghost(&mut self, ev: &Event, generation: u32) {
-        let g = self.segs.ghost(segment_base(ev.addr), generation, ev.time);
-        let i = g.page_index(ev.addr);
+        let ptr = Free::from_event(ev).ptr;
+        let g = self.segs.ghost(segment_base(ptr), generation, ev.time);
+        let i = g.page_index(ptr);
         let p = &mut g.pages[i];
         if ev.flags & flags::TO_DELAYED != 0 {
             p.delayed += 1;
@@ -640,23 +655,24 @@ impl Model {
 
     fn on_page_init(&mut self, heap: u32, ev: &Event) {
         self.totals.pages_initialised += 1;
-        let kind = page_kind(ev.flags) as u8;
-        let (si, pi) = match self.segs.locate(ev.addr) {
+        let init = schema::PageInit::from_event(ev);
+        let kind = page_kind(init.flags) as u8;
+        let (si, pi) = match self.segs.locate(init.start) {
             Some(x) => x,
-            None => self.infer_segment(ev.addr, kind, ev.time),
+            None => self.infer_segment(init.start, kind, ev.time),
         };
         self.spill_page(si, pi);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
             p.awaiting_purge = false;
             p.live.clear_lists();
-            p.set_layout(ev.arg, kind);
+            p.set_layout(init.block_size, kind);
             p.in_use = true;
             p.owner = heap;
-            p.start = ev.addr;
-            p.block_size = ev.arg;
-            p.reserved = ev.arg32;
-            p.bin = ev.aux;
+            p.start = init.start;
+            p.block_size = init.block_size;
+            p.reserved = init.reserved;
+            p.bin = init.bin;
             p.kind = kind;
             p.last = LastEvent {
                 kind: ev.kind,
@@ -681,8 +697,9 @@ impl Model {
     }
 
     fn on_page_reclaim(&mut self, heap: u32, ev: &Event) {
-        if let Some((si, pi)) = self.segs.locate(ev.addr) {
-            let owner = if ev.arg32 != 0 { ev.arg32 } else { heap };
+        let r = schema::PageReclaim::from_event(ev);
+        if let Some((si, pi)) = self.segs.locate(r.start) {
+            let owner = if r.owner != 0 { r.owner } else { heap };
             let seg = self.segs.get_mut(si);
             seg.owner = owner;
             seg.abandoned = false;
@@ -702,15 +719,16 @@ impl Model {
 
     fn on_segment_alloc(&mut self, heap: u32, ev: &Event) {
         self.totals.segments_allocated += 1;
-        self.cached.retain(|(b, _)| *b != ev.addr);
-        if let Some(si) = self.segs.find(ev.addr) {
+        let a = schema::SegmentAlloc::from_event(ev);
+        self.cached.retain(|(b, _)| *b != a.base);
+        if let Some(si) = self.segs.find(a.base) {
             // Its free was lost.
             let old = self.remove_segment(si);
             self.segs.bury(old);
         }
         let generation = self.segs.new_generation();
-        let kind = page_kind(ev.flags) as u8;
-        let mut seg = Segment::new(ev.addr, ev.arg, kind, generation, ev.time);
+        let kind = page_kind(a.flags) as u8;
+        let mut seg = Segment::new(a.base, a.bytes, kind, generation, ev.time);
         seg.owner = heap;
         self.add_segment(seg);
     }
@@ -777,15 +795,17 @@ impl Model {
     }
 
     fn on_os(&mut self, ev: &Event) {
-        let Some(si) = self.segs.find(segment_base(ev.addr)) else {
+        // `OsCommit` and `OsPurge` have the same slots.
+        let os = schema::OsPurge::from_event(ev);
+        let Some(si) = self.segs.find(segment_base(os.addr)) else {
             if ev.kind == OS_PURGE {
-                self.cached.retain(|(b, _)| *b != ev.addr); // a cached segment unmapped
+                self.cached.retain(|(b, _)| *b != os.addr); // a cached segment unmapped
             }
             return;
         };
         let seg = self.segs.get_mut(si);
         if ev.kind == OS_PURGE {
-            let (from, to) = (ev.addr, ev.addr.saturating_add(ev.arg));
+            let (from, to) = (os.addr, os.addr.saturating_add(os.bytes));
             let page_bytes = 1u64 << seg.page_shift;
             for p in &mut seg.pages {
                 let base = seg
@@ -798,9 +818,9 @@ impl Model {
         }
         let before = seg.purged;
         seg.purged = if ev.kind == OS_PURGE {
-            seg.purged.saturating_add(ev.arg).min(seg.bytes)
+            seg.purged.saturating_add(os.bytes).min(seg.bytes)
         } else {
-            seg.purged.saturating_sub(ev.arg)
+            seg.purged.saturating_sub(os.bytes)
         };
         self.agg.committed =
             (self.agg.committed).wrapping_sub((seg.purged as i64).wrapping_sub(before as i64));

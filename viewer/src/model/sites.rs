@@ -21,6 +21,7 @@
 //! With stacks `all` every weight is 1 and the figures are exact.
 
 use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
+use heaplens_alloc::schema;
 use serde::{Deserialize, Serialize};
 
 use super::hash::FastMap;
@@ -357,27 +358,28 @@ impl Sites {
         if h < MAX_TRACKED_HEAPS && self.last_alloc.len() <= h {
             self.last_alloc.resize(h + 1, 0);
         }
-        if ev.arg32 == 0 {
+        let a = schema::Alloc::from_event(ev);
+        if a.stack == 0 {
             if let Some(l) = self.last_alloc.get_mut(h) {
                 *l = 0;
             }
             return;
         }
-        let size = ev.arg;
+        let size = a.size;
         let weight = self.weight(size);
         let stats = &mut self.stats;
-        let slot = *self.index.entry(ev.arg32).or_insert_with(|| {
-            stats.push((ev.arg32, SiteStats::default()));
+        let slot = *self.index.entry(a.stack).or_insert_with(|| {
+            stats.push((a.stack, SiteStats::default()));
             (stats.len() - 1) as u32
         });
         if !self.early.is_empty()
-            && let Some((n, t)) = self.early.get_mut(&ev.addr)
+            && let Some((n, t)) = self.early.get_mut(&a.ptr)
             && ev.time <= *t
         {
             // Its free came first (from the same tick or a later one): allocated and freed.
             *n -= 1;
             if *n == 0 {
-                self.early.remove(&ev.addr);
+                self.early.remove(&a.ptr);
             }
             if let Some(s) = self.at(slot) {
                 s.total_bytes += size as f64 * weight;
@@ -386,7 +388,7 @@ impl Sites {
             return;
         }
         let b = StackedBlock {
-            stack: ev.arg32,
+            stack: a.stack,
             size,
             weight,
             heap,
@@ -397,15 +399,15 @@ impl Sites {
             if self.filter.stale() {
                 self.filter.rebuild(self.blocks.keys());
             }
-            self.filter.insert(ev.addr);
+            self.filter.insert(a.ptr);
         }
-        if let Some(old) = self.blocks.insert(ev.addr, b) {
+        if let Some(old) = self.blocks.insert(a.ptr, b) {
             // Its free comes late (or was lost): the old block is gone.
             self.unlive(&old);
             if self.displaced.len() >= MAX_DISPLACED {
                 self.displaced.clear();
             }
-            *self.displaced.entry(ev.addr).or_insert(0) += 1;
+            *self.displaced.entry(a.ptr).or_insert(0) += 1;
         }
         let Some(s) = self.at(slot) else { return };
         let bytes = size as f64 * weight;
@@ -415,25 +417,26 @@ impl Sites {
         s.allocs += weight;
         s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
         if let Some(l) = self.last_alloc.get_mut(heap as usize) {
-            *l = ev.addr;
+            *l = a.ptr;
         }
     }
 
     /// A free by heap `heap`.
     #[inline(never)]
     pub fn on_free(&mut self, heap: u32, ev: &Event) {
-        if ev.flags & flags::FROM_DELAYED != 0 {
+        let f = schema::Free::from_event(ev);
+        if f.flags & flags::FROM_DELAYED != 0 {
             // Not the program's free (that was the `TO_DELAYED` one).
             return;
         }
-        if ev.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+        if f.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
             && !self.displaced.is_empty()
-            && let Some(n) = self.displaced.get_mut(&ev.addr)
+            && let Some(n) = self.displaced.get_mut(&f.ptr)
         {
             // The late free of a block already replaced at this address.
             *n -= 1;
             if *n == 0 {
-                self.displaced.remove(&ev.addr);
+                self.displaced.remove(&f.ptr);
             }
             return;
         }
@@ -442,21 +445,21 @@ impl Sites {
                 // A model restored from a keyframe: the filter was not saved.
                 self.filter.rebuild(self.blocks.keys());
             }
-            if !self.filter.may_hold(ev.addr) {
+            if !self.filter.may_hold(f.ptr) {
                 // The common case when sampled: a block without a stack.
                 return;
             }
         }
-        let Some(b) = self.blocks.remove(&ev.addr) else {
+        let Some(b) = self.blocks.remove(&f.ptr) else {
             if self.mode == stack_mode::ALL
-                && ev.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+                && f.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
             {
                 // Every block has a stack: its allocation, by another thread, has not
                 // arrived yet.
                 if self.early.len() >= MAX_DISPLACED {
                     self.early.clear();
                 }
-                let e = self.early.entry(ev.addr).or_insert((0, 0));
+                let e = self.early.entry(f.ptr).or_insert((0, 0));
                 e.0 += 1;
                 e.1 = e.1.max(ev.time);
             }
@@ -464,7 +467,7 @@ impl Sites {
         };
         self.unlive(&b);
         if let Some(l) = self.last_alloc.get_mut(heap as usize)
-            && *l == ev.addr
+            && *l == f.ptr
             && b.heap == heap
         {
             *l = 0;
@@ -499,42 +502,50 @@ impl Sites {
     /// `ModuleText`, `ModuleGone`); others are ignored.
     pub fn on_event(&mut self, ev: &Event) {
         match EventKind::from_u8(ev.kind) {
-            Some(EventKind::StackFrame) if ev.arg32 != 0 => {
-                self.frames.insert(
-                    ev.arg32,
-                    Frame {
-                        pc: ev.addr,
-                        parent: u32::try_from(ev.arg).unwrap_or(0),
-                        truncated: ev.flags & flags::TRUNCATED != 0,
-                    },
-                );
+            Some(EventKind::StackFrame) => {
+                let f = schema::StackFrame::from_event(ev);
+                if f.id != 0 {
+                    self.frames.insert(
+                        f.id,
+                        Frame {
+                            pc: f.pc,
+                            parent: u32::try_from(f.parent).unwrap_or(0),
+                            truncated: f.flags & flags::TRUNCATED != 0,
+                        },
+                    );
+                }
             }
             Some(EventKind::StackMode) => {
-                self.mode = ev.aux;
-                self.interval = if ev.aux == stack_mode::SAMPLED {
-                    ev.arg
+                let m = schema::StackMode::from_event(ev);
+                self.mode = m.mode;
+                self.interval = if m.mode == stack_mode::SAMPLED {
+                    m.interval
                 } else {
                     0
                 };
-                self.on |= ev.aux != stack_mode::OFF;
+                self.on |= m.mode != stack_mode::OFF;
             }
             Some(EventKind::Module) => {
-                let m = self.module_mut(ev.arg32);
+                let new = schema::Module::from_event(ev);
+                let m = self.module_mut(new.id);
                 // A new module under an id once used: start afresh.
                 *m = Module {
-                    id: ev.arg32,
-                    bias: ev.addr,
+                    id: new.id,
+                    bias: new.bias,
                     ..Module::default()
                 };
             }
             Some(EventKind::ModuleRange) => {
-                let m = self.module_mut(ev.arg32);
+                let r = schema::ModuleRange::from_event(ev);
+                let m = self.module_mut(r.id);
                 if m.ranges.len() < 64 {
-                    m.ranges.push((ev.addr, ev.arg));
+                    m.ranges.push((r.start, r.len));
                 }
             }
             Some(EventKind::ModuleText) => self.on_text(ev),
-            Some(EventKind::ModuleGone) => self.module_mut(ev.arg32).gone = true,
+            Some(EventKind::ModuleGone) => {
+                self.module_mut(schema::ModuleGone::from_event(ev).id).gone = true;
+            }
             _ => {}
         }
     }
@@ -557,7 +568,8 @@ impl Sites {
     }
 
     fn on_text(&mut self, ev: &Event) {
-        let (id, what) = (ev.arg32, ev.aux);
+        let t = schema::ModuleText::from_event(ev);
+        let (id, what) = (t.id, t.what);
         let i = match self.text.iter().position(|t| t.0 == id && t.1 == what) {
             Some(i) => i,
             None => {
@@ -571,7 +583,7 @@ impl Sites {
         if self.text[i].2.len() < MAX_TEXT {
             self.text[i].2.extend_from_slice(&ev.text());
         }
-        if ev.flags & flags::MORE != 0 {
+        if t.flags & flags::MORE != 0 {
             return;
         }
         let (_, _, mut bytes) = self.text.swap_remove(i);
