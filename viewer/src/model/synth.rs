@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use heaplens_alloc::bin::{BIN_HUGE, PageKind, bin_of, block_size};
-use heaplens_alloc::event::{Event, EventKind, flags, stack_mode};
+use heaplens_alloc::event::{Event, flags, stack_mode};
+use heaplens_alloc::schema;
 use heaplens_alloc::segment::INFO_SIZE;
 use heaplens_alloc::{
     LARGE_OBJ_SIZE_MAX, MEDIUM_PAGE_SIZE, SEGMENT_SIZE, SMALL_PAGE_SIZE, SMALL_PAGES_PER_SEGMENT,
@@ -205,18 +206,6 @@ pub fn site_pcs(i: usize) -> Vec<u64> {
     outer_first
 }
 
-fn ev(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64) -> Event {
-    Event {
-        kind: kind as u8,
-        flags,
-        aux,
-        arg32,
-        addr,
-        arg,
-        time: 0,
-    }
-}
-
 impl Synth {
     /// A simulation with `cfg.threads` threads started.
     pub fn new(cfg: SynthConfig) -> Self {
@@ -246,7 +235,15 @@ impl Synth {
             } else {
                 0
             };
-            s.emit(0, ev(EventKind::StackMode, 0, s.cfg.stacks, 0, 0, interval));
+            s.emit(
+                0,
+                schema::StackMode {
+                    interval,
+                    mode: s.cfg.stacks,
+                    flags: 0,
+                }
+                .into_event(),
+            );
         }
         for _ in 0..s.cfg.threads.max(1) {
             s.start_thread();
@@ -283,14 +280,12 @@ impl Synth {
         });
         self.emit(
             heap,
-            ev(
-                EventKind::ThreadStart,
-                0,
-                0,
+            schema::ThreadStart {
+                os_tid: 1000 + u64::from(heap),
                 heap,
-                1000 + u64::from(heap),
-                0,
-            ),
+                flags: 0,
+            }
+            .into_event(),
         );
         let name = format!("synthetic-worker-{heap}");
         let chunks: Vec<&[u8]> = name.as_bytes().chunks(16).collect();
@@ -298,7 +293,16 @@ impl Synth {
         for (i, c) in chunks.into_iter().enumerate() {
             let (addr, arg) = Event::pack_text(c);
             let more = if i + 1 < n { flags::MORE } else { 0 };
-            self.emit(0, ev(EventKind::ThreadName, more, 0, heap, addr, arg));
+            self.emit(
+                0,
+                schema::ThreadName {
+                    text_lo: addr,
+                    text_hi: arg,
+                    heap,
+                    flags: more,
+                }
+                .into_event(),
+            );
         }
     }
 
@@ -337,7 +341,15 @@ impl Synth {
             for (i, c) in chunks.into_iter().enumerate() {
                 let (addr, arg) = Event::pack_text(c);
                 let more = if i + 1 < n { flags::MORE } else { 0 };
-                self.emit(heap, ev(EventKind::Mark, more, 0, 0, addr, arg));
+                self.emit(
+                    heap,
+                    schema::Mark {
+                        text_lo: addr,
+                        text_hi: arg,
+                        flags: more,
+                    }
+                    .into_event(),
+                );
             }
         }
         let live = self.threads[t].live.len();
@@ -396,7 +408,13 @@ impl Synth {
                     self.threads[t].nodes.insert((parent, pc), id);
                     self.emit(
                         heap,
-                        ev(EventKind::StackFrame, 0, 0, id, pc, u64::from(parent)),
+                        schema::StackFrame {
+                            pc,
+                            parent: u64::from(parent),
+                            id,
+                            flags: 0,
+                        }
+                        .into_event(),
                     );
                     id
                 }
@@ -470,7 +488,17 @@ impl Synth {
         let p = self.page(id);
         let addr = p.free.pop().expect("a page with a free block");
         p.used += 1;
-        self.emit(heap, ev(EventKind::Alloc, 0, 0, stack, addr, size));
+        self.emit(
+            heap,
+            schema::Alloc {
+                ptr: addr,
+                size,
+                stack,
+                bin: 0,
+                flags: 0,
+            }
+            .into_event(),
+        );
         if stack != 0 {
             self.block_site.insert(addr, stack);
         } else if self.cfg.stacks != stack_mode::OFF {
@@ -507,14 +535,11 @@ impl Synth {
             th.full.push(id);
             self.emit(
                 heap,
-                ev(
-                    EventKind::PageFull,
-                    0,
-                    0,
-                    0,
-                    self.segments[&id.0].pages[id.1].start,
-                    0,
-                ),
+                schema::PageFull {
+                    start: self.segments[&id.0].pages[id.1].start,
+                    flags: 0,
+                }
+                .into_event(),
             );
         }
         let bs = block_size(bin as usize) as u64;
@@ -537,7 +562,16 @@ impl Synth {
         }
         let start = p.start;
         if n > 0 || m > 0 {
-            self.emit(heap, ev(EventKind::PageCollect, 0, 0, n, start, m));
+            self.emit(
+                heap,
+                schema::PageCollect {
+                    start,
+                    to_free: m,
+                    from_thread_free: n,
+                    flags: 0,
+                }
+                .into_event(),
+            );
         }
     }
 
@@ -552,7 +586,15 @@ impl Synth {
         }
         p.capacity += n;
         let (cap, start) = (p.capacity, p.start);
-        self.emit(heap, ev(EventKind::PageExtend, 0, 0, cap, start, 0));
+        self.emit(
+            heap,
+            schema::PageExtend {
+                start,
+                capacity: cap,
+                flags: 0,
+            }
+            .into_event(),
+        );
         true
     }
 
@@ -575,7 +617,14 @@ impl Synth {
         self.segments.get_mut(&id.0).expect("segment").used_pages += 1;
         self.emit(
             heap,
-            ev(EventKind::PageInit, kind, bin, reserved, start, bs),
+            schema::PageInit {
+                start,
+                block_size: bs,
+                reserved,
+                bin,
+                flags: kind,
+            }
+            .into_event(),
         );
         self.extend(heap, id);
     }
@@ -674,14 +723,13 @@ impl Synth {
         self.threads[t].segments.push(base);
         self.emit(
             heap,
-            ev(
-                EventKind::SegmentAlloc,
-                kind as u8,
-                0,
-                count as u32,
+            schema::SegmentAlloc {
                 base,
                 bytes,
-            ),
+                pages: count as u32,
+                flags: kind as u8,
+            }
+            .into_event(),
         );
         base
     }
@@ -723,7 +771,14 @@ impl Synth {
         let id = self.page_id_of(addr);
         let owner = self.page(id).owner;
         if owner == heap {
-            self.emit(heap, ev(EventKind::Free, extra, 0, 0, addr, 0));
+            self.emit(
+                heap,
+                schema::Free {
+                    ptr: addr,
+                    flags: extra,
+                }
+                .into_event(),
+            );
             self.free_local(t, id, addr);
             return;
         }
@@ -740,7 +795,11 @@ impl Synth {
             p.thread_free.push(addr);
             flags::CROSS_THREAD
         };
-        let e = ev(EventKind::Free, fl | extra, 0, 0, addr, 0);
+        let e = schema::Free {
+            ptr: addr,
+            flags: fl | extra,
+        }
+        .into_event();
         if self.rng.percent(self.cfg.late_free_percent) {
             self.threads[t].deferred.push(e);
         } else {
@@ -764,7 +823,7 @@ impl Synth {
             let th = &mut self.threads[t];
             th.full.retain(|&q| q != id);
             th.queues.entry(bin).or_default().push(id);
-            self.emit(heap, ev(EventKind::PageUnfull, 0, 0, 0, start, 0));
+            self.emit(heap, schema::PageUnfull { start, flags: 0 }.into_event());
         }
         if used == 0 {
             self.retire(t, id);
@@ -783,7 +842,7 @@ impl Synth {
             .get(&bin)
             .is_some_and(|q| q.len() == 1 && q[0] == id);
         if only && bin != BIN_HUGE as u16 && self.rng.percent(50) {
-            self.emit(heap, ev(EventKind::PageRetire, 0, 0, 0, start, 0));
+            self.emit(heap, schema::PageRetire { start, flags: 0 }.into_event());
             return;
         }
         if let Some(q) = self.threads[t].queues.get_mut(&bin) {
@@ -804,7 +863,7 @@ impl Synth {
             thread_free: tf,
             ..SPage::default()
         };
-        self.emit(heap, ev(EventKind::PageFree, 0, 0, 0, start, 0));
+        self.emit(heap, schema::PageFree { start, flags: 0 }.into_event());
         let seg = self.segments.get_mut(&id.0).expect("segment");
         seg.used_pages -= 1;
         if seg.used_pages == 0 {
@@ -817,14 +876,12 @@ impl Synth {
             let cached = kind != PageKind::Huge;
             self.emit(
                 heap,
-                ev(
-                    EventKind::SegmentFree,
-                    if cached { flags::CACHED } else { 0 },
-                    0,
-                    0,
+                schema::SegmentFree {
                     base,
                     bytes,
-                ),
+                    flags: if cached { flags::CACHED } else { 0 },
+                }
+                .into_event(),
             );
             self.bump();
             if cached {
@@ -839,7 +896,14 @@ impl Synth {
         for b in blocks {
             let id = self.page_id_of(b);
             self.collect(heap, id);
-            self.emit(heap, ev(EventKind::Free, flags::FROM_DELAYED, 0, 0, b, 0));
+            self.emit(
+                heap,
+                schema::Free {
+                    ptr: b,
+                    flags: flags::FROM_DELAYED,
+                }
+                .into_event(),
+            );
             self.free_local(t, id, b);
         }
     }
@@ -856,14 +920,31 @@ impl Synth {
         };
         if new <= bs && new >= bs / 2 && new <= LARGE_OBJ_SIZE_MAX as u64 {
             self.threads[t].live[i].1 = new;
-            self.emit(heap, ev(EventKind::Resize, 0, 0, 0, addr, new));
+            self.emit(
+                heap,
+                schema::Resize {
+                    ptr: addr,
+                    size: new,
+                    flags: 0,
+                }
+                .into_event(),
+            );
             return;
         }
         self.threads[t].live.swap_remove(i);
         let q = self.malloc(t, new);
         self.free(t, addr, flags::REALLOC);
         let size32 = u32::try_from(new).unwrap_or(u32::MAX);
-        self.emit(heap, ev(EventKind::Realloc, 0, 0, size32, q, addr));
+        self.emit(
+            heap,
+            schema::Realloc {
+                ptr: q,
+                old: addr,
+                size: size32,
+                flags: 0,
+            }
+            .into_event(),
+        );
     }
 
     // -----------------------------------------------------------------------------------------
@@ -901,10 +982,10 @@ impl Synth {
             }
             seg.owner = 0;
             self.abandoned.push(base);
-            self.emit(heap, ev(EventKind::SegmentAbandon, 0, 0, 0, base, 0));
+            self.emit(heap, schema::SegmentAbandon { base, flags: 0 }.into_event());
             self.bump();
         }
-        self.emit(heap, ev(EventKind::ThreadExit, 0, 0, heap, 0, 0));
+        self.emit(heap, schema::ThreadExit { heap, flags: 0 }.into_event());
         let th = self.threads.swap_remove(t);
         self.orphans.extend(th.live);
         // Delayed frees aimed at the exited heap cannot exist: its full pages were abandoned
@@ -925,7 +1006,15 @@ impl Synth {
         let heap = self.threads[t].heap;
         self.segments.get_mut(&base).expect("segment").owner = heap;
         self.threads[t].segments.push(base);
-        self.emit(heap, ev(EventKind::SegmentReclaim, 0, 0, heap, base, 0));
+        self.emit(
+            heap,
+            schema::SegmentReclaim {
+                base,
+                owner: heap,
+                flags: 0,
+            }
+            .into_event(),
+        );
         let n = self.segments[&base].pages.len();
         for i in 0..n {
             let id = (base, i);
@@ -939,7 +1028,15 @@ impl Synth {
             p.owner = heap;
             p.use_delayed = false;
             let start = p.start;
-            self.emit(heap, ev(EventKind::PageReclaim, 0, 0, heap, start, 0));
+            self.emit(
+                heap,
+                schema::PageReclaim {
+                    start,
+                    owner: heap,
+                    flags: 0,
+                }
+                .into_event(),
+            );
             self.collect(heap, id);
             let p = self.page(id);
             p.in_full = false;

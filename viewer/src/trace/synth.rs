@@ -15,7 +15,8 @@
 use heaplens_alloc::bin::{PageKind, bin_of, block_size};
 use std::collections::HashMap;
 
-use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
+use heaplens_alloc::event::{Event, flags, module_text, stack_mode};
+use heaplens_alloc::schema;
 
 /// What to generate.
 #[derive(Clone, Copy, Debug)]
@@ -205,21 +206,28 @@ fn stack_prelude(mode: u16, interval: u64, out: &mut Vec<Event>) {
     } else {
         0
     };
-    out.push(ev(EventKind::StackMode, 0, mode, 0, 0, interval, 0));
+    out.push(
+        schema::StackMode {
+            interval,
+            mode,
+            flags: 0,
+        }
+        .into_event(),
+    );
     for (id, bias, path, build_id) in [
         (1u32, SYNTH_EXE_BIAS, SYNTH_EXE_PATH, &[0xab_u8; 20][..]),
         (2, SYNTH_LIB_BIAS, SYNTH_LIB_PATH, &[0xcd; 20][..]),
     ] {
-        out.push(ev(EventKind::Module, 0, 0, id, bias, 0, 0));
-        out.push(ev(
-            EventKind::ModuleRange,
-            0,
-            0,
-            id,
-            bias + 0x1000,
-            SYNTH_TEXT_LEN,
-            0,
-        ));
+        out.push(schema::Module { bias, id, flags: 0 }.into_event());
+        out.push(
+            schema::ModuleRange {
+                start: bias + 0x1000,
+                len: SYNTH_TEXT_LEN,
+                id,
+                flags: 0,
+            }
+            .into_event(),
+        );
         for (what, text) in [
             (module_text::PATH, path.as_bytes()),
             (module_text::BUILD_ID, build_id),
@@ -228,21 +236,18 @@ fn stack_prelude(mode: u16, interval: u64, out: &mut Vec<Event>) {
             for (i, piece) in pieces.iter().enumerate() {
                 let (addr, arg) = Event::pack_text(piece);
                 let more = if i + 1 < pieces.len() { flags::MORE } else { 0 };
-                out.push(ev(EventKind::ModuleText, more, what, id, addr, arg, 0));
+                out.push(
+                    schema::ModuleText {
+                        text_lo: addr,
+                        text_hi: arg,
+                        id,
+                        what,
+                        flags: more,
+                    }
+                    .into_event(),
+                );
             }
         }
-    }
-}
-
-fn ev(kind: EventKind, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64, time: u64) -> Event {
-    Event {
-        kind: kind as u8,
-        flags,
-        aux,
-        arg32,
-        addr,
-        arg,
-        time,
     }
 }
 
@@ -307,15 +312,16 @@ impl World {
                 // The deepest stacks were cut by the depth limit.
                 let truncated = depth == 0 && self.sites[site].len() >= 24;
                 let f = if truncated { flags::TRUNCATED } else { 0 };
-                heap.events.push(ev(
-                    EventKind::StackFrame,
-                    f,
-                    0,
-                    id,
-                    pc,
-                    u64::from(parent),
-                    self.time,
-                ));
+                heap.events.push(
+                    schema::StackFrame {
+                        pc,
+                        parent: u64::from(parent),
+                        id,
+                        flags: f,
+                    }
+                    .into_event()
+                    .at(self.time),
+                );
             }
             parent = id;
         }
@@ -348,15 +354,16 @@ impl World {
         let seg = found.unwrap_or_else(|| {
             let base = self.next_segment;
             self.next_segment += SEGMENT * (1 + u64::from(self.rng.chance(0.2)));
-            heap.events.push(ev(
-                EventKind::SegmentAlloc,
-                kind as u8,
-                0,
-                pages as u32,
-                base,
-                SEGMENT,
-                t,
-            ));
+            heap.events.push(
+                schema::SegmentAlloc {
+                    base,
+                    bytes: SEGMENT,
+                    pages: pages as u32,
+                    flags: kind as u8,
+                }
+                .into_event()
+                .at(t),
+            );
             self.segments.push(Segment {
                 base,
                 kind,
@@ -374,15 +381,17 @@ impl World {
         let offset = if slot == 0 { INFO } else { 0 };
         let start = self.segments[seg].base + slot as u64 * page_size + offset;
         let reserved = ((page_size - offset) / block) as u32;
-        heap.events.push(ev(
-            EventKind::PageInit,
-            kind as u8,
-            bin as u16,
-            reserved,
-            start,
-            block,
-            t,
-        ));
+        heap.events.push(
+            schema::PageInit {
+                start,
+                block_size: block,
+                reserved,
+                bin: bin as u16,
+                flags: kind as u8,
+            }
+            .into_event()
+            .at(t),
+        );
         let id = self.pages.len();
         self.pages.push(Page {
             start,
@@ -416,15 +425,15 @@ impl World {
             p.free.push(p.start + u64::from(p.capacity + i) * p.block);
         }
         p.capacity += n;
-        heap.events.push(ev(
-            EventKind::PageExtend,
-            0,
-            0,
-            p.capacity,
-            p.start,
-            0,
-            self.time,
-        ));
+        heap.events.push(
+            schema::PageExtend {
+                start: p.start,
+                capacity: p.capacity,
+                flags: 0,
+            }
+            .into_event()
+            .at(self.time),
+        );
         true
     }
 
@@ -439,15 +448,16 @@ impl World {
                 let (local, thread) = (p.local_free.len() as u64, p.thread_free.len() as u32);
                 p.free.append(&mut p.thread_free);
                 p.free.append(&mut p.local_free);
-                heap.events.push(ev(
-                    EventKind::PageCollect,
-                    0,
-                    0,
-                    thread,
-                    p.start,
-                    local,
-                    self.time,
-                ));
+                heap.events.push(
+                    schema::PageCollect {
+                        start: p.start,
+                        to_free: local,
+                        from_thread_free: thread,
+                        flags: 0,
+                    }
+                    .into_event()
+                    .at(self.time),
+                );
                 continue;
             }
             if !self.extend(heap, id) {
@@ -472,8 +482,14 @@ impl World {
                 // Full: to the full queue.
                 let p = &mut self.pages[id];
                 p.full = true;
-                heap.events
-                    .push(ev(EventKind::PageFull, 0, 0, 0, p.start, 0, t));
+                heap.events.push(
+                    schema::PageFull {
+                        start: p.start,
+                        flags: 0,
+                    }
+                    .into_event()
+                    .at(t),
+                );
                 heap.bins[bin].pop();
             } else {
                 let id = self.new_page(heap, bin);
@@ -481,15 +497,17 @@ impl World {
             }
         }
         self.pages[page].used += 1;
-        heap.events.push(ev(
-            EventKind::Alloc,
-            flags,
-            bin as u16,
-            stack,
-            addr,
-            size,
-            t,
-        ));
+        heap.events.push(
+            schema::Alloc {
+                ptr: addr,
+                size,
+                stack,
+                bin: 0,
+                flags,
+            }
+            .into_event()
+            .at(t),
+        );
         Live { addr, page, size }
     }
 
@@ -499,26 +517,31 @@ impl World {
         if p.owner != heap.id {
             p.thread_free.push(b.addr);
             p.used -= 1;
-            heap.events.push(ev(
-                EventKind::Free,
-                flags | flags::CROSS_THREAD,
-                0,
-                0,
-                b.addr,
-                0,
-                t,
-            ));
+            heap.events.push(
+                schema::Free {
+                    ptr: b.addr,
+                    flags: flags | flags::CROSS_THREAD,
+                }
+                .into_event()
+                .at(t),
+            );
             return;
         }
         p.local_free.push(b.addr);
         p.used -= 1;
         heap.events
-            .push(ev(EventKind::Free, flags, 0, 0, b.addr, 0, t));
+            .push(schema::Free { ptr: b.addr, flags }.into_event().at(t));
         let bin = p.bin as usize;
         if p.full {
             p.full = false;
-            heap.events
-                .push(ev(EventKind::PageUnfull, 0, 0, 0, p.start, 0, t));
+            heap.events.push(
+                schema::PageUnfull {
+                    start: p.start,
+                    flags: 0,
+                }
+                .into_event()
+                .at(t),
+            );
             heap.bins[bin].insert(0, b.page);
         }
         let current = heap.bins[bin].last() == Some(&b.page);
@@ -534,66 +557,78 @@ impl World {
         let (start, seg, slot, bin) = (p.start, p.segment, p.slot, p.bin as usize);
         heap.bins[bin].retain(|&x| x != id);
         heap.events
-            .push(ev(EventKind::PageRetire, 0, 0, 0, start, 0, t));
+            .push(schema::PageRetire { start, flags: 0 }.into_event().at(t));
         heap.events
-            .push(ev(EventKind::PageFree, 0, 0, 0, start, 0, t));
+            .push(schema::PageFree { start, flags: 0 }.into_event().at(t));
         let s = &mut self.segments[seg];
         s.slots[slot] = None;
         if s.slots.iter().all(Option::is_none) {
             s.live = false;
-            heap.events.push(ev(
-                EventKind::SegmentFree,
-                flags::CACHED,
-                0,
-                0,
-                s.base,
-                SEGMENT,
-                t,
-            ));
+            heap.events.push(
+                schema::SegmentFree {
+                    base: s.base,
+                    bytes: SEGMENT,
+                    flags: flags::CACHED,
+                }
+                .into_event()
+                .at(t),
+            );
         }
     }
 
     fn census(&self, number: u32, out: &mut Vec<Event>) {
         let t = self.time;
         let begin = out.len();
-        out.push(ev(EventKind::CensusBegin, 0, 0, number, 0, 0, t));
+        out.push(
+            schema::CensusBegin {
+                pages: 0,
+                number,
+                flags: 0,
+            }
+            .into_event()
+            .at(t),
+        );
         let mut pages = 0;
         for s in self.segments.iter().filter(|s| s.live) {
             let count = s.slots.len() as u32;
-            out.push(ev(
-                EventKind::CensusSegment,
-                s.kind as u8,
-                0,
-                count,
-                s.base,
-                SEGMENT,
-                t,
-            ));
+            out.push(
+                schema::CensusSegment {
+                    base: s.base,
+                    bytes: SEGMENT,
+                    pages: count,
+                    flags: s.kind as u8,
+                }
+                .into_event()
+                .at(t),
+            );
             for &id in s.slots.iter().flatten() {
                 let p = &self.pages[id];
                 pages += 1;
-                out.push(ev(
-                    EventKind::CensusPage,
-                    p.kind as u8,
-                    p.bin,
-                    p.capacity,
-                    p.start,
-                    p.block,
-                    t,
-                ));
-                out.push(ev(
-                    EventKind::CensusPage2,
-                    u8::from(p.full),
-                    0,
-                    p.thread_free.len() as u32,
-                    u64::from(p.owner),
-                    u64::from(p.used) | ((p.local_free.len() as u64) << 32),
-                    t,
-                ));
+                out.push(
+                    schema::CensusPage {
+                        start: p.start,
+                        block_size: p.block,
+                        capacity: p.capacity,
+                        bin: p.bin,
+                        flags: p.kind as u8,
+                    }
+                    .into_event()
+                    .at(t),
+                );
+                out.push(
+                    schema::CensusPage2 {
+                        owner: u64::from(p.owner),
+                        counts: u64::from(p.used) | ((p.local_free.len() as u64) << 32),
+                        thread_free: p.thread_free.len() as u32,
+                        flags: u8::from(p.full),
+                    }
+                    .into_event()
+                    .at(t),
+                );
             }
         }
         out[begin].arg = pages;
-        out.push(ev(EventKind::CensusEnd, 0, 0, number, 0, 0, t));
+        out.push(schema::CensusEnd { number, flags: 0 }.into_event().at(t));
     }
 }
 
@@ -640,9 +675,23 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
     for h in &mut heaps {
         let name = format!("worker-{}", h.id);
         let (addr, arg) = Event::pack_text(name.as_bytes());
-        h.events
-            .push(ev(EventKind::ThreadStart, 0, 0, h.id, addr, arg, 0));
-        process.push(ev(EventKind::ThreadName, 0, 0, h.id, addr, arg, 0));
+        h.events.push(
+            schema::ThreadStart {
+                os_tid: 1000 + u64::from(h.id),
+                heap: h.id,
+                flags: 0,
+            }
+            .into_event(),
+        );
+        process.push(
+            schema::ThreadName {
+                text_lo: addr,
+                text_hi: arg,
+                heap: h.id,
+                flags: 0,
+            }
+            .into_event(),
+        );
     }
     let mut census = 0u32;
     let mut tick = 0u64;
@@ -663,8 +712,15 @@ pub fn generate(config: &SynthConfig) -> Vec<(u32, Vec<Event>)> {
             }
             if heap.id == 1 && tick % 500 == 250 {
                 let (addr, arg) = Event::pack_text(format!("phase {}", tick / 500).as_bytes());
-                heap.events
-                    .push(ev(EventKind::Mark, 0, 0, 0, addr, arg, w.time));
+                heap.events.push(
+                    schema::Mark {
+                        text_lo: addr,
+                        text_hi: arg,
+                        flags: 0,
+                    }
+                    .into_event()
+                    .at(w.time),
+                );
             }
             let ops = 100 + w.rng.below(1400);
             for _ in 0..ops {
@@ -690,21 +746,29 @@ fn step(w: &mut World, heap: &mut Heap, others: &mut [Heap], threads: u32, cross
         let size = old.size + old.size / 2 + 1;
         let owner = w.pages[old.page].owner == heap.id;
         if owner && size <= w.pages[old.page].block {
-            heap.events
-                .push(ev(EventKind::Resize, 0, 0, 0, old.addr, size, w.time));
+            heap.events.push(
+                schema::Resize {
+                    ptr: old.addr,
+                    size,
+                    flags: 0,
+                }
+                .into_event()
+                .at(w.time),
+            );
             heap.live.push(Live { size, ..old });
         } else {
             let new = w.alloc(heap, size, flags::REALLOC);
             w.free(heap, &old, flags::REALLOC);
-            heap.events.push(ev(
-                EventKind::Realloc,
-                0,
-                0,
-                size.min(u64::from(u32::MAX)) as u32,
-                new.addr,
-                old.addr,
-                w.time,
-            ));
+            heap.events.push(
+                schema::Realloc {
+                    ptr: new.addr,
+                    old: old.addr,
+                    size: size.min(u64::from(u32::MAX)) as u32,
+                    flags: 0,
+                }
+                .into_event()
+                .at(w.time),
+            );
             heap.live.push(new);
         }
     } else if !heap.inbox.is_empty() && r < 60 {
@@ -751,6 +815,7 @@ pub fn flatten(batches: &[(u32, Vec<Event>)]) -> Vec<(u32, Event)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heaplens_alloc::event::EventKind;
 
     #[test]
     fn deterministic_and_varied() {
