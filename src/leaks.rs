@@ -12,6 +12,7 @@ use std::path::Path;
 
 use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::Model;
+use heaplens_viewer::model::geometry::Geometry;
 use heaplens_viewer::symbols::Symbolizer;
 use heaplens_viewer::trace::TraceReader;
 use serde_json::json;
@@ -22,6 +23,7 @@ const TEXT_GROUPS: usize = 20;
 /// Prints the leaks of `file`.
 pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut reader = TraceReader::open(file)?;
+    Geometry::of(reader.metadata())?;
     let damage = reader.damage().map(|d| d.to_string());
     let mut model = Model::new();
     for item in reader.events() {

@@ -24,6 +24,7 @@ use std::path::Path;
 
 use heaplens_alloc::event::drop_reason;
 use heaplens_alloc::stats::Bytes;
+use heaplens_viewer::model::geometry::Geometry;
 use heaplens_viewer::model::{Model, Sample};
 use heaplens_viewer::source::{Resumed, replay_all};
 use heaplens_viewer::trace::{ExitStatus, TraceReader};
@@ -53,6 +54,7 @@ fn round3(x: f64) -> f64 {
 /// Prints the summary of `file`.
 pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut reader = TraceReader::open(file)?;
+    Geometry::of(reader.metadata())?;
     let damage = reader.damage().map(|d| d.to_string());
     // Every chunk checked first: damage to a keyframe is reported too.
     reader.verify_all()?;

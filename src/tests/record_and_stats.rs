@@ -433,3 +433,55 @@ fn every_census_agrees_mid_run_on_a_multithreaded_program() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small synthetic trace with metadata `meta`, written to `path`.
+fn write_trace(path: &Path, meta: &heaplens_viewer::trace::Metadata) {
+    use heaplens_viewer::trace::synth::{self, SynthConfig};
+    use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, TraceWriter};
+    let batches = synth::generate(&SynthConfig {
+        threads: 2,
+        events: 2_000,
+        seed: 5,
+        cross_thread: 0.05,
+        census_every: 2,
+        stacks: heaplens_alloc::event::stack_mode::OFF,
+        sample_bytes: 0,
+    });
+    let mut w = TraceWriter::create(path, meta).unwrap();
+    for (h, evs) in &batches {
+        w.write_batch(*h, evs).unwrap();
+    }
+    w.finish(EndInfo {
+        reason: EndReason::Clean,
+        status: ExitStatus::Code(0),
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_trace_of_another_geometry_is_refused_in_one_sentence_and_one_without_opens() {
+    use heaplens_viewer::trace::Metadata;
+    let dir = tempdir("geometry");
+    let mut meta = Metadata::with_allocator_constants();
+    meta.segment_size = 64 << 20;
+    let foreign = dir.join("foreign.hltrace");
+    write_trace(&foreign, &meta);
+    let sentence = "this trace was recorded with 64 MiB segments; this heaplens supports 4 MiB";
+    for command in ["stats", "leaks"] {
+        let out = heaplens().arg(command).arg(&foreign).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end(), format!("heaplens: {sentence}"), "{command}");
+    }
+    // The viewer's loader.
+    let err = heaplens_viewer::source::Replay::open(&foreign).unwrap_err();
+    assert_eq!(err.to_string(), sentence);
+
+    // Recorded before the metadata carried the geometry: read with today's.
+    let old = dir.join("old.hltrace");
+    write_trace(&old, &Metadata::default());
+    let s = stats_json(&old);
+    assert!(s["events"].as_u64().unwrap() > 2_000, "{s}");
+    assert!(heaplens_viewer::source::Replay::open(&old).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,6 +26,7 @@
 
 pub mod census;
 pub mod compare;
+pub mod geometry;
 pub mod hash;
 pub mod heap;
 pub mod invariants;

@@ -17,6 +17,7 @@ use std::path::Path;
 use heaplens_alloc::event::{Event, EventKind};
 
 use super::{Status, View};
+use crate::model::geometry::Geometry;
 use crate::model::{CensusCheck, Marker, Metrics, Model};
 use crate::trace::{Damage, ExitStatus, TraceError, TraceReader};
 
@@ -181,8 +182,10 @@ impl Replay {
     }
 
     /// Replays what `reader` reads. Every chunk's checksum is verified first, so that what damage
-    /// costs is known before the replay meets it.
+    /// costs is known before the replay meets it. A trace recorded with an allocator geometry
+    /// the model does not read is refused ([`TraceError::Geometry`]).
     pub fn from_reader(mut reader: TraceReader) -> Result<Self, TraceError> {
+        Geometry::of(reader.metadata())?;
         reader.verify_all()?;
         let total = reader.total_events();
         let duration = reader.duration_ns();

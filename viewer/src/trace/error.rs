@@ -48,6 +48,8 @@ pub enum TraceError {
         /// Time of the last readable event (ns since recording started).
         until_ns: u64,
     },
+    /// Recorded with an allocator geometry this build does not model.
+    Geometry(crate::model::geometry::Unsupported),
     /// A chunk or keyframe number past the end.
     OutOfRange {
         /// What was asked for.
@@ -108,6 +110,7 @@ impl fmt::Display for TraceError {
             Self::OutOfRange { index, count } => {
                 write!(f, "no chunk or keyframe {index}: there are {count}")
             }
+            Self::Geometry(g) => write!(f, "{g}"),
         }
     }
 }
@@ -119,6 +122,12 @@ impl std::error::Error for TraceError {
             Self::Partial { problem, .. } => Some(problem.as_ref()),
             _ => None,
         }
+    }
+}
+
+impl From<crate::model::geometry::Unsupported> for TraceError {
+    fn from(e: crate::model::geometry::Unsupported) -> Self {
+        Self::Geometry(e)
     }
 }
 

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::geometry::Geometry;
+
 /// What a trace was recorded from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -38,15 +40,15 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Empty metadata carrying this build's allocator constants.
+    /// Empty metadata carrying this build's allocator geometry ([`Geometry::this_build`]).
     pub fn with_allocator_constants() -> Self {
-        use heaplens_alloc::bin::{BIN_LARGE_MAX, block_size};
+        let g = Geometry::this_build();
         Self {
-            segment_size: heaplens_alloc::SEGMENT_SIZE as u64,
-            small_page_size: heaplens_alloc::SMALL_PAGE_SIZE as u64,
-            medium_page_size: heaplens_alloc::MEDIUM_PAGE_SIZE as u64,
-            segment_info_size: heaplens_alloc::segment::INFO_SIZE as u64,
-            bin_block_sizes: (1..=BIN_LARGE_MAX).map(|b| block_size(b) as u64).collect(),
+            segment_size: g.segment_size,
+            small_page_size: g.small_page_size,
+            medium_page_size: g.medium_page_size,
+            segment_info_size: g.segment_info_size,
+            bin_block_sizes: g.bin_block_sizes,
             ..Self::default()
         }
     }
