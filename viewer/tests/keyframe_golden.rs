@@ -1,4 +1,4 @@
-//! Keyframes of every version restore: `assets/traces/keyframes-vN.hltrace` holds a synthetic
+//! Keyframes of every version restore: `assets/traces/golden-keyframes-vN.hltrace` holds a synthetic
 //! stream with stacks and real model keyframes of keyframe version N, written by the build that
 //! wrote that version (version 0, before keyframes had a header, is in the recorded scenarios'
 //! traces: `model_sites::version_0_keyframes_of_recorded_traces_still_restore`). Each keyframe,
@@ -17,8 +17,9 @@ use heaplens_viewer::trace::{
 };
 
 fn golden(version: u16) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../assets/traces/keyframes-v{version}.hltrace"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../assets/traces/golden-keyframes-v{version}.hltrace"
+    ))
 }
 
 /// Live bytes per site, by the site's frames.
@@ -51,7 +52,7 @@ fn older_keyframe_golden_files_are_never_rewritten() {
         assert_eq!(
             fnv(&bytes),
             hash,
-            "keyframes-v{version}.hltrace was rewritten"
+            "golden-keyframes-v{version}.hltrace was rewritten"
         );
     }
     assert_eq!(

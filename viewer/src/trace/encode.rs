@@ -133,6 +133,55 @@ pub const fn fields(version: u16, kind: u8) -> u8 {
     bits
 }
 
+/// The field sets of every kind in each format version, as the format's specification lists
+/// them (`README.md`, **Fields**): generated from the schema, and a test fails when the
+/// specification differs.
+pub fn field_sets_table() -> String {
+    let names = |bits: u8| {
+        let all = [
+            (field::ADDR, "addr"),
+            (field::AUX, "aux"),
+            (field::ARG32, "arg32"),
+            (field::ARG, "arg"),
+        ];
+        let v: Vec<&str> = all
+            .iter()
+            .filter(|(b, _)| bits & b != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        v.join(", ")
+    };
+    let mut out = String::from(
+        "| kind | version 1 | version 2 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
+    );
+    for f in schema::TABLE {
+        let k = f.kind as u8;
+        let v1 = if f.since > 1 {
+            "not named (wide)".to_owned()
+        } else {
+            names(fields(1, k))
+        };
+        let wide: Vec<&str> = f
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.code, schema::Code::Wide(_)))
+            .map(|(i, _)| schema::SLOT_NAMES[i])
+            .collect();
+        let wide = if wide.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", wide.join(", "))
+        };
+        out.push_str(&format!(
+            "| `{}` | {v1} | {} |{wide} |\n",
+            f.kind.name(),
+            names(fields(2, k)),
+        ));
+    }
+    out
+}
+
 /// [`fields`] of every kind byte in one version.
 const fn fields_table(version: u16) -> [u8; 256] {
     let mut t = [0u8; 256];
@@ -1294,6 +1343,16 @@ mod tests {
             e.aux = u16::from(size_class(e.arg)); // the coding's short case
         }
         e
+    }
+
+    #[test]
+    fn the_specification_lists_the_schemas_field_sets() {
+        let spec = include_str!("README.md");
+        let want = field_sets_table();
+        assert!(
+            spec.contains(&want),
+            "README.md's field sets differ from the schema; paste this:\n{want}"
+        );
     }
 
     #[test]
