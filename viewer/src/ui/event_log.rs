@@ -12,6 +12,7 @@ use std::ops::Range;
 
 use eframe::egui::{self, Color32, RichText};
 use heaplens_alloc::event::{Event, EventKind, flags};
+use heaplens_alloc::schema;
 
 use crate::describe::{self, Namer};
 use crate::model::{Marker, Model};
@@ -233,7 +234,10 @@ fn is_census(e: &Event) -> bool {
 fn touches(e: &Event, a: u64, page: Option<u64>) -> bool {
     match e.event_kind() {
         Some(EventKind::Alloc | EventKind::Free | EventKind::Resize) => e.addr == a,
-        Some(EventKind::Realloc) => e.addr == a || e.arg == a,
+        Some(EventKind::Realloc) => {
+            let r = schema::Realloc::from_event(e);
+            r.ptr == a || r.old == a
+        }
         Some(k) if KindGroup::of(k) == Some(KindGroup::Pages) => Some(e.addr) == page,
         _ => false,
     }
@@ -262,14 +266,17 @@ fn life_story(found: Vec<Entry>, a: u64) -> Vec<Entry> {
 /// (else, for an allocation, the class of its request).
 fn bin_of(model: &Model, e: &Event) -> Option<u16> {
     match e.event_kind()? {
-        EventKind::PageInit => return Some(e.aux),
+        EventKind::PageInit => return Some(schema::PageInit::from_event(e).bin),
         EventKind::Alloc | EventKind::Free | EventKind::Resize | EventKind::Realloc => {}
         k if KindGroup::of(k) == Some(KindGroup::Pages) => {}
         _ => return None,
     }
     model.page_at(e.addr).map(|r| r.page.bin).or_else(|| {
         (e.event_kind() == Some(EventKind::Alloc))
-            .then(|| u16::try_from(heaplens_alloc::bin::bin_of(e.arg as usize)).ok())
+            .then(|| {
+                let size = schema::Alloc::from_event(e).size;
+                u16::try_from(heaplens_alloc::bin::bin_of(size as usize)).ok()
+            })
             .flatten()
     })
 }
