@@ -1034,6 +1034,23 @@ unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
     }
 }
 
+/// Whether `s` is on the abandoned list that starts at `head`; compares addresses only, so `s`
+/// need not be mapped.
+///
+/// # Safety
+/// The caller holds the list lock.
+unsafe fn abandoned_contains(head: *mut Segment, s: *mut Segment) -> bool {
+    let mut cur = head;
+    while !cur.is_null() {
+        if cur == s {
+            return true;
+        }
+        // SAFETY: the caller holds the lock; listed segments stay mapped while listed.
+        cur = unsafe { (*cur).abandoned_next };
+    }
+    false
+}
+
 /// Unlinks `s` from the abandoned list if it is still there; true if this call took it.
 unsafe fn abandoned_take(head: &mut usize, s: *mut Segment) -> bool {
     // SAFETY: the caller holds the list lock; listed segments stay mapped while listed.
@@ -1082,9 +1099,13 @@ pub(crate) unsafe fn reclaim_on_free(heap: *mut Heap, s: *mut Segment) {
     }
     let taken = {
         let mut head = ABANDONED.lock();
-        // SAFETY: we hold the lock; `s` is mapped (a block in it was live until just now, and an
-        // abandoned segment is only freed by the thread that takes it from the list).
-        unsafe { abandoned_take(&mut head, s) }
+        // `s` itself may be gone: between the free that found it abandoned and this lock,
+        // another thread may have taken it from the list, collected the block just freed and
+        // freed the segment (unmapped, or cached and purged). So it is looked for on the list,
+        // whose members stay mapped while listed, before anything is read from it.
+        // SAFETY: we hold the lock; listed segments are mapped, and `s` is read only once found
+        // among them.
+        unsafe { abandoned_contains(*head as *mut Segment, s) && abandoned_take(&mut head, s) }
     };
     if taken {
         // SAFETY: taking it from the list made it ours.
