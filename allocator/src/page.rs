@@ -49,9 +49,8 @@ pub(crate) const FLAG_HAS_ALIGNED: u8 = 2;
 
 /// Page metadata; lives in its segment's header. Fields that another thread (a cross-thread free,
 /// the statistics walker) may read are atomics used with `Relaxed` order; `free`, `local_free`
-/// and the queue links belong to the owning thread alone. 128 bytes: two whole cache lines, and
-/// `free` finds a page from its index with a shift rather than a multiplication.
-#[repr(C, align(128))]
+/// and the queue links belong to the owning thread alone.
+#[repr(C)]
 pub struct Page {
     // --- the fast path touches only this first cache line ---
     pub(crate) free: *mut Block,
@@ -87,11 +86,6 @@ pub struct Page {
     /// When a free page's memory may go back to the OS (milliseconds, [`crate::os::clock_ms`]).
     pub(crate) purge_at_ms: u64,
 }
-
-const _: () = assert!(
-    size_of::<Page>() == 128,
-    "a page's metadata is two cache lines"
-);
 
 impl Page {
     /// A page with no blocks: the direct slots of the empty heap point at it.

@@ -34,13 +34,14 @@ use crate::{
 };
 
 /// A segment header. The page metadata comes first, at the segment's first byte, so a page is
-/// found as `segment + (index << 7)`: `free` needs no offset added.
+/// found as `segment + index * size_of::<Page>()`: `free` needs no offset added. (A 128-byte
+/// `Page`, found with a shift, costs no fewer instructions, and would change [`INFO_SIZE`],
+/// which traces recorded before it was written into them depend on.)
 #[repr(C)]
 pub struct Segment {
     pub(crate) pages: [Page; SMALL_PAGES_PER_SEGMENT],
     /// Owning thread (see [`crate::heap::thread_id`]); 0 while abandoned.
     pub(crate) thread_id: AtomicUsize,
-    pub(crate) kind: PageKind,
     /// `(p - segment) >> page_shift` is the page index (63 for one-page segments).
     pub(crate) page_shift: usize,
     /// Number of pages.
@@ -59,13 +60,15 @@ pub struct Segment {
     /// Links in the owner's queue of segments with free pages.
     pub(crate) next: *mut Segment,
     pub(crate) prev: *mut Segment,
-    pub(crate) in_free_queue: bool,
     /// Links in the registry of live segments ([`segment_map`]).
     pub(crate) all_next: *mut Segment,
     pub(crate) all_prev: *mut Segment,
     /// Links in the global list of abandoned segments (under its lock).
     pub(crate) abandoned_next: *mut Segment,
     pub(crate) abandoned_prev: *mut Segment,
+    // The bytes together, so the header stays within INFO_SIZE.
+    pub(crate) kind: PageKind,
+    pub(crate) in_free_queue: bool,
     pub(crate) is_abandoned: bool,
 }
 
@@ -73,6 +76,8 @@ pub struct Segment {
 pub const INFO_SIZE: usize = core::mem::size_of::<Segment>().next_multiple_of(64);
 const _: () = assert!(INFO_SIZE < SMALL_PAGE_SIZE / 4, "segment header too large");
 const _: () = assert!(core::mem::offset_of!(Segment, pages) == 0, "pages first");
+// Traces recorded before the geometry was written into them were read with this header size.
+const _: () = assert!(INFO_SIZE == 7296, "the segment header size changed");
 // Bounded overhead: the metadata of a segment is at most 2% of it (checked when compiling).
 const _: () = assert!(INFO_SIZE * 50 <= SEGMENT_SIZE, "segment metadata over 2%");
 
