@@ -627,8 +627,9 @@ fn cache_limit(cached: usize) -> usize {
 /// touched bytes. The suite's `large` (blocks of 64 KiB..8 MiB replaced at random) faulted in
 /// 162 k pages with 1/4, 116 k with 1/3 and 74 k with 1/2 (mimalloc 33 k), at the same peak RSS.
 /// The purge after `2 * purge_delay_ms` keeps python3 (growing dicts and lists through large
-/// blocks it does not take again) at mimalloc's peak RSS: 1.22x without it, 1.10x after
-/// `3 * purge_delay_ms`; after one delay `large` faulted in 140 k pages instead of 85 k.
+/// blocks it does not take again) near mimalloc's peak RSS: 1.22x without it, 1.10x after
+/// `3 * purge_delay_ms`; after one delay `large` faulted in 140 k pages instead of 85 k. (See
+/// also [`trim_touched`].)
 const CACHE_SHARE: usize = 2;
 
 /// Caches an empty segment of `size` bytes with `touched` bytes touched; false when it does not
@@ -675,8 +676,8 @@ unsafe fn segment_alloc(
         cache_expire(os::clock_ms());
     }
     let (s, segment_size, first_start, is_zero, touched) = if kind == PageKind::Huge {
-        // A cached huge segment serves a block that fits with at most a quarter to spare and whose
-        // alignment its block start already has.
+        // A cached huge segment serves a block that fits with at most its own size to spare and
+        // whose alignment its block start already has.
         let need = INFO_SIZE
             .checked_add(size)
             .and_then(|n| os::align_up(n, HUGE_GRANULE));
@@ -754,6 +755,9 @@ unsafe fn segment_alloc(
             let end = first_start - s as usize + size;
             trim_touched(seg, end);
             seg.touched = seg.touched.max(end);
+        } else if kind == PageKind::Large {
+            // room for two blocks of the page's size before any is given back
+            trim_touched(seg, INFO_SIZE + 2 * size);
         }
         seg.next = ptr::null_mut();
         seg.prev = ptr::null_mut();
@@ -809,11 +813,13 @@ unsafe fn segment_alloc(
 /// discarded (besides as much as the block itself).
 const TRIM_SLACK: usize = 256 << 10;
 
-/// A huge segment reused from the cache for a block that ends `end` bytes past its start: memory
-/// touched beyond twice that (by a bigger block before) goes back to the OS, so a small block does
-/// not pin the resident memory of a big one. Not for large pages, whose later blocks would fault
-/// it in again (on `large` that was 127 k page faults instead of 78 k); a tighter trim of huge
-/// segments (256 KiB past the block) gave 105 k.
+/// A segment reused from the cache for a huge block that ends `end` bytes past its start, or for a
+/// large page whose first two blocks end there: memory touched beyond twice that (by a bigger
+/// block before) goes back to the OS, so a small block does not pin the resident memory of a big
+/// one. Without it for large pages python3 peaked at 1.13x mimalloc's RSS in half the runs (a
+/// 4 MiB segment touched by a big block, reused for a 200 KiB one); trimming them past one block
+/// cost `large` 99 k page faults instead of 79 k, a tighter trim of huge segments (256 KiB past
+/// the block) 105 k.
 fn trim_touched(seg: &mut Segment, end: usize) {
     let ps = os::page_size();
     let keep = end.next_multiple_of(ps);

@@ -152,10 +152,43 @@ fn cached_segments_are_reused_trimmed_bounded_and_purged() {
     );
     free(small);
     free(b);
+
     let now = purged_down_to(start + 2 * MIB);
     assert!(
         now <= start + 2 * MIB,
         "the cached huge segments' memory was not purged: {} KiB resident, {} KiB at the start",
+        now >> 10,
+        start >> 10
+    );
+
+    // The same for a large page, once the cache's other entries are purged (they would serve it
+    // first): a 4 MiB segment that held a huge block of 3.75 MiB, written, reused for a large
+    // page of 160 KiB blocks, keeps about two of those blocks' worth.
+    let huge = written(15 * MIB / 4);
+    let seg_huge = segment(huge);
+    let before_free = rss_bytes();
+    free(huge);
+    // SAFETY: any size is a valid request; not written, as above.
+    let large = unsafe { heaplens_alloc::malloc(160 << 10) };
+    assert!(!large.is_null());
+    assert_eq!(
+        segment(large),
+        seg_huge,
+        "the cached segment served the large page"
+    );
+    let after_reuse = rss_bytes();
+    assert!(
+        after_reuse + 3 * MIB <= before_free,
+        "a large page in a reused segment kept a huge block's memory resident: {} KiB before \
+         its free, {} KiB after the reuse",
+        before_free >> 10,
+        after_reuse >> 10
+    );
+    free(large);
+    let now = purged_down_to(start + 2 * MIB);
+    assert!(
+        now <= start + 2 * MIB,
+        "the cached segment's memory was not purged: {} KiB resident, {} KiB at the start",
         now >> 10,
         start >> 10
     );
