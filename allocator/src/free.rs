@@ -26,9 +26,8 @@ pub unsafe fn free(p: *mut u8) {
     // SAFETY: `p` is live, so its segment header is mapped; a page of this thread's segment with
     // no flags holds `p` at a block start and belongs to this thread's heap.
     unsafe {
-        let watch = options::watch();
-        if watch != 0 {
-            return free_watched(segment, p, watch);
+        if options::watching() {
+            return free_watched(segment, p);
         }
         free_reported::<false>(segment, p);
     }
@@ -38,12 +37,12 @@ pub unsafe fn free(p: *mut u8) {
 /// the same steps, with the pointer verified first and the local free reported. Out of line, so
 /// that the fast path inlined into callers is the same with the hook compiled in (and off) as
 /// compiled out; its rare cases are tail calls, so the traced local free needs no stack frame.
-/// It tests the flags its caller loaded rather than loading them again.
 ///
 /// # Safety
 /// As [`free`]; `segment` is `p`'s.
 #[inline(never)]
-unsafe extern "C" fn free_watched(segment: *mut Segment, p: *mut u8, watch: u8) {
+unsafe extern "C" fn free_watched(segment: *mut Segment, p: *mut u8) {
+    let watch = options::watch();
     // SAFETY: forwarded.
     unsafe {
         if watch & options::WATCH_CHECK != 0 {
@@ -81,14 +80,14 @@ unsafe fn free_reported<const TRACE: bool>(segment: *mut Segment, p: *mut u8) {
     // SAFETY: as in `free`.
     unsafe {
         let page = page_of(segment, p);
-        if thread_id() == (*segment).thread_id.load(Relaxed) && (*page).flags.load(Relaxed) == 0 {
+        if segment::is_owned_by_caller(segment) && (*page).flags_owned() == 0 {
             if TRACE {
                 let heap = (*page).heap();
                 if !hook::try_free_event(heap, p) {
                     return free_local_reported(heap, page, p);
                 }
             }
-            if push_local(page, p.cast()) == 0 {
+            if push_local(page, p.cast()) {
                 retire_local(page);
             }
             return;
@@ -124,27 +123,25 @@ unsafe fn free_local_reported(heap: *mut Heap, page: *mut Page, p: *mut u8) {
                 flags: 0,
             },
         );
-        if push_local(page, p.cast()) == 0 {
+        if push_local(page, p.cast()) {
             heap::retire(heap, page);
         }
     }
 }
 
-/// Pushes `block` onto `page.local_free`; returns the page's new `used` count.
+/// Pushes `block` onto `page.local_free`; true when the page is now empty (`used == 0`).
 ///
 /// # Safety
 /// The calling thread owns `page`; `block` is a live block of it.
 #[inline(always)]
-pub(crate) unsafe fn push_local(page: *mut Page, block: *mut Block) -> u32 {
-    // SAFETY: owner-only fields.
+pub(crate) unsafe fn push_local(page: *mut Page, block: *mut Block) -> bool {
+    // SAFETY: owner-only fields; `used` counts `block`, so it is above zero.
     unsafe {
         let pg = &mut *page;
         (*block).next = pg.local_free;
         pg.local_free = block;
         pg.local_free_count.store(pg.local_free_len() + 1, Relaxed);
-        let used = pg.used() - 1;
-        pg.used.store(used, Relaxed);
-        used
+        pg.used_dec_is_zero()
     }
 }
 

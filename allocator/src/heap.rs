@@ -381,12 +381,12 @@ unsafe fn from_full(heap: *mut Heap, page: *mut Page) {
 pub(crate) unsafe fn free_block_local(page: *mut Page, block: *mut Block) {
     // SAFETY: owner-only fields of an owned page.
     unsafe {
-        let used = crate::free::push_local(page, block);
+        let empty = crate::free::push_local(page, block);
         let heap = (*page).heap();
         if (*page).is_in_full() {
             from_full(heap, page);
         }
-        if used == 0 {
+        if empty {
             retire(heap, page);
         }
     }

@@ -34,6 +34,12 @@ pub(crate) fn watch() -> u8 {
     watch
 }
 
+/// Whether `free` must take its watched path ([`watch`] is not 0), in one compare and jump.
+#[inline(always)]
+pub(crate) fn watching() -> bool {
+    crate::static_flag::static_flag_is_set!(WATCH)
+}
+
 /// Sets or clears one reason to watch `free`.
 pub(crate) fn set_watch(bit: u8, on: bool) {
     if on {

@@ -133,6 +133,18 @@ pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
     COMMITTED.fetch_sub(size, Relaxed);
 }
 
+/// Gives the physical memory of `p..p+size` back to the OS like [`purge`], but keeps it counted as
+/// committed: for memory about to be handed out again in a block that may touch it (the tail of
+/// a reused segment beyond its new block), where counting it out and back in would only move the
+/// figure for a moment. Committed stays an upper bound of what is resident.
+///
+/// # Safety
+/// As [`purge`].
+pub(crate) unsafe fn discard(p: *mut u8, size: usize) {
+    // SAFETY: as in `purge`.
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+}
+
 /// Counts memory that was purged as committed again (it is about to be touched).
 pub(crate) fn recommit(size: usize) {
     COMMITTED.fetch_add(size, Relaxed);

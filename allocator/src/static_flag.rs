@@ -33,4 +33,35 @@ macro_rules! load_static_flag {
     ($flag:path) => {{ u32::from($flag.load(core::sync::atomic::Ordering::Relaxed)) }};
 }
 
+/// Whether the `AtomicU8`/`AtomicBool` static `$flag` is non-zero (a relaxed load). On x86-64 a
+/// compare of the byte in memory and a jump, two instructions, where a load and a test take
+/// three: LLVM does not fold an atomic load into a compare.
+#[cfg(target_arch = "x86_64")]
+macro_rules! static_flag_is_set {
+    ($flag:path) => {{
+        let set = 'set: {
+            // SAFETY: as in `load_static_flag`: a byte compare against memory is a relaxed
+            // atomic load of a one-byte static; it writes nothing but the flags register.
+            unsafe {
+                core::arch::asm!(
+                    "cmp byte ptr [rip + {flag}], 0",
+                    "jne {set}",
+                    flag = sym $flag,
+                    set = label { break 'set true },
+                    options(nostack, readonly),
+                );
+            }
+            false
+        };
+        set
+    }};
+}
+
+/// Whether the `AtomicU8`/`AtomicBool` static `$flag` is non-zero (a relaxed load).
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! static_flag_is_set {
+    ($flag:path) => {{ $flag.load(core::sync::atomic::Ordering::Relaxed) != 0 }};
+}
+
 pub(crate) use load_static_flag;
+pub(crate) use static_flag_is_set;
