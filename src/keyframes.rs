@@ -36,6 +36,7 @@ impl Keyframes {
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
             .spawn(move || {
+                crate::priority::lower_this_thread();
                 let mut model = Model::new();
                 let (mut applied, mut next) = (0u64, KEYFRAME_EVERY);
                 for (heap, events) in todo {

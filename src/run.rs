@@ -35,7 +35,12 @@ pub fn run(
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
     }
-    let launched = launch::launch(command, Duration::from_secs(10), &stacks.env())?;
+    let launched = launch::launch(
+        command,
+        Duration::from_secs(10),
+        &stacks.env(),
+        launch::BACKLOG_BYTES,
+    )?;
     let what = command
         .iter()
         .map(|a| a.to_string_lossy())

@@ -466,6 +466,23 @@ pub fn stream_from_env() -> bool {
     let Ok(stream) = UnixStream::connect(&path) else {
         return false;
     };
+    use std::os::fd::AsRawFd;
+    // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
+    // burst over without waiting while heaplens's reader is off the CPU. With the default
+    // (about 200 KiB) the collector of a 2-thread program spent most of its time blocked in
+    // sendmsg on a loaded 2-core machine, and the program waited for it.
+    let sndbuf: libc::c_int = 4 << 20;
+    // SAFETY: the fd is our connected socket; `sndbuf` is a c_int of the size given. Best
+    // effort: a smaller buffer only means more waiting.
+    let _ = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const sndbuf).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     let mut socket = SocketWriter(stream);
     let mut head = Vec::new();
     if write_header(&mut head)
