@@ -31,7 +31,7 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         Self {
-            chunk_events: 128 * 1024,
+            chunk_events: 512 * 1024,
             zstd_level: Some(1),
         }
     }
