@@ -18,8 +18,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{EVENT_SIZE, Event};
-use heaplens_alloc::wire::{self, Frame, WireError};
+use heaplens_alloc::wire::{self, WireError};
 
 use crate::backlog::{self, backlog};
 use crate::quiet::say;
@@ -90,8 +91,8 @@ pub fn signal_name(sig: i32) -> &'static str {
 /// What the reader thread delivers.
 #[derive(Debug)]
 pub enum StreamItem {
-    /// A frame.
-    Frame(Frame),
+    /// A message from the program's collector.
+    Message(Message),
     /// The program replaced itself (`exec`): what follows is the new program's stream.
     Exec,
     /// The stream ended: cleanly after an `End` frame, or not (the error says how).
@@ -103,8 +104,10 @@ impl StreamItem {
     fn bytes(&self) -> usize {
         const ITEM: usize = std::mem::size_of::<StreamItem>();
         match self {
-            Self::Frame(Frame::Batch { events, .. }) => ITEM + events.capacity() * EVENT_SIZE,
-            Self::Frame(Frame::Meta(json)) => ITEM + json.capacity(),
+            Self::Message(Message::Batch(Batch { events, .. })) => {
+                ITEM + events.capacity() * EVENT_SIZE
+            }
+            Self::Message(Message::Meta(json)) => ITEM + json.capacity(),
             _ => ITEM,
         }
     }
@@ -363,9 +366,9 @@ fn read_stream(
     let mut ended = false;
     loop {
         match wire::read_frame_reusing(&mut r, recycled.try_recv().ok()) {
-            Ok(Some(frame)) => {
-                ended = matches!(frame, Frame::End);
-                if send(tx, StreamItem::Frame(frame)).is_err() {
+            Ok(Some(message)) => {
+                ended = matches!(message, Message::End);
+                if send(tx, StreamItem::Message(message)).is_err() {
                     return None;
                 }
             }

@@ -6,9 +6,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
-use heaplens_alloc::wire::{Frame, WireError};
+use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
 use crate::keyframes::{Keyframe, Keyframes};
@@ -149,8 +150,8 @@ pub fn run(
     let mut ended_cleanly = false;
     for item in &launched.frames {
         match item {
-            StreamItem::Frame(Frame::Meta(json)) => recorder.meta(&json)?,
-            StreamItem::Frame(Frame::Batch { heap, events }) => {
+            StreamItem::Message(Message::Meta(json)) => recorder.meta(&json)?,
+            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                 recorder.batch_owned(heap, events)?;
                 let (events, bytes) = recorder.written();
                 progress.update(
@@ -160,7 +161,7 @@ pub fn run(
                     waiter.is_finished(),
                 );
             }
-            StreamItem::Frame(Frame::End) => ended_cleanly = true,
+            StreamItem::Message(Message::End) => ended_cleanly = true,
             StreamItem::Exec => {
                 // The program replaced itself (a wrapper script, a shell): record the new one.
                 progress.clear();

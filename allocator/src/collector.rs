@@ -3,8 +3,9 @@
 //! It receives full event buffers, drains partly filled ones every 2 ms (so idle threads' events
 //! arrive), advances the hook's coarse clock every millisecond, merges the threads' streams by
 //! time (holding events back for 2 ms so a late buffer can still slot in), names threads, takes
-//! a census on request or periodically, and hands the result to a [`Sink`] as [`Batch`]es. At
-//! shutdown it drains everything, so events still buffered at exit are delivered.
+//! a census on request or periodically, and hands the result to a [`Sink`] as batches
+//! ([`BatchRef`]s: the events in place). At shutdown it drains everything, so events still
+//! buffered at exit are delivered.
 //!
 //! The collector runs on a thread of its own started with `pthread_create` and flagged untraced
 //! before its first allocation: what it allocates is never recorded. It never frees a block that
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
+use crate::batch::{Batch, BatchRef, Message};
 use crate::event::{Event, EventKind, flags};
 use crate::hook::{self, BufferPtr, Channels};
 
@@ -42,17 +44,8 @@ impl Default for Config {
     }
 }
 
-/// Events of one thread's heap (`heap` 0: process-level events), in time order.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
-    /// The heap (thread) the events come from; 0 for the collector's own events.
-    pub heap: u32,
-    /// The events.
-    pub events: &'a [Event],
-}
-
 /// Where batches go: returns false to stop (the peer went away); `None` marks the end.
-pub type Sink = Box<dyn FnMut(Option<Batch<'_>>) -> bool + Send>;
+pub type Sink = Box<dyn FnMut(Option<BatchRef<'_>>) -> bool + Send>;
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -138,22 +131,9 @@ pub(crate) fn after_fork_child() {
     FINISHED.store(true, Release);
 }
 
-/// What a subscriber receives: one heap's events (heap 0: process-level), or the end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// Events of one heap, in time order.
-    Batch {
-        /// Heap id (0: process-level events).
-        heap: u32,
-        /// The events.
-        events: Vec<Event>,
-    },
-    /// Recording ended; nothing follows.
-    End,
-}
-
 /// Starts recording into a channel (the in-process transport: a viewer in the same process
-/// subscribes). The channel holds `capacity` batches. When the subscriber falls behind, batches
+/// subscribes): [`Message::Batch`]es, then [`Message::End`]. The channel holds `capacity`
+/// batches. When the subscriber falls behind, batches
 /// are dropped, and the count arrives as a `Dropped` event (heap 0) with the next batch that
 /// fits, never silently. Dropping the receiver stops recording.
 pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, StartError> {
@@ -171,10 +151,10 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
                 time: hook::now(),
                 ..Event::default()
             };
-            match tx.try_send(Message::Batch {
+            match tx.try_send(Message::Batch(Batch {
                 heap: 0,
                 events: vec![note],
-            }) {
+            })) {
                 Ok(()) => dropped = 0,
                 Err(crossbeam_channel::TrySendError::Full(_)) => {
                     dropped += b.events.len() as u64;
@@ -184,10 +164,7 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
                 Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
             }
         }
-        match tx.try_send(Message::Batch {
-            heap: b.heap,
-            events: b.events.to_vec(),
-        }) {
+        match tx.try_send(Message::Batch(b.to_batch())) {
             Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 dropped += b.events.len() as u64;
@@ -657,7 +634,7 @@ impl<'a> Collector<'a> {
         self.census_number += 1;
         let mut events = Vec::new();
         hook::census(self.census_number, self.census_number == 1, &mut events);
-        self.emit(Batch {
+        self.emit(BatchRef {
             heap: 0,
             events: &events,
         });
@@ -680,13 +657,13 @@ impl<'a> Collector<'a> {
         };
         let events = [mark(EventKind::CensusBegin), mark(EventKind::CensusEnd)];
         hook::request_heap_census(n);
-        self.emit(Batch {
+        self.emit(BatchRef {
             heap: 0,
             events: &events,
         });
     }
 
-    fn emit(&mut self, batch: Batch<'_>) {
+    fn emit(&mut self, batch: BatchRef<'_>) {
         if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Some(batch)) {
             // The peer went away: stop recording, keep recycling buffers so nobody waits.
             self.sink_alive = false;
@@ -723,7 +700,7 @@ impl<'a> Collector<'a> {
                 .iter()
                 .take_while(|e| e.time <= bound)
                 .count();
-            self.emit(Batch {
+            self.emit(BatchRef {
                 heap,
                 events: &chunk.events()[..n],
             });
