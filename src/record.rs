@@ -20,7 +20,8 @@ use crate::quiet::say;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes one program's stream to a trace file, with a keyframe every
-/// [`crate::keyframes::KEYFRAME_EVERY`] events. `heaplens record` and `heaplens run --record`
+/// [`crate::keyframes::KEYFRAME_EVERY`] events or more (keyframes of a large model are spaced so
+/// they stay a small share of the file). `heaplens record` and `heaplens run --record`
 /// both use it.
 pub struct Recorder {
     output: PathBuf,
@@ -77,6 +78,7 @@ impl Recorder {
         k.push(heap, events);
         for kf in k.ready() {
             write_keyframe(w, &kf?)?;
+            k.written(w.last_keyframe_bytes(), w.event_bytes_per_event());
         }
         Ok(())
     }
