@@ -3,7 +3,7 @@
 //! after the other on the thread the program's stream waits for.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
@@ -34,6 +34,8 @@ pub struct Keyframes {
     batches: Option<SyncSender<(u32, Vec<Event>)>>,
     /// Events from one keyframe to the next, as the recorder last set it.
     spacing: Arc<AtomicU64>,
+    /// The program has exited: the model thread may take its usual priority back.
+    exited: Arc<AtomicBool>,
     made: Receiver<Result<Keyframe, String>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,13 +47,20 @@ impl Keyframes {
         let (done, made) = std::sync::mpsc::channel();
         let spacing = Arc::new(AtomicU64::new(KEYFRAME_EVERY));
         let every = Arc::clone(&spacing);
+        let exited = Arc::new(AtomicBool::new(false));
+        let program_gone = Arc::clone(&exited);
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
             .spawn(move || {
                 crate::priority::lower_this_thread();
                 let mut model = Model::new();
                 let (mut applied, mut last) = (0u64, 0u64);
+                let mut restored = false;
                 for (heap, events) in todo {
+                    if !restored && program_gone.load(Ordering::Relaxed) {
+                        crate::priority::restore_this_thread();
+                        restored = true;
+                    }
                     model.apply_batch(heap, &events);
                     applied += events.len() as u64;
                     if let Some(r) = &recycle {
@@ -75,6 +84,7 @@ impl Keyframes {
         Ok(Self {
             batches: Some(batches),
             spacing,
+            exited,
             made,
             thread: Some(thread),
         })
@@ -95,6 +105,11 @@ impl Keyframes {
         let events = keyframe_bytes as f64 / KEYFRAME_SHARE / bytes_per_event.max(0.01);
         self.spacing
             .store((events as u64).max(KEYFRAME_EVERY), Ordering::Relaxed);
+    }
+
+    /// The program has exited: the model thread goes back to the usual priority if it can.
+    pub fn program_exited(&self) {
+        self.exited.store(true, Ordering::Relaxed);
     }
 
     /// The keyframes made so far.

@@ -1,6 +1,7 @@
 //! Thread priority: the recorder's own work (encoding, compressing, the keyframe model) yields the
 //! CPU to the program it records, and catches up from the backlog when the CPU is free (at the
-//! latest, after the program has exited).
+//! latest, after the program has exited, when it goes back to the usual priority if the system
+//! lets it: raising a priority again needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it).
 
 /// The nice value the recorder's background threads run at (the program runs at its own, 0
 /// usually): under contention they get about a tenth of a CPU against a thread at 0.
@@ -18,6 +19,22 @@ pub fn lower_this_thread() {
             libc::PRIO_PROCESS,
             libc::id_t::try_from(tid).unwrap_or(0),
             BACKGROUND_NICE,
+        )
+    };
+}
+
+/// Puts the calling thread back to nice 0 once the program has exited, if allowed (see the
+/// module docs); otherwise it stays where it is.
+#[allow(unsafe_code)] // as above
+pub fn restore_this_thread() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; `tid` names this thread, which exists.
+    let _ = unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::id_t::try_from(tid).unwrap_or(0),
+            0,
         )
     };
 }

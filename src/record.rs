@@ -83,6 +83,14 @@ impl Recorder {
         Ok(())
     }
 
+    /// The program has exited: the recorder's threads go back to the usual priority if they can.
+    pub fn program_exited(&self) {
+        crate::priority::restore_this_thread();
+        if let Some(k) = &self.keyframes {
+            k.program_exited();
+        }
+    }
+
     /// The program replaced itself: start the file over for the new one.
     pub fn exec(&mut self) {
         self.writer = None;
@@ -150,7 +158,12 @@ pub fn run(
     let mut recorder = Recorder::new(output).recycling(launched.recycle.clone());
     let mut stream_error = None;
     let mut ended_cleanly = false;
+    let mut exited = false;
     for item in &launched.frames {
+        if !exited && waiter.is_finished() {
+            exited = true;
+            recorder.program_exited();
+        }
         match item {
             StreamItem::Message(Message::Meta(json)) => recorder.meta(&json)?,
             StreamItem::Message(Message::Batch(Batch { heap, events })) => {

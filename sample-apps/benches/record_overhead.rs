@@ -2,7 +2,8 @@
 //! package `heaptrack`): allocation-heavy workloads (sample-apps/c/alloc_workload.c and some of
 //! the LD_PRELOAD suite's, allocator/preload/benches/c/), each built with and without frame
 //! pointers, run plain, under `heaplens record` with each stack mode, and under heaptrack,
-//! interleaved; medians and ratios from this one run, with the budgets' verdicts.
+//! interleaved; medians and ratios from this one run, with the budgets' verdicts. Each takes
+//! 0.3-0.6 s plain, so that starting a recording (about 20 ms) does not decide the ratios.
 //!
 //! `cargo bench -p heaplens-sample-apps --bench record_overhead [-- --rounds N]`
 
@@ -45,24 +46,24 @@ struct Workload {
 
 const WORKLOADS: &[Workload] = &[
     Workload {
-        name: "alloc_workload (4 threads, mixed sizes, cross-thread frees)",
+        name: "alloc_workload 1600000 (4 threads, mixed sizes, cross-thread frees)",
         source: "sample-apps/c/alloc_workload.c",
-        args: &[],
+        args: &["1600000"],
     },
     Workload {
-        name: "trees (binary trees, 1 thread)",
+        name: "trees 0.4 (binary trees, 1 thread)",
         source: "allocator/preload/benches/c/trees.c",
-        args: &["0.1"],
+        args: &["0.4"],
     },
     Workload {
-        name: "larson (server-like, 4 threads)",
+        name: "larson 1 (server-like, 4 threads)",
         source: "allocator/preload/benches/c/larson.c",
-        args: &["0.25"],
+        args: &["1"],
     },
     Workload {
-        name: "churn_mt (random sizes, cross-thread frees)",
+        name: "churn_mt 1 (random sizes, cross-thread frees)",
         source: "allocator/preload/benches/c/churn_mt.c",
-        args: &["0.25"],
+        args: &["1"],
     },
 ];
 
