@@ -6,11 +6,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::bounded;
-use heaplens_alloc::collector::{self, Config, Message};
+use heaplens_alloc::collector::{self, Config};
 use heaplens_alloc::hook;
 use heaplens_sample_apps::{Params, Scenario, find, scenarios};
-use heaplens_viewer::source::{Feed, Live};
+use heaplens_viewer::source::Live;
 use heaplens_viewer::ui::{self, App, Source};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -56,22 +55,6 @@ pub fn run(
         4096,
     )
     .map_err(|e| format!("cannot start the event collector: {e}"))?;
-    let (tx, feed) = bounded(1024);
-    std::thread::Builder::new()
-        .name("heaplens-forward".into())
-        .spawn(move || {
-            hook::set_thread_traced(false);
-            for msg in rx {
-                match msg {
-                    Message::Batch { heap, events } => {
-                        if tx.send(Feed::Batch { heap, events }).is_err() {
-                            break;
-                        }
-                    }
-                    Message::End => break,
-                }
-            }
-        })?;
     let what = match name {
         Some(n) => format!("demo: {n}"),
         None => "demo: every scenario in turn".to_owned(),
@@ -84,7 +67,7 @@ pub fn run(
         .iter()
         .map(|s| (s.name.to_owned(), s.title.to_owned(), s.story.to_owned()))
         .collect();
-    let app = App::new(Source::Live(Live::start(feed, "this process")), what).with_stories(stories);
+    let app = App::new(Source::Live(Live::start(rx, "this process")), what).with_stories(stories);
     ui::run(app)?;
     STOP.store(true, Ordering::Relaxed);
     Ok(0)

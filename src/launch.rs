@@ -2,8 +2,10 @@
 //!
 //! The socket sits in a fresh private directory (mode 0700) under `$XDG_RUNTIME_DIR` or `/tmp`;
 //! its path reaches the target through `HEAPLENS_SOCKET`, `libheaplens.so` through `LD_PRELOAD`.
-//! A peer that runs as another user is refused. Frames arrive on a channel from a reader thread,
-//! which ends with how the stream ended.
+//! A peer that runs as another user is refused. A reader thread takes the frames off the socket
+//! as fast as they come and queues them in a [`backlog`](crate::backlog) bounded by bytes, so
+//! the program never waits for whoever consumes them until that budget is spent; the queue ends
+//! with how the stream ended.
 
 use std::ffi::OsString;
 use std::io::{self, BufReader};
@@ -16,14 +18,20 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use heaplens_alloc::event::Event;
-use heaplens_alloc::wire::{self, Frame, WireError};
+use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::event::{EVENT_SIZE, Event};
+use heaplens_alloc::wire::{self, WireError};
 
+use crate::backlog::{self, backlog};
 use crate::quiet::say;
 
 /// Event vectors kept for the reader to refill: as many as are in flight between it and the
 /// recorder's keyframe model.
 const RECYCLED_BATCHES: usize = 512;
+
+/// Bytes of frames the reader may hold for a consumer that falls behind, by default, before the
+/// program has to wait: 1 GiB, about 33 M events.
+pub const BACKLOG_BYTES: usize = 1 << 30;
 
 /// How the traced program ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +91,26 @@ pub fn signal_name(sig: i32) -> &'static str {
 /// What the reader thread delivers.
 #[derive(Debug)]
 pub enum StreamItem {
-    /// A frame.
-    Frame(Frame),
+    /// A message from the program's collector.
+    Message(Message),
     /// The program replaced itself (`exec`): what follows is the new program's stream.
     Exec,
     /// The stream ended: cleanly after an `End` frame, or not (the error says how).
     Closed(Option<WireError>),
+}
+
+impl StreamItem {
+    /// The memory it holds, as the backlog counts it.
+    fn bytes(&self) -> usize {
+        const ITEM: usize = std::mem::size_of::<StreamItem>();
+        match self {
+            Self::Message(Message::Batch(Batch { events, .. })) => {
+                ITEM + events.capacity() * EVENT_SIZE
+            }
+            Self::Message(Message::Meta(json)) => ITEM + json.capacity(),
+            _ => ITEM,
+        }
+    }
 }
 
 /// A private directory removed when dropped.
@@ -148,7 +170,7 @@ pub struct Launched {
     /// The program.
     pub child: Child,
     /// Frames from it (or the stream's end).
-    pub frames: Receiver<StreamItem>,
+    pub frames: backlog::Receiver<StreamItem>,
     /// Where a consumer may give a batch's event vector back once done with it: the reader
     /// fills it with a later batch instead of allocating (64 KiB a batch).
     pub recycle: Sender<Vec<Event>>,
@@ -179,11 +201,13 @@ pub fn preload_library() -> io::Result<PathBuf> {
 }
 
 /// Starts `command` with heaplens preloaded and the variables `env` set (stack capture, say),
-/// and waits (up to `timeout`) for it to connect.
+/// and waits (up to `timeout`) for it to connect. Its frames queue in a backlog of at most
+/// `backlog_bytes`.
 pub fn launch(
     command: &[OsString],
     timeout: Duration,
     env: &[(&str, String)],
+    backlog_bytes: usize,
 ) -> io::Result<Launched> {
     let (program, args) = command
         .split_first()
@@ -218,7 +242,7 @@ pub fn launch(
         || Ok(child.try_wait()?.map(Exit::from_status)),
         timeout,
     )?;
-    let (tx, rx) = bounded(256);
+    let (tx, rx) = backlog(backlog_bytes);
     let (recycle, recycled) = bounded(RECYCLED_BATCHES);
     std::thread::Builder::new()
         .name("heaplens-reader".into())
@@ -289,7 +313,7 @@ fn read_streams(
     listener: &UnixListener,
     first: UnixStream,
     pid: i32,
-    tx: &crossbeam_channel::Sender<StreamItem>,
+    tx: &backlog::Sender<StreamItem>,
     recycled: &Receiver<Vec<Event>>,
 ) {
     let mut stream = first;
@@ -303,30 +327,36 @@ fn read_streams(
                     Duration::from_secs(5),
                 );
                 let Ok(next) = again else {
-                    let _ = tx.send(StreamItem::Closed(Some(unclean)));
+                    let _ = send(tx, StreamItem::Closed(Some(unclean)));
                     return;
                 };
-                if tx.send(StreamItem::Exec).is_err() {
+                if send(tx, StreamItem::Exec).is_err() {
                     return;
                 }
                 stream = next;
             }
             Some(unclean) => {
-                let _ = tx.send(StreamItem::Closed(Some(unclean)));
+                let _ = send(tx, StreamItem::Closed(Some(unclean)));
                 return;
             }
             None => {
-                let _ = tx.send(StreamItem::Closed(None));
+                let _ = send(tx, StreamItem::Closed(None));
                 return;
             }
         }
     }
 }
 
+/// Queues `item`, counting its bytes.
+fn send(tx: &backlog::Sender<StreamItem>, item: StreamItem) -> Result<(), StreamItem> {
+    let bytes = item.bytes();
+    tx.send(item, bytes)
+}
+
 /// Forwards one stream's frames; returns how it ended (`None`: cleanly, with `End`).
 fn read_stream(
     stream: UnixStream,
-    tx: &crossbeam_channel::Sender<StreamItem>,
+    tx: &backlog::Sender<StreamItem>,
     recycled: &Receiver<Vec<Event>>,
 ) -> Option<WireError> {
     let mut r = BufReader::with_capacity(1 << 20, stream);
@@ -336,9 +366,9 @@ fn read_stream(
     let mut ended = false;
     loop {
         match wire::read_frame_reusing(&mut r, recycled.try_recv().ok()) {
-            Ok(Some(frame)) => {
-                ended = matches!(frame, Frame::End);
-                if tx.send(StreamItem::Frame(frame)).is_err() {
+            Ok(Some(message)) => {
+                ended = matches!(message, Message::End);
+                if send(tx, StreamItem::Message(message)).is_err() {
                     return None;
                 }
             }

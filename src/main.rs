@@ -8,10 +8,12 @@
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 //! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
 
+mod backlog;
 mod demo;
 mod keyframes;
 mod launch;
 mod leaks;
+mod priority;
 mod quiet;
 mod record;
 mod run;
@@ -90,6 +92,10 @@ enum Cmd {
         /// The trace file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Memory (MiB) for events the program sends faster than heaplens encodes them; the
+        /// program waits only when this is full. The trace is finished after the program exits.
+        #[arg(long, value_name = "MIB", default_value_t = launch::BACKLOG_BYTES >> 20)]
+        backlog_mib: usize,
         #[command(flatten)]
         stacks: sites::StackArgs,
         #[command(flatten)]
@@ -134,9 +140,15 @@ fn main() -> ExitCode {
         Cmd::Learn { scenario } => run::learn(&scenario),
         Cmd::Record {
             output,
+            backlog_mib,
             stacks,
             target,
-        } => record::run(&output, &target.command, &stacks),
+        } => record::run(
+            &output,
+            &target.command,
+            &stacks,
+            backlog_mib.saturating_mul(1 << 20),
+        ),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
         Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
     };

@@ -6,9 +6,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
-use heaplens_alloc::wire::{Frame, WireError};
+use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
 use crate::keyframes::{Keyframe, Keyframes};
@@ -19,7 +20,8 @@ use crate::quiet::say;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes one program's stream to a trace file, with a keyframe every
-/// [`crate::keyframes::KEYFRAME_EVERY`] events. `heaplens record` and `heaplens run --record`
+/// [`crate::keyframes::KEYFRAME_EVERY`] events or more (keyframes of a large model are spaced so
+/// they stay a small share of the file). `heaplens record` and `heaplens run --record`
 /// both use it.
 pub struct Recorder {
     output: PathBuf,
@@ -76,8 +78,17 @@ impl Recorder {
         k.push(heap, events);
         for kf in k.ready() {
             write_keyframe(w, &kf?)?;
+            k.written(w.last_keyframe_bytes(), w.event_bytes_per_event());
         }
         Ok(())
+    }
+
+    /// The program has exited: the recorder's threads go back to the usual priority if they can.
+    pub fn program_exited(&self) {
+        crate::priority::restore_this_thread();
+        if let Some(k) = &self.keyframes {
+            k.program_exited();
+        }
     }
 
     /// The program replaced itself: start the file over for the new one.
@@ -124,27 +135,48 @@ fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std:
 }
 
 /// Records; returns the exit code heaplens should end with (the program's).
+///
+/// The reader thread (see [`launch`]) queues the program's stream in a backlog of at most
+/// `backlog_bytes`; this thread encodes from it at a lower priority than the program, so the
+/// program runs at close to its own speed and the trace is finished after it exits.
 pub fn run(
     output: &Path,
     command: &[OsString],
     stacks: &crate::sites::StackArgs,
+    backlog_bytes: usize,
 ) -> Result<i32, Box<dyn std::error::Error>> {
-    let launched = launch::launch(command, CONNECT_TIMEOUT, &stacks.env())?;
-    let pid = launched.child.id();
     let start = Instant::now();
+    let launched = launch::launch(command, CONNECT_TIMEOUT, &stacks.env(), backlog_bytes)?;
+    let pid = launched.child.id();
+    let mut child = launched.child;
+    // The program's own run time: from its start to its exit, whatever the encoder is doing.
+    let waiter = std::thread::Builder::new()
+        .name("heaplens-wait".into())
+        .spawn(move || (child.wait(), Instant::now()))?;
+    crate::priority::lower_this_thread();
     let mut progress = Progress::new(pid);
     let mut recorder = Recorder::new(output).recycling(launched.recycle.clone());
     let mut stream_error = None;
     let mut ended_cleanly = false;
+    let mut exited = false;
     for item in &launched.frames {
+        if !exited && waiter.is_finished() {
+            exited = true;
+            recorder.program_exited();
+        }
         match item {
-            StreamItem::Frame(Frame::Meta(json)) => recorder.meta(&json)?,
-            StreamItem::Frame(Frame::Batch { heap, events }) => {
+            StreamItem::Message(Message::Meta(json)) => recorder.meta(&json)?,
+            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                 recorder.batch_owned(heap, events)?;
                 let (events, bytes) = recorder.written();
-                progress.update(events, bytes);
+                progress.update(
+                    events,
+                    bytes,
+                    launched.frames.queued(),
+                    waiter.is_finished(),
+                );
             }
-            StreamItem::Frame(Frame::End) => ended_cleanly = true,
+            StreamItem::Message(Message::End) => ended_cleanly = true,
             StreamItem::Exec => {
                 // The program replaced itself (a wrapper script, a shell): record the new one.
                 progress.clear();
@@ -158,19 +190,31 @@ pub fn run(
             }
         }
     }
-    let mut child = launched.child;
-    let exit = Exit::from_status(child.wait()?);
+    let (status, exited) = waiter
+        .join()
+        .map_err(|_| "waiting for the program failed")?;
+    let exit = Exit::from_status(status?);
     progress.clear();
     let clean = ended_cleanly && stream_error.is_none();
     let events = recorder.finish(exit, clean)?;
     let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
+    let program = exited.duration_since(start).as_secs_f64();
     let secs = start.elapsed().as_secs_f64();
     say!(
-        "{events} events in {secs:.1} s -> {} ({}, {:.2} bytes/event)",
+        "{events} events in {secs:.2} s (the program ran {program:.2} s) -> {} ({}, {:.2} bytes/event)",
         output.display(),
         Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
         bytes as f64 / events.max(1) as f64
     );
+    let usage = launched.frames.usage();
+    if usage.waits > 0 {
+        say!(
+            "the program waited for heaplens {} times: its backlog was full ({}); \
+             raise it with --backlog-mib",
+            usage.waits,
+            Bytes(usage.budget)
+        );
+    }
     match exit {
         Exit::Signal(_) => {
             say!("the program was {exit}; the trace holds everything up to then");
@@ -223,7 +267,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, events: u64, bytes: u64) {
+    fn update(&mut self, events: u64, bytes: u64, queued: usize, exited: bool) {
         let period = if self.tty {
             Duration::from_millis(250)
         } else {
@@ -234,12 +278,17 @@ impl Progress {
             return;
         }
         let rate = events.saturating_sub(self.last_events) as f64 / dt.as_secs_f64();
+        let what = if exited {
+            format!("pid {} exited; finishing the trace", self.pid)
+        } else {
+            format!("recording pid {}", self.pid)
+        };
         let line = format!(
-            "heaplens: recording pid {} for {:.0} s: {events} events ({:.1} M/s), {} written",
-            self.pid,
+            "heaplens: {what} ({:.0} s): {events} events ({:.1} M/s), {} written, {} queued",
             self.start.elapsed().as_secs_f64(),
             rate / 1e6,
-            Bytes(usize::try_from(bytes).unwrap_or(usize::MAX))
+            Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
+            Bytes(queued)
         );
         let mut err = std::io::stderr().lock();
         let _ = if self.tty {

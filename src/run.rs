@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
+use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind, drop_reason};
-use heaplens_alloc::wire::Frame;
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::trace::ExitStatus;
 use heaplens_viewer::ui::{self, App, Source};
@@ -35,7 +35,12 @@ pub fn run(
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
     }
-    let launched = launch::launch(command, Duration::from_secs(10), &stacks.env())?;
+    let launched = launch::launch(
+        command,
+        Duration::from_secs(10),
+        &stacks.env(),
+        launch::BACKLOG_BYTES,
+    )?;
     let what = command
         .iter()
         .map(|a| a.to_string_lossy())
@@ -76,7 +81,7 @@ fn pump(
     let mut failed = None;
     for item in &launched.frames {
         match item {
-            StreamItem::Frame(Frame::Meta(json)) => {
+            StreamItem::Message(Message::Meta(json)) => {
                 if let Some(r) = recorder.as_mut()
                     && let Err(e) = r.meta(&json)
                 {
@@ -84,7 +89,7 @@ fn pump(
                     recorder = None;
                 }
             }
-            StreamItem::Frame(Frame::Batch { heap, events }) => {
+            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                 if let Some(r) = recorder.as_mut()
                     && let Err(e) = r.batch(heap, &events)
                 {
@@ -93,7 +98,7 @@ fn pump(
                 }
                 tap.send(heap, events);
             }
-            StreamItem::Frame(Frame::End) => clean = true,
+            StreamItem::Message(Message::End) => clean = true,
             StreamItem::Exec => {
                 if let Some(r) = recorder.as_mut() {
                     r.exec();
@@ -140,10 +145,10 @@ impl Tap<'_> {
                 time: events.first().map_or(0, |e| e.time),
                 ..Event::default()
             };
-            match self.tx.try_send(Feed::Batch {
+            match self.tx.try_send(Feed::from(Batch {
                 heap: 0,
                 events: vec![note],
-            }) {
+            })) {
                 Ok(()) => self.missed = 0,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.missed += events.len() as u64;
@@ -152,7 +157,7 @@ impl Tap<'_> {
             }
         }
         let n = events.len() as u64;
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::Batch { heap, events }) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::from(Batch { heap, events })) {
             self.missed += n;
         }
     }

@@ -3,8 +3,9 @@
 //! It receives full event buffers, drains partly filled ones every 2 ms (so idle threads' events
 //! arrive), advances the hook's coarse clock every millisecond, merges the threads' streams by
 //! time (holding events back for 2 ms so a late buffer can still slot in), names threads, takes
-//! a census on request or periodically, and hands the result to a [`Sink`] as [`Batch`]es. At
-//! shutdown it drains everything, so events still buffered at exit are delivered.
+//! a census on request or periodically, and hands the result to a [`Sink`] as batches
+//! ([`BatchRef`]s: the events in place). At shutdown it drains everything, so events still
+//! buffered at exit are delivered.
 //!
 //! The collector runs on a thread of its own started with `pthread_create` and flagged untraced
 //! before its first allocation: what it allocates is never recorded. It never frees a block that
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
+use crate::batch::{Batch, BatchRef, Message};
 use crate::event::{Event, flags};
 use crate::hook::{self, BufferPtr, Channels};
 use crate::schema;
@@ -43,17 +45,8 @@ impl Default for Config {
     }
 }
 
-/// Events of one thread's heap (`heap` 0: process-level events), in time order.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
-    /// The heap (thread) the events come from; 0 for the collector's own events.
-    pub heap: u32,
-    /// The events.
-    pub events: &'a [Event],
-}
-
 /// Where batches go: returns false to stop (the peer went away); `None` marks the end.
-pub type Sink = Box<dyn FnMut(Option<Batch<'_>>) -> bool + Send>;
+pub type Sink = Box<dyn FnMut(Option<BatchRef<'_>>) -> bool + Send>;
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -139,22 +132,9 @@ pub(crate) fn after_fork_child() {
     FINISHED.store(true, Release);
 }
 
-/// What a subscriber receives: one heap's events (heap 0: process-level), or the end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// Events of one heap, in time order.
-    Batch {
-        /// Heap id (0: process-level events).
-        heap: u32,
-        /// The events.
-        events: Vec<Event>,
-    },
-    /// Recording ended; nothing follows.
-    End,
-}
-
 /// Starts recording into a channel (the in-process transport: a viewer in the same process
-/// subscribes). The channel holds `capacity` batches. When the subscriber falls behind, batches
+/// subscribes): [`Message::Batch`]es, then [`Message::End`]. The channel holds `capacity`
+/// batches. When the subscriber falls behind, batches
 /// are dropped, and the count arrives as a `Dropped` event (heap 0) with the next batch that
 /// fits, never silently. Dropping the receiver stops recording.
 pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, StartError> {
@@ -172,10 +152,10 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
             }
             .into_event()
             .at(hook::now());
-            match tx.try_send(Message::Batch {
+            match tx.try_send(Message::Batch(Batch {
                 heap: 0,
                 events: vec![note],
-            }) {
+            })) {
                 Ok(()) => dropped = 0,
                 Err(crossbeam_channel::TrySendError::Full(_)) => {
                     dropped += b.events.len() as u64;
@@ -185,10 +165,7 @@ pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, S
                 Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
             }
         }
-        match tx.try_send(Message::Batch {
-            heap: b.heap,
-            events: b.events.to_vec(),
-        }) {
+        match tx.try_send(Message::Batch(b.to_batch())) {
             Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 dropped += b.events.len() as u64;
@@ -420,11 +397,16 @@ impl<'a> Collector<'a> {
         let mut busy = false;
         loop {
             let mut received = false;
-            if busy {
+            if busy && self.state.full_rx.len() * 4 < self.state.full_rx.capacity().unwrap_or(0) {
                 // Buffers are coming in: poll rather than wait in `recv`, so that a thread
                 // sending one never has to wake the collector (a futex system call for every
                 // 2046 events, and the collector's wake-up, on the sending thread's time).
+                // Not when the channel is a quarter full already: on a loaded machine the
+                // 200 us sleep lasted 5 ms, the channel filled meanwhile and the program
+                // waited (2 of its 3.4 s on a binary-trees run at load 11).
                 std::thread::sleep(BUSY_POLL);
+            } else if busy {
+                // Plenty waiting: take it at once.
             } else {
                 match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
                     Ok(buf) => {
@@ -649,7 +631,7 @@ impl<'a> Collector<'a> {
         self.census_number += 1;
         let mut events = Vec::new();
         hook::census(self.census_number, self.census_number == 1, &mut events);
-        self.emit(Batch {
+        self.emit(BatchRef {
             heap: 0,
             events: &events,
         });
@@ -674,13 +656,13 @@ impl<'a> Collector<'a> {
         };
         let events = [begin.into_event().at(t), end.into_event().at(t)];
         hook::request_heap_census(n);
-        self.emit(Batch {
+        self.emit(BatchRef {
             heap: 0,
             events: &events,
         });
     }
 
-    fn emit(&mut self, batch: Batch<'_>) {
+    fn emit(&mut self, batch: BatchRef<'_>) {
         if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Some(batch)) {
             // The peer went away: stop recording, keep recycling buffers so nobody waits.
             self.sink_alive = false;
@@ -717,7 +699,7 @@ impl<'a> Collector<'a> {
                 .iter()
                 .take_while(|e| e.time <= bound)
                 .count();
-            self.emit(Batch {
+            self.emit(BatchRef {
                 heap,
                 events: &chunk.events()[..n],
             });

@@ -22,6 +22,7 @@
 #![allow(unsafe_code)] // an allocator is unsafe code; every block says why it holds.
 
 pub mod alloc;
+pub mod batch;
 pub mod bin;
 pub mod cfi;
 pub mod check;

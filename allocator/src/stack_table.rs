@@ -2,18 +2,23 @@
 //! id from one process-wide counter, held in an open-addressing hash table in OS memory (never
 //! the traced heap). A stack is interned from its outermost frame to its leaf; the nodes not yet
 //! in the table are new, and each new node is reported once (a `StackFrame` event) before the
-//! allocation that uses it. The table is bounded: when the new nodes would fill it past three
-//! quarters, it starts afresh, and the nodes of later stacks get new ids and are reported again.
+//! allocation that uses it. The table starts small and doubles when the new nodes would fill it
+//! past three quarters; at its largest it starts afresh instead, and the nodes of later stacks
+//! get new ids and are reported again.
 
 use core::ptr;
 
 use crate::os;
 
-/// Slots in a table (16 bytes each: 4 MiB of address space, touched as it fills). Recursive code
-/// makes many distinct stacks (binary trees of depth 16: 2^17 nodes), and a table that restarts
-/// often sends the same frames again and again.
-pub const TABLE_SLOTS: usize = 1 << TABLE_BITS;
-const TABLE_BITS: u32 = 18;
+/// Slots in a table at its largest (16 bytes each: 64 MiB of address space). Recursive code makes
+/// many distinct stacks (binary trees of depth 16, built from two call sites: 2^17 nodes per
+/// tree, 3 * 10^5 for the trees benchmark), and a table that restarts often sends the same
+/// frames again and again: with a fixed 2^18 slots the benchmark's trace under `--stacks all`
+/// was 27x heaptrack's file and recording took 2.4x heaptrack's time.
+pub const TABLE_SLOTS: usize = 1 << MAX_BITS;
+const MAX_BITS: u32 = 22;
+/// Slots when a table is first mapped (64 KiB: a thread with a few stacks keeps a few pages).
+const FIRST_BITS: u32 = 12;
 /// The table starts afresh beyond this many nodes.
 pub const TABLE_MAX_NODES: usize = TABLE_SLOTS / 4 * 3;
 /// The parent key of an outermost node whose walk was truncated (a node apart from the complete
@@ -46,6 +51,8 @@ pub struct NewNode {
 /// One thread's table.
 pub struct StackTable {
     slots: *mut Slot,
+    /// log2 of the slots mapped (0: none).
+    bits: u32,
     nodes: usize,
     /// The last stack interned and its leaf's id (0: none): a loop that allocates from one
     /// place finds its stack here without a lookup per frame.
@@ -63,6 +70,7 @@ impl StackTable {
     pub const fn new() -> Self {
         Self {
             slots: ptr::null_mut(),
+            bits: 0,
             nodes: 0,
             last: [0; LAST_FRAMES],
             last_len: 0,
@@ -86,7 +94,7 @@ impl StackTable {
         if !self.slots.is_null() && self.nodes > 0 {
             // SAFETY: the table's own private anonymous mapping: it reads back as zeros (empty
             // slots), and its memory goes back to the OS.
-            unsafe { libc::madvise(self.slots.cast(), TABLE_SLOTS * 16, libc::MADV_DONTNEED) };
+            unsafe { libc::madvise(self.slots.cast(), self.bytes(), libc::MADV_DONTNEED) };
         }
         self.nodes = 0;
         self.last_leaf = 0;
@@ -95,29 +103,83 @@ impl StackTable {
     /// Returns the table's memory to the OS.
     pub fn release(&mut self) {
         if !self.slots.is_null() {
-            // SAFETY: the whole mapping made in `ensure`, no longer referenced.
-            unsafe { os::unmap_internal(self.slots.cast(), TABLE_SLOTS * 16) };
+            // SAFETY: the whole mapping made in `ensure` or `grow`, no longer referenced.
+            unsafe { os::unmap_internal(self.slots.cast(), self.bytes()) };
             self.slots = ptr::null_mut();
+            self.bits = 0;
         }
         self.nodes = 0;
         self.last_leaf = 0;
     }
 
+    /// Slots mapped.
+    fn capacity(&self) -> usize {
+        1 << self.bits
+    }
+
+    fn bytes(&self) -> usize {
+        self.capacity() * core::mem::size_of::<Slot>()
+    }
+
+    /// Nodes the mapped slots take before the table must grow or start afresh.
+    fn limit(&self) -> usize {
+        self.capacity() / 4 * 3
+    }
+
     fn ensure(&mut self) -> bool {
         if self.slots.is_null() {
-            self.slots = os::map_internal(TABLE_SLOTS * 16).cast();
+            self.slots = os::map_internal((1 << FIRST_BITS) * core::mem::size_of::<Slot>()).cast();
+            if !self.slots.is_null() {
+                self.bits = FIRST_BITS;
+            }
         }
         !self.slots.is_null()
     }
 
-    fn home(pc: usize, parent: u32) -> usize {
+    /// Moves the nodes to a table large enough for `nodes` (at most [`TABLE_SLOTS`]); false if
+    /// there is none (the table is at its largest, or no memory), and the table is unchanged.
+    fn grow(&mut self, nodes: usize) -> bool {
+        let mut bits = self.bits;
+        while (1usize << bits) / 4 * 3 < nodes && bits < MAX_BITS {
+            bits += 1;
+        }
+        if (1usize << bits) / 4 * 3 < nodes {
+            return false;
+        }
+        let new = os::map_internal((1usize << bits) * core::mem::size_of::<Slot>()).cast::<Slot>();
+        if new.is_null() {
+            return false;
+        }
+        let old = (self.slots, self.bits);
+        self.slots = new;
+        self.bits = bits;
+        self.nodes = 0;
+        for i in 0..1usize << old.1 {
+            // SAFETY: `i` lies within the old mapping, still mapped.
+            let s = unsafe { *old.0.add(i) };
+            if s.id != 0 {
+                self.insert(s.pc as usize, s.parent, s.id);
+            }
+        }
+        // SAFETY: the old mapping, made in `ensure` or an earlier `grow`, no longer referenced.
+        unsafe {
+            os::unmap_internal(
+                old.0.cast(),
+                (1usize << old.1) * core::mem::size_of::<Slot>(),
+            );
+        }
+        true
+    }
+
+    fn home(&self, pc: usize, parent: u32) -> usize {
         let h = (pc as u64 ^ (u64::from(parent) << 40) ^ u64::from(parent))
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> (64 - TABLE_BITS)) as usize
+        (h >> (64 - self.bits)) as usize
     }
 
     fn find(&self, pc: usize, parent: u32) -> Option<u32> {
-        let mut i = Self::home(pc, parent);
+        let mask = self.capacity() - 1;
+        let mut i = self.home(pc, parent);
         loop {
             // SAFETY: `i` is masked into the table; the table is mapped.
             let s = unsafe { *self.slots.add(i) };
@@ -127,16 +189,17 @@ impl StackTable {
             if s.pc == pc as u64 && s.parent == parent {
                 return Some(s.id);
             }
-            i = (i + 1) & (TABLE_SLOTS - 1);
+            i = (i + 1) & mask;
         }
     }
 
     fn insert(&mut self, pc: usize, parent: u32, id: u32) {
-        let mut i = Self::home(pc, parent);
+        let mask = self.capacity() - 1;
+        let mut i = self.home(pc, parent);
         // SAFETY: as in `find`; the table is never full (at most three quarters).
         unsafe {
             while (*self.slots.add(i)).id != 0 {
-                i = (i + 1) & (TABLE_SLOTS - 1);
+                i = (i + 1) & mask;
             }
             self.slots.add(i).write(Slot {
                 pc: pc as u64,
@@ -205,7 +268,7 @@ impl StackTable {
         if new == 0 {
             return parent;
         }
-        if self.nodes + new > TABLE_MAX_NODES {
+        if self.nodes + new > self.limit() && !self.grow(self.nodes + new) {
             self.clear();
             parent = 0;
             known = 0;
@@ -351,6 +414,27 @@ mod tests {
         assert_ne!(again, leaf_of_first, "with a new id");
         let (same, sent) = intern(&mut t, &mut ids, &[0x1000, 0x10], false);
         assert_eq!((same, sent.len()), (again, 0));
+        t.release();
+    }
+
+    #[test]
+    fn the_table_grows_and_keeps_every_node_until_its_largest() {
+        let mut t = StackTable::new();
+        let mut ids = Ids(1);
+        let n = (1 << FIRST_BITS) * 4;
+        let mut leaves = Vec::new();
+        for i in 0..n {
+            let (id, sent) = intern(&mut t, &mut ids, &[0x1000 + i, 0x10], false);
+            assert_eq!(sent.len(), if i == 0 { 2 } else { 1 });
+            leaves.push(id);
+        }
+        assert!(t.bits > FIRST_BITS, "it grew");
+        assert_eq!(t.len(), n + 1);
+        // Every stack interned before the table grew is still known, with its id.
+        for (i, &leaf) in leaves.iter().enumerate() {
+            let (id, sent) = intern(&mut t, &mut ids, &[0x1000 + i, 0x10], false);
+            assert_eq!((id, sent.len()), (leaf, 0));
+        }
         t.release();
     }
 

@@ -8,11 +8,13 @@
 //!   2 Batch   heap u32 | events (32 bytes each, event.rs field order)
 //!   3 End     the process is exiting normally
 //! ```
+//! Each frame carries one [`Message`] (`crate::batch`), the same the in-process path delivers.
 //! A stream that stops without `End` means the process died (the launcher reports how). The
 //! reader treats the stream as untrusted: lengths are capped before anything is allocated.
 
 use std::io::{self, BufRead, Read, Write};
 
+use crate::batch::{Batch, Message};
 use crate::bin::{BIN_LARGE_MAX, block_size};
 use crate::event::{EVENT_SIZE, Event};
 
@@ -32,22 +34,6 @@ pub const PARENT_ENV: &str = "HEAPLENS_LAUNCHER_PID";
 const FRAME_META: u8 = 1;
 const FRAME_BATCH: u8 = 2;
 const FRAME_END: u8 = 3;
-
-/// One decoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// Process metadata (JSON text).
-    Meta(String),
-    /// Events of one heap.
-    Batch {
-        /// Heap id (0: process-level events).
-        heap: u32,
-        /// The events.
-        events: Vec<Event>,
-    },
-    /// The process ended cleanly.
-    End,
-}
 
 /// Why a stream could not be read.
 #[derive(Debug)]
@@ -195,8 +181,9 @@ pub fn read_header(r: &mut impl Read) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Reads the next frame; `Ok(None)` when the stream ends cleanly between frames.
-pub fn read_frame(r: &mut impl BufRead) -> Result<Option<Frame>, WireError> {
+/// Reads the next frame, as the [`Message`] it carries; `Ok(None)` when the stream ends cleanly
+/// between frames.
+pub fn read_frame(r: &mut impl BufRead) -> Result<Option<Message>, WireError> {
     read_frame_reusing(r, None)
 }
 
@@ -205,7 +192,7 @@ pub fn read_frame(r: &mut impl BufRead) -> Result<Option<Frame>, WireError> {
 pub fn read_frame_reusing(
     r: &mut impl BufRead,
     spare: Option<Vec<Event>>,
-) -> Result<Option<Frame>, WireError> {
+) -> Result<Option<Message>, WireError> {
     let mut head = [0u8; 5];
     match read_full(r, &mut head)? {
         0 => return Ok(None),
@@ -232,18 +219,18 @@ pub fn read_frame_reusing(
         let mut heap = [0u8; 4];
         r.read_exact(&mut heap)?;
         let events = read_events(r, (len - 4) / EVENT_SIZE, spare)?;
-        return Ok(Some(Frame::Batch {
+        return Ok(Some(Message::Batch(Batch {
             heap: u32::from_le_bytes(heap),
             events,
-        }));
+        })));
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     match head[0] {
         FRAME_META => String::from_utf8(payload)
-            .map(|s| Some(Frame::Meta(s)))
+            .map(|s| Some(Message::Meta(s)))
             .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
-        FRAME_END => Ok(Some(Frame::End)),
+        FRAME_END => Ok(Some(Message::End)),
         other => Err(WireError::Corrupt(format!("unknown frame type {other}"))),
     }
 }
@@ -466,6 +453,23 @@ pub fn stream_from_env() -> bool {
     let Ok(stream) = UnixStream::connect(&path) else {
         return false;
     };
+    use std::os::fd::AsRawFd;
+    // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
+    // burst over without waiting while heaplens's reader is off the CPU. With the default
+    // (about 200 KiB) the collector of a 2-thread program spent most of its time blocked in
+    // sendmsg on a loaded 2-core machine, and the program waited for it.
+    let sndbuf: libc::c_int = 4 << 20;
+    // SAFETY: the fd is our connected socket; `sndbuf` is a c_int of the size given. Best
+    // effort: a smaller buffer only means more waiting.
+    let _ = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const sndbuf).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     let mut socket = SocketWriter(stream);
     let mut head = Vec::new();
     if write_header(&mut head)
@@ -528,16 +532,16 @@ mod tests {
         read_header(&mut r).unwrap();
         assert_eq!(
             read_frame(&mut r).unwrap(),
-            Some(Frame::Meta("{\"pid\":1}".into()))
+            Some(Message::Meta("{\"pid\":1}".into()))
         );
         assert_eq!(
             read_frame(&mut r).unwrap(),
-            Some(Frame::Batch {
+            Some(Message::Batch(Batch {
                 heap: 7,
                 events: vec![ev, ev]
-            })
+            }))
         );
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Message::End));
         assert_eq!(read_frame(&mut r).unwrap(), None);
     }
 

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use heaplens_alloc::collector::{self, Config, Message};
+use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::collector::{self, Config};
 use heaplens_alloc::event::{Event, EventKind, stack_mode};
 use heaplens_alloc::{HeapLens, StackMode};
 
@@ -38,11 +39,11 @@ fn allocations_through_vec_carry_their_callers_stack() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Message::Batch { heap, events: evs }) => {
+            Ok(Message::Batch(Batch { heap, events: evs })) => {
                 events.extend(evs.into_iter().map(|e| (heap, e)));
             }
             Ok(Message::End) => break,
-            Err(_) => {}
+            Ok(Message::Meta(_)) | Err(_) => {}
         }
     }
     let mode = events

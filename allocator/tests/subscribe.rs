@@ -2,7 +2,8 @@
 //! `Dropped` counts (never silence) when it does not.
 #![allow(unsafe_code)] // the test calls the raw allocator API
 
-use heaplens_alloc::collector::{self, Config, Message};
+use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::collector::{self, Config};
 use heaplens_alloc::event::EventKind;
 
 #[test]
@@ -39,7 +40,7 @@ fn a_slow_subscriber_is_told_how_many_events_it_lost() {
     let mut shut = false;
     while !ended && std::time::Instant::now() < deadline {
         match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok(Message::Batch { heap, events }) => {
+            Ok(Message::Batch(Batch { heap, events })) => {
                 for e in &events {
                     if e.kind == EventKind::Alloc as u8 {
                         allocs_seen += 1;
@@ -51,6 +52,7 @@ fn a_slow_subscriber_is_told_how_many_events_it_lost() {
                 received.push(events.len());
             }
             Ok(Message::End) => ended = true,
+            Ok(Message::Meta(_)) => {}
             Err(_) if !shut => {
                 shut = true;
                 std::thread::spawn(collector::shutdown);

@@ -1,6 +1,9 @@
-//! What recording costs a real program: a C workload (sample-apps/c/alloc_workload.c: 4 threads, 1.6 M
-//! allocations, cross-thread frees) run plain, under `heaplens record`, and under heaptrack
-//! (Debian package `heaptrack`), interleaved; medians and ratios; bytes per event on disk.
+//! What recording costs real C programs, against their plain run and against heaptrack (Debian
+//! package `heaptrack`): allocation-heavy workloads (sample-apps/c/alloc_workload.c and some of
+//! the LD_PRELOAD suite's, allocator/preload/benches/c/), each built with and without frame
+//! pointers, run plain, under `heaplens record` with each stack mode, and under heaptrack,
+//! interleaved; medians and ratios from this one run, with the budgets' verdicts. Each takes
+//! 0.3-0.6 s plain, so that starting a recording (about 20 ms) does not decide the ratios.
 //!
 //! `cargo bench -p heaplens-sample-apps --bench record_overhead [-- --rounds N]`
 
@@ -8,22 +11,131 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn run(cmd: &mut Command) -> f64 {
+/// Runs `cmd`; returns its wall time and its standard error.
+fn run(cmd: &mut Command) -> (f64, String) {
     let t = Instant::now();
     let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.elapsed().as_secs_f64()
+    let secs = t.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed: {err}");
+    (secs, err)
 }
 
+/// The program's own run time that `heaplens record` reports.
+fn program_time(stderr: &str) -> f64 {
+    stderr
+        .split("(the program ran ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no program time in: {stderr}"))
+}
+
+/// A workload: a C file, built twice, and its arguments.
+struct Workload {
+    name: &'static str,
+    source: &'static str,
+    args: &'static [&'static str],
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "alloc_workload 1600000 (4 threads, mixed sizes, cross-thread frees)",
+        source: "sample-apps/c/alloc_workload.c",
+        args: &["1600000"],
+    },
+    Workload {
+        name: "trees 0.4 (binary trees, 1 thread)",
+        source: "allocator/preload/benches/c/trees.c",
+        args: &["0.4"],
+    },
+    Workload {
+        name: "larson 1 (server-like, 4 threads)",
+        source: "allocator/preload/benches/c/larson.c",
+        args: &["1"],
+    },
+    Workload {
+        name: "churn_mt 1 (random sizes, cross-thread frees)",
+        source: "allocator/preload/benches/c/churn_mt.c",
+        args: &["1"],
+    },
+];
+
+/// The runs of one round, in order.
+const RUNS: &[&str] = &[
+    "plain",
+    "record",
+    "record_off",
+    "record_all",
+    "record_all_nofp",
+    "heaptrack",
+    "heaptrack_nofp",
+];
+
+#[derive(Default)]
+struct Figures {
+    /// Command wall time per run kind.
+    wall: std::collections::HashMap<&'static str, Vec<f64>>,
+    /// The program's own time under `heaplens record` per run kind.
+    program: std::collections::HashMap<&'static str, Vec<f64>>,
+    trace_all_bytes: u64,
+    trace_all_events: u64,
+    heaptrack_bytes: u64,
+}
+
+impl Figures {
+    fn wall(&self, k: &str) -> f64 {
+        median(&self.wall[k])
+    }
+    fn program(&self, k: &str) -> f64 {
+        median(&self.program[k])
+    }
+}
+
+fn compile(root: &Path, source: &str, out: &Path, frame_pointers: bool) {
+    let fp = if frame_pointers {
+        "-fno-omit-frame-pointer"
+    } else {
+        "-fomit-frame-pointer"
+    };
+    let ok = Command::new("cc")
+        .args(["-O2", "-g", "-pthread", fp, "-I"])
+        .arg(root.join("allocator/preload/benches/c"))
+        .arg("-o")
+        .arg(out)
+        .arg(root.join(source))
+        .arg("-lm")
+        .status()
+        .expect("cc")
+        .success();
+    assert!(ok, "cc {source}");
+}
+
+/// The file heaptrack wrote for output prefix `prefix` (it adds .zst or .gz).
+fn heaptrack_file(prefix: &Path) -> Option<PathBuf> {
+    let dir = prefix.parent()?;
+    let stem = prefix.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}.")))
+        })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT MET" }
+}
+
+#[allow(clippy::too_many_lines)] // one table, printed in order
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = args
@@ -31,7 +143,7 @@ fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(3);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(env!("CARGO"))
         .args([
@@ -46,76 +158,180 @@ fn main() {
         .status()
         .expect("cargo build");
     assert!(status.success());
-    let target = root.join("target/release");
-    let heaplens = target.join("heaplens");
+    let heaplens = root.join("target/release/heaplens");
     let dir = std::env::temp_dir().join(format!("heaplens-record-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("workload");
-    let cc = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(root.join("sample-apps/c/alloc_workload.c"))
-        .status()
-        .expect("cc");
-    assert!(cc.success());
     let heaptrack = Path::new("/usr/bin/heaptrack").exists();
-    let trace = dir.join("run.hltrace");
-    let (mut plain, mut record, mut ht) = (Vec::new(), Vec::new(), Vec::new());
+    let mut figures: Vec<Figures> = WORKLOADS.iter().map(|_| Figures::default()).collect();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        compile(&root, w.source, &dir.join(format!("w{i}")), true);
+        compile(&root, w.source, &dir.join(format!("w{i}-nofp")), false);
+    }
     for round in 1..=rounds {
-        plain.push(run(&mut Command::new(&exe)));
-        record.push(run(Command::new(&heaplens)
-            .arg("record")
-            .arg("-o")
-            .arg(&trace)
-            .arg("--")
-            .arg(&exe)));
-        if heaptrack {
-            ht.push(run(Command::new("heaptrack")
-                .arg("-o")
-                .arg(dir.join("ht"))
-                .arg(&exe)));
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            let f = &mut figures[i];
+            for &kind in RUNS {
+                if kind.starts_with("heaptrack") && !heaptrack {
+                    continue;
+                }
+                let exe = if kind.ends_with("nofp") {
+                    dir.join(format!("w{i}-nofp"))
+                } else {
+                    dir.join(format!("w{i}"))
+                };
+                let trace = dir.join(format!("{kind}.hltrace"));
+                let ht = dir.join(format!("ht-{kind}-{round}"));
+                let mut cmd = match kind {
+                    "plain" => Command::new(&exe),
+                    k if k.starts_with("record") => {
+                        let stacks = match k {
+                            "record" => "sampled",
+                            "record_off" => "off",
+                            _ => "all",
+                        };
+                        let mut c = Command::new(&heaplens);
+                        c.args(["record", "--stacks", stacks, "-o"])
+                            .arg(&trace)
+                            .arg("--")
+                            .arg(&exe);
+                        c
+                    }
+                    _ => {
+                        let mut c = Command::new("heaptrack");
+                        c.arg("-o").arg(&ht).arg(&exe);
+                        c
+                    }
+                };
+                let (secs, err) = run(cmd.args(w.args));
+                f.wall.entry(kind).or_default().push(secs);
+                if kind.starts_with("record") {
+                    f.program.entry(kind).or_default().push(program_time(&err));
+                }
+                if kind == "record_all" {
+                    f.trace_all_bytes = std::fs::metadata(&trace).map_or(0, |m| m.len());
+                    let out = Command::new(&heaplens)
+                        .args(["stats", "--json"])
+                        .arg(&trace)
+                        .output()
+                        .unwrap();
+                    let stats: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    f.trace_all_events = stats["events"].as_u64().unwrap_or(0);
+                }
+                if kind == "heaptrack"
+                    && let Some(file) = heaptrack_file(&ht)
+                {
+                    f.heaptrack_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
+                }
+                if let Some(file) = heaptrack_file(&ht) {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
         }
         eprintln!("round {round}/{rounds} done");
     }
-    let out = Command::new(&heaplens)
-        .args(["stats", "--json"])
-        .arg(&trace)
-        .output()
-        .unwrap();
-    let stats = String::from_utf8_lossy(&out.stdout);
-    let events: f64 = stats
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("\"events\": "))
-        .and_then(|v| v.trim_end_matches(',').parse().ok())
-        .unwrap_or(0.0);
-    let bytes = std::fs::metadata(&trace).map_or(0, |m| m.len()) as f64;
-    let (p, r) = (median(plain), median(record));
     println!(
-        "record overhead: sample-apps/c/alloc_workload.c (4 threads, 1.6 M mallocs), {rounds} rounds, medians"
+        "record overhead: {} workloads, {rounds} rounds interleaved, medians; times in seconds",
+        WORKLOADS.len()
     );
-    println!("  plain (glibc malloc)     {p:8.3} s");
     println!(
-        "  heaplens record          {:8.3} s   {:.2}x plain",
-        r,
-        r / p
+        "(\"program\" is the program's own run time under `heaplens record`, to its exit; \"command\" is the whole command's, to the finished trace)"
     );
-    if heaptrack {
-        let h = median(ht);
-        println!(
-            "  heaptrack                {:8.3} s   {:.2}x plain",
-            h,
-            h / p
+    println!();
+    println!(
+        "| workload | plain | record: program | command | sampled/off (command) | all (fp) | all (no fp) | heaptrack (fp) | heaptrack (no fp) | heaptrack / record | heaptrack / all (fp) | heaptrack / all (no fp) | trace all / heaptrack file |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut fails: Vec<String> = Vec::new();
+    for (w, f) in WORKLOADS.iter().zip(&figures) {
+        let plain = f.wall("plain");
+        let (prog, cmd) = (f.program("record"), f.wall("record"));
+        let sampled_off = cmd / f.wall("record_off");
+        let (all, all_nofp) = (f.wall("record_all"), f.wall("record_all_nofp"));
+        let mut row = format!(
+            "| {} | {plain:.3} | {prog:.3} ({:.2}x) | {cmd:.3} ({:.2}x) | {sampled_off:.2}x | {all:.3} | {all_nofp:.3} |",
+            w.name,
+            prog / plain,
+            cmd / plain
         );
-        println!(
-            "  heaptrack / heaplens record: {:.1}x (budget: heaplens >= 10x faster)",
-            h / r
+        let check = |fails: &mut Vec<String>, ok: bool, what: String| {
+            if !ok {
+                fails.push(format!("{}: {what}", w.name));
+            }
+        };
+        check(
+            &mut fails,
+            prog / plain <= 2.0,
+            format!(
+                "program under record {:.2}x plain (budget <= 2x)",
+                prog / plain
+            ),
         );
-    } else {
-        println!("  heaptrack: not installed (apt-get install heaptrack)");
+        check(
+            &mut fails,
+            cmd / plain <= 3.0,
+            format!("record command {:.2}x plain (budget <= 3x)", cmd / plain),
+        );
+        check(
+            &mut fails,
+            sampled_off <= 1.1,
+            format!("--stacks sampled {sampled_off:.2}x off (budget <= 1.1x)"),
+        );
+        if heaptrack {
+            let (ht, ht_nofp) = (f.wall("heaptrack"), f.wall("heaptrack_nofp"));
+            let size = f.trace_all_bytes as f64 / f.heaptrack_bytes.max(1) as f64;
+            row += &format!(
+                " {ht:.3} | {ht_nofp:.3} | {:.1}x | {:.1}x | {:.1}x | {size:.2}x ({:.2} bytes/event) |",
+                ht / cmd,
+                ht / all,
+                ht_nofp / all_nofp,
+                f.trace_all_bytes as f64 / f.trace_all_events.max(1) as f64
+            );
+            check(
+                &mut fails,
+                ht / cmd >= 10.0,
+                format!(
+                    "heaptrack only {:.1}x slower than record (budget >= 10x)",
+                    ht / cmd
+                ),
+            );
+            check(
+                &mut fails,
+                ht / all >= 3.0,
+                format!(
+                    "heaptrack only {:.1}x slower than --stacks all with frame pointers (budget >= 3x)",
+                    ht / all
+                ),
+            );
+            check(
+                &mut fails,
+                ht_nofp / all_nofp > 1.0,
+                format!(
+                    "--stacks all without frame pointers not faster than heaptrack ({:.2}x)",
+                    ht_nofp / all_nofp
+                ),
+            );
+            check(
+                &mut fails,
+                size <= 1.0,
+                format!("trace with --stacks all {size:.2}x heaptrack's file (budget <= 1x)"),
+            );
+        } else {
+            row += " - | - | - | - | - | heaptrack not installed |";
+        }
+        println!("{row}");
     }
+    println!();
     println!(
-        "  trace: {events} events, {bytes} bytes, {:.2} bytes/event (budget <= 4)",
-        bytes / events.max(1.0)
+        "budgets: program <= 2x plain, command <= 3x plain, sampled <= 1.1x off, heaptrack >= 10x record, heaptrack >= 3x all (fp), all (no fp) faster than heaptrack, trace (all) <= heaptrack's file"
     );
+    if fails.is_empty() {
+        println!("verdict: every budget met");
+    } else {
+        println!("verdict: {} budgets NOT MET:", fails.len());
+        for f in &fails {
+            println!("  {} {f}", verdict(false));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -485,3 +485,34 @@ fn a_trace_of_another_geometry_is_refused_in_one_sentence_and_one_without_opens(
     assert!(heaplens_viewer::source::Replay::open(&old).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_backlog_that_holds_one_frame_at_a_time_still_loses_nothing_and_the_run_time_is_told() {
+    let dir = tempdir("backlog");
+    let exe = setup(&dir);
+    let trace = dir.join("run.hltrace");
+    // A budget of 0 bytes: the reader queues a frame only once the recorder has taken the last,
+    // so the program waits for the encoder at every frame; nothing may be dropped.
+    let out = heaplens()
+        .args(["record", "--backlog-mib", "0", "-o"])
+        .arg(&trace)
+        .arg("--")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("(the program ran "), "{err}");
+    let s = stats_json(&trace);
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    assert!(
+        (1200..1230).contains(&n("allocs")),
+        "allocs {}",
+        n("allocs")
+    );
+    assert!((1100..1130).contains(&n("frees")), "frees {}", n("frees"));
+    assert_eq!(n("dropped_events"), 0);
+    assert_eq!(n("census_mismatches"), 0);
+    assert_eq!(s["complete"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

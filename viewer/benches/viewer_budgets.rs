@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use heaplens_alloc::batch::Batch;
 use heaplens_alloc::bin::bin_of;
 use heaplens_alloc::event::{Event, EventKind};
 use heaplens_alloc::segment::INFO_SIZE;
@@ -144,10 +145,10 @@ fn frames() {
         if populated {
             let setup = layout.setup();
             let n = setup.len() as u64;
-            tx.send(Feed::Batch {
+            tx.send(Feed::from(Batch {
                 heap: 1,
                 events: setup,
-            })
+            }))
             .unwrap();
             while live.view().applied < n {
                 std::thread::sleep(Duration::from_millis(5));
@@ -177,10 +178,10 @@ fn frames() {
                 };
                 let n = batch.len() as u64;
                 let start = Instant::now();
-                tx.send(Feed::Batch {
+                tx.send(Feed::from(Batch {
                     heap: 1,
                     events: batch,
-                })
+                }))
                 .unwrap();
                 if let Source::Live(l) = h.state().source() {
                     while l.view().applied < applied_before + n {

@@ -14,8 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Scratch, compile_c, preloaded, run};
+use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
-use heaplens_alloc::wire::{self, Frame};
+use heaplens_alloc::wire;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -60,11 +61,11 @@ fn record(scratch: &Scratch, exe: &Path, env: &[(&str, &str)]) -> Vec<(u32, Even
         let mut events = Vec::new();
         while let Some(frame) = wire::read_frame(&mut r).expect("a readable stream") {
             match frame {
-                Frame::Batch { heap, events: evs } => {
+                Message::Batch(Batch { heap, events: evs }) => {
                     events.extend(evs.into_iter().map(|e| (heap, e)));
                 }
-                Frame::End => break,
-                Frame::Meta(_) => {}
+                Message::End => break,
+                Message::Meta(_) => {}
             }
         }
         events

@@ -1,28 +1,36 @@
-//! Live sources: events arrive as [`Feed`] messages over a channel and are applied to the model
-//! on a thread of their own, so a burst never stalls the UI; the UI takes the lock only to draw.
-//! The producer is either the socket of a launched program (the `heaplens` command wires it) or
-//! the collector's in-process subscription.
+//! Live sources: events arrive over a channel and are applied to the model on a thread of their
+//! own, so a burst never stalls the UI; the UI takes the lock only to draw. The producer is
+//! either the socket of a launched program (the `heaplens` command wires it, adding the program's
+//! status) or the collector's in-process subscription, whose channel of
+//! [`Message`]s a [`Live`] reads as it is.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
-use heaplens_alloc::event::Event;
+use heaplens_alloc::batch::{Batch, Message};
 
 use super::{Status, View};
 
-/// A message for a live view.
+/// What a live view reads: the collector's stream, and what the launcher knows besides.
 #[derive(Debug)]
 pub enum Feed {
-    /// Events of one heap, in order (heap 0: process-level).
-    Batch {
-        /// Heap id.
-        heap: u32,
-        /// The events.
-        events: Vec<Event>,
-    },
+    /// From the collector (batches are applied; metadata and the end mark are not needed).
+    Message(Message),
     /// The source's state changed (connected, exited, ended).
     Status(Status),
+}
+
+impl From<Message> for Feed {
+    fn from(m: Message) -> Self {
+        Self::Message(m)
+    }
+}
+
+impl From<Batch> for Feed {
+    fn from(b: Batch) -> Self {
+        Self::Message(Message::Batch(b))
+    }
 }
 
 /// Events applied per hold of the lock: about a millisecond of work, so the UI waits at most
@@ -42,8 +50,9 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    /// Starts applying what arrives on `rx`. When every sender is gone the stream has ended.
-    pub fn start(rx: Receiver<Feed>, what: &str) -> Self {
+    /// Starts applying what arrives on `rx` ([`Feed`]s, or the collector's [`Message`]s
+    /// straight from `collector::subscribe`). When every sender is gone the stream has ended.
+    pub fn start<M: Into<Feed> + Send + 'static>(rx: Receiver<M>, what: &str) -> Self {
         let view = Arc::new(Mutex::new(View::new(Status::Waiting)));
         let shared = Arc::clone(&view);
         let what = what.to_owned();
@@ -65,7 +74,7 @@ impl Live {
     }
 }
 
-fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
+fn ingest<M: Into<Feed>>(rx: &Receiver<M>, view: &Mutex<View>, what: &str) {
     // In a process that watches itself (the demo) the model's own allocations stay out of it.
     heaplens_alloc::hook::set_thread_traced(false);
     view.lock()
@@ -74,8 +83,8 @@ fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
         .set_auto_resync(true);
     let lock = || view.lock().unwrap_or_else(PoisonError::into_inner);
     for msg in rx {
-        match msg {
-            Feed::Batch { heap, events } => {
+        match msg.into() {
+            Feed::Message(Message::Batch(Batch { heap, events })) => {
                 for slice in events.chunks(SLICE) {
                     let mut v = lock();
                     if v.status == Status::Waiting {
@@ -88,6 +97,7 @@ fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
                 }
             }
             Feed::Status(s) => lock().status = s,
+            Feed::Message(Message::Meta(_) | Message::End) => {}
         }
     }
     let mut v = lock();
@@ -101,7 +111,7 @@ fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heaplens_alloc::event::EventKind;
+    use heaplens_alloc::event::{Event, EventKind};
 
     #[test]
     fn events_are_applied_and_the_end_is_reported() {
@@ -113,10 +123,10 @@ mod tests {
             time: t,
             ..Event::default()
         };
-        tx.send(Feed::Batch {
+        tx.send(Feed::from(Batch {
             heap: 1,
             events: vec![mark(10), mark(20)],
-        })
+        }))
         .unwrap();
         tx.send(Feed::Status(Status::Exited(
             crate::trace::ExitStatus::Code(7),

@@ -3,7 +3,8 @@
 //! - [`Replay`]: a trace file, with seeking through keyframes;
 //! - [`Live`]: events arriving over a channel, applied on a thread of their own, from a program
 //!   launched with heaplens preloaded (the socket) or from this very process (the collector's
-//!   in-process subscription). Both reach it as [`Feed`] messages.
+//!   in-process subscription). Both reach it as the collector's
+//!   [`Message`](heaplens_alloc::batch::Message)s.
 //!
 //! No egui here: the UI only reads a `View`.
 

@@ -31,7 +31,7 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         Self {
-            chunk_events: 128 * 1024,
+            chunk_events: 512 * 1024,
             zstd_level: Some(1),
         }
     }
@@ -52,6 +52,10 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     payload: Vec<u8>,
     failed: bool,
+    /// Bytes of Events chunks so far.
+    event_bytes: u64,
+    /// Bytes of the last Keyframe chunk.
+    last_keyframe: u64,
 }
 
 impl TraceWriter<BufWriter<File>> {
@@ -110,6 +114,8 @@ impl<W: Write> TraceWriter<W> {
             compressor,
             payload: Vec::new(),
             failed: false,
+            event_bytes: 0,
+            last_keyframe: 0,
         })
     }
 
@@ -121,6 +127,16 @@ impl<W: Write> TraceWriter<W> {
     /// Bytes in the file so far (not counting events not yet in a chunk).
     pub fn bytes_written(&self) -> u64 {
         self.pos
+    }
+
+    /// Bytes the last keyframe took in the file (header included; 0 before the first).
+    pub fn last_keyframe_bytes(&self) -> u64 {
+        self.last_keyframe
+    }
+
+    /// Bytes per event of the Events chunks written so far (0 before the first).
+    pub fn event_bytes_per_event(&self) -> f64 {
+        self.event_bytes as f64 / self.written_events.max(1) as f64
     }
 
     /// Adds a batch of one heap's events (heap 0: process-level events). A batch may be of any
@@ -283,6 +299,11 @@ impl<W: Write> TraceWriter<W> {
         if kind != ChunkType::Index {
             // Our own chunks always fit the index.
             let _ = self.index.push(self.pos, header);
+        }
+        match kind {
+            ChunkType::Events => self.event_bytes += header.total_len(),
+            ChunkType::Keyframe => self.last_keyframe = header.total_len(),
+            _ => {}
         }
         self.pos += header.total_len();
         Ok(())
