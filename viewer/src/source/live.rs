@@ -85,6 +85,7 @@ fn ingest(rx: &Receiver<Feed>, view: &Mutex<View>, what: &str) {
                     }
                     v.apply_batch(heap, slice);
                     v.backlog = rx.len() as u64;
+                    v.note_lag(heaplens_alloc::os::clock_ns());
                 }
             }
             Feed::Status(s) => lock().status = s,
