@@ -264,7 +264,7 @@ impl Symbolizer {
 
     /// The first `n` functions of site `leaf`'s stack that are the program's own code, leaf
     /// first, each with file:line: `make (util.rs:91), called from run (fragmentation.rs:36)`.
-    /// Falls back to [`Symbolizer::site_name`] when nothing resolves.
+    /// Empty when no function resolves (the program's file is gone or was rebuilt).
     pub fn site_chain(&mut self, sites: &Sites, leaf: u32, n: usize) -> String {
         let mut names = Vec::new();
         'walk: for f in &sites.stack(leaf) {
@@ -281,9 +281,6 @@ impl Symbolizer {
                     break 'walk;
                 }
             }
-        }
-        if names.is_empty() {
-            return self.site_name(sites, leaf);
         }
         names.join(", called from ")
     }

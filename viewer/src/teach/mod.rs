@@ -108,8 +108,8 @@ fn best_page(model: &Model, score: impl Fn(&Page) -> Option<i64>) -> Option<u64>
 /// The allocation sites behind `example` in the model as it is now, in a sentence, when the
 /// recording has stacks: for pinned pages, the code whose survivors pin them; for pages with
 /// `thread_free` blocks, the code that allocated the blocks other threads freed; for abandoned
-/// pages, the code that allocated what the exited threads left. `None` for other examples, or
-/// without stacks.
+/// pages, the code that allocated what the exited threads left. `None` for other examples,
+/// without stacks, or when the recorded program's symbols cannot be read.
 pub fn site_note(example: Example, model: &Model) -> Option<String> {
     let pinned = |p: &Page| p.held() > 0 && p.held() * 5 < i64::from(p.capacity);
     let pages = model.segments_by_address().into_iter().flat_map(|s| {
@@ -141,6 +141,10 @@ pub fn site_note(example: Example, model: &Model) -> Option<String> {
         crate::insights::top_site_with(model, pages.into_iter(), |s, sites, leaf| {
             s.site_chain(sites, leaf, 2)
         })?;
+    if name.is_empty() {
+        // No symbols: the recorded program's file is not where it was, or was rebuilt.
+        return None;
+    }
     Some(format!(
         "{what} {name}: {n:.0} blocks, {} (the most of any site).",
         crate::units::bytes(bytes as u64)
