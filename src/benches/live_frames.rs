@@ -2,8 +2,9 @@
 //! and streams over the socket as under `heaplens run`; its batches reach a live source through
 //! the same bounded channel (dropped and counted when full); the viewer draws frames in
 //! egui_kittest at 60 per second, cycling through the tabs. Printed against the 16 ms frame
-//! budget: frame time p50/p99/max (all frames and per tab), events ingested per second, how far
-//! the view was behind the program (the status line's lag), and events lost.
+//! budget: frame time p50/p99/max (all frames and per tab), the part of it spent waiting for the
+//! ingest thread's slice of the model, events ingested per second, how far the view was behind
+//! the program (the status line's lag), and events lost.
 //!
 //! Programs: `c/live_heavy.c` (a million live blocks, 4 M events/s for 6 s) and an
 //! allocation-heavy Python script (`PYTHONMALLOC=malloc`, so every object is a `malloc`), or the
@@ -164,6 +165,7 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     let mut all = Vec::new();
     let mut per_tab: Vec<Vec<f64>> = vec![Vec::new(); TABS.len()];
     let mut lags = Vec::new();
+    let mut waits = Vec::new();
     let mut peak_live = 0;
     let mut frame = 0usize;
     let (mut first_applied, mut first_at) = (None, started);
@@ -174,6 +176,13 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
             h.get_by_label(TABS[tab]).click();
         }
         let due = Instant::now() + Duration::from_secs_f64(1.0 / 60.0);
+        // The part of a frame spent waiting for the ingest thread's slice: taking the lock as
+        // the frame does, and letting it go at once.
+        if let Source::Live(l) = h.state().source() {
+            let start = Instant::now();
+            drop(l.view());
+            waits.push(start.elapsed().as_secs_f64() * 1e3);
+        }
         let start = Instant::now();
         h.step();
         let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -212,6 +221,14 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     for (name, times) in TABS.iter().zip(per_tab.iter_mut()) {
         println!("  {name:<14} {}", summary(times));
     }
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "  of which waiting for the model's lock (an ingest slice): p50 {:.2} ms, p99 {:.2} ms, \
+         max {:.2} ms",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.last().copied().unwrap_or(0.0)
+    );
     lags.sort_by(f64::total_cmp);
     println!(
         "  behind the program: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
