@@ -420,6 +420,9 @@ fn draw_frame(
     action
 }
 
+/// The longest source description the status line shows whole (hover shows all of it).
+const STATUS_CHARS: usize = 60;
+
 /// Lag from which the status line shows it in colour: the view is visibly behind.
 const FAR_BEHIND_NS: u64 = 100_000_000;
 
@@ -449,8 +452,17 @@ fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
         };
         let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
         ui.painter().circle_filled(dot.center(), 5.0, color);
-        ui.label(view.status.describe())
-            .on_hover_text("What is shown now: connected, waiting, exited, or a replay position");
+        // A long command line would push the rest of the line under the right-hand figure.
+        let status = view.status.describe();
+        let shown = if status.chars().count() > STATUS_CHARS {
+            let cut: String = status.chars().take(STATUS_CHARS - 1).collect();
+            format!("{cut}…")
+        } else {
+            status.clone()
+        };
+        ui.label(shown).on_hover_text(format!(
+            "{status}\nWhat is shown now: connected, waiting, exited, or a replay position"
+        ));
         ui.separator();
         ui.label(format!("{} events", view.applied))
             .on_hover_text("Events applied to the model so far");
