@@ -1,7 +1,8 @@
-//! Tour steps name allocation sites (issue 11, teaching): on a fresh recording of the
-//! fragmentation scenario with `--stacks all`, the step about survivors pinning the pages names
-//! the function that allocated them and its caller, as the symboliser resolves them from the
-//! scenario's binary.
+//! Tour steps name allocation sites (issue 11, teaching): on fresh recordings of the scenarios
+//! with `--stacks all`, the fragmentation step about survivors pinning the pages names the
+//! function that allocated them and its caller, and the thread-churn step about abandoned pages
+//! the code behind what the exited threads left, as the symboliser resolves them from the
+//! scenarios' binaries.
 
 mod common;
 
@@ -79,13 +80,36 @@ fn the_fragmentation_tour_names_the_function_whose_survivors_pin_the_pages() {
 
 #[test]
 fn a_recording_without_stacks_names_no_site() {
-    let path = heaplens_viewer::teach::trace_file("producer-consumer").unwrap();
+    // The built-in server recording was made without stacks.
+    let path = heaplens_viewer::teach::trace_file("server").unwrap();
     let mut r = Replay::open(&path).unwrap();
-    if r.view().model.sites().is_on() {
-        return; // the built-in recording has stacks: nothing to check here
+    assert!(!r.view().model.sites().is_on());
+    let t = tour("server").unwrap();
+    for step in t.steps {
+        let m = learn::step_marker(r.markers(), step.marker)
+            .unwrap()
+            .clone();
+        r.seek_marker(&m).unwrap();
+        for example in [Example::PinnedPage, Example::AbandonedPage] {
+            assert_eq!(site_note(example, &r.view().model), None);
+        }
     }
-    assert_eq!(
-        note_at_step(&mut r, "producer-consumer", Example::ThreadFreePage),
-        None
+}
+
+#[test]
+fn the_thread_churn_tour_names_the_code_behind_what_exited_threads_left() {
+    let dir = tempdir("tour-sites-churn");
+    let mut r = recorded("thread-churn", &dir);
+    let note = note_at_step(&mut r, "thread-churn", Example::AbandonedPage)
+        .expect("the step names a site");
+    // Each short-lived thread's closure in thread_churn.rs hands its survivors to the shared
+    // list through util.rs's `make`.
+    assert!(
+        note.starts_with(
+            "What the exited threads left on their pages was allocated by make (util.rs:"
+        ),
+        "{note}"
     );
+    assert!(note.contains("(thread_churn.rs:"), "{note}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

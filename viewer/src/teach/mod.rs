@@ -106,9 +106,9 @@ fn best_page(model: &Model, score: impl Fn(&Page) -> Option<i64>) -> Option<u64>
 }
 
 /// The allocation sites behind `example` in the model as it is now, in a sentence, when the
-/// recording has stacks: for pinned pages, the code whose survivors pin them; for pages with
-/// `thread_free` blocks, the code that allocated the blocks other threads freed; for abandoned
-/// pages, the code that allocated what the exited threads left. `None` for other examples,
+/// recording has stacks: for pinned pages, the code whose survivors pin them; for abandoned
+/// pages, the code that allocated what the exited threads left. (Blocks on free lists have no
+/// site: the model keeps sites of live blocks only.) `None` for other examples,
 /// without stacks, or when the recorded program's symbols cannot be read.
 pub fn site_note(example: Example, model: &Model) -> Option<String> {
     let pinned = |p: &Page| p.held() > 0 && p.held() * 5 < i64::from(p.capacity);
@@ -123,13 +123,6 @@ pub fn site_note(example: Example, model: &Model) -> Option<String> {
         Example::PinnedPage => (
             "The survivors pinning these pages were allocated by",
             pages.filter(|(_, p)| pinned(p)).map(|(_, p)| p).collect(),
-        ),
-        Example::ThreadFreePage => (
-            "The blocks other threads freed onto thread_free were allocated by",
-            pages
-                .filter(|(_, p)| p.thread_free > 0)
-                .map(|(_, p)| p)
-                .collect(),
         ),
         Example::AbandonedPage => (
             "What the exited threads left on their pages was allocated by",
