@@ -455,6 +455,16 @@ impl<'a> Collector<'a> {
     /// Reports the stack mode and the loaded modules, then lets threads report stacks: the
     /// mode and modules come first in the trace (the clock moves on a tick between).
     fn start_stacks(&mut self) {
+        // The trace's clock against the machine's: event time `t` is CLOCK_MONOTONIC `t0 + t`,
+        // so a viewer on the same machine can tell how far behind the program it is.
+        self.scratch.push(
+            schema::ClockSync {
+                monotonic_ns: self.t0 + hook::now(),
+                flags: 0,
+            }
+            .into_event()
+            .at(hook::now()),
+        );
         let mode = crate::sample::stack_mode();
         let interval = match mode {
             crate::sample::StackMode::Sampled => crate::sample::sample_interval() as u64,

@@ -152,13 +152,19 @@ pub(crate) fn recommit(size: usize) {
 
 /// Monotonic time in milliseconds (vDSO; no system call, no allocation).
 pub fn clock_ms() -> u64 {
+    clock_ns() / 1_000_000
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (vDSO; no system call, no allocation): the clock a trace's
+/// `ClockSync` event refers to.
+pub fn clock_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec.cast_unsigned() * 1000 + ts.tv_nsec.cast_unsigned() / 1_000_000
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
 #[cfg(test)]

@@ -33,6 +33,13 @@ pub fn c_workload() -> Option<&'static str> {
     option_env!("HEAPLENS_C_WORKLOAD")
 }
 
+/// The live-viewing workload (`c/live_heavy.c`, built like [`c_workload`]): a million live
+/// blocks replaced at a steady rate (arguments: live blocks, seconds, events per second). None if
+/// no C compiler was found.
+pub fn c_live_heavy() -> Option<&'static str> {
+    option_env!("HEAPLENS_C_LIVE_HEAVY")
+}
+
 /// One scenario.
 pub struct Scenario {
     /// Short name, also the binary's name: `"fragmentation"`, `"producer-consumer"`, ...

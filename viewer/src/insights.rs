@@ -25,6 +25,15 @@ fn top_site<'a>(
     model: &Model,
     pages: impl Iterator<Item = &'a Page>,
 ) -> Option<(String, f64, f64)> {
+    top_site_with(model, pages, Symbolizer::site_name)
+}
+
+/// [`top_site`] with the name made by `name` (a chain of callers, say).
+pub(crate) fn top_site_with<'a>(
+    model: &Model,
+    pages: impl Iterator<Item = &'a Page>,
+    name: impl FnOnce(&mut Symbolizer, &crate::model::Sites, u32) -> String,
+) -> Option<(String, f64, f64)> {
     let sites = model.sites();
     if !sites.is_on() {
         return None;
@@ -43,7 +52,7 @@ fn top_site<'a>(
     let (leaf, (n, bytes)) = by
         .into_iter()
         .max_by(|a, b| a.1.1.total_cmp(&b.1.1).then(b.0.cmp(&a.0)))?;
-    let name = SYMBOLS.with(|s| s.borrow_mut().site_name(sites, leaf));
+    let name = SYMBOLS.with(|s| name(&mut s.borrow_mut(), sites, leaf));
     Some((name, n, bytes))
 }
 

@@ -103,12 +103,31 @@ fn sampled_stacks_estimate_the_live_bytes() {
     assert!(err < 0.25, "estimate {estimate:.0}, truth {truth}");
 }
 
-/// The events of a recorded scenario.
+/// The events of a recorded scenario, without the stacks and modules it may have been recorded
+/// with (the tests give their own).
 fn recorded(scenario: &str) -> Vec<(u32, heaplens_alloc::event::Event)> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../assets/traces/{scenario}.hltrace"));
     let mut r = heaplens_viewer::trace::TraceReader::open(&path).unwrap();
-    r.events().map(Result::unwrap).collect()
+    let stacks = [
+        EventKind::StackFrame,
+        EventKind::StackMode,
+        EventKind::Module,
+        EventKind::ModuleRange,
+        EventKind::ModuleText,
+        EventKind::ModuleGone,
+    ]
+    .map(|k| k as u8);
+    r.events()
+        .map(Result::unwrap)
+        .filter(|(_, e)| !stacks.contains(&e.kind))
+        .map(|(heap, mut e)| {
+            if e.kind == EventKind::Alloc as u8 {
+                e.arg32 = 0;
+            }
+            (heap, e)
+        })
+        .collect()
 }
 
 /// `events` with stacks added: the allocations whose blocks are live after the first `at`

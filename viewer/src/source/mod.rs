@@ -89,6 +89,10 @@ pub struct View {
     pub applied: u64,
     /// Events received but not applied yet (live: the channel's backlog).
     pub backlog: u64,
+    /// Live: how far the model was behind the program when it last took events, in ns: the
+    /// machine's clock then, less the program's clock at the latest event applied (through the
+    /// trace's `ClockSync`). `None` until the stream says how its clock relates to the machine's.
+    pub behind_ns: Option<u64>,
 }
 
 impl View {
@@ -100,6 +104,7 @@ impl View {
             status,
             applied: 0,
             backlog: 0,
+            behind_ns: None,
         }
     }
 
@@ -108,5 +113,14 @@ impl View {
         self.model.apply_batch(heap, events);
         self.recent.push_batch(heap, events);
         self.applied += events.len() as u64;
+    }
+
+    /// Notes how far the model is behind the program at `now_ns` (`CLOCK_MONOTONIC`), when the
+    /// stream carried a `ClockSync`: live sources call it as they apply events.
+    pub fn note_lag(&mut self, now_ns: u64) {
+        self.behind_ns = self.model.clock_sync().map(|(trace, monotonic)| {
+            let program = monotonic.saturating_add(self.model.time().saturating_sub(trace));
+            now_ns.saturating_sub(program)
+        });
     }
 }

@@ -262,6 +262,29 @@ impl Symbolizer {
         self.frame(sites, first.pc).to_string()
     }
 
+    /// The first `n` functions of site `leaf`'s stack that are the program's own code, leaf
+    /// first, each with file:line: `make (util.rs:91), called from run (fragmentation.rs:36)`.
+    /// Empty when no function resolves (the program's file is gone or was rebuilt).
+    pub fn site_chain(&mut self, sites: &Sites, leaf: u32, n: usize) -> String {
+        let mut names = Vec::new();
+        'walk: for f in &sites.stack(leaf) {
+            let loc = self.frame(sites, f.pc);
+            for fr in loc.frames.iter().filter(|fr| fr.function.is_some()) {
+                if is_allocation_plumbing(fr) {
+                    continue;
+                }
+                names.push(match fr.file_line() {
+                    Some(fl) => format!("{} ({fl})", fr.name()),
+                    None => fr.name().to_owned(),
+                });
+                if names.len() == n {
+                    break 'walk;
+                }
+            }
+        }
+        names.join(", called from ")
+    }
+
     /// The stack of site `leaf`, one line per function (inlined ones too), leaf first; the
     /// last line says when the walk was cut short.
     pub fn stack_lines(&mut self, sites: &Sites, leaf: u32) -> Vec<String> {

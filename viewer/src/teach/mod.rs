@@ -105,6 +105,45 @@ fn best_page(model: &Model, score: impl Fn(&Page) -> Option<i64>) -> Option<u64>
     best.map(|(_, start)| start)
 }
 
+/// The allocation sites behind `example` in the model as it is now, in a sentence, when the
+/// recording has stacks: for pinned pages, the code whose survivors pin them; for abandoned
+/// pages, the code that allocated what the exited threads left. (Blocks on free lists have no
+/// site: the model keeps sites of live blocks only.) `None` for other examples,
+/// without stacks, or when the recorded program's symbols cannot be read.
+pub fn site_note(example: Example, model: &Model) -> Option<String> {
+    let pinned = |p: &Page| p.held() > 0 && p.held() * 5 < i64::from(p.capacity);
+    let pages = model.segments_by_address().into_iter().flat_map(|s| {
+        let abandoned = s.abandoned;
+        s.pages
+            .iter()
+            .filter(|p| p.in_use)
+            .map(move |p| (abandoned, p))
+    });
+    let (what, pages): (&str, Vec<&Page>) = match example {
+        Example::PinnedPage => (
+            "The survivors pinning these pages were allocated by",
+            pages.filter(|(_, p)| pinned(p)).map(|(_, p)| p).collect(),
+        ),
+        Example::AbandonedPage => (
+            "What the exited threads left on their pages was allocated by",
+            pages.filter(|(a, _)| *a).map(|(_, p)| p).collect(),
+        ),
+        _ => return None,
+    };
+    let (name, n, bytes) =
+        crate::insights::top_site_with(model, pages.into_iter(), |s, sites, leaf| {
+            s.site_chain(sites, leaf, 2)
+        })?;
+    if name.is_empty() {
+        // No symbols: the recorded program's file is not where it was, or was rebuilt.
+        return None;
+    }
+    Some(format!(
+        "{what} {name}: {n:.0} blocks, {} (the most of any site).",
+        crate::units::bytes(bytes as u64)
+    ))
+}
+
 /// Finds `example` in the model as it is now.
 pub fn resolve(example: Example, model: &Model) -> Selection {
     use heaplens_alloc::bin::PageKind;

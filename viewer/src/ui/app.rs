@@ -420,6 +420,28 @@ fn draw_frame(
     action
 }
 
+/// The longest source description the status line shows whole (hover shows all of it).
+const STATUS_CHARS: usize = 60;
+
+/// Lag from which the status line shows it in colour: the view is visibly behind.
+const FAR_BEHIND_NS: u64 = 100_000_000;
+
+/// The status line's lag: "12 ms behind", with the batches queued when there are any; `None`
+/// when the source says nothing of it (a replay, a stream without a `ClockSync`, an ended one).
+pub fn lag_text(view: &View) -> Option<String> {
+    if !matches!(view.status, Status::Connected { .. }) {
+        return None;
+    }
+    let behind = view
+        .behind_ns
+        .map(|ns| format!("{} ms behind", ns / 1_000_000));
+    let queued = (view.backlog > 0).then(|| format!("{} batches queued", view.backlog));
+    match (behind, queued) {
+        (Some(b), Some(q)) => Some(format!("{b}, {q}")),
+        (b, q) => b.or(q),
+    }
+}
+
 fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
     ui.horizontal(|ui| {
         let color = match view.status {
@@ -430,15 +452,34 @@ fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
         };
         let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
         ui.painter().circle_filled(dot.center(), 5.0, color);
-        ui.label(view.status.describe())
-            .on_hover_text("What is shown now: connected, waiting, exited, or a replay position");
+        // A long command line would push the rest of the line under the right-hand figure.
+        let status = view.status.describe();
+        let shown = if status.chars().count() > STATUS_CHARS {
+            let cut: String = status.chars().take(STATUS_CHARS - 1).collect();
+            format!("{cut}…")
+        } else {
+            status.clone()
+        };
+        ui.label(shown).on_hover_text(format!(
+            "{status}\nWhat is shown now: connected, waiting, exited, or a replay position"
+        ));
         ui.separator();
         ui.label(format!("{} events", view.applied))
             .on_hover_text("Events applied to the model so far");
-        if view.backlog > 0 {
+        if let Some(text) = lag_text(view) {
             ui.separator();
-            ui.label(format!("{} batches waiting", view.backlog))
-                .on_hover_text("Received but not applied yet: the viewer is catching up");
+            let behind = view.behind_ns.is_some_and(|ns| ns >= FAR_BEHIND_NS) || view.backlog > 0;
+            let text = if behind {
+                RichText::new(text).color(Color32::from_rgb(0xe0, 0x8a, 0x3c))
+            } else {
+                RichText::new(text)
+            };
+            ui.label(text).on_hover_text(
+                "How far the view is behind the program: the program's clock at the last event \
+                 shown, against the clock now when the model took it; and the batches received \
+                 but not applied yet. While it is behind, the model catches up; when the viewer \
+                 cannot keep up, batches are dropped for the view only and counted as lost",
+            );
         }
         let totals = view.model.totals();
         if totals.dropped > 0 {

@@ -2,9 +2,12 @@
 //! right marker and highlight the structure involved), tours of the other scenarios, the
 //! glossary with a live example per term, and the insights computed from the model.
 
+use std::cell::RefCell;
+
 use eframe::egui::{self, RichText};
 
 use crate::insights::{self, Target};
+use crate::model::Model;
 use crate::source::View;
 use crate::teach::{self, Example, GLOSSARY, Place, TOURS, Tour};
 
@@ -52,7 +55,7 @@ pub fn draw(
                 ui.separator();
             }
             if let Some(t) = tour {
-                tour_steps(ui, t, &mut action);
+                tour_steps(ui, t, view, &mut action);
             } else {
                 ui.label(
                     RichText::new("Open a scenario's recording to take its guided tour:").weak(),
@@ -118,7 +121,7 @@ pub fn draw(
     action
 }
 
-fn tour_steps(ui: &mut egui::Ui, t: TourState, action: &mut Option<Action>) {
+fn tour_steps(ui: &mut egui::Ui, t: TourState, view: &View, action: &mut Option<Action>) {
     ui.label(RichText::new(t.tour.title).strong());
     let n = t.tour.steps.len();
     match t.step {
@@ -134,6 +137,10 @@ fn tour_steps(ui: &mut egui::Ui, t: TourState, action: &mut Option<Action>) {
             let step = &t.tour.steps[i];
             ui.label(RichText::new(format!("Step {} of {n}: {}", i + 1, step.title)).size(16.0));
             ui.label(step.text);
+            if let Some(note) = step_site_note(i, step.example, &view.model) {
+                ui.label(RichText::new(note).italics())
+                    .on_hover_text("From the recording's stacks: the Sites tab has them all");
+            }
             ui.horizontal(|ui| {
                 if i > 0 && ui.button("Previous step").clicked() {
                     *action = Some(Action::Step(i - 1));
@@ -232,4 +239,27 @@ fn cached_insights(ui: &egui::Ui, view: &View, exited: bool) -> Vec<insights::In
         );
     });
     found
+}
+
+/// A step's site note for one model state: `((step, events applied), note)`.
+type NoteCache = Option<((usize, u64), Option<String>)>;
+
+/// The step's [`teach::site_note`], computed once per step and model state (it reads the live
+/// blocks of many pages and resolves symbols).
+fn step_site_note(step: usize, example: Example, model: &Model) -> Option<String> {
+    thread_local! {
+        static NOTE: RefCell<NoteCache> = const { RefCell::new(None) };
+    }
+    let key = (step, model.totals().events);
+    NOTE.with(|n| {
+        let mut n = n.borrow_mut();
+        if let Some((k, note)) = n.as_ref()
+            && *k == key
+        {
+            return note.clone();
+        }
+        let note = crate::teach::site_note(example, model);
+        *n = Some((key, note.clone()));
+        note
+    })
 }

@@ -147,11 +147,13 @@ fn tiles(
         if !p.in_use {
             continue;
         }
-        let label = format!("page {} in {}", p.index, names.segment(seg.base));
+        // The label is made only when asked for (hover, accessibility): a frame shows
+        // thousands of tiles.
+        let label = || format!("page {} in {}", p.index, names.segment(seg.base));
         let resp = ui
             .interact(r, ui.scope_id().with((seg.base, i)), Sense::click())
-            .on_hover_ui(|ui| page_summary(ui, model, p, &label));
-        resp.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, label.clone()));
+            .on_hover_ui(|ui| page_summary(ui, model, p, &label()));
+        resp.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, label()));
         if resp.clicked() {
             state.selected_page = Some(p.start);
         }

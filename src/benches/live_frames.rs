@@ -1,0 +1,290 @@
+//! `heaplens run` on real programs, headless: the program runs with `libheaplens.so` preloaded
+//! and streams over the socket as under `heaplens run`; its batches reach a live source through
+//! the same bounded channel (dropped and counted when full); the viewer draws frames in
+//! egui_kittest at 60 per second, cycling through the tabs. Printed against the 16 ms frame
+//! budget: frame time p50/p99/max (all frames and per tab), the part of it spent waiting for the
+//! ingest thread's slice of the model, events ingested per second, how far the view was behind
+//! the program (the status line's lag), and events lost.
+//!
+//! Programs: `c/live_heavy.c` (a million live blocks, 4 M events/s for 6 s) and an
+//! allocation-heavy Python script (`PYTHONMALLOC=malloc`, so every object is a `malloc`), or the
+//! command in `HEAPLENS_BENCH_LIVE_CMD` (split at spaces).
+//!
+//! `cargo bench -p heaplens --bench live_frames` (needs `cargo build --release -p
+//! heaplens-preload` first for `libheaplens.so`).
+
+#[path = "../backlog.rs"]
+#[allow(dead_code)]
+mod backlog;
+#[path = "../launch.rs"]
+#[allow(dead_code)]
+mod launch;
+#[path = "../quiet.rs"]
+#[allow(dead_code)]
+mod quiet;
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use heaplens_alloc::event::{Event, EventKind, drop_reason};
+use heaplens_alloc::batch::{Batch, Message};
+use heaplens_viewer::source::{Feed, Live, Status};
+use heaplens_viewer::ui::{App, Source, WINDOW_SIZE};
+
+const FRAME_BUDGET_MS: f64 = 16.0;
+/// Frames per tab before the next.
+const FRAMES_PER_TAB: usize = 30;
+/// Batches the viewer may fall behind by (as `heaplens run`).
+const VIEWER_BACKLOG: usize = 1024;
+const TABS: [&str; 6] = [
+    "Overview",
+    "Segment map",
+    "Heaps",
+    "Free lists",
+    "Events",
+    "Sites",
+];
+
+const PYTHON: &str = r"
+import random, time
+random.seed(7)
+live = [(i, str(i)) for i in range(500000)]
+end = time.monotonic() + 6
+n = 0
+while time.monotonic() < end:
+    for _ in range(20000):
+        k = random.randrange(len(live))
+        live[k] = (k, str(k))
+    n += 20000
+print(n)
+";
+
+/// The viewer's side of the stream, as `heaplens run` has it: never blocks; what does not fit
+/// is counted and reported with a `Dropped` event.
+fn tap(tx: &Sender<Feed>, missed: &mut u64, heap: u32, events: Vec<Event>) {
+    if *missed > 0 {
+        let note = Event {
+            kind: EventKind::Dropped as u8,
+            aux: drop_reason::SUBSCRIBER,
+            arg: *missed,
+            time: events.first().map_or(0, |e| e.time),
+            ..Event::default()
+        };
+        match tx.try_send(Feed::from(Batch {
+            heap: 0,
+            events: vec![note],
+        })) {
+            Ok(()) => *missed = 0,
+            Err(_) => {
+                *missed += events.len() as u64;
+                return;
+            }
+        }
+    }
+    let n = events.len() as u64;
+    if let Err(TrySendError::Full(_)) = tx.try_send(Feed::from(Batch { heap, events })) {
+        *missed += n;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(times: &mut [f64]) -> String {
+    times.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(times, 0.5),
+        percentile(times, 0.99),
+        times.last().copied().unwrap_or(0.0),
+    );
+    format!(
+        "p50 {p50:5.2} ms, p99 {p99:6.2} ms, max {max:6.2} ms ({} frames) -> p99 {:.2} of the \
+         {FRAME_BUDGET_MS} ms budget",
+        times.len(),
+        p99 / FRAME_BUDGET_MS
+    )
+}
+
+fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
+    println!("{name}: {}", command_line(command));
+    let launched = match launch::launch(command, Duration::from_secs(30), env, launch::BACKLOG_BYTES) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  cannot start it: {e}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let (tx, rx) = bounded(VIEWER_BACKLOG);
+    let live = Live::start(rx, name);
+    let frames = launched.frames;
+    let mut child = launched.child;
+    let pump = std::thread::spawn(move || {
+        let mut missed = 0;
+        let mut events = 0u64;
+        for item in &frames {
+            match item {
+                launch::StreamItem::Message(Message::Batch(Batch { heap, events: e })) => {
+                    events += e.len() as u64;
+                    tap(&tx, &mut missed, heap, e);
+                }
+                launch::StreamItem::Closed(_) => break,
+                _ => {}
+            }
+        }
+        let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+        let _ = tx.send(Feed::Status(Status::Exited(
+            heaplens_viewer::trace::ExitStatus::Code(status),
+        )));
+        events
+    });
+    let mut h = Harness::builder()
+        .with_size(WINDOW_SIZE)
+        .build_eframe(|_| App::new(Source::Live(live), name));
+    let live_of = |h: &Harness<'_, App>| -> (u64, Option<u64>, u64, u64, bool) {
+        match h.state().source() {
+            Source::Live(l) => {
+                let v = l.view();
+                let exited = matches!(v.status, Status::Exited(_) | Status::Ended(_));
+                (
+                    v.applied,
+                    v.behind_ns,
+                    v.model.totals().dropped,
+                    v.model.current().live_blocks,
+                    exited && l.is_finished(),
+                )
+            }
+            Source::Replay(_) => (0, None, 0, 0, true),
+        }
+    };
+    let mut all = Vec::new();
+    let mut per_tab: Vec<Vec<f64>> = vec![Vec::new(); TABS.len()];
+    let mut lags = Vec::new();
+    let mut waits = Vec::new();
+    let mut peak_live = 0;
+    let mut frame = 0usize;
+    let (mut first_applied, mut first_at) = (None, started);
+    let mut last = (0u64, started);
+    loop {
+        let tab = (frame / FRAMES_PER_TAB) % TABS.len();
+        if frame.is_multiple_of(FRAMES_PER_TAB) {
+            h.get_by_label(TABS[tab]).click();
+        }
+        let due = Instant::now() + Duration::from_secs_f64(1.0 / 60.0);
+        // The part of a frame spent waiting for the ingest thread's slice: taking the lock as
+        // the frame does, and letting it go at once.
+        if let Source::Live(l) = h.state().source() {
+            let start = Instant::now();
+            drop(l.view());
+            waits.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let start = Instant::now();
+        h.step();
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        frame += 1;
+        let (applied, behind, _, live_blocks, done) = live_of(&h);
+        peak_live = peak_live.max(live_blocks);
+        if applied > 0 {
+            all.push(ms);
+            per_tab[tab].push(ms);
+            if let Some(ns) = behind {
+                lags.push(ns as f64 / 1e6);
+            }
+            if first_applied.is_none() {
+                first_applied = Some(applied);
+                first_at = Instant::now();
+            }
+            if applied > last.0 {
+                last = (applied, Instant::now());
+            }
+        }
+        if done || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    let sent = pump.join().unwrap_or(0);
+    let (applied, _, dropped, _, _) = live_of(&h);
+    let span = last.1.duration_since(first_at).as_secs_f64().max(1e-3);
+    let rate = (last.0 - first_applied.unwrap_or(0)) as f64 / span;
+    println!(
+        "  program streamed {sent} events; the view applied {applied} ({:.2} M events/s while it \
+         ran), lost {dropped}; up to {peak_live} live blocks",
+        rate / 1e6
+    );
+    println!("  all tabs       {}", summary(&mut all));
+    for (name, times) in TABS.iter().zip(per_tab.iter_mut()) {
+        println!("  {name:<14} {}", summary(times));
+    }
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "  of which waiting for the model's lock (an ingest slice): p50 {:.2} ms, p99 {:.2} ms, \
+         max {:.2} ms",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.last().copied().unwrap_or(0.0)
+    );
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "  behind the program: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(0.0)
+    );
+}
+
+fn command_line(c: &[OsString]) -> String {
+    c.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() {
+    if std::env::var_os("HEAPLENS_PRELOAD").is_none() {
+        // The benchmark runs from target/release/deps; the library is one level up.
+        let lib = std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("libheaplens.so")));
+        if let Some(lib) = lib.filter(|l| l.is_file()) {
+            // SAFETY: no other thread exists yet.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var("HEAPLENS_PRELOAD", lib);
+            }
+        } else {
+            println!("libheaplens.so not found: cargo build --release -p heaplens-preload");
+            return;
+        }
+    }
+    if let Ok(cmd) = std::env::var("HEAPLENS_BENCH_LIVE_CMD") {
+        let command: Vec<OsString> = cmd.split_whitespace().map(OsString::from).collect();
+        watch("command", &command, &[]);
+        return;
+    }
+    match heaplens_sample_apps::c_live_heavy() {
+        Some(exe) => watch(
+            "c/live_heavy.c",
+            &[exe.into(), "1000000".into(), "6".into(), "4000000".into()],
+            &[],
+        ),
+        None => println!("c/live_heavy.c was not built (no C compiler)"),
+    }
+    let script = std::env::temp_dir().join(format!("heaplens-live-{}.py", std::process::id()));
+    if std::fs::write(&script, PYTHON).is_ok() {
+        watch(
+            "python3",
+            &["python3".into(), script.clone().into()],
+            &[("PYTHONMALLOC", "malloc".to_owned())],
+        );
+        let _ = std::fs::remove_file(&script);
+    }
+}
