@@ -7,8 +7,10 @@
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 //! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
+//! - `heaplens export FILE --format parquet -o DIR`: the trace as tables for SQL engines.
 
 mod demo;
+mod export;
 mod keyframes;
 mod launch;
 mod leaks;
@@ -111,6 +113,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a trace in a format other tools read.
+    Export {
+        /// The trace file.
+        file: PathBuf,
+        /// The format.
+        #[arg(long, value_enum)]
+        format: export::Format,
+        /// Where to write (parquet: the root folder of the partitioned tables).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +152,11 @@ fn main() -> ExitCode {
         } => record::run(&output, &target.command, &stacks),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
         Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
+        Cmd::Export {
+            file,
+            format,
+            output,
+        } => export::run(&file, format, &output).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

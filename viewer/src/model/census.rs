@@ -59,7 +59,7 @@ pub struct CensusPage {
 
 impl CensusPage {
     /// A page from its `CensusPage` event (block size, capacity, bin, kind).
-    fn first_half(ev: &Event) -> Self {
+    pub fn first_half(ev: &Event) -> Self {
         Self {
             start: ev.addr,
             block_size: ev.arg,
@@ -71,7 +71,7 @@ impl CensusPage {
     }
 
     /// The page completed by its `CensusPage2` event (owner, list counts, full flag).
-    fn with_second_half(mut self, ev: &Event) -> Self {
+    pub fn with_second_half(mut self, ev: &Event) -> Self {
         self.owner = u32::try_from(ev.addr).unwrap_or(u32::MAX);
         self.used = ev.arg as u32;
         self.local_free = (ev.arg >> 32) as u32;
