@@ -53,8 +53,10 @@ live = rows(f"""SELECT pid, sum(size), count(*) FROM {t('blocks')}
                 WHERE free_time IS NULL GROUP BY pid""")
 events = rows(f"SELECT pid, count(*) FROM {t('events')} GROUP BY pid")
 hosts = rows(f"SELECT DISTINCT host FROM {t('process')}")
-top = rows(f"""SELECT s.site, count(DISTINCT b.host || '/' || b.pid) AS processes,
-                      sum(b.size) AS live_bytes, count(*) AS live_blocks
+# README's query ("Profiling a fleet").
+top = rows(f"""SELECT s.site, count(DISTINCT (b.host, b.pid)) AS processes,
+                      round(sum(b.size * b.site_weight)) AS live_bytes,
+                      round(sum(b.site_weight)) AS live_blocks
                FROM {t('blocks')} b JOIN {t('sites')} s USING (host, pid, site_id)
                WHERE b.free_time IS NULL
                GROUP BY s.site ORDER BY live_bytes DESC LIMIT 5""")
@@ -65,7 +67,7 @@ print(json.dumps({
     "live": {str(p): [int(b), n] for p, b, n in live},
     "events": {str(p): n for p, n in events},
     "hosts": [h for (h,) in hosts],
-    "top": [[s, p, int(b), n] for s, p, b, n in top],
+    "top": [[s, p, int(b), int(n)] for s, p, b, n in top],
     "frames": frames,
 }))
 "#;

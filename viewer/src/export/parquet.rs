@@ -212,7 +212,7 @@ pub fn write(trace: &Path, out_root: &Path, opts: &Options) -> Result<Summary, E
     let kinds: Vec<ByteArray> = (0..=u8::MAX)
         .map(|k| {
             let name = EventKind::from_u8(k).map_or("unknown", EventKind::name);
-            ByteArray::from(name.as_bytes().to_vec())
+            ByteArray::from(bytes::Bytes::from_static(name.as_bytes()))
         })
         .collect();
     let mut model = Model::new();

@@ -7,12 +7,12 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use parquet::schema::types::SchemaDescriptor;
+use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use super::Error;
 
@@ -63,15 +63,28 @@ pub struct Table {
     total: u64,
 }
 
-/// Writer properties: zstd at `level`, page statistics (the default) for predicate pushdown.
+/// Columns that count up (event numbers, times): delta-coded, no dictionary.
+const ASCENDING: [&str; 2] = ["event", "time"];
+/// Columns of nearly unique values (arguments, page addresses): no dictionary to fill only
+/// to give it up.
+const SCATTERED: [&str; 2] = ["arg", "page"];
+
+/// Writer properties: zstd at `level`, page statistics (the default) for predicate pushdown,
+/// dictionaries for the columns of few values (kinds, threads, bins, sizes, sites).
 pub fn properties(level: i32) -> Result<Arc<WriterProperties>, Error> {
     let level = ZstdLevel::try_new(level).map_err(Error::Parquet)?;
-    Ok(Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_created_by(format!("heaplens {}", env!("CARGO_PKG_VERSION")))
-            .build(),
-    ))
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_created_by(format!("heaplens {}", env!("CARGO_PKG_VERSION")));
+    for c in ASCENDING {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+    }
+    for c in SCATTERED {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    Ok(Arc::new(b.build()))
 }
 
 impl Table {
