@@ -43,7 +43,7 @@ use crate::model::hash::FastMap;
 use crate::model::{CensusPage, Model, Sites};
 use crate::symbols::Symbolizer;
 use crate::trace::{ExitStatus, TraceError, TraceReader};
-use blocks::{Freed, Open, Pairing};
+use blocks::{Freed, NO_BIN, Open, Pairing};
 use table::{Table, Value, int, small, text};
 
 /// How to export.
@@ -259,33 +259,39 @@ pub fn write(trace: &Path, out_root: &Path, opts: &Options) -> Result<Summary, E
                     if ev.arg32 != 0 {
                         stacks.insert(ev.arg32);
                     }
-                    pairing.alloc(Open {
-                        addr: ev.addr,
-                        size: ev.arg,
-                        block_size: page.map(|p| p.block_size),
-                        bin: page.map(|p| p.bin),
-                        heap: *heap,
-                        time: ev.time,
-                        stack: ev.arg32,
-                        weight: if ev.arg32 == 0 {
-                            0.0
-                        } else {
-                            model.sites().weight(ev.arg)
-                        },
-                    })
+                    pairing
+                        .alloc(
+                            ev.addr,
+                            Open {
+                                size: ev.arg,
+                                time: ev.time,
+                                block_size: page.map_or(0, |p| p.block_size),
+                                weight: if ev.arg32 == 0 {
+                                    0.0
+                                } else {
+                                    model.sites().weight(ev.arg) as f32
+                                },
+                                heap: *heap,
+                                stack: ev.arg32,
+                                bin: page.map_or(NO_BIN, |p| p.bin),
+                            },
+                        )
+                        .map(|(a, f)| (ev.addr, a, f))
                 }
                 // The owner emptying its delayed list: not the program's free (that was the
                 // `TO_DELAYED` one).
                 Some(EventKind::Free) if ev.flags & flags::FROM_DELAYED == 0 => {
                     let cross = flags::CROSS_THREAD | flags::TO_DELAYED;
-                    pairing.free(
-                        ev.addr,
-                        Freed {
-                            time: ev.time,
-                            heap: *heap,
-                            cross_thread: ev.flags & cross != 0,
-                        },
-                    )
+                    pairing
+                        .free(
+                            ev.addr,
+                            Freed {
+                                time: ev.time,
+                                heap: *heap,
+                                cross_thread: ev.flags & cross != 0,
+                            },
+                        )
+                        .map(|(a, f)| (ev.addr, a, f))
                 }
                 Some(EventKind::Resize) => {
                     pairing.resize(ev.addr, ev.arg);
@@ -297,15 +303,15 @@ pub fn write(trace: &Path, out_root: &Path, opts: &Options) -> Result<Summary, E
                 }
                 None => None,
             };
-            if let Some((a, f)) = pair {
-                block_row(&mut blocks, &a, Some(&f))?;
+            if let Some((addr, a, f)) = pair {
+                block_row(&mut blocks, addr, &a, Some(&f))?;
             }
         }
     }
     model.finish();
     let unmatched_frees = pairing.early_frees();
-    for a in pairing.into_open() {
-        block_row(&mut blocks, &a, None)?;
+    for (addr, a) in pairing.into_open() {
+        block_row(&mut blocks, addr, &a, None)?;
     }
 
     let mut tables = Vec::new();
@@ -399,12 +405,12 @@ fn stack_mode_name(s: &Sites) -> &'static str {
     }
 }
 
-/// A row of `blocks` (`f`: its free; `None`: live at the end).
-fn block_row(t: &mut Table, a: &Open, f: Option<&Freed>) -> Result<(), Error> {
-    t.set(0, int(a.addr));
+/// A row of `blocks`: allocation `a` at `addr` and its free (`None`: live at the end).
+fn block_row(t: &mut Table, addr: u64, a: &Open, f: Option<&Freed>) -> Result<(), Error> {
+    t.set(0, int(addr));
     t.set(1, int(a.size));
-    t.set(2, a.block_size.and_then(int));
-    t.set(3, a.bin.and_then(|b| small(u32::from(b))));
+    t.set(2, int(a.block_size).filter(|_| a.block_size != 0));
+    t.set(3, small(u32::from(a.bin)).filter(|_| a.bin != NO_BIN));
     t.set(4, int(u64::from(a.heap)));
     t.set(5, int(a.time));
     t.set(6, f.and_then(|f| int(f.time)));
@@ -412,7 +418,10 @@ fn block_row(t: &mut Table, a: &Open, f: Option<&Freed>) -> Result<(), Error> {
     t.set(8, f.map(|f| Value::Bool(f.cross_thread)));
     let stacked = a.stack != 0;
     t.set(9, int(u64::from(a.stack)).filter(|_| stacked));
-    t.set(10, Some(Value::F64(a.weight)).filter(|_| stacked));
+    t.set(
+        10,
+        Some(Value::F64(f64::from(a.weight))).filter(|_| stacked),
+    );
     t.end_row()
 }
 

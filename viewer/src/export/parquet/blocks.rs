@@ -9,34 +9,37 @@
 //! free time. A `Resize` (realloc in place) sets the newest allocation's size, as the model
 //! does, so the live rows' sizes add up to the model's live requested bytes.
 //!
-//! Memory: one entry per open allocation (the live blocks), and one per early free while it
-//! waits (a tick's worth at most in a trace without losses).
+//! Memory: one entry of 48 bytes (address and [`Open`]) per open allocation, the live blocks,
+//! in 64 maps so that growing never holds two copies of all of them; and one per early free
+//! while it waits (a tick's worth at most in a trace without losses).
 
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 
 use crate::model::hash::FastMap;
 
-/// An allocation not freed yet.
+/// An allocation not freed yet (its address is the key it is kept under). Kept small: the
+/// export holds one per live block.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Open {
-    /// The pointer returned.
-    pub addr: u64,
     /// Bytes requested (the newest, after a resize in place).
     pub size: u64,
-    /// Block size of its page, if the page was known.
-    pub block_size: Option<u64>,
-    /// Its page's bin, if the page was known.
-    pub bin: Option<u16>,
-    /// Heap (thread) that allocated it.
-    pub heap: u32,
     /// Trace time of the allocation.
     pub time: u64,
+    /// Block size of its page; 0 if the page was not known.
+    pub block_size: u64,
+    /// How many allocations a sampled one stands for (1 with every stack; 0 without a stack).
+    pub weight: f32,
+    /// Heap (thread) that allocated it.
+    pub heap: u32,
     /// Leaf stack node (0: no stack).
     pub stack: u32,
-    /// How many allocations a sampled one stands for (1 with every stack; 0 without a stack).
-    pub weight: f64,
+    /// Its page's bin; [`NO_BIN`] if the page was not known.
+    pub bin: u16,
 }
+
+/// [`Open::bin`] of a block whose page was not known.
+pub const NO_BIN: u16 = u16::MAX;
 
 /// A free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,31 +52,49 @@ pub struct Freed {
     pub cross_thread: bool,
 }
 
+/// Maps of open allocations, split by address so that no map doubles all at once (a doubling
+/// holds the old and the new table together).
+const SHARDS: usize = 64;
+
+fn shard(addr: u64) -> usize {
+    (addr >> 4) as usize % SHARDS
+}
+
 /// Open allocations and early frees, by address.
-#[derive(Default)]
 pub struct Pairing {
     /// The oldest open allocation at each address.
-    open: FastMap<u64, Open>,
+    open: Vec<FastMap<u64, Open>>,
     /// Newer open allocations at an address that already has one (rare), oldest first.
     newer: FastMap<u64, VecDeque<Open>>,
     /// Frees whose allocation has not arrived, oldest first.
     early: FastMap<u64, VecDeque<Freed>>,
 }
 
+impl Default for Pairing {
+    fn default() -> Self {
+        Self {
+            open: (0..SHARDS).map(|_| FastMap::default()).collect(),
+            newer: FastMap::default(),
+            early: FastMap::default(),
+        }
+    }
+}
+
 impl Pairing {
-    /// An allocation: `Some` if an early free was waiting for it (the block's whole life).
-    pub fn alloc(&mut self, a: Open) -> Option<(Open, Freed)> {
-        if let Some(q) = self.early.get_mut(&a.addr) {
+    /// An allocation at `addr`: `Some` if an early free was waiting for it (the block's whole
+    /// life).
+    pub fn alloc(&mut self, addr: u64, a: Open) -> Option<(Open, Freed)> {
+        if let Some(q) = self.early.get_mut(&addr) {
             let f = q.pop_front();
             if q.is_empty() {
-                self.early.remove(&a.addr);
+                self.early.remove(&addr);
             }
             if let Some(f) = f {
                 return Some((a, f));
             }
         }
-        match self.open.entry(a.addr) {
-            Entry::Occupied(_) => self.newer.entry(a.addr).or_default().push_back(a),
+        match self.open[shard(addr)].entry(addr) {
+            Entry::Occupied(_) => self.newer.entry(addr).or_default().push_back(a),
             Entry::Vacant(v) => {
                 v.insert(a);
             }
@@ -83,13 +104,14 @@ impl Pairing {
 
     /// A free by the program: the allocation it ends, or `None` if that has not arrived.
     pub fn free(&mut self, addr: u64, f: Freed) -> Option<(Open, Freed)> {
-        let Some(oldest) = self.open.remove(&addr) else {
+        let open = &mut self.open[shard(addr)];
+        let Some(oldest) = open.remove(&addr) else {
             self.early.entry(addr).or_default().push_back(f);
             return None;
         };
         if let Some(q) = self.newer.get_mut(&addr) {
             if let Some(next) = q.pop_front() {
-                self.open.insert(addr, next);
+                open.insert(addr, next);
             }
             if q.is_empty() {
                 self.newer.remove(&addr);
@@ -102,7 +124,7 @@ impl Pairing {
     pub fn resize(&mut self, addr: u64, size: u64) {
         if let Some(b) = self.newer.get_mut(&addr).and_then(|q| q.back_mut()) {
             b.size = size;
-        } else if let Some(b) = self.open.get_mut(&addr) {
+        } else if let Some(b) = self.open[shard(addr)].get_mut(&addr) {
             b.size = size;
         }
     }
@@ -112,11 +134,13 @@ impl Pairing {
         self.early.values().map(|q| q.len() as u64).sum()
     }
 
-    /// Everything still open (live at the end), in no particular order.
-    pub fn into_open(self) -> impl Iterator<Item = Open> {
-        self.open
-            .into_values()
-            .chain(self.newer.into_values().flatten())
+    /// Everything still open (live at the end) with its address, in no particular order.
+    pub fn into_open(self) -> impl Iterator<Item = (u64, Open)> {
+        let newer = self
+            .newer
+            .into_iter()
+            .flat_map(|(addr, q)| q.into_iter().map(move |a| (addr, a)));
+        self.open.into_iter().flatten().chain(newer)
     }
 }
 
@@ -124,16 +148,15 @@ impl Pairing {
 mod tests {
     use super::*;
 
-    fn open(addr: u64, size: u64, time: u64) -> Open {
+    fn open(size: u64, time: u64) -> Open {
         Open {
-            addr,
             size,
-            block_size: Some(16),
-            bin: Some(1),
-            heap: 1,
             time,
-            stack: 0,
+            block_size: 16,
             weight: 0.0,
+            heap: 1,
+            stack: 0,
+            bin: 1,
         }
     }
 
@@ -153,8 +176,8 @@ mod tests {
             let mut rows = Vec::new();
             for &op in order {
                 let row = match op {
-                    b'A' => p.alloc(open(0x40, 10, 1)),
-                    b'B' => p.alloc(open(0x40, 20, 3)),
+                    b'A' => p.alloc(0x40, open(10, 1)),
+                    b'B' => p.alloc(0x40, open(20, 3)),
                     _ => p.free(0x40, freed(2)),
                 };
                 rows.extend(row);
@@ -163,20 +186,20 @@ mod tests {
             assert_eq!((rows[0].0.time, rows[0].1.time), (1, 2));
             let live: Vec<_> = p.into_open().collect();
             assert_eq!(live.len(), 1);
-            assert_eq!((live[0].time, live[0].size), (3, 20));
+            assert_eq!((live[0].0, live[0].1.time, live[0].1.size), (0x40, 3, 20));
         }
     }
 
     #[test]
     fn a_resize_sets_the_newest_allocation() {
         let mut p = Pairing::default();
-        p.alloc(open(0x40, 10, 1));
-        p.alloc(open(0x40, 20, 3));
+        p.alloc(0x40, open(10, 1));
+        p.alloc(0x40, open(20, 3));
         p.resize(0x40, 25);
         let (first, _) = p.free(0x40, freed(4)).unwrap();
         assert_eq!(first.size, 10);
         let live: Vec<_> = p.into_open().collect();
-        assert_eq!(live[0].size, 25);
+        assert_eq!(live[0].1.size, 25);
     }
 
     #[test]
