@@ -179,11 +179,15 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
     if state.baseline.is_some() {
         diff_summary(ui, model, state);
     }
-    ui.label(RichText::new("Live bytes by call path").strong())
-        .on_hover_text(
-            "An icicle graph: the outermost function on top, each row the functions it called; \
+    let title = if state.baseline.is_some() {
+        "Live bytes by call path (red: grew since the baseline, blue: shrank, grey: unchanged)"
+    } else {
+        "Live bytes by call path"
+    };
+    ui.label(RichText::new(title).strong()).on_hover_text(
+        "An icicle graph: the outermost function on top, each row the functions it called; \
          a box's width is the live bytes allocated under it",
-        );
+    );
     icicle(ui, model, state);
 }
 
@@ -201,7 +205,7 @@ fn diff_summary(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
     let (a, b) = d.live_bytes;
     ui.label(
         RichText::new(format!(
-            "Compared with {name}: live bytes {} → {} ({})",
+            "Compared with {name}: live bytes {} then, {} now ({})",
             style::bytes(a),
             style::bytes(b),
             signed(b as f64 - a as f64)
@@ -475,4 +479,75 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
         ui.label(format!("... and {} more sites", rows.len() - 8));
     }
     ui.separator();
+}
+
+#[cfg(test)]
+mod tests {
+    use heaplens_alloc::event::{Event, EventKind, stack_mode};
+
+    use super::*;
+
+    /// A model with `a` blocks of 1000 B from site 0x1001, `c` of 2000 B from 0x3001 and one
+    /// of 500 B from 0x4001, each called from 0x501.
+    fn model(a: u64, c: u64) -> Model {
+        let e = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64| Event {
+            kind: kind as u8,
+            aux,
+            arg32,
+            addr,
+            arg,
+            time: 1000,
+            ..Event::default()
+        };
+        let mut m = Model::new();
+        m.set_invariant_checks(false);
+        m.apply(0, &e(EventKind::StackMode, stack_mode::ALL, 0, 0, 0));
+        for (id, pc, parent) in [
+            (1, 0x501, 0),
+            (2, 0x1001, 1),
+            (3, 0x3001, 1),
+            (4, 0x4001, 1),
+        ] {
+            m.apply(1, &e(EventKind::StackFrame, 0, id, pc, parent));
+        }
+        let base = 0x7f00_0000_0000u64;
+        for i in 0..a {
+            m.apply(1, &e(EventKind::Alloc, 0, 2, base + i * 0x1000, 1000));
+        }
+        for i in 0..c {
+            m.apply(
+                1,
+                &e(EventKind::Alloc, 0, 3, base + 0x10_0000 + i * 0x1000, 2000),
+            );
+        }
+        m.apply(1, &e(EventKind::Alloc, 0, 4, base + 0x20_0000, 500));
+        m
+    }
+
+    #[test]
+    fn diff_mode_colours_growth_red_shrinkage_blue_and_the_unchanged_grey() {
+        let mut state = SitesState::default();
+        let base = Snapshot::take(&model(4, 1), &mut state.symbols);
+        state.set_baseline("base", base);
+        let now = model(2, 3);
+        let nodes = call_tree(&now, &mut state);
+        let node = |name: &str| nodes.iter().find(|n| n.name == name).unwrap();
+        let (grew, shrank, same) = (node("0x3001"), node("0x1001"), node("0x4001"));
+        assert_eq!((grew.bytes, grew.base), (6000.0, 2000.0));
+        assert_eq!((shrank.bytes, shrank.base), (2000.0, 4000.0));
+        assert_eq!((same.bytes, same.base), (500.0, 500.0));
+        let red = diff_color(grew);
+        assert!(red.r() > red.b() + 100, "{red:?}");
+        let blue = diff_color(shrank);
+        assert!(blue.b() > blue.r() + 50, "{blue:?}");
+        let grey = diff_color(same);
+        assert_eq!((grey.r(), grey.g()), (grey.g(), grey.b()));
+        // The caller holds it all: it grew by 2000 B of 8500.
+        let root = node("0x501");
+        assert_eq!((root.bytes, root.base), (8500.0, 6500.0));
+        let d = state.diff(&now).unwrap();
+        assert_eq!(d.sites[0].delta_bytes(), 4000.0);
+        assert_eq!(d.sites.last().unwrap().delta_bytes(), -2000.0);
+        assert_eq!(d.sites.len(), 2);
+    }
 }
