@@ -2,7 +2,7 @@
 //!
 //! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
 //! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
-//! - `heaplens view FILE`: replay a recorded trace in the viewer.
+//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer.
 //! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
