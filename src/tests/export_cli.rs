@@ -484,6 +484,32 @@ fn diff_of_two_markers_of_one_trace_names_what_grew_between_them() {
 }
 
 #[test]
+fn a_file_that_is_not_a_trace_gets_a_clear_error_and_no_output() {
+    let r = recordings();
+    let bad = r.dir.join("not-a-trace.hltrace");
+    std::fs::write(&bad, b"this is not a heaplens trace at all").unwrap();
+    let out_path = r.dir.join("bad.folded");
+    let out = heaplens()
+        .arg("export")
+        .arg(&bad)
+        .args(["--format", "collapsed", "-o"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not-a-trace.hltrace"), "{err}");
+    assert!(!out_path.exists());
+    let out = heaplens()
+        .arg("diff")
+        .arg(&bad)
+        .arg(&r.plain)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn parquet_says_it_is_not_built_here() {
     let r = recordings();
     let out = heaplens()

@@ -122,7 +122,7 @@ pub enum Position {
     /// The end of the trace.
     #[default]
     End,
-    /// Every event up to this trace time (ns), the first event past it excluded.
+    /// The events before the first one stamped after this trace time (ns).
     Time(u64),
     /// Just after the first marker with this label.
     Marker(String),
@@ -219,11 +219,11 @@ pub fn replay_to<R: Read + Seek>(
     stops: &[String],
     at: &mut dyn FnMut(&str, &Model, &StructureTally),
 ) -> Result<Replayed, ExportError> {
-    const MARKER: u8 = EventKind::Mark as u8;
+    const MARK: u8 = EventKind::Mark as u8;
     let mut r = Replayed::default();
     let mut next_stop = 0;
-    let mut reached = matches!(to, Position::End);
     let mut markers_seen = 0;
+    let mut found_marker = false;
     for item in reader.events() {
         let (heap, ev) = match item {
             Ok(x) => x,
@@ -237,25 +237,24 @@ pub fn replay_to<R: Read + Seek>(
         if let Position::Time(t) = to
             && ev.time > *t
         {
-            reached = true;
             break;
         }
         r.model.apply(heap, &ev);
         if !r.model.sites().is_on() {
             r.tally.on_event(&r.model, heap, &ev);
         }
-        if ev.kind == MARKER && r.model.metrics().markers().len() > markers_seen {
+        if ev.kind == MARK && r.model.metrics().markers().len() > markers_seen {
             markers_seen = r.model.metrics().markers().len();
-            let label = r.model.metrics().markers()[markers_seen - 1].label.clone();
-            if stops.get(next_stop) == Some(&label) {
-                at(&label, &r.model, &r.tally);
+            let label = &r.model.metrics().markers()[markers_seen - 1].label;
+            if stops.get(next_stop) == Some(label) {
+                at(label, &r.model, &r.tally);
                 next_stop += 1;
             }
             if let Position::Marker(m) = to
-                && *m == label
+                && m == label
                 && next_stop >= stops.len()
             {
-                reached = true;
+                found_marker = true;
                 break;
             }
         }
@@ -263,13 +262,11 @@ pub fn replay_to<R: Read + Seek>(
     if let Some(missing) = stops.get(next_stop) {
         return Err(missing_marker(missing, &r.model));
     }
-    if !reached {
-        if let Position::Marker(m) = to {
-            return Err(missing_marker(m, &r.model));
-        }
-        reached = true;
+    if let Position::Marker(m) = to
+        && !found_marker
+    {
+        return Err(missing_marker(m, &r.model));
     }
-    debug_assert!(reached);
     r.model.finish();
     Ok(r)
 }
