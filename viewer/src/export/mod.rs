@@ -7,7 +7,10 @@
 //! (pages, live blocks, the sites' tables, at most [`crate::model::metrics::MAX_SAMPLES`]
 //! samples and [`crate::model::metrics::MAX_MARKERS`] markers), the symbols of the sites' pcs
 //! and, without stacks, one tally per thread and size class: nothing grows with the number of
-//! events. Writers stream to their output through a buffer.
+//! events. The stack formats build their profile (a sample per site, a location per pc) before
+//! writing it; the series formats write sample by sample. Measured by
+//! `cargo bench -p heaplens-viewer --bench export_memory`: on 100 M events of churn over 51 200
+//! live blocks and 64 sites, 22-23 MiB peak, as on 10 M.
 //!
 //! A trace without stacks still exports: the allocator's structure takes the place of call
 //! stacks, a "stack" being thread → size class → page (see [`profile`]).
