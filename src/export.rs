@@ -146,7 +146,7 @@ pub fn run(args: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
             format!(
                 "{} samples of {kind}, {} {} in all",
                 p.samples.len(),
-                p.total(metric).round(),
+                p.total(metric).round() + 0.0, // never "-0"
                 metric.name()
             )
         };
