@@ -510,6 +510,25 @@ fn a_file_that_is_not_a_trace_gets_a_clear_error_and_no_output() {
 }
 
 #[test]
+fn view_with_a_baseline_that_is_not_a_trace_names_it() {
+    let r = recordings();
+    let bad = r.dir.join("not-a-baseline.hltrace");
+    std::fs::write(&bad, b"nothing here").unwrap();
+    let out = heaplens()
+        .arg("view")
+        .arg(&r.leaky)
+        .arg("--diff")
+        .arg(&bad)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not-a-baseline.hltrace"), "{err}");
+}
+
+#[test]
 fn parquet_says_it_is_not_built_here() {
     let r = recordings();
     let out = heaplens()
