@@ -26,7 +26,9 @@
 //! Memory is bounded by what the trace's state needs, not by its length: each table buffers
 //! one row group ([`Options::row_group_rows`] rows; about 21 MiB for `events` at the default),
 //! the model holds its pages, live blocks, interned stacks and at most `MAX_SAMPLES` samples,
-//! and the pairing of allocations with frees holds one entry per live block ([`blocks`]).
+//! and the pairing of allocations with frees holds 48 bytes per live block ([`blocks`]). On
+//! the 100 M-event synthetic trace (2.0 M blocks live at its end) the peak was 280 MiB
+//! resident (`cargo bench -p heaplens-viewer --bench export_parquet`).
 //! A damaged chunk's events are skipped (counted in [`Summary::events_lost`]).
 
 mod blocks;
