@@ -2,14 +2,19 @@
 //!
 //! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
 //! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
-//! - `heaplens view FILE`: replay a recorded trace in the viewer.
+//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer.
 //! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
 //! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
 //! - `heaplens stats FILE [--json]`: what a recorded trace holds.
 //! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
+//! - `heaplens export FILE --format F -o OUT`: the trace for other tools (pprof, flame graphs,
+//!   speedscope, Perfetto, spreadsheets).
+//! - `heaplens diff A B` / `heaplens diff FILE --from L --to L`: what grew between two points.
 
 mod backlog;
 mod demo;
+mod diff;
+mod export;
 mod keyframes;
 mod launch;
 mod leaks;
@@ -86,6 +91,10 @@ enum Cmd {
     View {
         /// The trace file.
         file: PathBuf,
+        /// A second trace to compare with: the Sites tab's flame graph colours what grew
+        /// (red) and shrank (blue) from it to FILE.
+        #[arg(long, value_name = "BASELINE")]
+        diff: Option<PathBuf>,
     },
     /// Run a program with heaplens as its malloc and record every allocator event to a trace.
     Record {
@@ -117,6 +126,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a trace in another tool's format: pprof, collapsed (folded stacks), speedscope,
+    /// chrome (Perfetto / chrome://tracing), csv, parquet.
+    Export(export::ExportArgs),
+    /// Which allocation sites and size classes grew between two traces, or two markers of one.
+    Diff(diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -136,7 +150,7 @@ fn main() -> ExitCode {
             stacks,
             target,
         } => run::run(record.as_deref(), &target.command, &stacks),
-        Cmd::View { file } => run::view(&file),
+        Cmd::View { file, diff } => run::view(&file, diff.as_deref()),
         Cmd::Learn { scenario } => run::learn(&scenario),
         Cmd::Record {
             output,
@@ -151,6 +165,8 @@ fn main() -> ExitCode {
         ),
         Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
         Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
+        Cmd::Export(args) => export::run(&args).map(|()| 0),
+        Cmd::Diff(args) => diff::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

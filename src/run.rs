@@ -164,17 +164,36 @@ impl Tap<'_> {
 }
 
 /// `heaplens view FILE`.
-pub fn view(file: &PathBuf) -> Result<i32, Box<dyn std::error::Error>> {
+pub fn view(
+    file: &PathBuf,
+    diff: Option<&std::path::Path>,
+) -> Result<i32, Box<dyn std::error::Error>> {
     let replay = heaplens_viewer::source::Replay::open(file)
         .map_err(|e| format!("{}: {e}", file.display()))?;
+    let name_of = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let baseline = match diff {
+        Some(base) => {
+            let mut sym = heaplens_viewer::symbols::Symbolizer::new();
+            let snap =
+                crate::diff::snapshot_at(base, &heaplens_viewer::export::Position::End, &mut sym)?;
+            Some((name_of(base), snap))
+        }
+        None => None,
+    };
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
     }
-    let name = file.file_name().map_or_else(
-        || file.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    ui::run(App::new(Source::Replay(Box::new(replay)), name))?;
+    let mut app = App::new(Source::Replay(Box::new(replay)), name_of(file));
+    if let Some((name, snap)) = baseline {
+        app.state.sites.set_baseline(name, snap);
+        app.state.tab = heaplens_viewer::ui::Tab::Sites;
+    }
+    ui::run(app)?;
     Ok(0)
 }
 

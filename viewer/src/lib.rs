@@ -3,6 +3,7 @@
 //! benchmarked on its own; the UI only draws from it.
 
 pub mod describe;
+pub mod export;
 pub mod insights;
 pub mod model;
 pub mod source;

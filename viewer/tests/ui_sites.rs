@@ -1,12 +1,16 @@
 //! The Sites tab, driven as a user would with egui_kittest, on a trace with three known sites:
-//! the table lists them in order of live bytes, and clicking a column header re-sorts it.
+//! the table lists them in order of live bytes, and clicking a column header re-sorts it. With a
+//! baseline (`heaplens view B --diff A`) the tab lists the sites that grew and shrank, and the
+//! icicle colours them (rendered to `tests/snapshots/sites-diff.png`).
 
 use std::path::{Path, PathBuf};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use heaplens_alloc::event::{Event, EventKind, flags, module_text, stack_mode};
+use heaplens_viewer::export::diff::Snapshot;
 use heaplens_viewer::source::Replay;
+use heaplens_viewer::symbols::Symbolizer;
 use heaplens_viewer::trace::{EndInfo, Metadata, TraceWriter};
 use heaplens_viewer::ui::{App, Source, Tab, WINDOW_SIZE};
 
@@ -26,6 +30,11 @@ fn e(kind: EventKind, f: u8, aux: u16, arg32: u32, addr: u64, arg: u64) -> Event
 /// C (`app+0x3001`: one of 2000 B, live), called from `app+0x501`. The module's file does not
 /// exist, so sites show as module and offset.
 fn write_trace(path: &Path) {
+    write_trace_with(path, 4, 1);
+}
+
+/// The trace of [`write_trace`] with `a` blocks of site A and `c` of site C.
+fn write_trace_with(path: &Path, a: u64, c: u64) {
     let mut w = TraceWriter::create(path, &Metadata::with_allocator_constants()).unwrap();
     let mut process = vec![
         e(EventKind::StackMode, 0, stack_mode::ALL, 0, 0, 0),
@@ -42,7 +51,7 @@ fn write_trace(path: &Path) {
         e(EventKind::StackFrame, flags::TRUNCATED, 0, 4, 0x3001, 1),
     ];
     let base = 0x7f00_0000_0000u64;
-    for i in 0..4 {
+    for i in 0..a {
         ev.push(e(EventKind::Alloc, 0, 0, 2, base + i * 0x1000, 1000));
     }
     for i in 0..100 {
@@ -52,7 +61,16 @@ fn write_trace(path: &Path) {
             ev.push(e(EventKind::Free, 0, 0, 0, a, 0));
         }
     }
-    ev.push(e(EventKind::Alloc, 0, 0, 4, base + 0x20_0000, 2000));
+    for i in 0..c {
+        ev.push(e(
+            EventKind::Alloc,
+            0,
+            0,
+            4,
+            base + 0x20_0000 + i * 0x1000,
+            2000,
+        ));
+    }
     w.write_batch(1, &ev).unwrap();
     w.finish(EndInfo::clean(0)).unwrap();
 }
@@ -97,5 +115,36 @@ fn the_sites_table_lists_the_sites_in_order_and_re_sorts() {
     h.run();
     assert!(has(&h, "1. app+0x2001"));
     assert!(!has(&h, "2. app+"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn with_a_baseline_the_sites_tab_lists_growth_and_shrinkage_and_colours_the_icicle() {
+    let dir = std::env::temp_dir().join(format!("heaplens-ui-sites-{}-diff", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Baseline: A 4 x 1000 B, C 1 x 2000 B. Now: A 2 x 1000 B (shrank), C 3 x 2000 B (grew).
+    let (base, now) = (dir.join("base.hltrace"), dir.join("now.hltrace"));
+    write_trace_with(&base, 4, 1);
+    write_trace_with(&now, 2, 3);
+    let base_model = Replay::open(&base).unwrap().view().model.clone();
+    let snapshot = Snapshot::take(&base_model, &mut Symbolizer::new());
+    let replay = Replay::open(&now).unwrap();
+    let mut h = Harness::builder()
+        .with_size(WINDOW_SIZE)
+        .wgpu()
+        .build_eframe(|_cc| App::new(Source::Replay(Box::new(replay)), "now"));
+    h.state_mut()
+        .state
+        .sites
+        .set_baseline("base.hltrace", snapshot);
+    h.run();
+    h.get_by_label("Sites").click();
+    h.run();
+    assert_eq!(h.state().state.sites.baseline(), Some("base.hltrace"));
+    assert!(has(&h, "Compared with base.hltrace"));
+    assert!(has(&h, "(+2 blocks): app+0x3001"), "C grew");
+    assert!(has(&h, "(-2 blocks): app+0x1001"), "A shrank");
+    assert!(!has(&h, "blocks): app+0x2001"), "B did not change");
+    h.snapshot("sites-diff");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -60,7 +60,7 @@ pub struct CensusPage {
 
 impl CensusPage {
     /// A page from its `CensusPage` event (block size, capacity, bin, kind).
-    fn first_half(ev: &Event) -> Self {
+    pub fn first_half(ev: &Event) -> Self {
         let p = schema::CensusPage::from_event(ev);
         Self {
             start: p.start,
@@ -73,7 +73,7 @@ impl CensusPage {
     }
 
     /// The page completed by its `CensusPage2` event (owner, list counts, full flag).
-    fn with_second_half(mut self, ev: &Event) -> Self {
+    pub fn with_second_half(mut self, ev: &Event) -> Self {
         let p = schema::CensusPage2::from_event(ev);
         self.owner = u32::try_from(p.owner).unwrap_or(u32::MAX);
         self.used = p.used();

@@ -4,6 +4,13 @@
 //! call path, outermost function at the top, frames merged by function. Both follow the
 //! timeline, since they read the model at the replay position. Also the page inspector's list
 //! of the sites of a page's live blocks.
+//!
+//! **Diff mode** (`heaplens view B --diff A`): with a baseline set ([`SitesState::set_baseline`]),
+//! the icicle becomes a differential flame graph: widths are the live bytes now, colours the
+//! change from the baseline along each call path (red grew, blue shrank, grey unchanged; the
+//! deeper the colour, the larger the change relative to the path's bytes), and the sites that
+//! grew and shrank most are listed above it. Call paths are matched by function names, so two
+//! runs of one program compare although their addresses differ.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -12,6 +19,7 @@ use eframe::egui::{self, Color32, RichText, Sense, vec2};
 use heaplens_alloc::event::stack_mode;
 
 use super::style;
+use crate::export::diff::{Diff, Snapshot, call_path, compare};
 use crate::model::{Model, Page, SiteKey, Sites};
 use crate::symbols::Symbolizer;
 
@@ -31,6 +39,11 @@ pub struct SitesState {
     pub symbols: Symbolizer,
     /// Site names and stacks, by leaf node.
     names: HashMap<u32, (String, String)>,
+    /// The baseline of diff mode: its name and what it held.
+    baseline: Option<(String, Snapshot)>,
+    /// The comparison with the baseline, and the model position (events applied, time) it
+    /// was made at.
+    diff: Option<((u64, u64), Diff)>,
 }
 
 impl Default for SitesState {
@@ -39,11 +52,39 @@ impl Default for SitesState {
             sort: SiteKey::LiveBytes,
             symbols: Symbolizer::new(),
             names: HashMap::new(),
+            baseline: None,
+            diff: None,
         }
     }
 }
 
+/// Rows of each list of diff mode (grew most, shrank most).
+const DIFF_ROWS: usize = 5;
+
 impl SitesState {
+    /// Compares the Sites tab with `baseline` (what another trace, or another point, held),
+    /// called `name`: the icicle becomes a differential flame graph.
+    pub fn set_baseline(&mut self, name: impl Into<String>, baseline: Snapshot) {
+        self.baseline = Some((name.into(), baseline));
+        self.diff = None;
+    }
+
+    /// The name of the baseline of diff mode, if one is set.
+    pub fn baseline(&self) -> Option<&str> {
+        self.baseline.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// The comparison of `model` with the baseline (cached per position).
+    fn diff(&mut self, model: &Model) -> Option<&Diff> {
+        let (_, base) = self.baseline.as_ref()?;
+        let at = (model.totals().events, model.time());
+        if self.diff.as_ref().is_none_or(|(k, _)| *k != at) {
+            let now = Snapshot::take(model, &mut self.symbols);
+            self.diff = Some((at, compare(base, &now)));
+        }
+        self.diff.as_ref().map(|(_, d)| d)
+    }
+
     /// The name of site `leaf` and its stack as text (one frame a line).
     pub fn name(&mut self, sites: &Sites, leaf: u32) -> (String, String) {
         if let Some(n) = self.names.get(&leaf) {
@@ -135,65 +176,162 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
             }
         });
     ui.separator();
-    ui.label(RichText::new("Live bytes by call path").strong())
-        .on_hover_text(
-            "An icicle graph: the outermost function on top, each row the functions it called; \
+    if state.baseline.is_some() {
+        diff_summary(ui, model, state);
+    }
+    let title = if state.baseline.is_some() {
+        "Live bytes by call path (red: grew since the baseline, blue: shrank, grey: unchanged)"
+    } else {
+        "Live bytes by call path"
+    };
+    ui.label(RichText::new(title).strong()).on_hover_text(
+        "An icicle graph: the outermost function on top, each row the functions it called; \
          a box's width is the live bytes allocated under it",
-        );
+    );
     icicle(ui, model, state);
 }
 
-/// A node of the call tree: a function, the live bytes under it, its callees.
+/// The sites that grew and shrank most since the baseline, as lines of text.
+fn diff_summary(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
+    let name = state.baseline().unwrap_or_default().to_owned();
+    let Some(d) = state.diff(model) else { return };
+    let signed = |v: f64| {
+        format!(
+            "{}{}",
+            if v < 0.0 { "-" } else { "+" },
+            style::bytes(v.abs().round() as u64)
+        )
+    };
+    let (a, b) = d.live_bytes;
+    ui.label(
+        RichText::new(format!(
+            "Compared with {name}: live bytes {} then, {} now ({})",
+            style::bytes(a),
+            style::bytes(b),
+            signed(b as f64 - a as f64)
+        ))
+        .strong(),
+    )
+    .on_hover_text("Red: call paths whose live bytes grew since the baseline; blue: shrank");
+    let grew = d
+        .sites
+        .iter()
+        .filter(|s| s.delta_bytes() > 0.0)
+        .take(DIFF_ROWS);
+    let mut any = false;
+    for s in grew {
+        any = true;
+        ui.label(
+            RichText::new(format!(
+                "grew {} ({:+} blocks): {}",
+                signed(s.delta_bytes()),
+                s.delta_blocks().round() as i64,
+                s.site
+            ))
+            .color(Color32::from_rgb(0xe0, 0x50, 0x40)),
+        )
+        .on_hover_text(s.stack.join("\n"));
+    }
+    let shrank: Vec<_> = d
+        .sites
+        .iter()
+        .rev()
+        .filter(|s| s.delta_bytes() < 0.0)
+        .take(DIFF_ROWS)
+        .collect();
+    for s in shrank {
+        any = true;
+        ui.label(
+            RichText::new(format!(
+                "shrank {} ({:+} blocks): {}",
+                signed(s.delta_bytes()),
+                s.delta_blocks().round() as i64,
+                s.site
+            ))
+            .color(Color32::from_rgb(0x50, 0x80, 0xe0)),
+        )
+        .on_hover_text(s.stack.join("\n"));
+    }
+    if !any {
+        ui.label("No site's live bytes changed.");
+    }
+    ui.separator();
+}
+
+/// A node of the call tree: a function, the live bytes under it (now, and in the baseline of
+/// diff mode), its callees.
 struct Node {
     name: String,
     bytes: f64,
+    base: f64,
     children: Vec<usize>,
 }
 
-/// The call tree of the live bytes, outermost frames first, merged by function name.
+/// Adds `bytes` (or `base`) along `path` from the root, creating nodes as needed.
+fn add_path(nodes: &mut Vec<Node>, path: &[String], bytes: f64, base: f64) {
+    nodes[0].bytes += bytes;
+    nodes[0].base += base;
+    let mut cur = 0;
+    for name in path.iter().take(MAX_LEVELS) {
+        let found = nodes[cur]
+            .children
+            .iter()
+            .copied()
+            .find(|&c| nodes[c].name == *name);
+        let next = match found {
+            Some(c) => c,
+            None => {
+                nodes.push(Node {
+                    name: name.clone(),
+                    bytes: 0.0,
+                    base: 0.0,
+                    children: Vec::new(),
+                });
+                let c = nodes.len() - 1;
+                nodes[cur].children.push(c);
+                c
+            }
+        };
+        nodes[next].bytes += bytes;
+        nodes[next].base += base;
+        cur = next;
+    }
+}
+
+/// The call tree of the live bytes, outermost frames first, merged by function name; in diff
+/// mode with the baseline's bytes along the same paths.
 fn call_tree(model: &Model, state: &mut SitesState) -> Vec<Node> {
     let sites = model.sites();
     let mut nodes = vec![Node {
         name: "all live bytes".into(),
         bytes: 0.0,
+        base: 0.0,
         children: Vec::new(),
     }];
     for (leaf, s) in sites.ranked(SiteKey::LiveBytes) {
-        let mut path: Vec<String> = Vec::new();
-        for f in sites.stack(leaf).iter().rev() {
-            let loc = state.symbols.frame(sites, f.pc);
-            if loc.frames.iter().all(|fr| fr.function.is_none()) {
-                path.push(loc.raw());
-            } else {
-                path.extend(loc.frames.iter().rev().map(|fr| fr.name().to_owned()));
-            }
-        }
-        nodes[0].bytes += s.live_bytes;
-        let mut cur = 0;
-        for name in path.into_iter().take(MAX_LEVELS) {
-            let found = nodes[cur]
-                .children
-                .iter()
-                .copied()
-                .find(|&c| nodes[c].name == name);
-            let next = match found {
-                Some(c) => c,
-                None => {
-                    nodes.push(Node {
-                        name,
-                        bytes: 0.0,
-                        children: Vec::new(),
-                    });
-                    let c = nodes.len() - 1;
-                    nodes[cur].children.push(c);
-                    c
-                }
-            };
-            nodes[next].bytes += s.live_bytes;
-            cur = next;
+        let path = call_path(sites, &mut state.symbols, leaf);
+        add_path(&mut nodes, &path, s.live_bytes, 0.0);
+    }
+    if let Some((_, base)) = &state.baseline {
+        for s in base.sites.values() {
+            add_path(&mut nodes, &s.path, 0.0, s.live_bytes);
         }
     }
     nodes
+}
+
+/// Diff mode's colour of a node: red as it grew, blue as it shrank, relative to its bytes.
+fn diff_color(n: &Node) -> Color32 {
+    let change = (n.bytes - n.base) / n.bytes.max(n.base).max(1.0);
+    let k = change.abs().clamp(0.0, 1.0) as f32;
+    let mix = |from: u8, to: u8| (f32::from(from) + (f32::from(to) - f32::from(from)) * k) as u8;
+    if change > 0.001 {
+        Color32::from_rgb(mix(0xd8, 0xe8), mix(0xd8, 0x40), mix(0xd8, 0x30))
+    } else if change < -0.001 {
+        Color32::from_rgb(mix(0xd8, 0x40), mix(0xd8, 0x70), mix(0xd8, 0xe8))
+    } else {
+        Color32::from_rgb(0xd8, 0xd8, 0xd8)
+    }
 }
 
 fn color_of(name: &str) -> Color32 {
@@ -235,6 +373,7 @@ fn icicle(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
         depth += 1;
     }
     let height = depth as f32 * ROW;
+    let diff_mode = state.baseline.is_some();
     egui::ScrollArea::vertical()
         .id_salt("icicle")
         .show(ui, |ui| {
@@ -243,7 +382,12 @@ fn icicle(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
             let font = egui::FontId::proportional(12.0);
             for (r, n) in &boxes {
                 let r = r.translate(rect.min.to_vec2()).shrink2(vec2(0.5, 1.0));
-                painter.rect_filled(r, 2.0, color_of(&nodes[*n].name));
+                let fill = if diff_mode {
+                    diff_color(&nodes[*n])
+                } else {
+                    color_of(&nodes[*n].name)
+                };
+                painter.rect_filled(r, 2.0, fill);
                 if r.width() > 30.0 {
                     let chars = ((r.width() - 6.0) / 7.0) as usize;
                     let name = &nodes[*n].name;
@@ -269,11 +413,18 @@ fn icicle(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
                 if let Some((_, n)) = boxes.iter().find(|(r, _)| r.contains(rel.to_pos2())) {
                     let node = &nodes[*n];
                     let share = 100.0 * node.bytes / nodes[0].bytes;
-                    resp.on_hover_text(format!(
+                    let mut text = format!(
                         "{}\n{} live ({share:.1}%)",
                         node.name,
                         style::bytes(node.bytes.round() as u64)
-                    ));
+                    );
+                    if diff_mode {
+                        text.push_str(&format!(
+                            "\n{} in the baseline",
+                            style::bytes(node.base.round() as u64)
+                        ));
+                    }
+                    resp.on_hover_text(text);
                 }
             }
         });
@@ -328,4 +479,75 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
         ui.label(format!("... and {} more sites", rows.len() - 8));
     }
     ui.separator();
+}
+
+#[cfg(test)]
+mod tests {
+    use heaplens_alloc::event::{Event, EventKind, stack_mode};
+
+    use super::*;
+
+    /// A model with `a` blocks of 1000 B from site 0x1001, `c` of 2000 B from 0x3001 and one
+    /// of 500 B from 0x4001, each called from 0x501.
+    fn model(a: u64, c: u64) -> Model {
+        let e = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64| Event {
+            kind: kind as u8,
+            aux,
+            arg32,
+            addr,
+            arg,
+            time: 1000,
+            ..Event::default()
+        };
+        let mut m = Model::new();
+        m.set_invariant_checks(false);
+        m.apply(0, &e(EventKind::StackMode, stack_mode::ALL, 0, 0, 0));
+        for (id, pc, parent) in [
+            (1, 0x501, 0),
+            (2, 0x1001, 1),
+            (3, 0x3001, 1),
+            (4, 0x4001, 1),
+        ] {
+            m.apply(1, &e(EventKind::StackFrame, 0, id, pc, parent));
+        }
+        let base = 0x7f00_0000_0000u64;
+        for i in 0..a {
+            m.apply(1, &e(EventKind::Alloc, 0, 2, base + i * 0x1000, 1000));
+        }
+        for i in 0..c {
+            m.apply(
+                1,
+                &e(EventKind::Alloc, 0, 3, base + 0x10_0000 + i * 0x1000, 2000),
+            );
+        }
+        m.apply(1, &e(EventKind::Alloc, 0, 4, base + 0x20_0000, 500));
+        m
+    }
+
+    #[test]
+    fn diff_mode_colours_growth_red_shrinkage_blue_and_the_unchanged_grey() {
+        let mut state = SitesState::default();
+        let base = Snapshot::take(&model(4, 1), &mut state.symbols);
+        state.set_baseline("base", base);
+        let now = model(2, 3);
+        let nodes = call_tree(&now, &mut state);
+        let node = |name: &str| nodes.iter().find(|n| n.name == name).unwrap();
+        let (grew, shrank, same) = (node("0x3001"), node("0x1001"), node("0x4001"));
+        assert_eq!((grew.bytes, grew.base), (6000.0, 2000.0));
+        assert_eq!((shrank.bytes, shrank.base), (2000.0, 4000.0));
+        assert_eq!((same.bytes, same.base), (500.0, 500.0));
+        let red = diff_color(grew);
+        assert!(red.r() > red.b() + 100, "{red:?}");
+        let blue = diff_color(shrank);
+        assert!(blue.b() > blue.r() + 50, "{blue:?}");
+        let grey = diff_color(same);
+        assert_eq!((grey.r(), grey.g()), (grey.g(), grey.b()));
+        // The caller holds it all: it grew by 2000 B of 8500.
+        let root = node("0x501");
+        assert_eq!((root.bytes, root.base), (8500.0, 6500.0));
+        let d = state.diff(&now).unwrap();
+        assert_eq!(d.sites[0].delta_bytes(), 4000.0);
+        assert_eq!(d.sites.last().unwrap().delta_bytes(), -2000.0);
+        assert_eq!(d.sites.len(), 2);
+    }
 }
