@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError, bounded};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::{App, Source, WINDOW_SIZE};
 
@@ -115,13 +115,14 @@ fn summary(times: &mut [f64]) -> String {
 
 fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     println!("{name}: {}", command_line(command));
-    let launched = match launch::launch(command, Duration::from_secs(30), env, launch::BACKLOG_BYTES) {
-        Ok(l) => l,
-        Err(e) => {
-            println!("  cannot start it: {e}");
-            return;
-        }
-    };
+    let launched =
+        match launch::launch(command, Duration::from_secs(30), env, launch::BACKLOG_BYTES) {
+            Ok(l) => l,
+            Err(e) => {
+                println!("  cannot start it: {e}");
+                return;
+            }
+        };
     let started = Instant::now();
     let (tx, rx) = bounded(VIEWER_BACKLOG);
     let live = Live::start(rx, name);
