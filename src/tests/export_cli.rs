@@ -45,19 +45,10 @@ fn recordings() -> &'static Recordings {
         assert!(ok, "compiling extra_leak.c failed");
         let record = |name: &str, stacks: &str, args: &[&str]| {
             let trace = dir.join(name);
-            let out = heaplens()
-                .args(["record", "--stacks", stacks, "-o"])
-                .arg(&trace)
-                .arg("--")
-                .arg(&exe)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let command: Vec<&std::ffi::OsStr> = std::iter::once(exe.as_os_str())
+                .chain(args.iter().map(AsRef::as_ref))
+                .collect();
+            common::record(&trace, &["--stacks", stacks], &command);
             trace
         };
         Recordings {

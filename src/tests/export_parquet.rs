@@ -115,16 +115,12 @@ fn duckdb_reads_two_processes_and_agrees_with_stats() {
     let mut procs = Vec::new();
     for (name, leaks) in [("a", 7u64), ("b", 12)] {
         let trace = dir.join(format!("{name}.hltrace"));
-        let ok = heaplens()
-            .args(["record", "--stacks", "all", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(&exe)
-            .arg(leaks.to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "recording {name}");
+        let arg = leaks.to_string();
+        common::record(
+            &trace,
+            &["--stacks", "all"],
+            &[exe.as_os_str(), arg.as_ref()],
+        );
         let export = heaplens()
             .arg("export")
             .arg(&trace)

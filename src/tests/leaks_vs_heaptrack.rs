@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{heaplens, json, tempdir};
+use common::{json, tempdir};
 
 /// Each function allocates a known total; `leak_some` leaks 300 blocks of 100 bytes. The empty
 /// asm after each `malloc` keeps the call from becoming a tail call, so the function's own frame
@@ -123,18 +123,7 @@ fn sites_and_leaks_of_a_c_program_are_exact_with_and_without_frame_pointers_and_
     ];
     for (name, exe) in &builds {
         let trace = dir.join(format!("{name}.hltrace"));
-        let out = heaplens()
-            .args(["record", "--stacks", "all", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(exe)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::record(&trace, &["--stacks", "all"], &[exe]);
 
         // Per-site totals: every allocation of each function, exactly.
         let stats = json(&["stats", "--json"], &trace);

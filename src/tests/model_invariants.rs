@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{heaplens, root, tempdir};
+use common::{root, tempdir};
 use heaplens_alloc::event::EventKind;
 use heaplens_viewer::model::{Model, Point};
 use heaplens_viewer::trace::TraceReader;
@@ -23,38 +21,13 @@ const SCENARIOS: [&str; 6] = [
 
 #[test]
 fn invariants_hold_at_every_sample_of_fresh_recordings_of_each_scenario() {
-    let ok = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "heaplens-preload",
-            "-p",
-            "heaplens-sample-apps",
-        ])
-        .current_dir(root())
-        .status()
-        .expect("cargo build")
-        .success();
-    assert!(ok, "building the scenarios failed");
+    common::build_scenarios();
     let dir = tempdir("invariants");
     let mut report = Vec::new();
     for name in SCENARIOS {
         let trace = dir.join(format!("{name}.hltrace"));
-        let out = heaplens()
-            .arg("record")
-            .arg("-o")
-            .arg(&trace)
-            .arg("--")
-            .arg(root().join("target/release").join(name))
-            .arg("--short")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let exe = root().join("target/release").join(name);
+        common::record(&trace, &[], &[exe.as_os_str(), "--short".as_ref()]);
         let mut r = TraceReader::open(&trace).unwrap();
         assert!(r.is_complete(), "{name}");
         let mut m = Model::new();

@@ -6,42 +6,20 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{heaplens, root, tempdir};
+use common::{root, tempdir};
 use heaplens_viewer::source::Replay;
 use heaplens_viewer::teach::{Example, site_note, tour};
 use heaplens_viewer::ui::learn;
 
 /// Records `scenario`'s short form with every stack, and opens the recording.
 fn recorded(scenario: &str, dir: &std::path::Path) -> Replay {
-    let ok = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "heaplens-preload",
-            "-p",
-            "heaplens-sample-apps",
-        ])
-        .current_dir(root())
-        .status()
-        .expect("cargo build")
-        .success();
-    assert!(ok, "building the scenarios failed");
+    common::build_scenarios();
     let trace = dir.join(format!("{scenario}.hltrace"));
-    let out = heaplens()
-        .args(["record", "--stacks", "all", "-o"])
-        .arg(&trace)
-        .arg("--")
-        .arg(root().join("target/release").join(scenario))
-        .arg("--short")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let exe = root().join("target/release").join(scenario);
+    common::record(
+        &trace,
+        &["--stacks", "all"],
+        &[exe.as_os_str(), "--short".as_ref()],
     );
     Replay::open(&trace).unwrap()
 }

@@ -56,10 +56,51 @@ pub fn known_counts(dir: &Path) -> PathBuf {
 /// What `heaplens ARGS TRACE` prints as JSON (`stats --json`, `leaks --json`); it must succeed.
 pub fn json(args: &[&str], trace: &Path) -> serde_json::Value {
     let out = heaplens().args(args).arg(trace).output().unwrap();
+    let out = succeeded(out, &format!("heaplens {}", args.join(" ")));
+    serde_json::from_slice(&out.stdout).expect("heaplens prints JSON")
+}
+
+/// Builds libheaplens.so and the scenario programs of `sample-apps` (once).
+pub fn build_scenarios() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let ok = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "heaplens-preload",
+                "-p",
+                "heaplens-sample-apps",
+            ])
+            .current_dir(root())
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "building the scenarios failed");
+    });
+}
+
+/// `out`, once it is known to have succeeded (else its stderr, labelled `what`, fails the test).
+pub fn succeeded(out: std::process::Output, what: &str) -> std::process::Output {
     assert!(
         out.status.success(),
-        "{}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("heaplens prints JSON")
+    out
+}
+
+/// `heaplens record OPTIONS -o TRACE -- COMMAND`, which must succeed.
+pub fn record<S: AsRef<std::ffi::OsStr>>(trace: &Path, options: &[&str], command: &[S]) {
+    let out = heaplens()
+        .arg("record")
+        .args(options)
+        .arg("-o")
+        .arg(trace)
+        .arg("--")
+        .args(command)
+        .output()
+        .unwrap();
+    succeeded(out, &format!("recording {}", trace.display()));
 }
