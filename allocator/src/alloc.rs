@@ -86,7 +86,8 @@ unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
         // One compare decides whether the allocation may get a stack; the rest is out of line,
         // reached by a tail call so that it finds the caller's registers (see `stacks`).
         if (*heap).stacks.sampler.take(size) {
-            return crate::stacks::alloc_sampled_entry(size, ZERO, heap);
+            let how = crate::stacks::Shape::plain(ZERO);
+            return crate::stacks::alloc_sampled_entry(size, how, heap);
         }
         let page = direct_page(heap, size);
         if !page.is_null() {
@@ -225,6 +226,7 @@ pub(crate) unsafe fn block_untraced(heap: *mut Heap, size: usize, zero: bool) ->
 ///
 /// # Safety
 /// As [`malloc`].
+#[inline]
 pub unsafe fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded.
     unsafe { aligned(size, align, false) }
@@ -234,63 +236,98 @@ pub unsafe fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
 ///
 /// # Safety
 /// As [`malloc`].
+#[inline]
 pub unsafe fn zalloc_aligned(size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded.
     unsafe { aligned(size, align, true) }
 }
 
+/// Inlined into each entry point, so that each reaches [`aligned_traced`] from a call site of
+/// its own (the stack entry's calibration tells them apart; see [`crate::stacks`]).
+#[inline(always)]
 unsafe fn aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
-    if !align.is_power_of_two() || size > MAX_ALLOC_SIZE {
+    if !align.is_power_of_two() || align > MAX_ALLOC_SIZE {
         return ptr::null_mut();
+    }
+    if hook::enabled() {
+        // SAFETY: forwarded.
+        return unsafe { aligned_traced(size, align, zero) };
     }
     if align <= MAX_ALIGN {
         // SAFETY: forwarded.
         return unsafe { if zero { zalloc(size) } else { malloc(size) } };
     }
+    // SAFETY: the calling thread's heap.
+    unsafe { aligned_untraced(heap::default_heap(), size, align, zero).1 }
+}
+
+/// [`aligned`] with the hook on: as [`alloc_traced`], one compare decides whether the
+/// allocation may get a stack, and the stack entry is reached by a tail call.
+///
+/// # Safety
+/// As [`malloc`]; `align` is a power of two no larger than [`MAX_ALLOC_SIZE`].
+#[inline(never)]
+unsafe extern "C" fn aligned_traced(size: usize, align: usize, zero: bool) -> *mut u8 {
     let heap = heap::default_heap();
-    if size <= SMALL_SIZE_MAX {
-        // SAFETY: as in `malloc`. Take the next free block when it happens to be aligned.
-        unsafe {
+    // SAFETY: `heap` is the calling thread's heap; the empty heap's countdown is 0, so a thread
+    // without a heap of its own goes to the stack entry, which makes one.
+    unsafe {
+        if (*heap).stacks.sampler.take(size) {
+            let how = crate::stacks::Shape { align, zero }.encode();
+            return crate::stacks::alloc_sampled_entry(size, how, heap);
+        }
+        let (heap, p) = aligned_untraced(heap, size, align, zero);
+        traced(heap, p, size, aligned_flags(align, zero))
+    }
+}
+
+/// The event flags of an allocation aligned to `align`.
+pub(crate) fn aligned_flags(align: usize, zero: bool) -> u8 {
+    let aligned = if align > MAX_ALIGN { flags::ALIGNED } else { 0 };
+    aligned | if zero { flags::ZERO } else { 0 }
+}
+
+/// An `align`-aligned block of `size` bytes, not reported: the heap it came from (made for the
+/// thread if `heap` is the empty heap) and the block, null when out of memory or too large.
+///
+/// # Safety
+/// `heap` is the calling thread's heap or the empty heap; `align` is a power of two.
+pub(crate) unsafe fn aligned_untraced(
+    heap: *mut Heap,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> (*mut Heap, *mut u8) {
+    if size > MAX_ALLOC_SIZE {
+        return (heap, ptr::null_mut());
+    }
+    // SAFETY: as in `malloc`; the heap is made before a block is taken from it.
+    unsafe {
+        if align > MAX_ALIGN && size <= SMALL_SIZE_MAX {
+            // Take the next free block when it happens to be aligned (the empty heap's pages have
+            // none).
             let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
             let block = (*page).free;
             if !block.is_null() && (block as usize) & (align - 1) == 0 {
-                let p = page::pop(page, if zero { size.max(1) } else { 0 });
-                return traced(
-                    heap,
-                    p,
-                    size,
-                    flags::ALIGNED | if zero { flags::ZERO } else { 0 },
-                );
+                return (heap, page::pop(page, if zero { size.max(1) } else { 0 }));
             }
         }
-    }
-    // SAFETY: `heap` is this thread's.
-    unsafe { aligned_generic(heap, size, align, zero) }
-}
-
-#[inline(never)]
-unsafe fn aligned_generic(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    // SAFETY: the heap is this thread's; pages from `find_page`/`huge_page` have a free block;
-    // the aligned pointer stays inside the block because the block has `align - 1` spare bytes.
-    unsafe {
         let heap = ensure_heap(heap);
         if heap.is_null() {
-            return ptr::null_mut();
+            return (heap, ptr::null_mut());
         }
-        let p = aligned_block(heap, size, align, zero);
-        traced(
-            heap,
-            p,
-            size,
-            flags::ALIGNED | if zero { flags::ZERO } else { 0 },
-        )
+        if align <= MAX_ALIGN {
+            return (heap, block_untraced(heap, size, zero));
+        }
+        (heap, aligned_block(heap, size, align, zero))
     }
 }
 
-/// An aligned block for [`aligned_generic`]: over-allocate within a bin and align inside the block,
+/// An aligned block for [`aligned_untraced`]: over-allocate within a bin and align inside the block,
 /// or a huge page whose single block starts aligned.
 unsafe fn aligned_block(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    // SAFETY: as for `aligned_generic`.
+    // SAFETY: the heap is this thread's; pages from `find_page`/`huge_page` have a free block;
+    // the aligned pointer stays inside the block because the block has `align - 1` spare bytes.
     unsafe {
         if options::check() {
             return check::malloc(heap, size, align, zero);

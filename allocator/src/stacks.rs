@@ -23,8 +23,9 @@
 //! than report it wrong; the preload tests check the leaf frames of a C program.
 //!
 //! From there the walk ([`crate::unwind`]) follows the modules' `.eh_frame` rows
-//! ([`crate::cfi`]) or frame pointers. Allocations through the aligned entry points carry no
-//! stack.
+//! ([`crate::cfi`]) or frame pointers. The aligned entry points (`aligned_alloc`,
+//! `posix_memalign`, `memalign`, `valloc`, `pvalloc`) reach the same stack entry the same way,
+//! with the alignment passed along ([`Shape`]).
 
 // Without the `hook` feature the collector, which drives this, is not built.
 #![cfg_attr(not(feature = "hook"), allow(dead_code))]
@@ -111,22 +112,17 @@ pub(crate) unsafe fn thread_done(heap: *mut Heap) {
     unsafe { (*heap).stacks.table.release() };
 }
 
-/// Entry points to calibrate: function addresses taking C arguments `(usize, usize)`, and the
-/// arguments that reach the stack entry without allocating.
-static ENTRIES: [(AtomicUsize, AtomicUsize, AtomicUsize); 8] = [const {
-    (
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-    )
-}; 8];
+/// Entry points to calibrate: function addresses taking up to three integer C arguments, and
+/// the arguments that reach the stack entry without allocating.
+static ENTRIES: [(AtomicUsize, [AtomicUsize; 3]); 16] =
+    [const { (AtomicUsize::new(0), [const { AtomicUsize::new(0) }; 3]) }; 16];
 /// Calibrated call sites: the return address into heaplens seen at the entry, and how to find
 /// the caller's registers from there: the distance from the entry's stack pointer (`sp` as
 /// passed, 8 above the entry's `rsp`) to the caller's, in the high 32 bits; in the low 32, where
 /// the caller's `rbp` is (see [`RBP_LIVE`], [`RBP_LOST`], else 1 + its offset from the entry's
 /// `rsp`, saved by a frame in between that used the register).
-static SITES: [(AtomicUsize, AtomicUsize); 8] =
-    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 8];
+static SITES: [(AtomicUsize, AtomicUsize); 16] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
 /// The trampoline's stack pointer (the caller's, once the entry point returns).
 static CALIBRATION_SP: AtomicUsize = AtomicUsize::new(0);
 /// A call site whose frames above differ by entry point.
@@ -152,22 +148,29 @@ pub const CALIBRATION_REALLOC_SIZE: usize = crate::MAX_ALLOC_SIZE;
 /// As the first argument of a registered entry point: a live block of 16 bytes, made for the
 /// call (`realloc(p, n)` moving the block takes another call site than `realloc(NULL, n)`).
 pub const CALIBRATION_BLOCK: usize = usize::MAX;
+/// As an argument of a registered entry point: the address of a pointer-sized slot the call may
+/// write (`posix_memalign`'s `memptr`; it is left alone when the call fails, as it does here).
+pub const CALIBRATION_SLOT: usize = usize::MAX - 1;
 
-/// Registers an allocation entry point to be calibrated when recording starts: `f(a, b)` must
-/// reach the traced path's stack entry (`malloc(n)`, `calloc(1, n)` with [`CALIBRATION_SIZE`],
-/// `realloc(p, n)` with [`CALIBRATION_REALLOC_SIZE`]; `a` may be [`CALIBRATION_BLOCK`]), and
-/// return null without allocating. Call it before recording starts.
+/// Registers an allocation entry point to be calibrated when recording starts: `f(args...)`
+/// must reach the traced path's stack entry (`malloc(n)`, `calloc(1, n)`, `aligned_alloc(64, n)`
+/// with [`CALIBRATION_SIZE`], `realloc(p, n)` with [`CALIBRATION_REALLOC_SIZE`]; the first
+/// argument may be [`CALIBRATION_BLOCK`], any may be [`CALIBRATION_SLOT`]) and fail without
+/// allocating. Arguments past the function's own are ignored. Call it before recording starts.
 ///
 /// # Safety
-/// `f` is the address of such a function with the C calling convention.
-pub unsafe fn register_entry(f: usize, a: usize, b: usize) {
+/// `f` is the address of such a function with the C calling convention and at most three
+/// integer or pointer arguments.
+pub unsafe fn register_entry(f: usize, args: [usize; 3]) {
     for e in &ENTRIES {
-        if e.0.load(Acquire) == f && e.1.load(Relaxed) == a && e.2.load(Relaxed) == b {
+        let same = || e.1.iter().zip(args).all(|(a, b)| a.load(Relaxed) == b);
+        if e.0.load(Acquire) == f && same() {
             return;
         }
         if e.0.load(Acquire) == 0 {
-            e.1.store(a, Relaxed);
-            e.2.store(b, Relaxed);
+            for (a, b) in e.1.iter().zip(args) {
+                a.store(b, Relaxed);
+            }
             e.0.store(f, Release);
             return;
         }
@@ -192,18 +195,24 @@ fn calibrate_entries() {
         if f == 0 {
             continue;
         }
-        let mut a = e.1.load(Relaxed);
-        let block = if a == CALIBRATION_BLOCK {
+        let mut args = e.1.each_ref().map(|a| a.load(Relaxed));
+        let block = if args[0] == CALIBRATION_BLOCK {
             // SAFETY: a block of this (untraced) thread's own, freed below.
             let p = unsafe { crate::malloc(16) };
             if p.is_null() {
                 continue;
             }
-            a = p as usize;
+            args[0] = p as usize;
             p
         } else {
             core::ptr::null_mut()
         };
+        let mut slot = 0usize;
+        for a in &mut args {
+            if *a == CALIBRATION_SLOT {
+                *a = (&raw mut slot) as usize;
+            }
+        }
         // Whatever the mode, the next allocation of this thread goes to the entry.
         let heap = crate::heap::default_heap();
         if heap != EMPTY_HEAP_PTR {
@@ -211,8 +220,9 @@ fn calibrate_entries() {
             unsafe { (*heap).stacks.sampler.countdown.store(0, Relaxed) };
         }
         CALIBRATING.with(|c| c.set(Some(Regs::default())));
-        // SAFETY: a registered entry point takes these arguments and allocates nothing here.
-        unsafe { calibration_call(f, a, e.2.load(Relaxed)) };
+        // SAFETY: a registered entry point takes these arguments and allocates nothing here;
+        // `slot` outlives the call.
+        unsafe { calibration_call(f, args[0], args[1], args[2]) };
         let seen = CALIBRATING.with(|c| c.replace(None));
         if !block.is_null() {
             // SAFETY: the block made above, left intact by the failed call.
@@ -244,19 +254,21 @@ fn calibrate_entries() {
     }
 }
 
-/// Calls `f(a, b)` with the stack pointer noted in [`CALIBRATION_SP`] and [`RBP_MARK`] in `rbp`.
+/// Calls `f(a, b, c)` with the stack pointer noted in [`CALIBRATION_SP`] and [`RBP_MARK`] in
+/// `rbp`.
 ///
 /// # Safety
-/// `f` is a C function of two integer arguments.
+/// `f` is a C function of at most three integer or pointer arguments, valid for these.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-unsafe extern "sysv64" fn calibration_call(f: usize, a: usize, b: usize) -> usize {
+unsafe extern "sysv64" fn calibration_call(f: usize, a: usize, b: usize, c: usize) -> usize {
     core::arch::naked_asm!(
         "push rbp",
         "movabs rbp, {mark}",
         "mov rax, rdi",
         "mov rdi, rsi",
         "mov rsi, rdx",
+        "mov rdx, rcx",
         "mov qword ptr [rip + {sp}], rsp",
         "call rax",
         "pop rbp",
@@ -269,7 +281,7 @@ unsafe extern "sysv64" fn calibration_call(f: usize, a: usize, b: usize) -> usiz
 /// # Safety
 /// Nothing: no stacks on this target.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe extern "sysv64" fn calibration_call(_f: usize, _a: usize, _b: usize) -> usize {
+unsafe extern "sysv64" fn calibration_call(_f: usize, _a: usize, _b: usize, _c: usize) -> usize {
     0
 }
 
@@ -305,6 +317,34 @@ fn through_site(regs: Regs, stack: (usize, usize)) -> Option<Regs> {
     Some(Regs { pc, sp, fp })
 }
 
+/// What an allocation that may get a stack asks for, passed to the stack entry in one register:
+/// its alignment (0: `malloc`'s, from the size's bin) and whether it is zeroed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// A power of two no larger than [`crate::MAX_ALLOC_SIZE`], or 0.
+    pub align: usize,
+    pub zero: bool,
+}
+
+impl Shape {
+    /// `malloc`'s (`zero`: `calloc`'s), as a constant for the fast path.
+    pub(crate) const fn plain(zero: bool) -> usize {
+        zero as usize
+    }
+
+    /// One word: the alignment above the zero bit.
+    pub(crate) const fn encode(self) -> usize {
+        self.align << 1 | self.zero as usize
+    }
+
+    pub(crate) const fn decode(how: usize) -> Self {
+        Self {
+            align: how >> 1,
+            zero: how & 1 != 0,
+        }
+    }
+}
+
 /// The traced path's entry for an allocation that may get a stack, reached by a tail call from
 /// frameless code (see the module docs): passes the return address into the caller of
 /// `malloc`, its stack pointer and frame pointer to [`alloc_sampled`].
@@ -316,7 +356,7 @@ fn through_site(regs: Regs, stack: (usize, usize)) -> Option<Regs> {
 #[unsafe(naked)]
 pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(
     size: usize,
-    zero: bool,
+    how: usize,
     heap: *mut Heap,
 ) -> *mut u8 {
     core::arch::naked_asm!(
@@ -336,22 +376,23 @@ pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe extern "sysv64" fn alloc_sampled_entry(
     size: usize,
-    zero: bool,
+    how: usize,
     heap: *mut Heap,
 ) -> *mut u8 {
     // SAFETY: forwarded.
-    unsafe { alloc_sampled(size, zero, 0, 0, 0, heap) }
+    unsafe { alloc_sampled(size, how, 0, 0, 0, heap) }
 }
 
 /// The out-of-line half of the traced path: decides whether the allocation gets a stack,
 /// allocates, and reports the stack's new frames and the allocation.
 ///
 /// # Safety
-/// As [`crate::malloc`]; `pc`, `sp`, `fp` are the registers at the call of `malloc` (or 0);
+/// As [`crate::malloc`]; `how` is a [`Shape`]'s encoding; `pc`, `sp`, `fp` are the registers
+/// at the call of `malloc` (or 0);
 /// `heap` is the calling thread's heap (or the empty heap).
 unsafe extern "sysv64" fn alloc_sampled(
     size: usize,
-    zero: bool,
+    how: usize,
     pc: usize,
     sp: usize,
     fp: usize,
@@ -385,12 +426,18 @@ unsafe extern "sysv64" fn alloc_sampled(
             return core::ptr::null_mut();
         }
     }
-    let fl = if zero { flags::ZERO } else { 0 };
+    let Shape { align, zero } = Shape::decode(how);
     // SAFETY: `heap` is this thread's; the block comes from its pages.
     unsafe {
         let salt = u64::from((*heap).id) ^ (heap as u64);
         let take = (*heap).stacks.sampler.on_slow(size, salt);
-        let p = crate::alloc::block_untraced(heap, size, zero);
+        let (p, fl) = if align == 0 {
+            let p = crate::alloc::block_untraced(heap, size, zero);
+            (p, if zero { flags::ZERO } else { 0 })
+        } else {
+            let p = crate::alloc::aligned_untraced(heap, size, align, zero).1;
+            (p, crate::alloc::aligned_flags(align, zero))
+        };
         if p.is_null() || !hook::enabled() {
             return p;
         }

@@ -82,16 +82,24 @@ extern "C" fn init() {
     // The C entry points keep a frame on the traced path: calibrated when recording starts, so
     // stacks start at the caller of `malloc` (see `heaplens_alloc::stacks`).
     let big = hl::stacks::CALIBRATION_SIZE;
-    // SAFETY: `malloc(big)`, `calloc(1, big)` and `realloc(p, n)` reach the stack entry and
-    // return null.
+    // SAFETY: `malloc(big)`, `calloc(1, big)`, `realloc(p, n)` and the aligned entry points
+    // with `big` reach the stack entry and fail, allocating nothing.
     unsafe {
-        hl::stacks::register_entry(malloc as *const () as usize, big, 0);
-        hl::stacks::register_entry(calloc as *const () as usize, 1, big);
+        use hl::stacks::{CALIBRATION_BLOCK, CALIBRATION_SLOT, register_entry};
+        register_entry(malloc as *const () as usize, [big, 0, 0]);
+        register_entry(calloc as *const () as usize, [1, big, 0]);
         // `realloc(NULL, n)` and `realloc(p, n)` reach `malloc` through two call sites.
         let realloc_entry = realloc as *const () as usize;
         let n = hl::stacks::CALIBRATION_REALLOC_SIZE;
-        hl::stacks::register_entry(realloc_entry, 0, n);
-        hl::stacks::register_entry(realloc_entry, hl::stacks::CALIBRATION_BLOCK, n);
+        register_entry(realloc_entry, [0, n, 0]);
+        register_entry(realloc_entry, [CALIBRATION_BLOCK, n, 0]);
+        // The aligned entry points: one call site each, whatever the alignment.
+        let memptr = CALIBRATION_SLOT;
+        register_entry(posix_memalign as *const () as usize, [memptr, 64, big]);
+        register_entry(aligned_alloc as *const () as usize, [64, big, 0]);
+        register_entry(memalign as *const () as usize, [64, big, 0]);
+        register_entry(valloc as *const () as usize, [big, 0, 0]);
+        register_entry(pvalloc as *const () as usize, [big, 0, 0]);
     }
     // Launched by `heaplens record`/`run`: stream events to the socket it names. A failure to
     // connect leaves the program running untraced; nothing may unwind out of a constructor.

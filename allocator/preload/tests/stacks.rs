@@ -142,7 +142,7 @@ fn check_frames(name: &str, cflags: &[&str]) {
 
     // Frames, each sent before the first allocation that uses it, in its thread's stream.
     let mut frames: HashMap<u32, Event> = HashMap::new();
-    let (mut from_a, mut from_b, mut from_c) = (0, 0, 0);
+    let mut from: HashMap<&str, usize> = HashMap::new();
     for (heap, e) in &events {
         if e.kind == EventKind::StackFrame as u8 {
             assert_ne!(*heap, 0, "frames come in the threads' streams");
@@ -162,6 +162,12 @@ fn check_frames(name: &str, cflags: &[&str]) {
             2002 => "alloc_b",
             3030 => "alloc_c",
             5050 => "grow_c",
+            1616 => "alloc_aligned16",
+            4040 => "alloc_aligned",
+            6060 => "alloc_posix",
+            7070 => "alloc_memalign",
+            8080 => "alloc_valloc",
+            12288 => "alloc_pvalloc",
             _ => continue,
         };
         if e.kind != EventKind::Alloc as u8 {
@@ -184,15 +190,27 @@ fn check_frames(name: &str, cflags: &[&str]) {
                 .expect("a frame beyond main");
             assert!(!inside("main", outer.addr));
         }
-        match f {
-            "alloc_a" => from_a += 1,
-            "alloc_b" => from_b += 1,
-            _ => from_c += 1,
-        }
+        *from.entry(f).or_default() += 1;
     }
-    assert_eq!(from_b, 500);
-    assert_eq!(from_c, 1000, "realloc, from NULL and moving a block");
-    assert_eq!(from_a, 500 + 2 * 20000);
+    let n = |f: &str| from.get(f).copied().unwrap_or(0);
+    assert_eq!(n("alloc_b"), 500);
+    assert_eq!(
+        n("alloc_c") + n("grow_c"),
+        1000,
+        "realloc, from NULL and moving a block"
+    );
+    assert_eq!(n("alloc_a"), 500 + 2 * 20000);
+    // Every aligned entry point, whatever the alignment, 100 times each.
+    for f in [
+        "alloc_aligned16",
+        "alloc_aligned",
+        "alloc_posix",
+        "alloc_memalign",
+        "alloc_valloc",
+        "alloc_pvalloc",
+    ] {
+        assert_eq!(n(f), 100, "allocations with a stack in {f}");
+    }
     // Interned: a handful of distinct stacks, not one per allocation.
     assert!(frames.len() < 100, "{} frames", frames.len());
     // The library loaded by the thread was reported (each time it was loaded), and unloaded;

@@ -1,9 +1,13 @@
 /* Known call paths for the stack capture test: alloc_a allocates 1001-byte blocks with malloc,
  * alloc_b 2002-byte blocks with calloc, alloc_c 3030 bytes with realloc(NULL, n), grow_c moves
- * them to 5050 bytes with realloc, all called from main; built with frame pointers. A
+ * them to 5050 bytes with realloc, and the aligned entry points allocate in alloc_aligned16
+ * (aligned_alloc(16, 1616)), alloc_aligned (aligned_alloc(64, 4040)), alloc_posix
+ * (posix_memalign, 128, 6060), alloc_memalign (memalign(4096, 7070)), alloc_valloc
+ * (valloc(8080)) and alloc_pvalloc (pvalloc(12288)), all called from main. A
  * thread loads a library (stacks_plugin.c, named by argv[1]) with dlopen while the others
  * allocate. */
 #include <dlfcn.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,43 @@ __attribute__((noinline)) void *grow_c(void *p, size_t n) {
     char *q = realloc(p, n); /* moves: far more than the block holds */
     if (q) q[3] = 4;
     return q;
+}
+
+__attribute__((noinline)) void *alloc_aligned16(size_t n) {
+    char *p = aligned_alloc(16, n);
+    if (p) p[0] = 5;
+    return p;
+}
+
+__attribute__((noinline)) void *alloc_aligned(size_t n) {
+    char *p = aligned_alloc(64, n);
+    if (p) p[0] = 6;
+    return p;
+}
+
+__attribute__((noinline)) void *alloc_posix(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 128, n) != 0) return NULL;
+    ((char *)p)[0] = 7;
+    return p;
+}
+
+__attribute__((noinline)) void *alloc_memalign(size_t n) {
+    char *p = memalign(4096, n);
+    if (p) p[0] = 8;
+    return p;
+}
+
+__attribute__((noinline)) void *alloc_valloc(size_t n) {
+    char *p = valloc(n);
+    if (p) p[0] = 9;
+    return p;
+}
+
+__attribute__((noinline)) void *alloc_pvalloc(size_t n) {
+    char *p = pvalloc(n);
+    if (p) p[0] = 10;
+    return p;
 }
 
 static void *loader(void *path) {
@@ -64,6 +105,14 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < 2 * N; i++) free(keep[i]);
     for (int i = 0; i < N; i++) free(grow_c(alloc_c(3030), 5050));
+    for (int i = 0; i < 100; i++) {
+        free(alloc_aligned16(1616));
+        free(alloc_aligned(4040));
+        free(alloc_posix(6060));
+        free(alloc_memalign(7070));
+        free(alloc_valloc(8080));
+        free(alloc_pvalloc(12288));
+    }
     void *r = NULL;
     int failed = 0;
     for (int i = 0; i < 3; i++) {
