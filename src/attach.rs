@@ -78,9 +78,10 @@ pub fn run(
         StackMode::Sampled => heaplens_alloc::StackMode::Sampled,
         StackMode::All => heaplens_alloc::StackMode::All,
     };
-    stream
-        .write_all(&attach::encode_request(mode, stacks.sample_bytes))
-        .map_err(|e| format!("cannot talk to pid {pid}: {e}"))?;
+    if let Err(e) = stream.write_all(&attach::encode_request(mode, stacks.sample_bytes)) {
+        // Closed at once: the program serves another heaplens.
+        return Err(refused(&target, Some(&WireError::Io(e))).into());
+    }
     SOCKET_FD.store(stream.as_raw_fd(), Ordering::SeqCst);
     handle_signals();
     let (tx, frames) = backlog(launch::BACKLOG_BYTES);
@@ -253,11 +254,20 @@ fn ending(target: &Target, clean: bool, error: Option<&WireError>) -> String {
 fn refused(target: &Target, error: Option<&WireError>) -> String {
     let pid = target.pid;
     match error {
-        Some(WireError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => format!(
-            "pid {pid} ({}) refused the attach: another heaplens is attached to it already \
+        Some(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            format!(
+                "pid {pid} ({}) refused the attach: another heaplens is attached to it already \
              (one at a time)",
-            target.name
-        ),
+                target.name
+            )
+        }
         Some(e) => format!("attaching to pid {pid} failed: {e}"),
         None => format!("pid {pid} closed the connection without streaming"),
     }
