@@ -439,3 +439,78 @@ fn foreign_peer(socket: &Path, uid: u32) -> i32 {
     assert!(libc::WIFEXITED(status));
     libc::WEXITSTATUS(status)
 }
+
+/// A virtual X display (Xvfb picks a free number), stopped when dropped.
+struct Display {
+    server: Child,
+    name: String,
+}
+
+impl Display {
+    fn start() -> Option<Self> {
+        let mut server = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let number = wait_line(&lines(server.stdout.take().unwrap()), "", "Xvfb");
+        Some(Self {
+            server,
+            name: format!(":{}", number.trim()),
+        })
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn the_viewer_attaches_and_ctrl_c_detaches() {
+    let Some(display) = Display::start() else {
+        eprintln!("skipped: Xvfb is not installed (Debian package xvfb; .ci/run installs it)");
+        return;
+    };
+    let dir = tempdir("attach-viewer");
+    let exe = build(&dir);
+    let mut target = Target::start(&exe, &dir);
+    let pid = target.pid();
+    let mut child = heaplens()
+        .args(["attach", &pid.to_string()])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("DISPLAY", &display.name)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines(child.stderr.take().unwrap());
+    wait_line(&stderr, "attached to pid", "heaplens attach (viewer)");
+    assert_eq!(target.more(), "more 50");
+    let a = Attached { child, stderr };
+    kill("INT", a.child.id());
+    let said = a.finish();
+    assert!(said.contains("detached from pid"), "{said}");
+    // The program runs on, untraced, and can be attached to again.
+    assert_eq!(target.more(), "more 100");
+    let trace = dir.join("after-viewer.hltrace");
+    let a = attach(pid, &trace, &dir);
+    kill("INT", a.child.id());
+    a.finish();
+    let s = stats(&trace);
+    assert_exact(&s, "after the viewer");
+    assert_eq!(live_blocks(&s, LATER), 100, "{s}");
+    writeln!(target.stdin, "exit").unwrap();
+    drop(target.stdin);
+    assert!(wait_exit(target.child, "the program").success());
+}
