@@ -514,3 +514,21 @@ fn the_viewer_attaches_and_ctrl_c_detaches() {
     drop(target.stdin);
     assert!(wait_exit(target.child, "the program").success());
 }
+
+#[test]
+fn a_program_killed_while_attached_leaves_a_readable_trace() {
+    let dir = tempdir("attach-killed");
+    let exe = build(&dir);
+    let mut target = Target::start(&exe, &dir);
+    let trace = dir.join("killed.hltrace");
+    let a = attach(target.pid(), &trace, &dir);
+    assert_eq!(target.more(), "more 50");
+    kill("KILL", target.pid());
+    wait_exit(target.child, "the program");
+    let said = a.finish();
+    assert!(said.contains("went away while attached"), "{said}");
+    let s = stats(&trace);
+    assert_eq!(s["census_mismatches"], 0, "the initial census: {s}");
+    assert_eq!(live_blocks(&s, EARLY), 300, "{s}");
+    assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+}
