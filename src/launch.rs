@@ -297,7 +297,7 @@ fn accept(
 }
 
 /// Whether process `pid` is still running (not gone, not a zombie).
-fn running(pid: i32) -> bool {
+pub(crate) fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -348,13 +348,13 @@ fn read_streams(
 }
 
 /// Queues `item`, counting its bytes.
-fn send(tx: &backlog::Sender<StreamItem>, item: StreamItem) -> Result<(), StreamItem> {
+pub(crate) fn send(tx: &backlog::Sender<StreamItem>, item: StreamItem) -> Result<(), StreamItem> {
     let bytes = item.bytes();
     tx.send(item, bytes)
 }
 
 /// Forwards one stream's frames; returns how it ended (`None`: cleanly, with `End`).
-fn read_stream(
+pub(crate) fn read_stream(
     stream: UnixStream,
     tx: &backlog::Sender<StreamItem>,
     recycled: &Receiver<Vec<Event>>,

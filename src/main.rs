@@ -10,7 +10,10 @@
 //! - `heaplens export FILE --format F -o OUT`: the trace for other tools (pprof, flame graphs,
 //!   speedscope, Perfetto, spreadsheets).
 //! - `heaplens diff A B` / `heaplens diff FILE --from L --to L`: what grew between two points.
+//! - `heaplens attach PID [--record FILE]`: watch or record a running program started with
+//!   `LD_PRELOAD=libheaplens.so HEAPLENS_ATTACH=1`; Ctrl-C or closing the viewer detaches.
 
+mod attach;
 mod backlog;
 mod demo;
 mod diff;
@@ -131,6 +134,18 @@ enum Cmd {
     Export(export::ExportArgs),
     /// Which allocation sites and size classes grew between two traces, or two markers of one.
     Diff(diff::DiffArgs),
+    /// Watch a running program live in the viewer, or record it (--record), from now on. The
+    /// program must run with `LD_PRELOAD=libheaplens.so HEAPLENS_ATTACH=1`. Closing the
+    /// viewer, Ctrl-C or SIGTERM detaches; the program runs on untraced.
+    Attach {
+        /// The program's process id.
+        pid: i32,
+        /// Write a trace instead of opening the viewer.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        #[command(flatten)]
+        stacks: sites::StackArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,6 +182,11 @@ fn main() -> ExitCode {
         Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
         Cmd::Export(args) => export::run(&args).map(|()| 0),
         Cmd::Diff(args) => diff::run(&args).map(|()| 0),
+        Cmd::Attach {
+            pid,
+            record,
+            stacks,
+        } => attach::run(pid, record.as_deref(), &stacks),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

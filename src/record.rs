@@ -110,13 +110,26 @@ impl Recorder {
             Exit::Code(c) => ExitStatus::Code(c),
             Exit::Signal(s) => ExitStatus::Signal(s),
         };
+        if self.writer.is_none() {
+            return Err(format!("the program {exit} without sending any events").into());
+        }
+        self.finish_status(status, clean)
+    }
+
+    /// Ends the file with `status` (`Unknown` for a program heaplens detached from, which runs
+    /// on); returns the events written.
+    pub fn finish_status(
+        self,
+        status: ExitStatus,
+        clean: bool,
+    ) -> Result<u64, Box<dyn std::error::Error>> {
         let reason = if clean {
             EndReason::Clean
         } else {
             EndReason::PeerVanished
         };
         let Some(mut w) = self.writer else {
-            return Err(format!("the program {exit} without sending any events").into());
+            return Err("the program sent no events".into());
         };
         if let Some(k) = self.keyframes {
             for kf in k.finish()? {

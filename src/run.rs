@@ -130,13 +130,13 @@ fn pump(
 }
 
 /// The viewer's side of the stream: never blocks; what does not fit is counted and reported.
-struct Tap<'a> {
-    tx: &'a Sender<Feed>,
-    missed: u64,
+pub(crate) struct Tap<'a> {
+    pub(crate) tx: &'a Sender<Feed>,
+    pub(crate) missed: u64,
 }
 
 impl Tap<'_> {
-    fn send(&mut self, heap: u32, events: Vec<Event>) {
+    pub(crate) fn send(&mut self, heap: u32, events: Vec<Event>) {
         if self.missed > 0 {
             let note = Event {
                 kind: EventKind::Dropped as u8,

@@ -12,7 +12,7 @@
 //! a traced thread allocated (the sink and the state handed to it are leaked on purpose), so the
 //! traced heap's accounting stays exact.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ static FINISHED: AtomicBool = AtomicBool::new(false);
 static STARTED: AtomicBool = AtomicBool::new(false);
 static CENSUS_REQUESTS: AtomicU64 = AtomicU64::new(0);
 static CENSUS_DONE: AtomicU64 = AtomicU64::new(0);
+/// The number of the last census taken: numbers go on across recordings of one process (an
+/// attached program is recorded again and again), so a heap never mistakes a new census for one
+/// it already reported.
+static LAST_CENSUS: AtomicU32 = AtomicU32::new(0);
 
 /// Errors starting the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,8 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
         sink,
         full_rx,
     }));
+    // A new recording's clock starts at zero (an earlier one in this process left it running).
+    hook::reset_clock();
     // On before the collector's first census, so nothing happens unseen in between.
     hook::set_enabled(true, config.lossless);
     let mut thread: libc::pthread_t = 0;
@@ -123,6 +129,19 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     // Return once the first census is taken, so it describes the state recording starts from.
     wait_until(|| STARTED.load(Acquire) || FINISHED.load(Acquire));
     Ok(())
+}
+
+/// After [`shutdown`]: lets [`start`] run again (`heaplens attach` records a process again and
+/// again). False while a collector still runs.
+pub(crate) fn restartable() -> bool {
+    if !FINISHED.load(Acquire) {
+        return !RUNNING.load(Acquire);
+    }
+    STARTED.store(false, Release);
+    SHUTDOWN.store(false, Release);
+    FINISHED.store(false, Release);
+    RUNNING.store(false, Release);
+    true
 }
 
 /// In the child of a `fork()`: the collector thread did not come along, so recording is over
@@ -246,6 +265,8 @@ extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
         Collector::new(state).run();
     }));
     hook::set_enabled(false, false);
+    // A thread that exits from now on unmaps its buffer rather than sending it to nobody.
+    hook::CHANNELS.store(core::ptr::null_mut(), Release);
     FINISHED.store(true, Release);
     core::ptr::null_mut()
 }
@@ -332,6 +353,8 @@ struct Collector<'a> {
     last_names: u64,
     last_census: u64,
     census_number: u32,
+    /// The number of this recording's first census (the initial one).
+    first_census: u32,
     census_served: u64,
     /// Every event with an earlier time has been collected (from buffers or the channel).
     safe_until: u64,
@@ -371,7 +394,8 @@ impl<'a> Collector<'a> {
             last_drain: 0,
             last_names: 0,
             last_census: 0,
-            census_number: 0,
+            census_number: LAST_CENSUS.load(Acquire),
+            first_census: LAST_CENSUS.load(Acquire) + 1,
             census_served: 0,
             safe_until: 0,
             sink_alive: true,
@@ -639,8 +663,10 @@ impl<'a> Collector<'a> {
     fn census(&mut self, now: u64) {
         self.last_census = now;
         self.census_number += 1;
+        LAST_CENSUS.store(self.census_number, Release);
         let mut events = Vec::new();
-        hook::census(self.census_number, self.census_number == 1, &mut events);
+        let initial = self.census_number == self.first_census;
+        hook::census(self.census_number, initial, &mut events);
         self.emit(BatchRef {
             heap: 0,
             events: &events,
@@ -653,6 +679,7 @@ impl<'a> Collector<'a> {
     fn heap_census(&mut self, now: u64) {
         self.last_census = now;
         self.census_number += 1;
+        LAST_CENSUS.store(self.census_number, Release);
         let n = self.census_number;
         let t = hook::now();
         let begin = schema::CensusBegin {

@@ -77,6 +77,11 @@ pub(crate) fn set_clock(ns: u64) {
     CLOCK_NS.fetch_max(ns, Relaxed);
 }
 
+/// Sets the clock back to zero for a new recording (the collector, before the hook goes on).
+pub(crate) fn reset_clock() {
+    CLOCK_NS.store(0, Relaxed);
+}
+
 /// `CLOCK_MONOTONIC` at the clock's zero (0: the collector has not started).
 static CLOCK_ORIGIN: AtomicU64 = AtomicU64::new(0);
 

@@ -22,6 +22,8 @@
 #![allow(unsafe_code)] // an allocator is unsafe code; every block says why it holds.
 
 pub mod alloc;
+#[cfg(feature = "hook")]
+pub mod attach;
 pub mod batch;
 pub mod bin;
 pub mod cfi;

@@ -453,6 +453,19 @@ pub fn stream_from_env() -> bool {
     let Ok(stream) = UnixStream::connect(&path) else {
         return false;
     };
+    if !start_stream(stream) {
+        return false;
+    }
+    // SAFETY: registering an extern "C" fn that never unwinds.
+    unsafe { libc::atexit(end_stream_at_exit) };
+    true
+}
+
+/// Streams to the connected `stream`: sends the header and metadata, then starts the collector
+/// (lossless, a census every `HEAPLENS_CENSUS_MS`) with a sink that writes batches and, at the
+/// end, the end frame, after which it closes the socket. Returns whether streaming started.
+#[cfg(feature = "hook")]
+pub fn start_stream(stream: std::os::unix::net::UnixStream) -> bool {
     use std::os::fd::AsRawFd;
     // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
     // burst over without waiting while heaplens's reader is off the CPU. With the default
@@ -484,10 +497,20 @@ pub fn stream_from_env() -> bool {
     // `scratch`, and it does so on the collector's own (untraced) thread: filled here, it would
     // sit on the program's heap and show up as the program's memory.
     let mut scratch = Vec::new();
+    let mut socket = Some(socket);
     let sink: crate::collector::Sink = Box::new(move |batch| {
+        let Some(s) = socket.as_mut() else {
+            return false;
+        };
         let r = match batch {
-            Some(b) => send_batch(&mut socket, b.heap, b.events, &mut scratch),
-            None => write_end(&mut socket),
+            Some(b) => send_batch(s, b.heap, b.events, &mut scratch),
+            None => {
+                // The end: the socket closes, so the reader sees the stream end here (the
+                // collector's state, which holds this sink, is never freed).
+                let r = write_end(s);
+                socket = None;
+                r
+            }
         };
         r.is_ok()
     });
@@ -496,12 +519,7 @@ pub fn stream_from_env() -> bool {
         census_every_ms: crate::options::census_ms(),
         channel_buffers: 64,
     };
-    if crate::collector::start(config, sink).is_err() {
-        return false;
-    }
-    // SAFETY: registering an extern "C" fn that never unwinds.
-    unsafe { libc::atexit(end_stream_at_exit) };
-    true
+    crate::collector::start(config, sink).is_ok()
 }
 
 #[cfg(feature = "hook")]

@@ -103,7 +103,11 @@ extern "C" fn init() {
     }
     // Launched by `heaplens record`/`run`: stream events to the socket it names. A failure to
     // connect leaves the program running untraced; nothing may unwind out of a constructor.
-    let _ = std::panic::catch_unwind(hl::wire::stream_from_env);
+    let streaming = std::panic::catch_unwind(hl::wire::stream_from_env).unwrap_or(false);
+    // Otherwise, with `HEAPLENS_ATTACH=1`: dormant, listening for `heaplens attach PID`.
+    if !streaming {
+        let _ = std::panic::catch_unwind(hl::attach::listen_from_env);
+    }
 }
 
 // SAFETY: the loader calls each function pointer in `.init_array` once, on the loading thread,
