@@ -19,11 +19,14 @@ mod keyframes;
 mod launch;
 mod leaks;
 mod priority;
+mod processes;
 mod quiet;
+mod reap;
 mod record;
 mod run;
 mod sites;
 mod stats;
+mod tracedir;
 
 /// What heaplens says when it cannot open a window.
 pub const NO_DISPLAY: &str = "no display to open the viewer on (DISPLAY is not set); record a \
@@ -72,9 +75,13 @@ enum Cmd {
     },
     /// Run a program with heaplens as its malloc and watch it live in the viewer.
     Run {
-        /// Also record every event to this trace file.
+        /// Also record every event to this trace file (with --follow-fork: this folder).
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        /// Record every process the command starts (each into RECORD/PID.hltrace); the viewer
+        /// watches the program itself.
+        #[arg(long, requires = "record")]
+        follow_fork: bool,
         #[command(flatten)]
         stacks: sites::StackArgs,
         #[command(flatten)]
@@ -87,10 +94,13 @@ enum Cmd {
         #[arg(default_value = "fragmentation")]
         scenario: String,
     },
-    /// Replay a recorded trace in the viewer.
+    /// Replay a recorded trace in the viewer (a --follow-fork folder: pick a process).
     View {
-        /// The trace file.
+        /// The trace file, or a folder recorded with --follow-fork.
         file: PathBuf,
+        /// The process of the folder to replay (default: a list to pick from).
+        #[arg(long)]
+        pid: Option<u32>,
         /// A second trace to compare with: the Sites tab's flame graph colours what grew
         /// (red) and shrank (blue) from it to FILE.
         #[arg(long, value_name = "BASELINE")]
@@ -98,9 +108,13 @@ enum Cmd {
     },
     /// Run a program with heaplens as its malloc and record every allocator event to a trace.
     Record {
-        /// The trace file to write.
+        /// The trace file to write (with --follow-fork: the folder, one PID.hltrace per process).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Record every process the command starts (fork and exec), each as its own trace
+        /// OUTPUT/PID.hltrace with its parent's pid and command line in the metadata.
+        #[arg(long)]
+        follow_fork: bool,
         /// Memory (MiB) for events the program sends faster than heaplens encodes them; the
         /// program waits only when this is full. The trace is finished after the program exits.
         #[arg(long, value_name = "MIB", default_value_t = launch::BACKLOG_BYTES >> 20)]
@@ -110,10 +124,13 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Summarise a recorded trace.
+    /// Summarise a recorded trace (or each process of a --follow-fork folder).
     Stats {
-        /// The trace file.
+        /// The trace file, or a folder recorded with --follow-fork.
         file: PathBuf,
+        /// The process of the folder to summarise (all by default).
+        #[arg(long)]
+        pid: Option<u32>,
         /// Print JSON (stable keys; see README).
         #[arg(long)]
         json: bool,
@@ -147,13 +164,15 @@ fn main() -> ExitCode {
         Cmd::Demo { name, stacks } => demo::run(name.as_deref(), &stacks),
         Cmd::Run {
             record,
+            follow_fork,
             stacks,
             target,
-        } => run::run(record.as_deref(), &target.command, &stacks),
-        Cmd::View { file, diff } => run::view(&file, diff.as_deref()),
+        } => run::run(record.as_deref(), &target.command, &stacks, follow_fork),
+        Cmd::View { file, pid, diff } => run::view(&file, diff.as_deref(), pid),
         Cmd::Learn { scenario } => run::learn(&scenario),
         Cmd::Record {
             output,
+            follow_fork,
             backlog_mib,
             stacks,
             target,
@@ -162,8 +181,9 @@ fn main() -> ExitCode {
             &target.command,
             &stacks,
             backlog_mib.saturating_mul(1 << 20),
+            follow_fork,
         ),
-        Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
+        Cmd::Stats { file, pid, json } => stats::run(&file, pid, json).map(|()| 0),
         Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
         Cmd::Export(args) => export::run(&args).map(|()| 0),
         Cmd::Diff(args) => diff::run(&args).map(|()| 0),

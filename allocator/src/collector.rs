@@ -125,11 +125,19 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     Ok(())
 }
 
-/// In the child of a `fork()`: the collector thread did not come along, so recording is over
-/// there (and `shutdown` at the child's exit must not wait for it).
+/// In the child of a `fork()`: the collector thread did not come along, so the parent's
+/// recording is over there; the state goes back to "not running", so that `shutdown` at the
+/// child's exit does not wait for it and the child can start a recording of its own
+/// (`wire::after_fork_child`, with `--follow-fork`).
 pub(crate) fn after_fork_child() {
     hook::set_enabled(false, false);
-    FINISHED.store(true, Release);
+    hook::after_fork_child();
+    for flag in [&SHUTDOWN, &FINISHED, &STARTED] {
+        flag.store(false, Release);
+    }
+    CENSUS_REQUESTS.store(0, Release);
+    CENSUS_DONE.store(0, Release);
+    RUNNING.store(false, Release);
 }
 
 /// Starts recording into a channel (the in-process transport: a viewer in the same process
