@@ -4,7 +4,8 @@
 //! ```text
 //! stream  = magic "HLSTREAM" | version u16 | frame*
 //! frame   = type u8 | length u32 | payload[length]          (little-endian)
-//!   1 Meta    JSON: pid, command line, start time, allocator constants
+//!   1 Meta    JSON: pid, parent pid, command line, start time, allocator constants, the
+//!             launch's token, whether events follow (`recorded`)
 //!   2 Batch   heap u32 | events (32 bytes each, event.rs field order)
 //!   3 End     the process is exiting normally
 //! ```

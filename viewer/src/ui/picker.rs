@@ -83,7 +83,7 @@ impl Picker {
             egui::Panel::top("process").show(ui, |ui| {
                 ui.horizontal(|ui| {
                     back = ui
-                        .button("◀ All processes")
+                        .button("All processes")
                         .on_hover_text("Back to the list of the recording's processes")
                         .clicked();
                     if let Some(row) = self.rows.get(*i) {
