@@ -119,10 +119,27 @@ impl Processes {
                 p.closed = Some(why);
                 // The program itself is finished last, with its exit status; another process
                 // once it is gone (without its end mark it may have exec'd and connect again).
-                if pid != self.program && (clean || !crate::launch::running(pid)) {
+                if pid != self.program && clean {
                     self.finish_one(pid, ExitStatus::Unknown);
                 }
+                self.sweep();
             }
+        }
+    }
+
+    /// Finishes the traces whose stream closed without its end mark and whose process is gone
+    /// (so no exec can follow), rather than keep them open until the command is over.
+    fn sweep(&mut self) {
+        let gone: Vec<i32> = self
+            .open
+            .iter()
+            .filter(|(pid, p)| {
+                **pid != self.program && p.closed.is_some() && !crate::launch::running(**pid)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.finish_one(pid, ExitStatus::Unknown);
         }
     }
 
@@ -144,6 +161,7 @@ impl Processes {
             }
             return;
         }
+        self.sweep();
         if let Some(before) = self.open.get(&pid) {
             if before.conn > conn {
                 return; // a stale connection of a program that has exec'd since
@@ -236,9 +254,12 @@ impl Processes {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        self.written.sort_by_key(|w| w.pid);
+        // A process that exec'd after its first program's trace was finished has the later
+        // program's trace in its file.
+        let written: BTreeMap<i32, Written> =
+            self.written.into_iter().map(|w| (w.pid, w)).collect();
         Ok(Finished {
-            written: self.written,
+            written: written.into_values().collect(),
             unrecorded: self.unrecorded.into_values().map(|(_, c)| c).collect(),
         })
     }
