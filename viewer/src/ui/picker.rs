@@ -128,7 +128,8 @@ impl Picker {
                             }
                             ui.label(row.parent_pid.map_or_else(|| "?".into(), |p| p.to_string()));
                             ui.label(row.events.to_string());
-                            ui.label(&row.command);
+                            ui.add(egui::Label::new(&row.command).truncate())
+                                .on_hover_text(&row.command);
                             ui.end_row();
                         }
                     });
