@@ -2,12 +2,27 @@
  * parent allocates 300 blocks of 200 bytes and keeps them; the child inherits them, allocates 700
  * blocks of 520 bytes, frees 200 of them and 100 of the inherited blocks, and exits with 0; the
  * parent waits for it, frees its 300 blocks and exits with the child's code plus 5. Argument
- * "threads": a thread allocating 50 blocks of 64 bytes runs (and is joined) before the fork. */
+ * "threads": a thread allocating 50 blocks of 64 bytes runs (and is joined) before the fork;
+ * "busy": two threads allocate and free without pause while main forks (stopped after). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+static atomic_int stop;
+
+static void *busy(void *arg) {
+    (void)arg;
+    void *slots[64] = {0};
+    for (unsigned i = 0; !atomic_load(&stop); i++) {
+        free(slots[i % 64]);
+        slots[i % 64] = malloc(16 + (i % 14) * 8); /* up to 120 bytes: not the classes checked */
+    }
+    for (int i = 0; i < 64; i++) free(slots[i]);
+    return NULL;
+}
 
 static void *worker(void *arg) {
     void **out = arg;
@@ -24,6 +39,10 @@ int main(int argc, char **argv) {
         pthread_create(&t, NULL, worker, kept);
         pthread_join(t, NULL);
     }
+    pthread_t busy_threads[2];
+    int busy_mode = argc > 1 && strcmp(argv[1], "busy") == 0;
+    if (busy_mode)
+        for (int i = 0; i < 2; i++) pthread_create(&busy_threads[i], NULL, busy, NULL);
     pid_t pid = fork();
     if (pid < 0) return 1;
     if (pid == 0) {
@@ -35,6 +54,10 @@ int main(int argc, char **argv) {
     }
     int status = 0;
     waitpid(pid, &status, 0);
+    if (busy_mode) {
+        atomic_store(&stop, 1);
+        for (int i = 0; i < 2; i++) pthread_join(busy_threads[i], NULL);
+    }
     for (int i = 0; i < 300; i++) free(inherited[i]);
     return WIFEXITED(status) ? WEXITSTATUS(status) + 5 : 1;
 }

@@ -172,8 +172,17 @@ fn a_program_run_by_sh_c_has_its_known_counts_and_without_the_flag_the_note_name
 fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_inherited() {
     let dir = tempdir("ff-fork");
     sample(&dir, "fork_child");
-    for args in [&["./fork_child"][..], &["./fork_child", "threads"][..]] {
-        let out = dir.join(format!("rec-{}", args.len()));
+    // Single-threaded; a thread joined before the fork; two threads allocating while it forks
+    // (their buffered events belong to the parent, their heaps stay behind in the child).
+    for (i, args) in [
+        &["./fork_child"][..],
+        &["./fork_child", "threads"][..],
+        &["./fork_child", "busy"][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.join(format!("rec-{i}"));
         let o = record(&dir, &out, true, args);
         assert_eq!(
             o.status.code(),
@@ -214,11 +223,13 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
         );
         censuses_agree(child);
         // The parent's trace holds none of it.
-        let pallocs = n(parent, "allocs");
-        assert!(
-            (300..360).contains(&pallocs),
-            "parent allocs {pallocs}: {parent}"
-        );
+        if args.get(1) != Some(&"busy") {
+            let pallocs = n(parent, "allocs");
+            assert!(
+                (300..360).contains(&pallocs),
+                "parent allocs {pallocs}: {parent}"
+            );
+        }
         assert_eq!(
             live_of(parent, 224),
             0,
