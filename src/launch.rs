@@ -1,11 +1,15 @@
-//! Launching a program with heaplens preloaded and receiving its event stream.
+//! Launching a program with heaplens preloaded and receiving the event streams of its processes.
 //!
 //! The socket sits in a fresh private directory (mode 0700) under `$XDG_RUNTIME_DIR` or `/tmp`;
 //! its path reaches the target through `HEAPLENS_SOCKET`, `libheaplens.so` through `LD_PRELOAD`.
-//! A peer that runs as another user is refused. A reader thread takes the frames off the socket
-//! as fast as they come and queues them in a [`backlog`](crate::backlog) bounded by bytes, so
-//! the program never waits for whoever consumes them until that budget is spent; the queue ends
-//! with how the stream ended.
+//! Every process of the command may connect (the program, the program it execs into, and its
+//! children, which inherit the environment): a peer that runs as another user is refused by its
+//! credentials, and one whose metadata lacks this launch's token (`HEAPLENS_TOKEN`, random for
+//! each launch) is refused too. Each admitted connection gets a reader thread that takes its
+//! frames off the socket as fast as they come and queues them, tagged with the connection and
+//! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
+//! consumes them until that budget is spent. The queue ends once no process of the command is
+//! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
 use std::io::{self, BufReader};

@@ -1,11 +1,14 @@
 //! `heaplens`: watch a mimalloc-design allocator work.
 //!
 //! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
-//! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
-//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer.
+//! - `heaplens run [--record FILE [--follow-fork]] -- CMD [ARGS...]`: watch CMD live in the viewer.
+//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer (a folder of
+//!   a `--follow-fork` recording: pick a process, or `--pid N`).
 //! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
-//! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
-//! - `heaplens stats FILE [--json]`: what a recorded trace holds.
+//! - `heaplens record [--follow-fork] -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded,
+//!   record its events (with `--follow-fork` every process's, into the folder FILE).
+//! - `heaplens stats FILE [--pid N] [--json]`: what a recorded trace (or each process of a folder)
+//!   holds.
 //! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
 //! - `heaplens export FILE --format F -o OUT`: the trace for other tools (pprof, flame graphs,
 //!   speedscope, Perfetto, spreadsheets).

@@ -1,5 +1,6 @@
-//! `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, write every event
-//! it streams to a trace file, show progress, and exit with CMD's status.
+//! `heaplens record [--follow-fork] -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded,
+//! write every event it streams to a trace file (with `--follow-fork`, every process's to its own
+//! trace in the folder FILE: see [`crate::processes`]), show progress, and exit with CMD's status.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
