@@ -187,9 +187,20 @@ fn main() -> ExitCode {
             follow_fork,
         ),
         Cmd::Stats { file, pid, json } => stats::run(&file, pid, json).map(|()| 0),
-        Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
+        Cmd::Leaks { file, json } => tracedir::single(&file)
+            .map_err(Into::into)
+            .and_then(|f| leaks::run(&f, json))
+            .map(|()| 0),
         Cmd::Export(args) => export::run(&args).map(|()| 0),
-        Cmd::Diff(args) => diff::run(&args).map(|()| 0),
+        Cmd::Diff(mut args) => tracedir::single(&args.a)
+            .and_then(|a| Ok((a, args.b.as_deref().map(tracedir::single).transpose()?)))
+            .map_err(Into::into)
+            .and_then(|(a, b)| {
+                args.a = a;
+                args.b = b;
+                diff::run(&args)
+            })
+            .map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -97,3 +97,25 @@ pub fn select(path: &Path, pid: Option<u32>) -> Result<Vec<ProcessTrace>, String
         },
     }
 }
+
+/// The one trace `path` names: itself, or the only process of a folder; a folder of several
+/// processes is an error that says how to name one (for commands that read a single trace).
+pub fn single(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_dir() {
+        return Ok(path.to_owned());
+    }
+    let all = select(path, None)?;
+    match all.as_slice() {
+        [one] => Ok(one.path.clone()),
+        _ => Err(format!(
+            "{} is a recording of {} processes (pids {}): name one trace, {}/PID.hltrace",
+            path.display(),
+            all.len(),
+            all.iter()
+                .map(|t| t.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            path.display()
+        )),
+    }
+}

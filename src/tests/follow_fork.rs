@@ -345,6 +345,14 @@ fn export_takes_a_folder_every_process_or_one() {
         std::fs::read(&one).unwrap(),
         std::fs::read(csv.join(format!("{}.csv", pids[1]))).unwrap()
     );
+    // Commands that read one trace say how to name one.
+    let e = heaplens().arg("leaks").arg(&out).output().unwrap();
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        stderr(&e).contains("is a recording of 2 processes"),
+        "{}",
+        stderr(&e)
+    );
     // A pid that is not there is named as such.
     let e = heaplens()
         .args(["stats", "--pid", "1"])
