@@ -223,12 +223,16 @@ pub fn shutdown() {
     wait_until(|| FINISHED.load(Acquire));
 }
 
+/// Waits (at most 5 s) for `done`, looking every 100 us: a process pays this wait when
+/// recording starts and at its exit, which with `--follow-fork` is at every `fork()` (polling
+/// every millisecond cost each child about a millisecond more at both ends).
 fn wait_until(done: impl Fn() -> bool) -> bool {
-    for _ in 0..5000 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
         if done() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(100));
     }
     done()
 }
