@@ -20,7 +20,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -286,6 +286,7 @@ pub fn launch(
         program: pid,
         program_connected: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        passes: AtomicU64::new(0),
     });
     let acceptor = {
         let gate = Arc::clone(&gate);
@@ -297,6 +298,18 @@ pub fn launch(
     let start = Instant::now();
     while !gate.program_connected.load(Ordering::Acquire) {
         let failure = if let Some(status) = child.try_wait()? {
+            // A program that exits at once may have connected all the same: its connection
+            // waits to be admitted. Two passes of the acceptor from now settle it.
+            let seen = gate.passes.load(Ordering::Acquire);
+            while gate.passes.load(Ordering::Acquire) < seen + 2
+                && !acceptor.is_finished()
+                && start.elapsed() < timeout
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if gate.program_connected.load(Ordering::Acquire) {
+                break; // `wait` below returns the status `try_wait` took
+            }
             Some(io::Error::other(format!(
                 "the program {} before heaplens could connect (is it dynamically linked?)",
                 Exit::from_status(status)
@@ -349,10 +362,14 @@ struct Gate {
     program_connected: AtomicBool,
     /// No process of the command is left: take the connections waiting, then stop.
     stop: AtomicBool,
+    /// Passes of the acceptor that found no connection waiting.
+    passes: AtomicU64,
 }
 
-/// Takes connections until told to stop (then takes those already waiting), and reads each on
-/// a thread of its own.
+/// Takes connections until told to stop (then takes those already waiting): each is admitted
+/// here, in the order they came (its metadata checked and queued), then read on a thread of its
+/// own. Admitting in turn is what lets [`launch`] tell, once the program has exited, whether it
+/// connected: every connection it made is admitted by the next pass that finds none waiting.
 fn accept_all(
     listener: &UnixListener,
     gate: &Arc<Gate>,
@@ -370,16 +387,37 @@ fn accept_all(
                         continue;
                     }
                 };
+                let mut r = BufReader::with_capacity(1 << 20, stream);
+                let (meta, recorded) = match admit(&mut r, &gate.token) {
+                    Ok(m) => m,
+                    Err(why) => {
+                        say!("refused a connection from pid {pid}: {why}");
+                        continue;
+                    }
+                };
                 conn += 1;
-                let (gate, tx, recycled) = (Arc::clone(gate), Arc::clone(tx), recycled.clone());
+                if !send(tx, conn, pid, StreamItem::Message(Message::Meta(meta))) {
+                    return; // nobody reads any more
+                }
+                if pid == gate.program && recorded {
+                    gate.program_connected.store(true, Ordering::Release);
+                }
+                if !recorded {
+                    continue; // it only said who it is
+                }
+                let (tx, recycled) = (Arc::clone(tx), recycled.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("heaplens-read-{pid}"))
-                    .spawn(move || read_connection(stream, conn, pid, &gate, &tx, &recycled));
+                    .spawn(move || {
+                        let why = read_stream(&mut r, conn, pid, &tx, &recycled);
+                        send(&tx, conn, pid, StreamItem::Closed(why));
+                    });
                 if spawned.is_err() {
                     say!("could not start a reader for pid {pid}; it runs untraced");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                gate.passes.fetch_add(1, Ordering::AcqRel);
                 if gate.stop.load(Ordering::Acquire) {
                     return;
                 }
@@ -392,6 +430,13 @@ fn accept_all(
             }
         }
     }
+}
+
+/// Queues an item of connection `conn`; false once nobody reads the queue.
+fn send(tx: &backlog::Sender<Frame>, conn: u64, pid: i32, item: StreamItem) -> bool {
+    let frame = Frame { conn, pid, item };
+    let bytes = frame.bytes();
+    tx.send(frame, bytes).is_ok()
 }
 
 /// The pid of the peer, if it runs as this user (peer credentials); an error saying why not.
@@ -418,8 +463,9 @@ pub fn running(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// How long a new connection may take to present its header and metadata.
-const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to present its header and metadata (connections are
+/// admitted one at a time; a process sends both right after it connects).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads a connection's header and metadata and checks the launch's token. Returns the
 /// metadata without the token, and whether a stream of events follows.
@@ -444,43 +490,13 @@ fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), S
     Ok((serde_json::Value::Object(meta).to_string(), recorded))
 }
 
-/// Admits a connection and forwards its frames.
-fn read_connection(
-    stream: UnixStream,
-    conn: u64,
-    pid: i32,
-    gate: &Gate,
-    tx: &backlog::Sender<Frame>,
-    recycled: &Receiver<Vec<Event>>,
-) {
-    let mut r = BufReader::with_capacity(1 << 20, stream);
-    let send = |item| {
-        let frame = Frame { conn, pid, item };
-        let bytes = frame.bytes();
-        tx.send(frame, bytes).is_ok()
-    };
-    let (meta, recorded) = match admit(&mut r, &gate.token) {
-        Ok(m) => m,
-        Err(why) => {
-            say!("refused a connection from pid {pid}: {why}");
-            return;
-        }
-    };
-    if pid == gate.program && recorded {
-        gate.program_connected.store(true, Ordering::Release);
-    }
-    if !send(StreamItem::Message(Message::Meta(meta))) || !recorded {
-        return;
-    }
-    let why = read_stream(&mut r, &send, recycled);
-    let _ = send(StreamItem::Closed(why));
-}
-
 /// Forwards one stream's frames after its metadata; returns how it ended (`None`: cleanly, with
 /// `End`).
 fn read_stream(
     r: &mut BufReader<UnixStream>,
-    send: &impl Fn(StreamItem) -> bool,
+    conn: u64,
+    pid: i32,
+    tx: &backlog::Sender<Frame>,
     recycled: &Receiver<Vec<Event>>,
 ) -> Option<WireError> {
     let mut ended = false;
@@ -488,7 +504,7 @@ fn read_stream(
         match wire::read_frame_reusing(r, recycled.try_recv().ok()) {
             Ok(Some(message)) => {
                 ended = matches!(message, Message::End);
-                if !send(StreamItem::Message(message)) {
+                if !send(tx, conn, pid, StreamItem::Message(message)) {
                     return None;
                 }
             }

@@ -237,6 +237,19 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
         );
         censuses_agree(parent);
     }
+    // Without the flag the child is not recorded, and the note says so once.
+    let file = dir.join("parent-only.hltrace");
+    let o = record(&dir, &file, false, &["./fork_child", "busy"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains("not recorded")).collect();
+    assert_eq!(
+        notes,
+        [
+            "heaplens: 1 child process was not recorded (fork_child); add --follow-fork to record them"
+        ]
+    );
+    censuses_agree(&common::json(&["stats", "--json"], &file));
 }
 
 #[test]
