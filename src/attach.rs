@@ -11,7 +11,7 @@
 //! that: the trace is finished with what arrived.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io::{self, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -24,13 +24,13 @@ use crossbeam_channel::{Receiver, bounded};
 use heaplens_alloc::attach::{self, ATTACH_ENV};
 use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind};
-use heaplens_alloc::wire::{WireError, my_uid};
+use heaplens_alloc::wire::{self, WireError, my_uid};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::trace::ExitStatus;
 use heaplens_viewer::ui::{self, App, Source};
 
 use crate::backlog::{self, backlog};
-use crate::launch::{self, StreamItem};
+use crate::launch::{self, Frame, StreamItem};
 use crate::quiet::say;
 use crate::record::Recorder;
 use crate::run::Tap;
@@ -90,8 +90,12 @@ pub fn run(
     std::thread::Builder::new()
         .name("heaplens-reader".into())
         .spawn(move || {
-            let why = launch::read_stream(reader, &tx, &recycled);
-            let _ = launch::send(&tx, StreamItem::Closed(why));
+            let mut r = BufReader::with_capacity(1 << 20, reader);
+            let why = match wire::read_header(&mut r) {
+                Ok(_) => launch::read_stream(&mut r, 1, pid, &tx, &recycled),
+                Err(e) => Some(e),
+            };
+            launch::send(&tx, 1, pid, StreamItem::Closed(why));
         })?;
     match record {
         Some(output) => record_stream(
@@ -282,7 +286,7 @@ fn ends_census(heap: u32, events: &[Event]) -> bool {
 /// `--record`: writes the stream to a trace until heaplens detaches or the program ends.
 fn record_stream(
     target: &Target,
-    frames: &backlog::Receiver<StreamItem>,
+    frames: &backlog::Receiver<Frame>,
     mut recorder: Recorder,
     output: &Path,
 ) -> Result<i32, Box<dyn std::error::Error>> {
@@ -290,8 +294,8 @@ fn record_stream(
     crate::priority::lower_this_thread();
     let (mut got_meta, mut attached, mut clean) = (false, false, false);
     let mut error = None;
-    for item in frames {
-        match item {
+    for frame in frames {
+        match frame.item {
             StreamItem::Message(Message::Meta(json)) => {
                 recorder.meta(&json)?;
                 got_meta = true;
@@ -309,7 +313,6 @@ fn record_stream(
                 }
             }
             StreamItem::Message(Message::End) => clean = true,
-            StreamItem::Exec => {}
             StreamItem::Closed(why) => {
                 error = why;
                 break;
@@ -321,7 +324,7 @@ fn record_stream(
     }
     crate::priority::restore_this_thread();
     let clean = clean && error.is_none();
-    let events = recorder.finish_status(ExitStatus::Unknown, clean)?;
+    let events = recorder.finish(ExitStatus::Unknown, clean)?;
     say!("{}", ending(target, clean, error.as_ref()));
     say!("{events} events -> {}", output.display());
     Ok(0)
@@ -330,7 +333,7 @@ fn record_stream(
 /// Without `--record`: the live viewer, until its window closes.
 fn watch(
     target: &Target,
-    frames: backlog::Receiver<StreamItem>,
+    frames: backlog::Receiver<Frame>,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     let pid = target.pid;
     let what = format!("pid {pid} ({})", target.name);
@@ -348,8 +351,8 @@ fn watch(
             let mut tap = Tap { tx: &tx, missed: 0 };
             let (mut got_meta, mut attached, mut clean) = (false, false, false);
             let mut error = None;
-            for item in &frames {
-                match item {
+            for frame in &frames {
+                match frame.item {
                     StreamItem::Message(Message::Meta(_)) => got_meta = true,
                     StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                         if !attached && ends_census(heap, &events) {
@@ -362,7 +365,6 @@ fn watch(
                         tap.send(heap, events);
                     }
                     StreamItem::Message(Message::End) => clean = true,
-                    StreamItem::Exec => {}
                     StreamItem::Closed(why) => {
                         error = why;
                         break;

@@ -18,7 +18,8 @@ struct State<T> {
     /// Whether the receiver (sender) sleeps on `ready` (`room`): a notification is a system
     /// call, made only then (once per item cost the reader a tenth of its time).
     receiver_asleep: bool,
-    sender_asleep: bool,
+    /// Senders waiting for room (several threads may share one `Sender` through an `Arc`).
+    senders_asleep: usize,
 }
 
 struct Shared<T> {
@@ -54,7 +55,7 @@ pub fn backlog<T>(budget: usize) -> (Sender<T>, Receiver<T>) {
             senders: true,
             receiver: true,
             receiver_asleep: false,
-            sender_asleep: false,
+            senders_asleep: 0,
         }),
         room: Condvar::new(),
         ready: Condvar::new(),
@@ -71,9 +72,9 @@ impl<T> Sender<T> {
         let mut waited = false;
         while s.receiver && !s.items.is_empty() && s.bytes + bytes > self.0.budget {
             waited = true;
-            s.sender_asleep = true;
+            s.senders_asleep += 1;
             s = self.0.room.wait(s).unwrap_or_else(PoisonError::into_inner);
-            s.sender_asleep = false;
+            s.senders_asleep -= 1;
         }
         if !s.receiver {
             return Err(item);
@@ -134,10 +135,10 @@ impl<T> Receiver<T> {
         loop {
             if let Some((item, bytes)) = s.items.pop_front() {
                 s.bytes -= bytes;
-                let wake = s.sender_asleep;
+                let wake = s.senders_asleep > 0;
                 drop(s);
                 if wake {
-                    self.0.room.notify_one();
+                    self.0.room.notify_all();
                 }
                 return Some(item);
             }
@@ -223,6 +224,35 @@ mod tests {
         assert_eq!(got, (0..10_000).collect::<Vec<_>>());
         let usage = rx.usage();
         assert!(usage.peak <= 64, "{usage:?}");
+    }
+
+    #[test]
+    fn senders_sharing_one_sender_all_wake_and_nothing_is_lost() {
+        // The launcher's readers (one per process) share the sender: several wait on a full
+        // backlog at once, and each must be woken as room appears, or one sleeps forever.
+        let (tx, rx) = backlog::<u32>(32);
+        let tx = std::sync::Arc::new(tx);
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let tx = std::sync::Arc::clone(&tx);
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        tx.send(p * 10_000 + i, 16).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut got = rx.drain_all();
+        for p in producers {
+            p.join().unwrap();
+        }
+        got.sort_unstable();
+        let want: Vec<u32> = (0..4)
+            .flat_map(|p| (0..5_000).map(move |i| p * 10_000 + i))
+            .collect();
+        assert_eq!(got, want);
+        assert!(rx.usage().peak <= 32);
     }
 
     #[test]

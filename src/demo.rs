@@ -23,7 +23,7 @@ pub fn run(
         // The C scenario runs as its own process, preloaded, watched over the socket.
         let exe = heaplens_sample_apps::c_workload()
             .ok_or("the C scenario was not built (no C compiler when heaplens was built)")?;
-        return crate::run::run(None, &[exe.into(), "400000".into()], stacks);
+        return crate::run::run(None, &[exe.into(), "400000".into()], stacks, false);
     }
     // In this process stacks are switched on through `heaplens_alloc::set_stack_mode`, which
     // the allocator's stack capture adds (issue 11); until it exists the in-process scenarios

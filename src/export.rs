@@ -50,8 +50,12 @@ pub enum MetricArg {
 /// The arguments of `heaplens export`.
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// The trace file.
+    /// The trace file, or a folder recorded with --follow-fork (every process, or --pid).
     pub file: PathBuf,
+    /// The process of the folder to export (all by default: parquet into their `pid=`
+    /// partitions of OUT, the other formats as OUT/PID.EXT).
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// The output format.
     #[arg(short, long, value_enum)]
     pub format: FormatArg,
@@ -105,30 +109,79 @@ pub fn position(at: Option<&str>, marker: Option<&str>) -> Result<Position, Stri
 /// Runs `heaplens export`.
 pub fn run(args: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
     let format = Format::from(args.format);
-    let metric = Metric::from(args.metric);
     let pos = position(args.at.as_deref(), args.at_marker.as_deref())?;
-    if format == Format::Parquet {
-        return parquet(args, &pos);
+    let processes = crate::tracedir::select(&args.file, args.pid)?;
+    if let [one] = processes.as_slice() {
+        return export(args, &pos, &one.path, &args.output);
     }
-    let mut reader =
-        TraceReader::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    // Every process of a folder: parquet into its own `pid=` partitions of OUT, the other
+    // formats one file each, OUT/PID.EXT.
+    if format != Format::Parquet {
+        if args.output == Path::new("-") {
+            return Err(format!(
+                "{} holds {} processes: pick one with --pid, or give a folder with -o DIR",
+                args.file.display(),
+                processes.len()
+            )
+            .into());
+        }
+        std::fs::create_dir_all(&args.output)
+            .map_err(|e| format!("cannot make {}: {e}", args.output.display()))?;
+    }
+    for p in &processes {
+        let out = if format == Format::Parquet {
+            args.output.clone()
+        } else {
+            args.output
+                .join(format!("{}.{}", p.pid, extension(args.format)))
+        };
+        export(args, &pos, &p.path, &out)?;
+    }
+    Ok(())
+}
+
+/// The file name extension of a format's output.
+fn extension(format: FormatArg) -> &'static str {
+    match format {
+        FormatArg::Pprof => "pb.gz",
+        FormatArg::Collapsed => "folded",
+        FormatArg::Speedscope => "speedscope.json",
+        FormatArg::Chrome => "trace.json",
+        FormatArg::Csv => "csv",
+        FormatArg::Parquet => "parquet",
+    }
+}
+
+/// Exports the trace `file` to `output`.
+fn export(
+    args: &ExportArgs,
+    pos: &Position,
+    file: &Path,
+    output: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let format = Format::from(args.format);
+    let metric = Metric::from(args.metric);
+    if format == Format::Parquet {
+        return parquet(pos, file, output);
+    }
+    let pos = pos.clone();
+    let mut reader = TraceReader::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let meta = reader.metadata().clone();
     let replayed = export::replay_to(&mut reader, &pos, &[], &mut |_, _, _| {})
-        .map_err(|e| format!("{}: {e}", args.file.display()))?;
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     let model = &replayed.model;
     let name = if meta.command.is_empty() {
-        args.file
-            .file_name()
+        file.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     } else {
         meta.command.join(" ")
     };
-    let to_stdout = args.output == Path::new("-");
+    let to_stdout = output == Path::new("-");
     let sink: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
     } else {
-        let f = File::create(&args.output)
-            .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+        let f =
+            File::create(output).map_err(|e| format!("cannot create {}: {e}", output.display()))?;
         Box::new(f)
     };
     let mut w = BufWriter::with_capacity(1 << 16, sink);
@@ -192,7 +245,7 @@ pub fn run(args: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
             if !to_stdout {
                 crate::quiet::say!(
                     "wrote {} ({what}, at {pos}{})",
-                    args.output.display(),
+                    output.display(),
                     if replayed.damaged_chunks > 0 {
                         format!("; {} damaged chunks skipped", replayed.damaged_chunks)
                     } else {
@@ -204,7 +257,7 @@ pub fn run(args: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => {
             if !to_stdout {
-                let _ = std::fs::remove_file(&args.output);
+                let _ = std::fs::remove_file(output);
             }
             Err(e.into())
         }
@@ -213,7 +266,7 @@ pub fn run(args: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// `--format parquet`: the whole trace as tables under the folder `-o` names, in hive
 /// partitions (see `heaplens_viewer::export::parquet`).
-fn parquet(args: &ExportArgs, pos: &Position) -> Result<(), Box<dyn std::error::Error>> {
+fn parquet(pos: &Position, file: &Path, output: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if *pos != Position::End {
         return Err(
             "--format parquet exports the whole trace (every event and block with its \
@@ -221,15 +274,11 @@ fn parquet(args: &ExportArgs, pos: &Position) -> Result<(), Box<dyn std::error::
                 .into(),
         );
     }
-    if args.output == Path::new("-") {
+    if output == Path::new("-") {
         return Err("--format parquet writes a folder of tables; give one with -o DIR".into());
     }
-    let s = export::parquet::write(
-        &args.file,
-        &args.output,
-        &export::parquet::Options::default(),
-    )
-    .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let s = export::parquet::write(file, output, &export::parquet::Options::default())
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     for (name, path, rows) in &s.tables {
         crate::quiet::say!("wrote {} ({rows} rows of {name})", path.display());
     }

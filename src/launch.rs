@@ -1,11 +1,15 @@
-//! Launching a program with heaplens preloaded and receiving its event stream.
+//! Launching a program with heaplens preloaded and receiving the event streams of its processes.
 //!
 //! The socket sits in a fresh private directory (mode 0700) under `$XDG_RUNTIME_DIR` or `/tmp`;
 //! its path reaches the target through `HEAPLENS_SOCKET`, `libheaplens.so` through `LD_PRELOAD`.
-//! A peer that runs as another user is refused. A reader thread takes the frames off the socket
-//! as fast as they come and queues them in a [`backlog`](crate::backlog) bounded by bytes, so
-//! the program never waits for whoever consumes them until that budget is spent; the queue ends
-//! with how the stream ended.
+//! Every process of the command may connect (the program, the program it execs into, and its
+//! children, which inherit the environment): a peer that runs as another user is refused by its
+//! credentials, and one whose metadata lacks this launch's token (`HEAPLENS_TOKEN`, random for
+//! each launch) is refused too. Each admitted connection gets a reader thread that takes its
+//! frames off the socket as fast as they come and queues them, tagged with the connection and
+//! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
+//! consumes them until that budget is spent. The queue ends once no process of the command is
+//! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
 use std::io::{self, BufReader};
@@ -14,7 +18,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -88,26 +94,39 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// What the reader thread delivers.
+/// What the reader threads deliver about one connection.
 #[derive(Debug)]
 pub enum StreamItem {
-    /// A message from the program's collector.
+    /// A message from the process's collector. The first is always its metadata, with
+    /// `"recorded": false` when the process only said who it is (a child of the program without
+    /// `--follow-fork`); nothing else follows then.
     Message(Message),
-    /// The program replaced itself (`exec`): what follows is the new program's stream.
-    Exec,
-    /// The stream ended: cleanly after an `End` frame, or not (the error says how).
+    /// The stream ended: cleanly after an `End` frame, or not (the error says how). A stream of
+    /// a process that runs on and connects again was cut by an `exec`.
     Closed(Option<WireError>),
 }
 
-impl StreamItem {
+/// An item of one connection.
+#[derive(Debug)]
+pub struct Frame {
+    /// The connection, numbered from 1 in the order they were accepted: a process that execs
+    /// connects again, and its later connection is the program it became.
+    pub conn: u64,
+    /// The process at the other end (from its peer credentials, not from what it says).
+    pub pid: i32,
+    /// What arrived.
+    pub item: StreamItem,
+}
+
+impl Frame {
     /// The memory it holds, as the backlog counts it.
     fn bytes(&self) -> usize {
-        const ITEM: usize = std::mem::size_of::<StreamItem>();
-        match self {
-            Self::Message(Message::Batch(Batch { events, .. })) => {
+        const ITEM: usize = std::mem::size_of::<Frame>();
+        match &self.item {
+            StreamItem::Message(Message::Batch(Batch { events, .. })) => {
                 ITEM + events.capacity() * EVENT_SIZE
             }
-            Self::Message(Message::Meta(json)) => ITEM + json.capacity(),
+            StreamItem::Message(Message::Meta(json)) => ITEM + json.capacity(),
             _ => ITEM,
         }
     }
@@ -165,15 +184,20 @@ impl Drop for PrivateDir {
     }
 }
 
-/// A launched program and its event stream.
+/// A launched program and the event streams of its processes.
 pub struct Launched {
-    /// The program.
-    pub child: Child,
-    /// Frames from it (or the stream's end).
-    pub frames: backlog::Receiver<StreamItem>,
-    /// Where a consumer may give a batch's event vector back once done with it: the reader
-    /// fills it with a later batch instead of allocating (64 KiB a batch).
+    /// The program's process id.
+    pub pid: u32,
+    /// Items from every admitted connection, in the order each connection sent them; the queue
+    /// ends once the program has exited (with `--follow-fork`: every process it started) and
+    /// every stream has closed.
+    pub frames: backlog::Receiver<Frame>,
+    /// Where a consumer may give a batch's event vector back once done with it: the readers
+    /// fill it with a later batch instead of allocating (64 KiB a batch).
     pub recycle: Sender<Vec<Event>>,
+    /// How the program ended and when it did; finished once no process of the command is left
+    /// to connect (with `--follow-fork`, heaplens is their subreaper and waits for them all).
+    pub exit: std::thread::JoinHandle<io::Result<(ExitStatus, Instant)>>,
     _dir: PrivateDir,
 }
 
@@ -200,14 +224,24 @@ pub fn preload_library() -> io::Result<PathBuf> {
     }
 }
 
+/// A fresh random token for one launch (32 hex digits from the kernel's random source).
+fn launch_token() -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Starts `command` with heaplens preloaded and the variables `env` set (stack capture, say),
-/// and waits (up to `timeout`) for it to connect. Its frames queue in a backlog of at most
-/// `backlog_bytes`.
+/// and waits (up to `timeout`) for it to connect. With `follow`, every process the command
+/// starts streams too (`--follow-fork`); without it they only say who they are. Frames queue in
+/// a backlog of at most `backlog_bytes`.
 pub fn launch(
     command: &[OsString],
     timeout: Duration,
     env: &[(&str, String)],
     backlog_bytes: usize,
+    follow: bool,
 ) -> io::Result<Launched> {
     let (program, args) = command
         .split_first()
@@ -217,87 +251,209 @@ pub fn launch(
     let socket = dir.path().join("stream.sock");
     let listener = UnixListener::bind(&socket)?;
     listener.set_nonblocking(true)?;
+    let token = launch_token()?;
     let mut preload = OsString::from(lib.as_os_str());
     if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
         preload.push(existing);
     }
-    let mut child = Command::new(program)
-        .args(args)
+    if follow {
+        crate::reap::become_subreaper()?;
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("LD_PRELOAD", preload)
         .env(wire::SOCKET_ENV, &socket)
         .env(wire::PARENT_ENV, std::process::id().to_string())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot start {}: {e}", program.to_string_lossy()),
-            )
-        })?;
+        .env(wire::TOKEN_ENV, &token)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    if follow {
+        cmd.env(wire::FOLLOW_ENV, "1");
+    } else {
+        cmd.env_remove(wire::FOLLOW_ENV);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot start {}: {e}", program.to_string_lossy()),
+        )
+    })?;
     let pid = i32::try_from(child.id()).unwrap_or(-1);
-    let stream = accept(
-        &listener,
-        pid,
-        || Ok(child.try_wait()?.map(Exit::from_status)),
-        timeout,
-    )?;
     let (tx, rx) = backlog(backlog_bytes);
     let (recycle, recycled) = bounded(RECYCLED_BATCHES);
-    std::thread::Builder::new()
-        .name("heaplens-reader".into())
-        .spawn(move || read_streams(&listener, stream, pid, &tx, &recycled))?;
+    let gate = Arc::new(Gate {
+        token,
+        program: pid,
+        program_connected: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        passes: AtomicU64::new(0),
+    });
+    let acceptor = {
+        let gate = Arc::clone(&gate);
+        let tx = Arc::new(tx);
+        std::thread::Builder::new()
+            .name("heaplens-accept".into())
+            .spawn(move || accept_all(&listener, &gate, &tx, &recycled))?
+    };
+    let start = Instant::now();
+    while !gate.program_connected.load(Ordering::Acquire) {
+        let failure = if let Some(status) = child.try_wait()? {
+            // A program that exits at once may have connected all the same: its connection
+            // waits to be admitted. Two passes of the acceptor from now settle it.
+            let seen = gate.passes.load(Ordering::Acquire);
+            while gate.passes.load(Ordering::Acquire) < seen + 2
+                && !acceptor.is_finished()
+                && start.elapsed() < timeout
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if gate.program_connected.load(Ordering::Acquire) {
+                break; // `wait` below returns the status `try_wait` took
+            }
+            Some(io::Error::other(format!(
+                "the program {} before heaplens could connect (is it dynamically linked?)",
+                Exit::from_status(status)
+            )))
+        } else if start.elapsed() > timeout || acceptor.is_finished() {
+            Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the program did not connect to heaplens (is it dynamically linked?)",
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = failure {
+            gate.stop.store(true, Ordering::Release);
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let exit = std::thread::Builder::new()
+        .name("heaplens-wait".into())
+        .spawn(move || {
+            let status = child.wait();
+            let at = Instant::now();
+            if follow {
+                crate::reap::reap_descendants();
+            }
+            gate.stop.store(true, Ordering::Release);
+            Ok((status?, at))
+        })?;
     Ok(Launched {
-        child,
+        pid: child_pid(pid),
         frames: rx,
         recycle,
+        exit,
         _dir: dir,
     })
 }
 
-/// Waits for the program `pid` to connect. Connections from other users are refused, and so are
-/// other processes of ours (the program's children inherit its environment; they run untraced).
-fn accept(
+fn child_pid(pid: i32) -> u32 {
+    u32::try_from(pid).unwrap_or(0)
+}
+
+/// The launcher's rules for connections, shared by its threads.
+struct Gate {
+    /// This launch's token: a connection must present it.
+    token: String,
+    /// The launched program's pid.
+    program: i32,
+    /// The program's own stream was admitted.
+    program_connected: AtomicBool,
+    /// No process of the command is left: take the connections waiting, then stop.
+    stop: AtomicBool,
+    /// Passes of the acceptor that found no connection waiting.
+    passes: AtomicU64,
+}
+
+/// Takes connections until told to stop (then takes those already waiting): each is admitted
+/// here, in the order they came (its metadata checked and queued), then read on a thread of its
+/// own. Admitting in turn is what lets [`launch`] tell, once the program has exited, whether it
+/// connected: every connection it made is admitted by the next pass that finds none waiting.
+fn accept_all(
     listener: &UnixListener,
-    pid: i32,
-    mut exited: impl FnMut() -> io::Result<Option<Exit>>,
-    timeout: Duration,
-) -> io::Result<UnixStream> {
-    let start = Instant::now();
+    gate: &Arc<Gate>,
+    tx: &Arc<backlog::Sender<Frame>>,
+    recycled: &Receiver<Vec<Event>>,
+) {
+    let mut conn = 0;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (uid, peer) = wire::peer_cred(stream.as_raw_fd())?;
-                if uid != wire::my_uid() {
-                    say!("refused a connection from another user (uid {uid})");
-                    continue;
+                let pid = match peer_of_this_user(&stream) {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        say!("{e}");
+                        continue;
+                    }
+                };
+                let mut r = BufReader::with_capacity(1 << 20, stream);
+                let (meta, recorded) = match admit(&mut r, &gate.token) {
+                    Ok(m) => m,
+                    Err(why) => {
+                        say!("refused a connection from pid {pid}: {why}");
+                        continue;
+                    }
+                };
+                conn += 1;
+                if !send(tx, conn, pid, StreamItem::Message(Message::Meta(meta))) {
+                    return; // nobody reads any more
                 }
-                if peer != pid {
-                    continue; // a child of the program: dropping the connection stops its stream
+                if pid == gate.program && recorded {
+                    gate.program_connected.store(true, Ordering::Release);
                 }
-                stream.set_nonblocking(false)?;
-                return Ok(stream);
+                if !recorded {
+                    continue; // it only said who it is
+                }
+                let (tx, recycled) = (Arc::clone(tx), recycled.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("heaplens-read-{pid}"))
+                    .spawn(move || {
+                        let why = read_stream(&mut r, conn, pid, &tx, &recycled);
+                        send(&tx, conn, pid, StreamItem::Closed(why));
+                    });
+                if spawned.is_err() {
+                    say!("could not start a reader for pid {pid}; it runs untraced");
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                gate.passes.fetch_add(1, Ordering::AcqRel);
+                if gate.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                say!("taking connections failed: {e}");
+                return;
+            }
         }
-        if let Some(exit) = exited()? {
-            return Err(io::Error::other(format!(
-                "the program {exit} before heaplens could connect (is it dynamically linked?)"
-            )));
-        }
-        if start.elapsed() > timeout {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the program did not connect to heaplens (is it dynamically linked?)",
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Queues an item of connection `conn`; false once nobody reads the queue.
+pub(crate) fn send(tx: &backlog::Sender<Frame>, conn: u64, pid: i32, item: StreamItem) -> bool {
+    let frame = Frame { conn, pid, item };
+    let bytes = frame.bytes();
+    tx.send(frame, bytes).is_ok()
+}
+
+/// The pid of the peer, if it runs as this user (peer credentials); an error saying why not.
+fn peer_of_this_user(stream: &UnixStream) -> io::Result<i32> {
+    let (uid, pid) = wire::peer_cred(stream.as_raw_fd())?;
+    if uid == wire::my_uid() {
+        Ok(pid)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refused a connection from another user (uid {uid})"),
+        ))
     }
 }
 
 /// Whether process `pid` is still running (not gone, not a zombie).
-pub(crate) fn running(pid: i32) -> bool {
+pub fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -307,68 +463,48 @@ pub(crate) fn running(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads the program's streams: the first, and after an `exec` (a stream that stops without its
-/// end while the process runs on) the new program's.
-fn read_streams(
-    listener: &UnixListener,
-    first: UnixStream,
-    pid: i32,
-    tx: &backlog::Sender<StreamItem>,
-    recycled: &Receiver<Vec<Event>>,
-) {
-    let mut stream = first;
-    loop {
-        match read_stream(stream, tx, recycled) {
-            Some(unclean) if running(pid) => {
-                let again = accept(
-                    listener,
-                    pid,
-                    || Ok((!running(pid)).then_some(Exit::Code(-1))),
-                    Duration::from_secs(5),
-                );
-                let Ok(next) = again else {
-                    let _ = send(tx, StreamItem::Closed(Some(unclean)));
-                    return;
-                };
-                if send(tx, StreamItem::Exec).is_err() {
-                    return;
-                }
-                stream = next;
-            }
-            Some(unclean) => {
-                let _ = send(tx, StreamItem::Closed(Some(unclean)));
-                return;
-            }
-            None => {
-                let _ = send(tx, StreamItem::Closed(None));
-                return;
-            }
-        }
+/// How long a new connection may take to present its header and metadata (connections are
+/// admitted one at a time; a process sends both right after it connects).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a connection's header and metadata and checks the launch's token. Returns the
+/// metadata without the token, and whether a stream of events follows.
+fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), String> {
+    r.get_ref()
+        .set_nonblocking(false)
+        .and_then(|()| r.get_ref().set_read_timeout(Some(ADMIT_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    wire::read_header(r).map_err(|e| e.to_string())?;
+    let Ok(Some(Message::Meta(json))) = wire::read_frame(r) else {
+        return Err("its stream does not start with metadata".into());
+    };
+    let mut meta: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).map_err(|e| format!("bad metadata: {e}"))?;
+    if meta.remove("token").as_ref().and_then(|t| t.as_str()) != Some(token) {
+        return Err("it does not carry this launch's token".into());
     }
+    let recorded = meta.get("recorded").and_then(serde_json::Value::as_bool) != Some(false);
+    r.get_ref()
+        .set_read_timeout(None)
+        .map_err(|e| e.to_string())?;
+    Ok((serde_json::Value::Object(meta).to_string(), recorded))
 }
 
-/// Queues `item`, counting its bytes.
-pub(crate) fn send(tx: &backlog::Sender<StreamItem>, item: StreamItem) -> Result<(), StreamItem> {
-    let bytes = item.bytes();
-    tx.send(item, bytes)
-}
-
-/// Forwards one stream's frames; returns how it ended (`None`: cleanly, with `End`).
+/// Forwards one stream's frames after its metadata; returns how it ended (`None`: cleanly, with
+/// `End`).
 pub(crate) fn read_stream(
-    stream: UnixStream,
-    tx: &backlog::Sender<StreamItem>,
+    r: &mut BufReader<UnixStream>,
+    conn: u64,
+    pid: i32,
+    tx: &backlog::Sender<Frame>,
     recycled: &Receiver<Vec<Event>>,
 ) -> Option<WireError> {
-    let mut r = BufReader::with_capacity(1 << 20, stream);
-    if let Err(e) = wire::read_header(&mut r) {
-        return Some(e);
-    }
     let mut ended = false;
     loop {
-        match wire::read_frame_reusing(&mut r, recycled.try_recv().ok()) {
+        match wire::read_frame_reusing(r, recycled.try_recv().ok()) {
             Ok(Some(message)) => {
                 ended = matches!(message, Message::End);
-                if send(tx, StreamItem::Message(message)).is_err() {
+                if !send(tx, conn, pid, StreamItem::Message(message)) {
                     return None;
                 }
             }
@@ -400,10 +536,11 @@ mod tests {
         (dir, socket, l)
     }
 
-    /// Forks a child that, as user `uid` if given, connects to `socket` and exits: status 0 if
-    /// it connected, 1 if the connection was refused, 2 if it could not change user. Returns
-    /// its pid once it has exited (its connection, if made, waits in the listener's backlog).
-    fn peer(socket: &Path, uid: Option<u32>) -> (i32, i32) {
+    /// Forks a child that, as user `uid` if given, connects to `socket`, writes `says` and
+    /// exits: status 0 if it connected, 1 if the connection was refused, 2 if it could not change
+    /// user. Returns its pid once it has exited (its connection, if made, waits in the
+    /// listener's backlog with what it wrote).
+    fn peer(socket: &Path, uid: Option<u32>, says: &[u8]) -> (i32, i32) {
         // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -429,6 +566,9 @@ mod tests {
                 }
                 let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
                 let rc = libc::connect(fd, (&raw const addr).cast(), len);
+                if rc == 0 {
+                    libc::write(fd, says.as_ptr().cast(), says.len());
+                }
                 libc::_exit(i32::from(rc != 0));
             }
         }
@@ -440,31 +580,68 @@ mod tests {
         (pid, libc::WEXITSTATUS(status))
     }
 
-    /// `accept` for `pid`, the peer having exited: the connection waiting, or why none.
-    fn accept_for(l: &UnixListener, pid: i32) -> io::Result<UnixStream> {
-        accept(l, pid, || Ok(Some(Exit::Code(0))), Duration::from_secs(60))
+    /// What a process of the launch sends first: the header and its metadata with `token`.
+    fn hello(token: Option<&str>, recorded: bool) -> Vec<u8> {
+        let mut json = String::from("{\"pid\":1,\"command\":[\"prog\"]");
+        if let Some(t) = token {
+            json.push_str(&format!(",\"token\":\"{t}\""));
+        }
+        json.push_str(&format!(",\"recorded\":{recorded}}}"));
+        let mut out = Vec::new();
+        wire::write_header(&mut out).unwrap();
+        wire::write_meta(&mut out, &json).unwrap();
+        out
+    }
+
+    /// The connection waiting in `l`, checked as the launcher checks it: the peer's pid, and
+    /// the metadata and whether a stream follows, or why it is refused.
+    fn take(l: &UnixListener, token: &str) -> (i32, Result<(String, bool), String>) {
+        let (stream, _) = l.accept().expect("a connection waits");
+        let pid = peer_of_this_user(&stream).expect("a peer of this user");
+        let mut r = BufReader::new(stream);
+        (pid, admit(&mut r, token))
     }
 
     #[test]
-    fn the_program_itself_is_accepted() {
+    fn a_process_with_the_launch_token_is_admitted_and_the_token_stays_out_of_the_trace() {
         let (_dir, socket, l) = listener();
-        let (pid, code) = peer(&socket, None);
+        let (pid, code) = peer(&socket, None, &hello(Some("s3cret"), true));
         assert_eq!(code, 0, "the peer connects");
-        accept_for(&l, pid).expect("the program's connection is taken");
-    }
-
-    #[test]
-    fn another_process_of_ours_such_as_the_programs_child_is_refused() {
-        let (_dir, socket, l) = listener();
-        let (child, code) = peer(&socket, None);
-        assert_eq!(code, 0, "the peer connects");
-        // The program is another process (here: this one, which never connects).
-        let program = i32::try_from(std::process::id()).unwrap();
-        assert_ne!(child, program);
-        let e = accept_for(&l, program).unwrap_err();
+        let (seen, admitted) = take(&l, "s3cret");
+        assert_eq!(seen, pid, "the pid comes from the peer's credentials");
+        let (meta, recorded) = admitted.expect("admitted");
+        assert!(recorded);
         assert!(
-            e.to_string().contains("before heaplens could connect"),
-            "{e}"
+            !meta.contains("s3cret") && !meta.contains("token"),
+            "{meta}"
+        );
+        assert!(meta.contains("\"command\":[\"prog\"]"), "{meta}");
+        // A child without --follow-fork only says who it is.
+        peer(&socket, None, &hello(Some("s3cret"), false));
+        let (_, admitted) = take(&l, "s3cret");
+        assert_eq!(admitted.map(|(_, recorded)| recorded), Ok(false));
+    }
+
+    #[test]
+    fn a_process_of_ours_without_the_token_is_refused() {
+        let (_dir, socket, l) = listener();
+        for says in [
+            hello(Some("guessed"), true),
+            hello(None, true),
+            b"HLSTREAM".to_vec(),
+            Vec::new(),
+        ] {
+            let (_, code) = peer(&socket, None, &says);
+            assert_eq!(code, 0, "the peer connects");
+            let (_, admitted) = take(&l, "s3cret");
+            let why = admitted.expect_err("refused");
+            assert!(!why.is_empty());
+        }
+        peer(&socket, None, &hello(Some("guessed"), true));
+        let (_, admitted) = take(&l, "s3cret");
+        assert_eq!(
+            admitted,
+            Err("it does not carry this launch's token".to_owned())
         );
     }
 
@@ -478,7 +655,7 @@ mod tests {
         let nobody = 65534;
         let (dir, socket, l) = listener();
         // The private directory keeps the other user out altogether.
-        let (_, code) = peer(&socket, Some(nobody));
+        let (_, code) = peer(&socket, Some(nobody), &hello(Some("t"), true));
         assert_eq!(
             code, 1,
             "another user reached the socket through its 0700 directory"
@@ -486,16 +663,15 @@ mod tests {
         // Opened up on purpose, so the connection is made and the peer check is what refuses it.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let (pid, code) = peer(&socket, Some(nobody));
+        let (_, code) = peer(&socket, Some(nobody), &hello(Some("t"), true));
         assert_eq!(
             code, 0,
             "the other user's peer connects once the directory is open"
         );
-        let e = accept_for(&l, pid).unwrap_err();
-        assert!(
-            e.to_string().contains("before heaplens could connect"),
-            "{e}"
-        );
+        let (stream, _) = l.accept().expect("a connection waits");
+        let e = peer_of_this_user(&stream).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("another user"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! `heaplens`: watch a mimalloc-design allocator work.
 //!
 //! - `heaplens` / `heaplens demo [NAME]`: the live demo, scenarios running in this process.
-//! - `heaplens run [--record FILE] -- CMD [ARGS...]`: watch CMD live in the viewer.
-//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer.
+//! - `heaplens run [--record FILE [--follow-fork]] -- CMD [ARGS...]`: watch CMD live in the viewer.
+//! - `heaplens view FILE [--diff BASELINE]`: replay a recorded trace in the viewer (a folder of
+//!   a `--follow-fork` recording: pick a process, or `--pid N`).
 //! - `heaplens learn [SCENARIO]`: a guided tour of a scenario's built-in recording.
-//! - `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, record its events.
-//! - `heaplens stats FILE [--json]`: what a recorded trace holds.
+//! - `heaplens record [--follow-fork] -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded,
+//!   record its events (with `--follow-fork` every process's, into the folder FILE).
+//! - `heaplens stats FILE [--pid N] [--json]`: what a recorded trace (or each process of a folder)
+//!   holds.
 //! - `heaplens leaks FILE [--json]`: the blocks a recorded program never freed, by stack.
 //! - `heaplens export FILE --format F -o OUT`: the trace for other tools (pprof, flame graphs,
 //!   speedscope, Perfetto, spreadsheets).
@@ -22,11 +25,14 @@ mod keyframes;
 mod launch;
 mod leaks;
 mod priority;
+mod processes;
 mod quiet;
+mod reap;
 mod record;
 mod run;
 mod sites;
 mod stats;
+mod tracedir;
 
 /// What heaplens says when it cannot open a window.
 pub const NO_DISPLAY: &str = "no display to open the viewer on (DISPLAY is not set); record a \
@@ -75,9 +81,13 @@ enum Cmd {
     },
     /// Run a program with heaplens as its malloc and watch it live in the viewer.
     Run {
-        /// Also record every event to this trace file.
+        /// Also record every event to this trace file (with --follow-fork: this folder).
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        /// Record every process the command starts (each into RECORD/PID.hltrace); the viewer
+        /// watches the program itself.
+        #[arg(long, requires = "record")]
+        follow_fork: bool,
         #[command(flatten)]
         stacks: sites::StackArgs,
         #[command(flatten)]
@@ -90,10 +100,13 @@ enum Cmd {
         #[arg(default_value = "fragmentation")]
         scenario: String,
     },
-    /// Replay a recorded trace in the viewer.
+    /// Replay a recorded trace in the viewer (a --follow-fork folder: pick a process).
     View {
-        /// The trace file.
+        /// The trace file, or a folder recorded with --follow-fork.
         file: PathBuf,
+        /// The process of the folder to replay (default: a list to pick from).
+        #[arg(long)]
+        pid: Option<u32>,
         /// A second trace to compare with: the Sites tab's flame graph colours what grew
         /// (red) and shrank (blue) from it to FILE.
         #[arg(long, value_name = "BASELINE")]
@@ -101,9 +114,13 @@ enum Cmd {
     },
     /// Run a program with heaplens as its malloc and record every allocator event to a trace.
     Record {
-        /// The trace file to write.
+        /// The trace file to write (with --follow-fork: the folder, one PID.hltrace per process).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Record every process the command starts (fork and exec), each as its own trace
+        /// OUTPUT/PID.hltrace with its parent's pid and command line in the metadata.
+        #[arg(long)]
+        follow_fork: bool,
         /// Memory (MiB) for events the program sends faster than heaplens encodes them; the
         /// program waits only when this is full. The trace is finished after the program exits.
         #[arg(long, value_name = "MIB", default_value_t = launch::BACKLOG_BYTES >> 20)]
@@ -113,10 +130,13 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Summarise a recorded trace.
+    /// Summarise a recorded trace (or each process of a --follow-fork folder).
     Stats {
-        /// The trace file.
+        /// The trace file, or a folder recorded with --follow-fork.
         file: PathBuf,
+        /// The process of the folder to summarise (all by default).
+        #[arg(long)]
+        pid: Option<u32>,
         /// Print JSON (stable keys; see README).
         #[arg(long)]
         json: bool,
@@ -162,13 +182,15 @@ fn main() -> ExitCode {
         Cmd::Demo { name, stacks } => demo::run(name.as_deref(), &stacks),
         Cmd::Run {
             record,
+            follow_fork,
             stacks,
             target,
-        } => run::run(record.as_deref(), &target.command, &stacks),
-        Cmd::View { file, diff } => run::view(&file, diff.as_deref()),
+        } => run::run(record.as_deref(), &target.command, &stacks, follow_fork),
+        Cmd::View { file, pid, diff } => run::view(&file, diff.as_deref(), pid),
         Cmd::Learn { scenario } => run::learn(&scenario),
         Cmd::Record {
             output,
+            follow_fork,
             backlog_mib,
             stacks,
             target,
@@ -177,11 +199,23 @@ fn main() -> ExitCode {
             &target.command,
             &stacks,
             backlog_mib.saturating_mul(1 << 20),
+            follow_fork,
         ),
-        Cmd::Stats { file, json } => stats::run(&file, json).map(|()| 0),
-        Cmd::Leaks { file, json } => leaks::run(&file, json).map(|()| 0),
+        Cmd::Stats { file, pid, json } => stats::run(&file, pid, json).map(|()| 0),
+        Cmd::Leaks { file, json } => tracedir::single(&file)
+            .map_err(Into::into)
+            .and_then(|f| leaks::run(&f, json))
+            .map(|()| 0),
         Cmd::Export(args) => export::run(&args).map(|()| 0),
-        Cmd::Diff(args) => diff::run(&args).map(|()| 0),
+        Cmd::Diff(mut args) => tracedir::single(&args.a)
+            .and_then(|a| Ok((a, args.b.as_deref().map(tracedir::single).transpose()?)))
+            .map_err(Into::into)
+            .and_then(|(a, b)| {
+                args.a = a;
+                args.b = b;
+                diff::run(&args)
+            })
+            .map(|()| 0),
         Cmd::Attach {
             pid,
             record,

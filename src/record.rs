@@ -1,12 +1,13 @@
-//! `heaplens record -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded, write every event
-//! it streams to a trace file, show progress, and exit with CMD's status.
+//! `heaplens record [--follow-fork] -o FILE -- CMD [ARGS...]`: run CMD with heaplens preloaded,
+//! write every event it streams to a trace file (with `--follow-fork`, every process's to its own
+//! trace in the folder FILE: see [`crate::processes`]), show progress, and exit with CMD's status.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::batch::Message;
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::WireError;
@@ -14,6 +15,7 @@ use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWrit
 
 use crate::keyframes::{Keyframe, Keyframes};
 use crate::launch::{self, Exit, StreamItem};
+use crate::processes::Processes;
 use crate::quiet::say;
 
 /// How long the program may take to connect.
@@ -60,11 +62,6 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes a batch (see [`Recorder::batch_owned`]).
-    pub fn batch(&mut self, heap: u32, events: &[Event]) -> Result<(), Box<dyn std::error::Error>> {
-        self.batch_owned(heap, events.to_vec())
-    }
-
     /// Writes a batch and hands it to the keyframe model.
     pub fn batch_owned(
         &mut self,
@@ -91,12 +88,6 @@ impl Recorder {
         }
     }
 
-    /// The program replaced itself: start the file over for the new one.
-    pub fn exec(&mut self) {
-        self.writer = None;
-        self.keyframes = None;
-    }
-
     /// Events and bytes written so far.
     pub fn written(&self) -> (u64, u64) {
         self.writer
@@ -105,20 +96,7 @@ impl Recorder {
     }
 
     /// Ends the file with how the program ended; returns the events written.
-    pub fn finish(self, exit: Exit, clean: bool) -> Result<u64, Box<dyn std::error::Error>> {
-        let status = match exit {
-            Exit::Code(c) => ExitStatus::Code(c),
-            Exit::Signal(s) => ExitStatus::Signal(s),
-        };
-        if self.writer.is_none() {
-            return Err(format!("the program {exit} without sending any events").into());
-        }
-        self.finish_status(status, clean)
-    }
-
-    /// Ends the file with `status` (`Unknown` for a program heaplens detached from, which runs
-    /// on); returns the events written.
-    pub fn finish_status(
+    pub fn finish(
         self,
         status: ExitStatus,
         clean: bool,
@@ -129,7 +107,7 @@ impl Recorder {
             EndReason::PeerVanished
         };
         let Some(mut w) = self.writer else {
-            return Err("the program sent no events".into());
+            return Err("the program ended without sending any events".into());
         };
         if let Some(k) = self.keyframes {
             for kf in k.finish()? {
@@ -147,78 +125,98 @@ fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std:
     Ok(())
 }
 
+/// The trace's form of how the program ended.
+pub fn exit_status(exit: Exit) -> ExitStatus {
+    match exit {
+        Exit::Code(c) => ExitStatus::Code(c),
+        Exit::Signal(s) => ExitStatus::Signal(s),
+    }
+}
+
 /// Records; returns the exit code heaplens should end with (the program's).
 ///
-/// The reader thread (see [`launch`]) queues the program's stream in a backlog of at most
+/// The reader threads (see [`launch`]) queue the streams in a backlog of at most
 /// `backlog_bytes`; this thread encodes from it at a lower priority than the program, so the
-/// program runs at close to its own speed and the trace is finished after it exits.
+/// program runs at close to its own speed and the traces are finished after it exits. With
+/// `follow`, `output` is a folder and every process of the command is recorded into it.
 pub fn run(
     output: &Path,
     command: &[OsString],
     stacks: &crate::sites::StackArgs,
     backlog_bytes: usize,
+    follow: bool,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     let start = Instant::now();
-    let launched = launch::launch(command, CONNECT_TIMEOUT, &stacks.env(), backlog_bytes)?;
-    let pid = launched.child.id();
-    let mut child = launched.child;
-    // The program's own run time: from its start to its exit, whatever the encoder is doing.
-    let waiter = std::thread::Builder::new()
-        .name("heaplens-wait".into())
-        .spawn(move || (child.wait(), Instant::now()))?;
+    crate::processes::prepare_output(output, follow)?;
+    let launched = launch::launch(
+        command,
+        CONNECT_TIMEOUT,
+        &stacks.env(),
+        backlog_bytes,
+        follow,
+    )?;
+    let pid = launched.pid;
+    let mut processes = Processes::new(output, follow, pid, launched.recycle.clone());
     crate::priority::lower_this_thread();
     let mut progress = Progress::new(pid);
-    let mut recorder = Recorder::new(output).recycling(launched.recycle.clone());
-    let mut stream_error = None;
-    let mut ended_cleanly = false;
     let mut exited = false;
-    for item in &launched.frames {
-        if !exited && waiter.is_finished() {
+    for frame in &launched.frames {
+        if !exited && launched.exit.is_finished() {
             exited = true;
-            recorder.program_exited();
+            processes.program_exited();
         }
-        match item {
-            StreamItem::Message(Message::Meta(json)) => recorder.meta(&json)?,
-            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
-                recorder.batch_owned(heap, events)?;
-                let (events, bytes) = recorder.written();
-                progress.update(
-                    events,
-                    bytes,
-                    launched.frames.queued(),
-                    waiter.is_finished(),
-                );
-            }
-            StreamItem::Message(Message::End) => ended_cleanly = true,
-            StreamItem::Exec => {
-                // The program replaced itself (a wrapper script, a shell): record the new one.
-                progress.clear();
-                say!("pid {pid} exec'd another program; recording that one");
-                recorder.exec();
-                progress.last_events = 0;
-            }
-            StreamItem::Closed(why) => {
-                stream_error = why;
-                break;
-            }
+        let batch = matches!(frame.item, StreamItem::Message(Message::Batch(_)));
+        processes.take(frame);
+        if batch {
+            let (events, bytes) = processes.written_so_far();
+            progress.update(
+                events,
+                bytes,
+                launched.frames.queued(),
+                launched.exit.is_finished(),
+            );
         }
     }
-    let (status, exited) = waiter
+    let (status, exited) = launched
+        .exit
         .join()
-        .map_err(|_| "waiting for the program failed")?;
-    let exit = Exit::from_status(status?);
+        .map_err(|_| "waiting for the program failed")??;
+    let exit = Exit::from_status(status);
     progress.clear();
-    let clean = ended_cleanly && stream_error.is_none();
-    let events = recorder.finish(exit, clean)?;
-    let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
+    let early = early_end(processes.program_stream_error());
+    let finished = processes.finish(exit_status(exit))?;
     let program = exited.duration_since(start).as_secs_f64();
     let secs = start.elapsed().as_secs_f64();
-    say!(
-        "{events} events in {secs:.2} s (the program ran {program:.2} s) -> {} ({}, {:.2} bytes/event)",
-        output.display(),
-        Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
-        bytes as f64 / events.max(1) as f64
-    );
+    let main = finished
+        .written
+        .iter()
+        .find(|w| w.pid == i32::try_from(pid).unwrap_or(-1));
+    if follow {
+        let events: u64 = finished.written.iter().map(|w| w.events).sum();
+        say!(
+            "{} processes, {events} events in {secs:.2} s (the program ran {program:.2} s) -> {}/",
+            finished.written.len(),
+            output.display()
+        );
+        for w in &finished.written {
+            say!(
+                "  pid {} ({}): {} events -> {}",
+                w.pid,
+                w.command,
+                w.events,
+                w.path.display()
+            );
+        }
+    } else {
+        let events = main.map_or(0, |w| w.events);
+        let bytes = std::fs::metadata(output).map_or(0, |m| m.len());
+        say!(
+            "{events} events in {secs:.2} s (the program ran {program:.2} s) -> {} ({}, {:.2} bytes/event)",
+            output.display(),
+            Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
+            bytes as f64 / events.max(1) as f64
+        );
+    }
     let usage = launched.frames.usage();
     if usage.waits > 0 {
         say!(
@@ -228,18 +226,25 @@ pub fn run(
             Bytes(usage.budget)
         );
     }
+    let Some(main) = main else {
+        return Err(format!("the program {exit} without sending any events").into());
+    };
     match exit {
         Exit::Signal(_) => {
             say!("the program was {exit}; the trace holds everything up to then");
         }
-        Exit::Code(_) if !clean => {
+        Exit::Code(_) if !main.clean => {
             say!(
-                "the program {exit}, but {}; the trace holds the {events} events that arrived \
+                "the program {exit}, but {}; the trace holds the {} events that arrived \
                  (any the program made after its last flush are missing)",
-                early_end(stream_error.as_ref())
+                early,
+                main.events
             );
         }
         Exit::Code(_) => {}
+    }
+    if let Some(note) = finished.unrecorded_note() {
+        say!("{note}");
     }
     Ok(exit.shell_code())
 }

@@ -16,44 +16,50 @@ use crossbeam_channel::{Sender, TrySendError, bounded};
 use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_viewer::source::{Feed, Live, Status};
-use heaplens_viewer::trace::ExitStatus;
+use heaplens_viewer::ui::picker::{Picker, ProcessRow};
 use heaplens_viewer::ui::{self, App, Source};
 
 use crate::launch::{self, Exit, Launched, StreamItem};
+use crate::processes::{Finished, Processes};
 use crate::quiet::say;
-use crate::record::Recorder;
 
 /// Batches the viewer may fall behind by before it misses some.
 const VIEWER_BACKLOG: usize = 1024;
 
-/// Runs; returns the exit code heaplens should end with.
+/// Runs; returns the exit code heaplens should end with. With `follow` (`--follow-fork`), every
+/// process of the command is recorded into the folder `record`; the viewer watches the program.
 pub fn run(
     record: Option<&Path>,
     command: &[OsString],
     stacks: &crate::sites::StackArgs,
+    follow: bool,
 ) -> Result<i32, Box<dyn std::error::Error>> {
     if !ui::display_available() {
         return Err(crate::NO_DISPLAY.into());
+    }
+    if let Some(out) = record {
+        crate::processes::prepare_output(out, follow)?;
     }
     let launched = launch::launch(
         command,
         Duration::from_secs(10),
         &stacks.env(),
         launch::BACKLOG_BYTES,
+        follow,
     )?;
     let what = command
         .iter()
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let pid = launched.child.id();
+    let pid = launched.pid;
     let (tx, rx) = bounded(VIEWER_BACKLOG);
     let live = Live::start(rx, &format!("{what} (pid {pid})"));
-    let recorder = record.map(Recorder::new);
+    let processes = record.map(|out| Processes::new(out, follow, pid, launched.recycle.clone()));
     let output = record.map(Path::to_owned);
     let pump = std::thread::Builder::new()
         .name("heaplens-pump".into())
-        .spawn(move || pump(launched, recorder, &tx))?;
+        .spawn(move || pump(launched, processes, &tx))?;
     ui::run(App::new(Source::Live(live), what))?;
     if !pump.is_finished() {
         if output.is_none() {
@@ -62,71 +68,65 @@ pub fn run(
         }
         say!("viewer closed; recording pid {pid} until it exits");
     }
-    let (exit, written) = pump.join().map_err(|_| "the stream reader failed")??;
-    if let (Some(out), Some(events)) = (output, written) {
-        say!("{events} events -> {}", out.display());
+    let (exit, finished) = pump.join().map_err(|_| "the stream reader failed")??;
+    if let Some(finished) = finished {
+        for w in &finished.written {
+            say!(
+                "pid {} ({}): {} events -> {}",
+                w.pid,
+                w.command,
+                w.events,
+                w.path.display()
+            );
+        }
+        if let Some(note) = finished.unrecorded_note() {
+            say!("{note}");
+        }
     }
     Ok(exit.shell_code())
 }
 
-/// Reads the program's stream into the recorder and the viewer; returns how the program ended
-/// and the events recorded.
+/// Reads the streams into the recorder and the program's into the viewer; returns how the
+/// program ended and what was recorded.
 fn pump(
     launched: Launched,
-    mut recorder: Option<Recorder>,
+    mut processes: Option<Processes>,
     tx: &Sender<Feed>,
-) -> Result<(Exit, Option<u64>), String> {
+) -> Result<(Exit, Option<Finished>), String> {
     let mut tap = Tap { tx, missed: 0 };
-    let mut clean = false;
-    let mut failed = None;
-    for item in &launched.frames {
-        match item {
-            StreamItem::Message(Message::Meta(json)) => {
-                if let Some(r) = recorder.as_mut()
-                    && let Err(e) = r.meta(&json)
+    let program = i32::try_from(launched.pid).unwrap_or(-1);
+    let mut program_conn = 0;
+    for frame in &launched.frames {
+        if frame.pid == program {
+            match &frame.item {
+                // The program's latest connection (an exec connects again) is the one shown.
+                StreamItem::Message(Message::Meta(_)) => program_conn = frame.conn,
+                StreamItem::Message(Message::Batch(Batch { heap, events }))
+                    if frame.conn == program_conn =>
                 {
-                    failed = Some(e.to_string());
-                    recorder = None;
+                    tap.send(*heap, events.clone());
                 }
-            }
-            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
-                if let Some(r) = recorder.as_mut()
-                    && let Err(e) = r.batch(heap, &events)
-                {
-                    failed = Some(e.to_string());
-                    recorder = None;
-                }
-                tap.send(heap, events);
-            }
-            StreamItem::Message(Message::End) => clean = true,
-            StreamItem::Exec => {
-                if let Some(r) = recorder.as_mut() {
-                    r.exec();
-                }
-            }
-            StreamItem::Closed(why) => {
-                if why.is_some() {
-                    clean = false;
-                }
-                break;
+                _ => {}
             }
         }
+        if let Some(p) = processes.as_mut() {
+            p.take(frame);
+        }
     }
-    let mut child = launched.child;
-    let exit = Exit::from_status(child.wait().map_err(|e| e.to_string())?);
-    let status = match exit {
-        Exit::Code(c) => ExitStatus::Code(c),
-        Exit::Signal(s) => ExitStatus::Signal(s),
-    };
-    let _ = tx.send(Feed::Status(Status::Exited(status)));
-    let written = match recorder {
-        Some(r) => Some(r.finish(exit, clean).map_err(|e| e.to_string())?),
+    let (status, _) = launched
+        .exit
+        .join()
+        .map_err(|_| "waiting for the program failed".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let exit = Exit::from_status(status);
+    let _ = tx.send(Feed::Status(Status::Exited(crate::record::exit_status(
+        exit,
+    ))));
+    let finished = match processes {
+        Some(p) => Some(p.finish(crate::record::exit_status(exit))?),
         None => None,
     };
-    if let Some(e) = failed {
-        return Err(format!("recording stopped: {e}"));
-    }
-    Ok((exit, written))
+    Ok((exit, finished))
 }
 
 /// The viewer's side of the stream: never blocks; what does not fit is counted and reported.
@@ -163,11 +163,37 @@ impl Tap<'_> {
     }
 }
 
-/// `heaplens view FILE`.
+/// `heaplens view FILE`, or a folder recorded with `--follow-fork`: the process picker, or with
+/// `pid` that process.
 pub fn view(
     file: &PathBuf,
     diff: Option<&std::path::Path>,
+    pid: Option<u32>,
 ) -> Result<i32, Box<dyn std::error::Error>> {
+    if file.is_dir() {
+        let processes = crate::tracedir::select(file, pid)?;
+        if let [one] = processes.as_slice() {
+            return view(&one.path, diff, None);
+        }
+        if diff.is_some() {
+            return Err("--diff compares two traces: pick the process with --pid".into());
+        }
+        if !ui::display_available() {
+            return Err(crate::NO_DISPLAY.into());
+        }
+        let rows = processes
+            .into_iter()
+            .map(|p| ProcessRow {
+                pid: p.pid,
+                parent_pid: p.parent_pid,
+                command: p.command_line(),
+                events: p.events,
+                path: p.path,
+            })
+            .collect();
+        ui::run_picker(Picker::new(file.display().to_string(), rows))?;
+        return Ok(0);
+    }
     let replay = heaplens_viewer::source::Replay::open(file)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     let name_of = |p: &std::path::Path| {

@@ -1,6 +1,7 @@
 //! `heaplens stats FILE [--json]`: replay a trace into the model and summarise it.
 //!
-//! The JSON keys are stable (documented in README.md): `events`, `allocs`, `frees`,
+//! The JSON keys are stable (documented in README.md): `pid`, `parent_pid` (null when the trace
+//! does not record it), `command`, `events`, `allocs`, `frees`,
 //! `cross_thread_frees`, `reallocs`, `threads`, `duration_s`, `peak_committed_bytes`,
 //! `final_committed_bytes`, `fragmentation_at_peak`, `fragmentation_at_end` (each with
 //! `internal`, `page`, `segment`), `top_size_classes` (each `bin`, `block_size`, `live_blocks`,
@@ -51,8 +52,41 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Prints the summary of `file`.
-pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// Prints the summary of `path`: a trace, or each process of a folder recorded with
+/// `--follow-fork` (with `pid`: that one). A folder's JSON is an array of the processes'
+/// summaries, by pid.
+pub fn run(path: &Path, pid: Option<u32>, as_json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let processes = crate::tracedir::select(path, pid)?;
+    let many = path.is_dir() && pid.is_none();
+    let mut summaries = Vec::new();
+    for (i, p) in processes.iter().enumerate() {
+        if many && !as_json {
+            if i > 0 {
+                println!();
+            }
+            let parent = p
+                .parent_pid
+                .map_or_else(String::new, |pp| format!(", parent {pp}"));
+            println!("== pid {} ({}{parent}) ==", p.pid, p.command_line());
+        }
+        summaries.extend(summarise(&p.path, as_json)?);
+    }
+    if as_json {
+        let out = if many {
+            serde_json::Value::Array(summaries)
+        } else {
+            summaries.pop().unwrap_or_default()
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// Summarises `file`: printed as text, or returned as JSON.
+fn summarise(
+    file: &Path,
+    as_json: bool,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
     let mut reader = TraceReader::open(file)?;
     Geometry::of(reader.metadata())?;
     let damage = reader.damage().map(|d| d.to_string());
@@ -104,7 +138,11 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     let census = model.last_census_check();
     let mut symbols = heaplens_viewer::symbols::Symbolizer::new();
     let top_sites = crate::sites::top_sites(&model, &mut symbols, 10);
+    let meta = reader.metadata();
     let summary = json!({
+        "pid": meta.pid,
+        "parent_pid": meta.extra.get("parent_pid"),
+        "command": meta.command,
         "events": totals.events,
         "allocs": totals.allocs,
         "frees": totals.frees,
@@ -165,11 +203,9 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
         "top_sites": top_sites,
     });
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-        return Ok(());
+        return Ok(Some(summary));
     }
     let b = |n: u64| Bytes(usize::try_from(n).unwrap_or(usize::MAX));
-    let meta = reader.metadata();
     println!("trace       {}", file.display());
     if !meta.command.is_empty() {
         println!("command     {} (pid {})", meta.command.join(" "), meta.pid);
@@ -277,5 +313,5 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
             println!("  - {}: {}", i.kind.title(), i.text);
         }
     }
-    Ok(())
+    Ok(None)
 }

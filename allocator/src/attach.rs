@@ -247,7 +247,9 @@ fn session(listener: &UnixListener, mut stream: UnixStream) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    if stream.set_read_timeout(None).is_err() || !crate::wire::start_stream(writer) {
+    if stream.set_read_timeout(None).is_err()
+        || !crate::wire::start_stream(writer, &crate::wire::metadata_json())
+    {
         return;
     }
     wait_for_detach(listener, &mut stream);

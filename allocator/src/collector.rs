@@ -144,11 +144,19 @@ pub(crate) fn restartable() -> bool {
     true
 }
 
-/// In the child of a `fork()`: the collector thread did not come along, so recording is over
-/// there (and `shutdown` at the child's exit must not wait for it).
+/// In the child of a `fork()`: the collector thread did not come along, so the parent's
+/// recording is over there; the state goes back to "not running", so that `shutdown` at the
+/// child's exit does not wait for it and the child can start a recording of its own
+/// (`wire::after_fork_child`, with `--follow-fork`).
 pub(crate) fn after_fork_child() {
     hook::set_enabled(false, false);
-    FINISHED.store(true, Release);
+    hook::after_fork_child();
+    for flag in [&SHUTDOWN, &FINISHED, &STARTED] {
+        flag.store(false, Release);
+    }
+    CENSUS_REQUESTS.store(0, Release);
+    CENSUS_DONE.store(0, Release);
+    RUNNING.store(false, Release);
 }
 
 /// Starts recording into a channel (the in-process transport: a viewer in the same process
@@ -234,12 +242,16 @@ pub fn shutdown() {
     wait_until(|| FINISHED.load(Acquire));
 }
 
+/// Waits (at most 5 s) for `done`, looking every 100 us: a process pays this wait when
+/// recording starts and at its exit, which with `--follow-fork` is at every `fork()` (polling
+/// every millisecond cost each child about a millisecond more at both ends).
 fn wait_until(done: impl Fn() -> bool) -> bool {
-    for _ in 0..5000 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
         if done() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(100));
     }
     done()
 }

@@ -1036,6 +1036,25 @@ pub fn mark(label: &str) {
 // ---------------------------------------------------------------------------------------------
 // The collector's side: drain and census
 
+/// In the child of a `fork()`, before recording restarts there: the events the threads had
+/// buffered belong to the parent's recording (its collector takes them), so every heap lets go
+/// of its buffer (left mapped, unused), and the buffer lists, which a thread that did not come
+/// along may have held locked, start empty.
+#[cfg(feature = "hook")]
+pub(crate) fn after_fork_child() {
+    crate::init::for_each_heap(|heap: &Heap| {
+        heap.events.store(ptr::null_mut(), Release);
+        heap.event_end.store(ptr::null_mut(), Relaxed);
+        heap.event_cursor.store(ptr::null_mut(), Release);
+    });
+    for list in [&EMPTY, &ORPHANS] {
+        list.force_unlock();
+        let mut l = list.lock();
+        l.top = ptr::null_mut();
+        l.len = 0;
+    }
+}
+
 /// Calls `f` with every live heap's current buffer (null for none). Collector thread only.
 pub(crate) fn current_buffers(mut f: impl FnMut(*mut EventBuffer)) {
     crate::init::for_each_heap(|heap: &Heap| f(heap.events.load(Acquire)));

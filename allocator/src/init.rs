@@ -265,5 +265,8 @@ extern "C" fn fork_child() {
     // hook would wait forever for room in the channel (and its exit would wait for it).
     hook::set_enabled(false, false);
     #[cfg(feature = "hook")]
-    crate::collector::after_fork_child();
+    {
+        crate::collector::after_fork_child();
+        crate::wire::after_fork_child();
+    }
 }

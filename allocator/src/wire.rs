@@ -4,7 +4,8 @@
 //! ```text
 //! stream  = magic "HLSTREAM" | version u16 | frame*
 //! frame   = type u8 | length u32 | payload[length]          (little-endian)
-//!   1 Meta    JSON: pid, command line, start time, allocator constants
+//!   1 Meta    JSON: pid, parent pid, command line, start time, allocator constants, the
+//!             launch's token, whether events follow (`recorded`)
 //!   2 Batch   heap u32 | events (32 bytes each, event.rs field order)
 //!   3 End     the process is exiting normally
 //! ```
@@ -28,8 +29,17 @@ pub const MAX_FRAME: usize = 16 << 20;
 pub const SOCKET_ENV: &str = "HEAPLENS_SOCKET";
 /// Environment variable holding the launcher's pid: only its direct child streams (an `exec`
 /// keeps the parent, so the program it becomes streams too); the program's own children, which
-/// inherit the environment, do not.
+/// inherit the environment, only say who they are (see [`FOLLOW_ENV`]).
 pub const PARENT_ENV: &str = "HEAPLENS_LAUNCHER_PID";
+/// Environment variable holding the launch's token: a random string the launcher makes for each
+/// launch and the processes it starts inherit. Every stream's metadata carries it (`"token"`),
+/// and the launcher refuses a connection without it (as well as one from another user).
+pub const TOKEN_ENV: &str = "HEAPLENS_TOKEN";
+/// Environment variable set to `1` by `--follow-fork`: every process of the command streams,
+/// those it execs and those it forks (which start their stream from the fork, with a census of
+/// what they inherited). Without it a child of the program connects only to say who it is
+/// (metadata with `"recorded":false`) and runs untraced.
+pub const FOLLOW_ENV: &str = "HEAPLENS_FOLLOW_FORK";
 
 const FRAME_META: u8 = 1;
 const FRAME_BATCH: u8 = 2;
@@ -314,8 +324,10 @@ pub fn metadata_json() -> String {
     let bins: Vec<String> = (1..=BIN_LARGE_MAX)
         .map(|b| block_size(b).to_string())
         .collect();
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
     format!(
-        "{{\"pid\":{},\"command\":[{}],\"start_unix_ns\":{},\"segment_size\":{},\"small_page_size\":{},\"medium_page_size\":{},\"segment_info_size\":{},\"bin_block_sizes\":[{}]}}",
+        "{{\"pid\":{},\"parent_pid\":{parent},\"command\":[{}],\"start_unix_ns\":{},\"segment_size\":{},\"small_page_size\":{},\"medium_page_size\":{},\"segment_info_size\":{},\"bin_block_sizes\":[{}]}}",
         std::process::id(),
         args.join(","),
         start_ns,
@@ -432,40 +444,122 @@ pub fn my_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// What the launcher's environment said, read once at load: a forked child reconnects from it
+/// (reading the environment there could wait on a lock a thread of the parent held).
+#[cfg(feature = "hook")]
+struct Launch {
+    socket: std::path::PathBuf,
+    token: String,
+    follow: bool,
+}
+
+#[cfg(feature = "hook")]
+static LAUNCH: std::sync::OnceLock<Launch> = std::sync::OnceLock::new();
+/// The socket this process streams to (-1: none): a forked child closes its copy.
+#[cfg(feature = "hook")]
+static STREAM_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
 /// Starts streaming to the socket named by `HEAPLENS_SOCKET`, if set: connect, send the header
 /// and metadata, start the collector (lossless, census every second) with a sink that writes
 /// batches, and end the stream at exit. Returns whether streaming started. A peer that goes away
-/// stops the stream; the process runs on.
+/// stops the stream; the process runs on. A descendant of the launched program streams only with
+/// [`FOLLOW_ENV`]; otherwise it sends its metadata alone, so the launcher can say it was not
+/// recorded.
 #[cfg(feature = "hook")]
 pub fn stream_from_env() -> bool {
-    use std::os::unix::net::UnixStream;
-    let Some(path) = std::env::var_os(SOCKET_ENV) else {
+    let Some(socket) = std::env::var_os(SOCKET_ENV) else {
         return false;
     };
+    let launch = LAUNCH.get_or_init(|| Launch {
+        socket: socket.into(),
+        token: std::env::var(TOKEN_ENV).unwrap_or_default(),
+        follow: std::env::var(FOLLOW_ENV).is_ok_and(|v| v == "1"),
+    });
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
     let launcher = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok());
-    if launcher.is_some_and(|l| l != parent) {
-        return false; // a child of the traced program
+    if launcher.is_some_and(|l| l != parent) && !launch.follow {
+        announce(launch);
+        return false;
     }
-    let Ok(stream) = UnixStream::connect(&path) else {
+    connect_and_stream(launch)
+}
+
+/// In the child of a `fork()` (its handler): the parent's connection is the parent's, so the
+/// child closes its copy; with [`FOLLOW_ENV`] it starts a stream of its own, whose first census
+/// is what it inherited, else it only says who it is.
+#[cfg(feature = "hook")]
+pub(crate) fn after_fork_child() {
+    let fd = STREAM_FD.swap(-1, core::sync::atomic::Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: the fd was our connection's; the parent's sink, which owns it, does not run in
+        // the child (its collector thread did not come along).
+        unsafe { libc::close(fd) };
+    }
+    let Some(launch) = LAUNCH.get() else {
+        return;
+    };
+    let _ = std::panic::catch_unwind(|| {
+        if launch.follow {
+            connect_and_stream(launch);
+        } else {
+            announce(launch);
+        }
+    });
+}
+
+/// The metadata of this process for the launcher: [`metadata_json`] with the launch's token and
+/// whether a stream follows.
+#[cfg(feature = "hook")]
+fn launch_meta(launch: &Launch, recorded: bool) -> String {
+    let mut json = metadata_json();
+    json.pop(); // the closing brace
+    json.push_str(&format!(
+        ",\"token\":{},\"recorded\":{recorded}}}",
+        json_string(&launch.token)
+    ));
+    json
+}
+
+/// Tells the launcher this process exists and is not recorded: header and metadata, then close.
+#[cfg(feature = "hook")]
+fn announce(launch: &Launch) {
+    if let Ok(stream) = std::os::unix::net::UnixStream::connect(&launch.socket) {
+        let mut head = Vec::new();
+        if write_header(&mut head)
+            .and_then(|()| write_meta(&mut head, &launch_meta(launch, false)))
+            .is_ok()
+        {
+            let _ = SocketWriter(stream).write_all(&head);
+        }
+    }
+}
+
+/// Connects to the launcher and starts the collector with a sink writing to the socket.
+#[cfg(feature = "hook")]
+fn connect_and_stream(launch: &Launch) -> bool {
+    use std::os::unix::net::UnixStream;
+    let Ok(stream) = UnixStream::connect(&launch.socket) else {
         return false;
     };
-    if !start_stream(stream) {
+    if !start_stream(stream, &launch_meta(launch, true)) {
         return false;
     }
-    // SAFETY: registering an extern "C" fn that never unwinds.
-    unsafe { libc::atexit(end_stream_at_exit) };
+    static AT_EXIT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !AT_EXIT.swap(true, core::sync::atomic::Ordering::AcqRel) {
+        // SAFETY: registering an extern "C" fn that never unwinds (a forked child inherits it).
+        unsafe { libc::atexit(end_stream_at_exit) };
+    }
     true
 }
 
-/// Streams to the connected `stream`: sends the header and metadata, then starts the collector
+/// Streams to the connected `stream`: sends the header and `meta`, then starts the collector
 /// (lossless, a census every `HEAPLENS_CENSUS_MS`) with a sink that writes batches and, at the
 /// end, the end frame, after which it closes the socket. Returns whether streaming started.
 #[cfg(feature = "hook")]
-pub fn start_stream(stream: std::os::unix::net::UnixStream) -> bool {
+pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str) -> bool {
     use std::os::fd::AsRawFd;
     // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
     // burst over without waiting while heaplens's reader is off the CPU. With the default
@@ -483,10 +577,11 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream) -> bool {
             core::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+    let fd = stream.as_raw_fd();
     let mut socket = SocketWriter(stream);
     let mut head = Vec::new();
     if write_header(&mut head)
-        .and_then(|()| write_meta(&mut head, &metadata_json()))
+        .and_then(|()| write_meta(&mut head, meta))
         .and_then(|()| socket.write_all(&head))
         .is_err()
     {
@@ -519,7 +614,11 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream) -> bool {
         census_every_ms: crate::options::census_ms(),
         channel_buffers: 64,
     };
-    crate::collector::start(config, sink).is_ok()
+    if crate::collector::start(config, sink).is_err() {
+        return false;
+    }
+    STREAM_FD.store(fd, core::sync::atomic::Ordering::Release);
+    true
 }
 
 #[cfg(feature = "hook")]

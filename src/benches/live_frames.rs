@@ -22,6 +22,8 @@ mod launch;
 #[path = "../quiet.rs"]
 #[allow(dead_code)]
 mod quiet;
+#[path = "../reap.rs"]
+mod reap;
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -115,24 +117,29 @@ fn summary(times: &mut [f64]) -> String {
 
 fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     println!("{name}: {}", command_line(command));
-    let launched =
-        match launch::launch(command, Duration::from_secs(30), env, launch::BACKLOG_BYTES) {
-            Ok(l) => l,
-            Err(e) => {
-                println!("  cannot start it: {e}");
-                return;
-            }
-        };
+    let launched = match launch::launch(
+        command,
+        Duration::from_secs(30),
+        env,
+        launch::BACKLOG_BYTES,
+        false,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  cannot start it: {e}");
+            return;
+        }
+    };
     let started = Instant::now();
     let (tx, rx) = bounded(VIEWER_BACKLOG);
     let live = Live::start(rx, name);
     let frames = launched.frames;
-    let mut child = launched.child;
+    let exit = launched.exit;
     let pump = std::thread::spawn(move || {
         let mut missed = 0;
         let mut events = 0u64;
-        for item in &frames {
-            match item {
+        for frame in &frames {
+            match frame.item {
                 launch::StreamItem::Message(Message::Batch(Batch { heap, events: e })) => {
                     events += e.len() as u64;
                     tap(&tx, &mut missed, heap, e);
@@ -141,7 +148,12 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
                 _ => {}
             }
         }
-        let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+        let status = exit
+            .join()
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|(s, _)| s.code())
+            .unwrap_or(-1);
         let _ = tx.send(Feed::Status(Status::Exited(
             heaplens_viewer::trace::ExitStatus::Code(status),
         )));

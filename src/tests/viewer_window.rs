@@ -217,3 +217,59 @@ fn the_program_runs_on_when_the_viewer_goes_away() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn run_follow_fork_records_every_process_and_view_opens_the_picker_on_them() {
+    let dir = tempdir("run-follow");
+    known_counts(&dir);
+    let out = dir.join("rec");
+    let display = Display::start();
+    let mut viewer = heaplens()
+        .current_dir(&dir)
+        .args(["run", "--follow-fork", "--record"])
+        .arg(&out)
+        .args(["--", "sh", "-c", "./known_counts; true"])
+        .env("DISPLAY", &display.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The traces are finished once the command is over, while the window stays open on the
+    // program: wait for the program's trace to be complete (or the deadline).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let programs = loop {
+        let stats = heaplens()
+            .args(["stats", "--json"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let all: Option<Vec<serde_json::Value>> = serde_json::from_slice(&stats.stdout).ok();
+        let done = all.filter(|all| all.len() == 2 && all.iter().all(|s| s["complete"] == true));
+        if let Some(all) = done {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the traces were not finished: {}",
+            String::from_utf8_lossy(&stats.stderr)
+        );
+        assert!(
+            viewer.try_wait().unwrap().is_none(),
+            "the viewer stays open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    let prog = programs
+        .iter()
+        .find(|s| s["command"][0] == "./known_counts")
+        .expect("the program run by the shell");
+    assert!(prog["allocs"].as_u64().unwrap() >= 1200, "{prog}");
+
+    let mut cmd = heaplens();
+    cmd.arg("view").arg(&out);
+    let (alive, err) = runs_for(cmd, &display, 4);
+    assert!(alive, "the picker stays open: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

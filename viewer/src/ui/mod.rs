@@ -9,6 +9,7 @@ pub mod learn;
 pub mod markers;
 mod occupancy;
 mod overview;
+pub mod picker;
 mod segment_map;
 pub mod sites;
 pub mod style;
@@ -30,6 +31,21 @@ pub fn run(app: App) -> Result<(), String> {
         ..Default::default()
     };
     eframe::run_native(&title, options, Box::new(|_cc| Ok(Box::new(app))))
+        .map_err(|e| e.to_string())
+}
+
+/// Opens the process picker of a recording of many processes in a window and runs until it is
+/// closed.
+pub fn run_picker(picker: picker::Picker) -> Result<(), String> {
+    let title = picker.title();
+    let options = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title(title.clone())
+            .with_inner_size(WINDOW_SIZE)
+            .with_min_inner_size([900.0, 600.0]),
+        ..Default::default()
+    };
+    eframe::run_native(&title, options, Box::new(|_cc| Ok(Box::new(picker))))
         .map_err(|e| e.to_string())
 }
 

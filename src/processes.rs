@@ -1,0 +1,378 @@
+//! The processes of one launch and where their streams go: `heaplens record` and `heaplens run
+//! --record` hand every [`Frame`] here.
+//!
+//! Without `--follow-fork` the program's stream goes to the output file, and its children, which
+//! only say who they are, are listed for the note at the end ("2 child processes were not
+//! recorded (cc1, as)"). With it the output is a folder and every process gets its own trace,
+//! `OUT/PID.hltrace`, with its parent's pid (`parent_pid`) and command line in the metadata.
+//!
+//! A process that execs connects again: a later connection of a pid is the program it became,
+//! whose trace replaces the one before (the same process, the same file). A stream that closes
+//! with its end mark is finished at once; one that closes without it is finished once the
+//! process is gone (it may yet exec), at the latest when the command is over.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use heaplens_alloc::batch::{Batch, Message};
+use heaplens_alloc::event::Event;
+use heaplens_alloc::wire::WireError;
+use heaplens_viewer::trace::ExitStatus;
+
+use crate::launch::{Frame, StreamItem};
+use crate::quiet::say;
+use crate::record::Recorder;
+
+/// A recorded process whose trace is being written.
+struct Open {
+    conn: u64,
+    recorder: Recorder,
+    command: String,
+    /// Its stream ended with the end mark.
+    ended: bool,
+    /// Its stream closed (with the error, if any, that ended it).
+    closed: Option<Option<WireError>>,
+}
+
+/// A process whose trace is written.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Its pid.
+    pub pid: i32,
+    /// Its program (the command's first word, without its directory).
+    pub command: String,
+    /// Events in its trace.
+    pub events: u64,
+    /// The trace.
+    pub path: PathBuf,
+    /// Whether its stream ended with the end mark.
+    pub clean: bool,
+}
+
+/// Where a launch's processes are recorded, and what is known of them.
+pub struct Processes {
+    output: PathBuf,
+    follow: bool,
+    program: i32,
+    recycle: crossbeam_channel::Sender<Vec<Event>>,
+    open: BTreeMap<i32, Open>,
+    /// Children that were not recorded: pid -> (connection, program).
+    unrecorded: BTreeMap<i32, (u64, String)>,
+    written: Vec<Written>,
+    /// The first error writing a trace.
+    failed: Option<String>,
+}
+
+impl Processes {
+    /// Records `program`'s stream into `output` (a file), or with `follow` every process's into
+    /// the folder `output` ([`prepare_output`] first).
+    pub fn new(
+        output: &Path,
+        follow: bool,
+        program: u32,
+        recycle: crossbeam_channel::Sender<Vec<Event>>,
+    ) -> Self {
+        Self {
+            output: output.to_owned(),
+            follow,
+            program: i32::try_from(program).unwrap_or(-1),
+            recycle,
+            open: BTreeMap::new(),
+            unrecorded: BTreeMap::new(),
+            written: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The trace file of process `pid`.
+    fn path_of(&self, pid: i32) -> PathBuf {
+        if self.follow {
+            self.output.join(format!("{pid}.hltrace"))
+        } else {
+            self.output.clone()
+        }
+    }
+
+    /// Takes one frame. An error writing a trace stops that trace (the others go on) and is
+    /// returned by [`Processes::finish`].
+    pub fn take(&mut self, frame: Frame) {
+        let Frame { conn, pid, item } = frame;
+        match item {
+            StreamItem::Message(Message::Meta(json)) => self.meta(conn, pid, &json),
+            StreamItem::Message(Message::Batch(Batch { heap, events })) => {
+                if let Some(p) = self.current(conn, pid)
+                    && let Err(e) = p.recorder.batch_owned(heap, events)
+                {
+                    self.fail(pid, &e.to_string());
+                }
+            }
+            StreamItem::Message(Message::End) => {
+                if let Some(p) = self.current(conn, pid) {
+                    p.ended = true;
+                }
+            }
+            StreamItem::Closed(why) => {
+                let Some(p) = self.current(conn, pid) else {
+                    return;
+                };
+                let clean = p.ended && why.is_none();
+                p.closed = Some(why);
+                // The program itself is finished last, with its exit status; another process
+                // once it is gone (without its end mark it may have exec'd and connect again).
+                if pid != self.program && clean {
+                    self.finish_one(pid, ExitStatus::Unknown);
+                }
+                self.sweep();
+            }
+        }
+    }
+
+    /// Finishes the traces whose stream closed without its end mark and whose process is gone
+    /// (so no exec can follow), rather than keep them open until the command is over.
+    fn sweep(&mut self) {
+        let gone: Vec<i32> = self
+            .open
+            .iter()
+            .filter(|(pid, p)| {
+                **pid != self.program && p.closed.is_some() && !crate::launch::running(**pid)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.finish_one(pid, ExitStatus::Unknown);
+        }
+    }
+
+    /// The open trace of `pid` if `conn` is its current connection.
+    fn current(&mut self, conn: u64, pid: i32) -> Option<&mut Open> {
+        self.open.get_mut(&pid).filter(|p| p.conn == conn)
+    }
+
+    fn meta(&mut self, conn: u64, pid: i32, json: &str) {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let command = program_name(&value);
+        let recorded = value["recorded"].as_bool() != Some(false);
+        if !recorded || (!self.follow && pid != self.program) {
+            match self.unrecorded.get(&pid) {
+                Some((c, _)) if *c > conn => {}
+                _ => {
+                    self.unrecorded.insert(pid, (conn, command));
+                }
+            }
+            return;
+        }
+        self.sweep();
+        if let Some(before) = self.open.get(&pid) {
+            if before.conn > conn {
+                return; // a stale connection of a program that has exec'd since
+            }
+            if !self.follow {
+                say!("pid {pid} exec'd another program; recording that one");
+            }
+            // The same process, become another program: its trace starts over.
+            self.open.remove(&pid);
+        }
+        self.unrecorded.remove(&pid);
+        let path = self.path_of(pid);
+        let mut recorder = Recorder::new(&path).recycling(self.recycle.clone());
+        if let Err(e) = recorder.meta(json) {
+            self.fail(pid, &e.to_string());
+            return;
+        }
+        self.open.insert(
+            pid,
+            Open {
+                conn,
+                recorder,
+                command,
+                ended: false,
+                closed: None,
+            },
+        );
+    }
+
+    fn fail(&mut self, pid: i32, why: &str) {
+        self.open.remove(&pid);
+        if self.failed.is_none() {
+            self.failed = Some(format!("recording pid {pid} stopped: {why}"));
+        }
+    }
+
+    fn finish_one(&mut self, pid: i32, status: ExitStatus) {
+        let Some(p) = self.open.remove(&pid) else {
+            return;
+        };
+        let clean = p.ended && matches!(p.closed, Some(None));
+        let path = self.path_of(pid);
+        match p.recorder.finish(status, clean) {
+            Ok(events) => self.written.push(Written {
+                pid,
+                command: p.command,
+                events,
+                path,
+                clean,
+            }),
+            Err(e) => self.fail(pid, &e.to_string()),
+        }
+    }
+
+    /// Events and bytes written so far to the open traces.
+    pub fn written_so_far(&self) -> (u64, u64) {
+        self.open.values().fold((0, 0), |(e, b), p| {
+            let (pe, pb) = p.recorder.written();
+            (e + pe, b + pb)
+        })
+    }
+
+    /// The program has exited: the recorders' threads go back to the usual priority.
+    pub fn program_exited(&self) {
+        for p in self.open.values() {
+            p.recorder.program_exited();
+        }
+    }
+
+    /// How the program's stream ended: `None` if it is not known yet or ended cleanly.
+    pub fn program_stream_error(&self) -> Option<&WireError> {
+        self.open
+            .get(&self.program)
+            .and_then(|p| p.closed.as_ref())
+            .and_then(Option::as_ref)
+    }
+
+    /// Finishes every trace (the program's with `status`; the others' exit status is not heaplens's
+    /// to know) and returns what was written, or the first error.
+    pub fn finish(mut self, status: ExitStatus) -> Result<Finished, String> {
+        let pids: Vec<i32> = self.open.keys().copied().collect();
+        for pid in pids {
+            let s = if pid == self.program {
+                status
+            } else {
+                ExitStatus::Unknown
+            };
+            self.finish_one(pid, s);
+        }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        // A process that exec'd after its first program's trace was finished has the later
+        // program's trace in its file.
+        let written: BTreeMap<i32, Written> =
+            self.written.into_iter().map(|w| (w.pid, w)).collect();
+        Ok(Finished {
+            written: written.into_values().collect(),
+            unrecorded: self.unrecorded.into_values().map(|(_, c)| c).collect(),
+        })
+    }
+}
+
+/// What a launch's recording produced.
+pub struct Finished {
+    /// The traces, by pid.
+    pub written: Vec<Written>,
+    /// The programs of the child processes that were not recorded.
+    pub unrecorded: Vec<String>,
+}
+
+impl Finished {
+    /// The one line said at the end when children were not recorded, or `None`.
+    pub fn unrecorded_note(&self) -> Option<String> {
+        let n = self.unrecorded.len();
+        if n == 0 {
+            return None;
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for c in &self.unrecorded {
+            if !names.contains(&c.as_str()) {
+                names.push(c);
+            }
+        }
+        let (what, list) = if names.len() > 8 {
+            (n, format!("{}, ...", names[..8].join(", ")))
+        } else {
+            (n, names.join(", "))
+        };
+        let noun = if what == 1 {
+            "child process was"
+        } else {
+            "child processes were"
+        };
+        Some(format!(
+            "{what} {noun} not recorded ({list}); add --follow-fork to record them"
+        ))
+    }
+}
+
+/// The program of a metadata block: the command line's first word, without its directory.
+fn program_name(meta: &serde_json::Value) -> String {
+    let first = meta["command"][0].as_str().unwrap_or("?");
+    Path::new(first)
+        .file_name()
+        .map_or_else(|| first.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// With `follow`: makes the output folder, or checks that an existing one holds no trace (a
+/// trace of an earlier run would mix with this one's). Nothing to do for a file.
+pub fn prepare_output(dir: &Path, follow: bool) -> Result<(), String> {
+    if !follow {
+        return Ok(());
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "{} is a file; with --follow-fork the output is a folder (one trace per process)",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let stale = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .any(|e| e.path().extension().is_some_and(|x| x == "hltrace"));
+    if stale {
+        return Err(format!(
+            "{} already holds traces; remove them or choose another folder",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(unrecorded: &[&str]) -> Finished {
+        Finished {
+            written: Vec::new(),
+            unrecorded: unrecorded.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_note_names_the_children_once_each() {
+        assert_eq!(finished(&[]).unrecorded_note(), None);
+        assert_eq!(
+            finished(&["cc1", "as"]).unrecorded_note().unwrap(),
+            "2 child processes were not recorded (cc1, as); add --follow-fork to record them"
+        );
+        assert_eq!(
+            finished(&["prog", "prog", "prog"])
+                .unrecorded_note()
+                .unwrap(),
+            "3 child processes were not recorded (prog); add --follow-fork to record them"
+        );
+        assert!(
+            finished(&["sh"])
+                .unrecorded_note()
+                .unwrap()
+                .starts_with("1 child process was not recorded (sh)")
+        );
+    }
+
+    #[test]
+    fn program_names_drop_the_directory() {
+        let meta =
+            serde_json::json!({"command": ["/usr/lib/gcc/x86_64-linux-gnu/14/cc1", "-quiet"]});
+        assert_eq!(program_name(&meta), "cc1");
+        assert_eq!(program_name(&serde_json::json!({})), "?");
+    }
+}
