@@ -4,8 +4,10 @@
 //! and the README's fleet query (top sites by live bytes at exit across all processes) names
 //! the leaking function with the bytes both processes leaked.
 //!
-//! DuckDB is the Python wheel in the virtual environment `.ci/run` creates; it gives its python
-//! as `HEAPLENS_TEST_PYTHON`. Without it the test says so and passes, except under CI.
+//! DataFusion, a second engine, runs the same fleet query on the same files and must agree.
+//!
+//! DuckDB and DataFusion are Python wheels in the virtual environment `.ci/run` creates; it
+//! gives its python as `HEAPLENS_TEST_PYTHON`. Without it the test says so and passes, except under CI.
 
 mod common;
 
@@ -59,7 +61,7 @@ top = rows(f"""SELECT s.site, count(DISTINCT (b.host, b.pid)) AS processes,
                       round(sum(b.site_weight)) AS live_blocks
                FROM {t('blocks')} b JOIN {t('sites')} s USING (host, pid, site_id)
                WHERE b.free_time IS NULL
-               GROUP BY s.site ORDER BY live_bytes DESC LIMIT 5""")
+               GROUP BY s.site ORDER BY live_bytes DESC, s.site LIMIT 5""")
 frames = rows(f"""SELECT f.function, f.file IS NOT NULL, f.module
                   FROM (SELECT unnest(frames) AS f FROM {t('sites')})
                   WHERE f.function = 'cache_entry' LIMIT 1""")
@@ -70,6 +72,24 @@ print(json.dumps({
     "top": [[s, p, int(b), int(n)] for s, p, b, n in top],
     "frames": frames,
 }))
+"#;
+
+/// DataFusion's side, a second engine on the same folder: it discovers nothing by itself, so the
+/// tables are registered with their hive partition columns (as Spark or Trino would), and the
+/// fleet query is the README's in portable SQL. Prints the top sites as DuckDB's script does.
+const DATAFUSION: &str = r#"
+import datafusion, json, sys
+root = sys.argv[1]
+ctx = datafusion.SessionContext()
+for name in ("blocks", "sites"):
+    ctx.register_parquet(name, f"{root}/{name}/", table_partition_cols=[("host", "string"), ("pid", "string")])
+top = ctx.sql("""SELECT s.site, count(DISTINCT concat(b.host, '/', b.pid)) AS processes,
+                        round(sum(b.size * b.site_weight)) AS live_bytes,
+                        round(sum(b.site_weight)) AS live_blocks
+                 FROM blocks b JOIN sites s ON b.host = s.host AND b.pid = s.pid AND b.site_id = s.site_id
+                 WHERE b.free_time IS NULL
+                 GROUP BY s.site ORDER BY live_bytes DESC, s.site LIMIT 5""").to_pylist()
+print(json.dumps([[r["site"], r["processes"], int(r["live_bytes"]), int(r["live_blocks"])] for r in top]))
 "#;
 
 /// The virtual environment's python, or None (said) when it is not set up outside CI.
@@ -172,6 +192,15 @@ fn duckdb_reads_two_processes_and_agrees_with_stats() {
     assert_eq!(top[1], 2, "both processes");
     assert_eq!(top[2].as_u64(), Some(leaked));
     assert_eq!(top[3].as_u64(), Some(7 + 12));
+    // DataFusion reads the same partitioned files and answers the same question alike.
+    let q = Command::new(&python)
+        .args(["-c", DATAFUSION])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let datafusion: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(datafusion, got["top"], "DataFusion and DuckDB agree");
     let frame = &got["frames"][0];
     assert_eq!(frame[1], true, "symbolised with its file");
     assert_eq!(frame[2], "fleet");

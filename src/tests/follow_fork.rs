@@ -212,7 +212,13 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
             (700..=703).contains(&allocs),
             "child allocs {allocs}: {child}"
         );
-        assert_eq!(n(child, "frees"), 300, "{child}");
+        // The C library may allocate and free a block of its own in the child (at most the
+        // allocations above 700): every other free is one of the program's 300.
+        let frees = n(child, "frees");
+        assert!(
+            (300..=300 + (allocs - 700)).contains(&frees),
+            "child frees {frees} with {allocs} allocs: {child}"
+        );
         assert!(live_of(child, 640) >= 500, "{child}");
         // What it inherited comes from its first census, which the model takes over and then
         // agrees with, as with every census after.
