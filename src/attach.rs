@@ -26,7 +26,7 @@ use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind};
 use heaplens_alloc::wire::{self, WireError, my_uid};
 use heaplens_viewer::source::{Feed, Live, Status};
-use heaplens_viewer::trace::ExitStatus;
+use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus};
 use heaplens_viewer::ui::{self, App, Source};
 
 use crate::backlog::{self, backlog};
@@ -283,6 +283,18 @@ fn ends_census(heap: u32, events: &[Event]) -> bool {
     heap == 0 && events.iter().any(|e| e.kind == EventKind::CensusEnd as u8)
 }
 
+/// The program's metadata with `"attached": true`: the trace began while the program ran, so
+/// its start is not the program's, and heaplens, not being its parent, cannot know its exit.
+fn attached_meta(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("attached".into(), serde_json::Value::Bool(true));
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => json.to_owned(), // the recorder says what is wrong with it
+    }
+}
+
 /// `--record`: writes the stream to a trace until heaplens detaches or the program ends.
 fn record_stream(
     target: &Target,
@@ -297,7 +309,7 @@ fn record_stream(
     for frame in frames {
         match frame.item {
             StreamItem::Message(Message::Meta(json)) => {
-                recorder.meta(&json)?;
+                recorder.meta(&attached_meta(&json))?;
                 got_meta = true;
             }
             StreamItem::Message(Message::Batch(Batch { heap, events })) => {
@@ -324,7 +336,14 @@ fn record_stream(
     }
     crate::priority::restore_this_thread();
     let clean = clean && error.is_none();
-    let events = recorder.finish(ExitStatus::Unknown, clean)?;
+    let events = if clean && DETACHING.load(Ordering::SeqCst) {
+        recorder.finish_with(EndInfo {
+            reason: EndReason::Detached,
+            status: ExitStatus::Unknown,
+        })?
+    } else {
+        recorder.finish(ExitStatus::Unknown, clean)?
+    };
     say!("{}", ending(target, clean, error.as_ref()));
     say!("{events} events -> {}", output.display());
     Ok(0)

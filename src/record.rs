@@ -106,6 +106,11 @@ impl Recorder {
         } else {
             EndReason::PeerVanished
         };
+        self.finish_with(EndInfo { reason, status })
+    }
+
+    /// Writes the keyframes still pending and the End chunk `end`; returns the events written.
+    pub fn finish_with(self, end: EndInfo) -> Result<u64, Box<dyn std::error::Error>> {
         let Some(mut w) = self.writer else {
             return Err("the program ended without sending any events".into());
         };
@@ -115,7 +120,7 @@ impl Recorder {
             }
         }
         let events = w.events_written();
-        w.finish(EndInfo { reason, status })?;
+        w.finish(end)?;
         Ok(events)
     }
 }

@@ -28,7 +28,7 @@ use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::geometry::Geometry;
 use heaplens_viewer::model::{Model, Sample};
 use heaplens_viewer::source::{Resumed, replay_all};
-use heaplens_viewer::trace::{ExitStatus, TraceReader};
+use heaplens_viewer::trace::{EndReason, ExitStatus, Metadata, TraceReader};
 use serde_json::json;
 
 /// `println!` that hands a failed write back (`?`) instead of panicking: a reader that stops
@@ -113,6 +113,10 @@ fn summarise(
         Some(ExitStatus::Code(_) | ExitStatus::Signal(_))
     );
     let found = heaplens_viewer::insights::insights(&model, exited);
+    // A trace `heaplens attach` wrote: it began while the program ran; it ended at the program's
+    // exit or when heaplens detached.
+    let attached = meta_attached(reader.metadata());
+    let detached = reader.end_info().map(|e| e.reason) == Some(EndReason::Detached);
     let end = model.current();
     let peak = model
         .metrics()
@@ -199,6 +203,8 @@ fn summarise(
         })).collect::<Vec<_>>(),
         "events_lost_to_damage": events_lost,
         "exit": exit,
+        "attached": attached,
+        "detached": detached,
         "stacks": crate::sites::mode_name(&model),
         "top_sites": top_sites,
     });
@@ -219,6 +225,12 @@ fn summarise(
     match reader.end_info().map(|e| e.status) {
         Some(ExitStatus::Code(c)) => println!("exit        code {c}"),
         Some(ExitStatus::Signal(s)) => println!("exit        killed by signal {s}"),
+        _ if detached => {
+            println!("exit        none: heaplens detached at {duration_s:.3} s, the program ran on")
+        }
+        _ if attached => {
+            println!("exit        not known (attached: heaplens is not the program's parent)")
+        }
         _ => println!("exit        unknown"),
     }
     println!("duration    {duration_s:.3} s");
@@ -240,8 +252,15 @@ fn summarise(
             100.0 * s.segment_fragmentation()
         );
     }
+    let at = if detached {
+        "at detach"
+    } else if exited || attached {
+        "at exit"
+    } else {
+        "at end "
+    };
     println!(
-        "live at exit {} blocks, {} requested",
+        "live {at} {} blocks, {} requested",
         live.len(),
         b(live.requested_bytes())
     );
@@ -314,4 +333,12 @@ fn summarise(
         }
     }
     Ok(None)
+}
+
+/// Whether `heaplens attach` wrote the trace (its metadata says `"attached": true`).
+pub fn meta_attached(meta: &Metadata) -> bool {
+    meta.extra
+        .get("attached")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
 }

@@ -233,6 +233,18 @@ fn attach_record_detach_and_attach_again() {
     assert_eq!(s["allocs"], 50, "only what happened while attached: {s}");
     assert_eq!(s["live_blocks_at_exit"], 50, "{s}");
     assert_eq!(s["exit"], serde_json::Value::Null, "the program runs on");
+    assert_eq!(s["attached"], true, "{s}");
+    assert_eq!(s["detached"], true, "the trace says heaplens detached: {s}");
+    let text = common::heaplens()
+        .arg("stats")
+        .arg(&first)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("exit        none: heaplens detached at") && text.contains("live at detach"),
+        "{text}"
+    );
 
     // Detached, the program runs on untraced.
     assert_eq!(target.more(), "more 100");
@@ -260,6 +272,7 @@ fn attach_record_detach_and_attach_again() {
     assert!(said.contains("exited while attached"), "{said}");
     let s = stats(&third);
     assert_exact(&s, "attached at exit");
+    assert_eq!(s["detached"], false, "it ended at the program's exit: {s}");
     assert_eq!(
         s["frees"].as_u64().unwrap(),
         450,
@@ -528,6 +541,11 @@ fn a_program_killed_while_attached_leaves_a_readable_trace() {
     let said = a.finish();
     assert!(said.contains("went away while attached"), "{said}");
     let s = stats(&trace);
+    assert_eq!(
+        (&s["attached"], &s["detached"]),
+        (&true.into(), &false.into()),
+        "{s}"
+    );
     assert_eq!(s["census_mismatches"], 0, "the initial census: {s}");
     assert_eq!(live_blocks(&s, EARLY), 300, "{s}");
     assert!(s["events"].as_u64().unwrap() > 0, "{s}");

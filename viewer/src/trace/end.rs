@@ -15,6 +15,8 @@ pub enum EndReason {
     PeerVanished = 1,
     /// The stream broke off in the middle of a message.
     Truncated = 2,
+    /// heaplens detached (`heaplens attach`): the stream ended cleanly and the process ran on.
+    Detached = 3,
 }
 
 /// How the recorded process exited.
@@ -69,6 +71,7 @@ impl EndInfo {
             0 => EndReason::Clean,
             1 => EndReason::PeerVanished,
             2 => EndReason::Truncated,
+            3 => EndReason::Detached,
             _ => return Err("unknown end reason"),
         };
         let value = i32::from_le_bytes([v0, v1, v2, v3]);
@@ -84,6 +87,9 @@ impl EndInfo {
 
 impl fmt::Display for EndInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reason == EndReason::Detached {
+            return f.write_str("detached; the process ran on");
+        }
         match self.status {
             ExitStatus::Unknown => f.write_str("process exit status unknown")?,
             ExitStatus::Code(c) => write!(f, "process exited (code {c})")?,
@@ -93,6 +99,7 @@ impl fmt::Display for EndInfo {
             EndReason::Clean => Ok(()),
             EndReason::PeerVanished => f.write_str("; the stream stopped without an end"),
             EndReason::Truncated => f.write_str("; the stream broke off mid-message"),
+            EndReason::Detached => Ok(()),
         }
     }
 }
@@ -116,6 +123,10 @@ mod tests {
             EndInfo {
                 reason: EndReason::Clean,
                 status: ExitStatus::Code(-1),
+            },
+            EndInfo {
+                reason: EndReason::Detached,
+                status: ExitStatus::Unknown,
             },
         ] {
             assert_eq!(EndInfo::from_bytes(&info.to_bytes()), Ok(info));
