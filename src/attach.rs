@@ -128,7 +128,7 @@ fn locate(pid: i32) -> Result<Target, String> {
     let name = std::fs::read_to_string(proc_dir.join("comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default();
-    let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+    let environ = environ_of(&proc_dir);
     let var = |key: &str| -> Option<OsString> {
         environ.split(|&b| b == 0).find_map(|kv| {
             let v = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
@@ -293,6 +293,22 @@ fn attached_meta(json: &str) -> String {
         }
         _ => json.to_owned(), // the recorder says what is wrong with it
     }
+}
+
+/// The environment of the process at `proc_dir`. A process caught in `execve` shows an empty
+/// one (the kernel releases a vfork parent, `posix_spawn`'s caller, before it lays out the new
+/// program's environment), so an empty one is read again for up to 200 ms: a process whose
+/// environment is really empty costs that wait once.
+fn environ_of(proc_dir: &Path) -> Vec<u8> {
+    let mut environ = Vec::new();
+    for _ in 0..40 {
+        environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+        if !environ.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    environ
 }
 
 /// `--record`: writes the stream to a trace until heaplens detaches or the program ends.

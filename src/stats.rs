@@ -226,10 +226,12 @@ fn summarise(
         Some(ExitStatus::Code(c)) => println!("exit        code {c}"),
         Some(ExitStatus::Signal(s)) => println!("exit        killed by signal {s}"),
         _ if detached => {
-            println!("exit        none: heaplens detached at {duration_s:.3} s, the program ran on")
+            println!(
+                "exit        none: heaplens detached at {duration_s:.3} s, the program ran on"
+            );
         }
         _ if attached => {
-            println!("exit        not known (attached: heaplens is not the program's parent)")
+            println!("exit        not known (attached: heaplens is not the program's parent)");
         }
         _ => println!("exit        unknown"),
     }

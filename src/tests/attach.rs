@@ -10,38 +10,19 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::Once;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 
-use common::{heaplens, root, tempdir};
+use common::{Display, heaplens, root, tempdir};
 
 /// How long any one step may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Builds libheaplens.so (once) and attach_target.c into `dir`.
 fn build(dir: &Path) -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "heaplens-preload"])
-            .current_dir(root())
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "building libheaplens.so failed");
-    });
-    let exe = dir.join("attach_target");
-    let ok = Command::new("cc")
-        .args(["-O1", "-o"])
-        .arg(&exe)
-        .arg(root().join("sample-apps/c/attach_target.c"))
-        .status()
-        .expect("cc")
-        .success();
-    assert!(ok, "compiling attach_target.c failed");
-    exe
+    common::build_preload();
+    common::sample_c(dir, "attach_target")
 }
 
 /// Lines of a child's pipe, as they come.
@@ -451,43 +432,6 @@ fn foreign_peer(socket: &Path, uid: u32) -> i32 {
     assert_eq!(waited, pid);
     assert!(libc::WIFEXITED(status));
     libc::WEXITSTATUS(status)
-}
-
-/// A virtual X display (Xvfb picks a free number), stopped when dropped.
-struct Display {
-    server: Child,
-    name: String,
-}
-
-impl Display {
-    fn start() -> Option<Self> {
-        let mut server = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-screen",
-                "0",
-                "1280x800x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let number = wait_line(&lines(server.stdout.take().unwrap()), "", "Xvfb");
-        Some(Self {
-            server,
-            name: format!(":{}", number.trim()),
-        })
-    }
-}
-
-impl Drop for Display {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
 }
 
 #[test]

@@ -4,57 +4,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{heaplens, known_counts, root, tempdir};
-
-/// A virtual display, stopped when dropped.
-struct Display {
-    server: Child,
-    name: String,
-}
-
-impl Display {
-    /// A fresh display: Xvfb picks a free number and tells it (`-displayfd`), so tests running
-    /// at the same time (and other X servers) never collide.
-    fn start() -> Display {
-        use std::io::{BufRead, BufReader};
-        let mut server = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-screen",
-                "0",
-                "1280x800x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
-        let mut line = String::new();
-        BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let number: u32 = line
-            .trim()
-            .parse()
-            .expect("Xvfb reports its display number");
-        Display {
-            server,
-            name: format!(":{number}"),
-        }
-    }
-}
-
-impl Drop for Display {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
+use common::{Display, heaplens, known_counts, root, tempdir};
 
 /// Runs `cmd` on `display` for `secs`; returns whether it was still running (the window stayed
 /// open), and its stderr.
@@ -103,7 +56,8 @@ fn without_a_display_heaplens_says_so_and_points_to_record_and_stats() {
 
 #[test]
 fn view_opens_a_window_on_a_trace() {
-    let display = Display::start();
+    let display =
+        Display::start().expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
     let mut cmd = heaplens();
     cmd.arg("view").arg(trace("producer-consumer.hltrace"));
     // Without a session's runtime directory, as under a bare X server: the window libraries
@@ -117,7 +71,8 @@ fn view_opens_a_window_on_a_trace() {
 
 #[test]
 fn demo_opens_a_window_and_runs_the_scenarios() {
-    let display = Display::start();
+    let display =
+        Display::start().expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
     let mut cmd = heaplens();
     cmd.arg("demo").arg("leak");
     let (alive, err) = runs_for(cmd, &display, 5);
@@ -129,7 +84,8 @@ fn run_watches_a_program_and_records_it() {
     let dir = tempdir("run");
     let exe = known_counts(&dir);
     let out = dir.join("run.hltrace");
-    let display = Display::start();
+    let display =
+        Display::start().expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
     let mut cmd = heaplens();
     cmd.arg("run").arg("--record").arg(&out).arg("--").arg(&exe);
     // The program exits at once; the window stays open on what it did.
@@ -177,7 +133,8 @@ fn the_program_runs_on_when_the_viewer_goes_away() {
     let started = fifo(&dir.join("started"));
     let done = fifo(&dir.join("done"));
     let killed = dir.join("killed");
-    let display = Display::start();
+    let display =
+        Display::start().expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
     // The program (a shell, traced: it streams its allocations to the viewer) says when it
     // streams, goes on allocating until the test says the viewer is dead, then works on and
     // says it finished. Each step is an event the test waits for, not a time.
@@ -223,7 +180,8 @@ fn run_follow_fork_records_every_process_and_view_opens_the_picker_on_them() {
     let dir = tempdir("run-follow");
     known_counts(&dir);
     let out = dir.join("rec");
-    let display = Display::start();
+    let display =
+        Display::start().expect("Xvfb is installed (Debian package xvfb; .ci/run installs it)");
     let mut viewer = heaplens()
         .current_dir(&dir)
         .args(["run", "--follow-fork", "--record"])

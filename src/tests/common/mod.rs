@@ -29,8 +29,8 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// Builds libheaplens.so (once) and `sample-apps/c/known_counts.c` into `dir`.
-pub fn known_counts(dir: &Path) -> PathBuf {
+/// Builds libheaplens.so, once per test binary.
+pub fn build_preload() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let ok = Command::new(env!("CARGO"))
@@ -41,16 +41,74 @@ pub fn known_counts(dir: &Path) -> PathBuf {
             .success();
         assert!(ok, "building libheaplens.so failed");
     });
-    let exe = dir.join("known_counts");
+}
+
+/// Compiles `sample-apps/c/NAME.c` into `dir` (with `-O1 -pthread`); returns the program.
+pub fn sample_c(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
     let ok = Command::new("cc")
         .args(["-O1", "-pthread", "-o"])
         .arg(&exe)
-        .arg(root().join("sample-apps/c/known_counts.c"))
+        .arg(root().join(format!("sample-apps/c/{name}.c")))
         .status()
         .expect("cc")
         .success();
-    assert!(ok, "compiling known_counts.c failed");
+    assert!(ok, "compiling {name}.c failed");
     exe
+}
+
+/// Builds libheaplens.so (once) and `sample-apps/c/known_counts.c` into `dir`.
+pub fn known_counts(dir: &Path) -> PathBuf {
+    build_preload();
+    sample_c(dir, "known_counts")
+}
+
+/// A virtual X display, stopped when dropped.
+pub struct Display {
+    server: std::process::Child,
+    /// Its name, for `DISPLAY`.
+    pub name: String,
+}
+
+impl Display {
+    /// A fresh display: Xvfb picks a free number and tells it (`-displayfd`), so tests running
+    /// at the same time (and other X servers) never collide. None when Xvfb is not installed.
+    pub fn start() -> Option<Display> {
+        use std::io::{BufRead, BufReader};
+        let mut server = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(server.stdout.take()?)
+            .read_line(&mut line)
+            .ok()?;
+        let number: u32 = line
+            .trim()
+            .parse()
+            .expect("Xvfb reports its display number");
+        Some(Display {
+            server,
+            name: format!(":{number}"),
+        })
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
 }
 
 /// What `heaplens ARGS TRACE` prints as JSON (`stats --json`, `leaks --json`); it must succeed.
