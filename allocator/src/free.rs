@@ -193,7 +193,6 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
     // this block); thread_free and the count are atomics.
     unsafe {
         let tf_cell = &(*page).thread_free;
-        (*page).thread_free_count.fetch_add(1, Relaxed);
         let mut tf = tf_cell.load(Relaxed);
         loop {
             if page::state_of(tf) == USE_DELAYED_FREE {
@@ -203,23 +202,21 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
                     Err(cur) => tf = cur,
                 }
             } else {
+                // One CAS pushes the block and counts it (the count is in the same word).
                 (*block).next = page::block_of(tf);
-                let pushed = block as usize | page::state_of(tf);
-                match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
+                match tf_cell.compare_exchange_weak(tf, page::pushed(tf, block), Release, Relaxed) {
                     Ok(_) => return false,
                     Err(cur) => tf = cur,
                 }
             }
         }
         // We hold DELAYED_FREEING: the owner heap cannot go away (abandon waits for us).
-        (*page).thread_free_count.fetch_sub(1, Relaxed);
         let heap = (*page).heap.load(Acquire);
         let mut tf = tf_cell.load(Relaxed);
         if heap.is_null() {
-            (*page).thread_free_count.fetch_add(1, Relaxed);
             loop {
                 (*block).next = page::block_of(tf);
-                let pushed = block as usize | NO_DELAYED_FREE;
+                let pushed = (page::pushed(tf, block) & !3) | NO_DELAYED_FREE;
                 match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
                     Ok(_) => return false,
                     Err(cur) => tf = cur,

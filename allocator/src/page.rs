@@ -18,6 +18,16 @@
 //! list, and the owner, on its next generic `malloc`, frees it locally, which moves the page out
 //! of the full queue. This is mimalloc's design; it keeps the cross-thread free a single CAS in
 //! the common case and needs no lock.
+//!
+//! The top 16 bits of `thread_free` count the blocks on the list, so that one CAS both pushes a
+//! block and counts it, and the owner's collect takes the list and its length together:
+//!
+//! ```text
+//!   63        48 47                       2  1 0
+//!   | count    | block address (16-aligned) | state |
+//! ```
+//! A page never holds more than [`THREAD_FREE_MAX`] blocks ([`init`] caps `reserved`), and user
+//! addresses on x86-64 and AArch64 Linux fit in 48 bits, so neither field spills into the other.
 
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering::*};
@@ -41,6 +51,22 @@ pub(crate) const NO_DELAYED_FREE: usize = 2;
 /// Frees always go to `thread_free` (the page's heap is gone: abandoned).
 pub(crate) const NEVER_DELAYED_FREE: usize = 3;
 const STATE_MASK: usize = 3;
+/// Where the length of `thread_free` sits in the word.
+const TF_COUNT_SHIFT: u32 = 48;
+/// One block on `thread_free`, as added to the word.
+const TF_COUNT_ONE: usize = 1 << TF_COUNT_SHIFT;
+/// The block address bits of the word.
+const TF_BLOCK_MASK: usize = (TF_COUNT_ONE - 1) & !STATE_MASK;
+/// Most blocks a page may hold: the largest count the word can carry.
+pub(crate) const THREAD_FREE_MAX: usize = (1 << (usize::BITS - TF_COUNT_SHIFT)) - 1;
+const _: () = assert!(
+    usize::BITS == 64,
+    "thread_free packs its count into a 64-bit word"
+);
+const _: () = assert!(
+    crate::SMALL_PAGE_SIZE / 16 <= THREAD_FREE_MAX,
+    "a small page's blocks fit the count"
+);
 
 /// Page flag: the page is in the heap's full queue.
 pub(crate) const FLAG_IN_FULL: u8 = 1;
@@ -68,8 +94,8 @@ pub struct Page {
     pub(crate) capacity: AtomicU32,
     pub(crate) reserved: AtomicU32,
     pub(crate) block_size: AtomicUsize,
+    /// Other threads' frees: count, list head and delayed-free state in one word (see above).
     pub(crate) thread_free: AtomicUsize,
-    pub(crate) thread_free_count: AtomicU32,
     // --- page-level state, set by the segment ---
     pub(crate) in_use: AtomicBool,
     /// Memory past `capacity` reads as zero (fresh from the OS or purged).
@@ -103,7 +129,6 @@ impl Page {
             reserved: AtomicU32::new(0),
             block_size: AtomicUsize::new(0),
             thread_free: AtomicUsize::new(NO_DELAYED_FREE),
-            thread_free_count: AtomicU32::new(0),
             in_use: AtomicBool::new(false),
             is_zero_init: false,
             is_purged: false,
@@ -145,7 +170,7 @@ impl Page {
     /// Length of `thread_free` (blocks pushed by other threads, not yet collected).
     #[inline]
     pub fn thread_free_len(&self) -> u32 {
-        self.thread_free_count.load(Relaxed)
+        count_of(self.thread_free.load(Relaxed))
     }
     /// Length of `free`.
     #[inline]
@@ -257,7 +282,18 @@ pub(crate) fn state_of(tf: usize) -> usize {
 }
 #[inline]
 pub(crate) fn block_of(tf: usize) -> *mut Block {
-    (tf & !STATE_MASK) as *mut Block
+    (tf & TF_BLOCK_MASK) as *mut Block
+}
+/// The number of blocks on the `thread_free` list of word `tf`.
+#[inline]
+pub(crate) fn count_of(tf: usize) -> u32 {
+    (tf >> TF_COUNT_SHIFT) as u32
+}
+/// The `thread_free` word `tf` with `block` pushed: `block` the head, the count one more, the
+/// state kept. `block.next` must already link to `block_of(tf)`.
+#[inline(always)]
+pub(crate) fn pushed(tf: usize, block: *mut Block) -> usize {
+    ((tf & !TF_BLOCK_MASK) + TF_COUNT_ONE) | block as usize
 }
 
 /// Resets a page that a segment just handed out and carves its first blocks.
@@ -270,12 +306,11 @@ pub(crate) unsafe fn init(page: *mut Page, heap: *mut Heap, bin: usize, block_si
         let pg = &mut *page;
         pg.block_size.store(block_size, Relaxed);
         pg.bin.store(bin as u8, Relaxed);
-        let reserved = (pg.area / block_size.max(1)).min(u32::MAX as usize) as u32;
+        let reserved = (pg.area / block_size.max(1)).min(THREAD_FREE_MAX) as u32;
         pg.reserved.store(reserved, Relaxed);
         pg.capacity.store(0, Relaxed);
         pg.used.store(0, Relaxed);
         pg.local_free_count.store(0, Relaxed);
-        pg.thread_free_count.store(0, Relaxed);
         pg.free = ptr::null_mut();
         pg.local_free = ptr::null_mut();
         pg.flags.store(0, Relaxed);
@@ -356,6 +391,7 @@ pub(crate) unsafe fn collect(page: *mut Page) {
         let pg = &mut *page;
         let mut from_thread_free = 0u32;
         if !block_of(pg.thread_free.load(Relaxed)).is_null() {
+            // Take the list and its count in one step, leaving the delayed-free state.
             let mut tf = pg.thread_free.load(Relaxed);
             loop {
                 match pg
@@ -367,21 +403,24 @@ pub(crate) unsafe fn collect(page: *mut Page) {
                 }
             }
             let head = block_of(tf);
-            // Find the tail and count; bounded by capacity so a corrupted (cyclic) list cannot
-            // hang the owner.
-            let max = pg.capacity();
-            let mut count = 1u32;
-            let mut tail = head;
-            while !(*tail).next.is_null() && count <= max {
-                tail = (*tail).next;
-                count += 1;
+            let count = count_of(tf);
+            if pg.local_free.is_null() {
+                pg.local_free = head;
+            } else {
+                // Find the tail: `count` links, so a corrupted (cyclic) list cannot hang the owner.
+                let mut tail = head;
+                for _ in 1..count {
+                    if (*tail).next.is_null() {
+                        break;
+                    }
+                    tail = (*tail).next;
+                }
+                (*tail).next = pg.local_free;
+                pg.local_free = head;
             }
-            (*tail).next = pg.local_free;
-            pg.local_free = head;
             pg.local_free_count
                 .store(pg.local_free_len() + count, Relaxed);
             pg.used.store(pg.used() - count, Relaxed);
-            pg.thread_free_count.fetch_sub(count, Relaxed);
             from_thread_free = count;
         }
         let mut to_free = 0u32;

@@ -391,9 +391,15 @@ unsafe fn purge_range(page: *mut Page) -> (*mut u8, usize) {
     (lo as *mut u8, hi.saturating_sub(lo))
 }
 
-unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
-    // SAFETY: the page is free and its segment owned by the calling thread (or abandoned, with
-    // the abandoned list's lock held).
+/// Marks the free `page` purged: zeroes the partial OS pages at either end of its area, reports the
+/// purge and counts it, and returns the whole OS pages `(address, bytes)` that the caller gives
+/// back to the OS (with [`os::purge`], together with adjacent pages' ranges in one call).
+///
+/// # Safety
+/// The page is free and its segment owned by the calling thread (or abandoned, with the abandoned
+/// list's lock held, or taken off that list).
+unsafe fn purge_page(s: *mut Segment, page: *mut Page) -> (*mut u8, usize) {
+    // SAFETY: see the contract: nobody else touches a free page's memory.
     unsafe {
         let (p, len) = purge_range(page);
         // The OS takes whole pages only: zero the partial ones at either end (page 0 starts
@@ -404,9 +410,6 @@ unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
         } else {
             ptr::write_bytes(start, 0, p as usize - start as usize);
             ptr::write_bytes(p.add(len), 0, end as usize - (p as usize + len));
-        }
-        if len > 0 {
-            os::purge(p, len);
             if hook::enabled() {
                 hook::emit_current(schema::OsPurge {
                     addr: p as u64,
@@ -417,6 +420,50 @@ unsafe fn purge_page(s: *mut Segment, page: *mut Page) {
         }
         (*page).is_purged = true;
         (*s).purged_bytes += len;
+        (p, len)
+    }
+}
+
+/// Runs of adjacent memory to purge, given back to the OS in one `madvise` each: a segment whose
+/// 64 small pages all come due at once costs one system call, not 64.
+struct PurgeRun {
+    start: usize,
+    len: usize,
+}
+
+impl PurgeRun {
+    const fn new() -> Self {
+        Self { start: 0, len: 0 }
+    }
+
+    /// Adds `p..p + len`; a range that does not continue the run purges the run first.
+    ///
+    /// # Safety
+    /// As [`PurgeRun::flush`], for the run and for the range added.
+    unsafe fn add(&mut self, p: *mut u8, len: usize) {
+        if len == 0 {
+            return;
+        }
+        if self.len > 0 && self.start + self.len == p as usize {
+            self.len += len;
+            return;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.flush() };
+        self.start = p as usize;
+        self.len = len;
+    }
+
+    /// Gives the run back to the OS.
+    ///
+    /// # Safety
+    /// The run is memory of free pages of a segment the caller may purge (see [`purge_page`]).
+    unsafe fn flush(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the contract.
+            unsafe { os::purge(self.start as *mut u8, self.len) };
+            self.len = 0;
+        }
     }
 }
 
@@ -447,6 +494,7 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
 /// The calling thread owns `s`, or holds the abandoned list's lock while `s` is on it.
 unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
     let mut next_due = 0;
+    let mut run = PurgeRun::new();
     // SAFETY: see the contract; free pages are touched by no one else.
     unsafe {
         for i in 0..(*s).capacity {
@@ -455,11 +503,13 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
                 continue;
             }
             if (*page).purge_at_ms <= now {
-                purge_page(s, page);
+                let (p, len) = purge_page(s, page);
+                run.add(p, len);
             } else {
                 next_due = earliest(next_due, (*page).purge_at_ms);
             }
         }
+        run.flush();
     }
     next_due
 }

@@ -41,7 +41,7 @@ fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
 
     // The worker fills WORKING_SET, keeps the first block of each segment it used (so the
     // segments survive its exit, abandoned), frees the rest and exits.
-    let (kept, committed_full) = std::thread::spawn(|| {
+    let (kept, committed_full, frees_began) = std::thread::spawn(|| {
         let mut blocks = Vec::with_capacity(WORKING_SET / BLOCK);
         for _ in 0..WORKING_SET / BLOCK {
             // SAFETY: any size is a valid request.
@@ -52,6 +52,7 @@ fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
             blocks.push(p as usize);
         }
         let committed_full = stats().committed_bytes;
+        let frees_began = Instant::now();
         let mut kept: Vec<usize> = Vec::new();
         for p in blocks {
             if kept.iter().all(|k| k & !SEGMENT_MASK != p & !SEGMENT_MASK) {
@@ -61,38 +62,56 @@ fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
                 unsafe { heaplens_alloc::free(p as *mut u8) };
             }
         }
-        (kept, committed_full)
+        (kept, committed_full, frees_began)
     })
     .join()
     .expect("worker panicked");
 
     let at_exit = stats();
+    let delay = heaplens_alloc::options::purge_delay_ms();
+    // A page freed more than the purge delay before the thread exits is rightly purged at exit (or
+    // by the worker's own slow path). On a busy machine the worker can be descheduled that long
+    // between its frees and its exit: then the check below cannot tell, and is not made (it said
+    // "purged at once" about such runs before).
+    let window = frees_began.elapsed();
+    let conclusive = window < Duration::from_millis(delay);
     assert!(
         at_exit.abandoned_segments >= kept.len() && kept.len() >= 4,
         "the worker's {} segments should be abandoned ({} are)",
         kept.len(),
         at_exit.abandoned_segments
     );
-    // Nothing has run the slow path since the worker exited: its free pages are still there.
-    assert!(
-        at_exit.committed_bytes + WORKING_SET / 8 >= committed_full,
-        "the exiting thread's free pages were purged at once: committed {} MiB with the working \
-         set live, {} MiB just after its thread exited",
-        committed_full / MIB,
-        at_exit.committed_bytes / MIB
-    );
+    if conclusive {
+        // Nothing has run the slow path since the worker exited: its free pages are still there.
+        assert!(
+            at_exit.committed_bytes + WORKING_SET / 8 >= committed_full,
+            "the exiting thread's free pages were purged at once: committed {} MiB with the \
+             working set live, {} MiB just after its thread exited",
+            committed_full / MIB,
+            at_exit.committed_bytes / MIB
+        );
+    } else {
+        eprintln!(
+            "the worker's frees and exit took {window:?}, longer than the purge delay ({delay} ms): \
+             whether its pages were purged at once cannot be told in this run"
+        );
+    }
+    // What the purge is measured against: the committed bytes at exit, or, when some pages may
+    // have been purged by then, with the working set live.
+    let before = if conclusive {
+        at_exit.committed_bytes
+    } else {
+        committed_full
+    };
 
     // After the purge delay (10 ms by default) the main thread's slow path purges them, although
     // no thread has taken the segments over. The test waits for that purge: it keeps running
     // the slow path until the committed bytes fall, and fails if they have not by a deadline far
     // past the delay.
-    let delay = heaplens_alloc::options::purge_delay_ms();
     let deadline = Instant::now() + Duration::from_millis(delay) + Duration::from_secs(30);
     let mut after = stats();
     let mut rounds = 0u64;
-    while after.committed_bytes + WORKING_SET * 3 / 4 > at_exit.committed_bytes
-        && Instant::now() < deadline
-    {
+    while after.committed_bytes + WORKING_SET * 3 / 4 > before && Instant::now() < deadline {
         activity(64);
         rounds += 1;
         after = stats();
@@ -111,10 +130,10 @@ fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {
         "the abandoned segments were taken over, so this did not test their purge"
     );
     assert!(
-        after.committed_bytes + WORKING_SET * 3 / 4 <= at_exit.committed_bytes,
-        "the abandoned segments' free pages were not purged: {} MiB committed at exit, {} MiB \
+        after.committed_bytes + WORKING_SET * 3 / 4 <= before,
+        "the abandoned segments' free pages were not purged: {} MiB committed before, {} MiB \
          after the delay",
-        at_exit.committed_bytes / MIB,
+        before / MIB,
         after.committed_bytes / MIB
     );
 

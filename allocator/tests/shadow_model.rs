@@ -463,3 +463,57 @@ fn zalloc_from_a_purged_page_is_zero() {
     .join()
     .expect("zalloc from a purged page");
 }
+
+/// A zeroed allocation from a page that held blocks of another size, all written and freed (the
+/// page emptied, went back to its segment and was taken again for the new size without a purge),
+/// reads as zero: `calloc`'s memory must be cleared although the page is not fresh.
+#[test]
+fn zalloc_after_other_sizes_is_zero() {
+    std::thread::spawn(|| {
+        const OLD: usize = 48; // small: about 1360 blocks per 64 KiB page
+        const NEW: [usize; 3] = [112, 16, 1000];
+        const COUNT: usize = 8000; // about six pages of OLD blocks
+        // SAFETY: every pointer freed is live; every block is written within its usable size.
+        unsafe {
+            // keeps the segment in use, so the emptied pages stay in it, unpurged
+            let keep = heaplens_alloc::malloc(4000);
+            let old: Vec<*mut u8> = (0..COUNT).map(|_| heaplens_alloc::malloc(OLD)).collect();
+            for &p in &old {
+                assert!(!p.is_null());
+                p.write_bytes(0xcd, heaplens_alloc::usable_size(p));
+            }
+            let (lo, hi) = old.iter().fold((usize::MAX, 0), |(lo, hi), &p| {
+                (lo.min(p as usize), hi.max(p as usize + OLD))
+            });
+            for &p in &old {
+                heaplens_alloc::free(p);
+            }
+            let mut reused = 0usize;
+            let mut new = Vec::new();
+            for size in NEW {
+                for _ in 0..COUNT * OLD / size {
+                    let z = heaplens_alloc::zalloc(size);
+                    assert!(!z.is_null());
+                    let bytes = std::slice::from_raw_parts(z, size);
+                    if let Some(i) = bytes.iter().position(|&b| b != 0) {
+                        panic!("zalloc({size}) = {z:p} is not zero: {:#x} at offset {i}", bytes[i]);
+                    }
+                    if (lo..hi).contains(&(z as usize)) {
+                        reused += 1;
+                    }
+                    new.push(z);
+                }
+            }
+            assert!(
+                reused > 0,
+                "no zeroed block came from the pages of the {OLD}-byte blocks: the test tested nothing"
+            );
+            for z in new {
+                heaplens_alloc::free(z);
+            }
+            heaplens_alloc::free(keep);
+        }
+    })
+    .join()
+    .expect("zalloc after other sizes");
+}
