@@ -44,11 +44,13 @@ pub fn run(
     }
     // Only the scenarios' threads are watched: they opt in (heaplens_sample_apps spawns its
     // threads traced); the UI's threads, the toolkit's and ours stay out of the picture.
+    // Nothing is dropped on the way to the model (the scenarios wait for the viewer when it
+    // falls behind), so every census of the demo can agree with it.
     hook::trace_new_threads(false);
     hook::set_thread_traced(false);
-    let rx = collector::subscribe(
+    let rx = collector::subscribe_lossless(
         Config {
-            lossless: false,
+            lossless: true,
             census_every_ms: 500,
             channel_buffers: 64,
         },

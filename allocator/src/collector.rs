@@ -165,12 +165,35 @@ pub(crate) fn after_fork_child() {
 /// are dropped, and the count arrives as a `Dropped` event (heap 0) with the next batch that
 /// fits, never silently. Dropping the receiver stops recording.
 pub fn subscribe(config: Config, capacity: usize) -> Result<Receiver<Message>, StartError> {
+    subscribe_with(config, capacity, false)
+}
+
+/// As [`subscribe`], but nothing is dropped: when the channel is full the collector waits for
+/// the subscriber, and (with `config.lossless`) the traced threads wait for the collector. For a
+/// viewer in the same process whose model must agree with every census (the demo): the
+/// subscriber must keep reading, or the traced threads stop. Dropping the receiver stops
+/// recording, as with [`subscribe`].
+pub fn subscribe_lossless(
+    config: Config,
+    capacity: usize,
+) -> Result<Receiver<Message>, StartError> {
+    subscribe_with(config, capacity, true)
+}
+
+fn subscribe_with(
+    config: Config,
+    capacity: usize,
+    wait: bool,
+) -> Result<Receiver<Message>, StartError> {
     let (tx, rx) = bounded(capacity.max(1));
     let mut dropped = 0u64;
     let sink: Sink = Box::new(move |batch| {
         let Some(b) = batch else {
             return tx.send(Message::End).is_ok();
         };
+        if wait {
+            return tx.send(Message::Batch(b.to_batch())).is_ok();
+        }
         if dropped > 0 {
             let note = schema::Dropped {
                 lost: dropped,

@@ -189,6 +189,12 @@ pub mod flags {
     /// CensusBegin: a census whose pages come in each heap's part (`HEAP_PART`); the collector
     /// sends only its begin and end.
     pub const BY_HEAP: u8 = 16;
+    /// CensusBegin, CensusEnd with `HEAP_PART`: the segment a heap just took over from a
+    /// thread the trace did not follow, with its pages (`CensusSegment` first); the model takes
+    /// them over as listed. With `HEAP_PART|INITIAL` instead: the heap's whole state (its
+    /// segments and pages, none when tracing stops on its thread), taken over when tracing
+    /// starts on a thread that had already allocated.
+    pub const ADOPT: u8 = 32;
     /// StackFrame: the walk stopped at this frame; the frames beyond it are unknown.
     pub const TRUNCATED: u8 = 1;
 }

@@ -163,8 +163,11 @@ unsafe extern "C" fn free_generic(segment: *mut Segment, page: *mut Page, p: *mu
             }
             heap::free_block_local(page, block.cast());
         } else {
+            // Whether the trace knows the page, read while the block is live (which keeps the
+            // segment mapped): frees into an untraced thread's pages are not reported.
+            let known = hook::enabled() && (*segment).traced.load(Relaxed);
             let delayed = free_block_mt(page, block.cast());
-            if hook::enabled() {
+            if known && hook::enabled() {
                 hook::on_free(
                     p,
                     if delayed {

@@ -296,6 +296,8 @@ pub fn set_thread_traced(on: bool) {
     unsafe {
         let was = (*heap).traced.load(Relaxed);
         if !on && was && enabled() {
+            // Its pages leave the picture: the heap's state is now nothing the trace follows.
+            emit_heap_state(heap, false);
             // The viewer shows the heap as gone from here on.
             emit(
                 heap,
@@ -309,11 +311,140 @@ pub fn set_thread_traced(on: bool) {
             flush_thread(heap);
         }
         (*heap).traced.store(on, Relaxed);
+        if on != was {
+            mark_own_segments(heap, on, |_| {});
+        }
         if on && !was && enabled() {
             emit(heap, thread_start(heap));
             emit_thread_name(heap);
+            // What the heap made while untraced: the model takes it over from here.
+            emit_heap_state(heap, true);
         }
     }
+}
+
+/// Segments [`mark_own_segments`] hands on at most; a heap with more reports the pages of the
+/// others without their segments (the model infers those).
+const OWN_SEGMENTS_MAX: usize = 256;
+
+/// Marks the segments `heap`'s thread owns as known to the trace (`on`) or not, and calls `f`
+/// on each of them (at most [`OWN_SEGMENTS_MAX`]) after the registry's lock is released.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn mark_own_segments(heap: *mut Heap, on: bool, mut f: impl FnMut(&Segment)) {
+    let mut own = [ptr::null::<Segment>(); OWN_SEGMENTS_MAX];
+    let mut n = 0;
+    // SAFETY: the calling thread's heap.
+    let tid = unsafe { (*heap).thread_id };
+    segment_map::for_each(|s: &Segment| {
+        if s.thread_id.load(Relaxed) == tid {
+            s.traced.store(on, Relaxed);
+            if n < OWN_SEGMENTS_MAX {
+                own[n] = s;
+                n += 1;
+            }
+        }
+    });
+    for &s in &own[..n] {
+        // SAFETY: the thread's own segments stay mapped while it does not free them.
+        f(unsafe { &*s });
+    }
+}
+
+/// Reports `heap`'s whole state as a census part the model takes over (`HEAP_PART|INITIAL`):
+/// its segments and in-use pages when `on` (tracing starts on a thread that already allocated),
+/// nothing when tracing stops (its pages leave the picture).
+///
+/// # Safety
+/// `heap` is the calling thread's heap, traced, with no allocator call of it half done.
+unsafe fn emit_heap_state(heap: *mut Heap, on: bool) {
+    if IN_HOOK.with(Cell::get) {
+        return;
+    }
+    // SAFETY: the calling thread owns `heap`, its buffer and its pages.
+    unsafe {
+        let t = now();
+        let mut pages = 0u64;
+        if on {
+            for_each_heap_page(heap, |_| pages += 1);
+        }
+        let part = flags::HEAP_PART | flags::INITIAL;
+        let begin = schema::CensusBegin {
+            pages,
+            number: 0,
+            flags: part,
+        };
+        emit_buffered(heap, begin.into_event().at(t));
+        if on {
+            mark_own_segments(heap, true, |s| {
+                emit_buffered(heap, census_segment_event(s, t));
+            });
+            let id = (*heap).id;
+            for_each_heap_page(heap, |page| {
+                let [a, b] = census_page_events(page, id, t);
+                emit_buffered(heap, a);
+                emit_buffered(heap, b);
+            });
+        }
+        let end = schema::CensusEnd {
+            number: 0,
+            flags: part,
+        };
+        emit_buffered(heap, end.into_event().at(t));
+    }
+}
+
+/// Reports the pages of segment `s`, which `heap` just took over from a thread the trace did not
+/// follow (abandoned by an untraced thread), as a census part the model takes over
+/// (`HEAP_PART|ADOPT`): the segment and its in-use pages.
+///
+/// # Safety
+/// `heap` is the calling thread's heap and owns `s`; no page of `s` is half changed.
+pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
+    // SAFETY: the calling thread owns `heap` and `s`.
+    unsafe {
+        if !(*heap).traced.load(Relaxed) || !enabled() || IN_HOOK.with(Cell::get) {
+            return;
+        }
+        let t = now();
+        let in_use = || {
+            (0..s.page_count())
+                .map(|i| s.page(i))
+                .filter(|p| p.is_in_use())
+        };
+        let part = flags::HEAP_PART | flags::ADOPT;
+        let begin = schema::CensusBegin {
+            pages: in_use().count() as u64,
+            number: 0,
+            flags: part,
+        };
+        emit_buffered(heap, begin.into_event().at(t));
+        emit_buffered(heap, census_segment_event(s, t));
+        let id = (*heap).id;
+        for page in in_use() {
+            let [a, b] = census_page_events(page, id, t);
+            emit_buffered(heap, a);
+            emit_buffered(heap, b);
+        }
+        let end = schema::CensusEnd {
+            number: 0,
+            flags: part,
+        };
+        emit_buffered(heap, end.into_event().at(t));
+    }
+}
+
+/// Segment `s` as a `CensusSegment` event.
+fn census_segment_event(s: &Segment, t: u64) -> Event {
+    schema::CensusSegment {
+        base: segment_addr(s),
+        bytes: s.size() as u64,
+        pages: s.page_count() as u32,
+        flags: s.kind() as u8,
+    }
+    .into_event()
+    .at(t)
 }
 
 /// Whether a new heap on this thread should be traced.
@@ -517,6 +648,30 @@ unsafe fn alloc_event_slow(heap: *mut Heap, p: *mut u8, size: usize, flags: u8) 
     p
 }
 
+/// Appends an event of an untraced thread (the collector, a viewer's thread) about a page the
+/// trace knows: its free of a traced thread's block. The heap gets a buffer for these events
+/// alone; they travel as any heap's do. Its end stays null between them, so that the fast
+/// paths (which append while the cursor is below the end) record nothing else of the thread.
+///
+/// # Safety
+/// `heap` is the calling thread's heap, untraced.
+unsafe fn emit_foreign(heap: *mut Heap, ev: Event) {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
+        if !enabled() || IN_HOOK.with(Cell::get) {
+            return;
+        }
+        let buf = (*heap).events.load(Relaxed);
+        if !buf.is_null() {
+            (*heap)
+                .event_end
+                .store(first_slot(buf).add(BUFFER_EVENTS), Relaxed);
+        }
+        emit_buffered(heap, ev.at(now()));
+        (*heap).event_end.store(ptr::null_mut(), Relaxed);
+    }
+}
+
 /// Emits on the calling thread's heap (for slow paths that do not carry the heap).
 #[inline]
 pub(crate) fn emit_current(ev: impl Into<Event>) {
@@ -558,8 +713,8 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
 /// Appends `ev` to `heap`'s buffer, or, when it is full or missing, sends it and takes another.
 ///
 /// # Safety
-/// The calling thread owns `heap`, which is traced, with the hook on and not already running
-/// on this thread.
+/// The calling thread owns `heap`, which is traced (or untraced, for [`emit_foreign`]), with
+/// the hook on and not already running on this thread.
 unsafe fn emit_buffered(heap: *mut Heap, ev: Event) {
     // SAFETY: the calling thread owns `heap` and its buffer.
     unsafe {
@@ -835,7 +990,9 @@ fn send(buf: *mut EventBuffer) -> bool {
         match ch.full_tx.try_send(BufferPtr(buf)) {
             Ok(()) => return true,
             Err(crossbeam_channel::TrySendError::Full(_))
-                if LOSSLESS.load(Relaxed) && ENABLED.load(Relaxed) =>
+                if LOSSLESS.load(Relaxed)
+                    && ENABLED.load(Relaxed)
+                    && !crate::collector::on_collector_thread() =>
             {
                 // The collector is behind. Spin briefly, then yield, then sleep: threads that
                 // yield in a loop keep the cores busy with system calls and take CPU from the
@@ -936,7 +1093,9 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
 // ---------------------------------------------------------------------------------------------
 // What the allocator calls (each one a single branch when the hook is off)
 
-/// A block was freed; `flags` says how (local, cross-thread, delayed).
+/// A block was freed; `flags` says how (local, cross-thread, delayed). The caller reports only
+/// frees into pages the trace knows (`Segment::traced`); an untraced thread's such free is
+/// reported too ([`emit_foreign`]): the model would otherwise miss a block going.
 ///
 /// # Safety
 /// Called on the freeing thread.
@@ -953,15 +1112,18 @@ pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
             return;
         }
     }
+    let ev: Event = schema::Free {
+        ptr: p as u64,
+        flags,
+    }
+    .into();
     // SAFETY: the calling thread's heap.
     unsafe {
-        emit(
-            heap,
-            schema::Free {
-                ptr: p as u64,
-                flags,
-            },
-        );
+        if (*heap).traced.load(Relaxed) {
+            emit(heap, ev);
+        } else {
+            emit_foreign(heap, ev);
+        }
         if late {
             crate::init::finish_late_heap(heap);
         }
@@ -1125,19 +1287,12 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
             partial = true;
             return;
         }
-        if owned_by_untraced(s) {
-            return; // an untraced thread's (the collector's): nothing about it is recorded
+        if owned_by_untraced(s) || !s.traced.load(Relaxed) {
+            // An untraced thread's (the collector's), or abandoned by one: nothing about it is
+            // recorded (a traced thread that takes it over reports it, `adopt_segment`).
+            return;
         }
-        pages.push(
-            schema::CensusSegment {
-                base: segment_addr(s),
-                bytes: s.size() as u64,
-                pages: s.page_count() as u32,
-                flags: s.kind() as u8,
-            }
-            .into_event()
-            .at(t),
-        );
+        pages.push(census_segment_event(s, t));
         for i in 0..s.page_count() {
             let page = s.page(i);
             if !page.is_in_use() {

@@ -37,11 +37,11 @@
 //! | `Mark` | `text_lo`: label bytes 0..8 | `text_hi`: label bytes 8..16 | | | `MORE` (label continues) |
 //! | `Dropped` | | `lost`: events lost | | `reasons`: why (`drop_reason` bits) † | |
 //! | `ClockSync` | `monotonic_ns`: nanoseconds (CLOCK_MONOTONIC) | | | | |
-//! | `CensusBegin` | | `pages`: pages that follow | `number`: census number | | `PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART` |
+//! | `CensusBegin` | | `pages`: pages that follow | `number`: census number | | `PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART`, `ADOPT` |
 //! | `CensusPage` | `start`: page start | `block_size`: block size (bytes) | `capacity`: blocks carved so far | `bin`: bin | page kind; then `CensusPage2` |
 //! | `CensusPage2` | `owner`: owner heap id (0: abandoned) | `counts`: `used \| local_free << 32` | `thread_free`: `thread_free` length | | `IN_FULL` |
 //! | `CensusSegment` | `base`: segment | `bytes`: bytes mapped | `pages`: page count | | page kind |
-//! | `CensusEnd` | | | `number`: census number | | `BY_HEAP`, `HEAP_PART` |
+//! | `CensusEnd` | | | `number`: census number | | `BY_HEAP`, `HEAP_PART`, `INITIAL`, `ADOPT` |
 //! | `StackFrame` | `pc`: return address (the frame's pc) | `parent`: parent node id (0: outermost frame) | `id`: this node's id | | `TRUNCATED` |
 //! | `StackMode` | | `interval`: mean sampling interval in bytes (0 with mode all) | | `mode`: mode (`stack_mode`) | |
 //! | `Module` | `bias`: load bias (`dlpi_addr`) | | `id`: module id | | |
@@ -393,7 +393,7 @@ schema! {
     CensusBegin since 1 {
         arg pages: Narrow(Varint), "pages that follow";
         arg32 number: Narrow(Varint), "census number";
-    } flags "`PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART`";
+    } flags "`PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART`, `ADOPT`";
     CensusPage since 1 {
         addr start: Narrow(PageDelta), "page start";
         arg block_size: Narrow(Varint), "block size (bytes)";
@@ -412,7 +412,7 @@ schema! {
     } flags "page kind";
     CensusEnd since 1 {
         arg32 number: Narrow(Varint), "census number";
-    } flags "`BY_HEAP`, `HEAP_PART`";
+    } flags "`BY_HEAP`, `HEAP_PART`, `INITIAL`, `ADOPT`";
     StackFrame since 2 {
         addr pc: Narrow(FrameDelta), "return address (the frame's pc)";
         arg parent: Narrow(ParentOfNode), "parent node id (0: outermost frame)";

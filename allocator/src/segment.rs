@@ -20,7 +20,7 @@
 //! heap. Metadata is one header per segment (under 8 KiB per 4 MiB: 0.2%).
 
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::bin::PageKind;
 use crate::event::flags;
@@ -71,6 +71,12 @@ pub struct Segment {
     pub(crate) kind: PageKind,
     pub(crate) in_free_queue: bool,
     pub(crate) is_abandoned: bool,
+    /// Whether the trace knows this segment: its pages belong to a traced heap, or were
+    /// abandoned by one. Set by its owner (at allocation, reclaim, and when its thread turns
+    /// tracing on or off), read by any thread that frees into it (whether to report the free)
+    /// and by the census (whether to list it). A segment an untraced thread abandoned stays
+    /// unknown until a traced thread takes it over and reports its pages (`hook::adopt_segment`).
+    pub(crate) traced: AtomicBool,
 }
 
 /// Bytes at the start of every segment taken by its header (a multiple of 64).
@@ -831,6 +837,7 @@ unsafe fn segment_alloc(
         seg.abandoned_next = ptr::null_mut();
         seg.abandoned_prev = ptr::null_mut();
         seg.is_abandoned = false;
+        seg.traced = AtomicBool::new((*heap).traced.load(Relaxed));
         let base = s as usize;
         let cached_due = os::clock_ms() + options::purge_delay_ms();
         for i in 0..SMALL_PAGES_PER_SEGMENT {
@@ -1231,7 +1238,10 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
         let tld = &raw mut (*heap).tld;
         (*s).thread_id.store((*heap).thread_id, Release);
         (*s).abandoned = 0;
-        if hook::enabled() {
+        // Abandoned by a thread the trace did not follow: its pages are reported once taken.
+        let adopt = !(*s).traced.load(Relaxed) && (*heap).traced.load(Relaxed);
+        (*s).traced.store((*heap).traced.load(Relaxed), Relaxed);
+        if hook::enabled() && !adopt {
             hook::emit(
                 heap,
                 schema::SegmentReclaim {
@@ -1247,7 +1257,7 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
                 continue;
             }
             (*page).heap.store(heap, Release);
-            if hook::enabled() {
+            if hook::enabled() && !adopt {
                 hook::emit(
                     heap,
                     schema::PageReclaim {
@@ -1270,6 +1280,9 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
             } else {
                 crate::heap::queue_push_back(heap, (*page).bin(), page);
             }
+        }
+        if adopt && hook::enabled() {
+            hook::adopt_segment(heap, &*s);
         }
         // Free pages still waiting for their purge now wait on this thread's clock.
         (*tld).next_purge_ms = earliest((*tld).next_purge_ms, purge_due(s));

@@ -345,7 +345,7 @@ pub(crate) struct CensusState {
     /// Heaps' parts of a census being received, by heap (transient: not in keyframes, so a
     /// part cut by a seek is ignored).
     #[serde(skip)]
-    parts: FastMap<u32, (Census, Option<CensusPage>)>,
+    parts: FastMap<u32, (Census, Option<CensusPage>, u8)>,
     /// Censuses checked, and how many of them agreed (not in keyframes: counts from the start
     /// of a replay).
     #[serde(skip)]
@@ -486,6 +486,7 @@ impl Model {
         const PAGE: u8 = EventKind::CensusPage as u8;
         const PAGE2: u8 = EventKind::CensusPage2 as u8;
         const END: u8 = EventKind::CensusEnd as u8;
+        const SEGMENT: u8 = EventKind::CensusSegment as u8;
         let parts = &mut self.census.parts;
         match ev.kind {
             BEGIN => {
@@ -493,32 +494,145 @@ impl Model {
                 let c = Census {
                     number: b.number,
                     time: ev.time,
+                    initial: b.flags & flags::INITIAL != 0,
                     pages: Vec::with_capacity((b.pages as usize).min(RESERVE_MAX)),
                     ..Census::default()
                 };
-                parts.insert(heap, (c, None));
+                parts.insert(heap, (c, None, b.flags));
             }
             PAGE => {
-                if let Some((_, half)) = parts.get_mut(&heap) {
+                if let Some((_, half, _)) = parts.get_mut(&heap) {
                     *half = Some(CensusPage::first_half(ev));
                 }
             }
             PAGE2 => {
-                if let Some((c, half)) = parts.get_mut(&heap)
+                if let Some((c, half, _)) = parts.get_mut(&heap)
                     && let Some(p) = half.take()
                 {
                     c.pages.push(p.with_second_half(ev));
                 }
             }
-            END => {
-                if let Some((c, _)) = parts.remove(&heap)
-                    && c.number == schema::CensusEnd::from_event(ev).number
+            SEGMENT => {
+                // Only in a part the model takes over (`INITIAL`, `ADOPT`).
+                if let Some((c, _, _)) = parts.get_mut(&heap)
+                    && c.segments.len() < RESERVE_MAX
                 {
-                    self.heap_part_done(heap, &c);
+                    let s = schema::CensusSegment::from_event(ev);
+                    c.segments.push(CensusSegment {
+                        base: s.base,
+                        bytes: s.bytes,
+                        page_count: s.pages,
+                        kind: s.flags,
+                    });
                 }
             }
-            _ => {} // a heap sends no segments
+            END => {
+                if let Some((c, _, f)) = parts.remove(&heap)
+                    && c.number == schema::CensusEnd::from_event(ev).number
+                {
+                    if f & flags::ADOPT != 0 {
+                        self.take_over_part(heap, &c, false);
+                    } else if f & flags::INITIAL != 0 {
+                        self.take_over_part(heap, &c, true);
+                    } else {
+                        self.heap_part_done(heap, &c);
+                    }
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Takes over what heap `heap` reports of pages the trace did not follow (a part with
+    /// `INITIAL` or `ADOPT`): the segments and pages it lists become the model's, as listed,
+    /// with no live blocks known in them; with `whole` (the heap's whole state, as tracing
+    /// starts or stops on its thread) the heap's other segments and pages leave the model.
+    pub(crate) fn take_over_part(&mut self, heap: u32, part: &Census, whole: bool) {
+        let listed_segments: HashSet<u64> = part.segments.iter().map(|s| s.base).collect();
+        let listed_pages: HashSet<u64> = part.pages.iter().map(|p| p.start).collect();
+        for cs in &part.segments {
+            let kind = page_kind(cs.kind) as u8;
+            if let Some(si) = self.segs.find(cs.base) {
+                let seg = self.segs.get(si);
+                if seg.kind == kind && seg.bytes == cs.bytes {
+                    continue;
+                }
+                self.forget_segment(si);
+            }
+            let _ = self.segs.take_early_ghost(cs.base);
+            let generation = self.segs.new_generation();
+            let mut seg = Segment::new(cs.base, cs.bytes, kind, generation, part.time);
+            seg.owner = heap;
+            self.segs.insert(seg);
+        }
+        if whole {
+            let mut i = 0;
+            while i < self.segs.len() {
+                let seg = self.segs.get(i);
+                if seg.owner == heap && !seg.abandoned && !listed_segments.contains(&seg.base) {
+                    self.forget_segment(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // The heap's pages it does not list are not in use (a whole part), and every listed
+        // page is set up as listed.
+        for si in 0..self.segs.len() {
+            for pi in 0..self.segs.get(si).pages.len() {
+                let p = &self.segs.get(si).pages[pi];
+                let gone = whole && p.in_use && p.owner == heap && !listed_pages.contains(&p.start);
+                let set_anew = p.in_use && listed_pages.contains(&p.start);
+                if gone || set_anew {
+                    self.forget_page_blocks(si, pi);
+                    let p = &mut self.segs.get_mut(si).pages[pi];
+                    p.clear_owner_state();
+                    p.thread_free = 0;
+                    p.delayed = 0;
+                }
+            }
+        }
+        for cp in &part.pages {
+            self.set_page_from_census(cp, part.time);
+        }
+        for cs in &part.segments {
+            if let Some(si) = self.segs.find(cs.base) {
+                let seg = self.segs.get_mut(si);
+                seg.owner = heap;
+                seg.abandoned = false;
+            }
+        }
+        self.recompute_aggregates();
+    }
+
+    /// Removes live segment `si` and forgets the live blocks of its pages (they are no longer
+    /// followed: a thread the trace does not follow owns them).
+    fn forget_segment(&mut self, si: usize) {
+        for pi in 0..self.segs.get(si).pages.len() {
+            self.forget_page_blocks(si, pi);
+        }
+        self.agg
+            .add(&super::Aggregates::of_segment(self.segs.get(si)), -1);
+        self.segs.remove(si);
+    }
+
+    /// Forgets the live blocks of page `pi` of segment `si` (its table and the overflow entries
+    /// at its addresses).
+    fn forget_page_blocks(&mut self, si: usize, pi: usize) {
+        let seg = self.segs.get_mut(si);
+        let single = seg.pages.len() == 1;
+        let (base, shift, bytes) = (seg.base, seg.page_shift, seg.bytes);
+        let p = &mut seg.pages[pi];
+        for (_, count, size) in p.live.take_unsettled() {
+            self.live.forget(count, size);
+        }
+        let lo = base.saturating_add(u64::from(p.index) << shift);
+        let hi = if single {
+            base.saturating_add(bytes.max(1u64 << shift))
+        } else {
+            lo.saturating_add(1u64 << shift)
+        };
+        self.live.forget_range(lo, hi);
     }
 
     fn heap_part_done(&mut self, heap: u32, part: &Census) {
@@ -792,48 +906,7 @@ impl Model {
             }
         }
         for cp in &census.pages {
-            let base = segment_base(cp.start);
-            let si = match self.segs.find_ref(base) {
-                Some(si) => si,
-                None => {
-                    let generation = self.segs.new_generation();
-                    let mut seg = Segment::new(
-                        base,
-                        SEGMENT_SIZE as u64,
-                        page_kind(cp.kind) as u8,
-                        generation,
-                        census.time,
-                    );
-                    seg.inferred = true;
-                    self.segs.insert(seg)
-                }
-            };
-            let pi = self.segs.get(si).page_index(cp.start);
-            let page = &self.segs.get(si).pages[pi];
-            if page.block_size != cp.block_size || page.start != cp.start {
-                self.spill_page(si, pi);
-            }
-            let seg = self.segs.get_mut(si);
-            seg.pages[pi].set_layout(cp.block_size, cp.kind);
-            let reserved =
-                if seg.pages[pi].block_size == cp.block_size && seg.pages[pi].reserved > 0 {
-                    seg.pages[pi].reserved
-                } else {
-                    reserved_for(seg, pi, cp.start, cp.block_size)
-                };
-            let p = &mut seg.pages[pi];
-            p.in_use = true;
-            p.start = cp.start;
-            p.block_size = cp.block_size;
-            p.reserved = reserved.max(cp.capacity);
-            p.bin = cp.bin;
-            p.kind = cp.kind;
-            p.capacity = cp.capacity;
-            p.used = cp.used.into();
-            p.local_free = cp.local_free.into();
-            p.thread_free = cp.thread_free.into();
-            p.owner = cp.owner;
-            p.in_full = cp.in_full;
+            self.set_page_from_census(cp, census.time);
         }
         for seg in self.segs.list_mut() {
             if seg.pages.iter().any(|p| p.in_use)
@@ -847,5 +920,50 @@ impl Model {
             }
         }
         self.recompute_aggregates();
+    }
+
+    /// Sets the page `cp` describes as it says (its segment inferred if the model has none).
+    fn set_page_from_census(&mut self, cp: &CensusPage, time: u64) {
+        let base = segment_base(cp.start);
+        let si = match self.segs.find_ref(base) {
+            Some(si) => si,
+            None => {
+                let generation = self.segs.new_generation();
+                let mut seg = Segment::new(
+                    base,
+                    SEGMENT_SIZE as u64,
+                    page_kind(cp.kind) as u8,
+                    generation,
+                    time,
+                );
+                seg.inferred = true;
+                self.segs.insert(seg)
+            }
+        };
+        let pi = self.segs.get(si).page_index(cp.start);
+        let page = &self.segs.get(si).pages[pi];
+        if page.block_size != cp.block_size || page.start != cp.start {
+            self.spill_page(si, pi);
+        }
+        let seg = self.segs.get_mut(si);
+        seg.pages[pi].set_layout(cp.block_size, cp.kind);
+        let reserved = if seg.pages[pi].block_size == cp.block_size && seg.pages[pi].reserved > 0 {
+            seg.pages[pi].reserved
+        } else {
+            reserved_for(seg, pi, cp.start, cp.block_size)
+        };
+        let p = &mut seg.pages[pi];
+        p.in_use = true;
+        p.start = cp.start;
+        p.block_size = cp.block_size;
+        p.reserved = reserved.max(cp.capacity);
+        p.bin = cp.bin;
+        p.kind = cp.kind;
+        p.capacity = cp.capacity;
+        p.used = cp.used.into();
+        p.local_free = cp.local_free.into();
+        p.thread_free = cp.thread_free.into();
+        p.owner = cp.owner;
+        p.in_full = cp.in_full;
     }
 }

@@ -322,6 +322,31 @@ impl LiveBlocks {
         }
     }
 
+    /// Forgets a page table's entry `(count, size)` (its page left the model).
+    pub(crate) fn forget(&mut self, count: i32, size: u64) {
+        if count >= 1 {
+            self.requested = self.requested.wrapping_sub(size as i64);
+            self.live -= 1;
+        }
+    }
+
+    /// Forgets the overflow entries at addresses in `lo..hi` (their page left the model).
+    pub(crate) fn forget_range(&mut self, lo: u64, hi: u64) {
+        let (mut requested, mut live) = (0i64, 0i64);
+        for map in [&mut self.pending, &mut self.untabled] {
+            map.retain(|&k, b| {
+                let inside = (lo..hi).contains(&k);
+                if inside && b.count >= 1 {
+                    requested = requested.wrapping_add(b.size as i64);
+                    live += 1;
+                }
+                !inside
+            });
+        }
+        self.requested = self.requested.wrapping_sub(requested);
+        self.live -= live;
+    }
+
     /// Records an allocation of `size` bytes at `key` in a segment of `generation`.
     pub(crate) fn alloc(&mut self, side: Side, key: u64, size: u64, generation: u32) {
         let e = *self.map(side).get(&key).unwrap_or(&LiveBlock::default());
