@@ -248,13 +248,14 @@ fn session(listener: &UnixListener, mut stream: UnixStream) {
         return;
     };
     if stream.set_read_timeout(None).is_err()
-        || !crate::wire::start_stream(writer, &crate::wire::metadata_json())
+        || !crate::wire::start_stream(writer, &crate::wire::metadata_json(), true)
     {
         return;
     }
     wait_for_detach(listener, &mut stream);
-    // Off, the buffered events, a last census, the end frame; then the socket closes.
-    crate::collector::shutdown();
+    // A last census by the heaps, then off, the buffered events, the end frame; then the socket
+    // closes.
+    crate::collector::shutdown_while_running();
     let _ = crate::collector::restartable();
 }
 

@@ -89,6 +89,21 @@ struct State {
     full_rx: Receiver<BufferPtr>,
 }
 
+/// Set by [`start_while_running`] for the recording it starts.
+static LATE: AtomicBool = AtomicBool::new(false);
+
+/// [`start`] in a program that has run for a while with the hook off (`heaplens attach`): after
+/// the first census, which it reads while the threads run, every heap reports its own state at
+/// its next allocation, exactly, for the model to take over (`hook::request_initial_parts`).
+pub fn start_while_running(config: Config, sink: Sink) -> Result<(), StartError> {
+    LATE.store(true, Release);
+    let r = start(config, sink);
+    if r.is_err() {
+        LATE.store(false, Release);
+    }
+    r
+}
+
 /// Starts recording: creates the channels, starts the collector thread, switches the hook on.
 pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     if !hook::COMPILED {
@@ -265,6 +280,25 @@ pub fn shutdown() {
     wait_until(|| FINISHED.load(Acquire));
 }
 
+/// Set by [`shutdown_while_running`] for the shutdown it asks for.
+static RUNS_ON: AtomicBool = AtomicBool::new(false);
+
+/// How long the last census of a program that runs on waits for its heaps' parts: a thread
+/// that allocates reports within microseconds; one that does not is not waited for.
+const LAST_PARTS_WAIT: Duration = Duration::from_millis(20);
+
+/// [`shutdown`] while the program runs on (`heaplens attach` detaches): the last census is
+/// taken by the heaps in their own event order, while the hook is still on, as the censuses
+/// mid-run are, rather than read by the collector while the threads change their pages (a
+/// reading that caught them between a change and its event: 282 to 1236 differences on
+/// alloc_workload.c detached after 2 s). A heap that makes no allocation in
+/// [`LAST_PARTS_WAIT`] has no part in it.
+pub fn shutdown_while_running() {
+    RUNS_ON.store(true, Release);
+    shutdown();
+    RUNS_ON.store(false, Release);
+}
+
 /// Waits (at most 5 s) for `done`, looking every 100 us: a process pays this wait when
 /// recording starts and at its exit, which with `--follow-fork` is at every `fork()` (polling
 /// every millisecond cost each child about a millisecond more at both ends).
@@ -398,6 +432,9 @@ struct Collector<'a> {
     scratch_seq: u32,
     /// Buffers whose events are passed on, waiting until no heap names them (see `recycle`).
     retired: Vec<BufferPtr>,
+    /// While the last census of a program that runs on gathers: its number and the heaps whose
+    /// part of it was sent.
+    parts_seen: Option<(u32, Vec<u32>)>,
     /// The heaps' current buffers, gathered by `release_retired` (kept for its capacity).
     current: Vec<*mut hook::EventBuffer>,
     /// The modules reported so far.
@@ -437,6 +474,7 @@ impl<'a> Collector<'a> {
             scratch: Vec::new(),
             scratch_seq: 0,
             retired: Vec::new(),
+            parts_seen: None,
             current: Vec::new(),
             modules: crate::module::Reporter::default(),
         }
@@ -452,6 +490,9 @@ impl<'a> Collector<'a> {
         self.collect_all(self.now());
         self.flush(u64::MAX);
         self.census(self.now());
+        if LATE.swap(false, AcqRel) {
+            hook::request_initial_parts();
+        }
         STARTED.store(true, Release);
         let mut busy = false;
         loop {
@@ -484,8 +525,12 @@ impl<'a> Collector<'a> {
             let now = self.now();
             hook::set_clock(now);
             if SHUTDOWN.load(Acquire) {
+                let runs_on = RUNS_ON.load(Acquire);
+                if runs_on {
+                    self.last_parts();
+                }
                 hook::set_enabled(false, false);
-                self.finish();
+                self.finish(!runs_on);
                 return;
             }
             self.check_modules(now - self.last_drain >= DRAIN_EVERY);
@@ -556,7 +601,42 @@ impl<'a> Collector<'a> {
         crate::module::served(asked);
     }
 
-    fn finish(&mut self) {
+    /// The last census of a program that runs on (see [`shutdown_while_running`]): asks the
+    /// heaps for their parts, and takes their buffers for [`LAST_PARTS_WAIT`] meanwhile (in
+    /// lossless mode a thread waits for room in the channel).
+    ///
+    /// A heap that reported nothing meanwhile is idle (its thread waits outside the allocator,
+    /// and nothing but cross-thread frees, which a part does not compare, changes its pages):
+    /// the collector reads its part from the segments, as the census at start does, and sends
+    /// it in the heap's own stream. A thread that wakes in the microseconds of that reading could
+    /// still be caught half-way; that window is the one left.
+    fn last_parts(&mut self) {
+        self.heap_census(self.now());
+        let number = self.census_number;
+        let start = std::time::Instant::now();
+        while start.elapsed() < LAST_PARTS_WAIT {
+            while let Ok(buf) = self.state.full_rx.try_recv() {
+                self.take_full(buf);
+            }
+            std::thread::sleep(BUSY_POLL);
+        }
+        self.parts_seen = Some((number, Vec::new()));
+        let now = self.now();
+        self.collect_all(now);
+        self.flush(u64::MAX);
+        let reported = self.parts_seen.take().map(|(_, r)| r).unwrap_or_default();
+        let mut parts = Vec::new();
+        hook::idle_heap_parts(number, &reported, &mut parts);
+        for (heap, events) in parts {
+            self.emit(BatchRef {
+                heap,
+                events: &events,
+            });
+        }
+    }
+
+    /// Delivers what is left, then (`whole`) a census the collector reads, and ends the sink.
+    fn finish(&mut self, whole: bool) {
         crate::stacks::arm(false);
         // Whatever is still in the channel or in the threads' buffers.
         while let Ok(buf) = self.state.full_rx.try_recv() {
@@ -565,7 +645,9 @@ impl<'a> Collector<'a> {
         let now = self.now();
         self.collect_all(now);
         self.flush(u64::MAX);
-        self.census(now);
+        if whole {
+            self.census(now);
+        }
         CENSUS_DONE.store(CENSUS_REQUESTS.load(Acquire), Release);
         self.release_retired();
         if self.sink_alive {
@@ -735,6 +817,16 @@ impl<'a> Collector<'a> {
     }
 
     fn emit(&mut self, batch: BatchRef<'_>) {
+        if let Some((number, seen)) = &mut self.parts_seen {
+            const END: u8 = crate::event::EventKind::CensusEnd as u8;
+            let part_end = |e: &Event| {
+                let end = schema::CensusEnd::from_event(e);
+                e.kind == END && end.flags & flags::HEAP_PART != 0 && end.number == *number
+            };
+            if batch.events.iter().any(part_end) {
+                seen.push(batch.heap);
+            }
+        }
         if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Some(batch)) {
             // The peer went away: stop recording, keep recycling buffers so nobody waits.
             self.sink_alive = false;

@@ -359,12 +359,23 @@ unsafe fn mark_own_segments(heap: *mut Heap, on: bool, mut f: impl FnMut(&Segmen
 /// # Safety
 /// `heap` is the calling thread's heap, traced, with no allocator call of it half done.
 unsafe fn emit_heap_state(heap: *mut Heap, on: bool) {
+    // SAFETY: forwarded.
+    unsafe { emit_heap_state_before(heap, on, None, now()) }
+}
+
+/// [`emit_heap_state`] at time `t`, as the state was before `alloc`, an `Alloc` event the
+/// calling thread's allocation just made and sends next: its block is counted as not yet
+/// used, so that the event, applied after the part, brings it in once.
+///
+/// # Safety
+/// As [`emit_heap_state`]; `alloc`'s block is one of `heap`'s.
+unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event>, t: u64) {
     if IN_HOOK.with(Cell::get) {
         return;
     }
+    let block = alloc.map_or(0, |ev| schema::Alloc::from_event(ev).ptr);
     // SAFETY: the calling thread owns `heap`, its buffer and its pages.
     unsafe {
-        let t = now();
         let mut pages = 0u64;
         if on {
             for_each_heap_page(heap, |_| pages += 1);
@@ -382,7 +393,10 @@ unsafe fn emit_heap_state(heap: *mut Heap, on: bool) {
             });
             let id = (*heap).id;
             for_each_heap_page(heap, |page| {
-                let [a, b] = census_page_events(page, id, t);
+                let start = page.start() as u64;
+                let span = (page.block_size() as u64).saturating_mul(u64::from(page.capacity()));
+                let holds = block.wrapping_sub(start) < span;
+                let [a, b] = census_page_events_less(page, id, t, u32::from(holds));
                 emit_buffered(heap, a);
                 emit_buffered(heap, b);
             });
@@ -873,9 +887,37 @@ unsafe fn census_point(heap: *mut Heap, ev: Event, want: u32) {
             (*heap).event_end.store(ptr::null_mut(), Relaxed);
             return;
         }
+        if want & WANT_INITIAL != 0 {
+            // Its whole state, for the model to take over, then the allocation, once.
+            let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel) & !WANT_INITIAL;
+            (*heap).census_done = number;
+            emit_heap_state_before(heap, true, Some(&ev), ev.time);
+            emit_buffered(heap, ev);
+            return;
+        }
         emit_buffered(heap, ev);
         heap_census(heap, want);
     }
+}
+
+/// In `Heap::census_want`: the heap's whole state is wanted as a part the model takes over
+/// (`HEAP_PART|INITIAL`), taken at the heap's next allocation as a census part is. Census
+/// numbers never reach this bit.
+const WANT_INITIAL: u32 = 1 << 31;
+
+/// Asks every traced heap for its whole state, reported at its next allocation
+/// ([`census_point`]) for the model to take over: recording began while the program ran
+/// (`heaplens attach`), and the census the collector took then read pages while their threads
+/// changed them; each heap's own report is exact at a point of its own event order. A heap that
+/// makes no allocation keeps what that census read (no thread changed its pages but by
+/// cross-thread frees, which a heap's part does not compare).
+pub(crate) fn request_initial_parts() {
+    crate::init::for_each_heap(|h| {
+        if h.traced.load(Relaxed) {
+            h.census_want.fetch_or(WANT_INITIAL, Release);
+            h.event_end.store(ptr::null_mut(), Relaxed);
+        }
+    });
 }
 
 /// Writes `heap`'s part of census `number` into its stream.
@@ -928,6 +970,12 @@ unsafe fn for_each_heap_page(heap: *mut Heap, mut f: impl FnMut(&crate::page::Pa
 
 /// A page as the two census events (`CensusPage`, `CensusPage2`), owned by heap `owner`.
 fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2] {
+    census_page_events_less(page, owner, t, 0)
+}
+
+/// [`census_page_events`] with `less` of its used blocks counted as free (see
+/// [`emit_heap_state_before`]).
+fn census_page_events_less(page: &crate::page::Page, owner: u32, t: u64, less: u32) -> [Event; 2] {
     // SAFETY: an in-use page lies in a live segment.
     let kind = unsafe { (*crate::segment::segment_of_page(page)).kind() } as u8;
     [
@@ -942,7 +990,7 @@ fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2
         .at(t),
         schema::CensusPage2 {
             owner: u64::from(owner),
-            counts: schema::CensusPage2::counts_of(page.used(), page.local_free_len()),
+            counts: schema::CensusPage2::counts_of(page.used() - less, page.local_free_len()),
             thread_free: page.thread_free_len(),
             flags: u8::from(page.is_in_full()),
         }
@@ -956,7 +1004,10 @@ fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2
 pub(crate) fn request_heap_census(number: u32) {
     crate::init::for_each_heap(|h| {
         if h.traced.load(Relaxed) {
-            h.census_want.store(number, Release);
+            // A heap still to report its whole state (`WANT_INITIAL`) reports that instead.
+            let _ = h
+                .census_want
+                .fetch_update(Release, Relaxed, |w| Some(number | (w & WANT_INITIAL)));
             h.event_end.store(ptr::null_mut(), Relaxed);
         }
     });
@@ -1068,7 +1119,13 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
             && !IN_HOOK.with(Cell::get)
         {
             // It made no allocation since a census was asked for: its part now, at its end.
-            heap_census(heap, want);
+            if want & WANT_INITIAL != 0 {
+                let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel);
+                (*heap).census_done = number & !WANT_INITIAL;
+                emit_heap_state(heap, true);
+            } else {
+                heap_census(heap, want);
+            }
         }
         let buf = (*heap).events.load(Relaxed);
         if buf.is_null() {
@@ -1330,6 +1387,55 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
     out.extend(core::iter::once(
         schema::CensusEnd { number, flags: 0 }.into_event().at(t),
     ));
+}
+
+/// The census parts (`HEAP_PART`, census `number`) of the traced heaps not in `reported`, read
+/// by the collector from the segments as [`census`] reads them: one `(heap id, events)` a heap,
+/// an empty part for a heap with no page in use.
+pub(crate) fn idle_heap_parts(number: u32, reported: &[u32], out: &mut Vec<(u32, Vec<Event>)>) {
+    // The ids first, with room reserved: nothing allocates while the heap list's lock is held.
+    let mut ids: Vec<u32> = Vec::with_capacity(4096);
+    crate::init::for_each_heap(|h| {
+        if h.traced.load(Relaxed) && !reported.contains(&h.id) && ids.len() < ids.capacity() {
+            ids.push(h.id);
+        }
+    });
+    let mut all = Vec::new();
+    census(number, false, &mut all);
+    let t = all.first().map_or_else(now, |e| e.time);
+    for id in ids {
+        let mut pages = Vec::new();
+        for pair in all
+            .windows(2)
+            .filter(|w| w[0].kind == EventKind::CensusPage as u8)
+        {
+            if pair[1].kind == EventKind::CensusPage2 as u8
+                && schema::CensusPage2::from_event(&pair[1]).owner == u64::from(id)
+            {
+                pages.extend_from_slice(pair);
+            }
+        }
+        let mut events = Vec::with_capacity(pages.len() + 2);
+        events.push(
+            schema::CensusBegin {
+                pages: (pages.len() / 2) as u64,
+                number,
+                flags: flags::HEAP_PART,
+            }
+            .into_event()
+            .at(t),
+        );
+        events.extend(pages);
+        events.push(
+            schema::CensusEnd {
+                number,
+                flags: flags::HEAP_PART,
+            }
+            .into_event()
+            .at(t),
+        );
+        out.push((id, events));
+    }
 }
 
 /// Segment events carry the segment base.

@@ -544,7 +544,7 @@ fn connect_and_stream(launch: &Launch) -> bool {
     let Ok(stream) = UnixStream::connect(&launch.socket) else {
         return false;
     };
-    if !start_stream(stream, &launch_meta(launch, true)) {
+    if !start_stream(stream, &launch_meta(launch, true), false) {
         return false;
     }
     static AT_EXIT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -557,9 +557,11 @@ fn connect_and_stream(launch: &Launch) -> bool {
 
 /// Streams to the connected `stream`: sends the header and `meta`, then starts the collector
 /// (lossless, a census every `HEAPLENS_CENSUS_MS`) with a sink that writes batches and, at the
-/// end, the end frame, after which it closes the socket. Returns whether streaming started.
+/// end, the end frame, after which it closes the socket. `running`: the program ran with the
+/// hook off until now (see [`crate::collector::start_while_running`]). Returns whether
+/// streaming started.
 #[cfg(feature = "hook")]
-pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str) -> bool {
+pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running: bool) -> bool {
     use std::os::fd::AsRawFd;
     // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
     // burst over without waiting while heaplens's reader is off the CPU. With the default
@@ -614,7 +616,12 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str) -> bool 
         census_every_ms: crate::options::census_ms(),
         channel_buffers: 64,
     };
-    if crate::collector::start(config, sink).is_err() {
+    let started = if running {
+        crate::collector::start_while_running(config, sink)
+    } else {
+        crate::collector::start(config, sink)
+    };
+    if started.is_err() {
         return false;
     }
     STREAM_FD.store(fd, core::sync::atomic::Ordering::Release);

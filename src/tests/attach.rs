@@ -494,3 +494,56 @@ fn a_program_killed_while_attached_leaves_a_readable_trace() {
     assert_eq!(live_blocks(&s, EARLY), 300, "{s}");
     assert!(s["events"].as_u64().unwrap() > 0, "{s}");
 }
+
+/// Attached to four threads that allocate, free and hand blocks to each other without pause,
+/// and detached while they go on: the census at attach (each heap's own, at its next
+/// allocation), those mid-run and the last, at detach, all agree with the model. Two rounds.
+#[test]
+fn every_census_agrees_when_attached_to_busy_threads_and_detached_while_they_run() {
+    let dir = tempdir("attach-busy");
+    common::build_preload();
+    let exe = common::sample_c(&dir, "alloc_workload");
+    for round in 0..2 {
+        let mut program = Command::new(&exe)
+            .arg("1000000000") // steps per thread: it runs on long after we detach
+            .env("LD_PRELOAD", root().join("target/release/libheaplens.so"))
+            .env("HEAPLENS_ATTACH", "1")
+            .env("HEAPLENS_CENSUS_MS", "100")
+            .env("XDG_RUNTIME_DIR", &dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.join(format!("heaplens/{}.sock", program.id()));
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no socket at {}",
+                socket.display()
+            );
+            std::thread::yield_now();
+        }
+        let trace = dir.join(format!("busy-{round}.hltrace"));
+        let a = attach(program.id(), &trace, &dir);
+        // Recording for a while: long enough for censuses mid-run (every 100 ms).
+        std::thread::sleep(Duration::from_millis(400));
+        kill("INT", a.child.id());
+        let said = a.finish();
+        assert!(said.contains("detached from pid"), "{said}");
+        assert_eq!(
+            program.try_wait().unwrap(),
+            None,
+            "the program runs on untraced"
+        );
+        program.kill().unwrap();
+        program.wait().unwrap();
+        let s = stats(&trace);
+        assert_exact(&s, &format!("round {round}"));
+        assert!(
+            s["censuses"].as_u64().unwrap() >= 3,
+            "at attach, mid-run and at detach: {s}"
+        );
+        assert!(s["cross_thread_frees"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["detached"], true, "{s}");
+    }
+}

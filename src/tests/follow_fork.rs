@@ -212,11 +212,12 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
             (700..=703).contains(&allocs),
             "child allocs {allocs}: {child}"
         );
-        // The C library may allocate and free a block of its own in the child (at most the
-        // allocations above 700): every other free is one of the program's 300.
+        // The C library may free a block of its own in the child as it exits, one allocated
+        // there or inherited (seen both ways, one at a time in CI): every other free is one of
+        // the program's 300, as the live counts below check class by class.
         let frees = n(child, "frees");
         assert!(
-            (300..=300 + (allocs - 700)).contains(&frees),
+            (300..=302).contains(&frees),
             "child frees {frees} with {allocs} allocs: {child}"
         );
         assert!(live_of(child, 640) >= 500, "{child}");
