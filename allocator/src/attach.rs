@@ -23,7 +23,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{
+    AtomicI32, AtomicPtr,
+    Ordering::{AcqRel, Acquire, Release},
+};
 use std::time::Duration;
 
 use crate::sample::StackMode;
@@ -123,8 +126,11 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The socket this process listens on, and the process that made it (a forked child inherits
-/// the exit handler but not the socket).
-static SOCKET: OnceLock<(CString, i32)> = OnceLock::new();
+/// the exit handler and this, and listens on a socket of its own: [`after_fork_child`]). Set
+/// once a process; a leaked box, so that the exit handler reads it without a lock.
+static SOCKET: AtomicPtr<(CString, i32)> = AtomicPtr::new(core::ptr::null_mut());
+/// The listening socket's descriptor (-1: none), for a forked child to close.
+static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Listens for `heaplens attach` when `HEAPLENS_ATTACH=1` and no launcher streams already
 /// (`HEAPLENS_SOCKET`). Called once, at load; returns whether it listens. A directory that is
@@ -162,10 +168,15 @@ fn listen() -> io::Result<()> {
     })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let _ = SOCKET.set((c_path, pid));
-    // SAFETY: registering an extern "C" fn that never unwinds.
-    unsafe { libc::atexit(at_exit) };
+    let first = SOCKET
+        .swap(Box::into_raw(Box::new((c_path, pid))), AcqRel)
+        .is_null();
+    if first {
+        // SAFETY: registering an extern "C" fn that never unwinds (a forked child inherits it).
+        unsafe { libc::atexit(at_exit) };
+    }
     let fd = listener.into_raw_fd();
+    LISTEN_FD.store(fd, Release);
     let mut thread: libc::pthread_t = 0;
     // SAFETY: `listener_main` takes ownership of the listening socket `fd`; default attributes.
     let rc = unsafe {
@@ -190,12 +201,33 @@ fn listen() -> io::Result<()> {
 /// At exit: an attached heaplens gets the last events and the end frame; the socket goes.
 extern "C" fn at_exit() {
     crate::collector::shutdown();
-    if let Some((path, pid)) = SOCKET.get()
+    // SAFETY: a non-null SOCKET is a leaked box, never freed.
+    if let Some((path, pid)) = unsafe { SOCKET.load(Acquire).as_ref() }
         && i64::from(*pid) == i64::from(std::process::id())
     {
         // SAFETY: `path` is a NUL-terminated string.
         unsafe { libc::unlink(path.as_ptr()) };
     }
+}
+
+/// In the child of a `fork()` of a listening program: the listener thread did not come along,
+/// so the child closes the parent's listening socket and listens on one of its own (its pid's),
+/// to be attached to as any program is. The parent's attach session, if one runs, stays the
+/// parent's (`wire::after_fork_child` closes its stream in the child).
+pub(crate) fn after_fork_child() {
+    let fd = LISTEN_FD.swap(-1, AcqRel);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the parent's listening socket, which no thread of the child uses.
+    unsafe { libc::close(fd) };
+    let _ = std::panic::catch_unwind(|| {
+        if let Err(e) = listen() {
+            let line = format!("heaplens: the forked child does not listen for attach: {e}\n");
+            // SAFETY: writes the bytes of `line` to stderr.
+            let _ = unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
+        }
+    });
 }
 
 extern "C" fn listener_main(arg: *mut libc::c_void) -> *mut libc::c_void {

@@ -268,5 +268,6 @@ extern "C" fn fork_child() {
     {
         crate::collector::after_fork_child();
         crate::wire::after_fork_child();
+        crate::attach::after_fork_child();
     }
 }

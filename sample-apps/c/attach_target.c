@@ -4,16 +4,20 @@
  *   exit   (or end of input) free everything, print "bye", exit 0
  * Its allocations are known, so a test can check what an attach sees: the 3000-byte blocks
  * through the attach's census, the 5000-byte ones as events. Run it with
- * LD_PRELOAD=libheaplens.so HEAPLENS_ATTACH=1 ./attach_target */
+ * LD_PRELOAD=libheaplens.so HEAPLENS_ATTACH=1 ./attach_target
+ * With the argument "fork" it forks once the 300 blocks are made: the child (which inherits them)
+ * prints "ready child PID" and obeys the commands; the parent waits and exits with its code. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define BEFORE 300
 #define BATCH 50
 #define MAX_BATCHES 20
 
-int main(void) {
+int main(int argc, char **argv) {
     static void *early[BEFORE];
     static void *later[BATCH * MAX_BATCHES];
     int held = 0;
@@ -21,7 +25,18 @@ int main(void) {
         early[i] = malloc(3000);
         memset(early[i], 1, 3000);
     }
-    printf("ready\n");
+    if (argc > 1 && strcmp(argv[1], "fork") == 0) {
+        pid_t pid = fork();
+        if (pid < 0) return 1;
+        if (pid > 0) {
+            int status = 0;
+            waitpid(pid, &status, 0);
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        }
+        printf("ready child %d\n", (int)getpid());
+    } else {
+        printf("ready\n");
+    }
     fflush(stdout);
     char line[64];
     while (fgets(line, sizeof line, stdin)) {

@@ -547,3 +547,59 @@ fn every_census_agrees_when_attached_to_busy_threads_and_detached_while_they_run
         assert_eq!(s["detached"], true, "{s}");
     }
 }
+
+/// A program that forks without exec: the child listens on a socket of its own (its pid's) and
+/// is attached to as any program is; what it inherited arrives through its census.
+#[test]
+fn a_forked_child_can_be_attached_to() {
+    let dir = tempdir("attach-fork");
+    let exe = build(&dir);
+    let mut parent = Command::new(&exe)
+        .arg("fork")
+        .env("LD_PRELOAD", root().join("target/release/libheaplens.so"))
+        .env("HEAPLENS_ATTACH", "1")
+        .env("XDG_RUNTIME_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = parent.stdin.take().unwrap();
+    let stdout = lines(parent.stdout.take().unwrap());
+    let ready = wait_line(&stdout, "ready child", "the program");
+    let child: u32 = ready.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_ne!(child, parent.id());
+    for pid in [parent.id(), child] {
+        let socket = dir.join(format!("heaplens/{pid}.sock"));
+        assert!(socket.exists(), "pid {pid} listens at {}", socket.display());
+    }
+    let trace = dir.join("child.hltrace");
+    let a = attach(child, &trace, &dir);
+    writeln!(stdin, "more").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(wait_line(&stdout, "more", "the child"), "more 50");
+    kill("INT", a.child.id());
+    let said = a.finish();
+    assert!(
+        said.contains(&format!("detached from pid {child}")),
+        "{said}"
+    );
+    let s = stats(&trace);
+    assert_exact(&s, "the forked child");
+    assert_eq!(s["pid"], child, "{s}");
+    assert_eq!(
+        live_blocks(&s, EARLY),
+        300,
+        "inherited, through the census: {s}"
+    );
+    assert_eq!(live_blocks(&s, LATER), 50, "{s}");
+    writeln!(stdin, "exit").unwrap();
+    stdin.flush().unwrap();
+    wait_line(&stdout, "bye", "the child");
+    let status = wait_exit(parent, "the program");
+    assert!(status.success(), "{status}");
+    let child_socket = dir.join(format!("heaplens/{child}.sock"));
+    assert!(
+        !child_socket.exists(),
+        "the child removes its socket at exit"
+    );
+}
