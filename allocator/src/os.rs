@@ -41,6 +41,11 @@ pub const fn align_up(x: usize, align: usize) -> Option<usize> {
 /// Maps `size` bytes aligned to `align` (both multiples of the OS page size, `align` a power of
 /// two). Returns null when the OS refuses.
 pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if let Some(p) = map_at_hint(size, align) {
+        RESERVED.fetch_add(size, Relaxed);
+        COMMITTED.fetch_add(size, Relaxed);
+        return p;
+    }
     let Some(total) = size.checked_add(align) else {
         return ptr::null_mut();
     };
@@ -63,7 +68,54 @@ pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
     }
     RESERVED.fetch_add(size, Relaxed);
     COMMITTED.fetch_add(size, Relaxed);
+    set_hint(aligned, size, align);
     aligned as *mut u8
+}
+
+/// Where the next aligned mapping is asked for (0: nowhere yet): just below the last one, where
+/// the kernel, which places mappings top-down, has room more often than not. A mapping made
+/// there is aligned with one `mmap`, where the general way takes an `mmap` of `size + align` and
+/// one or two `munmap`s of the excess (the suite's `large` made 46 fresh segments, 104 system
+/// calls; python3 158 and some 400).
+static HINT: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets [`HINT`] below the mapping `start..start + size`.
+fn set_hint(start: usize, size: usize, align: usize) {
+    let next = start.checked_sub(size).map_or(0, |a| a & !(align - 1));
+    HINT.store(next, Relaxed);
+}
+
+/// Maps `size` bytes at [`HINT`], if the kernel places them there (or at another aligned address).
+fn map_at_hint(size: usize, align: usize) -> Option<*mut u8> {
+    let hint = HINT.load(Relaxed);
+    if hint == 0 {
+        return None;
+    }
+    // SAFETY: without MAP_FIXED the address is only a hint: the kernel maps elsewhere rather than
+    // over an existing mapping, so no memory of ours or anyone's is touched.
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        HINT.store(0, Relaxed);
+        return None;
+    }
+    let start = p as usize;
+    if start & (align - 1) == 0 {
+        set_hint(start, size, align);
+        return Some(p.cast());
+    }
+    // SAFETY: the mapping just made, which nothing references.
+    unsafe { libc::munmap(p, size) };
+    HINT.store(0, Relaxed);
+    None
 }
 
 fn map(size: usize) -> *mut u8 {
