@@ -574,7 +574,11 @@ const EMPTY_ENTRY: CacheEntry = CacheEntry {
     touched: 0,
 };
 const CACHE_SLOTS: usize = 16;
+/// Cached segments keep their touched memory this many purge delays before it goes back to the OS.
+const CACHE_PURGE_DELAYS: u64 = 2;
 const CACHE_HUGE_MAX: usize = 32 << 20;
+/// The largest cached segment a large page may take (see `segment_alloc`).
+const LARGE_REUSE_MAX: usize = 2 * SEGMENT_SIZE;
 const CACHE_BYTES_MAX: usize = 128 << 20;
 /// Huge segments are sized in these steps, so blocks of similar sizes can reuse each other's. It is
 /// the transparent huge page size: a segment that ended inside a huge page would fault its tail in
@@ -696,13 +700,15 @@ fn cache_limit(cached: usize) -> usize {
     (heap / CACHE_SHARE).clamp(SEGMENT_SIZE, CACHE_BYTES_MAX)
 }
 /// The cache holds at most this fraction (1/n) of the heap's other committed memory, counted in
-/// touched bytes. The suite's `large` (blocks of 64 KiB..8 MiB replaced at random) faulted in
-/// 162 k pages with 1/4, 116 k with 1/3 and 74 k with 1/2 (mimalloc 33 k), at the same peak RSS.
+/// touched bytes: at most as much as it saves, the memory the heap itself holds. The suite's
+/// `large` (blocks of 64 KiB..8 MiB replaced at random) faulted in 162 k pages with 1/4, 116 k
+/// with 1/3 and 74 k with 1/2, 62 k with 1/1 (mimalloc 33 k), at the same peak RSS (129 MiB,
+/// mimalloc's 132 MiB).
 /// The purge after `2 * purge_delay_ms` keeps python3 (growing dicts and lists through large
 /// blocks it does not take again) near mimalloc's peak RSS: 1.22x without it, 1.10x after
 /// `3 * purge_delay_ms`; after one delay `large` faulted in 140 k pages instead of 85 k. (See
-/// also [`trim_touched`].)
-const CACHE_SHARE: usize = 2;
+/// also [`trim_touched`] and [`LARGE_REUSE_MAX`].)
+const CACHE_SHARE: usize = 1;
 
 /// Caches an empty segment of `size` bytes with `touched` bytes touched; false when it does not
 /// fit.
@@ -717,7 +723,7 @@ fn cache_push(s: *mut Segment, size: usize, touched: usize) -> bool {
     c.entries[len] = CacheEntry {
         addr: s as usize,
         size,
-        purge_at: now + 2 * delay,
+        purge_at: now + CACHE_PURGE_DELAYS * delay,
         expiry: now + 10 * delay,
         touched,
     };
@@ -725,8 +731,8 @@ fn cache_push(s: *mut Segment, size: usize, touched: usize) -> bool {
     c.bytes += size;
     c.touched += touched;
     let next = CACHE_NEXT_EXPIRY.load(Relaxed);
-    if next == 0 || now + 2 * delay < next {
-        CACHE_NEXT_EXPIRY.store(now + 2 * delay, Relaxed);
+    if next == 0 || now + CACHE_PURGE_DELAYS * delay < next {
+        CACHE_NEXT_EXPIRY.store(now + CACHE_PURGE_DELAYS * delay, Relaxed);
     }
     true
 }
@@ -779,15 +785,25 @@ unsafe fn segment_alloc(
         } else {
             SEGMENT_SIZE
         };
+        // A large page may also take a cached huge segment of up to twice the size (its page
+        // stays within the first SEGMENT_SIZE bytes, where `segment_of` finds the header): the
+        // sizes of huge blocks and large pages then share the cache, as they share mimalloc's
+        // segments. `large` mapped 46 fresh segments with each kept to its own size.
+        let max = if kind == PageKind::Large {
+            LARGE_REUSE_MAX
+        } else {
+            SEGMENT_SIZE
+        };
         let cached = if shared {
-            cache_pop(SEGMENT_SIZE, SEGMENT_SIZE, want)
+            cache_pop(SEGMENT_SIZE, max, want)
         } else {
             None
         };
-        let (s, zero, touched) = match cached {
-            Some(e) => (e.addr as *mut Segment, false, e.touched),
+        let (s, size, zero, touched) = match cached {
+            Some(e) => (e.addr as *mut Segment, e.size, false, e.touched),
             None => (
                 os::alloc_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>(),
+                SEGMENT_SIZE,
                 true,
                 0,
             ),
@@ -795,7 +811,7 @@ unsafe fn segment_alloc(
         if s.is_null() {
             return ptr::null_mut();
         }
-        (s, SEGMENT_SIZE, s as usize + INFO_SIZE, zero, touched)
+        (s, size, s as usize + INFO_SIZE, zero, touched)
     };
     // No transparent huge pages are asked for (`MADV_HUGEPAGE` on large and huge segments was
     // tried): a program that touches a few bytes of a large block then pays for 2 MiB of memory;
@@ -824,8 +840,11 @@ unsafe fn segment_alloc(
         seg.purged_bytes = 0;
         seg.touched = touched;
         if kind == PageKind::Huge {
+            // Not trimmed: the cache gives a huge block a segment at most twice its size, so
+            // what it keeps resident beyond itself is bounded by that. Trimming past twice the
+            // block (as for large pages) cost `large` 54 k page faults instead of 47 k at the
+            // same peak RSS (132 MiB against 130), and python3's peak did not move (33.9 MiB).
             let end = first_start - s as usize + size;
-            trim_touched(seg, end);
             seg.touched = seg.touched.max(end);
         } else if kind == PageKind::Large {
             // room for two blocks of the page's size before any is given back
@@ -848,8 +867,10 @@ unsafe fn segment_alloc(
                 let page_base = base + i * page_size;
                 let start = if i == 0 { first_start } else { page_base };
                 (*page).start = start as *mut u8;
-                (*page).area = if kind == PageKind::Huge || kind == PageKind::Large {
+                (*page).area = if kind == PageKind::Huge {
                     base + segment_size - start
+                } else if kind == PageKind::Large {
+                    base + SEGMENT_SIZE - start
                 } else {
                     page_base + page_size - start
                 };
@@ -886,13 +907,11 @@ unsafe fn segment_alloc(
 /// discarded (besides as much as the block itself).
 const TRIM_SLACK: usize = 256 << 10;
 
-/// A segment reused from the cache for a huge block that ends `end` bytes past its start, or for a
-/// large page whose first two blocks end there: memory touched beyond twice that (by a bigger
-/// block before) goes back to the OS, so a small block does not pin the resident memory of a big
-/// one. Without it for large pages python3 peaked at 1.13x mimalloc's RSS in half the runs (a
-/// 4 MiB segment touched by a big block, reused for a 200 KiB one); trimming them past one block
-/// cost `large` 99 k page faults instead of 79 k, a tighter trim of huge segments (256 KiB past
-/// the block) 105 k.
+/// A segment reused from the cache for a large page whose first two blocks end `end` bytes past
+/// its start: memory touched beyond twice that (by a bigger block before) goes back to the OS, so
+/// a small block does not pin the resident memory of a big one. Without it python3 peaked at
+/// 1.13x mimalloc's RSS in half the runs (a 4 MiB segment touched by a big block, reused for a
+/// 200 KiB one); trimming past one block cost `large` 99 k page faults instead of 79 k.
 fn trim_touched(seg: &mut Segment, end: usize) {
     let ps = os::page_size();
     let keep = end.next_multiple_of(ps);
