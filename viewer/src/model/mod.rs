@@ -225,6 +225,7 @@ impl Model {
     /// resynchronises the pages. Unlike drops, the count is not in [`Totals::dropped`].
     pub fn events_lost(&mut self, n: u64) {
         self.lost_to_damage = self.lost_to_damage.saturating_add(n.max(1));
+        self.note_loss();
     }
 
     /// Whether debug builds check the invariants that hold in any event order at each sample
@@ -351,6 +352,9 @@ impl Model {
             }
             SEGMENT_RECLAIM => {
                 let r = schema::SegmentReclaim::from_event(ev);
+                let owner = if r.owner != 0 { r.owner } else { heap };
+                let unknown = self.segs.find_ref(r.base).is_none();
+                self.note_taken_over(owner, unknown, false);
                 if let Some(si) = self.segs.find(r.base) {
                     let seg = self.segs.get_mut(si);
                     seg.owner = if r.owner != 0 { r.owner } else { heap };
@@ -381,6 +385,7 @@ impl Model {
                 let d = schema::Dropped::from_event(ev);
                 self.totals.dropped = self.totals.dropped.saturating_add(d.lost);
                 self.totals.drop_reasons |= d.reasons;
+                self.note_loss();
             }
             CLOCK_SYNC => {
                 self.clock_sync = Some((ev.time, schema::ClockSync::from_event(ev).monotonic_ns));
@@ -699,8 +704,12 @@ impl Model {
 
     fn on_page_reclaim(&mut self, heap: u32, ev: &Event) {
         let r = schema::PageReclaim::from_event(ev);
+        let owner = if r.owner != 0 { r.owner } else { heap };
+        let (unknown, unsure) = self
+            .page_at(r.start)
+            .map_or((true, false), |p| (!p.page.in_use, p.page.unsure));
+        self.note_taken_over(owner, unknown, unsure);
         if let Some((si, pi)) = self.segs.locate(r.start) {
-            let owner = if r.owner != 0 { r.owner } else { heap };
             let seg = self.segs.get_mut(si);
             seg.owner = owner;
             seg.abandoned = false;

@@ -133,6 +133,11 @@ pub struct Page {
     /// The page was freed with blocks carved (its memory touched) and no purge has covered it
     /// since: memory waiting to go back to the OS.
     pub awaiting_purge: bool,
+    /// Events were lost since the page was last set from a census: its counts may be wrong
+    /// until its heap's next census part (or the next whole census) sets them again. Not in
+    /// keyframes (a keyframe is a state with nothing lost).
+    #[serde(skip)]
+    pub unsure: bool,
     /// The last event that touched the page.
     pub last: LastEvent,
     /// Live blocks of the current block size, by block number.
