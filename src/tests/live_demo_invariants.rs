@@ -67,6 +67,9 @@ fn run() -> Found {
                     pace: Duration::ZERO,
                 });
             }
+            // Idle past a census request, as the demo's thread can be when it stops: the part
+            // it owes comes before its pages leave the picture.
+            std::thread::sleep(Duration::from_millis(3 * CENSUS_EVERY_MS));
             hook::set_thread_traced(false);
         })
         .unwrap();

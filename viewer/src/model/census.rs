@@ -627,6 +627,15 @@ impl Model {
     /// set.
     fn resync_heap_part(&mut self, heap: u32, part: &Census) -> usize {
         let listed: HashSet<u64> = part.pages.iter().map(|p| p.start).collect();
+        // A segment of another kind at a listed page's address is a stale one (its free and
+        // the new segment's allocation were lost): it goes, the page's segment is inferred.
+        for cp in &part.pages {
+            if let Some(si) = self.segs.find(segment_base(cp.start))
+                && self.segs.get(si).kind != page_kind(cp.kind) as u8
+            {
+                self.forget_segment(si);
+            }
+        }
         for si in 0..self.segs.len() {
             for pi in 0..self.segs.get(si).pages.len() {
                 let p = &self.segs.get(si).pages[pi];
