@@ -212,7 +212,10 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
             (700..=703).contains(&allocs),
             "child allocs {allocs}: {child}"
         );
-        assert_eq!(n(child, "frees"), 300, "{child}");
+        // 300 by the program; a free by the child's collector of a block of a traced page is
+        // reported too (frees by untraced threads are, since the live demo's census fix).
+        let frees = n(child, "frees");
+        assert!((300..=303).contains(&frees), "child frees {frees}: {child}");
         assert!(live_of(child, 640) >= 500, "{child}");
         // What it inherited comes from its first census, which the model takes over and then
         // agrees with, as with every census after.
