@@ -611,6 +611,7 @@ impl Model {
         for cp in &part.pages {
             self.set_page_from_census(cp, part.time);
         }
+        self.mark_delayed_unknown(part);
         for cs in &part.segments {
             if let Some(si) = self.segs.find(cs.base) {
                 let seg = self.segs.get_mut(si);
@@ -652,6 +653,7 @@ impl Model {
         for cp in &part.pages {
             self.set_page_from_census(cp, part.time);
         }
+        self.mark_delayed_unknown(part);
         self.recompute_aggregates();
         part.pages.len()
     }
@@ -852,6 +854,9 @@ impl Model {
         }
         if resync {
             self.resync(&c);
+            if lost {
+                self.mark_delayed_unknown(&c);
+            }
             if c.initial && !lost {
                 adopted_pages = mismatches.len();
                 mismatches = self.compare(&c);
@@ -1090,5 +1095,14 @@ impl Model {
         p.thread_free = cp.thread_free.into();
         p.owner = cp.owner;
         p.in_full = cp.in_full;
+    }
+
+    /// Marks the pages `census` lists as set after lost events (see `Page::delayed_unknown`).
+    fn mark_delayed_unknown(&mut self, census: &Census) {
+        for cp in &census.pages {
+            if let Some((si, pi)) = self.segs.locate(cp.start) {
+                self.segs.get_mut(si).pages[pi].delayed_unknown = true;
+            }
+        }
     }
 }

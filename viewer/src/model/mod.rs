@@ -518,7 +518,13 @@ impl Model {
             // one, so the live blocks do not change.
             if let Some((si, pi)) = located {
                 let p = &mut self.segs.get_mut(si).pages[pi];
-                p.delayed -= 1;
+                if p.delayed_unknown && p.delayed <= 0 {
+                    // A block that waited on the delayed list when a census set the page
+                    // (counted in `used`, not in `delayed`): it stops being held now.
+                    self.agg.block_bytes = self.agg.block_bytes.wrapping_sub(p.block_size as i64);
+                } else {
+                    p.delayed -= 1;
+                }
                 p.used -= 1;
                 p.local_free += 1;
                 if let Some(i) = p.table_index(ptr) {
@@ -670,6 +676,7 @@ impl Model {
         self.spill_page(si, pi);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
+            p.delayed_unknown = false;
             p.awaiting_purge = false;
             p.live.clear_lists();
             p.set_layout(init.block_size, kind);

@@ -138,6 +138,11 @@ pub struct Page {
     /// keyframes (a keyframe is a state with nothing lost).
     #[serde(skip)]
     pub unsure: bool,
+    /// The page was set from a census, which does not say how many of its blocks wait on the
+    /// owner heap's delayed list (`delayed` was set to 0): until its next `PageInit`, the
+    /// owner's frees from that list that would take `delayed` below 0 are of those blocks.
+    #[serde(skip)]
+    pub(crate) delayed_unknown: bool,
     /// The last event that touched the page.
     pub last: LastEvent,
     /// Live blocks of the current block size, by block number.
