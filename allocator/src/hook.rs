@@ -296,6 +296,11 @@ pub fn set_thread_traced(on: bool) {
     unsafe {
         let was = (*heap).traced.load(Relaxed);
         if !on && was && enabled() {
+            let want = (*heap).census_want.load(Acquire);
+            if want != (*heap).census_done && !IN_HOOK.with(Cell::get) {
+                // A census part it owes goes first, while its pages are still followed.
+                heap_census(heap, want);
+            }
             // Its pages leave the picture: the heap's state is now nothing the trace follows.
             emit_heap_state(heap, false);
             // The viewer shows the heap as gone from here on.

@@ -212,14 +212,12 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
             (700..=703).contains(&allocs),
             "child allocs {allocs}: {child}"
         );
-        // The C library may free a block of its own in the child as it exits, one allocated
-        // there or inherited (seen both ways, one at a time in CI): every other free is one of
-        // the program's 300, as the live counts below check class by class.
+        // 300 by the program; the C library may free a block of its own as the child exits,
+        // and a free by the child's collector of a block in a traced page is reported too (frees
+        // by untraced threads are, since the live demo's census fix); the live counts below
+        // check the program's own class by class.
         let frees = n(child, "frees");
-        assert!(
-            (300..=302).contains(&frees),
-            "child frees {frees} with {allocs} allocs: {child}"
-        );
+        assert!((300..=303).contains(&frees), "child frees {frees}: {child}");
         assert!(live_of(child, 640) >= 500, "{child}");
         // What it inherited comes from its first census, which the model takes over and then
         // agrees with, as with every census after.

@@ -319,6 +319,9 @@ pub struct CensusCheck {
     /// A census taken by the heaps (`heap_parts` says how many reported).
     #[serde(skip)]
     pub by_heap: bool,
+    /// Pages set from heaps' parts after lost events (`resynced` is then set).
+    #[serde(skip)]
+    pub resynced_pages: usize,
 }
 
 impl CensusCheck {
@@ -350,6 +353,19 @@ pub(crate) struct CensusState {
     /// of a replay).
     #[serde(skip)]
     tally: CensusTally,
+    /// Losses seen so far (`Dropped` events, damage): each one makes every page unsure.
+    #[serde(skip)]
+    lost_epoch: u64,
+    /// The loss each heap's pages were last set from a census after (its part, or a whole
+    /// census: `all_synced`).
+    #[serde(skip)]
+    synced: FastMap<u32, u64>,
+    #[serde(skip)]
+    all_synced: u64,
+    /// Heaps that took over pages the model is unsure of, or does not know, after a loss
+    /// (reclaimed from a thread whose events were lost): set from their next part again.
+    #[serde(skip)]
+    dirty: HashSet<u32>,
 }
 
 /// What a keyframe (version 2 on) keeps of the last census check beyond [`CensusCheck`]'s own
@@ -595,6 +611,7 @@ impl Model {
         for cp in &part.pages {
             self.set_page_from_census(cp, part.time);
         }
+        self.mark_delayed_unknown(part);
         for cs in &part.segments {
             if let Some(si) = self.segs.find(cs.base) {
                 let seg = self.segs.get_mut(si);
@@ -603,6 +620,42 @@ impl Model {
             }
         }
         self.recompute_aggregates();
+    }
+
+    /// Sets heap `heap`'s pages from its census part after lost events: the pages it lists
+    /// take its values (`thread_free` as read), its other pages are not in use; the live blocks
+    /// of those pages are forgotten (which of them are live is not known). Returns the pages
+    /// set.
+    fn resync_heap_part(&mut self, heap: u32, part: &Census) -> usize {
+        let listed: HashSet<u64> = part.pages.iter().map(|p| p.start).collect();
+        // A segment of another kind at a listed page's address is a stale one (its free and
+        // the new segment's allocation were lost): it goes, the page's segment is inferred.
+        for cp in &part.pages {
+            if let Some(si) = self.segs.find(segment_base(cp.start))
+                && self.segs.get(si).kind != page_kind(cp.kind) as u8
+            {
+                self.forget_segment(si);
+            }
+        }
+        for si in 0..self.segs.len() {
+            for pi in 0..self.segs.get(si).pages.len() {
+                let p = &self.segs.get(si).pages[pi];
+                if p.in_use && (p.owner == heap || listed.contains(&p.start)) {
+                    self.forget_page_blocks(si, pi);
+                    let p = &mut self.segs.get_mut(si).pages[pi];
+                    p.clear_owner_state();
+                    p.thread_free = 0;
+                    p.delayed = 0;
+                    p.unsure = false;
+                }
+            }
+        }
+        for cp in &part.pages {
+            self.set_page_from_census(cp, part.time);
+        }
+        self.mark_delayed_unknown(part);
+        self.recompute_aggregates();
+        part.pages.len()
     }
 
     /// Removes live segment `si` and forgets the live blocks of its pages (they are no longer
@@ -614,6 +667,16 @@ impl Model {
         self.agg
             .add(&super::Aggregates::of_segment(self.segs.get(si)), -1);
         self.segs.remove(si);
+    }
+
+    /// Forgets every live block (after lost events, before a whole census resets the pages).
+    fn forget_all_blocks(&mut self) {
+        for seg in self.segs.list_mut() {
+            for p in &mut seg.pages {
+                p.live.take_unsettled();
+            }
+        }
+        self.live = super::LiveBlocks::default();
     }
 
     /// Forgets the live blocks of page `pi` of segment `si` (its table and the overflow entries
@@ -635,7 +698,52 @@ impl Model {
         self.live.forget_range(lo, hi);
     }
 
+    /// Events were lost (a `Dropped` event, a damaged chunk): every page is unsure until its
+    /// heap's next census part, or the next whole census, sets it again.
+    pub(super) fn note_loss(&mut self) {
+        self.census.lost_epoch += 1;
+        for seg in self.segs.list_mut() {
+            for p in seg.pages.iter_mut().filter(|p| p.in_use) {
+                p.unsure = true;
+            }
+        }
+    }
+
+    /// Heap `heap` took over a page (`unknown`: one the model does not have in use): after a
+    /// loss, if the page is unknown or unsure, the heap's pages are set again from its next
+    /// census part.
+    pub(super) fn note_taken_over(&mut self, heap: u32, unknown: bool, unsure: bool) {
+        if self.census.lost_epoch > 0 && (unknown || unsure) {
+            self.census.dirty.insert(heap);
+        }
+    }
+
+    /// In-use pages whose counts may be wrong since events were lost (see [`Page::unsure`]).
+    pub fn unsure_pages(&self) -> usize {
+        self.segs
+            .iter()
+            .map(|s| s.pages.iter().filter(|p| p.in_use && p.unsure).count())
+            .sum()
+    }
+
     fn heap_part_done(&mut self, heap: u32, part: &Census) {
+        let st = &self.census;
+        let synced = st
+            .synced
+            .get(&heap)
+            .copied()
+            .unwrap_or(0)
+            .max(st.all_synced);
+        let dirty = self.census.dirty.remove(&heap);
+        let st = &self.census;
+        let resync = self.auto_resync && (synced < st.lost_epoch || dirty);
+        let mut resynced_pages = 0;
+        if resync {
+            // Events of this heap may be among those lost: its pages are set from its part.
+            resynced_pages = self.resync_heap_part(heap, part);
+            let epoch = self.census.lost_epoch;
+            self.census.synced.insert(heap, epoch);
+        }
         let mismatches = self.compare_heap_part(heap, part);
         let check = match &mut self.census.check {
             Some(c) if c.number == part.number => c,
@@ -651,6 +759,8 @@ impl Model {
             }
         };
         check.heap_parts += 1;
+        check.resynced |= resync;
+        check.resynced_pages += resynced_pages;
         check.mismatches += mismatches.len();
         let room = CHECK_KEEP.saturating_sub(check.first.len());
         check.first.extend(mismatches.into_iter().take(room));
@@ -727,8 +837,26 @@ impl Model {
         // it then agrees (the differences before were the program's earlier life, not errors).
         let resync = self.auto_resync && (lost || c.initial) && !mismatches.is_empty();
         let mut adopted_pages = 0;
+        if self.auto_resync && lost {
+            // Every heap's pages agree with this census, or are set from it: none is unsure
+            // any more.
+            self.census.all_synced = self.census.lost_epoch;
+            self.census.dirty.clear();
+            for seg in self.segs.list_mut() {
+                for p in &mut seg.pages {
+                    p.unsure = false;
+                }
+            }
+            // Which blocks are live is not known after lost events (a lost free leaves its
+            // block live in the model for good): the census says how many each page holds,
+            // not which.
+            self.forget_all_blocks();
+        }
         if resync {
             self.resync(&c);
+            if lost {
+                self.mark_delayed_unknown(&c);
+            }
             if c.initial && !lost {
                 adopted_pages = mismatches.len();
                 mismatches = self.compare(&c);
@@ -743,6 +871,7 @@ impl Model {
             heap_parts: 0,
             adopted_pages,
             by_heap: false,
+            resynced_pages: 0,
         });
         self.census.dropped_at_last = self.totals.dropped;
         self.census.last = Some(c);
@@ -903,6 +1032,7 @@ impl Model {
                 p.clear_owner_state();
                 p.thread_free = 0;
                 p.delayed = 0;
+                p.unsure = false;
             }
         }
         for cp in &census.pages {
@@ -965,5 +1095,14 @@ impl Model {
         p.thread_free = cp.thread_free.into();
         p.owner = cp.owner;
         p.in_full = cp.in_full;
+    }
+
+    /// Marks the pages `census` lists as set after lost events (see `Page::delayed_unknown`).
+    fn mark_delayed_unknown(&mut self, census: &Census) {
+        for cp in &census.pages {
+            if let Some((si, pi)) = self.segs.locate(cp.start) {
+                self.segs.get_mut(si).pages[pi].delayed_unknown = true;
+            }
+        }
     }
 }

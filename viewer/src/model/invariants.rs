@@ -155,7 +155,8 @@ impl Model {
         let mut out = Vec::new();
         sample_violations(&self.current(), point, &mut out);
         for seg in self.segs.iter() {
-            for p in seg.pages.iter().filter(|p| p.in_use) {
+            // An unsure page's counts may be wrong (events were lost): nothing is owed.
+            for p in seg.pages.iter().filter(|p| p.in_use && !p.unsure) {
                 let counts = [
                     p.used,
                     p.free_len(),

@@ -225,6 +225,7 @@ impl Model {
     /// resynchronises the pages. Unlike drops, the count is not in [`Totals::dropped`].
     pub fn events_lost(&mut self, n: u64) {
         self.lost_to_damage = self.lost_to_damage.saturating_add(n.max(1));
+        self.note_loss();
     }
 
     /// Whether debug builds check the invariants that hold in any event order at each sample
@@ -351,6 +352,9 @@ impl Model {
             }
             SEGMENT_RECLAIM => {
                 let r = schema::SegmentReclaim::from_event(ev);
+                let owner = if r.owner != 0 { r.owner } else { heap };
+                let unknown = self.segs.find_ref(r.base).is_none();
+                self.note_taken_over(owner, unknown, false);
                 if let Some(si) = self.segs.find(r.base) {
                     let seg = self.segs.get_mut(si);
                     seg.owner = if r.owner != 0 { r.owner } else { heap };
@@ -381,6 +385,7 @@ impl Model {
                 let d = schema::Dropped::from_event(ev);
                 self.totals.dropped = self.totals.dropped.saturating_add(d.lost);
                 self.totals.drop_reasons |= d.reasons;
+                self.note_loss();
             }
             CLOCK_SYNC => {
                 self.clock_sync = Some((ev.time, schema::ClockSync::from_event(ev).monotonic_ns));
@@ -513,7 +518,13 @@ impl Model {
             // one, so the live blocks do not change.
             if let Some((si, pi)) = located {
                 let p = &mut self.segs.get_mut(si).pages[pi];
-                p.delayed -= 1;
+                if p.delayed_unknown && p.delayed <= 0 {
+                    // A block that waited on the delayed list when a census set the page
+                    // (counted in `used`, not in `delayed`): it stops being held now.
+                    self.agg.block_bytes = self.agg.block_bytes.wrapping_sub(p.block_size as i64);
+                } else {
+                    p.delayed -= 1;
+                }
                 p.used -= 1;
                 p.local_free += 1;
                 if let Some(i) = p.table_index(ptr) {
@@ -665,6 +676,7 @@ impl Model {
         self.spill_page(si, pi);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
+            p.delayed_unknown = false;
             p.awaiting_purge = false;
             p.live.clear_lists();
             p.set_layout(init.block_size, kind);
@@ -699,8 +711,12 @@ impl Model {
 
     fn on_page_reclaim(&mut self, heap: u32, ev: &Event) {
         let r = schema::PageReclaim::from_event(ev);
+        let owner = if r.owner != 0 { r.owner } else { heap };
+        let (unknown, unsure) = self
+            .page_at(r.start)
+            .map_or((true, false), |p| (!p.page.in_use, p.page.unsure));
+        self.note_taken_over(owner, unknown, unsure);
         if let Some((si, pi)) = self.segs.locate(r.start) {
-            let owner = if r.owner != 0 { r.owner } else { heap };
             let seg = self.segs.get_mut(si);
             seg.owner = owner;
             seg.abandoned = false;

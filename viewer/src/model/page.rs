@@ -133,6 +133,16 @@ pub struct Page {
     /// The page was freed with blocks carved (its memory touched) and no purge has covered it
     /// since: memory waiting to go back to the OS.
     pub awaiting_purge: bool,
+    /// Events were lost since the page was last set from a census: its counts may be wrong
+    /// until its heap's next census part (or the next whole census) sets them again. Not in
+    /// keyframes (a keyframe is a state with nothing lost).
+    #[serde(skip)]
+    pub unsure: bool,
+    /// The page was set from a census, which does not say how many of its blocks wait on the
+    /// owner heap's delayed list (`delayed` was set to 0): until its next `PageInit`, the
+    /// owner's frees from that list that would take `delayed` below 0 are of those blocks.
+    #[serde(skip)]
+    pub(crate) delayed_unknown: bool,
     /// The last event that touched the page.
     pub last: LastEvent,
     /// Live blocks of the current block size, by block number.

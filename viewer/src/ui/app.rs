@@ -442,6 +442,26 @@ pub fn lag_text(view: &View) -> Option<String> {
     }
 }
 
+/// What the status line says of lost events: how many, and where they were lost.
+fn lost_text(lost: u64, reasons: u16) -> String {
+    use heaplens_alloc::event::drop_reason;
+    let mut where_: Vec<&str> = Vec::new();
+    if reasons & drop_reason::SUBSCRIBER != 0 {
+        where_.push("the view fell behind");
+    }
+    if reasons & drop_reason::CONSUMER != 0 {
+        where_.push("the collector fell behind");
+    }
+    if reasons & (drop_reason::NESTED | drop_reason::NO_BUFFER) != 0 {
+        where_.push("the program's hook had no room");
+    }
+    if where_.is_empty() {
+        format!("{lost} events lost")
+    } else {
+        format!("{lost} events lost ({})", where_.join(", "))
+    }
+}
+
 fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
     ui.horizontal(|ui| {
         let color = match view.status {
@@ -487,14 +507,23 @@ fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
             let why: Vec<_> =
                 heaplens_alloc::event::drop_reason::names(totals.drop_reasons).collect();
             ui.label(
-                RichText::new(format!("{} events lost", totals.dropped))
+                RichText::new(lost_text(totals.dropped, totals.drop_reasons))
                     .color(Color32::from_rgb(0xe0, 0x55, 0x55)),
             )
             .on_hover_text(format!(
-                "The program produced events faster than they were taken ({}); a census puts \
-                 the model right again",
+                "The program produced events faster than they were taken ({}). Each heap's \
+                 pages are set again from its next census part, the others from the next whole \
+                 census; until then they are unsure, and which blocks are live in them is not \
+                 known",
                 why.join(", ")
             ));
+            let unsure = view.model.unsure_pages();
+            if unsure > 0 {
+                ui.label(format!("{unsure} pages unsure")).on_hover_text(
+                    "Pages whose counts may be wrong since events were lost, until their heap \
+                     reports its next census part",
+                );
+            }
         }
         if let Some(c) = view.model.last_census_check() {
             ui.separator();
@@ -505,6 +534,13 @@ fn status_line(ui: &mut egui::Ui, view: &View, state: &mut UiState) {
             let heaps = if c.by_heap { heaps.as_str() } else { "" };
             let text = if !c.compared() {
                 format!("census {}: waiting for the heaps", c.number)
+            } else if c.resynced && c.adopted_pages == 0 {
+                // After lost events: the differences found, then the model set from it.
+                let found = match c.mismatches {
+                    0 => String::new(),
+                    n => format!("{n} differences after lost events; "),
+                };
+                format!("census {}: {found}model reset from it{heaps}", c.number)
             } else if c.mismatches == 0 {
                 format!("census {} agrees{heaps}", c.number)
             } else {
