@@ -490,6 +490,35 @@ fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), S
     Ok((serde_json::Value::Object(meta).to_string(), recorded))
 }
 
+/// An empty vector for a batch of a full event buffer, its memory faulted in by one system call
+/// (`MADV_POPULATE_WRITE`) rather than by a page fault per 4 KiB page as the events are copied
+/// in. While the program runs, the backlog grows into fresh memory at the rate the program makes
+/// events (32 bytes each), and the reader, which the program waits for, paid for every page:
+/// populating 64 KiB at once costs a third less (600 MiB: 0.31-0.44 s by faults, 0.22-0.28 s
+/// populated, on this machine).
+fn fresh_batch() -> Vec<Event> {
+    let v: Vec<Event> = Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS);
+    populate(v.as_ptr().cast(), v.capacity() * EVENT_SIZE);
+    v
+}
+
+/// Faults in the whole pages inside `len` bytes at `start` for writing. Best effort: a kernel
+/// without `MADV_POPULATE_WRITE` (before 5.14) leaves them to be faulted in on first use.
+#[allow(unsafe_code)] // one system call on memory of our own
+fn populate(start: *const u8, len: usize) {
+    let page = 4096;
+    let (lo, hi) = (
+        (start as usize).next_multiple_of(page),
+        (start as usize + len) & !(page - 1),
+    );
+    if hi > lo {
+        // SAFETY: `lo..hi` lies inside an allocation of ours that nothing reads or writes now;
+        // MADV_POPULATE_WRITE only faults its pages in and never changes their contents.
+        let _ =
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_POPULATE_WRITE) };
+    }
+}
+
 /// Forwards one stream's frames after its metadata; returns how it ended (`None`: cleanly, with
 /// `End`).
 pub(crate) fn read_stream(
@@ -501,7 +530,8 @@ pub(crate) fn read_stream(
 ) -> Option<WireError> {
     let mut ended = false;
     loop {
-        match wire::read_frame_reusing(r, recycled.try_recv().ok()) {
+        let spare = recycled.try_recv().ok().unwrap_or_else(fresh_batch);
+        match wire::read_frame_reusing(r, Some(spare)) {
             Ok(Some(message)) => {
                 ended = matches!(message, Message::End);
                 if !send(tx, conn, pid, StreamItem::Message(message)) {

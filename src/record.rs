@@ -5,6 +5,8 @@
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use heaplens_alloc::batch::Message;
@@ -30,6 +32,8 @@ pub struct Recorder {
     writer: Option<TraceWriter>,
     keyframes: Option<Keyframes>,
     recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
+    /// The program has exited: the writer's compression helper takes the usual priority back.
+    exited: Arc<AtomicBool>,
 }
 
 impl Recorder {
@@ -40,6 +44,7 @@ impl Recorder {
             writer: None,
             keyframes: None,
             recycle: None,
+            exited: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -54,10 +59,22 @@ impl Recorder {
         let mut meta =
             Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
         meta.hostname = heaplens_viewer::trace::metadata::hostname();
-        self.writer = Some(
-            TraceWriter::create(&self.output, &meta)
-                .map_err(|e| format!("cannot write {}: {e}", self.output.display()))?,
-        );
+        let cannot = |e: std::io::Error| format!("cannot write {}: {e}", self.output.display());
+        // The helper starts at this thread's (lowered) priority, and takes the usual one back
+        // once the program has exited, as this thread does.
+        let exited = Arc::clone(&self.exited);
+        let mut restored = false;
+        let writer = TraceWriter::create(&self.output, &meta)
+            .and_then(|w| {
+                w.compress_on_helper(move || {
+                    if !restored && exited.load(Ordering::Relaxed) {
+                        crate::priority::restore_this_thread();
+                        restored = true;
+                    }
+                })
+            })
+            .map_err(cannot)?;
+        self.writer = Some(writer);
         self.keyframes = Some(Keyframes::start(self.recycle.clone())?);
         Ok(())
     }
@@ -83,6 +100,7 @@ impl Recorder {
     /// The program has exited: the recorder's threads go back to the usual priority if they can.
     pub fn program_exited(&self) {
         crate::priority::restore_this_thread();
+        self.exited.store(true, Ordering::Relaxed);
         if let Some(k) = &self.keyframes {
             k.program_exited();
         }

@@ -335,3 +335,39 @@ fn writer_rejects_impossible_requests() {
     let r = TraceReader::new(Cursor::new(&bytes[..])).unwrap();
     assert_eq!(r.keyframes().len(), 1);
 }
+
+#[test]
+fn compressing_on_a_helper_thread_writes_the_same_file() {
+    // Events chunks go through the helper (several in flight), keyframes and the end do not:
+    // the bytes must be those of the writer that compresses in line, in the same order.
+    let batches = synthetic(60_000);
+    let meta = Metadata::with_allocator_constants();
+    let options = WriterOptions {
+        chunk_events: 5_000,
+        zstd_level: Some(1),
+    };
+    let write = |helper: bool| {
+        let w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
+        let mut w = if helper {
+            w.compress_on_helper(|| {}).unwrap()
+        } else {
+            w
+        };
+        for (i, (h, evs)) in batches.iter().enumerate() {
+            w.write_batch(*h, evs).unwrap();
+            if i % 7 == 3 {
+                let at = w.events_written();
+                w.write_keyframe(at, 0, &[i as u8; 300]).unwrap();
+            }
+        }
+        w.finish(EndInfo::clean(0)).unwrap()
+    };
+    let inline = write(false);
+    assert_eq!(write(true), inline);
+    let mut r = TraceReader::new(Cursor::new(inline)).unwrap();
+    assert_eq!(r.status(), Status::Complete);
+    assert_eq!(
+        r.events().map(Result::unwrap).collect::<Vec<_>>(),
+        synth::flatten(&batches)
+    );
+}

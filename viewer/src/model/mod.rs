@@ -56,6 +56,9 @@ use census::CensusState;
 use live::Side;
 use page::page_kind;
 
+/// How many events ahead [`Model::apply_batch`] loads the events themselves (2 KiB).
+const EVENTS_AHEAD: usize = 64;
+
 const ALLOC: u8 = EventKind::Alloc as u8;
 const FREE: u8 = EventKind::Free as u8;
 const RESIZE: u8 = EventKind::Resize as u8;
@@ -238,7 +241,12 @@ impl Model {
 
     /// Applies the events of one batch of heap `heap`.
     pub fn apply_batch(&mut self, heap: u32, events: &[Event]) {
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
+            // The batch has usually left the cache since it arrived (a recording's keyframe
+            // model takes it after the encoder): load it ahead.
+            if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
+                crate::trace::addr_map::AddrMap::prefetch_item(ahead);
+            }
             self.apply(heap, ev);
         }
     }

@@ -93,6 +93,25 @@ impl AddrMap {
         let _ = addr;
     }
 
+    /// Starts loading `item` into the cache (the events of a batch a few cache lines ahead of
+    /// the one being encoded: the batch has waited in the backlog and left the cache, and the
+    /// hardware prefetcher stops at each 4 KiB page).
+    #[inline]
+    pub fn prefetch_item<T>(item: &T) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: SSE is part of x86-64; a prefetch only hints the cache, and `item` is a
+            // valid reference anyway.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>((&raw const *item).cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = item;
+    }
+
     /// Sets the value of `addr`; returns the value it replaces.
     #[inline]
     pub fn insert(&mut self, addr: u64, value: u64) -> Option<u64> {

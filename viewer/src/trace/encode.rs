@@ -66,6 +66,9 @@ const CLASSES: usize = 128;
 const PREFETCH_AHEAD: usize = 8;
 
 /// Address groups delta-coded against the group's last address.
+/// How many events ahead the encoder prefetches the events themselves (2 KiB).
+const EVENTS_AHEAD: usize = 64;
+
 const GROUPS: usize = 5;
 const GROUP_ALLOC: usize = 0;
 const GROUP_FREE: usize = 1;
@@ -737,6 +740,9 @@ impl ChunkEncoder {
             // The address lookups miss the cache: start the one of an event a few ahead.
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
                 self.blocks.prefetch(ahead.addr);
+            }
+            if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
+                AddrMap::prefetch_item(ahead);
             }
             let (f, wide) = present(e);
             let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);

@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 
-mod addr_map;
+pub(crate) mod addr_map;
 pub mod damage;
 pub mod encode;
 pub mod end;

@@ -7,6 +7,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use heaplens_alloc::event::Event;
 
@@ -29,11 +31,64 @@ pub struct WriterOptions {
 }
 
 impl Default for WriterOptions {
+    /// Chunks of 2^20 events (the largest allowed): more frees find their block by reference
+    /// within the chunk, and the encoder clears its block map half as often as at 2^19.
     fn default() -> Self {
         Self {
-            chunk_events: 512 * 1024,
+            chunk_events: MAX_CHUNK_EVENTS,
             zstd_level: Some(1),
         }
+    }
+}
+
+/// Keyframes are compressed at this zstd level at least (when chunks are compressed at all):
+/// they are few and large, and a serialised model shrinks well past level 1 (by a fifth at
+/// level 3 on the keyframes of a binary-trees recording) for a few milliseconds each.
+pub const KEYFRAME_ZSTD_LEVEL: i32 = 3;
+
+/// Events chunks that may wait for the compression helper before the writer waits for it.
+const HELPER_IN_FLIGHT: usize = 2;
+
+/// An Events chunk on its way through the compression helper.
+struct Job {
+    first_event: u64,
+    event_count: u32,
+    times: (u64, u64),
+    raw: Vec<u8>,
+    level: i32,
+}
+
+/// A chunk the helper compressed (`None`: compression would not make it smaller).
+struct Done {
+    job: Job,
+    compressed: io::Result<Option<Vec<u8>>>,
+}
+
+/// The thread that compresses Events chunks while the writer encodes the next one. Chunks
+/// come back in the order they went, and the writer writes them in that order.
+struct Helper {
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<Done>,
+    in_flight: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A zstd compressor per level in use.
+#[derive(Default)]
+struct Compressors(Vec<(i32, zstd::bulk::Compressor<'static>)>);
+
+impl Compressors {
+    /// `raw` compressed at `level`, or `None` if that is not smaller.
+    fn compress(&mut self, level: i32, raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let i = match self.0.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                self.0.push((level, zstd::bulk::Compressor::new(level)?));
+                self.0.len() - 1
+            }
+        };
+        let z = self.0[i].1.compress(raw)?;
+        Ok(Some(z).filter(|z| z.len() < raw.len()))
     }
 }
 
@@ -49,11 +104,15 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     written_events: u64,
     end_time: u64,
     index: TraceIndex,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
-    payload: Vec<u8>,
+    compressors: Compressors,
+    /// Payload buffers to encode into (the helper hands them back).
+    payloads: Vec<Vec<u8>>,
+    helper: Option<Helper>,
     failed: bool,
     /// Bytes of Events chunks so far.
     event_bytes: u64,
+    /// Events in the Events chunks in the file so far.
+    stored_events: u64,
     /// Bytes of the last Keyframe chunk.
     last_keyframe: u64,
 }
@@ -98,10 +157,11 @@ impl<W: Write> TraceWriter<W> {
         out.write_all(json.as_bytes())?;
         out.write_all(&crc.finalize().to_le_bytes())?;
         out.flush()?;
-        let compressor = match options.zstd_level {
-            Some(level) => Some(zstd::bulk::Compressor::new(level)?),
-            None => None,
-        };
+        let mut compressors = Compressors::default();
+        if let Some(level) = options.zstd_level {
+            // A bad level shows here, not at the first chunk.
+            compressors.compress(level, &[])?;
+        }
         Ok(Self {
             out: Some(out),
             pos: (fixed.len() + json.len() + 4) as u64,
@@ -111,12 +171,47 @@ impl<W: Write> TraceWriter<W> {
             written_events: 0,
             end_time: 0,
             index: TraceIndex::default(),
-            compressor,
-            payload: Vec::new(),
+            compressors,
+            payloads: Vec::new(),
+            helper: None,
             failed: false,
             event_bytes: 0,
+            stored_events: 0,
             last_keyframe: 0,
         })
+    }
+
+    /// Compresses Events chunks on a helper thread, so that encoding the next chunk and
+    /// compressing the last one run side by side (the file is the same). The helper calls
+    /// `before_each` before each chunk (the recorder sets its thread's priority there).
+    pub fn compress_on_helper(
+        mut self,
+        mut before_each: impl FnMut() + Send + 'static,
+    ) -> io::Result<Self> {
+        if self.helper.is_some() {
+            return Ok(self);
+        }
+        let (jobs, todo) = sync_channel::<Job>(HELPER_IN_FLIGHT);
+        let (finished, done) = sync_channel::<Done>(HELPER_IN_FLIGHT + 1);
+        let thread = std::thread::Builder::new()
+            .name("heaplens-zstd".into())
+            .spawn(move || {
+                let mut compressors = Compressors::default();
+                for job in todo {
+                    before_each();
+                    let compressed = compressors.compress(job.level, &job.raw);
+                    if finished.send(Done { job, compressed }).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        self.helper = Some(Helper {
+            jobs: Some(jobs),
+            done,
+            in_flight: 0,
+            thread: Some(thread),
+        });
+        Ok(self)
     }
 
     /// Events accepted so far (the index the next event will get).
@@ -136,7 +231,7 @@ impl<W: Write> TraceWriter<W> {
 
     /// Bytes per event of the Events chunks written so far (0 before the first).
     pub fn event_bytes_per_event(&self) -> f64 {
-        self.event_bytes as f64 / self.written_events.max(1) as f64
+        self.event_bytes as f64 / self.stored_events.max(1) as f64
     }
 
     /// Adds a batch of one heap's events (heap 0: process-level events). A batch may be of any
@@ -179,13 +274,15 @@ impl<W: Write> TraceWriter<W> {
         if event_index > self.written_events {
             self.write_events_chunk()?;
         }
+        self.drain()?;
+        let level = self.options.zstd_level.map(|l| l.max(KEYFRAME_ZSTD_LEVEL));
         self.write_chunk(
             ChunkType::Keyframe,
             event_index,
             0,
             (time, time),
             payload,
-            true,
+            level,
         )?;
         self.flush_out()
     }
@@ -194,6 +291,7 @@ impl<W: Write> TraceWriter<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.check()?;
         self.write_events_chunk()?;
+        self.drain()?;
         self.flush_out()
     }
 
@@ -202,11 +300,14 @@ impl<W: Write> TraceWriter<W> {
     pub fn finish(mut self, end: EndInfo) -> io::Result<W> {
         self.check()?;
         self.write_events_chunk()?;
+        self.drain()?;
+        self.stop_helper();
         let (events, t) = (self.events, self.end_time);
-        self.write_chunk(ChunkType::End, events, 0, (t, t), &end.to_bytes(), false)?;
+        self.write_chunk(ChunkType::End, events, 0, (t, t), &end.to_bytes(), None)?;
         let index_offset = self.pos;
         let payload = self.index.to_payload();
-        self.write_chunk(ChunkType::Index, events, 0, (t, t), &payload, true)?;
+        let level = self.options.zstd_level;
+        self.write_chunk(ChunkType::Index, events, 0, (t, t), &payload, level)?;
         let trailer = trailer_bytes(index_offset);
         let r = self.out_mut().write_all(&trailer);
         self.track(r)?;
@@ -246,15 +347,93 @@ impl<W: Write> TraceWriter<W> {
         }
         let count = self.encoder.len();
         let range = self.encoder.time_range();
-        let mut payload = std::mem::take(&mut self.payload);
+        let mut payload = self.payloads.pop().unwrap_or_default();
         self.encoder.finish_into(&mut payload);
         let first = self.written_events;
-        let r = self.write_chunk(ChunkType::Events, first, count, range, &payload, true);
-        self.payload = payload;
-        r?;
         self.written_events += u64::from(count);
         self.end_time = self.end_time.max(range.1);
+        let job = Job {
+            first_event: first,
+            event_count: count,
+            times: range,
+            raw: payload,
+            level: self.options.zstd_level.unwrap_or(0),
+        };
+        if self.options.zstd_level.is_some() && self.helper.is_some() {
+            if self
+                .helper
+                .as_ref()
+                .is_some_and(|h| h.in_flight >= HELPER_IN_FLIGHT)
+            {
+                self.take_one()?;
+            }
+            let sent = self.helper.as_mut().and_then(|h| {
+                let ok = h.jobs.as_ref()?.send(job).is_ok();
+                h.in_flight += usize::from(ok);
+                Some(ok)
+            });
+            if sent != Some(true) {
+                self.failed = true;
+                return Err(io::Error::other("the compression helper stopped"));
+            }
+            return Ok(());
+        }
+        let r = self.write_chunk(
+            ChunkType::Events,
+            first,
+            count,
+            range,
+            &job.raw,
+            self.options.zstd_level,
+        );
+        self.payloads.push(job.raw);
+        r?;
         self.flush_out()
+    }
+
+    /// Writes the oldest chunk the helper has in hand, waiting for it.
+    fn take_one(&mut self) -> io::Result<()> {
+        let Some(h) = self.helper.as_mut() else {
+            return Ok(());
+        };
+        if h.in_flight == 0 {
+            return Ok(());
+        }
+        let Ok(Done { job, compressed }) = h.done.recv() else {
+            self.failed = true;
+            return Err(io::Error::other("the compression helper stopped"));
+        };
+        h.in_flight -= 1;
+        let compressed = self.track(compressed)?;
+        let r = self.put_chunk(
+            ChunkType::Events,
+            job.first_event,
+            job.event_count,
+            job.times,
+            &job.raw,
+            compressed.as_deref(),
+        );
+        self.payloads.push(job.raw);
+        r?;
+        self.flush_out()
+    }
+
+    /// Writes every chunk the helper has in hand.
+    fn drain(&mut self) -> io::Result<()> {
+        while self.helper.as_ref().is_some_and(|h| h.in_flight > 0) {
+            self.take_one()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the helper thread (after [`Self::drain`]).
+    fn stop_helper(&mut self) {
+        if let Some(mut h) = self.helper.take() {
+            h.jobs = None;
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 
     fn write_chunk(
@@ -262,20 +441,40 @@ impl<W: Write> TraceWriter<W> {
         kind: ChunkType,
         first_event: u64,
         event_count: u32,
-        (start_time, end_time): (u64, u64),
+        times: (u64, u64),
         raw: &[u8],
-        compress: bool,
+        level: Option<i32>,
     ) -> io::Result<()> {
-        let raw_len = u32::try_from(raw.len()).map_err(|_| invalid("chunk payload too large"))?;
-        let compressed = match &mut self.compressor {
-            Some(c) if compress && !raw.is_empty() => {
-                let r = c.compress(raw);
-                Some(self.track(r)?).filter(|z| z.len() < raw.len())
+        let compressed = match level {
+            Some(level) if !raw.is_empty() => {
+                let r = self.compressors.compress(level, raw);
+                self.track(r)?
             }
             _ => None,
         };
-        let (compression, stored) = match &compressed {
-            Some(z) => (Compression::Zstd, z.as_slice()),
+        self.put_chunk(
+            kind,
+            first_event,
+            event_count,
+            times,
+            raw,
+            compressed.as_deref(),
+        )
+    }
+
+    /// Writes a chunk whose payload is `raw`, stored as `compressed` (zstd) if given.
+    fn put_chunk(
+        &mut self,
+        kind: ChunkType,
+        first_event: u64,
+        event_count: u32,
+        (start_time, end_time): (u64, u64),
+        raw: &[u8],
+        compressed: Option<&[u8]>,
+    ) -> io::Result<()> {
+        let raw_len = u32::try_from(raw.len()).map_err(|_| invalid("chunk payload too large"))?;
+        let (compression, stored) = match compressed {
+            Some(z) => (Compression::Zstd, z),
             None => (Compression::None, raw),
         };
         let mut header = ChunkHeader {
@@ -301,7 +500,10 @@ impl<W: Write> TraceWriter<W> {
             let _ = self.index.push(self.pos, header);
         }
         match kind {
-            ChunkType::Events => self.event_bytes += header.total_len(),
+            ChunkType::Events => {
+                self.event_bytes += header.total_len();
+                self.stored_events += u64::from(event_count);
+            }
             ChunkType::Keyframe => self.last_keyframe = header.total_len(),
             _ => {}
         }
@@ -317,5 +519,6 @@ impl<W: Write> Drop for TraceWriter<W> {
         if self.check().is_ok() {
             let _ = self.flush();
         }
+        self.stop_helper();
     }
 }
