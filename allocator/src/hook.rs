@@ -299,7 +299,7 @@ pub fn set_thread_traced(on: bool) {
             let want = (*heap).census_want.load(Acquire);
             if want != (*heap).census_done && !IN_HOOK.with(Cell::get) {
                 // A census part it owes goes first, while its pages are still followed.
-                heap_census(heap, want);
+                owed_part(heap, want);
             }
             // Its pages leave the picture: the heap's state is now nothing the trace follows.
             emit_heap_state(heap, false);
@@ -925,6 +925,24 @@ pub(crate) fn request_initial_parts() {
     });
 }
 
+/// Sends the part `heap` owes outside an allocation (`want`, read from `census_want`): its whole
+/// state when asked for it (`WANT_INITIAL`), else its part of census `want`.
+///
+/// # Safety
+/// As [`heap_census`].
+unsafe fn owed_part(heap: *mut Heap, want: u32) {
+    // SAFETY: forwarded.
+    unsafe {
+        if want & WANT_INITIAL != 0 {
+            let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel);
+            (*heap).census_done = number & !WANT_INITIAL;
+            emit_heap_state(heap, true);
+        } else {
+            heap_census(heap, want);
+        }
+    }
+}
+
 /// Writes `heap`'s part of census `number` into its stream.
 ///
 /// # Safety
@@ -1124,13 +1142,7 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
             && !IN_HOOK.with(Cell::get)
         {
             // It made no allocation since a census was asked for: its part now, at its end.
-            if want & WANT_INITIAL != 0 {
-                let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel);
-                (*heap).census_done = number & !WANT_INITIAL;
-                emit_heap_state(heap, true);
-            } else {
-                heap_census(heap, want);
-            }
+            owed_part(heap, want);
         }
         let buf = (*heap).events.load(Relaxed);
         if buf.is_null() {
