@@ -90,7 +90,7 @@ pub fn run(
     std::thread::Builder::new()
         .name("heaplens-reader".into())
         .spawn(move || {
-            let mut r = BufReader::with_capacity(1 << 20, reader);
+            let mut r = BufReader::with_capacity(launch::STREAM_BUFFER, reader);
             let why = match wire::read_header(&mut r) {
                 Ok(_) => launch::read_stream(&mut r, 1, pid, &tx, &recycled),
                 Err(e) => Some(e),

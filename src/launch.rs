@@ -35,6 +35,11 @@ use crate::quiet::say;
 /// recorder's keyframe model.
 const RECYCLED_BATCHES: usize = 512;
 
+/// The buffer of a stream's reader: small, because a batch's events (64 KiB) are read from the
+/// socket straight into the batch past it ([`wire::read_frame_direct`]); only frame headers and
+/// what arrives with them go through it.
+pub const STREAM_BUFFER: usize = 4096;
+
 /// Bytes of frames the reader may hold for a consumer that falls behind, by default, before the
 /// program has to wait: 1 GiB, about 33 M events.
 pub const BACKLOG_BYTES: usize = 1 << 30;
@@ -387,7 +392,7 @@ fn accept_all(
                         continue;
                     }
                 };
-                let mut r = BufReader::with_capacity(1 << 20, stream);
+                let mut r = BufReader::with_capacity(STREAM_BUFFER, stream);
                 let (meta, recorded) = match admit(&mut r, &gate.token) {
                     Ok(m) => m,
                     Err(why) => {
@@ -531,7 +536,7 @@ pub(crate) fn read_stream(
     let mut ended = false;
     loop {
         let spare = recycled.try_recv().ok().unwrap_or_else(fresh_batch);
-        match wire::read_frame_reusing(r, Some(spare)) {
+        match wire::read_frame_direct(r, Some(spare)) {
             Ok(Some(message)) => {
                 ended = matches!(message, Message::End);
                 if !send(tx, conn, pid, StreamItem::Message(message)) {
