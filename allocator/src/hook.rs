@@ -385,14 +385,10 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
         if on {
             for_each_heap_page(heap, |_| pages += 1);
         }
-        let part = flags::HEAP_PART | flags::INITIAL;
-        let begin = schema::CensusBegin {
-            pages,
-            number: 0,
-            flags: part,
-        };
-        emit_buffered(heap, begin.into_event().at(t));
-        if on {
+        emit_takeover_part(heap, flags::INITIAL, pages, t, || {
+            if !on {
+                return;
+            }
             mark_own_segments(heap, true, |s| {
                 emit_buffered(heap, census_segment_event(s, t));
             });
@@ -405,11 +401,31 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
                 emit_buffered(heap, a);
                 emit_buffered(heap, b);
             });
-        }
-        let end = schema::CensusEnd {
-            number: 0,
-            flags: part,
-        };
+        });
+    }
+}
+
+/// Writes a census part the model takes over (`HEAP_PART | kind`, with `kind` `INITIAL` or
+/// `ADOPT`; number 0) into `heap`'s stream at time `t`: its begin, counting `pages`, what `body`
+/// emits, and its end.
+///
+/// # Safety
+/// As [`emit_buffered`].
+unsafe fn emit_takeover_part(heap: *mut Heap, kind: u8, pages: u64, t: u64, body: impl FnOnce()) {
+    let part = flags::HEAP_PART | kind;
+    let begin = schema::CensusBegin {
+        pages,
+        number: 0,
+        flags: part,
+    };
+    let end = schema::CensusEnd {
+        number: 0,
+        flags: part,
+    };
+    // SAFETY: forwarded.
+    unsafe {
+        emit_buffered(heap, begin.into_event().at(t));
+        body();
         emit_buffered(heap, end.into_event().at(t));
     }
 }
@@ -432,25 +448,15 @@ pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
                 .map(|i| s.page(i))
                 .filter(|p| p.is_in_use())
         };
-        let part = flags::HEAP_PART | flags::ADOPT;
-        let begin = schema::CensusBegin {
-            pages: in_use().count() as u64,
-            number: 0,
-            flags: part,
-        };
-        emit_buffered(heap, begin.into_event().at(t));
-        emit_buffered(heap, census_segment_event(s, t));
         let id = (*heap).id;
-        for page in in_use() {
-            let [a, b] = census_page_events(page, id, t);
-            emit_buffered(heap, a);
-            emit_buffered(heap, b);
-        }
-        let end = schema::CensusEnd {
-            number: 0,
-            flags: part,
-        };
-        emit_buffered(heap, end.into_event().at(t));
+        emit_takeover_part(heap, flags::ADOPT, in_use().count() as u64, t, || {
+            emit_buffered(heap, census_segment_event(s, t));
+            for page in in_use() {
+                let [a, b] = census_page_events(page, id, t);
+                emit_buffered(heap, a);
+                emit_buffered(heap, b);
+            }
+        });
     }
 }
 

@@ -602,9 +602,7 @@ impl Model {
                 if gone || set_anew {
                     self.forget_page_blocks(si, pi);
                     let p = &mut self.segs.get_mut(si).pages[pi];
-                    p.clear_owner_state();
-                    p.thread_free = 0;
-                    p.delayed = 0;
+                    p.clear_for_census();
                 }
             }
         }
@@ -643,10 +641,7 @@ impl Model {
                 if p.in_use && (p.owner == heap || listed.contains(&p.start)) {
                     self.forget_page_blocks(si, pi);
                     let p = &mut self.segs.get_mut(si).pages[pi];
-                    p.clear_owner_state();
-                    p.thread_free = 0;
-                    p.delayed = 0;
-                    p.unsure = false;
+                    p.clear_for_census();
                 }
             }
         }
@@ -1029,10 +1024,7 @@ impl Model {
         self.segs.clear_ghosts();
         for seg in self.segs.list_mut() {
             for p in &mut seg.pages {
-                p.clear_owner_state();
-                p.thread_free = 0;
-                p.delayed = 0;
-                p.unsure = false;
+                p.clear_for_census();
             }
         }
         for cp in &census.pages {
