@@ -642,6 +642,7 @@ impl Model {
                     self.forget_page_blocks(si, pi);
                     let p = &mut self.segs.get_mut(si).pages[pi];
                     p.clear_for_census();
+                    p.unsure = false;
                 }
             }
         }
@@ -1025,6 +1026,7 @@ impl Model {
         for seg in self.segs.list_mut() {
             for p in &mut seg.pages {
                 p.clear_for_census();
+                p.unsure = false;
             }
         }
         for cp in &census.pages {

@@ -314,13 +314,11 @@ impl Page {
         self.has_aligned = false;
     }
 
-    /// Clears everything a census sets: [`Page::clear_owner_state`], the cross-thread lists, and
-    /// the doubt a loss cast (the census that follows sets the page as it is).
+    /// Clears what a census sets: [`Page::clear_owner_state`] and the cross-thread lists.
     pub(crate) fn clear_for_census(&mut self) {
         self.clear_owner_state();
         self.thread_free = 0;
         self.delayed = 0;
-        self.unsure = false;
     }
 }
 
