@@ -41,11 +41,6 @@ pub const fn align_up(x: usize, align: usize) -> Option<usize> {
 /// Maps `size` bytes aligned to `align` (both multiples of the OS page size, `align` a power of
 /// two). Returns null when the OS refuses.
 pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
-    if let Some(p) = map_at_hint(size, align) {
-        RESERVED.fetch_add(size, Relaxed);
-        COMMITTED.fetch_add(size, Relaxed);
-        return p;
-    }
     let Some(total) = size.checked_add(align) else {
         return ptr::null_mut();
     };
@@ -68,70 +63,7 @@ pub(crate) fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
     }
     RESERVED.fetch_add(size, Relaxed);
     COMMITTED.fetch_add(size, Relaxed);
-    set_hint(aligned, size, align);
     aligned as *mut u8
-}
-
-/// Where the next aligned mapping is asked for (0: nowhere yet): just below the last one, where
-/// the kernel, which places mappings top-down, has room more often than not. A mapping made
-/// there is aligned with one `mmap`, where the general way takes an `mmap` of `size + align` and
-/// one or two `munmap`s of the excess (`strace -f` on the suite's `large`: 45 `munmap` calls
-/// before, 11 with the hint; on `stress`, 195 over-sized mappings before, 16).
-static HINT: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets [`HINT`] below the mapping `start..start + size`.
-fn set_hint(start: usize, size: usize, align: usize) {
-    let next = start.checked_sub(size).map_or(0, |a| a & !(align - 1));
-    HINT.store(next, Relaxed);
-}
-
-/// Maps `size` bytes at [`HINT`], if the kernel places them there (or at another aligned
-/// address). When it places them elsewhere, one more try is made at that address rounded down to
-/// `align`: the kernel chose it because the memory there is free, and below it usually is too
-/// (on `stress`, with threads racing for the hint, half the first tries missed).
-fn map_at_hint(size: usize, align: usize) -> Option<*mut u8> {
-    let mut hint = HINT.load(Relaxed);
-    for _ in 0..2 {
-        if hint == 0 {
-            return None;
-        }
-        let p = map_near(hint, size);
-        if p.is_null() {
-            HINT.store(0, Relaxed);
-            return None;
-        }
-        let start = p as usize;
-        if start & (align - 1) == 0 {
-            set_hint(start, size, align);
-            return Some(p);
-        }
-        // SAFETY: the mapping just made, which nothing references.
-        unsafe { libc::munmap(p.cast(), size) };
-        hint = start & !(align - 1);
-    }
-    HINT.store(0, Relaxed);
-    None
-}
-
-/// Maps `size` bytes, at `hint` if that range is free; null when the OS refuses.
-fn map_near(hint: usize, size: usize) -> *mut u8 {
-    // SAFETY: without MAP_FIXED the address is only a hint: the kernel maps elsewhere rather than
-    // over an existing mapping, so no memory of ours or anyone's is touched.
-    let p = unsafe {
-        libc::mmap(
-            hint as *mut libc::c_void,
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        p.cast()
-    }
 }
 
 fn map(size: usize) -> *mut u8 {

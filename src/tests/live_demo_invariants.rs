@@ -170,8 +170,6 @@ fn run() -> Found {
 }
 
 #[test]
-#[ignore = "fails 1 to 5 runs in 8 after the 2026-12-04 merges: page-capacity bytes exceed \
-            committed bytes ~340 ms in; not the 8 MiB segment reuse (tried); cause not found"]
 fn invariants_hold_at_every_sample_of_a_live_demo_run() {
     let found = live_demo_run();
     assert!(
