@@ -33,6 +33,19 @@ pub struct CensusSegment {
     pub kind: u8,
 }
 
+impl CensusSegment {
+    /// A segment from its `CensusSegment` event.
+    pub fn of_event(ev: &Event) -> Self {
+        let s = schema::CensusSegment::from_event(ev);
+        Self {
+            base: s.base,
+            bytes: s.bytes,
+            page_count: s.pages,
+            kind: s.flags,
+        }
+    }
+}
+
 /// One in-use page in a census.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CensusPage {
@@ -469,13 +482,7 @@ impl Model {
             }
             SEGMENT => {
                 if let Some(c) = &mut st.building {
-                    let s = schema::CensusSegment::from_event(ev);
-                    c.segments.push(CensusSegment {
-                        base: s.base,
-                        bytes: s.bytes,
-                        page_count: s.pages,
-                        kind: s.flags,
-                    });
+                    c.segments.push(CensusSegment::of_event(ev));
                 }
             }
             PAGE => st.half = Some(CensusPage::first_half(ev)),
@@ -533,13 +540,7 @@ impl Model {
                 if let Some((c, _, _)) = parts.get_mut(&heap)
                     && c.segments.len() < RESERVE_MAX
                 {
-                    let s = schema::CensusSegment::from_event(ev);
-                    c.segments.push(CensusSegment {
-                        base: s.base,
-                        bytes: s.bytes,
-                        page_count: s.pages,
-                        kind: s.flags,
-                    });
+                    c.segments.push(CensusSegment::of_event(ev));
                 }
             }
             END => {
