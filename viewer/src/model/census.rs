@@ -580,6 +580,7 @@ impl Model {
             let generation = self.segs.new_generation();
             let mut seg = Segment::new(cs.base, cs.bytes, kind, generation, part.time);
             seg.owner = heap;
+            seg.inferred = true; // known from the part, not its `SegmentAlloc`
             self.segs.insert(seg);
         }
         if whole {

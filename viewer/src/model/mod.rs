@@ -49,7 +49,7 @@ pub use invariants::{Point, Violation};
 pub use live::{Block, LiveBlock, LiveBlocks, LiveTable};
 pub use metrics::{Marker, Metrics, Sample, Totals};
 pub use page::{BlockState, LastEvent, Page};
-pub use segment::{Segment, Segments, segment_base};
+pub use segment::{Segment, Segments, segment_base, segment_named};
 pub use sites::{Frame, Module, SiteKey, SiteStats, Sites, StackedBlock};
 
 use census::CensusState;
@@ -97,8 +97,8 @@ pub const KEYFRAME_MAGIC: [u8; 4] = *b"\xffHKF";
 
 /// The keyframe version this build writes: 0 had no header and no sites; 1 adds them; 2
 /// appends the last census check's detail (heaps' parts, pages taken over) and the segments'
-/// last reclaim times.
-pub const KEYFRAME_VERSION: u16 = 2;
+/// last reclaim times; 3 appends the generations segments replaced (`Segment::replaced`).
+pub const KEYFRAME_VERSION: u16 = 3;
 
 /// Sums kept up to date as events arrive (over live segments).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +285,9 @@ impl Model {
         if segment_event && ev.addr & SEGMENT_MASK as u64 != 0 {
             // Not a segment base: the event is damaged.
             self.totals.unknown_events += 1;
+            return;
+        }
+        if matches!(ev.kind, PAGE_INIT..=SEGMENT_RECLAIM | OS_COMMIT | OS_PURGE) && self.stale(ev) {
             return;
         }
         match ev.kind {
@@ -483,6 +486,12 @@ impl Model {
             return;
         };
         let seg = self.segs.get_mut(si);
+        if seg.announced_after(ev.time) {
+            // An allocation in the segment that was at this address before (`stale`).
+            let replaced = seg.replaced;
+            self.live.alloc(Side::Pending, a.ptr, a.size, replaced);
+            return;
+        }
         let generation = seg.generation;
         let p = &mut seg.pages[pi];
         p.used += 1;
@@ -520,7 +529,15 @@ impl Model {
             heap,
             time: ev.time,
         };
-        let located = self.segs.locate(ptr);
+        let mut located = self.segs.locate(ptr);
+        let mut earlier = 0;
+        if let Some((si, _)) = located
+            && self.segs.get(si).announced_after(ev.time)
+        {
+            // A free in the segment that was at this address before (`stale`).
+            earlier = self.segs.get(si).replaced;
+            located = None;
+        }
         if f & flags::FROM_DELAYED != 0 {
             // The owner frees a block of its delayed list: the program's free was the TO_DELAYED
             // one, so the live blocks do not change.
@@ -540,7 +557,7 @@ impl Model {
                 }
                 p.last = last;
             } else {
-                self.free_on_ghost(ev, 0);
+                self.free_on_ghost(ev, earlier);
             }
             return;
         }
@@ -560,7 +577,7 @@ impl Model {
                 .live
                 .free_older(Side::Untabled, ptr)
                 .or_else(|| self.live.free(Side::Pending, ptr))
-                .unwrap_or(0);
+                .unwrap_or(earlier);
             self.free_on_ghost(ev, generation);
             return;
         };
@@ -746,16 +763,54 @@ impl Model {
         self.totals.segments_allocated += 1;
         let a = schema::SegmentAlloc::from_event(ev);
         self.cached.retain(|(b, _)| *b != a.base);
+        let mut replaced = 0;
         if let Some(si) = self.segs.find(a.base) {
-            // Its free was lost.
+            // Its free was lost, or comes later (in the stream of the thread that freed it).
             let old = self.remove_segment(si);
+            replaced = old.generation;
             self.segs.bury(old);
         }
         let generation = self.segs.new_generation();
         let kind = page_kind(a.flags) as u8;
         let mut seg = Segment::new(a.base, a.bytes, kind, generation, ev.time);
         seg.owner = heap;
+        seg.replaced = replaced;
         self.add_segment(seg);
+    }
+
+    /// Whether `ev` (a page, segment or OS event) is the earlier segment's at its address: older
+    /// than the live segment there, which another thread mapped after the earlier one was freed,
+    /// its events arriving first (see the module docs of `segment`). Such an event does not
+    /// touch the live segment; a `PageCollect` still settles the earlier segment's ghost. An
+    /// `OsPurge` at a live segment's very base is never its own (its pages start past the
+    /// header): it is an earlier, cached segment's memory leaving the process.
+    fn stale(&mut self, ev: &Event) -> bool {
+        let Some(si) = self.segs.find(segment_named(ev.addr)) else {
+            return false;
+        };
+        let seg = self.segs.get(si);
+        if ev.kind == OS_PURGE && ev.addr == seg.base {
+            return true;
+        }
+        if !seg.announced_after(ev.time) {
+            return false;
+        }
+        let (base, earlier) = (seg.base, seg.replaced);
+        match ev.kind {
+            SEGMENT_ALLOC => self.totals.segments_allocated += 1,
+            PAGE_COLLECT => {
+                let n = i64::from(schema::PageCollect::from_event(ev).from_thread_free);
+                if let Some(g) = self.segs.ghost_of(base, earlier) {
+                    let i = g.page_index(ev.addr);
+                    g.pages[i].thread_free -= n;
+                    if g.settled() {
+                        self.segs.prune_ghosts();
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
     }
 
     /// Makes a live segment for a page event whose segment was never announced.
@@ -822,7 +877,7 @@ impl Model {
     fn on_os(&mut self, ev: &Event) {
         // `OsCommit` and `OsPurge` have the same slots.
         let os = schema::OsPurge::from_event(ev);
-        let Some(si) = self.segs.find(segment_base(os.addr)) else {
+        let Some(si) = self.segs.find(segment_named(os.addr)) else {
             if ev.kind == OS_PURGE {
                 self.cached.retain(|(b, _)| *b != os.addr); // a cached segment unmapped
             }
@@ -953,7 +1008,13 @@ impl Model {
             .filter(|seg| seg.reclaimed_at != 0)
             .map(|seg| (seg.base, seg.reclaimed_at))
             .collect();
-        postcard::to_extend(&(self.census_detail(), reclaimed), out).map_err(bad)
+        let replaced: Vec<(u64, u32)> = self
+            .segs
+            .iter()
+            .filter(|seg| seg.replaced != 0)
+            .map(|seg| (seg.base, seg.replaced))
+            .collect();
+        postcard::to_extend(&(self.census_detail(), reclaimed, replaced), out).map_err(bad)
     }
 
     /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
@@ -973,12 +1034,22 @@ impl Model {
                 }
                 let (mut model, tail) =
                     postcard::take_from_bytes::<Self>(&rest[2..]).map_err(bad)?;
-                let (detail, reclaimed): (_, Vec<(u64, u64)>) =
-                    postcard::from_bytes(tail).map_err(bad)?;
+                let ((detail, reclaimed), tail): ((_, Vec<(u64, u64)>), _) =
+                    postcard::take_from_bytes(tail).map_err(bad)?;
+                let replaced: Vec<(u64, u32)> = if version >= 3 {
+                    postcard::from_bytes(tail).map_err(bad)?
+                } else {
+                    Vec::new()
+                };
                 model.set_census_detail(detail);
                 for (base, at) in reclaimed {
                     if let Some(si) = model.segs.find(base) {
                         model.segs.get_mut(si).reclaimed_at = at;
+                    }
+                }
+                for (base, generation) in replaced {
+                    if let Some(si) = model.segs.find(base) {
+                        model.segs.get_mut(si).replaced = generation;
                     }
                 }
                 Ok(model)

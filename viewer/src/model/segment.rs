@@ -16,6 +16,13 @@
 //!   segment's `SegmentAlloc` folds it in.
 //!
 //! Ghosts take no part in queries or metrics.
+//!
+//! A segment's address can be mapped again by another thread as soon as its owner unmapped it (or
+//! gave it to the segment cache), and the two threads' streams reach the model in any order. The
+//! allocator stamps a segment's free and moves the clock on before the address can be taken
+//! again, so every event of the earlier segment is older than the next one's `SegmentAlloc`: an
+//! event older than the live segment at its address ([`Segment::announced_after`]) is the
+//! earlier segment's, arriving late, and never changes the live one (see `Model::stale`).
 
 use heaplens_alloc::bin::PageKind;
 use heaplens_alloc::segment::INFO_SIZE;
@@ -37,6 +44,17 @@ const ONE_PAGE_SHIFT: u32 = 63;
 #[inline(always)]
 pub fn segment_base(p: u64) -> u64 {
     p.wrapping_sub(1) & !(SEGMENT_MASK as u64)
+}
+
+/// The segment an event's address names: a segment event's (or an OS range's) address may be
+/// the segment's base itself, which [`segment_base`] would take for the end of the one before.
+#[inline(always)]
+pub fn segment_named(addr: u64) -> u64 {
+    if addr & SEGMENT_MASK as u64 == 0 {
+        addr
+    } else {
+        segment_base(addr)
+    }
 }
 
 /// `(page_shift, page_count)` of a segment kind byte.
@@ -78,6 +96,10 @@ pub struct Segment {
     /// collector after the reclaiming thread's events (not in keyframes).
     #[serde(skip)]
     pub reclaimed_at: u64,
+    /// Generation of the segment this one replaced at its address while that one's events were
+    /// still owed (0: none; not in keyframes).
+    #[serde(skip)]
+    pub replaced: u32,
 }
 
 impl Segment {
@@ -108,7 +130,16 @@ impl Segment {
             generation,
             allocated_at: time,
             inferred: false,
+            replaced: 0,
         }
+    }
+
+    /// Whether the segment was announced (by its `SegmentAlloc`) after `time`, so that an event
+    /// of `time` at its address belongs to an earlier segment there. A segment the model
+    /// inferred, or took from a census, has no such bound.
+    #[inline(always)]
+    pub fn announced_after(&self, time: u64) -> bool {
+        time < self.allocated_at && !self.inferred
     }
 
     /// The page kind (small for an early ghost).
@@ -301,6 +332,13 @@ impl Segments {
             }
         };
         &mut self.ghosts[i]
+    }
+
+    /// The ghost of generation `generation` at `base`, if there is one.
+    pub(crate) fn ghost_of(&mut self, base: u64, generation: u32) -> Option<&mut Segment> {
+        self.ghosts
+            .iter_mut()
+            .find(|g| g.base == base && g.generation == generation)
     }
 
     /// Drops ghosts that owe nothing any more.

@@ -691,3 +691,101 @@ fn sample_invariants_order_the_byte_totals_and_bound_fragmentation() {
         ]
     );
 }
+
+/// Heap 1's whole life of a segment at `BASE` (times 1000..=1201): a page of 64-byte blocks, one
+/// block freed by heap 3, the page collected, purged and freed, the segment freed and unmapped.
+fn earlier_segment_events(t: &mut T) {
+    t.at(1000)
+        .seg(1, BASE, PageKind::Small)
+        .page(1, PAGE1, 64, 1024);
+    t.alloc(1, PAGE1, 50).alloc(1, PAGE1 + 64, 60);
+    t.at(1050).free(3, PAGE1 + 64, flags::CROSS_THREAD);
+    t.at(1100)
+        .free(1, PAGE1, 0)
+        .ev(1, e(EventKind::PageCollect, 0, 0, 1, PAGE1, 2))
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0))
+        .ev(
+            1,
+            e(EventKind::OsPurge, 0, 0, 0, PAGE1, SMALL_PAGE_SIZE as u64),
+        );
+    t.at(1200).ev(
+        1,
+        e(EventKind::SegmentFree, 0, 0, 0, BASE, SEGMENT_SIZE as u64),
+    );
+    t.at(1201)
+        .ev(1, e(EventKind::OsPurge, 0, 0, 0, BASE, SEGMENT_SIZE as u64));
+}
+
+#[test]
+fn an_earlier_segments_events_arriving_after_the_next_segment_at_its_address_leave_it_alone() {
+    // Heap 2 maps a segment where heap 1's was; heap 2's stream reaches the model first, then
+    // all of heap 1's (and heap 3's free of heap 1's block).
+    let mut t = T::new();
+    t.at(1300)
+        .seg(2, BASE, PageKind::Small)
+        .page(2, PAGE1, 128, 512);
+    t.alloc(2, PAGE1, 100).alloc(2, PAGE1 + 128, 128);
+    let before = t.m.current();
+    earlier_segment_events(&mut t);
+    let seg = t.m.segment(BASE).expect("heap 2's segment stays");
+    assert_eq!(seg.owner, 2);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.owner, p.block_size, p.used), (2, 128, 2));
+    assert_eq!((p.thread_free, p.local_free, p.delayed), (0, 0, 0));
+    let s = t.m.current();
+    assert_eq!(
+        s.committed_bytes, SEGMENT_SIZE as u64,
+        "no purge of heap 1's"
+    );
+    assert_eq!(
+        (s.block_bytes, s.requested_bytes, s.page_capacity_bytes),
+        (
+            before.block_bytes,
+            before.requested_bytes,
+            before.page_capacity_bytes
+        )
+    );
+    assert_eq!(t.m.live().len(), 2, "heap 1's blocks came and went");
+    assert!(
+        t.m.segments().ghosts().is_empty(),
+        "heap 1's segment owes nothing"
+    );
+    assert_eq!(t.m.check_invariants(invariants::Point::Settled), vec![]);
+    // Heap 2's segment goes on as its own.
+    t.at(1400).free(2, PAGE1, 0);
+    assert_eq!(t.pg(PAGE1).used, 1);
+}
+
+#[test]
+fn an_earlier_segments_late_free_settles_on_its_ghost() {
+    // Heap 1's events up to its page free arrive in order; its segment free is lost, heap 2
+    // maps the address, and then heap 3's cross-thread free and heap 1's collect come late.
+    let mut t = T::new();
+    t.at(1000)
+        .seg(1, BASE, PageKind::Small)
+        .page(1, PAGE1, 64, 1024);
+    t.alloc(1, PAGE1, 50)
+        .alloc(1, PAGE1 + 64, 60)
+        .at(1100)
+        .free(1, PAGE1, 0);
+    t.at(1300)
+        .seg(2, BASE, PageKind::Small)
+        .page(2, PAGE1, 64, 1024);
+    t.alloc(2, PAGE1 + 64, 64);
+    t.at(1050).free(3, PAGE1 + 64, flags::CROSS_THREAD);
+    assert_eq!(
+        t.m.segments().ghosts().len(),
+        1,
+        "heap 1's page owes a collect"
+    );
+    assert_eq!(t.pg(PAGE1).thread_free, 0, "not heap 2's");
+    t.at(1100)
+        .ev(1, e(EventKind::PageCollect, 0, 0, 1, PAGE1, 2))
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0));
+    assert!(t.m.segments().ghosts().is_empty(), "the ghost settled");
+    let p = t.pg(PAGE1);
+    assert_eq!((p.owner, p.used, p.thread_free, p.local_free), (2, 1, 0, 0));
+    assert!(p.in_use, "heap 1's page free was not heap 2's");
+    assert_eq!(t.m.live().len(), 1);
+    assert_eq!(t.m.check_invariants(invariants::Point::Settled), vec![]);
+}
