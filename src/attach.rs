@@ -321,7 +321,7 @@ fn record_stream(
     let pid = target.pid;
     crate::priority::lower_this_thread();
     let (mut got_meta, mut attached, mut clean) = (false, false, false);
-    let mut error = None;
+    let (mut error, mut status) = (None, ExitStatus::Unknown);
     for frame in frames {
         match frame.item {
             StreamItem::Message(Message::Meta(json)) => {
@@ -341,6 +341,7 @@ fn record_stream(
                 }
             }
             StreamItem::Message(Message::End) => clean = true,
+            StreamItem::Message(Message::Exit(code)) => status = ExitStatus::Code(code),
             StreamItem::Closed(why) => {
                 error = why;
                 break;
@@ -358,7 +359,7 @@ fn record_stream(
             status: ExitStatus::Unknown,
         })?
     } else {
-        recorder.finish(ExitStatus::Unknown, clean)?
+        recorder.finish(status, clean)?
     };
     say!("{}", ending(target, clean, error.as_ref()));
     say!("{events} events -> {}", output.display());
@@ -400,6 +401,7 @@ fn watch(
                         tap.send(heap, events);
                     }
                     StreamItem::Message(Message::End) => clean = true,
+                    StreamItem::Message(Message::Exit(_)) => {}
                     StreamItem::Closed(why) => {
                         error = why;
                         break;

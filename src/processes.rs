@@ -30,6 +30,8 @@ struct Open {
     command: String,
     /// Its stream ended with the end mark.
     ended: bool,
+    /// The status it exited with, as it said before its end mark.
+    exit: Option<i32>,
     /// Its stream closed (with the error, if any, that ended it).
     closed: Option<Option<WireError>>,
 }
@@ -111,6 +113,11 @@ impl Processes {
                     p.ended = true;
                 }
             }
+            StreamItem::Message(Message::Exit(code)) => {
+                if let Some(p) = self.current(conn, pid) {
+                    p.exit = Some(code);
+                }
+            }
             StreamItem::Closed(why) => {
                 let Some(p) = self.current(conn, pid) else {
                     return;
@@ -186,6 +193,7 @@ impl Processes {
                 recorder,
                 command,
                 ended: false,
+                exit: None,
                 closed: None,
             },
         );
@@ -204,6 +212,12 @@ impl Processes {
         };
         let clean = p.ended && matches!(p.closed, Some(None));
         let path = self.path_of(pid);
+        // The launcher's wait knows its child's status (a signal too); the others' is what they
+        // said as they exited.
+        let status = match (status, p.exit) {
+            (ExitStatus::Unknown, Some(code)) if clean => ExitStatus::Code(code),
+            _ => status,
+        };
         match p.recorder.finish(status, clean) {
             Ok(events) => self.written.push(Written {
                 pid,
@@ -239,8 +253,8 @@ impl Processes {
             .and_then(Option::as_ref)
     }
 
-    /// Finishes every trace (the program's with `status`; the others' exit status is not heaplens's
-    /// to know) and returns what was written, or the first error.
+    /// Finishes every trace (the program's with `status`; the others' with the status they said
+    /// they exit with, if they did) and returns what was written, or the first error.
     pub fn finish(mut self, status: ExitStatus) -> Result<Finished, String> {
         let pids: Vec<i32> = self.open.keys().copied().collect();
         for pid in pids {

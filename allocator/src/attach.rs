@@ -172,8 +172,8 @@ fn listen() -> io::Result<()> {
         .swap(Box::into_raw(Box::new((c_path, pid))), AcqRel)
         .is_null();
     if first {
-        // SAFETY: registering an extern "C" fn that never unwinds (a forked child inherits it).
-        unsafe { libc::atexit(at_exit) };
+        // A forked child inherits the registration; a session open at exit ends with the status.
+        crate::wire::exit_status::at_exit(at_exit);
     }
     let fd = listener.into_raw_fd();
     LISTEN_FD.store(fd, Release);

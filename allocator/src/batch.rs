@@ -47,4 +47,7 @@ pub enum Message {
     Batch(Batch),
     /// Recording ended (the process exits, or the collector was shut down); nothing follows.
     End,
+    /// The process exits with this status (over the socket only, just before `End`, when the C
+    /// library told it: `exit`'s argument or `main`'s return value).
+    Exit(i32),
 }

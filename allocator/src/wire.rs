@@ -8,6 +8,8 @@
 //!             launch's token, whether events follow (`recorded`)
 //!   2 Batch   heap u32 | events (32 bytes each, event.rs field order)
 //!   3 End     the process is exiting normally
+//!   4 Exit    i32: the status the process exits with (what it passed to `exit`, or returned
+//!             from `main`), just before End when the C library told it
 //! ```
 //! Each frame carries one [`Message`] (`crate::batch`), the same the in-process path delivers.
 //! A stream that stops without `End` means the process died (the launcher reports how). The
@@ -44,6 +46,7 @@ pub const FOLLOW_ENV: &str = "HEAPLENS_FOLLOW_FORK";
 const FRAME_META: u8 = 1;
 const FRAME_BATCH: u8 = 2;
 const FRAME_END: u8 = 3;
+const FRAME_EXIT: u8 = 4;
 
 /// Why a stream could not be read.
 #[derive(Debug)]
@@ -175,6 +178,11 @@ pub fn write_end(w: &mut impl Write) -> io::Result<()> {
     write_frame(w, FRAME_END, &[])
 }
 
+/// Writes the exit frame: the process exits with `status`.
+pub fn write_exit(w: &mut impl Write, status: i32) -> io::Result<()> {
+    write_frame(w, FRAME_EXIT, &[&status.to_le_bytes()])
+}
+
 /// Reads the stream header.
 pub fn read_header(r: &mut impl Read) -> Result<(), WireError> {
     let mut magic = [0u8; 8];
@@ -297,6 +305,12 @@ fn read_frame_with<R: BufRead>(
             .map(|s| Some(Message::Meta(s)))
             .map_err(|_| WireError::Corrupt("metadata is not UTF-8".into())),
         FRAME_END => Ok(Some(Message::End)),
+        FRAME_EXIT => match <[u8; 4]>::try_from(&payload[..]) {
+            Ok(b) => Ok(Some(Message::Exit(i32::from_le_bytes(b)))),
+            Err(_) => Err(WireError::Corrupt(format!(
+                "exit frame of {len} bytes (an exit status is 4)"
+            ))),
+        },
         other => Err(WireError::Corrupt(format!("unknown frame type {other}"))),
     }
 }
@@ -621,8 +635,8 @@ fn connect_and_stream(launch: &Launch) -> bool {
     }
     static AT_EXIT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     if !AT_EXIT.swap(true, core::sync::atomic::Ordering::AcqRel) {
-        // SAFETY: registering an extern "C" fn that never unwinds (a forked child inherits it).
-        unsafe { libc::atexit(end_stream_at_exit) };
+        // A forked child inherits the registration.
+        exit_status::at_exit(end_stream_at_exit);
     }
     true
 }
@@ -676,7 +690,8 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
             None => {
                 // The end: the socket closes, so the reader sees the stream end here (the
                 // collector's state, which holds this sink, is never freed).
-                let r = write_end(s);
+                let exit = exit_status::get().map_or(Ok(()), |st| write_exit(s, st));
+                let r = exit.and_then(|()| write_end(s));
                 socket = None;
                 r
             }
@@ -698,6 +713,57 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
     }
     STREAM_FD.store(fd, core::sync::atomic::Ordering::Release);
     true
+}
+
+/// The status the process exits with, as the C library passes it to exit handlers (`on_exit`),
+/// for the stream's Exit frame: the launcher knows only its own child's status, and with
+/// `--follow-fork` the other processes' traces would not say how they ended.
+#[cfg(feature = "hook")]
+pub(crate) mod exit_status {
+    use core::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+    /// `i64::MIN` until the process exits through `exit` (or returns from `main`).
+    static STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+    #[cfg(target_env = "gnu")]
+    unsafe extern "C" {
+        /// glibc's `on_exit(3)`: like `atexit`, and the handler receives the exit status.
+        fn on_exit(
+            f: extern "C" fn(libc::c_int, *mut libc::c_void),
+            arg: *mut libc::c_void,
+        ) -> libc::c_int;
+    }
+
+    /// Notes the status, then runs the handler `arg` is.
+    #[cfg(target_env = "gnu")]
+    extern "C" fn noting(status: libc::c_int, arg: *mut libc::c_void) {
+        STATUS.store(i64::from(status), Relaxed);
+        // SAFETY: `at_exit` passed an `extern "C" fn()` as `arg`; function and data pointers
+        // have the same size and representation on the platforms glibc runs on.
+        let handler: extern "C" fn() = unsafe { core::mem::transmute(arg) };
+        handler();
+    }
+
+    /// Registers `handler` to run at exit (as `atexit`) with the exit status known to [`get`]
+    /// while it runs: every exit handler that ends a stream is registered this way, so that
+    /// whichever runs first knows the status (glibc only; elsewhere it stays unknown).
+    pub(crate) fn at_exit(handler: extern "C" fn()) {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: `noting` never unwinds and receives `handler` back as its argument.
+        unsafe {
+            on_exit(noting, handler as *mut libc::c_void);
+        }
+        #[cfg(not(target_env = "gnu"))]
+        // SAFETY: registering an extern "C" fn that never unwinds.
+        unsafe {
+            libc::atexit(handler);
+        }
+    }
+
+    /// The exit status, once the process is exiting.
+    pub(super) fn get() -> Option<i32> {
+        i32::try_from(STATUS.load(Relaxed)).ok()
+    }
 }
 
 #[cfg(feature = "hook")]
@@ -723,6 +789,7 @@ mod tests {
             ..Event::default()
         };
         write_batch(&mut buf, 7, &[ev, ev], &mut Vec::new()).unwrap();
+        write_exit(&mut buf, -3).unwrap();
         write_end(&mut buf).unwrap();
         let mut r = &buf[..];
         read_header(&mut r).unwrap();
@@ -737,8 +804,19 @@ mod tests {
                 events: vec![ev, ev]
             }))
         );
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Message::Exit(-3)));
         assert_eq!(read_frame(&mut r).unwrap(), Some(Message::End));
         assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn an_exit_frame_of_another_length_is_corrupt() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FRAME_EXIT, &[&[1, 2]]).unwrap();
+        match read_frame(&mut &buf[..]) {
+            Err(WireError::Corrupt(why)) => assert!(why.contains("exit frame"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

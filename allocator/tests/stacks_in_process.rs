@@ -43,7 +43,7 @@ fn allocations_through_vec_carry_their_callers_stack() {
                 events.extend(evs.into_iter().map(|e| (heap, e)));
             }
             Ok(Message::End) => break,
-            Ok(Message::Meta(_)) | Err(_) => {}
+            Ok(Message::Meta(_) | Message::Exit(_)) | Err(_) => {}
         }
     }
     let mode = events

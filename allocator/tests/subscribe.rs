@@ -52,7 +52,7 @@ fn a_slow_subscriber_is_told_how_many_events_it_lost() {
                 received.push(events.len());
             }
             Ok(Message::End) => ended = true,
-            Ok(Message::Meta(_)) => {}
+            Ok(Message::Meta(_) | Message::Exit(_)) => {}
             Err(_) if !shut => {
                 shut = true;
                 std::thread::spawn(collector::shutdown);

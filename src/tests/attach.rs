@@ -255,6 +255,10 @@ fn attach_record_detach_and_attach_again() {
     assert_exact(&s, "attached at exit");
     assert_eq!(s["detached"], false, "it ended at the program's exit: {s}");
     assert_eq!(
+        s["exit"]["code"], 0,
+        "main returned 0, as it said at exit: {s}"
+    );
+    assert_eq!(
         s["frees"].as_u64().unwrap(),
         450,
         "the program freed its 450 blocks, known to the model through the census: {s}"

@@ -109,7 +109,10 @@ fn a_shell_and_the_programs_it_runs_one_after_another_and_in_the_background() {
     for p in &programs {
         is_known_counts(p);
         assert_eq!(n(p, "parent_pid"), sh_pid, "started by the shell");
-        assert_eq!(p["exit"], Value::Null, "not heaplens's child: exit unknown");
+        assert_eq!(
+            p["exit"]["code"], 3,
+            "its exit status, as it said at exit (main returned 3): {p}"
+        );
     }
     assert_eq!(all.len(), 4, "the shell and its three programs: {all:?}");
     // Each trace is the file named by its pid.
@@ -201,6 +204,10 @@ fn a_child_forked_without_exec_records_from_the_fork_with_a_census_of_what_it_in
             .find(|s| s["pid"] != parent["pid"])
             .expect("the child");
         assert_eq!(child["parent_pid"], parent["pid"]);
+        assert_eq!(
+            child["exit"]["code"], 0,
+            "the child's exit(0), as it said: {child}"
+        );
         assert_eq!(
             child["command"], parent["command"],
             "a fork runs the same program"

@@ -109,7 +109,7 @@ fn run() -> Found {
         };
         let (heap, events) = match msg {
             Message::Batch(Batch { heap, events }) => (heap, events),
-            Message::Meta(_) => continue,
+            Message::Meta(_) | Message::Exit(_) => continue,
             Message::End => break,
         };
         stream.push((heap, events.clone()));

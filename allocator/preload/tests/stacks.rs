@@ -65,7 +65,7 @@ fn record(scratch: &Scratch, exe: &Path, env: &[(&str, &str)]) -> Vec<(u32, Even
                     events.extend(evs.into_iter().map(|e| (heap, e)));
                 }
                 Message::End => break,
-                Message::Meta(_) => {}
+                Message::Meta(_) | Message::Exit(_) => {}
             }
         }
         events

@@ -124,7 +124,7 @@ fn ingest<M: Into<Feed>>(
                 }
             }
             Feed::Status(s) => lock().status = s,
-            Feed::Message(Message::Meta(_) | Message::End) => {}
+            Feed::Message(Message::Meta(_) | Message::End | Message::Exit(_)) => {}
         }
     }
     let mut v = lock();
