@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
 use crate::batch::{Batch, BatchRef, Message};
 use crate::event::{Event, flags};
-use crate::hook::{self, BufferPtr, Channels};
+use crate::hook::{self, BufferPtr};
 use crate::schema;
 
 /// How the collector runs.
@@ -87,6 +87,9 @@ struct State {
     config: Config,
     sink: Sink,
     full_rx: Receiver<BufferPtr>,
+    /// Made by an untraced thread (an attach session's), so the collector frees it as it ends:
+    /// freeing a traced thread's blocks would change what the program's heap holds.
+    free_at_end: bool,
 }
 
 /// Set by [`start_while_running`] for the recording it starts.
@@ -112,13 +115,12 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
     if RUNNING.swap(true, AcqRel) {
         return Err(StartError::AlreadyRunning);
     }
-    let (full_tx, full_rx) = bounded(config.channel_buffers.max(2));
-    let channels = Box::leak(Box::new(Channels { full_tx }));
-    hook::CHANNELS.store(channels, Release);
+    let full_rx = hook::open_channel(config.channel_buffers.max(2));
     let state = Box::into_raw(Box::new(State {
         config,
         sink,
         full_rx,
+        free_at_end: hook::thread_untraced(),
     }));
     // A new recording's clock starts at zero (an earlier one in this process left it running).
     hook::reset_clock();
@@ -335,7 +337,11 @@ extern "C" fn collector_main(arg: *mut libc::c_void) -> *mut libc::c_void {
     }));
     hook::set_enabled(false, false);
     // A thread that exits from now on unmaps its buffer rather than sending it to nobody.
-    hook::CHANNELS.store(core::ptr::null_mut(), Release);
+    hook::close_channel(&state.full_rx);
+    if state.free_at_end {
+        // SAFETY: `start` made `arg` with Box::into_raw, and the collector is done with it.
+        drop(unsafe { Box::from_raw(arg.cast::<State>()) });
+    }
     FINISHED.store(true, Release);
     core::ptr::null_mut()
 }

@@ -183,6 +183,60 @@ unsafe impl Send for BufferPtr {}
 #[cfg(feature = "hook")]
 pub(crate) struct Channels {
     pub(crate) full_tx: crossbeam_channel::Sender<BufferPtr>,
+    full_rx: crossbeam_channel::Receiver<BufferPtr>,
+    capacity: usize,
+}
+
+/// The channel recordings use, made by the first and kept for the process's life (see
+/// [`open_channel`]); null after a fork (the child makes its own).
+#[cfg(feature = "hook")]
+static KEPT: AtomicPtr<Channels> = AtomicPtr::new(ptr::null_mut());
+
+/// Threads between loading [`CHANNELS`] and the end of their send (see [`send`]): when a
+/// recording ends, [`close_channel`] waits for none to be left before it takes what they sent.
+#[cfg(feature = "hook")]
+static SENDING: AtomicU32 = AtomicU32::new(0);
+
+/// Opens the channel to the collector of a recording that starts, with room for `capacity` full
+/// buffers, and returns its receiving end. The channel is made once and never freed (a thread may
+/// have loaded it as a recording ends); the recordings after the first reuse it when they ask
+/// for the same room (`heaplens attach` starts one per session: a new channel each time grew the
+/// program by about 2 KiB a session).
+#[cfg(feature = "hook")]
+pub(crate) fn open_channel(capacity: usize) -> crossbeam_channel::Receiver<BufferPtr> {
+    let kept = KEPT.load(Acquire);
+    // SAFETY: a non-null KEPT is a leaked box, never freed.
+    let ch = match unsafe { kept.as_ref() } {
+        Some(ch) if ch.capacity == capacity => ch,
+        _ => {
+            let (full_tx, full_rx) = crossbeam_channel::bounded(capacity);
+            let ch = Box::leak(Box::new(Channels {
+                full_tx,
+                full_rx,
+                capacity,
+            }));
+            KEPT.store(ch, Release);
+            ch
+        }
+    };
+    CHANNELS.store(ptr::from_ref(ch).cast_mut(), SeqCst);
+    ch.full_rx.clone()
+}
+
+/// Closes the channel as a recording ends (its collector, once it has taken everything): no
+/// thread sends from now on, and buffers sent after the collector's last look (by a thread that
+/// had loaded the channel just before) go to the orphans, which the next recording's collector
+/// releases. The channel is left empty for the next recording.
+#[cfg(feature = "hook")]
+pub(crate) fn close_channel(rx: &crossbeam_channel::Receiver<BufferPtr>) {
+    CHANNELS.store(ptr::null_mut(), SeqCst);
+    while SENDING.load(SeqCst) != 0 {
+        // A sender finishes within its try_send (the hook is off, so it does not wait for room).
+        std::thread::yield_now();
+    }
+    while let Ok(buf) = rx.try_recv() {
+        ORPHANS.lock().push(buf.0);
+    }
 }
 
 /// Empty buffers kept for reuse (64 KiB each; the buffers in flight at any time are far fewer
@@ -280,6 +334,11 @@ static TRACE_NEW_THREADS: AtomicBool = AtomicBool::new(true);
 /// and turns tracing on in the threads it wants to watch.
 pub fn trace_new_threads(on: bool) {
     TRACE_NEW_THREADS.store(on, Relaxed);
+}
+
+/// Whether the calling thread chose not to be traced ([`set_thread_traced`]`(false)`).
+pub(crate) fn thread_untraced() -> bool {
+    TRACE_CHOICE.with(Cell::get) == 2
 }
 
 /// Whether the calling thread's allocations are recorded. Call it first thing in a thread: the
@@ -1059,11 +1118,20 @@ unsafe fn lose(heap: *mut Heap, why: u16) {
 /// mode with the channel full, or the hook stopped).
 #[cfg(feature = "hook")]
 fn send(buf: *mut EventBuffer) -> bool {
-    let ch = CHANNELS.load(Acquire);
+    // SeqCst, as `close_channel`'s store and load: either it sees this thread sending, or this
+    // thread sees the channel closed.
+    SENDING.fetch_add(1, SeqCst);
+    let sent = send_on(CHANNELS.load(SeqCst), buf);
+    SENDING.fetch_sub(1, Release);
+    sent
+}
+
+#[cfg(feature = "hook")]
+fn send_on(ch: *mut Channels, buf: *mut EventBuffer) -> bool {
     if ch.is_null() {
         return false;
     }
-    // SAFETY: the channels are leaked when the hook starts and never freed.
+    // SAFETY: channels are leaked when made and never freed.
     let ch = unsafe { &*ch };
     let mut spins = 0u32;
     loop {
@@ -1284,6 +1352,13 @@ pub fn mark(label: &str) {
 /// along may have held locked, start empty.
 #[cfg(feature = "hook")]
 pub(crate) fn after_fork_child() {
+    // The parent's channel, as it was at the fork (perhaps with a lock held by a thread that did
+    // not come along), and its senders: the child's recording makes its own.
+    #[cfg(feature = "hook")]
+    {
+        KEPT.store(ptr::null_mut(), Release);
+        SENDING.store(0, Release);
+    }
     crate::init::for_each_heap(|heap: &Heap| {
         heap.events.store(ptr::null_mut(), Release);
         heap.event_end.store(ptr::null_mut(), Relaxed);

@@ -1187,12 +1187,29 @@ unsafe fn abandoned_take(head: &mut usize, s: *mut Segment) -> bool {
     }
 }
 
-fn abandoned_pop() -> *mut Segment {
+/// Segments an untraced thread looks at for one of its own kind (see [`abandoned_pop`]).
+const UNTRACED_SCAN: usize = 64;
+
+/// Takes an abandoned segment off the list: the first, or with `untraced_only` the first of the
+/// first [`UNTRACED_SCAN`] that no traced thread owned (`Segment::traced` false), or null.
+fn abandoned_pop(untraced_only: bool) -> *mut Segment {
     if ABANDONED_COUNT.load(Relaxed) == 0 {
         return ptr::null_mut();
     }
     let mut head = ABANDONED.lock();
-    let s = *head as *mut Segment;
+    let mut s = *head as *mut Segment;
+    if untraced_only {
+        let mut seen = 0;
+        // SAFETY: we hold the lock; listed segments stay mapped while listed.
+        while !s.is_null() && unsafe { (*s).traced.load(Relaxed) } {
+            seen += 1;
+            if seen == UNTRACED_SCAN {
+                return ptr::null_mut();
+            }
+            // SAFETY: as above.
+            s = unsafe { (*s).abandoned_next };
+        }
+    }
     // SAFETY: we hold the lock.
     if unsafe { abandoned_take(&mut head, s) } {
         s
@@ -1228,18 +1245,19 @@ pub(crate) unsafe fn reclaim_on_free(heap: *mut Heap, s: *mut Segment) {
 }
 
 /// Takes over up to 8 abandoned segments: their empty pages are freed, the others join `heap`'s
-/// queues. Returns how many were reclaimed.
+/// queues. Returns how many were reclaimed. An untraced thread, while a collector runs, takes
+/// only segments no traced thread owned ([`hook::records`]): the collector of each `heaplens attach`
+/// session takes over what the sessions before it left (it grew the program by a segment a
+/// session).
 ///
 /// # Safety
 /// `heap` is the calling thread's heap.
 pub(crate) unsafe fn reclaim_abandoned(heap: *mut Heap) -> usize {
     // SAFETY: the calling thread's heap.
-    if unsafe { !hook::records(heap) } {
-        return 0;
-    }
+    let untraced_only = unsafe { !hook::records(heap) };
     let mut n = 0;
     while n < 8 {
-        let s = abandoned_pop();
+        let s = abandoned_pop(untraced_only);
         if s.is_null() {
             break;
         }

@@ -93,7 +93,22 @@ struct Target {
 
 impl Target {
     fn start(exe: &Path, runtime: &Path) -> Self {
-        let mut child = Command::new(exe)
+        Self::spawn(Command::new(exe), runtime)
+    }
+
+    /// Starts `program` (the library prints its heap's summary at exit to the returned lines).
+    fn start_showing_stats(exe: &Path, runtime: &Path) -> (Self, Receiver<String>) {
+        let mut program = Command::new(exe);
+        program
+            .env("HEAPLENS_SHOW_STATS", "1")
+            .stderr(Stdio::piped());
+        let mut target = Self::spawn(program, runtime);
+        let stderr = lines(target.child.stderr.take().unwrap());
+        (target, stderr)
+    }
+
+    fn spawn(mut program: Command, runtime: &Path) -> Self {
+        let mut child = program
             .env("LD_PRELOAD", root().join("target/release/libheaplens.so"))
             .env("HEAPLENS_ATTACH", "1")
             .env("XDG_RUNTIME_DIR", runtime)
@@ -268,6 +283,41 @@ fn attach_record_detach_and_attach_again() {
     let status = wait_exit(target.child, "the program");
     assert!(status.success(), "the program: {status}");
     assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+/// What the program's heap holds at its exit after `sessions` attach sessions (its heap summary's
+/// "in use" figure; the program frees everything it allocated before it exits).
+fn in_use_at_exit_after(sessions: usize, exe: &Path, dir: &Path) -> String {
+    let (mut target, stderr) = Target::start_showing_stats(exe, dir);
+    for i in 0..sessions {
+        let a = attach(
+            target.pid(),
+            &dir.join(format!("s{sessions}-{i}.hltrace")),
+            dir,
+        );
+        kill("INT", a.child.id());
+        let said = a.finish();
+        assert!(said.contains("detached from pid"), "{said}");
+    }
+    writeln!(target.stdin, "exit").unwrap();
+    target.stdin.flush().unwrap();
+    let line = wait_line(&stderr, "in use", "the program's heap summary");
+    assert!(wait_exit(target.child, "the program").success());
+    line
+}
+
+#[test]
+fn attach_sessions_leave_nothing_behind_in_the_program() {
+    // Each session used to leave its collector's channel and state (about 2 KiB) and a segment
+    // of its own (an untraced thread did not take over what the one before it left).
+    let dir = tempdir("attach-leak");
+    let exe = build(&dir);
+    let two = in_use_at_exit_after(2, &exe, &dir);
+    let six = in_use_at_exit_after(6, &exe, &dir);
+    assert_eq!(
+        six, two,
+        "what the heap holds at exit after 6 sessions and after 2"
+    );
 }
 
 /// `heaplens attach PID` with `XDG_RUNTIME_DIR=runtime`: its exit code and what it said.
