@@ -873,6 +873,15 @@ impl Model {
         });
         self.census.dropped_at_last = self.totals.dropped;
         self.census.last = Some(c);
+        #[cfg(debug_assertions)]
+        if self
+            .census
+            .check
+            .as_ref()
+            .is_some_and(|c| c.mismatches == 0)
+        {
+            self.debug_check_invariants(super::invariants::Point::Settled);
+        }
     }
 
     /// The last whole census received.

@@ -189,19 +189,21 @@ impl Model {
         out
     }
 
-    /// The debug build's check as a sample is taken: skipped when turned off
+    /// The debug build's check, as a sample is taken ([`Point::AnySample`]) and at a whole
+    /// census the model agrees with ([`Point::Settled`]: every event before it applied, so
+    /// fragmentation within 0..=100 % and the rest): skipped when turned off
     /// ([`Model::set_invariant_checks`]) or when the stream is known to lack events.
     #[cfg(debug_assertions)]
-    pub(crate) fn debug_check_invariants(&self) {
+    pub(crate) fn debug_check_invariants(&self, point: Point) {
         let lossy =
             self.totals.dropped > 0 || self.totals.unknown_events > 0 || self.lost_to_damage > 0;
         if !self.invariant_checks || lossy {
             return;
         }
-        let v = self.check_invariants(Point::AnySample);
+        let v = self.check_invariants(point);
         debug_assert!(
             v.is_empty(),
-            "model invariants at {} ns: {}",
+            "model invariants at {} ns ({point:?}): {}",
             self.time,
             v.iter()
                 .map(ToString::to_string)

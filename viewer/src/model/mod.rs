@@ -424,7 +424,7 @@ impl Model {
     fn advance(&mut self, t: u64) {
         if t >= self.metrics.next_due {
             #[cfg(debug_assertions)]
-            self.debug_check_invariants();
+            self.debug_check_invariants(invariants::Point::AnySample);
             let s = self.current();
             self.metrics.push(s, t);
         }

@@ -451,7 +451,9 @@ impl World {
                 heap.events.push(
                     schema::PageCollect {
                         start: p.start,
-                        to_free: local,
+                        // Everything goes to `free`: the thread-free blocks by way of
+                        // `local_free`, as the allocator's collect reports them.
+                        to_free: local + u64::from(thread),
                         from_thread_free: thread,
                         flags: 0,
                     }
