@@ -91,12 +91,6 @@ impl Recorder {
         w.write_batch(heap, &events)?;
         k.push(heap, events);
         for kf in k.ready() {
-            if w.event_bytes_per_event() == 0.0 {
-                // Keyframes are spaced by the events' size in the file, and the writer holds a
-                // keyframe back until its events' chunk is full: the first one cuts the first
-                // Events chunk short, so that the size is known.
-                w.flush()?;
-            }
             write_keyframe(w, &kf?)?;
             k.written(w.last_keyframe_bytes(), w.event_bytes_per_event());
         }

@@ -260,45 +260,6 @@ fn a_realistic_stream_round_trips_through_a_file() {
 }
 
 #[test]
-fn a_keyframe_waits_for_its_chunk_to_fill_instead_of_cutting_it() {
-    let batches = synthetic(5_000);
-    let options = WriterOptions {
-        chunk_events: 1000,
-        zstd_level: Some(1),
-    };
-    let mut w = TraceWriter::new(Vec::new(), &Metadata::default(), options).unwrap();
-    let mut kf = Vec::new();
-    for (i, (h, evs)) in batches.iter().enumerate() {
-        w.write_batch(*h, evs).unwrap();
-        if i % 7 == 3 {
-            let at = w.events_written();
-            w.write_keyframe(at, evs[0].time, &at.to_le_bytes())
-                .unwrap();
-            kf.push(at);
-            // Its size is known at once (compressed when given), for the recorder's spacing.
-            assert!(w.last_keyframe_bytes() > 48);
-        }
-    }
-    let bytes = w.finish(EndInfo::clean(0)).unwrap();
-    let mut r = TraceReader::new(Cursor::new(&bytes[..])).unwrap();
-    let events = r.total_events();
-    // Every Events chunk but the last is full.
-    let sizes: Vec<u32> = r.chunks().iter().map(|c| c.events).collect();
-    assert!(
-        sizes[..sizes.len() - 1].iter().all(|&n| n == 1000),
-        "{sizes:?}"
-    );
-    assert_eq!(sizes.iter().map(|&n| u64::from(n)).sum::<u64>(), events);
-    let got: Vec<u64> = r.keyframes().iter().map(|k| k.event_index).collect();
-    assert_eq!(got, kf);
-    for (k, at) in kf.iter().enumerate() {
-        assert_eq!(r.read_keyframe(k).unwrap(), at.to_le_bytes());
-    }
-    let all: Vec<_> = r.events().map(Result::unwrap).collect();
-    assert_eq!(all, synth::flatten(&batches));
-}
-
-#[test]
 fn a_recorder_that_stops_without_finishing_leaves_a_readable_file() {
     let batches = synthetic(60_000);
     let all = synth::flatten(&batches);

@@ -15,8 +15,8 @@ use heaplens_alloc::event::Event;
 use super::encode::ChunkEncoder;
 use super::end::EndInfo;
 use super::format::{
-    CHUNK_HEADER_SIZE, ChunkHeader, ChunkType, Compression, MAX_CHUNK_EVENTS, MAX_KEYFRAME_LEN,
-    MAX_METADATA_LEN, file_header_fixed, trailer_bytes,
+    ChunkHeader, ChunkType, Compression, MAX_CHUNK_EVENTS, MAX_KEYFRAME_LEN, MAX_METADATA_LEN,
+    file_header_fixed, trailer_bytes,
 };
 use super::index::TraceIndex;
 use super::metadata::Metadata;
@@ -92,16 +92,6 @@ impl Compressors {
     }
 }
 
-/// A keyframe chunk made but not written yet.
-struct PendingKeyframe {
-    event_index: u64,
-    time: u64,
-    raw_len: usize,
-    /// The payload as stored: zstd if `compressed`, else the snapshot itself.
-    stored: Vec<u8>,
-    compressed: bool,
-}
-
 /// Writes a heaplens trace (see the module docs of [`crate::trace`]).
 pub struct TraceWriter<W: Write = BufWriter<File>> {
     out: Option<W>,
@@ -125,9 +115,6 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     stored_events: u64,
     /// Bytes of the last Keyframe chunk.
     last_keyframe: u64,
-    /// Keyframes, compressed, waiting for the chunk that holds their last event to be full, in
-    /// the order given.
-    pending: Vec<PendingKeyframe>,
 }
 
 impl TraceWriter<BufWriter<File>> {
@@ -191,7 +178,6 @@ impl<W: Write> TraceWriter<W> {
             event_bytes: 0,
             stored_events: 0,
             last_keyframe: 0,
-            pending: Vec::new(),
         })
     }
 
@@ -263,7 +249,6 @@ impl<W: Write> TraceWriter<W> {
             self.events += now.len() as u64;
             if self.encoder.len() >= self.options.chunk_events {
                 self.write_events_chunk()?;
-                self.write_pending_keyframes()?;
             }
             rest = later;
         }
@@ -271,11 +256,8 @@ impl<W: Write> TraceWriter<W> {
     }
 
     /// Writes a keyframe: an opaque snapshot (e.g. a serialized model) of the state after the
-    /// first `event_index` events, at `time`. A keyframe never precedes its events in the file:
-    /// one that refers to events not yet in a chunk waits until their chunk is full (or
-    /// [`TraceWriter::flush`], [`TraceWriter::finish`]), rather than cutting the chunk short:
-    /// a chunk's predictors start empty, and cut at every keyframe (half a million events
-    /// apart) traces of random frees grew by about a tenth.
+    /// first `event_index` events, at `time`. Events given so far but not yet in a chunk go
+    /// first, so a keyframe never precedes its events in the file.
     pub fn write_keyframe(
         &mut self,
         event_index: u64,
@@ -289,54 +271,19 @@ impl<W: Write> TraceWriter<W> {
         if payload.len() > MAX_KEYFRAME_LEN as usize {
             return Err(invalid("keyframe larger than MAX_KEYFRAME_LEN"));
         }
-        // Compressed now, so that its size is known at once ([`Self::last_keyframe_bytes`]).
-        let compressed = match self.options.zstd_level {
-            Some(level) if !payload.is_empty() => {
-                let r = self
-                    .compressors
-                    .compress(level.max(KEYFRAME_ZSTD_LEVEL), payload);
-                self.track(r)?
-            }
-            _ => None,
-        };
-        let k = PendingKeyframe {
-            event_index,
-            time,
-            raw_len: payload.len(),
-            compressed: compressed.is_some(),
-            stored: compressed.unwrap_or_else(|| payload.to_vec()),
-        };
-        self.last_keyframe = (CHUNK_HEADER_SIZE + k.stored.len()) as u64;
-        self.pending.push(k);
-        self.write_pending_keyframes()
-    }
-
-    /// Writes the pending keyframes whose events are all in chunks, in order.
-    fn write_pending_keyframes(&mut self) -> io::Result<()> {
-        let due = self
-            .pending
-            .iter()
-            .take_while(|k| k.event_index <= self.written_events)
-            .count();
-        if due == 0 {
-            return Ok(());
+        if event_index > self.written_events {
+            self.write_events_chunk()?;
         }
         self.drain()?;
-        let pending: Vec<_> = self.pending.drain(..due).collect();
-        for k in pending {
-            let compression = if k.compressed {
-                Compression::Zstd
-            } else {
-                Compression::None
-            };
-            self.put_stored(
-                ChunkType::Keyframe,
-                k.event_index,
-                0,
-                (k.time, k.time),
-                (k.raw_len, &k.stored, compression),
-            )?;
-        }
+        let level = self.options.zstd_level.map(|l| l.max(KEYFRAME_ZSTD_LEVEL));
+        self.write_chunk(
+            ChunkType::Keyframe,
+            event_index,
+            0,
+            (time, time),
+            payload,
+            level,
+        )?;
         self.flush_out()
     }
 
@@ -344,7 +291,6 @@ impl<W: Write> TraceWriter<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.check()?;
         self.write_events_chunk()?;
-        self.write_pending_keyframes()?;
         self.drain()?;
         self.flush_out()
     }
@@ -354,7 +300,6 @@ impl<W: Write> TraceWriter<W> {
     pub fn finish(mut self, end: EndInfo) -> io::Result<W> {
         self.check()?;
         self.write_events_chunk()?;
-        self.write_pending_keyframes()?;
         self.drain()?;
         self.stop_helper();
         let (events, t) = (self.events, self.end_time);
@@ -523,27 +468,15 @@ impl<W: Write> TraceWriter<W> {
         kind: ChunkType,
         first_event: u64,
         event_count: u32,
-        times: (u64, u64),
+        (start_time, end_time): (u64, u64),
         raw: &[u8],
         compressed: Option<&[u8]>,
     ) -> io::Result<()> {
-        let stored = match compressed {
-            Some(z) => (raw.len(), z, Compression::Zstd),
-            None => (raw.len(), raw, Compression::None),
+        let raw_len = u32::try_from(raw.len()).map_err(|_| invalid("chunk payload too large"))?;
+        let (compression, stored) = match compressed {
+            Some(z) => (Compression::Zstd, z),
+            None => (Compression::None, raw),
         };
-        self.put_stored(kind, first_event, event_count, times, stored)
-    }
-
-    /// Writes a chunk whose payload of `raw_len` bytes is `stored` with `compression`.
-    fn put_stored(
-        &mut self,
-        kind: ChunkType,
-        first_event: u64,
-        event_count: u32,
-        (start_time, end_time): (u64, u64),
-        (raw_len, stored, compression): (usize, &[u8], Compression),
-    ) -> io::Result<()> {
-        let raw_len = u32::try_from(raw_len).map_err(|_| invalid("chunk payload too large"))?;
         let mut header = ChunkHeader {
             chunk_type: kind as u8,
             compression: compression as u8,
