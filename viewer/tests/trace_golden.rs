@@ -7,7 +7,8 @@
 //! an edge batch (every event kind, an unknown kind, extreme values), two keyframes and an End
 //! chunk; the assertions below are literal values, not recomputed ones. Version 1 was written
 //! before stacks existed (its edge batch codes `StackFrame` as a kind it does not name);
-//! version 2 adds stacks (mode `all`) and modules.
+//! version 2 adds stacks (mode `all`) and modules; version 3 holds the same stream as version 2
+//! (it changes how events are coded, not which).
 
 use std::path::PathBuf;
 
@@ -46,7 +47,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// The hash of each older version's golden file as it was written: `(version, hash)`.
-const FROZEN: [(u16, u64); 1] = [(1, 0x7ce4_7639_3085_7392)];
+const FROZEN: [(u16, u64); 2] = [(1, 0x7ce4_7639_3085_7392), (2, 0xd034_57b0_5d3b_8b62)];
 
 #[test]
 fn bless_mode_rewrites_only_the_current_versions_golden_file() {
@@ -289,21 +290,56 @@ fn golden_v1_reads_exactly() {
     assert_eq!(r.read_keyframe(1).unwrap(), b"keyframe after batch 6");
 }
 
+/// What a golden file with stacks holds, as written.
+struct Golden {
+    version: u16,
+    events: u64,
+    chunks: usize,
+    fingerprint: u64,
+    keyframes: [(u64, u64); 2],
+}
+
 #[test]
 fn golden_v2_reads_exactly() {
-    let bless_mode = may_bless(VERSION, bless_asked());
+    stacks_golden_reads_exactly(&Golden {
+        version: 2,
+        events: GOLDEN_V2_EVENTS,
+        chunks: GOLDEN_V2_CHUNKS,
+        fingerprint: GOLDEN_V2_FINGERPRINT,
+        keyframes: GOLDEN_V2_KEYFRAMES,
+    });
+}
+
+#[test]
+fn golden_v3_reads_exactly() {
+    stacks_golden_reads_exactly(&Golden {
+        version: 3,
+        events: GOLDEN_V3_EVENTS,
+        chunks: GOLDEN_V3_CHUNKS,
+        fingerprint: GOLDEN_V3_FINGERPRINT,
+        keyframes: GOLDEN_V3_KEYFRAMES,
+    });
+}
+
+/// Reads the golden file of `g.version` (version 2 on: stacks and modules), after writing it in
+/// bless mode if it is the current version's.
+fn stacks_golden_reads_exactly(g: &Golden) {
+    let bless_mode = g.version == VERSION && may_bless(VERSION, bless_asked());
     if bless_mode {
         bless();
     }
-    let path = golden_path(2);
+    let path = golden_path(g.version);
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size < 100 * 1024, "golden file is {size} bytes");
     let mut r = TraceReader::open(&path).unwrap();
-    assert_eq!(r.version(), 2);
+    assert_eq!(r.version(), g.version);
     assert_eq!(r.status(), Status::Complete);
     let m = r.metadata().clone();
     assert_eq!(m.command, ["golden", "--seed", "7"]);
-    assert_eq!(m.extra["note"], "format v2 golden file");
+    assert_eq!(
+        m.extra["note"],
+        format!("format v{} golden file", g.version).as_str()
+    );
     let all: Vec<(u32, Event)> = r.events().map(Result::unwrap).collect();
     let kf: Vec<(u64, u64)> = r
         .keyframes()
@@ -318,10 +354,10 @@ fn golden_v2_reads_exactly() {
             fingerprint(&all),
         );
     }
-    assert_eq!(all.len() as u64, GOLDEN_V2_EVENTS);
-    assert_eq!(r.chunks().len(), GOLDEN_V2_CHUNKS);
-    assert_eq!(fingerprint(&all), GOLDEN_V2_FINGERPRINT);
-    assert_eq!(kf, GOLDEN_V2_KEYFRAMES);
+    assert_eq!(all.len() as u64, g.events);
+    assert_eq!(r.chunks().len(), g.chunks);
+    assert_eq!(fingerprint(&all), g.fingerprint);
+    assert_eq!(kf, g.keyframes);
 
     // Stacks and modules: the stack mode first among the process events, then the modules.
     let mode = all
@@ -358,3 +394,7 @@ const GOLDEN_V2_EVENTS: u64 = 14229;
 const GOLDEN_V2_CHUNKS: usize = 16;
 const GOLDEN_V2_FINGERPRINT: u64 = 0x265d_c42e_38cb_2ec4;
 const GOLDEN_V2_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];
+const GOLDEN_V3_EVENTS: u64 = 14229;
+const GOLDEN_V3_CHUNKS: usize = 16;
+const GOLDEN_V3_FINGERPRINT: u64 = 0xe9b3_161b_258a_ee9a;
+const GOLDEN_V3_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];

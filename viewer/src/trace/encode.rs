@@ -12,8 +12,13 @@
 //! | 4 aux | | aux (varint); for `Alloc`: 0 → 0, the request's size class → 1, else aux + 2 |
 //! | 5 arg32 | | arg32 (varint) |
 //! | 6 arg | | arg (varint); for `Realloc` (the old pointer): zigzag(arg − the heap's last `Free`/`Resize` address) |
+//! | 7 ref low (v3) | | `Free`, `Resize`: the reference's low byte |
+//! | 8 ref high (v3) | | `Free`, `Resize`: the reference >> 8 (varint) |
+//! | 9 size low (v3) | | `Alloc`: the size's low byte (the arg stream holds size >> 8) |
 //!
-//! The payload is the seven stream lengths (varints) followed by the seven streams.
+//! The payload is the stream lengths (varints) followed by the streams: seven, and ten from
+//! version 3, where a `Free`'s or `Resize`'s reference and an `Alloc`'s size are split in a low
+//! byte and the rest ([`put_split`]) instead of a varint in the refs or arg stream.
 //!
 //! **Fields.** Each kind has a set of fields it uses (the schema's table,
 //! `heaplens_alloc::schema::TABLE`, from which [`fields`] and the address codings here are
@@ -48,8 +53,15 @@ use super::addr_map::AddrMap;
 use heaplens_alloc::event::{Event, EventKind};
 use heaplens_alloc::schema::{self, How};
 
-/// Number of byte streams in an Events payload.
-pub const STREAMS: usize = 7;
+/// Most byte streams in an Events payload, of any version ([`streams`]).
+pub const STREAMS: usize = 10;
+
+/// The number of byte streams in an Events payload of format `version`: 7; from version 3, three
+/// more for the split values ([`put_split`]): 7 and 8 a `Free`'s or `Resize`'s reference (low
+/// byte, the rest), 9 an `Alloc`'s size (low byte; the rest goes to the arg stream).
+pub const fn streams(version: u16) -> usize {
+    if version < 3 { 7 } else { STREAMS }
+}
 
 /// Fewest payload bytes an event takes (op, time and at least one field): a decoder uses it to
 /// bound an event count before trusting it.
@@ -155,7 +167,7 @@ pub fn field_sets_table() -> String {
         v.join(", ")
     };
     let mut out = String::from(
-        "| kind | version 1 | version 2 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
+        "| kind | version 1 | versions 2 and 3 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
     );
     for f in schema::TABLE {
         let k = f.kind as u8;
@@ -204,9 +216,9 @@ static FIELDS: [u8; 256] = fields_table(super::format::VERSION);
 
 /// The fields `e` writes, and whether it is wide.
 #[inline]
-fn present(e: &Event) -> (u8, bool) {
+fn present(fields: &[u8; 256], e: &Event) -> (u8, bool) {
     use field::{ADDR, ALL, ARG, ARG32, AUX};
-    let f = FIELDS[usize::from(e.kind)];
+    let f = fields[usize::from(e.kind)];
     let used = (if e.addr != 0 { ADDR } else { 0 })
         | (if e.aux != 0 { AUX } else { 0 })
         | (if e.arg32 != 0 { ARG32 } else { 0 })
@@ -274,6 +286,33 @@ static CODES_V1: [AddrCode; 256] = codes_table(1);
 
 /// [`code_of`] every kind byte in the version this build writes.
 static CODES: [AddrCode; 256] = codes_table(super::format::VERSION);
+
+/// How a format version codes events: its tables, and which predictors and streams it uses.
+#[derive(Clone, Copy)]
+struct Coding {
+    fields: &'static [u8; 256],
+    codes: &'static [AddrCode; 256],
+    /// Version 2 on: stack ids and node ids are predicted.
+    stacks: bool,
+    /// Version 3 on: `Free`/`Resize` references and `Alloc` sizes are split ([`put_split`]).
+    split: bool,
+    /// Byte streams in a payload ([`streams`]).
+    streams: usize,
+}
+
+impl Coding {
+    /// The coding of format `version` (a later one than this build's is coded as this build's).
+    fn of(version: u16) -> Self {
+        let v1 = version < 2;
+        Self {
+            fields: if v1 { &FIELDS_V1 } else { &FIELDS },
+            codes: if v1 { &CODES_V1 } else { &CODES },
+            stacks: !v1,
+            split: version >= 3,
+            streams: streams(version),
+        }
+    }
+}
 
 /// How the address of an event of `kind` with fields `f` is coded, by the table of a version.
 #[inline]
@@ -425,6 +464,44 @@ impl<'a> Bytes<'a> {
             shift += 7;
         }
     }
+}
+
+/// The [`STREAMS`] byte streams of an Events payload (its stream lengths, then the streams).
+/// `n` streams ([`streams`] of the version); the others are empty.
+pub fn split_streams(payload: &[u8], n: usize) -> Result<[&[u8]; STREAMS], &'static str> {
+    let mut head = Bytes::new(payload);
+    let mut lens = [0usize; STREAMS];
+    for len in &mut lens[..n.min(STREAMS)] {
+        *len = usize::try_from(head.varint()?).map_err(|_| "stream length too large")?;
+    }
+    let mut streams: [&[u8]; STREAMS] = [&[]; STREAMS];
+    for (s, &len) in streams.iter_mut().zip(&lens) {
+        *s = head.take(len)?;
+    }
+    if head.remaining() != 0 {
+        return Err("bytes after the last stream");
+    }
+    Ok(streams)
+}
+
+/// Writes `v` split: its low byte to `lo`, the rest (`v >> 8`) as a varint to `hi`. zstd codes
+/// each byte stream with one Huffman table; a random value's low byte is near uniform and its
+/// high part small, and kept apart neither blurs the other's statistics as a varint's bytes do.
+#[inline]
+fn put_split(lo: &mut Vec<u8>, hi: &mut Vec<u8>, v: u64) {
+    lo.push(v as u8);
+    put_varint(hi, v >> 8);
+}
+
+/// Reads a value [`put_split`] wrote.
+#[inline]
+fn get_split(lo: &mut Bytes<'_>, hi: &mut Bytes<'_>) -> Result<u64, &'static str> {
+    let l = lo.byte()?;
+    let h = hi.varint()?;
+    if h >> 56 != 0 {
+        return Err("split value overflows 64 bits");
+    }
+    Ok(h << 8 | u64::from(l))
 }
 
 /// Predictor state of one heap, the same on both sides.
@@ -667,6 +744,7 @@ fn slot_of<T: Default>(index: &mut HashMap<u32, usize>, heaps: &mut Vec<T>, heap
 
 /// Builds the payload of one Events chunk, batch by batch.
 pub struct ChunkEncoder {
+    coding: Coding,
     streams: [Vec<u8>; STREAMS],
     index: HashMap<u32, usize>,
     heaps: Vec<EncodeHeap>,
@@ -685,9 +763,16 @@ impl Default for ChunkEncoder {
 }
 
 impl ChunkEncoder {
-    /// An empty chunk.
+    /// An empty chunk of the version this build writes.
     pub fn new() -> Self {
+        Self::for_version(super::format::VERSION)
+    }
+
+    /// An empty chunk of format `version` (1 up to [`super::format::VERSION`]; a later one is
+    /// written as this build's).
+    pub fn for_version(version: u16) -> Self {
         Self {
+            coding: Coding::of(version),
             streams: Default::default(),
             index: HashMap::new(),
             heaps: Vec::new(),
@@ -729,10 +814,36 @@ impl ChunkEncoder {
         if events.is_empty() {
             return;
         }
-        let [ops, time, refs, addr, aux, arg32, arg] = &mut self.streams;
+        let [
+            ops,
+            time,
+            refs,
+            addr,
+            aux,
+            arg32,
+            arg,
+            ref_lo,
+            ref_hi,
+            size_lo,
+        ] = &mut self.streams;
         put_varint(ops, u64::from(heap));
         put_varint(ops, events.len() as u64);
         let cur = slot_of(&mut self.index, &mut self.heaps, heap);
+        let Coding {
+            fields,
+            codes,
+            stacks,
+            split,
+            ..
+        } = self.coding;
+        // A `Free`'s or `Resize`'s reference.
+        let put_ref = |refs: &mut Vec<u8>, lo: &mut Vec<u8>, hi: &mut Vec<u8>, v: u64| {
+            if split {
+                put_split(lo, hi, v);
+            } else {
+                put_varint(refs, v);
+            }
+        };
         let heaps = &mut self.heaps;
         let mut prev_time = self.prev_time;
         let (mut lo, mut hi) = (self.start_time, self.end_time);
@@ -744,7 +855,7 @@ impl ChunkEncoder {
             if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
                 AddrMap::prefetch_item(ahead);
             }
-            let (f, wide) = present(e);
+            let (f, wide) = present(fields, e);
             let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
             put_varint(ops, op);
             if e.flags != 0 {
@@ -754,7 +865,7 @@ impl ChunkEncoder {
             prev_time = e.time;
             lo = lo.min(e.time);
             hi = hi.max(e.time);
-            match addr_code(&CODES, e.kind, f) {
+            match addr_code(codes, e.kind, f) {
                 AddrCode::Alloc => {
                     let h = &mut heaps[cur];
                     let c = size_class(e.arg);
@@ -792,12 +903,19 @@ impl ChunkEncoder {
                             class,
                         }) => {
                             if slot as usize == cur {
-                                put_varint(
+                                put_ref(
                                     refs,
+                                    ref_lo,
+                                    ref_hi,
                                     1 + 2 * u64::from(heaps[cur].allocs - 1 - in_heap),
                                 );
                             } else {
-                                put_varint(refs, 2 + 2 * u64::from(self.allocs - 1 - in_chunk));
+                                put_ref(
+                                    refs,
+                                    ref_lo,
+                                    ref_hi,
+                                    2 + 2 * u64::from(self.allocs - 1 - in_chunk),
+                                );
                             }
                             if e.kind == FREE {
                                 let s = heaps[slot as usize].stack(class);
@@ -813,7 +931,7 @@ impl ChunkEncoder {
                             }
                         }
                         _ => {
-                            put_varint(refs, 0);
+                            put_ref(refs, ref_lo, ref_hi, 0);
                             let last = heaps[cur].pred.last_addr[GROUP_FREE];
                             put_varint(addr, zigzag(e.addr.wrapping_sub(last)));
                         }
@@ -837,8 +955,8 @@ impl ChunkEncoder {
             if f & field::ARG32 != 0 {
                 let h = &mut heaps[cur];
                 let v = match e.kind {
-                    STACK_ID_ARG32 => h.pred.code_stack(e.arg32, &mut h.seen),
-                    STACK_FRAME => h.pred.code_frame_id(e.arg32),
+                    STACK_ID_ARG32 if stacks => h.pred.code_stack(e.arg32, &mut h.seen),
+                    STACK_FRAME if stacks => h.pred.code_frame_id(e.arg32),
                     _ => u64::from(e.arg32),
                 };
                 put_varint(arg32, v);
@@ -850,7 +968,10 @@ impl ChunkEncoder {
                         put_varint(arg, zigzag(e.arg.wrapping_sub(last)));
                     }
                     // The parent, against the node's own id.
-                    STACK_FRAME => put_varint(arg, zigzag(u64::from(e.arg32).wrapping_sub(e.arg))),
+                    STACK_FRAME if stacks => {
+                        put_varint(arg, zigzag(u64::from(e.arg32).wrapping_sub(e.arg)));
+                    }
+                    ALLOC if split => put_split(size_lo, arg, e.arg),
                     _ => put_varint(arg, e.arg),
                 }
             }
@@ -864,10 +985,11 @@ impl ChunkEncoder {
     /// Writes the payload to `out` (cleared first) and starts a new chunk.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
         out.clear();
-        for s in &self.streams {
+        let streams = &mut self.streams[..self.coding.streams];
+        for s in streams.iter() {
             put_varint(out, s.len() as u64);
         }
-        for s in &mut self.streams {
+        for s in streams {
             out.extend_from_slice(s);
             s.clear();
         }
@@ -919,11 +1041,7 @@ pub struct Decoder {
     heaps: Vec<DecodeHeap>,
     /// Every `Alloc` of the chunk: address, heap slot, class.
     all_allocs: Vec<(u64, u32, u8)>,
-    /// The format version's field and address tables.
-    fields: &'static [u8; 256],
-    codes: &'static [AddrCode; 256],
-    /// Version 2 on: stack ids and node ids are predicted.
-    stacks: bool,
+    coding: Coding,
 }
 
 impl Default for Decoder {
@@ -944,14 +1062,11 @@ impl Decoder {
     /// A decoder of format `version` (1 up to [`super::format::VERSION`]; a later one is read
     /// as this build's).
     pub fn for_version(version: u16) -> Self {
-        let v1 = version < 2;
         Self {
             index: HashMap::new(),
             heaps: Vec::new(),
             all_allocs: Vec::new(),
-            fields: if v1 { &FIELDS_V1 } else { &FIELDS },
-            codes: if v1 { &CODES_V1 } else { &CODES },
-            stacks: !v1,
+            coding: Coding::of(version),
         }
     }
 
@@ -984,18 +1099,6 @@ impl Decoder {
         if count.saturating_mul(MIN_EVENT_BYTES) > payload.len() {
             return Err("more events than the payload can hold");
         }
-        let mut head = Bytes::new(payload);
-        let mut lens = [0usize; STREAMS];
-        for len in &mut lens {
-            *len = usize::try_from(head.varint()?).map_err(|_| "stream length too large")?;
-        }
-        let mut streams = [Bytes::new(&[]); STREAMS];
-        for (s, &len) in streams.iter_mut().zip(&lens) {
-            *s = Bytes::new(head.take(len)?);
-        }
-        if head.remaining() != 0 {
-            return Err("bytes after the last stream");
-        }
         let [
             mut ops,
             mut time,
@@ -1004,7 +1107,17 @@ impl Decoder {
             mut aux,
             mut arg32,
             mut arg,
-        ] = streams;
+            mut ref_lo,
+            mut ref_hi,
+            mut size_lo,
+        ] = split_streams(payload, self.coding.streams)?.map(Bytes::new);
+        let Coding {
+            fields,
+            codes,
+            stacks,
+            split,
+            ..
+        } = self.coding;
 
         // Blocks of events small enough to stay in cache while each column is decoded into
         // them in turn.
@@ -1042,7 +1155,7 @@ impl Decoder {
                 *mask = if op & 2 == 2 {
                     field::ALL
                 } else {
-                    self.fields[usize::from(kind)]
+                    fields[usize::from(kind)]
                 };
                 *slot_of_event = slot as u32;
                 out.push((
@@ -1064,7 +1177,11 @@ impl Decoder {
             }
             for (((_, e), &f), class) in events.iter_mut().zip(masks).zip(&mut classes) {
                 if f & field::ARG != 0 {
-                    e.arg = arg.varint()?;
+                    e.arg = if split && e.kind == ALLOC {
+                        get_split(&mut size_lo, &mut arg)?
+                    } else {
+                        arg.varint()?
+                    };
                 }
                 if e.kind == ALLOC {
                     *class = size_class(e.arg);
@@ -1075,7 +1192,7 @@ impl Decoder {
             for (((_, e), &f), raw) in events.iter_mut().zip(masks).zip(&mut raw32) {
                 if f & field::ARG32 != 0 {
                     *raw = arg32.varint()?;
-                    if !(self.stacks && matches!(e.kind, STACK_ID_ARG32 | STACK_FRAME)) {
+                    if !(stacks && matches!(e.kind, STACK_ID_ARG32 | STACK_FRAME)) {
                         e.arg32 = u32::try_from(*raw).map_err(|_| "arg32 too large")?;
                     }
                 }
@@ -1095,8 +1212,6 @@ impl Decoder {
             // Addresses, with the predictors.
             let heaps = &mut self.heaps;
             let all_allocs = &mut self.all_allocs;
-            let codes = self.codes;
-            let stacks = self.stacks;
             let per_event = masks.iter().zip(&slots).zip(&classes).zip(&raw32);
             for ((_, e), (((&f, &cur), &c), &raw)) in events.iter_mut().zip(per_event) {
                 let cur = cur as usize;
@@ -1147,7 +1262,12 @@ impl Decoder {
                         a
                     }
                     AddrCode::Ref => {
-                        let a = match refs.varint()? {
+                        let r = if split {
+                            get_split(&mut ref_lo, &mut ref_hi)?
+                        } else {
+                            refs.varint()?
+                        };
+                        let a = match r {
                             0 => heaps[cur].pred.last_addr[GROUP_FREE]
                                 .wrapping_add(unzigzag(addr.varint()?)),
                             v => {
@@ -1187,9 +1307,11 @@ impl Decoder {
         if batch_left != 0 {
             return Err("batch sizes do not add up to the event count");
         }
-        if [ops, time, refs, addr, aux, arg32, arg]
-            .iter()
-            .any(|b| b.remaining() != 0)
+        if [
+            ops, time, refs, addr, aux, arg32, arg, ref_lo, ref_hi, size_lo,
+        ]
+        .iter()
+        .any(|b| b.remaining() != 0)
         {
             return Err("bytes after the last event");
         }
@@ -1372,7 +1494,7 @@ mod tests {
                 let narrow = filled(f, &mut rng, false);
                 // Filled as the table says, it is written narrow, with exactly its field set.
                 let bits = fields(version, f.kind as u8);
-                assert_eq!(present(&narrow), (bits, false), "{:?}", f.kind);
+                assert_eq!(present(&FIELDS, &narrow), (bits, false), "{:?}", f.kind);
                 let mask = f.narrow_mask(version).unwrap();
                 assert_eq!(
                     mask.count_ones(),
@@ -1386,7 +1508,7 @@ mod tests {
                     .slots
                     .iter()
                     .any(|s| matches!(s.code, schema::Code::Wide(_)));
-                assert_eq!(present(&wide).1, has_wide, "{:?}", f.kind);
+                assert_eq!(present(&FIELDS, &wide).1, has_wide, "{:?}", f.kind);
                 v.push(wide);
                 // A block freed and resized after its allocation: the reference codings.
                 if f.kind == EventKind::Alloc {
@@ -1483,5 +1605,79 @@ mod tests {
         out.clear();
         let v1 = Decoder::for_version(1).decode(&payload, n, &mut out);
         assert!(v1.is_err() || out != want);
+    }
+
+    /// Encodes `batches` in `version` and decodes them with that version's decoder.
+    fn round_trip(version: u16, batches: &[(u32, Vec<Event>)]) -> Vec<(u32, Event)> {
+        let mut enc = ChunkEncoder::for_version(version);
+        for (h, v) in batches {
+            enc.push_batch(*h, v);
+        }
+        let n = enc.len();
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let mut out = Vec::new();
+        Decoder::for_version(version)
+            .decode(&payload, n, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_version_round_trips_random_streams() {
+        use crate::trace::synth::{self, SynthConfig};
+        use heaplens_alloc::event::stack_mode;
+        for seed in 1..=6 {
+            let batches = synth::generate(&SynthConfig {
+                threads: 1 + (seed % 4) as u32,
+                events: 20_000,
+                seed,
+                cross_thread: 0.1 * (seed % 3) as f64,
+                census_every: 7,
+                stacks: [stack_mode::ALL, stack_mode::SAMPLED, stack_mode::OFF][seed as usize % 3],
+                sample_bytes: 4096,
+            });
+            // Arbitrary values among them: every field of every kind byte, extreme sizes.
+            let mut rng = crate::trace::synth::Rng::new(seed);
+            let odd: Vec<Event> = (0..300)
+                .map(|_| Event {
+                    kind: rng.below(256) as u8,
+                    flags: rng.below(4) as u8,
+                    aux: rng.below(1 << 16) as u16,
+                    arg32: rng.below(1 << 32) as u32,
+                    addr: rng.below(u64::MAX),
+                    arg: [0, 255, 256, u64::MAX, rng.below(u64::MAX)][rng.below(5) as usize],
+                    time: rng.below(u64::MAX),
+                })
+                .collect();
+            let mut all = batches.clone();
+            all.push((2, odd));
+            all.extend(batches.iter().take(50).cloned());
+            let want: Vec<(u32, Event)> = all
+                .iter()
+                .flat_map(|(h, v)| v.iter().map(move |e| (*h, *e)))
+                .collect();
+            for version in 1..=super::super::format::VERSION {
+                assert_eq!(
+                    round_trip(version, &all),
+                    want,
+                    "version {version}, seed {seed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn split_values_round_trip_and_reject_overflow() {
+        for v in [0, 1, 255, 256, 0xffff, 1 << 56, u64::MAX] {
+            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            put_split(&mut lo, &mut hi, v);
+            assert_eq!(get_split(&mut Bytes::new(&lo), &mut Bytes::new(&hi)), Ok(v));
+        }
+        // A high part of more than 56 bits does not fit.
+        let mut hi = Vec::new();
+        put_varint(&mut hi, 1 << 56);
+        assert!(get_split(&mut Bytes::new(&[0]), &mut Bytes::new(&hi)).is_err());
+        assert!(get_split(&mut Bytes::new(&[]), &mut Bytes::new(&[0])).is_err());
     }
 }
