@@ -1002,19 +1002,31 @@ impl Model {
         out.extend_from_slice(&KEYFRAME_VERSION.to_le_bytes());
         let bad = |e: postcard::Error| format!("cannot serialise a keyframe: {e}");
         let out = postcard::to_extend(self, out).map_err(bad)?;
-        let reclaimed: Vec<(u64, u64)> = self
-            .segs
-            .iter()
-            .filter(|seg| seg.reclaimed_at != 0)
-            .map(|seg| (seg.base, seg.reclaimed_at))
-            .collect();
-        let replaced: Vec<(u64, u32)> = self
-            .segs
-            .iter()
-            .filter(|seg| seg.replaced != 0)
-            .map(|seg| (seg.base, seg.replaced))
-            .collect();
+        let reclaimed = self.segment_field(|seg| seg.reclaimed_at);
+        let replaced = self.segment_field(|seg| seg.replaced);
         postcard::to_extend(&(self.census_detail(), reclaimed, replaced), out).map_err(bad)
+    }
+
+    /// `(base, value)` of each live segment whose `value` is not zero: the segments' fields that
+    /// a keyframe carries after the model (they are not serialised with it).
+    fn segment_field<T: Copy + Default + PartialEq>(
+        &self,
+        value: impl Fn(&Segment) -> T,
+    ) -> Vec<(u64, T)> {
+        self.segs
+            .iter()
+            .map(|seg| (seg.base, value(seg)))
+            .filter(|(_, v)| *v != T::default())
+            .collect()
+    }
+
+    /// Sets a field of each listed live segment (from [`Model::segment_field`]).
+    fn set_segment_field<T>(&mut self, list: Vec<(u64, T)>, set: impl Fn(&mut Segment, T)) {
+        for (base, v) in list {
+            if let Some(si) = self.segs.find(base) {
+                set(self.segs.get_mut(si), v);
+            }
+        }
     }
 
     /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
@@ -1042,16 +1054,8 @@ impl Model {
                     Vec::new()
                 };
                 model.set_census_detail(detail);
-                for (base, at) in reclaimed {
-                    if let Some(si) = model.segs.find(base) {
-                        model.segs.get_mut(si).reclaimed_at = at;
-                    }
-                }
-                for (base, generation) in replaced {
-                    if let Some(si) = model.segs.find(base) {
-                        model.segs.get_mut(si).replaced = generation;
-                    }
-                }
+                model.set_segment_field(reclaimed, |seg, at| seg.reclaimed_at = at);
+                model.set_segment_field(replaced, |seg, g| seg.replaced = g);
                 Ok(model)
             }
             _ => {
