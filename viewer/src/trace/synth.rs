@@ -345,7 +345,10 @@ impl World {
         let kind = PageKind::for_block_size(block as usize);
         let (page_size, pages) = match kind {
             PageKind::Small => (heaplens_alloc::SMALL_PAGE_SIZE as u64, 64),
-            _ => (heaplens_alloc::MEDIUM_PAGE_SIZE as u64, 8),
+            PageKind::Medium => (heaplens_alloc::MEDIUM_PAGE_SIZE as u64, 8),
+            // A large page is its segment's only page, as the allocator lays it out (the model
+            // maps every address of such a segment to page 0).
+            _ => (SEGMENT, 1),
         };
         let t = self.time;
         let found = self.segments.iter().position(|s| {
