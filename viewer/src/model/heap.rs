@@ -44,9 +44,24 @@ impl Heap {
         self.exited_at.is_none()
     }
 
-    /// A label for the UI: the name, or `heap N`.
+    /// Seen only freeing blocks of other heaps' pages: never started, named or allocating while
+    /// the trace ran. A thread the trace does not follow (an untraced one, whose frees into
+    /// traced pages are reported so the pages' counts stay exact), or one that had no reason to
+    /// allocate since recording began.
+    pub fn only_frees(&self) -> bool {
+        self.started_at.is_none()
+            && self.name.is_empty()
+            && self.allocs == 0
+            && self.frees > 0
+            && self.frees == self.cross_frees
+    }
+
+    /// A label for the UI: the name, or `heap N` (`heap N (frees only)`, see
+    /// [`Heap::only_frees`]).
     pub fn label(&self) -> String {
-        if self.name.is_empty() {
+        if self.only_frees() {
+            format!("heap {} (frees only)", self.id)
+        } else if self.name.is_empty() {
             format!("heap {}", self.id)
         } else {
             format!("{} (heap {})", self.name, self.id)

@@ -46,6 +46,17 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut UiState) {
                     .id_salt(("heap", h.id))
                     .default_open(open || heaps.len() <= 4)
                     .show(ui, |ui| {
+                        if h.only_frees() {
+                            ui.label(
+                                RichText::new(
+                                    "Seen only freeing other threads' blocks: a thread the \
+                                     trace does not follow (its frees into traced pages are \
+                                     reported, so those pages' counts stay exact), or one that \
+                                     has not allocated since recording began.",
+                                )
+                                .weak(),
+                            );
+                        }
                         ui.label(format!(
                             "thread id {} · {} allocations · {} frees{}",
                             h.os_tid,
