@@ -44,27 +44,25 @@ impl Heap {
         self.exited_at.is_none()
     }
 
-    /// Seen only freeing blocks of other heaps' pages: never started, named or allocating while
-    /// the trace ran. A thread the trace does not follow (an untraced one, whose frees into
-    /// traced pages are reported so the pages' counts stay exact), or one that had no reason to
-    /// allocate since recording began.
+    /// Seen only freeing, never allocating, while the trace ran: a thread the trace does not
+    /// follow (an untraced one, whose frees into traced pages are reported so the pages' counts
+    /// stay exact), or one that has not allocated since recording began.
     pub fn only_frees(&self) -> bool {
-        self.started_at.is_none()
-            && self.name.is_empty()
-            && self.allocs == 0
-            && self.frees > 0
-            && self.frees == self.cross_frees
+        self.allocs == 0 && self.frees > 0
     }
 
-    /// A label for the UI: the name, or `heap N` (`heap N (frees only)`, see
-    /// [`Heap::only_frees`]).
+    /// A label for the UI: `name (heap N)`, or `heap N` without a name; `heap N, frees only`
+    /// for a heap seen only freeing (see [`Heap::only_frees`]).
     pub fn label(&self) -> String {
-        if self.only_frees() {
-            format!("heap {} (frees only)", self.id)
-        } else if self.name.is_empty() {
-            format!("heap {}", self.id)
+        let heap = if self.only_frees() {
+            format!("heap {}, frees only", self.id)
         } else {
-            format!("{} (heap {})", self.name, self.id)
+            format!("heap {}", self.id)
+        };
+        if self.name.is_empty() {
+            heap
+        } else {
+            format!("{} ({heap})", self.name)
         }
     }
 }

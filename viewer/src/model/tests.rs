@@ -791,13 +791,13 @@ fn an_earlier_segments_late_free_settles_on_its_ghost() {
 }
 
 #[test]
-fn a_thread_seen_only_freeing_other_heaps_blocks_is_labelled_so() {
+fn a_thread_seen_only_freeing_is_labelled_so() {
     let mut t = setup();
     t.free(7, PAGE1 + 64, flags::CROSS_THREAD);
     let heaps = t.m.heaps();
     let freer = heaps.get(7).expect("heap 7");
     assert!(freer.only_frees());
-    assert_eq!(freer.label(), "heap 7 (frees only)");
+    assert_eq!(freer.label(), "heap 7, frees only");
     let owner = heaps.get(1).expect("heap 1");
     assert!(!owner.only_frees());
     assert_eq!(owner.label(), "heap 1");

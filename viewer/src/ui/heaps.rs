@@ -49,10 +49,10 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut UiState) {
                         if h.only_frees() {
                             ui.label(
                                 RichText::new(
-                                    "Seen only freeing other threads' blocks: a thread the \
-                                     trace does not follow (its frees into traced pages are \
-                                     reported, so those pages' counts stay exact), or one that \
-                                     has not allocated since recording began.",
+                                    "Seen only freeing, never allocating: a thread the trace \
+                                     does not follow (its frees into traced pages are reported, \
+                                     so those pages' counts stay exact), or one that has not \
+                                     allocated since recording began.",
                                 )
                                 .weak(),
                             );
