@@ -571,11 +571,16 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Publishes the ranges anew and appends the events for what changed to `out`, at `time`.
+    /// Publishes the ranges anew if the loader changed them, and appends the events for what
+    /// changed to `out`, at `time`.
     pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>) {
         use crate::event::{Event, flags, module_text};
         use crate::schema;
-        refresh_ranges();
+        // A table is never freed (threads read it without a lock): made anew at every
+        // recording's start, it grew an attached program by a page per `heaplens attach`.
+        if loader_changed() {
+            refresh_ranges();
+        }
         #[cfg(feature = "hook")]
         build_rows();
         let now = modules();
