@@ -90,25 +90,24 @@ struct State {
     /// Made by an untraced thread (an attach session's), so the collector frees it as it ends:
     /// freeing a traced thread's blocks would change what the program's heap holds.
     free_at_end: bool,
+    /// Started by [`start_while_running`].
+    late: bool,
 }
-
-/// Set by [`start_while_running`] for the recording it starts.
-static LATE: AtomicBool = AtomicBool::new(false);
 
 /// [`start`] in a program that has run for a while with the hook off (`heaplens attach`): after
 /// the first census, which it reads while the threads run, every heap reports its own state at
 /// its next allocation, exactly, for the model to take over (`hook::request_initial_parts`).
 pub fn start_while_running(config: Config, sink: Sink) -> Result<(), StartError> {
-    LATE.store(true, Release);
-    let r = start(config, sink);
-    if r.is_err() {
-        LATE.store(false, Release);
-    }
-    r
+    start_recording(config, sink, true)
 }
 
 /// Starts recording: creates the channels, starts the collector thread, switches the hook on.
 pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
+    start_recording(config, sink, false)
+}
+
+/// [`start`], or with `late` [`start_while_running`].
+fn start_recording(config: Config, sink: Sink, late: bool) -> Result<(), StartError> {
     if !hook::COMPILED {
         return Err(StartError::NotCompiled);
     }
@@ -121,6 +120,7 @@ pub fn start(config: Config, sink: Sink) -> Result<(), StartError> {
         sink,
         full_rx,
         free_at_end: hook::thread_untraced(),
+        late,
     }));
     // A new recording's clock starts at zero (an earlier one in this process left it running).
     hook::reset_clock();
@@ -496,7 +496,7 @@ impl<'a> Collector<'a> {
         self.collect_all(self.now());
         self.flush(u64::MAX);
         self.census(self.now());
-        if LATE.swap(false, AcqRel) {
+        if self.state.late {
             hook::request_initial_parts();
         }
         STARTED.store(true, Release);

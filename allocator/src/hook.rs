@@ -959,9 +959,7 @@ unsafe fn census_point(heap: *mut Heap, ev: Event, want: u32) {
         }
         if want & WANT_INITIAL != 0 {
             // Its whole state, for the model to take over, then the allocation, once.
-            let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel) & !WANT_INITIAL;
-            (*heap).census_done = number;
-            emit_heap_state_before(heap, true, Some(&ev), ev.time);
+            initial_part(heap, Some(&ev), ev.time);
             emit_buffered(heap, ev);
             return;
         }
@@ -999,12 +997,24 @@ unsafe fn owed_part(heap: *mut Heap, want: u32) {
     // SAFETY: forwarded.
     unsafe {
         if want & WANT_INITIAL != 0 {
-            let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel);
-            (*heap).census_done = number & !WANT_INITIAL;
-            emit_heap_state(heap, true);
+            initial_part(heap, None, now());
         } else {
             heap_census(heap, want);
         }
+    }
+}
+
+/// Answers [`WANT_INITIAL`]: takes the request off `census_want` and sends `heap`'s whole state
+/// at time `t`, as it was before `alloc` (see [`emit_heap_state_before`]).
+///
+/// # Safety
+/// As [`heap_census`].
+unsafe fn initial_part(heap: *mut Heap, alloc: Option<&Event>, t: u64) {
+    // SAFETY: forwarded.
+    unsafe {
+        let number = (*heap).census_want.fetch_and(!WANT_INITIAL, AcqRel) & !WANT_INITIAL;
+        (*heap).census_done = number;
+        emit_heap_state_before(heap, true, alloc, t);
     }
 }
 
