@@ -288,13 +288,15 @@ static RUNS_ON: AtomicBool = AtomicBool::new(false);
 /// How long the last census of a program that runs on waits for its heaps' parts: a thread
 /// that allocates reports within microseconds; one that does not is not waited for.
 const LAST_PARTS_WAIT: Duration = Duration::from_millis(20);
+/// How long [`Collector::last_parts`] waits in all for threads that are not idle.
+const LAST_PARTS_MAX: Duration = Duration::from_millis(500);
 
 /// [`shutdown`] while the program runs on (`heaplens attach` detaches): the last census is
 /// taken by the heaps in their own event order, while the hook is still on, as the censuses
 /// mid-run are, rather than read by the collector while the threads change their pages (a
 /// reading that caught them between a change and its event: 282 to 1236 differences on
-/// alloc_workload.c detached after 2 s). A heap that makes no allocation in
-/// [`LAST_PARTS_WAIT`] has no part in it.
+/// alloc_workload.c detached after 2 s). A heap that makes no allocation meanwhile is read by
+/// the collector if its thread is asleep (see `Collector::last_parts`).
 pub fn shutdown_while_running() {
     RUNS_ON.store(true, Release);
     shutdown();
@@ -611,33 +613,45 @@ impl<'a> Collector<'a> {
     /// heaps for their parts, and takes their buffers for [`LAST_PARTS_WAIT`] meanwhile (in
     /// lossless mode a thread waits for room in the channel).
     ///
-    /// A heap that reported nothing meanwhile is idle (its thread waits outside the allocator,
-    /// and nothing but cross-thread frees, which a part does not compare, changes its pages):
-    /// the collector reads its part from the segments, as the census at start does, and sends
-    /// it in the heap's own stream. A thread that wakes in the microseconds of that reading could
-    /// still be caught half-way; that window is the one left.
+    /// A heap that reported nothing meanwhile may be idle (its thread waits outside the
+    /// allocator, and nothing but cross-thread frees, which a part does not compare, changes its
+    /// pages): the collector reads its part from the segments, as the census at start does, and
+    /// sends it in the heap's own stream, if its thread was asleep throughout the reading
+    /// ([`hook::idle_heap_parts`]). A thread that was not (runnable but not run for
+    /// [`LAST_PARTS_WAIT`] on a loaded machine, perhaps in the middle of a `malloc`) is waited
+    /// for again, up to [`LAST_PARTS_MAX`] in all; then it has no part.
     fn last_parts(&mut self) {
         self.heap_census(self.now());
         let number = self.census_number;
         let start = std::time::Instant::now();
-        while start.elapsed() < LAST_PARTS_WAIT {
-            while let Ok(buf) = self.state.full_rx.try_recv() {
-                self.take_full(buf);
+        let mut reported = Vec::new();
+        loop {
+            let round = std::time::Instant::now();
+            while round.elapsed() < LAST_PARTS_WAIT {
+                while let Ok(buf) = self.state.full_rx.try_recv() {
+                    self.take_full(buf);
+                }
+                std::thread::sleep(BUSY_POLL);
             }
-            std::thread::sleep(BUSY_POLL);
-        }
-        self.parts_seen = Some((number, Vec::new()));
-        let now = self.now();
-        self.collect_all(now);
-        self.flush(u64::MAX);
-        let reported = self.parts_seen.take().map(|(_, r)| r).unwrap_or_default();
-        let mut parts = Vec::new();
-        hook::idle_heap_parts(number, &reported, &mut parts);
-        for (heap, events) in parts {
-            self.emit(BatchRef {
-                heap,
-                events: &events,
-            });
+            self.parts_seen = Some((number, Vec::new()));
+            let now = self.now();
+            self.collect_all(now);
+            self.flush(u64::MAX);
+            reported.extend(self.parts_seen.take().map(|(_, r)| r).unwrap_or_default());
+            let mut parts = Vec::new();
+            let busy = hook::idle_heap_parts(number, &reported, &mut parts);
+            for (heap, events) in parts {
+                self.emit(BatchRef {
+                    heap,
+                    events: &events,
+                });
+                reported.push(heap);
+            }
+            // A thread that ran meanwhile reports its own part at its next allocation; one that
+            // does not within the bound sends none (its pages are not compared).
+            if busy.is_empty() || start.elapsed() >= LAST_PARTS_MAX {
+                break;
+            }
         }
     }
 

@@ -172,6 +172,10 @@ pub mod flags {
     pub const TO_DELAYED: u8 = 16;
     /// Free: the owner freeing a block from its delayed list (onto `local_free`).
     pub const FROM_DELAYED: u8 = 32;
+    /// Free (`CROSS_THREAD`, `TO_DELAYED`): the page's census epoch when the block was pushed
+    /// (see `page::census_reading`); CensusPage2: the page's census epoch from this census on.
+    /// A census's `thread_free` count holds exactly the cross-thread frees of the epoch before.
+    pub const EPOCH: u8 = 64;
     /// SegmentFree: offered to the segment cache rather than unmapped (the cache may be full).
     pub const CACHED: u8 = 1;
     /// Mark, ThreadName: the text continues in the next event.

@@ -166,16 +166,9 @@ unsafe extern "C" fn free_generic(segment: *mut Segment, page: *mut Page, p: *mu
             // Whether the trace knows the page, read while the block is live (which keeps the
             // segment mapped): frees into an untraced thread's pages are not reported.
             let known = hook::enabled() && (*segment).traced.load(Relaxed);
-            let delayed = free_block_mt(page, block.cast());
+            let how = free_block_mt(page, block.cast());
             if known && hook::enabled() {
-                hook::on_free(
-                    p,
-                    if delayed {
-                        flags::TO_DELAYED
-                    } else {
-                        flags::CROSS_THREAD
-                    },
-                );
+                hook::on_free(p, how);
             }
             if owner == 0 {
                 let heap = heap::default_heap();
@@ -190,29 +183,35 @@ unsafe extern "C" fn free_generic(segment: *mut Segment, page: *mut Page, p: *mu
 /// A free from a thread that does not own the page: push onto `thread_free` with a CAS, or, the
 /// first time after the owner moved the page to its full queue, onto the owner heap's delayed
 /// list (see [`crate::page`]).
-/// Returns true when the block went to the owner heap's delayed list.
-unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
+/// Returns the `Free` event's flags: `CROSS_THREAD`, or `TO_DELAYED` when the block went to the
+/// owner heap's delayed list, with `EPOCH` if the page's census epoch was set when the CAS that
+/// decided it succeeded.
+///
+/// # Safety
+/// `block` is a live block of `page`, not owned by the calling thread's heap, freed once.
+pub(crate) unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> u8 {
+    let epoch = |tf: usize| if page::epoch_of(tf) { flags::EPOCH } else { 0 };
     // SAFETY: `page` is live while `block` is (the owner cannot free the page before collecting
     // this block); thread_free and the count are atomics.
     unsafe {
         let tf_cell = &(*page).thread_free;
         let mut tf = tf_cell.load(Relaxed);
-        loop {
+        let claimed_epoch = loop {
             if page::state_of(tf) == USE_DELAYED_FREE {
                 let claimed = (tf & !3) | DELAYED_FREEING;
                 match tf_cell.compare_exchange_weak(tf, claimed, Acquire, Relaxed) {
-                    Ok(_) => break,
+                    Ok(_) => break epoch(tf),
                     Err(cur) => tf = cur,
                 }
             } else {
                 // One CAS pushes the block and counts it (the count is in the same word).
                 (*block).next = page::block_of(tf);
                 match tf_cell.compare_exchange_weak(tf, page::pushed(tf, block), Release, Relaxed) {
-                    Ok(_) => return false,
+                    Ok(_) => return flags::CROSS_THREAD | epoch(tf),
                     Err(cur) => tf = cur,
                 }
             }
-        }
+        };
         // We hold DELAYED_FREEING: the owner heap cannot go away (abandon waits for us).
         let heap = (*page).heap.load(Acquire);
         let mut tf = tf_cell.load(Relaxed);
@@ -221,7 +220,7 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
                 (*block).next = page::block_of(tf);
                 let pushed = (page::pushed(tf, block) & !3) | NO_DELAYED_FREE;
                 match tf_cell.compare_exchange_weak(tf, pushed, Release, Relaxed) {
-                    Ok(_) => return false,
+                    Ok(_) => return flags::CROSS_THREAD | epoch(tf),
                     Err(cur) => tf = cur,
                 }
             }
@@ -229,7 +228,7 @@ unsafe fn free_block_mt(page: *mut Page, block: *mut Block) -> bool {
         heap::push_delayed(heap, block);
         loop {
             match tf_cell.compare_exchange_weak(tf, (tf & !3) | NO_DELAYED_FREE, Release, Relaxed) {
-                Ok(_) => return true,
+                Ok(_) => return flags::TO_DELAYED | claimed_epoch,
                 Err(cur) => tf = cur,
             }
         }

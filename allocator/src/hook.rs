@@ -1073,9 +1073,17 @@ fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2
 
 /// [`census_page_events`] with `less` of its used blocks counted as free (see
 /// [`emit_heap_state_before`]).
+///
+/// Reads `thread_free` as a census does ([`crate::page::census_reading`]: the count, and the
+/// census epoch flipped), after moving the clock past `t`: a cross-thread free stamped `t` or
+/// earlier pushed under the old epoch (and the census counts it), one pushed under the new
+/// epoch is stamped after `t`, so it reaches the model after the census part.
 fn census_page_events_less(page: &crate::page::Page, owner: u32, t: u64, less: u32) -> [Event; 2] {
     // SAFETY: an in-use page lies in a live segment.
     let kind = unsafe { (*crate::segment::segment_of_page(page)).kind() } as u8;
+    bump_clock();
+    let (thread_free, epoch) = crate::page::census_reading(page);
+    let epoch = if epoch { flags::EPOCH } else { 0 };
     [
         schema::CensusPage {
             start: page.start() as u64,
@@ -1089,8 +1097,8 @@ fn census_page_events_less(page: &crate::page::Page, owner: u32, t: u64, less: u
         schema::CensusPage2 {
             owner: u64::from(owner),
             counts: schema::CensusPage2::counts_of(page.used() - less, page.local_free_len()),
-            thread_free: page.thread_free_len(),
-            flags: u8::from(page.is_in_full()),
+            thread_free,
+            flags: u8::from(page.is_in_full()) | epoch,
         }
         .into_event()
         .at(t),
@@ -1440,6 +1448,12 @@ fn owned_by_untraced(s: &Segment) -> bool {
 /// `CensusPage`/`CensusPage2` pair per page and `CensusEnd`, appended to `out`. Reads only atomics
 /// and constant page geometry, holding the segment registry lock.
 pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
+    census_of(number, initial, |_| true, out);
+}
+
+/// [`census`] of the pages whose owner (heap id, 0: abandoned) `keep` accepts: the other pages
+/// are neither read nor listed.
+fn census_of(number: u32, initial: bool, keep: impl Fn(u32) -> bool, out: &mut impl Extend<Event>) {
     let t = now();
     // Nothing may allocate while the registry lock is held (a new segment would wait for it, on
     // this very thread): room for every page is reserved first, with slack for segments that
@@ -1476,7 +1490,9 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
                     (*heap).id
                 }
             };
-            pages.extend(census_page_events(page, owner, t));
+            if keep(owner) {
+                pages.extend(census_page_events(page, owner, t));
+            }
         }
     });
     let n = pages
@@ -1497,19 +1513,52 @@ pub fn census(number: u32, initial: bool, out: &mut impl Extend<Event>) {
     ));
 }
 
-/// The census parts (`HEAP_PART`, census `number`) of the traced heaps not in `reported`, read
-/// by the collector from the segments as [`census`] reads them: one `(heap id, events)` a heap,
-/// an empty part for a heap with no page in use.
-pub(crate) fn idle_heap_parts(number: u32, reported: &[u32], out: &mut Vec<(u32, Vec<Event>)>) {
+/// The census parts (`HEAP_PART`, census `number`) of the traced heaps not in `reported` whose
+/// threads are idle, read by the collector from the segments as [`census`] reads them: one
+/// `(heap id, events)` a heap, an empty part for a heap with no page in use. Returns the heaps
+/// left out because their thread may have run while their pages were read.
+///
+/// Idle means asleep in the kernel (state `S`: the allocator never sleeps) before and after
+/// the reading, with no context switch between: a thread that woke meanwhile, even if it
+/// slept again, switched at least once, and one preempted in the middle of an allocator call
+/// is runnable, not asleep. So no part is read half-way through a change.
+pub(crate) fn idle_heap_parts(
+    number: u32,
+    reported: &[u32],
+    out: &mut Vec<(u32, Vec<Event>)>,
+) -> Vec<u32> {
     // The ids first, with room reserved: nothing allocates while the heap list's lock is held.
-    let mut ids: Vec<u32> = Vec::with_capacity(4096);
+    let mut heaps: Vec<(u32, i32)> = Vec::with_capacity(4096);
     crate::init::for_each_heap(|h| {
-        if h.traced.load(Relaxed) && !reported.contains(&h.id) && ids.len() < ids.capacity() {
-            ids.push(h.id);
+        if h.traced.load(Relaxed) && !reported.contains(&h.id) && heaps.len() < heaps.capacity() {
+            heaps.push((h.id, h.os_tid));
         }
     });
+    let activity = |heaps: &[(u32, i32)]| -> Vec<Option<(u8, u64, u64)>> {
+        heaps
+            .iter()
+            .map(|&(_, tid)| crate::os::thread_activity(tid))
+            .collect()
+    };
+    let before = activity(&heaps);
+    let asleep: Vec<u32> = heaps
+        .iter()
+        .zip(&before)
+        .filter(|(_, a)| a.is_none_or(|(state, _, _)| state == b'S'))
+        .map(|(&(id, _), _)| id)
+        .collect();
     let mut all = Vec::new();
-    census(number, false, &mut all);
+    census_of(number, false, |owner| asleep.contains(&owner), &mut all);
+    let after = activity(&heaps);
+    let mut busy = Vec::new();
+    let mut ids = Vec::new();
+    for ((&(id, _), b), a) in heaps.iter().zip(&before).zip(&after) {
+        if asleep.contains(&id) && b == a {
+            ids.push(id);
+        } else {
+            busy.push(id);
+        }
+    }
     let t = all.first().map_or_else(now, |e| e.time);
     for id in ids {
         let mut pages = Vec::new();
@@ -1544,6 +1593,7 @@ pub(crate) fn idle_heap_parts(number: u32, reported: &[u32], out: &mut Vec<(u32,
         );
         out.push((id, events));
     }
+    busy
 }
 
 /// Segment events carry the segment base.

@@ -167,9 +167,58 @@ pub fn clock_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
+/// What the kernel says of thread `tid` of this process that tells whether it ran: its state
+/// letter and its voluntary and involuntary context switches (`/proc/self/task/TID/status`).
+/// None if the thread is gone or the file cannot be read. Collector thread only (it
+/// allocates).
+pub(crate) fn thread_activity(tid: i32) -> Option<(u8, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let state = *field("State:")?.as_bytes().first()?;
+    let voluntary = field("voluntary_ctxt_switches:")?.parse().ok()?;
+    let involuntary = field("nonvoluntary_ctxt_switches:")?.parse().ok()?;
+    Some((state, voluntary, involuntary))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sleeping_thread_reads_as_sleeping_and_a_wakeup_shows() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // SAFETY: no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            rx.recv().unwrap();
+            rx.recv().unwrap();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let asleep = loop {
+            let a = thread_activity(tid).expect("a live thread's status");
+            if a.0 == b'S' {
+                break a;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(thread_activity(tid), Some(asleep), "nothing woke it");
+        tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let after = thread_activity(tid).expect("still there");
+        assert!(
+            after.1 > asleep.1,
+            "woken and asleep again: {asleep:?} then {after:?}"
+        );
+        tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(thread_activity(tid), None, "gone");
+    }
 
     #[test]
     fn aligned_mappings_are_aligned_writable_and_purge_to_zero() {

@@ -23,9 +23,15 @@
 //! block and counts it, and the owner's collect takes the list and its length together:
 //!
 //! ```text
-//!   63        48 47                       2  1 0
-//!   | count    | block address (16-aligned) | state |
+//!   63        48 47                       3    2     1 0
+//!   | count    | block address (16-aligned) | epoch | state |
 //! ```
+//! The *census epoch* bit flips each time a census reads the word ([`census_reading`], one
+//! atomic step), and a cross-thread free reports the epoch it pushed under (the `EPOCH` flag of
+//! its `Free` event). So the trace says exactly which frees a census's `thread_free` count
+//! already holds: those pushed under the epoch before the flip. A model that takes a page's
+//! counts from a census while other threads' frees are still on their way (after lost events,
+//! or when tracing starts on a running program) counts each of them once.
 //! A page never holds more than [`THREAD_FREE_MAX`] blocks ([`init`] caps `reserved`), and user
 //! addresses on x86-64 and AArch64 Linux fit in 48 bits, so neither field spills into the other.
 
@@ -51,12 +57,14 @@ pub(crate) const NO_DELAYED_FREE: usize = 2;
 /// Frees always go to `thread_free` (the page's heap is gone: abandoned).
 pub(crate) const NEVER_DELAYED_FREE: usize = 3;
 const STATE_MASK: usize = 3;
+/// The census epoch bit of [`Page::thread_free`] (blocks are 16-aligned: bit 2 is free).
+const TF_EPOCH: usize = 4;
 /// Where the length of `thread_free` sits in the word.
 const TF_COUNT_SHIFT: u32 = 48;
 /// One block on `thread_free`, as added to the word.
 const TF_COUNT_ONE: usize = 1 << TF_COUNT_SHIFT;
 /// The block address bits of the word.
-const TF_BLOCK_MASK: usize = (TF_COUNT_ONE - 1) & !STATE_MASK;
+const TF_BLOCK_MASK: usize = (TF_COUNT_ONE - 1) & !(STATE_MASK | TF_EPOCH);
 /// Most blocks a page may hold: the largest count the word can carry.
 pub(crate) const THREAD_FREE_MAX: usize = (1 << (usize::BITS - TF_COUNT_SHIFT)) - 1;
 const _: () = assert!(
@@ -289,11 +297,25 @@ pub(crate) fn block_of(tf: usize) -> *mut Block {
 pub(crate) fn count_of(tf: usize) -> u32 {
     (tf >> TF_COUNT_SHIFT) as u32
 }
+/// The census epoch of word `tf` (see the module documentation).
+#[inline]
+pub(crate) fn epoch_of(tf: usize) -> bool {
+    tf & TF_EPOCH != 0
+}
 /// The `thread_free` word `tf` with `block` pushed: `block` the head, the count one more, the
-/// state kept. `block.next` must already link to `block_of(tf)`.
+/// state and the census epoch kept. `block.next` must already link to `block_of(tf)`.
 #[inline(always)]
 pub(crate) fn pushed(tf: usize, block: *mut Block) -> usize {
+    debug_assert_eq!(block as usize & !TF_BLOCK_MASK, 0, "a block is 16-aligned");
     ((tf & !TF_BLOCK_MASK) + TF_COUNT_ONE) | block as usize
+}
+
+/// A census's reading of `page.thread_free`: its length, and the census epoch from now on.
+/// Flips the epoch in the same atomic step as the read, so every cross-thread free pushed
+/// before it reports the old epoch and every later one the new (see the module documentation).
+pub(crate) fn census_reading(page: &Page) -> (u32, bool) {
+    let before = page.thread_free.fetch_xor(TF_EPOCH, AcqRel);
+    (count_of(before), !epoch_of(before))
 }
 
 /// Resets a page that a segment just handed out and carves its first blocks.
@@ -391,13 +413,16 @@ pub(crate) unsafe fn collect(page: *mut Page) {
         let pg = &mut *page;
         let mut from_thread_free = 0u32;
         if !block_of(pg.thread_free.load(Relaxed)).is_null() {
-            // Take the list and its count in one step, leaving the delayed-free state.
+            // Take the list and its count in one step, leaving the delayed-free state and the
+            // census epoch.
             let mut tf = pg.thread_free.load(Relaxed);
             loop {
-                match pg
-                    .thread_free
-                    .compare_exchange_weak(tf, tf & STATE_MASK, AcqRel, Relaxed)
-                {
+                match pg.thread_free.compare_exchange_weak(
+                    tf,
+                    tf & (STATE_MASK | TF_EPOCH),
+                    AcqRel,
+                    Relaxed,
+                ) {
                     Ok(_) => break,
                     Err(cur) => tf = cur,
                 }
@@ -558,6 +583,65 @@ mod tests {
             super::collect(core::ptr::from_ref(page).cast_mut());
             assert_eq!(page.thread_free_len(), 0);
             invariant(page);
+        }
+    }
+
+    /// A census reading counts exactly the cross-thread frees pushed before it, and flips the
+    /// epoch they report: the ones before carry the old epoch, the ones after the new; pushing
+    /// and collecting keep the epoch.
+    #[test]
+    fn a_census_reading_splits_cross_thread_frees_by_epoch() {
+        // SAFETY: blocks of one page, allocated on this thread and freed once each, from
+        // another thread; the page is this thread's.
+        unsafe {
+            let blocks: Vec<usize> = (0..8).map(|_| crate::malloc(48) as usize).collect();
+            let p0 = blocks[0] as *const u8;
+            let page_ptr = page_of(segment_of(p0), p0);
+            let page = &*page_ptr;
+            assert!(
+                blocks
+                    .iter()
+                    .all(|&b| page_of(segment_of(b as *const u8), b as *const u8) == page_ptr)
+            );
+            let free_from_other = |b: usize| {
+                std::thread::spawn(move || {
+                    let seg = segment_of(b as *const u8);
+                    let pg = page_of(seg, b as *const u8);
+                    crate::free::free_block_mt(pg, b as *mut super::Block)
+                })
+                .join()
+                .unwrap()
+            };
+            let before = super::epoch_of(page.thread_free.load(super::Relaxed));
+            let f1 = free_from_other(blocks[1]);
+            let f2 = free_from_other(blocks[2]);
+            let (count, after) = super::census_reading(page);
+            assert_eq!(
+                count, 2,
+                "the reading counts the two frees pushed before it"
+            );
+            assert_eq!(after, !before, "the reading flips the epoch");
+            let f3 = free_from_other(blocks[3]);
+            let epoch = |f: u8| f & crate::event::flags::EPOCH != 0;
+            assert_eq!((epoch(f1), epoch(f2), epoch(f3)), (before, before, after));
+            assert_eq!(page.thread_free_len(), 3);
+            super::collect(page_ptr);
+            assert_eq!(page.thread_free_len(), 0);
+            assert_eq!(
+                super::epoch_of(page.thread_free.load(super::Relaxed)),
+                after
+            );
+            assert_eq!(
+                epoch(free_from_other(blocks[4])),
+                after,
+                "a collect keeps the epoch"
+            );
+            super::collect(page_ptr);
+            for (i, &b) in blocks.iter().enumerate() {
+                if !(1..=4).contains(&i) {
+                    crate::free(b as *mut u8);
+                }
+            }
         }
     }
 }

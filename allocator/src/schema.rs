@@ -14,7 +14,7 @@
 //! | kind | addr | arg | arg32 | aux | flags |
 //! |---|---|---|---|---|---|
 //! | `Alloc` | `ptr`: pointer | `size`: requested size (bytes) | `stack`: stack id (leaf `StackFrame` node; 0: none) † | `bin`: the block's bin if the writer knows it (the hook writes 0) | `ZERO`, `ALIGNED`, `REALLOC` |
-//! | `Free` | `ptr`: pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC` |
+//! | `Free` | `ptr`: pointer | | | | `CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC`, `EPOCH` |
 //! | `Resize` | `ptr`: pointer | `size`: new requested size (bytes) | | | (realloc in place) |
 //! | `Realloc` | `ptr`: new pointer | `old`: old pointer | `size`: new requested size (bytes, saturated) | | |
 //! | `PageInit` | `start`: page start | `block_size`: block size (bytes) | `reserved`: blocks the page can hold | `bin`: bin | page kind |
@@ -39,7 +39,7 @@
 //! | `ClockSync` | `monotonic_ns`: nanoseconds (CLOCK_MONOTONIC) | | | | |
 //! | `CensusBegin` | | `pages`: pages that follow | `number`: census number | | `PARTIAL`, `INITIAL`, `BY_HEAP`, `HEAP_PART`, `ADOPT` |
 //! | `CensusPage` | `start`: page start | `block_size`: block size (bytes) | `capacity`: blocks carved so far | `bin`: bin | page kind; then `CensusPage2` |
-//! | `CensusPage2` | `owner`: owner heap id (0: abandoned) | `counts`: `used \| local_free << 32` | `thread_free`: `thread_free` length | | `IN_FULL` |
+//! | `CensusPage2` | `owner`: owner heap id (0: abandoned) | `counts`: `used \| local_free << 32` | `thread_free`: `thread_free` length | | `IN_FULL`, `EPOCH` |
 //! | `CensusSegment` | `base`: segment | `bytes`: bytes mapped | `pages`: page count | | page kind |
 //! | `CensusEnd` | | | `number`: census number | | `BY_HEAP`, `HEAP_PART`, `INITIAL`, `ADOPT` |
 //! | `StackFrame` | `pc`: return address (the frame's pc) | `parent`: parent node id (0: outermost frame) | `id`: this node's id | | `TRUNCATED` |
@@ -302,7 +302,7 @@ schema! {
     } flags "`ZERO`, `ALIGNED`, `REALLOC`";
     Free since 1 {
         addr ptr: Narrow(BlockRef), "pointer";
-    } flags "`CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC`";
+    } flags "`CROSS_THREAD`, `TO_DELAYED`, `FROM_DELAYED`, `REALLOC`, `EPOCH`";
     Resize since 1 {
         addr ptr: Narrow(BlockRef), "pointer";
         arg size: Narrow(Varint), "new requested size (bytes)";
@@ -404,7 +404,7 @@ schema! {
         addr owner: Narrow(Varint), "owner heap id (0: abandoned)";
         arg counts: Narrow(Varint), "`used \\| local_free << 32`";
         arg32 thread_free: Narrow(Varint), "`thread_free` length";
-    } flags "`IN_FULL`";
+    } flags "`IN_FULL`, `EPOCH`";
     CensusSegment since 1 {
         addr base: Narrow(SegmentDelta), "segment";
         arg bytes: Narrow(Varint), "bytes mapped";

@@ -69,6 +69,10 @@ pub struct CensusPage {
     pub thread_free: u32,
     /// In its heap's full queue.
     pub in_full: bool,
+    /// The page's census epoch from this census on (`flags::EPOCH`): the cross-thread frees
+    /// this census counted in `thread_free` were pushed under the other one. Not in keyframes.
+    #[serde(skip)]
+    pub epoch: bool,
 }
 
 impl CensusPage {
@@ -93,6 +97,7 @@ impl CensusPage {
         self.local_free = p.local_free();
         self.thread_free = p.thread_free;
         self.in_full = p.flags & flags::IN_FULL != 0;
+        self.epoch = p.flags & flags::EPOCH != 0;
         self
     }
 }
@@ -150,7 +155,8 @@ impl Census {
             });
             out.push(Event {
                 kind: EventKind::CensusPage2 as u8,
-                flags: if p.in_full { flags::IN_FULL } else { 0 },
+                flags: if p.in_full { flags::IN_FULL } else { 0 }
+                    | if p.epoch { flags::EPOCH } else { 0 },
                 aux: 0,
                 arg32: p.thread_free,
                 addr: u64::from(p.owner),
@@ -379,6 +385,11 @@ pub(crate) struct CensusState {
     /// (reclaimed from a thread whose events were lost): set from their next part again.
     #[serde(skip)]
     dirty: HashSet<u32>,
+    /// Pages whose counts were last set from a census reading, with the census epoch of the
+    /// cross-thread frees that reading already counted (see [`Model::counted_by_census`]);
+    /// until the page's next census or its next layout.
+    #[serde(skip)]
+    counted_epoch: FastMap<u64, bool>,
 }
 
 /// What a keyframe (version 2 on) keeps of the last census check beyond [`CensusCheck`]'s own
@@ -547,6 +558,7 @@ impl Model {
                 if let Some((c, _, f)) = parts.remove(&heap)
                     && c.number == schema::CensusEnd::from_event(ev).number
                 {
+                    self.end_counted_epochs(&c.pages);
                     if f & flags::ADOPT != 0 {
                         self.take_over_part(heap, &c, false);
                     } else if f & flags::INITIAL != 0 {
@@ -645,6 +657,22 @@ impl Model {
                     let p = &mut self.segs.get_mut(si).pages[pi];
                     p.clear_for_census();
                     p.unsure = false;
+                }
+            }
+        }
+        // A listed page the model has not in use, or in a segment it does not know (their
+        // events were lost): blocks kept at its addresses meanwhile (`on_alloc` keeps a block
+        // of an unknown segment in the pending map) are counted in the part's `used` now.
+        for cp in &part.pages {
+            match self.segs.locate(cp.start) {
+                Some((si, pi)) if !self.segs.get(si).pages[pi].in_use => {
+                    self.forget_page_blocks(si, pi);
+                }
+                Some(_) => {}
+                None => {
+                    let base = segment_base(cp.start);
+                    self.live
+                        .forget_range(base, base.saturating_add(SEGMENT_SIZE as u64));
                 }
             }
         }
@@ -825,6 +853,7 @@ impl Model {
     }
 
     fn census_done(&mut self, c: Census) {
+        self.end_counted_epochs(&c.pages);
         self.finish_tally();
         self.totals.censuses += 1;
         let mut mismatches = self.compare(&c);
@@ -1100,6 +1129,38 @@ impl Model {
         p.thread_free = cp.thread_free.into();
         p.owner = cp.owner;
         p.in_full = cp.in_full;
+        self.census.counted_epoch.insert(cp.start, !cp.epoch);
+    }
+
+    /// A census lists these pages: the frees an earlier census reading of them counted have
+    /// all been reported by now (each page's epoch has flipped again).
+    fn end_counted_epochs(&mut self, pages: &[CensusPage]) {
+        if !self.census.counted_epoch.is_empty() {
+            for cp in pages {
+                self.census.counted_epoch.remove(&cp.start);
+            }
+        }
+    }
+
+    /// Page `start` is laid out anew or freed: its epoch starts again (the allocator resets the
+    /// word), so no free of it was counted by a census.
+    pub(super) fn page_relaid(&mut self, start: u64) {
+        if !self.census.counted_epoch.is_empty() {
+            self.census.counted_epoch.remove(&start);
+        }
+    }
+
+    /// Whether a cross-thread free (`TO_DELAYED` or `CROSS_THREAD`, flags `ev_flags`) of page
+    /// `start` is one that the census the page's counts were set from already counted: pushed
+    /// under the census epoch before that census's reading, but reported after it (another
+    /// thread's events reach the model in their own batches). Exact: the census flipped the
+    /// page's epoch in the same atomic step as it read the count (`page::census_reading`), and
+    /// moved the clock first, so a free pushed after the reading reaches the model after the
+    /// census.
+    #[inline]
+    pub(super) fn counted_by_census(&self, start: u64, ev_flags: u8) -> bool {
+        !self.census.counted_epoch.is_empty()
+            && self.census.counted_epoch.get(&start) == Some(&(ev_flags & flags::EPOCH != 0))
     }
 
     /// Marks the pages `census` lists as set after lost events (see `Page::delayed_unknown`).

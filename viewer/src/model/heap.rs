@@ -44,6 +44,13 @@ impl Heap {
         self.exited_at.is_none()
     }
 
+    /// A thread of the program as the trace follows it: started (`ThreadStart`) or seen
+    /// allocating. A heap seen only freeing without a start ([`Heap::only_frees`]: an untraced
+    /// thread, whose exit the trace never reports) is not one.
+    pub fn is_thread(&self) -> bool {
+        self.started_at.is_some() || self.allocs > 0
+    }
+
     /// Seen only freeing, never allocating, while the trace ran: a thread the trace does not
     /// follow (an untraced one, whose frees into traced pages are reported so the pages' counts
     /// stay exact), or one that has not allocated since recording began.
@@ -98,9 +105,48 @@ impl Heaps {
         self.index.get(&id).map(|&i| &self.list[i as usize])
     }
 
-    /// Heaps alive (seen and not exited).
+    /// Threads alive: heaps that are threads ([`Heap::is_thread`]) and have not exited.
     pub fn alive(&self) -> u32 {
         self.alive
+    }
+
+    /// Counts [`Heaps::alive`] anew (a keyframe written before it left out heaps seen only
+    /// freeing).
+    pub(crate) fn recount_alive(&mut self) {
+        self.alive = self
+            .list
+            .iter()
+            .filter(|h| h.is_thread() && h.is_alive())
+            .count() as u32;
+    }
+
+    /// An `Alloc` of the current heap: counted, and the heap becomes a thread alive at its
+    /// first one (unless started or exited already).
+    #[inline(always)]
+    pub(crate) fn count_alloc(&mut self) {
+        if let Some((_, slot)) = self.current
+            && slot != NO_SLOT
+        {
+            let h = &mut self.list[slot as usize];
+            h.allocs += 1;
+            if h.allocs == 1 && h.started_at.is_none() && h.exited_at.is_none() {
+                self.alive += 1;
+            }
+        }
+    }
+
+    /// Heap `id`'s thread started at `time` (OS thread id `os_tid`): a thread alive, unless
+    /// its exit came first (the collector's `ThreadStart` can follow it in the same tick).
+    pub(crate) fn start(&mut self, id: u32, time: u64, os_tid: u64) {
+        let Some((h, _)) = self.touch(id, time) else {
+            return;
+        };
+        let newly = !h.is_thread() && h.is_alive();
+        h.started_at.get_or_insert(time);
+        h.os_tid = os_tid;
+        if newly {
+            self.alive += 1;
+        }
     }
 
     /// Number of heaps seen.
@@ -134,7 +180,6 @@ impl Heaps {
                     ..Heap::default()
                 });
                 self.index.insert(id, i);
-                self.alive += 1;
                 i
             }
         };
@@ -186,7 +231,9 @@ impl Heaps {
         };
         if h.exited_at.is_none() {
             h.exited_at = Some(time);
-            self.alive -= 1;
+            if h.is_thread() {
+                self.alive -= 1;
+            }
         }
         new
     }

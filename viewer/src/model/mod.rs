@@ -375,10 +375,7 @@ impl Model {
             }
             THREAD_START => {
                 let s = schema::ThreadStart::from_event(ev);
-                if let Some((h, _)) = self.heaps.touch(s.heap, ev.time) {
-                    h.started_at.get_or_insert(ev.time);
-                    h.os_tid = s.os_tid;
-                }
+                self.heaps.start(s.heap, ev.time, s.os_tid);
             }
             THREAD_EXIT => {
                 self.heaps
@@ -476,9 +473,7 @@ impl Model {
     #[inline(always)]
     fn on_alloc(&mut self, heap: u32, ev: &Event) {
         self.totals.allocs += 1;
-        if let Some(h) = self.heaps.current_mut() {
-            h.allocs += 1;
-        }
+        self.heaps.count_alloc();
         let a = schema::Alloc::from_event(ev);
         let Some((si, pi)) = self.segs.locate(a.ptr) else {
             // Its segment is unknown (events were lost): keep the block, at least.
@@ -570,6 +565,13 @@ impl Model {
             if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 {
                 h.cross_frees += 1;
             }
+        }
+        if let Some((si, pi)) = located
+            && f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+            && self.counted_by_census(self.segs.get(si).pages[pi].start, f)
+        {
+            // Counted already: the page's counts were set from a census taken after it.
+            return;
         }
         let Some((si, pi)) = located else {
             // Its segment is gone (a late free) or not announced yet (an early one).
@@ -699,6 +701,8 @@ impl Model {
             None => self.infer_segment(init.start, kind, ev.time),
         };
         self.spill_page(si, pi);
+        self.page_relaid(self.segs.get(si).pages[pi].start);
+        self.page_relaid(init.start);
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
             p.delayed_unknown = false;
@@ -722,6 +726,7 @@ impl Model {
 
     fn on_page_free(&mut self, heap: u32, ev: &Event) {
         if let Some((si, pi)) = self.segs.locate(ev.addr) {
+            self.page_relaid(self.segs.get(si).pages[pi].start);
             self.bulk(si, pi, |p| {
                 p.awaiting_purge = p.capacity > 0;
                 p.clear_owner_state();
@@ -1032,6 +1037,14 @@ impl Model {
     /// A model from a keyframe of any version up to [`KEYFRAME_VERSION`]. Version 0 (no
     /// header: the model in postcard, before allocation sites) reads with no sites.
     pub fn from_keyframe(bytes: &[u8]) -> Result<Self, String> {
+        let mut model = Self::from_keyframe_as_written(bytes)?;
+        // Keyframes written before threads were told from heaps seen only freeing counted
+        // those among the threads alive.
+        model.heaps.recount_alive();
+        Ok(model)
+    }
+
+    fn from_keyframe_as_written(bytes: &[u8]) -> Result<Self, String> {
         let bad = |e: postcard::Error| format!("keyframe does not decode: {e}");
         match bytes.strip_prefix(&KEYFRAME_MAGIC[..]) {
             Some(rest) if rest.len() >= 2 => {

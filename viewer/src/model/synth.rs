@@ -1094,6 +1094,8 @@ impl Synth {
                     local_free: p.local_free.len() as u32,
                     thread_free: p.thread_free.len() as u32,
                     in_full: p.in_full,
+                    // The generator reads its own state at quiet points: no free is on its way.
+                    epoch: false,
                 });
             }
         }

@@ -801,7 +801,88 @@ fn a_thread_seen_only_freeing_is_labelled_so() {
     let owner = heaps.get(1).expect("heap 1");
     assert!(!owner.only_frees());
     assert_eq!(owner.label(), "heap 1");
+    // It is not counted among the threads alive (an untraced thread's exit is never seen).
+    assert!(!freer.is_thread());
+    assert_eq!(t.m.current().threads, 1);
     // Once it allocates, it is a heap like any other.
     t.alloc(7, PAGE1 + 192, 8);
     assert_eq!(t.m.heaps().get(7).expect("heap 7").label(), "heap 7");
+    assert_eq!(t.m.current().threads, 2);
+    t.ev(7, e(EventKind::ThreadExit, 0, 0, 7, 0, 0));
+    assert_eq!(t.m.current().threads, 1);
+}
+
+/// Heap 1's census part of page 1 after lost events: 3 blocks used, `thread_free` read as 1,
+/// the page's census epoch from then on `epoch`.
+fn part_after_loss(t: &mut T, epoch: bool) {
+    t.m.set_auto_resync(true);
+    t.ev(0, e(EventKind::Dropped, 0, 0, 0, 0, 5));
+    let part = Census {
+        number: 1,
+        time: t.time,
+        pages: vec![CensusPage {
+            start: PAGE1,
+            block_size: 64,
+            capacity: 64,
+            bin: bin_of(64) as u16,
+            kind: PageKind::Small as u8,
+            owner: 1,
+            used: 3,
+            local_free: 0,
+            thread_free: 1,
+            in_full: false,
+            epoch,
+        }],
+        ..Census::default()
+    };
+    for mut ev in part.to_events() {
+        if ev.kind == EventKind::CensusBegin as u8 || ev.kind == EventKind::CensusEnd as u8 {
+            ev.flags |= flags::HEAP_PART;
+        }
+        t.ev(1, ev);
+    }
+    assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
+    assert_eq!(t.pg(PAGE1).thread_free, 1);
+}
+
+/// A cross-thread free pushed before a heap's census part read the page but reported after
+/// it (another thread's batch) was counted by that reading: it carries the page's earlier
+/// census epoch and changes nothing; a free pushed after the reading (the new epoch) counts.
+#[test]
+fn a_free_the_census_part_already_counted_counts_once() {
+    let mut t = setup();
+    part_after_loss(&mut t, true);
+    t.free(2, PAGE1 + 64, flags::CROSS_THREAD);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.thread_free), (3, 1), "counted twice");
+    assert_eq!(t.m.current().block_bytes, 2 * 64);
+    assert_eq!(
+        t.m.totals().cross_thread_frees,
+        1,
+        "still a free of the trace"
+    );
+    t.free(2, PAGE1 + 128, flags::CROSS_THREAD | flags::EPOCH);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.used, p.thread_free), (3, 2));
+    assert_eq!(t.m.current().block_bytes, 64);
+    // The page empties and is laid out again: its epoch starts again (the allocator resets
+    // the word), so nothing is skipped on it.
+    t.ev(1, e(EventKind::PageCollect, 0, 0, 2, PAGE1, 0))
+        .free(1, PAGE1, 0)
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0));
+    assert!(!t.pg(PAGE1).in_use);
+    t.page(1, PAGE1, 64, 1024)
+        .alloc(1, PAGE1, 8)
+        .free(2, PAGE1, flags::CROSS_THREAD);
+    assert_eq!(t.pg(PAGE1).thread_free, 1);
+}
+
+/// A trace recorded before census epochs (no `EPOCH` flag anywhere) reads as before: every
+/// free reported after the part counts.
+#[test]
+fn without_census_epochs_a_late_free_counts() {
+    let mut t = setup();
+    part_after_loss(&mut t, false);
+    t.free(2, PAGE1 + 64, flags::CROSS_THREAD);
+    assert_eq!(t.pg(PAGE1).thread_free, 2);
 }
