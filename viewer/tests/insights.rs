@@ -17,9 +17,12 @@ fn fired(scenario: &str) -> BTreeSet<&'static str> {
     for i in insights(&r.view().model, r.exit().is_some()) {
         kinds.insert(i.kind.title());
     }
-    let times: Vec<u64> = r.markers().iter().map(|m| m.time).collect();
-    for t in times {
-        r.seek_time(t).unwrap();
+    let markers = r.markers().to_vec();
+    for m in markers {
+        // At the marker's own place in the event order, as a tour step shows it (events later
+        // in the same clock tick are not applied yet).
+        r.seek_marker(&m).unwrap();
+        let t = m.time;
         for i in insights(&r.view().model, false) {
             if std::env::var_os("HEAPLENS_SHOW_INSIGHTS").is_some() {
                 println!("{scenario} @ {t}: {}", i.text);

@@ -70,7 +70,8 @@ pub struct CensusPage {
     /// In its heap's full queue.
     pub in_full: bool,
     /// The page's census epoch from this census on (`flags::EPOCH`): the cross-thread frees
-    /// this census counted in `thread_free` were pushed under the other one. Not in keyframes.
+    /// this census counted in `thread_free` were pushed under the other one. Read as the census
+    /// is applied; not kept after (the model's last census, keyframes).
     #[serde(skip)]
     pub epoch: bool,
 }
@@ -852,7 +853,7 @@ impl Model {
         out
     }
 
-    fn census_done(&mut self, c: Census) {
+    fn census_done(&mut self, mut c: Census) {
         self.end_counted_epochs(&c.pages);
         self.finish_tally();
         self.totals.censuses += 1;
@@ -901,6 +902,10 @@ impl Model {
             resynced_pages: 0,
         });
         self.census.dropped_at_last = self.totals.dropped;
+        // The epochs matter only as the census is applied (keyframes do not keep them).
+        for p in &mut c.pages {
+            p.epoch = false;
+        }
         self.census.last = Some(c);
         #[cfg(debug_assertions)]
         if self

@@ -424,6 +424,17 @@ impl Model {
             self.debug_check_invariants(invariants::Point::AnySample);
             let s = self.current();
             self.metrics.push(s, t);
+            let interval = self.metrics.interval();
+            if t > self.time.saturating_add(2 * interval) && self.time > 0 {
+                // A quiet stretch (no event for more than two intervals): the state as it was,
+                // one interval into the stretch and one before its end, so the rates read zero
+                // across it rather than along a line from the last busy sample to the next (and
+                // the next is measured over an interval at least: the clock is coarse, and the
+                // burst that ends the stretch may share one time).
+                for at in [self.time + interval, t - interval] {
+                    self.metrics.push(Sample { time: at, ..s }, t);
+                }
+            }
         }
         self.time = t;
     }

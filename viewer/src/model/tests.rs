@@ -886,3 +886,51 @@ fn without_census_epochs_a_late_free_counts() {
     t.free(2, PAGE1 + 64, flags::CROSS_THREAD);
     assert_eq!(t.pg(PAGE1).thread_free, 2);
 }
+
+/// A program that goes quiet: the allocation rate reads zero across the quiet stretch (one
+/// interval after the last event, and one before the next), not a line falling from the last
+/// busy sample to the next one 50 ms later; and the burst after it is measured over an
+/// interval, though its events share one time.
+#[test]
+fn rates_read_zero_across_a_quiet_stretch() {
+    let mut t = setup();
+    let ms = 1_000_000;
+    for i in 0..40u64 {
+        t.at(ms + i * ms / 10).alloc(1, PAGE1 + 192 + 64 * i, 8);
+    }
+    let last_busy = ms + 39 * ms / 10;
+    for i in 0..100u64 {
+        t.at(50 * ms).alloc(1, PAGE1 + 192 + 64 * (40 + i), 8);
+    }
+    t.at(52 * ms).alloc(1, PAGE1 + 64 * 200, 8);
+    t.m.finish();
+    let samples = t.m.metrics().samples();
+    let iv = t.m.metrics().interval();
+    let at = |time: u64| {
+        samples
+            .iter()
+            .position(|s| s.time == time)
+            .unwrap_or_else(|| {
+                panic!(
+                    "a sample at {time}: {:?}",
+                    samples.iter().map(|s| s.time).collect::<Vec<_>>()
+                )
+            })
+    };
+    let (into, before) = (at(last_busy + iv), at(50 * ms - iv));
+    assert_eq!(
+        before,
+        into + 1,
+        "nothing sampled in the quiet stretch between"
+    );
+    for i in [into, before] {
+        assert_eq!(samples[i].alloc_rate_since(&samples[i - 1]), 0.0);
+    }
+    assert!(
+        samples[into - 1].alloc_rate_since(&samples[into - 2]) > 0.0,
+        "busy before"
+    );
+    // The 100 allocations at 50 ms, over the interval before them: 100 per ms.
+    let burst = samples[before + 1].alloc_rate_since(&samples[before]);
+    assert!((burst - 1e5).abs() < 1.0, "{burst}");
+}
