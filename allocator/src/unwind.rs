@@ -146,16 +146,15 @@ pub fn walk_memo(
     let limit = out.len().min(MEMO_LEVELS);
     let out = &mut out[..limit];
     let hi = stack.1;
-    // The last walk's levels may be gone by (`usable` of them); this walk's are written to the
-    // other half, and the memo holds nothing until this walk is done.
+    // The last walk's levels that may be gone by (`usable` of them); this walk's are written to
+    // the other half, and the memo holds nothing until this walk is done.
     let old = memo.cur;
     let new = 1 - old;
-    let mut usable = if memo.hi == hi && memo.limit == limit {
+    let usable = if memo.hi == hi && memo.limit == limit {
         memo.len
     } else {
         0
     };
-    let old_len = usable;
     memo.len = 0;
     memo.cur = new;
     memo.hi = hi;
@@ -185,55 +184,6 @@ pub fn walk_memo(
     // The first of the last walk's levels not below the current frame.
     let mut mk = 0;
     loop {
-        let pc = out[n - 1];
-        while mk < usable && memo.levels[old][mk].sp < sp {
-            mk += 1;
-        }
-        if mk < usable && {
-            let l = &memo.levels[old][mk];
-            l.sp == sp && l.fp == fp && l.pc == pc
-        } {
-            // The last walk's frame `mk` is this one: its levels from there are this walk's
-            // from `n - 1`, while the words read leaving them are unchanged.
-            let mut m = mk;
-            let resume = loop {
-                let l = memo.levels[old][m];
-                let at = n - 1;
-                out[at] = l.pc;
-                memo.levels[new][at] = l;
-                let same = |want_ra: usize, want_fp: usize| {
-                    l.ra_at == 0
-                        || (read(l.ra_at) == want_ra && (l.fp_at == 0 || read(l.fp_at) == want_fp))
-                };
-                if n == limit {
-                    // Where a walk stops, whatever lies beyond.
-                    return finish(memo, n, true, true, 0, 0);
-                }
-                if m + 1 == old_len {
-                    if memo.at_limit {
-                        break l; // this walk may go deeper than the last: walk on
-                    }
-                    if same(memo.last_ra, memo.last_fp) {
-                        let (t, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
-                        return finish(memo, n, t, false, ra, fp);
-                    }
-                    break l;
-                }
-                let next = memo.levels[old][m + 1];
-                if l.ra_at == 0 || !same(next.pc, next.fp) {
-                    break l;
-                }
-                m += 1;
-                n += 1;
-            };
-            // Walk on from frame `n - 1` (the same state as the last walk's frame `m`).
-            usable = 0;
-            (sp, fp) = (resume.sp, resume.fp);
-            let Some(r) = frame(resume.pc) else {
-                return finish(memo, n - 1, true, false, 0, 0);
-            };
-            row = r;
-        }
         memo.levels[new][n - 1] = Level {
             pc: out[n - 1],
             sp,
@@ -279,12 +229,67 @@ pub fn walk_memo(
                 (fp + 8, fp, fp + 16)
             }
         };
-        // 0 is never a word's address here (`readable` words lie at or above the stack pointer).
-        let next_fp = if fp_at == 0 { fp } else { read(fp_at) };
-        let ra = read(ra_at);
+        // 0 is never such an address (`readable` words lie at or above the stack pointer).
         let l = &mut memo.levels[new][n - 1];
         l.ra_at = ra_at;
         l.fp_at = fp_at;
+        while mk < usable && memo.levels[old][mk].sp < sp {
+            mk += 1;
+        }
+        if mk + 1 < usable && {
+            let l = &memo.levels[old][mk];
+            l.sp == sp
+                && l.fp == fp
+                && l.ra_at == ra_at
+                && l.fp_at == fp_at
+                && memo.levels[old][mk + 1].sp == next_sp
+        } {
+            // This frame is left as the last walk left its frame `mk` (the same words read,
+            // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
+            // this walk's from `n` on, while the words read leaving each hold the same values.
+            let start = mk;
+            let mut m = mk;
+            loop {
+                let l = memo.levels[old][m];
+                let next = memo.levels[old][m + 1];
+                if read(l.ra_at) != next.pc || (l.fp_at != 0 && read(l.fp_at) != next.fp) {
+                    break;
+                }
+                m += 1;
+                out[n] = next.pc;
+                memo.levels[new][n] = next;
+                n += 1;
+                if n == limit {
+                    // Where a walk stops, whatever lies beyond.
+                    return finish(memo, n, true, true, 0, 0);
+                }
+                if m + 1 == usable {
+                    // The last walk's last frame: it ended there as its state and row say, or
+                    // by the words it read leaving it.
+                    let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
+                    let ended = next.ra_at == 0
+                        || (read(next.ra_at) == ra && (next.fp_at == 0 || read(next.fp_at) == fp));
+                    if !memo.at_limit && ended {
+                        return finish(memo, n, truncated, false, ra, fp);
+                    }
+                    break;
+                }
+            }
+            // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
+            // otherwise); a frame further up may again be left as the last walk left it.
+            mk = m + 1;
+            if m != start {
+                let l = memo.levels[old][m];
+                (sp, fp) = (l.sp, l.fp);
+                let Some(r) = frame(l.pc) else {
+                    return finish(memo, n - 1, true, false, 0, 0);
+                };
+                row = r;
+                continue;
+            }
+        }
+        let next_fp = if fp_at == 0 { fp } else { read(fp_at) };
+        let ra = read(ra_at);
         if ra == 0 {
             return finish(memo, n, false, false, ra, next_fp);
         }
