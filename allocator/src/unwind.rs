@@ -247,32 +247,34 @@ pub fn walk_memo(
             // This frame is left as the last walk left its frame `mk` (the same words read,
             // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
             // this walk's from `n` on, while the words read leaving each hold the same values.
-            let start = mk;
-            let mut m = mk;
-            loop {
-                let l = memo.levels[old][m];
-                let next = memo.levels[old][m + 1];
-                if read(l.ra_at) != next.pc || (l.fp_at != 0 && read(l.fp_at) != next.fp) {
-                    break;
-                }
-                m += 1;
-                out[n] = next.pc;
-                memo.levels[new][n] = next;
-                n += 1;
-                if n == limit {
-                    // Where a walk stops, whatever lies beyond.
-                    return finish(memo, n, true, true, 0, 0);
-                }
-                if m + 1 == usable {
-                    // The last walk's last frame: it ended there as its state and row say, or
-                    // by the words it read leaving it.
-                    let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
-                    let ended = next.ra_at == 0
-                        || (read(next.ra_at) == ra && (next.fp_at == 0 || read(next.fp_at) == fp));
-                    if !memo.at_limit && ended {
-                        return finish(memo, n, truncated, false, ra, fp);
-                    }
-                    break;
+            let (start, first) = (mk, n);
+            // The levels followed alike, at most up to the depth limit.
+            let end = usable.min(start + 1 + (limit - first));
+            let m = start + follow(&memo.levels[old][start..end], &read);
+            n = first + (m - start);
+            let (h0, h1) = memo.levels.split_at_mut(1);
+            let (from, to) = if old == 0 {
+                (&h0[0], &mut h1[0])
+            } else {
+                (&h1[0], &mut h0[0])
+            };
+            to[first..n].copy_from_slice(&from[start + 1..=m]);
+            for (o, l) in out[first..n].iter_mut().zip(&from[start + 1..=m]) {
+                *o = l.pc;
+            }
+            if n == limit {
+                // Where a walk stops, whatever lies beyond.
+                return finish(memo, n, true, true, 0, 0);
+            }
+            if m + 1 == usable {
+                // The last walk's last frame: it ended there as its state and row say, or by
+                // the words it read leaving it.
+                let last = memo.levels[old][m];
+                let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
+                let ended = last.ra_at == 0
+                    || (read(last.ra_at) == ra && (last.fp_at == 0 || read(last.fp_at) == fp));
+                if !memo.at_limit && ended {
+                    return finish(memo, n, truncated, false, ra, fp);
                 }
             }
             // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
@@ -300,6 +302,18 @@ pub fn walk_memo(
         n += 1;
         (sp, fp, row) = (next_sp, next_fp, next_row);
     }
+}
+
+/// How many steps from one of `levels` to the next a walk takes as the last walk took them: the
+/// words read leaving each level still hold the next level's return address and frame
+/// pointer.
+fn follow(levels: &[Level], read: impl Fn(usize) -> usize) -> usize {
+    levels
+        .windows(2)
+        .take_while(|w| {
+            read(w[0].ra_at) == w[1].pc && (w[0].fp_at == 0 || read(w[0].fp_at) == w[1].fp)
+        })
+        .count()
 }
 
 /// The row for the return address `pc` in a module's `rows`: the one covering the call, at
