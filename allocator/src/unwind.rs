@@ -155,6 +155,29 @@ pub fn walk_memo(
     } else {
         0
     };
+    let lo = stack.0.max(regs.sp);
+    if usable > 0 {
+        // The last walk's stack again (a loop allocating from one place): its first frame in
+        // the same state, every word it read unchanged, and its end reached as before.
+        let levels = &memo.levels[old][..usable];
+        let (first, last) = (&levels[0], &levels[usable - 1]);
+        if first.pc == regs.pc
+            && first.sp == lo
+            && first.fp == regs.fp
+            && follow(levels, &read) + 1 == usable
+            && (last.ra_at == 0
+                || (read(last.ra_at) == memo.last_ra
+                    && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp)))
+        {
+            for (o, l) in out.iter_mut().zip(levels) {
+                *o = l.pc;
+            }
+            return Walk {
+                len: usable,
+                truncated: memo.truncated,
+            };
+        }
+    }
     memo.len = 0;
     memo.cur = new;
     memo.hi = hi;
@@ -176,7 +199,6 @@ pub fn walk_memo(
     }
     out[0] = regs.pc;
     let mut n = 1;
-    let lo = stack.0.max(regs.sp);
     // A word at `a` may be read: aligned, inside the stack, at or above the current frame.
     let readable =
         |a: usize, sp: usize| a >= sp && a >= lo && a.is_multiple_of(8) && hi >= 8 && a <= hi - 8;
@@ -754,12 +776,23 @@ mod tests {
                 s.set(f + 8, 0x1200 + 16 * (i % 8));
             }
             let mut memo = Memo::new();
+            let mut last_regs = Regs {
+                pc: 0x1200,
+                sp: frames[0],
+                fp: frames[0],
+            };
             for round in 0..20_000 {
                 let r = next();
                 match r % 8 {
                     0 => {
+                        // Code, or a return address that ends the walk (0, not code).
                         let f = frames[next() % frames.len()];
-                        s.set(f + 8, 0x1000 + 16 * (next() % 0x100));
+                        let ra = match next() % 6 {
+                            0 => 0,
+                            1 => 0x9999,
+                            _ => 0x1000 + 16 * (next() % 0x100),
+                        };
+                        s.set(f + 8, ra);
                     }
                     1 => {
                         let f = frames[next() % frames.len()];
@@ -777,12 +810,21 @@ mod tests {
                     _ => {}
                 }
                 let at = next() % frames.len();
-                let regs = Regs {
-                    pc: 0x1200 + 16 * (next() % 8),
-                    sp: frames[at] - 16 * (next() % 3),
-                    fp: frames[at],
+                let regs = if next() % 3 == 0 {
+                    last_regs // the same stack again, changed or not
+                } else {
+                    Regs {
+                        pc: 0x1200 + 16 * (next() % 8),
+                        sp: frames[at] - 16 * (next() % 3),
+                        fp: frames[at],
+                    }
                 };
-                let limit = [64, 64, 64, 5, 20][next() % 5];
+                last_regs = regs;
+                let limit = if next() % 8 == 0 {
+                    [5, 20][next() % 2]
+                } else {
+                    64
+                };
                 let w = walk_both(&s, regs, &mut memo, limit, with_rows);
                 long += usize::from(w.len > 10);
             }
