@@ -186,6 +186,11 @@ impl Default for CodeCache {
     }
 }
 
+/// Which code range table is published: changes whenever [`CodeCache::frame`]'s answers may.
+pub fn ranges_version() -> usize {
+    RANGES.load(Acquire) as usize
+}
+
 /// Whether `pc` lies in this library's own code, when it is a shared object.
 pub fn is_own_code(pc: usize) -> bool {
     pc >= OWN_START.load(Relaxed) && pc < OWN_END.load(Relaxed)

@@ -54,16 +54,20 @@ pub struct StackTable {
     /// log2 of the slots mapped (0: none).
     bits: u32,
     nodes: usize,
-    /// The last stack interned and its leaf's id (0: none): a loop that allocates from one
-    /// place finds its stack here without a lookup per frame.
+    /// The last stack interned (leaf first) and each of its frames' node ids (`last_ids[i]` is
+    /// the id of the node for `last[i]`), all in the table: the next stack shares its outer
+    /// frames with this one more often than not (a loop that allocates from one place, the
+    /// next call of a recursion), and that shared part is known without a lookup per frame.
+    /// Valid while `last_len > 0`; emptied whenever the table forgets nodes.
     last: [usize; LAST_FRAMES],
+    last_ids: [u32; LAST_FRAMES],
     last_len: usize,
     last_truncated: bool,
-    last_leaf: u32,
 }
 
-/// Frames of the last stack kept for comparison.
-const LAST_FRAMES: usize = 64;
+/// Frames a stack may have (longer stacks are not interned).
+pub const MAX_STACK: usize = 64;
+const LAST_FRAMES: usize = MAX_STACK;
 
 impl StackTable {
     /// An empty table (its memory is mapped at the first stack).
@@ -73,9 +77,9 @@ impl StackTable {
             bits: 0,
             nodes: 0,
             last: [0; LAST_FRAMES],
+            last_ids: [0; LAST_FRAMES],
             last_len: 0,
             last_truncated: false,
-            last_leaf: 0,
         }
     }
 
@@ -97,7 +101,7 @@ impl StackTable {
             unsafe { libc::madvise(self.slots.cast(), self.bytes(), libc::MADV_DONTNEED) };
         }
         self.nodes = 0;
-        self.last_leaf = 0;
+        self.last_len = 0;
     }
 
     /// Returns the table's memory to the OS.
@@ -109,7 +113,7 @@ impl StackTable {
             self.bits = 0;
         }
         self.nodes = 0;
-        self.last_leaf = 0;
+        self.last_len = 0;
     }
 
     /// Slots mapped.
@@ -171,10 +175,19 @@ impl StackTable {
         true
     }
 
+    /// Where a node's search starts: a slot chosen by the return address, moved on by four
+    /// times the parent's id. Ids are handed out in the order nodes are made, and a program's
+    /// stacks come back in much that order (a recursion walks its tree of calls the same way
+    /// each time), so the children of successive parents at one call site are found a slot or
+    /// a few apart: the lookups of one stack after another move through the table in a few
+    /// windows that stay in the cache, rather than missing it once per new frame. Children of
+    /// one parent are spread by their addresses as before, and ids advance by one per node, so
+    /// the homes fill the table evenly (the factor four keeps one call site's nodes from
+    /// forming a solid run).
     fn home(&self, pc: usize, parent: u32) -> usize {
-        let h = (pc as u64 ^ (u64::from(parent) << 40) ^ u64::from(parent))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> (64 - self.bits)) as usize
+        let h = (pc as u64 ^ (pc as u64 >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let spread = (h >> (64 - self.bits)) as usize;
+        spread.wrapping_add((parent as usize).wrapping_mul(4)) & (self.capacity() - 1)
     }
 
     fn find(&self, pc: usize, parent: u32) -> Option<u32> {
@@ -211,7 +224,8 @@ impl StackTable {
     }
 
     /// Interns the stack `frames` (leaf first; `truncated`: frames beyond the last are unknown)
-    /// and returns the leaf's id, or 0 if there is no frame or no memory, or `room` refuses.
+    /// and returns the leaf's id, or 0 if there is no frame, more than [`MAX_STACK`], no memory,
+    /// or `room` refuses.
     /// `room(n)` is asked, before anything changes, whether `n` new nodes can be reported whole;
     /// `ids(n)` hands out `n` consecutive fresh ids (its first); `report` is called for each new
     /// node, outermost first.
@@ -221,81 +235,88 @@ impl StackTable {
         truncated: bool,
         room: impl FnOnce(usize) -> bool,
         ids: impl FnOnce(u32) -> u32,
-        report: impl FnMut(NewNode),
-    ) -> u32 {
-        if frames.is_empty() || !self.ensure() {
-            return 0;
-        }
-        if self.last_leaf != 0
-            && self.last_truncated == truncated
-            && self.last[..self.last_len] == *frames
-        {
-            return self.last_leaf;
-        }
-        let leaf = self.intern_new(frames, truncated, room, ids, report);
-        if leaf != 0 && frames.len() <= LAST_FRAMES {
-            self.last[..frames.len()].copy_from_slice(frames);
-            self.last_len = frames.len();
-            self.last_truncated = truncated;
-            self.last_leaf = leaf;
-        }
-        leaf
-    }
-
-    fn intern_new(
-        &mut self,
-        frames: &[usize],
-        truncated: bool,
-        room: impl FnOnce(usize) -> bool,
-        ids: impl FnOnce(u32) -> u32,
         mut report: impl FnMut(NewNode),
     ) -> u32 {
+        if frames.is_empty() || frames.len() > LAST_FRAMES || !self.ensure() {
+            return 0;
+        }
+        let len = frames.len();
+        // The outer frames shared with the last stack: their nodes are `last_ids`' (the same
+        // frames from the same root are the same nodes, whatever follows them).
+        let shared = if self.last_len > 0 && self.last_truncated == truncated {
+            frames
+                .iter()
+                .rev()
+                .zip(self.last[..self.last_len].iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count()
+        } else {
+            0
+        };
+        if shared == len {
+            return self.last_ids[self.last_len - len];
+        }
         let root_key = if truncated { TRUNCATED_ROOT } else { 0 };
-        // The known part, from the outermost frame in.
-        let mut parent = 0;
-        let mut known = 0;
-        for (depth, &pc) in frames.iter().rev().enumerate() {
+        // `last_ids` becomes this stack's as its nodes are found or made (outermost first:
+        // depth d is frame `len - 1 - d`); the cache is invalid until it is whole.
+        self.last_ids
+            .copy_within(self.last_len - shared..self.last_len, len - shared);
+        self.last_len = 0;
+        let mut parent = if shared > 0 {
+            self.last_ids[len - shared]
+        } else {
+            0
+        };
+        // The rest of the known part, by lookups.
+        let mut known = shared;
+        for depth in shared..len {
             let key = if depth == 0 { root_key } else { parent };
-            match self.find(pc, key) {
+            match self.find(frames[len - 1 - depth], key) {
                 Some(id) => {
                     parent = id;
+                    self.last_ids[len - 1 - depth] = id;
                     known += 1;
                 }
                 None => break,
             }
         }
-        let mut new = frames.len() - known;
-        if new == 0 {
-            return parent;
+        let mut new = len - known;
+        if new > 0 {
+            if self.nodes + new > self.limit() && !self.grow(self.nodes + new) {
+                self.clear();
+                parent = 0;
+                known = 0;
+                new = len;
+            }
+            if !room(new) {
+                return 0;
+            }
+            let Ok(n32) = u32::try_from(new) else {
+                return 0;
+            };
+            let first = ids(n32);
+            if first == 0 {
+                return 0;
+            }
+            for depth in known..len {
+                let pc = frames[len - 1 - depth];
+                let id = first + (depth - known) as u32;
+                let key = if depth == 0 { root_key } else { parent };
+                self.insert(pc, key, id);
+                report(NewNode {
+                    pc,
+                    parent: if depth == 0 { 0 } else { parent },
+                    id,
+                    truncated: depth == 0 && truncated,
+                });
+                self.last_ids[len - 1 - depth] = id;
+                parent = id;
+            }
         }
-        if self.nodes + new > self.limit() && !self.grow(self.nodes + new) {
-            self.clear();
-            parent = 0;
-            known = 0;
-            new = frames.len();
-        }
-        if !room(new) {
-            return 0;
-        }
-        let Ok(n32) = u32::try_from(new) else {
-            return 0;
-        };
-        let first = ids(n32);
-        if first == 0 {
-            return 0;
-        }
-        for (depth, &pc) in frames.iter().rev().enumerate().skip(known) {
-            let id = first + (depth - known) as u32;
-            let key = if depth == 0 { root_key } else { parent };
-            self.insert(pc, key, id);
-            report(NewNode {
-                pc,
-                parent: if depth == 0 { 0 } else { parent },
-                id,
-                truncated: depth == 0 && truncated,
-            });
-            parent = id;
-        }
+        // Every frame's node is in the table now (a restart above left none of the old ones).
+        self.last[..len].copy_from_slice(frames);
+        self.last_len = len;
+        self.last_truncated = truncated;
         parent
     }
 }
@@ -451,5 +472,118 @@ mod tests {
         assert_eq!((id, t.len()), (0, 0));
         assert_eq!(t.intern(&[], false, |_| true, |_| 1, |_| {}), 0);
         t.release();
+    }
+
+    /// Follows `leaf` up through the nodes reported so far: the stack it stands for, leaf first,
+    /// and whether its outermost node was marked truncated.
+    fn stack_of(nodes: &std::collections::HashMap<u32, NewNode>, leaf: u32) -> (Vec<usize>, bool) {
+        let mut out = Vec::new();
+        let mut id = leaf;
+        let mut truncated = false;
+        while id != 0 {
+            let n = nodes[&id];
+            out.push(n.pc);
+            truncated = n.truncated;
+            id = n.parent;
+        }
+        (out, truncated)
+    }
+
+    #[test]
+    fn every_id_stands_for_its_own_frames() {
+        // Stacks from a few addresses, so they share outer frames, are prefixes of one another,
+        // alternate and repeat; some truncated. Each id returned must lead back through the
+        // reported nodes to exactly the frames interned, and the ids must be those of a table
+        // that never uses its last stack.
+        let mut t = StackTable::new();
+        let mut plain = StackTable::new();
+        let (mut ids, mut plain_ids) = (Ids(1), Ids(1));
+        let mut nodes = std::collections::HashMap::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut prev: Vec<usize> = vec![0x10];
+        for round in 0..20_000 {
+            let r = next();
+            let frames: Vec<usize> = match r % 5 {
+                // One deeper or one shallower than the last, or the last with another leaf.
+                0 => [&[0x100 + (r as usize >> 8) % 3], &prev[..]].concat(),
+                1 if prev.len() > 1 => prev[1..].to_vec(),
+                2 => [
+                    &[0x200 + (r as usize >> 8) % 3],
+                    &prev[1.min(prev.len() - 1)..],
+                ]
+                .concat(),
+                // Anything.
+                _ => (0..1 + (r as usize >> 8) % 12)
+                    .map(|i| 0x10 * (1 + (r as usize >> (16 + i)) % 4))
+                    .collect(),
+            };
+            let frames = &frames[..frames.len().min(MAX_STACK)];
+            let trunc = next() % 7 == 0;
+            let mut sent = Vec::new();
+            let id = t.intern(frames, trunc, |_| true, |n| ids.take(n), |n| sent.push(n));
+            plain.last_len = 0;
+            let mut plain_sent = Vec::new();
+            let plain_id = plain.intern(
+                frames,
+                trunc,
+                |_| true,
+                |n| plain_ids.take(n),
+                |n| plain_sent.push(n),
+            );
+            assert_eq!((id, &sent), (plain_id, &plain_sent), "round {round}");
+            for n in sent {
+                assert!(
+                    nodes.insert(n.id, n).is_none(),
+                    "id {} reported twice",
+                    n.id
+                );
+            }
+            assert_eq!(
+                stack_of(&nodes, id),
+                (frames.to_vec(), trunc),
+                "round {round}"
+            );
+            prev = frames.to_vec();
+            if round % 5000 == 4999 {
+                // Forgotten nodes are reported again, with new ids.
+                t.clear();
+                plain.clear();
+            }
+        }
+        t.release();
+        plain.release();
+    }
+
+    #[test]
+    fn a_cleared_table_does_not_answer_from_its_last_stack() {
+        let mut t = StackTable::new();
+        let mut ids = Ids(1);
+        let (a, _) = intern(&mut t, &mut ids, &[0x30, 0x20, 0x10], false);
+        t.clear();
+        let (b, sent) = intern(&mut t, &mut ids, &[0x30, 0x20, 0x10], false);
+        assert_eq!(sent.len(), 3);
+        assert_ne!(a, b);
+        // An outer part of the last stack is its inner node; the same frames truncated are not.
+        let (c, sent) = intern(&mut t, &mut ids, &[0x20, 0x10], false);
+        assert!(sent.is_empty());
+        assert_eq!(c, sent_id(&mut t, &mut ids, &[0x20, 0x10]));
+        let (d, sent) = intern(&mut t, &mut ids, &[0x20, 0x10], true);
+        assert_eq!(sent.len(), 2);
+        assert_ne!(c, d);
+        t.release();
+    }
+
+    /// The id of `frames` in `t` (already interned).
+    fn sent_id(t: &mut StackTable, ids: &mut Ids, frames: &[usize]) -> u32 {
+        t.last_len = 0;
+        let (id, sent) = intern(t, ids, frames, false);
+        assert!(sent.is_empty());
+        id
     }
 }

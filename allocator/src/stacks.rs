@@ -43,6 +43,7 @@ use crate::{hook, init, module};
 
 /// Frames a stack holds at most.
 pub const MAX_FRAMES: usize = 64;
+const _: () = assert!(MAX_FRAMES <= crate::stack_table::MAX_STACK);
 
 /// A heap's stack state (its owner's alone, but for the sampler's countdown).
 #[repr(C)]
@@ -58,6 +59,10 @@ pub struct HeapStacks {
     frames: [usize; MAX_FRAMES],
     /// The last two code ranges return addresses fell in, and the module table they came from.
     code_cache: module::CodeCache,
+    /// The last walk, for the next to go by ([`unwind::Memo`]), and the code range table
+    /// ([`module::ranges_version`]) it was made with.
+    memo: unwind::Memo,
+    memo_ranges: usize,
 }
 
 impl HeapStacks {
@@ -69,6 +74,8 @@ impl HeapStacks {
             epoch: 0,
             frames: [0; MAX_FRAMES],
             code_cache: module::CodeCache::new(),
+            memo: unwind::Memo::new(),
+            memo_ranges: 0,
         }
     }
 }
@@ -490,13 +497,19 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
         };
         let frames = &mut st.frames;
         let cache = &mut st.code_cache;
+        let ranges = module::ranges_version();
+        if st.memo_ranges != ranges {
+            st.memo.clear();
+            st.memo_ranges = ranges;
+        }
         let walk = if lo <= regs.sp && regs.sp < hi {
-            unwind::walk(
+            unwind::walk_memo(
                 regs,
                 (lo, hi),
                 |a| (a as *const usize).read(),
                 |pc| cache.frame(pc),
                 frames,
+                &mut st.memo,
             )
         } else {
             // Not on the thread's stack (a coroutine's, a signal stack): the leaf alone.

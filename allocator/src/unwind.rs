@@ -43,85 +43,299 @@ pub struct Walk {
 /// hi)`; `read(addr)` is only called with 8-byte aligned `addr` such that `addr + 8 <= hi` and
 /// `addr >= max(lo, regs.sp)`. `frame(pc)` says whether the return address `pc` lies in a
 /// module's code (`None` if not), and gives the unwind row covering the call before it
-/// (`Some(None)`: no row, walk by frame pointers); see [`rows_frame`].
+/// (`Some(None)`: no row, walk by frame pointers); see [`rows_frame`]. At most [`MEMO_LEVELS`]
+/// frames.
 pub fn walk(
+    regs: Regs,
+    stack: (usize, usize),
+    read: impl Fn(usize) -> usize,
+    frame: impl FnMut(usize) -> Option<Option<Row>>,
+    out: &mut [usize],
+) -> Walk {
+    walk_memo(regs, stack, read, frame, out, &mut Memo::new())
+}
+
+/// Levels a [`Memo`] keeps: the most frames a walk gives.
+pub const MEMO_LEVELS: usize = 64;
+
+/// One level of a walk: the frame entered (its return address `pc`, and the stack and frame
+/// pointers there) and the stack words read to leave it for its caller (`ra_at`, `fp_at`; 0:
+/// not read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Level {
+    pc: usize,
+    sp: usize,
+    fp: usize,
+    ra_at: usize,
+    fp_at: usize,
+}
+
+/// What one walk leaves for the next on the same stack ([`walk_memo`]).
+///
+/// A step of the walk is a function of the frame it leaves (return address, stack and frame
+/// pointers), the stack's top, the words it reads and what `frame` says of the return address
+/// read; so once a walk enters a frame the last walk entered too, in the same state, the rest
+/// of the last walk holds for as long as the words it read still hold the same values. The next
+/// walk then checks those words (one or two loads and compares a frame) instead of taking each
+/// step anew; at the first word that changed it walks on from there. Its result is always the
+/// one a walk without the memo would give.
+pub struct Memo {
+    /// The last walk's levels are `levels[cur][..len]`; the other half is the next walk's.
+    levels: [[Level; MEMO_LEVELS]; 2],
+    cur: usize,
+    /// Levels of the last walk (0: nothing to go by).
+    len: usize,
+    /// The words the last walk read leaving its last level (if its `ra_at` is not 0).
+    last_ra: usize,
+    last_fp: usize,
+    truncated: bool,
+    /// The last walk stopped at its depth limit, not at something on the stack.
+    at_limit: bool,
+    /// The last walk's stack top and depth limit.
+    hi: usize,
+    limit: usize,
+}
+
+impl Memo {
+    /// Nothing to go by.
+    pub const fn new() -> Self {
+        Self {
+            levels: [[Level {
+                pc: 0,
+                sp: 0,
+                fp: 0,
+                ra_at: 0,
+                fp_at: 0,
+            }; MEMO_LEVELS]; 2],
+            cur: 0,
+            len: 0,
+            last_ra: 0,
+            last_fp: 0,
+            truncated: false,
+            at_limit: false,
+            hi: 0,
+            limit: 0,
+        }
+    }
+
+    /// Forgets the last walk: to be called whenever `frame` may answer otherwise than it did
+    /// (the code ranges or their rows changed).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`walk`], going by the last walk on this stack where it can (see [`Memo`]), and leaving this
+/// walk in `memo` for the next. The same contract as [`walk`]; the caller clears `memo` when
+/// `frame`'s answers change. `read` is called only as [`walk`] says: a word the last walk read
+/// lies at or above the stack pointer of a frame this walk has reached.
+pub fn walk_memo(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
     mut frame: impl FnMut(usize) -> Option<Option<Row>>,
     out: &mut [usize],
+    memo: &mut Memo,
 ) -> Walk {
-    let stop = |len| Walk {
-        len,
-        truncated: true,
+    let limit = out.len().min(MEMO_LEVELS);
+    let out = &mut out[..limit];
+    let hi = stack.1;
+    // The last walk's levels that may be gone by (`usable` of them); this walk's are written to
+    // the other half, and the memo holds nothing until this walk is done.
+    let old = memo.cur;
+    let new = 1 - old;
+    let usable = if memo.hi == hi && memo.limit == limit {
+        memo.len
+    } else {
+        0
     };
-    let end = |len| Walk {
-        len,
-        truncated: false,
+    let lo = stack.0.max(regs.sp);
+    if usable > 0 {
+        // The last walk's stack again (a loop allocating from one place): its first frame in
+        // the same state, every word it read unchanged, and its end reached as before.
+        let levels = &memo.levels[old][..usable];
+        let (first, last) = (&levels[0], &levels[usable - 1]);
+        if first.pc == regs.pc
+            && first.sp == lo
+            && first.fp == regs.fp
+            && follow(levels, &read) + 1 == usable
+            && (last.ra_at == 0
+                || (read(last.ra_at) == memo.last_ra
+                    && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp)))
+        {
+            for (o, l) in out.iter_mut().zip(levels) {
+                *o = l.pc;
+            }
+            return Walk {
+                len: usable,
+                truncated: memo.truncated,
+            };
+        }
+    }
+    memo.len = 0;
+    memo.cur = new;
+    memo.hi = hi;
+    memo.limit = limit;
+    // Ends the walk with `len` frames, its last level's words read (`ra`, `fp`) kept.
+    let finish = |memo: &mut Memo, len: usize, truncated: bool, at_limit: bool, ra, fp| {
+        memo.len = len;
+        memo.truncated = truncated;
+        memo.at_limit = at_limit;
+        memo.last_ra = ra;
+        memo.last_fp = fp;
+        Walk { len, truncated }
     };
     let Some(mut row) = frame(regs.pc) else {
-        return stop(0);
+        return finish(memo, 0, true, false, 0, 0);
     };
     if out.is_empty() {
-        return stop(0);
+        return finish(memo, 0, true, true, 0, 0);
     }
     out[0] = regs.pc;
     let mut n = 1;
-    let lo = stack.0.max(regs.sp);
-    let hi = stack.1;
     // A word at `a` may be read: aligned, inside the stack, at or above the current frame.
     let readable =
         |a: usize, sp: usize| a >= sp && a >= lo && a.is_multiple_of(8) && hi >= 8 && a <= hi - 8;
     let (mut sp, mut fp) = (lo, regs.fp);
+    // The first of the last walk's levels not below the current frame.
+    let mut mk = 0;
     loop {
-        if n == out.len() {
-            return stop(n);
+        memo.levels[new][n - 1] = Level {
+            pc: out[n - 1],
+            sp,
+            fp,
+            ra_at: 0,
+            fp_at: 0,
+        };
+        if n == limit {
+            return finish(memo, n, true, true, 0, 0);
         }
-        let (ra, next_sp, next_fp) = match row {
-            Some(row) if row.rule == rule::END => return end(n),
+        let (ra_at, fp_at, next_sp) = match row {
+            Some(row) if row.rule == rule::END => return finish(memo, n, false, false, 0, 0),
             Some(row) if row.rule == rule::CFA_RSP || row.rule == rule::CFA_RBP => {
                 let base = if row.rule == rule::CFA_RSP { sp } else { fp };
                 let Some(cfa) = base.checked_add_signed(row.cfa_offset as isize) else {
-                    return stop(n);
+                    return finish(memo, n, true, false, 0, 0);
                 };
                 let Some(ra_at) = cfa.checked_add_signed(isize::from(row.ra_offset)) else {
-                    return stop(n);
+                    return finish(memo, n, true, false, 0, 0);
                 };
                 if cfa <= sp || cfa > hi || !readable(ra_at, sp) {
-                    return stop(n);
+                    return finish(memo, n, true, false, 0, 0);
                 }
-                let next_fp = if row.rbp_offset == 0 {
-                    fp
+                let fp_at = if row.rbp_offset == 0 {
+                    0
                 } else {
                     match cfa.checked_add_signed(isize::from(row.rbp_offset)) {
-                        Some(at) if readable(at, sp) => read(at),
-                        _ => return stop(n),
+                        Some(at) if readable(at, sp) => at,
+                        _ => return finish(memo, n, true, false, 0, 0),
                     }
                 };
-                (read(ra_at), cfa, next_fp)
+                (ra_at, fp_at, cfa)
             }
-            Some(_) => return stop(n),
+            Some(_) => return finish(memo, n, true, false, 0, 0),
             None => {
                 // Frame pointers: `[fp]` the caller's frame pointer, `[fp + 8]` the return address.
                 if fp == 0 {
-                    return end(n);
+                    return finish(memo, n, false, false, 0, 0);
                 }
                 if !fp.is_multiple_of(16) || !readable(fp, sp) || !readable(fp + 8, sp) {
-                    return stop(n);
+                    return finish(memo, n, true, false, 0, 0);
                 }
-                (read(fp + 8), fp + 16, read(fp))
+                (fp + 8, fp, fp + 16)
             }
         };
+        // 0 is never such an address (`readable` words lie at or above the stack pointer).
+        let l = &mut memo.levels[new][n - 1];
+        l.ra_at = ra_at;
+        l.fp_at = fp_at;
+        while mk < usable && memo.levels[old][mk].sp < sp {
+            mk += 1;
+        }
+        if mk + 1 < usable && {
+            let l = &memo.levels[old][mk];
+            l.sp == sp
+                && l.fp == fp
+                && l.ra_at == ra_at
+                && l.fp_at == fp_at
+                && memo.levels[old][mk + 1].sp == next_sp
+        } {
+            // This frame is left as the last walk left its frame `mk` (the same words read,
+            // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
+            // this walk's from `n` on, while the words read leaving each hold the same values.
+            let (start, first) = (mk, n);
+            // The levels followed alike, at most up to the depth limit.
+            let end = usable.min(start + 1 + (limit - first));
+            let m = start + follow(&memo.levels[old][start..end], &read);
+            n = first + (m - start);
+            let (h0, h1) = memo.levels.split_at_mut(1);
+            let (from, to) = if old == 0 {
+                (&h0[0], &mut h1[0])
+            } else {
+                (&h1[0], &mut h0[0])
+            };
+            to[first..n].copy_from_slice(&from[start + 1..=m]);
+            for (o, l) in out[first..n].iter_mut().zip(&from[start + 1..=m]) {
+                *o = l.pc;
+            }
+            if n == limit {
+                // Where a walk stops, whatever lies beyond.
+                return finish(memo, n, true, true, 0, 0);
+            }
+            if m + 1 == usable {
+                // The last walk's last frame: it ended there as its state and row say, or by
+                // the words it read leaving it.
+                let last = memo.levels[old][m];
+                let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
+                let ended = last.ra_at == 0
+                    || (read(last.ra_at) == ra && (last.fp_at == 0 || read(last.fp_at) == fp));
+                if !memo.at_limit && ended {
+                    return finish(memo, n, truncated, false, ra, fp);
+                }
+            }
+            // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
+            // otherwise); a frame further up may again be left as the last walk left it.
+            mk = m + 1;
+            if m != start {
+                let l = memo.levels[old][m];
+                (sp, fp) = (l.sp, l.fp);
+                let Some(r) = frame(l.pc) else {
+                    return finish(memo, n - 1, true, false, 0, 0);
+                };
+                row = r;
+                continue;
+            }
+        }
+        let next_fp = if fp_at == 0 { fp } else { read(fp_at) };
+        let ra = read(ra_at);
         if ra == 0 {
-            return end(n);
+            return finish(memo, n, false, false, ra, next_fp);
         }
         let Some(next_row) = frame(ra) else {
-            return stop(n);
+            return finish(memo, n, true, false, ra, next_fp);
         };
         out[n] = ra;
         n += 1;
         (sp, fp, row) = (next_sp, next_fp, next_row);
     }
+}
+
+/// How many steps from one of `levels` to the next a walk takes as the last walk took them: the
+/// words read leaving each level still hold the next level's return address and frame
+/// pointer.
+fn follow(levels: &[Level], read: impl Fn(usize) -> usize) -> usize {
+    levels
+        .windows(2)
+        .take_while(|w| {
+            read(w[0].ra_at) == w[1].pc && (w[0].fp_at == 0 || read(w[0].fp_at) == w[1].fp)
+        })
+        .count()
 }
 
 /// The row for the return address `pc` in a module's `rows`: the one covering the call, at
@@ -510,6 +724,114 @@ mod tests {
                 len: 1,
                 truncated: true
             }
+        );
+    }
+
+    /// Walks `s` from `regs` twice, with `memo` and afresh, with `limit` frames at most (rows
+    /// from [`rows`] when `with_rows`): the two must agree.
+    fn walk_both(s: &Fake, regs: Regs, memo: &mut Memo, limit: usize, with_rows: bool) -> Walk {
+        let read = |a: usize| {
+            assert!(a.is_multiple_of(8), "misaligned read {a:#x}");
+            assert!(a >= s.base.max(regs.sp) && a + 8 <= s.hi(), "read {a:#x}");
+            s.words[(a - s.base) / 8]
+        };
+        let rows = rows();
+        let frame = |pc: usize| {
+            (0x1000..0x2000).contains(&pc).then(|| {
+                if with_rows {
+                    rows_frame(rows, pc)
+                } else {
+                    None
+                }
+            })
+        };
+        let mut a = vec![0usize; limit];
+        let mut b = vec![0usize; limit];
+        let wa = walk_memo(regs, (s.base, s.hi()), read, frame, &mut a, memo);
+        let wb = walk(regs, (s.base, s.hi()), read, frame, &mut b);
+        assert_eq!(wa, wb, "{regs:x?}");
+        assert_eq!(a[..wa.len], b[..wb.len], "{regs:x?}");
+        wa
+    }
+
+    #[test]
+    fn a_walk_going_by_the_last_one_finds_what_a_fresh_walk_finds() {
+        // A long sound chain whose words are changed a few at a time between walks (return
+        // addresses into other code, saved frame pointers to other frames or garbage), walked
+        // from frames at random depths, with and without rows, at depth limits that cut it.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as usize
+        };
+        let mut long = 0;
+        for with_rows in [false, true] {
+            let mut s = Fake::new(BASE, 1024);
+            let frames: Vec<usize> = (0..100).map(|i| BASE + 0x40 + 64 * i).collect();
+            s.chain(&frames, 0);
+            for (i, &f) in frames.iter().enumerate() {
+                // Code without rows (frame pointers) unless `with_rows` lands some in rows.
+                s.set(f + 8, 0x1200 + 16 * (i % 8));
+            }
+            let mut memo = Memo::new();
+            let mut last_regs = Regs {
+                pc: 0x1200,
+                sp: frames[0],
+                fp: frames[0],
+            };
+            for round in 0..20_000 {
+                let r = next();
+                match r % 8 {
+                    0 => {
+                        // Code, or a return address that ends the walk (0, not code).
+                        let f = frames[next() % frames.len()];
+                        let ra = match next() % 6 {
+                            0 => 0,
+                            1 => 0x9999,
+                            _ => 0x1000 + 16 * (next() % 0x100),
+                        };
+                        s.set(f + 8, ra);
+                    }
+                    1 => {
+                        let f = frames[next() % frames.len()];
+                        let to = frames[next() % frames.len()];
+                        s.set(f, if next() % 4 == 0 { next() } else { to });
+                    }
+                    2 if round % 64 == 0 => {
+                        // Start over from a sound chain now and then.
+                        s.chain(&frames, 0);
+                        for (i, &f) in frames.iter().enumerate() {
+                            s.set(f + 8, 0x1200 + 16 * (i % 8));
+                        }
+                    }
+                    3 => memo.clear(),
+                    _ => {}
+                }
+                let at = next() % frames.len();
+                let regs = if next() % 3 == 0 {
+                    last_regs // the same stack again, changed or not
+                } else {
+                    Regs {
+                        pc: 0x1200 + 16 * (next() % 8),
+                        sp: frames[at] - 16 * (next() % 3),
+                        fp: frames[at],
+                    }
+                };
+                last_regs = regs;
+                let limit = if next() % 8 == 0 {
+                    [5, 20][next() % 2]
+                } else {
+                    64
+                };
+                let w = walk_both(&s, regs, &mut memo, limit, with_rows);
+                long += usize::from(w.len > 10);
+            }
+        }
+        assert!(
+            long > 1000,
+            "the walks were long enough to go by the last ones: {long}"
         );
     }
 

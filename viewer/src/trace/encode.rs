@@ -49,6 +49,7 @@
 use std::collections::HashMap;
 
 use super::addr_map::AddrMap;
+use crate::model::hash::FastMap;
 
 use heaplens_alloc::event::{Event, EventKind};
 use heaplens_alloc::schema::{self, How};
@@ -551,7 +552,7 @@ impl Predictor {
     /// number); else, a new one, `STACK_MRU` + 2 × zigzag(id − the heap's last frame id) + 1.
     /// Moves the id to the front of the recent ones.
     #[inline]
-    fn code_stack(&mut self, id: u32, seen: &mut HashMap<u32, u32>) -> u64 {
+    fn code_stack(&mut self, id: u32, seen: &mut FastMap<u32, u32>) -> u64 {
         let code = match self.stacks.iter().position(|&s| s == id) {
             Some(i) => i as u64,
             None => {
@@ -720,8 +721,9 @@ struct EncodeHeap {
     pred: Predictor,
     allocs: u32,
     stacks: Vec<StackHead>,
-    /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order.
-    seen: HashMap<u32, u32>,
+    /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order (looked up
+    /// for most `Alloc`s under `--stacks all`: the fast hasher, not SipHash).
+    seen: FastMap<u32, u32>,
 }
 
 impl EncodeHeap {
