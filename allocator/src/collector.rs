@@ -746,13 +746,13 @@ impl<'a> Collector<'a> {
 
     fn drain(&mut self, now: u64) {
         self.last_drain = now;
-        let mut fresh: Vec<(u32, i32)> = Vec::new();
+        let mut fresh: Vec<(u32, i32, bool)> = Vec::new();
         let mut drained: Vec<(u32, (u32, u32), Vec<Event>)> = Vec::new();
-        hook::drain(|heap, tid, order, events| {
+        hook::drain(|heap, tid, traced, order, events| {
             if !events.is_empty() {
                 drained.push((heap, order, events.to_vec()));
             }
-            fresh.push((heap, tid));
+            fresh.push((heap, tid, traced));
         });
         for (heap, order, events) in drained {
             self.queue(heap).push_owned(events, order);
@@ -765,12 +765,15 @@ impl<'a> Collector<'a> {
             return self.flush_scratch();
         }
         self.last_names = now.max(1);
-        for (heap, tid) in fresh {
+        for (heap, tid, traced) in fresh {
             let known = self.names.get(&heap).map(|(t, _)| *t);
             let name =
                 std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
             let name = name.trim_end().to_owned();
-            if known.is_none() && first {
+            // An untraced thread (this collector, a thread the program does not trace) is not
+            // one of the program's threads in the trace: it gets a name, for the frees into
+            // traced pages it may report, but no start.
+            if known.is_none() && first && traced {
                 let t = hook::now();
                 let start = schema::ThreadStart {
                     os_tid: tid as u64,

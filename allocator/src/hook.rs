@@ -1395,13 +1395,16 @@ pub(crate) fn current_buffers(mut f: impl FnMut(*mut EventBuffer)) {
     crate::init::for_each_heap(|heap: &Heap| f(heap.events.load(Acquire)));
 }
 
-/// Copies the not yet taken events of every live traced heap's current buffer to `f(heap_id,
-/// os_tid, (buffer seq, index of the first event), events)`. Collector thread only.
-pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
+/// Copies the not yet taken events of every live heap's current buffer to `f(heap_id, os_tid,
+/// traced, (buffer seq, index of the first event), events)` (an untraced heap has events too:
+/// its frees into traced pages). Collector thread only.
+pub(crate) fn drain(mut f: impl FnMut(u32, i32, bool, (u32, u32), &[Event])) {
     crate::init::for_each_heap(|heap: &Heap| {
+        let traced = heap.traced.load(Relaxed);
+        let mut f = |order, events: &[Event]| f(heap.id, heap.os_tid, traced, order, events);
         let buf = heap.events.load(Acquire);
         if buf.is_null() {
-            f(heap.id, heap.os_tid, (0, 0), &[]);
+            f((0, 0), &[]);
             return;
         }
         // The owner publishes events by moving the heap's cursor on. Read after the buffer, it
@@ -1415,7 +1418,7 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
             .map(|bytes| bytes / EVENT_SIZE)
             .filter(|&n| n <= BUFFER_EVENTS)
         else {
-            f(heap.id, heap.os_tid, (0, 0), &[]);
+            f((0, 0), &[]);
             return;
         };
         // SAFETY: the heap list lock keeps the heap alive, and its current buffer too: the
@@ -1423,12 +1426,7 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, (u32, u32), &[Event])) {
         // when its thread has already sent it; `published` events are written and visible.
         unsafe {
             let (from, n) = (*buf).take_upto(published);
-            f(
-                heap.id,
-                heap.os_tid,
-                ((*buf).seq, from as u32),
-                &(&(*buf).events)[from..n],
-            );
+            f(((*buf).seq, from as u32), &(&(*buf).events)[from..n]);
         }
     });
 }

@@ -110,6 +110,22 @@ impl Heaps {
         self.alive
     }
 
+    /// Threads seen: heaps that are threads ([`Heap::is_thread`]), one per OS thread (a thread
+    /// that frees after its heap is gone, in the C library's cleanup, gets a second heap for
+    /// those frees).
+    pub fn threads_seen(&self) -> u64 {
+        let mut tids = std::collections::HashSet::new();
+        let mut unknown = 0u64;
+        for h in self.list.iter().filter(|h| h.is_thread()) {
+            if h.os_tid == 0 {
+                unknown += 1;
+            } else {
+                tids.insert(h.os_tid);
+            }
+        }
+        tids.len() as u64 + unknown
+    }
+
     /// Counts [`Heaps::alive`] anew (a keyframe written before it left out heaps seen only
     /// freeing).
     pub(crate) fn recount_alive(&mut self) {

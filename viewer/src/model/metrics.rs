@@ -203,7 +203,8 @@ pub struct Totals {
     pub dropped: u64,
     /// Why they were lost: `heaplens_alloc::event::drop_reason` bits.
     pub drop_reasons: u16,
-    /// Distinct heaps (threads) seen.
+    /// Threads seen: heaps that started or allocated ([`super::Heap::is_thread`]), not those
+    /// seen only freeing.
     pub threads_seen: u64,
     /// Most bytes committed at once.
     pub peak_committed: u64,

@@ -996,7 +996,7 @@ impl Model {
     /// Running totals.
     pub fn totals(&self) -> Totals {
         Totals {
-            threads_seen: self.heaps.len() as u64,
+            threads_seen: self.heaps.threads_seen(),
             ..self.totals
         }
     }
