@@ -8,8 +8,8 @@
 //! each launch) is refused too. Each admitted connection gets a reader thread that takes its
 //! frames off the socket as fast as they come and queues them, tagged with the connection and
 //! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
-//! consumes them until that budget is spent; batches wait there packed ([`crate::pack`]), and
-//! [`Frames`] gives them back as they came. The queue ends once no process of the command is
+//! consumes them until that budget is spent; while it is long, batches wait there packed
+//! ([`crate::pack`]), and [`Frames`] gives them back as they came. The queue ends once no process of the command is
 //! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
@@ -178,12 +178,32 @@ pub struct Frames {
     recycled: Receiver<Vec<Event>>,
 }
 
+/// The readers' end of a launch's backlog.
+pub struct FrameSender {
+    tx: backlog::Sender<Queued>,
+    /// The consumer's event vectors given back, for batches queued as they came.
+    recycled: Receiver<Vec<Event>>,
+    /// [`PACK_ABOVE`] (tests change it).
+    pack_above: usize,
+}
+
+/// Batches are packed once the backlog holds this much: the consumer has fallen behind
+/// and the backlog grows into fresh memory. Below it, the consumer keeps up (`heaplens run`'s
+/// viewer, a recorder with a core to itself) and a batch goes as it came, in a vector the
+/// consumer gave back, with no packing on either side.
+const PACK_ABOVE: usize = 8 << 20;
+
 /// A backlog of at most `budget` bytes: the readers' end, the consumer's, and where the
 /// consumer may give a batch's event vector back once done with it.
-pub fn queue(budget: usize) -> (backlog::Sender<Queued>, Frames, Sender<Vec<Event>>) {
+pub fn queue(budget: usize) -> (FrameSender, Frames, Sender<Vec<Event>>) {
     let (tx, rx) = backlog(budget);
     let (recycle, recycled) = bounded(RECYCLED_BATCHES);
-    (tx, Frames { rx, recycled }, recycle)
+    let sender = FrameSender {
+        tx,
+        recycled: recycled.clone(),
+        pack_above: PACK_ABOVE,
+    };
+    (sender, Frames { rx, recycled }, recycle)
 }
 
 impl Frames {
@@ -469,7 +489,7 @@ struct Gate {
 /// here, in the order they came (its metadata checked and queued), then read on a thread of its
 /// own. Admitting in turn is what lets [`launch`] tell, once the program has exited, whether it
 /// connected: every connection it made is admitted by the next pass that finds none waiting.
-fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<backlog::Sender<Queued>>) {
+fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<FrameSender>) {
     let mut conn = 0;
     loop {
         match listener.accept() {
@@ -527,14 +547,14 @@ fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<backlog::Sende
 }
 
 /// Queues an item of connection `conn`; false once nobody reads the queue.
-pub(crate) fn send(tx: &backlog::Sender<Queued>, conn: u64, pid: i32, item: StreamItem) -> bool {
+pub(crate) fn send(tx: &FrameSender, conn: u64, pid: i32, item: StreamItem) -> bool {
     queue_item(tx, Queued::Frame(Frame { conn, pid, item }))
 }
 
 /// Queues `item`; false once nobody reads the queue.
-fn queue_item(tx: &backlog::Sender<Queued>, item: Queued) -> bool {
+fn queue_item(tx: &FrameSender, item: Queued) -> bool {
     let bytes = item.bytes();
-    tx.send(item, bytes).is_ok()
+    tx.tx.send(item, bytes).is_ok()
 }
 
 /// The pid of the peer, if it runs as this user (peer credentials); an error saying why not.
@@ -594,24 +614,35 @@ pub(crate) fn read_stream(
     r: &mut BufReader<UnixStream>,
     conn: u64,
     pid: i32,
-    tx: &backlog::Sender<Queued>,
+    tx: &FrameSender,
 ) -> Option<WireError> {
     let mut ended = false;
-    // Every batch is read into this one vector and packed from it (see [`crate::pack`]).
+    // While the backlog is long, every batch is read into this one vector and packed from it
+    // (see [`crate::pack`]); otherwise it goes as it came and the next is read into a vector
+    // the consumer gave back (or a new one).
     let mut spare = Some(Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
     let mut scratch = Vec::new();
     loop {
         let read = wire::read_frame_direct(r, spare.take());
         let item = match read {
             Ok(Some(Message::Batch(Batch { heap, mut events }))) => {
-                let packed = pack::pack(&events, &mut scratch);
-                events.clear();
-                spare = Some(events);
-                Queued::Batch {
-                    conn,
-                    pid,
-                    heap,
-                    packed,
+                if tx.tx.queued() < tx.pack_above {
+                    spare = tx.recycled.try_recv().ok();
+                    Queued::Frame(Frame {
+                        conn,
+                        pid,
+                        item: StreamItem::Message(Message::Batch(Batch { heap, events })),
+                    })
+                } else {
+                    let packed = pack::pack(&events, &mut scratch);
+                    events.clear();
+                    spare = Some(events);
+                    Queued::Batch {
+                        conn,
+                        pid,
+                        heap,
+                        packed,
+                    }
                 }
             }
             Ok(Some(message)) => {
@@ -717,6 +748,63 @@ mod tests {
         let pid = peer_of_this_user(&stream).expect("a peer of this user");
         let mut r = BufReader::new(stream);
         (pid, admit(&mut r, token))
+    }
+
+    /// Batches streamed through `read_stream` come out of `Frames` as they went in, whether
+    /// the backlog packs them (`pack_above` 0: always) or not (never), and the end follows.
+    #[test]
+    fn batches_come_out_of_the_backlog_as_they_went_in_packed_or_not() {
+        for pack_above in [0, usize::MAX] {
+            let (w, r) = UnixStream::pair().unwrap();
+            let sent: Vec<(u32, Vec<Event>)> = (0..20u32)
+                .map(|b| {
+                    let events = (0..500u64)
+                        .map(|i| Event {
+                            kind: (i % 7) as u8,
+                            flags: (i % 3) as u8,
+                            aux: (i % 40) as u16,
+                            arg32: b * 1000 + i as u32,
+                            addr: 0x7f00_0000_0000 + (i * 7919 % 4096) * 16,
+                            arg: i * 24,
+                            time: u64::from(b) * 1_000_000 + i / 50,
+                        })
+                        .collect();
+                    (b % 3, events)
+                })
+                .collect();
+            let writer = {
+                let sent = sent.clone();
+                std::thread::spawn(move || {
+                    let mut w = std::io::BufWriter::new(w);
+                    let mut scratch = Vec::new();
+                    for (heap, events) in &sent {
+                        wire::write_batch(&mut w, *heap, events, &mut scratch).unwrap();
+                    }
+                    wire::write_end(&mut w).unwrap();
+                })
+            };
+            let (mut tx, frames, recycle) = queue(BACKLOG_BYTES);
+            tx.pack_above = pack_above;
+            let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+            assert!(read_stream(&mut r, 3, 42, &tx).is_none(), "a clean end");
+            writer.join().unwrap();
+            drop(tx);
+            let mut got = Vec::new();
+            let mut ended = false;
+            for f in &frames {
+                assert_eq!((f.conn, f.pid), (3, 42));
+                match f.item {
+                    StreamItem::Message(Message::Batch(Batch { heap, events })) => {
+                        got.push((heap, events.clone()));
+                        let _ = recycle.try_send(events);
+                    }
+                    StreamItem::Message(Message::End) => ended = true,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(ended);
+            assert_eq!(got, sent, "pack_above {pack_above}");
+        }
     }
 
     #[test]
