@@ -76,16 +76,17 @@ pub fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Packed {
             zigzag(e.time.wrapping_sub(time)),
         ];
         (addr, arg, time) = (e.addr, e.arg, e.time);
-        let control_at = at;
-        at += 2;
-        let mut control = 0u16;
-        for (i, v) in values.into_iter().enumerate() {
-            let n = bytes_of(v);
-            out[at..at + 8].copy_from_slice(&v.to_le_bytes());
-            at += n;
-            control |= (n as u16) << (4 * i);
+        // The lengths first, then where each value goes: no value's place waits for the
+        // previous value's length to be worked out and stored.
+        let n = values.map(bytes_of);
+        let control = (n[0] | n[1] << 4 | n[2] << 8 | n[3] << 12) as u16;
+        let place = [2, 2 + n[0], 2 + n[0] + n[1], 2 + n[0] + n[1] + n[2]];
+        let dst = &mut out[at..at + MAX_PACKED];
+        dst[..2].copy_from_slice(&control.to_le_bytes());
+        for (v, p) in values.into_iter().zip(place) {
+            dst[p..p + 8].copy_from_slice(&v.to_le_bytes());
         }
-        out[control_at..control_at + 2].copy_from_slice(&control.to_le_bytes());
+        at += place[3] + n[3];
     }
     Packed {
         bytes: out[..at + SLACK].to_vec(),
