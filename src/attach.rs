@@ -29,8 +29,7 @@ use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus};
 use heaplens_viewer::ui::{self, App, Source};
 
-use crate::backlog::{self, backlog};
-use crate::launch::{self, Frame, StreamItem};
+use crate::launch::{self, StreamItem};
 use crate::quiet::say;
 use crate::record::Recorder;
 use crate::run::Tap;
@@ -84,15 +83,14 @@ pub fn run(
     }
     SOCKET_FD.store(stream.as_raw_fd(), Ordering::SeqCst);
     handle_signals();
-    let (tx, frames) = backlog(launch::BACKLOG_BYTES);
-    let (recycle, recycled) = bounded(512);
+    let (tx, frames, recycle) = launch::queue(launch::BACKLOG_BYTES);
     let reader = stream.try_clone()?;
     std::thread::Builder::new()
         .name("heaplens-reader".into())
         .spawn(move || {
             let mut r = BufReader::with_capacity(launch::STREAM_BUFFER, reader);
             let why = match wire::read_header(&mut r) {
-                Ok(_) => launch::read_stream(&mut r, 1, pid, &tx, &recycled),
+                Ok(_) => launch::read_stream(&mut r, 1, pid, &tx),
                 Err(e) => Some(e),
             };
             launch::send(&tx, 1, pid, StreamItem::Closed(why));
@@ -314,7 +312,7 @@ fn environ_of(proc_dir: &Path) -> Vec<u8> {
 /// `--record`: writes the stream to a trace until heaplens detaches or the program ends.
 fn record_stream(
     target: &Target,
-    frames: &backlog::Receiver<Frame>,
+    frames: &launch::Frames,
     mut recorder: Recorder,
     output: &Path,
 ) -> Result<i32, Box<dyn std::error::Error>> {
@@ -367,10 +365,7 @@ fn record_stream(
 }
 
 /// Without `--record`: the live viewer, until its window closes.
-fn watch(
-    target: &Target,
-    frames: backlog::Receiver<Frame>,
-) -> Result<i32, Box<dyn std::error::Error>> {
+fn watch(target: &Target, frames: launch::Frames) -> Result<i32, Box<dyn std::error::Error>> {
     let pid = target.pid;
     let what = format!("pid {pid} ({})", target.name);
     let (tx, rx) = bounded(VIEWER_BACKLOG);

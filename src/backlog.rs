@@ -91,6 +91,11 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.0.lock().bytes
+    }
+
     /// Queues `item` if it fits now; gives it back otherwise (or if the receiver is gone).
     #[cfg(test)]
     pub fn try_send(&self, item: T, bytes: usize) -> Result<(), T> {

@@ -8,7 +8,8 @@
 //! each launch) is refused too. Each admitted connection gets a reader thread that takes its
 //! frames off the socket as fast as they come and queues them, tagged with the connection and
 //! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
-//! consumes them until that budget is spent. The queue ends once no process of the command is
+//! consumes them until that budget is spent; while it is long, batches wait there packed
+//! ([`crate::pack`]), and [`Frames`] gives them back as they came. The queue ends once no process of the command is
 //! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
@@ -29,10 +30,11 @@ use heaplens_alloc::event::{EVENT_SIZE, Event};
 use heaplens_alloc::wire::{self, WireError};
 
 use crate::backlog::{self, backlog};
+use crate::pack::{self, Packed};
 use crate::quiet::say;
 
-/// Event vectors kept for the reader to refill: as many as are in flight between it and the
-/// recorder's keyframe model.
+/// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
+/// it and the recorder's keyframe model.
 const RECYCLED_BATCHES: usize = 512;
 
 /// The buffer of a stream's reader: small, because a batch's events (64 KiB) are read from the
@@ -41,7 +43,8 @@ const RECYCLED_BATCHES: usize = 512;
 pub const STREAM_BUFFER: usize = 4096;
 
 /// Bytes of frames the reader may hold for a consumer that falls behind, by default, before the
-/// program has to wait: 1 GiB, about 33 M events.
+/// program has to wait: 1 GiB, about 100 M events packed (10 bytes each on allocation-heavy
+/// programs; 32 in memory).
 pub const BACKLOG_BYTES: usize = 1 << 30;
 
 /// How the traced program ended.
@@ -137,6 +140,118 @@ impl Frame {
     }
 }
 
+/// What the backlog holds: a frame, or a batch packed to take less memory while it waits
+/// ([`crate::pack`]); [`Frames`] gives back the frame that came in.
+#[derive(Debug)]
+pub enum Queued {
+    /// A frame as it came.
+    Frame(Frame),
+    /// A frame of a batch, packed.
+    Batch {
+        /// As in [`Frame`].
+        conn: u64,
+        /// As in [`Frame`].
+        pid: i32,
+        /// The heap of the batch.
+        heap: u32,
+        /// Its events.
+        packed: Packed,
+    },
+}
+
+impl Queued {
+    /// The memory it holds, as the backlog counts it.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Frame(f) => f.bytes(),
+            Self::Batch { packed, .. } => std::mem::size_of::<Self>() + packed.capacity(),
+        }
+    }
+}
+
+/// The consumer's end of a launch's backlog: the frames of every admitted connection, in the
+/// order each connection sent them.
+pub struct Frames {
+    rx: backlog::Receiver<Queued>,
+    /// Event vectors the consumer gave back (through the matching [`Sender`]), to unpack batches
+    /// into.
+    recycled: Receiver<Vec<Event>>,
+}
+
+/// The readers' end of a launch's backlog.
+pub struct FrameSender {
+    tx: backlog::Sender<Queued>,
+    /// The consumer's event vectors given back, for batches queued as they came.
+    recycled: Receiver<Vec<Event>>,
+    /// [`PACK_ABOVE`] (tests change it).
+    pack_above: usize,
+}
+
+/// Batches are packed once the backlog holds this much: the consumer has fallen behind
+/// and the backlog grows into fresh memory. Below it, the consumer keeps up (`heaplens run`'s
+/// viewer, a recorder with a core to itself) and a batch goes as it came, in a vector the
+/// consumer gave back, with no packing on either side.
+const PACK_ABOVE: usize = 8 << 20;
+
+/// A backlog of at most `budget` bytes: the readers' end, the consumer's, and where the
+/// consumer may give a batch's event vector back once done with it.
+pub fn queue(budget: usize) -> (FrameSender, Frames, Sender<Vec<Event>>) {
+    let (tx, rx) = backlog(budget);
+    let (recycle, recycled) = bounded(RECYCLED_BATCHES);
+    let sender = FrameSender {
+        tx,
+        recycled: recycled.clone(),
+        pack_above: PACK_ABOVE,
+    };
+    (sender, Frames { rx, recycled }, recycle)
+}
+
+impl Frames {
+    /// The next frame, waiting for one; `None` once the queue has ended.
+    pub fn recv(&self) -> Option<Frame> {
+        match self.rx.recv()? {
+            Queued::Frame(f) => Some(f),
+            Queued::Batch {
+                conn,
+                pid,
+                heap,
+                packed,
+            } => {
+                let mut events = self
+                    .recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
+                let item = if pack::unpack(&packed, &mut events).is_some() {
+                    StreamItem::Message(Message::Batch(Batch { heap, events }))
+                } else {
+                    // Never: the backlog holds only what `pack` made.
+                    StreamItem::Closed(Some(WireError::Io(io::Error::other(
+                        "a batch was damaged in heaplens's backlog",
+                    ))))
+                };
+                Some(Frame { conn, pid, item })
+            }
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.rx.queued()
+    }
+
+    /// How full the backlog has been so far.
+    pub fn usage(&self) -> backlog::Usage {
+        self.rx.usage()
+    }
+}
+
+impl Iterator for &Frames {
+    type Item = Frame;
+    fn next(&mut self) -> Option<Frame> {
+        self.recv()
+    }
+}
+
 /// A private directory removed when dropped.
 pub struct PrivateDir(PathBuf);
 
@@ -196,9 +311,9 @@ pub struct Launched {
     /// Items from every admitted connection, in the order each connection sent them; the queue
     /// ends once the program has exited (with `--follow-fork`: every process it started) and
     /// every stream has closed.
-    pub frames: backlog::Receiver<Frame>,
-    /// Where a consumer may give a batch's event vector back once done with it: the readers
-    /// fill it with a later batch instead of allocating (64 KiB a batch).
+    pub frames: Frames,
+    /// Where a consumer may give a batch's event vector back once done with it: `frames`
+    /// unpacks a later batch into it instead of allocating (64 KiB a batch).
     pub recycle: Sender<Vec<Event>>,
     /// How the program ended and when it did; finished once no process of the command is left
     /// to connect (with `--follow-fork`, heaplens is their subreaper and waits for them all).
@@ -284,8 +399,7 @@ pub fn launch(
         )
     })?;
     let pid = i32::try_from(child.id()).unwrap_or(-1);
-    let (tx, rx) = backlog(backlog_bytes);
-    let (recycle, recycled) = bounded(RECYCLED_BATCHES);
+    let (tx, rx, recycle) = queue(backlog_bytes);
     let gate = Arc::new(Gate {
         token,
         program: pid,
@@ -298,7 +412,7 @@ pub fn launch(
         let tx = Arc::new(tx);
         std::thread::Builder::new()
             .name("heaplens-accept".into())
-            .spawn(move || accept_all(&listener, &gate, &tx, &recycled))?
+            .spawn(move || accept_all(&listener, &gate, &tx))?
     };
     let start = Instant::now();
     while !gate.program_connected.load(Ordering::Acquire) {
@@ -375,12 +489,7 @@ struct Gate {
 /// here, in the order they came (its metadata checked and queued), then read on a thread of its
 /// own. Admitting in turn is what lets [`launch`] tell, once the program has exited, whether it
 /// connected: every connection it made is admitted by the next pass that finds none waiting.
-fn accept_all(
-    listener: &UnixListener,
-    gate: &Arc<Gate>,
-    tx: &Arc<backlog::Sender<Frame>>,
-    recycled: &Receiver<Vec<Event>>,
-) {
+fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<FrameSender>) {
     let mut conn = 0;
     loop {
         match listener.accept() {
@@ -410,11 +519,11 @@ fn accept_all(
                 if !recorded {
                     continue; // it only said who it is
                 }
-                let (tx, recycled) = (Arc::clone(tx), recycled.clone());
+                let tx = Arc::clone(tx);
                 let spawned = std::thread::Builder::new()
                     .name(format!("heaplens-read-{pid}"))
                     .spawn(move || {
-                        let why = read_stream(&mut r, conn, pid, &tx, &recycled);
+                        let why = read_stream(&mut r, conn, pid, &tx);
                         send(&tx, conn, pid, StreamItem::Closed(why));
                     });
                 if spawned.is_err() {
@@ -438,10 +547,14 @@ fn accept_all(
 }
 
 /// Queues an item of connection `conn`; false once nobody reads the queue.
-pub(crate) fn send(tx: &backlog::Sender<Frame>, conn: u64, pid: i32, item: StreamItem) -> bool {
-    let frame = Frame { conn, pid, item };
-    let bytes = frame.bytes();
-    tx.send(frame, bytes).is_ok()
+pub(crate) fn send(tx: &FrameSender, conn: u64, pid: i32, item: StreamItem) -> bool {
+    queue_item(tx, Queued::Frame(Frame { conn, pid, item }))
+}
+
+/// Queues `item`; false once nobody reads the queue.
+fn queue_item(tx: &FrameSender, item: Queued) -> bool {
+    let bytes = item.bytes();
+    tx.tx.send(item, bytes).is_ok()
 }
 
 /// The pid of the peer, if it runs as this user (peer credentials); an error saying why not.
@@ -495,53 +608,50 @@ fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), S
     Ok((serde_json::Value::Object(meta).to_string(), recorded))
 }
 
-/// An empty vector for a batch of a full event buffer, its memory faulted in by one system call
-/// (`MADV_POPULATE_WRITE`) rather than by a page fault per 4 KiB page as the events are copied
-/// in. While the program runs, the backlog grows into fresh memory at the rate the program makes
-/// events (32 bytes each), and the reader, which the program waits for, paid for every page:
-/// populating 64 KiB at once costs a third less (600 MiB: 0.31-0.44 s by faults, 0.22-0.28 s
-/// populated, on this machine).
-fn fresh_batch() -> Vec<Event> {
-    let v: Vec<Event> = Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS);
-    populate(v.as_ptr().cast(), v.capacity() * EVENT_SIZE);
-    v
-}
-
-/// Faults in the whole pages inside `len` bytes at `start` for writing. Best effort: a kernel
-/// without `MADV_POPULATE_WRITE` (before 5.14) leaves them to be faulted in on first use.
-#[allow(unsafe_code)] // one system call on memory of our own
-fn populate(start: *const u8, len: usize) {
-    let page = 4096;
-    let (lo, hi) = (
-        (start as usize).next_multiple_of(page),
-        (start as usize + len) & !(page - 1),
-    );
-    if hi > lo {
-        // SAFETY: `lo..hi` lies inside an allocation of ours that nothing reads or writes now;
-        // MADV_POPULATE_WRITE only faults its pages in and never changes their contents.
-        let _ =
-            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_POPULATE_WRITE) };
-    }
-}
-
 /// Forwards one stream's frames after its metadata; returns how it ended (`None`: cleanly, with
 /// `End`).
 pub(crate) fn read_stream(
     r: &mut BufReader<UnixStream>,
     conn: u64,
     pid: i32,
-    tx: &backlog::Sender<Frame>,
-    recycled: &Receiver<Vec<Event>>,
+    tx: &FrameSender,
 ) -> Option<WireError> {
     let mut ended = false;
+    // While the backlog is long, every batch is read into this one vector and packed from it
+    // (see [`crate::pack`]); otherwise it goes as it came and the next is read into a vector
+    // the consumer gave back (or a new one).
+    let mut spare = Some(Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
+    let mut scratch = Vec::new();
     loop {
-        let spare = recycled.try_recv().ok().unwrap_or_else(fresh_batch);
-        match wire::read_frame_direct(r, Some(spare)) {
+        let read = wire::read_frame_direct(r, spare.take());
+        let item = match read {
+            Ok(Some(Message::Batch(Batch { heap, mut events }))) => {
+                if tx.tx.queued() < tx.pack_above {
+                    spare = tx.recycled.try_recv().ok();
+                    Queued::Frame(Frame {
+                        conn,
+                        pid,
+                        item: StreamItem::Message(Message::Batch(Batch { heap, events })),
+                    })
+                } else {
+                    let packed = pack::pack(&events, &mut scratch);
+                    events.clear();
+                    spare = Some(events);
+                    Queued::Batch {
+                        conn,
+                        pid,
+                        heap,
+                        packed,
+                    }
+                }
+            }
             Ok(Some(message)) => {
                 ended = matches!(message, Message::End);
-                if !send(tx, conn, pid, StreamItem::Message(message)) {
-                    return None;
-                }
+                Queued::Frame(Frame {
+                    conn,
+                    pid,
+                    item: StreamItem::Message(message),
+                })
             }
             Ok(None) if ended => return None,
             Ok(None) => {
@@ -551,6 +661,9 @@ pub(crate) fn read_stream(
                 )));
             }
             Err(e) => return Some(e),
+        };
+        if !queue_item(tx, item) {
+            return None;
         }
     }
 }
@@ -635,6 +748,63 @@ mod tests {
         let pid = peer_of_this_user(&stream).expect("a peer of this user");
         let mut r = BufReader::new(stream);
         (pid, admit(&mut r, token))
+    }
+
+    /// Batches streamed through `read_stream` come out of `Frames` as they went in, whether
+    /// the backlog packs them (`pack_above` 0: always) or not (never), and the end follows.
+    #[test]
+    fn batches_come_out_of_the_backlog_as_they_went_in_packed_or_not() {
+        for pack_above in [0, usize::MAX] {
+            let (w, r) = UnixStream::pair().unwrap();
+            let sent: Vec<(u32, Vec<Event>)> = (0..20u32)
+                .map(|b| {
+                    let events = (0..500u64)
+                        .map(|i| Event {
+                            kind: (i % 7) as u8,
+                            flags: (i % 3) as u8,
+                            aux: (i % 40) as u16,
+                            arg32: b * 1000 + i as u32,
+                            addr: 0x7f00_0000_0000 + (i * 7919 % 4096) * 16,
+                            arg: i * 24,
+                            time: u64::from(b) * 1_000_000 + i / 50,
+                        })
+                        .collect();
+                    (b % 3, events)
+                })
+                .collect();
+            let writer = {
+                let sent = sent.clone();
+                std::thread::spawn(move || {
+                    let mut w = std::io::BufWriter::new(w);
+                    let mut scratch = Vec::new();
+                    for (heap, events) in &sent {
+                        wire::write_batch(&mut w, *heap, events, &mut scratch).unwrap();
+                    }
+                    wire::write_end(&mut w).unwrap();
+                })
+            };
+            let (mut tx, frames, recycle) = queue(BACKLOG_BYTES);
+            tx.pack_above = pack_above;
+            let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+            assert!(read_stream(&mut r, 3, 42, &tx).is_none(), "a clean end");
+            writer.join().unwrap();
+            drop(tx);
+            let mut got = Vec::new();
+            let mut ended = false;
+            for f in &frames {
+                assert_eq!((f.conn, f.pid), (3, 42));
+                match f.item {
+                    StreamItem::Message(Message::Batch(Batch { heap, events })) => {
+                        got.push((heap, events.clone()));
+                        let _ = recycle.try_send(events);
+                    }
+                    StreamItem::Message(Message::End) => ended = true,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(ended);
+            assert_eq!(got, sent, "pack_above {pack_above}");
+        }
     }
 
     #[test]
