@@ -13,6 +13,7 @@
 //! The packing is private to the backlog: what leaves it is the batch of events that came in.
 
 use heaplens_alloc::event::Event;
+use heaplens_viewer::trace::encode::{unzigzag, zigzag};
 
 /// The most bytes one event packs into: the control word and four 8-byte values.
 const MAX_PACKED: usize = 2 + 4 * 8;
@@ -134,14 +135,6 @@ pub fn unpack(packed: &Packed, events: &mut Vec<Event>) -> Option<()> {
 #[inline]
 fn bytes_of(v: u64) -> usize {
     (71 - v.leading_zeros() as usize) / 8
-}
-
-fn zigzag(v: u64) -> u64 {
-    (v << 1) ^ ((v as i64 >> 63) as u64)
-}
-
-fn unzigzag(v: u64) -> u64 {
-    (v >> 1) ^ (v & 1).wrapping_neg()
 }
 
 #[cfg(test)]

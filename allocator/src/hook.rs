@@ -1075,13 +1075,17 @@ fn census_page_events(page: &crate::page::Page, owner: u32, t: u64) -> [Event; 2
 /// [`emit_heap_state_before`]).
 ///
 /// Reads `thread_free` as a census does ([`crate::page::census_reading`]: the count, and the
-/// census epoch flipped), after moving the clock past `t`: a cross-thread free stamped `t` or
-/// earlier pushed under the old epoch (and the census counts it), one pushed under the new
-/// epoch is stamped after `t`, so it reaches the model after the census part.
+/// census epoch flipped), with the clock past `t` (the census's first page moves it on): a
+/// cross-thread free stamped `t` or earlier pushed under the old epoch (and the census counts
+/// it), one pushed under the new epoch is stamped after `t`, so it reaches the model after the
+/// census part.
 fn census_page_events_less(page: &crate::page::Page, owner: u32, t: u64, less: u32) -> [Event; 2] {
     // SAFETY: an in-use page lies in a live segment.
     let kind = unsafe { (*crate::segment::segment_of_page(page)).kind() } as u8;
-    bump_clock();
+    if now() <= t {
+        // Once per census: the clock never goes back (a shared line every event reads).
+        bump_clock();
+    }
     let (thread_free, epoch) = crate::page::census_reading(page);
     let epoch = if epoch { flags::EPOCH } else { 0 };
     [
