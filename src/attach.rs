@@ -32,8 +32,8 @@ use heaplens_viewer::ui::{self, App, Source};
 use crate::launch::{self, StreamItem};
 use crate::quiet::say;
 use crate::record::Recorder;
-use crate::run::Tap;
 use crate::sites::{StackArgs, StackMode};
+use crate::tap::Tap;
 
 /// Batches the viewer may fall behind by before it misses some.
 const VIEWER_BACKLOG: usize = 1024;
@@ -379,7 +379,7 @@ fn watch(target: &Target, frames: launch::Frames) -> Result<i32, Box<dyn std::er
     std::thread::Builder::new()
         .name("heaplens-pump".into())
         .spawn(move || {
-            let mut tap = Tap { tx: &tx, missed: 0 };
+            let mut tap = Tap::new(&tx);
             let (mut got_meta, mut attached, mut clean) = (false, false, false);
             let mut error = None;
             for frame in &frames {

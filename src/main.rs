@@ -33,6 +33,7 @@ mod record;
 mod run;
 mod sites;
 mod stats;
+mod tap;
 mod tracedir;
 
 /// What heaplens says when it cannot open a window.

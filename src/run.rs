@@ -12,9 +12,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Sender, bounded};
 use heaplens_alloc::batch::{Batch, Message};
-use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::picker::{Picker, ProcessRow};
 use heaplens_viewer::ui::{self, App, Source};
@@ -22,6 +21,7 @@ use heaplens_viewer::ui::{self, App, Source};
 use crate::launch::{self, Exit, Launched, StreamItem};
 use crate::processes::{Finished, Processes};
 use crate::quiet::say;
+use crate::tap::Tap;
 
 /// Batches the viewer may fall behind by before it misses some.
 const VIEWER_BACKLOG: usize = 1024;
@@ -93,7 +93,7 @@ fn pump(
     mut processes: Option<Processes>,
     tx: &Sender<Feed>,
 ) -> Result<(Exit, Option<Finished>), String> {
-    let mut tap = Tap { tx, missed: 0 };
+    let mut tap = Tap::new(tx);
     let program = i32::try_from(launched.pid).unwrap_or(-1);
     let mut program_conn = 0;
     for frame in &launched.frames {
@@ -127,40 +127,6 @@ fn pump(
         None => None,
     };
     Ok((exit, finished))
-}
-
-/// The viewer's side of the stream: never blocks; what does not fit is counted and reported.
-pub(crate) struct Tap<'a> {
-    pub(crate) tx: &'a Sender<Feed>,
-    pub(crate) missed: u64,
-}
-
-impl Tap<'_> {
-    pub(crate) fn send(&mut self, heap: u32, events: Vec<Event>) {
-        if self.missed > 0 {
-            let note = Event {
-                kind: EventKind::Dropped as u8,
-                aux: drop_reason::SUBSCRIBER,
-                arg: self.missed,
-                time: events.first().map_or(0, |e| e.time),
-                ..Event::default()
-            };
-            match self.tx.try_send(Feed::from(Batch {
-                heap: 0,
-                events: vec![note],
-            })) {
-                Ok(()) => self.missed = 0,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.missed += events.len() as u64;
-                    return;
-                }
-            }
-        }
-        let n = events.len() as u64;
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Feed::from(Batch { heap, events })) {
-            self.missed += n;
-        }
-    }
 }
 
 /// `heaplens view FILE`, or a folder recorded with `--follow-fork`: the process picker, or with

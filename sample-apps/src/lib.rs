@@ -86,6 +86,14 @@ impl Params<'_> {
         }
     }
 
+    /// Lets the event clock move past the marker just set, even at a pace of zero, so that the
+    /// state it names lasts beyond the marker's clock tick (the collector moves the clock on
+    /// every millisecond): a viewer that seeks to the marker's time shows that state, not what
+    /// the next events of the same tick made of it.
+    pub(crate) fn hold(&self) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
     /// Waits until the allocator's deferred work (purging empty pages, ~10 ms; unmapping cached
     /// segments, ~100 ms) is due, at least `at_least` and at least the pace, then calls the
     /// allocator so that it runs.

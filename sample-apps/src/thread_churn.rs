@@ -24,6 +24,10 @@ pub(crate) fn run(p: &Params) {
         (6, 4, 20_000)
     };
     let survivors: Survivors = Mutex::new(Vec::new());
+    // Main's list of the survivors it frees, made before any thread runs: growing it later
+    // would take a new page, and main would reclaim an abandoned segment for it right after
+    // the threads exit, before the view could show those segments without an owner.
+    let mut oldest: Vec<(u64, Box<[u8]>)> = Vec::with_capacity(rounds * threads * blocks / 4);
     for round in 1..=rounds {
         p.mark(&format!("round {round}: {threads} threads start"));
         // Each new thread inherits a share of the survivors of earlier rounds to free.
@@ -52,16 +56,17 @@ pub(crate) fn run(p: &Params) {
         p.mark(&format!(
             "round {round}: threads exited, {live} blocks left"
         ));
+        p.hold();
         p.pause(2.0);
 
         // The oldest half: their segments belong to exited threads.
-        let oldest: Vec<_> = {
+        {
             let mut v = survivors.lock().expect("survivors");
             let half = v.len() / 2;
-            v.drain(..half).collect()
-        };
+            oldest.extend(v.drain(..half));
+        }
         let freed = oldest.len();
-        for (tag, b) in oldest {
+        for (tag, b) in oldest.drain(..) {
             check(&b, tag);
         }
         p.mark(&format!("round {round}: main freed {freed} survivors"));

@@ -27,15 +27,17 @@ mod pack;
 mod quiet;
 #[path = "../reap.rs"]
 mod reap;
+#[path = "../tap.rs"]
+#[allow(dead_code)]
+mod tap;
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::bounded;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use heaplens_alloc::batch::{Batch, Message};
-use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::{App, Source, WINDOW_SIZE};
 
@@ -66,34 +68,6 @@ while time.monotonic() < end:
     n += 20000
 print(n)
 ";
-
-/// The viewer's side of the stream, as `heaplens run` has it: never blocks; what does not fit
-/// is counted and reported with a `Dropped` event.
-fn tap(tx: &Sender<Feed>, missed: &mut u64, heap: u32, events: Vec<Event>) {
-    if *missed > 0 {
-        let note = Event {
-            kind: EventKind::Dropped as u8,
-            aux: drop_reason::SUBSCRIBER,
-            arg: *missed,
-            time: events.first().map_or(0, |e| e.time),
-            ..Event::default()
-        };
-        match tx.try_send(Feed::from(Batch {
-            heap: 0,
-            events: vec![note],
-        })) {
-            Ok(()) => *missed = 0,
-            Err(_) => {
-                *missed += events.len() as u64;
-                return;
-            }
-        }
-    }
-    let n = events.len() as u64;
-    if let Err(TrySendError::Full(_)) = tx.try_send(Feed::from(Batch { heap, events })) {
-        *missed += n;
-    }
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -139,13 +113,13 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     let frames = launched.frames;
     let exit = launched.exit;
     let pump = std::thread::spawn(move || {
-        let mut missed = 0;
+        let mut tap = tap::Tap::new(&tx);
         let mut events = 0u64;
         for frame in &frames {
             match frame.item {
                 launch::StreamItem::Message(Message::Batch(Batch { heap, events: e })) => {
                     events += e.len() as u64;
-                    tap(&tx, &mut missed, heap, e);
+                    tap.send(heap, e);
                 }
                 launch::StreamItem::Closed(_) => break,
                 _ => {}

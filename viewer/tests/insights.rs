@@ -61,3 +61,37 @@ fn each_insight_fires_on_its_scenario_and_only_there() {
     }
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
+
+/// In the thread-churn recording, wherever the memory of the threads that just exited shows at
+/// a "threads exited" marker's own event (as a tour step shows it), it shows also when the view
+/// seeks to the marker's time (as the slider does), which lands after every event of the
+/// marker's clock tick: the scenario holds that state past the tick before main frees into the
+/// abandoned segments and reclaims them. (Before, main reclaimed one in the same tick.)
+#[test]
+fn thread_churn_shows_abandoned_memory_at_an_exit_markers_time_too() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/thread-churn.hltrace");
+    let mut r = Replay::open(&path).unwrap();
+    let exits: Vec<_> = r
+        .markers()
+        .iter()
+        .filter(|m| m.label.contains("threads exited"))
+        .cloned()
+        .collect();
+    let mut shown_at_event = 0;
+    for m in exits {
+        let shows = |r: &Replay| {
+            insights(&r.view().model, false)
+                .iter()
+                .any(|i| i.kind == Kind::AbandonedMemory)
+        };
+        r.seek_marker(&m).unwrap();
+        if !shows(&r) {
+            continue;
+        }
+        shown_at_event += 1;
+        r.seek_time(m.time).unwrap();
+        assert!(shows(&r), "gone by the end of the tick of {:?}", m.label);
+    }
+    assert!(shown_at_event >= 1, "never shown at an exit marker");
+}

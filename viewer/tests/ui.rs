@@ -255,6 +255,27 @@ fn two_markers_a_millisecond_apart_get_two_readable_labels() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Clicking a marker's label under the timeline goes to the marker's own event (the state the
+/// program marked), not to the end of its clock tick, and pauses there.
+#[test]
+fn clicking_a_marker_label_goes_to_its_event() {
+    let path = close_markers_trace();
+    let mut h = harness_on(&path);
+    let marker = replay(&h).markers()[0].clone();
+    assert_ne!(replay(&h).position(), marker.event, "opens at the end");
+    // The timeline's label is the lowest of the three (the plots' are above it).
+    let label = h
+        .query_all_by_label(MARKERS[0])
+        .max_by(|a, b| a.rect().top().total_cmp(&b.rect().top()))
+        .expect("the timeline's label");
+    label.click();
+    h.run();
+    let r = replay(&h);
+    assert_eq!(r.position(), marker.event, "at the marker's event");
+    assert!(!r.is_playing());
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn the_rate_axis_reads_in_millions_per_second() {
     let path = close_markers_trace();

@@ -376,6 +376,13 @@ pub(crate) struct CensusState {
     /// Losses seen so far (`Dropped` events, damage): each one makes every page unsure.
     #[serde(skip)]
     lost_epoch: u64,
+    /// The latest time a lost event may have had (a `Dropped` note's time; `u64::MAX` when
+    /// not known, for damage), until a whole census resets the model. Batches of different
+    /// heaps arrive out of time order, so the lost ones can hold events later than events that
+    /// came after them: a page laid out, reclaimed or set from a part at or before this time
+    /// may have lost events since.
+    #[serde(skip)]
+    lost_until: u64,
     /// The loss each heap's pages were last set from a census after (its part, or a whole
     /// census: `all_synced`).
     #[serde(skip)]
@@ -677,8 +684,12 @@ impl Model {
                 }
             }
         }
+        let unsure = part.time <= self.census.lost_until;
         for cp in &part.pages {
             self.set_page_from_census(cp, part.time);
+            if unsure && let Some((si, pi)) = self.segs.locate(cp.start) {
+                self.segs.get_mut(si).pages[pi].unsure = true;
+            }
         }
         self.mark_delayed_unknown(part);
         self.recompute_aggregates();
@@ -687,7 +698,7 @@ impl Model {
 
     /// Removes live segment `si` and forgets the live blocks of its pages (they are no longer
     /// followed: a thread the trace does not follow owns them).
-    fn forget_segment(&mut self, si: usize) {
+    pub(super) fn forget_segment(&mut self, si: usize) {
         for pi in 0..self.segs.get(si).pages.len() {
             self.forget_page_blocks(si, pi);
         }
@@ -725,10 +736,12 @@ impl Model {
         self.live.forget_range(lo, hi);
     }
 
-    /// Events were lost (a `Dropped` event, a damaged chunk): every page is unsure until its
-    /// heap's next census part, or the next whole census, sets it again.
-    pub(super) fn note_loss(&mut self) {
+    /// Events were lost (a `Dropped` event, a damaged chunk), none later than `until`: every
+    /// page is unsure until its heap's next census part, or the next whole census, sets it
+    /// again.
+    pub(super) fn note_loss(&mut self, until: u64) {
         self.census.lost_epoch += 1;
+        self.census.lost_until = self.census.lost_until.max(until);
         for seg in self.segs.list_mut() {
             for p in seg.pages.iter_mut().filter(|p| p.in_use) {
                 p.unsure = true;
@@ -743,6 +756,17 @@ impl Model {
         if self.census.lost_epoch > 0 && (unknown || unsure) {
             self.census.dirty.insert(heap);
         }
+    }
+
+    /// Whether events after `time` may have been lost, for a page laid out, taken over or set
+    /// from a census then (see `CensusState::lost_until`). If so, the page is unsure, and its
+    /// heap `heap` is set from its next part again.
+    pub(super) fn may_have_lost_since(&mut self, heap: u32, time: u64) -> bool {
+        let may = self.census.lost_epoch > 0 && time <= self.census.lost_until;
+        if may {
+            self.census.dirty.insert(heap);
+        }
+        may
     }
 
     /// In-use pages whose counts may be wrong since events were lost (see [`Page::unsure`]).
@@ -768,8 +792,13 @@ impl Model {
         if resync {
             // Events of this heap may be among those lost: its pages are set from its part.
             resynced_pages = self.resync_heap_part(heap, part);
-            let epoch = self.census.lost_epoch;
-            self.census.synced.insert(heap, epoch);
+            // A part read before the latest lost event leaves the heap to be set again.
+            if part.time > self.census.lost_until {
+                let epoch = self.census.lost_epoch;
+                self.census.synced.insert(heap, epoch);
+            } else {
+                self.census.dirty.insert(heap);
+            }
         }
         let mismatches = self.compare_heap_part(heap, part);
         let check = match &mut self.census.check {
@@ -869,6 +898,7 @@ impl Model {
             // Every heap's pages agree with this census, or are set from it: none is unsure
             // any more.
             self.census.all_synced = self.census.lost_epoch;
+            self.census.lost_until = 0;
             self.census.dirty.clear();
             for seg in self.segs.list_mut() {
                 for p in &mut seg.pages {

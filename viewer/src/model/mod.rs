@@ -228,7 +228,9 @@ impl Model {
     /// resynchronises the pages. Unlike drops, the count is not in [`Totals::dropped`].
     pub fn events_lost(&mut self, n: u64) {
         self.lost_to_damage = self.lost_to_damage.saturating_add(n.max(1));
-        self.note_loss();
+        // When the lost events happened is not known: the pages laid out after the damage
+        // stay unsure too, until the next whole census.
+        self.note_loss(u64::MAX);
     }
 
     /// Whether debug builds check the invariants that hold in any event order at each sample
@@ -393,7 +395,8 @@ impl Model {
                 let d = schema::Dropped::from_event(ev);
                 self.totals.dropped = self.totals.dropped.saturating_add(d.lost);
                 self.totals.drop_reasons |= d.reasons;
-                self.note_loss();
+                // The note comes after the events it stands for (its time is the latest).
+                self.note_loss(ev.time);
             }
             CLOCK_SYNC => {
                 self.clock_sync = Some((ev.time, schema::ClockSync::from_event(ev).monotonic_ns));
@@ -707,7 +710,18 @@ impl Model {
         self.totals.pages_initialised += 1;
         let init = schema::PageInit::from_event(ev);
         let kind = page_kind(init.flags) as u8;
-        let (si, pi) = match self.segs.locate(init.start) {
+        let mut located = self.segs.locate(init.start);
+        if let Some((si, _)) = located
+            && self.segs.get(si).kind != kind
+        {
+            // The segment at this address is another kind now: the one the model has is stale
+            // (its free and the new one's allocation were lost, or the new one's came from a
+            // thread the trace does not follow). It goes; this page's segment is inferred.
+            self.forget_segment(si);
+            self.note_taken_over(heap, true, false);
+            located = None;
+        }
+        let (si, pi) = match located {
             Some(x) => x,
             None => self.infer_segment(init.start, kind, ev.time),
         };
@@ -733,6 +747,9 @@ impl Model {
                 time: ev.time,
             };
         });
+        if self.may_have_lost_since(heap, ev.time) {
+            self.segs.get_mut(si).pages[pi].unsure = true;
+        }
     }
 
     fn on_page_free(&mut self, heap: u32, ev: &Event) {
@@ -757,8 +774,10 @@ impl Model {
             .page_at(r.start)
             .map_or((true, false), |p| (!p.page.in_use, p.page.unsure));
         self.note_taken_over(owner, unknown, unsure);
+        let late = self.may_have_lost_since(owner, ev.time);
         if let Some((si, pi)) = self.segs.locate(r.start) {
             let seg = self.segs.get_mut(si);
+            seg.pages[pi].unsure |= late;
             seg.owner = owner;
             seg.abandoned = false;
             let p = &mut seg.pages[pi];

@@ -934,3 +934,89 @@ fn rates_read_zero_across_a_quiet_stretch() {
     let burst = samples[before + 1].alloc_rate_since(&samples[before]);
     assert!((burst - 1e5).abs() < 1.0, "{burst}");
 }
+
+/// A page laid out in a segment the model has as another kind: the model's segment is stale
+/// (its free and the new segment's allocation were lost, or came from a thread the trace does
+/// not follow). It gives way to one of the page's kind, so the page's blocks count on it alone;
+/// before, small pages of the new segment shared one medium page of the stale one and its
+/// counts went past its capacity (`used 28` on a page of 7 blocks, after a loss).
+#[test]
+fn a_stale_segment_of_another_kind_gives_way_to_the_page_laid_out_in_it() {
+    let mut t = T::new();
+    t.seg(1, BASE, PageKind::Medium);
+    let (a, b) = (BASE + 0xf_0000, BASE + 0x17_0000);
+    t.page(2, a, 64, 16).alloc(2, a, 8).alloc(2, a + 64, 8);
+    t.page(2, b, 128, 16).alloc(2, b, 100);
+    let seg = t.m.segment(BASE).expect("a segment");
+    assert_eq!(seg.kind, PageKind::Small as u8);
+    assert!(seg.inferred);
+    let (pa, pb) = (t.pg(a), t.pg(b));
+    assert_eq!((pa.start, pa.used, pa.capacity), (a, 2, 16));
+    assert_eq!((pb.start, pb.used, pb.capacity), (b, 1, 16));
+    assert!(t.m.check_invariants(Point::AnySample).is_empty());
+}
+
+/// Batches of different heaps arrive out of time order: a lost batch can hold events later than
+/// the first ones after the gap (the `Dropped` note carries the latest). A page laid out before
+/// that time may have lost events since, such as another thread's free of one of its blocks:
+/// it is unsure until its heap's next census part, and a part read before that time leaves it
+/// unsure. A page laid out after it is sure.
+#[test]
+fn a_page_laid_out_before_the_latest_lost_event_is_unsure() {
+    let mut t = setup();
+    t.m.set_auto_resync(true);
+    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
+    let page3 = page2 + SMALL_PAGE_SIZE as u64;
+    t.at(2_000).ev(0, e(EventKind::Dropped, 0, 0, 0, 0, 5));
+    t.at(1_500).page(1, page2, 64, 16).alloc(1, page2, 8);
+    assert!(t.pg(page2).unsure, "laid out before the latest lost event");
+    t.at(2_500).page(1, page3, 64, 16);
+    assert!(!t.pg(page3).unsure, "laid out after every lost event");
+    assert_eq!(
+        t.m.unsure_pages(),
+        2,
+        "PAGE1 (in use at the loss) and page2"
+    );
+    // The heap's part, read before the latest lost event, sets the counts but not the doubt.
+    let part = |time: u64| Census {
+        number: 1,
+        time,
+        pages: [PAGE1, page2, page3]
+            .iter()
+            .map(|&start| CensusPage {
+                start,
+                block_size: 64,
+                capacity: 16,
+                bin: bin_of(64) as u16,
+                kind: PageKind::Small as u8,
+                owner: 1,
+                used: 1,
+                local_free: 0,
+                thread_free: 0,
+                in_full: false,
+                epoch: false,
+            })
+            .collect(),
+        ..Census::default()
+    };
+    let send = |t: &mut T, c: Census| {
+        for mut ev in c.to_events() {
+            if ev.kind == EventKind::CensusBegin as u8 || ev.kind == EventKind::CensusEnd as u8 {
+                ev.flags |= flags::HEAP_PART;
+            }
+            t.ev(1, ev);
+        }
+    };
+    t.at(1_800);
+    send(&mut t, part(1_800));
+    assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
+    assert_eq!(t.pg(page2).used, 1);
+    assert!(
+        t.pg(page2).unsure,
+        "a part read before the latest lost event"
+    );
+    t.at(3_000);
+    send(&mut t, part(3_000));
+    assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
+    assert_eq!(t.m.unsure_pages(), 0, "a part read after every lost event");
+}

@@ -164,15 +164,17 @@ pub fn rows_needed(
 }
 
 /// Draws labels for `markers` in the top rows of `rect`, each marker at the x `x_of` gives
-/// (None: not shown). Labels are widgets: hovering one shows the markers it stands for.
+/// (None: not shown). Labels are widgets: hovering one shows the markers it stands for; the
+/// index (in `markers`) of the first of them is returned when its label is clicked.
 pub fn draw(
     ui: &mut egui::Ui,
     rect: Rect,
     markers: &[Marker],
     x_of: &dyn Fn(&Marker) -> Option<f32>,
     rows: usize,
-) {
+) -> Option<usize> {
     let (shown, placed) = plan(ui, rect.left()..=rect.right(), markers, x_of, rows);
+    let mut clicked = None;
     for p in placed {
         let top = rect.top() + p.row as f32 * row_height();
         let w = text_width(ui, &p.text) + 1.0;
@@ -196,14 +198,20 @@ pub fn draw(
             ],
             egui::Stroke::new(1.5, style::MARKER),
         );
-        ui.place(
-            r,
-            egui::Label::new(RichText::new(&p.text).font(font()).color(style::MARKER))
-                .selectable(false)
-                .wrap_mode(egui::TextWrapMode::Extend),
-        )
-        .on_hover_text(format!("Marker:\n{}", hover.join("\n")));
+        let label = ui
+            .place(
+                r,
+                egui::Label::new(RichText::new(&p.text).font(font()).color(style::MARKER))
+                    .selectable(false)
+                    .sense(egui::Sense::click())
+                    .wrap_mode(egui::TextWrapMode::Extend),
+            )
+            .on_hover_text(format!("Marker:\n{}", hover.join("\n")));
+        if label.clicked() {
+            clicked = p.markers.first().map(|&k| shown[k]);
+        }
     }
+    clicked
 }
 
 #[cfg(test)]

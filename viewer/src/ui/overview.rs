@@ -39,7 +39,7 @@ pub fn draw(ui: &mut egui::Ui, view: &View, full: Option<&Metrics>) {
     let label_markers = |ui: &mut egui::Ui, transform: &egui_plot::PlotTransform| {
         let x_of =
             |m: &crate::model::Marker| Some(transform.position_from_point_x(m.time as f64 / 1e9));
-        markers::draw(ui, *transform.frame(), markers, &x_of, markers::ROWS);
+        let _ = markers::draw(ui, *transform.frame(), markers, &x_of, markers::ROWS);
     };
     // Room above the data for the label rows.
     let headroom = if markers.is_empty() { 1.05 } else { 1.3 };

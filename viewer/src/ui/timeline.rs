@@ -18,6 +18,8 @@ pub enum Action {
     Step(i64),
     /// Jump to the next (true) or previous marker.
     Marker(bool),
+    /// Jump to this marker (its index among the replay's markers), at its own event.
+    GoToMarker(usize),
     /// Change the play speed.
     Speed(f64),
 }
@@ -115,15 +117,18 @@ pub fn draw(ui: &mut egui::Ui, r: &Replay) -> Option<Action> {
     if resp.changed() && (t - before).abs() > 1e-9 {
         action = Some(Action::Seek((t * 1e9) as u64));
     }
-    markers_strip(ui, r, duration);
+    if let Some(i) = markers_strip(ui, r, duration) {
+        action = Some(Action::GoToMarker(i));
+    }
     action
 }
 
-/// The markers under the slider, as ticks with labels in as many rows as they need.
-fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
+/// The markers under the slider, as ticks with labels in as many rows as they need; the
+/// marker whose label was clicked.
+fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) -> Option<usize> {
     let markers = r.markers();
     if markers.is_empty() {
-        return;
+        return None;
     }
     let width = ui.spacing().slider_width;
     let left = ui.cursor().left();
@@ -148,7 +153,7 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
         .map(|m| format!("{}  {}", seconds(m.time), m.label))
         .collect();
     resp.on_hover_text(format!(
-        "User markers (heaplens_alloc::hook::mark, hl_mark):\n{}",
+        "User markers (heaplens_alloc::hook::mark, hl_mark); click a label to go to it:\n{}",
         list.join("\n")
     ));
     markers::draw(
@@ -157,7 +162,7 @@ fn markers_strip(ui: &mut egui::Ui, r: &Replay, duration: u64) {
         markers,
         &x_of,
         markers::ROWS,
-    );
+    )
 }
 
 /// Carries out `a`.
@@ -175,6 +180,13 @@ pub fn apply(r: &mut Replay, a: Action) -> Result<(), TraceError> {
         Action::Marker(fwd) => {
             r.set_playing(false)?;
             r.jump_marker(fwd).map(|_| ())
+        }
+        Action::GoToMarker(i) => {
+            r.set_playing(false)?;
+            match r.markers().get(i).cloned() {
+                Some(m) => r.seek_marker(&m),
+                None => Ok(()),
+            }
         }
         Action::Speed(s) => {
             r.set_speed(s);
