@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
-use heaplens_alloc::batch::{Batch, Message};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::picker::{Picker, ProcessRow};
 use heaplens_viewer::ui::{self, App, Source};
 
-use crate::launch::{self, Exit, Launched, StreamItem};
+use crate::launch::{self, Exit, Launched};
 use crate::processes::{Finished, Processes};
 use crate::quiet::say;
-use crate::tap::Tap;
+use crate::tap::{Program, Tap};
 
 /// Batches the viewer may fall behind by before it misses some.
 const VIEWER_BACKLOG: usize = 1024;
@@ -94,20 +93,10 @@ fn pump(
     tx: &Sender<Feed>,
 ) -> Result<(Exit, Option<Finished>), String> {
     let mut tap = Tap::new(tx);
-    let program = i32::try_from(launched.pid).unwrap_or(-1);
-    let mut program_conn = 0;
+    let mut program = Program::new(launched.pid);
     for frame in &launched.frames {
-        if frame.pid == program {
-            match &frame.item {
-                // The program's latest connection (an exec connects again) is the one shown.
-                StreamItem::Message(Message::Meta(_)) => program_conn = frame.conn,
-                StreamItem::Message(Message::Batch(Batch { heap, events }))
-                    if frame.conn == program_conn =>
-                {
-                    tap.send(*heap, events.clone());
-                }
-                _ => {}
-            }
+        if let Some((heap, events)) = program.batch(&frame) {
+            tap.send(heap, events.clone());
         }
         if let Some(p) = processes.as_mut() {
             p.take(frame);

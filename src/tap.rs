@@ -12,6 +12,8 @@ use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{Event, EventKind, drop_reason};
 use heaplens_viewer::source::Feed;
 
+use crate::launch::{Frame, StreamItem};
+
 /// See the module docs.
 pub(crate) struct Tap<'a> {
     tx: &'a Sender<Feed>,
@@ -68,6 +70,42 @@ impl<'a> Tap<'a> {
     }
 }
 
+/// Which frames of a launched command the viewer shows: the program's, from its latest
+/// connection (a program that `exec`s connects again, and the viewer follows what it became:
+/// a `python3` that is a pyenv shim runs bash, then the real interpreter).
+pub(crate) struct Program {
+    pid: i32,
+    conn: u64,
+}
+
+impl Program {
+    pub(crate) fn new(pid: u32) -> Self {
+        Self {
+            pid: i32::try_from(pid).unwrap_or(-1),
+            conn: 0,
+        }
+    }
+
+    /// The batch `frame` carries for the viewer, if any.
+    pub(crate) fn batch<'f>(&mut self, frame: &'f Frame) -> Option<(u32, &'f Vec<Event>)> {
+        if frame.pid != self.pid {
+            return None;
+        }
+        match &frame.item {
+            StreamItem::Message(Message::Meta(_)) => {
+                self.conn = frame.conn;
+                None
+            }
+            StreamItem::Message(Message::Batch(Batch { heap, events }))
+                if frame.conn == self.conn =>
+            {
+                Some((*heap, events))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +155,36 @@ mod tests {
         let note = take(&rx);
         assert_eq!((note.events[0].arg, note.events[0].time), (2, 70));
         assert!(rx.is_empty());
+    }
+
+    /// The viewer follows the program through an `exec` (its new connection), and shows
+    /// nothing of its earlier connection after that, nor of other processes.
+    #[test]
+    fn the_program_is_followed_to_its_latest_connection() {
+        let frame = |conn: u64, pid: i32, item: StreamItem| Frame { conn, pid, item };
+        let meta = || StreamItem::Message(Message::Meta("{}".into()));
+        let batch = |heap: u32| {
+            StreamItem::Message(Message::Batch(Batch {
+                heap,
+                events: batch(&[1]),
+            }))
+        };
+        let frames = [
+            frame(1, 7, meta()),
+            frame(1, 7, batch(1)),
+            frame(2, 8, meta()),
+            frame(2, 8, batch(2)),
+            frame(1, 7, StreamItem::Closed(None)),
+            frame(3, 7, meta()),
+            frame(3, 7, batch(3)),
+            frame(1, 7, batch(4)),
+            frame(3, 7, batch(5)),
+        ];
+        let mut program = Program::new(7);
+        let shown: Vec<u32> = frames
+            .iter()
+            .filter_map(|f| program.batch(f).map(|(heap, _)| heap))
+            .collect();
+        assert_eq!(shown, [1, 3, 5]);
     }
 }

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use heaplens_alloc::batch::{Batch, Message};
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::{App, Source, WINDOW_SIZE};
 
@@ -110,19 +109,19 @@ fn watch(name: &str, command: &[OsString], env: &[(&str, String)]) {
     let started = Instant::now();
     let (tx, rx) = bounded(VIEWER_BACKLOG);
     let live = Live::start(rx, name);
+    let pid = launched.pid;
     let frames = launched.frames;
     let exit = launched.exit;
     let pump = std::thread::spawn(move || {
+        // As `heaplens run` has it: the program's latest connection (the real interpreter
+        // after a pyenv shim's `exec`s), copied out of the frame for the viewer.
         let mut tap = tap::Tap::new(&tx);
+        let mut program = tap::Program::new(pid);
         let mut events = 0u64;
         for frame in &frames {
-            match frame.item {
-                launch::StreamItem::Message(Message::Batch(Batch { heap, events: e })) => {
-                    events += e.len() as u64;
-                    tap.send(heap, e);
-                }
-                launch::StreamItem::Closed(_) => break,
-                _ => {}
+            if let Some((heap, e)) = program.batch(&frame) {
+                events += e.len() as u64;
+                tap.send(heap, e.clone());
             }
         }
         let status = exit

@@ -229,3 +229,53 @@ fn a_pc_resolves_through_its_module_and_a_wrong_build_id_is_refused() {
     assert_eq!(loc.to_string(), format!("sites+{:#x}", start + 1));
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
+
+/// The viewer's symbolizer never holds up a frame: the module file opens on a thread of its
+/// own (meanwhile the pc reads as `module+0xoffset`, is counted unresolved and not cached), a
+/// frame out of time leaves new pcs for the next, and once open it resolves as the plain one.
+#[test]
+fn the_interactive_symbolizer_opens_files_in_the_background_and_resolves_the_same() {
+    let Some(exe) = build("interactive") else {
+        return;
+    };
+    let path = exe.to_str().unwrap();
+    let funcs = functions(&exe);
+    let (_, start, _) = funcs.iter().find(|f| f.0 == "make_table").unwrap();
+    let id = file_build_id(&exe).unwrap().expect("a build id");
+    let bias = 0x5555_0000_0000;
+    let sites = sites_with(path, &id, bias);
+    let pc = bias + start + 1;
+    let mut sym = Symbolizer::interactive();
+    sym.begin_frame(std::time::Duration::from_secs(60));
+    let first = sym.frame(&sites, pc);
+    assert!(first.frames.is_empty(), "resolved before its file opened");
+    assert_eq!(first.raw(), format!("sites+{:#x}", start + 1));
+    assert_eq!(sym.unresolved(), 1);
+    // Frames go on until the file is open; each starts with nothing unresolved.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let loc = loop {
+        sym.begin_frame(std::time::Duration::from_secs(60));
+        assert_eq!(sym.unresolved(), 0);
+        let loc = sym.frame(&sites, pc);
+        if sym.unresolved() == 0 {
+            break loc;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(*loc, *Symbolizer::new().frame(&sites, pc));
+    assert_eq!(loc.function(), "make_table");
+    // A frame out of time resolves nothing new, and what it left is not cached.
+    let other = bias + funcs.iter().find(|f| f.0 == "main").unwrap().1 + 1;
+    sym.begin_frame(std::time::Duration::ZERO);
+    assert!(sym.frame(&sites, other).frames.is_empty());
+    assert_eq!(sym.unresolved(), 1);
+    assert_eq!(sym.frame(&sites, pc).function(), "make_table", "cached");
+    sym.begin_frame(std::time::Duration::from_secs(60));
+    assert_eq!(sym.frame(&sites, other).function(), "main");
+    assert_eq!(sym.unresolved(), 0);
+    let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+}

@@ -10,11 +10,19 @@
 //! Each module's file is opened once, by the path the trace recorded; when the trace has the
 //! module's build id and the file's differs, the module is not resolved ("build id mismatch"):
 //! a rebuilt binary would give wrong names. Results are cached per pc.
+//!
+//! The viewer resolves while it draws, so its symbolizer is [`Symbolizer::interactive`]: module
+//! files open on threads of their own (a large library's symbol tables take tens of
+//! milliseconds), and each frame resolves new pcs only until its deadline
+//! ([`Symbolizer::begin_frame`]). What is not resolved yet reads as `module+0xoffset`, is not
+//! cached, and is counted ([`Symbolizer::unresolved`]) so the viewer draws again.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
 
 use addr2line::Loader;
 use object::{Object, ObjectSection};
@@ -115,6 +123,13 @@ struct ModuleFile {
 }
 
 impl ModuleFile {
+    fn failed(problem: String) -> Self {
+        Self {
+            loader: None,
+            problem: Some(problem),
+        }
+    }
+
     fn open(path: &str, build_id: &[u8]) -> Self {
         let fail = |p: String| Self {
             loader: None,
@@ -180,13 +195,27 @@ fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
             .any(|p| name.starts_with(p))
 }
 
+/// A module file by its path and build id.
+type FileKey = (String, Vec<u8>);
+
 /// Resolves pcs to functions and lines, caching modules and pcs.
 #[derive(Default)]
 pub struct Symbolizer {
     /// By module path and build id.
-    files: HashMap<(String, Vec<u8>), ModuleFile>,
+    files: HashMap<FileKey, ModuleFile>,
     /// By (pc, whether it is a return address).
     cache: HashMap<(u64, bool), Rc<Location>>,
+    /// Set for interactive use: see the module docs.
+    interactive: Option<Interactive>,
+}
+
+/// An interactive symbolizer's state: the files opening in the background and this frame's
+/// deadline.
+#[derive(Default)]
+struct Interactive {
+    opening: HashMap<FileKey, Receiver<ModuleFile>>,
+    deadline: Option<Instant>,
+    unresolved: usize,
 }
 
 impl fmt::Debug for Symbolizer {
@@ -194,6 +223,7 @@ impl fmt::Debug for Symbolizer {
         f.debug_struct("Symbolizer")
             .field("files", &self.files.len())
             .field("cached", &self.cache.len())
+            .field("interactive", &self.interactive.is_some())
             .finish()
     }
 }
@@ -202,6 +232,79 @@ impl Symbolizer {
     /// A symbolizer with nothing opened yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A symbolizer for the viewer, which never holds up a frame: see the module docs.
+    pub fn interactive() -> Self {
+        Self {
+            interactive: Some(Interactive::default()),
+            ..Self::default()
+        }
+    }
+
+    /// Starts a frame of an interactive symbolizer: new pcs are resolved for `budget` from now,
+    /// then left for the next frame. (Nothing for one that is not interactive.)
+    pub fn begin_frame(&mut self, budget: Duration) {
+        if let Some(i) = &mut self.interactive {
+            i.deadline = Some(Instant::now() + budget);
+            i.unresolved = 0;
+        }
+    }
+
+    /// Pcs left unresolved since the frame began (their module file is still opening, or the
+    /// frame's time was up): draw again to show them.
+    pub fn unresolved(&self) -> usize {
+        self.interactive.as_ref().map_or(0, |i| i.unresolved)
+    }
+
+    /// Whether an interactive symbolizer's frame is out of time.
+    fn out_of_time(&mut self) -> bool {
+        let Some(i) = &mut self.interactive else {
+            return false;
+        };
+        let late = i.deadline.is_some_and(|d| Instant::now() >= d);
+        i.unresolved += usize::from(late);
+        late
+    }
+
+    /// The opened file of module `m`; None while an interactive symbolizer opens it in the
+    /// background (counted as unresolved).
+    fn file(&mut self, m: &Module) -> Option<&ModuleFile> {
+        let key = (m.path.clone(), m.build_id.clone());
+        if !self.files.contains_key(&key)
+            && let Some(i) = &mut self.interactive
+        {
+            let rx = i.opening.entry(key.clone()).or_insert_with(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (path, id) = key.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("heaplens-symbols".into())
+                    .spawn(move || {
+                        let _ = tx.send(ModuleFile::open(&path, &id));
+                    });
+                if let Err(e) = spawned {
+                    let (tx, rx2) = std::sync::mpsc::channel();
+                    let _ = tx.send(ModuleFile::failed(format!("cannot start a thread: {e}")));
+                    return rx2;
+                }
+                rx
+            });
+            let opened = match rx.try_recv() {
+                Ok(f) => f,
+                Err(TryRecvError::Empty) => {
+                    i.unresolved += 1;
+                    return None;
+                }
+                Err(TryRecvError::Disconnected) => ModuleFile::failed("opening it failed".into()),
+            };
+            i.opening.remove(&key);
+            self.files.insert(key.clone(), opened);
+        }
+        Some(
+            self.files
+                .entry(key)
+                .or_insert_with(|| ModuleFile::open(&m.path, &m.build_id)),
+        )
     }
 
     /// The location of a stack frame's pc: a return address, so the call before it is looked
@@ -214,6 +317,16 @@ impl Symbolizer {
     pub fn resolve(&mut self, sites: &Sites, pc: u64, return_address: bool) -> Rc<Location> {
         if let Some(l) = self.cache.get(&(pc, return_address)) {
             return Rc::clone(l);
+        }
+        let before = self.unresolved();
+        if self.out_of_time() {
+            let m = sites.module_of(pc);
+            return Rc::new(Location {
+                pc,
+                offset: m.map_or(pc, |m| pc.wrapping_sub(m.bias)),
+                module: m.map(|m| module_name(&m.path)),
+                ..Location::default()
+            });
         }
         let loc = match sites.module_of(pc) {
             Some(m) => {
@@ -231,7 +344,7 @@ impl Symbolizer {
             },
         };
         let loc = Rc::new(loc);
-        if self.cache.len() < 1 << 20 {
+        if self.cache.len() < 1 << 20 && self.unresolved() == before {
             self.cache.insert((pc, return_address), Rc::clone(&loc));
         }
         loc
@@ -311,20 +424,17 @@ impl Symbolizer {
 
     /// The functions at ELF address `addr` of module `m`'s file.
     pub fn lookup(&mut self, m: &Module, addr: u64) -> Location {
-        let base = Path::new(&m.path)
-            .file_name()
-            .map_or_else(|| m.path.clone(), |f| f.to_string_lossy().into_owned());
-        let file = self
-            .files
-            .entry((m.path.clone(), m.build_id.clone()))
-            .or_insert_with(|| ModuleFile::open(&m.path, &m.build_id));
         let mut loc = Location {
             pc: addr.wrapping_add(m.bias),
-            module: Some(base),
+            module: Some(module_name(&m.path)),
             offset: addr,
             frames: Vec::new(),
-            problem: file.problem.clone(),
+            problem: None,
         };
+        let Some(file) = self.file(m) else {
+            return loc;
+        };
+        loc.problem = file.problem.clone();
         if let Some(loader) = &file.loader {
             loc.frames = frames_at(loader, addr);
         }
@@ -339,6 +449,13 @@ impl Symbolizer {
         };
         self.lookup(&m, addr)
     }
+}
+
+/// A module's file name (the path's last component).
+fn module_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_owned(), |f| f.to_string_lossy().into_owned())
 }
 
 /// The inlined chain at `addr` from DWARF, else the symbol table's function.

@@ -172,6 +172,7 @@ impl App {
     pub fn draw(&mut self, ui: &mut egui::Ui) {
         // egui's frame time: real in a window, fixed in tests.
         let dt = f64::from(ui.input(|i| i.stable_dt)).clamp(0.0, 0.25);
+        self.state.sites.symbols.begin_frame(SYMBOL_BUDGET);
         let mut action = None;
         let learn_action;
         match &mut self.source {
@@ -232,6 +233,11 @@ impl App {
         }
         if let Some(a) = learn_action {
             self.learn(a);
+        }
+        if self.state.sites.symbols.unresolved() > 0 {
+            // Names still opening or left for the next frame: show them as they come.
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(15));
         }
     }
 
@@ -303,6 +309,10 @@ impl App {
         }
     }
 }
+
+/// The time a frame may spend resolving new symbols (the rest waits for the next frame), so a
+/// tab full of new sites never takes a frame past its 16 ms.
+const SYMBOL_BUDGET: std::time::Duration = std::time::Duration::from_millis(4);
 
 impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {

@@ -50,7 +50,7 @@ impl Default for SitesState {
     fn default() -> Self {
         Self {
             sort: SiteKey::LiveBytes,
-            symbols: Symbolizer::new(),
+            symbols: Symbolizer::interactive(),
             names: HashMap::new(),
             baseline: None,
             diff: None,
@@ -79,8 +79,15 @@ impl SitesState {
         let (_, base) = self.baseline.as_ref()?;
         let at = (model.totals().events, model.time());
         if self.diff.as_ref().is_none_or(|(k, _)| *k != at) {
+            let before = self.symbols.unresolved();
             let now = Snapshot::take(model, &mut self.symbols);
-            self.diff = Some((at, compare(base, &now)));
+            // Made with names still unresolved: made again next frame.
+            let key = if self.symbols.unresolved() == before {
+                at
+            } else {
+                (u64::MAX, u64::MAX)
+            };
+            self.diff = Some((key, compare(base, &now)));
         }
         self.diff.as_ref().map(|(_, d)| d)
     }
@@ -90,10 +97,11 @@ impl SitesState {
         if let Some(n) = self.names.get(&leaf) {
             return n.clone();
         }
+        let before = self.symbols.unresolved();
         let name = self.symbols.site_name(sites, leaf);
         let stack = self.symbols.stack_lines(sites, leaf).join("\n");
         let n = (name, stack);
-        if self.names.len() < 100_000 {
+        if self.names.len() < 100_000 && self.symbols.unresolved() == before {
             self.names.insert(leaf, n.clone());
         }
         n
