@@ -3,8 +3,8 @@
 //! after the other on the thread the program's stream waits for.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use heaplens_alloc::event::Event;
@@ -29,24 +29,42 @@ pub struct Keyframe {
     pub snapshot: Vec<u8>,
 }
 
-/// The model thread: give it every batch in order; collect the keyframes it makes.
+/// What the model thread is given, in the stream's order.
+enum Work {
+    Batch(u32, Vec<Event>),
+    /// A keyframe of the model as it is after the batches before.
+    Snapshot,
+}
+
+/// The model thread: give it every batch in order, and after each batch let it write the
+/// keyframes that are ready ([`Keyframes::after_batch`]).
+///
+/// Where keyframes go is decided here, on the recorder's side, from the events given so far and
+/// the size of the keyframe before, so a recording of the same events gets the same keyframes.
+/// (When the model thread decided, on its own, while the recorder reported each keyframe's size
+/// whenever it got to writing it, a binary-trees recording with `--stacks all` got one or two
+/// 3.4 MB keyframes depending on which came first: 6.3 or 9.6 MiB.)
 pub struct Keyframes {
-    batches: Option<SyncSender<(u32, Vec<Event>)>>,
-    /// Events from one keyframe to the next, as the recorder last set it.
-    spacing: Arc<AtomicU64>,
+    work: Option<SyncSender<Work>>,
     /// The program has exited: the model thread may take its usual priority back.
     exited: Arc<AtomicBool>,
     made: Receiver<Result<Keyframe, String>>,
     thread: Option<JoinHandle<()>>,
+    /// Events given to the model so far.
+    given: u64,
+    /// Where the last keyframe asked for is (0: none yet).
+    last: u64,
+    /// Events from one keyframe to the next, set from the size of the last one written.
+    spacing: u64,
+    /// A keyframe was asked for and not yet written.
+    outstanding: bool,
 }
 
 impl Keyframes {
     /// Starts the model thread; it gives each batch's vector to `recycle` once applied.
     pub fn start(recycle: Option<crossbeam_channel::Sender<Vec<Event>>>) -> std::io::Result<Self> {
-        let (batches, todo) = sync_channel::<(u32, Vec<Event>)>(QUEUED_BATCHES);
+        let (work, todo) = sync_channel::<Work>(QUEUED_BATCHES);
         let (done, made) = std::sync::mpsc::channel();
-        let spacing = Arc::new(AtomicU64::new(KEYFRAME_EVERY));
-        let every = Arc::clone(&spacing);
         let exited = Arc::new(AtomicBool::new(false));
         let program_gone = Arc::clone(&exited);
         let thread = std::thread::Builder::new()
@@ -54,57 +72,103 @@ impl Keyframes {
             .spawn(move || {
                 crate::priority::lower_this_thread();
                 let mut model = Model::new();
-                let (mut applied, mut last) = (0u64, 0u64);
+                let mut applied = 0u64;
                 let mut restored = false;
-                for (heap, events) in todo {
+                for w in todo {
                     if !restored && program_gone.load(Ordering::Relaxed) {
                         crate::priority::restore_this_thread();
                         restored = true;
                     }
-                    model.apply_batch(heap, &events);
-                    applied += events.len() as u64;
-                    if let Some(r) = &recycle {
-                        let _ = r.try_send(events);
-                    }
-                    // The spacing is read afresh: the recorder sets it once it has written the
-                    // last keyframe, which may be after this thread has gone on.
-                    if applied >= last + every.load(Ordering::Relaxed).max(KEYFRAME_EVERY) {
-                        let kf = model.to_keyframe().map(|snapshot| Keyframe {
-                            event_index: applied,
-                            time: model.time(),
-                            snapshot,
-                        });
-                        if done.send(kf).is_err() {
-                            return;
+                    match w {
+                        Work::Batch(heap, events) => {
+                            model.apply_batch(heap, &events);
+                            applied += events.len() as u64;
+                            if let Some(r) = &recycle {
+                                let _ = r.try_send(events);
+                            }
                         }
-                        last = applied;
+                        Work::Snapshot => {
+                            let kf = model.to_keyframe().map(|snapshot| Keyframe {
+                                event_index: applied,
+                                time: model.time(),
+                                snapshot,
+                            });
+                            if done.send(kf).is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             })?;
         Ok(Self {
-            batches: Some(batches),
-            spacing,
+            work: Some(work),
             exited,
             made,
             thread: Some(thread),
+            given: 0,
+            last: 0,
+            spacing: KEYFRAME_EVERY,
+            outstanding: false,
         })
     }
 
     /// Hands a batch to the model (waits if the model is far behind).
-    pub fn push(&self, heap: u32, events: Vec<Event>) {
-        if let Some(tx) = &self.batches {
+    pub fn push(&mut self, heap: u32, events: Vec<Event>) {
+        self.given += events.len() as u64;
+        self.send(Work::Batch(heap, events));
+    }
+
+    fn send(&self, w: Work) {
+        if let Some(tx) = &self.work {
             // A send fails only if the model thread is gone (it panicked): the recording goes
             // on without more keyframes, and `finish` reports it.
-            let _ = tx.send((heap, events));
+            let _ = tx.send(w);
         }
     }
 
-    /// Spaces the keyframes after one of `keyframe_bytes` in a trace whose events take
-    /// `bytes_per_event`, so that keyframes stay near [`KEYFRAME_SHARE`] of the trace.
-    pub fn written(&self, keyframe_bytes: u64, bytes_per_event: f64) {
+    /// After a batch: writes the keyframes that are ready with `write`, which returns the
+    /// keyframe's bytes in the trace and the trace's bytes per event so far; and asks for the
+    /// next keyframe once it is due. Deciding that needs the size of the keyframe before, so
+    /// the recorder then waits for it (the model is at most [`QUEUED_BATCHES`] behind).
+    pub fn after_batch<E>(
+        &mut self,
+        mut write: impl FnMut(&Keyframe) -> Result<(u64, f64), E>,
+    ) -> Result<(), E>
+    where
+        E: From<String>,
+    {
+        while let Ok(kf) = self.made.try_recv() {
+            self.wrote(&kf?, &mut write)?;
+        }
+        if self.given < self.last + KEYFRAME_EVERY {
+            return Ok(());
+        }
+        if self.outstanding {
+            match self.made.recv() {
+                Ok(kf) => self.wrote(&kf?, &mut write)?,
+                // The model thread is gone: `finish` says so.
+                Err(_) => return Ok(()),
+            }
+        }
+        if self.given >= self.last + self.spacing {
+            self.send(Work::Snapshot);
+            self.last = self.given;
+            self.outstanding = true;
+        }
+        Ok(())
+    }
+
+    fn wrote<E>(
+        &mut self,
+        kf: &Keyframe,
+        write: &mut impl FnMut(&Keyframe) -> Result<(u64, f64), E>,
+    ) -> Result<(), E> {
+        self.outstanding = false;
+        let (keyframe_bytes, bytes_per_event) = write(kf)?;
+        // Keyframes stay near `KEYFRAME_SHARE` of the trace.
         let events = keyframe_bytes as f64 / KEYFRAME_SHARE / bytes_per_event.max(0.01);
-        self.spacing
-            .store((events as u64).max(KEYFRAME_EVERY), Ordering::Relaxed);
+        self.spacing = (events as u64).max(KEYFRAME_EVERY);
+        Ok(())
     }
 
     /// The program has exited: the model thread goes back to the usual priority if it can.
@@ -112,26 +176,15 @@ impl Keyframes {
         self.exited.store(true, Ordering::Relaxed);
     }
 
-    /// The keyframes made so far.
-    pub fn ready(&self) -> Vec<Result<Keyframe, String>> {
-        let mut out = Vec::new();
-        loop {
-            match self.made.try_recv() {
-                Ok(k) => out.push(k),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
-            }
-        }
-    }
-
-    /// Waits until the model has taken every batch; returns the keyframes not yet collected.
+    /// Waits until the model has taken every batch; returns the keyframes not yet written.
     pub fn finish(mut self) -> Result<Vec<Result<Keyframe, String>>, String> {
-        self.batches = None;
+        self.work = None;
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
             return Err("the keyframe model failed; the trace has no keyframes past it".into());
         }
-        Ok(self.ready())
+        Ok(self.made.try_iter().collect())
     }
 }
 
@@ -140,13 +193,10 @@ mod tests {
     use super::*;
     use heaplens_alloc::event::EventKind;
 
-    /// Keyframes made from `n` events, the recorder having reported a keyframe of
-    /// `keyframe_bytes` (if any) before the first.
-    fn keyframes(n: u64, keyframe_bytes: Option<u64>) -> Vec<u64> {
-        let k = Keyframes::start(None).unwrap();
-        if let Some(b) = keyframe_bytes {
-            k.written(b, 1.0);
-        }
+    /// Keyframes made from `n` events given in batches of 10 000, each written at
+    /// `keyframe_bytes` in a trace of 1 byte per event.
+    fn keyframes(n: u64, keyframe_bytes: u64) -> Vec<u64> {
+        let mut k = Keyframes::start(None).unwrap();
         let mut t = 0;
         let mut made = Vec::new();
         for _ in 0..n / 10_000 {
@@ -162,7 +212,11 @@ mod tests {
                 })
                 .collect();
             k.push(1, events);
-            made.extend(k.ready().into_iter().map(|kf| kf.unwrap().event_index));
+            k.after_batch(|kf| {
+                made.push(kf.event_index);
+                Ok::<_, String>((keyframe_bytes, 1.0))
+            })
+            .unwrap();
         }
         made.extend(
             k.finish()
@@ -175,10 +229,23 @@ mod tests {
 
     #[test]
     fn keyframes_come_every_500k_events_and_further_apart_when_they_are_large() {
-        assert_eq!(keyframes(1_600_000, None), [500_000, 1_000_000, 1_500_000]);
+        assert_eq!(keyframes(1_600_000, 1000), [500_000, 1_000_000, 1_500_000]);
         // A keyframe of 1 MB in a trace of 1 byte per event: the next waits for 8 M events.
-        assert_eq!(keyframes(1_600_000, Some(1 << 20)), Vec::<u64>::new());
-        // A small one changes nothing.
-        assert_eq!(keyframes(1_100_000, Some(1000)), [500_000, 1_000_000]);
+        assert_eq!(keyframes(1_600_000, 1 << 20), [500_000]);
+        assert_eq!(
+            keyframes(9_100_000, 1 << 20),
+            [500_000, 500_000 + 8_390_000]
+        );
+    }
+
+    /// The same events give the same keyframes, whatever the model thread's pace: the spacing
+    /// after a keyframe is set from its size before the next is asked for.
+    #[test]
+    fn the_same_events_get_the_same_keyframes() {
+        let first = keyframes(3_000_000, 200_000);
+        for _ in 0..5 {
+            assert_eq!(keyframes(3_000_000, 200_000), first);
+        }
+        assert_eq!(first, [500_000, 2_100_000]);
     }
 }

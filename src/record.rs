@@ -85,16 +85,15 @@ impl Recorder {
         heap: u32,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_ref()) else {
+        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
             return Err("the program's stream had events before its metadata".into());
         };
         w.write_batch(heap, &events)?;
         k.push(heap, events);
-        for kf in k.ready() {
-            write_keyframe(w, &kf?)?;
-            k.written(w.last_keyframe_bytes(), w.event_bytes_per_event());
-        }
-        Ok(())
+        k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
+            write_keyframe(w, kf)?;
+            Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
+        })
     }
 
     /// The program has exited: the recorder's threads go back to the usual priority if they can.
