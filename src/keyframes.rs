@@ -2,6 +2,7 @@
 //! to the model costs about as much as encoding it, and the two run side by side instead of one
 //! after the other on the thread the program's stream waits for.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -9,6 +10,8 @@ use std::thread::JoinHandle;
 
 use heaplens_alloc::event::Event;
 use heaplens_viewer::model::Model;
+
+use crate::pack::{self, Packed};
 
 /// A keyframe every this many events at least: where replay can start from.
 pub const KEYFRAME_EVERY: u64 = 500_000;
@@ -21,6 +24,16 @@ const KEYFRAME_SHARE: f64 = 0.125;
 
 /// Batches that may wait for the model before the recorder waits too.
 const QUEUED_BATCHES: usize = 256;
+
+/// Keyframes this far apart or more let the recorder hold the model's batches back (packed), up
+/// to [`DEFER_BYTES`]: the model's work counts only if another keyframe comes, and a recording
+/// that ends first never needs it. (Binary trees with `--stacks all`: one keyframe at 500 k
+/// events, the next due after about 200 M; the model applied all 24 M events for nothing, and
+/// the recorder waited for it through the queue.)
+const DEFER_FROM_SPACING: u64 = 4 * KEYFRAME_EVERY;
+
+/// Memory the batches held back may take (about 32 M events packed).
+const DEFER_BYTES: usize = 256 << 20;
 
 /// A snapshot of the model after the first `event_index` events, at trace time `time`.
 pub struct Keyframe {
@@ -58,6 +71,12 @@ pub struct Keyframes {
     spacing: u64,
     /// A keyframe was asked for and not yet written.
     outstanding: bool,
+    /// Batches held back from the model (see [`DEFER_FROM_SPACING`]), in order, and their bytes.
+    deferred: VecDeque<(u32, Packed)>,
+    deferred_bytes: usize,
+    /// Room to pack in.
+    scratch: Vec<u8>,
+    recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
 }
 
 impl Keyframes {
@@ -67,6 +86,7 @@ impl Keyframes {
         let (done, made) = std::sync::mpsc::channel();
         let exited = Arc::new(AtomicBool::new(false));
         let program_gone = Arc::clone(&exited);
+        let recycled = recycle.clone();
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
             .spawn(move || {
@@ -109,13 +129,42 @@ impl Keyframes {
             last: 0,
             spacing: KEYFRAME_EVERY,
             outstanding: false,
+            deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            scratch: Vec::new(),
+            recycle: recycled,
         })
     }
 
-    /// Hands a batch to the model (waits if the model is far behind).
+    /// Hands a batch to the model (waits if the model is far behind), or holds it back while
+    /// keyframes are far apart (see [`DEFER_FROM_SPACING`]).
     pub fn push(&mut self, heap: u32, events: Vec<Event>) {
         self.given += events.len() as u64;
-        self.send(Work::Batch(heap, events));
+        if self.spacing < DEFER_FROM_SPACING && self.deferred.is_empty() {
+            self.send(Work::Batch(heap, events));
+            return;
+        }
+        let packed = pack::pack(&events, &mut self.scratch);
+        self.deferred_bytes += packed.capacity();
+        self.deferred.push_back((heap, packed));
+        if let Some(r) = &self.recycle {
+            let _ = r.try_send(events);
+        }
+        while self.deferred_bytes > DEFER_BYTES {
+            self.release_one();
+        }
+    }
+
+    /// Gives the oldest batch held back to the model.
+    fn release_one(&mut self) {
+        let Some((heap, packed)) = self.deferred.pop_front() else {
+            return;
+        };
+        self.deferred_bytes -= packed.capacity();
+        let mut events = Vec::new();
+        if pack::unpack(&packed, &mut events).is_some() {
+            self.send(Work::Batch(heap, events));
+        }
     }
 
     fn send(&self, w: Work) {
@@ -151,6 +200,9 @@ impl Keyframes {
             }
         }
         if self.given >= self.last + self.spacing {
+            while !self.deferred.is_empty() {
+                self.release_one();
+            }
             self.send(Work::Snapshot);
             self.last = self.given;
             self.outstanding = true;
@@ -176,8 +228,10 @@ impl Keyframes {
         self.exited.store(true, Ordering::Relaxed);
     }
 
-    /// Waits until the model has taken every batch; returns the keyframes not yet written.
+    /// Waits until the model has taken every batch it was given; returns the keyframes not yet
+    /// written. The batches held back are dropped: no keyframe was due after them.
     pub fn finish(mut self) -> Result<Vec<Result<Keyframe, String>>, String> {
+        self.deferred.clear();
         self.work = None;
         if let Some(t) = self.thread.take()
             && t.join().is_err()
