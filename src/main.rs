@@ -24,7 +24,6 @@ mod export;
 mod keyframes;
 mod launch;
 mod leaks;
-mod pack;
 mod priority;
 mod processes;
 mod quiet;

@@ -19,9 +19,6 @@ mod backlog;
 #[path = "../launch.rs"]
 #[allow(dead_code)]
 mod launch;
-#[path = "../pack.rs"]
-#[allow(dead_code)]
-mod pack;
 #[path = "../quiet.rs"]
 #[allow(dead_code)]
 mod quiet;
