@@ -33,6 +33,7 @@ use heaplens_alloc::wire::{self, Incoming, WireError};
 
 use crate::backlog::{self, backlog};
 use crate::quiet::say;
+use crate::slab::{SlabBytes, SlabWriter};
 
 /// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
 /// it and the recorder's keyframe model.
@@ -147,7 +148,7 @@ impl Frame {
 pub enum Queued {
     /// A frame as it came.
     Frame(Frame),
-    /// A frame of a batch, packed.
+    /// A frame of a batch, packed here (a version 1 peer's).
     Batch {
         /// As in [`Frame`].
         conn: u64,
@@ -158,6 +159,19 @@ pub enum Queued {
         /// Its events.
         packed: Packed,
     },
+    /// A frame of a batch that came packed, its bytes as they came (checked when unpacked).
+    Came {
+        /// As in [`Frame`].
+        conn: u64,
+        /// As in [`Frame`].
+        pid: i32,
+        /// The heap of the batch.
+        heap: u32,
+        /// How many events.
+        count: usize,
+        /// The packed events.
+        bytes: SlabBytes,
+    },
 }
 
 impl Queued {
@@ -166,6 +180,7 @@ impl Queued {
         match self {
             Self::Frame(f) => f.bytes(),
             Self::Batch { packed, .. } => std::mem::size_of::<Self>() + packed.capacity(),
+            Self::Came { bytes, .. } => std::mem::size_of::<Self>() + bytes.len(),
         }
     }
 }
@@ -226,7 +241,7 @@ impl Frames {
             if self.any_broken.load(Ordering::Relaxed) {
                 let conn = match &queued {
                     Queued::Frame(f) => f.conn,
-                    Queued::Batch { conn, .. } => *conn,
+                    Queued::Batch { conn, .. } | Queued::Came { conn, .. } => *conn,
                 };
                 if self.lock_broken().contains(&conn) {
                     continue;
@@ -239,29 +254,40 @@ impl Frames {
     /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged (a peer sent it
     /// so), the end of its connection's stream with why.
     fn unpacked(&self, queued: Queued) -> Frame {
-        match queued {
-            Queued::Frame(f) => f,
+        let (conn, pid, heap, unpacked) = match queued {
+            Queued::Frame(f) => return f,
             Queued::Batch {
                 conn,
                 pid,
                 heap,
                 packed,
-            } => {
-                let mut events = self
-                    .recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
-                let item = match wire::unpack_wire(&packed, &mut events) {
-                    Ok(()) => StreamItem::Message(Message::Batch(Batch { heap, events })),
-                    Err(e) => {
-                        self.lock_broken().push(conn);
-                        self.any_broken.store(true, Ordering::Relaxed);
-                        StreamItem::Closed(Some(e))
-                    }
-                };
-                Frame { conn, pid, item }
+            } => (conn, pid, heap, self.unpack(packed.bytes(), packed.len())),
+            Queued::Came {
+                conn,
+                pid,
+                heap,
+                count,
+                bytes,
+            } => (conn, pid, heap, self.unpack(&bytes, count)),
+        };
+        let item = match unpacked {
+            Ok(events) => StreamItem::Message(Message::Batch(Batch { heap, events })),
+            Err(e) => {
+                self.lock_broken().push(conn);
+                self.any_broken.store(true, Ordering::Relaxed);
+                StreamItem::Closed(Some(e))
             }
-        }
+        };
+        Frame { conn, pid, item }
+    }
+
+    /// `count` events packed in `bytes`, unpacked into a vector the consumer gave back.
+    fn unpack(&self, bytes: &[u8], count: usize) -> Result<Vec<Event>, WireError> {
+        let mut events = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
+        wire::unpack_wire(bytes, count, &mut events).map(|()| events)
     }
 
     fn lock_broken(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -659,15 +685,22 @@ pub(crate) fn read_stream(
     // into a vector the consumer gave back (or a new one).
     let mut spare = None;
     let mut scratch = Vec::new();
+    let mut slabs = SlabWriter::default();
     loop {
         let read = wire::read_frame_direct(r, spare.take());
         let item = match read {
-            Ok(Some(Incoming::Packed { heap, packed })) => Queued::Batch {
-                conn,
-                pid,
-                heap,
-                packed,
-            },
+            Ok(Some(Incoming::Packed(head))) => {
+                match slabs.fill(head.bytes, |dst| wire::read_packed_direct(r, dst)) {
+                    Ok(bytes) => Queued::Came {
+                        conn,
+                        pid,
+                        heap: head.heap,
+                        count: head.count,
+                        bytes,
+                    },
+                    Err(e) => return Some(WireError::Io(e)),
+                }
+            }
             Ok(Some(Incoming::Message(Message::Batch(Batch { heap, mut events })))) => {
                 if tx.tx.queued() < tx.pack_above {
                     spare = tx.recycled.try_recv().ok();

@@ -31,6 +31,7 @@ mod reap;
 mod record;
 mod run;
 mod sites;
+mod slab;
 mod stats;
 mod tracedir;
 

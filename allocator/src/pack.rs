@@ -73,14 +73,7 @@ impl Packed {
     /// that a count read from a socket never makes anyone reserve more than the bytes allow.
     #[must_use]
     pub fn from_parts(bytes: Vec<u8>, len: usize) -> Option<Self> {
-        let fits = bytes.len() >= SLACK
-            && len
-                .checked_mul(MIN_PACKED)
-                .is_some_and(|least| least <= bytes.len() - SLACK)
-            && len
-                .checked_mul(MAX_PACKED)
-                .is_none_or(|most| most >= bytes.len() - SLACK);
-        fits.then_some(Self { bytes, len })
+        fits(bytes.len(), len).then_some(Self { bytes, len })
     }
 
     /// The packed bytes, slack included.
@@ -149,6 +142,19 @@ pub fn pack_to(events: &[Event], dst: &mut [u8]) -> Option<usize> {
     Some(at + SLACK)
 }
 
+/// Whether `bytes` bytes (slack included) can hold `len` packed events: checked on a count read
+/// from a socket before anything is reserved for it.
+#[must_use]
+pub fn fits(bytes: usize, len: usize) -> bool {
+    bytes >= SLACK
+        && len
+            .checked_mul(MIN_PACKED)
+            .is_some_and(|least| least <= bytes - SLACK)
+        && len
+            .checked_mul(MAX_PACKED)
+            .is_none_or(|most| most >= bytes - SLACK)
+}
+
 /// Packs `events` at the end of `out`, slack included; returns the bytes added.
 pub fn pack_into(events: &[Event], out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -173,12 +179,20 @@ pub fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Packed {
 /// [`pack`] made: a length above 8 in a control word, values that run past the bytes, or bytes
 /// left over (`events` then holds the events before the damage).
 pub fn unpack(packed: &Packed, events: &mut Vec<Event>) -> Option<()> {
+    unpack_bytes(&packed.bytes, packed.len, events)
+}
+
+/// [`unpack`] of `len` events packed in `b` (slack included), wherever they are kept. `len`
+/// must be one that [`fits`] `b` (else `None`, with nothing reserved).
+pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()> {
     events.clear();
-    events.reserve(packed.len);
-    let b = packed.bytes.as_slice();
+    if !fits(b.len(), len) {
+        return None;
+    }
+    events.reserve(len);
     let mut at = 0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
-    for _ in 0..packed.len {
+    for _ in 0..len {
         let c = b.get(at..at + 2)?;
         let control = u16::from_le_bytes([c[0], c[1]]);
         at += 2;

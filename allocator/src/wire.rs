@@ -25,7 +25,6 @@ use std::io::{self, BufRead, Read, Write};
 use crate::batch::{Batch, Message};
 use crate::bin::{BIN_LARGE_MAX, block_size};
 use crate::event::{EVENT_SIZE, Event};
-use crate::pack::Packed;
 
 /// Stream magic.
 pub const MAGIC: &[u8; 8] = b"HLSTREAM";
@@ -211,19 +210,27 @@ pub fn read_header(r: &mut impl Read) -> Result<(), WireError> {
     Ok(())
 }
 
-/// A frame as the recorder's reader takes it: a batch that came packed stays packed (the
-/// recorder's backlog keeps it so until its encoder unpacks it).
+/// A frame as the recorder's reader takes it: of a packed batch, only its header, and the
+/// packed events are read next, into memory of the reader's choosing ([`read_packed_direct`];
+/// the recorder's backlog keeps them packed until its encoder unpacks them).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     /// Any other frame, or a batch that came unpacked (from a version 1 peer).
     Message(Message),
-    /// A packed batch frame: its contents are checked when it is unpacked.
-    Packed {
-        /// The heap of the batch.
-        heap: u32,
-        /// Its events.
-        packed: Packed,
-    },
+    /// A packed batch frame's header: its `bytes` follow in the stream.
+    Packed(PackedHead),
+}
+
+/// The header of a packed batch frame, checked: `bytes` can hold `count` packed events (their
+/// contents are checked when they are unpacked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedHead {
+    /// The heap of the batch.
+    pub heap: u32,
+    /// How many events.
+    pub count: usize,
+    /// The packed events' bytes, slack included, that follow.
+    pub bytes: usize,
 }
 
 /// Reads the next frame, as the [`Message`] it carries (a packed batch unpacked); `Ok(None)`
@@ -242,35 +249,52 @@ pub fn read_frame_reusing(
     match read_frame_with(r, &mut spare, None)? {
         None => Ok(None),
         Some(Incoming::Message(m)) => Ok(Some(m)),
-        Some(Incoming::Packed { heap, packed }) => {
+        Some(Incoming::Packed(head)) => {
+            let mut bytes = vec![0u8; head.bytes];
+            r.read_exact(&mut bytes)?;
             let mut events = spare.unwrap_or_default();
-            unpack_wire(&packed, &mut events)?;
-            Ok(Some(Message::Batch(Batch { heap, events })))
+            unpack_wire(&bytes, head.count, &mut events)?;
+            Ok(Some(Message::Batch(Batch {
+                heap: head.heap,
+                events,
+            })))
         }
     }
 }
 
-/// Unpacks a packed batch that came from a peer into `events`: a clear error if it is damaged.
-pub fn unpack_wire(packed: &Packed, events: &mut Vec<Event>) -> Result<(), WireError> {
-    crate::pack::unpack(packed, events).ok_or_else(|| {
+/// Unpacks `count` events packed in `bytes` (slack included) that came from a peer into
+/// `events`: a clear error if they are damaged.
+pub fn unpack_wire(bytes: &[u8], count: usize, events: &mut Vec<Event>) -> Result<(), WireError> {
+    crate::pack::unpack_bytes(bytes, count, events).ok_or_else(|| {
         WireError::Corrupt(format!(
-            "a packed batch of {} events in {} bytes is damaged",
-            packed.len(),
-            packed.bytes().len()
+            "a packed batch of {count} events in {} bytes is damaged",
+            bytes.len()
         ))
     })
 }
 
-/// The next frame from a buffered file descriptor (the recorder's socket), a packed batch kept
-/// packed: a batch's bytes that are not in the buffer yet are read from the descriptor straight
-/// into the batch's memory, not into the buffer first and copied from there (that copy was an
-/// eighth of the recorder's reader thread's time). An unpacked batch fills `spare` if it fits.
+/// The next frame from a buffered file descriptor (the recorder's socket). A batch's events
+/// that are not in the buffer yet are read from the descriptor straight into the batch's
+/// memory, not into the buffer first and copied from there (that copy was an eighth of the
+/// recorder's reader thread's time); an unpacked batch fills `spare` if it fits. Of a packed
+/// batch only the header is read: its bytes must be read next, with [`read_packed_direct`].
 pub fn read_frame_direct<R: Read + std::os::fd::AsRawFd>(
     r: &mut io::BufReader<R>,
     spare: Option<Vec<Event>>,
 ) -> Result<Option<Incoming>, WireError> {
     let mut spare = spare;
     read_frame_with(r, &mut spare, Some(read_direct::<R>))
+}
+
+/// Reads a packed batch's bytes (after [`read_frame_direct`] gave its header) into `dst`, which
+/// is exactly `head.bytes` long: past the buffer, straight from the descriptor.
+pub fn read_packed_direct<R: Read + std::os::fd::AsRawFd>(
+    r: &mut io::BufReader<R>,
+    dst: &mut [u8],
+) -> io::Result<()> {
+    // SAFETY: `dst` is valid for writes of its length and, a slice of the caller's, does not
+    // overlap the reader's buffer.
+    unsafe { read_into(r, dst.as_mut_ptr(), dst.len(), Some(read_direct::<R>)) }
 }
 
 /// Reads up to `len` bytes into `dst`: from `r`'s buffer if it holds any, else from its
@@ -357,19 +381,13 @@ fn read_frame_with<R: BufRead>(
         r.read_exact(&mut ids)?;
         let heap = u32::from_le_bytes([ids[0], ids[1], ids[2], ids[3]]);
         let count = u32::from_le_bytes([ids[4], ids[5], ids[6], ids[7]]) as usize;
-        let n = len - 8;
-        let mut bytes: Vec<u8> = Vec::with_capacity(n);
-        // SAFETY: the vector's own allocation has room for `n` bytes and is not the reader's
-        // buffer.
-        unsafe { read_into(r, bytes.as_mut_ptr(), n, direct)? };
-        // SAFETY: `read_into` wrote all `n` bytes, and any bytes are valid `u8`s.
-        unsafe { bytes.set_len(n) };
-        let packed = Packed::from_parts(bytes, count).ok_or_else(|| {
-            WireError::Corrupt(format!(
+        let bytes = len - 8;
+        if !crate::pack::fits(bytes, count) {
+            return Err(WireError::Corrupt(format!(
                 "a packed batch frame of {len} bytes cannot hold {count} events"
-            ))
-        })?;
-        return Ok(Some(Incoming::Packed { heap, packed }));
+            )));
+        }
+        return Ok(Some(Incoming::Packed(PackedHead { heap, count, bytes })));
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
@@ -1046,12 +1064,13 @@ mod tests {
         read_header(&mut r).unwrap();
         for (i, (was_packed, b)) in batches.iter().enumerate() {
             match read_frame_direct(&mut r, None).unwrap() {
-                Some(Incoming::Packed { heap, packed }) => {
+                Some(Incoming::Packed(head)) => {
                     assert!(was_packed, "batch {i} came packed");
-                    assert_eq!(heap, i as u32);
-                    assert_eq!(packed.len(), b.len());
+                    assert_eq!((head.heap, head.count), (i as u32, b.len()));
+                    let mut bytes = vec![0xee; head.bytes];
+                    read_packed_direct(&mut r, &mut bytes).unwrap();
                     let mut events = Vec::new();
-                    unpack_wire(&packed, &mut events).unwrap();
+                    unpack_wire(&bytes, head.count, &mut events).unwrap();
                     assert_eq!(&events, b, "batch {i}");
                 }
                 Some(Incoming::Message(Message::Batch(got))) => {

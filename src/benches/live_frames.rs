@@ -24,6 +24,8 @@ mod launch;
 mod quiet;
 #[path = "../reap.rs"]
 mod reap;
+#[path = "../slab.rs"]
+mod slab;
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
