@@ -1240,23 +1240,48 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
             // It made no allocation since a census was asked for: its part now, at its end.
             owed_part(heap, want);
         }
-        let buf = (*heap).events.load(Relaxed);
+        let mut buf = (*heap).events.load(Relaxed);
         if buf.is_null() {
             return;
         }
-        seal(heap, buf);
-        detach(heap);
-        if !send(buf) {
-            // The collector is full (live mode) or stopping: the events are lost. A drain may be
-            // reading the buffer (it reads a heap's current buffer under the heap list lock,
-            // which an exiting thread does not take to send it), so while the collector runs
-            // only the collector may unmap or reuse it.
-            if collecting() {
-                ORPHANS.lock().push(buf);
-            } else {
-                os::unmap_internal(buf.cast(), BUFFER_BYTES);
+        // The send may allocate: the channel's first wake-up of the collector from a thread that
+        // never used it gives the thread its handle (`std::thread::current`), inside the
+        // channel's lock. Reported from in there, that allocation's event waited on the same
+        // lock for ever (a program recorded with a census every 2 ms hung at exit, in
+        // `shutdown`): it is spilled instead, as any nested event, and goes in a buffer of its
+        // own, sent after (by then the thread has its handle, so that send allocates nothing).
+        IN_HOOK.with(|h| h.set(true));
+        for _ in 0..2 {
+            seal(heap, buf);
+            detach(heap);
+            if !send(buf) {
+                // The collector is full (live mode) or stopping: the events are lost. A drain
+                // may be reading the buffer (it reads a heap's current buffer under the heap
+                // list lock, which an exiting thread does not take to send it), so while the
+                // collector runs only the collector may unmap or reuse it.
+                if collecting() {
+                    ORPHANS.lock().push(buf);
+                } else {
+                    os::unmap_internal(buf.cast(), BUFFER_BYTES);
+                }
+                break;
+            }
+            if (*heap).spill_len == 0 {
+                break;
+            }
+            attach(heap, take_empty_buffer(heap));
+            // Writes the spilled events, or counts them lost if there is no buffer.
+            put(heap, None);
+            buf = (*heap).events.load(Relaxed);
+            if buf.is_null() {
+                for _ in 0..(*heap).spill_len {
+                    lose(heap, drop_reason::NO_BUFFER);
+                }
+                (*heap).spill_len = 0;
+                break;
             }
         }
+        IN_HOOK.with(|h| h.set(false));
     }
 }
 
