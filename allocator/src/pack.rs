@@ -312,6 +312,11 @@ mod tests {
         out.truncate(5);
         pack_into(&events, &mut out);
         assert_eq!(&out[5..], alone.bytes());
+        // Into room full of other bytes, exactly as large as it may need, or one byte short.
+        let mut dirty = vec![0xffu8; room_for(events.len())];
+        let used = pack_to(&events, &mut dirty).unwrap();
+        assert_eq!(&dirty[..used], alone.bytes());
+        assert_eq!(pack_to(&events, &mut dirty[1..]), None);
     }
 
     #[test]
