@@ -144,27 +144,40 @@ pub fn write_packed_batch(
     events: &[Event],
     room: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let frame = packed_frame(heap, events, room)?;
-    w.write_all(frame)
+    let end = packed_frame_at(heap, events, room, 0)?;
+    w.write_all(&room[..end])
 }
 
-/// The packed batch frame of `events`, built in `room` (grown to the most a batch of this size
-/// may need and never shrunk, so a collector that sends batches of one size allocates once).
-fn packed_frame<'a>(heap: u32, events: &[Event], room: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+/// Builds the packed batch frame of `events` in `room` at byte `at` (`room` grows to the most a
+/// batch of this size may need there and never shrinks, so a collector that sends batches of one
+/// size allocates once); returns where the frame ends.
+fn packed_frame_at(
+    heap: u32,
+    events: &[Event],
+    room: &mut Vec<u8>,
+    at: usize,
+) -> io::Result<usize> {
     let count = u32::try_from(events.len()).map_err(|_| io::Error::other("batch too large"))?;
-    let need = PACKED_HEAD + crate::pack::room_for(events.len());
+    let need = at + PACKED_HEAD + crate::pack::room_for(events.len());
     if room.len() < need {
         room.resize(need, 0);
     }
-    let used = crate::pack::pack_to(events, &mut room[PACKED_HEAD..])
+    let used = crate::pack::pack_to(events, &mut room[at + PACKED_HEAD..])
         .ok_or_else(|| io::Error::other("no room to pack a batch"))?;
     let len = u32::try_from(8 + used).map_err(|_| io::Error::other("frame too large"))?;
-    room[0] = FRAME_PACKED;
-    room[1..5].copy_from_slice(&len.to_le_bytes());
-    room[5..9].copy_from_slice(&heap.to_le_bytes());
-    room[9..13].copy_from_slice(&count.to_le_bytes());
-    Ok(&room[..PACKED_HEAD + used])
+    let head = &mut room[at..at + PACKED_HEAD];
+    head[0] = FRAME_PACKED;
+    head[1..5].copy_from_slice(&len.to_le_bytes());
+    head[5..9].copy_from_slice(&heap.to_le_bytes());
+    head[9..13].copy_from_slice(&count.to_le_bytes());
+    Ok(at + PACKED_HEAD + used)
 }
+
+/// Packed frames gathered up to this many bytes before they are sent together: one `send`, and
+/// one wake-up of heaplens's reader, for several batches. The collector sends what it has when
+/// it is about to wait, too, so a quiet program's last events are not held back.
+#[cfg(feature = "hook")]
+const GATHER_BYTES: usize = 256 << 10;
 
 /// The events' wire form, in place: on a little-endian machine an event's memory is exactly
 /// its wire form. `None` on a big-endian one.
@@ -788,22 +801,42 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
     }
     drop(head);
     // Each batch goes out packed (about 8 bytes an event instead of 32: the kernel copies a
-    // quarter of the bytes, here and in heaplens), header and events in one `send`. The room
-    // it is packed in grows on the collector's own (untraced) thread, at its first batch:
+    // quarter of the bytes, here and in heaplens), gathered with the next ones up to
+    // GATHER_BYTES, or until the collector is about to wait, and sent in one `send`. The room
+    // they are packed in grows on the collector's own (untraced) thread, at its first batch:
     // made here, it would sit on the program's heap and show up as the program's memory.
     let mut room = Vec::new();
+    let mut gathered = 0;
     let mut socket = Some(socket);
-    let sink: crate::collector::Sink = Box::new(move |batch| {
+    let sink: crate::collector::Sink = Box::new(move |handed| {
+        use crate::collector::Handed;
         let Some(s) = socket.as_mut() else {
             return false;
         };
-        let r = match batch {
-            Some(b) => write_packed_batch(s, b.heap, b.events, &mut room),
-            None => {
+        let r = match handed {
+            Handed::Batch(b) => {
+                packed_frame_at(b.heap, b.events, &mut room, gathered).and_then(|end| {
+                    gathered = end;
+                    if gathered < GATHER_BYTES {
+                        return Ok(());
+                    }
+                    gathered = 0;
+                    s.write_all(&room[..end])
+                })
+            }
+            Handed::Idle if gathered == 0 => Ok(()),
+            Handed::Idle => {
+                let end = std::mem::take(&mut gathered);
+                s.write_all(&room[..end])
+            }
+            Handed::End => {
                 // The end: the socket closes, so the reader sees the stream end here (the
                 // collector's state, which holds this sink, is never freed).
-                let exit = exit_status::get().map_or(Ok(()), |st| write_exit(s, st));
-                let r = exit.and_then(|()| write_end(s));
+                let end = std::mem::take(&mut gathered);
+                let r = s
+                    .write_all(&room[..end])
+                    .and_then(|()| exit_status::get().map_or(Ok(()), |st| write_exit(s, st)))
+                    .and_then(|()| write_end(s));
                 socket = None;
                 r
             }
