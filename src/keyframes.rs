@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use heaplens_alloc::event::Event;
 use heaplens_viewer::model::Model;
 
-use crate::pack::{self, Packed};
+use heaplens_alloc::pack::{self, Packed};
 
 /// A keyframe every this many events at least: where replay can start from.
 pub const KEYFRAME_EVERY: u64 = 500_000;

@@ -8,8 +8,9 @@
 //! each launch) is refused too. Each admitted connection gets a reader thread that takes its
 //! frames off the socket as fast as they come and queues them, tagged with the connection and
 //! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
-//! consumes them until that budget is spent; while it is long, batches wait there packed
-//! ([`crate::pack`]), and [`Frames`] gives them back as they came. The queue ends once no process of the command is
+//! consumes them until that budget is spent. Batches wait there packed as the program's
+//! collector packed them ([`heaplens_alloc::pack`]; a version 1 peer's batches are packed here
+//! once the backlog is long), and [`Frames`] gives them back unpacked. The queue ends once no process of the command is
 //! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
@@ -27,11 +28,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{EVENT_SIZE, Event};
-use heaplens_alloc::wire::{self, WireError};
+use heaplens_alloc::pack::{self, Packed};
+use heaplens_alloc::wire::{self, Incoming, WireError};
 
 use crate::backlog::{self, backlog};
-use crate::pack::{self, Packed};
 use crate::quiet::say;
+use crate::slab::{SlabBytes, SlabWriter};
 
 /// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
 /// it and the recorder's keyframe model.
@@ -140,13 +142,13 @@ impl Frame {
     }
 }
 
-/// What the backlog holds: a frame, or a batch packed to take less memory while it waits
-/// ([`crate::pack`]); [`Frames`] gives back the frame that came in.
+/// What the backlog holds: a frame, or a batch packed (by the program's collector, or by the
+/// reader for a version 1 peer: [`heaplens_alloc::pack`]); [`Frames`] gives back the batch.
 #[derive(Debug)]
 pub enum Queued {
     /// A frame as it came.
     Frame(Frame),
-    /// A frame of a batch, packed.
+    /// A frame of a batch, packed here (a version 1 peer's).
     Batch {
         /// As in [`Frame`].
         conn: u64,
@@ -157,6 +159,19 @@ pub enum Queued {
         /// Its events.
         packed: Packed,
     },
+    /// A frame of a batch that came packed, its bytes as they came (checked when unpacked).
+    Came {
+        /// As in [`Frame`].
+        conn: u64,
+        /// As in [`Frame`].
+        pid: i32,
+        /// The heap of the batch.
+        heap: u32,
+        /// How many events.
+        count: usize,
+        /// The packed events.
+        bytes: SlabBytes,
+    },
 }
 
 impl Queued {
@@ -165,6 +180,7 @@ impl Queued {
         match self {
             Self::Frame(f) => f.bytes(),
             Self::Batch { packed, .. } => std::mem::size_of::<Self>() + packed.capacity(),
+            Self::Came { bytes, .. } => std::mem::size_of::<Self>() + bytes.len(),
         }
     }
 }
@@ -176,6 +192,11 @@ pub struct Frames {
     /// Event vectors the consumer gave back (through the matching [`Sender`]), to unpack batches
     /// into.
     recycled: Receiver<Vec<Event>>,
+    /// Connections whose stream was closed here, at a packed batch that did not unpack: what
+    /// their readers queued after it is left out.
+    broken: std::sync::Mutex<Vec<u64>>,
+    /// Whether `broken` holds any (read at every frame; the lock only once one broke).
+    any_broken: AtomicBool,
 }
 
 /// The readers' end of a launch's backlog.
@@ -203,35 +224,76 @@ pub fn queue(budget: usize) -> (FrameSender, Frames, Sender<Vec<Event>>) {
         recycled: recycled.clone(),
         pack_above: PACK_ABOVE,
     };
-    (sender, Frames { rx, recycled }, recycle)
+    let frames = Frames {
+        rx,
+        recycled,
+        broken: std::sync::Mutex::new(Vec::new()),
+        any_broken: AtomicBool::new(false),
+    };
+    (sender, frames, recycle)
 }
 
 impl Frames {
     /// The next frame, waiting for one; `None` once the queue has ended.
     pub fn recv(&self) -> Option<Frame> {
-        match self.rx.recv()? {
-            Queued::Frame(f) => Some(f),
+        loop {
+            let queued = self.rx.recv()?;
+            if self.any_broken.load(Ordering::Relaxed) {
+                let conn = match &queued {
+                    Queued::Frame(f) => f.conn,
+                    Queued::Batch { conn, .. } | Queued::Came { conn, .. } => *conn,
+                };
+                if self.lock_broken().contains(&conn) {
+                    continue;
+                }
+            }
+            return Some(self.unpacked(queued));
+        }
+    }
+
+    /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged (a peer sent it
+    /// so), the end of its connection's stream with why.
+    fn unpacked(&self, queued: Queued) -> Frame {
+        let (conn, pid, heap, unpacked) = match queued {
+            Queued::Frame(f) => return f,
             Queued::Batch {
                 conn,
                 pid,
                 heap,
                 packed,
-            } => {
-                let mut events = self
-                    .recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
-                let item = if pack::unpack(&packed, &mut events).is_some() {
-                    StreamItem::Message(Message::Batch(Batch { heap, events }))
-                } else {
-                    // Never: the backlog holds only what `pack` made.
-                    StreamItem::Closed(Some(WireError::Io(io::Error::other(
-                        "a batch was damaged in heaplens's backlog",
-                    ))))
-                };
-                Some(Frame { conn, pid, item })
+            } => (conn, pid, heap, self.unpack(packed.bytes(), packed.len())),
+            Queued::Came {
+                conn,
+                pid,
+                heap,
+                count,
+                bytes,
+            } => (conn, pid, heap, self.unpack(&bytes, count)),
+        };
+        let item = match unpacked {
+            Ok(events) => StreamItem::Message(Message::Batch(Batch { heap, events })),
+            Err(e) => {
+                self.lock_broken().push(conn);
+                self.any_broken.store(true, Ordering::Relaxed);
+                StreamItem::Closed(Some(e))
             }
-        }
+        };
+        Frame { conn, pid, item }
+    }
+
+    /// `count` events packed in `bytes`, unpacked into a vector the consumer gave back.
+    fn unpack(&self, bytes: &[u8], count: usize) -> Result<Vec<Event>, WireError> {
+        let mut events = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
+        wire::unpack_wire(bytes, count, &mut events).map(|()| events)
+    }
+
+    fn lock_broken(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Bytes queued now.
@@ -617,15 +679,29 @@ pub(crate) fn read_stream(
     tx: &FrameSender,
 ) -> Option<WireError> {
     let mut ended = false;
-    // While the backlog is long, every batch is read into this one vector and packed from it
-    // (see [`crate::pack`]); otherwise it goes as it came and the next is read into a vector
-    // the consumer gave back (or a new one).
-    let mut spare = Some(Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
+    // A packed batch goes into the backlog as it came. A version 1 peer's batches come
+    // unpacked: while the backlog is long, every batch is read into this one vector and packed
+    // from it (see [`heaplens_alloc::pack`]); otherwise it goes as it came and the next is read
+    // into a vector the consumer gave back (or a new one).
+    let mut spare = None;
     let mut scratch = Vec::new();
+    let mut slabs = SlabWriter::default();
     loop {
         let read = wire::read_frame_direct(r, spare.take());
         let item = match read {
-            Ok(Some(Message::Batch(Batch { heap, mut events }))) => {
+            Ok(Some(Incoming::Packed(head))) => {
+                match slabs.fill(head.bytes, |dst| wire::read_packed_direct(r, dst)) {
+                    Ok(bytes) => Queued::Came {
+                        conn,
+                        pid,
+                        heap: head.heap,
+                        count: head.count,
+                        bytes,
+                    },
+                    Err(e) => return Some(WireError::Io(e)),
+                }
+            }
+            Ok(Some(Incoming::Message(Message::Batch(Batch { heap, mut events })))) => {
                 if tx.tx.queued() < tx.pack_above {
                     spare = tx.recycled.try_recv().ok();
                     Queued::Frame(Frame {
@@ -645,7 +721,7 @@ pub(crate) fn read_stream(
                     }
                 }
             }
-            Ok(Some(message)) => {
+            Ok(Some(Incoming::Message(message))) => {
                 ended = matches!(message, Message::End);
                 Queued::Frame(Frame {
                     conn,
@@ -750,11 +826,12 @@ mod tests {
         (pid, admit(&mut r, token))
     }
 
-    /// Batches streamed through `read_stream` come out of `Frames` as they went in, whether
-    /// the backlog packs them (`pack_above` 0: always) or not (never), and the end follows.
+    /// Batches streamed through `read_stream` come out of `Frames` as they went in: packed by
+    /// the peer (as the collector sends them), or unpacked (a version 1 peer) and packed by the
+    /// backlog (`pack_above` 0: always) or not (never); and the end follows.
     #[test]
     fn batches_come_out_of_the_backlog_as_they_went_in_packed_or_not() {
-        for pack_above in [0, usize::MAX] {
+        for (peer_packs, pack_above) in [(true, usize::MAX), (false, 0), (false, usize::MAX)] {
             let (w, r) = UnixStream::pair().unwrap();
             let sent: Vec<(u32, Vec<Event>)> = (0..20u32)
                 .map(|b| {
@@ -778,7 +855,11 @@ mod tests {
                     let mut w = std::io::BufWriter::new(w);
                     let mut scratch = Vec::new();
                     for (heap, events) in &sent {
-                        wire::write_batch(&mut w, *heap, events, &mut scratch).unwrap();
+                        if peer_packs {
+                            wire::write_packed_batch(&mut w, *heap, events, &mut scratch).unwrap();
+                        } else {
+                            wire::write_batch(&mut w, *heap, events, &mut scratch).unwrap();
+                        }
                     }
                     wire::write_end(&mut w).unwrap();
                 })
@@ -803,8 +884,74 @@ mod tests {
                 }
             }
             assert!(ended);
-            assert_eq!(got, sent, "pack_above {pack_above}");
+            assert_eq!(
+                got, sent,
+                "peer packs {peer_packs}, pack_above {pack_above}"
+            );
         }
+    }
+
+    /// A packed batch that does not unpack (its frame whole, its contents damaged) ends its
+    /// connection's stream there with why; the batches before it arrive, nothing after it does,
+    /// and another connection's frames go on.
+    #[test]
+    fn a_damaged_packed_batch_ends_its_stream_with_a_clear_error() {
+        let events: Vec<Event> = (0..300u64)
+            .map(|i| Event {
+                kind: 1,
+                addr: 0x1000 + 16 * i,
+                arg: 32,
+                time: i,
+                ..Event::default()
+            })
+            .collect();
+        let mut good = Vec::new();
+        wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
+        let mut bad = good.clone();
+        bad[13] = 0x0f; // the first event's control word: a 15-byte value
+        let (w, r) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::new(w);
+            for frame in [&good, &bad, &good] {
+                io::Write::write_all(&mut w, frame).unwrap();
+            }
+            wire::write_end(&mut w).unwrap();
+        });
+        let (tx, frames, _recycle) = queue(BACKLOG_BYTES);
+        let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+        assert!(
+            read_stream(&mut r, 1, 7, &tx).is_none(),
+            "the frames are whole"
+        );
+        writer.join().unwrap();
+        send(&tx, 1, 7, StreamItem::Closed(None));
+        send(&tx, 2, 8, StreamItem::Message(Message::End));
+        drop(tx);
+        let got: Vec<(u64, String)> = (&frames)
+            .map(|f| {
+                let what = match f.item {
+                    StreamItem::Message(Message::Batch(b)) => {
+                        assert_eq!(b.events, events);
+                        "batch".to_owned()
+                    }
+                    StreamItem::Message(m) => format!("{m:?}"),
+                    StreamItem::Closed(why) => {
+                        format!("closed: {}", why.map_or(String::new(), |e| e.to_string()))
+                    }
+                };
+                (f.conn, what)
+            })
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], (1, "batch".to_owned()));
+        assert_eq!(got[1].0, 1);
+        assert!(
+            got[1]
+                .1
+                .starts_with("closed: corrupt heaplens stream: a packed batch of 300 events"),
+            "{got:?}"
+        );
+        assert_eq!(got[2], (2, "End".to_owned()));
     }
 
     #[test]

@@ -767,7 +767,7 @@ fn child(args: &[String]) -> ExitCode {
             heaplens_alloc::collector::start(
                 config,
                 Box::new(|batch| {
-                    if let Some(b) = batch {
+                    if let heaplens_alloc::collector::Handed::Batch(b) = batch {
                         EVENTS.fetch_add(b.events.len() as u64, Ordering::Relaxed);
                     }
                     true

@@ -45,8 +45,19 @@ impl Default for Config {
     }
 }
 
-/// Where batches go: returns false to stop (the peer went away); `None` marks the end.
-pub type Sink = Box<dyn FnMut(Option<BatchRef<'_>>) -> bool + Send>;
+/// What the collector hands its sink.
+pub enum Handed<'a> {
+    /// A batch, in the order of the stream.
+    Batch(BatchRef<'a>),
+    /// The collector has handed over everything it holds for now and is about to wait: a sink
+    /// that gathers batches to send them together sends what it has.
+    Idle,
+    /// The end of the stream.
+    End,
+}
+
+/// Where batches go: returns false to stop (the peer went away).
+pub type Sink = Box<dyn FnMut(Handed<'_>) -> bool + Send>;
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -204,9 +215,11 @@ fn subscribe_with(
 ) -> Result<Receiver<Message>, StartError> {
     let (tx, rx) = bounded(capacity.max(1));
     let mut dropped = 0u64;
-    let sink: Sink = Box::new(move |batch| {
-        let Some(b) = batch else {
-            return tx.send(Message::End).is_ok();
+    let sink: Sink = Box::new(move |handed| {
+        let b = match handed {
+            Handed::Batch(b) => b,
+            Handed::Idle => return true,
+            Handed::End => return tx.send(Message::End).is_ok(),
         };
         if wait {
             return tx.send(Message::Batch(b.to_batch())).is_ok();
@@ -498,6 +511,8 @@ impl<'a> Collector<'a> {
         self.collect_all(self.now());
         self.flush(u64::MAX);
         self.census(self.now());
+        // The first census goes out now: a program that dies at once leaves it in the trace.
+        self.idle();
         if self.state.late {
             hook::request_initial_parts();
         }
@@ -561,6 +576,16 @@ impl<'a> Collector<'a> {
             // are known to be in hand: a buffer that arrives later holds only later events.
             self.flush(self.safe_until);
             self.release_retired();
+            self.idle();
+        }
+    }
+
+    /// Tells the sink the collector holds nothing more for now (see [`Handed::Idle`]).
+    fn idle(&mut self) {
+        if self.sink_alive && !(self.state.sink)(Handed::Idle) {
+            // The peer went away: as in `emit`.
+            self.sink_alive = false;
+            hook::set_enabled(false, false);
         }
     }
 
@@ -671,7 +696,7 @@ impl<'a> Collector<'a> {
         CENSUS_DONE.store(CENSUS_REQUESTS.load(Acquire), Release);
         self.release_retired();
         if self.sink_alive {
-            (self.state.sink)(None);
+            (self.state.sink)(Handed::End);
         }
     }
 
@@ -850,7 +875,7 @@ impl<'a> Collector<'a> {
                 seen.push(batch.heap);
             }
         }
-        if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Some(batch)) {
+        if self.sink_alive && !batch.events.is_empty() && !(self.state.sink)(Handed::Batch(batch)) {
             // The peer went away: stop recording, keep recycling buffers so nobody waits.
             self.sink_alive = false;
             hook::set_enabled(false, false);

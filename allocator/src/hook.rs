@@ -1254,33 +1254,23 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
             // It made no allocation since a census was asked for: its part now, at its end.
             owed_part(heap, want);
         }
-        // Sending can run into the allocator: the first time a thread the C library started
-        // wakes the collector, the channel asks the standard library for the thread's handle,
-        // which is made then (48 bytes). Such an allocation is kept aside (`IN_HOOK`) and sent
-        // in a buffer of its own after; before, it went into a buffer the exiting thread never
-        // sent, and the last census counted a block the trace never allocated (3 recordings
-        // in 4 of binary trees with `--stacks all`).
-        for _ in 0..FLUSH_ROUNDS {
-            let mut buf = (*heap).events.load(Relaxed);
-            if buf.is_null() {
-                if (*heap).spill_len == 0 || !(*heap).traced.load(Relaxed) || !enabled() {
-                    return;
-                }
-                IN_HOOK.with(|h| h.set(true));
-                attach(heap, take_empty_buffer(heap));
-                put(heap, None);
-                IN_HOOK.with(|h| h.set(false));
-                buf = (*heap).events.load(Relaxed);
-                if buf.is_null() {
-                    return;
-                }
-            }
+        let mut buf = (*heap).events.load(Relaxed);
+        if buf.is_null() {
+            return;
+        }
+        // The send may allocate: the channel's first wake-up of the collector from a thread that
+        // never used it gives the thread its handle (`std::thread::current`), inside the
+        // channel's lock. Reported from in there, that allocation's event waited on the same
+        // lock for ever (a program recorded with a census every 2 ms hung at exit, in
+        // `shutdown`): it is spilled instead, as any nested event, and goes in a buffer of its
+        // own, sent after (by then the thread has its handle, so that send allocates nothing).
+        // (Left in a buffer the thread never sent, it made the last census count a block the
+        // trace never allocated.)
+        IN_HOOK.with(|h| h.set(true));
+        for _ in 0..2 {
             seal(heap, buf);
             detach(heap);
-            IN_HOOK.with(|h| h.set(true));
-            let sent = send(buf);
-            IN_HOOK.with(|h| h.set(false));
-            if !sent {
+            if !send(buf) {
                 // The collector is full (live mode) or stopping: the events are lost. A drain
                 // may be reading the buffer (it reads a heap's current buffer under the heap
                 // list lock, which an exiting thread does not take to send it), so while the
@@ -1290,17 +1280,26 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
                 } else {
                     os::unmap_internal(buf.cast(), BUFFER_BYTES);
                 }
-                return;
+                break;
             }
             if (*heap).spill_len == 0 {
-                return;
+                break;
+            }
+            attach(heap, take_empty_buffer(heap));
+            // Writes the spilled events, or counts them lost if there is no buffer.
+            put(heap, None);
+            buf = (*heap).events.load(Relaxed);
+            if buf.is_null() {
+                for _ in 0..(*heap).spill_len {
+                    lose(heap, drop_reason::NO_BUFFER);
+                }
+                (*heap).spill_len = 0;
+                break;
             }
         }
+        IN_HOOK.with(|h| h.set(false));
     }
 }
-
-/// Buffers [`flush_thread`] sends at most: its own, and one for what sending allocated.
-const FLUSH_ROUNDS: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
 // What the allocator calls (each one a single branch when the hook is off)

@@ -39,6 +39,7 @@ pub mod init;
 pub mod module;
 pub mod options;
 pub mod os;
+pub mod pack;
 pub mod page;
 pub mod page_queue;
 pub mod sample;

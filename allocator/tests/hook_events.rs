@@ -26,7 +26,10 @@ fn count(events: &[(u32, Event)], kind: EventKind, pred: impl Fn(&(u32, Event)) 
 fn the_hook_delivers_every_event_and_a_matching_census() {
     let recorded: Recorded = Arc::default();
     let ended = Arc::new(Mutex::new(false));
-    let (r, end) = (recorded.clone(), ended.clone());
+    // Batches handed over since the collector last said it was idle (a socket sink gathers
+    // batches until then).
+    let unsaid = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, end, since_idle) = (recorded.clone(), ended.clone(), unsaid.clone());
     collector::start(
         Config {
             lossless: true,
@@ -34,12 +37,16 @@ fn the_hook_delivers_every_event_and_a_matching_census() {
             channel_buffers: 4,
         },
         Box::new(move |batch| {
+            use std::sync::atomic::Ordering::SeqCst;
             match batch {
-                Some(b) => r
-                    .lock()
-                    .unwrap()
-                    .extend(b.events.iter().map(|e| (b.heap, *e))),
-                None => *end.lock().unwrap() = true,
+                collector::Handed::Batch(b) => {
+                    since_idle.fetch_add(1, SeqCst);
+                    r.lock()
+                        .unwrap()
+                        .extend(b.events.iter().map(|e| (b.heap, *e)));
+                }
+                collector::Handed::Idle => since_idle.store(0, SeqCst),
+                collector::Handed::End => *end.lock().unwrap() = true,
             }
             true
         }),
@@ -78,6 +85,19 @@ fn the_hook_delivers_every_event_and_a_matching_census() {
     }
     heaplens_alloc::hook::mark("after the worker's blocks were freed");
     assert!(collector::census_now(), "census delivered");
+    // With the program quiet, the collector says it is idle after its last batch (or a socket
+    // sink would hold that batch back until the program allocates again).
+    let quiet = std::time::Instant::now();
+    while unsaid.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && quiet.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        unsaid.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no Idle after the last batch"
+    );
 
     let events = recorded.lock().unwrap().clone();
     let mine_set: HashSet<u64> = mine.iter().map(|&p| p as u64).collect();

@@ -19,14 +19,13 @@ mod backlog;
 #[path = "../launch.rs"]
 #[allow(dead_code)]
 mod launch;
-#[path = "../pack.rs"]
-#[allow(dead_code)]
-mod pack;
 #[path = "../quiet.rs"]
 #[allow(dead_code)]
 mod quiet;
 #[path = "../reap.rs"]
 mod reap;
+#[path = "../slab.rs"]
+mod slab;
 #[path = "../tap.rs"]
 #[allow(dead_code)]
 mod tap;

@@ -250,7 +250,7 @@ fn record_real_workload() -> Batches {
             channel_buffers: 64,
         },
         Box::new(move |batch| {
-            if let Some(b) = batch
+            if let collector::Handed::Batch(b) = batch
                 && let Ok(mut v) = sink.lock()
             {
                 v.push((b.heap, b.events.to_vec()));

@@ -52,7 +52,7 @@ fn the_model_rebuilt_from_events_equals_every_census() {
             channel_buffers: 8,
         },
         Box::new(move |batch| {
-            if let Some(b) = batch {
+            if let collector::Handed::Batch(b) = batch {
                 sink_store
                     .lock()
                     .unwrap()

@@ -351,19 +351,9 @@ fn code_alloc_aux(aux: u16, size: u64) -> u64 {
     }
 }
 
-/// A wrapping 64-bit difference as a small number whatever its sign: 0, -1, 1, -2 ... become
-/// 0, 1, 2, 3 ... (the backlog's packing uses it too).
-#[inline]
-pub fn zigzag(v: u64) -> u64 {
-    let s = v as i64;
-    ((s << 1) ^ (s >> 63)) as u64
-}
-
-/// The inverse of [`zigzag`].
-#[inline]
-pub fn unzigzag(v: u64) -> u64 {
-    (v >> 1) ^ (v & 1).wrapping_neg()
-}
+/// A wrapping 64-bit difference as a small number whatever its sign (0, -1, 1, -2 ... become
+/// 0, 1, 2, 3 ...), and its inverse: one definition with the stream's packing.
+pub use heaplens_alloc::pack::{unzigzag, zigzag};
 
 /// [`zigzag`] of a wrapping 32-bit difference.
 #[inline]
