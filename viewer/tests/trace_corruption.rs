@@ -61,6 +61,13 @@ fn small() -> &'static Trace {
 /// Opens and reads everything; checks that whatever reads is the original and that whatever
 /// does not is reported as corruption.
 fn read_checked(bytes: &[u8], original: &Trace) {
+    read_all(bytes, Some(original));
+}
+
+/// Opens and reads everything: whatever does not read is reported as corruption, and with
+/// `original`, whatever reads is the original's. (Without it, for a file made of a forged chunk
+/// with a valid checksum: that chunk is a chunk, and what it reads is its own.)
+fn read_all(bytes: &[u8], original: Option<&Trace>) {
     let Ok(mut r) = TraceReader::new(Cursor::new(bytes)) else {
         return; // a clear error (header damage, newer version, not a trace)
     };
@@ -68,12 +75,14 @@ fn read_checked(bytes: &[u8], original: &Trace) {
         let c = r.chunks()[i];
         match r.read_chunk(i) {
             Ok(evs) => {
-                let from = c.first_event as usize;
-                assert_eq!(
-                    evs[..],
-                    original.events[from..from + evs.len()],
-                    "chunk {i}"
-                );
+                if let Some(original) = original {
+                    let from = c.first_event as usize;
+                    assert_eq!(
+                        evs[..],
+                        original.events[from..from + evs.len()],
+                        "chunk {i}"
+                    );
+                }
             }
             Err(e) => assert!(
                 matches!(e, TraceError::CorruptChunk { .. }),
@@ -83,11 +92,15 @@ fn read_checked(bytes: &[u8], original: &Trace) {
     }
     for k in 0..r.keyframes().len() {
         match r.read_keyframe(k) {
-            Ok(payload) => assert!(original.keyframes.contains(&payload)),
+            Ok(payload) => {
+                assert!(original.is_none_or(|o| o.keyframes.contains(&payload)));
+            }
             Err(e) => assert!(matches!(e, TraceError::CorruptChunk { .. }), "{e}"),
         }
     }
-    if let Some(end) = r.end_info() {
+    if let Some(end) = r.end_info()
+        && original.is_some()
+    {
         assert_eq!(end, EndInfo::clean(0));
     }
     let _ = r.damage().map(|d| d.to_string());
@@ -147,7 +160,9 @@ proptest! {
         let mut bytes = t.bytes[..start].to_vec();
         bytes.extend_from_slice(&h.to_bytes());
         bytes.extend_from_slice(&payload);
-        read_checked(&bytes, t);
+        // The only chunk is the forged one: a keyframe of any payload (kind 2, stored raw) is a
+        // keyframe, and reads as it was written.
+        read_all(&bytes, None);
     }
 }
 
