@@ -409,31 +409,35 @@ fn every_census_agrees_mid_run_on_a_multithreaded_program() {
     assert!(ok, "compiling alloc_workload.c failed");
     for round in 0..3 {
         let trace = dir.join(format!("run{round}.hltrace"));
-        let out = heaplens()
+        let mut record = heaplens();
+        record
             .env("HEAPLENS_CENSUS_MS", "2")
             .arg("record")
             .arg("-o")
-            .arg(&trace)
-            .arg("--")
-            .arg(&exe)
-            .arg("150000")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = stats_json(&trace);
-        let (n, agreeing) = (
-            s["censuses"].as_u64().unwrap(),
-            s["censuses_agreeing"].as_u64().unwrap(),
-        );
+            .arg(&trace);
+        record.arg("--").arg(&exe).arg("150000");
         // The initial and final censuses and at least a few taken by the heaps as they ran.
-        assert!(n >= 5, "round {round}: only {n} censuses");
-        assert_eq!(agreeing, n, "round {round}: {s}");
+        every_census_agrees(&mut record, &trace, 5);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `record`, which must succeed and write `trace`, and checks that the trace holds at
+/// least `at_least` censuses and that every one agrees with the model.
+fn every_census_agrees(record: &mut std::process::Command, trace: &Path, at_least: u64) {
+    let out = record.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = stats_json(trace);
+    let (n, agreeing) = (
+        s["censuses"].as_u64().unwrap(),
+        s["censuses_agreeing"].as_u64().unwrap(),
+    );
+    assert!(n >= at_least, "{}: only {n} censuses", trace.display());
+    assert_eq!(agreeing, n, "{}: {s}", trace.display());
 }
 
 /// Binary trees with every stack captured: every census of every recording agrees. Capturing a
@@ -463,26 +467,10 @@ fn every_census_agrees_when_every_stack_is_captured() {
     assert!(ok, "compiling trees.c failed");
     for round in 0..4 {
         let trace = dir.join(format!("run{round}.hltrace"));
-        let out = heaplens()
-            .args(["record", "--stacks", "all", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(&exe)
-            .arg("0.05")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = stats_json(&trace);
-        let (n, agreeing) = (
-            s["censuses"].as_u64().unwrap(),
-            s["censuses_agreeing"].as_u64().unwrap(),
-        );
-        assert!(n >= 2, "round {round}: only {n} censuses");
-        assert_eq!(agreeing, n, "round {round}: {s}");
+        let mut record = heaplens();
+        record.args(["record", "--stacks", "all", "-o"]).arg(&trace);
+        record.arg("--").arg(&exe).arg("0.05");
+        every_census_agrees(&mut record, &trace, 2);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
