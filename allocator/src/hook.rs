@@ -640,12 +640,24 @@ unsafe fn attach(heap: *mut Heap, buf: *mut EventBuffer) {
         if buf.is_null() {
             return;
         }
-        let first = first_slot(buf);
-        (*heap).event_end.store(first.add(BUFFER_EVENTS), Relaxed);
-        (*heap).event_cursor.store(first, Release);
+        open(heap, buf);
+        (*heap).event_cursor.store(first_slot(buf), Release);
         (*heap).events.store(buf, Release);
+    }
+}
+
+/// Lets `heap`'s events go into `buf` up to its end, unless a census is wanted: then the next
+/// event leaves the fast path for `census_point`.
+///
+/// # Safety
+/// The calling thread owns `heap`; `buf` is its current buffer, or about to be.
+unsafe fn open(heap: *mut Heap, buf: *mut EventBuffer) {
+    // SAFETY: forwarded.
+    unsafe {
+        (*heap)
+            .event_end
+            .store(first_slot(buf).add(BUFFER_EVENTS), Relaxed);
         if (*heap).census_want.load(Relaxed) != (*heap).census_done {
-            // A census is wanted: the next event leaves the fast path for `census_point`.
             (*heap).event_end.store(ptr::null_mut(), Relaxed);
         }
     }
@@ -654,11 +666,21 @@ unsafe fn attach(heap: *mut Heap, buf: *mut EventBuffer) {
 /// Sets the count of events in `heap`'s current buffer `buf`, before it is sent: the collector
 /// reads the count of a buffer it receives (the cursor only while a heap names the buffer).
 ///
+/// Nothing more goes into a sealed buffer. Sending it can run into the allocator (the first
+/// time a thread the C library started wakes the collector, the channel asks the standard
+/// library for the thread's handle, which is made then): that event is kept aside (`IN_HOOK`)
+/// for the next buffer. Before, when `reserve` sent a buffer that still had room, it went in
+/// after the sealed count and was never read, and the last census counted a block the trace
+/// never allocated (5 recordings in 6 of binary trees with `--stacks all`).
+///
 /// # Safety
 /// As [`written`].
 unsafe fn seal(heap: *mut Heap, buf: *mut EventBuffer) {
     // SAFETY: forwarded.
-    unsafe { (*buf).len.store(written(heap, buf) as u32, Release) };
+    unsafe {
+        (*buf).len.store(written(heap, buf) as u32, Release);
+        (*heap).event_end.store(ptr::null_mut(), Relaxed);
+    }
 }
 
 /// Leaves `heap` without a current buffer ([`seal`] the buffer first to send it): from here on
@@ -827,19 +849,10 @@ unsafe fn next_buffer(heap: *mut Heap) {
         let full = (*heap).events.load(Relaxed);
         let sent = full.is_null() || {
             seal(heap, full);
-            // Nothing more goes into it once sealed. Sending can run into the allocator (the
-            // first time a thread the C library started wakes the collector, the channel asks
-            // the standard library for the thread's handle, which is made then): that event
-            // is kept aside (`IN_HOOK`) for the next buffer. Before, when `reserve` sent a
-            // buffer that still had room, it went in after the sealed count and was never read,
-            // and the last census counted a block the trace never allocated (5 recordings in 6
-            // of binary trees with `--stacks all`).
-            (*heap).event_end.store(ptr::null_mut(), Relaxed);
             let sent = send(full);
-            if !sent && (*heap).census_want.load(Relaxed) == (*heap).census_done {
-                (*heap)
-                    .event_end
-                    .store(first_slot(full).add(BUFFER_EVENTS), Relaxed);
+            if !sent {
+                // It stays the heap's buffer (the collector is full, in live mode).
+                open(heap, full);
             }
             sent
         };

@@ -198,14 +198,33 @@ fn sites_with(path: &str, build_id: &[u8], bias: u64) -> Sites {
     sites
 }
 
+/// Where the tests below load the program.
+const BIAS: u64 = 0x5555_0000_0000;
+
+/// A function of the program: name, address, size (from `nm -S`).
+type Function = (String, u64, u64);
+
+/// The program built as `name`, its functions (from `nm`) and its build id.
+fn loaded(name: &str) -> Option<(PathBuf, Vec<Function>, Vec<u8>)> {
+    let exe = build(name)?;
+    let funcs = functions(&exe);
+    let id = file_build_id(&exe).unwrap().expect("a build id");
+    Some((exe, funcs, id))
+}
+
+/// The address of function `name` in the program's file.
+fn start_of(funcs: &[Function], name: &str) -> u64 {
+    funcs.iter().find(|f| f.0 == name).unwrap().1
+}
+
 #[test]
 fn a_pc_resolves_through_its_module_and_a_wrong_build_id_is_refused() {
-    let Some(exe) = build("module") else { return };
+    let Some((exe, funcs, id)) = loaded("module") else {
+        return;
+    };
     let path = exe.to_str().unwrap();
-    let funcs = functions(&exe);
-    let (_, start, _) = funcs.iter().find(|f| f.0 == "make_table").unwrap();
-    let id = file_build_id(&exe).unwrap().expect("a build id");
-    let bias = 0x5555_0000_0000;
+    let start = start_of(&funcs, "make_table");
+    let bias = BIAS;
     // A return address just after a call in make_table: the pc − 1 is in it.
     let sites = sites_with(path, &id, bias);
     let mut sym = Symbolizer::new();
@@ -235,14 +254,12 @@ fn a_pc_resolves_through_its_module_and_a_wrong_build_id_is_refused() {
 /// frame out of time leaves new pcs for the next, and once open it resolves as the plain one.
 #[test]
 fn the_interactive_symbolizer_opens_files_in_the_background_and_resolves_the_same() {
-    let Some(exe) = build("interactive") else {
+    let Some((exe, funcs, id)) = loaded("interactive") else {
         return;
     };
     let path = exe.to_str().unwrap();
-    let funcs = functions(&exe);
-    let (_, start, _) = funcs.iter().find(|f| f.0 == "make_table").unwrap();
-    let id = file_build_id(&exe).unwrap().expect("a build id");
-    let bias = 0x5555_0000_0000;
+    let start = start_of(&funcs, "make_table");
+    let bias = BIAS;
     let sites = sites_with(path, &id, bias);
     let pc = bias + start + 1;
     let mut sym = Symbolizer::interactive();
@@ -269,7 +286,7 @@ fn the_interactive_symbolizer_opens_files_in_the_background_and_resolves_the_sam
     assert_eq!(*loc, *Symbolizer::new().frame(&sites, pc));
     assert_eq!(loc.function(), "make_table");
     // A frame out of time resolves nothing new, and what it left is not cached.
-    let other = bias + funcs.iter().find(|f| f.0 == "main").unwrap().1 + 1;
+    let other = bias + start_of(&funcs, "main") + 1;
     sym.begin_frame(std::time::Duration::ZERO);
     assert!(sym.frame(&sites, other).frames.is_empty());
     assert_eq!(sym.unresolved(), 1);

@@ -835,14 +835,19 @@ fn part_after_loss(t: &mut T, epoch: bool) {
         }],
         ..Census::default()
     };
+    send_part(t, 1, &part);
+    assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
+    assert_eq!(t.pg(PAGE1).thread_free, 1);
+}
+
+/// Heap `heap` reports `part` as its part of a census, in its own stream.
+fn send_part(t: &mut T, heap: u32, part: &Census) {
     for mut ev in part.to_events() {
         if ev.kind == EventKind::CensusBegin as u8 || ev.kind == EventKind::CensusEnd as u8 {
             ev.flags |= flags::HEAP_PART;
         }
-        t.ev(1, ev);
+        t.ev(heap, ev);
     }
-    assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
-    assert_eq!(t.pg(PAGE1).thread_free, 1);
 }
 
 /// A cross-thread free pushed before a heap's census part read the page but reported after
@@ -999,16 +1004,8 @@ fn a_page_laid_out_before_the_latest_lost_event_is_unsure() {
             .collect(),
         ..Census::default()
     };
-    let send = |t: &mut T, c: Census| {
-        for mut ev in c.to_events() {
-            if ev.kind == EventKind::CensusBegin as u8 || ev.kind == EventKind::CensusEnd as u8 {
-                ev.flags |= flags::HEAP_PART;
-            }
-            t.ev(1, ev);
-        }
-    };
     t.at(1_800);
-    send(&mut t, part(1_800));
+    send_part(&mut t, 1, &part(1_800));
     assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
     assert_eq!(t.pg(page2).used, 1);
     assert!(
@@ -1016,7 +1013,7 @@ fn a_page_laid_out_before_the_latest_lost_event_is_unsure() {
         "a part read before the latest lost event"
     );
     t.at(3_000);
-    send(&mut t, part(3_000));
+    send_part(&mut t, 1, &part(3_000));
     assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
     assert_eq!(t.m.unsure_pages(), 0, "a part read after every lost event");
 }
