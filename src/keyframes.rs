@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use heaplens_alloc::event::Event;
 use heaplens_viewer::model::Model;
 
-use heaplens_alloc::pack::{self, Packed};
+use crate::packed::PackedBatch;
 
 /// A keyframe every this many events at least: where replay can start from.
 pub const KEYFRAME_EVERY: u64 = 500_000;
@@ -44,10 +44,26 @@ pub struct Keyframe {
 
 /// What the model thread is given, in the stream's order.
 enum Work {
-    Batch(u32, Vec<Event>),
+    /// A batch; its vector goes back where [`Back`] says once applied.
+    Batch(u32, Vec<Event>, Back),
+    /// A batch held back packed: the model thread unpacks it.
+    Packed(PackedBatch),
     /// A keyframe of the model as it is after the batches before.
     Snapshot,
 }
+
+/// Where the model thread gives a batch's vector back.
+#[derive(Clone, Copy)]
+enum Back {
+    /// To the recycle channel the recorder was started with (the launch's, which unpacks
+    /// batches for every consumer into them).
+    Recycle,
+    /// To [`Keyframes::spare`], for the recorder to unpack the next packed batch into.
+    Spare,
+}
+
+/// Vectors kept for [`Keyframes::spare`]: as many as the model may be behind by, and a few.
+const SPARES: usize = QUEUED_BATCHES + 16;
 
 /// The model thread: give it every batch in order, and after each batch let it write the
 /// keyframes that are ready ([`Keyframes::after_batch`]).
@@ -72,11 +88,14 @@ pub struct Keyframes {
     /// A keyframe was asked for and not yet written.
     outstanding: bool,
     /// Batches held back from the model (see [`DEFER_FROM_SPACING`]), in order, and their bytes.
-    deferred: VecDeque<(u32, Packed)>,
+    deferred: VecDeque<PackedBatch>,
     deferred_bytes: usize,
     /// Room to pack in.
     scratch: Vec<u8>,
     recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
+    /// Vectors the model thread gave back, for [`Keyframes::spare`].
+    spares: crossbeam_channel::Receiver<Vec<Event>>,
+    spare_back: crossbeam_channel::Sender<Vec<Event>>,
 }
 
 impl Keyframes {
@@ -87,12 +106,15 @@ impl Keyframes {
         let exited = Arc::new(AtomicBool::new(false));
         let program_gone = Arc::clone(&exited);
         let recycled = recycle.clone();
+        let (spare_back, spares) = crossbeam_channel::bounded(SPARES);
+        let spare = spare_back.clone();
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
             .spawn(move || {
                 crate::priority::lower_this_thread();
                 let mut model = Model::new();
                 let mut applied = 0u64;
+                let mut unpacked = Vec::new();
                 let mut restored = false;
                 for w in todo {
                     if !restored && program_gone.load(Ordering::Relaxed) {
@@ -100,11 +122,20 @@ impl Keyframes {
                         restored = true;
                     }
                     match w {
-                        Work::Batch(heap, events) => {
+                        Work::Batch(heap, events, back) => {
                             model.apply_batch(heap, &events);
                             applied += events.len() as u64;
-                            if let Some(r) = &recycle {
-                                let _ = r.try_send(events);
+                            match (back, &recycle) {
+                                (Back::Recycle, Some(r)) => drop(r.try_send(events)),
+                                (Back::Recycle, None) => {}
+                                (Back::Spare, _) => drop(spare.try_send(events)),
+                            }
+                        }
+                        Work::Packed(batch) => {
+                            // The recorder unpacked the same bytes before: they are whole.
+                            if batch.unpack_into(&mut unpacked).is_ok() {
+                                model.apply_batch(batch.heap, &unpacked);
+                                applied += unpacked.len() as u64;
                             }
                         }
                         Work::Snapshot => {
@@ -133,23 +164,56 @@ impl Keyframes {
             deferred_bytes: 0,
             scratch: Vec::new(),
             recycle: recycled,
+            spares,
+            spare_back,
         })
     }
 
     /// Hands a batch to the model (waits if the model is far behind), or holds it back while
     /// keyframes are far apart (see [`DEFER_FROM_SPACING`]).
     pub fn push(&mut self, heap: u32, events: Vec<Event>) {
-        self.given += events.len() as u64;
-        if self.spacing < DEFER_FROM_SPACING && self.deferred.is_empty() {
-            self.send(Work::Batch(heap, events));
-            return;
+        if self.deferring() {
+            let batch = PackedBatch::pack(heap, &events, &mut self.scratch);
+            if let Some(r) = &self.recycle {
+                let _ = r.try_send(events);
+            }
+            self.defer(batch);
+        } else {
+            self.given += events.len() as u64;
+            self.send(Work::Batch(heap, events, Back::Recycle));
         }
-        let packed = pack::pack(&events, &mut self.scratch);
-        self.deferred_bytes += packed.capacity();
-        self.deferred.push_back((heap, packed));
-        if let Some(r) = &self.recycle {
-            let _ = r.try_send(events);
+    }
+
+    /// A vector to unpack a batch into for [`Keyframes::push_packed`]: one the model thread
+    /// gave back, or a new one.
+    pub fn spare(&self) -> Vec<Event> {
+        self.spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS))
+    }
+
+    /// [`Keyframes::push`] of a batch that came packed, with its events unpacked in `events`:
+    /// the model takes the events, or, while batches are held back, the batch stays as it came
+    /// (not packed again) and the vector is kept for the next.
+    pub fn push_packed(&mut self, batch: PackedBatch, events: Vec<Event>) {
+        if self.deferring() {
+            let _ = self.spare_back.try_send(events);
+            self.defer(batch);
+        } else {
+            self.given += events.len() as u64;
+            self.send(Work::Batch(batch.heap, events, Back::Spare));
         }
+    }
+
+    /// Whether batches are held back now.
+    fn deferring(&self) -> bool {
+        self.spacing >= DEFER_FROM_SPACING || !self.deferred.is_empty()
+    }
+
+    fn defer(&mut self, batch: PackedBatch) {
+        self.given += batch.len() as u64;
+        self.deferred_bytes += batch.held();
+        self.deferred.push_back(batch);
         while self.deferred_bytes > DEFER_BYTES {
             self.release_one();
         }
@@ -157,13 +221,9 @@ impl Keyframes {
 
     /// Gives the oldest batch held back to the model.
     fn release_one(&mut self) {
-        let Some((heap, packed)) = self.deferred.pop_front() else {
-            return;
-        };
-        self.deferred_bytes -= packed.capacity();
-        let mut events = Vec::new();
-        if pack::unpack(&packed, &mut events).is_some() {
-            self.send(Work::Batch(heap, events));
+        if let Some(batch) = self.deferred.pop_front() {
+            self.deferred_bytes -= batch.held();
+            self.send(Work::Packed(batch));
         }
     }
 

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{EVENT_SIZE, Event};
-use heaplens_alloc::pack::{self, Packed};
 use heaplens_alloc::wire::{self, Incoming, WireError};
 
 use crate::backlog::{self, backlog};
+use crate::packed::PackedBatch;
 use crate::quiet::say;
-use crate::slab::{SlabBytes, SlabWriter};
+use crate::slab::SlabWriter;
 
 /// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
 /// it and the recorder's keyframe model.
@@ -143,34 +143,20 @@ impl Frame {
 }
 
 /// What the backlog holds: a frame, or a batch packed (by the program's collector, or by the
-/// reader for a version 1 peer: [`heaplens_alloc::pack`]); [`Frames`] gives back the batch.
+/// reader for a version 1 peer: [`heaplens_alloc::pack`]). [`Frames::recv`] gives back the batch
+/// unpacked; [`Frames::recv_queued`] as it is, for a consumer that unpacks it itself.
 #[derive(Debug)]
 pub enum Queued {
     /// A frame as it came.
     Frame(Frame),
-    /// A frame of a batch, packed here (a version 1 peer's).
-    Batch {
+    /// A frame of a batch, packed (its bytes checked when unpacked).
+    Packed {
         /// As in [`Frame`].
         conn: u64,
         /// As in [`Frame`].
         pid: i32,
-        /// The heap of the batch.
-        heap: u32,
-        /// Its events.
-        packed: Packed,
-    },
-    /// A frame of a batch that came packed, its bytes as they came (checked when unpacked).
-    Came {
-        /// As in [`Frame`].
-        conn: u64,
-        /// As in [`Frame`].
-        pid: i32,
-        /// The heap of the batch.
-        heap: u32,
-        /// How many events.
-        count: usize,
-        /// The packed events.
-        bytes: SlabBytes,
+        /// The batch.
+        batch: PackedBatch,
     },
 }
 
@@ -179,8 +165,7 @@ impl Queued {
     fn bytes(&self) -> usize {
         match self {
             Self::Frame(f) => f.bytes(),
-            Self::Batch { packed, .. } => std::mem::size_of::<Self>() + packed.capacity(),
-            Self::Came { bytes, .. } => std::mem::size_of::<Self>() + bytes.len(),
+            Self::Packed { batch, .. } => std::mem::size_of::<Self>() + batch.held(),
         }
     }
 }
@@ -236,58 +221,55 @@ pub fn queue(budget: usize) -> (FrameSender, Frames, Sender<Vec<Event>>) {
 impl Frames {
     /// The next frame, waiting for one; `None` once the queue has ended.
     pub fn recv(&self) -> Option<Frame> {
+        self.recv_queued().map(|queued| self.unpacked(queued))
+    }
+
+    /// The next frame, its batch still packed if it came so: the consumer unpacks it (and
+    /// calls [`Frames::close`] if it is damaged). `None` once the queue has ended.
+    pub fn recv_queued(&self) -> Option<Queued> {
         loop {
             let queued = self.rx.recv()?;
             if self.any_broken.load(Ordering::Relaxed) {
                 let conn = match &queued {
                     Queued::Frame(f) => f.conn,
-                    Queued::Batch { conn, .. } | Queued::Came { conn, .. } => *conn,
+                    Queued::Packed { conn, .. } => *conn,
                 };
                 if self.lock_broken().contains(&conn) {
                     continue;
                 }
             }
-            return Some(self.unpacked(queued));
+            return Some(queued);
         }
+    }
+
+    /// Leaves out what connection `conn` queued after a packed batch that did not unpack.
+    pub fn close(&self, conn: u64) {
+        self.lock_broken().push(conn);
+        self.any_broken.store(true, Ordering::Relaxed);
     }
 
     /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged (a peer sent it
     /// so), the end of its connection's stream with why.
     fn unpacked(&self, queued: Queued) -> Frame {
-        let (conn, pid, heap, unpacked) = match queued {
+        let (conn, pid, batch) = match queued {
             Queued::Frame(f) => return f,
-            Queued::Batch {
-                conn,
-                pid,
-                heap,
-                packed,
-            } => (conn, pid, heap, self.unpack(packed.bytes(), packed.len())),
-            Queued::Came {
-                conn,
-                pid,
-                heap,
-                count,
-                bytes,
-            } => (conn, pid, heap, self.unpack(&bytes, count)),
+            Queued::Packed { conn, pid, batch } => (conn, pid, batch),
         };
-        let item = match unpacked {
-            Ok(events) => StreamItem::Message(Message::Batch(Batch { heap, events })),
-            Err(e) => {
-                self.lock_broken().push(conn);
-                self.any_broken.store(true, Ordering::Relaxed);
-                StreamItem::Closed(Some(e))
-            }
-        };
-        Frame { conn, pid, item }
-    }
-
-    /// `count` events packed in `bytes`, unpacked into a vector the consumer gave back.
-    fn unpack(&self, bytes: &[u8], count: usize) -> Result<Vec<Event>, WireError> {
         let mut events = self
             .recycled
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
-        wire::unpack_wire(bytes, count, &mut events).map(|()| events)
+        let item = match batch.unpack_into(&mut events) {
+            Ok(()) => StreamItem::Message(Message::Batch(Batch {
+                heap: batch.heap,
+                events,
+            })),
+            Err(e) => {
+                self.close(conn);
+                StreamItem::Closed(Some(e))
+            }
+        };
+        Frame { conn, pid, item }
     }
 
     fn lock_broken(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -691,12 +673,10 @@ pub(crate) fn read_stream(
         let item = match read {
             Ok(Some(Incoming::Packed(head))) => {
                 match slabs.fill(head.bytes, |dst| wire::read_packed_direct(r, dst)) {
-                    Ok(bytes) => Queued::Came {
+                    Ok(bytes) => Queued::Packed {
                         conn,
                         pid,
-                        heap: head.heap,
-                        count: head.count,
-                        bytes,
+                        batch: PackedBatch::came(head.heap, head.count, bytes),
                     },
                     Err(e) => return Some(WireError::Io(e)),
                 }
@@ -710,15 +690,10 @@ pub(crate) fn read_stream(
                         item: StreamItem::Message(Message::Batch(Batch { heap, events })),
                     })
                 } else {
-                    let packed = pack::pack(&events, &mut scratch);
+                    let batch = PackedBatch::pack(heap, &events, &mut scratch);
                     events.clear();
                     spare = Some(events);
-                    Queued::Batch {
-                        conn,
-                        pid,
-                        heap,
-                        packed,
-                    }
+                    Queued::Packed { conn, pid, batch }
                 }
             }
             Ok(Some(Incoming::Message(message))) => {

@@ -24,6 +24,7 @@ mod export;
 mod keyframes;
 mod launch;
 mod leaks;
+mod packed;
 mod priority;
 mod processes;
 mod quiet;

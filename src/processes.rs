@@ -19,7 +19,8 @@ use heaplens_alloc::event::Event;
 use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::ExitStatus;
 
-use crate::launch::{Frame, StreamItem};
+use crate::launch::{Frame, Frames, Queued, StreamItem};
+use crate::packed::PackedBatch;
 use crate::quiet::say;
 use crate::record::Recorder;
 
@@ -131,6 +132,43 @@ impl Processes {
                 }
                 self.sweep();
             }
+        }
+    }
+
+    /// Takes one item of the backlog as [`Frames::recv_queued`] gives it; returns whether it
+    /// was a batch.
+    pub fn take_queued(&mut self, queued: Queued, frames: &Frames) -> bool {
+        match queued {
+            Queued::Frame(frame) => {
+                let batch = matches!(frame.item, StreamItem::Message(Message::Batch(_)));
+                self.take(frame);
+                batch
+            }
+            Queued::Packed { conn, pid, batch } => {
+                self.take_packed(conn, pid, batch, frames);
+                true
+            }
+        }
+    }
+
+    /// Takes one batch that came packed: unpacks it once (a damaged one ends its connection's
+    /// stream, as [`Frames::recv`] would) and gives it to the recorder both ways.
+    fn take_packed(&mut self, conn: u64, pid: i32, batch: PackedBatch, frames: &Frames) {
+        let Some(p) = self.current(conn, pid) else {
+            return;
+        };
+        let mut events = p.recorder.spare();
+        if let Err(e) = batch.unpack_into(&mut events) {
+            frames.close(conn);
+            self.take(Frame {
+                conn,
+                pid,
+                item: StreamItem::Closed(Some(e)),
+            });
+            return;
+        }
+        if let Err(e) = p.recorder.batch_packed(batch, events) {
+            self.fail(pid, &e.to_string());
         }
     }
 
@@ -380,6 +418,68 @@ mod tests {
                 .unwrap()
                 .starts_with("1 child process was not recorded (sh)")
         );
+    }
+
+    /// The recorder's loop over packed batches as they came: a damaged one ends its stream with
+    /// a clear error, the batches before it are written, and nothing after it is.
+    #[test]
+    fn a_damaged_packed_batch_ends_the_recording_of_its_stream() {
+        use heaplens_alloc::wire;
+        use std::io::{BufReader, Write};
+        use std::os::unix::net::UnixStream;
+
+        let events: Vec<Event> = (0..300u64)
+            .map(|i| Event {
+                kind: heaplens_alloc::event::EventKind::ClockSync as u8,
+                addr: i,
+                time: i,
+                ..Event::default()
+            })
+            .collect();
+        let mut good = Vec::new();
+        wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
+        let mut bad = good.clone();
+        bad[13] = 0x0f; // the first event's control word: a 15-byte value
+        let (w, r) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::new(w);
+            for frame in [&good, &good, &bad, &good] {
+                w.write_all(frame).unwrap();
+            }
+            wire::write_end(&mut w).unwrap();
+        });
+        let (tx, frames, recycle) = crate::launch::queue(crate::launch::BACKLOG_BYTES);
+        let mut r = BufReader::with_capacity(crate::launch::STREAM_BUFFER, r);
+        assert!(crate::launch::read_stream(&mut r, 1, 7, &tx).is_none());
+        writer.join().unwrap();
+        crate::launch::send(&tx, 1, 7, StreamItem::Closed(None));
+        drop(tx);
+
+        let dir = std::env::temp_dir().join(format!("heaplens-packed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("t.hltrace");
+        let mut processes = Processes::new(&out, false, 7, recycle);
+        processes.take(Frame {
+            conn: 1,
+            pid: 7,
+            item: StreamItem::Message(Message::Meta("{}".into())),
+        });
+        let mut batches = 0;
+        while let Some(q) = frames.recv_queued() {
+            batches += usize::from(processes.take_queued(q, &frames));
+        }
+        assert_eq!(batches, 3, "the batch after the damaged one is left out");
+        let why = processes
+            .program_stream_error()
+            .expect("the stream ended badly");
+        assert!(
+            why.to_string()
+                .starts_with("corrupt heaplens stream: a packed batch of 300 events"),
+            "{why}"
+        );
+        let finished = processes.finish(ExitStatus::Code(0)).unwrap();
+        assert_eq!(finished.written[0].events, 600);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

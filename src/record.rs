@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heaplens_alloc::batch::Message;
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
 
 use crate::keyframes::{Keyframe, Keyframes};
-use crate::launch::{self, Exit, StreamItem};
+use crate::launch::{self, Exit};
+use crate::packed::PackedBatch;
 use crate::processes::Processes;
 use crate::quiet::say;
 
@@ -90,6 +90,31 @@ impl Recorder {
         };
         w.write_batch(heap, &events)?;
         k.push(heap, events);
+        k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
+            write_keyframe(w, kf)?;
+            Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
+        })
+    }
+
+    /// A vector to unpack a packed batch into, for [`Recorder::batch_packed`].
+    pub fn spare(&self) -> Vec<Event> {
+        self.keyframes
+            .as_ref()
+            .map_or_else(Vec::new, Keyframes::spare)
+    }
+
+    /// Writes a batch that came packed, its events unpacked in `events`, and hands both to the
+    /// keyframe model (which keeps the packed bytes while it holds batches back).
+    pub fn batch_packed(
+        &mut self,
+        batch: PackedBatch,
+        events: Vec<Event>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
+            return Err("the program's stream had events before its metadata".into());
+        };
+        w.write_batch(batch.heap, &events)?;
+        k.push_packed(batch, events);
         k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
             write_keyframe(w, kf)?;
             Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
@@ -182,14 +207,12 @@ pub fn run(
     crate::priority::lower_this_thread();
     let mut progress = Progress::new(pid);
     let mut exited = false;
-    for frame in &launched.frames {
+    while let Some(queued) = launched.frames.recv_queued() {
         if !exited && launched.exit.is_finished() {
             exited = true;
             processes.program_exited();
         }
-        let batch = matches!(frame.item, StreamItem::Message(Message::Batch(_)));
-        processes.take(frame);
-        if batch {
+        if processes.take_queued(queued, &launched.frames) {
             let (events, bytes) = processes.written_so_far();
             progress.update(
                 events,

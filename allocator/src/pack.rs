@@ -190,18 +190,28 @@ pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()>
         return None;
     }
     events.reserve(len);
+    // Values end at most here: the slack follows them.
+    let end = b.len() - SLACK;
     let mut at = 0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
+    let mut tail = [0u8; MAX_PACKED];
     for _ in 0..len {
-        let c = b.get(at..at + 2)?;
-        let control = u16::from_le_bytes([c[0], c[1]]);
-        at += 2;
-        let mut values = [0u64; 4];
-        for (i, v) in values.iter_mut().enumerate() {
-            let n = usize::from(control >> (4 * i) & 0xf);
-            let word = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
-            *v = word & *MASK.get(n)?;
-            at += n;
+        // One bounds check an event: its largest possible slot, or near the end a copy of what
+        // is left, zero-padded (the values' masks drop the padding's bytes, as they drop the
+        // next event's).
+        let slot: &[u8; MAX_PACKED] = match b.get(at..at + MAX_PACKED) {
+            Some(s) => s.try_into().ok()?,
+            None => {
+                let rest = b.get(at..)?;
+                tail.fill(0);
+                tail[..rest.len()].copy_from_slice(rest);
+                &tail
+            }
+        };
+        let (values, used) = decode(slot)?;
+        at += used;
+        if at > end {
+            return None;
         }
         let [head, d_addr, d_arg, d_time] = values;
         addr = addr.wrapping_add(unzigzag(d_addr));
@@ -217,7 +227,39 @@ pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()>
             time,
         });
     }
-    (at + SLACK == b.len()).then_some(())
+    (at == end).then_some(())
+}
+
+/// The four values of the event packed at the start of `slot`, and the bytes it takes; `None`
+/// if its control word gives a length above 8.
+#[inline]
+fn decode(slot: &[u8; MAX_PACKED]) -> Option<([u64; 4], usize)> {
+    let control = u16::from_le_bytes([slot[0], slot[1]]);
+    // A length above 8 has its top bit set and another one too.
+    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
+    if top & (low | low >> 1 | low >> 2) & 0x1111 != 0 {
+        return None;
+    }
+    // Each length is at most 8 (checked above; `min` lets the compiler see it, so no read
+    // below is bounds-checked).
+    let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf).min(8));
+    let place = [2, 2 + n[0], 2 + n[0] + n[1], 2 + n[0] + n[1] + n[2]];
+    let mut values = [0u64; 4];
+    for i in 0..4 {
+        let p = place[i];
+        let word = u64::from_le_bytes([
+            slot[p],
+            slot[p + 1],
+            slot[p + 2],
+            slot[p + 3],
+            slot[p + 4],
+            slot[p + 5],
+            slot[p + 6],
+            slot[p + 7],
+        ]);
+        values[i] = word & MASK[n[i]];
+    }
+    Some((values, place[3] + n[3]))
 }
 
 /// How many low bytes of `v` are not zero bytes above the highest set bit (0 for 0).

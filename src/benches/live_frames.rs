@@ -19,6 +19,8 @@ mod backlog;
 #[path = "../launch.rs"]
 #[allow(dead_code)]
 mod launch;
+#[path = "../packed.rs"]
+mod packed;
 #[path = "../quiet.rs"]
 #[allow(dead_code)]
 mod quiet;
