@@ -42,28 +42,40 @@ pub struct Keyframe {
     pub snapshot: Vec<u8>,
 }
 
+/// A batch's events, read by the trace writer's helper (which encodes them) and the model: the
+/// vector goes back to [`Keyframes::spare`] once both are done with it.
+pub struct Shared {
+    events: Vec<Event>,
+    back: crossbeam_channel::Sender<Vec<Event>>,
+}
+
+impl AsRef<[Event]> for Shared {
+    fn as_ref(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.back.try_send(std::mem::take(&mut self.events));
+    }
+}
+
 /// What the model thread is given, in the stream's order.
 enum Work {
-    /// A batch; its vector goes back where [`Back`] says once applied.
-    Batch(u32, Vec<Event>, Back),
+    /// A batch that came unpacked; its vector goes back to the recycle channel once applied.
+    Batch(u32, Vec<Event>),
+    /// A batch shared with the trace writer.
+    Shared(u32, Arc<Shared>),
     /// A batch held back packed: the model thread unpacks it.
     Packed(PackedBatch),
     /// A keyframe of the model as it is after the batches before.
     Snapshot,
 }
 
-/// Where the model thread gives a batch's vector back.
-#[derive(Clone, Copy)]
-enum Back {
-    /// To the recycle channel the recorder was started with (the launch's, which unpacks
-    /// batches for every consumer into them).
-    Recycle,
-    /// To [`Keyframes::spare`], for the recorder to unpack the next packed batch into.
-    Spare,
-}
-
-/// Vectors kept for [`Keyframes::spare`]: as many as the model may be behind by, and a few.
-const SPARES: usize = QUEUED_BATCHES + 16;
+/// Vectors kept for [`Keyframes::spare`]: as many as the model may be behind by, and as many
+/// again for the trace writer's helper.
+const SPARES: usize = 2 * QUEUED_BATCHES;
 
 /// The model thread: give it every batch in order, and after each batch let it write the
 /// keyframes that are ready ([`Keyframes::after_batch`]).
@@ -107,7 +119,6 @@ impl Keyframes {
         let program_gone = Arc::clone(&exited);
         let recycled = recycle.clone();
         let (spare_back, spares) = crossbeam_channel::bounded(SPARES);
-        let spare = spare_back.clone();
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
             .spawn(move || {
@@ -122,14 +133,16 @@ impl Keyframes {
                         restored = true;
                     }
                     match w {
-                        Work::Batch(heap, events, back) => {
+                        Work::Batch(heap, events) => {
                             model.apply_batch(heap, &events);
                             applied += events.len() as u64;
-                            match (back, &recycle) {
-                                (Back::Recycle, Some(r)) => drop(r.try_send(events)),
-                                (Back::Recycle, None) => {}
-                                (Back::Spare, _) => drop(spare.try_send(events)),
+                            if let Some(r) = &recycle {
+                                let _ = r.try_send(events);
                             }
+                        }
+                        Work::Shared(heap, shared) => {
+                            model.apply_batch(heap, &shared.events);
+                            applied += shared.events.len() as u64;
                         }
                         Work::Packed(batch) => {
                             // The recorder unpacked the same bytes before: they are whole.
@@ -180,28 +193,36 @@ impl Keyframes {
             self.defer(batch);
         } else {
             self.given += events.len() as u64;
-            self.send(Work::Batch(heap, events, Back::Recycle));
+            self.send(Work::Batch(heap, events));
         }
     }
 
-    /// A vector to unpack a batch into for [`Keyframes::push_packed`]: one the model thread
-    /// gave back, or a new one.
+    /// A vector to unpack a batch into, for [`Keyframes::share`]: one given back, or a new one.
     pub fn spare(&self) -> Vec<Event> {
         self.spares
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS))
     }
 
+    /// `events` (from [`Keyframes::spare`]), to be shared by the trace writer and
+    /// [`Keyframes::push_packed`]; the vector comes back to the spares once both are done.
+    pub fn share(&self, events: Vec<Event>) -> Arc<Shared> {
+        Arc::new(Shared {
+            events,
+            back: self.spare_back.clone(),
+        })
+    }
+
     /// [`Keyframes::push`] of a batch that came packed, with its events unpacked in `events`:
     /// the model takes the events, or, while batches are held back, the batch stays as it came
-    /// (not packed again) and the vector is kept for the next.
-    pub fn push_packed(&mut self, batch: PackedBatch, events: Vec<Event>) {
+    /// (not packed again).
+    pub fn push_packed(&mut self, batch: PackedBatch, events: Arc<Shared>) {
         if self.deferring() {
-            let _ = self.spare_back.try_send(events);
+            drop(events);
             self.defer(batch);
         } else {
-            self.given += events.len() as u64;
-            self.send(Work::Batch(batch.heap, events, Back::Spare));
+            self.given += events.events.len() as u64;
+            self.send(Work::Shared(batch.heap, events));
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::WireError;
-use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, TraceWriter};
+use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, SharedBatch, TraceWriter};
 
 use crate::keyframes::{Keyframe, Keyframes};
 use crate::launch::{self, Exit};
@@ -60,16 +60,19 @@ impl Recorder {
             Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
         meta.hostname = heaplens_viewer::trace::metadata::hostname();
         let cannot = |e: std::io::Error| format!("cannot write {}: {e}", self.output.display());
-        // The helper starts at this thread's (lowered) priority, and takes the usual one back
+        // The helpers start at this thread's (lowered) priority, and take the usual one back
         // once the program has exited, as this thread does.
-        let exited = Arc::clone(&self.exited);
-        let mut restored = false;
+        let exited = &self.exited;
         let writer = TraceWriter::create(&self.output, &meta)
             .and_then(|w| {
-                w.compress_on_helper(move || {
-                    if !restored && exited.load(Ordering::Relaxed) {
-                        crate::priority::restore_this_thread();
-                        restored = true;
+                w.compress_on_helper(|| {
+                    let exited = Arc::clone(exited);
+                    let mut restored = false;
+                    move || {
+                        if !restored && exited.load(Ordering::Relaxed) {
+                            crate::priority::restore_this_thread();
+                            restored = true;
+                        }
                     }
                 })
             })
@@ -103,8 +106,9 @@ impl Recorder {
             .map_or_else(Vec::new, Keyframes::spare)
     }
 
-    /// Writes a batch that came packed, its events unpacked in `events`, and hands both to the
-    /// keyframe model (which keeps the packed bytes while it holds batches back).
+    /// Writes a batch that came packed, its events unpacked in `events` (from
+    /// [`Recorder::spare`]): the trace writer's helper encodes them and the keyframe model
+    /// applies them, or, while the model's batches are held back, keeps the packed bytes.
     pub fn batch_packed(
         &mut self,
         batch: PackedBatch,
@@ -113,8 +117,9 @@ impl Recorder {
         let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
             return Err("the program's stream had events before its metadata".into());
         };
-        w.write_batch(batch.heap, &events)?;
-        k.push_packed(batch, events);
+        let shared = k.share(events);
+        w.write_shared(batch.heap, &(Arc::clone(&shared) as SharedBatch))?;
+        k.push_packed(batch, shared);
         k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
             write_keyframe(w, kf)?;
             Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))

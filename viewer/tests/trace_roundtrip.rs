@@ -7,7 +7,8 @@ use std::io::Cursor;
 use heaplens_alloc::event::{Event, EventKind, flags};
 use heaplens_viewer::trace::synth::{self, SynthConfig};
 use heaplens_viewer::trace::{
-    EndInfo, EndReason, ExitStatus, Metadata, Status, TraceReader, TraceWriter, WriterOptions,
+    EndInfo, EndReason, ExitStatus, Metadata, SharedBatch, Status, TraceReader, TraceWriter,
+    WriterOptions,
 };
 use proptest::prelude::*;
 
@@ -346,15 +347,21 @@ fn compressing_on_a_helper_thread_writes_the_same_file() {
         chunk_events: 5_000,
         zstd_level: Some(1),
     };
-    let write = |helper: bool| {
+    // `shared`: the batches go as shared ones, which the helper encodes too.
+    let write = |helper: bool, shared: bool| {
         let w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
         let mut w = if helper {
-            w.compress_on_helper(|| {}).unwrap()
+            w.compress_on_helper(|| || {}).unwrap()
         } else {
             w
         };
         for (i, (h, evs)) in batches.iter().enumerate() {
-            w.write_batch(*h, evs).unwrap();
+            if shared {
+                let batch: SharedBatch = std::sync::Arc::new(evs.clone());
+                w.write_shared(*h, &batch).unwrap();
+            } else {
+                w.write_batch(*h, evs).unwrap();
+            }
             if i % 7 == 3 {
                 let at = w.events_written();
                 w.write_keyframe(at, 0, &[i as u8; 300]).unwrap();
@@ -362,8 +369,10 @@ fn compressing_on_a_helper_thread_writes_the_same_file() {
         }
         w.finish(EndInfo::clean(0)).unwrap()
     };
-    let inline = write(false);
-    assert_eq!(write(true), inline);
+    let inline = write(false, false);
+    assert_eq!(write(true, false), inline);
+    assert_eq!(write(true, true), inline, "encoded on the helper");
+    assert_eq!(write(false, true), inline);
     let mut r = TraceReader::new(Cursor::new(inline)).unwrap();
     assert_eq!(r.status(), Status::Complete);
     assert_eq!(

@@ -6,7 +6,9 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -46,16 +48,39 @@ impl Default for WriterOptions {
 /// level 3 on the keyframes of a binary-trees recording) for a few milliseconds each.
 pub const KEYFRAME_ZSTD_LEVEL: i32 = 3;
 
-/// Events chunks that may wait for the compression helper before the writer waits for it.
+/// Events chunks that may wait for each helper thread before the writer waits for the oldest.
 const HELPER_IN_FLIGHT: usize = 2;
 
-/// An Events chunk on its way through the compression helper.
+/// Helper threads: chunks go to them in turn (each encodes and compresses its own), so that
+/// on two cores the recorder's encoding keeps both busy once the program has exited.
+const HELPER_THREADS: usize = 2;
+
+/// Parts of shared batches that may wait for a helper to encode them.
+const PARTS_IN_FLIGHT: usize = 64;
+
+/// A batch of events the writer shares with others (the recorder's keyframe model reads the
+/// same events): the helper encodes it, so the writer's thread only hands it on.
+pub type SharedBatch = Arc<dyn AsRef<[Event]> + Send + Sync>;
+
+/// An Events chunk on its way through the helper. Its payload is `raw`, encoded by the writer,
+/// or (`times` and `raw` set by the helper) the [`Work::Part`]s sent since the chunk before.
 struct Job {
     first_event: u64,
     event_count: u32,
     times: (u64, u64),
     raw: Vec<u8>,
+    /// The helper encoded the chunk from parts.
+    from_parts: bool,
     level: i32,
+}
+
+/// What the helper is given, in order.
+enum Work {
+    /// Part of a shared batch, to encode into the helper's chunk now: its heap, the batch, and
+    /// which of its events.
+    Part(u32, SharedBatch, Range<usize>),
+    /// A chunk to write: compress it (after ending the helper's chunk of parts, if `from_parts`).
+    Chunk(Job),
 }
 
 /// A chunk the helper compressed (`None`: compression would not make it smaller).
@@ -64,13 +89,59 @@ struct Done {
     compressed: io::Result<Option<Vec<u8>>>,
 }
 
-/// The thread that compresses Events chunks while the writer encodes the next one. Chunks
-/// come back in the order they went, and the writer writes them in that order.
+/// The threads that encode and compress Events chunks while the writer goes on: each chunk
+/// goes to one, in turn, and the writer writes them back in the order they went.
 struct Helper {
-    jobs: Option<SyncSender<Job>>,
+    threads: Vec<HelperThread>,
+    /// The thread of each chunk in flight, oldest first.
+    order: std::collections::VecDeque<usize>,
+    /// The thread the next chunk (and its parts) goes to.
+    next: usize,
+}
+
+/// One helper thread.
+struct HelperThread {
+    jobs: Option<SyncSender<Work>>,
     done: Receiver<Done>,
-    in_flight: usize,
     thread: Option<JoinHandle<()>>,
+}
+
+impl HelperThread {
+    /// Starts a helper thread, numbered `n` (in its name); it calls `before_each` before each
+    /// chunk.
+    fn start(n: usize, mut before_each: impl FnMut() + Send + 'static) -> io::Result<Self> {
+        let (jobs, todo) = sync_channel::<Work>(HELPER_IN_FLIGHT + PARTS_IN_FLIGHT);
+        let (finished, done) = sync_channel::<Done>(HELPER_IN_FLIGHT * HELPER_THREADS + 1);
+        let thread = std::thread::Builder::new()
+            .name(format!("heaplens-zstd-{n}"))
+            .spawn(move || {
+                let mut compressors = Compressors::default();
+                let mut encoder = ChunkEncoder::new();
+                for work in todo {
+                    let mut job = match work {
+                        Work::Part(heap, batch, range) => {
+                            encoder.push_batch(heap, &(*batch).as_ref()[range]);
+                            continue;
+                        }
+                        Work::Chunk(job) => job,
+                    };
+                    before_each();
+                    if job.from_parts {
+                        job.times = encoder.time_range();
+                        encoder.finish_into(&mut job.raw);
+                    }
+                    let compressed = compressors.compress(job.level, &job.raw);
+                    if finished.send(Done { job, compressed }).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
 }
 
 /// A zstd compressor per level in use.
@@ -107,6 +178,11 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     compressors: Compressors,
     /// Payload buffers to encode into (the helper hands them back).
     payloads: Vec<Vec<u8>>,
+    /// Events of the next chunk given to the helper as parts of shared batches
+    /// ([`TraceWriter::write_shared`]), never at once with events in `encoder`, and their
+    /// distinct heaps.
+    parts_events: u32,
+    parts_heaps: std::collections::HashSet<u32>,
     helper: Option<Helper>,
     failed: bool,
     /// Bytes of Events chunks so far.
@@ -173,6 +249,8 @@ impl<W: Write> TraceWriter<W> {
             index: TraceIndex::default(),
             compressors,
             payloads: Vec::new(),
+            parts_events: 0,
+            parts_heaps: std::collections::HashSet::new(),
             helper: None,
             failed: false,
             event_bytes: 0,
@@ -181,35 +259,25 @@ impl<W: Write> TraceWriter<W> {
         })
     }
 
-    /// Compresses Events chunks on a helper thread, so that encoding the next chunk and
-    /// compressing the last one run side by side (the file is the same). The helper calls
-    /// `before_each` before each chunk (the recorder sets its thread's priority there).
-    pub fn compress_on_helper(
+    /// Compresses Events chunks on helper threads, so that encoding the next chunk and
+    /// compressing the last ones run side by side (the file is the same); batches given with
+    /// [`TraceWriter::write_shared`] are encoded there too. Each helper thread calls the
+    /// closure `before_each()` makes for it before each chunk (the recorder sets its thread's
+    /// priority there).
+    pub fn compress_on_helper<F: FnMut() + Send + 'static>(
         mut self,
-        mut before_each: impl FnMut() + Send + 'static,
+        before_each: impl Fn() -> F,
     ) -> io::Result<Self> {
         if self.helper.is_some() {
             return Ok(self);
         }
-        let (jobs, todo) = sync_channel::<Job>(HELPER_IN_FLIGHT);
-        let (finished, done) = sync_channel::<Done>(HELPER_IN_FLIGHT + 1);
-        let thread = std::thread::Builder::new()
-            .name("heaplens-zstd".into())
-            .spawn(move || {
-                let mut compressors = Compressors::default();
-                for job in todo {
-                    before_each();
-                    let compressed = compressors.compress(job.level, &job.raw);
-                    if finished.send(Done { job, compressed }).is_err() {
-                        return;
-                    }
-                }
-            })?;
+        let threads = (0..HELPER_THREADS)
+            .map(|n| HelperThread::start(n, before_each()))
+            .collect::<io::Result<Vec<_>>>()?;
         self.helper = Some(Helper {
-            jobs: Some(jobs),
-            done,
-            in_flight: 0,
-            thread: Some(thread),
+            threads,
+            order: std::collections::VecDeque::new(),
+            next: 0,
         });
         Ok(self)
     }
@@ -238,6 +306,9 @@ impl<W: Write> TraceWriter<W> {
     /// length; it is split across chunks as needed.
     pub fn write_batch(&mut self, heap: u32, events: &[Event]) -> io::Result<()> {
         self.check()?;
+        if self.parts_events > 0 {
+            self.write_events_chunk()?;
+        }
         if !self.encoder.has_room_for(heap) {
             self.write_events_chunk()?;
         }
@@ -251,6 +322,41 @@ impl<W: Write> TraceWriter<W> {
                 self.write_events_chunk()?;
             }
             rest = later;
+        }
+        Ok(())
+    }
+
+    /// [`TraceWriter::write_batch`] of a batch this thread need not read: with a compression
+    /// helper ([`TraceWriter::compress_on_helper`]) the helper encodes it as well as
+    /// compressing it (this thread hands it on, and waits only if the helper is
+    /// [`PARTS_IN_FLIGHT`] batches behind). The file is the same.
+    pub fn write_shared(&mut self, heap: u32, events: &SharedBatch) -> io::Result<()> {
+        if self.helper.is_none() || self.options.zstd_level.is_none() {
+            return self.write_batch(heap, (**events).as_ref());
+        }
+        self.check()?;
+        if !self.encoder.is_empty() {
+            self.write_events_chunk()?;
+        }
+        // The encoder's rule (`ChunkEncoder::has_room_for`), on the chunk's parts.
+        if self.parts_heaps.len() >= super::encode::MAX_CHUNK_HEAPS
+            && !self.parts_heaps.contains(&heap)
+        {
+            self.write_events_chunk()?;
+        }
+        let len = (**events).as_ref().len();
+        let mut at = 0;
+        while at < len {
+            let room = (self.options.chunk_events - self.parts_events) as usize;
+            let n = room.min(len - at);
+            self.send(Work::Part(heap, Arc::clone(events), at..at + n))?;
+            self.parts_heaps.insert(heap);
+            self.parts_events += n as u32;
+            self.events += n as u64;
+            at += n;
+            if self.parts_events >= self.options.chunk_events {
+                self.write_events_chunk()?;
+            }
         }
         Ok(())
     }
@@ -342,6 +448,9 @@ impl<W: Write> TraceWriter<W> {
     }
 
     fn write_events_chunk(&mut self) -> io::Result<()> {
+        if self.parts_events > 0 {
+            return self.end_parts();
+        }
         if self.encoder.is_empty() {
             return Ok(());
         }
@@ -357,26 +466,11 @@ impl<W: Write> TraceWriter<W> {
             event_count: count,
             times: range,
             raw: payload,
+            from_parts: false,
             level: self.options.zstd_level.unwrap_or(0),
         };
         if self.options.zstd_level.is_some() && self.helper.is_some() {
-            if self
-                .helper
-                .as_ref()
-                .is_some_and(|h| h.in_flight >= HELPER_IN_FLIGHT)
-            {
-                self.take_one()?;
-            }
-            let sent = self.helper.as_mut().and_then(|h| {
-                let ok = h.jobs.as_ref()?.send(job).is_ok();
-                h.in_flight += usize::from(ok);
-                Some(ok)
-            });
-            if sent != Some(true) {
-                self.failed = true;
-                return Err(io::Error::other("the compression helper stopped"));
-            }
-            return Ok(());
+            return self.send_job(job);
         }
         let r = self.write_chunk(
             ChunkType::Events,
@@ -391,19 +485,69 @@ impl<W: Write> TraceWriter<W> {
         self.flush_out()
     }
 
-    /// Writes the oldest chunk the helper has in hand, waiting for it.
+    /// Ends the helper's chunk of parts: the helper encodes and compresses it.
+    fn end_parts(&mut self) -> io::Result<()> {
+        let count = self.parts_events;
+        let first = self.written_events;
+        self.written_events += u64::from(count);
+        self.parts_events = 0;
+        self.parts_heaps.clear();
+        let job = Job {
+            first_event: first,
+            event_count: count,
+            times: (0, 0),
+            raw: self.payloads.pop().unwrap_or_default(),
+            from_parts: true,
+            level: self.options.zstd_level.unwrap_or(0),
+        };
+        self.send_job(job)
+    }
+
+    /// Gives the next helper thread a chunk, after writing the oldest one in flight if there
+    /// are enough; the chunk after it goes to the next thread.
+    fn send_job(&mut self, job: Job) -> io::Result<()> {
+        if self
+            .helper
+            .as_ref()
+            .is_some_and(|h| h.order.len() >= HELPER_IN_FLIGHT * h.threads.len())
+        {
+            self.take_one()?;
+        }
+        self.send(Work::Chunk(job))?;
+        if let Some(h) = self.helper.as_mut() {
+            h.order.push_back(h.next);
+            h.next = (h.next + 1) % h.threads.len();
+        }
+        Ok(())
+    }
+
+    /// Gives the next helper thread `work`, waiting while it is behind.
+    fn send(&mut self, work: Work) -> io::Result<()> {
+        let sent = self
+            .helper
+            .as_ref()
+            .and_then(|h| h.threads[h.next].jobs.as_ref())
+            .is_some_and(|jobs| jobs.send(work).is_ok());
+        if !sent {
+            self.failed = true;
+            return Err(io::Error::other("the compression helper stopped"));
+        }
+        Ok(())
+    }
+
+    /// Writes the oldest chunk in flight, waiting for its helper thread.
     fn take_one(&mut self) -> io::Result<()> {
         let Some(h) = self.helper.as_mut() else {
             return Ok(());
         };
-        if h.in_flight == 0 {
+        let Some(t) = h.order.pop_front() else {
             return Ok(());
-        }
-        let Ok(Done { job, compressed }) = h.done.recv() else {
+        };
+        let Ok(Done { job, compressed }) = h.threads[t].done.recv() else {
             self.failed = true;
             return Err(io::Error::other("the compression helper stopped"));
         };
-        h.in_flight -= 1;
+        self.end_time = self.end_time.max(job.times.1);
         let compressed = self.track(compressed)?;
         let r = self.put_chunk(
             ChunkType::Events,
@@ -418,20 +562,24 @@ impl<W: Write> TraceWriter<W> {
         self.flush_out()
     }
 
-    /// Writes every chunk the helper has in hand.
+    /// Writes every chunk in flight.
     fn drain(&mut self) -> io::Result<()> {
-        while self.helper.as_ref().is_some_and(|h| h.in_flight > 0) {
+        while self.helper.as_ref().is_some_and(|h| !h.order.is_empty()) {
             self.take_one()?;
         }
         Ok(())
     }
 
-    /// Ends the helper thread (after [`Self::drain`]).
+    /// Ends the helper threads (after [`Self::drain`]).
     fn stop_helper(&mut self) {
         if let Some(mut h) = self.helper.take() {
-            h.jobs = None;
-            if let Some(t) = h.thread.take() {
-                let _ = t.join();
+            for t in &mut h.threads {
+                t.jobs = None;
+            }
+            for t in &mut h.threads {
+                if let Some(t) = t.thread.take() {
+                    let _ = t.join();
+                }
             }
         }
     }
