@@ -320,7 +320,41 @@ fn record_stream(
     crate::priority::lower_this_thread();
     let (mut got_meta, mut attached, mut clean) = (false, false, false);
     let (mut error, mut status) = (None, ExitStatus::Unknown);
-    for frame in frames {
+    let say_attached = || {
+        say!(
+            "attached to pid {pid} ({}); recording to {}; Ctrl-C detaches",
+            target.name,
+            output.display()
+        );
+    };
+    while let Some(queued) = frames.recv_queued() {
+        let frame = match queued {
+            launch::Queued::Frame(frame) => frame,
+            launch::Queued::Packed { conn, pid, batch } => {
+                // Unpacked once, for the census check and the writer; the keyframe model gets
+                // the same events (see `Recorder::batch_packed`).
+                let mut events = recorder.spare();
+                match batch.unpack_into(&mut events) {
+                    Ok(()) => {
+                        let census = !attached && ends_census(batch.heap, &events);
+                        recorder.batch_packed(batch, events)?;
+                        if census {
+                            attached = true;
+                            say_attached();
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        frames.close(conn);
+                        launch::Frame {
+                            conn,
+                            pid,
+                            item: StreamItem::Closed(Some(e)),
+                        }
+                    }
+                }
+            }
+        };
         match frame.item {
             StreamItem::Message(Message::Meta(json)) => {
                 recorder.meta(&attached_meta(&json))?;
@@ -331,11 +365,7 @@ fn record_stream(
                 recorder.batch_owned(heap, events)?;
                 if census {
                     attached = true;
-                    say!(
-                        "attached to pid {pid} ({}); recording to {}; Ctrl-C detaches",
-                        target.name,
-                        output.display()
-                    );
+                    say_attached();
                 }
             }
             StreamItem::Message(Message::End) => clean = true,
