@@ -719,6 +719,48 @@ pub(crate) fn read_stream(
     }
 }
 
+/// For tests: `batches` packed batches of the same 300 events, the one numbered `damaged`
+/// damaged (a 15-byte value in its first control word), then the end mark, sent on a socket
+/// and read by [`read_stream`] as connection 1 of pid 7 into a fresh queue, then closed. Returns
+/// the queue's ends (the readers' still open) and the events of a whole batch.
+#[cfg(test)]
+pub(crate) fn stream_with_a_damaged_batch(
+    batches: usize,
+    damaged: usize,
+) -> (FrameSender, Frames, Sender<Vec<Event>>, Vec<Event>) {
+    let events: Vec<Event> = (0..300u64)
+        .map(|i| Event {
+            kind: 1,
+            addr: 0x1000 + 16 * i,
+            arg: 32,
+            time: i,
+            ..Event::default()
+        })
+        .collect();
+    let mut good = Vec::new();
+    wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
+    let mut bad = good.clone();
+    bad[13] = 0x0f;
+    let (w, r) = UnixStream::pair().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(w);
+        for i in 0..batches {
+            let frame = if i == damaged { &bad } else { &good };
+            io::Write::write_all(&mut w, frame).unwrap();
+        }
+        wire::write_end(&mut w).unwrap();
+    });
+    let (tx, frames, recycle) = queue(BACKLOG_BYTES);
+    let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+    assert!(
+        read_stream(&mut r, 1, 7, &tx).is_none(),
+        "the frames are whole"
+    );
+    writer.join().unwrap();
+    send(&tx, 1, 7, StreamItem::Closed(None));
+    (tx, frames, recycle, events)
+}
+
 #[cfg(test)]
 #[allow(unsafe_code)] // the tests fork peers and drop their privileges with setuid
 mod tests {
@@ -871,35 +913,7 @@ mod tests {
     /// and another connection's frames go on.
     #[test]
     fn a_damaged_packed_batch_ends_its_stream_with_a_clear_error() {
-        let events: Vec<Event> = (0..300u64)
-            .map(|i| Event {
-                kind: 1,
-                addr: 0x1000 + 16 * i,
-                arg: 32,
-                time: i,
-                ..Event::default()
-            })
-            .collect();
-        let mut good = Vec::new();
-        wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
-        let mut bad = good.clone();
-        bad[13] = 0x0f; // the first event's control word: a 15-byte value
-        let (w, r) = UnixStream::pair().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut w = std::io::BufWriter::new(w);
-            for frame in [&good, &bad, &good] {
-                io::Write::write_all(&mut w, frame).unwrap();
-            }
-            wire::write_end(&mut w).unwrap();
-        });
-        let (tx, frames, _recycle) = queue(BACKLOG_BYTES);
-        let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
-        assert!(
-            read_stream(&mut r, 1, 7, &tx).is_none(),
-            "the frames are whole"
-        );
-        writer.join().unwrap();
-        send(&tx, 1, 7, StreamItem::Closed(None));
+        let (tx, frames, _recycle, events) = stream_with_a_damaged_batch(3, 1);
         send(&tx, 2, 8, StreamItem::Message(Message::End));
         drop(tx);
         let got: Vec<(u64, String)> = (&frames)

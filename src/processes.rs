@@ -424,35 +424,7 @@ mod tests {
     /// a clear error, the batches before it are written, and nothing after it is.
     #[test]
     fn a_damaged_packed_batch_ends_the_recording_of_its_stream() {
-        use heaplens_alloc::wire;
-        use std::io::{BufReader, Write};
-        use std::os::unix::net::UnixStream;
-
-        let events: Vec<Event> = (0..300u64)
-            .map(|i| Event {
-                kind: heaplens_alloc::event::EventKind::ClockSync as u8,
-                addr: i,
-                time: i,
-                ..Event::default()
-            })
-            .collect();
-        let mut good = Vec::new();
-        wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
-        let mut bad = good.clone();
-        bad[13] = 0x0f; // the first event's control word: a 15-byte value
-        let (w, r) = UnixStream::pair().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut w = std::io::BufWriter::new(w);
-            for frame in [&good, &good, &bad, &good] {
-                w.write_all(frame).unwrap();
-            }
-            wire::write_end(&mut w).unwrap();
-        });
-        let (tx, frames, recycle) = crate::launch::queue(crate::launch::BACKLOG_BYTES);
-        let mut r = BufReader::with_capacity(crate::launch::STREAM_BUFFER, r);
-        assert!(crate::launch::read_stream(&mut r, 1, 7, &tx).is_none());
-        writer.join().unwrap();
-        crate::launch::send(&tx, 1, 7, StreamItem::Closed(None));
+        let (tx, frames, recycle, _) = crate::launch::stream_with_a_damaged_batch(4, 2);
         drop(tx);
 
         let dir = std::env::temp_dir().join(format!("heaplens-packed-{}", std::process::id()));

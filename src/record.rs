@@ -93,10 +93,7 @@ impl Recorder {
         };
         w.write_batch(heap, &events)?;
         k.push(heap, events);
-        k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
-            write_keyframe(w, kf)?;
-            Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
-        })
+        keyframes_after_batch(w, k)
     }
 
     /// A vector to unpack a packed batch into, for [`Recorder::batch_packed`].
@@ -120,10 +117,7 @@ impl Recorder {
         let shared = k.share(events);
         w.write_shared(batch.heap, &(Arc::clone(&shared) as SharedBatch))?;
         k.push_packed(batch, shared);
-        k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
-            write_keyframe(w, kf)?;
-            Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
-        })
+        keyframes_after_batch(w, k)
     }
 
     /// The program has exited: the recorder's threads go back to the usual priority if they can.
@@ -170,6 +164,17 @@ impl Recorder {
         w.finish(end)?;
         Ok(events)
     }
+}
+
+/// After a batch: writes the keyframes that are ready, and asks for the next when it is due.
+fn keyframes_after_batch(
+    w: &mut TraceWriter,
+    k: &mut Keyframes,
+) -> Result<(), Box<dyn std::error::Error>> {
+    k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
+        write_keyframe(w, kf)?;
+        Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
+    })
 }
 
 fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std::error::Error>> {
