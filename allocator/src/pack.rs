@@ -269,8 +269,20 @@ fn bytes_of(v: u64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `len` bytes of a xorshift stream from `state` (advanced): junk for readers to refuse.
+    pub(crate) fn junk(state: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                *state as u8
+            })
+            .collect()
+    }
 
     fn ev(kind: u8, flags: u8, aux: u16, arg32: u32, addr: u64, arg: u64, time: u64) -> Event {
         Event {
@@ -384,14 +396,7 @@ mod tests {
         // Garbage of every length: refused or read, never out of bounds.
         let mut x = 0x1234_5678_9abc_def0u64;
         for len in 0..200 {
-            let junk: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let junk = junk(&mut x, len);
             for n in [0, 1, 3, 50] {
                 if let Some(p) = Packed::from_parts(junk.clone(), n) {
                     let _ = unpack(&p, &mut out);

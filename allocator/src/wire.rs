@@ -1203,14 +1203,7 @@ mod tests {
         }
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for _ in 0..200 {
-            let junk: Vec<u8> = (0..64)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let junk = crate::pack::tests::junk(&mut x, 64);
             let mut r = &junk[..];
             while let Ok(Some(_)) = read_frame(&mut r) {}
         }

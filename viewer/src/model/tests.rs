@@ -821,23 +821,35 @@ fn part_after_loss(t: &mut T, epoch: bool) {
         number: 1,
         time: t.time,
         pages: vec![CensusPage {
-            start: PAGE1,
-            block_size: 64,
             capacity: 64,
-            bin: bin_of(64) as u16,
-            kind: PageKind::Small as u8,
-            owner: 1,
             used: 3,
-            local_free: 0,
             thread_free: 1,
-            in_full: false,
             epoch,
+            ..heap1_page_64(PAGE1)
         }],
         ..Census::default()
     };
     send_part(t, 1, &part);
     assert!(t.m.last_census_check().is_some_and(|c| c.resynced));
     assert_eq!(t.pg(PAGE1).thread_free, 1);
+}
+
+/// A census reading of heap 1's small page of 64-byte blocks at `start`: empty, no free lists,
+/// epoch 0 (tests set the counts they need).
+fn heap1_page_64(start: u64) -> CensusPage {
+    CensusPage {
+        start,
+        block_size: 64,
+        capacity: 0,
+        bin: bin_of(64) as u16,
+        kind: PageKind::Small as u8,
+        owner: 1,
+        used: 0,
+        local_free: 0,
+        thread_free: 0,
+        in_full: false,
+        epoch: false,
+    }
 }
 
 /// Heap `heap` reports `part` as its part of a census, in its own stream.
@@ -989,17 +1001,9 @@ fn a_page_laid_out_before_the_latest_lost_event_is_unsure() {
         pages: [PAGE1, page2, page3]
             .iter()
             .map(|&start| CensusPage {
-                start,
-                block_size: 64,
                 capacity: 16,
-                bin: bin_of(64) as u16,
-                kind: PageKind::Small as u8,
-                owner: 1,
                 used: 1,
-                local_free: 0,
-                thread_free: 0,
-                in_full: false,
-                epoch: false,
+                ..heap1_page_64(start)
             })
             .collect(),
         ..Census::default()
