@@ -88,7 +88,10 @@ pub fn run(
     std::thread::Builder::new()
         .name("heaplens-reader".into())
         .spawn(move || {
-            let mut r = BufReader::with_capacity(launch::STREAM_BUFFER, reader);
+            let mut r = BufReader::with_capacity(
+                launch::STREAM_BUFFER,
+                heaplens_alloc::ring::FdReader::new(reader),
+            );
             let why = match wire::read_header(&mut r) {
                 Ok(_) => launch::read_stream(&mut r, 1, pid, &tx),
                 Err(e) => Some(e),

@@ -63,8 +63,6 @@ impl Drop for Shared {
 
 /// What the model thread is given, in the stream's order.
 enum Work {
-    /// A batch that came unpacked; its vector goes back to the recycle channel once applied.
-    Batch(u32, Vec<Event>),
     /// A batch shared with the trace writer.
     Shared(u32, Arc<Shared>),
     /// A batch held back packed: the model thread unpacks it.
@@ -111,13 +109,13 @@ pub struct Keyframes {
 }
 
 impl Keyframes {
-    /// Starts the model thread; it gives each batch's vector to `recycle` once applied.
+    /// Starts the model thread; batches that came unpacked give their vectors back to `recycle`
+    /// (see [`Keyframes::share_given`]).
     pub fn start(recycle: Option<crossbeam_channel::Sender<Vec<Event>>>) -> std::io::Result<Self> {
         let (work, todo) = sync_channel::<Work>(QUEUED_BATCHES);
         let (done, made) = std::sync::mpsc::channel();
         let exited = Arc::new(AtomicBool::new(false));
         let program_gone = Arc::clone(&exited);
-        let recycled = recycle.clone();
         let (spare_back, spares) = crossbeam_channel::bounded(SPARES);
         let thread = std::thread::Builder::new()
             .name("heaplens-keyframes".into())
@@ -133,13 +131,6 @@ impl Keyframes {
                         restored = true;
                     }
                     match w {
-                        Work::Batch(heap, events) => {
-                            model.apply_batch(heap, &events);
-                            applied += events.len() as u64;
-                            if let Some(r) = &recycle {
-                                let _ = r.try_send(events);
-                            }
-                        }
                         Work::Shared(heap, shared) => {
                             model.apply_batch(heap, &shared.events);
                             applied += shared.events.len() as u64;
@@ -176,25 +167,10 @@ impl Keyframes {
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             scratch: Vec::new(),
-            recycle: recycled,
+            recycle,
             spares,
             spare_back,
         })
-    }
-
-    /// Hands a batch to the model (waits if the model is far behind), or holds it back while
-    /// keyframes are far apart (see [`DEFER_FROM_SPACING`]).
-    pub fn push(&mut self, heap: u32, events: Vec<Event>) {
-        if self.deferring() {
-            let batch = PackedBatch::pack(heap, &events, &mut self.scratch);
-            if let Some(r) = &self.recycle {
-                let _ = r.try_send(events);
-            }
-            self.defer(batch);
-        } else {
-            self.given += events.len() as u64;
-            self.send(Work::Batch(heap, events));
-        }
     }
 
     /// A vector to unpack a batch into, for [`Keyframes::share`]: one given back, or a new one.
@@ -213,7 +189,34 @@ impl Keyframes {
         })
     }
 
-    /// [`Keyframes::push`] of a batch that came packed, with its events unpacked in `events`:
+    /// `events` of a batch that came unpacked, to be shared by the trace writer and
+    /// [`Keyframes::push_shared`]; the vector goes back to whoever gave it (the recycle channel
+    /// this model was started with, or the spares) once both are done.
+    pub fn share_given(&self, events: Vec<Event>) -> Arc<Shared> {
+        Arc::new(Shared {
+            events,
+            back: self
+                .recycle
+                .clone()
+                .unwrap_or_else(|| self.spare_back.clone()),
+        })
+    }
+
+    /// Hands a batch shared with the trace writer to the model (waits if the model is far
+    /// behind), or, while keyframes are far apart (see [`DEFER_FROM_SPACING`]), holds a packed
+    /// copy back.
+    pub fn push_shared(&mut self, heap: u32, events: Arc<Shared>) {
+        if self.deferring() {
+            let batch = PackedBatch::pack(heap, &events.events, &mut self.scratch);
+            drop(events);
+            self.defer(batch);
+        } else {
+            self.given += events.events.len() as u64;
+            self.send(Work::Shared(heap, events));
+        }
+    }
+
+    /// [`Keyframes::push_shared`] of a batch that came packed, with its events unpacked in `events`:
     /// the model takes the events, or, while batches are held back, the batch stays as it came
     /// (not packed again).
     pub fn push_packed(&mut self, batch: PackedBatch, events: Arc<Shared>) {
@@ -346,7 +349,8 @@ mod tests {
                     }
                 })
                 .collect();
-            k.push(1, events);
+            let shared = k.share_given(events);
+            k.push_shared(1, shared);
             k.after_batch(|kf| {
                 made.push(kf.event_index);
                 Ok::<_, String>((keyframe_bytes, 1.0))

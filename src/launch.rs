@@ -14,7 +14,7 @@
 //! left to connect and every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use heaplens_alloc::batch::{Batch, Message};
 use heaplens_alloc::event::{EVENT_SIZE, Event};
+use heaplens_alloc::ring::FdReader;
 use heaplens_alloc::wire::{self, Incoming, WireError};
 
 use crate::backlog::{self, backlog};
@@ -545,7 +546,7 @@ fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<FrameSender>) 
                         continue;
                     }
                 };
-                let mut r = BufReader::with_capacity(STREAM_BUFFER, stream);
+                let mut r = BufReader::with_capacity(STREAM_BUFFER, FdReader::new(stream));
                 let (meta, recorded) = match admit(&mut r, &gate.token) {
                     Ok(m) => m,
                     Err(why) => {
@@ -631,10 +632,11 @@ const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads a connection's header and metadata and checks the launch's token. Returns the
 /// metadata without the token, and whether a stream of events follows.
-fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), String> {
-    r.get_ref()
+fn admit(r: &mut StreamReader, token: &str) -> Result<(String, bool), String> {
+    let socket = r.get_ref().get_ref();
+    socket
         .set_nonblocking(false)
-        .and_then(|()| r.get_ref().set_read_timeout(Some(ADMIT_TIMEOUT)))
+        .and_then(|()| socket.set_read_timeout(Some(ADMIT_TIMEOUT)))
         .map_err(|e| e.to_string())?;
     wire::read_header(r).map_err(|e| e.to_string())?;
     let Ok(Some(Message::Meta(json))) = wire::read_frame(r) else {
@@ -647,74 +649,129 @@ fn admit(r: &mut BufReader<UnixStream>, token: &str) -> Result<(String, bool), S
     }
     let recorded = meta.get("recorded").and_then(serde_json::Value::as_bool) != Some(false);
     r.get_ref()
+        .get_ref()
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
     Ok((serde_json::Value::Object(meta).to_string(), recorded))
 }
 
+/// A traced process's socket as heaplens reads it.
+pub(crate) type StreamReader = wire::SocketReader;
+
 /// Forwards one stream's frames after its metadata; returns how it ended (`None`: cleanly, with
-/// `End`).
+/// `End`). After a ring frame the frames come from the ring (see [`heaplens_alloc::ring`]).
 pub(crate) fn read_stream(
-    r: &mut BufReader<UnixStream>,
+    r: &mut StreamReader,
     conn: u64,
     pid: i32,
     tx: &FrameSender,
 ) -> Option<WireError> {
-    let mut ended = false;
-    // A packed batch goes into the backlog as it came. A version 1 peer's batches come
-    // unpacked: while the backlog is long, every batch is read into this one vector and packed
-    // from it (see [`heaplens_alloc::pack`]); otherwise it goes as it came and the next is read
-    // into a vector the consumer gave back (or a new one).
-    let mut spare = None;
-    let mut scratch = Vec::new();
-    let mut slabs = SlabWriter::default();
+    let mut forward = Forward::new(conn, pid, tx);
     loop {
-        let read = wire::read_frame_direct(r, spare.take());
+        let read = wire::read_frame_direct(r, forward.spare.take());
+        if let Ok(Some(Incoming::Ring(size))) = read {
+            return match wire::switch_to_ring(r, size) {
+                Ok(mut ring) => loop {
+                    let read = wire::read_frame_incoming(&mut ring, forward.spare.take());
+                    if let Some(end) = forward.step(read, |dst| ring.read_exact(dst)) {
+                        break end;
+                    }
+                },
+                Err(e) => Some(e),
+            };
+        }
+        if let Some(end) = forward.step(read, |dst| wire::read_packed_direct(r, dst)) {
+            return end;
+        }
+    }
+}
+
+/// Where one stream's frames go: the backlog, as they came or packed.
+struct Forward<'a> {
+    conn: u64,
+    pid: i32,
+    tx: &'a FrameSender,
+    ended: bool,
+    // A packed batch goes into the backlog as it came. An unpacked batch (a version 1 peer's):
+    // while the backlog is long, it is read into one vector and packed from it
+    // (see [`heaplens_alloc::pack`]); otherwise it goes as it came and the next is read into a
+    // vector the consumer gave back (or a new one).
+    spare: Option<Vec<Event>>,
+    scratch: Vec<u8>,
+    slabs: SlabWriter,
+}
+
+impl<'a> Forward<'a> {
+    fn new(conn: u64, pid: i32, tx: &'a FrameSender) -> Self {
+        Self {
+            conn,
+            pid,
+            tx,
+            ended: false,
+            spare: None,
+            scratch: Vec::new(),
+            slabs: SlabWriter::default(),
+        }
+    }
+
+    /// Queues what `read` gave (a packed batch's bytes read with `read_packed`); `Some(how it
+    /// ended)` once the stream is over.
+    fn step(
+        &mut self,
+        read: Result<Option<Incoming>, WireError>,
+        read_packed: impl FnOnce(&mut [u8]) -> io::Result<()>,
+    ) -> Option<Option<WireError>> {
+        let (conn, pid) = (self.conn, self.pid);
         let item = match read {
-            Ok(Some(Incoming::Packed(head))) => {
-                match slabs.fill(head.bytes, |dst| wire::read_packed_direct(r, dst)) {
-                    Ok(bytes) => Queued::Packed {
-                        conn,
-                        pid,
-                        batch: PackedBatch::came(head.heap, head.count, bytes),
-                    },
-                    Err(e) => return Some(WireError::Io(e)),
-                }
-            }
+            Ok(Some(Incoming::Packed(head))) => match self.slabs.fill(head.bytes, read_packed) {
+                Ok(bytes) => Queued::Packed {
+                    conn,
+                    pid,
+                    batch: PackedBatch::came(head.heap, head.count, bytes),
+                },
+                Err(e) => return Some(Some(WireError::Io(e))),
+            },
             Ok(Some(Incoming::Message(Message::Batch(Batch { heap, mut events })))) => {
-                if tx.tx.queued() < tx.pack_above {
-                    spare = tx.recycled.try_recv().ok();
+                if self.tx.tx.queued() < self.tx.pack_above {
+                    self.spare = self.tx.recycled.try_recv().ok();
                     Queued::Frame(Frame {
                         conn,
                         pid,
                         item: StreamItem::Message(Message::Batch(Batch { heap, events })),
                     })
                 } else {
-                    let batch = PackedBatch::pack(heap, &events, &mut scratch);
+                    let batch = PackedBatch::pack(heap, &events, &mut self.scratch);
                     events.clear();
-                    spare = Some(events);
+                    self.spare = Some(events);
                     Queued::Packed { conn, pid, batch }
                 }
             }
             Ok(Some(Incoming::Message(message))) => {
-                ended = matches!(message, Message::End);
+                self.ended = matches!(message, Message::End);
                 Queued::Frame(Frame {
                     conn,
                     pid,
                     item: StreamItem::Message(message),
                 })
             }
-            Ok(None) if ended => return None,
-            Ok(None) => {
-                return Some(WireError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the stream stopped before its end",
+            Ok(Some(Incoming::Ring(_))) => {
+                return Some(Some(WireError::Corrupt(
+                    "a second ring frame in one stream".into(),
                 )));
             }
-            Err(e) => return Some(e),
+            Ok(None) if self.ended => return Some(None),
+            Ok(None) => {
+                return Some(Some(WireError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the stream stopped before its end",
+                ))));
+            }
+            Err(e) => return Some(Some(e)),
         };
-        if !queue_item(tx, item) {
-            return None;
+        if queue_item(self.tx, item) {
+            None
+        } else {
+            Some(None)
         }
     }
 }
@@ -751,7 +808,7 @@ pub(crate) fn stream_with_a_damaged_batch(
         wire::write_end(&mut w).unwrap();
     });
     let (tx, frames, recycle) = queue(BACKLOG_BYTES);
-    let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+    let mut r = BufReader::with_capacity(STREAM_BUFFER, FdReader::new(r));
     assert!(
         read_stream(&mut r, 1, 7, &tx).is_none(),
         "the frames are whole"
@@ -839,7 +896,7 @@ mod tests {
     fn take(l: &UnixListener, token: &str) -> (i32, Result<(String, bool), String>) {
         let (stream, _) = l.accept().expect("a connection waits");
         let pid = peer_of_this_user(&stream).expect("a peer of this user");
-        let mut r = BufReader::new(stream);
+        let mut r = BufReader::new(FdReader::new(stream));
         (pid, admit(&mut r, token))
     }
 
@@ -883,7 +940,7 @@ mod tests {
             };
             let (mut tx, frames, recycle) = queue(BACKLOG_BYTES);
             tx.pack_above = pack_above;
-            let mut r = BufReader::with_capacity(STREAM_BUFFER, r);
+            let mut r = BufReader::with_capacity(STREAM_BUFFER, FdReader::new(r));
             assert!(read_stream(&mut r, 3, 42, &tx).is_none(), "a clean end");
             writer.join().unwrap();
             drop(tx);
@@ -905,6 +962,94 @@ mod tests {
                 got, sent,
                 "peer packs {peer_packs}, pack_above {pack_above}"
             );
+        }
+    }
+
+    /// Writes `frames` (whole frames' bytes) into a new ring announced on `socket`, publishing
+    /// after every third, then closes the socket.
+    fn stream_through_a_ring(socket: UnixStream, frames: &[Vec<u8>]) {
+        use heaplens_alloc::ring::{RING_BYTES, Ring, RingWriter};
+        let (ring, fd) = Ring::create(RING_BYTES).unwrap();
+        wire::send_ring(socket.as_raw_fd(), &ring, &fd).unwrap();
+        let mut w = RingWriter::new(ring, socket.as_raw_fd());
+        for (i, frame) in frames.iter().enumerate() {
+            w.reserve(frame.len()).unwrap().copy_from_slice(frame);
+            w.commit(frame.len());
+            if i % 3 == 2 {
+                w.publish().unwrap();
+            }
+        }
+        w.publish().unwrap();
+        drop(socket);
+    }
+
+    /// A stream that switches to its ring after its metadata: every batch arrives packed as it
+    /// was written, across the ring's end many times, and the end follows; a stream whose
+    /// process vanished before its end mark ends with that said.
+    #[test]
+    fn a_stream_through_a_ring_arrives_whole_and_a_vanished_writer_is_told() {
+        for whole in [true, false] {
+            let (w, r) = UnixStream::pair().unwrap();
+            let batches: Vec<Vec<Event>> = (0..2000u64)
+                .map(|b| {
+                    (0..2000u64)
+                        .map(|i| Event {
+                            kind: (i % 7) as u8,
+                            addr: 0x7f00_0000_0000 + (i * 7919 % 4096) * 16,
+                            arg: (b * 2000 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24,
+                            time: b * 10_000 + i,
+                            ..Event::default()
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut frames = Vec::new();
+            let mut scratch = Vec::new();
+            for events in &batches {
+                let mut f = Vec::new();
+                wire::write_packed_batch(&mut f, 5, events, &mut scratch).unwrap();
+                frames.push(f);
+            }
+            if whole {
+                let mut end = Vec::new();
+                wire::write_end(&mut end).unwrap();
+                frames.push(end);
+            }
+            let bytes: usize = frames.iter().map(Vec::len).sum();
+            assert!(
+                bytes > 2 * heaplens_alloc::ring::RING_BYTES,
+                "the ring goes round"
+            );
+            let writer = std::thread::spawn(move || stream_through_a_ring(w, &frames));
+            let (tx, frames, _recycle) = queue(BACKLOG_BYTES);
+            let mut r = BufReader::with_capacity(STREAM_BUFFER, FdReader::new(r));
+            let why = read_stream(&mut r, 1, 9, &tx);
+            writer.join().unwrap();
+            if whole {
+                assert!(why.is_none(), "a clean end: {why:?}");
+            } else {
+                let why = why.expect("an error").to_string();
+                assert!(why.contains("stopped before its end"), "{why}");
+            }
+            drop(tx);
+            let mut got = Vec::new();
+            let mut ended = false;
+            while let Some(q) = frames.recv_queued() {
+                match q {
+                    Queued::Packed { batch, .. } => {
+                        let mut events = Vec::new();
+                        batch.unpack_into(&mut events).unwrap();
+                        got.push(events);
+                    }
+                    Queued::Frame(f) => {
+                        assert!(matches!(f.item, StreamItem::Message(Message::End)));
+                        ended = true;
+                    }
+                }
+            }
+            assert_eq!(ended, whole);
+            assert_eq!(got.len(), batches.len());
+            assert!(got == batches, "the batches arrive as written");
         }
     }
 

@@ -91,8 +91,9 @@ impl Recorder {
         let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
             return Err("the program's stream had events before its metadata".into());
         };
-        w.write_batch(heap, &events)?;
-        k.push(heap, events);
+        let shared = k.share_given(events);
+        w.write_shared(heap, &(Arc::clone(&shared) as SharedBatch))?;
+        k.push_shared(heap, shared);
         keyframes_after_batch(w, k)
     }
 

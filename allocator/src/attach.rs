@@ -280,7 +280,7 @@ fn session(listener: &UnixListener, mut stream: UnixStream) {
         return;
     };
     if stream.set_read_timeout(None).is_err()
-        || !crate::wire::start_stream(writer, &crate::wire::metadata_json(), true)
+        || !crate::wire::start_stream(writer, &crate::wire::metadata_json(), true, false)
     {
         return;
     }

@@ -50,8 +50,13 @@ pub enum Handed<'a> {
     /// A batch, in the order of the stream.
     Batch(BatchRef<'a>),
     /// The collector has handed over everything it holds for now and is about to wait: a sink
-    /// that gathers batches to send them together sends what it has.
-    Idle,
+    /// that gathers batches to send them together sends what it has, at once unless `busy`.
+    /// `busy`: buffers are coming in and the collector only pauses before taking the next ones
+    /// (a sink may hold what it gathered a little longer, and send it with them).
+    Idle {
+        /// Buffers are coming in.
+        busy: bool,
+    },
     /// The end of the stream.
     End,
 }
@@ -218,7 +223,7 @@ fn subscribe_with(
     let sink: Sink = Box::new(move |handed| {
         let b = match handed {
             Handed::Batch(b) => b,
-            Handed::Idle => return true,
+            Handed::Idle { .. } => return true,
             Handed::End => return tx.send(Message::End).is_ok(),
         };
         if wait {
@@ -512,7 +517,7 @@ impl<'a> Collector<'a> {
         self.flush(u64::MAX);
         self.census(self.now());
         // The first census goes out now: a program that dies at once leaves it in the trace.
-        self.idle();
+        self.idle(false);
         if self.state.late {
             hook::request_initial_parts();
         }
@@ -576,13 +581,13 @@ impl<'a> Collector<'a> {
             // are known to be in hand: a buffer that arrives later holds only later events.
             self.flush(self.safe_until);
             self.release_retired();
-            self.idle();
+            self.idle(busy);
         }
     }
 
     /// Tells the sink the collector holds nothing more for now (see [`Handed::Idle`]).
-    fn idle(&mut self) {
-        if self.sink_alive && !(self.state.sink)(Handed::Idle) {
+    fn idle(&mut self, busy: bool) {
+        if self.sink_alive && !(self.state.sink)(Handed::Idle { busy }) {
             // The peer went away: as in `emit`.
             self.sink_alive = false;
             hook::set_enabled(false, false);
@@ -906,11 +911,15 @@ impl<'a> Collector<'a> {
             let Some(mut chunk) = self.pending[i].chunks.pop_front() else {
                 break;
             };
-            let n = chunk
-                .events()
-                .iter()
-                .take_while(|e| e.time <= bound)
-                .count();
+            // A whole chunk goes at once when its last event is in bound (a thread's events
+            // come in time order): its events are first read by the sink, which packs them,
+            // rather than once here to compare times and again there.
+            let events = chunk.events();
+            let n = if events.last().is_some_and(|e| e.time <= bound) {
+                events.len()
+            } else {
+                events.iter().take_while(|e| e.time <= bound).count()
+            };
             self.emit(BatchRef {
                 heap,
                 events: &chunk.events()[..n],

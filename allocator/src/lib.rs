@@ -42,6 +42,7 @@ pub mod os;
 pub mod pack;
 pub mod page;
 pub mod page_queue;
+pub mod ring;
 pub mod sample;
 pub mod schema;
 pub mod segment;

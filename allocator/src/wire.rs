@@ -11,12 +11,16 @@
 //!   4 Exit    i32: the status the process exits with (what it passed to `exit`, or returned
 //!             from `main`), just before End when the C library told it
 //!   5 Packed  heap u32 | count u32 | the batch's events packed (`crate::pack`, slack included)
+//!   6 Ring    size u64: the frames that follow are in a ring of `size` bytes in shared memory
+//!             (`crate::ring`), whose descriptor comes with this frame (`SCM_RIGHTS`); the socket
+//!             then carries only one-byte wake-ups, and its closing is the stream's end
 //! ```
 //! Each frame carries one [`Message`] (`crate::batch`), the same the in-process path delivers.
 //! Version 2 added the packed batch, which the socket sink sends instead of Batch (about 8
 //! bytes an event on the socket instead of 32); a reader of version 2 reads version 1 streams
 //! too, and a reader of version 1 refuses a version 2 stream by its version, not at its first
-//! packed frame.
+//! packed frame. Version 3 added the ring, which a traced process uses when it can make one
+//! (packed batches go there, packed in place); without one it streams as version 2 did.
 //! A stream that stops without `End` means the process died (the launcher reports how). The
 //! reader treats the stream as untrusted: lengths are capped before anything is allocated.
 
@@ -29,7 +33,7 @@ use crate::event::{EVENT_SIZE, Event};
 /// Stream magic.
 pub const MAGIC: &[u8; 8] = b"HLSTREAM";
 /// Stream version this build writes (and the newest it reads).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest stream version this build reads (version 1 has no packed batches).
 pub const OLDEST_VERSION: u16 = 1;
 /// Largest frame a reader accepts (a full event buffer is 64 KiB).
@@ -55,6 +59,7 @@ const FRAME_BATCH: u8 = 2;
 const FRAME_END: u8 = 3;
 const FRAME_EXIT: u8 = 4;
 const FRAME_PACKED: u8 = 5;
+const FRAME_RING: u8 = 6;
 /// A packed batch frame's header: type, length, heap, count.
 const PACKED_HEAD: usize = 1 + 4 + 4 + 4;
 
@@ -157,20 +162,26 @@ fn packed_frame_at(
     room: &mut Vec<u8>,
     at: usize,
 ) -> io::Result<usize> {
-    let count = u32::try_from(events.len()).map_err(|_| io::Error::other("batch too large"))?;
     let need = at + PACKED_HEAD + crate::pack::room_for(events.len());
     if room.len() < need {
         room.resize(need, 0);
     }
-    let used = crate::pack::pack_to(events, &mut room[at + PACKED_HEAD..])
+    Ok(at + packed_frame_in(heap, events, &mut room[at..])?)
+}
+
+/// Packs `events` of `heap` as a packed batch frame at the start of `room`, which has room for
+/// the most they may need (`PACKED_HEAD + room_for(n)`); returns the frame's length.
+fn packed_frame_in(heap: u32, events: &[Event], room: &mut [u8]) -> io::Result<usize> {
+    let count = u32::try_from(events.len()).map_err(|_| io::Error::other("batch too large"))?;
+    let used = crate::pack::pack_to(events, &mut room[PACKED_HEAD..])
         .ok_or_else(|| io::Error::other("no room to pack a batch"))?;
     let len = u32::try_from(8 + used).map_err(|_| io::Error::other("frame too large"))?;
-    let head = &mut room[at..at + PACKED_HEAD];
+    let head = &mut room[..PACKED_HEAD];
     head[0] = FRAME_PACKED;
     head[1..5].copy_from_slice(&len.to_le_bytes());
     head[5..9].copy_from_slice(&heap.to_le_bytes());
     head[9..13].copy_from_slice(&count.to_le_bytes());
-    Ok(at + PACKED_HEAD + used)
+    Ok(PACKED_HEAD + used)
 }
 
 /// Packed frames gathered up to this many bytes before they are sent together: one `send`, and
@@ -178,6 +189,13 @@ fn packed_frame_at(
 /// it is about to wait, too, so a quiet program's last events are not held back.
 #[cfg(feature = "hook")]
 const GATHER_BYTES: usize = 256 << 10;
+
+/// While buffers keep coming in, gathered frames wait up to this long (in ns) for more before
+/// they are sent, though the collector pauses between buffers: sending at every pause woke
+/// heaplens's reader every 80 us on a binary-trees run, and each wake-up took a core from the
+/// program or its collector. A quiet program's events are sent when the collector waits.
+#[cfg(feature = "hook")]
+const HOLD_NS: u64 = 2_000_000;
 
 /// The events' wire form, in place: on a little-endian machine an event's memory is exactly
 /// its wire form. `None` on a big-endian one.
@@ -195,6 +213,26 @@ fn wire_bytes(events: &[Event]) -> Option<&[u8]> {
         let _ = events;
         None
     }
+}
+
+/// Sends the ring frame of `ring` on the socket `socket`, with the ring's descriptor `fd`: the
+/// frames after it go into the ring.
+///
+/// # Errors
+/// The socket's.
+pub fn send_ring(
+    socket: std::os::fd::RawFd,
+    ring: &crate::ring::Ring,
+    fd: &std::os::fd::OwnedFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut frame = Vec::new();
+    write_frame(
+        &mut frame,
+        FRAME_RING,
+        &[&(ring.size() as u64).to_le_bytes()],
+    )?;
+    crate::ring::send_with_fd(socket, &frame, fd.as_raw_fd())
 }
 
 /// Writes the end frame.
@@ -232,6 +270,9 @@ pub enum Incoming {
     Message(Message),
     /// A packed batch frame's header: its `bytes` follow in the stream.
     Packed(PackedHead),
+    /// The rest of the stream is in a ring of this many bytes, whose descriptor came with this
+    /// frame ([`crate::ring::FdReader::take_fd`]).
+    Ring(u64),
 }
 
 /// The header of a packed batch frame, checked: `bytes` can hold `count` packed events (their
@@ -261,16 +302,96 @@ pub fn read_frame_reusing(
     let mut spare = spare;
     match read_frame_with(r, &mut spare, None)? {
         None => Ok(None),
-        Some(Incoming::Message(m)) => Ok(Some(m)),
-        Some(Incoming::Packed(head)) => {
+        Some(Incoming::Ring(_)) => Err(WireError::Corrupt(
+            "a ring frame where a stream cannot switch to its ring".into(),
+        )),
+        Some(incoming) => message_of(r, incoming, spare).map(Some),
+    }
+}
+
+/// The message `incoming` carries: a packed batch's bytes are read from `r` and unpacked (into
+/// `spare` if given).
+fn message_of(
+    r: &mut impl Read,
+    incoming: Incoming,
+    spare: Option<Vec<Event>>,
+) -> Result<Message, WireError> {
+    match incoming {
+        Incoming::Message(m) => Ok(m),
+        Incoming::Ring(_) => Err(WireError::Corrupt("a second ring frame".into())),
+        Incoming::Packed(head) => {
             let mut bytes = vec![0u8; head.bytes];
             r.read_exact(&mut bytes)?;
             let mut events = spare.unwrap_or_default();
             unpack_wire(&bytes, head.count, &mut events)?;
-            Ok(Some(Message::Batch(Batch {
+            Ok(Message::Batch(Batch {
                 heap: head.heap,
                 events,
-            })))
+            }))
+        }
+    }
+}
+
+/// A traced process's connection as a reader reads it: buffered, keeping the descriptor of the
+/// ring that may come with the ring frame.
+pub type SocketReader = io::BufReader<crate::ring::FdReader<std::os::unix::net::UnixStream>>;
+
+/// After a ring frame of `size` bytes on `r`: the ring, mapped from the descriptor that came
+/// with it, read with the socket as its bell (the socket carries nothing else from then on).
+///
+/// # Errors
+/// No descriptor came, the ring is not what the frame says, or the system's.
+pub fn switch_to_ring(
+    r: &mut SocketReader,
+    size: u64,
+) -> Result<crate::ring::RingReader<std::os::unix::net::UnixStream>, WireError> {
+    let fd = r
+        .get_mut()
+        .take_fd()
+        .ok_or_else(|| WireError::Corrupt("a ring frame without the ring's descriptor".into()))?;
+    let ring = crate::ring::Ring::open(&fd, size).map_err(WireError::Io)?;
+    // Wake-ups already buffered mean nothing.
+    let buffered = r.buffer().len();
+    r.consume(buffered);
+    let socket = r.get_ref().get_ref().try_clone().map_err(WireError::Io)?;
+    Ok(crate::ring::RingReader::new(ring, socket))
+}
+
+/// A whole stream from a connected socket, message by message: the header checked, packed
+/// batches unpacked, the frames after a ring frame read from the ring. For tools and tests
+/// (heaplens's recorder reads with fewer copies).
+pub struct Messages {
+    socket: SocketReader,
+    ring: Option<crate::ring::RingReader<std::os::unix::net::UnixStream>>,
+}
+
+impl Messages {
+    /// Reads `stream`'s header.
+    ///
+    /// # Errors
+    /// Not a heaplens stream, a version this build does not read, or the socket's.
+    pub fn new(stream: std::os::unix::net::UnixStream) -> Result<Self, WireError> {
+        let mut socket = io::BufReader::new(crate::ring::FdReader::new(stream));
+        read_header(&mut socket)?;
+        Ok(Self { socket, ring: None })
+    }
+
+    /// The next message; `None` once the stream has ended.
+    ///
+    /// # Errors
+    /// A damaged stream, or the socket's.
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+        loop {
+            if let Some(ring) = &mut self.ring {
+                return read_frame(ring);
+            }
+            match read_frame_incoming(&mut self.socket, None)? {
+                None => return Ok(None),
+                Some(Incoming::Ring(size)) => {
+                    self.ring = Some(switch_to_ring(&mut self.socket, size)?);
+                }
+                Some(incoming) => return message_of(&mut self.socket, incoming, None).map(Some),
+            }
         }
     }
 }
@@ -297,6 +418,17 @@ pub fn read_frame_direct<R: Read + std::os::fd::AsRawFd>(
 ) -> Result<Option<Incoming>, WireError> {
     let mut spare = spare;
     read_frame_with(r, &mut spare, Some(read_direct::<R>))
+}
+
+/// The next frame from any buffered reader (a ring's, where the bytes already sit in memory):
+/// as [`read_frame_direct`] gives it, an unpacked batch copied once from the reader's buffer
+/// into `spare` if it fits.
+pub fn read_frame_incoming(
+    r: &mut impl BufRead,
+    spare: Option<Vec<Event>>,
+) -> Result<Option<Incoming>, WireError> {
+    let mut spare = spare;
+    read_frame_with(r, &mut spare, None)
 }
 
 /// Reads a packed batch's bytes (after [`read_frame_direct`] gave its header) into `dst`, which
@@ -401,6 +533,16 @@ fn read_frame_with<R: BufRead>(
             )));
         }
         return Ok(Some(Incoming::Packed(PackedHead { heap, count, bytes })));
+    }
+    if head[0] == FRAME_RING {
+        let mut size = [0u8; 8];
+        if len != size.len() {
+            return Err(WireError::Corrupt(format!(
+                "ring frame of {len} bytes (a ring's size is 8)"
+            )));
+        }
+        r.read_exact(&mut size)?;
+        return Ok(Some(Incoming::Ring(u64::from_le_bytes(size))));
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
@@ -754,7 +896,7 @@ fn connect_and_stream(launch: &Launch) -> bool {
     let Ok(stream) = UnixStream::connect(&launch.socket) else {
         return false;
     };
-    if !start_stream(stream, &launch_meta(launch, true), false) {
+    if !start_stream(stream, &launch_meta(launch, true), false, true) {
         return false;
     }
     static AT_EXIT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -768,10 +910,17 @@ fn connect_and_stream(launch: &Launch) -> bool {
 /// Streams to the connected `stream`: sends the header and `meta`, then starts the collector
 /// (lossless, a census every `HEAPLENS_CENSUS_MS`) with a sink that writes batches and, at the
 /// end, the end frame, after which it closes the socket. `running`: the program ran with the
-/// hook off until now (see [`crate::collector::start_while_running`]). Returns whether
-/// streaming started.
+/// hook off until now (see [`crate::collector::start_while_running`]). `ring`: the frames go
+/// into a ring in shared memory if one can be made (see [`crate::ring`]), else on the socket
+/// (`heaplens attach` keeps the socket: the attach thread reads it to learn when heaplens
+/// detaches, where the ring's wake-ups would go). Returns whether streaming started.
 #[cfg(feature = "hook")]
-pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running: bool) -> bool {
+pub fn start_stream(
+    stream: std::os::unix::net::UnixStream,
+    meta: &str,
+    running: bool,
+    ring: bool,
+) -> bool {
     use std::os::fd::AsRawFd;
     // A deep socket buffer (4 MiB, Linux's usual ceiling for a user): the collector hands a
     // burst over without waiting while heaplens's reader is off the CPU. With the default
@@ -799,22 +948,149 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
     {
         return false;
     }
+    // The frames go into a ring in shared memory if the system gives us one (its descriptor
+    // rides on the ring frame), else on the socket.
+    let made = if ring {
+        crate::ring::Ring::create(crate::ring::RING_BYTES).ok()
+    } else {
+        None
+    };
+    let sink = match made {
+        Some((ring, ring_fd)) => {
+            if send_ring(fd, &ring, &ring_fd).is_err() {
+                return false;
+            }
+            ring_sink(crate::ring::RingWriter::new(ring, fd), socket)
+        }
+        None => socket_sink(socket),
+    };
     drop(head);
-    // Each batch goes out packed (about 8 bytes an event instead of 32: the kernel copies a
-    // quarter of the bytes, here and in heaplens), gathered with the next ones up to
-    // GATHER_BYTES, or until the collector is about to wait, and sent in one `send`. The room
-    // they are packed in grows on the collector's own (untraced) thread, at its first batch:
-    // made here, it would sit on the program's heap and show up as the program's memory.
+    let config = crate::collector::Config {
+        lossless: true,
+        census_every_ms: crate::options::census_ms(),
+        channel_buffers: 64,
+    };
+    let started = if running {
+        crate::collector::start_while_running(config, sink)
+    } else {
+        crate::collector::start(config, sink)
+    };
+    if started.is_err() {
+        return false;
+    }
+    STREAM_FD.store(fd, core::sync::atomic::Ordering::Release);
+    true
+}
+
+/// A sink writing packed batch frames into the ring, published together up to
+/// [`GATHER_BYTES`] (or [`HOLD_NS`] while the collector is busy, or when it waits); at the end,
+/// the exit and end frames, then the socket closes.
+#[cfg(feature = "hook")]
+fn ring_sink(mut ring: crate::ring::RingWriter, socket: SocketWriter) -> crate::collector::Sink {
+    let mut socket = Some(socket);
+    // When the first of the unpublished frames was written.
+    let mut since = 0;
+    Box::new(move |handed| {
+        use crate::collector::Handed;
+        if socket.is_none() {
+            return false;
+        }
+        let r = match handed {
+            Handed::Batch(b) => {
+                if ring.unpublished() == 0 {
+                    since = crate::collector::monotonic_ns();
+                }
+                ring_batch(&mut ring, b.heap, b.events).and_then(|()| {
+                    if ring.unpublished() >= GATHER_BYTES as u64 {
+                        ring.publish()
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+            Handed::Idle { busy }
+                if ring.unpublished() == 0
+                    || busy && crate::collector::monotonic_ns() - since < HOLD_NS =>
+            {
+                Ok(())
+            }
+            Handed::Idle { .. } => ring.publish(),
+            Handed::End => {
+                let status = exit_status::get();
+                let r = status
+                    .map_or(Ok(()), |st| {
+                        ring_frame(&mut ring, FRAME_EXIT, &[&st.to_le_bytes()])
+                    })
+                    .and_then(|()| ring_frame(&mut ring, FRAME_END, &[]))
+                    .and_then(|()| ring.publish());
+                // The socket closes: the reader sees the stream end once it has read the ring.
+                socket = None;
+                r
+            }
+        };
+        r.is_ok()
+    })
+}
+
+/// Writes one frame into the ring, whole (published with the next [`RingWriter::publish`]).
+///
+/// [`RingWriter::publish`]: crate::ring::RingWriter::publish
+#[cfg(feature = "hook")]
+fn ring_frame(ring: &mut crate::ring::RingWriter, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len32 = u32::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
+    let room = ring.reserve(5 + len)?;
+    room[0] = kind;
+    room[1..5].copy_from_slice(&len32.to_le_bytes());
+    let mut at = 5;
+    for p in parts {
+        room[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    ring.commit(5 + len);
+    Ok(())
+}
+
+/// Events in one batch frame in the ring at most: 16 Ki, at most 557 KiB packed (a census can
+/// hand over more at once; it goes as consecutive batches of the same heap).
+#[cfg(feature = "hook")]
+const RING_BATCH_EVENTS: usize = 16 << 10;
+
+/// Writes `events` of `heap` into the ring as packed batch frames, packed in place.
+#[cfg(feature = "hook")]
+fn ring_batch(ring: &mut crate::ring::RingWriter, heap: u32, events: &[Event]) -> io::Result<()> {
+    for part in events.chunks(RING_BATCH_EVENTS) {
+        let room = ring.reserve(PACKED_HEAD + crate::pack::room_for(part.len()))?;
+        let end = packed_frame_in(heap, part, room)?;
+        ring.commit(end);
+    }
+    Ok(())
+}
+
+/// A sink writing packed batch frames to the socket (where no ring could be made): each batch
+/// packed (about 8 bytes an event instead of 32: the kernel copies a quarter of the bytes, here
+/// and in heaplens), gathered with the next ones up to [`GATHER_BYTES`] (or [`HOLD_NS`] while
+/// the collector is busy, or until it waits), and sent in one `send`; at the end, the exit and
+/// end frames, then the socket closes.
+#[cfg(feature = "hook")]
+fn socket_sink(socket: SocketWriter) -> crate::collector::Sink {
+    // The room they are packed in grows on the collector's own (untraced) thread, at its first
+    // batch: made here, it would sit on the program's heap and show up as the program's memory.
     let mut room = Vec::new();
     let mut gathered = 0;
+    // When the first of the gathered frames was packed.
+    let mut since = 0;
     let mut socket = Some(socket);
-    let sink: crate::collector::Sink = Box::new(move |handed| {
+    Box::new(move |handed| {
         use crate::collector::Handed;
         let Some(s) = socket.as_mut() else {
             return false;
         };
         let r = match handed {
             Handed::Batch(b) => {
+                if gathered == 0 {
+                    since = crate::collector::monotonic_ns();
+                }
                 packed_frame_at(b.heap, b.events, &mut room, gathered).and_then(|end| {
                     gathered = end;
                     if gathered < GATHER_BYTES {
@@ -824,8 +1100,11 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
                     s.write_all(&room[..end])
                 })
             }
-            Handed::Idle if gathered == 0 => Ok(()),
-            Handed::Idle => {
+            Handed::Idle { .. } if gathered == 0 => Ok(()),
+            Handed::Idle { busy } if busy && crate::collector::monotonic_ns() - since < HOLD_NS => {
+                Ok(())
+            }
+            Handed::Idle { .. } => {
                 let end = std::mem::take(&mut gathered);
                 s.write_all(&room[..end])
             }
@@ -842,22 +1121,7 @@ pub fn start_stream(stream: std::os::unix::net::UnixStream, meta: &str, running:
             }
         };
         r.is_ok()
-    });
-    let config = crate::collector::Config {
-        lossless: true,
-        census_every_ms: crate::options::census_ms(),
-        channel_buffers: 64,
-    };
-    let started = if running {
-        crate::collector::start_while_running(config, sink)
-    } else {
-        crate::collector::start(config, sink)
-    };
-    if started.is_err() {
-        return false;
-    }
-    STREAM_FD.store(fd, core::sync::atomic::Ordering::Release);
-    true
+    })
 }
 
 /// The status the process exits with, as the C library passes it to exit handlers (`on_exit`),
@@ -1170,10 +1434,26 @@ mod tests {
         let mut r = &v1[..];
         read_header(&mut r).unwrap();
         assert!(matches!(read_frame(&mut r), Ok(Some(Message::Batch(_)))));
-        let mut v3 = MAGIC.to_vec();
-        v3.extend_from_slice(&(VERSION + 1).to_le_bytes());
-        let err = read_header(&mut &v3[..]).unwrap_err().to_string();
-        assert!(err.contains("version 3") && err.contains("1 to 2"), "{err}");
+        let mut newer = MAGIC.to_vec();
+        newer.extend_from_slice(&(VERSION + 1).to_le_bytes());
+        let err = read_header(&mut &newer[..]).unwrap_err().to_string();
+        assert!(err.contains("version 4") && err.contains("1 to 3"), "{err}");
+    }
+
+    #[test]
+    fn a_ring_frame_gives_its_size_and_only_where_a_stream_can_switch_to_it() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FRAME_RING, &[&(1u64 << 24).to_le_bytes()]).unwrap();
+        let got = read_frame_incoming(&mut &buf[..], None).unwrap();
+        assert_eq!(got, Some(Incoming::Ring(1 << 24)));
+        let err = read_frame(&mut &buf[..]).unwrap_err().to_string();
+        assert!(err.contains("ring frame"), "{err}");
+        let mut short = Vec::new();
+        write_frame(&mut short, FRAME_RING, &[&[0; 4]]).unwrap();
+        let err = read_frame_incoming(&mut &short[..], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ring frame of 4 bytes"), "{err}");
     }
 
     #[test]
@@ -1183,7 +1463,7 @@ mod tests {
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&9u16.to_le_bytes());
         let err = read_header(&mut &v[..]).unwrap_err().to_string();
-        assert!(err.contains("version 9") && err.contains("1 to 2"), "{err}");
+        assert!(err.contains("version 9") && err.contains("1 to 3"), "{err}");
         // a huge length is refused before anything is allocated
         let mut r = &[2u8, 0xff, 0xff, 0xff, 0x7f][..];
         assert!(matches!(read_frame(&mut r), Err(WireError::Corrupt(_))));

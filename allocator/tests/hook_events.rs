@@ -45,7 +45,7 @@ fn the_hook_delivers_every_event_and_a_matching_census() {
                         .unwrap()
                         .extend(b.events.iter().map(|e| (b.heap, *e)));
                 }
-                collector::Handed::Idle => since_idle.store(0, SeqCst),
+                collector::Handed::Idle { .. } => since_idle.store(0, SeqCst),
                 collector::Handed::End => *end.lock().unwrap() = true,
             }
             true

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
@@ -56,10 +55,9 @@ fn record(scratch: &Scratch, exe: &Path, env: &[(&str, &str)]) -> Vec<(u32, Even
     let listener = UnixListener::bind(&sock).expect("bind socket");
     let reader = std::thread::spawn(move || {
         let (stream, _) = listener.accept().expect("the program connects");
-        let mut r = BufReader::new(stream);
-        wire::read_header(&mut r).expect("stream header");
+        let mut r = wire::Messages::new(stream).expect("stream header");
         let mut events = Vec::new();
-        while let Some(frame) = wire::read_frame(&mut r).expect("a readable stream") {
+        while let Some(frame) = r.next_message().expect("a readable stream") {
             match frame {
                 Message::Batch(Batch { heap, events: evs }) => {
                     events.extend(evs.into_iter().map(|e| (heap, e)));
