@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use heaplens_alloc::event::Event;
@@ -84,7 +84,7 @@ const SPARES: usize = 2 * QUEUED_BATCHES;
 /// whenever it got to writing it, a binary-trees recording with `--stacks all` got one or two
 /// 3.4 MB keyframes depending on which came first: 6.3 or 9.6 MiB.)
 pub struct Keyframes {
-    work: Option<SyncSender<Work>>,
+    work: Option<crate::backlog::Sender<Work>>,
     /// The program has exited: the model thread may take its usual priority back.
     exited: Arc<AtomicBool>,
     made: Receiver<Result<Keyframe, String>>,
@@ -112,7 +112,8 @@ impl Keyframes {
     /// Starts the model thread; batches that came unpacked give their vectors back to `recycle`
     /// (see [`Keyframes::share_given`]).
     pub fn start(recycle: Option<crossbeam_channel::Sender<Vec<Event>>>) -> std::io::Result<Self> {
-        let (work, todo) = sync_channel::<Work>(QUEUED_BATCHES);
+        // Counted in batches: each `Work` is one.
+        let (work, todo) = crate::backlog::backlog::<Work>(QUEUED_BATCHES);
         let (done, made) = std::sync::mpsc::channel();
         let exited = Arc::new(AtomicBool::new(false));
         let program_gone = Arc::clone(&exited);
@@ -125,7 +126,7 @@ impl Keyframes {
                 let mut applied = 0u64;
                 let mut unpacked = Vec::new();
                 let mut restored = false;
-                for w in todo {
+                for w in &todo {
                     if !restored && program_gone.load(Ordering::Relaxed) {
                         crate::priority::restore_this_thread();
                         restored = true;
@@ -255,7 +256,7 @@ impl Keyframes {
         if let Some(tx) = &self.work {
             // A send fails only if the model thread is gone (it panicked): the recording goes
             // on without more keyframes, and `finish` reports it.
-            let _ = tx.send(w);
+            let _ = tx.send(w, 1);
         }
     }
 

@@ -17,7 +17,6 @@
 //!   `LD_PRELOAD=libheaplens.so HEAPLENS_ATTACH=1`; Ctrl-C or closing the viewer detaches.
 
 mod attach;
-mod backlog;
 mod demo;
 mod diff;
 mod export;
@@ -42,6 +41,7 @@ pub const NO_DISPLAY: &str = "no display to open the viewer on (DISPLAY is not s
     program with `heaplens record -o trace.hltrace -- CMD` and read it with `heaplens stats \
     trace.hltrace`";
 
+use heaplens_viewer::backlog;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,9 +14,7 @@
 //! `cargo bench -p heaplens --bench live_frames` (needs `cargo build --release -p
 //! heaplens-preload` first for `libheaplens.so`).
 
-#[path = "../backlog.rs"]
-#[allow(dead_code)]
-mod backlog;
+use heaplens_viewer::backlog;
 #[path = "../launch.rs"]
 #[allow(dead_code)]
 mod launch;

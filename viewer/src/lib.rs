@@ -2,6 +2,7 @@
 //! I/O, event sources and the egui UI. The model is kept free of egui so it can be tested and
 //! benchmarked on its own; the UI only draws from it.
 
+pub mod backlog;
 pub mod describe;
 pub mod export;
 pub mod insights;

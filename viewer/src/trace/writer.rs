@@ -9,7 +9,7 @@ use std::io::{self, BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use heaplens_alloc::event::Event;
@@ -101,7 +101,7 @@ struct Helper {
 
 /// One helper thread.
 struct HelperThread {
-    jobs: Option<SyncSender<Work>>,
+    jobs: Option<crate::backlog::Sender<Work>>,
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
 }
@@ -110,14 +110,15 @@ impl HelperThread {
     /// Starts a helper thread, numbered `n` (in its name); it calls `before_each` before each
     /// chunk.
     fn start(n: usize, mut before_each: impl FnMut() + Send + 'static) -> io::Result<Self> {
-        let (jobs, todo) = sync_channel::<Work>(HELPER_IN_FLIGHT + PARTS_IN_FLIGHT);
+        // Counted in items (see `crate::backlog`): the writer, ahead, is woken when half are done.
+        let (jobs, todo) = crate::backlog::backlog::<Work>(HELPER_IN_FLIGHT + PARTS_IN_FLIGHT);
         let (finished, done) = sync_channel::<Done>(HELPER_IN_FLIGHT * HELPER_THREADS + 1);
         let thread = std::thread::Builder::new()
             .name(format!("heaplens-zstd-{n}"))
             .spawn(move || {
                 let mut compressors = Compressors::default();
                 let mut encoder = ChunkEncoder::new();
-                for work in todo {
+                for work in &todo {
                     let mut job = match work {
                         Work::Part(heap, batch, range) => {
                             encoder.push_batch(heap, &(*batch).as_ref()[range]);
@@ -527,7 +528,7 @@ impl<W: Write> TraceWriter<W> {
             .helper
             .as_ref()
             .and_then(|h| h.threads[h.next].jobs.as_ref())
-            .is_some_and(|jobs| jobs.send(work).is_ok());
+            .is_some_and(|jobs| jobs.send(work, 1).is_ok());
         if !sent {
             self.failed = true;
             return Err(io::Error::other("the compression helper stopped"));
