@@ -81,6 +81,12 @@ impl<T> Sender<T> {
             return Err(item);
         }
         s.waits += u64::from(waited);
+        self.push(s, item, bytes);
+        Ok(())
+    }
+
+    /// Queues `item` under the lock `s`, then wakes the receiver if it sleeps.
+    fn push(&self, mut s: MutexGuard<'_, State<T>>, item: T, bytes: usize) {
         s.bytes += bytes;
         s.peak = s.peak.max(s.bytes);
         s.items.push_back((item, bytes));
@@ -89,7 +95,6 @@ impl<T> Sender<T> {
         if wake {
             self.0.ready.notify_one();
         }
-        Ok(())
     }
 
     /// Bytes queued now.
@@ -100,18 +105,11 @@ impl<T> Sender<T> {
     /// Queues `item` if it fits now; gives it back otherwise (or if the receiver is gone).
     #[cfg(test)]
     pub fn try_send(&self, item: T, bytes: usize) -> Result<(), T> {
-        let mut s = self.0.lock();
+        let s = self.0.lock();
         if !s.receiver || (!s.items.is_empty() && s.bytes + bytes > self.0.budget) {
             return Err(item);
         }
-        s.bytes += bytes;
-        s.peak = s.peak.max(s.bytes);
-        s.items.push_back((item, bytes));
-        let wake = s.receiver_asleep;
-        drop(s);
-        if wake {
-            self.0.ready.notify_one();
-        }
+        self.push(s, item, bytes);
         Ok(())
     }
 }
