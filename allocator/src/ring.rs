@@ -4,8 +4,8 @@
 //! packing events small to spare those copies, made a collector as slow as the program feeding
 //! it: a binary-trees program ran 2.4x its own time under `heaplens record`).
 //!
-//! The socket stays: the ring's memory (a `memfd`) goes over it once, in an `SCM_RIGHTS`
-//! message, and afterwards it carries only one-byte wake-ups, to a side that said it waits, and
+//! The socket stays: the ring's memory (a `memfd`, its size sealed) goes over it once, in an
+//! `SCM_RIGHTS` message, and afterwards it carries only one-byte wake-ups, to a side that said it waits, and
 //! tells either side when the other has gone (its end closes, whatever way the process ended).
 //!
 //! ```text
@@ -71,7 +71,12 @@ impl Ring {
     pub fn create(size: usize) -> io::Result<(Self, OwnedFd)> {
         check_size(size)?;
         // SAFETY: the name is a NUL-terminated string; flags are valid.
-        let fd = unsafe { libc::memfd_create(c"heaplens-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"heaplens-ring".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -82,18 +87,33 @@ impl Ring {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Its size is sealed: the reader maps it and must never find pages gone (SIGBUS).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our memfd with integer arguments.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let ring = Self::map(fd.as_raw_fd(), size)?;
         Ok((ring, fd))
     }
 
     /// Maps a ring of `size` data bytes from `fd`, which came from a peer: its size is checked
-    /// against the file's.
+    /// against the file's, and the file must be sealed against shrinking (a peer that truncated
+    /// it under the mapping would crash the reader with SIGBUS).
     ///
     /// # Errors
-    /// A size out of bounds, a file too small for it, or the system's.
+    /// A size out of bounds, a file too small for it or not sealed, or the system's.
     pub fn open(fd: &OwnedFd, size: u64) -> io::Result<Self> {
         let size = usize::try_from(size).map_err(io::Error::other)?;
         check_size(size)?;
+        // SAFETY: fcntl on an open descriptor with integer arguments.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the ring's memory is not sealed against shrinking",
+            ));
+        }
         // SAFETY: an all-zero `stat` is a valid value to be overwritten.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
         // SAFETY: `fd` is an open descriptor; `st` is writable.
@@ -680,6 +700,19 @@ mod tests {
 
     #[test]
     fn sizes_and_files_from_a_peer_are_checked() {
+        // A memfd that could shrink under the mapping is refused.
+        // SAFETY: a NUL-terminated name; the descriptor made is owned below.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: `raw` is a descriptor just made, owned by nobody else.
+        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fd of ours, integer length.
+        let truncated = unsafe { libc::ftruncate(raw, 2 * MIN_RING as libc::off_t) };
+        assert_eq!(truncated, 0);
+        let e = Ring::open(&unsealed, MIN_RING as u64)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("sealed"), "{e}");
         let (_ring, fd) = Ring::create(MIN_RING).unwrap();
         assert!(
             Ring::open(&fd, 2 * MIN_RING as u64).is_err(),
