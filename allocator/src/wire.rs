@@ -1313,6 +1313,73 @@ mod tests {
         }
     }
 
+    /// A stream that switches to its ring after its metadata reads, through [`Messages`], as
+    /// the same messages a socket would carry: metadata, every batch (packed or not), the end.
+    #[test]
+    fn messages_follow_a_stream_into_its_ring() {
+        use crate::ring::{MIN_RING, Ring, RingWriter};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let batches = mixed_batches();
+        let (w, r) = UnixStream::pair().unwrap();
+        let sent = batches.clone();
+        let writer = std::thread::spawn(move || {
+            let mut head = Vec::new();
+            write_header(&mut head).unwrap();
+            write_meta(&mut head, "{\"pid\":1}").unwrap();
+            SocketWriter(w.try_clone().unwrap())
+                .write_all(&head)
+                .unwrap();
+            // A small ring: the batches go round it several times.
+            let (ring, fd) = Ring::create(MIN_RING).unwrap();
+            send_ring(w.as_raw_fd(), &ring, &fd).unwrap();
+            let mut ring = RingWriter::new(ring, w.as_raw_fd());
+            let mut frame = Vec::new();
+            let mut room = Vec::new();
+            for (packed, events) in &sent {
+                frame.clear();
+                if *packed {
+                    write_packed_batch(&mut frame, 4, events, &mut room).unwrap();
+                } else {
+                    write_batch(&mut frame, 4, events, &mut room).unwrap();
+                }
+                for piece in frame.chunks(MIN_RING / 2) {
+                    // A frame larger than half the ring goes in pieces, each published.
+                    ring.reserve(piece.len()).unwrap().copy_from_slice(piece);
+                    ring.commit(piece.len());
+                    ring.publish().unwrap();
+                }
+            }
+            frame.clear();
+            write_end(&mut frame).unwrap();
+            ring.reserve(frame.len()).unwrap().copy_from_slice(&frame);
+            ring.commit(frame.len());
+            ring.publish().unwrap();
+        });
+        let mut m = Messages::new(r).unwrap();
+        assert_eq!(
+            m.next_message().unwrap(),
+            Some(Message::Meta("{\"pid\":1}".into()))
+        );
+        for (_, events) in &batches {
+            let got = m.next_message().unwrap();
+            assert_eq!(
+                got,
+                Some(Message::Batch(Batch {
+                    heap: 4,
+                    events: events.clone()
+                }))
+            );
+        }
+        assert_eq!(m.next_message().unwrap(), Some(Message::End));
+        writer.join().unwrap();
+        assert_eq!(
+            m.next_message().unwrap(),
+            None,
+            "the writer's socket closed"
+        );
+    }
+
     #[test]
     fn packed_batches_round_trip_and_take_far_fewer_bytes() {
         let batches = mixed_batches();
