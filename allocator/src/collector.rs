@@ -549,6 +549,9 @@ impl<'a> Collector<'a> {
                 self.take_full(buf);
                 received = true;
             }
+            if received {
+                crate::channel_room::made_room();
+            }
             busy = received;
             let now = self.now();
             hook::set_clock(now);

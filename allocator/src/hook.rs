@@ -1182,36 +1182,28 @@ fn send_on(ch: *mut Channels, buf: *mut EventBuffer) -> bool {
     }
     // SAFETY: channels are leaked when made and never freed.
     let ch = unsafe { &*ch };
-    let mut spins = 0u32;
-    loop {
-        match ch.full_tx.try_send(BufferPtr(buf)) {
-            Ok(()) => return true,
-            Err(crossbeam_channel::TrySendError::Full(_))
-                if LOSSLESS.load(Relaxed)
-                    && ENABLED.load(Relaxed)
-                    && !crate::collector::on_collector_thread() =>
-            {
-                // The collector is behind. Spin briefly, then yield, then sleep: threads that
-                // yield in a loop keep the cores busy with system calls and take CPU from the
-                // collector and the recorder they are waiting for.
-                spins += 1;
-                if spins < 16 {
-                    core::hint::spin_loop();
-                } else if spins < 24 {
-                    // SAFETY: no preconditions.
-                    unsafe { libc::sched_yield() };
-                } else {
-                    let pause = libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 50_000,
-                    };
-                    // SAFETY: `pause` is a valid duration; the remainder is not wanted.
-                    unsafe { libc::nanosleep(&raw const pause, ptr::null_mut()) };
-                }
-            }
-            Err(_) => return false,
+    // `Some(sent)` once it is decided; `None` while the channel is full and the thread should
+    // wait for the collector.
+    let attempt = || match ch.full_tx.try_send(BufferPtr(buf)) {
+        Ok(()) => Some(true),
+        Err(crossbeam_channel::TrySendError::Full(_))
+            if LOSSLESS.load(Relaxed)
+                && ENABLED.load(Relaxed)
+                && !crate::collector::on_collector_thread() =>
+        {
+            None
         }
+        Err(_) => Some(false),
+    };
+    // The collector is behind: spin briefly, then sleep until it has made room (see
+    // `channel_room`).
+    for _ in 0..16 {
+        if let Some(sent) = attempt() {
+            return sent;
+        }
+        core::hint::spin_loop();
     }
+    crate::channel_room::wait_for_room(attempt)
 }
 
 #[cfg(not(feature = "hook"))]

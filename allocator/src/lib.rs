@@ -27,6 +27,8 @@ pub mod attach;
 pub mod batch;
 pub mod bin;
 pub mod cfi;
+#[cfg(feature = "hook")]
+mod channel_room;
 pub mod check;
 #[cfg(feature = "hook")]
 pub mod collector;
