@@ -264,13 +264,15 @@ impl Model {
         match ev.kind {
             ALLOC => {
                 self.on_alloc(heap, ev);
-                if schema::Alloc::from_event(ev).stack != 0 || self.sites.is_on() {
+                if schema::Alloc::from_event(ev).stack != 0 {
                     self.sites.on_alloc(heap, ev);
+                } else if self.sites.is_on() {
+                    self.sites.on_unstacked_alloc(heap);
                 }
             }
             FREE => {
                 self.on_free(heap, ev);
-                if self.sites.is_on() {
+                if self.sites.is_on() && self.sites.wants_free(ev) {
                     self.sites.on_free(heap, ev);
                 }
             }

@@ -350,6 +350,19 @@ impl Sites {
         self.blocks.iter().map(|(&k, v)| (k, v))
     }
 
+    /// [`Sites::on_alloc`] of an allocation without a stack once sites are on (the common one
+    /// when sampled): it only ends the heap's run of allocations since its last one with a stack.
+    /// Inline, where the model applies every event.
+    #[inline(always)]
+    pub fn on_unstacked_alloc(&mut self, heap: u32) {
+        let h = heap as usize;
+        if let Some(l) = self.last_alloc.get_mut(h) {
+            *l = 0;
+        } else if h < MAX_TRACKED_HEAPS {
+            self.last_alloc.resize(h + 1, 0);
+        }
+    }
+
     /// An allocation (any; one without a stack only ends the heap's temporary candidate).
     #[inline(never)]
     pub fn on_alloc(&mut self, heap: u32, ev: &Event) {
@@ -419,6 +432,18 @@ impl Sites {
         if let Some(l) = self.last_alloc.get_mut(heap as usize) {
             *l = a.ptr;
         }
+    }
+
+    /// Whether [`Sites::on_free`] has anything to do with `ev`: not for the common free of a
+    /// sampled recording, a block without a stack, which the filter rules out here, where the
+    /// model applies every event, without a call.
+    #[inline(always)]
+    pub fn wants_free(&self, ev: &Event) -> bool {
+        self.mode == stack_mode::ALL
+            || self.filter.bits.is_empty()
+            || ev.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+                && !self.displaced.is_empty()
+            || self.filter.may_hold(schema::Free::from_event(ev).ptr)
     }
 
     /// A free by heap `heap`.
