@@ -337,7 +337,7 @@ fn record_stream(
                 // Unpacked once, for the census check and the writer; the keyframe model gets
                 // the same events (see `Recorder::batch_packed`).
                 let mut events = recorder.spare();
-                match batch.unpack_into(&mut events) {
+                match frames.unpack(conn, pid, &batch, &mut events) {
                     Ok(()) => {
                         let census = !attached && ends_census(batch.heap, &events);
                         recorder.batch_packed(batch, events)?;
@@ -347,14 +347,7 @@ fn record_stream(
                         }
                         continue;
                     }
-                    Err(e) => {
-                        frames.close(conn);
-                        launch::Frame {
-                            conn,
-                            pid,
-                            item: StreamItem::Closed(Some(e)),
-                        }
-                    }
+                    Err(closed) => closed,
                 }
             }
         };

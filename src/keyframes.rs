@@ -195,13 +195,13 @@ impl Keyframes {
     /// [`Keyframes::push_shared`]; the vector goes back to whoever gave it (the recycle channel
     /// this model was started with, or the spares) once both are done.
     pub fn share_given(&self, events: Vec<Event>) -> Arc<Shared> {
-        Arc::new(Shared {
-            events,
-            back: self
-                .recycle
-                .clone()
-                .unwrap_or_else(|| self.spare_back.clone()),
-        })
+        match &self.recycle {
+            Some(back) => Arc::new(Shared {
+                events,
+                back: back.clone(),
+            }),
+            None => self.share(events),
+        }
     }
 
     /// Hands a batch shared with the trace writer to the model (waits if the model is far
@@ -213,8 +213,7 @@ impl Keyframes {
             drop(events);
             self.defer(batch);
         } else {
-            self.given += events.events.len() as u64;
-            self.send(Work::Shared(heap, events));
+            self.give(heap, events);
         }
     }
 
@@ -226,9 +225,14 @@ impl Keyframes {
             drop(events);
             self.defer(batch);
         } else {
-            self.given += events.events.len() as u64;
-            self.send(Work::Shared(batch.heap, events));
+            self.give(batch.heap, events);
         }
+    }
+
+    /// Gives the model a batch's events now.
+    fn give(&mut self, heap: u32, events: Arc<Shared>) {
+        self.given += events.events.len() as u64;
+        self.send(Work::Shared(heap, events));
     }
 
     /// Whether batches are held back now: once some are, until the next keyframe; otherwise

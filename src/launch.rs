@@ -249,8 +249,28 @@ impl Frames {
         self.any_broken.store(true, Ordering::Relaxed);
     }
 
-    /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged (a peer sent it
-    /// so), the end of its connection's stream with why.
+    /// Unpacks `batch`, queued by connection `conn` of process `pid`, into `events`. If it is
+    /// damaged (a peer sent it so), the connection's stream ends there: what it queued after is
+    /// left out, and the frame that says why is given back instead.
+    pub fn unpack(
+        &self,
+        conn: u64,
+        pid: i32,
+        batch: &PackedBatch,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Frame> {
+        batch.unpack_into(events).map_err(|e| {
+            self.close(conn);
+            Frame {
+                conn,
+                pid,
+                item: StreamItem::Closed(Some(e)),
+            }
+        })
+    }
+
+    /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged, the end of its
+    /// connection's stream with why ([`Frames::unpack`]).
     fn unpacked(&self, queued: Queued) -> Frame {
         let (conn, pid, batch) = match queued {
             Queued::Frame(f) => return f,
@@ -260,17 +280,17 @@ impl Frames {
             .recycled
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
-        let item = match batch.unpack_into(&mut events) {
-            Ok(()) => StreamItem::Message(Message::Batch(Batch {
-                heap: batch.heap,
-                events,
-            })),
-            Err(e) => {
-                self.close(conn);
-                StreamItem::Closed(Some(e))
-            }
-        };
-        Frame { conn, pid, item }
+        match self.unpack(conn, pid, &batch, &mut events) {
+            Ok(()) => Frame {
+                conn,
+                pid,
+                item: StreamItem::Message(Message::Batch(Batch {
+                    heap: batch.heap,
+                    events,
+                })),
+            },
+            Err(closed) => closed,
+        }
     }
 
     fn lock_broken(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -973,8 +993,7 @@ mod tests {
         wire::send_ring(socket.as_raw_fd(), &ring, &fd).unwrap();
         let mut w = RingWriter::new(ring, socket.as_raw_fd());
         for (i, frame) in frames.iter().enumerate() {
-            w.reserve(frame.len()).unwrap().copy_from_slice(frame);
-            w.commit(frame.len());
+            w.write(frame).unwrap();
             if i % 3 == 2 {
                 w.publish().unwrap();
             }

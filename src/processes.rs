@@ -158,13 +158,8 @@ impl Processes {
             return;
         };
         let mut events = p.recorder.spare();
-        if let Err(e) = batch.unpack_into(&mut events) {
-            frames.close(conn);
-            self.take(Frame {
-                conn,
-                pid,
-                item: StreamItem::Closed(Some(e)),
-            });
+        if let Err(closed) = frames.unpack(conn, pid, &batch, &mut events) {
+            self.take(closed);
             return;
         }
         if let Err(e) = p.recorder.batch_packed(batch, events) {

@@ -82,15 +82,23 @@ impl Recorder {
         Ok(())
     }
 
+    /// The trace writer and the keyframe model, once the program's metadata has made them.
+    fn started(
+        &mut self,
+    ) -> Result<(&mut TraceWriter, &mut Keyframes), Box<dyn std::error::Error>> {
+        match (self.writer.as_mut(), self.keyframes.as_mut()) {
+            (Some(w), Some(k)) => Ok((w, k)),
+            _ => Err("the program's stream had events before its metadata".into()),
+        }
+    }
+
     /// Writes a batch and hands it to the keyframe model.
     pub fn batch_owned(
         &mut self,
         heap: u32,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
-            return Err("the program's stream had events before its metadata".into());
-        };
+        let (w, k) = self.started()?;
         let shared = k.share_given(events);
         w.write_shared(heap, &(Arc::clone(&shared) as SharedBatch))?;
         k.push_shared(heap, shared);
@@ -112,9 +120,7 @@ impl Recorder {
         batch: PackedBatch,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let (Some(w), Some(k)) = (self.writer.as_mut(), self.keyframes.as_mut()) else {
-            return Err("the program's stream had events before its metadata".into());
-        };
+        let (w, k) = self.started()?;
         let shared = k.share(events);
         w.write_shared(batch.heap, &(Arc::clone(&shared) as SharedBatch))?;
         k.push_packed(batch, shared);

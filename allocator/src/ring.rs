@@ -350,6 +350,20 @@ impl RingWriter {
         self.written += len as u64;
     }
 
+    /// Writes `bytes` (a whole frame, or the rest of one) after those written: [`reserve`] and
+    /// [`commit`] at once.
+    ///
+    /// [`reserve`]: RingWriter::reserve
+    /// [`commit`]: RingWriter::commit
+    ///
+    /// # Errors
+    /// As [`RingWriter::reserve`].
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.reserve(bytes.len())?.copy_from_slice(bytes);
+        self.commit(bytes.len());
+        Ok(())
+    }
+
     /// Bytes written but not yet published.
     #[must_use]
     pub fn unpublished(&self) -> u64 {
@@ -608,11 +622,6 @@ mod tests {
         (writer, RingReader::new(theirs, b), a)
     }
 
-    fn write(w: &mut RingWriter, bytes: &[u8]) {
-        w.reserve(bytes.len()).unwrap().copy_from_slice(bytes);
-        w.commit(bytes.len());
-    }
-
     #[test]
     fn bytes_cross_the_ring_in_order_past_its_end_many_times_and_the_end_is_seen() {
         let (mut w, mut r, a) = pair(MIN_RING);
@@ -624,7 +633,7 @@ mod tests {
                 // Frames of odd lengths, so they straddle the ring's end.
                 let len = (1 + k * 7919 % 9000).min(total - sent);
                 let frame: Vec<u8> = (sent..sent + len).map(|i| (i % 251) as u8).collect();
-                write(&mut w, &frame);
+                w.write(&frame).unwrap();
                 sent += len;
                 k += 1;
                 if k.is_multiple_of(3) {
@@ -645,9 +654,9 @@ mod tests {
     #[test]
     fn unpublished_bytes_are_not_seen_and_a_vanished_writer_ends_the_stream() {
         let (mut w, mut r, a) = pair(MIN_RING);
-        write(&mut w, b"seen");
+        w.write(b"seen").unwrap();
         w.publish().unwrap();
-        write(&mut w, b"never published");
+        w.write(b"never published").unwrap();
         assert_eq!(w.unpublished(), 15);
         drop(a);
         let mut got = Vec::new();
@@ -659,7 +668,7 @@ mod tests {
     #[test]
     fn a_writer_waits_for_room_and_learns_when_the_reader_has_gone() {
         let (mut w, r, _a) = pair(MIN_RING);
-        write(&mut w, &vec![7u8; MIN_RING - 10]);
+        w.write(&vec![7u8; MIN_RING - 10]).unwrap();
         w.publish().unwrap();
         drop(r); // its socket closes
         let e = w.reserve(100).unwrap_err();
@@ -693,7 +702,7 @@ mod tests {
             .expect("the descriptor came with the bytes");
         let theirs = Ring::open(&theirs, MIN_RING as u64).unwrap();
         let mut w = RingWriter::new(ring, a.as_raw_fd());
-        write(&mut w, b"shared");
+        w.write(b"shared").unwrap();
         w.publish().unwrap();
         let mut reader = RingReader::new(theirs, r.into_inner());
         assert_eq!(reader.fill_buf().unwrap(), b"shared");

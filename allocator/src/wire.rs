@@ -197,6 +197,13 @@ const GATHER_BYTES: usize = 256 << 10;
 #[cfg(feature = "hook")]
 const HOLD_NS: u64 = 2_000_000;
 
+/// Whether frames gathered since `since` wait for more: the collector is `busy` and they have
+/// not waited [`HOLD_NS`] yet.
+#[cfg(feature = "hook")]
+fn holding(busy: bool, since: u64) -> bool {
+    busy && crate::collector::monotonic_ns() - since < HOLD_NS
+}
+
 /// The events' wire form, in place: on a little-endian machine an event's memory is exactly
 /// its wire form. `None` on a big-endian one.
 fn wire_bytes(events: &[Event]) -> Option<&[u8]> {
@@ -1012,20 +1019,15 @@ fn ring_sink(mut ring: crate::ring::RingWriter, socket: SocketWriter) -> crate::
                     }
                 })
             }
-            Handed::Idle { busy }
-                if ring.unpublished() == 0
-                    || busy && crate::collector::monotonic_ns() - since < HOLD_NS =>
-            {
-                Ok(())
-            }
+            Handed::Idle { busy } if ring.unpublished() == 0 || holding(busy, since) => Ok(()),
             Handed::Idle { .. } => ring.publish(),
             Handed::End => {
-                let status = exit_status::get();
-                let r = status
-                    .map_or(Ok(()), |st| {
-                        ring_frame(&mut ring, FRAME_EXIT, &[&st.to_le_bytes()])
-                    })
-                    .and_then(|()| ring_frame(&mut ring, FRAME_END, &[]))
+                // The exit and end frames, whole, as the socket would carry them.
+                let mut last = Vec::new();
+                let r = exit_status::get()
+                    .map_or(Ok(()), |st| write_exit(&mut last, st))
+                    .and_then(|()| write_end(&mut last))
+                    .and_then(|()| ring.write(&last))
                     .and_then(|()| ring.publish());
                 // The socket closes: the reader sees the stream end once it has read the ring.
                 socket = None;
@@ -1034,25 +1036,6 @@ fn ring_sink(mut ring: crate::ring::RingWriter, socket: SocketWriter) -> crate::
         };
         r.is_ok()
     })
-}
-
-/// Writes one frame into the ring, whole (published with the next [`RingWriter::publish`]).
-///
-/// [`RingWriter::publish`]: crate::ring::RingWriter::publish
-#[cfg(feature = "hook")]
-fn ring_frame(ring: &mut crate::ring::RingWriter, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len32 = u32::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
-    let room = ring.reserve(5 + len)?;
-    room[0] = kind;
-    room[1..5].copy_from_slice(&len32.to_le_bytes());
-    let mut at = 5;
-    for p in parts {
-        room[at..at + p.len()].copy_from_slice(p);
-        at += p.len();
-    }
-    ring.commit(5 + len);
-    Ok(())
 }
 
 /// Events in one batch frame in the ring at most: 16 Ki, at most 557 KiB packed (a census can
@@ -1105,9 +1088,7 @@ fn socket_sink(socket: SocketWriter) -> crate::collector::Sink {
                 })
             }
             Handed::Idle { .. } if gathered == 0 => Ok(()),
-            Handed::Idle { busy } if busy && crate::collector::monotonic_ns() - since < HOLD_NS => {
-                Ok(())
-            }
+            Handed::Idle { busy } if holding(busy, since) => Ok(()),
             Handed::Idle { .. } => {
                 let end = std::mem::take(&mut gathered);
                 s.write_all(&room[..end])
@@ -1345,15 +1326,13 @@ mod tests {
                 }
                 for piece in frame.chunks(MIN_RING / 2) {
                     // A frame larger than half the ring goes in pieces, each published.
-                    ring.reserve(piece.len()).unwrap().copy_from_slice(piece);
-                    ring.commit(piece.len());
+                    ring.write(piece).unwrap();
                     ring.publish().unwrap();
                 }
             }
             frame.clear();
             write_end(&mut frame).unwrap();
-            ring.reserve(frame.len()).unwrap().copy_from_slice(&frame);
-            ring.commit(frame.len());
+            ring.write(&frame).unwrap();
             ring.publish().unwrap();
         });
         let mut m = Messages::new(r).unwrap();
