@@ -101,14 +101,17 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
 pub fn report(model: &Model, sym: &mut Symbolizer) -> Vec<serde_json::Value> {
     let sites = model.sites();
     if sites.is_on() {
-        return sites
-            .live_by_stack()
+        let groups = sites.live_by_stack();
+        let leaves: Vec<u32> = groups.iter().map(|g| g.0).collect();
+        let named = sym.site_names(sites, &leaves);
+        return groups
             .into_iter()
-            .map(|(leaf, blocks, bytes)| {
+            .zip(named)
+            .map(|((leaf, blocks, bytes), (site, stack))| {
                 json!({
                     "stack_id": leaf,
-                    "site": sym.site_name(sites, leaf),
-                    "stack": sym.stack_lines(sites, leaf),
+                    "site": site,
+                    "stack": stack,
                     "blocks": blocks.round(),
                     "bytes": bytes.round(),
                 })

@@ -75,14 +75,17 @@ pub fn top_sites(model: &Model, sym: &mut Symbolizer, n: usize) -> Vec<serde_jso
                 .filter(|r| !seen.contains(&r.0)),
         );
     }
+    ranked.truncate(n);
+    let leaves: Vec<u32> = ranked.iter().map(|r| r.0).collect();
+    let named = sym.site_names(sites, &leaves);
     ranked
         .into_iter()
-        .take(n)
-        .map(|(leaf, s)| {
+        .zip(named)
+        .map(|((leaf, s), (site, stack))| {
             json!({
                 "stack_id": leaf,
-                "site": sym.site_name(sites, leaf),
-                "stack": sym.stack_lines(sites, leaf),
+                "site": site,
+                "stack": stack,
                 "live_bytes": s.live_bytes.round(),
                 "live_blocks": s.live_blocks.round(),
                 "peak_live_bytes": s.peak_live_bytes.round(),

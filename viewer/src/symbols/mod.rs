@@ -17,6 +17,8 @@
 //! ([`Symbolizer::begin_frame`]). What is not resolved yet reads as `module+0xoffset`, is not
 //! cached, and is counted ([`Symbolizer::unresolved`]) so the viewer draws again.
 
+pub mod apart;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -373,6 +375,18 @@ impl Symbolizer {
             }
         }
         self.frame(sites, first.pc).to_string()
+    }
+
+    /// [`Symbolizer::site_name`] of each of `leaves`, with their stacks
+    /// ([`Symbolizer::stack_lines`]); sites that share a name get the caller that tells them
+    /// apart ([`apart::told_apart`]).
+    pub fn site_names(&mut self, sites: &Sites, leaves: &[u32]) -> Vec<(String, Vec<String>)> {
+        let names: Vec<String> = leaves.iter().map(|&l| self.site_name(sites, l)).collect();
+        let stacks: Vec<Vec<String>> = leaves.iter().map(|&l| self.stack_lines(sites, l)).collect();
+        apart::told_apart(&names, &stacks)
+            .into_iter()
+            .zip(stacks)
+            .collect()
     }
 
     /// The first `n` functions of site `leaf`'s stack that are the program's own code, leaf

@@ -39,6 +39,8 @@ pub struct SitesState {
     pub symbols: Symbolizer,
     /// Site names and stacks, by leaf node.
     names: HashMap<u32, (String, String)>,
+    /// The last list of sites named together ([`SitesState::names`]) and their names.
+    listed: Option<(Vec<u32>, Vec<String>)>,
     /// The baseline of diff mode: its name and what it held.
     baseline: Option<(String, Snapshot)>,
     /// The comparison with the baseline, and the model position (events applied, time) it
@@ -52,6 +54,7 @@ impl Default for SitesState {
             sort: SiteKey::LiveBytes,
             symbols: Symbolizer::interactive(),
             names: HashMap::new(),
+            listed: None,
             baseline: None,
             diff: None,
         }
@@ -90,6 +93,30 @@ impl SitesState {
             self.diff = Some((key, compare(base, &now)));
         }
         self.diff.as_ref().map(|(_, d)| d)
+    }
+
+    /// The names of sites `leaves`, listed together: those that share a name get the caller
+    /// that tells them apart ([`crate::symbols::apart`]). Kept while the same sites are listed
+    /// and their names are resolved.
+    pub fn names(&mut self, sites: &Sites, leaves: &[u32]) -> Vec<String> {
+        if let Some((listed, names)) = &self.listed
+            && listed == leaves
+        {
+            return names.clone();
+        }
+        let before = self.symbols.unresolved();
+        let (names, stacks): (Vec<String>, Vec<Vec<String>>) = leaves
+            .iter()
+            .map(|&leaf| {
+                let (name, stack) = self.name(sites, leaf);
+                (name, stack.lines().map(str::to_owned).collect())
+            })
+            .unzip();
+        let names = crate::symbols::apart::told_apart(&names, &stacks);
+        if self.symbols.unresolved() == before {
+            self.listed = Some((leaves.to_vec(), names.clone()));
+        }
+        names
     }
 
     /// The name of site `leaf` and its stack as text (one frame a line).
@@ -154,6 +181,7 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
             .on_hover_text("How the recorded program captured its stacks");
     });
     let rows = sites.ranked(state.sort);
+    let name_width = (ui.available_width() * 0.5).max(240.0);
     egui::ScrollArea::vertical()
         .id_salt("sites-table")
         .max_height((ui.available_height() * 0.5).max(120.0))
@@ -169,10 +197,18 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
                             .on_hover_text(format!("{}; click to sort by it", help(key)));
                     }
                     ui.end_row();
-                    for (rank, (leaf, s)) in rows.iter().take(TABLE_ROWS).enumerate() {
-                        let (name, stack) = state.name(sites, *leaf);
-                        ui.label(format!("{}. {name}", rank + 1))
-                            .on_hover_text(stack);
+                    let shown = &rows[..rows.len().min(TABLE_ROWS)];
+                    let leaves: Vec<u32> = shown.iter().map(|r| r.0).collect();
+                    let names = state.names(sites, &leaves);
+                    for (rank, ((leaf, s), name)) in shown.iter().zip(names).enumerate() {
+                        let (_, stack) = state.name(sites, *leaf);
+                        // A long name (the callers that tell it apart) is cut at half the
+                        // width, so the figures stay in view; the hover shows all of it.
+                        ui.scope(|ui| {
+                            ui.set_max_width(name_width);
+                            ui.add(egui::Label::new(format!("{}. {name}", rank + 1)).truncate())
+                                .on_hover_text(format!("{name}\n\n{stack}"));
+                        });
                         for key in SiteKey::ALL {
                             ui.label(figure(key, key.of(s)));
                         }
@@ -474,9 +510,12 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
     }
     let mut rows: Vec<(u32, (u64, u64))> = by.into_iter().collect();
     rows.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(&b.0)));
+    let shown = &rows[..rows.len().min(8)];
+    let leaves: Vec<u32> = shown.iter().map(|r| r.0).collect();
+    let names = state.names(sites, &leaves);
     egui::Grid::new("page-sites").num_columns(3).show(ui, |ui| {
-        for (leaf, (blocks, bytes)) in rows.iter().take(8) {
-            let (name, stack) = state.name(sites, *leaf);
+        for ((leaf, (blocks, bytes)), name) in shown.iter().zip(names) {
+            let (_, stack) = state.name(sites, *leaf);
             ui.label(name).on_hover_text(stack);
             ui.label(format!("{blocks} blocks"));
             ui.label(style::bytes(*bytes));
@@ -557,5 +596,36 @@ mod tests {
         assert_eq!(d.sites[0].delta_bytes(), 4000.0);
         assert_eq!(d.sites.last().unwrap().delta_bytes(), -2000.0);
         assert_eq!(d.sites.len(), 2);
+    }
+    /// Two sites whose innermost frame is the same pc, called from different places: listed
+    /// together, each gets its caller; listed alone, the name is the frame's.
+    #[test]
+    fn sites_of_one_function_are_told_apart_by_their_callers() {
+        let e = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64| Event {
+            kind: kind as u8,
+            aux,
+            arg32,
+            addr,
+            arg,
+            time: 1000,
+            ..Event::default()
+        };
+        let mut m = Model::new();
+        m.set_invariant_checks(false);
+        m.apply(0, &e(EventKind::StackMode, stack_mode::ALL, 0, 0, 0));
+        for (id, pc, parent) in [(1, 0x501, 0), (2, 0x601, 0), (3, 0x1001, 1), (4, 0x1001, 2)] {
+            m.apply(1, &e(EventKind::StackFrame, 0, id, pc, parent));
+        }
+        m.apply(1, &e(EventKind::Alloc, 0, 3, 0x7f00_0000_0000, 100));
+        m.apply(1, &e(EventKind::Alloc, 0, 4, 0x7f00_0001_0000, 100));
+        let mut state = SitesState::default();
+        let sites = m.sites();
+        let (alone, _) = state.name(sites, 3);
+        let names = state.names(sites, &[3, 4]);
+        assert_eq!(
+            names,
+            [format!("{alone} <- 0x501"), format!("{alone} <- 0x601")]
+        );
+        assert_eq!(state.names(sites, &[3]), [alone]);
     }
 }

@@ -105,7 +105,8 @@ pub fn draw(ui: &mut egui::Ui, r: &Replay) -> Option<Action> {
     let duration = r.duration().max(1);
     let before = r.time().min(duration) as f64 / 1e9;
     let mut t = before;
-    ui.spacing_mut().slider_width = (ui.available_width() - 90.0).max(200.0);
+    // Room beside the slider for its value box ("12.34567 s") and its label.
+    ui.spacing_mut().slider_width = (ui.available_width() - 150.0).max(200.0);
     let resp = ui
         .add(
             egui::Slider::new(&mut t, 0.0..=duration as f64 / 1e9)

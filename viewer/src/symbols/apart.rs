@@ -1,0 +1,199 @@
+//! Telling apart allocation sites that go by the same name.
+//!
+//! A site is named after the innermost function of its stack that is the program's own code
+//! ([`super::Symbolizer::site_name`]). Distinct stacks often share it: every caller of a
+//! program's `xmalloc` wrapper, or of a stripped library's one entry point, is a site of its
+//! own, and a table of the top sites of `git log` listed `git+0x281bdc` eight times. Each of
+//! those gets the callers where its stack branches from the others':
+//! `git+0x281bdc <- git+0x281d06 <- … <- git+0x14ed78`.
+
+use std::collections::HashMap;
+
+/// Stacks of one name compared each with every other, up to this many; past it, each with its
+/// neighbours in frame order only ([`branch_depths`]).
+const COMPARED: usize = 500;
+
+/// For each of `stacks` (frames, leaf first), the depths at which another stack that began
+/// the same way goes elsewhere: where its path branches in the tree of all of them,
+/// shallowest first. A stack that another begins with entirely branches at its own length too
+/// (no frame of its own tells it apart there).
+///
+/// Past [`COMPARED`] stacks, only the branches to the stacks next to it in frame order are
+/// found (the deepest branch among them: the stack that shares the longest beginning with a
+/// stack is next to it), so that a leak report of thousands of stacks through one `xmalloc`
+/// stays quick.
+#[must_use]
+pub fn branch_depths(stacks: &[Vec<String>]) -> Vec<Vec<usize>> {
+    let mut depths = vec![Vec::new(); stacks.len()];
+    if stacks.len() <= COMPARED {
+        for (i, s) in stacks.iter().enumerate() {
+            for (j, other) in stacks.iter().enumerate() {
+                if i != j {
+                    depths[i].push(first_difference(s, other));
+                }
+            }
+        }
+    } else {
+        let mut order: Vec<usize> = (0..stacks.len()).collect();
+        order.sort_by(|&a, &b| stacks[a].cmp(&stacks[b]));
+        for pair in order.windows(2) {
+            let d = first_difference(&stacks[pair[0]], &stacks[pair[1]]);
+            depths[pair[0]].push(d);
+            depths[pair[1]].push(d);
+        }
+    }
+    for d in &mut depths {
+        d.sort_unstable();
+        d.dedup();
+    }
+    depths
+}
+
+/// The first index where `a` and `b` differ (the shorter's length if one begins with the other).
+fn first_difference(a: &[String], b: &[String]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// `names` of sites with `stacks` (frames, leaf first), each name that other sites share
+/// followed by the frames where its stack branches from theirs ([`branch_depths`]): the first
+/// and, if there are more, the last (`xmalloc <- read_object <- … <- cmd_log`); all of them
+/// where those two are not enough to tell it apart.
+#[must_use]
+pub fn told_apart(names: &[String], stacks: &[Vec<String>]) -> Vec<String> {
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        by_name.entry(name).or_default().push(i);
+    }
+    let mut out = names.to_vec();
+    for same in by_name.values().filter(|same| same.len() > 1) {
+        let group: Vec<Vec<String>> = same.iter().map(|&i| stacks[i].clone()).collect();
+        let depths = branch_depths(&group);
+        let label = |k: usize, all: bool| {
+            let i = same[k];
+            let at: Vec<usize> = depths[k]
+                .iter()
+                .copied()
+                .filter(|&d| d < stacks[i].len())
+                .collect();
+            let shown: Vec<usize> = match (all, at.first(), at.last()) {
+                (false, Some(&a), Some(&b)) if a != b => vec![a, b],
+                (false, Some(&a), _) => vec![a],
+                _ => at,
+            };
+            let mut text = names[i].clone();
+            let mut last = 0;
+            for d in shown {
+                if d > last + 1 {
+                    text.push_str(" <- …");
+                }
+                text.push_str(" <- ");
+                text.push_str(&stacks[i][d]);
+                last = d;
+            }
+            text
+        };
+        let short: Vec<String> = (0..same.len()).map(|k| label(k, false)).collect();
+        for (k, text) in short.iter().enumerate() {
+            let shared = short.iter().filter(|t| *t == text).count() > 1;
+            out[same[k]] = if shared { label(k, true) } else { text.clone() };
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(frames: &[&str]) -> Vec<String> {
+        frames.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_stack_branches_wherever_another_that_began_the_same_way_goes_elsewhere() {
+        let stacks = [
+            stack(&["xmalloc", "read_object", "main"]),
+            stack(&["xmalloc", "read_object", "parse", "main"]),
+            stack(&["xmalloc", "grow", "main"]),
+            stack(&["xmalloc"]),
+        ];
+        assert_eq!(
+            branch_depths(&stacks),
+            [vec![1, 2], vec![1, 2], vec![1], vec![1]]
+        );
+        assert_eq!(branch_depths(&stacks[..1]), [Vec::<usize>::new()]);
+    }
+
+    #[test]
+    fn many_stacks_of_one_name_are_compared_with_their_neighbours() {
+        let stacks: Vec<Vec<String>> = (0..COMPARED + 2)
+            .map(|i| {
+                let caller = format!("caller{}", i / 2);
+                let deeper = format!("deeper{}", i % 2);
+                vec!["xmalloc".to_owned(), caller, deeper]
+            })
+            .collect();
+        let depths = branch_depths(&stacks);
+        // Each pair of one caller parts at the third frame; the deepest branch is found.
+        assert!(depths.iter().all(|d| d.last() == Some(&2)), "{depths:?}");
+        let names = vec!["xmalloc".to_owned(); stacks.len()];
+        let told = told_apart(&names, &stacks);
+        assert_eq!(told[1], "xmalloc <- caller0 <- deeper1");
+        let distinct: std::collections::HashSet<&String> = told.iter().collect();
+        assert_eq!(distinct.len(), told.len(), "every site is told apart");
+    }
+
+    #[test]
+    fn only_names_that_are_shared_get_the_frame_that_tells_them_apart() {
+        let names: Vec<String> = ["xmalloc", "xmalloc", "load (a.c:3)", "xmalloc"]
+            .map(str::to_owned)
+            .into();
+        let stacks = [
+            stack(&["xmalloc", "read_object", "main"]),
+            stack(&["xmalloc", "read_object", "parse", "main"]),
+            stack(&["load (a.c:3)", "main"]),
+            stack(&["xmalloc", "grow", "main"]),
+        ];
+        assert_eq!(
+            told_apart(&names, &stacks),
+            [
+                "xmalloc <- read_object <- main",
+                "xmalloc <- read_object <- parse",
+                "load (a.c:3)",
+                "xmalloc <- grow"
+            ]
+        );
+    }
+
+    #[test]
+    fn sites_the_first_and_last_branch_do_not_tell_apart_get_every_branch() {
+        let stacks = [
+            stack(&["x", "a", "m1", "z", "k1"]),
+            stack(&["x", "a", "m2", "z", "k1"]),
+            stack(&["x", "a", "m1", "z", "k2"]),
+            stack(&["x", "a", "m2", "z", "k2"]),
+            stack(&["x", "b"]),
+        ];
+        let names = vec!["x".to_owned(); stacks.len()];
+        assert_eq!(
+            told_apart(&names, &stacks),
+            [
+                "x <- a <- m1 <- … <- k1",
+                "x <- a <- m2 <- … <- k1",
+                "x <- a <- m1 <- … <- k2",
+                "x <- a <- m2 <- … <- k2",
+                "x <- b",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stack_another_begins_with_keeps_its_name() {
+        let names: Vec<String> = ["f", "f"].map(str::to_owned).into();
+        let stacks = [stack(&["f", "g"]), stack(&["f", "g", "h"])];
+        assert_eq!(told_apart(&names, &stacks), ["f", "f <- … <- h"]);
+    }
+}
