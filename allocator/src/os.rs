@@ -209,14 +209,27 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(thread_activity(tid), Some(asleep), "nothing woke it");
         tx.send(()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let after = thread_activity(tid).expect("still there");
+        // Woken, it runs once a core is free (the tests share two), then sleeps again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let after = loop {
+            let a = thread_activity(tid).expect("still there");
+            if a.1 > asleep.1 || std::time::Instant::now() > deadline {
+                break a;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
         assert!(
             after.1 > asleep.1,
             "woken and asleep again: {asleep:?} then {after:?}"
         );
         tx.send(()).unwrap();
         t.join().unwrap();
+        // `join` returns once the kernel has cleared the thread's id, a little before it
+        // releases the thread (and its `/proc` entry) on the way out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while thread_activity(tid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(thread_activity(tid), None, "gone");
     }
 

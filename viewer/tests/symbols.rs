@@ -296,3 +296,53 @@ fn the_interactive_symbolizer_opens_files_in_the_background_and_resolves_the_sam
     assert_eq!(sym.unresolved(), 0);
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
+
+/// Debian strips its libc and ships the DWARF data apart (`libc6-dbg`, which `.ci/run`
+/// installs): a libc frame resolves through that debug file, found by the library's build id,
+/// to the function, file and line binutils gives (binutils finds the same file).
+#[test]
+fn a_stripped_librarys_frames_resolve_through_its_installed_debug_file() {
+    use object::{Object, ObjectSymbol};
+    let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+    let data = std::fs::read(libc).expect("glibc at its Debian path");
+    let file = object::File::parse(&*data).unwrap();
+    assert!(
+        file.section_by_name(".debug_line").is_none(),
+        "{libc} is expected stripped, its lines in a debug file"
+    );
+    let debug = heaplens_viewer::symbols::debug_file::find(
+        std::path::Path::new(libc),
+        &data,
+        std::path::Path::new(heaplens_viewer::symbols::debug_file::DEBUG_ROOT),
+    );
+    assert!(
+        debug.is_some(),
+        "no debug file for {libc}: install libc6-dbg (.ci/run does)"
+    );
+    let strdup = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok("strdup"))
+        .expect("strdup in libc's dynamic symbols");
+    let addrs: Vec<u64> = (0..strdup.size())
+        .step_by(5)
+        .map(|o| strdup.address() + o)
+        .collect();
+    let want = binutils(&PathBuf::from(libc), &addrs);
+    let mut sym = Symbolizer::new();
+    for (&addr, want) in addrs.iter().zip(&want) {
+        let loc = sym.lookup_file(libc, addr);
+        let got: Vec<(String, Option<u32>)> = loc
+            .frames
+            .iter()
+            .map(|f| (f.name().to_owned(), f.line))
+            .collect();
+        assert_eq!(&got, want, "at {addr:#x}");
+        assert!(
+            loc.frames[0]
+                .file
+                .as_deref()
+                .is_some_and(|f| f.ends_with(".c")),
+            "{loc:?}"
+        );
+    }
+}

@@ -84,7 +84,9 @@ pub fn told_apart(names: &[String], stacks: &[Vec<String>]) -> Vec<String> {
                 _ => at,
             };
             let mut text = names[i].clone();
-            let mut last = 0;
+            // Frames before the one the site is named after (the allocation plumbing) do not
+            // count as left out.
+            let mut last = stacks[i].iter().position(|f| *f == names[i]).unwrap_or(0);
             for d in shown {
                 if d > last + 1 {
                     text.push_str(" <- …");
@@ -195,5 +197,8 @@ mod tests {
         let names: Vec<String> = ["f", "f"].map(str::to_owned).into();
         let stacks = [stack(&["f", "g"]), stack(&["f", "g", "h"])];
         assert_eq!(told_apart(&names, &stacks), ["f", "f <- … <- h"]);
+        // Named after its second frame (the first is `malloc`): its caller is next to it.
+        let stacks = [stack(&["malloc", "f", "g"]), stack(&["malloc", "f", "h"])];
+        assert_eq!(told_apart(&names, &stacks), ["f <- g", "f <- h"]);
     }
 }

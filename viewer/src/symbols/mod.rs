@@ -18,6 +18,7 @@
 //! cached, and is counted ([`Symbolizer::unresolved`]) so the viewer draws again.
 
 pub mod apart;
+pub mod debug_file;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,7 +28,6 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use addr2line::Loader;
-use object::{Object, ObjectSection};
 
 use crate::model::{Module, Sites};
 
@@ -121,6 +121,9 @@ impl fmt::Display for Location {
 /// An opened module file.
 struct ModuleFile {
     loader: Option<Loader>,
+    /// Its separate debug file, if one is installed ([`debug_file`]): DWARF lines and the full
+    /// symbol table of a stripped module.
+    debug: Option<Loader>,
     problem: Option<String>,
 }
 
@@ -128,35 +131,37 @@ impl ModuleFile {
     fn failed(problem: String) -> Self {
         Self {
             loader: None,
+            debug: None,
             problem: Some(problem),
         }
     }
 
     fn open(path: &str, build_id: &[u8]) -> Self {
-        let fail = |p: String| Self {
-            loader: None,
-            problem: Some(p),
-        };
         if path.is_empty() {
-            return fail("no path recorded".into());
+            return Self::failed("no path recorded".into());
         }
-        if !build_id.is_empty() {
-            match file_build_id(Path::new(path)) {
-                Ok(Some(id)) if !same_build_id(build_id, &id) => {
-                    return fail(format!(
-                        "build id mismatch: {path} is not the file recorded"
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => return fail(format!("cannot open {path}: {e}")),
-            }
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) => return Self::failed(format!("cannot open {path}: {e}")),
+        };
+        if !build_id.is_empty()
+            && let Ok(file) = object::File::parse(&*data)
+            && let Some(id) = debug_file::build_id(&file)
+            && !same_build_id(build_id, &id)
+        {
+            return Self::failed(format!(
+                "build id mismatch: {path} is not the file recorded"
+            ));
         }
+        let debug = debug_file::find(Path::new(path), &data, Path::new(debug_file::DEBUG_ROOT))
+            .and_then(|p| Loader::new(p).ok());
         match Loader::new(path) {
             Ok(loader) => Self {
                 loader: Some(loader),
+                debug,
                 problem: None,
             },
-            Err(e) => fail(format!("cannot read {path}: {e}")),
+            Err(e) => Self::failed(format!("cannot read {path}: {e}")),
         }
     }
 }
@@ -165,14 +170,7 @@ impl ModuleFile {
 pub fn file_build_id(path: &Path) -> Result<Option<Vec<u8>>, String> {
     let data = std::fs::read(path).map_err(|e| e.to_string())?;
     let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
-    if let Ok(Some(id)) = file.build_id() {
-        return Ok(Some(id.to_vec()));
-    }
-    // Some files carry the note without a program header pointing at it.
-    Ok(file
-        .section_by_name(".note.gnu.build-id")
-        .and_then(|s| s.data().ok())
-        .and_then(|d| d.get(16..).map(<[u8]>::to_vec)))
+    Ok(debug_file::build_id(&file))
 }
 
 /// Whether a build id as recorded (trailing zero bytes may be missing) is the file's.
@@ -184,10 +182,13 @@ fn same_build_id(recorded: &[u8], file: &[u8]) -> bool {
 
 /// Whether `fr` is a language runtime's allocation machinery rather than the program's code:
 /// Rust's standard library (its sources are under `/rustc/`), Rust's allocator shims, C++'s
-/// `operator new`.
+/// `operator new`, C's `malloc` family under its own names or glibc's (the dynamic loader's
+/// allocations call through an inlined `calloc` of `rtld-malloc.h`, seen once its debug file
+/// is read).
 fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
     let name = fr.name();
     fr.file.as_deref().is_some_and(|f| f.starts_with("/rustc/"))
+        || C_ALLOCATION_FUNCTIONS.contains(&name)
         || name.starts_with("__rust_")
         || name.starts_with("__rdl_")
         || name.starts_with("__rg_")
@@ -196,6 +197,26 @@ fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
             .iter()
             .any(|p| name.starts_with(p))
 }
+
+/// The C allocation functions, and glibc's names of them.
+const C_ALLOCATION_FUNCTIONS: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "aligned_alloc",
+    "posix_memalign",
+    "memalign",
+    "valloc",
+    "pvalloc",
+    "__libc_malloc",
+    "__libc_calloc",
+    "__libc_realloc",
+    "__libc_memalign",
+    "__rtld_malloc",
+    "__rtld_calloc",
+    "__rtld_realloc",
+];
 
 /// A module file by its path and build id.
 type FileKey = (String, Vec<u8>);
@@ -449,9 +470,7 @@ impl Symbolizer {
             return loc;
         };
         loc.problem = file.problem.clone();
-        if let Some(loader) = &file.loader {
-            loc.frames = frames_at(loader, addr);
-        }
+        loc.frames = frames_at(file, addr);
         loc
     }
 
@@ -472,8 +491,36 @@ fn module_name(path: &str) -> String {
         .map_or_else(|| path.to_owned(), |f| f.to_string_lossy().into_owned())
 }
 
-/// The inlined chain at `addr` from DWARF, else the symbol table's function.
-fn frames_at(loader: &Loader, addr: u64) -> Vec<SymbolFrame> {
+/// The inlined chain at `addr` of `file` from DWARF (its debug file's, else its own), else the
+/// symbol table's function (its debug file's full one, else its own).
+fn frames_at(file: &ModuleFile, addr: u64) -> Vec<SymbolFrame> {
+    let loaders: Vec<&Loader> = file.debug.iter().chain(&file.loader).collect();
+    for &loader in &loaders {
+        let frames = dwarf_frames(loader, addr);
+        if frames.iter().any(|f| f.function.is_some()) {
+            return frames;
+        }
+    }
+    let mut out = loaders
+        .first()
+        .map_or_else(Vec::new, |l| dwarf_frames(l, addr));
+    let Some(name) = loaders.iter().find_map(|l| l.find_symbol(addr)) else {
+        return out;
+    };
+    let name = addr2line::demangle_auto(name.into(), None).into_owned();
+    match out.last_mut() {
+        Some(last) => last.function = Some(name),
+        None => out.push(SymbolFrame {
+            function: Some(name),
+            ..SymbolFrame::default()
+        }),
+    }
+    out
+}
+
+/// The inlined chain at `addr` from `loader`'s DWARF data (frames without a function name if
+/// it has lines but no names).
+fn dwarf_frames(loader: &Loader, addr: u64) -> Vec<SymbolFrame> {
     let mut out = Vec::new();
     if let Ok(mut it) = loader.find_frames(addr) {
         while let Ok(Some(f)) = it.next() {
@@ -494,17 +541,6 @@ fn frames_at(loader: &Loader, addr: u64) -> Vec<SymbolFrame> {
             if out.len() >= 64 {
                 break;
             }
-        }
-    }
-    let named = out.iter().any(|f| f.function.is_some());
-    if !named && let Some(sym) = loader.find_symbol(addr) {
-        let name = addr2line::demangle_auto(sym.into(), None).into_owned();
-        match out.last_mut() {
-            Some(last) => last.function = Some(name),
-            None => out.push(SymbolFrame {
-                function: Some(name),
-                ..SymbolFrame::default()
-            }),
         }
     }
     out
@@ -569,7 +605,10 @@ mod plumbing_tests {
             "operator new(unsigned long)",
             "new_op.cc"
         )));
+        assert!(is_allocation_plumbing(&frame("calloc", "rtld-malloc.h")));
+        assert!(is_allocation_plumbing(&frame("__libc_malloc", "malloc.c")));
         assert!(!is_allocation_plumbing(&frame("alloc_a", "/tmp/stacks.c")));
+        assert!(!is_allocation_plumbing(&frame("xmalloc", "wrapper.c")));
         assert!(!is_allocation_plumbing(&frame(
             "heaplens_sample_apps::util::make",
             "/work/sample-apps/src/util.rs"
