@@ -19,13 +19,24 @@ thread_local! {
     static SYMBOLS: RefCell<Symbolizer> = RefCell::new(Symbolizer::new());
 }
 
-/// The site allocating most bytes of the live blocks with a stack on `pages`: its name, its
-/// blocks and its bytes (weighted).
+/// Sites told apart among this many of the largest when one of them is named.
+const NAMED_AMONG: usize = 20;
+
+/// The site allocating most bytes of the live blocks with a stack on `pages`: its name (told
+/// apart from the next largest ones that share it, [`crate::symbols::apart`]), its blocks and
+/// its bytes (weighted).
 fn top_site<'a>(
     model: &Model,
     pages: impl Iterator<Item = &'a Page>,
 ) -> Option<(String, f64, f64)> {
-    top_site_with(model, pages, Symbolizer::site_name)
+    let ranked = sites_on(model, pages);
+    let &(_, (n, bytes)) = ranked.first()?;
+    let leaves: Vec<u32> = ranked.iter().take(NAMED_AMONG).map(|r| r.0).collect();
+    let (name, _) = SYMBOLS
+        .with(|s| s.borrow_mut().site_names(model.sites(), &leaves))
+        .into_iter()
+        .next()?;
+    Some((name, n, bytes))
 }
 
 /// [`top_site`] with the name made by `name` (a chain of callers, say).
@@ -34,9 +45,17 @@ pub(crate) fn top_site_with<'a>(
     pages: impl Iterator<Item = &'a Page>,
     name: impl FnOnce(&mut Symbolizer, &crate::model::Sites, u32) -> String,
 ) -> Option<(String, f64, f64)> {
+    let &(leaf, (n, bytes)) = sites_on(model, pages).first()?;
+    let name = SYMBOLS.with(|s| name(&mut s.borrow_mut(), model.sites(), leaf));
+    Some((name, n, bytes))
+}
+
+/// The sites of the live blocks with a stack on `pages`, with their blocks and bytes
+/// (weighted), most bytes first; none without stacks.
+fn sites_on<'a>(model: &Model, pages: impl Iterator<Item = &'a Page>) -> Vec<(u32, (f64, f64))> {
     let sites = model.sites();
     if !sites.is_on() {
-        return None;
+        return Vec::new();
     }
     let mut by: HashMap<u32, (f64, f64)> = HashMap::new();
     for p in pages {
@@ -49,11 +68,9 @@ pub(crate) fn top_site_with<'a>(
             }
         }
     }
-    let (leaf, (n, bytes)) = by
-        .into_iter()
-        .max_by(|a, b| a.1.1.total_cmp(&b.1.1).then(b.0.cmp(&a.0)))?;
-    let name = SYMBOLS.with(|s| name(&mut s.borrow_mut(), sites, leaf));
-    Some((name, n, bytes))
+    let mut ranked: Vec<(u32, (f64, f64))> = by.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then(a.0.cmp(&b.0)));
+    ranked
 }
 
 /// What an insight is about.
@@ -299,16 +316,19 @@ fn leaks(model: &Model, out: &mut Vec<Insight>) {
         )
     });
     let sites = model.sites();
-    let site = sites
-        .live_by_stack()
-        .first()
-        .map_or(String::new(), |&(leaf, n, b)| {
-            let name = SYMBOLS.with(|s| s.borrow_mut().site_name(sites, leaf));
-            format!(
-                " The site leaking most is {name} ({n:.0} blocks, {}).",
-                Bytes(b.max(0.0) as usize)
-            )
-        });
+    let leaking = sites.live_by_stack();
+    let leaves: Vec<u32> = leaking.iter().take(NAMED_AMONG).map(|g| g.0).collect();
+    let names = SYMBOLS.with(|s| s.borrow_mut().site_names(sites, &leaves));
+    let site =
+        leaking
+            .first()
+            .zip(names.first())
+            .map_or(String::new(), |(&(_, n, b), (name, _))| {
+                format!(
+                    " The site leaking most is {name} ({n:.0} blocks, {}).",
+                    Bytes(b.max(0.0) as usize)
+                )
+            });
     out.push(Insight {
         kind: Kind::LeaksAtExit,
         text: format!(
