@@ -206,3 +206,77 @@ fn without_stacks_leaks_group_by_size_and_thread() {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("stacks      off"), "{text}");
 }
+
+const CXX_PROGRAM: &str = r#"
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+std::vector<std::string> names;
+std::map<int, std::vector<int>> table;
+__attribute__((noinline)) void load_names(int n) {
+    for (int i = 0; i < n; i++) names.push_back("name-with-a-long-prefix-" + std::to_string(i));
+}
+__attribute__((noinline)) void fill_table(int n) {
+    for (int i = 0; i < n; i++) table[i].assign(i % 50, i);
+}
+int main() {
+    load_names(20000);
+    fill_table(20000);
+    std::printf("%zu %zu\n", names.size(), table.size());
+}
+"#;
+
+/// A C++ program built with the distribution's flags (no frame pointers), recorded with every
+/// stack: its sites are named after its own functions, not the standard library's allocator
+/// (`std::__new_allocator<int>::allocate`, inlined from the headers, or `std::string`'s code in
+/// libstdc++), and a function's sites that part only there say through which.
+#[test]
+fn a_cxx_programs_sites_are_its_functions_not_the_standard_librarys() {
+    let dir = tempdir("cxx-sites");
+    let src = dir.join("tables.cc");
+    std::fs::write(&src, CXX_PROGRAM).unwrap();
+    let exe = dir.join("tables");
+    let built = Command::new("g++")
+        .args(["-g", "-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("g++ runs (.ci/run installs it)");
+    assert!(built.success());
+    common::build_preload();
+    let trace = dir.join("tables.hltrace");
+    common::record(&trace, &["--stacks", "all"], &[&exe]);
+    let stats = json(&["stats", "--json"], &trace);
+    let top = stats["top_sites"].as_array().unwrap();
+    let allocs_of = |function: &str| -> f64 {
+        top.iter()
+            .filter(|s| s["site"].as_str().unwrap().starts_with(function))
+            .map(|s| s["allocs"].as_f64().unwrap())
+            .sum()
+    };
+    // Every key gets a node, and every value but the empty ones (i % 50 == 0) an array.
+    assert_eq!(
+        allocs_of("fill_table(int) (tables.cc:"),
+        39_600.0,
+        "{stats}"
+    );
+    // Each name is longer than a short string holds; the vector grows about 15 times.
+    let loads = allocs_of("load_names(int) (tables.cc:");
+    assert!((20_000.0..20_040.0).contains(&loads), "{loads}: {stats}");
+    for s in top {
+        let name = s["site"].as_str().unwrap();
+        assert!(!name.starts_with("std::"), "{name}");
+    }
+    let tables: Vec<&str> = top
+        .iter()
+        .map(|s| s["site"].as_str().unwrap())
+        .filter(|n| n.starts_with("fill_table"))
+        .collect();
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    assert!(
+        tables.iter().all(|n| n.contains(" via std::")),
+        "{tables:?}"
+    );
+    assert_ne!(tables[0], tables[1]);
+}

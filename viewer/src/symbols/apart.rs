@@ -58,9 +58,11 @@ fn first_difference(a: &[String], b: &[String]) -> usize {
 }
 
 /// `names` of sites with `stacks` (frames, leaf first), each name that other sites share
-/// followed by the frames where its stack branches from theirs ([`branch_depths`]): the first
-/// and, if there are more, the last (`xmalloc <- read_object <- … <- cmd_log`); all of them
-/// where those two are not enough to tell it apart.
+/// followed by the frames where its stack branches from theirs ([`branch_depths`]): of its
+/// callers, the first and, if there are more, the last (`xmalloc <- read_object <- … <-
+/// cmd_log`), all of them where those two are not enough to tell it apart; where the stacks
+/// part only below the frame the site is named after (in the allocation plumbing it called),
+/// that frame (`fill_table (v.cc:11) via std::__new_allocator<int>::allocate`).
 #[must_use]
 pub fn told_apart(names: &[String], stacks: &[Vec<String>]) -> Vec<String> {
     let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -73,20 +75,28 @@ pub fn told_apart(names: &[String], stacks: &[Vec<String>]) -> Vec<String> {
         let depths = branch_depths(&group);
         let label = |k: usize, all: bool| {
             let i = same[k];
-            let at: Vec<usize> = depths[k]
+            // The frame the site is named after: the frames before it are what it called (the
+            // allocation plumbing), those after it its callers.
+            let site = stacks[i].iter().position(|f| *f == names[i]).unwrap_or(0);
+            let (inner, callers): (Vec<usize>, Vec<usize>) = depths[k]
                 .iter()
                 .copied()
                 .filter(|&d| d < stacks[i].len())
-                .collect();
-            let shown: Vec<usize> = match (all, at.first(), at.last()) {
+                .partition(|&d| d < site);
+            let shown: Vec<usize> = match (all, callers.first(), callers.last()) {
                 (false, Some(&a), Some(&b)) if a != b => vec![a, b],
                 (false, Some(&a), _) => vec![a],
-                _ => at,
+                _ => callers,
             };
             let mut text = names[i].clone();
-            // Frames before the one the site is named after (the allocation plumbing) do not
-            // count as left out.
-            let mut last = stacks[i].iter().position(|f| *f == names[i]).unwrap_or(0);
+            // Where the stacks part only below the site: through which plumbing it allocated.
+            if let Some(&d) = inner.last()
+                && (shown.is_empty() || all)
+            {
+                text.push_str(" via ");
+                text.push_str(&stacks[i][d]);
+            }
+            let mut last = site;
             for d in shown {
                 if d > last + 1 {
                     text.push_str(" <- …");
@@ -188,6 +198,24 @@ mod tests {
                 "x <- a <- m1 <- … <- k2",
                 "x <- a <- m2 <- … <- k2",
                 "x <- b",
+            ]
+        );
+    }
+
+    #[test]
+    fn sites_that_part_only_in_the_plumbing_they_called_say_through_which() {
+        let names: Vec<String> = ["fill", "fill", "load"].map(str::to_owned).into();
+        let stacks = [
+            stack(&["new_allocator<int>", "fill", "main"]),
+            stack(&["new_allocator<node>", "fill", "main"]),
+            stack(&["new_allocator<int>", "load", "main"]),
+        ];
+        assert_eq!(
+            told_apart(&names, &stacks),
+            [
+                "fill via new_allocator<int>",
+                "fill via new_allocator<node>",
+                "load"
             ]
         );
     }

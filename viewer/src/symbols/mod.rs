@@ -180,14 +180,27 @@ fn same_build_id(recorded: &[u8], file: &[u8]) -> bool {
         && file[recorded.len()..].iter().all(|&b| b == 0)
 }
 
+/// Whether the code at `loc` is a language runtime's library rather than the program's: the
+/// C++ standard library's shared object (`std::string`'s `_M_mutate`, `operator new`).
+fn in_language_runtime(loc: &Location) -> bool {
+    loc.module.as_deref().is_some_and(|m| {
+        ["libstdc++.so", "libc++.so", "libc++abi.so"]
+            .iter()
+            .any(|r| m.starts_with(r))
+    })
+}
+
 /// Whether `fr` is a language runtime's allocation machinery rather than the program's code:
-/// Rust's standard library (its sources are under `/rustc/`), Rust's allocator shims, C++'s
-/// `operator new`, C's `malloc` family under its own names or glibc's (the dynamic loader's
+/// Rust's standard library (its sources are under `/rustc/`), the C++ standard library's
+/// headers, inlined into the program (`std::vector`'s growth, `std::__new_allocator`, under
+/// `/include/c++/`), Rust's allocator shims, C++'s `operator new`, C's `malloc` family under its own names or glibc's (the dynamic loader's
 /// allocations call through an inlined `calloc` of `rtld-malloc.h`, seen once its debug file
 /// is read).
 fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
     let name = fr.name();
-    fr.file.as_deref().is_some_and(|f| f.starts_with("/rustc/"))
+    fr.file
+        .as_deref()
+        .is_some_and(|f| f.starts_with("/rustc/") || f.contains("/include/c++/"))
         || C_ALLOCATION_FUNCTIONS.contains(&name)
         || name.starts_with("__rust_")
         || name.starts_with("__rdl_")
@@ -383,6 +396,9 @@ impl Symbolizer {
         };
         for f in &sites.stack(leaf) {
             let loc = self.frame(sites, f.pc);
+            if in_language_runtime(&loc) {
+                continue;
+            }
             if loc.frames.iter().all(|fr| fr.function.is_none()) {
                 return loc.to_string();
             }
@@ -417,6 +433,9 @@ impl Symbolizer {
         let mut names = Vec::new();
         'walk: for f in &sites.stack(leaf) {
             let loc = self.frame(sites, f.pc);
+            if in_language_runtime(&loc) {
+                continue;
+            }
             for fr in loc.frames.iter().filter(|fr| fr.function.is_some()) {
                 if is_allocation_plumbing(fr) {
                     continue;
@@ -609,6 +628,14 @@ mod plumbing_tests {
         assert!(is_allocation_plumbing(&frame("__libc_malloc", "malloc.c")));
         assert!(!is_allocation_plumbing(&frame("alloc_a", "/tmp/stacks.c")));
         assert!(!is_allocation_plumbing(&frame("xmalloc", "wrapper.c")));
+        assert!(is_allocation_plumbing(&frame(
+            "std::__new_allocator<int>::allocate(unsigned long, void const*)",
+            "/usr/include/c++/12/bits/new_allocator.h"
+        )));
+        assert!(!is_allocation_plumbing(&frame(
+            "load_names(int)",
+            "/src/v.cc"
+        )));
         assert!(!is_allocation_plumbing(&frame(
             "heaplens_sample_apps::util::make",
             "/work/sample-apps/src/util.rs"
