@@ -130,6 +130,14 @@ fn binutils(exe: &PathBuf, addrs: &[u64]) -> Vec<Vec<(String, Option<u32>)>> {
     groups
 }
 
+/// Each frame of `loc`, innermost first, as binutils prints it: function and line.
+fn functions_and_lines(loc: &heaplens_viewer::symbols::Location) -> Vec<(String, Option<u32>)> {
+    loc.frames
+        .iter()
+        .map(|f| (f.name().to_owned(), f.line))
+        .collect()
+}
+
 #[test]
 fn functions_and_lines_match_binutils_addr2line() {
     let Some(exe) = build("binutils") else { return };
@@ -150,11 +158,7 @@ fn functions_and_lines_match_binutils_addr2line() {
     let (mut inlined, mut compared) = (0, 0);
     for (&addr, want) in addrs.iter().zip(&want) {
         let loc = sym.lookup_file(path, addr);
-        let got: Vec<(String, Option<u32>)> = loc
-            .frames
-            .iter()
-            .map(|f| (f.name().to_owned(), f.line))
-            .collect();
+        let got = functions_and_lines(&loc);
         assert_eq!(&got, want, "at {addr:#x}");
         if got.len() > 1 {
             inlined += 1;
@@ -331,11 +335,7 @@ fn a_stripped_librarys_frames_resolve_through_its_installed_debug_file() {
     let mut sym = Symbolizer::new();
     for (&addr, want) in addrs.iter().zip(&want) {
         let loc = sym.lookup_file(libc, addr);
-        let got: Vec<(String, Option<u32>)> = loc
-            .frames
-            .iter()
-            .map(|f| (f.name().to_owned(), f.line))
-            .collect();
+        let got = functions_and_lines(&loc);
         assert_eq!(&got, want, "at {addr:#x}");
         assert!(
             loc.frames[0]

@@ -534,9 +534,9 @@ mod tests {
 
     use super::*;
 
-    /// A model with `a` blocks of 1000 B from site 0x1001, `c` of 2000 B from 0x3001 and one
-    /// of 500 B from 0x4001, each called from 0x501.
-    fn model(a: u64, c: u64) -> Model {
+    /// A model recording every stack: stack nodes `frames` (id, pc, parent), then
+    /// allocations `allocs` (stack id, address, size).
+    fn model_of(frames: &[(u32, u64, u64)], allocs: &[(u32, u64, u64)]) -> Model {
         let e = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64| Event {
             kind: kind as u8,
             aux,
@@ -549,26 +549,33 @@ mod tests {
         let mut m = Model::new();
         m.set_invariant_checks(false);
         m.apply(0, &e(EventKind::StackMode, stack_mode::ALL, 0, 0, 0));
-        for (id, pc, parent) in [
-            (1, 0x501, 0),
-            (2, 0x1001, 1),
-            (3, 0x3001, 1),
-            (4, 0x4001, 1),
-        ] {
+        for &(id, pc, parent) in frames {
             m.apply(1, &e(EventKind::StackFrame, 0, id, pc, parent));
         }
-        let base = 0x7f00_0000_0000u64;
-        for i in 0..a {
-            m.apply(1, &e(EventKind::Alloc, 0, 2, base + i * 0x1000, 1000));
+        for &(stack, addr, size) in allocs {
+            m.apply(1, &e(EventKind::Alloc, 0, stack, addr, size));
         }
-        for i in 0..c {
-            m.apply(
-                1,
-                &e(EventKind::Alloc, 0, 3, base + 0x10_0000 + i * 0x1000, 2000),
-            );
-        }
-        m.apply(1, &e(EventKind::Alloc, 0, 4, base + 0x20_0000, 500));
         m
+    }
+
+    /// A model with `a` blocks of 1000 B from site 0x1001, `c` of 2000 B from 0x3001 and one
+    /// of 500 B from 0x4001, each called from 0x501.
+    fn model(a: u64, c: u64) -> Model {
+        let base = 0x7f00_0000_0000u64;
+        let allocs: Vec<(u32, u64, u64)> = (0..a)
+            .map(|i| (2, base + i * 0x1000, 1000))
+            .chain((0..c).map(|i| (3, base + 0x10_0000 + i * 0x1000, 2000)))
+            .chain([(4, base + 0x20_0000, 500)])
+            .collect();
+        model_of(
+            &[
+                (1, 0x501, 0),
+                (2, 0x1001, 1),
+                (3, 0x3001, 1),
+                (4, 0x4001, 1),
+            ],
+            &allocs,
+        )
     }
 
     #[test]
@@ -601,23 +608,10 @@ mod tests {
     /// together, each gets its caller; listed alone, the name is the frame's.
     #[test]
     fn sites_of_one_function_are_told_apart_by_their_callers() {
-        let e = |kind: EventKind, aux: u16, arg32: u32, addr: u64, arg: u64| Event {
-            kind: kind as u8,
-            aux,
-            arg32,
-            addr,
-            arg,
-            time: 1000,
-            ..Event::default()
-        };
-        let mut m = Model::new();
-        m.set_invariant_checks(false);
-        m.apply(0, &e(EventKind::StackMode, stack_mode::ALL, 0, 0, 0));
-        for (id, pc, parent) in [(1, 0x501, 0), (2, 0x601, 0), (3, 0x1001, 1), (4, 0x1001, 2)] {
-            m.apply(1, &e(EventKind::StackFrame, 0, id, pc, parent));
-        }
-        m.apply(1, &e(EventKind::Alloc, 0, 3, 0x7f00_0000_0000, 100));
-        m.apply(1, &e(EventKind::Alloc, 0, 4, 0x7f00_0001_0000, 100));
+        let m = model_of(
+            &[(1, 0x501, 0), (2, 0x601, 0), (3, 0x1001, 1), (4, 0x1001, 2)],
+            &[(3, 0x7f00_0000_0000, 100), (4, 0x7f00_0001_0000, 100)],
+        );
         let mut state = SitesState::default();
         let sites = m.sites();
         let (alone, _) = state.name(sites, 3);
