@@ -196,10 +196,15 @@ struct AddrFilter {
     bits: Vec<u64>,
     /// Bits set since the last rebuild.
     set: usize,
+    /// Frees since the last rebuild that the filter let through and the map did not hold.
+    misses: usize,
 }
 
 /// Bits of the filter (128 KiB).
 const FILTER_BITS: usize = 1 << 20;
+
+/// Frees the filter lets through in vain before it is rebuilt (at the least).
+const FILTER_MISSES: usize = 1 << 12;
 
 impl AddrFilter {
     #[inline(always)]
@@ -227,6 +232,7 @@ impl AddrFilter {
         self.bits.clear();
         self.bits.resize(FILTER_BITS / 64, 0);
         self.set = 0;
+        self.misses = 0;
         for &a in addrs {
             self.insert(a);
         }
@@ -235,6 +241,17 @@ impl AddrFilter {
     /// Whether it must be rebuilt: never built, or so full that it filters little.
     fn stale(&self) -> bool {
         self.bits.is_empty() || self.set > FILTER_BITS / 8
+    }
+
+    /// A free it let through was of no block in the map: whether it has let through so many
+    /// that it must be rebuilt from the blocks live now (`live` of them). Its bits are never
+    /// cleared, and a program that reuses few addresses sets the bits of most of them: larson
+    /// recorded with sampled stacks (9708 sampled blocks at 5619 bits) had 36 % of its 19 M frees
+    /// looked up in vain. A rebuild costs a pass over the live blocks with a stack, so it waits
+    /// for at least as many misses.
+    fn missed(&mut self, live: usize) -> bool {
+        self.misses += 1;
+        self.misses > FILTER_MISSES.max(live)
     }
 }
 
@@ -476,6 +493,9 @@ impl Sites {
             }
         }
         let Some(b) = self.blocks.remove(&f.ptr) else {
+            if self.mode != stack_mode::ALL && self.filter.missed(self.blocks.len()) {
+                self.filter.rebuild(self.blocks.keys());
+            }
             if self.mode == stack_mode::ALL
                 && f.flags & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
             {
@@ -741,6 +761,55 @@ mod tests {
         assert!(s.module_of(0x5000_3000).is_none());
         s.on_event(&ev(EventKind::ModuleGone, 0, 0, 4, 0, 0));
         assert!(s.modules()[0].gone);
+    }
+
+    /// A program that reuses few addresses: once blocks sampled at most of them have gone, the
+    /// frees of unsampled blocks there stop reaching the map after a rebuild, and a block
+    /// sampled since is still found.
+    #[test]
+    fn the_address_filter_forgets_blocks_that_have_gone() {
+        let mut s = Sites::default();
+        s.on_event(&ev(
+            EventKind::StackMode,
+            0,
+            stack_mode::SAMPLED,
+            0,
+            0,
+            1 << 19,
+        ));
+        s.on_event(&ev(EventKind::StackFrame, 0, 0, 1, 0x1000, 0));
+        let addr = |i: u64| 0x7f00_0000_0000 + i * 64;
+        let alloc = |i, stack| ev(EventKind::Alloc, 0, 0, stack, addr(i), 64);
+        let free = |i| ev(EventKind::Free, 0, 0, 0, addr(i), 0);
+        // Every one of 1000 addresses once held a sampled block, now freed.
+        for i in 0..1000 {
+            s.on_alloc(1, &alloc(i, 1));
+            s.on_free(1, &free(i));
+        }
+        let let_through = |s: &Sites| (0..1000).filter(|&i| s.wants_free(&free(i))).count();
+        assert!(
+            let_through(&s) > 900,
+            "the bits stay set: {}",
+            let_through(&s)
+        );
+        // One live sampled block; then unsampled blocks come and go at the same addresses.
+        s.on_alloc(1, &alloc(5000, 1));
+        for _ in 0..2 * FILTER_MISSES as u64 / 1000 + 1 {
+            for i in 0..1000 {
+                s.on_alloc(1, &alloc(i, 0));
+                let f = free(i);
+                if s.wants_free(&f) {
+                    s.on_free(1, &f);
+                }
+            }
+        }
+        assert!(let_through(&s) < 50, "rebuilt: {}", let_through(&s));
+        assert!(
+            s.wants_free(&free(5000)),
+            "the live sampled block is still let through"
+        );
+        s.on_free(1, &free(5000));
+        assert!(s.blocks.is_empty());
     }
 
     #[test]
