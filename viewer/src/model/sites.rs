@@ -194,43 +194,50 @@ pub struct Sites {
 #[derive(Clone, Debug, Default)]
 struct AddrFilter {
     bits: Vec<u64>,
+    /// How far a hash is shifted down to a bit's number: 64 − log2 of the bits.
+    shift: u32,
     /// Bits set since the last rebuild.
     set: usize,
     /// Frees since the last rebuild that the filter let through and the map did not hold.
     misses: usize,
 }
 
-/// Bits of the filter (128 KiB).
-const FILTER_BITS: usize = 1 << 20;
+/// Bits of the filter, at the least (8 KiB: in the first-level cache, as it is read at every
+/// free) and at the most (128 KiB); in between, 16 for each block live at a rebuild.
+const FILTER_BITS: std::ops::RangeInclusive<usize> = 1 << 16..=1 << 20;
 
 /// Frees the filter lets through in vain before it is rebuilt (at the least).
 const FILTER_MISSES: usize = 1 << 12;
 
 impl AddrFilter {
     #[inline(always)]
-    fn slot(addr: u64) -> usize {
-        ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 20)) as usize
+    fn slot(&self, addr: u64) -> usize {
+        ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
     #[inline(always)]
     fn may_hold(&self, addr: u64) -> bool {
-        let i = Self::slot(addr);
+        let i = self.slot(addr);
         self.bits
             .get(i / 64)
             .is_none_or(|w| w & (1 << (i % 64)) != 0)
     }
 
     fn insert(&mut self, addr: u64) {
-        let i = Self::slot(addr);
+        let i = self.slot(addr);
         if let Some(w) = self.bits.get_mut(i / 64) {
             *w |= 1 << (i % 64);
             self.set += 1;
         }
     }
 
-    fn rebuild<'a>(&mut self, addrs: impl Iterator<Item = &'a u64>) {
+    fn rebuild<'a>(&mut self, addrs: impl ExactSizeIterator<Item = &'a u64>) {
+        let bits = (addrs.len() * 16)
+            .next_power_of_two()
+            .clamp(*FILTER_BITS.start(), *FILTER_BITS.end());
+        self.shift = 64 - bits.trailing_zeros();
         self.bits.clear();
-        self.bits.resize(FILTER_BITS / 64, 0);
+        self.bits.resize(bits / 64, 0);
         self.set = 0;
         self.misses = 0;
         for &a in addrs {
@@ -240,7 +247,7 @@ impl AddrFilter {
 
     /// Whether it must be rebuilt: never built, or so full that it filters little.
     fn stale(&self) -> bool {
-        self.bits.is_empty() || self.set > FILTER_BITS / 8
+        self.bits.is_empty() || self.set > self.bits.len() * 64 / 8
     }
 
     /// A free it let through was of no block in the map: whether it has let through so many
@@ -761,6 +768,29 @@ mod tests {
         assert!(s.module_of(0x5000_3000).is_none());
         s.on_event(&ev(EventKind::ModuleGone, 0, 0, 4, 0, 0));
         assert!(s.modules()[0].gone);
+    }
+
+    /// The filter has 16 bits for each block live when it is built, within its bounds, and
+    /// holds every one of them.
+    #[test]
+    fn the_address_filter_is_sized_by_the_blocks_it_holds() {
+        let mut f = AddrFilter::default();
+        assert!(f.may_hold(0x1000), "not built: everything may be there");
+        let few: Vec<u64> = (0..100).map(|i| 0x7f00_0000_0000 + i * 48).collect();
+        f.rebuild(few.iter());
+        assert_eq!(f.bits.len() * 64, *FILTER_BITS.start());
+        assert!(few.iter().all(|&a| f.may_hold(a)));
+        let many: Vec<u64> = (0..10_000).map(|i| 0x7f00_0000_0000 + i * 48).collect();
+        f.rebuild(many.iter());
+        assert_eq!(f.bits.len() * 64, 1 << 18);
+        assert!(many.iter().all(|&a| f.may_hold(a)));
+        let outside = (0..10_000)
+            .filter(|i| f.may_hold(0x7e00_0000_0000 + i * 48))
+            .count();
+        assert!(outside < 1_000, "{outside} false positives of 10000");
+        let all: Vec<u64> = (0..1_000_000).map(|i| 0x7f00_0000_0000 + i * 48).collect();
+        f.rebuild(all.iter());
+        assert_eq!(f.bits.len() * 64, *FILTER_BITS.end());
     }
 
     /// A program that reuses few addresses: once blocks sampled at most of them have gone, the
