@@ -148,3 +148,52 @@ fn with_a_baseline_the_sites_tab_lists_growth_and_shrinkage_and_colours_the_icic
     h.snapshot("sites-diff");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// From a site to its pages, as a new user would go: on a recorded scenario with every stack
+/// (`assets/traces/fragmentation.hltrace`), clicking the top site lists the pages its live
+/// blocks are on, and clicking the first of them opens it in the inspector.
+#[test]
+fn clicking_a_site_lists_its_pages_and_a_page_opens_in_the_inspector() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/traces/fragmentation.hltrace");
+    let replay = Replay::open(&path).expect("the recorded trace opens");
+    let mut h = Harness::builder()
+        .with_size(WINDOW_SIZE)
+        .wgpu()
+        .build_eframe(|_cc| App::new(Source::Replay(Box::new(replay)), "fragmentation"));
+    h.run();
+    h.get_by_label("Sites").click();
+    h.run();
+    let (top, pages) = {
+        let Source::Replay(r) = h.state().source() else {
+            unreachable!("opened on a trace")
+        };
+        let model = &r.view().model;
+        let (leaf, _) = model.sites().ranked(heaplens_viewer::model::SiteKey::LiveBytes)[0];
+        (leaf, heaplens_viewer::ui::site_pages::pages_of_site(model, leaf))
+    };
+    assert!(!pages.is_empty(), "the top site has live blocks on pages");
+    assert!(!has(&h, "Pages holding live blocks of"));
+    h.query_all_by_label_contains("1. ")
+        .next()
+        .expect("the top row")
+        .click();
+    h.run();
+    assert_eq!(h.state().state.sites.pages.chosen(), Some(top));
+    assert!(has(&h, &format!("Pages holding live blocks of")));
+    assert!(has(&h, &format!(": {}", pages.len())));
+    // The pages its blocks are on, the most of its bytes first, with the site's blocks there.
+    let first = &pages[0];
+    assert!(has(&h, &format!("{} of the site's", first.blocks)));
+    h.get_by_label(&format!("page at {:#x}", first.start)).click();
+    h.run();
+    assert_eq!(h.state().state.selected_page, Some(first.start));
+    assert!(has(&h, "Allocation sites on this page"), "the inspector is open");
+    // Clicking the site again stops listing its pages.
+    h.query_all_by_label_contains("1. ")
+        .next()
+        .expect("the top row")
+        .click();
+    h.run();
+    assert_eq!(h.state().state.sites.pages.chosen(), None);
+}

@@ -425,7 +425,7 @@ fn draw_frame(
                 full.unwrap_or_else(|| view.model.metrics()).markers(),
             ),
         ),
-        Tab::Sites => sites::draw(ui, &view.model, &mut state.sites),
+        Tab::Sites => sites::draw(ui, &view.model, &mut state.sites, &mut state.selected_page),
     });
     action
 }

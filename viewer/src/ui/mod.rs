@@ -11,6 +11,7 @@ mod occupancy;
 mod overview;
 pub mod picker;
 mod segment_map;
+pub mod site_pages;
 pub mod sites;
 pub mod style;
 pub mod timeline;

@@ -41,6 +41,8 @@ pub struct SitesState {
     names: HashMap<u32, (String, String)>,
     /// The last list of sites named together ([`SitesState::names`]) and their names.
     listed: Option<(Vec<u32>, Vec<String>)>,
+    /// The site whose pages are listed (clicked in the table).
+    pub pages: super::site_pages::SitePages,
     /// The baseline of diff mode: its name and what it held.
     baseline: Option<(String, Snapshot)>,
     /// The comparison with the baseline, and the model position (events applied, time) it
@@ -55,6 +57,7 @@ impl Default for SitesState {
             symbols: Symbolizer::interactive(),
             names: HashMap::new(),
             listed: None,
+            pages: super::site_pages::SitePages::default(),
             baseline: None,
             diff: None,
         }
@@ -156,8 +159,13 @@ fn figure(key: SiteKey, v: f64) -> String {
     }
 }
 
-/// Draws the tab.
-pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
+/// Draws the tab; a page clicked in a site's list of pages becomes `selected_page`.
+pub fn draw(
+    ui: &mut egui::Ui,
+    model: &Model,
+    state: &mut SitesState,
+    selected_page: &mut Option<u64>,
+) {
     let sites = model.sites();
     if !sites.is_on() {
         ui.heading("Allocation sites");
@@ -181,6 +189,9 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
             .on_hover_text("How the recorded program captured its stacks");
     });
     let rows = sites.ranked(state.sort);
+    let shown = &rows[..rows.len().min(TABLE_ROWS)];
+    let leaves: Vec<u32> = shown.iter().map(|r| r.0).collect();
+    let names = state.names(sites, &leaves);
     let name_width = (ui.available_width() * 0.5).max(240.0);
     egui::ScrollArea::vertical()
         .id_salt("sites-table")
@@ -197,18 +208,27 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
                             .on_hover_text(format!("{}; click to sort by it", help(key)));
                     }
                     ui.end_row();
-                    let shown = &rows[..rows.len().min(TABLE_ROWS)];
-                    let leaves: Vec<u32> = shown.iter().map(|r| r.0).collect();
-                    let names = state.names(sites, &leaves);
-                    for (rank, ((leaf, s), name)) in shown.iter().zip(names).enumerate() {
+                    for (rank, ((leaf, s), name)) in shown.iter().zip(&names).enumerate() {
                         let (_, stack) = state.name(sites, *leaf);
                         // A long name (the callers that tell it apart) is cut at half the
                         // width, so the figures stay in view; the hover shows all of it.
-                        ui.scope(|ui| {
-                            ui.set_max_width(name_width);
-                            ui.add(egui::Label::new(format!("{}. {name}", rank + 1)).truncate())
-                                .on_hover_text(format!("{name}\n\n{stack}"));
-                        });
+                        let chosen = state.pages.chosen() == Some(*leaf);
+                        let clicked = ui
+                            .scope(|ui| {
+                                ui.set_max_width(name_width);
+                                let text = RichText::new(format!("{}. {name}", rank + 1));
+                                let text = if chosen { text.strong() } else { text };
+                                ui.add(egui::Label::new(text).truncate().sense(Sense::click()))
+                                    .on_hover_text(format!(
+                                        "{name}\n\n{stack}\n\nClick to list the pages its live \
+                                         blocks are on"
+                                    ))
+                                    .clicked()
+                            })
+                            .inner;
+                        if clicked {
+                            state.pages.toggle(*leaf);
+                        }
                         for key in SiteKey::ALL {
                             ui.label(figure(key, key.of(s)));
                         }
@@ -219,6 +239,15 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut SitesState) {
                 ui.label(format!("... and {} more sites", rows.len() - TABLE_ROWS));
             }
         });
+    if let Some(leaf) = state.pages.chosen() {
+        ui.separator();
+        // Named as the table names it (told apart from the others), if it is listed there.
+        let name = match leaves.iter().position(|&l| l == leaf) {
+            Some(i) => names[i].clone(),
+            None => state.name(sites, leaf).0,
+        };
+        super::site_pages::draw(ui, model, &mut state.pages, &name, selected_page);
+    }
     ui.separator();
     if state.baseline.is_some() {
         diff_summary(ui, model, state);
