@@ -154,8 +154,8 @@ fn with_a_baseline_the_sites_tab_lists_growth_and_shrinkage_and_colours_the_icic
 /// blocks are on, and clicking the first of them opens it in the inspector.
 #[test]
 fn clicking_a_site_lists_its_pages_and_a_page_opens_in_the_inspector() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../assets/traces/fragmentation.hltrace");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/fragmentation.hltrace");
     let replay = Replay::open(&path).expect("the recorded trace opens");
     let mut h = Harness::builder()
         .with_size(WINDOW_SIZE)
@@ -169,8 +169,13 @@ fn clicking_a_site_lists_its_pages_and_a_page_opens_in_the_inspector() {
             unreachable!("opened on a trace")
         };
         let model = &r.view().model;
-        let (leaf, _) = model.sites().ranked(heaplens_viewer::model::SiteKey::LiveBytes)[0];
-        (leaf, heaplens_viewer::ui::site_pages::pages_of_site(model, leaf))
+        let (leaf, _) = model
+            .sites()
+            .ranked(heaplens_viewer::model::SiteKey::LiveBytes)[0];
+        (
+            leaf,
+            heaplens_viewer::ui::site_pages::pages_of_site(model, leaf),
+        )
     };
     assert!(!pages.is_empty(), "the top site has live blocks on pages");
     assert!(!has(&h, "Pages holding live blocks of"));
@@ -180,15 +185,19 @@ fn clicking_a_site_lists_its_pages_and_a_page_opens_in_the_inspector() {
         .click();
     h.run();
     assert_eq!(h.state().state.sites.pages.chosen(), Some(top));
-    assert!(has(&h, &format!("Pages holding live blocks of")));
+    assert!(has(&h, "Pages holding live blocks of"));
     assert!(has(&h, &format!(": {}", pages.len())));
     // The pages its blocks are on, the most of its bytes first, with the site's blocks there.
     let first = &pages[0];
     assert!(has(&h, &format!("{} of the site's", first.blocks)));
-    h.get_by_label(&format!("page at {:#x}", first.start)).click();
+    h.get_by_label(&format!("page at {:#x}", first.start))
+        .click();
     h.run();
     assert_eq!(h.state().state.selected_page, Some(first.start));
-    assert!(has(&h, "Allocation sites on this page"), "the inspector is open");
+    assert!(
+        has(&h, "Allocation sites on this page"),
+        "the inspector is open"
+    );
     // Clicking the site again stops listing its pages.
     h.query_all_by_label_contains("1. ")
         .next()
