@@ -193,9 +193,9 @@ fn in_language_runtime(loc: &Location) -> bool {
 /// Whether `fr` is a language runtime's allocation machinery rather than the program's code:
 /// Rust's standard library (its sources are under `/rustc/`), the C++ standard library's
 /// headers, inlined into the program (`std::vector`'s growth, `std::__new_allocator`, under
-/// `/include/c++/`), Rust's allocator shims, C++'s `operator new`, C's `malloc` family under its own names or glibc's (the dynamic loader's
-/// allocations call through an inlined `calloc` of `rtld-malloc.h`, seen once its debug file
-/// is read).
+/// `/include/c++/`), Rust's allocator shims, C++'s `operator new`, and C's `malloc` family under
+/// its own names or glibc's (the dynamic loader's allocations call through an inlined `calloc`
+/// of `rtld-malloc.h`, seen once its debug file is read).
 fn is_allocation_plumbing(fr: &SymbolFrame) -> bool {
     let name = fr.name();
     fr.file
