@@ -27,6 +27,9 @@ use crate::symbols::Symbolizer;
 const TABLE_ROWS: usize = 50;
 /// Deepest icicle level drawn.
 const MAX_LEVELS: usize = 48;
+/// Lists of sites whose names [`SitesState::names`] keeps.
+const LISTS_KEPT: usize = 4;
+
 /// Height of an icicle row.
 const ROW: f32 = 20.0;
 
@@ -39,8 +42,9 @@ pub struct SitesState {
     pub symbols: Symbolizer,
     /// Site names and stacks, by leaf node.
     names: HashMap<u32, (String, String)>,
-    /// The last list of sites named together ([`SitesState::names`]) and their names.
-    listed: Option<(Vec<u32>, Vec<String>)>,
+    /// The last lists of sites named together ([`SitesState::names`]) and their names, newest
+    /// last: the table's and the page inspector's, drawn in the same frame.
+    listed: Vec<(Vec<u32>, Vec<String>)>,
     /// The site whose pages are listed (clicked in the table).
     pub pages: super::site_pages::SitePages,
     /// The baseline of diff mode: its name and what it held.
@@ -56,7 +60,7 @@ impl Default for SitesState {
             sort: SiteKey::LiveBytes,
             symbols: Symbolizer::interactive(),
             names: HashMap::new(),
-            listed: None,
+            listed: Vec::new(),
             pages: super::site_pages::SitePages::default(),
             baseline: None,
             diff: None,
@@ -102,9 +106,7 @@ impl SitesState {
     /// that tells them apart ([`crate::symbols::apart`]). Kept while the same sites are listed
     /// and their names are resolved.
     pub fn names(&mut self, sites: &Sites, leaves: &[u32]) -> Vec<String> {
-        if let Some((listed, names)) = &self.listed
-            && listed == leaves
-        {
+        if let Some((_, names)) = self.listed.iter().find(|(l, _)| l == leaves) {
             return names.clone();
         }
         let before = self.symbols.unresolved();
@@ -117,7 +119,10 @@ impl SitesState {
             .unzip();
         let names = crate::symbols::apart::told_apart(&names, &stacks);
         if self.symbols.unresolved() == before {
-            self.listed = Some((leaves.to_vec(), names.clone()));
+            if self.listed.len() >= LISTS_KEPT {
+                self.listed.remove(0);
+            }
+            self.listed.push((leaves.to_vec(), names.clone()));
         }
         names
     }
