@@ -91,6 +91,16 @@ impl Snapshot {
             e.live_bytes += s.live_bytes;
             e.live_blocks += s.live_blocks;
         }
+        // Sites that share a name get the callers that tell them apart.
+        let (names, stacks): (Vec<String>, Vec<Vec<String>>) = snap
+            .sites
+            .values()
+            .map(|f| (f.site.clone(), f.stack.clone()))
+            .unzip();
+        let told = crate::symbols::apart::told_apart(&names, &stacks);
+        for (f, name) in snap.sites.values_mut().zip(told) {
+            f.site = name;
+        }
         for g in model.bins(None) {
             let e = snap.classes.entry(g.block_size).or_default();
             e.bin = g.bin;
