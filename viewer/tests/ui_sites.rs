@@ -80,13 +80,18 @@ fn harness(name: &str) -> (Harness<'static, App>, PathBuf) {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("sites.hltrace");
     write_trace(&path);
-    let replay = Replay::open(&path).expect("the trace opens");
+    (harness_on(&path, "sites"), dir)
+}
+
+/// The viewer on the trace at `path`, called `title`.
+fn harness_on(path: &Path, title: &'static str) -> Harness<'static, App> {
+    let replay = Replay::open(path).expect("the trace opens");
     let mut h = Harness::builder()
         .with_size(WINDOW_SIZE)
         .wgpu()
-        .build_eframe(|_cc| App::new(Source::Replay(Box::new(replay)), "sites"));
+        .build_eframe(|_cc| App::new(Source::Replay(Box::new(replay)), title));
     h.run();
-    (h, dir)
+    h
 }
 
 fn has(h: &Harness<'_, App>, text: &str) -> bool {
@@ -156,12 +161,7 @@ fn with_a_baseline_the_sites_tab_lists_growth_and_shrinkage_and_colours_the_icic
 fn clicking_a_site_lists_its_pages_and_a_page_opens_in_the_inspector() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/traces/fragmentation.hltrace");
-    let replay = Replay::open(&path).expect("the recorded trace opens");
-    let mut h = Harness::builder()
-        .with_size(WINDOW_SIZE)
-        .wgpu()
-        .build_eframe(|_cc| App::new(Source::Replay(Box::new(replay)), "fragmentation"));
-    h.run();
+    let mut h = harness_on(&path, "fragmentation");
     h.get_by_label("Sites").click();
     h.run();
     let (top, pages) = {
