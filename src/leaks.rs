@@ -70,7 +70,15 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
                 n(g, "blocks").round(),
                 g["site"].as_str().unwrap_or("?")
             );
-            for line in g["stack"].as_array().into_iter().flatten().skip(1).take(6) {
+            // Its callers: the frames after the one it is named after.
+            let callers = g["site_frame"].as_u64().unwrap_or(0) as usize + 1;
+            for line in g["stack"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .skip(callers)
+                .take(6)
+            {
                 println!("  {:>25}    {}", "", line.as_str().unwrap_or(""));
             }
         }
@@ -108,9 +116,14 @@ pub fn report(model: &Model, sym: &mut Symbolizer) -> Vec<serde_json::Value> {
             .into_iter()
             .zip(named)
             .map(|((leaf, blocks, bytes), (site, stack))| {
+                // The frame the site is named after (the ones before it are the allocation
+                // plumbing it called through).
+                let named = sym.site_name(sites, leaf);
+                let site_frame = stack.iter().position(|l| *l == named).unwrap_or(0);
                 json!({
                     "stack_id": leaf,
                     "site": site,
+                    "site_frame": site_frame,
                     "stack": stack,
                     "blocks": blocks.round(),
                     "bytes": bytes.round(),
