@@ -14,6 +14,7 @@ use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::model::Model;
 use heaplens_viewer::model::geometry::Geometry;
 use heaplens_viewer::symbols::Symbolizer;
+use heaplens_viewer::symbols::apart::named_frame;
 use heaplens_viewer::trace::TraceReader;
 use serde_json::json;
 
@@ -118,8 +119,7 @@ pub fn report(model: &Model, sym: &mut Symbolizer) -> Vec<serde_json::Value> {
             .map(|((leaf, blocks, bytes), (site, stack))| {
                 // The frame the site is named after (the ones before it are the allocation
                 // plumbing it called through).
-                let named = sym.site_name(sites, leaf);
-                let site_frame = stack.iter().position(|l| *l == named).unwrap_or(0);
+                let site_frame = named_frame(&sym.site_name(sites, leaf), &stack);
                 json!({
                     "stack_id": leaf,
                     "site": site,

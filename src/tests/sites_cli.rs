@@ -25,21 +25,41 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The program and its functions' addresses (from `nm`); None without a C compiler.
-fn program(dir: &Path) -> Option<(PathBuf, Vec<(String, u64)>)> {
-    let src = dir.join("leaky.c");
-    std::fs::write(&src, PROGRAM).unwrap();
-    let exe = dir.join("leaky");
-    let ok = Command::new("cc")
+/// `source`, written to `dir/name.ext`, built by `compiler` with `-g -O2` (the distribution's
+/// flags) into `dir/name`; the program's path, or the error if the compiler did not run or
+/// failed.
+fn build(
+    compiler: &str,
+    dir: &Path,
+    name: &str,
+    ext: &str,
+    source: &str,
+) -> Result<PathBuf, String> {
+    let src = dir.join(format!("{name}.{ext}"));
+    std::fs::write(&src, source).unwrap();
+    let exe = dir.join(name);
+    let status = Command::new(compiler)
         .args(["-g", "-O2", "-o"])
         .arg(&exe)
         .arg(&src)
         .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: no C compiler");
-        return None;
+        .map_err(|e| format!("{compiler}: {e}"))?;
+    if status.success() {
+        Ok(exe)
+    } else {
+        Err(format!("{compiler} failed: {status}"))
     }
+}
+
+/// The program and its functions' addresses (from `nm`); None without a C compiler.
+fn program(dir: &Path) -> Option<(PathBuf, Vec<(String, u64)>)> {
+    let exe = match build("cc", dir, "leaky", "c", PROGRAM) {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("skipped: no C compiler ({e})");
+            return None;
+        }
+    };
     let out = Command::new("nm").arg(&exe).output().ok()?;
     let syms = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -235,16 +255,8 @@ int main() {
 #[test]
 fn a_cxx_programs_sites_are_its_functions_not_the_standard_librarys() {
     let dir = tempdir("cxx-sites");
-    let src = dir.join("tables.cc");
-    std::fs::write(&src, CXX_PROGRAM).unwrap();
-    let exe = dir.join("tables");
-    let built = Command::new("g++")
-        .args(["-g", "-O2", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("g++ runs (.ci/run installs it)");
-    assert!(built.success());
+    let exe = build("g++", &dir, "tables", "cc", CXX_PROGRAM)
+        .expect("g++ builds it (.ci/run installs g++)");
     common::build_preload();
     let trace = dir.join("tables.hltrace");
     common::record(&trace, &["--stacks", "all"], &[&exe]);

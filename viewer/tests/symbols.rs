@@ -316,7 +316,7 @@ fn a_stripped_librarys_frames_resolve_through_its_installed_debug_file() {
     );
     let debug = heaplens_viewer::symbols::debug_file::find(
         std::path::Path::new(libc),
-        &data,
+        &file,
         std::path::Path::new(heaplens_viewer::symbols::debug_file::DEBUG_ROOT),
     );
     assert!(

@@ -23,21 +23,21 @@ const COMPARED: usize = 500;
 /// stack is next to it), so that a leak report of thousands of stacks through one `xmalloc`
 /// stays quick.
 #[must_use]
-pub fn branch_depths(stacks: &[Vec<String>]) -> Vec<Vec<usize>> {
+pub fn branch_depths<S: AsRef<[String]>>(stacks: &[S]) -> Vec<Vec<usize>> {
     let mut depths = vec![Vec::new(); stacks.len()];
     if stacks.len() <= COMPARED {
         for (i, s) in stacks.iter().enumerate() {
             for (j, other) in stacks.iter().enumerate() {
                 if i != j {
-                    depths[i].push(first_difference(s, other));
+                    depths[i].push(first_difference(s.as_ref(), other.as_ref()));
                 }
             }
         }
     } else {
         let mut order: Vec<usize> = (0..stacks.len()).collect();
-        order.sort_by(|&a, &b| stacks[a].cmp(&stacks[b]));
+        order.sort_by(|&a, &b| stacks[a].as_ref().cmp(stacks[b].as_ref()));
         for pair in order.windows(2) {
-            let d = first_difference(&stacks[pair[0]], &stacks[pair[1]]);
+            let d = first_difference(stacks[pair[0]].as_ref(), stacks[pair[1]].as_ref());
             depths[pair[0]].push(d);
             depths[pair[1]].push(d);
         }
@@ -47,6 +47,13 @@ pub fn branch_depths(stacks: &[Vec<String>]) -> Vec<Vec<usize>> {
         d.dedup();
     }
     depths
+}
+
+/// Where in `stack` (frames, leaf first) the frame is that a site called `name` is named after
+/// (the frames before it are the allocation plumbing it called through); 0 if none is.
+#[must_use]
+pub fn named_frame(name: &str, stack: &[String]) -> usize {
+    stack.iter().position(|f| f == name).unwrap_or(0)
 }
 
 /// The first index where `a` and `b` differ (the shorter's length if one begins with the other).
@@ -71,13 +78,13 @@ pub fn told_apart(names: &[String], stacks: &[Vec<String>]) -> Vec<String> {
     }
     let mut out = names.to_vec();
     for same in by_name.values().filter(|same| same.len() > 1) {
-        let group: Vec<Vec<String>> = same.iter().map(|&i| stacks[i].clone()).collect();
+        let group: Vec<&[String]> = same.iter().map(|&i| stacks[i].as_slice()).collect();
         let depths = branch_depths(&group);
         let label = |k: usize, all: bool| {
             let i = same[k];
             // The frame the site is named after: the frames before it are what it called (the
             // allocation plumbing), those after it its callers.
-            let site = stacks[i].iter().position(|f| *f == names[i]).unwrap_or(0);
+            let site = named_frame(&names[i], &stacks[i]);
             let (inner, callers): (Vec<usize>, Vec<usize>) = depths[k]
                 .iter()
                 .copied()

@@ -6,19 +6,30 @@
 //! the module's folder, with the link's CRC checked. Without it, a frame in Debian's libc read
 //! `libc.so.6+0x38896`; with it, the function, its file and line.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ReadCache, ReadRef};
 
 /// Where distributions install separate debug files.
 pub const DEBUG_ROOT: &str = "/usr/lib/debug";
 
-/// The separate debug file of the ELF file at `path`, whose bytes are `data`, under the debug
-/// root `root` (see the module docs); `None` if none is installed or `data` is not ELF.
+/// The ELF file at `path`, read as its parser asks (its headers and notes, not its whole
+/// contents: a debug file may be hundreds of megabytes).
+pub fn open(path: &Path) -> std::io::Result<ReadCache<File>> {
+    File::open(path).map(ReadCache::new)
+}
+
+/// The separate debug file of `file`, the ELF file at `path`, under the debug root `root` (see
+/// the module docs); `None` if none is installed.
 #[must_use]
-pub fn find(path: &Path, data: &[u8], root: &Path) -> Option<PathBuf> {
-    let file = object::File::parse(data).ok()?;
-    if let Some(id) = build_id(&file)
+pub fn find<'d, R: ReadRef<'d>>(
+    path: &Path,
+    file: &object::File<'d, R>,
+    root: &Path,
+) -> Option<PathBuf> {
+    if let Some(id) = build_id(file)
         && let Some(found) = by_build_id(&id, root)
     {
         return Some(found);
@@ -34,7 +45,21 @@ pub fn find(path: &Path, data: &[u8], root: &Path) -> Option<PathBuf> {
         .into_iter()
         // The module itself may carry its own name in the link.
         .filter(|c| c.as_path() != path)
-        .find(|c| std::fs::read(c).is_ok_and(|d| crc32fast::hash(&d) == crc))
+        .find(|c| crc_of(c).is_ok_and(|c| c == crc))
+}
+
+/// The CRC-32 of the file at `path` (a `.gnu_debuglink` names its debug file's), read a piece
+/// at a time.
+fn crc_of(path: &Path) -> std::io::Result<u32> {
+    let mut f = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut piece = vec![0u8; 1 << 16];
+    loop {
+        match f.read(&mut piece)? {
+            0 => return Ok(hasher.finalize()),
+            n => hasher.update(&piece[..n]),
+        }
+    }
 }
 
 /// `root/.build-id/xx/yyyy….debug` for build id `id`, if that file exists and has the id.
@@ -47,13 +72,13 @@ fn by_build_id(id: &[u8], root: &Path) -> Option<PathBuf> {
         .join(".build-id")
         .join(&hex[..2])
         .join(format!("{}.debug", &hex[2..]));
-    let data = std::fs::read(&path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    let data = open(&path).ok()?;
+    let file = object::File::parse(&data).ok()?;
     (build_id(&file).as_deref() == Some(id)).then_some(path)
 }
 
 /// The GNU build id of an ELF file, if it has one.
-pub fn build_id(file: &object::File<'_>) -> Option<Vec<u8>> {
+pub fn build_id<'d, R: ReadRef<'d>>(file: &object::File<'d, R>) -> Option<Vec<u8>> {
     if let Ok(Some(id)) = file.build_id() {
         return Some(id.to_vec());
     }
@@ -94,20 +119,25 @@ mod tests {
         (path, data, id)
     }
 
+    /// [`find`] of the ELF file in `data`, at `path`.
+    fn find_of(path: &Path, data: &[u8], root: &Path) -> Option<PathBuf> {
+        find(path, &object::File::parse(data).ok()?, root)
+    }
+
     #[test]
     fn a_debug_file_is_found_by_build_id_only_if_it_has_that_id() {
         let (path, data, id) = this_program();
         let root = TempDir::new("root");
-        assert_eq!(find(&path, &data, &root.0), None, "none installed");
+        assert_eq!(find_of(&path, &data, &root.0), None, "none installed");
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let dir = root.0.join(".build-id").join(&hex[..2]);
         std::fs::create_dir_all(&dir).unwrap();
         let debug = dir.join(format!("{}.debug", &hex[2..]));
         // A file of another build at that name is not taken.
         std::fs::write(&debug, b"\x7fELF not really").unwrap();
-        assert_eq!(find(&path, &data, &root.0), None);
+        assert_eq!(find_of(&path, &data, &root.0), None);
         std::fs::write(&debug, &data).unwrap();
-        assert_eq!(find(&path, &data, &root.0), Some(debug));
+        assert_eq!(find_of(&path, &data, &root.0), Some(debug));
     }
 
     /// A copy of this program linked to `debug` by `objcopy --add-gnu-debuglink` (binutils).
@@ -129,15 +159,15 @@ mod tests {
         let data = std::fs::read(&linked).unwrap();
         // No debug root holds its build id: the link finds it.
         let root = TempDir::new("link-root");
-        assert_eq!(find(&linked, &data, &root.0), Some(debug.clone()));
+        assert_eq!(find_of(&linked, &data, &root.0), Some(debug.clone()));
         // Another file under that name (its CRC differs) is not taken; the right one in a
         // `.debug` folder beside the module is.
         std::fs::write(&debug, b"other debug data").unwrap();
-        assert_eq!(find(&linked, &data, &root.0), None);
+        assert_eq!(find_of(&linked, &data, &root.0), None);
         std::fs::create_dir_all(dir.0.join(".debug")).unwrap();
         std::fs::write(dir.0.join(".debug/prog.debug"), b"the debug data").unwrap();
         assert_eq!(
-            find(&linked, &data, &root.0),
+            find_of(&linked, &data, &root.0),
             Some(dir.0.join(".debug/prog.debug"))
         );
     }
@@ -145,7 +175,7 @@ mod tests {
     #[test]
     fn no_debug_file_is_found_for_what_is_not_elf() {
         let root = TempDir::new("not-elf");
-        assert_eq!(find(Path::new("/x"), b"#!/bin/sh\n", &root.0), None);
+        assert_eq!(find_of(Path::new("/x"), b"#!/bin/sh\n", &root.0), None);
         assert_eq!(by_build_id(&[1], &root.0), None);
     }
 }

@@ -140,20 +140,21 @@ impl ModuleFile {
         if path.is_empty() {
             return Self::failed("no path recorded".into());
         }
-        let data = match std::fs::read(path) {
+        let data = match debug_file::open(Path::new(path)) {
             Ok(d) => d,
             Err(e) => return Self::failed(format!("cannot open {path}: {e}")),
         };
+        let file = object::File::parse(&data).ok();
         if !build_id.is_empty()
-            && let Ok(file) = object::File::parse(&*data)
-            && let Some(id) = debug_file::build_id(&file)
+            && let Some(id) = file.as_ref().and_then(debug_file::build_id)
             && !same_build_id(build_id, &id)
         {
             return Self::failed(format!(
                 "build id mismatch: {path} is not the file recorded"
             ));
         }
-        let debug = debug_file::find(Path::new(path), &data, Path::new(debug_file::DEBUG_ROOT))
+        let debug = file
+            .and_then(|f| debug_file::find(Path::new(path), &f, Path::new(debug_file::DEBUG_ROOT)))
             .and_then(|p| Loader::new(p).ok());
         match Loader::new(path) {
             Ok(loader) => Self {
@@ -168,8 +169,8 @@ impl ModuleFile {
 
 /// The GNU build id of an ELF file, if it has one.
 pub fn file_build_id(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
+    let data = debug_file::open(path).map_err(|e| e.to_string())?;
+    let file = object::File::parse(&data).map_err(|e| e.to_string())?;
     Ok(debug_file::build_id(&file))
 }
 

@@ -86,7 +86,7 @@ pub fn draw(
                     if found.is_empty() {
                         ui.label(RichText::new("nothing stands out right now").weak());
                     }
-                    for i in found {
+                    for i in found.iter() {
                         ui.label(RichText::new(i.kind.title()).strong());
                         ui.label(&i.text);
                         if ui
@@ -207,38 +207,14 @@ pub fn show(state: &mut super::UiState, view: &View, place: Place, example: Exam
 
 /// The insights, computed again only when the model has moved on (and, while events stream in,
 /// at most four times a second): they scan every page, which a frame should not do each time.
-fn cached_insights(ui: &egui::Ui, view: &View, exited: bool) -> Vec<insights::Insight> {
-    #[derive(Clone)]
-    struct Cached {
-        key: (u64, bool),
-        at: f64,
-        found: Vec<insights::Insight>,
-    }
-    let id = ui.make_persistent_id("heaplens-insights");
-    let now = ui.input(|i| i.time);
-    let key = (view.applied, exited);
-    let old: Option<Cached> = ui.data(|d| d.get_temp(id));
-    if let Some(c) = &old
-        && (c.key == key || now - c.at < 0.25)
-    {
-        if c.key != key {
-            ui.ctx()
-                .request_repaint_after(std::time::Duration::from_millis(250));
-        }
-        return c.found.clone();
-    }
-    let found = insights::insights(&view.model, exited);
-    ui.data_mut(|d| {
-        d.insert_temp(
-            id,
-            Cached {
-                key,
-                at: now,
-                found: found.clone(),
-            },
-        );
-    });
-    found
+fn cached_insights(
+    ui: &egui::Ui,
+    view: &View,
+    exited: bool,
+) -> std::sync::Arc<Vec<insights::Insight>> {
+    super::throttle::throttled(ui, "heaplens-insights", exited, view.applied, || {
+        insights::insights(&view.model, exited)
+    })
 }
 
 /// A step's site note for one model state: `((step, events applied), note)`.

@@ -14,6 +14,7 @@ mod segment_map;
 pub mod site_pages;
 pub mod sites;
 pub mod style;
+mod throttle;
 pub mod timeline;
 
 pub use app::{App, Source, Tab, UiState};

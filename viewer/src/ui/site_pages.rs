@@ -58,12 +58,10 @@ pub fn pages_of_site(model: &Model, leaf: u32) -> Vec<SitePage> {
     pages
 }
 
-/// The site whose pages are listed, and its pages as worked out at a model position.
+/// The site whose pages are listed.
 #[derive(Debug, Default)]
 pub struct SitePages {
     chosen: Option<u32>,
-    /// (site, events applied) and the pages then.
-    cached: Option<((u32, u64), Vec<SitePage>)>,
 }
 
 impl SitePages {
@@ -81,20 +79,12 @@ impl SitePages {
     pub fn chosen(&self) -> Option<u32> {
         self.chosen
     }
-
-    /// The chosen site's pages in `model`, worked out again only once the model has moved.
-    fn pages(&mut self, model: &Model) -> Option<&[SitePage]> {
-        let leaf = self.chosen?;
-        let key = (leaf, model.totals().events);
-        if self.cached.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.cached = Some((key, pages_of_site(model, leaf)));
-        }
-        self.cached.as_ref().map(|(_, p)| p.as_slice())
-    }
 }
 
 /// Lists the pages of the chosen site, called `name`; a page clicked becomes `selected_page`
-/// (the inspector shows it).
+/// (the inspector shows it). They are worked out again when the site changes, and while the
+/// model moves on at most four times a second: that is a pass over every live block with a
+/// stack (a million under `--stacks all` on a large program).
 pub fn draw(
     ui: &mut egui::Ui,
     model: &Model,
@@ -102,9 +92,16 @@ pub fn draw(
     name: &str,
     selected_page: &mut Option<u64>,
 ) {
-    let Some(pages) = state.pages(model) else {
+    let Some(leaf) = state.chosen else {
         return;
     };
+    let pages = super::throttle::throttled(
+        ui,
+        "heaplens-site-pages",
+        leaf,
+        model.totals().events,
+        || pages_of_site(model, leaf),
+    );
     let mut close = false;
     ui.horizontal(|ui| {
         ui.label(

@@ -214,25 +214,27 @@ pub fn draw(
                     }
                     ui.end_row();
                     for (rank, ((leaf, s), name)) in shown.iter().zip(&names).enumerate() {
-                        let (_, stack) = state.name(sites, *leaf);
                         // A long name (the callers that tell it apart) is cut at half the
                         // width, so the figures stay in view; the hover shows all of it.
                         let chosen = state.pages.chosen() == Some(*leaf);
-                        let clicked = ui
+                        let label = ui
                             .scope(|ui| {
                                 ui.set_max_width(name_width);
                                 let text = RichText::new(format!("{}. {name}", rank + 1));
                                 let text = if chosen { text.strong() } else { text };
                                 ui.add(egui::Label::new(text).truncate().sense(Sense::click()))
-                                    .on_hover_text(format!(
-                                        "{name}\n\n{stack}\n\nClick to list the pages its live \
-                                         blocks are on"
-                                    ))
-                                    .clicked()
                             })
                             .inner;
-                        if clicked {
+                        if label.clicked() {
                             state.pages.toggle(*leaf);
+                        }
+                        if label.hovered() {
+                            // The stack only for the row under the pointer, not every row.
+                            let (_, stack) = state.name(sites, *leaf);
+                            label.on_hover_text(format!(
+                                "{name}\n\n{stack}\n\nClick to list the pages its live blocks \
+                                 are on"
+                            ));
                         }
                         for key in SiteKey::ALL {
                             ui.label(figure(key, key.of(s)));
