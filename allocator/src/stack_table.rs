@@ -54,11 +54,13 @@ pub struct StackTable {
     /// log2 of the slots mapped (0: none).
     bits: u32,
     nodes: usize,
-    /// The last stack interned (leaf first) and each of its frames' node ids (`last_ids[i]` is
-    /// the id of the node for `last[i]`), all in the table: the next stack shares its outer
-    /// frames with this one more often than not (a loop that allocates from one place, the
-    /// next call of a recursion), and that shared part is known without a lookup per frame.
-    /// Valid while `last_len > 0`; emptied whenever the table forgets nodes.
+    /// The last stack interned, outermost frame first (`last[d]` is its frame at depth `d`),
+    /// and each of its frames' node ids (`last_ids[d]`), all in the table: the next stack shares
+    /// its outer frames with this one more often than not (a loop that allocates from one
+    /// place, the next call of a recursion), and that shared part is known without a lookup per
+    /// frame. Kept outermost first, the shared part stays where it is from one stack to the
+    /// next: only the frames below it are written. Valid while `last_len > 0`; emptied whenever
+    /// the table forgets nodes.
     last: [usize; LAST_FRAMES],
     last_ids: [u32; LAST_FRAMES],
     last_len: usize,
@@ -244,26 +246,19 @@ impl StackTable {
         // The outer frames shared with the last stack: their nodes are `last_ids`' (the same
         // frames from the same root are the same nodes, whatever follows them).
         let shared = if self.last_len > 0 && self.last_truncated == truncated {
-            frames
-                .iter()
-                .rev()
-                .zip(self.last[..self.last_len].iter().rev())
-                .take_while(|(a, b)| a == b)
-                .count()
+            shared_outer(frames, &self.last[..self.last_len])
         } else {
             0
         };
         if shared == len {
-            return self.last_ids[self.last_len - len];
+            return self.last_ids[len - 1];
         }
         let root_key = if truncated { TRUNCATED_ROOT } else { 0 };
-        // `last_ids` becomes this stack's as its nodes are found or made (outermost first:
-        // depth d is frame `len - 1 - d`); the cache is invalid until it is whole.
-        self.last_ids
-            .copy_within(self.last_len - shared..self.last_len, len - shared);
+        // `last` and `last_ids` become this stack's below the shared part as its nodes are
+        // found or made (depth `d` is frame `len - 1 - d`); the cache is invalid until then.
         self.last_len = 0;
         let mut parent = if shared > 0 {
-            self.last_ids[len - shared]
+            self.last_ids[shared - 1]
         } else {
             0
         };
@@ -274,7 +269,7 @@ impl StackTable {
             match self.find(frames[len - 1 - depth], key) {
                 Some(id) => {
                     parent = id;
-                    self.last_ids[len - 1 - depth] = id;
+                    self.last_ids[depth] = id;
                     known += 1;
                 }
                 None => break,
@@ -309,16 +304,42 @@ impl StackTable {
                     id,
                     truncated: depth == 0 && truncated,
                 });
-                self.last_ids[len - 1 - depth] = id;
+                self.last_ids[depth] = id;
                 parent = id;
             }
         }
-        // Every frame's node is in the table now (a restart above left none of the old ones).
-        self.last[..len].copy_from_slice(frames);
+        // Every frame's node is in the table now (a restart above left none of the old ones,
+        // and wrote every depth's id); the frames above `shared` are the last stack's already.
+        for depth in shared..len {
+            self.last[depth] = frames[len - 1 - depth];
+        }
         self.last_len = len;
         self.last_truncated = truncated;
         parent
     }
+}
+
+/// How many outer frames `frames` (leaf first) shares with `last` (outermost first): compared
+/// four at a time, one branch for the four, as a recursion's stacks share most of theirs.
+#[inline]
+fn shared_outer(frames: &[usize], last: &[usize]) -> usize {
+    let len = frames.len();
+    let n = len.min(last.len());
+    let mut d = 0;
+    while d + 4 <= n {
+        // `f[3]` is at depth `d`, `f[0]` at depth `d + 3`.
+        let f = &frames[len - d - 4..len - d];
+        let l = &last[d..d + 4];
+        if (f[3] == l[0]) & (f[2] == l[1]) & (f[1] == l[2]) & (f[0] == l[3]) {
+            d += 4;
+        } else {
+            break;
+        }
+    }
+    while d < n && frames[len - 1 - d] == last[d] {
+        d += 1;
+    }
+    d
 }
 
 impl Default for StackTable {
@@ -577,6 +598,35 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert_ne!(c, d);
         t.release();
+    }
+
+    #[test]
+    fn shared_outer_frames_are_counted_from_the_root_whatever_the_lengths() {
+        // Against one frame at a time, for every length up to 11 and a difference at every depth.
+        let naive = |frames: &[usize], last: &[usize]| {
+            frames
+                .iter()
+                .rev()
+                .zip(last)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        for len in 0..12 {
+            for last_len in 0..12 {
+                let last: Vec<usize> = (0..last_len).map(|d| 0x100 + d).collect();
+                for differ in 0..=len {
+                    let frames: Vec<usize> = (0..len)
+                        .rev()
+                        .map(|d| if d == differ { 0x999 } else { 0x100 + d })
+                        .collect();
+                    assert_eq!(
+                        shared_outer(&frames, &last),
+                        naive(&frames, &last),
+                        "len {len}, last {last_len}, differing at depth {differ}"
+                    );
+                }
+            }
+        }
     }
 
     /// The id of `frames` in `t` (already interned).
