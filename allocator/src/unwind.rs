@@ -70,6 +70,13 @@ struct Level {
     fp_at: usize,
 }
 
+/// Levels a walk may put in front of the last walk's where it ends as the last walk did (see
+/// [`walk_memo`]): a stack a few frames deeper than the last keeps the last one's levels where
+/// they are.
+const HEADROOM: usize = 16;
+/// Levels in each half of a [`Memo`].
+const HALF: usize = HEADROOM + MEMO_LEVELS;
+
 /// What one walk leaves for the next on the same stack ([`walk_memo`]).
 ///
 /// A step of the walk is a function of the frame it leaves (return address, stack and frame
@@ -80,9 +87,11 @@ struct Level {
 /// step anew; at the first word that changed it walks on from there. Its result is always the
 /// one a walk without the memo would give.
 pub struct Memo {
-    /// The last walk's levels are `levels[cur][..len]`; the other half is the next walk's.
-    levels: [[Level; MEMO_LEVELS]; 2],
+    /// The last walk's levels are `levels[cur][base..base + len]`; the other half is the next
+    /// walk's, which it writes from [`HEADROOM`] on.
+    levels: [[Level; HALF]; 2],
     cur: usize,
+    base: usize,
     /// Levels of the last walk (0: nothing to go by).
     len: usize,
     /// The words the last walk read leaving its last level (if its `ra_at` is not 0).
@@ -106,8 +115,9 @@ impl Memo {
                 fp: 0,
                 ra_at: 0,
                 fp_at: 0,
-            }; MEMO_LEVELS]; 2],
+            }; HALF]; 2],
             cur: 0,
+            base: HEADROOM,
             len: 0,
             last_ra: 0,
             last_fp: 0,
@@ -150,6 +160,9 @@ pub fn walk_memo(
     // the other half, and the memo holds nothing until this walk is done.
     let old = memo.cur;
     let new = 1 - old;
+    // Where the last walk's levels start in their half (`ob`), and where this walk's go in the
+    // other (`nb`).
+    let (ob, nb) = (memo.base, HEADROOM);
     let usable = if memo.hi == hi && memo.limit == limit {
         memo.len
     } else {
@@ -159,7 +172,7 @@ pub fn walk_memo(
     if usable > 0 {
         // The last walk's stack again (a loop allocating from one place): its first frame in
         // the same state, every word it read unchanged, and its end reached as before.
-        let levels = &memo.levels[old][..usable];
+        let levels = &memo.levels[old][ob..ob + usable];
         let (first, last) = (&levels[0], &levels[usable - 1]);
         if first.pc == regs.pc
             && first.sp == lo
@@ -180,6 +193,7 @@ pub fn walk_memo(
     }
     memo.len = 0;
     memo.cur = new;
+    memo.base = nb;
     memo.hi = hi;
     memo.limit = limit;
     // Ends the walk with `len` frames, its last level's words read (`ra`, `fp`) kept.
@@ -206,7 +220,7 @@ pub fn walk_memo(
     // The first of the last walk's levels not below the current frame.
     let mut mk = 0;
     loop {
-        memo.levels[new][n - 1] = Level {
+        memo.levels[new][nb + n - 1] = Level {
             pc: out[n - 1],
             sp,
             fp,
@@ -252,19 +266,19 @@ pub fn walk_memo(
             }
         };
         // 0 is never such an address (`readable` words lie at or above the stack pointer).
-        let l = &mut memo.levels[new][n - 1];
+        let l = &mut memo.levels[new][nb + n - 1];
         l.ra_at = ra_at;
         l.fp_at = fp_at;
-        while mk < usable && memo.levels[old][mk].sp < sp {
+        while mk < usable && memo.levels[old][ob + mk].sp < sp {
             mk += 1;
         }
         if mk + 1 < usable && {
-            let l = &memo.levels[old][mk];
+            let l = &memo.levels[old][ob + mk];
             l.sp == sp
                 && l.fp == fp
                 && l.ra_at == ra_at
                 && l.fp_at == fp_at
-                && memo.levels[old][mk + 1].sp == next_sp
+                && memo.levels[old][ob + mk + 1].sp == next_sp
         } {
             // This frame is left as the last walk left its frame `mk` (the same words read,
             // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
@@ -272,38 +286,53 @@ pub fn walk_memo(
             let (start, first) = (mk, n);
             // The levels followed alike, at most up to the depth limit.
             let end = usable.min(start + 1 + (limit - first));
-            let m = start + follow(&memo.levels[old][start..end], &read);
+            let m = start + follow(&memo.levels[old][ob + start..ob + end], &read);
             n = first + (m - start);
-            let (h0, h1) = memo.levels.split_at_mut(1);
-            let (from, to) = if old == 0 {
-                (&h0[0], &mut h1[0])
-            } else {
-                (&h1[0], &mut h0[0])
-            };
-            to[first..n].copy_from_slice(&from[start + 1..=m]);
-            for (o, l) in out[first..n].iter_mut().zip(&from[start + 1..=m]) {
+            for (o, l) in out[first..n]
+                .iter_mut()
+                .zip(&memo.levels[old][ob + start + 1..=ob + m])
+            {
                 *o = l.pc;
             }
+            // Whether this walk ends where the last one did: at its last frame, which it ended
+            // at as its state and row say, or by the same words read leaving it.
+            let ended_alike = n < limit && m + 1 == usable && !memo.at_limit && {
+                let last = memo.levels[old][ob + m];
+                last.ra_at == 0
+                    || (read(last.ra_at) == memo.last_ra
+                        && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp))
+            };
+            let (h0, h1) = memo.levels.split_at_mut(1);
+            let (old_half, new_half) = if old == 0 {
+                (&mut h0[0], &mut h1[0])
+            } else {
+                (&mut h1[0], &mut h0[0])
+            };
+            if ended_alike && first <= ob + start + 1 {
+                // The last walk's levels from `start + 1` on are this walk's last ones where
+                // they are: this walk's first levels go in front of them (over the last walk's
+                // first ones), and the shared part is not copied.
+                let base = ob + start + 1 - first;
+                old_half[base..base + first].copy_from_slice(&new_half[nb..nb + first]);
+                memo.cur = old;
+                memo.base = base;
+                let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
+                return finish(memo, n, truncated, false, ra, fp);
+            }
+            new_half[nb + first..nb + n].copy_from_slice(&old_half[ob + start + 1..=ob + m]);
             if n == limit {
                 // Where a walk stops, whatever lies beyond.
                 return finish(memo, n, true, true, 0, 0);
             }
-            if m + 1 == usable {
-                // The last walk's last frame: it ended there as its state and row say, or by
-                // the words it read leaving it.
-                let last = memo.levels[old][m];
+            if ended_alike {
                 let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
-                let ended = last.ra_at == 0
-                    || (read(last.ra_at) == ra && (last.fp_at == 0 || read(last.fp_at) == fp));
-                if !memo.at_limit && ended {
-                    return finish(memo, n, truncated, false, ra, fp);
-                }
+                return finish(memo, n, truncated, false, ra, fp);
             }
             // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
             // otherwise); a frame further up may again be left as the last walk left it.
             mk = m + 1;
             if m != start {
-                let l = memo.levels[old][m];
+                let l = memo.levels[old][ob + m];
                 (sp, fp) = (l.sp, l.fp);
                 let Some(r) = frame(l.pc) else {
                     return finish(memo, n - 1, true, false, 0, 0);
@@ -752,6 +781,45 @@ mod tests {
         assert_eq!(wa, wb, "{regs:x?}");
         assert_eq!(a[..wa.len], b[..wb.len], "{regs:x?}");
         wa
+    }
+
+    #[test]
+    fn a_recursion_keeps_the_last_walks_levels_in_place() {
+        // Down a sound chain one frame at a time and back up, as a recursion allocates: each
+        // walk ends as the last one did, so the shared levels stay in their half (no copy) while
+        // the headroom lasts, and a walk that finds none left copies them and starts afresh.
+        // (Frame pointers only: the rows of these tests stand for other code.)
+        let with_rows = false;
+        let mut s = Fake::new(BASE, 1024);
+        let frames: Vec<usize> = (0..60).map(|i| BASE + 0x40 + 64 * i).collect();
+        s.chain(&frames, 0);
+        for (i, &f) in frames.iter().enumerate() {
+            s.set(f + 8, 0x1200 + 16 * (i % 8));
+        }
+        let mut memo = Memo::new();
+        let regs = |at: usize| Regs {
+            pc: 0x1200,
+            sp: frames[at],
+            fp: frames[at],
+        };
+        walk_both(&s, regs(50), &mut memo, 64, with_rows);
+        let (mut in_place, mut copied) = (0, 0);
+        for at in (20..50).rev().chain(21..50) {
+            let (half, len) = (memo.cur, memo.len);
+            let w = walk_both(&s, regs(at), &mut memo, 64, with_rows);
+            assert!(w.len > 10 && w.len != len, "{with_rows} {at}: {w:?}");
+            if memo.cur == half {
+                in_place += 1;
+            } else {
+                assert_eq!(memo.base, HEADROOM);
+                copied += 1;
+            }
+        }
+        // Down 30 frames with 16 of headroom: a copy about every 16 walks; up: none.
+        assert!(
+            in_place >= 50 && copied >= 1,
+            "{with_rows}: {in_place} in place, {copied} copied"
+        );
     }
 
     #[test]
