@@ -290,7 +290,7 @@ pub fn walk_memo(
             n = first + (m - start);
             for (o, l) in out[first..n]
                 .iter_mut()
-                .zip(&memo.levels[old][ob + start + 1..=ob + m])
+                .zip(&memo.levels[old][ob + start + 1..ob + m + 1])
             {
                 *o = l.pc;
             }
@@ -319,7 +319,7 @@ pub fn walk_memo(
                 let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
                 return finish(memo, n, truncated, false, ra, fp);
             }
-            new_half[nb + first..nb + n].copy_from_slice(&old_half[ob + start + 1..=ob + m]);
+            new_half[nb + first..nb + n].copy_from_slice(&old_half[ob + start + 1..ob + m + 1]);
             if n == limit {
                 // Where a walk stops, whatever lies beyond.
                 return finish(memo, n, true, true, 0, 0);
