@@ -783,6 +783,18 @@ mod tests {
         wa
     }
 
+    /// A stack of `n` frames 64 bytes apart, chained by frame pointers, each returning into
+    /// code (one of 8 return addresses).
+    fn sound_chain(n: usize) -> (Fake, Vec<usize>) {
+        let mut s = Fake::new(BASE, 1024);
+        let frames: Vec<usize> = (0..n).map(|i| BASE + 0x40 + 64 * i).collect();
+        s.chain(&frames, 0);
+        for (i, &f) in frames.iter().enumerate() {
+            s.set(f + 8, 0x1200 + 16 * (i % 8));
+        }
+        (s, frames)
+    }
+
     #[test]
     fn a_recursion_keeps_the_last_walks_levels_in_place() {
         // Down a sound chain one frame at a time and back up, as a recursion allocates: each
@@ -790,12 +802,7 @@ mod tests {
         // the headroom lasts, and a walk that finds none left copies them and starts afresh.
         // (Frame pointers only: the rows of these tests stand for other code.)
         let with_rows = false;
-        let mut s = Fake::new(BASE, 1024);
-        let frames: Vec<usize> = (0..60).map(|i| BASE + 0x40 + 64 * i).collect();
-        s.chain(&frames, 0);
-        for (i, &f) in frames.iter().enumerate() {
-            s.set(f + 8, 0x1200 + 16 * (i % 8));
-        }
+        let (s, frames) = sound_chain(60);
         let mut memo = Memo::new();
         let regs = |at: usize| Regs {
             pc: 0x1200,
@@ -836,13 +843,8 @@ mod tests {
         };
         let mut long = 0;
         for with_rows in [false, true] {
-            let mut s = Fake::new(BASE, 1024);
-            let frames: Vec<usize> = (0..100).map(|i| BASE + 0x40 + 64 * i).collect();
-            s.chain(&frames, 0);
-            for (i, &f) in frames.iter().enumerate() {
-                // Code without rows (frame pointers) unless `with_rows` lands some in rows.
-                s.set(f + 8, 0x1200 + 16 * (i % 8));
-            }
+            // Code without rows (frame pointers) unless `with_rows` lands some in rows.
+            let (mut s, frames) = sound_chain(100);
             let mut memo = Memo::new();
             let mut last_regs = Regs {
                 pc: 0x1200,
