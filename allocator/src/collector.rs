@@ -498,8 +498,10 @@ const BUSY_POLL: Duration = Duration::from_micros(200);
 /// millisecond the buffers waited half as long again, but a census of a busy program attached
 /// to disagreed with the model in 2 of 9 runs on a loaded machine (0 of 18 at 1 ms). One of the
 /// two was the detach census reading a heap whose thread waited to send as idle (fixed in
-/// `hook::idle_heap_parts`; 0 of 8 at a quarter since); the other, a page's `used` one apart in
-/// a heap's own part mid-run, is not explained yet, so the margin stays.
+/// `hook::idle_heap_parts`); the other, a page's `used` one apart in a heap's own part mid-run,
+/// an allocation made while its buffer changed landing inside the part (fixed in
+/// `hook::heap_census`). 0 of 16 runs failed at a quarter since, but that is few runs to go by:
+/// the margin stays.
 const IN_FLIGHT: u64 = MS;
 
 impl<'a> Collector<'a> {
