@@ -550,8 +550,9 @@ impl<'a> Collector<'a> {
         STARTED.store(true, Release);
         let mut busy = false;
         loop {
-            let mut received = false;
-            if busy && self.state.full_rx.len() * 4 < self.state.full_rx.capacity().unwrap_or(0) {
+            let first = if busy
+                && self.state.full_rx.len() * 4 < self.state.full_rx.capacity().unwrap_or(0)
+            {
                 // Buffers are coming in: poll rather than wait in `recv`, so that a thread
                 // sending one never has to wake the collector (a futex system call for every
                 // 2046 events, and the collector's wake-up, on the sending thread's time).
@@ -559,26 +560,18 @@ impl<'a> Collector<'a> {
                 // 200 us sleep lasted 5 ms, the channel filled meanwhile and the program
                 // waited (2 of its 3.4 s on a binary-trees run at load 11).
                 std::thread::sleep(BUSY_POLL);
+                None
             } else if busy {
                 // Plenty waiting: take it at once.
+                None
             } else {
                 match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
-                    Ok(buf) => {
-                        self.take_full(buf);
-                        received = true;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(buf) => Some(buf),
+                    Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-            }
-            while let Ok(buf) = self.state.full_rx.try_recv() {
-                self.take_full(buf);
-                received = true;
-            }
-            if received {
-                crate::channel_room::made_room();
-            }
-            busy = received;
+            };
+            busy = self.take_sent(first);
             let now = self.now();
             hook::set_clock(now);
             if SHUTDOWN.load(Acquire) {
@@ -691,15 +684,7 @@ impl<'a> Collector<'a> {
         loop {
             let round = std::time::Instant::now();
             while round.elapsed() < LAST_PARTS_WAIT {
-                let mut received = false;
-                while let Ok(buf) = self.state.full_rx.try_recv() {
-                    self.take_full(buf);
-                    received = true;
-                }
-                if received {
-                    // Threads waiting for room go on now, not at their next look.
-                    crate::channel_room::made_room();
-                }
+                self.take_sent(None);
                 std::thread::sleep(BUSY_POLL);
             }
             self.parts_seen = Some((number, Vec::new()));
@@ -728,9 +713,7 @@ impl<'a> Collector<'a> {
     fn finish(&mut self, whole: bool) {
         crate::stacks::arm(false);
         // Whatever is still in the channel or in the threads' buffers.
-        while let Ok(buf) = self.state.full_rx.try_recv() {
-            self.take_full(buf);
-        }
+        self.take_sent(None);
         let now = self.now();
         self.collect_all(now);
         self.flush(u64::MAX);
@@ -753,6 +736,23 @@ impl<'a> Collector<'a> {
             self.pending.len() - 1
         });
         &mut self.pending[i]
+    }
+
+    /// Takes `first` (a full buffer already received) and every full buffer waiting in the
+    /// channel, and wakes the threads waiting for room if it took any: whether it did. Every
+    /// place the collector takes buffers goes through here, so no waiting thread sleeps on
+    /// after room was made (at detach, such a thread was taken for idle: `last_parts`).
+    fn take_sent(&mut self, first: Option<BufferPtr>) -> bool {
+        let mut next = first.or_else(|| self.state.full_rx.try_recv().ok());
+        let took = next.is_some();
+        while let Some(buf) = next {
+            self.take_full(buf);
+            next = self.state.full_rx.try_recv().ok();
+        }
+        if took {
+            crate::channel_room::made_room();
+        }
+        took
     }
 
     fn take_full(&mut self, buf: BufferPtr) {
@@ -807,9 +807,7 @@ impl<'a> Collector<'a> {
     fn collect_all(&mut self, now: u64) {
         let t = hook::now();
         self.drain(now);
-        while let Ok(buf) = self.state.full_rx.try_recv() {
-            self.take_full(buf);
-        }
+        self.take_sent(None);
         self.safe_until = self.safe_until.max(t.saturating_sub(IN_FLIGHT));
     }
 

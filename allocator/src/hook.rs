@@ -1572,19 +1572,6 @@ fn census_of(number: u32, initial: bool, keep: impl Fn(u32) -> bool, out: &mut i
     ));
 }
 
-/// The census parts (`HEAP_PART`, census `number`) of the traced heaps not in `reported` whose
-/// threads are idle, read by the collector from the segments as [`census`] reads them: one
-/// `(heap id, events)` a heap, an empty part for a heap with no page in use. Returns the heaps
-/// left out because their thread may have run while their pages were read.
-///
-/// Idle means asleep in the kernel (state `S`) before and after the reading, with no context
-/// switch between: a thread that woke meanwhile, even if it slept again, switched at least
-/// once, and one preempted in the middle of an allocator call is runnable, not asleep. So no
-/// part is read half-way through a change. The allocator sleeps in one place, though: waiting
-/// for room in the collector's channel (lossless mode), with a full buffer of events the
-/// collector has not taken, which its pages are already past. While any thread is sending, no
-/// heap counts as idle (seen on a loaded machine: two heaps' parts read 10-14 ms past events
-/// that came after them, 443 differences in the last census of an attach).
 /// Whether a heap's thread was idle throughout a reading of its pages: asleep at the start,
 /// the same state and switch counts at the end (`before`, `after`: see [`os::thread_activity`]),
 /// and no thread was sending a buffer meanwhile.
@@ -1604,6 +1591,19 @@ fn threads_sending() -> bool {
     }
 }
 
+/// The census parts (`HEAP_PART`, census `number`) of the traced heaps not in `reported` whose
+/// threads are idle, read by the collector from the segments as [`census`] reads them: one
+/// `(heap id, events)` a heap, an empty part for a heap with no page in use. Returns the heaps
+/// left out because their thread may have run while their pages were read.
+///
+/// Idle means asleep in the kernel (state `S`) before and after the reading, with no context
+/// switch between: a thread that woke meanwhile, even if it slept again, switched at least
+/// once, and one preempted in the middle of an allocator call is runnable, not asleep. So no
+/// part is read half-way through a change. The allocator sleeps in one place, though: waiting
+/// for room in the collector's channel (lossless mode), with a full buffer of events the
+/// collector has not taken, which its pages are already past. While any thread is sending, no
+/// heap counts as idle (seen on a loaded machine: two heaps' parts read 10-14 ms past events
+/// that came after them, 443 differences in the last census of an attach).
 pub(crate) fn idle_heap_parts(
     number: u32,
     reported: &[u32],
