@@ -334,13 +334,12 @@ fn record_stream(
         let frame = match queued {
             launch::Queued::Frame(frame) => frame,
             launch::Queued::Packed { conn, pid, batch } => {
-                // Unpacked once, for the census check and the writer; the keyframe model gets
-                // the same events (see `Recorder::batch_packed`).
+                // Unpacked once, for the census check and the writer.
                 let mut events = recorder.spare();
                 match frames.unpack(conn, pid, &batch, &mut events) {
                     Ok(()) => {
                         let census = !attached && ends_census(batch.heap, &events);
-                        recorder.batch_packed(batch, events)?;
+                        recorder.batch_unpacked(batch.heap, events)?;
                         if census {
                             attached = true;
                             say_attached();

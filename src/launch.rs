@@ -37,7 +37,7 @@ use crate::quiet::say;
 use crate::slab::SlabWriter;
 
 /// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
-/// it and the recorder's keyframe model.
+/// it and the trace writer's helpers.
 const RECYCLED_BATCHES: usize = 512;
 
 /// The buffer of a stream's reader: small, because a batch's events (64 KiB) are read from the

@@ -20,7 +20,6 @@ mod attach;
 mod demo;
 mod diff;
 mod export;
-mod keyframes;
 mod launch;
 mod leaks;
 mod packed;
@@ -133,6 +132,12 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Make a recorded trace's keyframes for seeking and add them to it, as its first `heaplens
+    /// view` does (so that it opens at once, in the viewer on this or another machine).
+    Index {
+        /// The trace file.
+        file: PathBuf,
+    },
     /// Summarise a recorded trace (or each process of a --follow-fork folder).
     Stats {
         /// The trace file, or a folder recorded with --follow-fork.
@@ -204,6 +209,10 @@ fn main() -> ExitCode {
             backlog_mib.saturating_mul(1 << 20),
             follow_fork,
         ),
+        Cmd::Index { file } => tracedir::single(&file)
+            .map_err(Into::into)
+            .and_then(|f| run::index(&f))
+            .map(|()| 0),
         Cmd::Stats { file, pid, json } => stats::run(&file, pid, json).map(|()| 0),
         Cmd::Leaks { file, json } => tracedir::single(&file)
             .map_err(Into::into)

@@ -1,8 +1,6 @@
-//! A batch as it waits packed ([`heaplens_alloc::pack`]): in the backlog, in the recorder's
-//! queue for its keyframe model, in the batches the recorder holds back. Its bytes stay where
-//! they are (a slab the reader read them into, or a vector of their own) from the socket to
-//! whoever unpacks them, each consumer into a vector of its own that it reuses: the recorder's
-//! encoder, and the keyframe model only if a keyframe is due after the batch.
+//! A batch as it waits packed ([`heaplens_alloc::pack`]) in the backlog. Its bytes stay where
+//! they are (a slab the reader read them into, or a vector of their own) from the socket to the
+//! recorder, which unpacks them once into a vector it reuses.
 
 use heaplens_alloc::event::Event;
 use heaplens_alloc::pack::{self, Packed};
@@ -15,7 +13,7 @@ use crate::slab::SlabBytes;
 enum Bytes {
     /// As they came from the socket, in a slab of the backlog.
     Slab(SlabBytes),
-    /// Packed here (a version 1 peer's batch, or one the recorder held back).
+    /// Packed here (a version 1 peer's batch).
     Owned(Packed),
 }
 

@@ -1,4 +1,4 @@
-//! Thread priority: the recorder's own work (encoding, compressing, the keyframe model) yields the
+//! Thread priority: the recorder's own work (unpacking, encoding, compressing) yields the
 //! CPU to the program it records, and catches up from the backlog when the CPU is free (at the
 //! latest, after the program has exited, when it goes back to the usual priority if the system
 //! lets it: raising a priority again needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it).

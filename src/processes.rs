@@ -152,7 +152,8 @@ impl Processes {
     }
 
     /// Takes one batch that came packed: unpacks it once (a damaged one ends its connection's
-    /// stream, as [`Frames::recv`] would) and gives it to the recorder both ways.
+    /// stream, as [`Frames::recv`] would), lets its bytes go back to the backlog, and gives the
+    /// events to the recorder.
     fn take_packed(&mut self, conn: u64, pid: i32, batch: PackedBatch, frames: &Frames) {
         let Some(p) = self.current(conn, pid) else {
             return;
@@ -162,7 +163,9 @@ impl Processes {
             self.take(closed);
             return;
         }
-        if let Err(e) = p.recorder.batch_packed(batch, events) {
+        let heap = batch.heap;
+        drop(batch);
+        if let Err(e) = p.recorder.batch_unpacked(heap, events) {
             self.fail(pid, &e.to_string());
         }
     }

@@ -14,35 +14,65 @@ use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, SharedBatch, TraceWriter};
 
-use crate::keyframes::{Keyframe, Keyframes};
 use crate::launch::{self, Exit};
-use crate::packed::PackedBatch;
 use crate::processes::Processes;
 use crate::quiet::say;
 
 /// How long the program may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Writes one program's stream to a trace file, with a keyframe every
-/// [`crate::keyframes::KEYFRAME_EVERY`] events or more (keyframes of a large model are spaced so
-/// they stay a small share of the file). `heaplens record` and `heaplens run --record`
-/// both use it.
+/// Writes one program's stream to a trace file: events only. Keyframes for seeking are made by
+/// the first replay of the trace and stored by `heaplens view`
+/// ([`heaplens_viewer::source::keyframes`]): applying every event to a model here cost as much
+/// as encoding it, and an allocation-heavy program's recording waited for it. `heaplens
+/// record`, `heaplens run --record` and `heaplens attach --record` all use it.
 pub struct Recorder {
     output: PathBuf,
     writer: Option<TraceWriter>,
-    keyframes: Option<Keyframes>,
+    /// Vectors the trace writer's helpers gave back once they had encoded them.
+    spares: Spares,
     recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
     /// The program has exited: the writer's compression helper takes the usual priority back.
     exited: Arc<AtomicBool>,
 }
 
+/// Event vectors to unpack batches into, given back by the trace writer's helpers when they
+/// have encoded them (as many as may be in flight to them).
+struct Spares {
+    back: crossbeam_channel::Sender<Vec<Event>>,
+    kept: crossbeam_channel::Receiver<Vec<Event>>,
+}
+
+/// Vectors kept for [`Recorder::spare`].
+const SPARES: usize = 256;
+
+/// A batch's events, read by the trace writer's helper that encodes them; the vector goes back
+/// (to [`Recorder::spare`], or to whoever gave the batch) once it is done.
+struct Shared {
+    events: Vec<Event>,
+    back: crossbeam_channel::Sender<Vec<Event>>,
+}
+
+impl AsRef<[Event]> for Shared {
+    fn as_ref(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.back.try_send(std::mem::take(&mut self.events));
+    }
+}
+
 impl Recorder {
     /// A recorder that will write `output` once the program's metadata arrives.
     pub fn new(output: &Path) -> Self {
+        let (back, kept) = crossbeam_channel::bounded(SPARES);
         Self {
             output: output.to_owned(),
             writer: None,
-            keyframes: None,
+            spares: Spares { back, kept },
             recycle: None,
             exited: Arc::new(AtomicBool::new(false)),
         }
@@ -54,7 +84,7 @@ impl Recorder {
         self
     }
 
-    /// The program's metadata: creates the file and starts the keyframe model.
+    /// The program's metadata: creates the file.
     pub fn meta(&mut self, json: &str) -> Result<(), Box<dyn std::error::Error>> {
         let mut meta =
             Metadata::from_json(json).map_err(|e| format!("the program sent bad metadata: {e}"))?;
@@ -78,62 +108,63 @@ impl Recorder {
             })
             .map_err(cannot)?;
         self.writer = Some(writer);
-        self.keyframes = Some(Keyframes::start(self.recycle.clone())?);
         Ok(())
     }
 
-    /// The trace writer and the keyframe model, once the program's metadata has made them.
-    fn started(
-        &mut self,
-    ) -> Result<(&mut TraceWriter, &mut Keyframes), Box<dyn std::error::Error>> {
-        match (self.writer.as_mut(), self.keyframes.as_mut()) {
-            (Some(w), Some(k)) => Ok((w, k)),
-            _ => Err("the program's stream had events before its metadata".into()),
-        }
+    /// The trace writer, once the program's metadata has made it.
+    fn started(&mut self) -> Result<&mut TraceWriter, Box<dyn std::error::Error>> {
+        self.writer
+            .as_mut()
+            .ok_or_else(|| "the program's stream had events before its metadata".into())
     }
 
-    /// Writes a batch and hands it to the keyframe model.
+    /// Writes a batch that came unpacked; its vector goes back to the recycle channel this
+    /// recorder was given, if any.
     pub fn batch_owned(
         &mut self,
         heap: u32,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let (w, k) = self.started()?;
-        let shared = k.share_given(events);
-        w.write_shared(heap, &(Arc::clone(&shared) as SharedBatch))?;
-        k.push_shared(heap, shared);
-        keyframes_after_batch(w, k)
+        let back = self.recycle.clone();
+        self.write(heap, events, back)
     }
 
-    /// A vector to unpack a packed batch into, for [`Recorder::batch_packed`].
+    /// A vector to unpack a packed batch into, for [`Recorder::batch_unpacked`].
     pub fn spare(&self) -> Vec<Event> {
-        self.keyframes
-            .as_ref()
-            .map_or_else(Vec::new, Keyframes::spare)
+        self.spares
+            .kept
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS))
     }
 
-    /// Writes a batch that came packed, its events unpacked in `events` (from
-    /// [`Recorder::spare`]): the trace writer's helper encodes them and the keyframe model
-    /// applies them, or, while the model's batches are held back, keeps the packed bytes.
-    pub fn batch_packed(
+    /// Writes heap `heap`'s batch that came packed, unpacked in `events` (from
+    /// [`Recorder::spare`], where the vector goes back).
+    pub fn batch_unpacked(
         &mut self,
-        batch: PackedBatch,
+        heap: u32,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let (w, k) = self.started()?;
-        let shared = k.share(events);
-        w.write_shared(batch.heap, &(Arc::clone(&shared) as SharedBatch))?;
-        k.push_packed(batch, shared);
-        keyframes_after_batch(w, k)
+        self.write(heap, events, None)
+    }
+
+    /// Hands `events` to the trace writer's helpers; the vector goes to `back` once they have
+    /// encoded it, or to the spares.
+    fn write(
+        &mut self,
+        heap: u32,
+        events: Vec<Event>,
+        back: Option<crossbeam_channel::Sender<Vec<Event>>>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let back = back.unwrap_or_else(|| self.spares.back.clone());
+        let w = self.started()?;
+        w.write_shared(heap, &(Arc::new(Shared { events, back }) as SharedBatch))?;
+        Ok(())
     }
 
     /// The program has exited: the recorder's threads go back to the usual priority if they can.
     pub fn program_exited(&self) {
         crate::priority::restore_this_thread();
         self.exited.store(true, Ordering::Relaxed);
-        if let Some(k) = &self.keyframes {
-            k.program_exited();
-        }
     }
 
     /// Events and bytes written so far.
@@ -157,36 +188,15 @@ impl Recorder {
         self.finish_with(EndInfo { reason, status })
     }
 
-    /// Writes the keyframes still pending and the End chunk `end`; returns the events written.
+    /// Writes the End chunk `end`; returns the events written.
     pub fn finish_with(self, end: EndInfo) -> Result<u64, Box<dyn std::error::Error>> {
-        let Some(mut w) = self.writer else {
+        let Some(w) = self.writer else {
             return Err("the program ended without sending any events".into());
         };
-        if let Some(k) = self.keyframes {
-            for kf in k.finish()? {
-                write_keyframe(&mut w, &kf?)?;
-            }
-        }
         let events = w.events_written();
         w.finish(end)?;
         Ok(events)
     }
-}
-
-/// After a batch: writes the keyframes that are ready, and asks for the next when it is due.
-fn keyframes_after_batch(
-    w: &mut TraceWriter,
-    k: &mut Keyframes,
-) -> Result<(), Box<dyn std::error::Error>> {
-    k.after_batch(|kf| -> Result<(u64, f64), Box<dyn std::error::Error>> {
-        write_keyframe(w, kf)?;
-        Ok((w.last_keyframe_bytes(), w.event_bytes_per_event()))
-    })
-}
-
-fn write_keyframe(w: &mut TraceWriter, kf: &Keyframe) -> Result<(), Box<dyn std::error::Error>> {
-    w.write_keyframe(kf.event_index, kf.time, &kf.snapshot)?;
-    Ok(())
 }
 
 /// The trace's form of how the program ended.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
+use heaplens_alloc::stats::Bytes;
 use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::picker::{Picker, ProcessRow};
 use heaplens_viewer::ui::{self, App, Source};
@@ -183,6 +184,9 @@ pub fn view(
     }
     let replay = heaplens_viewer::source::Replay::open(file)
         .map_err(|e| format!("{}: {e}", file.display()))?;
+    if let Err(e) = store_keyframes(&replay, file) {
+        say!("{e}; seeking works, but its next opening goes through its events again");
+    }
     let name_of = |p: &std::path::Path| {
         p.file_name().map_or_else(
             || p.display().to_string(),
@@ -208,6 +212,60 @@ pub fn view(
     }
     ui::run(app)?;
     Ok(0)
+}
+
+/// `heaplens index FILE`: opens the trace as the viewer does (making the keyframes it lacks) and
+/// adds them to it.
+pub fn index(file: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let start = std::time::Instant::now();
+    let replay = heaplens_viewer::source::Replay::open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if replay.built_keyframes().is_empty() {
+        say!(
+            "{}: {} events, keyframes enough already; nothing to add",
+            file.display(),
+            replay.total_events()
+        );
+        return Ok(());
+    }
+    say!(
+        "{}: went through {} events in {:.2} s",
+        file.display(),
+        replay.total_events(),
+        start.elapsed().as_secs_f64()
+    );
+    store_keyframes(&replay, file).map_err(Into::into)
+}
+
+/// Adds the keyframes the replay made on opening to the trace, so that the next opening starts
+/// from the last of them, and says so; an error says why it could not (read-only, not a
+/// finished trace).
+pub fn store_keyframes(
+    replay: &heaplens_viewer::source::Replay,
+    file: &Path,
+) -> Result<(), String> {
+    let built = replay.built_keyframes();
+    let Some(last) = built.last() else {
+        return Ok(());
+    };
+    match replay.store_keyframes(file) {
+        Ok(heaplens_viewer::trace::Appended::Added { keyframes, bytes }) => {
+            say!(
+                "added {keyframes} keyframes (up to event {}, {}) to {} for seeking; it opens \
+                 at once from now on",
+                last.event_index,
+                Bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
+                file.display()
+            );
+            Ok(())
+        }
+        Ok(heaplens_viewer::trace::Appended::NothingToAdd) => Ok(()),
+        Err(e) => Err(format!(
+            "could not add the {} keyframes made on opening to {}: {e}",
+            built.len(),
+            file.display()
+        )),
+    }
 }
 
 /// `heaplens learn [SCENARIO]`: the recorded scenario with its guided tour, from the recordings

@@ -557,3 +557,42 @@ fn a_backlog_that_holds_one_frame_at_a_time_still_loses_nothing_and_the_run_time
     assert_eq!(s["complete"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `heaplens record` writes no keyframes; `heaplens index` (the pass the first `heaplens view`
+/// makes) adds them to the trace, changing nothing `stats` reports, and a second run finds
+/// nothing to add.
+#[test]
+fn index_adds_the_keyframes_the_recorder_leaves_out() {
+    let dir = tempdir("index");
+    common::build_preload();
+    let exe = common::sample_c(&dir, "alloc_workload");
+    let trace = dir.join("w.hltrace");
+    common::record(&trace, &[], &[exe.as_os_str(), "300000".as_ref()]);
+    let open = || heaplens_viewer::trace::TraceReader::open(&trace).unwrap();
+    assert!(open().keyframes().is_empty(), "the recorder wrote keyframes");
+    let events = open().total_events();
+    assert!(events > 1_000_000, "{events} events");
+    let before = stats_json(&trace);
+
+    let out = common::succeeded(
+        heaplens().arg("index").arg(&trace).output().unwrap(),
+        "heaplens index",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("keyframes (up to event "), "{said}");
+    let mut r = open();
+    r.verify_all().unwrap();
+    assert!(r.is_complete());
+    let keyframes = r.keyframes().to_vec();
+    assert!(!keyframes.is_empty());
+    assert!(keyframes.iter().all(|k| k.event_index < events));
+    assert_eq!(stats_json(&trace), before, "stats read the same trace");
+
+    let out = common::succeeded(
+        heaplens().arg("index").arg(&trace).output().unwrap(),
+        "heaplens index again",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to add"));
+    assert_eq!(open().keyframes(), &keyframes[..]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

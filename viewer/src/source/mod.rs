@@ -8,6 +8,7 @@
 //!
 //! No egui here: the UI only reads a `View`.
 
+pub mod keyframes;
 pub mod live;
 pub mod recent;
 pub mod replay;

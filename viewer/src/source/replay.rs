@@ -2,8 +2,11 @@
 //!
 //! The position is an event index. Moving forward applies the events in between; moving back
 //! (or far forward) restarts from the latest keyframe at or before the target, a model snapshot
-//! the recorder stored every 500 000 events, so a seek applies at most that many events
-//! whatever the trace's length. Play advances model time by wall time times the speed.
+//! every 500 000 events or more, so a seek applies at most that many events whatever the
+//! trace's length. A trace recorded by `heaplens record` has none at first: opening it goes
+//! through every event once and makes them on the way ([`super::keyframes`]), and
+//! [`Replay::store_keyframes`] adds them to the file. Play advances model time by wall time
+//! times the speed.
 //!
 //! A damaged chunk costs its own events only ([`Resumed`]): past it the model goes on from the
 //! next keyframe after the damage when there is one (exact again), otherwise with the events
@@ -16,10 +19,13 @@ use std::path::Path;
 
 use heaplens_alloc::event::{Event, EventKind};
 
+use super::keyframes::{BuiltKeyframe, Spacing};
 use super::{Status, View};
 use crate::model::geometry::Geometry;
 use crate::model::{CensusCheck, Marker, Metrics, Model};
-use crate::trace::{Damage, ExitStatus, TraceError, TraceReader};
+use crate::trace::{
+    Appended, Damage, ExitStatus, NewKeyframe, TraceError, TraceReader, append_keyframes,
+};
 
 /// How the model went on past a damaged chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +169,8 @@ pub struct Replay {
     damaged: Vec<(Damage, Resumed)>,
     /// The keyframe (its event index) the model was last restored from.
     restored_from: Option<u64>,
+    /// Keyframes made on opening, past the file's own (see [`Replay::first_pass`]).
+    built: Vec<BuiltKeyframe>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -207,12 +215,107 @@ impl Replay {
             damage: None,
             damaged: Vec::new(),
             restored_from: None,
+            built: Vec::new(),
         };
         r.describe_damage();
-        r.seek_event(total)?;
+        r.first_pass()?;
         r.view.model.finish();
         r.full = r.view.model.metrics().clone();
         Ok(r)
+    }
+
+    /// Moves to the end of the trace from its last keyframe (or its start), and on the way makes
+    /// keyframes where the file has none ([`Spacing`]): every 500 000 events or more, as long as
+    /// the file has no damage (a model past damage is not exact, and its keyframes would say it
+    /// is). A keyframe that cannot be made stops the making, not the replay.
+    fn first_pass(&mut self) -> Result<(), TraceError> {
+        let total = self.total;
+        let last = self.reader.keyframes().last().copied();
+        // As a seek to the end from the start would: a short trace is applied whole (and meets
+        // any damage in it).
+        self.restart_from(
+            last.map(|k| k.event_index)
+                .filter(|_| total > FORWARD_LIMIT),
+        )?;
+        let event_bytes: u64 = self
+            .reader
+            .chunks()
+            .iter()
+            .map(|c| u64::from(c.stored_len))
+            .sum();
+        let per_event = event_bytes as f64 / total.max(1) as f64;
+        // Past the file's last keyframe, as far from it as the pass that made it put the next.
+        let mut spacing = Spacing::after(0, per_event);
+        if let Some(k) = last {
+            spacing.made(k.event_index, k.stored_len as usize);
+        }
+        // A file cut off at its end is exact up to the cut; damage inside it is not.
+        let corrupt = matches!(self.reader.status(), crate::trace::Status::Corrupt { .. });
+        let mut build = self.reader.damaged().is_empty() && !corrupt;
+        while self.view.applied < total {
+            let target = if build {
+                spacing.next().min(total)
+            } else {
+                total
+            };
+            let before = self.view.applied;
+            self.apply_until(target)?;
+            if self.view.applied == before || !self.damaged.is_empty() {
+                build = false;
+            }
+            if self.view.applied == before {
+                break; // past the readable events
+            }
+            if build && self.view.applied == spacing.next() && self.view.applied < total {
+                match BuiltKeyframe::of(&self.view.model, self.view.applied) {
+                    Ok(k) => {
+                        spacing.made(k.event_index, k.zstd.len());
+                        self.built.push(k);
+                    }
+                    Err(_) => build = false,
+                }
+            }
+        }
+        self.update_status();
+        Ok(())
+    }
+
+    /// The keyframes made on opening (none when the file had them all).
+    pub fn built_keyframes(&self) -> &[BuiltKeyframe] {
+        &self.built
+    }
+
+    /// Adds the keyframes made on opening to the trace file at `path` (the file this replay
+    /// reads), so the next opening starts from the last of them. Only a finished trace takes
+    /// them (see [`append_keyframes`]).
+    pub fn store_keyframes(&self, path: &Path) -> std::io::Result<Appended> {
+        let keyframes: Vec<NewKeyframe<'_>> = self
+            .built
+            .iter()
+            .map(|k| NewKeyframe {
+                event_index: k.event_index,
+                time: k.time,
+                raw_len: k.raw_len,
+                zstd: &k.zstd,
+            })
+            .collect();
+        append_keyframes(path, &keyframes)
+    }
+
+    /// The event index of the latest keyframe at or before `target`, the file's or one made on
+    /// opening.
+    fn keyframe_before(&self, target: u64) -> Option<u64> {
+        let file = self
+            .reader
+            .keyframe_before_event(target)
+            .map(|k| k.event_index);
+        let built = self
+            .built
+            .iter()
+            .rev()
+            .find(|k| k.event_index <= target)
+            .map(|k| k.event_index);
+        file.max(built)
     }
 
     /// The current state.
@@ -394,10 +497,10 @@ impl Replay {
         let target = index.min(self.total);
         let here = self.position();
         if target < here || target - here > FORWARD_LIMIT {
-            let restart = self.reader.keyframe_before_event(target).copied();
-            let use_keyframe = restart.is_some_and(|k| target < here || k.event_index > here);
+            let restart = self.keyframe_before(target);
+            let use_keyframe = restart.is_some_and(|k| target < here || k > here);
             if target < here || use_keyframe {
-                self.restart_from(restart.filter(|_| use_keyframe).map(|k| k.event_index))?;
+                self.restart_from(restart.filter(|_| use_keyframe))?;
             }
         }
         self.apply_until(target)?;
@@ -409,6 +512,16 @@ impl Replay {
     fn restart_from(&mut self, event_index: Option<u64>) -> Result<(), TraceError> {
         let status = self.view.status.clone();
         self.view = View::new(status);
+        if let Some(at) = event_index
+            && let Some(k) = self.built.iter().find(|k| k.event_index == at)
+        {
+            if let Ok(model) = k.model() {
+                self.view.model = model;
+                self.view.applied = at;
+                self.restored_from = Some(at);
+            }
+            return Ok(());
+        }
         // A damaged keyframe: replay from the start.
         if let Some(at) = event_index
             && let Some((info, bytes)) = self.reader.keyframe_for_event(at).ok().flatten()

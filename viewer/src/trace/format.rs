@@ -160,6 +160,32 @@ impl ChunkHeader {
         })
     }
 
+    /// The header of a chunk whose payload is `raw_len` bytes before compression and `stored`
+    /// in the file (with `compression`), its checksum computed.
+    pub fn sealed(
+        kind: ChunkType,
+        compression: Compression,
+        (first_event, event_count): (u64, u32),
+        (start_time, end_time): (u64, u64),
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Self {
+        let mut header = Self {
+            chunk_type: kind as u8,
+            compression: compression as u8,
+            reserved: 0,
+            raw_len,
+            stored_len: stored.len() as u32,
+            event_count,
+            checksum: 0,
+            first_event,
+            start_time,
+            end_time,
+        };
+        header.checksum = header.compute_checksum(stored);
+        header
+    }
+
     /// The checksum of this header (its own checksum field taken as 0) and `payload`.
     pub fn compute_checksum(&self, payload: &[u8]) -> u32 {
         let mut h = *self;

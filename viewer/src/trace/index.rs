@@ -53,6 +53,8 @@ pub struct KeyframeInfo {
     pub time: u64,
     /// Payload bytes after decompression.
     pub len: u32,
+    /// Payload bytes in the file.
+    pub stored_len: u32,
 }
 
 /// A chunk as the index lists it.
@@ -124,6 +126,7 @@ impl TraceIndex {
                     event_index: header.first_event,
                     time: header.start_time,
                     len: header.raw_len,
+                    stored_len: header.stored_len,
                 };
                 // Kept in event order (a writer adds them in order; a stable insert otherwise).
                 let at = self

@@ -43,6 +43,7 @@
 //! ```
 
 pub(crate) mod addr_map;
+pub mod append;
 pub mod damage;
 pub mod encode;
 pub mod end;
@@ -54,6 +55,7 @@ pub mod reader;
 pub mod synth;
 pub mod writer;
 
+pub use append::{Appended, NewKeyframe, append_keyframes};
 pub use damage::Damage;
 pub use end::{EndInfo, EndReason, ExitStatus};
 pub use error::TraceError;

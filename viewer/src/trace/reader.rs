@@ -60,6 +60,8 @@ pub struct TraceReader<R = BufReader<File>> {
     status: Status,
     damaged: Vec<Damage>,
     end: Option<EndInfo>,
+    /// The Index chunk the file ends with, when it was read from there.
+    index_chunk: Option<Entry>,
     stored: Vec<u8>,
     raw: Vec<u8>,
     decoder: Decoder,
@@ -90,6 +92,7 @@ impl<R: Read + Seek> TraceReader<R> {
             status: Status::Complete,
             damaged: Vec::new(),
             end: None,
+            index_chunk: None,
             stored: Vec::new(),
             raw: Vec::new(),
             decoder: Decoder::for_version(version),
@@ -113,6 +116,12 @@ impl<R: Read + Seek> TraceReader<R> {
     /// The chunk index (event chunks, keyframes, lookups).
     pub fn index(&self) -> &TraceIndex {
         &self.index
+    }
+
+    /// Where the Index chunk the file ends with starts, and its header: `None` unless the
+    /// index was read from the file (not rebuilt by a scan).
+    pub(crate) fn index_chunk(&self) -> Option<(u64, ChunkHeader)> {
+        self.index_chunk.map(|e| (e.offset, e.header))
     }
 
     /// The Events chunks.
@@ -433,6 +442,7 @@ impl<R: Read + Seek> TraceReader<R> {
         };
         self.index = index;
         self.end = Some(end);
+        self.index_chunk = Some(entry);
         self.status = Status::Complete;
         Ok(true)
     }

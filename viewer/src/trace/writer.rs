@@ -626,19 +626,14 @@ impl<W: Write> TraceWriter<W> {
             Some(z) => (Compression::Zstd, z),
             None => (Compression::None, raw),
         };
-        let mut header = ChunkHeader {
-            chunk_type: kind as u8,
-            compression: compression as u8,
-            reserved: 0,
+        let header = ChunkHeader::sealed(
+            kind,
+            compression,
+            (first_event, event_count),
+            (start_time, end_time),
             raw_len,
-            stored_len: stored.len() as u32,
-            event_count,
-            checksum: 0,
-            first_event,
-            start_time,
-            end_time,
-        };
-        header.checksum = header.compute_checksum(stored);
+            stored,
+        );
         let out = self.out_mut();
         let r = out
             .write_all(&header.to_bytes())

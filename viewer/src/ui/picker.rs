@@ -68,6 +68,9 @@ impl Picker {
         };
         match Replay::open(&row.path) {
             Ok(replay) => {
+                // Keyframes made on opening go into the file for the next opening; a file that
+                // cannot take them still opens, only not at once.
+                let _ = replay.store_keyframes(&row.path);
                 let what = format!("pid {} · {}", row.pid, row.command);
                 self.open = Some((i, App::new(Source::Replay(Box::new(replay)), what)));
                 self.error = None;
