@@ -176,25 +176,47 @@ fn gone(pid: i32) -> String {
     format!("no process with pid {pid} is running")
 }
 
-/// Connects to the program's socket.
+/// Connects to the program's socket. A socket that refuses the connection is stale if its
+/// program is gone (then it is removed); while the program runs, it is tried again for a while
+/// (a program that just started may be between making its socket and listening on it).
 fn connect(target: &Target) -> Result<UnixStream, String> {
     let pid = target.pid;
-    UnixStream::connect(&target.socket).map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => {
-            let _ = std::fs::remove_file(&target.socket);
-            format!(
-                "the heaplens socket of pid {pid} ({}) at {} is stale: nothing listens on it \
-                 (the program that made it is gone; removed now)",
-                target.name,
+    let mut tries = 0;
+    loop {
+        let e = match UnixStream::connect(&target.socket) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => e,
+        };
+        return Err(match e.kind() {
+            io::ErrorKind::ConnectionRefused if Path::new(&format!("/proc/{pid}")).exists() => {
+                tries += 1;
+                if tries < 50 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                format!(
+                    "pid {pid} ({}) runs, but nothing listens on its heaplens socket {} (its \
+                     listener thread is gone?)",
+                    target.name,
+                    target.socket.display()
+                )
+            }
+            io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(&target.socket);
+                format!(
+                    "the heaplens socket of pid {pid} ({}) at {} is stale: nothing listens on \
+                     it (the program that made it is gone; removed now)",
+                    target.name,
+                    target.socket.display()
+                )
+            }
+            io::ErrorKind::PermissionDenied => format!(
+                "cannot reach pid {pid}'s heaplens socket {}: {e}",
                 target.socket.display()
-            )
-        }
-        io::ErrorKind::PermissionDenied => format!(
-            "cannot reach pid {pid}'s heaplens socket {}: {e}",
-            target.socket.display()
-        ),
-        _ => format!("cannot connect to pid {pid}: {e}"),
-    })
+            ),
+            _ => format!("cannot connect to pid {pid}: {e}"),
+        });
+    }
 }
 
 /// SIGINT and SIGTERM detach; a second one stops waiting for the program's last events.

@@ -157,16 +157,25 @@ fn listen() -> io::Result<()> {
     private_dir(&dir)?;
     let pid = i32::try_from(std::process::id()).unwrap_or(-1);
     let path = socket_path(&dir, pid);
+    // Made under a name of its own and renamed into place once it listens, with its mode set:
+    // `heaplens attach` takes a socket that refuses a connection for one left by a program
+    // that died, and the socket is refused between `bind` and `listen` (it removed a socket
+    // being made, and the program then failed to set its mode: ENOENT).
+    let making = dir.join(format!(".{pid}.sock.new"));
     // One left by an earlier program of this pid (this process before an `exec`, or one that
     // died): the directory is ours alone, so whatever is there is ours to replace.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| {
+    let _ = std::fs::remove_file(&making);
+    let listener = UnixListener::bind(&making).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on {}: {e}", path.display()),
+            format!("cannot listen on {}: {e}", making.display()),
         )
     })?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&making, &path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&making);
+        })?;
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let first = SOCKET
         .swap(Box::into_raw(Box::new((c_path, pid))), AcqRel)

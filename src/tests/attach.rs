@@ -410,6 +410,22 @@ fn pids_that_cannot_be_attached_get_one_clear_sentence() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is gone") && err.contains("stale"), "{err}");
     assert!(!stale.exists(), "the stale socket is removed");
+
+    // A program that runs, with a socket nothing listens on (as between a program's `bind` and
+    // `listen`): not stale, and left alone.
+    let quiet = Command::new("sleep")
+        .arg("600")
+        .env("XDG_RUNTIME_DIR", &dir)
+        .spawn()
+        .unwrap();
+    let socket = sockets.join(format!("{}.sock", quiet.id()));
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let (code, err) = attach_error(quiet.id(), &dir);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("runs, but nothing listens"), "{err}");
+    assert!(socket.exists(), "a running program's socket is not removed");
+    kill("KILL", quiet.id());
+    wait_exit(quiet, "sleep");
 }
 
 #[test]
