@@ -494,15 +494,14 @@ const DRAIN_EVERY_MAX: u64 = 4 * MS;
 /// How long the collector sleeps between polls while full buffers keep arriving: a busy thread
 /// fills about 20 buffers in that time, well within the channel's capacity.
 const BUSY_POLL: Duration = Duration::from_micros(200);
-/// Margin for events being written while a drain reads their buffer. At a quarter of a
-/// millisecond the buffers waited half as long again, but a census of a busy program attached
-/// to disagreed with the model in 2 of 9 runs on a loaded machine (0 of 18 at 1 ms). One of the
-/// two was the detach census reading a heap whose thread waited to send as idle (fixed in
-/// `hook::idle_heap_parts`); the other, a page's `used` one apart in a heap's own part mid-run,
-/// an allocation made while its buffer changed landing inside the part (fixed in
-/// `hook::heap_census`). 0 of 16 runs failed at a quarter since, but that is few runs to go by:
-/// the margin stays.
-const IN_FLIGHT: u64 = MS;
+/// Margin for events being written while a drain reads their buffer. At 1 ms the buffers waited
+/// half as long again (trees with the hook on 1.10-1.19x the time). A quarter of a millisecond
+/// first made a census of a busy program attached to disagree with the model in 2 of 9 runs on a
+/// loaded machine; both were bugs of their own, now fixed (the detach census read a heap whose
+/// thread waited to send as idle: `hook::idle_heap_parts`; an allocation made while a heap's
+/// buffer changed landed inside its census part: `hook::heap_census`). Since, 0 census
+/// failures in 36 runs under a CPU hog.
+const IN_FLIGHT: u64 = MS / 4;
 
 impl<'a> Collector<'a> {
     fn new(state: &'a mut State) -> Self {
