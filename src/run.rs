@@ -182,6 +182,7 @@ pub fn view(
         ui::run_picker(Picker::new(file.display().to_string(), rows))?;
         return Ok(0);
     }
+    say_first_opening(file);
     let replay = heaplens_viewer::source::Replay::open(file)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     if let Err(e) = store_keyframes(&replay, file) {
@@ -212,6 +213,24 @@ pub fn view(
     }
     ui::run(app)?;
     Ok(0)
+}
+
+/// Says, before a long first opening, why it takes a while: a trace of a few million events or
+/// more whose keyframes (none, as `heaplens record` writes it) stop far from its end.
+fn say_first_opening(file: &Path) {
+    let Ok(reader) = heaplens_viewer::trace::TraceReader::open(file) else {
+        return; // the opening itself says what is wrong
+    };
+    let total = reader.total_events();
+    let from = reader.keyframes().last().map_or(0, |k| k.event_index);
+    if total - from.min(total) >= 4_000_000 {
+        say!(
+            "first opening of {}: going through its {} events once to make keyframes for \
+             seeking (stored in the file, so this happens once)",
+            file.display(),
+            total - from.min(total)
+        );
+    }
 }
 
 /// `heaplens index FILE`: opens the trace as the viewer does (making the keyframes it lacks) and

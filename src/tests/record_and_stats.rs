@@ -569,7 +569,10 @@ fn index_adds_the_keyframes_the_recorder_leaves_out() {
     let trace = dir.join("w.hltrace");
     common::record(&trace, &[], &[exe.as_os_str(), "300000".as_ref()]);
     let open = || heaplens_viewer::trace::TraceReader::open(&trace).unwrap();
-    assert!(open().keyframes().is_empty(), "the recorder wrote keyframes");
+    assert!(
+        open().keyframes().is_empty(),
+        "the recorder wrote keyframes"
+    );
     let events = open().total_events();
     assert!(events > 1_000_000, "{events} events");
     let before = stats_json(&trace);
