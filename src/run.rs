@@ -215,8 +215,8 @@ pub fn view(
     Ok(0)
 }
 
-/// Says, before a long first opening, why it takes a while: a trace of a few million events or
-/// more whose keyframes (none, as `heaplens record` writes it) stop far from its end.
+/// Says, before a long opening, why it takes a while: a trace whose keyframes (none, as
+/// `heaplens record` writes it) stop millions of events before its end.
 fn say_first_opening(file: &Path) {
     let Ok(reader) = heaplens_viewer::trace::TraceReader::open(file) else {
         return; // the opening itself says what is wrong
@@ -225,8 +225,8 @@ fn say_first_opening(file: &Path) {
     let from = reader.keyframes().last().map_or(0, |k| k.event_index);
     if total - from.min(total) >= 4_000_000 {
         say!(
-            "first opening of {}: going through its {} events once to make keyframes for \
-             seeking (stored in the file, so this happens once)",
+            "opening {}: replaying its {} events after its last keyframe (the first opening \
+             of a recording adds keyframes to it for seeking)",
             file.display(),
             total - from.min(total)
         );
@@ -241,7 +241,9 @@ pub fn index(file: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("{}: {e}", file.display()))?;
     if replay.built_keyframes().is_empty() {
         say!(
-            "{}: {} events, keyframes enough already; nothing to add",
+            "{}: {} events; no keyframes to add (it has them, or it is short, or its model is \
+             too large against its events for one to pay: a keyframe takes at most an eighth of \
+             the bytes of the events before it)",
             file.display(),
             replay.total_events()
         );

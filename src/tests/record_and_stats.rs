@@ -595,7 +595,7 @@ fn index_adds_the_keyframes_the_recorder_leaves_out() {
         heaplens().arg("index").arg(&trace).output().unwrap(),
         "heaplens index again",
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to add"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no keyframes to add"));
     assert_eq!(open().keyframes(), &keyframes[..]);
     let _ = std::fs::remove_dir_all(&dir);
 }

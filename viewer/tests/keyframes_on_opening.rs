@@ -29,11 +29,13 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// Writes `events` to `path` as the recorder does: batches of one heap, no keyframes; with
-/// `finish`, End chunk, index and trailer.
+/// `finish`, End chunk, index and trailer. Stored uncompressed, so that keyframes of the
+/// synthetic model (which grows with its time series) are small against the events' bytes and
+/// come every 500 k events.
 fn write(path: &Path, events: &[(u32, Event)], finish: bool) {
     let options = WriterOptions {
         chunk_events: 64 * 1024,
-        ..WriterOptions::default()
+        zstd_level: None,
     };
     let mut w = TraceWriter::create_with(path, &Metadata::default(), options).unwrap();
     for batch in events.chunk_by(|a, b| a.0 == b.0) {

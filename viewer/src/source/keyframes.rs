@@ -19,10 +19,14 @@ pub const KEYFRAME_EVERY: u64 = 500_000;
 /// 2.0 MB of events, and heaptrack's 2.8 MB file).
 const KEYFRAME_SHARE: f64 = 0.125;
 
-/// Where the next keyframe goes: [`KEYFRAME_EVERY`] events after the last, or further when the
-/// last was large against the trace's own bytes per event.
+/// Where keyframes go: one every [`KEYFRAME_EVERY`] events at most, and only where the events
+/// since the last take at least 1 / [`KEYFRAME_SHARE`] times its bytes, so that keyframes stay
+/// about an eighth of the file. (A binary-trees recording with `--stacks all` has 0.13 bytes
+/// an event and a model of 3 MB: a keyframe at 500 k events would have made the file twice
+/// as large, to save the replay of 500 k events.)
 #[derive(Clone, Copy, Debug)]
 pub struct Spacing {
+    last: u64,
     next: u64,
     bytes_per_event: f64,
 }
@@ -31,6 +35,7 @@ impl Spacing {
     /// Keyframes after the one at `last` (0: none yet) in a trace of `bytes_per_event`.
     pub fn after(last: u64, bytes_per_event: f64) -> Self {
         Self {
+            last,
             next: last + KEYFRAME_EVERY,
             bytes_per_event: bytes_per_event.max(0.01),
         }
@@ -41,10 +46,30 @@ impl Spacing {
         self.next
     }
 
-    /// A keyframe of `bytes` (as stored) was made at event `at`.
+    /// Events a keyframe of `bytes` must be apart from the one before.
+    fn worth(&self, bytes: usize) -> u64 {
+        (bytes as f64 / KEYFRAME_SHARE / self.bytes_per_event) as u64
+    }
+
+    /// A keyframe of `bytes` (as stored) is at event `at` (one the file has).
     pub fn made(&mut self, at: u64, bytes: usize) {
-        let events = bytes as f64 / KEYFRAME_SHARE / self.bytes_per_event;
-        self.next = at + (events as u64).max(KEYFRAME_EVERY);
+        self.last = at;
+        self.next = at + self.worth(bytes).max(KEYFRAME_EVERY);
+    }
+
+    /// Whether a keyframe of `bytes` made at `at` (when it was due) is worth keeping; either
+    /// way, the next is due where one of that size would be, and [`KEYFRAME_EVERY`] events on
+    /// at least (a model that grows as it goes would otherwise be offered again and again just
+    /// short of where it is worth it).
+    pub fn offer(&mut self, at: u64, bytes: usize) -> bool {
+        let worth = self.worth(bytes);
+        if at.saturating_sub(self.last) >= worth {
+            self.made(at, bytes);
+            true
+        } else {
+            self.next = (self.last + worth).max(at + KEYFRAME_EVERY);
+            false
+        }
     }
 }
 
@@ -92,12 +117,33 @@ mod tests {
     fn keyframes_come_every_500k_events_and_further_apart_when_they_are_large() {
         let mut s = Spacing::after(0, 1.0);
         assert_eq!(s.next(), 500_000);
-        s.made(500_000, 1000);
+        assert!(s.offer(500_000, 1000));
         assert_eq!(s.next(), 1_000_000);
         // A keyframe of 1 MiB in a trace of 1 byte per event: the next waits for 8 Mi events.
         s.made(1_000_000, 1 << 20);
         assert_eq!(s.next(), 1_000_000 + 8 * (1 << 20));
         assert_eq!(Spacing::after(3_000_000, 2.0).next(), 3_500_000);
+    }
+
+    #[test]
+    fn a_keyframe_larger_than_an_eighth_of_the_events_before_it_is_dropped() {
+        // 1 MiB after 500 k events of 1 byte: dropped, and the next is due 8 Mi events after
+        // the start, where one of that size is worth it.
+        let mut s = Spacing::after(0, 1.0);
+        assert!(!s.offer(500_000, 1 << 20));
+        assert_eq!(s.next(), 8 << 20);
+        assert!(s.offer(8 << 20, 1 << 20));
+        assert_eq!(s.next(), 16 << 20);
+        // A model that grew meanwhile: dropped again, due where it would be worth it.
+        assert!(!s.offer(16 << 20, 2 << 20));
+        assert_eq!(s.next(), 24 << 20);
+        // Just short of that: offered again no sooner than 500 k events on.
+        assert!(!s.offer(24 << 20, (2 << 20) + 4096));
+        assert_eq!(s.next(), (24 << 20) + KEYFRAME_EVERY);
+        // After a keyframe the file has, counted from it.
+        let mut s = Spacing::after(0, 1.0);
+        s.made(2_000_000, 100);
+        assert_eq!(s.next(), 2_500_000);
     }
 
     #[test]

@@ -269,8 +269,9 @@ impl Replay {
             if build && self.view.applied == spacing.next() && self.view.applied < total {
                 match BuiltKeyframe::of(&self.view.model, self.view.applied) {
                     Ok(k) => {
-                        spacing.made(k.event_index, k.zstd.len());
-                        self.built.push(k);
+                        if spacing.offer(k.event_index, k.zstd.len()) {
+                            self.built.push(k);
+                        }
                     }
                     Err(_) => build = false,
                 }
