@@ -58,8 +58,9 @@ const HELPER_THREADS: usize = 2;
 /// Parts of shared batches that may wait for a helper to encode them.
 const PARTS_IN_FLIGHT: usize = 64;
 
-/// A batch of events the writer shares with others (the recorder's keyframe model reads the
-/// same events): the helper encodes it, so the writer's thread only hands it on.
+/// A batch of events the writer shares with its owner (the recorder has the vector back, to
+/// unpack the next batch into, once the helper has encoded it): the helper encodes it, so the
+/// writer's thread only hands it on.
 pub type SharedBatch = Arc<dyn AsRef<[Event]> + Send + Sync>;
 
 /// An Events chunk on its way through the helper. Its payload is `raw`, encoded by the writer,
