@@ -11,7 +11,8 @@ use heaplens_viewer::model::synth::{Synth, SynthConfig};
 use heaplens_viewer::source::Replay;
 use heaplens_viewer::source::keyframes::KEYFRAME_EVERY;
 use heaplens_viewer::trace::{
-    Appended, EndInfo, Metadata, TraceReader, TraceWriter, WriterOptions,
+    Appended, EndInfo, Metadata, NewKeyframe, TraceReader, TraceWriter, WriterOptions,
+    append_keyframes,
 };
 
 /// A synthetic program's events, `n` of them or a few more.
@@ -144,6 +145,34 @@ fn an_unfinished_trace_gets_keyframes_in_memory_and_its_file_is_left_as_it_was()
         std::fs::read(&path).unwrap() == before,
         "the file is unchanged"
     );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn keyframes_that_do_not_fit_the_trace_change_nothing() {
+    let events = events(100_000);
+    let path = temp("misfit.hltrace");
+    write(&path, &events, true);
+    let before = std::fs::read(&path).unwrap();
+    let raw = Model::new().to_keyframe().unwrap();
+    let zstd = zstd::bulk::compress(&raw, 3).unwrap();
+    let k = |event_index| NewKeyframe {
+        event_index,
+        time: 0,
+        raw_len: raw.len(),
+        zstd: &zstd,
+    };
+    let total = events.len() as u64;
+    // The first would fit: the second, past the events or out of order, stops them both
+    // before anything is written.
+    for bad in [[k(10), k(total + 1)], [k(20), k(10)]] {
+        let err = append_keyframes(&path, &bad).unwrap_err();
+        assert!(err.to_string().contains("nothing was added"), "{err}");
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "the file is unchanged"
+        );
+    }
     let _ = std::fs::remove_file(&path);
 }
 

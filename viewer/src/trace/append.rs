@@ -73,21 +73,25 @@ pub fn append_keyframes(path: &Path, keyframes: &[NewKeyframe<'_>]) -> io::Resul
     {
         return Ok(Appended::NothingToAdd);
     }
+    // Every keyframe checked before a byte is written: a bad one changes nothing.
     let total = reader.total_events();
+    let mut last = first.event_index;
+    for k in keyframes {
+        if k.event_index > total || k.event_index < last || k.raw_len > MAX_KEYFRAME_LEN as usize {
+            return Err(io::Error::other(format!(
+                "a keyframe at event {} does not fit a trace of {total} events (or comes out of \
+                 order); nothing was added",
+                k.event_index
+            )));
+        }
+        last = k.event_index;
+    }
     let mut index = reader.index().clone();
     let old_len = file.seek(SeekFrom::End(0))?;
     let mut out = io::BufWriter::new(&mut file);
     out.seek(SeekFrom::Start(index_at))?;
     let mut pos = index_at;
-    let mut last = first.event_index;
     for k in keyframes {
-        if k.event_index > total || k.event_index < last || k.raw_len > MAX_KEYFRAME_LEN as usize {
-            return Err(io::Error::other(format!(
-                "a keyframe at event {} does not fit a trace of {total} events",
-                k.event_index
-            )));
-        }
-        last = k.event_index;
         let header = ChunkHeader::sealed(
             ChunkType::Keyframe,
             Compression::Zstd,
