@@ -10,6 +10,7 @@
 
 pub mod keyframes;
 pub mod live;
+pub mod prefetch;
 pub mod recent;
 pub mod replay;
 

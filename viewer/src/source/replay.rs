@@ -20,6 +20,7 @@ use std::path::Path;
 use heaplens_alloc::event::{Event, EventKind};
 
 use super::keyframes::{BuiltKeyframe, Spacing};
+use super::prefetch::Prefetch;
 use super::{Status, View};
 use crate::model::geometry::Geometry;
 use crate::model::{CensusCheck, Marker, Metrics, Model};
@@ -171,6 +172,8 @@ pub struct Replay {
     restored_from: Option<u64>,
     /// Keyframes made on opening, past the file's own (see [`Replay::first_pass`]).
     built: Vec<BuiltKeyframe>,
+    /// Chunks decoded ahead during the first pass.
+    prefetch: Option<Prefetch>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -185,14 +188,20 @@ impl std::fmt::Debug for Replay {
 impl Replay {
     /// Opens a trace and moves to its end (the whole recording is visible first).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, TraceError> {
-        let reader = TraceReader::open(path)?;
-        Self::from_reader(reader)
+        let reader = TraceReader::open(&path)?;
+        Self::open_reader(reader, Some(path.as_ref()))
     }
 
     /// Replays what `reader` reads. Every chunk's checksum is verified first, so that what damage
     /// costs is known before the replay meets it. A trace recorded with an allocator geometry
     /// the model does not read is refused ([`TraceError::Geometry`]).
-    pub fn from_reader(mut reader: TraceReader) -> Result<Self, TraceError> {
+    pub fn from_reader(reader: TraceReader) -> Result<Self, TraceError> {
+        Self::open_reader(reader, None)
+    }
+
+    /// [`Replay::from_reader`]; with the file's `path`, its first pass decodes chunks ahead on
+    /// a thread of its own ([`Prefetch`]).
+    fn open_reader(mut reader: TraceReader, path: Option<&Path>) -> Result<Self, TraceError> {
         Geometry::of(reader.metadata())?;
         reader.verify_all()?;
         let total = reader.total_events();
@@ -216,9 +225,10 @@ impl Replay {
             damaged: Vec::new(),
             restored_from: None,
             built: Vec::new(),
+            prefetch: None,
         };
         r.describe_damage();
-        r.first_pass()?;
+        r.first_pass(path)?;
         r.view.model.finish();
         r.full = r.view.model.metrics().clone();
         Ok(r)
@@ -227,8 +237,9 @@ impl Replay {
     /// Moves to the end of the trace from its last keyframe (or its start), and on the way makes
     /// keyframes where the file has none ([`Spacing`]): every 500 000 events or more, as long as
     /// the file has no damage (a model past damage is not exact, and its keyframes would say it
-    /// is). A keyframe that cannot be made stops the making, not the replay.
-    fn first_pass(&mut self) -> Result<(), TraceError> {
+    /// is). A keyframe that cannot be made stops the making, not the replay. With the file's
+    /// `path` (and no damage), chunks are decoded ahead on a thread of their own.
+    fn first_pass(&mut self, path: Option<&Path>) -> Result<(), TraceError> {
         let total = self.total;
         let last = self.reader.keyframes().last().copied();
         // As a seek to the end from the start would: a short trace is applied whole (and meets
@@ -252,6 +263,12 @@ impl Replay {
         // A file cut off at its end is exact up to the cut; damage inside it is not.
         let corrupt = matches!(self.reader.status(), crate::trace::Status::Corrupt { .. });
         let mut build = self.reader.damaged().is_empty() && !corrupt;
+        if build
+            && let Some(path) = path
+            && let Some(first) = self.reader.index().chunk_of_event(self.view.applied)
+        {
+            self.prefetch = Prefetch::start(path, first);
+        }
         while self.view.applied < total {
             let target = if build {
                 spacing.next().min(total)
@@ -277,6 +294,7 @@ impl Replay {
                 }
             }
         }
+        self.prefetch = None;
         self.update_status();
         Ok(())
     }
@@ -646,6 +664,17 @@ impl Replay {
     /// first opening's time).
     fn load_chunk(&mut self, i: usize) -> Result<(), TraceError> {
         if self.chunk.as_ref().is_none_or(|(c, _)| *c != i) {
+            if let Some(p) = &self.prefetch {
+                // Decoded ahead: taken as it is, the vector before it goes back to the thread.
+                // Otherwise (an error, or the thread is past it) read here as always.
+                if let Some(Ok(events)) = p.take(i) {
+                    if let Some((_, old)) = self.chunk.replace((i, events)) {
+                        p.give_back(old);
+                    }
+                    return Ok(());
+                }
+                self.prefetch = None;
+            }
             let mut events = self.chunk.take().map(|(_, e)| e).unwrap_or_default();
             self.reader.read_chunk_into(i, &mut events)?;
             self.chunk = Some((i, events));

@@ -1,0 +1,109 @@
+//! Chunks decoded ahead on a thread of their own, while a replay's first pass applies the ones
+//! before: decoding is about half of a first opening's time and the model the rest, so on two
+//! cores the two overlap.
+
+use std::path::Path;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use heaplens_alloc::event::Event;
+
+use crate::trace::{TraceError, TraceReader};
+
+/// A chunk's events, as the reader gives them.
+type Chunk = Vec<(u32, Event)>;
+
+/// Chunks decoded this far ahead of the one being applied, at most (each up to 40 MB).
+const AHEAD: usize = 1;
+
+/// A thread that reads the chunks of a trace in order, from a given one on.
+pub struct Prefetch {
+    chunks: Receiver<(usize, Result<Chunk, TraceError>)>,
+    spare: Sender<Chunk>,
+}
+
+impl Prefetch {
+    /// Starts reading the trace at `path` (with a reader of its own) from chunk `first` on;
+    /// `None` if it cannot (the replay then reads each chunk itself).
+    pub fn start(path: &Path, first: usize) -> Option<Self> {
+        let mut reader = TraceReader::open(path).ok()?;
+        let (tx, chunks) = bounded(AHEAD);
+        let (spare, spares) = bounded::<Chunk>(AHEAD + 2);
+        std::thread::Builder::new()
+            .name("heaplens-prefetch".into())
+            .spawn(move || {
+                for i in first..reader.chunks().len() {
+                    let mut events = spares.try_recv().unwrap_or_default();
+                    let read = reader.read_chunk_into(i, &mut events).map(|()| events);
+                    let failed = read.is_err();
+                    // The replay stopped listening (it moved elsewhere, or is done).
+                    if tx.send((i, read)).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self { chunks, spare })
+    }
+
+    /// Chunk `i`, if it is the next this thread reads (or one after chunks not wanted, which
+    /// are passed over); `None` once it has gone past `i` or stopped. An error is the reader's
+    /// for that chunk.
+    pub fn take(&self, i: usize) -> Option<Result<Chunk, TraceError>> {
+        loop {
+            let (at, read) = self.chunks.recv().ok()?;
+            match at.cmp(&i) {
+                std::cmp::Ordering::Less => {
+                    if let Ok(events) = read {
+                        self.give_back(events);
+                    }
+                }
+                std::cmp::Ordering::Equal => return Some(read),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+
+    /// A chunk's vector the replay is done with, to read a later chunk into.
+    pub fn give_back(&self, events: Chunk) {
+        let _ = self.spare.try_send(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{EndInfo, Metadata, TraceWriter, WriterOptions};
+
+    #[test]
+    fn chunks_come_in_order_those_skipped_are_passed_over_and_none_comes_back() {
+        let path = std::env::temp_dir().join(format!("heaplens-prefetch-{}", std::process::id()));
+        let options = WriterOptions {
+            chunk_events: 100,
+            ..WriterOptions::default()
+        };
+        let mut w = TraceWriter::create_with(&path, &Metadata::default(), options).unwrap();
+        let events: Vec<Event> = (1..=1000u64)
+            .map(|t| Event {
+                kind: heaplens_alloc::event::EventKind::ClockSync as u8,
+                addr: t,
+                time: t,
+                ..Event::default()
+            })
+            .collect();
+        w.write_batch(1, &events).unwrap();
+        w.finish(EndInfo::clean(0)).unwrap();
+        let mut reader = TraceReader::open(&path).unwrap();
+        assert_eq!(reader.chunks().len(), 10);
+
+        let p = Prefetch::start(&path, 1).unwrap();
+        let third = p.take(3).unwrap().unwrap();
+        assert!(
+            third == reader.read_chunk(3).unwrap(),
+            "chunk 3, chunks 1 and 2 passed over"
+        );
+        p.give_back(third);
+        assert!(p.take(4).unwrap().unwrap() == reader.read_chunk(4).unwrap());
+        assert!(p.take(2).is_none(), "gone past it");
+        let _ = std::fs::remove_file(&path);
+    }
+}
