@@ -76,16 +76,18 @@ mod tests {
     #[test]
     fn a_waiting_thread_goes_on_once_room_is_made_and_not_before() {
         static ROOM: AtomicBool = AtomicBool::new(false);
-        let waiter = std::thread::spawn(|| {
-            let t = std::time::Instant::now();
-            wait_for_room(|| ROOM.load(SeqCst).then_some(()));
-            t.elapsed()
-        });
+        let waiter = std::thread::spawn(|| wait_for_room(|| ROOM.load(SeqCst).then_some(())));
+        // It goes to sleep waiting (counted among the waiters) and stays there: no room yet.
+        let start = std::time::Instant::now();
+        while WAITERS.load(SeqCst) == 0 {
+            assert!(start.elapsed().as_secs() < 10, "the thread never waited");
+            std::thread::yield_now();
+        }
         std::thread::sleep(std::time::Duration::from_millis(30));
         assert!(!waiter.is_finished(), "no room yet");
         ROOM.store(true, SeqCst);
         made_room();
-        let waited = waiter.join().unwrap();
-        assert!(waited >= std::time::Duration::from_millis(30));
+        // Woken once there is room (a thread still asleep would hang the test here).
+        waiter.join().unwrap();
     }
 }
