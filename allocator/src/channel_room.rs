@@ -87,7 +87,8 @@ mod tests {
         assert!(!waiter.is_finished(), "no room yet");
         ROOM.store(true, SeqCst);
         made_room();
-        // Woken once there is room (a thread still asleep would hang the test here).
+        // It goes on once there is room (woken by `made_room`, or at its next look, a
+        // millisecond at most).
         waiter.join().unwrap();
     }
 }
