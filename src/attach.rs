@@ -99,12 +99,7 @@ pub fn run(
             launch::send(&tx, 1, pid, StreamItem::Closed(why));
         })?;
     match record {
-        Some(output) => record_stream(
-            &target,
-            &frames,
-            Recorder::new(output).recycling(recycle),
-            output,
-        ),
+        Some(output) => record_stream(&target, &frames, Recorder::new(output, recycle), output),
         None => watch(&target, frames),
     }
 }
@@ -352,26 +347,7 @@ fn record_stream(
             output.display()
         );
     };
-    while let Some(queued) = frames.recv_queued() {
-        let frame = match queued {
-            launch::Queued::Frame(frame) => frame,
-            launch::Queued::Packed { conn, pid, batch } => {
-                // Unpacked once, for the census check and the writer.
-                let mut events = recorder.spare();
-                match frames.unpack(conn, pid, &batch, &mut events) {
-                    Ok(()) => {
-                        let census = !attached && ends_census(batch.heap, &events);
-                        recorder.batch_unpacked(batch.heap, events)?;
-                        if census {
-                            attached = true;
-                            say_attached();
-                        }
-                        continue;
-                    }
-                    Err(closed) => closed,
-                }
-            }
-        };
+    while let Some(frame) = frames.recv() {
         match frame.item {
             StreamItem::Message(Message::Meta(json)) => {
                 recorder.meta(&attached_meta(&json))?;
@@ -379,7 +355,7 @@ fn record_stream(
             }
             StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                 let census = !attached && ends_census(heap, &events);
-                recorder.batch_owned(heap, events)?;
+                recorder.batch(heap, events)?;
                 if census {
                     attached = true;
                     say_attached();

@@ -271,7 +271,7 @@ impl Frames {
 
     /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged, the end of its
     /// connection's stream with why ([`Frames::unpack`]).
-    fn unpacked(&self, queued: Queued) -> Frame {
+    pub fn unpacked(&self, queued: Queued) -> Frame {
         let (conn, pid, batch) = match queued {
             Queued::Frame(f) => return f,
             Queued::Packed { conn, pid, batch } => (conn, pid, batch),

@@ -20,7 +20,6 @@ use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::ExitStatus;
 
 use crate::launch::{Frame, Frames, Queued, StreamItem};
-use crate::packed::PackedBatch;
 use crate::quiet::say;
 use crate::record::Recorder;
 
@@ -104,7 +103,7 @@ impl Processes {
             StreamItem::Message(Message::Meta(json)) => self.meta(conn, pid, &json),
             StreamItem::Message(Message::Batch(Batch { heap, events })) => {
                 if let Some(p) = self.current(conn, pid)
-                    && let Err(e) = p.recorder.batch_owned(heap, events)
+                    && let Err(e) = p.recorder.batch(heap, events)
                 {
                     self.fail(pid, &e.to_string());
                 }
@@ -135,39 +134,16 @@ impl Processes {
         }
     }
 
-    /// Takes one item of the backlog as [`Frames::recv_queued`] gives it; returns whether it
-    /// was a batch.
+    /// Takes one item of the backlog as [`Frames::recv_queued`] gives it (a packed batch
+    /// unpacked once, into a vector the recorder gives back, or a damaged one the end of its
+    /// connection's stream, as [`Frames::recv`] does); returns whether it was a batch.
     pub fn take_queued(&mut self, queued: Queued, frames: &Frames) -> bool {
-        match queued {
-            Queued::Frame(frame) => {
-                let batch = matches!(frame.item, StreamItem::Message(Message::Batch(_)));
-                self.take(frame);
-                batch
-            }
-            Queued::Packed { conn, pid, batch } => {
-                self.take_packed(conn, pid, batch, frames);
-                true
-            }
-        }
-    }
-
-    /// Takes one batch that came packed: unpacks it once (a damaged one ends its connection's
-    /// stream, as [`Frames::recv`] would), lets its bytes go back to the backlog, and gives the
-    /// events to the recorder.
-    fn take_packed(&mut self, conn: u64, pid: i32, batch: PackedBatch, frames: &Frames) {
-        let Some(p) = self.current(conn, pid) else {
-            return;
+        let batch = match &queued {
+            Queued::Frame(frame) => matches!(frame.item, StreamItem::Message(Message::Batch(_))),
+            Queued::Packed { .. } => true,
         };
-        let mut events = p.recorder.spare();
-        if let Err(closed) = frames.unpack(conn, pid, &batch, &mut events) {
-            self.take(closed);
-            return;
-        }
-        let heap = batch.heap;
-        drop(batch);
-        if let Err(e) = p.recorder.batch_unpacked(heap, events) {
-            self.fail(pid, &e.to_string());
-        }
+        self.take(frames.unpacked(queued));
+        batch
     }
 
     /// Finishes the traces whose stream closed without its end mark and whose process is gone
@@ -217,7 +193,7 @@ impl Processes {
         }
         self.unrecorded.remove(&pid);
         let path = self.path_of(pid);
-        let mut recorder = Recorder::new(&path).recycling(self.recycle.clone());
+        let mut recorder = Recorder::new(&path, self.recycle.clone());
         if let Err(e) = recorder.meta(json) {
             self.fail(pid, &e.to_string());
             return;

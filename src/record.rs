@@ -29,25 +29,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Recorder {
     output: PathBuf,
     writer: Option<TraceWriter>,
-    /// Vectors the trace writer's helpers gave back once they had encoded them.
-    spares: Spares,
-    recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
+    /// Where a batch's event vector goes once the trace writer's helper has encoded it: back to
+    /// the backlog's reader, to unpack a later batch into.
+    recycle: crossbeam_channel::Sender<Vec<Event>>,
     /// The program has exited: the writer's compression helper takes the usual priority back.
     exited: Arc<AtomicBool>,
 }
 
-/// Event vectors to unpack batches into, given back by the trace writer's helpers when they
-/// have encoded them (as many as may be in flight to them).
-struct Spares {
-    back: crossbeam_channel::Sender<Vec<Event>>,
-    kept: crossbeam_channel::Receiver<Vec<Event>>,
-}
-
-/// Vectors kept for [`Recorder::spare`].
-const SPARES: usize = 256;
-
 /// A batch's events, read by the trace writer's helper that encodes them; the vector goes back
-/// (to [`Recorder::spare`], or to whoever gave the batch) once it is done.
+/// to be used again once it is done.
 struct Shared {
     events: Vec<Event>,
     back: crossbeam_channel::Sender<Vec<Event>>,
@@ -66,22 +56,15 @@ impl Drop for Shared {
 }
 
 impl Recorder {
-    /// A recorder that will write `output` once the program's metadata arrives.
-    pub fn new(output: &Path) -> Self {
-        let (back, kept) = crossbeam_channel::bounded(SPARES);
+    /// A recorder that will write `output` once the program's metadata arrives, and give each
+    /// batch's event vector to `recycle` once done with it.
+    pub fn new(output: &Path, recycle: crossbeam_channel::Sender<Vec<Event>>) -> Self {
         Self {
             output: output.to_owned(),
             writer: None,
-            spares: Spares { back, kept },
-            recycle: None,
+            recycle,
             exited: Arc::new(AtomicBool::new(false)),
         }
-    }
-
-    /// Gives each batch's event vector to `recycle` once the recorder is done with it.
-    pub fn recycling(mut self, recycle: crossbeam_channel::Sender<Vec<Event>>) -> Self {
-        self.recycle = Some(recycle);
-        self
     }
 
     /// The program's metadata: creates the file.
@@ -111,52 +94,17 @@ impl Recorder {
         Ok(())
     }
 
-    /// The trace writer, once the program's metadata has made it.
-    fn started(&mut self) -> Result<&mut TraceWriter, Box<dyn std::error::Error>> {
-        self.writer
-            .as_mut()
-            .ok_or_else(|| "the program's stream had events before its metadata".into())
-    }
-
-    /// Writes a batch that came unpacked; its vector goes back to the recycle channel this
-    /// recorder was given, if any.
-    pub fn batch_owned(
+    /// Hands heap `heap`'s batch to the trace writer's helpers.
+    pub fn batch(
         &mut self,
         heap: u32,
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let back = self.recycle.clone();
-        self.write(heap, events, back)
-    }
-
-    /// A vector to unpack a packed batch into, for [`Recorder::batch_unpacked`].
-    pub fn spare(&self) -> Vec<Event> {
-        self.spares
-            .kept
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS))
-    }
-
-    /// Writes heap `heap`'s batch that came packed, unpacked in `events` (from
-    /// [`Recorder::spare`], where the vector goes back).
-    pub fn batch_unpacked(
-        &mut self,
-        heap: u32,
-        events: Vec<Event>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        self.write(heap, events, None)
-    }
-
-    /// Hands `events` to the trace writer's helpers; the vector goes to `back` once they have
-    /// encoded it, or to the spares.
-    fn write(
-        &mut self,
-        heap: u32,
-        events: Vec<Event>,
-        back: Option<crossbeam_channel::Sender<Vec<Event>>>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let back = back.unwrap_or_else(|| self.spares.back.clone());
-        let w = self.started()?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or("the program's stream had events before its metadata")?;
         w.write_shared(heap, &(Arc::new(Shared { events, back }) as SharedBatch))?;
         Ok(())
     }

@@ -18,7 +18,7 @@ use heaplens_viewer::source::{Feed, Live, Status};
 use heaplens_viewer::ui::picker::{Picker, ProcessRow};
 use heaplens_viewer::ui::{self, App, Source};
 
-use crate::launch::{self, Exit, Launched, Queued};
+use crate::launch::{self, Exit, Launched};
 use crate::processes::{Finished, Processes};
 use crate::quiet::say;
 use crate::tap::{Program, Tap};
@@ -96,33 +96,12 @@ fn pump(
     let mut tap = Tap::new(tx);
     let mut program = Program::new(launched.pid);
     let frames = &launched.frames;
-    let Some(p) = processes.as_mut() else {
-        for frame in frames {
-            if let Some((heap, events)) = program.batch(&frame) {
-                tap.send(heap, events.clone());
-            }
+    for frame in frames {
+        if let Some((heap, events)) = program.batch(&frame) {
+            tap.send(heap, events.clone());
         }
-        return finish(launched, None, tx);
-    };
-    while let Some(queued) = frames.recv_queued() {
-        match queued {
-            Queued::Frame(frame) => {
-                if let Some((heap, events)) = program.batch(&frame) {
-                    tap.send(heap, events.clone());
-                }
-                p.take(frame);
-            }
-            Queued::Packed { conn, pid, batch } => {
-                // The viewer's copy is unpacked here; the recorder unpacks its own once and
-                // encodes it on the trace writer's helpers (`Processes::take_queued`).
-                if program.is_current(conn, pid) {
-                    let mut events = Vec::with_capacity(batch.len());
-                    if batch.unpack_into(&mut events).is_ok() {
-                        tap.send(batch.heap, events);
-                    }
-                }
-                p.take_queued(Queued::Packed { conn, pid, batch }, frames);
-            }
+        if let Some(p) = processes.as_mut() {
+            p.take(frame);
         }
     }
     finish(launched, processes, tx)

@@ -86,11 +86,6 @@ impl Program {
         }
     }
 
-    /// Whether a batch of connection `conn` of process `pid` is the program's, for the viewer.
-    pub(crate) fn is_current(&self, conn: u64, pid: i32) -> bool {
-        pid == self.pid && conn == self.conn
-    }
-
     /// The batch `frame` carries for the viewer, if any.
     pub(crate) fn batch<'f>(&mut self, frame: &'f Frame) -> Option<(u32, &'f Vec<Event>)> {
         if frame.pid != self.pid {

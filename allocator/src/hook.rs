@@ -1066,6 +1066,7 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
         let room = usize::try_from(count()).map_or(usize::MAX, |p| p.saturating_mul(2));
         let _ = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
         let t = now();
+        // Counted again: making room may have allocated, and carved a page.
         let pages = count();
         let begin = schema::CensusBegin {
             pages,

@@ -51,6 +51,15 @@ fn write(path: &Path, events: &[(u32, Event)], finish: bool) {
     }
 }
 
+/// A synthetic program's `n` events (or a few more) written to temporary trace `name` (see
+/// [`write`]).
+fn trace(name: &str, n: usize, finish: bool) -> (Vec<(u32, Event)>, PathBuf) {
+    let events = events(n);
+    let path = temp(name);
+    write(&path, &events, finish);
+    (events, path)
+}
+
 fn from_start(events: &[(u32, Event)], n: u64) -> Model {
     let mut m = Model::new();
     for (heap, e) in &events[..n as usize] {
@@ -71,10 +80,8 @@ fn seek_matches(replay: &mut Replay, events: &[(u32, Event)], pos: u64) -> Optio
 
 #[test]
 fn keyframes_made_on_opening_serve_seeks_and_the_next_opening_once_stored() {
-    let events = events(3_000_000);
+    let (events, path) = trace("stored.hltrace", 3_000_000, true);
     let total = events.len() as u64;
-    let path = temp("stored.hltrace");
-    write(&path, &events, true);
     assert!(TraceReader::open(&path).unwrap().keyframes().is_empty());
 
     let mut replay = Replay::open(&path).unwrap();
@@ -129,9 +136,7 @@ fn keyframes_made_on_opening_serve_seeks_and_the_next_opening_once_stored() {
 
 #[test]
 fn an_unfinished_trace_gets_keyframes_in_memory_and_its_file_is_left_as_it_was() {
-    let events = events(1_100_000);
-    let path = temp("cut.hltrace");
-    write(&path, &events, false);
+    let (events, path) = trace("cut.hltrace", 1_100_000, false);
     let before = std::fs::read(&path).unwrap();
     let mut replay = Replay::open(&path).unwrap();
     assert!(!replay.built_keyframes().is_empty());
@@ -150,9 +155,7 @@ fn an_unfinished_trace_gets_keyframes_in_memory_and_its_file_is_left_as_it_was()
 
 #[test]
 fn keyframes_that_do_not_fit_the_trace_change_nothing() {
-    let events = events(100_000);
-    let path = temp("misfit.hltrace");
-    write(&path, &events, true);
+    let (events, path) = trace("misfit.hltrace", 100_000, true);
     let before = std::fs::read(&path).unwrap();
     let raw = Model::new().to_keyframe().unwrap();
     let zstd = zstd::bulk::compress(&raw, 3).unwrap();
@@ -178,9 +181,7 @@ fn keyframes_that_do_not_fit_the_trace_change_nothing() {
 
 #[test]
 fn a_short_trace_gets_no_keyframes() {
-    let events = events(100_000);
-    let path = temp("short.hltrace");
-    write(&path, &events, true);
+    let (_, path) = trace("short.hltrace", 100_000, true);
     let replay = Replay::open(&path).unwrap();
     assert!(replay.built_keyframes().is_empty());
     assert_eq!(
