@@ -49,6 +49,7 @@
 use std::collections::HashMap;
 
 use super::addr_map::AddrMap;
+use super::sink::{MAX_VARINT, Sink};
 use crate::model::hash::FastMap;
 
 use heaplens_alloc::event::{Event, EventKind};
@@ -107,6 +108,58 @@ const _: () = assert!(schema::kind_coded(schema::ARG, How::ParentOfNode) as u8 =
 const AFTER_FREE_ARG: u8 = schema::kind_coded(schema::ARG, How::AfterFree) as u8;
 /// A free pushes its block onto the freed stack (a `Resize` refers to a block without freeing it).
 const FREE: u8 = EventKind::Free as u8;
+/// The fields of a narrow `Alloc`, in every version: an `Alloc` without a stack id (arg32) is
+/// narrow. A narrow `Free` has only its address.
+const ALLOC_FIELDS: u8 = field::ADDR | field::AUX | field::ARG;
+const _: () = {
+    assert!(
+        fields(1, ALLOC) == ALLOC_FIELDS && fields(super::format::VERSION, ALLOC) == ALLOC_FIELDS
+    );
+    assert!(fields(1, FREE) == field::ADDR && fields(super::format::VERSION, FREE) == field::ADDR);
+    assert!(
+        matches!(code_of(1, ALLOC), AddrCode::Alloc)
+            && matches!(code_of(super::format::VERSION, ALLOC), AddrCode::Alloc)
+    );
+    assert!(
+        matches!(code_of(1, FREE), AddrCode::Ref)
+            && matches!(code_of(super::format::VERSION, FREE), AddrCode::Ref)
+    );
+    // A bare op (kind × 4) of both fits one varint byte.
+    assert!(ALLOC < 32 && FREE < 32);
+};
+
+/// The byte streams of an Events payload being written, by name (the table at the top).
+#[derive(Default)]
+struct Streams {
+    ops: Sink,
+    time: Sink,
+    refs: Sink,
+    addr: Sink,
+    aux: Sink,
+    arg32: Sink,
+    arg: Sink,
+    ref_lo: Sink,
+    ref_hi: Sink,
+    size_lo: Sink,
+}
+
+impl Streams {
+    /// Every stream, in payload order.
+    fn all(&mut self) -> [&mut Sink; STREAMS] {
+        [
+            &mut self.ops,
+            &mut self.time,
+            &mut self.refs,
+            &mut self.addr,
+            &mut self.aux,
+            &mut self.arg32,
+            &mut self.arg,
+            &mut self.ref_lo,
+            &mut self.ref_hi,
+            &mut self.size_lo,
+        ]
+    }
+}
 
 /// Field bits of [`fields`].
 pub mod field {
@@ -482,9 +535,9 @@ pub fn split_streams(payload: &[u8], n: usize) -> Result<[&[u8]; STREAMS], &'sta
 /// each byte stream with one Huffman table; a random value's low byte is near uniform and its
 /// high part small, and kept apart neither blurs the other's statistics as a varint's bytes do.
 #[inline]
-fn put_split(lo: &mut Vec<u8>, hi: &mut Vec<u8>, v: u64) {
+fn put_split(lo: &mut Sink, hi: &mut Sink, v: u64) {
     lo.push(v as u8);
-    put_varint(hi, v >> 8);
+    hi.varint(v >> 8);
 }
 
 /// Reads a value [`put_split`] wrote.
@@ -740,7 +793,7 @@ fn slot_of<T: Default>(index: &mut HashMap<u32, usize>, heaps: &mut Vec<T>, heap
 /// Builds the payload of one Events chunk, batch by batch.
 pub struct ChunkEncoder {
     coding: Coding,
-    streams: [Vec<u8>; STREAMS],
+    streams: Streams,
     index: HashMap<u32, usize>,
     heaps: Vec<EncodeHeap>,
     blocks: AddrMap,
@@ -809,39 +862,12 @@ impl ChunkEncoder {
         if events.is_empty() {
             return;
         }
-        let [
-            ops,
-            time,
-            refs,
-            addr,
-            aux,
-            arg32,
-            arg,
-            ref_lo,
-            ref_hi,
-            size_lo,
-        ] = &mut self.streams;
-        put_varint(ops, u64::from(heap));
-        put_varint(ops, events.len() as u64);
-        let cur = slot_of(&mut self.index, &mut self.heaps, heap);
-        let Coding {
-            fields,
-            codes,
-            stacks,
-            split,
-            ..
-        } = self.coding;
-        // A `Free`'s or `Resize`'s reference.
-        let put_ref = |refs: &mut Vec<u8>, lo: &mut Vec<u8>, hi: &mut Vec<u8>, v: u64| {
-            if split {
-                put_split(lo, hi, v);
-            } else {
-                put_varint(refs, v);
-            }
-        };
-        let heaps = &mut self.heaps;
+        let (cur, mut h) = self.start_batch(heap, events.len());
         let mut prev_time = self.prev_time;
-        let (mut lo, mut hi) = (self.start_time, self.end_time);
+        for e in events {
+            self.start_time = self.start_time.min(e.time);
+            self.end_time = self.end_time.max(e.time);
+        }
         for (i, e) in events.iter().enumerate() {
             // The address lookups miss the cache: start the one of an event a few ahead.
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
@@ -850,142 +876,231 @@ impl ChunkEncoder {
             if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
                 AddrMap::prefetch_item(ahead);
             }
-            let (f, wide) = present(fields, e);
-            let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
-            put_varint(ops, op);
-            if e.flags != 0 {
-                ops.push(e.flags);
-            }
-            put_varint(time, zigzag(e.time.wrapping_sub(prev_time)));
+            self.streams
+                .time
+                .varint(zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
-            lo = lo.min(e.time);
-            hi = hi.max(e.time);
-            match addr_code(codes, e.kind, f) {
-                AddrCode::Alloc => {
-                    let h = &mut heaps[cur];
-                    let c = size_class(e.arg);
-                    let live = Block::Live {
-                        slot: cur as u32,
-                        in_heap: h.allocs,
-                        in_chunk: self.allocs,
-                        class: c,
-                    };
-                    match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
-                        Some(Block::Freed { slot, class, seq })
-                            if slot as usize == cur && class == c =>
-                        {
-                            let s = h.stack(c);
-                            put_varint(refs, ref_code(s.next, s.len, seq));
-                            s.next = i64::from(seq) - 1;
-                        }
-                        _ => {
-                            put_varint(refs, 0);
-                            put_varint(addr, zigzag(e.addr.wrapping_sub(h.pred.alloc_base(c))));
-                            h.pred.note_carved(c, e.addr);
-                        }
-                    }
-                    h.pred.last_addr[GROUP_ALLOC] = e.addr;
-                    h.allocs += 1;
-                    self.allocs += 1;
-                }
-                AddrCode::Ref => {
-                    let found = self.blocks.get_mut(e.addr);
-                    match found.as_ref().map(|b| Block::unpack(**b)) {
-                        Some(Block::Live {
-                            slot,
-                            in_heap,
-                            in_chunk,
-                            class,
-                        }) => {
-                            if slot as usize == cur {
-                                put_ref(
-                                    refs,
-                                    ref_lo,
-                                    ref_hi,
-                                    1 + 2 * u64::from(heaps[cur].allocs - 1 - in_heap),
-                                );
-                            } else {
-                                put_ref(
-                                    refs,
-                                    ref_lo,
-                                    ref_hi,
-                                    2 + 2 * u64::from(self.allocs - 1 - in_chunk),
-                                );
-                            }
-                            if e.kind == FREE {
-                                let s = heaps[slot as usize].stack(class);
-                                if let Some(b) = found {
-                                    *b = Block::Freed {
-                                        slot,
-                                        class,
-                                        seq: s.len,
-                                    }
-                                    .pack();
-                                }
-                                s.len += 1;
-                            }
-                        }
-                        _ => {
-                            put_ref(refs, ref_lo, ref_hi, 0);
-                            let last = heaps[cur].pred.last_addr[GROUP_FREE];
-                            put_varint(addr, zigzag(e.addr.wrapping_sub(last)));
-                        }
-                    }
-                    heaps[cur].pred.last_addr[GROUP_FREE] = e.addr;
-                }
-                AddrCode::Delta(g) => {
-                    let last = &mut heaps[cur].pred.last_addr[usize::from(g)];
-                    put_varint(addr, zigzag(e.addr.wrapping_sub(*last)));
-                    *last = e.addr;
-                }
-                AddrCode::Plain => put_varint(addr, e.addr),
-                AddrCode::Absent => {}
-            }
-            if f & field::AUX != 0 {
-                match e.kind {
-                    SIZE_CLASS_AUX => put_varint(aux, code_alloc_aux(e.aux, e.arg)),
-                    _ => put_varint(aux, u64::from(e.aux)),
-                }
-            }
-            if f & field::ARG32 != 0 {
-                let h = &mut heaps[cur];
-                let v = match e.kind {
-                    STACK_ID_ARG32 if stacks => h.pred.code_stack(e.arg32, &mut h.seen),
-                    STACK_FRAME if stacks => h.pred.code_frame_id(e.arg32),
-                    _ => u64::from(e.arg32),
-                };
-                put_varint(arg32, v);
-            }
-            if f & field::ARG != 0 {
-                match e.kind {
-                    AFTER_FREE_ARG => {
-                        let last = heaps[cur].pred.last_addr[GROUP_FREE];
-                        put_varint(arg, zigzag(e.arg.wrapping_sub(last)));
-                    }
-                    // The parent, against the node's own id.
-                    STACK_FRAME if stacks => {
-                        put_varint(arg, zigzag(u64::from(e.arg32).wrapping_sub(e.arg)));
-                    }
-                    ALLOC if split => put_split(size_lo, arg, e.arg),
-                    _ => put_varint(arg, e.arg),
-                }
-            }
+            self.code_event(&mut h, cur, e);
         }
         self.prev_time = prev_time;
-        self.start_time = lo;
-        self.end_time = hi;
+        self.heaps[cur] = h;
         self.events += events.len() as u32;
+    }
+
+    /// Begins a batch of `n` events of `heap`: writes its head, and takes the heap's state out
+    /// of the list (most events touch it, and a local needs no bounds check); returns its slot
+    /// and state, to put back after.
+    fn start_batch(&mut self, heap: u32, n: usize) -> (usize, EncodeHeap) {
+        // Room for the batch at its widest (wide events with flags), so that no write grows a
+        // stream.
+        let s = &mut self.streams;
+        s.ops.room(2 * MAX_VARINT + 3 * n);
+        s.ref_lo.room(n);
+        s.size_lo.room(n);
+        for wide in [
+            &mut s.time,
+            &mut s.refs,
+            &mut s.addr,
+            &mut s.aux,
+            &mut s.arg32,
+            &mut s.arg,
+            &mut s.ref_hi,
+        ] {
+            wide.room(MAX_VARINT * n);
+        }
+        self.streams.ops.varint(u64::from(heap));
+        self.streams.ops.varint(n as u64);
+        let cur = slot_of(&mut self.index, &mut self.heaps, heap);
+        (cur, std::mem::take(&mut self.heaps[cur]))
+    }
+
+    /// Codes one event of heap `cur` (state `h`), but its time.
+    #[inline(always)]
+    fn code_event(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        // The two kinds of nearly every event, narrow and without flags, go straight to their
+        // codings (the same as `code_fields`', without looking up how).
+        let bare = e.flags == 0 && e.arg32 == 0;
+        if e.kind == ALLOC && bare {
+            self.streams.ops.push(ALLOC << 2);
+            self.code_alloc(h, cur, e);
+            return;
+        }
+        if e.kind == FREE && bare && e.aux == 0 && e.arg == 0 {
+            self.streams.ops.push(FREE << 2);
+            self.code_ref(h, cur, e);
+            return;
+        }
+        let (f, wide) = present(self.coding.fields, e);
+        let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
+        self.streams.ops.varint(op);
+        if e.flags != 0 {
+            self.streams.ops.push(e.flags);
+        }
+        self.code_fields(h, cur, e, f);
+    }
+
+    /// Codes the fields `f` of `e`, an event of heap `cur` (state `h`), by its kind's codings.
+    fn code_fields(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event, f: u8) {
+        let Coding {
+            codes,
+            stacks,
+            split,
+            ..
+        } = self.coding;
+        match addr_code(codes, e.kind, f) {
+            AddrCode::Alloc => {
+                self.code_alloc_addr(h, cur, e);
+            }
+            AddrCode::Ref => self.code_ref(h, cur, e),
+            AddrCode::Delta(g) => {
+                let last = &mut h.pred.last_addr[usize::from(g)];
+                self.streams.addr.varint(zigzag(e.addr.wrapping_sub(*last)));
+                *last = e.addr;
+            }
+            AddrCode::Plain => self.streams.addr.varint(e.addr),
+            AddrCode::Absent => {}
+        }
+        let s = &mut self.streams;
+        if f & field::AUX != 0 {
+            match e.kind {
+                SIZE_CLASS_AUX => s.aux.varint(code_alloc_aux(e.aux, e.arg)),
+                _ => s.aux.varint(u64::from(e.aux)),
+            }
+        }
+        if f & field::ARG32 != 0 {
+            let v = match e.kind {
+                STACK_ID_ARG32 if stacks => h.pred.code_stack(e.arg32, &mut h.seen),
+                STACK_FRAME if stacks => h.pred.code_frame_id(e.arg32),
+                _ => u64::from(e.arg32),
+            };
+            s.arg32.varint(v);
+        }
+        if f & field::ARG != 0 {
+            match e.kind {
+                AFTER_FREE_ARG => {
+                    let last = h.pred.last_addr[GROUP_FREE];
+                    s.arg.varint(zigzag(e.arg.wrapping_sub(last)));
+                }
+                // The parent, against the node's own id.
+                STACK_FRAME if stacks => {
+                    s.arg.varint(zigzag(u64::from(e.arg32).wrapping_sub(e.arg)));
+                }
+                ALLOC if split => put_split(&mut s.size_lo, &mut s.arg, e.arg),
+                _ => s.arg.varint(e.arg),
+            }
+        }
+    }
+
+    /// A narrow `Alloc` (addr, aux, arg): [`ChunkEncoder::code_fields`] of its field set.
+    #[inline(always)]
+    fn code_alloc(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        if !self.coding.split {
+            return self.code_fields(h, cur, e, ALLOC_FIELDS);
+        }
+        self.code_alloc_addr(h, cur, e);
+        let s = &mut self.streams;
+        s.aux.varint(code_alloc_aux(e.aux, e.arg));
+        put_split(&mut s.size_lo, &mut s.arg, e.arg);
+    }
+
+    /// The address of an `Alloc` of heap `cur`: a block freed earlier in the chunk, else
+    /// carved.
+    #[inline(always)]
+    fn code_alloc_addr(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        let c = size_class(e.arg);
+        let live = Block::Live {
+            slot: cur as u32,
+            in_heap: h.allocs,
+            in_chunk: self.allocs,
+            class: c,
+        };
+        let Streams { refs, addr, .. } = &mut self.streams;
+        match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
+            Some(Block::Freed { slot, class, seq }) if slot as usize == cur && class == c => {
+                let s = h.stack(c);
+                refs.varint(ref_code(s.next, s.len, seq));
+                s.next = i64::from(seq) - 1;
+            }
+            _ => {
+                refs.varint(0);
+                addr.varint(zigzag(e.addr.wrapping_sub(h.pred.alloc_base(c))));
+                h.pred.note_carved(c, e.addr);
+            }
+        }
+        h.pred.last_addr[GROUP_ALLOC] = e.addr;
+        h.allocs += 1;
+        self.allocs += 1;
+    }
+
+    /// The address of a `Free` or `Resize` of heap `cur`: a reference to the block's `Alloc`
+    /// in the chunk, else a delta.
+    #[inline(always)]
+    fn code_ref(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        let split = self.coding.split;
+        let Streams {
+            refs,
+            addr,
+            ref_lo,
+            ref_hi,
+            ..
+        } = &mut self.streams;
+        // A reference: split from version 3, else a varint.
+        macro_rules! put_ref {
+            ($v:expr) => {
+                if split {
+                    put_split(ref_lo, ref_hi, $v);
+                } else {
+                    refs.varint($v);
+                }
+            };
+        }
+        let found = self.blocks.get_mut(e.addr);
+        match found.as_ref().map(|b| Block::unpack(**b)) {
+            Some(Block::Live {
+                slot,
+                in_heap,
+                in_chunk,
+                class,
+            }) => {
+                let owner = if slot as usize == cur {
+                    put_ref!(1 + 2 * u64::from(h.allocs - 1 - in_heap));
+                    &mut *h
+                } else {
+                    put_ref!(2 + 2 * u64::from(self.allocs - 1 - in_chunk));
+                    &mut self.heaps[slot as usize]
+                };
+                if e.kind == FREE {
+                    let s = owner.stack(class);
+                    if let Some(b) = found {
+                        *b = Block::Freed {
+                            slot,
+                            class,
+                            seq: s.len,
+                        }
+                        .pack();
+                    }
+                    s.len += 1;
+                }
+            }
+            _ => {
+                put_ref!(0);
+                let last = h.pred.last_addr[GROUP_FREE];
+                addr.varint(zigzag(e.addr.wrapping_sub(last)));
+            }
+        }
+        h.pred.last_addr[GROUP_FREE] = e.addr;
     }
 
     /// Writes the payload to `out` (cleared first) and starts a new chunk.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
         out.clear();
-        let streams = &mut self.streams[..self.coding.streams];
+        let mut all = self.streams.all();
+        let streams = &mut all[..self.coding.streams];
         for s in streams.iter() {
             put_varint(out, s.len() as u64);
         }
         for s in streams {
-            out.extend_from_slice(s);
+            out.extend_from_slice(s.bytes());
             s.clear();
         }
         self.index.clear();
@@ -1665,9 +1780,12 @@ mod tests {
     #[test]
     fn split_values_round_trip_and_reject_overflow() {
         for v in [0, 1, 255, 256, 0xffff, 1 << 56, u64::MAX] {
-            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            let (mut lo, mut hi) = (Sink::default(), Sink::default());
             put_split(&mut lo, &mut hi, v);
-            assert_eq!(get_split(&mut Bytes::new(&lo), &mut Bytes::new(&hi)), Ok(v));
+            assert_eq!(
+                get_split(&mut Bytes::new(lo.bytes()), &mut Bytes::new(hi.bytes())),
+                Ok(v)
+            );
         }
         // A high part of more than 56 bits does not fit.
         let mut hi = Vec::new();

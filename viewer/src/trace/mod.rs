@@ -52,6 +52,7 @@ pub mod format;
 pub mod index;
 pub mod metadata;
 pub mod reader;
+pub(crate) mod sink;
 pub mod synth;
 pub mod writer;
 

@@ -1,0 +1,120 @@
+//! A byte stream the encoder appends to: room is made once per batch, and each byte then costs
+//! a store and one bounds check that never fails, where `Vec::push` also compared the length
+//! with the capacity and kept a path to grow it (about 45 instructions an event across the
+//! encoder's ten streams).
+//!
+//! The buffer is kept zero-filled beyond what was written ([`Sink::room`] grows it with
+//! zeros), so it needs no `unsafe`: the bytes past [`Sink::len`] are simply overwritten.
+
+/// Most bytes one value takes as LEB128 (64 bits).
+pub const MAX_VARINT: usize = 10;
+
+/// An append-only byte stream with room made ahead.
+#[derive(Default)]
+pub struct Sink {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Sink {
+    /// Bytes written.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes written.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Forgets what was written, keeping the room.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Makes room for `n` more bytes: the writes after it up to that many find their place
+    /// (a write past it still lands, growing the buffer).
+    #[inline]
+    pub fn room(&mut self, n: usize) {
+        let need = self.len + n;
+        if need > self.buf.len() {
+            self.grow(need);
+        }
+    }
+
+    #[inline(never)]
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        let size = need.max(self.buf.len() * 2).max(4096);
+        self.buf.resize(size, 0);
+    }
+
+    /// Appends one byte.
+    #[inline(always)]
+    pub fn push(&mut self, b: u8) {
+        match self.buf.get_mut(self.len) {
+            Some(slot) => *slot = b,
+            None => {
+                self.grow(self.len + 1);
+                self.buf[self.len] = b;
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Appends `v` as LEB128.
+    #[inline(always)]
+    pub fn varint(&mut self, v: u64) {
+        if v < 0x80 {
+            self.push(v as u8);
+        } else {
+            self.varint_long(v);
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self, mut v: u64) {
+        self.room(MAX_VARINT);
+        let out = &mut self.buf[self.len..self.len + MAX_VARINT];
+        let mut n = 0;
+        while v >= 0x80 {
+            out[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        out[n] = v as u8;
+        self.len += n + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_what_a_vector_would() {
+        let mut sink = Sink::default();
+        let mut vec = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..50_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 1000 == 0 {
+                sink.room(64);
+            }
+            let v = x >> (x % 64);
+            sink.varint(v);
+            super::super::encode::put_varint(&mut vec, v);
+            sink.push(x as u8);
+            vec.push(x as u8);
+        }
+        assert_eq!(sink.bytes(), &vec[..]);
+        assert_eq!(sink.len(), vec.len());
+        sink.clear();
+        assert_eq!(sink.len(), 0);
+        sink.varint(300);
+        assert_eq!(sink.bytes(), &[0xac, 0x02]);
+    }
+}
