@@ -394,12 +394,13 @@ pub fn size_class(size: u64) -> u8 {
     c.min(CLASSES as u64 - 1) as u8
 }
 
-/// `Alloc` aux: 0, the size class of the request (the allocator's bin), or anything else.
+/// `Alloc` aux: 0, `class` (the size class of the request: the allocator's bin), or anything
+/// else.
 #[inline]
-fn code_alloc_aux(aux: u16, size: u64) -> u64 {
+fn code_alloc_aux(aux: u16, class: u8) -> u64 {
     match aux {
         0 => 0,
-        a if a == u16::from(size_class(size)) => 1,
+        a if a == u16::from(class) => 1,
         a => u64::from(a) + 2,
     }
 }
@@ -963,7 +964,7 @@ impl ChunkEncoder {
         let s = &mut self.streams;
         if f & field::AUX != 0 {
             match e.kind {
-                SIZE_CLASS_AUX => s.aux.varint(code_alloc_aux(e.aux, e.arg)),
+                SIZE_CLASS_AUX => s.aux.varint(code_alloc_aux(e.aux, size_class(e.arg))),
                 _ => s.aux.varint(u64::from(e.aux)),
             }
         }
@@ -997,16 +998,16 @@ impl ChunkEncoder {
         if !self.coding.split {
             return self.code_fields(h, cur, e, ALLOC_FIELDS);
         }
-        self.code_alloc_addr(h, cur, e);
+        let class = self.code_alloc_addr(h, cur, e);
         let s = &mut self.streams;
-        s.aux.varint(code_alloc_aux(e.aux, e.arg));
+        s.aux.varint(code_alloc_aux(e.aux, class));
         put_split(&mut s.size_lo, &mut s.arg, e.arg);
     }
 
     /// The address of an `Alloc` of heap `cur`: a block freed earlier in the chunk, else
-    /// carved.
+    /// carved. Returns the request's size class.
     #[inline(always)]
-    fn code_alloc_addr(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+    fn code_alloc_addr(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) -> u8 {
         let c = size_class(e.arg);
         let live = Block::Live {
             slot: cur as u32,
@@ -1030,6 +1031,7 @@ impl ChunkEncoder {
         h.pred.last_addr[GROUP_ALLOC] = e.addr;
         h.allocs += 1;
         self.allocs += 1;
+        c
     }
 
     /// The address of a `Free` or `Resize` of heap `cur`: a reference to the block's `Alloc`
