@@ -194,12 +194,12 @@ pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()>
     let end = b.len() - SLACK;
     let mut at = 0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
-    let mut tail = [0u8; MAX_PACKED];
+    let mut tail = [0u8; WINDOW];
     for _ in 0..len {
-        // One bounds check an event: its largest possible slot, or near the end a copy of what
-        // is left, zero-padded (the values' masks drop the padding's bytes, as they drop the
-        // next event's).
-        let slot: &[u8; MAX_PACKED] = match b.get(at..at + MAX_PACKED) {
+        // One bounds check an event: a window its largest possible slot fits in, or near the
+        // end a copy of what is left, zero-padded (the values' masks drop the padding's bytes,
+        // as they drop the next event's).
+        let slot: &[u8; WINDOW] = match b.get(at..at + WINDOW) {
             Some(s) => s.try_into().ok()?,
             None => {
                 let rest = b.get(at..)?;
@@ -230,35 +230,46 @@ pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()>
     (at == end).then_some(())
 }
 
+/// Bytes [`decode`] reads an event from: more than its largest slot ([`MAX_PACKED`]), so that
+/// a value read at any place four lengths of up to 15 lead to stays inside, and no length
+/// needs clamping to 8 first for the compiler to leave the reads unchecked.
+const WINDOW: usize = 64;
+const _: () = assert!(WINDOW >= MAX_PACKED && 2 + 3 * 15 + 8 <= WINDOW);
+
+/// [`MASK`], indexed by any 4-bit length (those above 8 are refused before a mask is used).
+const MASK16: [u64; 16] = {
+    let mut m = [u64::MAX; 16];
+    let mut i = 0;
+    while i < MASK.len() {
+        m[i] = MASK[i];
+        i += 1;
+    }
+    m
+};
+
 /// The four values of the event packed at the start of `slot`, and the bytes it takes; `None`
 /// if its control word gives a length above 8.
 #[inline]
-fn decode(slot: &[u8; MAX_PACKED]) -> Option<([u64; 4], usize)> {
+fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
     let control = u16::from_le_bytes([slot[0], slot[1]]);
     // A length above 8 has its top bit set and another one too.
     let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
     if top & (low | low >> 1 | low >> 2) & 0x1111 != 0 {
         return None;
     }
-    // Each length is at most 8 (checked above; `min` lets the compiler see it, so no read
-    // below is bounds-checked).
-    let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf).min(8));
+    let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf));
     let place = [2, 2 + n[0], 2 + n[0] + n[1], 2 + n[0] + n[1] + n[2]];
-    let mut values = [0u64; 4];
-    for i in 0..4 {
-        let p = place[i];
-        let word = u64::from_le_bytes([
-            slot[p],
-            slot[p + 1],
-            slot[p + 2],
-            slot[p + 3],
-            slot[p + 4],
-            slot[p + 5],
-            slot[p + 6],
-            slot[p + 7],
-        ]);
-        values[i] = word & MASK[n[i]];
-    }
+    let word = |p: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&slot[p..p + 8]);
+        u64::from_le_bytes(w)
+    };
+    let values = [
+        word(place[0]) & MASK16[n[0]],
+        word(place[1]) & MASK16[n[1]],
+        word(place[2]) & MASK16[n[2]],
+        word(place[3]) & MASK16[n[3]],
+    ];
     Some((values, place[3] + n[3]))
 }
 
