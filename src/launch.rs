@@ -37,8 +37,8 @@ use crate::quiet::say;
 use crate::slab::SlabWriter;
 
 /// Event vectors kept for [`Frames`] to unpack batches into: as many as are in flight between
-/// it and the trace writer's helpers.
-const RECYCLED_BATCHES: usize = 512;
+/// it and the trace writer's helpers, and a few more for the consumer's own.
+const RECYCLED_BATCHES: usize = heaplens_viewer::trace::SHARED_BATCHES_IN_FLIGHT + 64;
 
 /// The buffer of a stream's reader: small, because a batch's events (64 KiB) are read from the
 /// socket straight into the batch past it ([`wire::read_frame_direct`]); only frame headers and

@@ -55,8 +55,21 @@ const HELPER_IN_FLIGHT: usize = 2;
 /// on two cores the recorder's encoding keeps both busy once the program has exited.
 const HELPER_THREADS: usize = 2;
 
-/// Parts of shared batches that may wait for a helper to encode them.
-const PARTS_IN_FLIGHT: usize = 64;
+/// Parts of shared batches that may wait for a helper to encode them: a chunk's worth of the
+/// hook's full buffers (1 M events in batches of 2046). The writer hands all of a chunk's parts
+/// to one helper, then the next chunk's to the other; with room for fewer (64 before), it
+/// waited for the first helper through most of each chunk while the second had nothing to do
+/// (perf, 4000 samples a second a thread: larson's drain after the program's exit kept about
+/// 118 of the two cores' 160 samples per 20 ms busy, 143 with room for a whole chunk). `heaplens
+/// record`, 10 alternating pairs against room for 64: the command 0.92x on larson, 0.93x on
+/// churn_mt, 0.97x on alloc_workload, 1.01x on trees (single-threaded: a core is free for the
+/// helpers all along). The cost is memory: up to [`SHARED_BATCHES_IN_FLIGHT`] unpacked batches
+/// (64 KiB each) wait; larson's recorder peaked at 389 MB of RSS against 349-360 MB.
+const PARTS_IN_FLIGHT: usize = (super::format::MAX_CHUNK_EVENTS as usize).div_ceil(2046);
+
+/// Shared batches the writer may hold at once, waiting for its helpers: what a recorder keeps
+/// event vectors for, to unpack the next batches into meanwhile.
+pub const SHARED_BATCHES_IN_FLIGHT: usize = HELPER_THREADS * (PARTS_IN_FLIGHT + HELPER_IN_FLIGHT);
 
 /// A batch of events the writer shares with its owner (the recorder has the vector back, to
 /// unpack the next batch into, once the helper has encoded it): the helper encodes it, so the
