@@ -56,70 +56,183 @@ mod parse {
     const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
 
     /// The rows of the module `info`, sorted, or empty if it has no `.eh_frame_hdr` or it does
-    /// not parse.
+    /// not parse. Its functions are read in address order, from the `.eh_frame_hdr` search
+    /// table, so that the rows come out nearly sorted (the sort after is then one pass, where
+    /// it was a third of the work on libc's 28 k rows in file order); each CIE is parsed once.
     ///
     /// # Safety
     /// Inside a `dl_iterate_phdr` callback for `info` (the module stays loaded meanwhile).
     pub unsafe fn module_rows(info: &libc::dl_phdr_info) -> Vec<Row> {
-        if !cfg!(target_arch = "x86_64") {
-            return Vec::new();
-        }
         // SAFETY: forwarded.
-        let phdrs = unsafe { crate::module::program_headers(info) };
-        let bias = info.dlpi_addr as usize;
-        let Some(hdr) = phdrs.iter().find(|p| p.p_type == PT_GNU_EH_FRAME) else {
-            return Vec::new();
-        };
-        let hdr_addr = bias.wrapping_add(hdr.p_vaddr as usize);
-        // SAFETY: the segment is mapped with the module.
-        let hdr_bytes =
-            unsafe { core::slice::from_raw_parts(hdr_addr as *const u8, hdr.p_memsz as usize) };
-        let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_addr as u64);
-        let Ok(parsed) = EhFrameHdr::new(hdr_bytes, LittleEndian).parse(&bases, 8) else {
-            return Vec::new();
-        };
-        let Pointer::Direct(eh) = parsed.eh_frame_ptr() else {
-            return Vec::new();
-        };
-        let eh = eh as usize;
-        // `.eh_frame` runs to a zero terminator within its loaded segment.
-        let Some(seg) = phdrs.iter().find(|p| {
-            let s = bias.wrapping_add(p.p_vaddr as usize);
-            p.p_type == libc::PT_LOAD && s <= eh && eh < s + p.p_memsz as usize
-        }) else {
-            return Vec::new();
-        };
-        let seg_end = bias.wrapping_add(seg.p_vaddr as usize) + seg.p_memsz as usize;
-        // SAFETY: inside the loaded segment.
-        let eh_bytes = unsafe { core::slice::from_raw_parts(eh as *const u8, seg_end - eh) };
-        let eh_frame = EhFrame::new(eh_bytes, LittleEndian);
-        let bases = bases.set_eh_frame(eh as u64);
-        let mut rows = Vec::new();
-        let mut ctx = Box::new(UnwindContext::new());
-        let mut entries = eh_frame.entries(&bases);
-        while let Ok(Some(entry)) = entries.next() {
-            let CieOrFde::Fde(partial) = entry else {
-                continue;
+        match unsafe { Sections::of(info) } {
+            Some(sections) => {
+                let mut rows = Vec::with_capacity(sections.rows_hint);
+                if !sections.rows_in_address_order(&mut rows) {
+                    rows.clear();
+                    sections.rows_in_file_order(&mut rows);
+                }
+                sorted(rows)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    type Slice = gimli::EndianSlice<'static, LittleEndian>;
+
+    /// A loaded module's `.eh_frame` and `.eh_frame_hdr`.
+    pub(super) struct Sections {
+        hdr: gimli::ParsedEhFrameHdr<Slice>,
+        eh_frame: EhFrame<Slice>,
+        bases: BaseAddresses,
+        /// About how many rows the module has: its search table holds 8 bytes a function, and
+        /// a function has about 10 rows (28.6 k rows for libc's 23 KiB table).
+        rows_hint: usize,
+    }
+
+    impl Sections {
+        /// The sections of the module `info`, if it has them and they parse.
+        ///
+        /// # Safety
+        /// Inside a `dl_iterate_phdr` callback for `info`; the sections are used only while
+        /// the module stays loaded (the `'static` slices do not outlive the callback).
+        pub(super) unsafe fn of(info: &libc::dl_phdr_info) -> Option<Self> {
+            if !cfg!(target_arch = "x86_64") {
+                return None;
+            }
+            // SAFETY: forwarded.
+            let phdrs = unsafe { crate::module::program_headers(info) };
+            let bias = info.dlpi_addr as usize;
+            let hdr = phdrs.iter().find(|p| p.p_type == PT_GNU_EH_FRAME)?;
+            let hdr_addr = bias.wrapping_add(hdr.p_vaddr as usize);
+            // SAFETY: the segment is mapped with the module, which stays loaded while used.
+            let hdr_bytes: &'static [u8] =
+                unsafe { core::slice::from_raw_parts(hdr_addr as *const u8, hdr.p_memsz as usize) };
+            let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_addr as u64);
+            let parsed = EhFrameHdr::new(hdr_bytes, LittleEndian)
+                .parse(&bases, 8)
+                .ok()?;
+            let Pointer::Direct(eh) = parsed.eh_frame_ptr() else {
+                return None;
             };
-            let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
-                continue;
+            let eh = eh as usize;
+            // `.eh_frame` runs to a zero terminator within its loaded segment.
+            let seg = phdrs.iter().find(|p| {
+                let s = bias.wrapping_add(p.p_vaddr as usize);
+                p.p_type == libc::PT_LOAD && s <= eh && eh < s + p.p_memsz as usize
+            })?;
+            let seg_end = bias.wrapping_add(seg.p_vaddr as usize) + seg.p_memsz as usize;
+            // SAFETY: inside the loaded segment.
+            let eh_bytes: &'static [u8] =
+                unsafe { core::slice::from_raw_parts(eh as *const u8, seg_end - eh) };
+            Some(Self {
+                rows_hint: hdr_bytes.len() * 5 / 4,
+                hdr: parsed,
+                eh_frame: EhFrame::new(eh_bytes, LittleEndian),
+                bases: bases.set_eh_frame(eh as u64),
+            })
+        }
+
+        /// Appends the rows of every function the search table lists, in its (address) order;
+        /// false if the module has no table or an entry does not parse (then `rows` holds
+        /// part of them, for the caller to throw away).
+        pub(super) fn rows_in_address_order(&self, rows: &mut Vec<Row>) -> bool {
+            let Some(table) = self.hdr.table() else {
+                return false;
             };
-            let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut ctx) else {
-                continue;
+            let mut cies = Cies::default();
+            let mut ctx = Box::new(UnwindContext::new());
+            let mut entries = table.iter(&self.bases);
+            loop {
+                match entries.next() {
+                    Ok(Some((_, fde))) => {
+                        let Ok(offset) = table.pointer_to_offset(fde) else {
+                            return false;
+                        };
+                        let Ok(fde) =
+                            self.eh_frame
+                                .fde_from_offset(&self.bases, offset, |eh, bases, at| {
+                                    cies.get(eh, bases, at)
+                                })
+                        else {
+                            return false;
+                        };
+                        self.fde_rows(&fde, &mut ctx, rows);
+                    }
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
+        }
+
+        /// Appends the rows of every function in `.eh_frame`, in the file's order.
+        pub(super) fn rows_in_file_order(&self, rows: &mut Vec<Row>) {
+            let mut cies = Cies::default();
+            let mut ctx = Box::new(UnwindContext::new());
+            let mut entries = self.eh_frame.entries(&self.bases);
+            while let Ok(Some(entry)) = entries.next() {
+                let CieOrFde::Fde(partial) = entry else {
+                    continue;
+                };
+                let Ok(fde) = partial.parse(|eh, bases, at| cies.get(eh, bases, at)) else {
+                    continue;
+                };
+                self.fde_rows(&fde, &mut ctx, rows);
+            }
+        }
+
+        /// Appends one function's rows, then a row of nothing known past its end (frame
+        /// pointers), which a function starting there replaces.
+        fn fde_rows(
+            &self,
+            fde: &gimli::FrameDescriptionEntry<Slice>,
+            ctx: &mut UnwindContext<usize>,
+            rows: &mut Vec<Row>,
+        ) {
+            let Ok(mut table) = fde.rows(&self.eh_frame, &self.bases, ctx) else {
+                return;
             };
             let mut end = 0;
             while let Ok(Some(r)) = table.next_row() {
                 rows.push(convert(r));
                 end = r.end_address() as usize;
             }
-            // Past the function: nothing known (frame pointers), unless another FDE starts here.
             rows.push(Row {
                 start: end,
                 ..Row::default()
             });
         }
-        // Rows of one FDE are in order; FDEs may not be. A gap marker that an FDE starting at
-        // the same address follows must give way to it: sorting puts NONE (0) first.
+    }
+
+    /// The CIEs parsed so far, by offset: a module has a handful, shared by thousands of FDEs.
+    #[derive(Default)]
+    struct Cies(
+        Vec<(
+            gimli::EhFrameOffset<usize>,
+            gimli::CommonInformationEntry<Slice>,
+        )>,
+    );
+
+    impl Cies {
+        fn get(
+            &mut self,
+            eh_frame: &EhFrame<Slice>,
+            bases: &BaseAddresses,
+            at: gimli::EhFrameOffset<usize>,
+        ) -> gimli::Result<gimli::CommonInformationEntry<Slice>> {
+            if let Some((_, cie)) = self.0.iter().find(|(o, _)| *o == at) {
+                return Ok(cie.clone());
+            }
+            let cie = eh_frame.cie_from_offset(bases, at)?;
+            self.0.push((at, cie.clone()));
+            Ok(cie)
+        }
+    }
+
+    /// `rows` sorted by start, one per start address. Rows of one function are in order; a
+    /// marker of nothing known past a function that a function starting at the same address
+    /// follows must give way to it: sorting puts NONE (0) first, and of a start address the
+    /// last row is kept. A stable sort, so cheap on rows already in order.
+    pub(super) fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
         rows.sort_by_key(|r| (r.start, r.rule != rule::NONE));
         rows.dedup_by(|later, earlier| {
             // `later` comes after `earlier`; keep the last row of a start address.
@@ -213,6 +326,47 @@ mod tests {
         assert_eq!(find(&rows, 0x100).map(|r| r.cfa_offset), Some(8));
         assert_eq!(find(&rows, 0x13f).map(|r| r.cfa_offset), Some(16));
         assert_eq!(find(&rows, 0x140), None, "past the function: no row");
+    }
+
+    #[test]
+    fn rows_read_in_address_order_are_the_rows_of_the_file_order() {
+        /// Per module with sections: whether its table read whole, whether the two orders gave
+        /// the same rows and `module_rows` those, and how many.
+        type Checked = Vec<(bool, bool, bool, usize)>;
+        unsafe extern "C" fn each(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes a valid info; `data` is our Vec; the sections are used
+            // inside this callback only.
+            unsafe {
+                let checked = &mut *data.cast::<Checked>();
+                if let Some(sections) = parse::Sections::of(&*info) {
+                    let (mut by_address, mut by_file) = (Vec::new(), Vec::new());
+                    let whole = sections.rows_in_address_order(&mut by_address);
+                    sections.rows_in_file_order(&mut by_file);
+                    let by_address = parse::sorted(by_address);
+                    let same = by_address == parse::sorted(by_file);
+                    let module = by_address == module_rows(&*info);
+                    checked.push((whole, same, module, by_address.len()));
+                }
+            }
+            0
+        }
+        let mut checked: Checked = Vec::new();
+        // SAFETY: the callback only compares and pushes onto the Vec it is given, and never
+        // unwinds (the assertions are below, outside it).
+        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut checked).cast()) };
+        // This test binary, libc, libgcc_s and the loader at least.
+        assert!(checked.len() >= 3, "{checked:?}");
+        assert!(
+            checked.iter().map(|c| c.3).sum::<usize>() > 10_000,
+            "{checked:?}"
+        );
+        for &(whole, same, module, _) in &checked {
+            assert!(whole && same && module, "{checked:?}");
+        }
     }
 
     #[test]
