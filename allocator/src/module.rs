@@ -586,8 +586,13 @@ impl Reporter {
         if loader_changed() {
             refresh_ranges();
         }
+        // Unwind rows serve stack capture only: without stacks, the program need not wait for
+        // them (about 2 ms of every recorded process's start). A later recording with stacks
+        // builds them when it starts.
         #[cfg(feature = "hook")]
-        build_rows();
+        if crate::sample::stack_mode() != crate::sample::StackMode::Off {
+            build_rows();
+        }
         let now = modules();
         let current: std::collections::HashSet<(usize, &[u8])> =
             now.iter().map(|m| (m.bias, &m.path[..])).collect();
