@@ -471,6 +471,7 @@ pub fn launch(
         program_connected: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         passes: AtomicU64::new(0),
+        wake: crate::wake::Wake::new()?,
     });
     let acceptor = {
         let gate = Arc::clone(&gate);
@@ -489,6 +490,7 @@ pub fn launch(
                 && !acceptor.is_finished()
                 && start.elapsed() < timeout
             {
+                gate.wake.wake();
                 std::thread::sleep(Duration::from_millis(1));
             }
             if gate.program_connected.load(Ordering::Acquire) {
@@ -507,7 +509,7 @@ pub fn launch(
             None
         };
         if let Some(e) = failure {
-            gate.stop.store(true, Ordering::Release);
+            gate.stop();
             return Err(e);
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -520,7 +522,7 @@ pub fn launch(
             if follow {
                 crate::reap::reap_descendants();
             }
-            gate.stop.store(true, Ordering::Release);
+            gate.stop();
             Ok((status?, at))
         })?;
     Ok(Launched {
@@ -548,6 +550,16 @@ struct Gate {
     stop: AtomicBool,
     /// Passes of the acceptor that found no connection waiting.
     passes: AtomicU64,
+    /// Wakes the acceptor, which otherwise sleeps until a connection comes.
+    wake: crate::wake::Wake,
+}
+
+impl Gate {
+    /// Tells the acceptor to take the connections waiting and stop, at once.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.wake();
+    }
 }
 
 /// Takes connections until told to stop (then takes those already waiting): each is admitted
@@ -600,7 +612,9 @@ fn accept_all(listener: &UnixListener, gate: &Arc<Gate>, tx: &Arc<FrameSender>) 
                 if gate.stop.load(Ordering::Acquire) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                // Until a connection comes or the launch wakes it (to stop, or for a pass);
+                // the timeout only bounds a wake-up that went astray.
+                gate.wake.wait(listener, Duration::from_millis(100));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {

@@ -34,6 +34,7 @@ mod slab;
 mod stats;
 mod tap;
 mod tracedir;
+mod wake;
 
 /// What heaplens says when it cannot open a window.
 pub const NO_DISPLAY: &str = "no display to open the viewer on (DISPLAY is not set); record a \
