@@ -30,6 +30,8 @@ mod slab;
 #[path = "../tap.rs"]
 #[allow(dead_code)]
 mod tap;
+#[path = "../wake.rs"]
+mod wake;
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
