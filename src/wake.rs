@@ -62,58 +62,57 @@ impl Wake {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::time::Instant;
-
+    // Paths in full, no `use`: the live_frames benchmark compiles this module without its
+    // tests.
     #[test]
     fn a_wait_ends_at_a_wake_up_a_connection_or_the_timeout() {
         let dir = std::env::temp_dir().join(format!("heaplens-wake-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let wake = std::sync::Arc::new(Wake::new().unwrap());
+        let wake = std::sync::Arc::new(super::Wake::new().unwrap());
 
         // Nothing happens: the timeout ends it.
-        let t = Instant::now();
-        wake.wait(&listener, Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        wake.wait(&listener, std::time::Duration::from_millis(50));
         assert!(
-            t.elapsed() >= Duration::from_millis(40),
+            t.elapsed() >= std::time::Duration::from_millis(40),
             "{:?}",
             t.elapsed()
         );
 
         // A wake-up from another thread ends it long before its timeout (a minute: the bound
         // below leaves the machine half a minute of delay).
-        let long = Duration::from_secs(60);
-        let early = Duration::from_secs(30);
+        let long = std::time::Duration::from_secs(60);
+        let early = std::time::Duration::from_secs(30);
         let w = std::sync::Arc::clone(&wake);
         let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(20));
             w.wake();
         });
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         wake.wait(&listener, long);
         assert!(t.elapsed() < early, "{:?}", t.elapsed());
         waker.join().unwrap();
 
         // A wake-up sent before the wait ends it too, and is taken: the wait after sleeps.
         wake.wake();
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         wake.wait(&listener, long);
         assert!(t.elapsed() < early, "{:?}", t.elapsed());
-        let t = Instant::now();
-        wake.wait(&listener, Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        wake.wait(&listener, std::time::Duration::from_millis(50));
         assert!(
-            t.elapsed() >= Duration::from_millis(40),
+            t.elapsed() >= std::time::Duration::from_millis(40),
             "{:?}",
             t.elapsed()
         );
 
         // A connection waiting.
-        let _peer = UnixStream::connect(&path).unwrap();
-        let t = Instant::now();
+        let _peer = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let t = std::time::Instant::now();
         wake.wait(&listener, long);
         assert!(t.elapsed() < early, "{:?}", t.elapsed());
         assert!(listener.accept().is_ok());
