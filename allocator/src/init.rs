@@ -248,6 +248,9 @@ unsafe fn pool_free(heap: *mut Heap) {
 }
 
 extern "C" fn fork_prepare() {
+    // The module registry first: its holder (the collector) may allocate, taking the locks
+    // below, and never takes it while holding them.
+    crate::module::fork_lock(true);
     HEAPS.acquire();
     segment_map::fork_lock(true);
     segment::fork_lock(true);
@@ -257,6 +260,7 @@ extern "C" fn fork_parent() {
     segment::fork_lock(false);
     segment_map::fork_lock(false);
     HEAPS.force_unlock();
+    crate::module::fork_lock(false);
 }
 
 extern "C" fn fork_child() {

@@ -259,7 +259,7 @@ fn loader_counters() -> (u64, u64) {
     }
     let mut counters = (0u64, 0u64);
     // SAFETY: the callback writes only the pair it is given, and never unwinds.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut counters).cast()) };
+    unsafe { iterate_phdr(first, (&raw mut counters).cast()) };
     counters
 }
 
@@ -298,7 +298,7 @@ pub fn refresh_ranges() {
     // SAFETY: the callback writes only into the table it is given, and never unwinds; the
     // table is ours until published.
     unsafe {
-        libc::dl_iterate_phdr(Some(add), t.cast());
+        iterate_phdr(add, t.cast());
         let len = (*t).len;
         let ranges = &mut (&mut (*t).ranges)[..len];
         ranges.sort_unstable();
@@ -362,6 +362,70 @@ impl Registry {
     }
 }
 
+/// Held around each `dl_iterate_phdr` of ours, and by `fork()`'s prepare handler: the loader
+/// holds a lock of its own through the iteration, which glibc does not reset in a child, and the
+/// collector iterates while the program runs (it builds the unwind rows after the program has
+/// gone on). A child forked meanwhile found that lock held for ever: its own collector waited
+/// at its first look at the modules, and the child recorded nothing.
+static ITERATING: SpinLock<()> = SpinLock::new(());
+
+/// `dl_iterate_phdr(callback, data)`, never across a `fork()` (see [`ITERATING`]).
+///
+/// # Safety
+/// As `dl_iterate_phdr`'s: `callback` is called with `data` for each module and never unwinds.
+unsafe fn iterate_phdr(
+    callback: unsafe extern "C" fn(
+        *mut libc::dl_phdr_info,
+        libc::size_t,
+        *mut libc::c_void,
+    ) -> libc::c_int,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    let _held = ITERATING.lock();
+    // SAFETY: forwarded.
+    unsafe { libc::dl_iterate_phdr(Some(callback), data) }
+}
+
+/// Holds the module registry and the loader's iteration across `fork()` (the prepare handler
+/// takes them, the parent's and the child's release them), so that a child finds neither held
+/// by a thread it does not have. The registry first: it is held around an iteration.
+pub(crate) fn fork_lock(acquire: bool) {
+    if acquire {
+        REFRESH.acquire();
+        ITERATING.acquire();
+    } else {
+        ITERATING.force_unlock();
+        REFRESH.force_unlock();
+    }
+}
+
+/// The unwind rows of the modules loaded when the first recording started are built (see
+/// [`wait_rows`]).
+static ROWS_READY: AtomicBool = AtomicBool::new(false);
+
+/// Says the rows of the modules loaded at the start are built (or not wanted): stack captures
+/// stop waiting for them.
+pub fn set_rows_ready() {
+    ROWS_READY.store(true, Release);
+}
+
+/// Waits (at most `limit`, looking every 100 us) until the rows of the modules loaded at the
+/// start are built: with sampled stacks the collector builds them after the program has gone
+/// on (2 ms of every recorded process's start otherwise), and a stack captured before would
+/// be walked by frame pointers through code that may have none. The limit bounds the wait of
+/// a thread that holds the loader's lock (inside `dlopen`), which the collector's
+/// `dl_iterate_phdr` would wait for in turn: that capture then walks without the rows. The
+/// waiting thread holds no lock of the allocator.
+pub fn wait_rows(limit: std::time::Duration) {
+    if ROWS_READY.load(Acquire) {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while !ROWS_READY.load(Acquire) && start.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
 /// Builds the unwind rows of the loaded modules that have none yet (the collector, outside
 /// `malloc`; it allocates), registers them and publishes the ranges with their rows.
 #[cfg(feature = "hook")]
@@ -399,7 +463,7 @@ pub fn build_rows() {
     };
     let mut data: (Vec<(usize, usize)>, Found) = (known, Vec::new());
     // SAFETY: the callback only pushes onto the Vecs it is given and never unwinds.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut data).cast()) };
+    unsafe { iterate_phdr(each, (&raw mut data).cast()) };
     if data.1.is_empty() {
         return;
     }
@@ -513,7 +577,7 @@ pub fn modules() -> Vec<ModuleInfo> {
     }
     let mut out: Vec<ModuleInfo> = Vec::new();
     // SAFETY: the callback only pushes onto the Vec it is given and never unwinds.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut out).cast()) };
+    unsafe { iterate_phdr(each, (&raw mut out).cast()) };
     if let Some(main) = out.iter_mut().find(|m| m.path.is_empty())
         && let Ok(exe) = std::fs::read_link("/proc/self/exe")
     {
@@ -576,9 +640,10 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Publishes the ranges anew if the loader changed them, and appends the events for what
-    /// changed to `out`, at `time`.
-    pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>) {
+    /// Publishes the ranges anew if the loader changed them, builds the unwind rows of new
+    /// modules if `rows` ([`build_rows`]; the collector may build them later instead), and
+    /// appends the events for what changed to `out`, at `time`.
+    pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>, rows: bool) {
         use crate::event::{Event, flags, module_text};
         use crate::schema;
         // A table is never freed (threads read it without a lock): made anew at every
@@ -586,13 +651,12 @@ impl Reporter {
         if loader_changed() {
             refresh_ranges();
         }
-        // Unwind rows serve stack capture only: without stacks, the program need not wait for
-        // them (about 2 ms of every recorded process's start). A later recording with stacks
-        // builds them when it starts.
         #[cfg(feature = "hook")]
-        if crate::sample::stack_mode() != crate::sample::StackMode::Off {
+        if rows {
             build_rows();
         }
+        #[cfg(not(feature = "hook"))]
+        let _ = rows;
         let now = modules();
         let current: std::collections::HashSet<(usize, &[u8])> =
             now.iter().map(|m| (m.bias, &m.path[..])).collect();

@@ -248,6 +248,55 @@ int main() {
 }
 "#;
 
+const EARLY_PROGRAM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) void *inner(size_t n) { void *p = malloc(n); __asm__ volatile("" ::: "memory"); return p; }
+__attribute__((noinline)) void *outer(size_t n) { void *p = inner(n + 1); __asm__ volatile("" ::: "memory"); return p; }
+int main(int argc, char **argv) {
+    (void)argv;
+    void *keep[100];
+    for (int i = 0; i < 100; i++) keep[i] = outer((size_t)argc * 40);
+    printf("%p\n", keep[99]);
+    return 0;
+}
+"#;
+
+/// With sampled stacks the unwind rows are built once the program has gone on: a stack sampled
+/// before they are ready waits for them. A program built without frame pointers samples every
+/// allocation (`--sample-bytes 1`) from its first instructions on: all of its leaked blocks
+/// have the whole stack (`inner <- outer <- main`), none stops at the first frame (a walk by
+/// frame pointers through this code is cut short there).
+#[test]
+fn stacks_sampled_at_once_wait_for_the_unwind_rows() {
+    let dir = tempdir("early-stacks");
+    let exe = build("cc", &dir, "early", "c", EARLY_PROGRAM).expect("cc builds it");
+    common::build_preload();
+    let trace = dir.join("early.hltrace");
+    common::record(
+        &trace,
+        &["--stacks", "sampled", "--sample-bytes", "1"],
+        &[&exe],
+    );
+    let leaks = json(&["leaks", "--json"], &trace);
+    let group = leaks["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["site"].as_str().unwrap().starts_with("inner ("))
+        .unwrap_or_else(|| panic!("no group at inner: {leaks}"));
+    assert_eq!(group["blocks"].as_f64(), Some(100.0), "{group}");
+    let stack: Vec<&str> = group["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(stack.len() >= 3, "{stack:?}");
+    assert!(stack[1].starts_with("outer ("), "{stack:?}");
+    assert!(stack[2].starts_with("main ("), "{stack:?}");
+}
+
 /// A C++ program built with the distribution's flags (no frame pointers), recorded with every
 /// stack: its sites are named after its own functions, not the standard library's allocator
 /// (`std::__new_allocator<int>::allocate`, inlined from the headers, or `std::string`'s code in
