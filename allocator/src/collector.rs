@@ -547,7 +547,6 @@ impl<'a> Collector<'a> {
             hook::request_initial_parts();
         }
         STARTED.store(true, Release);
-        self.build_rows_after_start();
         let mut busy = false;
         loop {
             let first = if busy
@@ -647,28 +646,15 @@ impl<'a> Collector<'a> {
             .into_event()
             .at(hook::now()),
         );
-        // Every allocation's stack needs the unwind rows at once; a sampled one can wait for
-        // them the few times it comes before they are built (`build_rows_after_start`).
-        let rows_now = mode == crate::sample::StackMode::All;
-        self.modules
-            .update(hook::now(), &mut self.scratch, rows_now);
-        if mode != crate::sample::StackMode::Sampled {
-            crate::module::set_rows_ready();
-        }
+        self.modules.update(
+            hook::now(),
+            &mut self.scratch,
+            mode != crate::sample::StackMode::Off,
+        );
         self.flush_scratch();
         crate::stacks::calibrate();
         hook::bump_clock();
         crate::stacks::arm(mode != crate::sample::StackMode::Off);
-    }
-
-    /// With sampled stacks, builds the unwind rows once the program goes on: its start waited
-    /// for them (about 2 ms of every recorded process's); a stack sampled before they are
-    /// ready waits for them ([`crate::module::wait_rows`]).
-    fn build_rows_after_start(&mut self) {
-        if crate::sample::stack_mode() == crate::sample::StackMode::Sampled {
-            crate::module::build_rows();
-            crate::module::set_rows_ready();
-        }
     }
 
     /// Reports modules loaded or unloaded since the last look (`dlopen`/`dlclose`, or, with

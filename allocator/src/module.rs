@@ -364,9 +364,10 @@ impl Registry {
 
 /// Held around each `dl_iterate_phdr` of ours, and by `fork()`'s prepare handler: the loader
 /// holds a lock of its own through the iteration, which glibc does not reset in a child, and the
-/// collector iterates while the program runs (it builds the unwind rows after the program has
-/// gone on). A child forked meanwhile found that lock held for ever: its own collector waited
-/// at its first look at the modules, and the child recorded nothing.
+/// collector iterates while the program runs (a `dlopen`, the loader's counters moving). A child
+/// forked meanwhile found that lock held for ever: its own collector waited at its first look
+/// at the modules, and the child recorded nothing (seen with the unwind rows built while the
+/// program ran, an arrangement tried and not kept).
 static ITERATING: SpinLock<()> = SpinLock::new(());
 
 /// `dl_iterate_phdr(callback, data)`, never across a `fork()` (see [`ITERATING`]).
@@ -396,33 +397,6 @@ pub(crate) fn fork_lock(acquire: bool) {
     } else {
         ITERATING.force_unlock();
         REFRESH.force_unlock();
-    }
-}
-
-/// The unwind rows of the modules loaded when the first recording started are built (see
-/// [`wait_rows`]).
-static ROWS_READY: AtomicBool = AtomicBool::new(false);
-
-/// Says the rows of the modules loaded at the start are built (or not wanted): stack captures
-/// stop waiting for them.
-pub fn set_rows_ready() {
-    ROWS_READY.store(true, Release);
-}
-
-/// Waits (at most `limit`, looking every 100 us) until the rows of the modules loaded at the
-/// start are built: with sampled stacks the collector builds them after the program has gone
-/// on (2 ms of every recorded process's start otherwise), and a stack captured before would
-/// be walked by frame pointers through code that may have none. The limit bounds the wait of
-/// a thread that holds the loader's lock (inside `dlopen`), which the collector's
-/// `dl_iterate_phdr` would wait for in turn: that capture then walks without the rows. The
-/// waiting thread holds no lock of the allocator.
-pub fn wait_rows(limit: std::time::Duration) {
-    if ROWS_READY.load(Acquire) {
-        return;
-    }
-    let start = std::time::Instant::now();
-    while !ROWS_READY.load(Acquire) && start.elapsed() < limit {
-        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 

@@ -467,11 +467,6 @@ unsafe extern "sysv64" fn alloc_sampled(
     }
 }
 
-/// The longest a stack capture waits for the unwind rows ([`module::wait_rows`]): they take
-/// about 2 ms to build, and the collector that builds them may wait for a core on a loaded
-/// machine; only a thread inside `dlopen` at the start waits this long in vain.
-const ROWS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// Walks the stack from `regs`, interns it and reports its new frames; the leaf's id, or 0.
 ///
 /// # Safety
@@ -492,8 +487,6 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
             st.stack = unwind::find_stack(regs.sp).unwrap_or((1, 0));
         }
         let (lo, hi) = st.stack;
-        // A stack sampled before the collector has built the rows waits for them.
-        module::wait_rows(ROWS_WAIT);
         let regs = if module::is_own_code(regs.pc) {
             match through_site(regs, (lo, hi)) {
                 Some(r) => r,

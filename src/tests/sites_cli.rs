@@ -262,13 +262,13 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// With sampled stacks the unwind rows are built once the program has gone on: a stack sampled
-/// before they are ready waits for them. A program built without frame pointers samples every
-/// allocation (`--sample-bytes 1`) from its first instructions on: all of its leaked blocks
-/// have the whole stack (`inner <- outer <- main`), none stops at the first frame (a walk by
-/// frame pointers through this code is cut short there).
+/// The unwind rows are ready before the program's first instruction: a program built without
+/// frame pointers that samples every allocation (`--sample-bytes 1`) from its start has the
+/// whole stack (`inner <- outer <- main`) for all of its leaked blocks; none stops at the first
+/// frame, as a walk by frame pointers through this code does (a recorder that let the program
+/// go on before the rows were built gave `inner <- ... (truncated)`).
 #[test]
-fn stacks_sampled_at_once_wait_for_the_unwind_rows() {
+fn stacks_sampled_from_the_first_instructions_are_whole() {
     let dir = tempdir("early-stacks");
     let exe = build("cc", &dir, "early", "c", EARLY_PROGRAM).expect("cc builds it");
     common::build_preload();
