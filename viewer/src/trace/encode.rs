@@ -434,17 +434,11 @@ pub fn put_varint(out: &mut Vec<u8>, v: u64) {
 }
 
 #[inline(never)]
-fn put_varint_long(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint_long(out: &mut Vec<u8>, v: u64) {
     // Built on the stack and appended at once: one capacity check instead of one per byte.
-    let mut b = [0u8; 10];
-    let mut n = 0;
-    while v >= 0x80 {
-        b[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    b[n] = v as u8;
-    out.extend_from_slice(&b[..=n]);
+    let mut b = [0u8; MAX_VARINT];
+    let n = super::sink::leb128(&mut b, v);
+    out.extend_from_slice(&b[..n]);
 }
 
 /// A bounds-checked reader of bytes and varints.

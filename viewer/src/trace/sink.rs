@@ -9,6 +9,20 @@
 /// Most bytes one value takes as LEB128 (64 bits).
 pub const MAX_VARINT: usize = 10;
 
+/// Writes `v` as LEB128 to the start of `out`; returns the bytes it took (1 to 10). The one
+/// varint writer of the trace's encoding.
+#[inline(always)]
+pub fn leb128(out: &mut [u8; MAX_VARINT], mut v: u64) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    n + 1
+}
+
 /// An append-only byte stream with room made ahead.
 #[derive(Default)]
 pub struct Sink {
@@ -74,17 +88,12 @@ impl Sink {
     }
 
     #[inline(never)]
-    fn varint_long(&mut self, mut v: u64) {
+    fn varint_long(&mut self, v: u64) {
         self.room(MAX_VARINT);
-        let out = &mut self.buf[self.len..self.len + MAX_VARINT];
-        let mut n = 0;
-        while v >= 0x80 {
-            out[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        out[n] = v as u8;
-        self.len += n + 1;
+        let out: &mut [u8; MAX_VARINT] = (&mut self.buf[self.len..self.len + MAX_VARINT])
+            .try_into()
+            .expect("a slice of MAX_VARINT bytes");
+        self.len += leb128(out, v);
     }
 }
 
