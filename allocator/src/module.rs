@@ -615,8 +615,8 @@ pub struct Reporter {
 
 impl Reporter {
     /// Publishes the ranges anew if the loader changed them, builds the unwind rows of new
-    /// modules if `rows` ([`build_rows`]; the collector may build them later instead), and
-    /// appends the events for what changed to `out`, at `time`.
+    /// modules if `rows` ([`build_rows`]: stack capture needs them, a recording without stacks
+    /// skips them), and appends the events for what changed to `out`, at `time`.
     pub fn update(&mut self, time: u64, out: &mut Vec<crate::event::Event>, rows: bool) {
         use crate::event::{Event, flags, module_text};
         use crate::schema;
