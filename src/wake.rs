@@ -73,48 +73,43 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         listener.set_nonblocking(true).unwrap();
         let wake = std::sync::Arc::new(super::Wake::new().unwrap());
-
-        // Nothing happens: the timeout ends it.
-        let t = std::time::Instant::now();
-        wake.wait(&listener, std::time::Duration::from_millis(50));
-        assert!(
-            t.elapsed() >= std::time::Duration::from_millis(40),
-            "{:?}",
+        // How long one wait with `timeout` lasted.
+        let wait = |timeout| {
+            let t = std::time::Instant::now();
+            wake.wait(&listener, timeout);
             t.elapsed()
-        );
-
-        // A wake-up from another thread ends it long before its timeout (a minute: the bound
-        // below leaves the machine half a minute of delay).
+        };
+        let short = std::time::Duration::from_millis(50);
+        // A wait that must end early is given a minute; it must end within half of it (the
+        // rest is the machine's delay, however loaded).
         let long = std::time::Duration::from_secs(60);
         let early = std::time::Duration::from_secs(30);
+
+        // Nothing happens: the timeout ends it.
+        let d = wait(short);
+        assert!(d >= std::time::Duration::from_millis(40), "{d:?}");
+
+        // A wake-up from another thread ends it long before its timeout.
         let w = std::sync::Arc::clone(&wake);
         let waker = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(20));
             w.wake();
         });
-        let t = std::time::Instant::now();
-        wake.wait(&listener, long);
-        assert!(t.elapsed() < early, "{:?}", t.elapsed());
+        let d = wait(long);
+        assert!(d < early, "{d:?}");
         waker.join().unwrap();
 
         // A wake-up sent before the wait ends it too, and is taken: the wait after sleeps.
         wake.wake();
-        let t = std::time::Instant::now();
-        wake.wait(&listener, long);
-        assert!(t.elapsed() < early, "{:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        wake.wait(&listener, std::time::Duration::from_millis(50));
-        assert!(
-            t.elapsed() >= std::time::Duration::from_millis(40),
-            "{:?}",
-            t.elapsed()
-        );
+        let d = wait(long);
+        assert!(d < early, "{d:?}");
+        let d = wait(short);
+        assert!(d >= std::time::Duration::from_millis(40), "{d:?}");
 
         // A connection waiting.
         let _peer = std::os::unix::net::UnixStream::connect(&path).unwrap();
-        let t = std::time::Instant::now();
-        wake.wait(&listener, long);
-        assert!(t.elapsed() < early, "{:?}", t.elapsed());
+        let d = wait(long);
+        assert!(d < early, "{d:?}");
         assert!(listener.accept().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

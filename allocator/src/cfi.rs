@@ -328,36 +328,41 @@ mod tests {
         assert_eq!(find(&rows, 0x140), None, "past the function: no row");
     }
 
-    #[test]
-    fn rows_read_in_address_order_are_the_rows_of_the_file_order() {
-        /// Per module with sections: whether its table read whole, whether the two orders gave
-        /// the same rows and `module_rows` those, and how many.
-        type Checked = Vec<(bool, bool, bool, usize)>;
-        unsafe extern "C" fn each(
+    /// Calls `f` with each loaded module, inside `dl_iterate_phdr` (the module stays loaded
+    /// meanwhile). `f` must not panic: the tests assert after, outside the loader.
+    fn each_module<F: FnMut(&libc::dl_phdr_info)>(mut f: F) {
+        unsafe extern "C" fn each<G: FnMut(&libc::dl_phdr_info)>(
             info: *mut libc::dl_phdr_info,
             _size: libc::size_t,
             data: *mut libc::c_void,
         ) -> libc::c_int {
-            // SAFETY: the loader passes a valid info; `data` is our Vec; the sections are used
-            // inside this callback only.
-            unsafe {
-                let checked = &mut *data.cast::<Checked>();
-                if let Some(sections) = parse::Sections::of(&*info) {
-                    let (mut by_address, mut by_file) = (Vec::new(), Vec::new());
-                    let whole = sections.rows_in_address_order(&mut by_address);
-                    sections.rows_in_file_order(&mut by_file);
-                    let by_address = parse::sorted(by_address);
-                    let same = by_address == parse::sorted(by_file);
-                    let module = by_address == module_rows(&*info);
-                    checked.push((whole, same, module, by_address.len()));
-                }
-            }
+            // SAFETY: the loader passes a valid info; `data` is the `G` given below.
+            unsafe { (*data.cast::<G>())(&*info) };
             0
         }
-        let mut checked: Checked = Vec::new();
-        // SAFETY: the callback only compares and pushes onto the Vec it is given, and never
-        // unwinds (the assertions are below, outside it).
-        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut checked).cast()) };
+        // SAFETY: the callback only calls `f`, which never unwinds.
+        unsafe { libc::dl_iterate_phdr(Some(each::<F>), (&raw mut f).cast()) };
+    }
+
+    #[test]
+    fn rows_read_in_address_order_are_the_rows_of_the_file_order() {
+        // Per module with sections: whether its table read whole, whether the two orders gave
+        // the same rows and `module_rows` those, and how many.
+        let mut checked: Vec<(bool, bool, bool, usize)> = Vec::new();
+        each_module(|info| {
+            // SAFETY: inside the loader's iteration; the sections are used here only.
+            let Some(sections) = (unsafe { parse::Sections::of(info) }) else {
+                return;
+            };
+            let (mut by_address, mut by_file) = (Vec::new(), Vec::new());
+            let whole = sections.rows_in_address_order(&mut by_address);
+            sections.rows_in_file_order(&mut by_file);
+            let by_address = parse::sorted(by_address);
+            let same = by_address == parse::sorted(by_file);
+            // SAFETY: inside the loader's iteration.
+            let module = by_address == unsafe { module_rows(info) };
+            checked.push((whole, same, module, by_address.len()));
+        });
         // This test binary, libc, libgcc_s and the loader at least.
         assert!(checked.len() >= 3, "{checked:?}");
         assert!(
@@ -371,21 +376,9 @@ mod tests {
 
     #[test]
     fn this_programs_own_rows_parse() {
-        unsafe extern "C" fn each(
-            info: *mut libc::dl_phdr_info,
-            _size: libc::size_t,
-            data: *mut libc::c_void,
-        ) -> libc::c_int {
-            // SAFETY: the loader passes a valid info; `data` is our Vec.
-            unsafe {
-                let out = &mut *data.cast::<Vec<Row>>();
-                out.extend(module_rows(&*info));
-            }
-            0
-        }
         let mut rows: Vec<Row> = Vec::new();
-        // SAFETY: the callback only extends the Vec it is given and never unwinds.
-        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut rows).cast()) };
+        // SAFETY: inside the loader's iteration.
+        each_module(|info| rows.extend(unsafe { module_rows(info) }));
         rows.sort_by_key(|r| r.start);
         assert!(rows.len() > 1000, "{} rows", rows.len());
         // This very function has a row, with the CFA on rsp or rbp and the return address just

@@ -65,7 +65,8 @@ const HELPER_THREADS: usize = 2;
 /// churn_mt, 0.97x on alloc_workload, 1.01x on trees (single-threaded: a core is free for the
 /// helpers all along). The cost is memory: up to [`SHARED_BATCHES_IN_FLIGHT`] unpacked batches
 /// (64 KiB each) wait; larson's recorder peaked at 389 MB of RSS against 349-360 MB.
-const PARTS_IN_FLIGHT: usize = (super::format::MAX_CHUNK_EVENTS as usize).div_ceil(2046);
+const PARTS_IN_FLIGHT: usize =
+    (super::format::MAX_CHUNK_EVENTS as usize).div_ceil(heaplens_alloc::hook::BUFFER_EVENTS);
 
 /// Shared batches the writer may hold at once, waiting for its helpers: what a recorder keeps
 /// event vectors for, to unpack the next batches into meanwhile.
