@@ -12,7 +12,20 @@ use heaplens_viewer::trace::encode::{ChunkEncoder, STREAMS, split_streams, strea
 use heaplens_viewer::trace::{TraceReader, VERSION, WriterOptions};
 
 const NAMES: [&str; STREAMS] = [
-    "ops", "time", "refs", "addr", "aux", "arg32", "arg", "ref_lo", "ref_hi", "size_lo",
+    "ops",
+    "time",
+    "refs",
+    "addr",
+    "aux",
+    "arg32",
+    "arg",
+    "ref_lo",
+    "ref_hi",
+    "size_lo",
+    "page_addr",
+    "page",
+    "page_ops",
+    "flags",
 ];
 
 /// Compressed and raw bytes of each stream, and of whole payloads.

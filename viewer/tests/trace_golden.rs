@@ -47,7 +47,11 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// The hash of each older version's golden file as it was written: `(version, hash)`.
-const FROZEN: [(u16, u64); 2] = [(1, 0x7ce4_7639_3085_7392), (2, 0xd034_57b0_5d3b_8b62)];
+const FROZEN: [(u16, u64); 3] = [
+    (1, 0x7ce4_7639_3085_7392),
+    (2, 0xd034_57b0_5d3b_8b62),
+    (3, 0x541a_9fab_b4fd_e7b2),
+];
 
 #[test]
 fn bless_mode_rewrites_only_the_current_versions_golden_file() {
@@ -311,6 +315,17 @@ fn golden_v2_reads_exactly() {
 }
 
 #[test]
+fn golden_v4_reads_exactly() {
+    stacks_golden_reads_exactly(&Golden {
+        version: 4,
+        events: GOLDEN_V4_EVENTS,
+        chunks: GOLDEN_V4_CHUNKS,
+        fingerprint: GOLDEN_V4_FINGERPRINT,
+        keyframes: GOLDEN_V4_KEYFRAMES,
+    });
+}
+
+#[test]
 fn golden_v3_reads_exactly() {
     stacks_golden_reads_exactly(&Golden {
         version: 3,
@@ -398,3 +413,7 @@ const GOLDEN_V3_EVENTS: u64 = 14229;
 const GOLDEN_V3_CHUNKS: usize = 16;
 const GOLDEN_V3_FINGERPRINT: u64 = 0xe9b3_161b_258a_ee9a;
 const GOLDEN_V3_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];
+const GOLDEN_V4_EVENTS: u64 = 14229;
+const GOLDEN_V4_CHUNKS: usize = 16;
+const GOLDEN_V4_FINGERPRINT: u64 = 0xcb55_0dea_3420_abba;
+const GOLDEN_V4_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];

@@ -1,7 +1,7 @@
 //! Event batch encoding inside an Events chunk (before compression).
 //!
 //! Each chunk decodes on its own: every predictor starts empty at the chunk's start. The events
-//! are split into seven byte streams, so that zstd sees like next to like:
+//! are split into byte streams, so that zstd sees like next to like:
 //!
 //! | stream | per batch | per event |
 //! |---|---|---|
@@ -15,10 +15,16 @@
 //! | 7 ref low (v3) | | `Free`, `Resize`: the reference's low byte |
 //! | 8 ref high (v3) | | `Free`, `Resize`: the reference >> 8 (varint) |
 //! | 9 size low (v3) | | `Alloc`: the size's low byte (the arg stream holds size >> 8) |
+//! | 10 page addr (v4) | | page events: the address against a neighbour's page ([`PageBase`]) |
+//! | 11 page (v4) | | page events: aux, arg32, arg (varints) |
+//! | 12 page ops (v4) | events before the first page event | page events: op, then the events before the next one |
+//! | 13 flags (v4) | | flags bytes (a `Free`'s against the `CROSS_THREAD` its reference predicts) |
 //!
-//! The payload is the stream lengths (varints) followed by the streams: seven, and ten from
+//! The payload is the stream lengths (varints) followed by the streams: seven, ten from
 //! version 3, where a `Free`'s or `Resize`'s reference and an `Alloc`'s size are split in a low
-//! byte and the rest ([`put_split`]) instead of a varint in the refs or arg stream.
+//! byte and the rest ([`put_split`]) instead of a varint in the refs or arg stream, and fourteen
+//! from version 4, where page events and flags are apart (the specification, `README.md` in
+//! this directory, says how).
 //!
 //! **Fields.** Each kind has a set of fields it uses (the schema's table,
 //! `heaplens_alloc::schema::TABLE`, from which [`fields`] and the address codings here are
@@ -56,13 +62,19 @@ use heaplens_alloc::event::{Event, EventKind};
 use heaplens_alloc::schema::{self, How};
 
 /// Most byte streams in an Events payload, of any version ([`streams`]).
-pub const STREAMS: usize = 10;
+pub const STREAMS: usize = 14;
 
 /// The number of byte streams in an Events payload of format `version`: 7; from version 3, three
 /// more for the split values ([`put_split`]): 7 and 8 a `Free`'s or `Resize`'s reference (low
-/// byte, the rest), 9 an `Alloc`'s size (low byte; the rest goes to the arg stream).
+/// byte, the rest), 9 an `Alloc`'s size (low byte; the rest goes to the arg stream); from
+/// version 4, four more: 10 the page events' addresses, 11 their other fields, 12 their ops
+/// and where they are, 13 every event's flags.
 pub const fn streams(version: u16) -> usize {
-    if version < 3 { 7 } else { STREAMS }
+    match version {
+        ..3 => 7,
+        3 => 10,
+        _ => STREAMS,
+    }
 }
 
 /// Fewest payload bytes an event takes (op, time and at least one field): a decoder uses it to
@@ -84,6 +96,9 @@ const PREFETCH_AHEAD: usize = 8;
 const EVENTS_AHEAD: usize = 64;
 
 const GROUPS: usize = 5;
+/// Page addresses are predicted from block addresses rounded down to this (a small page, the
+/// allocator's smallest; frozen here for format version 4).
+const PAGE_GRAIN: u64 = 1 << 16;
 const GROUP_ALLOC: usize = 0;
 const GROUP_FREE: usize = 1;
 const GROUP_PAGE: usize = 2;
@@ -108,6 +123,9 @@ const _: () = assert!(schema::kind_coded(schema::ARG, How::ParentOfNode) as u8 =
 const AFTER_FREE_ARG: u8 = schema::kind_coded(schema::ARG, How::AfterFree) as u8;
 /// A free pushes its block onto the freed stack (a `Resize` refers to a block without freeing it).
 const FREE: u8 = EventKind::Free as u8;
+/// A `Free`'s flag that version 4 predicts from its reference: set when the block's `Alloc` was
+/// another heap's.
+const CROSS_THREAD: u8 = heaplens_alloc::event::flags::CROSS_THREAD;
 /// The fields of a narrow `Alloc`, in every version: an `Alloc` without a stack id (arg32) is
 /// narrow. A narrow `Free` has only its address.
 const ALLOC_FIELDS: u8 = field::ADDR | field::AUX | field::ARG;
@@ -141,6 +159,10 @@ struct Streams {
     ref_lo: Sink,
     ref_hi: Sink,
     size_lo: Sink,
+    page_addr: Sink,
+    page: Sink,
+    page_ops: Sink,
+    flags: Sink,
 }
 
 impl Streams {
@@ -157,6 +179,10 @@ impl Streams {
             &mut self.ref_lo,
             &mut self.ref_hi,
             &mut self.size_lo,
+            &mut self.page_addr,
+            &mut self.page,
+            &mut self.page_ops,
+            &mut self.flags,
         ]
     }
 }
@@ -221,7 +247,7 @@ pub fn field_sets_table() -> String {
         v.join(", ")
     };
     let mut out = String::from(
-        "| kind | version 1 | versions 2 and 3 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
+        "| kind | version 1 | versions 2 to 4 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
     );
     for f in schema::TABLE {
         let k = f.kind as u8;
@@ -293,10 +319,47 @@ enum AddrCode {
     Ref,
     /// A delta against the last address of the heap's group.
     Delta(u8),
+    /// A page event's address (version 4), against the page of a block ([`PageBase`]), in the
+    /// page streams.
+    Page(PageBase),
     /// The address itself.
     Plain,
     /// Not written (zero).
     Absent,
+}
+
+/// What a page event's address is coded against (version 4): the page, rounded down to
+/// [`PAGE_GRAIN`], of a block its neighbours in the batch name. Measured on recordings of two
+/// multithreaded C programs, 97-100 % of each kind's pages are that page exactly.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PageBase {
+    /// The next `Alloc` of the batch (`PageInit`, `PageExtend`, `PageCollect`: the allocator
+    /// prepares the page it is about to allocate from); 0 if none follows.
+    NextAlloc,
+    /// The heap's last `Alloc` of the size class of the batch's next `Alloc` (`PageFull`: the
+    /// page that class was allocated from until it filled); 0 if none follows.
+    ClassOfNextAlloc,
+    /// The heap's last `Free` or `Resize` (`PageUnfull`, `PageRetire`, `PageFree`: the free
+    /// that changed the page's state).
+    LastFree,
+    /// The heap's last page event coded this way (the other page kinds: `PageReclaim`,
+    /// `CensusPage`), as in version 3.
+    LastPage,
+}
+
+/// The [`PageBase`] of a page event of `kind`.
+const fn page_base(kind: u8) -> PageBase {
+    use EventKind::*;
+    match kind {
+        k if k == PageInit as u8 || k == PageExtend as u8 || k == PageCollect as u8 => {
+            PageBase::NextAlloc
+        }
+        k if k == PageFull as u8 => PageBase::ClassOfNextAlloc,
+        k if k == PageUnfull as u8 || k == PageRetire as u8 || k == PageFree as u8 => {
+            PageBase::LastFree
+        }
+        _ => PageBase::LastPage,
+    }
 }
 
 /// How the address of a `kind` is coded when it is written in format `version`: the schema's
@@ -312,6 +375,7 @@ const fn code_of(version: u16, kind: u8) -> AddrCode {
         How::Carved => AddrCode::Alloc,
         How::BlockRef => AddrCode::Ref,
         How::AfterAlloc => AddrCode::Delta(GROUP_ALLOC as u8),
+        How::PageDelta if version >= 4 => AddrCode::Page(page_base(kind)),
         How::PageDelta => AddrCode::Delta(GROUP_PAGE as u8),
         How::SegmentDelta => AddrCode::Delta(GROUP_SEGMENT as u8),
         How::FrameDelta => AddrCode::Delta(GROUP_FRAME as u8),
@@ -338,6 +402,9 @@ const fn codes_table(version: u16) -> [AddrCode; 256] {
 /// [`code_of`] every kind byte in format version 1.
 static CODES_V1: [AddrCode; 256] = codes_table(1);
 
+/// [`code_of`] every kind byte in format versions 2 and 3.
+static CODES_V3: [AddrCode; 256] = codes_table(3);
+
 /// [`code_of`] every kind byte in the version this build writes.
 static CODES: [AddrCode; 256] = codes_table(super::format::VERSION);
 
@@ -350,6 +417,9 @@ struct Coding {
     stacks: bool,
     /// Version 3 on: `Free`/`Resize` references and `Alloc` sizes are split ([`put_split`]).
     split: bool,
+    /// Version 4 on: page events are coded in streams of their own, their addresses against
+    /// their neighbours' blocks ([`PageBase`]).
+    pages: bool,
     /// Byte streams in a payload ([`streams`]).
     streams: usize,
 }
@@ -360,9 +430,14 @@ impl Coding {
         let v1 = version < 2;
         Self {
             fields: if v1 { &FIELDS_V1 } else { &FIELDS },
-            codes: if v1 { &CODES_V1 } else { &CODES },
+            codes: match version {
+                ..2 => &CODES_V1,
+                2 | 3 => &CODES_V3,
+                _ => &CODES,
+            },
             stacks: !v1,
             split: version >= 3,
+            pages: version >= 4,
             streams: streams(version),
         }
     }
@@ -554,6 +629,8 @@ struct Predictor {
     class_addr: [u64; CLASSES],
     /// Last carved `Alloc` of any class.
     carved: u64,
+    /// Last `Alloc` of each size class, carved or not (version 4: [`PageBase::ClassOfNextAlloc`]).
+    class_any: [u64; CLASSES],
     /// Id of the heap's last `StackFrame` node (version 2).
     frame_id: u32,
     /// Stack ids of the heap's latest `Alloc`s with one, most recent first (version 2).
@@ -566,6 +643,7 @@ impl Default for Predictor {
             last_addr: [0; GROUPS],
             class_addr: [0; CLASSES],
             carved: 0,
+            class_any: [0; CLASSES],
             frame_id: 0,
             stacks: [0; STACK_MRU],
         }
@@ -797,6 +875,11 @@ pub struct ChunkEncoder {
     events: u32,
     start_time: u64,
     end_time: u64,
+    /// The index in the batch being coded of its next `Alloc` after the last page event that
+    /// looked (the batch's length if none), for [`PageBase::NextAlloc`].
+    next_alloc: usize,
+    /// Whether the last reference coded named another heap's `Alloc`.
+    other_heaps: bool,
 }
 
 impl Default for ChunkEncoder {
@@ -825,6 +908,8 @@ impl ChunkEncoder {
             events: 0,
             start_time: u64::MAX,
             end_time: 0,
+            next_alloc: 0,
+            other_heaps: false,
         }
     }
 
@@ -858,6 +943,10 @@ impl ChunkEncoder {
             return;
         }
         let (cur, mut h) = self.start_batch(heap, events.len());
+        if self.coding.pages {
+            let gap = self.gap(events, 0);
+            self.streams.page_ops.varint(gap);
+        }
         let mut prev_time = self.prev_time;
         for e in events {
             self.start_time = self.start_time.min(e.time);
@@ -875,7 +964,7 @@ impl ChunkEncoder {
                 .time
                 .varint(zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
-            self.code_event(&mut h, cur, e);
+            self.code_event(&mut h, cur, events, i);
         }
         self.prev_time = prev_time;
         self.heaps[cur] = h;
@@ -903,15 +992,21 @@ impl ChunkEncoder {
         ] {
             wide.room(MAX_VARINT * n);
         }
+        s.page_addr.room(MAX_VARINT * n);
+        s.page.room(3 * MAX_VARINT * n);
+        s.page_ops.room(MAX_VARINT + 2 * MAX_VARINT * n);
+        s.flags.room(n);
         self.streams.ops.varint(u64::from(heap));
         self.streams.ops.varint(n as u64);
+        self.next_alloc = 0;
         let cur = slot_of(&mut self.index, &mut self.heaps, heap);
         (cur, std::mem::take(&mut self.heaps[cur]))
     }
 
-    /// Codes one event of heap `cur` (state `h`), but its time.
+    /// Codes event `i` of a batch of heap `cur` (state `h`), but its time.
     #[inline(always)]
-    fn code_event(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+    fn code_event(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize) {
+        let e = &batch[i];
         // The two kinds of nearly every event, narrow and without flags, go straight to their
         // codings (the same as `code_fields`', without looking up how).
         let bare = e.flags == 0 && e.arg32 == 0;
@@ -920,6 +1015,9 @@ impl ChunkEncoder {
             self.code_alloc(h, cur, e);
             return;
         }
+        if e.kind == FREE && self.coding.pages {
+            return self.code_free(h, cur, batch, i);
+        }
         if e.kind == FREE && bare && e.aux == 0 && e.arg == 0 {
             self.streams.ops.push(FREE << 2);
             self.code_ref(h, cur, e);
@@ -927,15 +1025,66 @@ impl ChunkEncoder {
         }
         let (f, wide) = present(self.coding.fields, e);
         let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
-        self.streams.ops.varint(op);
+        let paged = self.is_paged(e.kind);
+        // A page event's op goes to the page stream (version 4): the ops stream keeps its
+        // pattern of allocations and frees, which zstd finds as repeats.
+        let s = &mut self.streams;
+        let ops = if paged { &mut s.page_ops } else { &mut s.ops };
+        ops.varint(op);
         if e.flags != 0 {
-            self.streams.ops.push(e.flags);
+            // From version 4 in a stream of their own, where they do not break the ops' repeats.
+            if self.coding.pages { &mut s.flags } else { ops }.push(e.flags);
         }
-        self.code_fields(h, cur, e, f);
+        self.code_fields(h, cur, batch, i, f);
+        if paged {
+            let gap = self.gap(batch, i + 1);
+            self.streams.page_ops.varint(gap);
+        }
     }
 
-    /// Codes the fields `f` of `e`, an event of heap `cur` (state `h`), by its kind's codings.
-    fn code_fields(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event, f: u8) {
+    /// A `Free` (version 4): its flags are coded against the `CROSS_THREAD` its reference
+    /// predicts, so its op is written after its address.
+    #[inline(always)]
+    fn code_free(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize) {
+        let e = &batch[i];
+        let (f, wide) = if e.arg32 == 0 && e.aux == 0 && e.arg == 0 {
+            self.code_ref(h, cur, e);
+            (field::ADDR, false)
+        } else {
+            let (f, wide) = present(self.coding.fields, e);
+            self.code_fields(h, cur, batch, i, f);
+            (f, wide)
+        };
+        debug_assert!(f & field::ADDR != 0);
+        let predicted = if self.other_heaps { CROSS_THREAD } else { 0 };
+        let flags = e.flags ^ predicted;
+        let s = &mut self.streams;
+        s.ops
+            .push((FREE << 2) | (u8::from(wide) << 1) | u8::from(flags != 0));
+        if flags != 0 {
+            s.flags.push(flags);
+        }
+    }
+
+    /// Whether an event of `kind` is coded in the page streams (version 4).
+    #[inline]
+    fn is_paged(&self, kind: u8) -> bool {
+        self.coding.pages && matches!(self.coding.codes[usize::from(kind)], AddrCode::Page(_))
+    }
+
+    /// The events of a batch from `from` on before its next page event (all of them if none):
+    /// where the decoder takes its next op from the page stream (version 4).
+    fn gap(&self, batch: &[Event], from: usize) -> u64 {
+        batch[from..]
+            .iter()
+            .position(|e| self.is_paged(e.kind))
+            .unwrap_or(batch.len() - from) as u64
+    }
+
+    /// Codes the fields `f` of event `i` of a batch of heap `cur` (state `h`), by its kind's
+    /// codings.
+    fn code_fields(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize, f: u8) {
+        let e = &batch[i];
         let Coding {
             codes,
             stacks,
@@ -952,8 +1101,28 @@ impl ChunkEncoder {
                 self.streams.addr.varint(zigzag(e.addr.wrapping_sub(*last)));
                 *last = e.addr;
             }
+            AddrCode::Page(base) => {
+                let base = self.page_base(h, batch, i, base);
+                self.streams
+                    .page_addr
+                    .varint(zigzag(e.addr.wrapping_sub(base)));
+            }
             AddrCode::Plain => self.streams.addr.varint(e.addr),
             AddrCode::Absent => {}
+        }
+        if self.is_paged(e.kind) {
+            // A page event's other fields, plain, in the page stream (version 4).
+            let page = &mut self.streams.page;
+            for (bit, v) in [
+                (field::AUX, u64::from(e.aux)),
+                (field::ARG32, u64::from(e.arg32)),
+                (field::ARG, e.arg),
+            ] {
+                if f & bit != 0 {
+                    page.varint(v);
+                }
+            }
+            return;
         }
         let s = &mut self.streams;
         if f & field::AUX != 0 {
@@ -986,11 +1155,36 @@ impl ChunkEncoder {
         }
     }
 
+    /// What the address of page event `i` of a batch is coded against ([`PageBase`]); notes it
+    /// for the next event coded against the last page.
+    fn page_base(&mut self, h: &mut EncodeHeap, batch: &[Event], i: usize, base: PageBase) -> u64 {
+        let page = |a: u64| a & !(PAGE_GRAIN - 1);
+        match base {
+            PageBase::LastPage => {
+                std::mem::replace(&mut h.pred.last_addr[GROUP_PAGE], batch[i].addr)
+            }
+            PageBase::LastFree => page(h.pred.last_addr[GROUP_FREE]),
+            PageBase::NextAlloc | PageBase::ClassOfNextAlloc => {
+                if self.next_alloc <= i {
+                    self.next_alloc = batch[i + 1..]
+                        .iter()
+                        .position(|e| e.kind == ALLOC)
+                        .map_or(batch.len(), |p| i + 1 + p);
+                }
+                match batch.get(self.next_alloc) {
+                    None => 0,
+                    Some(a) if base == PageBase::NextAlloc => page(a.addr),
+                    Some(a) => page(h.pred.class_any[usize::from(size_class(a.arg))]),
+                }
+            }
+        }
+    }
+
     /// A narrow `Alloc` (addr, aux, arg): [`ChunkEncoder::code_fields`] of its field set.
     #[inline(always)]
     fn code_alloc(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
         if !self.coding.split {
-            return self.code_fields(h, cur, e, ALLOC_FIELDS);
+            return self.code_fields(h, cur, std::slice::from_ref(e), 0, ALLOC_FIELDS);
         }
         let class = self.code_alloc_addr(h, cur, e);
         let s = &mut self.streams;
@@ -1023,6 +1217,7 @@ impl ChunkEncoder {
             }
         }
         h.pred.last_addr[GROUP_ALLOC] = e.addr;
+        h.pred.class_any[usize::from(c)] = e.addr;
         h.allocs += 1;
         self.allocs += 1;
         c
@@ -1058,6 +1253,7 @@ impl ChunkEncoder {
                 in_chunk,
                 class,
             }) => {
+                self.other_heaps = slot as usize != cur;
                 let owner = if slot as usize == cur {
                     put_ref!(1 + 2 * u64::from(h.allocs - 1 - in_heap));
                     &mut *h
@@ -1079,6 +1275,7 @@ impl ChunkEncoder {
                 }
             }
             _ => {
+                self.other_heaps = false;
                 put_ref!(0);
                 let last = h.pred.last_addr[GROUP_FREE];
                 addr.varint(zigzag(e.addr.wrapping_sub(last)));
@@ -1216,14 +1413,27 @@ impl Decoder {
             mut ref_lo,
             mut ref_hi,
             mut size_lo,
+            mut page_addr,
+            mut page_fields,
+            mut page_ops,
+            mut flag_bytes,
         ] = split_streams(payload, self.coding.streams)?.map(Bytes::new);
         let Coding {
             fields,
             codes,
             stacks,
             split,
+            pages,
             ..
         } = self.coding;
+        let page = |a: u64| a & !(PAGE_GRAIN - 1);
+        // Page events whose address waits for the batch's next `Alloc` (version 4): their index
+        // in `out`, and what the address is coded against; the batch they are in.
+        let mut pending: Vec<(usize, PageBase)> = Vec::new();
+        let mut pending_batch = 0u32;
+        let mut batch_no = 0u32;
+        // Events of the batch before its next page event (version 4).
+        let mut gap_left = 0u64;
 
         // Blocks of events small enough to stay in cache while each column is decoded into
         // them in turn.
@@ -1239,39 +1449,70 @@ impl Decoder {
             let mut masks = [0u8; BLOCK];
             let mut slots = [0u32; BLOCK];
             let mut classes = [0u8; BLOCK];
+            let mut batch_of = [0u32; BLOCK];
             // Ops: batches, kinds, flags, which fields follow.
-            for (i, (mask, slot_of_event)) in masks[..n].iter_mut().zip(&mut slots[..n]).enumerate()
+            for (i, ((mask, slot_of_event), batch_of_event)) in masks[..n]
+                .iter_mut()
+                .zip(&mut slots[..n])
+                .zip(&mut batch_of[..n])
+                .enumerate()
             {
                 while batch_left == 0 {
+                    if gap_left != 0 {
+                        return Err("page event gaps do not add up to the batch");
+                    }
                     heap = u32::try_from(ops.varint()?).map_err(|_| "heap id too large")?;
                     let k = ops.varint()?;
                     if k == 0 || k > (count - done - i) as u64 {
                         return Err("batch sizes do not add up to the event count");
                     }
                     batch_left = k as usize;
+                    if pages {
+                        gap_left = page_ops.varint()?;
+                    }
                     if self.heaps.len() >= MAX_CHUNK_HEAPS && !self.index.contains_key(&heap) {
                         return Err("too many heaps in one chunk");
                     }
                     slot = slot_of(&mut self.index, &mut self.heaps, heap);
+                    batch_no = batch_no.wrapping_add(1);
                 }
                 batch_left -= 1;
-                let op = ops.varint()?;
+                *batch_of_event = batch_no;
+                // A page event's op and fields are in the page stream (version 4).
+                let paged = pages && gap_left == 0;
+                let src = if paged { &mut page_ops } else { &mut ops };
+                let op = src.varint()?;
                 let kind = u8::try_from(op >> 2).map_err(|_| "kind too large")?;
-                let flags = if op & 1 == 1 { ops.byte()? } else { 0 };
+                let flags = match op & 1 {
+                    0 => 0,
+                    _ if pages => flag_bytes.byte()?,
+                    _ => src.byte()?,
+                };
                 *mask = if op & 2 == 2 {
                     field::ALL
                 } else {
                     fields[usize::from(kind)]
                 };
                 *slot_of_event = slot as u32;
-                out.push((
-                    heap,
-                    Event {
-                        kind,
-                        flags,
-                        ..Event::default()
-                    },
-                ));
+                let mut e = Event {
+                    kind,
+                    flags,
+                    ..Event::default()
+                };
+                if pages {
+                    if paged != matches!(codes[usize::from(kind)], AddrCode::Page(_)) {
+                        return Err("a page event out of its place");
+                    }
+                    if paged {
+                        read_page_fields(&mut page_fields, *mask, &mut e)?;
+                        // The passes below see only its address.
+                        *mask &= field::ADDR;
+                        gap_left = page_ops.varint()?;
+                    } else {
+                        gap_left -= 1;
+                    }
+                }
+                out.push((heap, e));
             }
             let events = &mut out[first..];
             let masks = &masks[..n];
@@ -1319,8 +1560,12 @@ impl Decoder {
             let heaps = &mut self.heaps;
             let all_allocs = &mut self.all_allocs;
             let per_event = masks.iter().zip(&slots).zip(&classes).zip(&raw32);
-            for ((_, e), (((&f, &cur), &c), &raw)) in events.iter_mut().zip(per_event) {
+            for (k, (((&f, &cur), &c), &raw)) in per_event.enumerate() {
+                let at = first + k;
+                let e = &mut out[at].1;
                 let cur = cur as usize;
+                // The bases of the page events waiting for this `Alloc` (version 4).
+                let mut bases = None;
                 if stacks && f & field::ARG32 != 0 {
                     let h = &mut heaps[cur];
                     match e.kind {
@@ -1362,6 +1607,10 @@ impl Decoder {
                                 s.addrs[seq as usize]
                             }
                         };
+                        if !pending.is_empty() && pending_batch == batch_of[k] {
+                            bases = Some((page(a), page(h.pred.class_any[usize::from(c)])));
+                        }
+                        h.pred.class_any[usize::from(c)] = a;
                         h.pred.last_addr[GROUP_ALLOC] = a;
                         h.allocs.push((a, c));
                         all_allocs.push((a, cur as u32, c));
@@ -1389,6 +1638,11 @@ impl Decoder {
                                 };
                                 if e.kind == FREE {
                                     heaps[owner as usize].stack(c).addrs.push(a);
+                                    // Another heap's block: the flags were coded against
+                                    // `CROSS_THREAD` (version 4).
+                                    if pages && v & 1 == 0 {
+                                        e.flags ^= CROSS_THREAD;
+                                    }
                                 }
                                 a
                             }
@@ -1401,11 +1655,43 @@ impl Decoder {
                         *last = last.wrapping_add(unzigzag(addr.varint()?));
                         *last
                     }
+                    AddrCode::Page(base) => {
+                        let d = unzigzag(page_addr.varint()?);
+                        let pred = &mut heaps[cur].pred;
+                        match base {
+                            PageBase::LastPage => {
+                                let last = &mut pred.last_addr[GROUP_PAGE];
+                                *last = last.wrapping_add(d);
+                                *last
+                            }
+                            PageBase::LastFree => page(pred.last_addr[GROUP_FREE]).wrapping_add(d),
+                            // Against 0 until the batch's next `Alloc` gives the base.
+                            PageBase::NextAlloc | PageBase::ClassOfNextAlloc => {
+                                if pending_batch != batch_of[k] {
+                                    pending.clear();
+                                    pending_batch = batch_of[k];
+                                }
+                                pending.push((at, base));
+                                d
+                            }
+                        }
+                    }
                     AddrCode::Plain => addr.varint()?,
                     AddrCode::Absent => 0,
                 };
                 if e.kind == AFTER_FREE_ARG && f & field::ARG != 0 {
                     e.arg = unzigzag(e.arg).wrapping_add(heaps[cur].pred.last_addr[GROUP_FREE]);
+                }
+                if let Some((block, class)) = bases {
+                    for (p, base) in pending.drain(..) {
+                        let b = if base == PageBase::NextAlloc {
+                            block
+                        } else {
+                            class
+                        };
+                        let a = &mut out[p].1.addr;
+                        *a = a.wrapping_add(b);
+                    }
                 }
             }
             done += n;
@@ -1413,8 +1699,24 @@ impl Decoder {
         if batch_left != 0 {
             return Err("batch sizes do not add up to the event count");
         }
+        if gap_left != 0 {
+            return Err("page event gaps do not add up to the batch");
+        }
         if [
-            ops, time, refs, addr, aux, arg32, arg, ref_lo, ref_hi, size_lo,
+            ops,
+            time,
+            refs,
+            addr,
+            aux,
+            arg32,
+            arg,
+            ref_lo,
+            ref_hi,
+            size_lo,
+            page_addr,
+            page_fields,
+            page_ops,
+            flag_bytes,
         ]
         .iter()
         .any(|b| b.remaining() != 0)
@@ -1423,6 +1725,21 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Reads the fields `mask` (but the address) of a page event into `e`, from the page stream
+/// (version 4): aux, arg32, arg, as [`ChunkEncoder::code_fields`] writes them.
+fn read_page_fields(page: &mut Bytes<'_>, mask: u8, e: &mut Event) -> Result<(), &'static str> {
+    if mask & field::AUX != 0 {
+        e.aux = u16::try_from(page.varint()?).map_err(|_| "aux too large")?;
+    }
+    if mask & field::ARG32 != 0 {
+        e.arg32 = u32::try_from(page.varint()?).map_err(|_| "arg32 too large")?;
+    }
+    if mask & field::ARG != 0 {
+        e.arg = page.varint()?;
+    }
+    Ok(())
 }
 
 /// Decodes one Events payload (see [`Decoder::decode`]).
@@ -1544,6 +1861,136 @@ mod tests {
         assert!(decode_events(&payload, 6, &mut out).is_err());
         assert!(decode_events(&payload, 8, &mut out).is_err());
         assert!(decode_events(&payload[..payload.len() - 1], 7, &mut out).is_err());
+    }
+
+    /// Version 4's page events: an allocator-shaped stream (pages prepared before the `Alloc`
+    /// that uses them, filled pages, frees that unfill or retire a page, frees of another heap's
+    /// blocks with and without `CROSS_THREAD`, page events that end a batch and so have no
+    /// `Alloc` after them, batches longer than the decoder's block) round-trips exactly, and
+    /// each page address the neighbours predict costs one byte.
+    #[test]
+    fn page_events_round_trip_against_their_neighbours() {
+        use EventKind::*;
+        let page = |n: u64| 0x7f00_0000_0000 + n * PAGE_GRAIN;
+        let ev = |kind: EventKind, addr: u64, arg: u64, flags: u8| Event {
+            kind: kind as u8,
+            flags,
+            addr,
+            arg,
+            time: 0,
+            ..Event::default()
+        };
+        let mut rng = crate::trace::synth::Rng::new(11);
+        let mut batches: Vec<(u32, Vec<Event>)> = Vec::new();
+        let mut predicted = 0usize;
+        let mut recent: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        let mut unflagged = 0usize;
+        let mut serial = 0u64;
+        for b in 0..12u64 {
+            let heap = (b % 3) as u32;
+            let mut v = Vec::new();
+            let mut n = 0u64;
+            while v.len() < 1500 {
+                n += 1;
+                serial += 1;
+                // Every block at an address of its own, 256 to a page.
+                let pg = page(serial / 256);
+                let size = 16 * (1 + n % 5);
+                let block = pg + 256 * (serial % 256);
+                match rng.below(6) {
+                    0 => {
+                        v.push(ev(PageCollect, pg, n % 3, 0));
+                        predicted += 1;
+                    }
+                    1 => {
+                        // The page the class was allocated from until now filled.
+                        v.push(ev(PageFull, 0, 0, 0));
+                        predicted += 1;
+                    }
+                    _ => {}
+                }
+                v.push(ev(Alloc, block, size, 0));
+                recent[heap as usize].push(block);
+                if rng.below(4) == 0 {
+                    // Another heap's block (allocated in an earlier batch), mostly flagged.
+                    let other = rng.below(3) as usize;
+                    let theirs = if other != heap as usize {
+                        recent[other].pop()
+                    } else {
+                        None
+                    };
+                    let free = match theirs {
+                        Some(a) if rng.below(8) == 0 => {
+                            unflagged += 1;
+                            ev(Free, a, 0, 0)
+                        }
+                        Some(a) => ev(Free, a, 0, CROSS_THREAD),
+                        None => ev(Free, recent[heap as usize].pop().unwrap(), 0, 0),
+                    };
+                    let freed_page = free.addr & !(PAGE_GRAIN - 1);
+                    v.push(free);
+                    if rng.below(3) == 0 {
+                        v.push(ev(PageUnfull, freed_page, 0, 0));
+                        predicted += 1;
+                    }
+                }
+            }
+            // A page event with no `Alloc` after it in its batch.
+            v.push(ev(PageCollect, page(999), 2, 0));
+            v.push(ev(PageInit, page(5) + 4096, 48, 3));
+            batches.push((heap, v));
+        }
+        // `PageFull`'s page: the last `Alloc` of the next `Alloc`'s class in the heap (0 before).
+        let mut class_last: HashMap<(u32, u8), u64> = HashMap::new();
+        for (heap, v) in &mut batches {
+            for i in 0..v.len() {
+                if v[i].kind == Alloc as u8 {
+                    class_last.insert((*heap, size_class(v[i].arg)), v[i].addr);
+                } else if v[i].kind == PageFull as u8 {
+                    let next = v[i + 1..].iter().find(|e| e.kind == Alloc as u8).unwrap();
+                    let last = class_last.get(&(*heap, size_class(next.arg))).copied();
+                    v[i].addr = last.unwrap_or(0) & !(PAGE_GRAIN - 1);
+                }
+            }
+        }
+        let mut enc = ChunkEncoder::new();
+        let mut want = Vec::new();
+        for (heap, v) in &batches {
+            enc.push_batch(*heap, v);
+            want.extend(v.iter().map(|&e| (*heap, e)));
+        }
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let mut out = Vec::new();
+        decode_events(&payload, want.len() as u32, &mut out).unwrap();
+        assert_eq!(out.len(), want.len());
+        for (i, (got, w)) in out.iter().zip(&want).enumerate() {
+            assert_eq!(got, w, "event {i}");
+        }
+        let streams = split_streams(&payload, streams(super::super::format::VERSION)).unwrap();
+        let page_events = want
+            .iter()
+            .filter(|(_, e)| matches!(CODES[usize::from(e.kind)], AddrCode::Page(_)))
+            .count();
+        // One byte each where predicted (0), a few more for the two unpredicted a batch.
+        let zeros = streams[10].iter().filter(|&&b| b == 0).count();
+        assert!(
+            zeros >= predicted,
+            "{zeros} zero page addresses, {predicted} predicted"
+        );
+        assert!(streams[10].len() < page_events + 12 * 2 * MAX_VARINT);
+        // A flags byte only for the frees of another heap's block without `CROSS_THREAD` (the
+        // others' flags are what their references predict) and each batch's `PageInit`.
+        assert!(unflagged > 0);
+        assert_eq!(streams[13].len(), unflagged + batches.len());
+        // Damage is refused, not misread.
+        for cut in [1, 2, 7] {
+            out.clear();
+            assert!(
+                decode_events(&payload[..payload.len() - cut], want.len() as u32, &mut out)
+                    .is_err()
+            );
+        }
     }
 
     /// An event of `f`'s kind with every slot the schema gives it filled (`wide`: the slots
