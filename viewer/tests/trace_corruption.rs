@@ -434,7 +434,7 @@ fn a_newer_version_is_refused_naming_both_versions() {
     let e = TraceReader::new(Cursor::new(&bytes[..])).err().unwrap();
     assert_eq!(
         e.to_string(),
-        "trace format version 7 is newer than this heaplens (reads up to 4)"
+        "trace format version 7 is newer than this heaplens (reads up to 5)"
     );
     bytes[8..10].copy_from_slice(&0u16.to_le_bytes());
     let e = TraceReader::new(Cursor::new(&bytes[..])).err().unwrap();

@@ -247,7 +247,7 @@ pub fn field_sets_table() -> String {
         v.join(", ")
     };
     let mut out = String::from(
-        "| kind | version 1 | versions 2 to 4 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
+        "| kind | version 1 | versions 2 to 5 | used outside the set (wide when not 0) |\n|---|---|---|---|\n",
     );
     for f in schema::TABLE {
         let k = f.kind as u8;
@@ -420,6 +420,8 @@ struct Coding {
     /// Version 4 on: page events are coded in streams of their own, their addresses against
     /// their neighbours' blocks ([`PageBase`]).
     pages: bool,
+    /// Version 5 on: an `Alloc`'s refs code and size share a byte ([`joint_code`]).
+    joint: bool,
     /// Byte streams in a payload ([`streams`]).
     streams: usize,
 }
@@ -438,6 +440,7 @@ impl Coding {
             stacks: !v1,
             split: version >= 3,
             pages: version >= 4,
+            joint: version >= 5,
             streams: streams(version),
         }
     }
@@ -478,6 +481,65 @@ fn code_alloc_aux(aux: u16, class: u8) -> u64 {
         a if a == u16::from(class) => 1,
         a => u64::from(a) + 2,
     }
+}
+
+/// Refs codes below this share their byte with an `Alloc`'s size (version 5, [`joint_code`]).
+const JOINT_REFS: u64 = 15;
+/// Size high parts (size >> 8) below this are told whole in that byte; from it on, the byte
+/// says "at least this" and the arg stream holds the rest.
+const JOINT_HIGH: u64 = 16;
+const _: () = assert!(JOINT_REFS * JOINT_HIGH < 256);
+
+/// An `Alloc`'s refs code `r` and the high part `hi` of its size (size >> 8) as one byte
+/// (version 5), and what goes to the refs stream after it and to the arg stream: 0 and then `r`
+/// − [`JOINT_REFS`] when `r` is not small; else 1 + `r` × [`JOINT_HIGH`] + min(`hi`,
+/// `JOINT_HIGH` − 1), and `hi` − (`JOINT_HIGH` − 1) when `hi` is not small. zstd's Huffman stage
+/// spends at least a bit a byte: the two most common codes of an `Alloc`, each mostly one value,
+/// cost about two bits apart and one together.
+#[inline]
+fn joint_code(r: u64, hi: u64) -> (u8, Option<u64>, Option<u64>) {
+    const TOP: u64 = JOINT_HIGH - 1;
+    if r < JOINT_REFS {
+        let byte = 1 + r * JOINT_HIGH + hi.min(TOP);
+        (byte as u8, None, (hi >= TOP).then(|| hi - TOP))
+    } else {
+        (0, Some(r - JOINT_REFS), Some(hi))
+    }
+}
+
+/// Reads what [`joint_code`] wrote: the refs code and the size (its low byte from `size_lo`).
+#[inline]
+fn get_joint(
+    refs: &mut Bytes<'_>,
+    size_lo: &mut Bytes<'_>,
+    arg: &mut Bytes<'_>,
+) -> Result<(u64, u64), &'static str> {
+    const TOP: u64 = JOINT_HIGH - 1;
+    let byte = u64::from(refs.byte()?);
+    let (r, hi) = match byte {
+        0 => (
+            refs.varint()?
+                .checked_add(JOINT_REFS)
+                .ok_or("refs code overflows")?,
+            arg.varint()?,
+        ),
+        b => {
+            let (r, hi) = ((b - 1) / JOINT_HIGH, (b - 1) % JOINT_HIGH);
+            if r >= JOINT_REFS {
+                return Err("bad joint refs and size byte");
+            }
+            let hi = if hi == TOP {
+                arg.varint()?.checked_add(TOP).ok_or("size overflows")?
+            } else {
+                hi
+            };
+            (r, hi)
+        }
+    };
+    if hi >> 56 != 0 {
+        return Err("size overflows 64 bits");
+    }
+    Ok((r, hi << 8 | u64::from(size_lo.byte()?)))
 }
 
 /// A wrapping 64-bit difference as a small number whatever its sign (0, -1, 1, -2 ... become
@@ -1149,6 +1211,8 @@ impl ChunkEncoder {
                 STACK_FRAME if stacks => {
                     s.arg.varint(zigzag(u64::from(e.arg32).wrapping_sub(e.arg)));
                 }
+                // Version 5: written with the address (`joint_code`).
+                ALLOC if self.coding.joint => {}
                 ALLOC if split => put_split(&mut s.size_lo, &mut s.arg, e.arg),
                 _ => s.arg.varint(e.arg),
             }
@@ -1189,7 +1253,9 @@ impl ChunkEncoder {
         let class = self.code_alloc_addr(h, cur, e);
         let s = &mut self.streams;
         s.aux.varint(code_alloc_aux(e.aux, class));
-        put_split(&mut s.size_lo, &mut s.arg, e.arg);
+        if !self.coding.joint {
+            put_split(&mut s.size_lo, &mut s.arg, e.arg);
+        }
     }
 
     /// The address of an `Alloc` of heap `cur`: a block freed earlier in the chunk, else
@@ -1203,18 +1269,39 @@ impl ChunkEncoder {
             in_chunk: self.allocs,
             class: c,
         };
-        let Streams { refs, addr, .. } = &mut self.streams;
-        match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
+        let Streams {
+            refs,
+            addr,
+            size_lo,
+            arg,
+            ..
+        } = &mut self.streams;
+        let r = match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
             Some(Block::Freed { slot, class, seq }) if slot as usize == cur && class == c => {
                 let s = h.stack(c);
-                refs.varint(ref_code(s.next, s.len, seq));
+                let r = ref_code(s.next, s.len, seq);
                 s.next = i64::from(seq) - 1;
+                r
             }
             _ => {
-                refs.varint(0);
                 addr.varint(zigzag(e.addr.wrapping_sub(h.pred.alloc_base(c))));
                 h.pred.note_carved(c, e.addr);
+                0
             }
+        };
+        if self.coding.joint {
+            // Version 5: the refs code with the size (which code_fields then leaves out).
+            let (byte, more_refs, more_size) = joint_code(r, e.arg >> 8);
+            refs.push(byte);
+            if let Some(v) = more_refs {
+                refs.varint(v);
+            }
+            if let Some(v) = more_size {
+                arg.varint(v);
+            }
+            size_lo.push(e.arg as u8);
+        } else {
+            refs.varint(r);
         }
         h.pred.last_addr[GROUP_ALLOC] = e.addr;
         h.pred.class_any[usize::from(c)] = e.addr;
@@ -1424,6 +1511,7 @@ impl Decoder {
             stacks,
             split,
             pages,
+            joint,
             ..
         } = self.coding;
         let page = |a: u64| a & !(PAGE_GRAIN - 1);
@@ -1522,9 +1610,20 @@ impl Decoder {
                 t = t.wrapping_add(unzigzag(time.varint()?));
                 e.time = t;
             }
-            for (((_, e), &f), class) in events.iter_mut().zip(masks).zip(&mut classes) {
+            // An `Alloc`'s refs code, read with its size (version 5).
+            let mut alloc_refs = [0u64; BLOCK];
+            for ((((_, e), &f), class), r) in events
+                .iter_mut()
+                .zip(masks)
+                .zip(&mut classes)
+                .zip(&mut alloc_refs)
+            {
                 if f & field::ARG != 0 {
-                    e.arg = if split && e.kind == ALLOC {
+                    e.arg = if joint && e.kind == ALLOC {
+                        let (code, size) = get_joint(&mut refs, &mut size_lo, &mut arg)?;
+                        *r = code;
+                        size
+                    } else if split && e.kind == ALLOC {
                         get_split(&mut size_lo, &mut arg)?
                     } else {
                         arg.varint()?
@@ -1585,7 +1684,10 @@ impl Decoder {
                 e.addr = match addr_code(codes, e.kind, f) {
                     AddrCode::Alloc => {
                         let h = &mut heaps[cur];
-                        let a = match refs.varint()? {
+                        // Version 5 read it with the size (an `Alloc`'s field sets, narrow and
+                        // wide, both have arg).
+                        let r = if joint { alloc_refs[k] } else { refs.varint()? };
+                        let a = match r {
                             0 => {
                                 let a = h.pred.alloc_base(c).wrapping_add(unzigzag(addr.varint()?));
                                 h.pred.note_carved(c, a);
@@ -1754,6 +1856,58 @@ pub fn decode_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Version 5's joint byte: every refs value and size round-trips, the common ones (small
+    /// refs value, size below 3840) in one byte of refs and none of arg, and bad bytes and
+    /// overflowing sizes are refused.
+    #[test]
+    fn an_allocs_refs_value_and_size_share_a_byte() {
+        let values = [
+            0,
+            1,
+            2,
+            14,
+            15,
+            16,
+            17,
+            255,
+            1 << 20,
+            u64::MAX >> 1,
+            u64::MAX,
+        ];
+        let sizes = [0, 1, 255, 256, 3839, 3840, 3841, 4096, 1 << 40, u64::MAX];
+        for &r in &values {
+            for &size in &sizes {
+                let (byte, more_refs, more_size) = joint_code(r, size >> 8);
+                let mut refs = vec![byte];
+                let mut arg = Vec::new();
+                if let Some(v) = more_refs {
+                    put_varint(&mut refs, v);
+                }
+                if let Some(v) = more_size {
+                    put_varint(&mut arg, v);
+                }
+                if r < JOINT_REFS && size < 3840 {
+                    assert_eq!((refs.len(), arg.len()), (1, 0), "r {r} size {size}");
+                }
+                let lo = [size as u8];
+                let (mut b, mut l, mut a) = (Bytes::new(&refs), Bytes::new(&lo), Bytes::new(&arg));
+                assert_eq!(get_joint(&mut b, &mut l, &mut a), Ok((r, size)));
+                assert_eq!((b.remaining(), a.remaining()), (0, 0));
+            }
+        }
+        for byte in 241..=255u8 {
+            let (refs, lo) = ([byte], [0u8]);
+            let (mut b, mut l, mut a) = (Bytes::new(&refs), Bytes::new(&lo), Bytes::new(&[]));
+            assert!(get_joint(&mut b, &mut l, &mut a).is_err(), "byte {byte}");
+        }
+        // A high part of 2^56 or more overflows.
+        let mut arg = Vec::new();
+        put_varint(&mut arg, 1 << 56);
+        let (refs, lo) = ([0u8, 0], [0u8]);
+        let (mut b, mut l, mut a) = (Bytes::new(&refs), Bytes::new(&lo), Bytes::new(&arg));
+        assert!(get_joint(&mut b, &mut l, &mut a).is_err());
+    }
 
     #[test]
     fn varints_and_zigzag_round_trip() {
