@@ -825,14 +825,20 @@ enum Block {
         in_chunk: u32,
         class: u8,
     },
-    /// Freed: entry `seq` of the freed stack of heap `slot` and `class`.
-    Freed { slot: u32, class: u8, seq: u32 },
+    /// Freed: entry `seq` of the freed stack of heap `slot` and `class` (version 5: of its
+    /// freed stack number `stack` in the heap's, per class and page).
+    Freed {
+        slot: u32,
+        class: u8,
+        seq: u32,
+        stack: u32,
+    },
 }
 
 impl Block {
     // The packed layout: bit 63 tells Freed from Live; slot (12 bits: fewer than
     // MAX_CHUNK_HEAPS), class (7 bits: fewer than CLASSES), then 20-bit counts (each below
-    // MAX_CHUNK_EVENTS).
+    // MAX_CHUNK_EVENTS; a freed stack's number too, as a chunk has fewer stacks than events).
     const FREED: u64 = 1 << 63;
 
     #[inline]
@@ -849,8 +855,17 @@ impl Block {
                     | u64::from(in_heap) << 19
                     | u64::from(in_chunk) << 39
             }
-            Block::Freed { slot, class, seq } => {
-                Self::FREED | u64::from(slot) | u64::from(class) << 12 | u64::from(seq) << 19
+            Block::Freed {
+                slot,
+                class,
+                seq,
+                stack,
+            } => {
+                Self::FREED
+                    | u64::from(slot)
+                    | u64::from(class) << 12
+                    | u64::from(seq) << 19
+                    | u64::from(stack) << 39
             }
         }
     }
@@ -865,6 +880,7 @@ impl Block {
                 slot,
                 class,
                 seq: count(19),
+                stack: count(39),
             }
         } else {
             Block::Live {
@@ -902,6 +918,11 @@ struct EncodeHeap {
     pred: Predictor,
     allocs: u32,
     stacks: Vec<StackHead>,
+    /// Version 5: the freed stacks per size class and page, instead of `stacks`: their numbers
+    /// by [`page_key`] (a freed block's [`Block::Freed`] names its stack by number, so a reuse
+    /// looks nothing up).
+    page_stacks: FastMap<u64, u32>,
+    page_heads: Vec<StackHead>,
     /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order (looked up
     /// for most `Alloc`s under `--stacks all`: the fast hasher, not SipHash).
     seen: FastMap<u32, u32>,
@@ -915,6 +936,24 @@ impl EncodeHeap {
         }
         &mut self.stacks[c]
     }
+}
+
+/// The key of a freed stack of version 5: size class `c` and the page ([`PAGE_GRAIN`]) of `addr`.
+#[inline]
+fn page_key(c: u8, addr: u64) -> u64 {
+    (addr & !(PAGE_GRAIN - 1)) | u64::from(c)
+}
+
+/// A page difference in pages (`to` and `from` are page starts), as a small number.
+#[inline]
+fn page_delta(to: u64, from: u64) -> u64 {
+    zigzag((to.wrapping_sub(from) as i64 >> PAGE_GRAIN.trailing_zeros()) as u64)
+}
+
+/// The page `page_delta(to, from)` names.
+#[inline]
+fn page_at(from: u64, delta: u64) -> u64 {
+    from.wrapping_add(unzigzag(delta) << PAGE_GRAIN.trailing_zeros())
 }
 
 /// The slot of `heap` in a chunk's heap list, adding it if new.
@@ -942,6 +981,8 @@ pub struct ChunkEncoder {
     next_alloc: usize,
     /// Whether the last reference coded named another heap's `Alloc`.
     other_heaps: bool,
+    /// The index in the batch being coded after its last page event (0 before the first).
+    after_page: usize,
 }
 
 impl Default for ChunkEncoder {
@@ -972,6 +1013,7 @@ impl ChunkEncoder {
             end_time: 0,
             next_alloc: 0,
             other_heaps: false,
+            after_page: 0,
         }
     }
 
@@ -1005,10 +1047,6 @@ impl ChunkEncoder {
             return;
         }
         let (cur, mut h) = self.start_batch(heap, events.len());
-        if self.coding.pages {
-            let gap = self.gap(events, 0);
-            self.streams.page_ops.varint(gap);
-        }
         let mut prev_time = self.prev_time;
         for e in events {
             self.start_time = self.start_time.min(e.time);
@@ -1027,6 +1065,11 @@ impl ChunkEncoder {
                 .varint(zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
             self.code_event(&mut h, cur, events, i);
+        }
+        if self.coding.pages {
+            // The events after the batch's last page event.
+            let gap = events.len() - self.after_page;
+            self.streams.page_ops.varint(gap as u64);
         }
         self.prev_time = prev_time;
         self.heaps[cur] = h;
@@ -1061,6 +1104,7 @@ impl ChunkEncoder {
         self.streams.ops.varint(u64::from(heap));
         self.streams.ops.varint(n as u64);
         self.next_alloc = 0;
+        self.after_page = 0;
         let cur = slot_of(&mut self.index, &mut self.heaps, heap);
         (cur, std::mem::take(&mut self.heaps[cur]))
     }
@@ -1091,6 +1135,11 @@ impl ChunkEncoder {
         // A page event's op goes to the page stream (version 4): the ops stream keeps its
         // pattern of allocations and frees, which zstd finds as repeats.
         let s = &mut self.streams;
+        if paged {
+            // The events since the batch's start or its last page event.
+            s.page_ops.varint((i - self.after_page) as u64);
+            self.after_page = i + 1;
+        }
         let ops = if paged { &mut s.page_ops } else { &mut s.ops };
         ops.varint(op);
         if e.flags != 0 {
@@ -1098,10 +1147,6 @@ impl ChunkEncoder {
             if self.coding.pages { &mut s.flags } else { ops }.push(e.flags);
         }
         self.code_fields(h, cur, batch, i, f);
-        if paged {
-            let gap = self.gap(batch, i + 1);
-            self.streams.page_ops.varint(gap);
-        }
     }
 
     /// A `Free` (version 4): its flags are coded against the `CROSS_THREAD` its reference
@@ -1132,15 +1177,6 @@ impl ChunkEncoder {
     #[inline]
     fn is_paged(&self, kind: u8) -> bool {
         self.coding.pages && matches!(self.coding.codes[usize::from(kind)], AddrCode::Page(_))
-    }
-
-    /// The events of a batch from `from` on before its next page event (all of them if none):
-    /// where the decoder takes its next op from the page stream (version 4).
-    fn gap(&self, batch: &[Event], from: usize) -> u64 {
-        batch[from..]
-            .iter()
-            .position(|e| self.is_paged(e.kind))
-            .unwrap_or(batch.len() - from) as u64
     }
 
     /// Codes the fields `f` of event `i` of a batch of heap `cur` (state `h`), by its kind's
@@ -1277,7 +1313,31 @@ impl ChunkEncoder {
             ..
         } = &mut self.streams;
         let r = match self.blocks.insert(e.addr, live.pack()).map(Block::unpack) {
-            Some(Block::Freed { slot, class, seq }) if slot as usize == cur && class == c => {
+            // Version 5: the block's page's freed stack. On the page of the class's last
+            // `Alloc` (mostly: the allocator takes blocks from one page until it runs out), the
+            // reference + 1; on another, 1, and in the addr stream the page and the reference.
+            Some(Block::Freed {
+                slot,
+                class,
+                seq,
+                stack,
+            }) if slot as usize == cur && class == c && self.coding.joint => {
+                let page = e.addr & !(PAGE_GRAIN - 1);
+                let predicted = h.pred.class_any[usize::from(c)] & !(PAGE_GRAIN - 1);
+                let s = &mut h.page_heads[stack as usize];
+                let r = ref_code(s.next, s.len, seq);
+                s.next = i64::from(seq) - 1;
+                if page == predicted {
+                    r + 1
+                } else {
+                    addr.varint(page_delta(page, predicted));
+                    addr.varint(r);
+                    1
+                }
+            }
+            Some(Block::Freed {
+                slot, class, seq, ..
+            }) if slot as usize == cur && class == c => {
                 let s = h.stack(c);
                 let r = ref_code(s.next, s.len, seq);
                 s.next = i64::from(seq) - 1;
@@ -1349,12 +1409,28 @@ impl ChunkEncoder {
                     &mut self.heaps[slot as usize]
                 };
                 if e.kind == FREE {
-                    let s = owner.stack(class);
+                    let (s, stack) = if self.coding.joint {
+                        let EncodeHeap {
+                            page_stacks,
+                            page_heads,
+                            ..
+                        } = owner;
+                        let n = *page_stacks
+                            .entry(page_key(class, e.addr))
+                            .or_insert_with(|| {
+                                page_heads.push(StackHead::default());
+                                page_heads.len() as u32 - 1
+                            });
+                        (&mut page_heads[n as usize], n)
+                    } else {
+                        (owner.stack(class), 0)
+                    };
                     if let Some(b) = found {
                         *b = Block::Freed {
                             slot,
                             class,
                             seq: s.len,
+                            stack,
                         }
                         .pack();
                     }
@@ -1400,6 +1476,34 @@ struct Stack {
     next: i64,
 }
 
+impl Default for Stack {
+    fn default() -> Self {
+        Self {
+            addrs: Vec::new(),
+            next: -1,
+        }
+    }
+}
+
+impl Stack {
+    /// The block a reference `v` (`2v + 1` from the cursor, `2v + 2` from the top) names; moves
+    /// the cursor below it.
+    fn take(&mut self, v: u64) -> Result<u64, &'static str> {
+        let len = self.addrs.len() as i64;
+        let back = (v - 1) >> 1;
+        let seq = if v & 1 == 1 {
+            self.next.wrapping_sub(unzigzag(back) as i64)
+        } else {
+            (len - 1).wrapping_sub(back as i64)
+        };
+        if !(0..len).contains(&seq) {
+            return Err("reference to no freed block");
+        }
+        self.next = seq - 1;
+        Ok(self.addrs[seq as usize])
+    }
+}
+
 /// Decoder state of one heap: the predictor, the heap's `Alloc`s in the chunk (address,
 /// class), its freed stacks.
 #[derive(Default)]
@@ -1407,6 +1511,8 @@ struct DecodeHeap {
     pred: Predictor,
     allocs: Vec<(u64, u8)>,
     stacks: Vec<Stack>,
+    /// Version 5: the freed stacks per size class and page ([`page_key`]).
+    page_stacks: FastMap<u64, Stack>,
     /// Stack ids of the heap's `Alloc`s in the chunk, in first use order.
     seen: Vec<u32>,
 }
@@ -1415,10 +1521,7 @@ impl DecodeHeap {
     fn stack(&mut self, c: u8) -> &mut Stack {
         let c = usize::from(c);
         if self.stacks.len() <= c {
-            self.stacks.resize_with(c + 1, || Stack {
-                addrs: Vec::new(),
-                next: -1,
-            });
+            self.stacks.resize_with(c + 1, Stack::default);
         }
         &mut self.stacks[c]
     }
@@ -1693,21 +1796,22 @@ impl Decoder {
                                 h.pred.note_carved(c, a);
                                 a
                             }
-                            v => {
-                                let s = h.stack(c);
-                                let len = s.addrs.len() as i64;
-                                let back = (v - 1) >> 1;
-                                let seq = if v & 1 == 1 {
-                                    s.next.wrapping_sub(unzigzag(back) as i64)
-                                } else {
-                                    (len - 1).wrapping_sub(back as i64)
+                            v if joint => {
+                                let predicted =
+                                    h.pred.class_any[usize::from(c)] & !(PAGE_GRAIN - 1);
+                                let (page, r) = match v {
+                                    1 => (page_at(predicted, addr.varint()?), addr.varint()?),
+                                    v => (predicted, v - 1),
                                 };
-                                if !(0..len).contains(&seq) {
+                                if r == 0 {
                                     return Err("reference to no freed block");
                                 }
-                                s.next = seq - 1;
-                                s.addrs[seq as usize]
+                                h.page_stacks
+                                    .get_mut(&page_key(c, page))
+                                    .ok_or("reference to no freed block")?
+                                    .take(r)?
                             }
+                            v => h.stack(c).take(v)?,
                         };
                         if !pending.is_empty() && pending_batch == batch_of[k] {
                             bases = Some((page(a), page(h.pred.class_any[usize::from(c)])));
@@ -1739,7 +1843,14 @@ impl Decoder {
                                     all_allocs[i.ok_or("reference to no allocation")?]
                                 };
                                 if e.kind == FREE {
-                                    heaps[owner as usize].stack(c).addrs.push(a);
+                                    let owner = &mut heaps[owner as usize];
+                                    if joint {
+                                        owner.page_stacks.entry(page_key(c, a)).or_default()
+                                    } else {
+                                        owner.stack(c)
+                                    }
+                                    .addrs
+                                    .push(a);
                                     // Another heap's block: the flags were coded against
                                     // `CROSS_THREAD` (version 4).
                                     if pages && v & 1 == 0 {
@@ -1857,6 +1968,49 @@ pub fn decode_events(
 mod tests {
     use super::*;
 
+    /// Version 5's freed stacks per page: frees into two pages of one class interleave, then the
+    /// allocator reuses them page by page (LIFO within a page, as mimalloc). Every reuse but
+    /// the first of each page is the next block of the page the class last allocated from
+    /// (refs value 2, one joint byte with the size), and the stream round-trips.
+    #[test]
+    fn reused_blocks_are_named_in_their_pages_stack() {
+        let ev = |kind: EventKind, addr: u64| Event {
+            kind: kind as u8,
+            addr,
+            arg: if kind == EventKind::Alloc { 48 } else { 0 },
+            ..Event::default()
+        };
+        let (a, b) = (0x7f00_0001_0000u64, 0x7f00_0002_0000u64);
+        let mut events = Vec::new();
+        for i in 0..64 {
+            events.push(ev(EventKind::Alloc, a + 48 * i));
+            events.push(ev(EventKind::Alloc, b + 48 * i));
+        }
+        for i in 0..64 {
+            events.push(ev(EventKind::Free, a + 48 * i));
+            events.push(ev(EventKind::Free, b + 48 * i));
+        }
+        // Page b's blocks, then page a's, each most recently freed first.
+        for page in [b, a] {
+            for i in (0..64).rev() {
+                events.push(ev(EventKind::Alloc, page + 48 * i));
+            }
+        }
+        let mut enc = ChunkEncoder::new();
+        enc.push_batch(1, &events);
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let mut out = Vec::new();
+        decode_events(&payload, events.len() as u32, &mut out).unwrap();
+        assert!(out.iter().map(|(_, e)| *e).eq(events.iter().copied()));
+        let streams = split_streams(&payload, STREAMS).unwrap();
+        let refs = streams[2];
+        assert_eq!(refs.len(), 256, "one joint byte per Alloc");
+        // The joint byte of refs value r and a 48-byte size: 1 + 16r.
+        let next_on_page = refs[128..].iter().filter(|&&x| x == 1 + 16 * 2).count();
+        assert!(next_on_page >= 128 - 2, "{next_on_page} of 128 reuses");
+    }
+
     /// Version 5's joint byte: every refs value and size round-trips, the common ones (small
     /// refs value, size below 3840) in one byte of refs and none of arg, and bad bytes and
     /// overflowing sizes are refused.
@@ -1966,11 +2120,13 @@ mod tests {
                 slot: 0,
                 class: 0,
                 seq: 0,
+                stack: 0,
             },
             Block::Freed {
                 slot: heaps,
                 class: classes,
                 seq: max,
+                stack: max,
             },
         ] {
             assert_eq!(Block::unpack(b.pack()), b);
