@@ -1509,10 +1509,15 @@ impl Stack {
 #[derive(Default)]
 struct DecodeHeap {
     pred: Predictor,
-    allocs: Vec<(u64, u8)>,
+    /// Its `Alloc`s: address, class, and (version 5) the number of its page's freed stack.
+    allocs: Vec<(u64, u8, u32)>,
     stacks: Vec<Stack>,
-    /// Version 5: the freed stacks per size class and page ([`page_key`]).
-    page_stacks: FastMap<u64, Stack>,
+    /// Version 5: the freed stacks per size class and page, and their numbers by
+    /// [`page_key`]; per class, the key and number of the last one looked up (a class
+    /// allocates from one page for a while, so most lookups stop there).
+    page_lists: Vec<Stack>,
+    page_stacks: FastMap<u64, u32>,
+    page_cache: Vec<(u64, u32)>,
     /// Stack ids of the heap's `Alloc`s in the chunk, in first use order.
     seen: Vec<u32>,
 }
@@ -1525,6 +1530,26 @@ impl DecodeHeap {
         }
         &mut self.stacks[c]
     }
+
+    /// The number of the freed stack of class `c` and the page of `addr` (version 5), made
+    /// empty if new.
+    fn page_stack(&mut self, c: u8, addr: u64) -> u32 {
+        let key = page_key(c, addr);
+        if self.page_cache.is_empty() {
+            self.page_cache = vec![(u64::MAX, 0); CLASSES];
+        }
+        let cached = &mut self.page_cache[usize::from(c)];
+        if cached.0 == key {
+            return cached.1;
+        }
+        let lists = &mut self.page_lists;
+        let n = *self.page_stacks.entry(key).or_insert_with(|| {
+            lists.push(Stack::default());
+            lists.len() as u32 - 1
+        });
+        *cached = (key, n);
+        n
+    }
 }
 
 /// Decodes Events payloads of one format version. Keeps its scratch space from one chunk to the
@@ -1533,7 +1558,7 @@ pub struct Decoder {
     index: HashMap<u32, usize>,
     heaps: Vec<DecodeHeap>,
     /// Every `Alloc` of the chunk: address, heap slot, class.
-    all_allocs: Vec<(u64, u32, u8)>,
+    all_allocs: Vec<(u64, u32, u8, u32)>,
     coding: Coding,
 }
 
@@ -1806,20 +1831,20 @@ impl Decoder {
                                 if r == 0 {
                                     return Err("reference to no freed block");
                                 }
-                                h.page_stacks
-                                    .get_mut(&page_key(c, page))
-                                    .ok_or("reference to no freed block")?
-                                    .take(r)?
+                                let n = h.page_stack(c, page);
+                                h.page_lists[n as usize].take(r)?
                             }
                             v => h.stack(c).take(v)?,
                         };
+                        // Where the block goes once freed (version 5).
+                        let stack = if joint { h.page_stack(c, a) } else { 0 };
                         if !pending.is_empty() && pending_batch == batch_of[k] {
                             bases = Some((page(a), page(h.pred.class_any[usize::from(c)])));
                         }
                         h.pred.class_any[usize::from(c)] = a;
                         h.pred.last_addr[GROUP_ALLOC] = a;
-                        h.allocs.push((a, c));
-                        all_allocs.push((a, cur as u32, c));
+                        h.allocs.push((a, c, stack));
+                        all_allocs.push((a, cur as u32, c, stack));
                         a
                     }
                     AddrCode::Ref => {
@@ -1833,11 +1858,12 @@ impl Decoder {
                                 .wrapping_add(unzigzag(addr.varint()?)),
                             v => {
                                 let back = usize::try_from((v - 1) / 2).unwrap_or(usize::MAX);
-                                let (a, owner, c) = if v & 1 == 1 {
+                                let (a, owner, c, stack) = if v & 1 == 1 {
                                     let allocs = &heaps[cur].allocs;
                                     let i = allocs.len().checked_sub(1 + back);
-                                    let (a, c) = allocs[i.ok_or("reference to no allocation")?];
-                                    (a, cur as u32, c)
+                                    let (a, c, stack) =
+                                        allocs[i.ok_or("reference to no allocation")?];
+                                    (a, cur as u32, c, stack)
                                 } else {
                                     let i = all_allocs.len().checked_sub(1 + back);
                                     all_allocs[i.ok_or("reference to no allocation")?]
@@ -1845,7 +1871,7 @@ impl Decoder {
                                 if e.kind == FREE {
                                     let owner = &mut heaps[owner as usize];
                                     if joint {
-                                        owner.page_stacks.entry(page_key(c, a)).or_default()
+                                        &mut owner.page_lists[stack as usize]
                                     } else {
                                         owner.stack(c)
                                     }
