@@ -918,11 +918,9 @@ struct EncodeHeap {
     pred: Predictor,
     allocs: u32,
     stacks: Vec<StackHead>,
-    /// Version 5: the freed stacks per size class and page, instead of `stacks`: their numbers
-    /// by [`page_key`] (a freed block's [`Block::Freed`] names its stack by number, so a reuse
-    /// looks nothing up).
-    page_stacks: FastMap<u64, u32>,
-    page_heads: Vec<StackHead>,
+    /// Version 5: the freed stacks per size class and page, instead of `stacks` (a freed
+    /// block's [`Block::Freed`] names its stack by number, so a reuse looks nothing up).
+    page_stacks: PageStacks<StackHead>,
     /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order (looked up
     /// for most `Alloc`s under `--stacks all`: the fast hasher, not SipHash).
     seen: FastMap<u32, u32>,
@@ -942,6 +940,49 @@ impl EncodeHeap {
 #[inline]
 fn page_key(c: u8, addr: u64) -> u64 {
     (addr & !(PAGE_GRAIN - 1)) | u64::from(c)
+}
+
+/// The freed stacks of one heap per size class and page (version 5), numbered in order of
+/// creation, on either side (`T`: the encoder's heads or the decoder's stacks).
+struct PageStacks<T> {
+    stacks: Vec<T>,
+    /// Their numbers by [`page_key`].
+    numbers: FastMap<u64, u32>,
+    /// Per class, the key and number of the last one looked up: a class allocates from one page
+    /// for a while, and its blocks are often freed in runs too, so most lookups stop here.
+    last: Vec<(u64, u32)>,
+}
+
+impl<T> Default for PageStacks<T> {
+    fn default() -> Self {
+        Self {
+            stacks: Vec::new(),
+            numbers: FastMap::default(),
+            last: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> PageStacks<T> {
+    /// The number of the stack of class `c` and the page of `addr`, made empty if new.
+    #[inline]
+    fn number(&mut self, c: u8, addr: u64) -> u32 {
+        let key = page_key(c, addr);
+        if self.last.is_empty() {
+            self.last = vec![(u64::MAX, 0); CLASSES];
+        }
+        let last = &mut self.last[usize::from(c)];
+        if last.0 == key {
+            return last.1;
+        }
+        let stacks = &mut self.stacks;
+        let n = *self.numbers.entry(key).or_insert_with(|| {
+            stacks.push(T::default());
+            stacks.len() as u32 - 1
+        });
+        *last = (key, n);
+        n
+    }
 }
 
 /// A page difference in pages (`to` and `from` are page starts), as a small number.
@@ -1324,7 +1365,7 @@ impl ChunkEncoder {
             }) if slot as usize == cur && class == c && self.coding.joint => {
                 let page = e.addr & !(PAGE_GRAIN - 1);
                 let predicted = h.pred.class_any[usize::from(c)] & !(PAGE_GRAIN - 1);
-                let s = &mut h.page_heads[stack as usize];
+                let s = &mut h.page_stacks.stacks[stack as usize];
                 let r = ref_code(s.next, s.len, seq);
                 s.next = i64::from(seq) - 1;
                 if page == predicted {
@@ -1410,18 +1451,8 @@ impl ChunkEncoder {
                 };
                 if e.kind == FREE {
                     let (s, stack) = if self.coding.joint {
-                        let EncodeHeap {
-                            page_stacks,
-                            page_heads,
-                            ..
-                        } = owner;
-                        let n = *page_stacks
-                            .entry(page_key(class, e.addr))
-                            .or_insert_with(|| {
-                                page_heads.push(StackHead::default());
-                                page_heads.len() as u32 - 1
-                            });
-                        (&mut page_heads[n as usize], n)
+                        let n = owner.page_stacks.number(class, e.addr);
+                        (&mut owner.page_stacks.stacks[n as usize], n)
                     } else {
                         (owner.stack(class), 0)
                     };
@@ -1512,12 +1543,8 @@ struct DecodeHeap {
     /// Its `Alloc`s: address, class, and (version 5) the number of its page's freed stack.
     allocs: Vec<(u64, u8, u32)>,
     stacks: Vec<Stack>,
-    /// Version 5: the freed stacks per size class and page, and their numbers by
-    /// [`page_key`]; per class, the key and number of the last one looked up (a class
-    /// allocates from one page for a while, so most lookups stop there).
-    page_lists: Vec<Stack>,
-    page_stacks: FastMap<u64, u32>,
-    page_cache: Vec<(u64, u32)>,
+    /// Version 5: the freed stacks per size class and page.
+    page_stacks: PageStacks<Stack>,
     /// Stack ids of the heap's `Alloc`s in the chunk, in first use order.
     seen: Vec<u32>,
 }
@@ -1529,26 +1556,6 @@ impl DecodeHeap {
             self.stacks.resize_with(c + 1, Stack::default);
         }
         &mut self.stacks[c]
-    }
-
-    /// The number of the freed stack of class `c` and the page of `addr` (version 5), made
-    /// empty if new.
-    fn page_stack(&mut self, c: u8, addr: u64) -> u32 {
-        let key = page_key(c, addr);
-        if self.page_cache.is_empty() {
-            self.page_cache = vec![(u64::MAX, 0); CLASSES];
-        }
-        let cached = &mut self.page_cache[usize::from(c)];
-        if cached.0 == key {
-            return cached.1;
-        }
-        let lists = &mut self.page_lists;
-        let n = *self.page_stacks.entry(key).or_insert_with(|| {
-            lists.push(Stack::default());
-            lists.len() as u32 - 1
-        });
-        *cached = (key, n);
-        n
     }
 }
 
@@ -1831,13 +1838,13 @@ impl Decoder {
                                 if r == 0 {
                                     return Err("reference to no freed block");
                                 }
-                                let n = h.page_stack(c, page);
-                                h.page_lists[n as usize].take(r)?
+                                let n = h.page_stacks.number(c, page);
+                                h.page_stacks.stacks[n as usize].take(r)?
                             }
                             v => h.stack(c).take(v)?,
                         };
                         // Where the block goes once freed (version 5).
-                        let stack = if joint { h.page_stack(c, a) } else { 0 };
+                        let stack = if joint { h.page_stacks.number(c, a) } else { 0 };
                         if !pending.is_empty() && pending_batch == batch_of[k] {
                             bases = Some((page(a), page(h.pred.class_any[usize::from(c)])));
                         }
@@ -1871,7 +1878,7 @@ impl Decoder {
                                 if e.kind == FREE {
                                     let owner = &mut heaps[owner as usize];
                                     if joint {
-                                        &mut owner.page_lists[stack as usize]
+                                        &mut owner.page_stacks.stacks[stack as usize]
                                     } else {
                                         owner.stack(c)
                                     }
