@@ -1089,10 +1089,7 @@ impl ChunkEncoder {
         }
         let (cur, mut h) = self.start_batch(heap, events.len());
         let mut prev_time = self.prev_time;
-        for e in events {
-            self.start_time = self.start_time.min(e.time);
-            self.end_time = self.end_time.max(e.time);
-        }
+        let (mut start_time, mut end_time) = (self.start_time, self.end_time);
         for (i, e) in events.iter().enumerate() {
             // The address lookups miss the cache: start the one of an event a few ahead.
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
@@ -1105,6 +1102,8 @@ impl ChunkEncoder {
                 .time
                 .varint(zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
+            start_time = start_time.min(e.time);
+            end_time = end_time.max(e.time);
             self.code_event(&mut h, cur, events, i);
         }
         if self.coding.pages {
@@ -1113,6 +1112,7 @@ impl ChunkEncoder {
             self.streams.page_ops.varint(gap as u64);
         }
         self.prev_time = prev_time;
+        (self.start_time, self.end_time) = (start_time, end_time);
         self.heaps[cur] = h;
         self.events += events.len() as u32;
     }
