@@ -229,22 +229,7 @@ fn codecs(batches: &Batches) {
             per_stream[k].1 += zstd::bulk::compress(s, 1).expect("zstd").len();
         }
     }
-    let names = [
-        "ops",
-        "time",
-        "refs",
-        "addr",
-        "aux",
-        "arg32",
-        "arg",
-        "ref_lo",
-        "ref_hi",
-        "size_lo",
-        "page_addr",
-        "page",
-        "page_ops",
-        "flags",
-    ];
+    let names = heaplens_viewer::trace::encode::STREAM_NAMES;
     let parts: Vec<String> = names
         .iter()
         .zip(per_stream)

@@ -11,22 +11,7 @@ use heaplens_alloc::event::Event;
 use heaplens_viewer::trace::encode::{ChunkEncoder, STREAMS, split_streams, streams};
 use heaplens_viewer::trace::{TraceReader, VERSION, WriterOptions};
 
-const NAMES: [&str; STREAMS] = [
-    "ops",
-    "time",
-    "refs",
-    "addr",
-    "aux",
-    "arg32",
-    "arg",
-    "ref_lo",
-    "ref_hi",
-    "size_lo",
-    "page_addr",
-    "page",
-    "page_ops",
-    "flags",
-];
+use heaplens_viewer::trace::encode::STREAM_NAMES as NAMES;
 
 /// Compressed and raw bytes of each stream, and of whole payloads.
 #[derive(Default)]

@@ -64,6 +64,25 @@ use heaplens_alloc::schema::{self, How};
 /// Most byte streams in an Events payload, of any version ([`streams`]).
 pub const STREAMS: usize = 14;
 
+/// The byte streams' names, in payload order (the table at the top): for tools that say where a
+/// trace's bytes go.
+pub const STREAM_NAMES: [&str; STREAMS] = [
+    "ops",
+    "time",
+    "refs",
+    "addr",
+    "aux",
+    "arg32",
+    "arg",
+    "ref_lo",
+    "ref_hi",
+    "size_lo",
+    "page_addr",
+    "page",
+    "page_ops",
+    "flags",
+];
+
 /// The number of byte streams in an Events payload of format `version`: 7; from version 3, three
 /// more for the split values ([`put_split`]): 7 and 8 a `Free`'s or `Resize`'s reference (low
 /// byte, the rest), 9 an `Alloc`'s size (low byte; the rest goes to the arg stream); from
