@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 ops | heap id, event count (varints) | op = kind × 4 + wide × 2 + (flags ≠ 0) (varint), then flags (byte) if not 0 |
 //! | 1 time | | time − previous event's time in the chunk (zigzag varint) |
-//! | 2 refs | | `Alloc`, `Free`, `Resize`: where the address comes from (varint, below) |
+//! | 2 refs | | `Alloc`, `Free`, `Resize`: where the address comes from (varint, below); v5: an `Alloc`'s in a byte with its size's high part ([`joint_code`]) |
 //! | 3 addr | | an address delta (zigzag varint) or an address (varint), by kind (below) |
 //! | 4 aux | | aux (varint); for `Alloc`: 0 → 0, the request's size class → 1, else aux + 2 |
 //! | 5 arg32 | | arg32 (varint) |
@@ -41,6 +41,8 @@
 //!   `next` (starts at −1). refs `2v + 1`: the entry numbered `next − unzigzag(v)`; refs
 //!   `2v + 2`: the entry numbered `len − 1 − v` (from the top). Then `next` = that number − 1.
 //!   mimalloc reuses freed blocks LIFO, so the cursor walks down the stack and `v` is mostly 0.
+//!   Version 5 keeps these stacks per size class and page, and names a reused block in the stack
+//!   of the page its class last allocated from ([`PageStacks`]; the specification says how).
 //! - `Free`, `Resize`: refs `2d + 1`: the address of this heap's `d`-th latest `Alloc` in the
 //!   chunk; `2d + 2`: the chunk's `d`-th latest `Alloc` of any heap (cross-thread frees); refs 0:
 //!   addr holds zigzag(addr − the heap's last `Free`/`Resize` address). A `Free` found by
