@@ -467,6 +467,12 @@ impl Coding {
     }
 }
 
+/// An event's op: kind × 4 + wide × 2 + (flags ≠ 0), the table at the top.
+#[inline(always)]
+const fn op_of(kind: u8, wide: bool, flagged: bool) -> u64 {
+    (kind as u64) << 2 | (wide as u64) << 1 | flagged as u64
+}
+
 /// How the address of an event of `kind` with fields `f` is coded, by the table of a version.
 #[inline]
 fn addr_code(codes: &[AddrCode; 256], kind: u8, f: u8) -> AddrCode {
@@ -1179,7 +1185,7 @@ impl ChunkEncoder {
         // codings (the same as `code_fields`', without looking up how).
         let bare = e.flags == 0 && e.arg32 == 0;
         if e.kind == ALLOC && bare {
-            self.streams.ops.push(ALLOC << 2);
+            self.streams.ops.push(op_of(ALLOC, false, false) as u8);
             self.code_alloc(h, cur, e);
             return;
         }
@@ -1187,12 +1193,12 @@ impl ChunkEncoder {
             return self.code_free(h, cur, batch, i);
         }
         if e.kind == FREE && bare && e.aux == 0 && e.arg == 0 {
-            self.streams.ops.push(FREE << 2);
+            self.streams.ops.push(op_of(FREE, false, false) as u8);
             self.code_ref(h, cur, e);
             return;
         }
         let (f, wide) = present(self.coding.fields, e);
-        let op = u64::from(e.kind) * 4 + u64::from(wide) * 2 + u64::from(e.flags != 0);
+        let op = op_of(e.kind, wide, e.flags != 0);
         let paged = self.is_paged(e.kind);
         // A page event's op goes to the page stream (version 4): the ops stream keeps its
         // pattern of allocations and frees, which zstd finds as repeats.
@@ -1216,20 +1222,19 @@ impl ChunkEncoder {
     #[inline(always)]
     fn code_free(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize) {
         let e = &batch[i];
-        let (f, wide) = if e.arg32 == 0 && e.aux == 0 && e.arg == 0 {
+        // Narrow, its address alone; wide, all four fields (the address by reference too).
+        let wide = if e.arg32 == 0 && e.aux == 0 && e.arg == 0 {
             self.code_ref(h, cur, e);
-            (field::ADDR, false)
+            false
         } else {
             let (f, wide) = present(self.coding.fields, e);
             self.code_fields(h, cur, batch, i, f);
-            (f, wide)
+            wide
         };
-        debug_assert!(f & field::ADDR != 0);
         let predicted = if self.other_heaps { CROSS_THREAD } else { 0 };
         let flags = e.flags ^ predicted;
         let s = &mut self.streams;
-        s.ops
-            .push((FREE << 2) | (u8::from(wide) << 1) | u8::from(flags != 0));
+        s.ops.push(op_of(FREE, wide, flags != 0) as u8);
         if flags != 0 {
             s.flags.push(flags);
         }
@@ -1238,7 +1243,8 @@ impl ChunkEncoder {
     /// Whether an event of `kind` is coded in the page streams (version 4).
     #[inline]
     fn is_paged(&self, kind: u8) -> bool {
-        self.coding.pages && matches!(self.coding.codes[usize::from(kind)], AddrCode::Page(_))
+        // Only the tables of version 4 on code addresses as pages.
+        matches!(self.coding.codes[usize::from(kind)], AddrCode::Page(_))
     }
 
     /// Codes the fields `f` of event `i` of a batch of heap `cur` (state `h`), by its kind's
