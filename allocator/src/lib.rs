@@ -33,6 +33,7 @@ pub mod check;
 #[cfg(feature = "hook")]
 pub mod collector;
 pub mod event;
+mod event_stores;
 pub mod free;
 pub mod global;
 pub mod heap;
