@@ -140,8 +140,6 @@ fn start_recording(config: Config, sink: Sink, late: bool) -> Result<(), StartEr
     }));
     // A new recording's clock starts at zero (an earlier one in this process left it running).
     hook::reset_clock();
-    // How threads write their events, decided before the first (see `event_stores`).
-    crate::event_stores::choose();
     // On before the collector's first census, so nothing happens unseen in between.
     hook::set_enabled(true, config.lossless);
     let mut thread: libc::pthread_t = 0;

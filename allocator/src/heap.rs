@@ -72,10 +72,6 @@ pub struct Heap {
     pub(crate) stacks: crate::stacks::HeapStacks,
     pub(crate) next_heap: *mut Heap,
     pub(crate) prev_heap: *mut Heap,
-    /// The collector's alone: the cursor it loaded for this heap before its last barrier (see
-    /// `hook::drain`). Away from the owner's fields, which it would otherwise pull off the
-    /// owner's core.
-    pub(crate) drain_mark: AtomicPtr<crate::event::Event>,
 }
 
 impl Heap {
@@ -113,7 +109,6 @@ impl Heap {
             stacks: crate::stacks::HeapStacks::new(),
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),
-            drain_mark: AtomicPtr::new(ptr::null_mut()),
         }
     }
 

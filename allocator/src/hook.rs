@@ -597,7 +597,11 @@ unsafe fn append(heap: *mut Heap, head: u64, addr: usize, arg: u64) -> bool {
         // Stored as four words straight from registers: an `Event` built on the stack and
         // copied in 16-byte halves made every event wait for store forwarding to fail (two
         // 8-byte stores read back by one 16-byte load).
-        crate::event_stores::write(at.cast::<u64>(), [head, addr as u64, arg, now()]);
+        let w = at.cast::<u64>();
+        w.write(head);
+        w.add(1).write(addr as u64);
+        w.add(2).write(arg);
+        w.add(3).write(now());
         (*heap).event_cursor.store(at.add(1), Release);
         true
     }
@@ -1178,7 +1182,6 @@ fn send(buf: *mut EventBuffer) -> bool {
     // SeqCst, as `close_channel`'s store and load: either it sees this thread sending, or this
     // thread sees the channel closed.
     SENDING.fetch_add(1, SeqCst);
-    crate::event_stores::before_send();
     let sent = send_on(CHANNELS.load(SeqCst), buf);
     SENDING.fetch_sub(1, Release);
     sent
@@ -1458,29 +1461,20 @@ pub(crate) fn current_buffers(mut f: impl FnMut(*mut EventBuffer)) {
 /// traced, (buffer seq, index of the first event), events)` (an untraced heap has events too:
 /// its frees into traced pages). Collector thread only.
 pub(crate) fn drain(mut f: impl FnMut(u32, i32, bool, (u32, u32), &[Event])) {
-    // The cursors first, then the barrier that makes every event below them visible, then the
-    // events (see `event_stores`). A heap listed in between has no mark and waits for the next
-    // drain.
-    crate::init::for_each_heap(|heap: &Heap| {
-        heap.drain_mark
-            .store(heap.event_cursor.load(Acquire), Relaxed);
-    });
-    crate::event_stores::make_visible();
     crate::init::for_each_heap(|heap: &Heap| {
         let traced = heap.traced.load(Relaxed);
         let mut f = |order, events: &[Event]| f(heap.id, heap.os_tid, traced, order, events);
-        let at = heap.drain_mark.swap(ptr::null_mut(), Relaxed);
         let buf = heap.events.load(Acquire);
-        if buf.is_null() || at.is_null() {
+        if buf.is_null() {
             f((0, 0), &[]);
             return;
         }
-        // The owner publishes events by moving the heap's cursor on. Loaded before the buffer,
-        // the cursor may point into the owner's previous buffer (or be null): then that buffer
-        // was sent, and its events come through the channel. It cannot point into this one's
-        // past: a buffer the collector has not handed back (it is draining) is not reused.
+        // The owner publishes events by moving the heap's cursor on. Read after the buffer, it
+        // may already point into the owner's next buffer (or be null): then this buffer was
+        // sent, and its events come through the channel.
         // SAFETY: the buffer is mapped (see below).
         let first = unsafe { first_slot(buf) };
+        let at = heap.event_cursor.load(Acquire);
         let Some(published) = (at as usize)
             .checked_sub(first as usize)
             .map(|bytes| bytes / EVENT_SIZE)
