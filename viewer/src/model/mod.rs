@@ -515,12 +515,17 @@ impl Model {
             p.has_aligned = true;
         }
         self.agg.block_bytes = self.agg.block_bytes.wrapping_add(p.block_size as i64);
-        if self.live.has_pending()
-            && self
-                .live
-                .cancel_early_free(Self::overflow_key(p, a.ptr), a.size)
-        {
-            return;
+        if self.live.has_pending() {
+            // An early free (reported before this allocation, by another thread) waits under
+            // the key its page gave it then: the block's start once the page has aligned
+            // blocks, else the address itself. This allocation may be the page's first aligned
+            // one (an interior address), so both are looked at, as a free looks at both.
+            let key = Self::overflow_key(p, a.ptr);
+            if self.live.cancel_early_free(key, a.size)
+                || (key != a.ptr && self.live.cancel_early_free(a.ptr, a.size))
+            {
+                return;
+            }
         }
         let counted = match p.table_index(a.ptr) {
             Some(i) => p.live.alloc(i, p.table_limit(), &mut self.live, a.size),
