@@ -68,6 +68,13 @@ pub struct Heap {
     /// here and appended after the event being emitted, so lossless mode stays lossless.
     pub(crate) spill: [crate::event::Event; crate::hook::SPILL_EVENTS],
     pub(crate) spill_len: u8,
+    /// Where events emitted while the hook runs go once `spill` is full (null until then): a
+    /// buffer of the heap's own that the collector never sees, emptied after them by the same
+    /// write (see `hook::put`).
+    pub(crate) spill_more: *mut crate::hook::EventBuffer,
+    /// Spilled events wait until this is false again: a census part too large for one buffer
+    /// is being written (see `hook::heap_census`).
+    pub(crate) spill_deferred: bool,
     /// Stack capture: the sampling countdown, the interned stacks (see [`crate::stacks`]).
     pub(crate) stacks: crate::stacks::HeapStacks,
     pub(crate) next_heap: *mut Heap,
@@ -106,6 +113,8 @@ impl Heap {
             drop_reasons: 0,
             spill: [crate::event::Event::EMPTY; crate::hook::SPILL_EVENTS],
             spill_len: 0,
+            spill_more: ptr::null_mut(),
+            spill_deferred: false,
             stacks: crate::stacks::HeapStacks::new(),
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),

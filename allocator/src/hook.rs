@@ -449,7 +449,7 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
                 return;
             }
             mark_own_segments(heap, true, |s| {
-                emit_buffered(heap, census_segment_event(s, t));
+                emit_part(heap, census_segment_event(s, t));
             });
             let id = (*heap).id;
             for_each_heap_page(heap, |page| {
@@ -457,8 +457,8 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
                 let span = (page.block_size() as u64).saturating_mul(u64::from(page.capacity()));
                 let holds = block.wrapping_sub(start) < span;
                 let [a, b] = census_page_events_less(page, id, t, u32::from(holds));
-                emit_buffered(heap, a);
-                emit_buffered(heap, b);
+                emit_part(heap, a);
+                emit_part(heap, b);
             });
         });
     }
@@ -483,9 +483,9 @@ unsafe fn emit_takeover_part(heap: *mut Heap, kind: u8, pages: u64, t: u64, body
     };
     // SAFETY: forwarded.
     unsafe {
-        emit_buffered(heap, begin.into_event().at(t));
+        emit_part(heap, begin.into_event().at(t));
         body();
-        emit_buffered(heap, end.into_event().at(t));
+        emit_part(heap, end.into_event().at(t));
     }
 }
 
@@ -509,11 +509,11 @@ pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
         };
         let id = (*heap).id;
         emit_takeover_part(heap, flags::ADOPT, in_use().count() as u64, t, || {
-            emit_buffered(heap, census_segment_event(s, t));
+            emit_part(heap, census_segment_event(s, t));
             for page in in_use() {
                 let [a, b] = census_page_events(page, id, t);
-                emit_buffered(heap, a);
-                emit_buffered(heap, b);
+                emit_part(heap, a);
+                emit_part(heap, b);
             }
         });
     }
@@ -818,7 +818,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             if n < SPILL_EVENTS {
                 (*heap).spill[n] = ev;
                 (*heap).spill_len += 1;
-            } else {
+            } else if !spill_more(heap, ev) {
                 lose(heap, drop_reason::NESTED);
             }
             return;
@@ -827,6 +827,31 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
         if want != (*heap).census_done {
             census_point(heap, ev, want);
             return;
+        }
+        emit_buffered(heap, ev);
+    }
+}
+
+/// Appends an event of a census part (or a takeover part) to `heap`'s buffer up to the buffer's
+/// own end, whatever `event_end` says: a census asked for while the part is written nulls
+/// `event_end`, and the change of buffers that followed (with room left) could allocate, in
+/// there, a block whose events then sat inside the part (stress, a census every millisecond:
+/// one page one block apart, in 1 recording of 8). The request is answered at the heap's next
+/// event, as any.
+///
+/// # Safety
+/// As [`emit_buffered`].
+unsafe fn emit_part(heap: *mut Heap, ev: Event) {
+    // SAFETY: the calling thread owns `heap` and its buffer; the cursor lies in it.
+    unsafe {
+        let buf = (*heap).events.load(Relaxed);
+        if !buf.is_null() {
+            let at = (*heap).event_cursor.load(Relaxed);
+            if at < first_slot(buf).add(BUFFER_EVENTS) {
+                at.write(ev);
+                (*heap).event_cursor.store(at.add(1), Release);
+                return;
+            }
         }
         emit_buffered(heap, ev);
     }
@@ -879,6 +904,74 @@ unsafe fn next_buffer(heap: *mut Heap) {
     }
 }
 
+/// Keeps `ev`, emitted while the hook runs on `heap`'s thread with its spill slots full, in the
+/// heap's overflow buffer (taken now if need be); false if there is no room or no buffer. More
+/// than four come when the allocation in there captures its stack (`--stacks all`), or frees
+/// blocks that empty pages (seen with a census every millisecond).
+///
+/// # Safety
+/// `heap` is the calling thread's heap; the hook runs on it (`IN_HOOK`).
+unsafe fn spill_more(heap: *mut Heap, ev: Event) -> bool {
+    // SAFETY: the overflow buffer is the heap's own, which only its thread touches.
+    unsafe {
+        let mut more = (*heap).spill_more;
+        if more.is_null() {
+            // Not `take_empty_buffer`: it numbers the buffers the collector receives.
+            more = pop_empty();
+            if more.is_null() {
+                more = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
+            }
+            if more.is_null() {
+                return false;
+            }
+            (*more).len.store(0, Relaxed);
+            (*heap).spill_more = more;
+        }
+        let n = (*more).len.load(Relaxed) as usize;
+        if n >= BUFFER_EVENTS - SPILL_EVENTS - 2 {
+            return false;
+        }
+        first_slot(more).add(n).write(ev);
+        (*more).len.store(n as u32 + 1, Relaxed);
+        true
+    }
+}
+
+/// The events waiting in `heap`'s overflow buffer, and the buffer (null: none).
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn spilled_more(heap: *mut Heap) -> (usize, *mut EventBuffer) {
+    // SAFETY: as in `spill_more`.
+    unsafe {
+        let more = (*heap).spill_more;
+        if more.is_null() {
+            (0, more)
+        } else {
+            ((*more).len.load(Relaxed) as usize, more)
+        }
+    }
+}
+
+/// Gives `heap`'s overflow buffer back, counting what it still held lost (`why`).
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn drop_spill_more(heap: *mut Heap, why: u16) {
+    // SAFETY: as in `spill_more`; the collector never saw the buffer, so it may be reused now.
+    unsafe {
+        let (n, more) = spilled_more(heap);
+        if more.is_null() {
+            return;
+        }
+        for _ in 0..n {
+            lose(heap, why);
+        }
+        (*heap).spill_more = ptr::null_mut();
+        release_buffer(BufferPtr(more));
+    }
+}
+
 /// Writes the pending drop note, `ev` and the spilled events into `heap`'s current buffer, or
 /// counts them lost if they do not fit.
 ///
@@ -888,7 +981,17 @@ unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
     // SAFETY: the calling thread owns `heap` and its buffer; the writes stay below its end.
     unsafe {
         let buf = (*heap).events.load(Relaxed);
-        let spilled = usize::from((*heap).spill_len);
+        let (more, more_buf) = if (*heap).spill_deferred {
+            (0, ptr::null_mut())
+        } else {
+            spilled_more(heap)
+        };
+        let slots = if (*heap).spill_deferred {
+            0
+        } else {
+            usize::from((*heap).spill_len)
+        };
+        let spilled = slots + more;
         // Room for the drop note, the event and the spilled events.
         if buf.is_null() || written(heap, buf) + 2 + spilled > BUFFER_EVENTS {
             let why = if buf.is_null() {
@@ -919,11 +1022,19 @@ unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
                 events.add(n).write(ev);
                 n += 1;
             }
-            for i in 0..spilled {
+            for i in 0..slots {
                 events.add(n).write((*heap).spill[i]);
                 n += 1;
             }
-            (*heap).spill_len = 0;
+            if !(*heap).spill_deferred {
+                (*heap).spill_len = 0;
+            }
+            if !more_buf.is_null() {
+                ptr::copy_nonoverlapping(first_slot(more_buf), events.add(n), more);
+                n += more;
+                (*heap).spill_more = ptr::null_mut();
+                release_buffer(BufferPtr(more_buf));
+            }
             (*heap).event_cursor.store(events.add(n), Release);
         }
     }
@@ -1080,7 +1191,7 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
         // block apart in the model (a recording under load, census 5 of 6). Room made first,
         // such an allocation comes before the part and before its pages are read.
         let room = usize::try_from(count()).map_or(usize::MAX, |p| p.saturating_mul(2));
-        let _ = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
+        let fits = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
         let t = now();
         // Counted again: making room may have allocated, and carved a page.
         let pages = count();
@@ -1089,18 +1200,141 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
             number,
             flags: flags::HEAP_PART,
         };
-        emit_buffered(heap, begin.into_event().at(t));
-        let id = (*heap).id;
-        for_each_heap_page(heap, |page| {
-            let [a, b] = census_page_events(page, id, t);
-            emit_buffered(heap, a);
-            emit_buffered(heap, b);
-        });
         let end = schema::CensusEnd {
             number,
             flags: flags::HEAP_PART,
         };
-        emit_buffered(heap, end.into_event().at(t));
+        let id = (*heap).id;
+        if !fits && let Some(snapshot) = PartSnapshot::read(heap, id, t) {
+            // Too large for one buffer (over 1000 pages): every page read first, into buffers
+            // of the heap's own, then written, so that the buffer changes in between read no
+            // page; what they allocate waits until after the part (see `Heap::spill_deferred`).
+            // Written as pages came, such an allocation landed between pages read before it
+            // and pages read after: the stress workload with a census every millisecond and
+            // every stack captured disagreed on one page, one block, in 1 recording of 6.
+            (*heap).spill_deferred = true;
+            emit_part(heap, begin.into_event().at(t));
+            snapshot.write(heap);
+            emit_part(heap, end.into_event().at(t));
+            (*heap).spill_deferred = false;
+            snapshot.release();
+            put_spilled(heap);
+            return;
+        }
+        emit_part(heap, begin.into_event().at(t));
+        for_each_heap_page(heap, |page| {
+            let [a, b] = census_page_events(page, id, t);
+            emit_part(heap, a);
+            emit_part(heap, b);
+        });
+        emit_part(heap, end.into_event().at(t));
+    }
+}
+
+/// Writes the events spilled while the hook ran, after whatever came since (see
+/// [`Heap::spill_deferred`]): into the current buffer, or a new one if they do not fit.
+///
+/// # Safety
+/// `heap` is the calling thread's heap, with the hook not running on it.
+unsafe fn put_spilled(heap: *mut Heap) {
+    // SAFETY: the calling thread owns `heap` and its buffer.
+    unsafe {
+        if (*heap).spill_len == 0 && (*heap).spill_more.is_null() {
+            return;
+        }
+        let (more, _) = spilled_more(heap);
+        let buf = (*heap).events.load(Relaxed);
+        let fits = !buf.is_null()
+            && written(heap, buf) + 2 + usize::from((*heap).spill_len) + more <= BUFFER_EVENTS;
+        IN_HOOK.with(|h| h.set(true));
+        if !fits {
+            next_buffer(heap);
+        }
+        put(heap, None);
+        IN_HOOK.with(|h| h.set(false));
+    }
+}
+
+/// A heap's census part read whole before it is written: its page events, in buffers taken
+/// for it (never sent; the collector does not see them).
+struct PartSnapshot {
+    buffers: [*mut EventBuffer; PART_SNAPSHOT_BUFFERS],
+    used: usize,
+    events: usize,
+}
+
+/// Buffers a census part may be read into: 64 of 2046 events, a heap of 65 k pages.
+const PART_SNAPSHOT_BUFFERS: usize = 64;
+
+impl PartSnapshot {
+    /// Reads every page of `heap` (owner `id`, census time `t`); None if it has more pages than
+    /// fit, or no memory can be had (the part is then written as it is read).
+    ///
+    /// # Safety
+    /// The calling thread owns `heap`.
+    unsafe fn read(heap: *mut Heap, id: u32, t: u64) -> Option<Self> {
+        let mut s = Self {
+            buffers: [ptr::null_mut(); PART_SNAPSHOT_BUFFERS],
+            used: 0,
+            events: 0,
+        };
+        let mut pages = 0usize;
+        // SAFETY: forwarded.
+        unsafe { for_each_heap_page(heap, |_| pages += 1) };
+        let need = (2 * pages).div_ceil(BUFFER_EVENTS);
+        if need > PART_SNAPSHOT_BUFFERS {
+            return None;
+        }
+        for i in 0..need {
+            let mut b = pop_empty();
+            if b.is_null() {
+                b = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
+            }
+            if b.is_null() {
+                s.release();
+                return None;
+            }
+            s.buffers[i] = b;
+            s.used = i + 1;
+        }
+        // SAFETY: the buffers are ours; `need` of them hold two events for each page, and no
+        // page is added meanwhile (reading allocates nothing).
+        unsafe {
+            for_each_heap_page(heap, |page| {
+                for e in census_page_events(page, id, t) {
+                    if s.events == s.used * BUFFER_EVENTS {
+                        return; // not reached: the pages were just counted
+                    }
+                    let b = s.buffers[s.events / BUFFER_EVENTS];
+                    first_slot(b).add(s.events % BUFFER_EVENTS).write(e);
+                    s.events += 1;
+                }
+            });
+        }
+        Some(s)
+    }
+
+    /// Writes the events read into `heap`'s stream.
+    ///
+    /// # Safety
+    /// As [`heap_census`].
+    unsafe fn write(&self, heap: *mut Heap) {
+        for i in 0..self.events {
+            // SAFETY: events below `self.events` were written by `read`.
+            unsafe {
+                let e = first_slot(self.buffers[i / BUFFER_EVENTS])
+                    .add(i % BUFFER_EVENTS)
+                    .read();
+                emit_part(heap, e);
+            }
+        }
+    }
+
+    /// Gives the buffers back.
+    fn release(&self) {
+        for &b in &self.buffers[..self.used] {
+            release_buffer(BufferPtr(b));
+        }
     }
 }
 
@@ -1315,7 +1549,7 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
                 }
                 break;
             }
-            if (*heap).spill_len == 0 {
+            if (*heap).spill_len == 0 && (*heap).spill_more.is_null() {
                 break;
             }
             attach(heap, take_empty_buffer(heap));
@@ -1327,9 +1561,13 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
                     lose(heap, drop_reason::NO_BUFFER);
                 }
                 (*heap).spill_len = 0;
+                drop_spill_more(heap, drop_reason::NO_BUFFER);
                 break;
             }
         }
+        // Anything spilled by the last send past its slots goes with the heap's next buffer if
+        // there is one; the overflow buffer itself is not kept past the thread's end.
+        drop_spill_more(heap, drop_reason::NESTED);
         IN_HOOK.with(|h| h.set(false));
     }
 }
