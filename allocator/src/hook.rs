@@ -804,12 +804,7 @@ unsafe fn emit_slow(heap: *mut Heap, ev: Event) {
             // segments it took back, and the stress workload lost 100-300 events a recording.
             if (*heap).events.load(Relaxed).is_null() {
                 attach(heap, take_empty_buffer(heap));
-                if append(
-                    heap,
-                    Event::head_word(ev.kind, ev.flags, ev.aux, ev.arg32),
-                    ev.addr as usize,
-                    ev.arg,
-                ) {
+                if append_event(heap, &ev) {
                     return;
                 }
             }
@@ -865,12 +860,7 @@ unsafe fn emit_part(heap: *mut Heap, ev: Event) {
 unsafe fn emit_buffered(heap: *mut Heap, ev: Event) {
     // SAFETY: the calling thread owns `heap` and its buffer.
     unsafe {
-        if append(
-            heap,
-            Event::head_word(ev.kind, ev.flags, ev.aux, ev.arg32),
-            ev.addr as usize,
-            ev.arg,
-        ) {
+        if append_event(heap, &ev) {
             return;
         }
         IN_HOOK.with(|h| h.set(true));

@@ -397,16 +397,7 @@ fn every_census_agrees_mid_run_on_a_multithreaded_program() {
     // 2 ms: each heap reports its pages at a point of its own event order, and every census of
     // every recording must agree exactly with the model.
     let dir = tempdir("midrun-census");
-    common::known_counts(&dir); // builds libheaplens.so
-    let exe = dir.join("alloc_workload");
-    let ok = std::process::Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(common::root().join("sample-apps/c/alloc_workload.c"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "compiling alloc_workload.c failed");
+    let exe = c_program(&dir, "sample-apps/c/alloc_workload.c");
     for round in 0..3 {
         let trace = dir.join(format!("run{round}.hltrace"));
         let mut record = heaplens();
@@ -600,6 +591,23 @@ fn index_adds_the_keyframes_the_recorder_leaves_out() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Builds libheaplens.so (once) and the C program `source` (relative to the repository) into
+/// `dir` with `-O2 -pthread`; returns the program.
+fn c_program(dir: &Path, source: &str) -> std::path::PathBuf {
+    common::build_preload();
+    let name = Path::new(source).file_stem().unwrap();
+    let exe = dir.join(name);
+    let ok = std::process::Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(common::root().join(source))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "compiling {source} failed");
+    exe
+}
+
 /// Threads that exit lose no events: the suite's stress workload (8 threads a round, recreated
 /// every round, every malloc-family call, half the frees cross-thread) recorded without stacks.
 /// An exiting thread's last send could be its first wake-up of the collector, which allocates
@@ -610,16 +618,7 @@ fn index_adds_the_keyframes_the_recorder_leaves_out() {
 #[test]
 fn threads_that_exit_lose_no_events() {
     let dir = tempdir("exiting-threads");
-    common::build_preload();
-    let exe = dir.join("stress");
-    let ok = std::process::Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(common::root().join("allocator/preload/benches/c/stress.c"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "compiling stress.c failed");
+    let exe = c_program(&dir, "allocator/preload/benches/c/stress.c");
     for round in 0..4 {
         let trace = dir.join(format!("run{round}.hltrace"));
         common::record(
@@ -646,16 +645,7 @@ fn threads_that_exit_lose_no_events() {
 #[test]
 fn every_census_agrees_with_every_stack_captured_on_threads_recreated_each_round() {
     let dir = tempdir("stress-census");
-    common::build_preload();
-    let exe = dir.join("stress");
-    let ok = std::process::Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(common::root().join("allocator/preload/benches/c/stress.c"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "compiling stress.c failed");
+    let exe = c_program(&dir, "allocator/preload/benches/c/stress.c");
     for round in 0..4 {
         let trace = dir.join(format!("run{round}.hltrace"));
         let mut record = heaplens();
