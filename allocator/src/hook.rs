@@ -444,21 +444,19 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
         if on {
             for_each_heap_page(heap, |_| pages += 1);
         }
-        emit_takeover_part(heap, flags::INITIAL, pages, t, || {
+        emit_takeover_part(heap, flags::INITIAL, pages, t, |sink| {
             if !on {
                 return;
             }
-            mark_own_segments(heap, true, |s| {
-                emit_part(heap, census_segment_event(s, t));
-            });
+            mark_own_segments(heap, true, |s| sink(census_segment_event(s, t)));
             let id = (*heap).id;
             for_each_heap_page(heap, |page| {
                 let start = page.start() as u64;
                 let span = (page.block_size() as u64).saturating_mul(u64::from(page.capacity()));
                 let holds = block.wrapping_sub(start) < span;
-                let [a, b] = census_page_events_less(page, id, t, u32::from(holds));
-                emit_part(heap, a);
-                emit_part(heap, b);
+                census_page_events_less(page, id, t, u32::from(holds))
+                    .into_iter()
+                    .for_each(&mut *sink);
             });
         });
     }
@@ -470,22 +468,30 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
 ///
 /// # Safety
 /// As [`emit_buffered`].
-unsafe fn emit_takeover_part(heap: *mut Heap, kind: u8, pages: u64, t: u64, body: impl FnOnce()) {
+unsafe fn emit_takeover_part(
+    heap: *mut Heap,
+    kind: u8,
+    pages: u64,
+    t: u64,
+    body: impl FnOnce(&mut dyn FnMut(Event)),
+) {
     let part = flags::HEAP_PART | kind;
     let begin = schema::CensusBegin {
         pages,
         number: 0,
         flags: part,
-    };
+    }
+    .into_event()
+    .at(t);
     let end = schema::CensusEnd {
         number: 0,
         flags: part,
-    };
+    }
+    .into_event()
+    .at(t);
     // SAFETY: forwarded.
     unsafe {
-        emit_part(heap, begin.into_event().at(t));
-        body();
-        emit_part(heap, end.into_event().at(t));
+        write_part(heap, begin, end, body);
     }
 }
 
@@ -508,12 +514,12 @@ pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
                 .filter(|p| p.is_in_use())
         };
         let id = (*heap).id;
-        emit_takeover_part(heap, flags::ADOPT, in_use().count() as u64, t, || {
-            emit_part(heap, census_segment_event(s, t));
+        emit_takeover_part(heap, flags::ADOPT, in_use().count() as u64, t, |sink| {
+            sink(census_segment_event(s, t));
             for page in in_use() {
-                let [a, b] = census_page_events(page, id, t);
-                emit_part(heap, a);
-                emit_part(heap, b);
+                census_page_events(page, id, t)
+                    .into_iter()
+                    .for_each(&mut *sink);
             }
         });
     }
@@ -1175,13 +1181,11 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
             for_each_heap_page(heap, |_| pages += 1);
             pages
         };
-        // The whole part in one buffer where it fits. Changing buffers can run into the
-        // allocator (see `seal`), and that allocation, kept aside until the next buffer, would
-        // land inside the part, after the census events of pages read before it: a page one
-        // block apart in the model (a recording under load, census 5 of 6). Room made first,
-        // such an allocation comes before the part and before its pages are read.
+        // The whole part in one buffer where it fits: changing buffers can run into the
+        // allocator (see `seal`), and with room made first such an allocation comes before the
+        // part, not after it (see `write_part`).
         let room = usize::try_from(count()).map_or(usize::MAX, |p| p.saturating_mul(2));
-        let fits = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
+        let _ = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
         let t = now();
         // Counted again: making room may have allocated, and carved a page.
         let pages = count();
@@ -1195,29 +1199,63 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
             flags: flags::HEAP_PART,
         };
         let id = (*heap).id;
-        if !fits && let Some(snapshot) = PartSnapshot::read(heap, id, t) {
-            // Too large for one buffer (over 1000 pages): every page read first, into buffers
-            // of the heap's own, then written, so that the buffer changes in between read no
-            // page; what they allocate waits until after the part (see `Heap::spill_deferred`).
-            // Written as pages came, such an allocation landed between pages read before it
-            // and pages read after: the stress workload with a census every millisecond and
-            // every stack captured disagreed on one page, one block, in 1 recording of 6.
-            (*heap).spill_deferred = true;
-            emit_part(heap, begin.into_event().at(t));
-            snapshot.write(heap);
-            emit_part(heap, end.into_event().at(t));
-            (*heap).spill_deferred = false;
-            snapshot.release();
-            put_spilled(heap);
-            return;
-        }
-        emit_part(heap, begin.into_event().at(t));
-        for_each_heap_page(heap, |page| {
-            let [a, b] = census_page_events(page, id, t);
-            emit_part(heap, a);
-            emit_part(heap, b);
+        write_part(
+            heap,
+            begin.into_event().at(t),
+            end.into_event().at(t),
+            |sink| {
+                for_each_heap_page(heap, |page| {
+                    census_page_events(page, id, t)
+                        .into_iter()
+                        .for_each(&mut *sink);
+                });
+            },
+        );
+    }
+}
+
+/// Writes a census part: `begin`, the events `body` hands its sink, `end`. The part is read
+/// whole first, into buffers of the heap's own, and written after, so that no page is read
+/// between the changes of buffers its writing may need; what those changes allocate waits until
+/// after the part (see `Heap::spill_deferred`). Written as its pages were read, such an
+/// allocation landed between pages read before it and pages read after: the stress workload
+/// with a census every millisecond and every stack captured had one page one block apart in 1
+/// recording of 6, and attached to with a census every 2 ms, in 1 of 3 (the part that hands the
+/// heap over to the model).
+///
+/// # Safety
+/// As [`heap_census`].
+unsafe fn write_part(
+    heap: *mut Heap,
+    begin: Event,
+    end: Event,
+    body: impl FnOnce(&mut dyn FnMut(Event)),
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        let mut snapshot = PartSnapshot::new();
+        let mut direct = false;
+        (*heap).spill_deferred = true;
+        body(&mut |e| {
+            if !direct {
+                if snapshot.push(e) {
+                    return;
+                }
+                // No room to read it whole: what was read goes now, the rest as it is read.
+                emit_part(heap, begin);
+                snapshot.write(heap);
+                direct = true;
+            }
+            emit_part(heap, e);
         });
-        emit_part(heap, end.into_event().at(t));
+        if !direct {
+            emit_part(heap, begin);
+            snapshot.write(heap);
+        }
+        emit_part(heap, end);
+        (*heap).spill_deferred = false;
+        snapshot.release();
+        put_spilled(heap);
     }
 }
 
@@ -1245,72 +1283,61 @@ unsafe fn put_spilled(heap: *mut Heap) {
     }
 }
 
-/// A heap's census part read whole before it is written: its page events, in buffers taken
-/// for it (never sent; the collector does not see them).
+/// A census part's events read whole before they are written, in buffers taken for them (from
+/// the empty list or the OS: nothing is allocated, so nothing is reported while the part is
+/// read). Never sent; the collector does not see them.
 struct PartSnapshot {
     buffers: [*mut EventBuffer; PART_SNAPSHOT_BUFFERS],
     used: usize,
     events: usize,
 }
 
-/// Buffers a census part may be read into: 64 of 2046 events, a heap of 65 k pages.
-const PART_SNAPSHOT_BUFFERS: usize = 64;
+/// Buffers a census part may be read into: 512 of 2046 events, a heap of 523 k pages (32 GiB
+/// of small pages). A larger part is written as it is read, past what fits.
+const PART_SNAPSHOT_BUFFERS: usize = 512;
 
 impl PartSnapshot {
-    /// Reads every page of `heap` (owner `id`, census time `t`); None if it has more pages than
-    /// fit, or no memory can be had (the part is then written as it is read).
-    ///
-    /// # Safety
-    /// The calling thread owns `heap`.
-    unsafe fn read(heap: *mut Heap, id: u32, t: u64) -> Option<Self> {
-        let mut s = Self {
+    const fn new() -> Self {
+        Self {
             buffers: [ptr::null_mut(); PART_SNAPSHOT_BUFFERS],
             used: 0,
             events: 0,
-        };
-        let mut pages = 0usize;
-        // SAFETY: forwarded.
-        unsafe { for_each_heap_page(heap, |_| pages += 1) };
-        let need = (2 * pages).div_ceil(BUFFER_EVENTS);
-        if need > PART_SNAPSHOT_BUFFERS {
-            return None;
         }
-        for i in 0..need {
+    }
+
+    /// Keeps `e`; false if there is no room for it (no buffer left, or no memory).
+    fn push(&mut self, e: Event) -> bool {
+        if self.events == self.used * BUFFER_EVENTS {
+            if self.used == PART_SNAPSHOT_BUFFERS {
+                return false;
+            }
             let mut b = pop_empty();
             if b.is_null() {
                 b = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
             }
             if b.is_null() {
-                s.release();
-                return None;
+                return false;
             }
-            s.buffers[i] = b;
-            s.used = i + 1;
+            self.buffers[self.used] = b;
+            self.used += 1;
         }
-        // SAFETY: the buffers are ours; `need` of them hold two events for each page, and no
-        // page is added meanwhile (reading allocates nothing).
+        // SAFETY: the buffer is ours and has room for this event (checked above).
         unsafe {
-            for_each_heap_page(heap, |page| {
-                for e in census_page_events(page, id, t) {
-                    if s.events == s.used * BUFFER_EVENTS {
-                        return; // not reached: the pages were just counted
-                    }
-                    let b = s.buffers[s.events / BUFFER_EVENTS];
-                    first_slot(b).add(s.events % BUFFER_EVENTS).write(e);
-                    s.events += 1;
-                }
-            });
+            first_slot(self.buffers[self.events / BUFFER_EVENTS])
+                .add(self.events % BUFFER_EVENTS)
+                .write(e);
         }
-        Some(s)
+        self.events += 1;
+        true
     }
 
-    /// Writes the events read into `heap`'s stream.
+    /// Writes the events kept into `heap`'s stream.
     ///
     /// # Safety
     /// As [`heap_census`].
     unsafe fn write(&self, heap: *mut Heap) {
         for i in 0..self.events {
-            // SAFETY: events below `self.events` were written by `read`.
+            // SAFETY: events below `self.events` were written by `push`.
             unsafe {
                 let e = first_slot(self.buffers[i / BUFFER_EVENTS])
                     .add(i % BUFFER_EVENTS)
