@@ -1233,6 +1233,10 @@ unsafe fn write_part(
 ) {
     // SAFETY: forwarded.
     unsafe {
+        // Events kept aside before the part go before it: they happened before its pages are
+        // read (written after it, a free the part had counted was applied again: 1 attached
+        // recording in 15).
+        put_spilled(heap);
         let mut snapshot = PartSnapshot::new();
         let mut direct = false;
         (*heap).spill_deferred = true;
