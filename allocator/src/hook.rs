@@ -444,7 +444,7 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
         if on {
             for_each_heap_page(heap, |_| pages += 1);
         }
-        emit_takeover_part(heap, flags::INITIAL, pages, t, |sink| {
+        write_part(heap, 0, flags::INITIAL, pages, t, |sink| {
             if !on {
                 return;
             }
@@ -459,39 +459,6 @@ unsafe fn emit_heap_state_before(heap: *mut Heap, on: bool, alloc: Option<&Event
                     .for_each(&mut *sink);
             });
         });
-    }
-}
-
-/// Writes a census part the model takes over (`HEAP_PART | kind`, with `kind` `INITIAL` or
-/// `ADOPT`; number 0) into `heap`'s stream at time `t`: its begin, counting `pages`, what `body`
-/// emits, and its end.
-///
-/// # Safety
-/// As [`emit_buffered`].
-unsafe fn emit_takeover_part(
-    heap: *mut Heap,
-    kind: u8,
-    pages: u64,
-    t: u64,
-    body: impl FnOnce(&mut dyn FnMut(Event)),
-) {
-    let part = flags::HEAP_PART | kind;
-    let begin = schema::CensusBegin {
-        pages,
-        number: 0,
-        flags: part,
-    }
-    .into_event()
-    .at(t);
-    let end = schema::CensusEnd {
-        number: 0,
-        flags: part,
-    }
-    .into_event()
-    .at(t);
-    // SAFETY: forwarded.
-    unsafe {
-        write_part(heap, begin, end, body);
     }
 }
 
@@ -514,7 +481,7 @@ pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
                 .filter(|p| p.is_in_use())
         };
         let id = (*heap).id;
-        emit_takeover_part(heap, flags::ADOPT, in_use().count() as u64, t, |sink| {
+        write_part(heap, 0, flags::ADOPT, in_use().count() as u64, t, |sink| {
             sink(census_segment_event(s, t));
             for page in in_use() {
                 census_page_events(page, id, t)
@@ -913,10 +880,7 @@ unsafe fn spill_more(heap: *mut Heap, ev: Event) -> bool {
         let mut more = (*heap).spill_more;
         if more.is_null() {
             // Not `take_empty_buffer`: it numbers the buffers the collector receives.
-            more = pop_empty();
-            if more.is_null() {
-                more = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
-            }
+            more = any_empty_buffer();
             if more.is_null() {
                 return false;
             }
@@ -977,15 +941,11 @@ unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
     // SAFETY: the calling thread owns `heap` and its buffer; the writes stay below its end.
     unsafe {
         let buf = (*heap).events.load(Relaxed);
-        let (more, more_buf) = if (*heap).spill_deferred {
-            (0, ptr::null_mut())
+        // Spilled events wait while a census part is written (`Heap::spill_deferred`).
+        let (slots, (more, more_buf)) = if (*heap).spill_deferred {
+            (0, (0, ptr::null_mut()))
         } else {
-            spilled_more(heap)
-        };
-        let slots = if (*heap).spill_deferred {
-            0
-        } else {
-            usize::from((*heap).spill_len)
+            (usize::from((*heap).spill_len), spilled_more(heap))
         };
         let spilled = slots + more;
         // Room for the drop note, the event and the spilled events.
@@ -1022,9 +982,7 @@ unsafe fn put(heap: *mut Heap, ev: Option<Event>) {
                 events.add(n).write((*heap).spill[i]);
                 n += 1;
             }
-            if !(*heap).spill_deferred {
-                (*heap).spill_len = 0;
-            }
+            (*heap).spill_len -= slots as u8;
             if !more_buf.is_null() {
                 ptr::copy_nonoverlapping(first_slot(more_buf), events.add(n), more);
                 n += more;
@@ -1189,32 +1147,20 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
         let t = now();
         // Counted again: making room may have allocated, and carved a page.
         let pages = count();
-        let begin = schema::CensusBegin {
-            pages,
-            number,
-            flags: flags::HEAP_PART,
-        };
-        let end = schema::CensusEnd {
-            number,
-            flags: flags::HEAP_PART,
-        };
         let id = (*heap).id;
-        write_part(
-            heap,
-            begin.into_event().at(t),
-            end.into_event().at(t),
-            |sink| {
-                for_each_heap_page(heap, |page| {
-                    census_page_events(page, id, t)
-                        .into_iter()
-                        .for_each(&mut *sink);
-                });
-            },
-        );
+        write_part(heap, number, 0, pages, t, |sink| {
+            for_each_heap_page(heap, |page| {
+                census_page_events(page, id, t)
+                    .into_iter()
+                    .for_each(&mut *sink);
+            });
+        });
     }
 }
 
-/// Writes a census part: `begin`, the events `body` hands its sink, `end`. The part is read
+/// Writes heap `heap`'s part of census `number` (`HEAP_PART | kind`; a part the model takes
+/// over has number 0 and `kind` `INITIAL` or `ADOPT`) at time `t`: its begin, counting `pages`,
+/// the events `body` hands its sink, and its end. The part is read
 /// whole first, into buffers of the heap's own, and written after, so that no page is read
 /// between the changes of buffers its writing may need; what those changes allocate waits until
 /// after the part (see `Heap::spill_deferred`). Written as its pages were read, such an
@@ -1227,10 +1173,26 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
 /// As [`heap_census`].
 unsafe fn write_part(
     heap: *mut Heap,
-    begin: Event,
-    end: Event,
+    number: u32,
+    kind: u8,
+    pages: u64,
+    t: u64,
     body: impl FnOnce(&mut dyn FnMut(Event)),
 ) {
+    let part = flags::HEAP_PART | kind;
+    let begin = schema::CensusBegin {
+        pages,
+        number,
+        flags: part,
+    }
+    .into_event()
+    .at(t);
+    let end = schema::CensusEnd {
+        number,
+        flags: part,
+    }
+    .into_event()
+    .at(t);
     // SAFETY: forwarded.
     unsafe {
         // Events kept aside before the part go before it: they happened before its pages are
@@ -1315,10 +1277,7 @@ impl PartSnapshot {
             if self.used == PART_SNAPSHOT_BUFFERS {
                 return false;
             }
-            let mut b = pop_empty();
-            if b.is_null() {
-                b = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
-            }
+            let b = any_empty_buffer();
             if b.is_null() {
                 return false;
             }
@@ -1499,10 +1458,7 @@ fn send(_buf: *mut EventBuffer) -> bool {
 /// # Safety
 /// `heap` is the calling thread's heap.
 unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
-    let mut buf = pop_empty();
-    if buf.is_null() {
-        buf = os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>();
-    }
+    let buf = any_empty_buffer();
     #[cfg(feature = "hook")]
     catch_up_clock();
     if !buf.is_null() {
@@ -1516,6 +1472,18 @@ unsafe fn take_empty_buffer(heap: *mut Heap) -> *mut EventBuffer {
         }
     }
     buf
+}
+
+/// An empty buffer, recycled or fresh from the OS (null when out of memory), not numbered: for
+/// [`take_empty_buffer`], and for the buffers a heap keeps to itself (`spill_more`,
+/// [`PartSnapshot`]).
+fn any_empty_buffer() -> *mut EventBuffer {
+    let buf = pop_empty();
+    if buf.is_null() {
+        os::map_internal_populated(BUFFER_BYTES).cast::<EventBuffer>()
+    } else {
+        buf
+    }
 }
 
 /// Returns a buffer the collector is done with: kept for reuse, or unmapped.

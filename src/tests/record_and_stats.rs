@@ -400,17 +400,32 @@ fn every_census_agrees_mid_run_on_a_multithreaded_program() {
     let exe = c_program(&dir, "sample-apps/c/alloc_workload.c");
     for round in 0..3 {
         let trace = dir.join(format!("run{round}.hltrace"));
-        let mut record = heaplens();
-        record
-            .env("HEAPLENS_CENSUS_MS", "2")
-            .arg("record")
-            .arg("-o")
-            .arg(&trace);
-        record.arg("--").arg(&exe).arg("150000");
+        let mut record = record_with_census(2, &[], &trace, &exe, "150000");
         // The initial and final censuses and at least a few taken by the heaps as they ran.
         every_census_agrees(&mut record, &trace, 5);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `heaplens record OPTIONS -o TRACE -- EXE ARG` with a census every `census_ms`.
+fn record_with_census(
+    census_ms: u32,
+    options: &[&str],
+    trace: &Path,
+    exe: &Path,
+    arg: &str,
+) -> std::process::Command {
+    let mut record = heaplens();
+    record
+        .env("HEAPLENS_CENSUS_MS", census_ms.to_string())
+        .arg("record")
+        .args(options)
+        .arg("-o")
+        .arg(trace)
+        .arg("--")
+        .arg(exe)
+        .arg(arg);
+    record
 }
 
 /// Runs `record`, which must succeed and write `trace`, and checks that the trace holds at
@@ -648,14 +663,7 @@ fn every_census_agrees_with_every_stack_captured_on_threads_recreated_each_round
     let exe = c_program(&dir, "allocator/preload/benches/c/stress.c");
     for round in 0..4 {
         let trace = dir.join(format!("run{round}.hltrace"));
-        let mut record = heaplens();
-        record
-            .env("HEAPLENS_CENSUS_MS", "1")
-            .args(["record", "--stacks", "all", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(&exe)
-            .arg("0.3");
+        let mut record = record_with_census(1, &["--stacks", "all"], &trace, &exe, "0.3");
         every_census_agrees(&mut record, &trace, 20);
         let s = stats_json(&trace);
         assert_eq!(s["dropped_events"], 0, "round {round}: {s}");
