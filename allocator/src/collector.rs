@@ -14,7 +14,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 
@@ -491,6 +491,11 @@ const DRAIN_EVERY: u64 = MS / 2;
 /// and the drains then come this many times their own CPU time apart, up to [`DRAIN_EVERY_MAX`].
 const DRAIN_SPACING: u64 = 16;
 const DRAIN_EVERY_MAX: u64 = 4 * MS;
+/// How long the first census of an attach waits at most for ending threads to be done (see
+/// `Collector::hold_exits`): an ending thread takes microseconds, unless it waits for room in
+/// the channel, which the wait makes.
+const SETTLE_EXITS_MAX: Duration = Duration::from_millis(100);
+
 /// How long the collector sleeps between polls while full buffers keep arriving: a busy thread
 /// fills about 20 buffers in that time, well within the channel's capacity.
 const BUSY_POLL: Duration = Duration::from_micros(200);
@@ -537,14 +542,19 @@ impl<'a> Collector<'a> {
 
     fn run(&mut self) {
         self.start_stacks();
+        let late = self.state.late;
+        if late {
+            self.hold_exits();
+        }
         // A first census: the state before recording started (the keyframe a viewer starts from).
         self.collect_all(self.now());
         self.flush(u64::MAX);
         self.census(self.now());
         // The first census goes out now: a program that dies at once leaves it in the trace.
         self.idle(false);
-        if self.state.late {
+        if late {
             hook::request_initial_parts();
+            hook::hold_exits(false);
         }
         STARTED.store(true, Release);
         let mut busy = false;
@@ -607,6 +617,18 @@ impl<'a> Collector<'a> {
             self.flush(self.safe_until);
             self.release_retired();
             self.idle(busy);
+        }
+    }
+
+    /// Before the first census of a recording that starts while the program runs: holds the
+    /// threads that begin to end, and waits (a while at most) for those already ending to be
+    /// done, and for full buffers on their way (see `hook::hold_exits`).
+    fn hold_exits(&mut self) {
+        let until = Instant::now() + SETTLE_EXITS_MAX;
+        while (!hook::hold_exits(true) || hook::threads_sending()) && Instant::now() < until {
+            // Their sends may wait for room in the channel (lossless mode).
+            self.take_sent(None);
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 

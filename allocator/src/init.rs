@@ -157,6 +157,8 @@ extern "C" fn thread_done(value: *mut libc::c_void) {
     if heap.is_null() || heap != heap::default_heap() {
         return;
     }
+    // Not while the first census of an attach is read (see `hook::hold_exits`).
+    let _ending = hook::pass_exit_hold();
     // SAFETY: `heap` is the exiting thread's own heap; after abandoning it the thread falls back
     // to the empty heap (a later allocation makes a new heap and re-arms the key).
     unsafe {
