@@ -9,7 +9,7 @@
 //! thread's heap: the fast path never tests "is this thread initialised?".
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::bin::{BIN_COUNT, BIN_FULL, BIN_HUGE, BIN_LARGE_MAX, bin_of, block_size};
 use crate::event::flags;
@@ -56,6 +56,10 @@ pub struct Heap {
     pub(crate) census_want: AtomicU32,
     /// The last census this heap reported its part of (the owner's alone).
     pub(crate) census_done: u32,
+    /// The time of the census part this heap is reading and writing (0: none): its pages are
+    /// read before its events are published, and the collector passes no later event on until
+    /// they are (see `hook::write_part`).
+    pub(crate) part_time: AtomicU64,
     /// Whether this heap's events are recorded (the collector's own heap is not).
     pub(crate) traced: AtomicBool,
     /// Event buffers this heap has taken (numbers them, see `EventBuffer::seq`).
@@ -107,6 +111,7 @@ impl Heap {
             event_end: AtomicPtr::new(ptr::null_mut()),
             census_want: AtomicU32::new(0),
             census_done: 0,
+            part_time: AtomicU64::new(0),
             traced: AtomicBool::new(false),
             buffers_taken: 0,
             dropped: 0,

@@ -528,7 +528,7 @@ pub(crate) unsafe fn adopt_segment(heap: *mut Heap, s: &Segment) {
         if !(*heap).traced.load(Relaxed) || !enabled() || IN_HOOK.with(Cell::get) {
             return;
         }
-        let t = now();
+        let t = part_clock(heap);
         let in_use = || {
             (0..s.page_count())
                 .map(|i| s.page(i))
@@ -1198,7 +1198,7 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
         // part, not after it (see `write_part`).
         let room = usize::try_from(count()).map_or(usize::MAX, |p| p.saturating_mul(2));
         let _ = reserve(heap, room.saturating_add(2 + SPILL_EVENTS));
-        let t = now();
+        let t = part_clock(heap);
         // Counted again: making room may have allocated, and carved a page.
         let pages = count();
         let id = (*heap).id;
@@ -1210,6 +1210,18 @@ unsafe fn heap_census(heap: *mut Heap, number: u32) {
             });
         });
     }
+}
+
+/// The time of a census part `heap` is about to read: the clock, read after the collector is
+/// told a part is under way (`Heap::part_time`), so that no drain that missed the part passes
+/// a later event on before it.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn part_clock(heap: *mut Heap) -> u64 {
+    // SAFETY: the heap is live; `part_time` is an atomic.
+    unsafe { (*heap).part_time.store(1, SeqCst) };
+    now()
 }
 
 /// Writes heap `heap`'s part of census `number` (`HEAP_PART | kind`; a part the model takes
@@ -1252,6 +1264,13 @@ unsafe fn write_part(
         // Events kept aside before the part go before it: they happened before its pages are
         // read (written after it, a free the part had counted was applied again: 1 attached
         // recording in 15).
+        // Its pages are read (each one's census epoch flipped) before its events are published:
+        // a thread preempted in between published a part stamped 7.8 ms at 20 ms, after other
+        // threads' cross-thread frees pushed under the new epochs had been passed on, which
+        // the model then took for frees an earlier reading had counted (attached to the stress
+        // workload, a page's thread_free ended 108 short in 1 recording of 30). Until the part
+        // is published, the collector passes nothing later on (`oldest_part_under_way`).
+        (*heap).part_time.store(t.max(1), SeqCst);
         put_spilled(heap);
         let mut snapshot = PartSnapshot::new();
         let mut direct = false;
@@ -1273,6 +1292,7 @@ unsafe fn write_part(
             snapshot.write(heap);
         }
         emit_part(heap, end);
+        (*heap).part_time.store(0, Release);
         (*heap).spill_deferred = false;
         snapshot.release();
         put_spilled(heap);
@@ -1877,6 +1897,21 @@ fn census_of(number: u32, initial: bool, keep: impl Fn(u32) -> bool, out: &mut i
     ));
 }
 
+/// The time of the oldest census part a heap is reading and writing (see `Heap::part_time`),
+/// if any: its events may not be published yet, and none later may be passed on before them.
+/// Read before a drain: a part it does not see either was published before the drain reads
+/// the buffers, or is stamped after this call.
+pub(crate) fn oldest_part_under_way() -> Option<u64> {
+    let mut oldest: Option<u64> = None;
+    crate::init::for_each_heap(|h| {
+        let t = h.part_time.load(SeqCst);
+        if t != 0 {
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
+    });
+    oldest
+}
+
 /// Whether a heap's thread was idle throughout a reading of its pages: asleep at the start,
 /// the same state and switch counts at the end (`before`, `after`: see [`os::thread_activity`]),
 /// and no thread was sending a buffer meanwhile.
@@ -2013,6 +2048,23 @@ mod tests {
         SENDING.fetch_sub(1, SeqCst);
         assert!(sending);
         assert!(!idle_throughout(true, &activity, &activity, sending));
+    }
+
+    /// A heap's census part under way (read, not yet published) is what the collector's
+    /// watermark waits for; a finished one is not.
+    #[test]
+    fn the_oldest_census_part_under_way_is_the_collectors_to_wait_for() {
+        // This thread's own heap (no other heap has a part under way: no unit test of this
+        // crate starts a recording).
+        // SAFETY: a block of heaplens, freed once.
+        unsafe { crate::free::free(crate::alloc::malloc(16)) };
+        let heap = heap::default_heap();
+        // SAFETY: the calling thread's live heap; `part_time` is an atomic.
+        let part_time = unsafe { &(*heap).part_time };
+        part_time.store(42, SeqCst);
+        assert_eq!(oldest_part_under_way(), Some(42));
+        part_time.store(0, SeqCst);
+        assert_eq!(oldest_part_under_way(), None);
     }
 
     /// A thread that ends while exits are held (the first census of an attach is read) keeps
