@@ -621,10 +621,23 @@ impl Model {
                 let p = &self.segs.get(si).pages[pi];
                 let gone = whole && p.in_use && p.owner == heap && !listed_pages.contains(&p.start);
                 let set_anew = p.in_use && listed_pages.contains(&p.start);
+                // A page of the heap's own segment that is not in use holds no block on any
+                // list: counts left on it came from what the part replaces (a census read while
+                // its thread ran, with the thread's events replayed on it after: a page of the
+                // prodcons workload kept thread_free -393 through its next layouts, attached,
+                // in 2 recordings of 12).
+                let residue = whole
+                    && !p.in_use
+                    && self.segs.get(si).owner == heap
+                    && (p.thread_free != 0 || p.delayed != 0);
                 if gone || set_anew {
                     self.forget_page_blocks(si, pi);
                     let p = &mut self.segs.get_mut(si).pages[pi];
                     p.clear_for_census();
+                } else if residue {
+                    let p = &mut self.segs.get_mut(si).pages[pi];
+                    p.thread_free = 0;
+                    p.delayed = 0;
                 }
             }
         }

@@ -1075,3 +1075,34 @@ fn a_block_allocated_before_the_first_census_is_freed_into_the_page_it_lists() {
     assert!(t.m.segments().ghosts().is_empty());
     assert!(t.m.live().is_empty());
 }
+
+/// A heap's whole state, taken over (`INITIAL`), leaves no count on a page of its own segment
+/// that is not in use: such a count came from the state the part replaces (a census read while
+/// the thread ran, with the thread's events replayed on it after).
+#[test]
+fn a_whole_part_clears_what_is_left_on_its_heaps_pages_not_in_use() {
+    let mut t = setup();
+    // The owner collects two blocks off thread_free that the model never had there.
+    t.ev(1, e(EventKind::PageCollect, 0, 0, 2, PAGE1, 0));
+    for a in [PAGE1, PAGE1 + 64, PAGE1 + 128] {
+        t.free(1, a, 0);
+    }
+    t.ev(1, e(EventKind::PageFree, 0, 0, 0, PAGE1, 0));
+    assert!(!t.pg(PAGE1).in_use);
+    assert_eq!(t.pg(PAGE1).thread_free, -2);
+    // The heap still has the segment (another page of it is in use).
+    let part = Census {
+        time: t.time,
+        initial: true,
+        segments: vec![CensusSegment {
+            base: BASE,
+            bytes: SEGMENT_SIZE as u64,
+            page_count: 64,
+            kind: PageKind::Small as u8,
+        }],
+        ..Census::default()
+    };
+    send_part(&mut t, 1, &part);
+    let p = t.pg(PAGE1);
+    assert_eq!((p.in_use, p.thread_free, p.delayed), (false, 0, 0));
+}
