@@ -729,7 +729,17 @@ impl<'a> Collector<'a> {
             reported.extend(self.parts_seen.take().map(|(_, r)| r).unwrap_or_default());
             let mut parts = Vec::new();
             let busy = hook::idle_heap_parts(number, &reported, &mut parts);
+            // What a thread that ended just before the reading sent last goes first (and a
+            // heap whose own part came with it keeps that one).
+            self.parts_seen = Some((number, Vec::new()));
+            self.take_sent(None);
+            self.flush(u64::MAX);
+            let own = self.parts_seen.take().map(|(_, r)| r).unwrap_or_default();
+            reported.extend(&own);
             for (heap, events) in parts {
+                if own.contains(&heap) {
+                    continue;
+                }
                 self.emit(BatchRef {
                     heap,
                     events: &events,

@@ -1912,6 +1912,22 @@ pub(crate) fn oldest_part_under_way() -> Option<u64> {
     oldest
 }
 
+/// Whether a thread the kernel describes so (see [`os::thread_activity`]) is asleep: in state
+/// `S`, or gone (no thread of the process has that id: the heap of a thread that did not come
+/// along through a `fork`, which nothing changes any more).
+fn asleep(activity: &Option<(u8, u64, u64)>) -> bool {
+    activity.is_none_or(|(state, _, _)| state == b'S')
+}
+
+/// Whether some thread is ending ([`pass_exit_hold`] to the end of its exit): its last events
+/// may still be on their way to the collector, and a part read for its heap would overtake
+/// them. (Read for a threadex thread that ended as a detach began, an empty part reached the
+/// trace before its last 39 buffers: 61 pages it had abandoned disagreed, in 1 attached
+/// recording of 24.)
+fn threads_ending() -> bool {
+    EXITING.load(SeqCst) != 0
+}
+
 /// Whether a heap's thread was idle throughout a reading of its pages: asleep at the start,
 /// the same state and switch counts at the end (`before`, `after`: see [`os::thread_activity`]),
 /// and no thread was sending a buffer meanwhile.
@@ -1943,7 +1959,8 @@ pub(crate) fn threads_sending() -> bool {
 /// for room in the collector's channel (lossless mode), with a full buffer of events the
 /// collector has not taken, which its pages are already past. While any thread is sending, no
 /// heap counts as idle (seen on a loaded machine: two heaps' parts read 10-14 ms past events
-/// that came after them, 443 differences in the last census of an attach).
+/// that came after them, 443 differences in the last census of an attach); nor while one is
+/// ending ([`threads_ending`]).
 pub(crate) fn idle_heap_parts(
     number: u32,
     reported: &[u32],
@@ -1962,18 +1979,18 @@ pub(crate) fn idle_heap_parts(
             .map(|&(_, tid)| crate::os::thread_activity(tid))
             .collect()
     };
-    let sending_before = threads_sending();
+    let sending_before = threads_sending() || threads_ending();
     let before = activity(&heaps);
     let asleep: Vec<u32> = heaps
         .iter()
         .zip(&before)
-        .filter(|(_, a)| a.is_none_or(|(state, _, _)| state == b'S'))
+        .filter(|(_, a)| asleep(a))
         .map(|(&(id, _), _)| id)
         .collect();
     let mut all = Vec::new();
     census_of(number, false, |owner| asleep.contains(&owner), &mut all);
     let after = activity(&heaps);
-    let sending = sending_before || threads_sending();
+    let sending = sending_before || threads_sending() || threads_ending();
     let mut busy = Vec::new();
     let mut ids = Vec::new();
     for ((&(id, _), b), a) in heaps.iter().zip(&before).zip(&after) {
@@ -2048,6 +2065,14 @@ mod tests {
         SENDING.fetch_sub(1, SeqCst);
         assert!(sending);
         assert!(!idle_throughout(true, &activity, &activity, sending));
+    }
+
+    /// No heap is idle while a thread ends: its last buffers may still be on their way.
+    #[test]
+    fn no_heap_is_idle_while_a_thread_ends() {
+        let ending = pass_exit_hold();
+        assert!(threads_ending());
+        drop(ending);
     }
 
     /// A heap's census part under way (read, not yet published) is what the collector's
