@@ -7,6 +7,8 @@
 //!
 //! `cargo bench -p heaplens-sample-apps --bench record_overhead [-- --rounds N]`
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -101,25 +103,6 @@ impl Figures {
     }
 }
 
-fn compile(root: &Path, source: &str, out: &Path, frame_pointers: bool) {
-    let fp = if frame_pointers {
-        "-fno-omit-frame-pointer"
-    } else {
-        "-fomit-frame-pointer"
-    };
-    let ok = Command::new("cc")
-        .args(["-O2", "-g", "-pthread", fp, "-I"])
-        .arg(root.join("allocator/preload/benches/c"))
-        .arg("-o")
-        .arg(out)
-        .arg(root.join(source))
-        .arg("-lm")
-        .status()
-        .expect("cc")
-        .success();
-    assert!(ok, "cc {source}");
-}
-
 /// The file heaptrack wrote for output prefix `prefix` (it adds .zst or .gz).
 fn heaptrack_file(prefix: &Path) -> Option<PathBuf> {
     let dir = prefix.parent()?;
@@ -148,27 +131,15 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "heaplens",
-            "-p",
-            "heaplens-preload",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
+    common::build_heaplens(&root);
     let heaplens = root.join("target/release/heaplens");
     let dir = std::env::temp_dir().join(format!("heaplens-record-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let heaptrack = Path::new("/usr/bin/heaptrack").exists();
     let mut figures: Vec<Figures> = WORKLOADS.iter().map(|_| Figures::default()).collect();
     for (i, w) in WORKLOADS.iter().enumerate() {
-        compile(&root, w.source, &dir.join(format!("w{i}")), true);
-        compile(&root, w.source, &dir.join(format!("w{i}-nofp")), false);
+        common::compile(&root, w.source, &dir.join(format!("w{i}")), true);
+        common::compile(&root, w.source, &dir.join(format!("w{i}-nofp")), false);
     }
     for round in 1..=rounds {
         for (i, w) in WORKLOADS.iter().enumerate() {
