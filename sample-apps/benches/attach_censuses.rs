@@ -32,14 +32,8 @@ struct Verdict {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(8);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let runs = common::count_option("--runs", 8);
+    let root = common::root();
     common::build_heaplens(&root);
     let heaplens = root.join("target/release/heaplens");
     let lib = root.join("target/release/libheaplens.so");

@@ -123,14 +123,8 @@ fn verdict(ok: bool) -> &'static str {
 
 #[allow(clippy::too_many_lines)] // one table, printed in order
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rounds = common::count_option("--rounds", 3);
+    let root = common::root();
     common::build_heaplens(&root);
     let heaplens = root.join("target/release/heaplens");
     let dir = std::env::temp_dir().join(format!("heaplens-record-bench-{}", std::process::id()));

@@ -1,7 +1,22 @@
 //! What the benchmarks of this crate share: building heaplens, compiling the C workloads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The value of option `name` (`--rounds 3`) on the command line, or `default`.
+pub fn count_option(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 /// Builds `target/release/heaplens` and `libheaplens.so` (release, as a user would).
 pub fn build_heaplens(root: &Path) {
