@@ -502,7 +502,7 @@ const BUSY_POLL: Duration = Duration::from_micros(200);
 
 /// How far events may be passed on after a collection that began at clock `t` (every event
 /// stamped up to it is in hand, but for those being written, [`IN_FLIGHT`]), with a census part
-/// stamped `part` still on its way (see `hook::oldest_part_under_way`): not to the part, whose
+/// stamped `part` still on its way (see `hook::drain`): not to the part, whose
 /// pages were read before its events are published.
 fn watermark(t: u64, part: Option<u64>) -> u64 {
     let safe = t.saturating_sub(IN_FLIGHT);
@@ -633,8 +633,9 @@ impl<'a> Collector<'a> {
     /// threads that begin to end, and waits (a while at most) for those already ending to be
     /// done, and for full buffers on their way (see `hook::hold_exits`).
     fn hold_exits(&mut self) {
+        hook::hold_exits(true);
         let until = Instant::now() + SETTLE_EXITS_MAX;
-        while (!hook::hold_exits(true) || hook::threads_sending()) && Instant::now() < until {
+        while hook::threads_in_flight() && Instant::now() < until {
             // Their sends may wait for room in the channel (lossless mode).
             self.take_sent(None);
             std::thread::sleep(Duration::from_micros(20));
@@ -722,19 +723,12 @@ impl<'a> Collector<'a> {
                 self.take_sent(None);
                 std::thread::sleep(BUSY_POLL);
             }
-            self.parts_seen = Some((number, Vec::new()));
-            let now = self.now();
-            self.collect_all(now);
-            self.flush(u64::MAX);
-            reported.extend(self.parts_seen.take().map(|(_, r)| r).unwrap_or_default());
+            reported.extend(self.deliver_all(number));
             let mut parts = Vec::new();
             let busy = hook::idle_heap_parts(number, &reported, &mut parts);
             // What a thread that ended just before the reading sent last goes first (and a
             // heap whose own part came with it keeps that one).
-            self.parts_seen = Some((number, Vec::new()));
-            self.take_sent(None);
-            self.flush(u64::MAX);
-            let own = self.parts_seen.take().map(|(_, r)| r).unwrap_or_default();
+            let own = self.deliver_all(number);
             reported.extend(&own);
             for (heap, events) in parts {
                 if own.contains(&heap) {
@@ -752,6 +746,16 @@ impl<'a> Collector<'a> {
                 break;
             }
         }
+    }
+
+    /// Takes every event sent or written so far and passes it on; returns the heaps whose own
+    /// part of census `number` was among them.
+    fn deliver_all(&mut self, number: u32) -> Vec<u32> {
+        self.parts_seen = Some((number, Vec::new()));
+        let now = self.now();
+        self.collect_all(now);
+        self.flush(u64::MAX);
+        self.parts_seen.take().map(|(_, r)| r).unwrap_or_default()
     }
 
     /// Delivers what is left, then (`whole`) a census the collector reads, and ends the sink.
@@ -851,17 +855,18 @@ impl<'a> Collector<'a> {
     /// sent before those (a thread sends its full buffer before it publishes the next one).
     fn collect_all(&mut self, now: u64) {
         let t = hook::now();
-        let part = hook::oldest_part_under_way();
-        self.drain(now);
+        let part = self.drain(now);
         self.take_sent(None);
         self.safe_until = self.safe_until.max(watermark(t, part));
     }
 
-    fn drain(&mut self, now: u64) {
+    /// Takes the threads' current buffers; returns the oldest census part under way (see
+    /// `hook::drain`).
+    fn drain(&mut self, now: u64) -> Option<u64> {
         self.last_drain = now;
         let mut fresh: Vec<(u32, i32, bool)> = Vec::new();
         let mut drained: Vec<(u32, (u32, u32), Vec<Event>)> = Vec::new();
-        hook::drain(|heap, tid, traced, order, events| {
+        let oldest_part = hook::drain(|heap, tid, traced, order, events| {
             if !events.is_empty() {
                 drained.push((heap, order, events.to_vec()));
             }
@@ -875,7 +880,8 @@ impl<'a> Collector<'a> {
         let first = self.last_names == 0;
         let rename = first || now - self.last_names >= 250 * MS;
         if !rename {
-            return self.flush_scratch();
+            self.flush_scratch();
+            return oldest_part;
         }
         self.last_names = now.max(1);
         for (heap, tid, traced) in fresh {
@@ -901,6 +907,7 @@ impl<'a> Collector<'a> {
             }
         }
         self.flush_scratch();
+        oldest_part
     }
 
     fn flush_scratch(&mut self) {

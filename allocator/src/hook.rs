@@ -207,8 +207,8 @@ static EXITS_HELD: AtomicBool = AtomicBool::new(false);
 /// How long an ending thread waits at most for the collector to finish that census.
 const EXIT_HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Holds threads that begin to end ([`pass_exit_hold`]) before they change anything, and says
-/// whether no thread is still ending (`on`); lets them go (`!on`).
+/// Holds threads that begin to end ([`pass_exit_hold`]) before they change anything (`on`);
+/// lets them go (`!on`).
 ///
 /// The collector reads the first census of `heaplens attach` while the program runs, and the
 /// heaps then report their own state for the model to take over; an ending thread's heap
@@ -217,12 +217,11 @@ const EXIT_HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(500)
 /// events about it reach the model after the census that already shows them (attached with a
 /// census every 2 ms, ending threads of the stress workload left pages counted below zero in
 /// 2-4 recordings of 15). So no thread is half-way through its end while the census is read:
-/// those that began wait, and the collector waits for those already under way.
-/// `SeqCst` on both sides: either the collector sees the thread in [`EXITING`], or the thread
-/// sees the hold.
-pub(crate) fn hold_exits(on: bool) -> bool {
+/// those that began wait, and the collector waits for those already under way
+/// ([`threads_in_flight`]). `SeqCst` on both sides: either the collector sees the thread in
+/// [`EXITING`], or the thread sees the hold.
+pub(crate) fn hold_exits(on: bool) {
     EXITS_HELD.store(on, SeqCst);
-    on && EXITING.load(SeqCst) == 0
 }
 
 /// Called as a thread begins to end: waits while exits are held (see [`hold_exits`]), then
@@ -1261,16 +1260,16 @@ unsafe fn write_part(
     .at(t);
     // SAFETY: forwarded.
     unsafe {
-        // Events kept aside before the part go before it: they happened before its pages are
-        // read (written after it, a free the part had counted was applied again: 1 attached
-        // recording in 15).
         // Its pages are read (each one's census epoch flipped) before its events are published:
         // a thread preempted in between published a part stamped 7.8 ms at 20 ms, after other
         // threads' cross-thread frees pushed under the new epochs had been passed on, which
         // the model then took for frees an earlier reading had counted (attached to the stress
         // workload, a page's thread_free ended 108 short in 1 recording of 30). Until the part
-        // is published, the collector passes nothing later on (`oldest_part_under_way`).
+        // is published, the collector passes nothing later on (see `drain`).
         (*heap).part_time.store(t.max(1), SeqCst);
+        // Events kept aside before the part go before it: they happened before its pages are
+        // read (written after it, a free the part had counted was applied again: 1 attached
+        // recording in 15).
         put_spilled(heap);
         let mut snapshot = PartSnapshot::new();
         let mut direct = false;
@@ -1784,8 +1783,19 @@ pub(crate) fn current_buffers(mut f: impl FnMut(*mut EventBuffer)) {
 /// Copies the not yet taken events of every live heap's current buffer to `f(heap_id, os_tid,
 /// traced, (buffer seq, index of the first event), events)` (an untraced heap has events too:
 /// its frees into traced pages). Collector thread only.
-pub(crate) fn drain(mut f: impl FnMut(u32, i32, bool, (u32, u32), &[Event])) {
+///
+/// Returns the time of the oldest census part a heap is reading and writing (see
+/// `Heap::part_time`), if any: its events may not be published yet, and none later may be
+/// passed on before them. Read before the heap's buffer, so a part it does not see was either
+/// published before the buffer is read, or is stamped after the clock was read for this drain
+/// (see `hook::part_clock`).
+pub(crate) fn drain(mut f: impl FnMut(u32, i32, bool, (u32, u32), &[Event])) -> Option<u64> {
+    let mut oldest_part: Option<u64> = None;
     crate::init::for_each_heap(|heap: &Heap| {
+        let part = heap.part_time.load(SeqCst);
+        if part != 0 {
+            oldest_part = Some(oldest_part.map_or(part, |o| o.min(part)));
+        }
         let traced = heap.traced.load(Relaxed);
         let mut f = |order, events: &[Event]| f(heap.id, heap.os_tid, traced, order, events);
         let buf = heap.events.load(Acquire);
@@ -1815,6 +1825,7 @@ pub(crate) fn drain(mut f: impl FnMut(u32, i32, bool, (u32, u32), &[Event])) {
             f(((*buf).seq, from as u32), &(&(*buf).events)[from..n]);
         }
     });
+    oldest_part
 }
 
 /// Whether the in-use pages of `s` belong to an untraced heap (a segment's pages all belong to
@@ -1897,21 +1908,6 @@ fn census_of(number: u32, initial: bool, keep: impl Fn(u32) -> bool, out: &mut i
     ));
 }
 
-/// The time of the oldest census part a heap is reading and writing (see `Heap::part_time`),
-/// if any: its events may not be published yet, and none later may be passed on before them.
-/// Read before a drain: a part it does not see either was published before the drain reads
-/// the buffers, or is stamped after this call.
-pub(crate) fn oldest_part_under_way() -> Option<u64> {
-    let mut oldest: Option<u64> = None;
-    crate::init::for_each_heap(|h| {
-        let t = h.part_time.load(SeqCst);
-        if t != 0 {
-            oldest = Some(oldest.map_or(t, |o| o.min(t)));
-        }
-    });
-    oldest
-}
-
 /// Whether a thread the kernel describes so (see [`os::thread_activity`]) is asleep: in state
 /// `S`, or gone (no thread of the process has that id: the heap of a thread that did not come
 /// along through a `fork`, which nothing changes any more).
@@ -1919,24 +1915,25 @@ fn asleep(activity: &Option<(u8, u64, u64)>) -> bool {
     activity.is_none_or(|(state, _, _)| state == b'S')
 }
 
-/// Whether some thread is ending ([`pass_exit_hold`] to the end of its exit): its last events
-/// may still be on their way to the collector, and a part read for its heap would overtake
-/// them. (Read for a threadex thread that ended as a detach began, an empty part reached the
-/// trace before its last 39 buffers: 61 pages it had abandoned disagreed, in 1 attached
-/// recording of 24.)
-fn threads_ending() -> bool {
-    EXITING.load(SeqCst) != 0
+/// Whether some thread is sending a buffer ([`send`], perhaps asleep there waiting for room) or
+/// ending ([`pass_exit_hold`] to the end of its exit): events it has written may be on their
+/// way to the collector. While one is, the first census of an attach is not read (see
+/// [`hold_exits`]), and no heap counts as idle (see [`idle_heap_parts`]: read for a threadex
+/// thread that ended as a detach began, an empty part reached the trace before its last 39
+/// buffers, and 61 pages it had abandoned disagreed, in 1 attached recording of 24).
+pub(crate) fn threads_in_flight() -> bool {
+    threads_sending() || EXITING.load(SeqCst) != 0
 }
 
 /// Whether a heap's thread was idle throughout a reading of its pages: asleep at the start,
 /// the same state and switch counts at the end (`before`, `after`: see [`os::thread_activity`]),
-/// and no thread was sending a buffer meanwhile.
-fn idle_throughout<T: PartialEq>(asleep: bool, before: &T, after: &T, sending: bool) -> bool {
-    asleep && before == after && !sending
+/// and no thread was sending a buffer or ending meanwhile (`in_flight`).
+fn idle_throughout<T: PartialEq>(asleep: bool, before: &T, after: &T, in_flight: bool) -> bool {
+    asleep && before == after && !in_flight
 }
 
 /// Whether some thread is in [`send`] (perhaps asleep there, waiting for room).
-pub(crate) fn threads_sending() -> bool {
+fn threads_sending() -> bool {
     #[cfg(feature = "hook")]
     {
         SENDING.load(SeqCst) != 0
@@ -1960,7 +1957,7 @@ pub(crate) fn threads_sending() -> bool {
 /// collector has not taken, which its pages are already past. While any thread is sending, no
 /// heap counts as idle (seen on a loaded machine: two heaps' parts read 10-14 ms past events
 /// that came after them, 443 differences in the last census of an attach); nor while one is
-/// ending ([`threads_ending`]).
+/// ending ([`threads_in_flight`]).
 pub(crate) fn idle_heap_parts(
     number: u32,
     reported: &[u32],
@@ -1979,22 +1976,22 @@ pub(crate) fn idle_heap_parts(
             .map(|&(_, tid)| crate::os::thread_activity(tid))
             .collect()
     };
-    let sending_before = threads_sending() || threads_ending();
+    let in_flight_before = threads_in_flight();
     let before = activity(&heaps);
-    let asleep: Vec<u32> = heaps
+    let sleeping: Vec<u32> = heaps
         .iter()
         .zip(&before)
         .filter(|(_, a)| asleep(a))
         .map(|(&(id, _), _)| id)
         .collect();
     let mut all = Vec::new();
-    census_of(number, false, |owner| asleep.contains(&owner), &mut all);
+    census_of(number, false, |owner| sleeping.contains(&owner), &mut all);
     let after = activity(&heaps);
-    let sending = sending_before || threads_sending() || threads_ending();
+    let in_flight = in_flight_before || threads_in_flight();
     let mut busy = Vec::new();
     let mut ids = Vec::new();
     for ((&(id, _), b), a) in heaps.iter().zip(&before).zip(&after) {
-        if idle_throughout(asleep.contains(&id), b, a, sending) {
+        if idle_throughout(sleeping.contains(&id), b, a, in_flight) {
             ids.push(id);
         } else {
             busy.push(id);
@@ -2071,25 +2068,25 @@ mod tests {
     #[test]
     fn no_heap_is_idle_while_a_thread_ends() {
         let ending = pass_exit_hold();
-        assert!(threads_ending());
+        assert!(threads_in_flight());
         drop(ending);
     }
 
     /// A heap's census part under way (read, not yet published) is what the collector's
-    /// watermark waits for; a finished one is not.
+    /// watermark waits for, as a drain reports it; a finished one is not.
     #[test]
-    fn the_oldest_census_part_under_way_is_the_collectors_to_wait_for() {
+    fn a_drain_reports_the_oldest_census_part_under_way() {
         // This thread's own heap (no other heap has a part under way: no unit test of this
-        // crate starts a recording).
+        // crate starts a recording). With no recording it has no buffer: nothing is drained.
         // SAFETY: a block of heaplens, freed once.
         unsafe { crate::free::free(crate::alloc::malloc(16)) };
         let heap = heap::default_heap();
         // SAFETY: the calling thread's live heap; `part_time` is an atomic.
         let part_time = unsafe { &(*heap).part_time };
         part_time.store(42, SeqCst);
-        assert_eq!(oldest_part_under_way(), Some(42));
+        assert_eq!(drain(|_, _, _, _, _| {}), Some(42));
         part_time.store(0, SeqCst);
-        assert_eq!(oldest_part_under_way(), None);
+        assert_eq!(drain(|_, _, _, _, _| {}), None);
     }
 
     /// A thread that ends while exits are held (the first census of an attach is read) keeps
@@ -2100,7 +2097,8 @@ mod tests {
         use std::time::Duration;
         static RELEASED: AtomicBool = AtomicBool::new(false);
         // Other tests' threads end freely meanwhile: wait for them, as the collector does.
-        while !hold_exits(true) {
+        hold_exits(true);
+        while EXITING.load(SeqCst) != 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let ending = std::thread::spawn(|| {
@@ -2118,7 +2116,10 @@ mod tests {
         let released = RELEASED.load(SeqCst);
         releaser.join().unwrap();
         assert!(released, "the thread ended while exits were held");
-        assert!(hold_exits(true), "no thread counts as ending afterwards");
-        hold_exits(false);
+        assert_eq!(
+            EXITING.load(SeqCst),
+            0,
+            "no thread counts as ending afterwards"
+        );
     }
 }

@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{heaplens, known_counts, root, tempdir};
+use common::{heaplens, known_counts, tempdir};
 use serde_json::Value;
 
 /// `heaplens record [--follow-fork] -o out -- args...`, run in `dir`.
@@ -74,16 +74,7 @@ fn is_known_counts(s: &Value) {
 /// Compiles `sample-apps/c/NAME.c` into `dir` (and builds libheaplens.so once).
 fn sample(dir: &Path, name: &str) -> PathBuf {
     known_counts(dir);
-    let exe = dir.join(name);
-    let ok = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(root().join(format!("sample-apps/c/{name}.c")))
-        .status()
-        .expect("cc")
-        .success();
-    assert!(ok, "compiling {name}.c failed");
-    exe
+    common::sample_c(dir, name)
 }
 
 #[test]

@@ -610,17 +610,7 @@ fn index_adds_the_keyframes_the_recorder_leaves_out() {
 /// `dir` with `-O2 -pthread`; returns the program.
 fn c_program(dir: &Path, source: &str) -> std::path::PathBuf {
     common::build_preload();
-    let name = Path::new(source).file_stem().unwrap();
-    let exe = dir.join(name);
-    let ok = std::process::Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(common::root().join(source))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "compiling {source} failed");
-    exe
+    common::compile_c(dir, source, "-O2")
 }
 
 /// Threads that exit lose no events: the suite's stress workload (8 threads a round, recreated

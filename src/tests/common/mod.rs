@@ -45,15 +45,21 @@ pub fn build_preload() {
 
 /// Compiles `sample-apps/c/NAME.c` into `dir` (with `-O1 -pthread`); returns the program.
 pub fn sample_c(dir: &Path, name: &str) -> PathBuf {
-    let exe = dir.join(name);
+    compile_c(dir, &format!("sample-apps/c/{name}.c"), "-O1")
+}
+
+/// Compiles the C file `source` (a path from the repository root) into `dir` with `-pthread`
+/// and optimisation `opt` (`-O2`); returns the program, named after the file.
+pub fn compile_c(dir: &Path, source: &str, opt: &str) -> PathBuf {
+    let exe = dir.join(Path::new(source).file_stem().expect("a file name"));
     let ok = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
+        .args([opt, "-pthread", "-o"])
         .arg(&exe)
-        .arg(root().join(format!("sample-apps/c/{name}.c")))
+        .arg(root().join(source))
         .status()
         .expect("cc")
         .success();
-    assert!(ok, "compiling {name}.c failed");
+    assert!(ok, "compiling {source} failed");
     exe
 }
 
