@@ -384,6 +384,9 @@ fn record_stream(
     };
     say!("{}", ending(target, clean, error.as_ref()));
     say!("{events} events -> {}", output.display());
+    if let Some(note) = frames.damage().note() {
+        say!("{note}");
+    }
     Ok(0)
 }
 

@@ -10,8 +10,9 @@
 //! pid, in one [`backlog`](crate::backlog) bounded by bytes, so no process waits for whoever
 //! consumes them until that budget is spent. Batches wait there packed as the program's
 //! collector packed them ([`heaplens_alloc::pack`]; a version 1 peer's batches are packed here
-//! once the backlog is long), and [`Frames`] gives them back unpacked. The queue ends once no process of the command is
-//! left to connect and every stream has ended (each with how it ended).
+//! once the backlog is long), and [`Frames`] gives them back unpacked (or packed, to a consumer
+//! that hands them on). The queue ends once no process of the command is left to connect and
+//! every stream has ended (each with how it ended).
 
 use std::ffi::OsString;
 use std::io::{self, BufReader, Read};
@@ -32,7 +33,7 @@ use heaplens_alloc::ring::FdReader;
 use heaplens_alloc::wire::{self, Incoming, WireError};
 
 use crate::backlog::{self, backlog};
-use crate::packed::PackedBatch;
+use crate::packed::{Damage, PackedBatch};
 use crate::quiet::say;
 use crate::slab::SlabWriter;
 
@@ -150,7 +151,7 @@ impl Frame {
 pub enum Queued {
     /// A frame as it came.
     Frame(Frame),
-    /// A frame of a batch, packed (its bytes checked when unpacked).
+    /// A frame of a batch, packed (damage is found as it is unpacked: see [`crate::packed`]).
     Packed {
         /// As in [`Frame`].
         conn: u64,
@@ -178,11 +179,8 @@ pub struct Frames {
     /// Event vectors the consumer gave back (through the matching [`Sender`]), to unpack batches
     /// into.
     recycled: Receiver<Vec<Event>>,
-    /// Connections whose stream was closed here, at a packed batch that did not unpack: what
-    /// their readers queued after it is left out.
-    broken: std::sync::Mutex<Vec<u64>>,
-    /// Whether `broken` holds any (read at every frame; the lock only once one broke).
-    any_broken: AtomicBool,
+    /// What arrived damaged in the packed batches, once they are unpacked.
+    damage: Arc<Damage>,
 }
 
 /// The readers' end of a launch's backlog.
@@ -190,6 +188,8 @@ pub struct FrameSender {
     tx: backlog::Sender<Queued>,
     /// The consumer's event vectors given back, for batches queued as they came.
     recycled: Receiver<Vec<Event>>,
+    /// Where the packed batches queued say they were damaged.
+    damage: Arc<Damage>,
     /// [`PACK_ABOVE`] (tests change it).
     pack_above: usize,
 }
@@ -205,16 +205,17 @@ const PACK_ABOVE: usize = 8 << 20;
 pub fn queue(budget: usize) -> (FrameSender, Frames, Sender<Vec<Event>>) {
     let (tx, rx) = backlog(budget);
     let (recycle, recycled) = bounded(RECYCLED_BATCHES);
+    let damage = Arc::new(Damage::default());
     let sender = FrameSender {
         tx,
         recycled: recycled.clone(),
+        damage: Arc::clone(&damage),
         pack_above: PACK_ABOVE,
     };
     let frames = Frames {
         rx,
         recycled,
-        broken: std::sync::Mutex::new(Vec::new()),
-        any_broken: AtomicBool::new(false),
+        damage,
     };
     (sender, frames, recycle)
 }
@@ -225,52 +226,13 @@ impl Frames {
         self.recv_queued().map(|queued| self.unpacked(queued))
     }
 
-    /// The next frame, its batch still packed if it came so: the consumer unpacks it (and
-    /// calls [`Frames::close`] if it is damaged). `None` once the queue has ended.
+    /// The next frame, its batch still packed if it came so (the consumer unpacks it, or hands
+    /// it on packed). `None` once the queue has ended.
     pub fn recv_queued(&self) -> Option<Queued> {
-        loop {
-            let queued = self.rx.recv()?;
-            if self.any_broken.load(Ordering::Relaxed) {
-                let conn = match &queued {
-                    Queued::Frame(f) => f.conn,
-                    Queued::Packed { conn, .. } => *conn,
-                };
-                if self.lock_broken().contains(&conn) {
-                    continue;
-                }
-            }
-            return Some(queued);
-        }
+        self.rx.recv()
     }
 
-    /// Leaves out what connection `conn` queued after a packed batch that did not unpack.
-    pub fn close(&self, conn: u64) {
-        self.lock_broken().push(conn);
-        self.any_broken.store(true, Ordering::Relaxed);
-    }
-
-    /// Unpacks `batch`, queued by connection `conn` of process `pid`, into `events`. If it is
-    /// damaged (a peer sent it so), the connection's stream ends there: what it queued after is
-    /// left out, and the frame that says why is given back instead.
-    pub fn unpack(
-        &self,
-        conn: u64,
-        pid: i32,
-        batch: &PackedBatch,
-        events: &mut Vec<Event>,
-    ) -> Result<(), Frame> {
-        batch.unpack_into(events).map_err(|e| {
-            self.close(conn);
-            Frame {
-                conn,
-                pid,
-                item: StreamItem::Closed(Some(e)),
-            }
-        })
-    }
-
-    /// The frame `queued` holds: a packed batch unpacked, or, if it is damaged, the end of its
-    /// connection's stream with why ([`Frames::unpack`]).
+    /// The frame `queued` holds, a packed batch unpacked (into a vector the consumer gave back).
     pub fn unpacked(&self, queued: Queued) -> Frame {
         let (conn, pid, batch) = match queued {
             Queued::Frame(f) => return f,
@@ -280,23 +242,21 @@ impl Frames {
             .recycled
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(heaplens_alloc::hook::BUFFER_EVENTS));
-        match self.unpack(conn, pid, &batch, &mut events) {
-            Ok(()) => Frame {
-                conn,
-                pid,
-                item: StreamItem::Message(Message::Batch(Batch {
-                    heap: batch.heap,
-                    events,
-                })),
-            },
-            Err(closed) => closed,
+        batch.unpack_into(&mut events);
+        Frame {
+            conn,
+            pid,
+            item: StreamItem::Message(Message::Batch(Batch {
+                heap: batch.heap,
+                events,
+            })),
         }
     }
 
-    fn lock_broken(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
-        self.broken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// What arrived damaged so far (packed batches are looked at as they are unpacked: see
+    /// [`crate::packed`]).
+    pub fn damage(&self) -> &Damage {
+        &self.damage
     }
 
     /// Bytes queued now.
@@ -761,7 +721,7 @@ impl<'a> Forward<'a> {
                 Ok(bytes) => Queued::Packed {
                     conn,
                     pid,
-                    batch: PackedBatch::came(head.heap, head.count, bytes),
+                    batch: PackedBatch::came(head.heap, head.count, bytes, &self.tx.damage),
                 },
                 Err(e) => return Some(Some(WireError::Io(e))),
             },
@@ -774,7 +734,8 @@ impl<'a> Forward<'a> {
                         item: StreamItem::Message(Message::Batch(Batch { heap, events })),
                     })
                 } else {
-                    let batch = PackedBatch::pack(heap, &events, &mut self.scratch);
+                    let batch =
+                        PackedBatch::pack(heap, &events, &mut self.scratch, &self.tx.damage);
                     events.clear();
                     self.spare = Some(events);
                     Queued::Packed { conn, pid, batch }
@@ -811,9 +772,9 @@ impl<'a> Forward<'a> {
 }
 
 /// For tests: `batches` packed batches of the same 300 events, the one numbered `damaged`
-/// damaged (a 15-byte value in its first control word), then the end mark, sent on a socket
-/// and read by [`read_stream`] as connection 1 of pid 7 into a fresh queue, then closed. Returns
-/// the queue's ends (the readers' still open) and the events of a whole batch.
+/// damaged at its event 100 (a 15-byte value in its control word), then the end mark, sent on
+/// a socket and read by [`read_stream`] as connection 1 of pid 7 into a fresh queue, then
+/// closed. Returns the queue's ends (the readers' still open) and the events of a whole batch.
 #[cfg(test)]
 pub(crate) fn stream_with_a_damaged_batch(
     batches: usize,
@@ -830,8 +791,14 @@ pub(crate) fn stream_with_a_damaged_batch(
         .collect();
     let mut good = Vec::new();
     wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
+    // The frame's head, then the packed events: event 100's control word follows the first 100.
+    let head = good.len()
+        - heaplens_alloc::pack::pack(&events, &mut Vec::new())
+            .bytes()
+            .len();
+    let before = heaplens_alloc::pack::pack(&events[..100], &mut Vec::new());
     let mut bad = good.clone();
-    bad[13] = 0x0f;
+    bad[head + before.bytes().len() - heaplens_alloc::pack::SLACK] = 0x0f;
     let (w, r) = UnixStream::pair().unwrap();
     let writer = std::thread::spawn(move || {
         let mut w = std::io::BufWriter::new(w);
@@ -843,12 +810,9 @@ pub(crate) fn stream_with_a_damaged_batch(
     });
     let (tx, frames, recycle) = queue(BACKLOG_BYTES);
     let mut r = BufReader::with_capacity(STREAM_BUFFER, FdReader::new(r));
-    assert!(
-        read_stream(&mut r, 1, 7, &tx).is_none(),
-        "the frames are whole"
-    );
+    let why = read_stream(&mut r, 1, 7, &tx);
     writer.join().unwrap();
-    send(&tx, 1, 7, StreamItem::Closed(None));
+    send(&tx, 1, 7, StreamItem::Closed(why));
     (tx, frames, recycle, events)
 }
 
@@ -1071,7 +1035,7 @@ mod tests {
                 match q {
                     Queued::Packed { batch, .. } => {
                         let mut events = Vec::new();
-                        batch.unpack_into(&mut events).unwrap();
+                        batch.unpack_into(&mut events);
                         got.push(events);
                     }
                     Queued::Frame(f) => {
@@ -1086,39 +1050,57 @@ mod tests {
         }
     }
 
-    /// A packed batch that does not unpack (its frame whole, its contents damaged) ends its
-    /// connection's stream there with why; the batches before it arrive, nothing after it does,
-    /// and another connection's frames go on.
+    /// A packed batch that does not unpack (its frame whole, its contents damaged) keeps its
+    /// length: its events from the damage on arrive as lost ones, the queue's damage says why,
+    /// and the stream goes on.
     #[test]
-    fn a_damaged_packed_batch_ends_its_stream_with_a_clear_error() {
+    fn a_damaged_packed_batch_keeps_its_length_its_events_from_the_damage_on_lost() {
         let (tx, frames, _recycle, events) = stream_with_a_damaged_batch(3, 1);
         send(&tx, 2, 8, StreamItem::Message(Message::End));
         drop(tx);
         let got: Vec<(u64, String)> = (&frames)
-            .map(|f| {
+            .enumerate()
+            .map(|(i, f)| {
                 let what = match f.item {
+                    StreamItem::Message(Message::Batch(b)) if i == 1 => {
+                        assert_eq!(b.events[..100], events[..100], "the events before stand");
+                        for e in &b.events[100..] {
+                            use heaplens_alloc::event::{EventKind, drop_reason};
+                            assert_eq!(e.kind, EventKind::Dropped as u8);
+                            let d = heaplens_alloc::schema::Dropped::from_event(e);
+                            assert_eq!((d.lost, d.reasons), (1, drop_reason::DAMAGED));
+                            assert_eq!(e.time, events[99].time);
+                        }
+                        format!("batch of {}", b.events.len())
+                    }
                     StreamItem::Message(Message::Batch(b)) => {
                         assert_eq!(b.events, events);
-                        "batch".to_owned()
+                        format!("batch of {}", b.events.len())
                     }
                     StreamItem::Message(m) => format!("{m:?}"),
-                    StreamItem::Closed(why) => {
-                        format!("closed: {}", why.map_or(String::new(), |e| e.to_string()))
-                    }
+                    StreamItem::Closed(why) => format!("closed {why:?}"),
                 };
                 (f.conn, what)
             })
             .collect();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[0], (1, "batch".to_owned()));
-        assert_eq!(got[1].0, 1);
-        assert!(
-            got[1]
-                .1
-                .starts_with("closed: corrupt heaplens stream: a packed batch of 300 events"),
-            "{got:?}"
+        let batch = (1, "batch of 300".to_owned());
+        assert_eq!(
+            got,
+            [
+                batch.clone(),
+                batch.clone(),
+                batch,
+                (1, "End".to_owned()),
+                (1, "closed None".to_owned()),
+                (2, "End".to_owned())
+            ]
         );
-        assert_eq!(got[2], (2, "End".to_owned()));
+        let (batches, lost, why) = frames.damage().seen().expect("the damage is told");
+        assert_eq!((batches, lost), (1, 200));
+        assert!(
+            why.starts_with("corrupt heaplens stream: a packed batch of 300 events"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -1,12 +1,55 @@
 //! A batch as it waits packed ([`heaplens_alloc::pack`]) in the backlog. Its bytes stay where
-//! they are (a slab the reader read them into, or a vector of their own) from the socket to the
-//! recorder, which unpacks them once into a vector it reuses.
+//! they are (a slab the reader read them into, or a vector of their own) from the socket to
+//! whoever unpacks them, once: `heaplens record`'s trace writer helpers as they encode them, or
+//! the consumer of [`crate::launch::Frames::recv`].
+//!
+//! Nothing checks a batch before it is unpacked: a check reads every control word in turn, one
+//! after another, as unpacking does, and cost as much (`heaplens record` of larson, 10
+//! alternating pairs: 1.03x the wall time with the reader checking each batch, 0.89x without).
+//! A batch that turns out damaged keeps its length, so that whoever counted its events counts
+//! right: the events from the damage on each become one lost event (`Dropped`, reason
+//! `damaged`), and the launch's [`Damage`] says what was lost and why.
 
-use heaplens_alloc::event::Event;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use heaplens_alloc::event::{Event, drop_reason};
 use heaplens_alloc::pack::{self, Packed};
-use heaplens_alloc::wire::{self, WireError};
+use heaplens_alloc::schema;
+use heaplens_alloc::wire;
+use heaplens_viewer::trace::SharedEvents;
 
 use crate::slab::SlabBytes;
+
+/// What arrived damaged in one launch's streams.
+#[derive(Debug, Default)]
+pub struct Damage {
+    batches: AtomicU64,
+    events: AtomicU64,
+    first: OnceLock<String>,
+}
+
+impl Damage {
+    /// Batches and events that arrived damaged, and why the first one was refused; `None` if
+    /// none did.
+    pub fn seen(&self) -> Option<(u64, u64, &str)> {
+        let first = self.first.get()?;
+        Some((
+            self.batches.load(Ordering::Relaxed),
+            self.events.load(Ordering::Relaxed),
+            first,
+        ))
+    }
+
+    /// In words, for the end of a command: `None` if nothing arrived damaged.
+    pub fn note(&self) -> Option<String> {
+        let (batches, events, first) = self.seen()?;
+        Some(format!(
+            "{events} events in {batches} batches arrived damaged and are recorded as lost \
+             (the first: {first})"
+        ))
+    }
+}
 
 /// Where a packed batch's bytes are kept.
 #[derive(Debug)]
@@ -25,24 +68,29 @@ pub struct PackedBatch {
     /// How many events.
     count: usize,
     bytes: Bytes,
+    /// Where it says that it was damaged.
+    damage: Arc<Damage>,
 }
 
 impl PackedBatch {
-    /// `count` events packed in `bytes` as the peer sent them (checked when unpacked).
-    pub fn came(heap: u32, count: usize, bytes: SlabBytes) -> Self {
+    /// `count` events packed in `bytes` as the peer sent them (they may yet turn out damaged:
+    /// see the module docs), reporting damage to `damage`.
+    pub fn came(heap: u32, count: usize, bytes: SlabBytes, damage: &Arc<Damage>) -> Self {
         Self {
             heap,
             count,
             bytes: Bytes::Slab(bytes),
+            damage: Arc::clone(damage),
         }
     }
 
     /// `events` packed, with `scratch` as room to pack in.
-    pub fn pack(heap: u32, events: &[Event], scratch: &mut Vec<u8>) -> Self {
+    pub fn pack(heap: u32, events: &[Event], scratch: &mut Vec<u8>, damage: &Arc<Damage>) -> Self {
         Self {
             heap,
             count: events.len(),
             bytes: Bytes::Owned(pack::pack(events, scratch)),
+            damage: Arc::clone(damage),
         }
     }
 
@@ -59,13 +107,63 @@ impl PackedBatch {
         }
     }
 
-    /// Unpacks the events into `events` (cleared first); an error if the bytes are damaged
-    /// (`events` then holds the events before the damage).
-    pub fn unpack_into(&self, events: &mut Vec<Event>) -> Result<(), WireError> {
-        let bytes: &[u8] = match &self.bytes {
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
             Bytes::Slab(b) => b,
             Bytes::Owned(p) => p.bytes(),
-        };
-        wire::unpack_wire(bytes, self.count, events)
+        }
+    }
+
+    /// Unpacks the events into `events` (cleared first), for another thread to read. Exactly
+    /// [`PackedBatch::len`] of them, damaged or not (see the module docs).
+    pub fn unpack_into(&self, events: &mut Vec<Event>) {
+        self.unpack_with(events, pack::unpack_bytes);
+    }
+
+    /// [`PackedBatch::unpack_into`] for the calling thread to read next (ordinary stores).
+    pub fn unpack_here(&self, events: &mut Vec<Event>) {
+        self.unpack_with(events, pack::unpack_here);
+    }
+
+    fn unpack_with(
+        &self,
+        events: &mut Vec<Event>,
+        unpack: fn(&[u8], usize, &mut Vec<Event>) -> Option<()>,
+    ) {
+        if unpack(self.bytes(), self.count, events).is_some() {
+            return;
+        }
+        // The events before the damage stand; each one from it on is one lost event, at the
+        // time of the last one that stands.
+        events.truncate(self.count);
+        let lost = self.count - events.len();
+        let time = events.last().map_or(0, |e| e.time);
+        let note = schema::Dropped {
+            lost: 1,
+            reasons: drop_reason::DAMAGED,
+            flags: 0,
+        }
+        .into_event()
+        .at(time);
+        events.resize(self.count, note);
+        let d = &self.damage;
+        d.batches.fetch_add(1, Ordering::Relaxed);
+        d.events.fetch_add(lost as u64, Ordering::Relaxed);
+        let _ = d
+            .first
+            .set(wire::damaged(self.bytes(), self.count).to_string());
+    }
+}
+
+/// A batch shared with the trace writer: its helper unpacks it into room of its own as it
+/// encodes it.
+impl SharedEvents for PackedBatch {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn events<'a>(&'a self, room: &'a mut Vec<Event>) -> &'a [Event] {
+        self.unpack_here(room);
+        room
     }
 }

@@ -19,7 +19,7 @@ use heaplens_alloc::event::Event;
 use heaplens_alloc::wire::WireError;
 use heaplens_viewer::trace::ExitStatus;
 
-use crate::launch::{Frame, Frames, Queued, StreamItem};
+use crate::launch::{Frame, Queued, StreamItem};
 use crate::quiet::say;
 use crate::record::Recorder;
 
@@ -134,16 +134,25 @@ impl Processes {
         }
     }
 
-    /// Takes one item of the backlog as [`Frames::recv_queued`] gives it (a packed batch
-    /// unpacked once, into a vector the recorder gives back, or a damaged one the end of its
-    /// connection's stream, as [`Frames::recv`] does); returns whether it was a batch.
-    pub fn take_queued(&mut self, queued: Queued, frames: &Frames) -> bool {
-        let batch = match &queued {
-            Queued::Frame(frame) => matches!(frame.item, StreamItem::Message(Message::Batch(_))),
-            Queued::Packed { .. } => true,
-        };
-        self.take(frames.unpacked(queued));
-        batch
+    /// Takes one item of the backlog as [`Frames::recv_queued`] gives it: a packed batch goes to
+    /// its trace packed (the writer's helpers unpack it as they encode it); returns whether it
+    /// was a batch.
+    pub fn take_queued(&mut self, queued: Queued) -> bool {
+        match queued {
+            Queued::Frame(frame) => {
+                let batch = matches!(frame.item, StreamItem::Message(Message::Batch(_)));
+                self.take(frame);
+                batch
+            }
+            Queued::Packed { conn, pid, batch } => {
+                if let Some(p) = self.current(conn, pid)
+                    && let Err(e) = p.recorder.packed(batch)
+                {
+                    self.fail(pid, &e.to_string());
+                }
+                true
+            }
+        }
     }
 
     /// Finishes the traces whose stream closed without its end mark and whose process is gone
@@ -394,11 +403,11 @@ mod tests {
         );
     }
 
-    /// The recorder's loop over packed batches as they came: a damaged one ends its stream with
-    /// a clear error, the batches before it are written, and nothing after it is.
+    /// The recorder's loop over packed batches as they came: the writer's helpers unpack them,
+    /// and a damaged one is written at its length, its events from the damage on as lost ones.
     #[test]
-    fn a_damaged_packed_batch_ends_the_recording_of_its_stream() {
-        let (tx, frames, recycle, _) = crate::launch::stream_with_a_damaged_batch(4, 2);
+    fn a_damaged_packed_batch_is_recorded_with_its_lost_events() {
+        let (tx, frames, recycle, events) = crate::launch::stream_with_a_damaged_batch(4, 2);
         drop(tx);
 
         let dir = std::env::temp_dir().join(format!("heaplens-packed-{}", std::process::id()));
@@ -412,19 +421,35 @@ mod tests {
         });
         let mut batches = 0;
         while let Some(q) = frames.recv_queued() {
-            batches += usize::from(processes.take_queued(q, &frames));
+            batches += usize::from(processes.take_queued(q));
         }
-        assert_eq!(batches, 3, "the batch after the damaged one is left out");
-        let why = processes
-            .program_stream_error()
-            .expect("the stream ended badly");
+        assert_eq!(batches, 4);
         assert!(
-            why.to_string()
-                .starts_with("corrupt heaplens stream: a packed batch of 300 events"),
-            "{why}"
+            processes.program_stream_error().is_none(),
+            "the stream went on"
         );
         let finished = processes.finish(ExitStatus::Code(0)).unwrap();
-        assert_eq!(finished.written[0].events, 600);
+        assert_eq!(finished.written[0].events, 1200);
+        assert!(finished.written[0].clean);
+        let mut reader = heaplens_viewer::trace::TraceReader::open(&out).unwrap();
+        let read: Vec<Event> = reader.events().map(|e| e.unwrap().1).collect();
+        assert_eq!(read.len(), 1200);
+        let lost: Vec<usize> = (0..read.len())
+            .filter(|&i| read[i].kind == heaplens_alloc::event::EventKind::Dropped as u8)
+            .collect();
+        assert_eq!(
+            lost,
+            (700..900).collect::<Vec<_>>(),
+            "batch 2 from its event 100"
+        );
+        for (i, e) in read
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(700..900).contains(i))
+        {
+            assert_eq!(*e, events[i % 300], "event {i}");
+        }
+        assert_eq!(frames.damage().seen().map(|d| (d.0, d.1)), Some((1, 200)));
         let _ = std::fs::remove_dir_all(dir);
     }
 

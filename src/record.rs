@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use heaplens_alloc::event::Event;
 use heaplens_alloc::stats::Bytes;
 use heaplens_alloc::wire::WireError;
-use heaplens_viewer::trace::{EndInfo, EndReason, ExitStatus, Metadata, SharedBatch, TraceWriter};
+use heaplens_viewer::trace::{
+    EndInfo, EndReason, ExitStatus, Metadata, SharedBatch, SharedEvents, TraceWriter,
+};
 
 use crate::launch::{self, Exit};
+use crate::packed::PackedBatch;
 use crate::processes::Processes;
 use crate::quiet::say;
 
@@ -43,8 +46,12 @@ struct Shared {
     back: crossbeam_channel::Sender<Vec<Event>>,
 }
 
-impl AsRef<[Event]> for Shared {
-    fn as_ref(&self) -> &[Event] {
+impl SharedEvents for Shared {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn events<'a>(&'a self, _room: &'a mut Vec<Event>) -> &'a [Event] {
         &self.events
     }
 }
@@ -101,12 +108,25 @@ impl Recorder {
         events: Vec<Event>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let back = self.recycle.clone();
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or("the program's stream had events before its metadata")?;
-        w.write_shared(heap, &(Arc::new(Shared { events, back }) as SharedBatch))?;
+        let batch = Arc::new(Shared { events, back }) as SharedBatch;
+        self.writer()?.write_shared(heap, &batch)?;
         Ok(())
+    }
+
+    /// Hands a packed batch to the trace writer's helpers, which unpack it as they encode it:
+    /// no thread unpacks it for another to read.
+    pub fn packed(&mut self, batch: PackedBatch) -> Result<(), Box<dyn std::error::Error>> {
+        let heap = batch.heap;
+        self.writer()?
+            .write_shared(heap, &(Arc::new(batch) as SharedBatch))?;
+        Ok(())
+    }
+
+    /// The trace writer, once the program's metadata has made it.
+    fn writer(&mut self) -> Result<&mut TraceWriter, &'static str> {
+        self.writer
+            .as_mut()
+            .ok_or("the program's stream had events before its metadata")
     }
 
     /// The program has exited: the recorder's threads go back to the usual priority if they can.
@@ -187,7 +207,7 @@ pub fn run(
             exited = true;
             processes.program_exited();
         }
-        if processes.take_queued(queued, &launched.frames) {
+        if processes.take_queued(queued) {
             let (events, bytes) = processes.written_so_far();
             progress.update(
                 events,
@@ -264,6 +284,9 @@ pub fn run(
         Exit::Code(_) => {}
     }
     if let Some(note) = finished.unrecorded_note() {
+        say!("{note}");
+    }
+    if let Some(note) = launched.frames.damage().note() {
         say!("{note}");
     }
     Ok(exit.shell_code())

@@ -120,6 +120,9 @@ fn finish(
         .map_err(|_| "waiting for the program failed".to_owned())?
         .map_err(|e| e.to_string())?;
     let exit = Exit::from_status(status);
+    if let Some(note) = launched.frames.damage().note() {
+        crate::quiet::say!("{note}");
+    }
     let _ = tx.send(Feed::Status(Status::Exited(crate::record::exit_status(
         exit,
     ))));

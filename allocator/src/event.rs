@@ -48,6 +48,23 @@ impl Event {
         let b = arg32.to_ne_bytes();
         u64::from_ne_bytes([kind, flags, a[0], a[1], b[0], b[1], b[2], b[3]])
     }
+
+    /// The event of four words as it lies in memory: [`Event::head_word`], then `addr`, `arg`
+    /// and `time`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_words(head: u64, addr: u64, arg: u64, time: u64) -> Self {
+        let h = head.to_ne_bytes();
+        Self {
+            kind: h[0],
+            flags: h[1],
+            aux: u16::from_ne_bytes([h[2], h[3]]),
+            arg32: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+            addr,
+            arg,
+            time,
+        }
+    }
 }
 
 const _: () = {
@@ -235,6 +252,9 @@ pub mod drop_reason {
     pub const CONSUMER: u16 = 4;
     /// A subscriber's channel was full (in-process live mode).
     pub const SUBSCRIBER: u16 = 8;
+    /// The batch reached the recorder damaged: the events from the damage on (one `Dropped`
+    /// each, in the batch's place).
+    pub const DAMAGED: u16 = 16;
 
     /// Names of the bits set in `bits`.
     pub fn names(bits: u16) -> impl Iterator<Item = &'static str> {
@@ -243,6 +263,7 @@ pub mod drop_reason {
             (NO_BUFFER, "no_buffer"),
             (CONSUMER, "consumer"),
             (SUBSCRIBER, "subscriber"),
+            (DAMAGED, "damaged"),
         ]
         .into_iter()
         .filter(move |(b, _)| bits & b != 0)

@@ -207,6 +207,27 @@ pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()>
     done
 }
 
+/// [`unpack_bytes`] with ordinary stores: for events the calling thread reads next (a trace
+/// encoder unpacking its own batch into a vector it reuses, which stays in its cache).
+pub fn unpack_here(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()> {
+    events.clear();
+    if !fits(b.len(), len) {
+        return None;
+    }
+    events.reserve(len);
+    let out = events.spare_capacity_mut();
+    let mut n = 0;
+    let done = unpack_into(b, len, |[head, addr, arg, time]| {
+        if let Some(slot) = out.get_mut(n) {
+            slot.write(Event::from_words(head, addr, arg, time));
+        }
+        n += 1;
+    });
+    // SAFETY: the first `n` slots (at most `len`, which was reserved) were written above.
+    unsafe { events.set_len(n.min(len)) };
+    done
+}
+
 /// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its four
 /// words; `Some` if exactly `len` fill `b` up to its slack.
 #[inline(always)]
@@ -426,6 +447,48 @@ pub(crate) mod tests {
                     let _ = unpack(&p, &mut out);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn both_unpackings_agree_on_every_packing() {
+        let agree = |b: &[u8], n: usize, what: &str| {
+            let mut streamed = Vec::new();
+            let mut here = vec![ev(9, 9, 9, 9, 9, 9, 9)];
+            let verdict = unpack_bytes(b, n, &mut streamed);
+            assert_eq!(unpack_here(b, n, &mut here), verdict, "{what}, {n} events");
+            assert_eq!(here, streamed, "{what}, {n} events");
+            verdict.is_some()
+        };
+        let events = sample_events(3000);
+        let b = pack(&events, &mut Vec::new()).bytes().to_vec();
+        assert!(agree(&b, events.len(), "a whole packing"));
+        // Every way of damaging it near its start and its end: a byte changed, the count off.
+        let mut x = 0x0bad_cafe_f00d_d00du64;
+        let mut refused = 0;
+        for at in (0..64).chain(b.len() - 64..b.len()) {
+            let mut bad = b.clone();
+            bad[at] ^= 1 << (junk(&mut x, 1)[0] % 8);
+            refused += usize::from(!agree(&bad, events.len(), "a bit flipped"));
+        }
+        assert!(refused > 0, "some damage is seen");
+        for n in [events.len() - 1, events.len() + 1] {
+            assert!(!agree(&b, n, "the count off by one"));
+        }
+        // Junk of every length, and control words of every length.
+        for len in 0..300 {
+            let junk = junk(&mut x, len);
+            for n in [0, 1, 2, 7, 40] {
+                agree(&junk, n, "junk");
+            }
+        }
+        for control in 0..=u16::MAX {
+            let mut one = control.to_le_bytes().to_vec();
+            one.resize(2 + 32 + SLACK, 0);
+            let sizes = (0..4).map(|i| usize::from(control >> (4 * i) & 0xf));
+            let used = 2 + sizes.sum::<usize>();
+            one.truncate(used.min(2 + 32) + SLACK);
+            agree(&one, 1, "one event");
         }
     }
 

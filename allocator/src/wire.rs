@@ -406,12 +406,15 @@ impl Messages {
 /// Unpacks `count` events packed in `bytes` (slack included) that came from a peer into
 /// `events`: a clear error if they are damaged.
 pub fn unpack_wire(bytes: &[u8], count: usize, events: &mut Vec<Event>) -> Result<(), WireError> {
-    crate::pack::unpack_bytes(bytes, count, events).ok_or_else(|| {
-        WireError::Corrupt(format!(
-            "a packed batch of {count} events in {} bytes is damaged",
-            bytes.len()
-        ))
-    })
+    crate::pack::unpack_bytes(bytes, count, events).ok_or_else(|| damaged(bytes, count))
+}
+
+/// The error for `count` events packed in `bytes` that do not unpack.
+pub fn damaged(bytes: &[u8], count: usize) -> WireError {
+    WireError::Corrupt(format!(
+        "a packed batch of {count} events in {} bytes is damaged",
+        bytes.len()
+    ))
 }
 
 /// The next frame from a buffered file descriptor (the recorder's socket). A batch's events

@@ -64,7 +64,7 @@ pub use format::{ChunkDefect, VERSION};
 pub use index::{ChunkInfo, KeyframeInfo, TraceIndex};
 pub use metadata::Metadata;
 pub use reader::{Events, Status, TraceReader};
-pub use writer::{SHARED_BATCHES_IN_FLIGHT, SharedBatch, TraceWriter, WriterOptions};
+pub use writer::{SHARED_BATCHES_IN_FLIGHT, SharedBatch, SharedEvents, TraceWriter, WriterOptions};
 
 /// The file name extension of trace files.
 pub const EXTENSION: &str = "hltrace";

@@ -72,10 +72,36 @@ const PARTS_IN_FLIGHT: usize =
 /// event vectors for, to unpack the next batches into meanwhile.
 pub const SHARED_BATCHES_IN_FLIGHT: usize = HELPER_THREADS * (PARTS_IN_FLIGHT + HELPER_IN_FLIGHT);
 
-/// A batch of events the writer shares with its owner (the recorder has the vector back, to
-/// unpack the next batch into, once the helper has encoded it): the helper encodes it, so the
-/// writer's thread only hands it on.
-pub type SharedBatch = Arc<dyn AsRef<[Event]> + Send + Sync>;
+/// A batch of events the writer shares with its owner: the helper encodes it, so the writer's
+/// thread only hands it on. The events as they are (the owner has the vector back once the
+/// helper is done), or packed: the helper unpacks them into room of its own, which stays in its
+/// cache, rather than read a vector another core has just written.
+pub type SharedBatch = Arc<dyn SharedEvents>;
+
+/// What a [`SharedBatch`] holds.
+pub trait SharedEvents: Send + Sync {
+    /// How many events.
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events, unpacked into `room` if need be. Exactly [`SharedEvents::len`] of them: the
+    /// writer has counted them into its chunks (a packed batch is checked before it is shared).
+    fn events<'a>(&'a self, room: &'a mut Vec<Event>) -> &'a [Event];
+}
+
+impl SharedEvents for Vec<Event> {
+    fn len(&self) -> usize {
+        self.len()
+    }
+
+    fn events<'a>(&'a self, _room: &'a mut Vec<Event>) -> &'a [Event] {
+        self
+    }
+}
 
 /// An Events chunk on its way through the helper. Its payload is `raw`, encoded by the writer,
 /// or (`times` and `raw` set by the helper) the [`Work::Part`]s sent since the chunk before.
@@ -133,10 +159,13 @@ impl HelperThread {
             .spawn(move || {
                 let mut compressors = Compressors::default();
                 let mut encoder = ChunkEncoder::new();
+                let mut room = Vec::new();
                 for work in &todo {
                     let mut job = match work {
                         Work::Part(heap, batch, range) => {
-                            encoder.push_batch(heap, &(*batch).as_ref()[range]);
+                            let events = batch.events(&mut room);
+                            debug_assert!(range.end <= events.len());
+                            encoder.push_batch(heap, events.get(range).unwrap_or_default());
                             continue;
                         }
                         Work::Chunk(job) => job,
@@ -348,7 +377,8 @@ impl<W: Write> TraceWriter<W> {
     /// [`PARTS_IN_FLIGHT`] batches behind). The file is the same.
     pub fn write_shared(&mut self, heap: u32, events: &SharedBatch) -> io::Result<()> {
         if self.helper.is_none() || self.options.zstd_level.is_none() {
-            return self.write_batch(heap, (**events).as_ref());
+            let mut room = Vec::new();
+            return self.write_batch(heap, events.events(&mut room));
         }
         self.check()?;
         if !self.encoder.is_empty() {
@@ -360,7 +390,7 @@ impl<W: Write> TraceWriter<W> {
         {
             self.write_events_chunk()?;
         }
-        let len = (**events).as_ref().len();
+        let len = events.len();
         let mut at = 0;
         while at < len {
             let room = (self.options.chunk_events - self.parts_events) as usize;
