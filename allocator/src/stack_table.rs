@@ -228,13 +228,16 @@ impl StackTable {
     /// Interns the stack `frames` (leaf first; `truncated`: frames beyond the last are unknown)
     /// and returns the leaf's id, or 0 if there is no frame, more than [`MAX_STACK`], no memory,
     /// or `room` refuses.
-    /// `room(n)` is asked, before anything changes, whether `n` new nodes can be reported whole;
-    /// `ids(n)` hands out `n` consecutive fresh ids (its first); `report` is called for each new
-    /// node, outermost first.
+    /// `known` outermost frames are known to be the last stack's outermost frames (the walk
+    /// went by them: [`crate::unwind::Memo::same_outer`]; 0 if nothing is known), so they are
+    /// not compared again. `room(n)` is asked, before anything changes, whether `n` new nodes
+    /// can be reported whole; `ids(n)` hands out `n` consecutive fresh ids (its first); `report`
+    /// is called for each new node, outermost first.
     pub fn intern(
         &mut self,
         frames: &[usize],
         truncated: bool,
+        known: usize,
         room: impl FnOnce(usize) -> bool,
         ids: impl FnOnce(u32) -> u32,
         mut report: impl FnMut(NewNode),
@@ -246,7 +249,13 @@ impl StackTable {
         // The outer frames shared with the last stack: their nodes are `last_ids`' (the same
         // frames from the same root are the same nodes, whatever follows them).
         let shared = if self.last_len > 0 && self.last_truncated == truncated {
-            shared_outer(frames, &self.last[..self.last_len])
+            let last = &self.last[..self.last_len];
+            let known = known.min(len).min(last.len());
+            debug_assert!(
+                frames[len - known..].iter().rev().eq(&last[..known]),
+                "{known} outer frames said to be the last stack's"
+            );
+            known + shared_outer(&frames[..len - known], &last[known..])
         } else {
             0
         };
@@ -368,7 +377,14 @@ mod tests {
         trunc: bool,
     ) -> (u32, Vec<NewNode>) {
         let mut sent = Vec::new();
-        let id = t.intern(frames, trunc, |_| true, |n| ids.take(n), |n| sent.push(n));
+        let id = t.intern(
+            frames,
+            trunc,
+            0,
+            |_| true,
+            |n| ids.take(n),
+            |n| sent.push(n),
+        );
         (id, sent)
     }
 
@@ -486,12 +502,13 @@ mod tests {
         let id = t.intern(
             &[1, 2, 3],
             false,
+            0,
             |n| n < 3,
             |_| 1,
             |_| panic!("nothing sent"),
         );
         assert_eq!((id, t.len()), (0, 0));
-        assert_eq!(t.intern(&[], false, |_| true, |_| 1, |_| {}), 0);
+        assert_eq!(t.intern(&[], false, 0, |_| true, |_| 1, |_| {}), 0);
         t.release();
     }
 
@@ -546,13 +563,32 @@ mod tests {
             };
             let frames = &frames[..frames.len().min(MAX_STACK)];
             let trunc = next() % 7 == 0;
+            // What a walk may know of the outer frames it shares with the last stack: none, some
+            // or all of them.
+            let shared = frames
+                .iter()
+                .rev()
+                .zip(prev.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let known = shared * (next() as usize % 3) / 2;
             let mut sent = Vec::new();
-            let id = t.intern(frames, trunc, |_| true, |n| ids.take(n), |n| sent.push(n));
+            let id = t.intern(
+                frames,
+                trunc,
+                known,
+                |_| true,
+                |n| ids.take(n),
+                |n| {
+                    sent.push(n);
+                },
+            );
             plain.last_len = 0;
             let mut plain_sent = Vec::new();
             let plain_id = plain.intern(
                 frames,
                 trunc,
+                0,
                 |_| true,
                 |n| plain_ids.take(n),
                 |n| plain_sent.push(n),

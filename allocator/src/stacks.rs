@@ -63,6 +63,9 @@ pub struct HeapStacks {
     /// ([`module::ranges_version`]) it was made with.
     memo: unwind::Memo,
     memo_ranges: usize,
+    /// The table's last stack is the memo's last walk (that walk's stack was interned): what
+    /// the next walk knows it shares with it need not be compared again.
+    memo_interned: bool,
 }
 
 impl HeapStacks {
@@ -76,6 +79,7 @@ impl HeapStacks {
             code_cache: module::CodeCache::new(),
             memo: unwind::Memo::new(),
             memo_ranges: 0,
+            memo_interned: false,
         }
     }
 }
@@ -502,7 +506,8 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
             st.memo.clear();
             st.memo_ranges = ranges;
         }
-        let walk = if lo <= regs.sp && regs.sp < hi {
+        let on_stack = lo <= regs.sp && regs.sp < hi;
+        let walk = if on_stack {
             unwind::walk_memo(
                 regs,
                 (lo, hi),
@@ -521,9 +526,15 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
             }
         };
         let frames = &st.frames[..walk.len];
-        st.table.intern(
+        let known = if on_stack && st.memo_interned {
+            st.memo.same_outer()
+        } else {
+            0
+        };
+        let id = st.table.intern(
             frames,
             walk.truncated,
+            known,
             // Room for the new frames and the allocation, so no frame is ever lost alone.
             |n| hook::reserve(heap, n + 1),
             |n| {
@@ -546,6 +557,10 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
                     },
                 );
             },
-        )
+        );
+        // A stack that was not interned (refused, or no memory) leaves the table's last stack
+        // behind the memo's last walk.
+        st.memo_interned = on_stack && id != 0;
+        id
     }
 }

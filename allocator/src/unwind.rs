@@ -103,6 +103,9 @@ pub struct Memo {
     /// The last walk's stack top and depth limit.
     hi: usize,
     limit: usize,
+    /// How many of the last walk's outermost frames are the walk before's outermost frames, as
+    /// its levels were gone by ([`Memo::same_outer`]).
+    same: usize,
 }
 
 impl Memo {
@@ -125,6 +128,7 @@ impl Memo {
             at_limit: false,
             hi: 0,
             limit: 0,
+            same: 0,
         }
     }
 
@@ -132,6 +136,16 @@ impl Memo {
     /// (the code ranges or their rows changed).
     pub fn clear(&mut self) {
         self.len = 0;
+        self.same = 0;
+    }
+
+    /// How many outermost frames the last walk shares with the walk before it, known without
+    /// comparing them: the levels it went by (their words read and found unchanged) and ended
+    /// with as that walk did. 0 when it went by none, or the memo was cleared in between. A
+    /// walk's outer frames may match the walk before's further down than this says, never
+    /// less far.
+    pub fn same_outer(&self) -> usize {
+        self.same
     }
 }
 
@@ -185,6 +199,7 @@ pub fn walk_memo(
             for (o, l) in out.iter_mut().zip(levels) {
                 *o = l.pc;
             }
+            memo.same = usable;
             return Walk {
                 len: usable,
                 truncated: memo.truncated,
@@ -192,6 +207,7 @@ pub fn walk_memo(
         }
     }
     memo.len = 0;
+    memo.same = 0;
     memo.cur = new;
     memo.base = nb;
     memo.hi = hi;
@@ -316,6 +332,7 @@ pub fn walk_memo(
                 old_half[base..base + first].copy_from_slice(&new_half[nb..nb + first]);
                 memo.cur = old;
                 memo.base = base;
+                memo.same = n - first;
                 let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
                 return finish(memo, n, truncated, false, ra, fp);
             }
@@ -325,6 +342,7 @@ pub fn walk_memo(
                 return finish(memo, n, true, true, 0, 0);
             }
             if ended_alike {
+                memo.same = n - first;
                 let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
                 return finish(memo, n, truncated, false, ra, fp);
             }
@@ -757,8 +775,17 @@ mod tests {
     }
 
     /// Walks `s` from `regs` twice, with `memo` and afresh, with `limit` frames at most (rows
-    /// from [`rows`] when `with_rows`): the two must agree.
-    fn walk_both(s: &Fake, regs: Regs, memo: &mut Memo, limit: usize, with_rows: bool) -> Walk {
+    /// from [`rows`] when `with_rows`): the two must agree, and the outer frames the memo says
+    /// this walk shares with the one before must be `last`'s (the frames of the walk before,
+    /// which become this walk's).
+    fn walk_both(
+        s: &Fake,
+        regs: Regs,
+        memo: &mut Memo,
+        limit: usize,
+        with_rows: bool,
+        last: &mut Vec<usize>,
+    ) -> Walk {
         let read = |a: usize| {
             assert!(a.is_multiple_of(8), "misaligned read {a:#x}");
             assert!(a >= s.base.max(regs.sp) && a + 8 <= s.hi(), "read {a:#x}");
@@ -780,6 +807,14 @@ mod tests {
         let wb = walk(regs, (s.base, s.hi()), read, frame, &mut b);
         assert_eq!(wa, wb, "{regs:x?}");
         assert_eq!(a[..wa.len], b[..wb.len], "{regs:x?}");
+        let same = memo.same_outer();
+        assert!(same <= wa.len && same <= last.len(), "{regs:x?}: {same}");
+        assert_eq!(
+            a[wa.len - same..wa.len],
+            last[last.len() - same..],
+            "{regs:x?}: {same} outer frames"
+        );
+        *last = a[..wa.len].to_vec();
         wa
     }
 
@@ -809,11 +844,21 @@ mod tests {
             sp: frames[at],
             fp: frames[at],
         };
-        walk_both(&s, regs(50), &mut memo, 64, with_rows);
+        let mut last = Vec::new();
+        walk_both(&s, regs(50), &mut memo, 64, with_rows, &mut last);
         let (mut in_place, mut copied) = (0, 0);
         for at in (20..50).rev().chain(21..50) {
             let (half, len) = (memo.cur, memo.len);
-            let w = walk_both(&s, regs(at), &mut memo, 64, with_rows);
+            let w = walk_both(&s, regs(at), &mut memo, 64, with_rows, &mut last);
+            // One frame deeper or shallower: all but the two innermost shared frames are known
+            // shared without comparing them (the first level gone by is the last walk's frame
+            // left in the same state, which its stack pointer after the call tells apart).
+            assert!(
+                memo.same_outer() + 2 >= len.min(w.len),
+                "{at}: {} of {len} and {}",
+                memo.same_outer(),
+                w.len
+            );
             assert!(w.len > 10 && w.len != len, "{with_rows} {at}: {w:?}");
             if memo.cur == half {
                 in_place += 1;
@@ -846,6 +891,7 @@ mod tests {
             // Code without rows (frame pointers) unless `with_rows` lands some in rows.
             let (mut s, frames) = sound_chain(100);
             let mut memo = Memo::new();
+            let mut last = Vec::new();
             let mut last_regs = Regs {
                 pc: 0x1200,
                 sp: frames[0],
@@ -895,7 +941,7 @@ mod tests {
                 } else {
                     64
                 };
-                let w = walk_both(&s, regs, &mut memo, limit, with_rows);
+                let w = walk_both(&s, regs, &mut memo, limit, with_rows, &mut last);
                 long += usize::from(w.len > 10);
             }
         }
