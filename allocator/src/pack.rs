@@ -184,47 +184,53 @@ pub fn unpack(packed: &Packed, events: &mut Vec<Event>) -> Option<()> {
 
 /// [`unpack`] of `len` events packed in `b` (slack included), wherever they are kept. `len`
 /// must be one that [`fits`] `b` (else `None`, with nothing reserved).
+///
+/// The events go straight to memory (`event_stores::write_streamed`): they are read next by
+/// another thread, whose core holds the vector's lines from the last batch; taking each line
+/// back first cost `heaplens record` more than the decoding did.
 pub fn unpack_bytes(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()> {
-    events.clear();
-    if !fits(b.len(), len) {
-        return None;
-    }
-    events.reserve(len);
-    // The events go straight to memory (`event_stores::write_streamed`): they are read next by
-    // another thread (the trace encoder), whose core holds the vector's lines from the last
-    // batch; taking each line back first cost `heaplens record` more than the decoding did.
-    let out = events.as_mut_ptr().cast::<u64>();
-    let mut n = 0;
-    let done = unpack_into(b, len, |words| {
-        // SAFETY: `n < len` events fit in the reserved room; `Event` is four words, its first
-        // the head word (`Event::head_word`).
-        unsafe { crate::event_stores::write_streamed(out.add(4 * n), words) };
-        n += 1;
+    let done = unpack_vec(b, len, events, |out, words| {
+        // SAFETY: forwarded from `unpack_vec`: `out` is a slot of four words, the first the
+        // head word (`Event::head_word`).
+        unsafe { crate::event_stores::write_streamed(out.cast(), words) };
     });
     crate::event_stores::fence();
-    // SAFETY: the first `n` events were written above.
-    unsafe { events.set_len(n) };
     done
 }
 
 /// [`unpack_bytes`] with ordinary stores: for events the calling thread reads next (a trace
 /// encoder unpacking its own batch into a vector it reuses, which stays in its cache).
 pub fn unpack_here(b: &[u8], len: usize, events: &mut Vec<Event>) -> Option<()> {
+    unpack_vec(b, len, events, |out, [head, addr, arg, time]| {
+        // SAFETY: forwarded from `unpack_vec`.
+        unsafe { out.write(Event::from_words(head, addr, arg, time)) };
+    })
+}
+
+/// Decodes into `events` (cleared first), each event's four words stored by `store(slot,
+/// words)` into a reserved, aligned slot of `events`, which the caller may only write.
+#[inline(always)]
+fn unpack_vec(
+    b: &[u8],
+    len: usize,
+    events: &mut Vec<Event>,
+    store: impl Fn(*mut Event, [u64; 4]),
+) -> Option<()> {
     events.clear();
     if !fits(b.len(), len) {
         return None;
     }
     events.reserve(len);
-    let out = events.spare_capacity_mut();
+    let out = events.as_mut_ptr();
     let mut n = 0;
-    let done = unpack_into(b, len, |[head, addr, arg, time]| {
-        if let Some(slot) = out.get_mut(n) {
-            slot.write(Event::from_words(head, addr, arg, time));
-        }
+    // `unpack_into` hands on at most `len` events: each goes to reserved room.
+    let done = unpack_into(b, len, |words| {
+        // SAFETY: `n < len` and `len` events were reserved.
+        store(unsafe { out.add(n) }, words);
         n += 1;
     });
-    // SAFETY: the first `n` slots (at most `len`, which was reserved) were written above.
-    unsafe { events.set_len(n.min(len)) };
+    // SAFETY: the first `n` events were written above.
+    unsafe { events.set_len(n) };
     done
 }
 

@@ -88,8 +88,9 @@ pub trait SharedEvents: Send + Sync {
         self.len() == 0
     }
 
-    /// The events, unpacked into `room` if need be. Exactly [`SharedEvents::len`] of them: the
-    /// writer has counted them into its chunks (a packed batch is checked before it is shared).
+    /// The events, unpacked into `room` if need be. Exactly [`SharedEvents::len`] of them, the
+    /// writer having counted them into its chunks (a packed batch that turns out damaged keeps
+    /// its length: its events from the damage on come back as lost ones).
     fn events<'a>(&'a self, room: &'a mut Vec<Event>) -> &'a [Event];
 }
 
