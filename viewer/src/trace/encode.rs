@@ -445,9 +445,49 @@ struct Coding {
     joint: bool,
     /// Byte streams in a payload ([`streams`]).
     streams: usize,
+    /// The version this build writes: every flag above set, and the tables this build's. The
+    /// encoder's loop is compiled once for it with the flags as constants
+    /// ([`ChunkEncoder::push_batch`]), and once for the older versions.
+    latest: bool,
 }
 
 impl Coding {
+    /// `pages`: a constant in the encoder's loop of the latest version (`L`).
+    #[inline(always)]
+    fn pages<const L: bool>(&self) -> bool {
+        L || self.pages
+    }
+
+    /// `split`, a constant when `L`.
+    #[inline(always)]
+    fn split<const L: bool>(&self) -> bool {
+        L || self.split
+    }
+
+    /// `joint`, a constant when `L`.
+    #[inline(always)]
+    fn joint<const L: bool>(&self) -> bool {
+        L || self.joint
+    }
+
+    /// `stacks`, a constant when `L`.
+    #[inline(always)]
+    fn stacks<const L: bool>(&self) -> bool {
+        L || self.stacks
+    }
+
+    /// `fields`, a constant table when `L`.
+    #[inline(always)]
+    fn fields<const L: bool>(&self) -> &'static [u8; 256] {
+        if L { &FIELDS } else { self.fields }
+    }
+
+    /// `codes`, a constant table when `L`.
+    #[inline(always)]
+    fn codes<const L: bool>(&self) -> &'static [AddrCode; 256] {
+        if L { &CODES } else { self.codes }
+    }
+
     /// The coding of format `version` (a later one than this build's is coded as this build's).
     fn of(version: u16) -> Self {
         let v1 = version < 2;
@@ -463,6 +503,7 @@ impl Coding {
             pages: version >= 4,
             joint: version >= 5,
             streams: streams(version),
+            latest: version >= super::format::VERSION,
         }
     }
 }
@@ -992,16 +1033,24 @@ impl<T> Default for PageStacks<T> {
 
 impl<T: Default> PageStacks<T> {
     /// The number of the stack of class `c` and the page of `addr`, made empty if new.
-    #[inline]
+    #[inline(always)]
     fn number(&mut self, c: u8, addr: u64) -> u32 {
         let key = page_key(c, addr);
+        match self.last.get(usize::from(c)) {
+            Some(&(k, n)) if k == key => n,
+            _ => self.look_up(c, key),
+        }
+    }
+
+    /// [`PageStacks::number`] of a key that is not its class's last one (one free in 20 on a
+    /// server-like program, 1 in 6 on random frees).
+    #[cold]
+    #[inline(never)]
+    fn look_up(&mut self, c: u8, key: u64) -> u32 {
         if self.last.is_empty() {
             self.last = vec![(u64::MAX, 0); CLASSES];
         }
         let last = &mut self.last[usize::from(c)];
-        if last.0 == key {
-            return last.1;
-        }
         let stacks = &mut self.stacks;
         let n = *self.numbers.entry(key).or_insert_with(|| {
             stacks.push(T::default());
@@ -1114,32 +1163,46 @@ impl ChunkEncoder {
         if events.is_empty() {
             return;
         }
+        if self.coding.latest {
+            self.push_events::<true>(heap, events);
+        } else {
+            self.push_events::<false>(heap, events);
+        }
+    }
+
+    /// [`ChunkEncoder::push_batch`] of a non-empty batch, in the coding of the latest version if
+    /// `L` (else in `self.coding`'s).
+    fn push_events<const L: bool>(&mut self, heap: u32, events: &[Event]) {
         let (cur, mut h) = self.start_batch(heap, events.len());
+        // The time range in a pass of its own: in the loop below its two compares were among
+        // a dozen values kept on the stack.
+        let (start_time, end_time) = events
+            .iter()
+            .fold((self.start_time, self.end_time), |(lo, hi), e| {
+                (lo.min(e.time), hi.max(e.time))
+            });
+        (self.start_time, self.end_time) = (start_time, end_time);
         let mut prev_time = self.prev_time;
-        let (mut start_time, mut end_time) = (self.start_time, self.end_time);
         for (i, e) in events.iter().enumerate() {
             // The address lookups miss the cache: start the one of an event a few ahead.
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
                 self.blocks.prefetch(ahead.addr);
-            }
-            if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
-                AddrMap::prefetch_item(ahead);
+                if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
+                    AddrMap::prefetch_item(ahead);
+                }
             }
             self.streams
                 .time
                 .varint(zigzag(e.time.wrapping_sub(prev_time)));
             prev_time = e.time;
-            start_time = start_time.min(e.time);
-            end_time = end_time.max(e.time);
-            self.code_event(&mut h, cur, events, i);
+            self.code_event::<L>(&mut h, cur, e, events, i);
         }
-        if self.coding.pages {
+        if self.coding.pages::<L>() {
             // The events after the batch's last page event.
             let gap = events.len() - self.after_page;
             self.streams.page_ops.varint(gap as u64);
         }
         self.prev_time = prev_time;
-        (self.start_time, self.end_time) = (start_time, end_time);
         self.heaps[cur] = h;
         self.events += events.len() as u32;
     }
@@ -1177,29 +1240,35 @@ impl ChunkEncoder {
         (cur, std::mem::take(&mut self.heaps[cur]))
     }
 
-    /// Codes event `i` of a batch of heap `cur` (state `h`), but its time.
+    /// Codes event `e`, number `i` of a batch of heap `cur` (state `h`), but its time.
     #[inline(always)]
-    fn code_event(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize) {
-        let e = &batch[i];
+    fn code_event<const L: bool>(
+        &mut self,
+        h: &mut EncodeHeap,
+        cur: usize,
+        e: &Event,
+        batch: &[Event],
+        i: usize,
+    ) {
         // The two kinds of nearly every event, narrow and without flags, go straight to their
         // codings (the same as `code_fields`', without looking up how).
         let bare = e.flags == 0 && e.arg32 == 0;
         if e.kind == ALLOC && bare {
             self.streams.ops.push(op_of(ALLOC, false, false) as u8);
-            self.code_alloc(h, cur, e);
+            self.code_alloc::<L>(h, cur, e);
             return;
         }
-        if e.kind == FREE && self.coding.pages {
-            return self.code_free(h, cur, batch, i);
+        if e.kind == FREE && self.coding.pages::<L>() {
+            return self.code_free::<L>(h, cur, e, batch, i);
         }
         if e.kind == FREE && bare && e.aux == 0 && e.arg == 0 {
             self.streams.ops.push(op_of(FREE, false, false) as u8);
-            self.code_ref(h, cur, e);
+            self.code_ref::<L>(h, cur, e);
             return;
         }
-        let (f, wide) = present(self.coding.fields, e);
+        let (f, wide) = present(self.coding.fields::<L>(), e);
         let op = op_of(e.kind, wide, e.flags != 0);
-        let paged = self.is_paged(e.kind);
+        let paged = self.is_paged::<L>(e.kind);
         // A page event's op goes to the page stream (version 4): the ops stream keeps its
         // pattern of allocations and frees, which zstd finds as repeats.
         let s = &mut self.streams;
@@ -1212,23 +1281,34 @@ impl ChunkEncoder {
         ops.varint(op);
         if e.flags != 0 {
             // From version 4 in a stream of their own, where they do not break the ops' repeats.
-            if self.coding.pages { &mut s.flags } else { ops }.push(e.flags);
+            if self.coding.pages::<L>() {
+                &mut s.flags
+            } else {
+                ops
+            }
+            .push(e.flags);
         }
-        self.code_fields(h, cur, batch, i, f);
+        self.code_fields::<L>(h, cur, batch, i, f);
     }
 
     /// A `Free` (version 4): its flags are coded against the `CROSS_THREAD` its reference
     /// predicts, so its op is written after its address.
     #[inline(always)]
-    fn code_free(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize) {
-        let e = &batch[i];
+    fn code_free<const L: bool>(
+        &mut self,
+        h: &mut EncodeHeap,
+        cur: usize,
+        e: &Event,
+        batch: &[Event],
+        i: usize,
+    ) {
         // Narrow, its address alone; wide, all four fields (the address by reference too).
         let wide = if e.arg32 == 0 && e.aux == 0 && e.arg == 0 {
-            self.code_ref(h, cur, e);
+            self.code_ref::<L>(h, cur, e);
             false
         } else {
-            let (f, wide) = present(self.coding.fields, e);
-            self.code_fields(h, cur, batch, i, f);
+            let (f, wide) = present(self.coding.fields::<L>(), e);
+            self.code_fields::<L>(h, cur, batch, i, f);
             wide
         };
         let predicted = if self.other_heaps { CROSS_THREAD } else { 0 };
@@ -1242,26 +1322,35 @@ impl ChunkEncoder {
 
     /// Whether an event of `kind` is coded in the page streams (version 4).
     #[inline]
-    fn is_paged(&self, kind: u8) -> bool {
+    fn is_paged<const L: bool>(&self, kind: u8) -> bool {
         // Only the tables of version 4 on code addresses as pages.
-        matches!(self.coding.codes[usize::from(kind)], AddrCode::Page(_))
+        matches!(
+            self.coding.codes::<L>()[usize::from(kind)],
+            AddrCode::Page(_)
+        )
     }
 
     /// Codes the fields `f` of event `i` of a batch of heap `cur` (state `h`), by its kind's
     /// codings.
-    fn code_fields(&mut self, h: &mut EncodeHeap, cur: usize, batch: &[Event], i: usize, f: u8) {
+    fn code_fields<const L: bool>(
+        &mut self,
+        h: &mut EncodeHeap,
+        cur: usize,
+        batch: &[Event],
+        i: usize,
+        f: u8,
+    ) {
         let e = &batch[i];
-        let Coding {
-            codes,
-            stacks,
-            split,
-            ..
-        } = self.coding;
+        let (codes, stacks, split) = (
+            self.coding.codes::<L>(),
+            self.coding.stacks::<L>(),
+            self.coding.split::<L>(),
+        );
         match addr_code(codes, e.kind, f) {
             AddrCode::Alloc => {
-                self.code_alloc_addr(h, cur, e);
+                self.code_alloc_addr::<L>(h, cur, e);
             }
-            AddrCode::Ref => self.code_ref(h, cur, e),
+            AddrCode::Ref => self.code_ref::<L>(h, cur, e),
             AddrCode::Delta(g) => {
                 let last = &mut h.pred.last_addr[usize::from(g)];
                 self.streams.addr.varint(zigzag(e.addr.wrapping_sub(*last)));
@@ -1276,7 +1365,7 @@ impl ChunkEncoder {
             AddrCode::Plain => self.streams.addr.varint(e.addr),
             AddrCode::Absent => {}
         }
-        if self.is_paged(e.kind) {
+        if self.is_paged::<L>(e.kind) {
             // A page event's other fields, plain, in the page stream (version 4).
             let page = &mut self.streams.page;
             for (bit, v) in [
@@ -1316,7 +1405,7 @@ impl ChunkEncoder {
                     s.arg.varint(zigzag(u64::from(e.arg32).wrapping_sub(e.arg)));
                 }
                 // Version 5: written with the address (`joint_code`).
-                ALLOC if self.coding.joint => {}
+                ALLOC if self.coding.joint::<L>() => {}
                 ALLOC if split => put_split(&mut s.size_lo, &mut s.arg, e.arg),
                 _ => s.arg.varint(e.arg),
             }
@@ -1350,14 +1439,14 @@ impl ChunkEncoder {
 
     /// A narrow `Alloc` (addr, aux, arg): [`ChunkEncoder::code_fields`] of its field set.
     #[inline(always)]
-    fn code_alloc(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
-        if !self.coding.split {
-            return self.code_fields(h, cur, std::slice::from_ref(e), 0, ALLOC_FIELDS);
+    fn code_alloc<const L: bool>(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        if !self.coding.split::<L>() {
+            return self.code_fields::<L>(h, cur, std::slice::from_ref(e), 0, ALLOC_FIELDS);
         }
-        let class = self.code_alloc_addr(h, cur, e);
+        let class = self.code_alloc_addr::<L>(h, cur, e);
         let s = &mut self.streams;
         s.aux.varint(code_alloc_aux(e.aux, class));
-        if !self.coding.joint {
+        if !self.coding.joint::<L>() {
             put_split(&mut s.size_lo, &mut s.arg, e.arg);
         }
     }
@@ -1365,7 +1454,7 @@ impl ChunkEncoder {
     /// The address of an `Alloc` of heap `cur`: a block freed earlier in the chunk, else
     /// carved. Returns the request's size class.
     #[inline(always)]
-    fn code_alloc_addr(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) -> u8 {
+    fn code_alloc_addr<const L: bool>(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) -> u8 {
         let c = size_class(e.arg);
         let live = Block::Live {
             slot: cur as u32,
@@ -1389,7 +1478,7 @@ impl ChunkEncoder {
                 class,
                 seq,
                 stack,
-            }) if slot as usize == cur && class == c && self.coding.joint => {
+            }) if slot as usize == cur && class == c && self.coding.joint::<L>() => {
                 let page = e.addr & !(PAGE_GRAIN - 1);
                 let predicted = h.pred.class_any[usize::from(c)] & !(PAGE_GRAIN - 1);
                 let s = &mut h.page_stacks.stacks[stack as usize];
@@ -1417,7 +1506,7 @@ impl ChunkEncoder {
                 0
             }
         };
-        if self.coding.joint {
+        if self.coding.joint::<L>() {
             // Version 5: the refs code with the size (which code_fields then leaves out).
             let (byte, more_refs, more_size) = joint_code(r, e.arg >> 8);
             refs.push(byte);
@@ -1441,8 +1530,8 @@ impl ChunkEncoder {
     /// The address of a `Free` or `Resize` of heap `cur`: a reference to the block's `Alloc`
     /// in the chunk, else a delta.
     #[inline(always)]
-    fn code_ref(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
-        let split = self.coding.split;
+    fn code_ref<const L: bool>(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        let split = self.coding.split::<L>();
         let Streams {
             refs,
             addr,
@@ -1477,7 +1566,7 @@ impl ChunkEncoder {
                     &mut self.heaps[slot as usize]
                 };
                 if e.kind == FREE {
-                    let (s, stack) = if self.coding.joint {
+                    let (s, stack) = if self.coding.joint::<L>() {
                         let n = owner.page_stacks.number(class, e.addr);
                         (&mut owner.page_stacks.stacks[n as usize], n)
                     } else {
@@ -2544,6 +2633,18 @@ mod tests {
             .decode(&payload, n, &mut out)
             .unwrap();
         out
+    }
+
+    /// The encoder's loop for the latest version takes every flag as set and this build's
+    /// tables (`Coding::pages::<true>` ...): they must be what `Coding::of` gives it.
+    #[test]
+    fn the_latest_coding_is_the_one_its_loop_assumes() {
+        let latest = Coding::of(super::super::format::VERSION);
+        assert!(latest.latest && latest.stacks && latest.split && latest.pages && latest.joint);
+        assert!(std::ptr::eq(latest.fields, &FIELDS) && std::ptr::eq(latest.codes, &CODES));
+        for older in 1..super::super::format::VERSION {
+            assert!(!Coding::of(older).latest, "version {older}");
+        }
     }
 
     #[test]
