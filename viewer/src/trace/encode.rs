@@ -163,8 +163,13 @@ const _: () = {
         matches!(code_of(1, FREE), AddrCode::Ref)
             && matches!(code_of(super::format::VERSION, FREE), AddrCode::Ref)
     );
-    // A bare op (kind × 4) of both fits one varint byte.
+    // A bare op (kind × 4) of both fits one varint byte, and a wide one.
     assert!(ALLOC < 32 && FREE < 32);
+    // An `Alloc` with a stack id is wide, and its aux and arg32 are coded as a size class and a
+    // stack id (`code_event`'s path for it).
+    assert!(fields(super::format::VERSION, ALLOC) & field::ARG32 == 0);
+    assert!(SIZE_CLASS_AUX == ALLOC && STACK_ID_ARG32 == ALLOC);
+    assert!(AFTER_FREE_ARG != ALLOC && STACK_FRAME != ALLOC);
 };
 
 /// The byte streams of an Events payload being written, by name (the table at the top).
@@ -1252,12 +1257,17 @@ impl ChunkEncoder {
     ) {
         // The two kinds of nearly every event, narrow and without flags, go straight to their
         // codings (the same as `code_fields`', without looking up how).
-        let bare = e.flags == 0 && e.arg32 == 0;
-        if e.kind == ALLOC && bare {
-            self.streams.ops.push(op_of(ALLOC, false, false) as u8);
-            self.code_alloc::<L>(h, cur, e);
-            return;
+        if e.kind == ALLOC && e.flags == 0 {
+            if e.arg32 == 0 {
+                self.streams.ops.push(op_of(ALLOC, false, false) as u8);
+                self.code_alloc::<L>(h, cur, e);
+                return;
+            }
+            if L {
+                return self.code_alloc_with_stack(h, cur, e);
+            }
         }
+        let bare = e.flags == 0 && e.arg32 == 0;
         if e.kind == FREE && self.coding.pages::<L>() {
             return self.code_free::<L>(h, cur, e, batch, i);
         }
@@ -1289,6 +1299,19 @@ impl ChunkEncoder {
             .push(e.flags);
         }
         self.code_fields::<L>(h, cur, batch, i, f);
+    }
+
+    /// An `Alloc` with a stack id, without flags, in the latest version (`--stacks all`, or a
+    /// sampled one): wide, its four fields as `code_fields` writes them (the refs code and the
+    /// size together, the stack id predicted). Out of the loop, which keeps its registers for
+    /// the events without one.
+    #[inline(never)]
+    fn code_alloc_with_stack(&mut self, h: &mut EncodeHeap, cur: usize, e: &Event) {
+        self.streams.ops.push(op_of(ALLOC, true, false) as u8);
+        let class = self.code_alloc_addr::<true>(h, cur, e);
+        let s = &mut self.streams;
+        s.aux.varint(code_alloc_aux(e.aux, class));
+        s.arg32.varint(h.pred.code_stack(e.arg32, &mut h.seen));
     }
 
     /// A `Free` (version 4): its flags are coded against the `CROSS_THREAD` its reference
@@ -2688,6 +2711,46 @@ mod tests {
                     "version {version}, seed {seed}"
                 );
             }
+        }
+    }
+
+    /// The latest version's loop (flags as constants, its own paths for an `Alloc` with a stack
+    /// id) writes the bytes the general loop writes with the same coding, on streams with and
+    /// without stacks, flagged and odd events among them.
+    #[test]
+    fn the_latest_versions_loop_writes_what_the_general_one_does() {
+        use crate::trace::synth::{self, SynthConfig};
+        use heaplens_alloc::event::stack_mode;
+        for seed in 1..=6 {
+            let mut batches = synth::generate(&SynthConfig {
+                threads: 1 + (seed % 4) as u32,
+                events: 30_000,
+                seed,
+                cross_thread: 0.1 * (seed % 3) as f64,
+                census_every: 7,
+                stacks: [stack_mode::ALL, stack_mode::SAMPLED, stack_mode::OFF][seed as usize % 3],
+                sample_bytes: 4096,
+            });
+            let mut rng = crate::trace::synth::Rng::new(seed);
+            for (_, events) in batches.iter_mut().step_by(5) {
+                for e in events.iter_mut().step_by(3) {
+                    match rng.below(4) {
+                        0 => e.flags = rng.below(4) as u8,
+                        1 => e.arg32 = rng.below(1 << 32) as u32,
+                        _ => {}
+                    }
+                }
+            }
+            let mut payloads = [Vec::new(), Vec::new()];
+            for (general, out) in payloads.iter_mut().enumerate() {
+                let mut enc = ChunkEncoder::new();
+                enc.coding.latest = general == 0;
+                for (heap, events) in &batches {
+                    enc.push_batch(*heap, events);
+                }
+                enc.finish_into(out);
+            }
+            assert!(payloads[0] == payloads[1], "seed {seed}");
         }
     }
 
