@@ -807,7 +807,8 @@ impl Predictor {
     /// Moves the id to the front of the recent ones.
     #[inline]
     fn code_stack(&mut self, id: u32, seen: &mut FastMap<u32, u32>) -> u64 {
-        let code = match self.stacks.iter().position(|&s| s == id) {
+        let at = self.stacks.iter().position(|&s| s == id);
+        let code = match at {
             Some(i) => i as u64,
             None => {
                 let n = seen.len() as u32;
@@ -822,7 +823,7 @@ impl Predictor {
                 }
             }
         };
-        self.note_stack(id);
+        self.to_front(id, at.unwrap_or(STACK_MRU - 1));
         code
     }
 
@@ -854,7 +855,18 @@ impl Predictor {
             .iter()
             .position(|&s| s == id)
             .unwrap_or(STACK_MRU - 1);
-        self.stacks.copy_within(0..i, 1);
+        self.to_front(id, i);
+    }
+
+    /// Puts `id` first among the recent stack ids, moving those before position `i` one down
+    /// (the one at `i` drops out). Selects over the fixed few, where `copy_within` called
+    /// `memmove` for every `Alloc` under `--stacks all`.
+    #[inline]
+    fn to_front(&mut self, id: u32, i: usize) {
+        let old = self.stacks;
+        for k in 1..STACK_MRU {
+            self.stacks[k] = if k <= i { old[k - 1] } else { old[k] };
+        }
         self.stacks[0] = id;
     }
 

@@ -82,6 +82,11 @@ impl Sink {
     pub fn varint(&mut self, v: u64) {
         if v < 0x80 {
             self.push(v as u8);
+        } else if v < 0x4000 {
+            // Two bytes (stack ids under `--stacks all`, most address deltas that are not one
+            // byte): inline, where the general case makes room and loops.
+            self.push(v as u8 | 0x80);
+            self.push((v >> 7) as u8);
         } else {
             self.varint_long(v);
         }
