@@ -456,30 +456,21 @@ struct Coding {
     latest: bool,
 }
 
+/// Accessors of the coding's flags for the encoder's loop: `flag::<L>()` is a constant (set) in
+/// its copy for the latest version (`L`), and reads the flag in the other.
+macro_rules! latest_flags {
+    ($($flag:ident),*) => {
+        $(
+            #[inline(always)]
+            fn $flag<const L: bool>(&self) -> bool {
+                L || self.$flag
+            }
+        )*
+    };
+}
+
 impl Coding {
-    /// `pages`: a constant in the encoder's loop of the latest version (`L`).
-    #[inline(always)]
-    fn pages<const L: bool>(&self) -> bool {
-        L || self.pages
-    }
-
-    /// `split`, a constant when `L`.
-    #[inline(always)]
-    fn split<const L: bool>(&self) -> bool {
-        L || self.split
-    }
-
-    /// `joint`, a constant when `L`.
-    #[inline(always)]
-    fn joint<const L: bool>(&self) -> bool {
-        L || self.joint
-    }
-
-    /// `stacks`, a constant when `L`.
-    #[inline(always)]
-    fn stacks<const L: bool>(&self) -> bool {
-        L || self.stacks
-    }
+    latest_flags!(pages, split, joint, stacks);
 
     /// `fields`, a constant table when `L`.
     #[inline(always)]
@@ -2682,20 +2673,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_version_round_trips_random_streams() {
+    /// A synthetic stream of `events` events that varies with `seed`: 1-4 threads, some
+    /// cross-thread frees, censuses, each stack mode in turn.
+    fn seeded_stream(seed: u64, events: usize) -> Vec<(u32, Vec<Event>)> {
         use crate::trace::synth::{self, SynthConfig};
         use heaplens_alloc::event::stack_mode;
+        synth::generate(&SynthConfig {
+            threads: 1 + (seed % 4) as u32,
+            events,
+            seed,
+            cross_thread: 0.1 * (seed % 3) as f64,
+            census_every: 7,
+            stacks: [stack_mode::ALL, stack_mode::SAMPLED, stack_mode::OFF][seed as usize % 3],
+            sample_bytes: 4096,
+        })
+    }
+
+    #[test]
+    fn every_version_round_trips_random_streams() {
         for seed in 1..=6 {
-            let batches = synth::generate(&SynthConfig {
-                threads: 1 + (seed % 4) as u32,
-                events: 20_000,
-                seed,
-                cross_thread: 0.1 * (seed % 3) as f64,
-                census_every: 7,
-                stacks: [stack_mode::ALL, stack_mode::SAMPLED, stack_mode::OFF][seed as usize % 3],
-                sample_bytes: 4096,
-            });
+            let batches = seeded_stream(seed, 20_000);
             // Arbitrary values among them: every field of every kind byte, extreme sizes.
             let mut rng = crate::trace::synth::Rng::new(seed);
             let odd: Vec<Event> = (0..300)
@@ -2731,18 +2728,8 @@ mod tests {
     /// without stacks, flagged and odd events among them.
     #[test]
     fn the_latest_versions_loop_writes_what_the_general_one_does() {
-        use crate::trace::synth::{self, SynthConfig};
-        use heaplens_alloc::event::stack_mode;
         for seed in 1..=6 {
-            let mut batches = synth::generate(&SynthConfig {
-                threads: 1 + (seed % 4) as u32,
-                events: 30_000,
-                seed,
-                cross_thread: 0.1 * (seed % 3) as f64,
-                census_every: 7,
-                stacks: [stack_mode::ALL, stack_mode::SAMPLED, stack_mode::OFF][seed as usize % 3],
-                sample_bytes: 4096,
-            });
+            let mut batches = seeded_stream(seed, 30_000);
             let mut rng = crate::trace::synth::Rng::new(seed);
             for (_, events) in batches.iter_mut().step_by(5) {
                 for e in events.iter_mut().step_by(3) {
