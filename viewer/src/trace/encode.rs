@@ -814,7 +814,7 @@ impl Predictor {
                 }
             }
         };
-        self.to_front(id, at.unwrap_or(STACK_MRU - 1));
+        self.move_to_front(id, at.unwrap_or(STACK_MRU - 1));
         code
     }
 
@@ -846,14 +846,14 @@ impl Predictor {
             .iter()
             .position(|&s| s == id)
             .unwrap_or(STACK_MRU - 1);
-        self.to_front(id, i);
+        self.move_to_front(id, i);
     }
 
     /// Puts `id` first among the recent stack ids, moving those before position `i` one down
     /// (the one at `i` drops out). Selects over the fixed few, where `copy_within` called
     /// `memmove` for every `Alloc` under `--stacks all`.
     #[inline]
-    fn to_front(&mut self, id: u32, i: usize) {
+    fn move_to_front(&mut self, id: u32, i: usize) {
         let old = self.stacks;
         for k in 1..STACK_MRU {
             self.stacks[k] = if k <= i { old[k - 1] } else { old[k] };
