@@ -155,6 +155,34 @@ fn metadata(version: u16) -> Metadata {
 
 /// Writes the golden file of the current version (only with `HEAPLENS_BLESS=1`).
 fn bless() {
+    write_golden(&golden_path(heaplens_viewer::trace::VERSION));
+}
+
+/// This build's writer writes the current version's golden file again, byte for byte: a
+/// change to the encoder, the writer or their helpers that changes a single byte (the encoder
+/// has fast paths for the latest version that must write what its general loop writes) fails
+/// here, where a reading test would pass as long as the events round-trip. The payloads are
+/// zstd's (level 3, the version `Cargo.lock` pins): a new zstd may compress differently, and
+/// then the file is blessed again (`HEAPLENS_BLESS=1`) once the events still read exactly.
+#[test]
+fn the_writer_writes_the_current_golden_file_byte_for_byte() {
+    let path = std::env::temp_dir().join(format!("heaplens-golden-{}.hltrace", std::process::id()));
+    write_golden(&path);
+    let written = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let golden = std::fs::read(golden_path(VERSION)).unwrap();
+    let first_difference = written.iter().zip(&golden).position(|(a, b)| a != b);
+    assert!(
+        written == golden,
+        "{} bytes written against the golden file's {}, first difference at byte {:?}",
+        written.len(),
+        golden.len(),
+        first_difference
+    );
+}
+
+/// The golden file of the current version, written to `path`.
+fn write_golden(path: &std::path::Path) {
     let batches = synth::generate(&SynthConfig {
         threads: 2,
         events: 12_000,
@@ -169,8 +197,7 @@ fn bless() {
         zstd_level: Some(3),
     };
     let version = heaplens_viewer::trace::VERSION;
-    let mut w =
-        TraceWriter::create_with(golden_path(version), &metadata(version), options).unwrap();
+    let mut w = TraceWriter::create_with(path, &metadata(version), options).unwrap();
     for (i, (h, evs)) in batches.iter().enumerate() {
         w.write_batch(*h, evs).unwrap();
         if i == 2 || i == 6 {
