@@ -1039,6 +1039,20 @@ impl<T> Default for PageStacks<T> {
     }
 }
 
+impl<T> PageStacks<T> {
+    /// Back to no stacks ([`Default`]), keeping the room.
+    fn empty(&mut self) {
+        let PageStacks {
+            stacks,
+            numbers,
+            last,
+        } = self;
+        stacks.clear();
+        numbers.clear();
+        last.clear();
+    }
+}
+
 impl<T: Default> PageStacks<T> {
     /// The number of the stack of class `c` and the page of `addr`, made empty if new.
     #[inline(always)]
@@ -1692,6 +1706,23 @@ struct DecodeHeap {
 }
 
 impl DecodeHeap {
+    /// Back to its state at the start of a chunk ([`Default`]), its vectors keeping their room.
+    fn empty(&mut self) {
+        // Every field named: one added later must be emptied here too.
+        let DecodeHeap {
+            pred,
+            allocs,
+            stacks,
+            page_stacks,
+            seen,
+        } = self;
+        *pred = Predictor::default();
+        allocs.clear();
+        stacks.clear();
+        page_stacks.empty();
+        seen.clear();
+    }
+
     fn stack(&mut self, c: u8) -> &mut Stack {
         let c = usize::from(c);
         if self.stacks.len() <= c {
@@ -1706,6 +1737,10 @@ impl DecodeHeap {
 pub struct Decoder {
     index: HashMap<u32, usize>,
     heaps: Vec<DecodeHeap>,
+    /// The heaps of chunks decoded before, emptied, for the next chunk's: their vectors keep
+    /// their room (a heap's `Alloc`s, grown anew for each chunk, were copied at each doubling:
+    /// 16 MB a chunk of larson's trace).
+    spare: Vec<DecodeHeap>,
     /// Every `Alloc` of the chunk: address, heap slot, class.
     all_allocs: Vec<(u64, u32, u8, u32)>,
     coding: Coding,
@@ -1732,9 +1767,19 @@ impl Decoder {
         Self {
             index: HashMap::new(),
             heaps: Vec::new(),
+            spare: Vec::new(),
             all_allocs: Vec::new(),
             coding: Coding::of(version),
         }
+    }
+
+    /// The slot of `heap` in the chunk's heap list, adding it (a spare one, emptied) if new.
+    fn slot_of(&mut self, heap: u32) -> usize {
+        let (heaps, spare) = (&mut self.heaps, &mut self.spare);
+        *self.index.entry(heap).or_insert_with(|| {
+            heaps.push(spare.pop().unwrap_or_default());
+            heaps.len() - 1
+        })
     }
 
     /// Decodes an Events payload holding `count` events, appending `(heap, event)` pairs to
@@ -1749,7 +1794,10 @@ impl Decoder {
         let start = out.len();
         let r = self.decode_columns(payload, count as usize, out);
         self.index.clear();
-        self.heaps.clear();
+        for mut h in self.heaps.drain(..) {
+            h.empty();
+            self.spare.push(h);
+        }
         self.all_allocs.clear();
         if r.is_err() {
             out.truncate(start);
@@ -1838,7 +1886,7 @@ impl Decoder {
                     if self.heaps.len() >= MAX_CHUNK_HEAPS && !self.index.contains_key(&heap) {
                         return Err("too many heaps in one chunk");
                     }
-                    slot = slot_of(&mut self.index, &mut self.heaps, heap);
+                    slot = self.slot_of(heap);
                     batch_no = batch_no.wrapping_add(1);
                 }
                 batch_left -= 1;
@@ -2659,6 +2707,31 @@ mod tests {
             .decode(&payload, n, &mut out)
             .unwrap();
         out
+    }
+
+    /// A decoder that decoded other chunks before (its heaps kept, emptied, for their room)
+    /// decodes a chunk as a fresh one does: the same heap ids, other streams, every version.
+    #[test]
+    fn a_decoder_used_before_decodes_as_a_fresh_one() {
+        for version in 1..=super::super::format::VERSION {
+            let mut used = Decoder::for_version(version);
+            for seed in 1..=4 {
+                let mut enc = ChunkEncoder::for_version(version);
+                for (h, v) in &seeded_stream(seed, 8_000) {
+                    enc.push_batch(*h, v);
+                }
+                let n = enc.len();
+                let mut payload = Vec::new();
+                enc.finish_into(&mut payload);
+                let (mut again, mut fresh) = (Vec::new(), Vec::new());
+                used.decode(&payload, n, &mut again).unwrap();
+                Decoder::for_version(version)
+                    .decode(&payload, n, &mut fresh)
+                    .unwrap();
+                assert!(again == fresh, "version {version}, seed {seed}");
+                assert_eq!(fresh.len(), n as usize);
+            }
+        }
     }
 
     /// The encoder's loop for the latest version takes every flag as set and this build's
