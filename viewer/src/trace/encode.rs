@@ -1003,6 +1003,24 @@ struct EncodeHeap {
 }
 
 impl EncodeHeap {
+    /// Back to its state at the start of a chunk ([`Default`]), its maps and vectors keeping
+    /// their room.
+    fn empty(&mut self) {
+        // Every field named: one added later must be emptied here too.
+        let EncodeHeap {
+            pred,
+            allocs,
+            stacks,
+            page_stacks,
+            seen,
+        } = self;
+        *pred = Predictor::default();
+        *allocs = 0;
+        stacks.clear();
+        page_stacks.empty();
+        seen.clear();
+    }
+
     fn stack(&mut self, c: u8) -> &mut StackHead {
         let c = usize::from(c);
         if self.stacks.len() <= c {
@@ -1095,10 +1113,16 @@ fn page_at(from: u64, delta: u64) -> u64 {
     from.wrapping_add(unzigzag(delta) << PAGE_GRAIN.trailing_zeros())
 }
 
-/// The slot of `heap` in a chunk's heap list, adding it if new.
-fn slot_of<T: Default>(index: &mut HashMap<u32, usize>, heaps: &mut Vec<T>, heap: u32) -> usize {
+/// The slot of `heap` in a chunk's heap list, adding it if new: one of `spare` (the heaps of
+/// chunks before, emptied, which keep their room) or a new one.
+fn slot_of<T: Default>(
+    index: &mut HashMap<u32, usize>,
+    heaps: &mut Vec<T>,
+    spare: &mut Vec<T>,
+    heap: u32,
+) -> usize {
     *index.entry(heap).or_insert_with(|| {
-        heaps.push(T::default());
+        heaps.push(spare.pop().unwrap_or_default());
         heaps.len() - 1
     })
 }
@@ -1109,6 +1133,9 @@ pub struct ChunkEncoder {
     streams: Streams,
     index: HashMap<u32, usize>,
     heaps: Vec<EncodeHeap>,
+    /// The heaps of chunks finished before, emptied, for the next chunk's: their maps keep
+    /// their room instead of growing again for each chunk.
+    spare: Vec<EncodeHeap>,
     blocks: AddrMap,
     allocs: u32,
     prev_time: u64,
@@ -1144,6 +1171,7 @@ impl ChunkEncoder {
             streams: Default::default(),
             index: HashMap::new(),
             heaps: Vec::new(),
+            spare: Vec::new(),
             blocks: AddrMap::new(),
             allocs: 0,
             prev_time: 0,
@@ -1258,7 +1286,7 @@ impl ChunkEncoder {
         self.streams.ops.varint(n as u64);
         self.next_alloc = 0;
         self.after_page = 0;
-        let cur = slot_of(&mut self.index, &mut self.heaps, heap);
+        let cur = slot_of(&mut self.index, &mut self.heaps, &mut self.spare, heap);
         (cur, std::mem::take(&mut self.heaps[cur]))
     }
 
@@ -1647,7 +1675,10 @@ impl ChunkEncoder {
             s.clear();
         }
         self.index.clear();
-        self.heaps.clear();
+        for mut h in self.heaps.drain(..) {
+            h.empty();
+            self.spare.push(h);
+        }
         self.blocks.clear();
         self.allocs = 0;
         self.prev_time = 0;
@@ -1773,15 +1804,6 @@ impl Decoder {
         }
     }
 
-    /// The slot of `heap` in the chunk's heap list, adding it (a spare one, emptied) if new.
-    fn slot_of(&mut self, heap: u32) -> usize {
-        let (heaps, spare) = (&mut self.heaps, &mut self.spare);
-        *self.index.entry(heap).or_insert_with(|| {
-            heaps.push(spare.pop().unwrap_or_default());
-            heaps.len() - 1
-        })
-    }
-
     /// Decodes an Events payload holding `count` events, appending `(heap, event)` pairs to
     /// `out`. Never trusts a count further than the payload's size allows. On error `out` is as
     /// it was.
@@ -1886,7 +1908,7 @@ impl Decoder {
                     if self.heaps.len() >= MAX_CHUNK_HEAPS && !self.index.contains_key(&heap) {
                         return Err("too many heaps in one chunk");
                     }
-                    slot = self.slot_of(heap);
+                    slot = slot_of(&mut self.index, &mut self.heaps, &mut self.spare, heap);
                     batch_no = batch_no.wrapping_add(1);
                 }
                 batch_left -= 1;
