@@ -376,11 +376,22 @@ mod tests {
         frames: &[usize],
         trunc: bool,
     ) -> (u32, Vec<NewNode>) {
+        intern_knowing(t, ids, frames, trunc, 0)
+    }
+
+    /// [`intern`], told that the `known` outermost frames are the last stack's.
+    fn intern_knowing(
+        t: &mut StackTable,
+        ids: &mut Ids,
+        frames: &[usize],
+        trunc: bool,
+        known: usize,
+    ) -> (u32, Vec<NewNode>) {
         let mut sent = Vec::new();
         let id = t.intern(
             frames,
             trunc,
-            0,
+            known,
             |_| true,
             |n| ids.take(n),
             |n| sent.push(n),
@@ -572,27 +583,9 @@ mod tests {
                 .take_while(|(a, b)| a == b)
                 .count();
             let known = shared * (next() as usize % 3) / 2;
-            let mut sent = Vec::new();
-            let id = t.intern(
-                frames,
-                trunc,
-                known,
-                |_| true,
-                |n| ids.take(n),
-                |n| {
-                    sent.push(n);
-                },
-            );
+            let (id, sent) = intern_knowing(&mut t, &mut ids, frames, trunc, known);
             plain.last_len = 0;
-            let mut plain_sent = Vec::new();
-            let plain_id = plain.intern(
-                frames,
-                trunc,
-                0,
-                |_| true,
-                |n| plain_ids.take(n),
-                |n| plain_sent.push(n),
-            );
+            let (plain_id, plain_sent) = intern(&mut plain, &mut plain_ids, frames, trunc);
             assert_eq!((id, &sent), (plain_id, &plain_sent), "round {round}");
             for n in sent {
                 assert!(

@@ -988,26 +988,58 @@ impl Default for StackHead {
     }
 }
 
-/// Encoder state of one heap.
+/// One heap's state in a chunk, on either side: the predictor; its `Alloc`s (`A`: the encoder
+/// counts them, the decoder keeps each one's address, class and page stack); its freed stacks
+/// per size class and, from version 5, per class and page (`K`: the encoder's heads, the
+/// decoder's stacks; a freed block's [`Block::Freed`] names its stack by number, so a reuse
+/// looks nothing up); and the stack ids its `Alloc`s used in the chunk, in first use order
+/// (`S`: numbered by id on the encoder's side, looked up for most `Alloc`s under `--stacks
+/// all` with the fast hasher; listed on the decoder's).
 #[derive(Default)]
-struct EncodeHeap {
+struct ChunkHeap<A, K, S> {
     pred: Predictor,
-    allocs: u32,
-    stacks: Vec<StackHead>,
-    /// Version 5: the freed stacks per size class and page, instead of `stacks` (a freed
-    /// block's [`Block::Freed`] names its stack by number, so a reuse looks nothing up).
-    page_stacks: PageStacks<StackHead>,
-    /// Stack ids of the heap's `Alloc`s in the chunk, numbered in first use order (looked up
-    /// for most `Alloc`s under `--stacks all`: the fast hasher, not SipHash).
-    seen: FastMap<u32, u32>,
+    allocs: A,
+    stacks: Vec<K>,
+    page_stacks: PageStacks<K>,
+    seen: S,
 }
 
-impl EncodeHeap {
+/// Encoder state of one heap.
+type EncodeHeap = ChunkHeap<u32, StackHead, FastMap<u32, u32>>;
+
+/// Decoder state of one heap.
+type DecodeHeap = ChunkHeap<Vec<(u64, u8, u32)>, Stack, Vec<u32>>;
+
+/// State emptied for the next chunk, keeping its room.
+trait Empty {
+    fn empty(&mut self);
+}
+
+impl Empty for u32 {
+    fn empty(&mut self) {
+        *self = 0;
+    }
+}
+
+impl<T> Empty for Vec<T> {
+    fn empty(&mut self) {
+        self.clear();
+    }
+}
+
+impl<K, V> Empty for FastMap<K, V> {
+    fn empty(&mut self) {
+        self.clear();
+    }
+}
+
+impl<A: Empty, K: Default, S: Empty> ChunkHeap<A, K, S> {
     /// Back to its state at the start of a chunk ([`Default`]), its maps and vectors keeping
-    /// their room.
+    /// their room (the heaps of a chunk are kept for the next one's: growing a heap's list of
+    /// `Alloc`s anew for each chunk copied it at each doubling).
     fn empty(&mut self) {
         // Every field named: one added later must be emptied here too.
-        let EncodeHeap {
+        let ChunkHeap {
             pred,
             allocs,
             stacks,
@@ -1015,16 +1047,17 @@ impl EncodeHeap {
             seen,
         } = self;
         *pred = Predictor::default();
-        *allocs = 0;
+        allocs.empty();
         stacks.clear();
         page_stacks.empty();
-        seen.clear();
+        seen.empty();
     }
 
-    fn stack(&mut self, c: u8) -> &mut StackHead {
+    /// The freed stack of size class `c` (versions before 5).
+    fn stack(&mut self, c: u8) -> &mut K {
         let c = usize::from(c);
         if self.stacks.len() <= c {
-            self.stacks.resize(c + 1, StackHead::default());
+            self.stacks.resize_with(c + 1, K::default);
         }
         &mut self.stacks[c]
     }
@@ -1719,47 +1752,6 @@ impl Stack {
         }
         self.next = seq - 1;
         Ok(self.addrs[seq as usize])
-    }
-}
-
-/// Decoder state of one heap: the predictor, the heap's `Alloc`s in the chunk (address,
-/// class), its freed stacks.
-#[derive(Default)]
-struct DecodeHeap {
-    pred: Predictor,
-    /// Its `Alloc`s: address, class, and (version 5) the number of its page's freed stack.
-    allocs: Vec<(u64, u8, u32)>,
-    stacks: Vec<Stack>,
-    /// Version 5: the freed stacks per size class and page.
-    page_stacks: PageStacks<Stack>,
-    /// Stack ids of the heap's `Alloc`s in the chunk, in first use order.
-    seen: Vec<u32>,
-}
-
-impl DecodeHeap {
-    /// Back to its state at the start of a chunk ([`Default`]), its vectors keeping their room.
-    fn empty(&mut self) {
-        // Every field named: one added later must be emptied here too.
-        let DecodeHeap {
-            pred,
-            allocs,
-            stacks,
-            page_stacks,
-            seen,
-        } = self;
-        *pred = Predictor::default();
-        allocs.clear();
-        stacks.clear();
-        page_stacks.empty();
-        seen.clear();
-    }
-
-    fn stack(&mut self, c: u8) -> &mut Stack {
-        let c = usize::from(c);
-        if self.stacks.len() <= c {
-            self.stacks.resize_with(c + 1, Stack::default);
-        }
-        &mut self.stacks[c]
     }
 }
 
