@@ -520,7 +520,7 @@ pub(crate) unsafe fn pop(page: *mut Page, zero_len: usize) -> *mut u8 {
             if pg.free_is_zero {
                 (*block).next = ptr::null_mut();
             } else {
-                ptr::write_bytes(block.cast::<u8>(), 0, zero_len);
+                crate::os::zero(block.cast::<u8>(), zero_len);
             }
         }
         block.cast()
