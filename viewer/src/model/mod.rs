@@ -621,8 +621,20 @@ impl Model {
             }
             counted = freed.is_some();
         }
+        // Another thread's free of an interior (aligned) address where no block is live: an
+        // early free, reported before the allocation it frees reached the model. That
+        // allocation may come after the page is set up anew for another block size, so the
+        // free waits under the address itself, where the allocation looks, not under a block
+        // start of this layout. (Recorded from the stress workload: a free of 0x...124000 counted
+        // in this layout's block at 0x...123000 stayed there when the page was set up for 16 KiB
+        // blocks, and the allocation at 0x...124000 missed it: requested bytes exceeded block
+        // bytes at the end.)
+        let early_interior = f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
+            && !counted
+            && p.block_start(ptr) != ptr
+            && p.table_index(ptr).is_some_and(|i| p.live.get(i).0 == 0);
         let mut slot = None;
-        if !counted {
+        if !counted && !early_interior {
             counted = match p.table_index(ptr) {
                 Some(i) => {
                     let ok = p.live.free(i, p.table_limit(), &mut self.live);
@@ -633,9 +645,12 @@ impl Model {
             };
         }
         if !counted {
-            freed = self
-                .live
-                .free(Self::side_for(p), Self::overflow_key(p, ptr));
+            let key = if early_interior {
+                ptr
+            } else {
+                Self::overflow_key(p, ptr)
+            };
+            freed = self.live.free(Self::side_for(p), key);
         }
         if let Some(g) = freed
             && g != generation

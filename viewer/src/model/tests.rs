@@ -330,6 +330,40 @@ fn an_early_free_of_a_pages_first_aligned_block_is_cancelled_by_its_allocation()
 }
 
 #[test]
+fn an_early_free_of_an_interior_address_waits_for_the_pages_next_layout() {
+    // Another thread's free of an aligned address reaches the model before the owner's events
+    // that come first: the page emptied and set up anew for bigger blocks, and the allocation.
+    // Applied to the old layout, where the address is inside a block that is not live, the free
+    // must still be found by that allocation in the new layout. (Recorded from the stress
+    // workload: it waited under the old block's start, and requested bytes exceeded block bytes
+    // at the end.)
+    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
+    let mut t = setup();
+    t.page(1, page2, 96, 600);
+    // An aligned block once: the page's table is keyed by block starts for interior addresses.
+    let once = page2 + 2 * 96 + 32;
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, once, 40))
+        .free(1, once, 0);
+    assert!(t.pg(page2).has_aligned);
+    let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
+    // 0x1000 into the page: inside block 42 of the 96-byte layout (no block live there), the
+    // start of block 1 of the 4096-byte one.
+    let addr = page2 + 0x1000;
+    t.free(2, addr, flags::CROSS_THREAD);
+    t.ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0))
+        .page(1, page2, 4096, 16)
+        .alloc(1, addr, 3000);
+    assert_eq!(
+        t.m.live().len(),
+        blocks,
+        "the allocation did not cancel the early free"
+    );
+    assert_eq!(t.m.live().requested_bytes(), requested);
+    assert_eq!(t.m.live_block(addr), None);
+    assert_eq!(t.m.unmatched_frees().count(), 0);
+}
+
+#[test]
 fn purge_and_commit_track_committed_bytes() {
     let mut t = setup();
     t.seg(1, BASE + SEGMENT_SIZE as u64, PageKind::Medium);
