@@ -611,9 +611,10 @@ impl Model {
         // frees an older allocation left in the pending map (its page was set up anew, or its
         // segment freed, before the free arrived). A local free is reported before the owner
         // can reuse the block, so it frees the page table's.
+        let cross = f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0;
         let mut freed = None;
         let mut counted = false;
-        if f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0 && self.live.has_pending() {
+        if cross && self.live.has_pending() {
             let key = Self::overflow_key(p, ptr);
             freed = self.live.free_older(Side::Pending, key);
             if freed.is_none() && key != ptr {
@@ -629,13 +630,18 @@ impl Model {
         // in this layout's block at 0x...123000 stayed there when the page was set up for 16 KiB
         // blocks, and the allocation at 0x...124000 missed it: requested bytes exceeded block
         // bytes at the end.)
-        let early_interior = f & (flags::CROSS_THREAD | flags::TO_DELAYED) != 0
-            && !counted
-            && p.block_start(ptr) != ptr
-            && p.table_index(ptr).is_some_and(|i| p.live.get(i).0 == 0);
+        let mut early_interior = false;
         let mut slot = None;
-        if !counted && !early_interior {
+        if !counted {
             counted = match p.table_index(ptr) {
+                Some(i)
+                    if cross
+                        && p.live.get(i).0 == 0
+                        && p.start.wrapping_add(i as u64 * p.block_size) != ptr =>
+                {
+                    early_interior = true;
+                    false
+                }
                 Some(i) => {
                     let ok = p.live.free(i, p.table_limit(), &mut self.live);
                     slot = ok.then_some(i);
