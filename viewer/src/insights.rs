@@ -60,7 +60,7 @@ fn sites_on<'a>(model: &Model, pages: impl Iterator<Item = &'a Page>) -> Vec<(u3
     let mut by: HashMap<u32, (f64, f64)> = HashMap::new();
     for p in pages {
         for i in 0..u64::from(p.capacity) {
-            let addr = p.start.wrapping_add(i.wrapping_mul(p.block_size));
+            let addr = p.block_addr(i);
             if let Some(b) = sites.block(addr) {
                 let e = by.entry(b.stack).or_default();
                 e.0 += b.weight;

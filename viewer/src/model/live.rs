@@ -500,7 +500,7 @@ impl Model {
         let tables = self.segs.iter().flat_map(|seg| {
             seg.pages.iter().flat_map(|p| {
                 p.live.entries().map(move |(i, count, size)| Block {
-                    addr: p.start.wrapping_add((i as u64).wrapping_mul(p.block_size)),
+                    addr: p.block_addr(i as u64),
                     size,
                     count,
                 })
@@ -534,10 +534,7 @@ impl Model {
             let (count, size) = r.page.live.get(i);
             if count != 0 {
                 return Some(Block {
-                    addr: r
-                        .page
-                        .start
-                        .wrapping_add((i as u64).wrapping_mul(r.page.block_size)),
+                    addr: r.page.block_addr(i as u64),
                     size,
                     count,
                 });

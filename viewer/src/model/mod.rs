@@ -634,11 +634,7 @@ impl Model {
         let mut slot = None;
         if !counted {
             counted = match p.table_index(ptr) {
-                Some(i)
-                    if cross
-                        && p.live.get(i).0 == 0
-                        && p.start.wrapping_add(i as u64 * p.block_size) != ptr =>
-                {
+                Some(i) if cross && p.live.get(i).0 == 0 && p.block_addr(i as u64) != ptr => {
                     early_interior = true;
                     false
                 }

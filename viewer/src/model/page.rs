@@ -246,6 +246,12 @@ impl Page {
         }
     }
 
+    /// The address of block number `i` of the page's current layout.
+    #[inline(always)]
+    pub fn block_addr(&self, i: u64) -> u64 {
+        self.start.wrapping_add(i.wrapping_mul(self.block_size))
+    }
+
     /// The start of the block holding `addr` (interior pointers of aligned allocations).
     #[inline]
     pub fn block_start(&self, addr: u64) -> u64 {
@@ -285,7 +291,7 @@ impl Page {
     #[inline(always)]
     pub(crate) fn table_index(&self, addr: u64) -> Option<usize> {
         let i = self.block_index(addr)?;
-        if self.has_aligned || self.start.wrapping_add(i as u64 * self.block_size) == addr {
+        if self.has_aligned || self.block_addr(i as u64) == addr {
             Some(i)
         } else {
             None

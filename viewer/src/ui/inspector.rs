@@ -102,7 +102,7 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, addr: u64, sites_state: &mut Sites
     ui.label(RichText::new("Blocks").strong())
         .on_hover_text("One cell per block, in address order");
     strip(ui, &states, &mut |i| {
-        let addr = p.start.wrapping_add((i as u64).wrapping_mul(p.block_size));
+        let addr = p.block_addr(i as u64);
         sites::block_stack(model, addr, sites_state)
     });
     ui.separator();

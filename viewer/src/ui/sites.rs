@@ -530,7 +530,7 @@ pub fn page_sites(ui: &mut egui::Ui, model: &Model, p: &Page, state: &mut SitesS
     }
     let mut by: HashMap<u32, (u64, u64)> = HashMap::new();
     for i in 0..u64::from(p.capacity) {
-        let addr = p.start.wrapping_add(i.wrapping_mul(p.block_size));
+        let addr = p.block_addr(i);
         if let Some(b) = sites.block(addr) {
             let e = by.entry(b.stack).or_default();
             e.0 += 1;
