@@ -613,6 +613,56 @@ fn c_program(dir: &Path, source: &str) -> std::path::PathBuf {
     common::compile_c(dir, source, "-O2")
 }
 
+/// The model's blocks at the end of `trace` are what its events say, address by address:
+/// allocations minus frees, however the threads' events interleaved on the way. Live blocks
+/// (and the bytes they asked for) and frees of blocks allocated before the recording are
+/// counted; an aligned block is keyed by its interior address in the events and by its block
+/// start in the model, so the counts are compared, not the addresses.
+fn live_blocks_at_the_end_are_the_events(trace: &Path) {
+    use heaplens_alloc::event::{EventKind, flags};
+    use heaplens_viewer::model::Model;
+    use heaplens_viewer::trace::TraceReader;
+    let mut reader = TraceReader::open(trace).unwrap();
+    let mut model = Model::new();
+    let mut sums: std::collections::HashMap<u64, (i64, u64)> = Default::default();
+    for i in 0..reader.chunks().len() {
+        for (heap, e) in reader.read_chunk(i).unwrap() {
+            model.apply(heap, &e);
+            let sum = || (0, 0);
+            match EventKind::from_u8(e.kind) {
+                Some(EventKind::Alloc) => {
+                    let s = sums.entry(e.addr).or_insert_with(sum);
+                    *s = (s.0 + 1, e.arg);
+                }
+                Some(EventKind::Resize) => sums.entry(e.addr).or_insert_with(sum).1 = e.arg,
+                Some(EventKind::Free) if e.flags & flags::FROM_DELAYED == 0 => {
+                    sums.entry(e.addr).or_insert_with(sum).0 -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    model.finish();
+    let live = sums.values().filter(|s| s.0 >= 1);
+    let events = (
+        live.clone().count(),
+        live.map(|s| s.1).sum::<u64>(),
+        sums.values().filter(|s| s.0 < 0).count(),
+    );
+    let blocks = model.live_blocks().collect::<Vec<_>>();
+    let modelled = (
+        blocks.len(),
+        blocks.iter().map(|b| b.size).sum::<u64>(),
+        model.unmatched_frees().count(),
+    );
+    assert_eq!(
+        modelled,
+        events,
+        "{}: (live blocks, their bytes, unmatched frees) in the model against the events",
+        trace.display()
+    );
+}
+
 /// Threads that exit lose no events: the suite's stress workload (8 threads a round, recreated
 /// every round, every malloc-family call, half the frees cross-thread) recorded without stacks.
 /// An exiting thread's last send could be its first wake-up of the collector, which allocates
@@ -635,6 +685,7 @@ fn threads_that_exit_lose_no_events() {
         let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
         assert_eq!(n("dropped_events"), 0, "round {round}: {s}");
         assert_eq!(n("census_mismatches"), 0, "round {round}: {s}");
+        live_blocks_at_the_end_are_the_events(&trace);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -665,6 +716,7 @@ fn every_census_agrees_with_every_stack_captured_on_threads_recreated_each_round
             internal.is_some_and(|f| (0.0..=1.0).contains(&f)),
             "round {round}: internal fragmentation at the end {internal:?}: {s}"
         );
+        live_blocks_at_the_end_are_the_events(&trace);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

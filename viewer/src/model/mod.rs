@@ -633,7 +633,18 @@ impl Model {
         let mut early_interior = false;
         let mut slot = None;
         if !counted {
-            counted = match p.table_index(ptr) {
+            // Another thread's late free of an aligned block's interior address, after its
+            // page was freed (its owner collected the free before the event was reported): the
+            // block is still in the table of the page's last layout, under its start. (Recorded
+            // from the stress workload, 2 recordings in 25: `PageFree` had cleared the page's
+            // aligned mark, so the free waited under its address for ever, and the block stayed
+            // live beside it.)
+            let late_aligned = if cross && p.freed_aligned && !p.in_use {
+                p.block_index(ptr).filter(|&i| p.live.get(i).0 >= 1)
+            } else {
+                None
+            };
+            counted = match late_aligned.or_else(|| p.table_index(ptr)) {
                 Some(i) if cross && p.live.get(i).0 == 0 && p.block_addr(i as u64) != ptr => {
                     early_interior = true;
                     false
@@ -761,6 +772,7 @@ impl Model {
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
             p.delayed_unknown = false;
+            p.freed_aligned = false;
             p.awaiting_purge = false;
             p.live.clear_lists();
             p.set_layout(init.block_size, kind);
@@ -787,6 +799,7 @@ impl Model {
             self.page_relaid(self.segs.get(si).pages[pi].start);
             self.bulk(si, pi, |p| {
                 p.awaiting_purge = p.capacity > 0;
+                p.freed_aligned = p.has_aligned;
                 p.clear_owner_state();
                 p.last = LastEvent {
                     kind: ev.kind,
