@@ -10,7 +10,8 @@
 //! Where it lives, for speed: a page keeps a [`LiveTable`] indexed by block number (one array
 //! access next to the page counters the same event touches, no hashing), laid out for the page's
 //! current block size. Blocks that no page table can hold go to two overflow maps keyed by block
-//! start:
+//! start (an aligned block spilled from a table: by the address it was handed out at, see
+//! [`InteriorPointers`]):
 //! - *untabled*: blocks of huge pages (one block each, of any size);
 //! - *pending*: what an event must look at first, and that is empty most of the time: a free that
 //!   arrived before its page was set up for its block size, or before its segment was announced
@@ -235,6 +236,79 @@ impl LiveTable {
         self.slots.truncate(0);
         self.nonzero = 0;
         out
+    }
+}
+
+/// The interior addresses that aligned allocations on page tables were handed out at, by
+/// block start (two at most: a block allocated again before another thread's free of it is
+/// reported). Aligned allocations are rare, so this stays small.
+///
+/// It tells another thread's free of an interior address apart: the free of the aligned block
+/// that holds it, or an early free of a block of the page's next layout, reported before the
+/// page was set up for it (recorded from the stress workload: such a free of 0x...180, counted
+/// in the old layout's block at 0x...000, freed a block allocated at its start, whose own free
+/// was then unmatched). Not in keyframes: a model read from one does not know the addresses of
+/// the blocks allocated before it ([`InteriorPointers::known`] is false) and frees them as before.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InteriorPointers {
+    by_start: FastMap<u64, [u64; 2]>,
+    /// Whether every allocation since the model began is recorded here (not a keyframe's model).
+    pub(crate) known: bool,
+}
+
+impl InteriorPointers {
+    /// None recorded yet, by a model that sees every allocation from its start.
+    pub(crate) fn new() -> Self {
+        Self {
+            by_start: FastMap::default(),
+            known: true,
+        }
+    }
+
+    /// The one interior address the block at `start` is allocated at, if exactly one is known.
+    pub(crate) fn only(&self, start: u64) -> Option<u64> {
+        match self.by_start.get(&start) {
+            Some(&[p, 0] | &[0, p]) if p != 0 => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Records an aligned allocation at `ptr`, inside the block at `start`.
+    pub(crate) fn insert(&mut self, start: u64, ptr: u64) {
+        let e = self.by_start.entry(start).or_insert([0; 2]);
+        if !e.contains(&ptr) {
+            let slot = e.iter().position(|&p| p == 0).unwrap_or(1);
+            e[slot] = ptr;
+        }
+    }
+
+    /// Whether a free of `ptr` may be the free of a block allocated at `start`: `ptr` is the block
+    /// start, or an interior address an allocation of it was handed out at, or what the block's
+    /// allocations were is not known.
+    pub(crate) fn may_free(&self, start: u64, ptr: u64) -> bool {
+        ptr == start || !self.known || self.by_start.get(&start).is_some_and(|e| e.contains(&ptr))
+    }
+
+    /// Forgets `ptr` of the block at `start` (it was freed).
+    pub(crate) fn remove(&mut self, start: u64, ptr: u64) {
+        if ptr == start || self.by_start.is_empty() {
+            return;
+        }
+        if let Some(e) = self.by_start.get_mut(&start) {
+            for p in e.iter_mut().filter(|p| **p == ptr) {
+                *p = 0;
+            }
+            if *e == [0; 2] {
+                self.by_start.remove(&start);
+            }
+        }
+    }
+
+    /// Forgets the blocks in `lo..hi` (their page was set up anew).
+    pub(crate) fn forget_range(&mut self, lo: u64, hi: u64) {
+        if !self.by_start.is_empty() {
+            self.by_start.retain(|&start, _| !(lo..hi).contains(&start));
+        }
     }
 }
 

@@ -174,6 +174,9 @@ pub struct Model {
     /// Freed segments the allocator keeps mapped in its cache, `(base, bytes)`, until it reuses
     /// or unmaps them (an `OsPurge` of the segment).
     cached: Vec<(u64, u64)>,
+    /// The interior addresses of aligned blocks on page tables (not in keyframes).
+    #[serde(skip)]
+    interior: live::InteriorPointers,
     /// Stacks, modules and allocation sites. The last field: a keyframe of version 0 (before
     /// sites) is read by appending an empty one (see [`Model::from_keyframe`]).
     sites: Sites,
@@ -213,6 +216,7 @@ impl Model {
             lost_to_damage: 0,
             invariant_checks: true,
             cached: Vec::new(),
+            interior: live::InteriorPointers::new(),
             sites: Sites::default(),
         }
     }
@@ -528,7 +532,14 @@ impl Model {
             }
         }
         let counted = match p.table_index(a.ptr) {
-            Some(i) => p.live.alloc(i, p.table_limit(), &mut self.live, a.size),
+            Some(i) => {
+                let ok = p.live.alloc(i, p.table_limit(), &mut self.live, a.size);
+                let start = p.block_addr(i as u64);
+                if ok && start != a.ptr {
+                    self.interior.insert(start, a.ptr);
+                }
+                ok
+            }
             None => false,
         };
         if !counted {
@@ -639,8 +650,11 @@ impl Model {
             // from the stress workload, 2 recordings in 25: `PageFree` had cleared the page's
             // aligned mark, so the free waited under its address for ever, and the block stayed
             // live beside it.)
+            let interior = &mut self.interior;
             let late_aligned = if cross && p.freed_aligned && !p.in_use {
-                p.block_index(ptr).filter(|&i| p.live.get(i).0 >= 1)
+                p.block_index(ptr).filter(|&i| {
+                    p.live.get(i).0 >= 1 && interior.may_free(p.block_addr(i as u64), ptr)
+                })
             } else {
                 None
             };
@@ -649,9 +663,19 @@ impl Model {
                     early_interior = true;
                     false
                 }
+                // A live block there, not allocated at this interior address: an early free of
+                // the page's next layout too.
+                Some(i) if cross && !interior.may_free(p.block_addr(i as u64), ptr) => {
+                    early_interior = true;
+                    false
+                }
                 Some(i) => {
                     let ok = p.live.free(i, p.table_limit(), &mut self.live);
                     slot = ok.then_some(i);
+                    if ok && p.live.get(i).0 <= 0 {
+                        // No allocation of the block is left: its addresses are forgotten.
+                        interior.remove(p.block_addr(i as u64), ptr);
+                    }
                     ok
                 }
                 None => false,
@@ -934,15 +958,24 @@ impl Model {
         let seg = self.segs.get_mut(si);
         let generation = seg.generation;
         let p = &mut seg.pages[pi];
+        let (start, bs) = (p.start, p.block_size);
+        let end = start.saturating_add(bs.saturating_mul(u64::from(p.reserved)));
         if p.live.is_settled() {
             p.live.take_unsettled();
+            self.interior.forget_range(start, end);
             return;
         }
-        let (start, bs) = (p.start, p.block_size);
         for (i, count, size) in p.live.take_unsettled() {
-            let key = start.wrapping_add((i as u64).wrapping_mul(bs));
+            let block = start.wrapping_add((i as u64).wrapping_mul(bs));
+            // An aligned block waits under the address it was handed out at, where its late
+            // free looks once the page has another layout.
+            let key = match self.interior.only(block) {
+                Some(ptr) if count == 1 => ptr,
+                _ => block,
+            };
             self.live.spill(key, count, size, generation);
         }
+        self.interior.forget_range(start, end);
     }
 
     fn note_committed(&mut self) {

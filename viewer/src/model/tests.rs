@@ -394,6 +394,63 @@ fn a_late_free_of_an_interior_address_after_its_page_was_freed_frees_the_block()
 }
 
 #[test]
+fn an_early_free_of_an_interior_address_leaves_a_live_block_allocated_at_its_start() {
+    // On a page with aligned blocks, another thread's free of an interior address arrives
+    // before the page is set up anew: it frees a block of the next layout, not the live block of
+    // this one that holds the address, which was allocated at its start. (Recorded from the
+    // stress workload, 1 recording in 25: the free took the live block, whose own free was then
+    // unmatched, and the next layout's block stayed live to the end.)
+    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
+    let mut t = setup();
+    t.page(1, page2, 96, 600);
+    let aligned = page2 + 5 * 96 + 16;
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, aligned, 40))
+        .free(1, aligned, 0);
+    assert!(t.pg(page2).has_aligned);
+    let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
+    // Block 42 of the 96-byte layout, live; 0x1000 lies inside it, and starts block 1 of the
+    // 4096-byte layout.
+    let held = page2 + 42 * 96;
+    let next = page2 + 0x1000;
+    t.alloc(1, held, 90);
+    t.free(2, next, flags::CROSS_THREAD);
+    assert_eq!(
+        t.m.live_block(held).map(|b| b.count),
+        Some(1),
+        "the early free took the live block"
+    );
+    t.free(1, held, 0)
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0))
+        .page(1, page2, 4096, 16)
+        .alloc(1, next, 3000);
+    assert_eq!(t.m.live().len(), blocks);
+    assert_eq!(t.m.live().requested_bytes(), requested);
+    assert_eq!(t.m.unmatched_frees().count(), 0);
+}
+
+#[test]
+fn a_late_free_of_an_interior_address_after_its_page_was_set_up_anew_frees_the_block() {
+    // As above, but the free arrives after the page's next `PageInit`: the block left the
+    // table then, and waits in the pending map under the address it was handed out at.
+    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
+    let mut t = setup();
+    t.page(1, page2, 96, 600);
+    let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
+    let interior = page2 + 42 * 96 + 64;
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 40))
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0))
+        .page(1, page2, 4096, 16)
+        .free(2, interior, flags::CROSS_THREAD);
+    assert_eq!(
+        t.m.live().len(),
+        blocks,
+        "the late free did not free the block"
+    );
+    assert_eq!(t.m.live().requested_bytes(), requested);
+    assert_eq!(t.m.unmatched_frees().count(), 0);
+}
+
+#[test]
 fn purge_and_commit_track_committed_bytes() {
     let mut t = setup();
     t.seg(1, BASE + SEGMENT_SIZE as u64, PageKind::Medium);
