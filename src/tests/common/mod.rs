@@ -79,10 +79,14 @@ pub struct Display {
 impl Display {
     /// A fresh display: Xvfb picks a free number and tells it (`-displayfd`), so tests running
     /// at the same time (and other X servers) never collide. None when Xvfb is not installed.
+    /// `-noreset`: by default an X server resets when its last client goes, and a window opened
+    /// during the reset cannot connect (a test that killed one viewer and opened the next on the
+    /// same display failed so, once in a run of `.ci/run`).
     pub fn start() -> Option<Display> {
         use std::io::{BufRead, BufReader};
         let mut server = Command::new("Xvfb")
             .args([
+                "-noreset",
                 "-displayfd",
                 "1",
                 "-screen",
