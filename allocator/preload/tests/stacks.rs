@@ -209,8 +209,10 @@ fn check_frames(name: &str, cflags: &[&str]) {
     ] {
         assert_eq!(n(f), 100, "allocations with a stack in {f}");
     }
-    // Interned: a handful of distinct stacks, not one per allocation.
-    assert!(frames.len() < 100, "{} frames", frames.len());
+    // Interned: a few distinct stacks, not one per allocation (over 41 000 of them). How many
+    // varies with how the threads interleave (the loader's 20 loads of the library among the
+    // others' allocations): 79 to 101 frames in runs on this machine, so the bound has room.
+    assert!(frames.len() < 200, "{} frames", frames.len());
     // The library loaded by the thread was reported (each time it was loaded), and unloaded;
     // the frames of its allocations resolve into it.
     let plugin_ids: Vec<u32> = paths
