@@ -329,6 +329,20 @@ fn an_early_free_of_a_pages_first_aligned_block_is_cancelled_by_its_allocation()
     assert_eq!(t.m.current().requested_bytes, requested);
 }
 
+/// `setup()` and a second page of 96-byte blocks on which an aligned block was allocated once,
+/// at `offset` (an interior address), and freed: its table is keyed by block starts for interior
+/// addresses from then on. Returns the page's start too.
+fn page_with_aligned_blocks(offset: u64) -> (T, u64) {
+    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
+    let mut t = setup();
+    t.page(1, page2, 96, 600);
+    let once = page2 + offset;
+    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, once, 40))
+        .free(1, once, 0);
+    assert!(t.pg(page2).has_aligned);
+    (t, page2)
+}
+
 #[test]
 fn an_early_free_of_an_interior_address_waits_for_the_pages_next_layout() {
     // Another thread's free of an aligned address reaches the model before the owner's events
@@ -337,14 +351,7 @@ fn an_early_free_of_an_interior_address_waits_for_the_pages_next_layout() {
     // must still be found by that allocation in the new layout. (Recorded from the stress
     // workload: it waited under the old block's start, and requested bytes exceeded block bytes
     // at the end.)
-    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
-    let mut t = setup();
-    t.page(1, page2, 96, 600);
-    // An aligned block once: the page's table is keyed by block starts for interior addresses.
-    let once = page2 + 2 * 96 + 32;
-    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, once, 40))
-        .free(1, once, 0);
-    assert!(t.pg(page2).has_aligned);
+    let (mut t, page2) = page_with_aligned_blocks(2 * 96 + 32);
     let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
     // 0x1000 into the page: inside block 42 of the 96-byte layout (no block live there), the
     // start of block 1 of the 4096-byte one.
@@ -370,25 +377,45 @@ fn a_late_free_of_an_interior_address_after_its_page_was_freed_frees_the_block()
     // The block is still in the table of the page's layout, under its start. (Recorded from
     // the stress workload, 2 recordings in 25: the free waited under its own address, and the
     // block stayed live beside it to the end.)
+    late_free_of_an_aligned_block_frees_it(false);
+}
+
+#[test]
+fn a_late_free_of_an_interior_address_after_its_page_was_set_up_anew_frees_the_block() {
+    // As above, but the free arrives after the page's next `PageInit`: the block left the
+    // table then, and waits in the pending map under the address it was handed out at.
+    late_free_of_an_aligned_block_frees_it(true);
+}
+
+/// An aligned block allocated at an interior address of a page of 96-byte blocks; the page
+/// freed (and, if `set_up_anew`, set up for 4096-byte blocks); then another thread's free of
+/// the block: it leaves no block live and no free unmatched.
+fn late_free_of_an_aligned_block_frees_it(set_up_anew: bool) {
     let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
     let mut t = setup();
     t.page(1, page2, 96, 600);
     let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
-    let interior = page2 + 2 * 96 + 32;
+    let interior = page2 + 42 * 96 + 64;
     t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 40));
     assert_eq!(t.m.live().len(), blocks + 1);
-    t.ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0))
-        .free(2, interior, flags::CROSS_THREAD);
+    t.ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0));
+    if set_up_anew {
+        t.page(1, page2, 4096, 16);
+    }
+    t.free(2, interior, flags::CROSS_THREAD);
     assert_eq!(
         t.m.live().len(),
         blocks,
         "the late free did not free the block"
     );
     assert_eq!(t.m.live().requested_bytes(), requested);
-    assert_eq!(t.m.live_block(page2 + 2 * 96), None);
+    assert_eq!(t.m.live_block(page2 + 42 * 96), None);
     assert_eq!(t.m.unmatched_frees().count(), 0);
     // The page's next life starts clean: its blocks are its own.
-    t.page(1, page2, 4096, 16).alloc(1, page2 + 4096, 3000);
+    if !set_up_anew {
+        t.page(1, page2, 4096, 16);
+    }
+    t.alloc(1, page2 + 4096, 3000);
     assert_eq!(t.m.live().len(), blocks + 1);
     assert_eq!(t.m.unmatched_frees().count(), 0);
 }
@@ -400,13 +427,7 @@ fn an_early_free_of_an_interior_address_leaves_a_live_block_allocated_at_its_sta
     // this one that holds the address, which was allocated at its start. (Recorded from the
     // stress workload, 1 recording in 25: the free took the live block, whose own free was then
     // unmatched, and the next layout's block stayed live to the end.)
-    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
-    let mut t = setup();
-    t.page(1, page2, 96, 600);
-    let aligned = page2 + 5 * 96 + 16;
-    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, aligned, 40))
-        .free(1, aligned, 0);
-    assert!(t.pg(page2).has_aligned);
+    let (mut t, page2) = page_with_aligned_blocks(5 * 96 + 16);
     let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
     // Block 42 of the 96-byte layout, live; 0x1000 lies inside it, and starts block 1 of the
     // 4096-byte layout.
@@ -424,28 +445,6 @@ fn an_early_free_of_an_interior_address_leaves_a_live_block_allocated_at_its_sta
         .page(1, page2, 4096, 16)
         .alloc(1, next, 3000);
     assert_eq!(t.m.live().len(), blocks);
-    assert_eq!(t.m.live().requested_bytes(), requested);
-    assert_eq!(t.m.unmatched_frees().count(), 0);
-}
-
-#[test]
-fn a_late_free_of_an_interior_address_after_its_page_was_set_up_anew_frees_the_block() {
-    // As above, but the free arrives after the page's next `PageInit`: the block left the
-    // table then, and waits in the pending map under the address it was handed out at.
-    let page2 = PAGE1 + SMALL_PAGE_SIZE as u64;
-    let mut t = setup();
-    t.page(1, page2, 96, 600);
-    let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
-    let interior = page2 + 42 * 96 + 64;
-    t.ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 40))
-        .ev(1, e(EventKind::PageFree, 0, 0, 0, page2, 0))
-        .page(1, page2, 4096, 16)
-        .free(2, interior, flags::CROSS_THREAD);
-    assert_eq!(
-        t.m.live().len(),
-        blocks,
-        "the late free did not free the block"
-    );
     assert_eq!(t.m.live().requested_bytes(), requested);
     assert_eq!(t.m.unmatched_frees().count(), 0);
 }
