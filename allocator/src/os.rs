@@ -138,11 +138,13 @@ pub(crate) unsafe fn purge(p: *mut u8, size: usize) {
 /// a reused segment beyond its new block), where counting it out and back in would only move the
 /// figure for a moment. Committed stays an upper bound of what is resident.
 ///
+/// Returns whether the OS took it (if not, the range keeps its contents).
+///
 /// # Safety
 /// As [`purge`].
-pub(crate) unsafe fn discard(p: *mut u8, size: usize) {
+pub(crate) unsafe fn discard(p: *mut u8, size: usize) -> bool {
     // SAFETY: as in `purge`.
-    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
+    unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) == 0 }
 }
 
 /// Blocks at least this big are zeroed by [`zero`] page by page as their memory is resident.
@@ -246,7 +248,7 @@ unsafe fn zero_resident(p: *mut u8, len: usize) -> bool {
                     ptr::write_bytes(q, 0, n);
                 } else {
                     all_resident = false;
-                    if libc::madvise(q.cast(), n, libc::MADV_DONTNEED) != 0 {
+                    if !discard(q, n) {
                         ptr::write_bytes(q, 0, n);
                     }
                 }

@@ -244,8 +244,8 @@ impl LiveTable {
 /// reported). Aligned allocations are rare, so this stays small.
 ///
 /// It tells another thread's free of an interior address apart: the free of the aligned block
-/// that holds it, or an early free of a block of the page's next layout, reported before the
-/// page was set up for it (recorded from the stress workload: such a free of 0x...180, counted
+/// that holds it (also after its page was freed, which clears the page's aligned mark), or an
+/// early free of a block of the page's next layout, reported before the page was set up for it (recorded from the stress workload: such a free of 0x...180, counted
 /// in the old layout's block at 0x...000, freed a block allocated at its start, whose own free
 /// was then unmatched). Not in keyframes: a model read from one does not know the addresses of
 /// the blocks allocated before it ([`InteriorPointers::known`] is false) and frees them as before.
@@ -286,7 +286,12 @@ impl InteriorPointers {
     /// start, or an interior address an allocation of it was handed out at, or what the block's
     /// allocations were is not known.
     pub(crate) fn may_free(&self, start: u64, ptr: u64) -> bool {
-        ptr == start || !self.known || self.by_start.get(&start).is_some_and(|e| e.contains(&ptr))
+        ptr == start || !self.known || self.holds(start, ptr)
+    }
+
+    /// Whether an allocation of the block at `start` is known to have been handed out at `ptr`.
+    pub(crate) fn holds(&self, start: u64, ptr: u64) -> bool {
+        self.by_start.get(&start).is_some_and(|e| e.contains(&ptr))
     }
 
     /// Forgets `ptr` of the block at `start` (it was freed).

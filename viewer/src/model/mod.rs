@@ -641,31 +641,33 @@ impl Model {
         // in this layout's block at 0x...123000 stayed there when the page was set up for 16 KiB
         // blocks, and the allocation at 0x...124000 missed it: requested bytes exceeded block
         // bytes at the end.)
+        //
+        // The same for a live block there that was not handed out at this interior address
+        // (it was allocated at its start, say): the free is of the page's next layout.
         let mut early_interior = false;
         let mut slot = None;
         if !counted {
             // Another thread's late free of an aligned block's interior address, after its
             // page was freed (its owner collected the free before the event was reported): the
-            // block is still in the table of the page's last layout, under its start. (Recorded
-            // from the stress workload, 2 recordings in 25: `PageFree` had cleared the page's
-            // aligned mark, so the free waited under its address for ever, and the block stayed
+            // block is still in the table of the page's last layout, under its start, though
+            // `PageFree` cleared the page's aligned mark. (Recorded from the stress workload, 2
+            // recordings in 25: the free waited under its address for ever, and the block stayed
             // live beside it.)
             let interior = &mut self.interior;
-            let late_aligned = if cross && p.freed_aligned && !p.in_use {
+            let late_aligned = if cross && !p.in_use {
                 p.block_index(ptr).filter(|&i| {
-                    p.live.get(i).0 >= 1 && interior.may_free(p.block_addr(i as u64), ptr)
+                    p.live.get(i).0 >= 1 && interior.holds(p.block_addr(i as u64), ptr)
                 })
             } else {
                 None
             };
             counted = match late_aligned.or_else(|| p.table_index(ptr)) {
-                Some(i) if cross && p.live.get(i).0 == 0 && p.block_addr(i as u64) != ptr => {
-                    early_interior = true;
-                    false
-                }
-                // A live block there, not allocated at this interior address: an early free of
-                // the page's next layout too.
-                Some(i) if cross && !interior.may_free(p.block_addr(i as u64), ptr) => {
+                Some(i)
+                    if cross && {
+                        let start = p.block_addr(i as u64);
+                        start != ptr && (p.live.get(i).0 == 0 || !interior.may_free(start, ptr))
+                    } =>
+                {
                     early_interior = true;
                     false
                 }
@@ -796,7 +798,6 @@ impl Model {
         self.bulk(si, pi, |p| {
             p.clear_owner_state();
             p.delayed_unknown = false;
-            p.freed_aligned = false;
             p.awaiting_purge = false;
             p.live.clear_lists();
             p.set_layout(init.block_size, kind);
@@ -823,7 +824,6 @@ impl Model {
             self.page_relaid(self.segs.get(si).pages[pi].start);
             self.bulk(si, pi, |p| {
                 p.awaiting_purge = p.capacity > 0;
-                p.freed_aligned = p.has_aligned;
                 p.clear_owner_state();
                 p.last = LastEvent {
                     kind: ev.kind,
@@ -958,15 +958,14 @@ impl Model {
         let seg = self.segs.get_mut(si);
         let generation = seg.generation;
         let p = &mut seg.pages[pi];
-        let (start, bs) = (p.start, p.block_size);
-        let end = start.saturating_add(bs.saturating_mul(u64::from(p.reserved)));
+        let (start, end) = (p.start, p.block_addr(u64::from(p.reserved)));
         if p.live.is_settled() {
             p.live.take_unsettled();
             self.interior.forget_range(start, end);
             return;
         }
         for (i, count, size) in p.live.take_unsettled() {
-            let block = start.wrapping_add((i as u64).wrapping_mul(bs));
+            let block = p.block_addr(i as u64);
             // An aligned block waits under the address it was handed out at, where its late
             // free looks once the page has another layout.
             let key = match self.interior.only(block) {

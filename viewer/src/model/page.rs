@@ -128,12 +128,6 @@ pub struct Page {
     pub in_full: bool,
     /// Some block was handed out at an aligned interior address: frees are mapped to block starts.
     pub has_aligned: bool,
-    /// The page was freed while it had aligned blocks (until its next `PageInit`): another
-    /// thread's free of an interior address that arrives late, after `PageFree`, is mapped to
-    /// the block start of the layout the page had. Not in keyframes (a replay from one maps
-    /// such a free as before).
-    #[serde(skip)]
-    pub(crate) freed_aligned: bool,
     /// Owning heap id; 0 when abandoned or not in use.
     pub owner: u32,
     /// The page was freed with blocks carved (its memory touched) and no purge has covered it
