@@ -7,10 +7,8 @@ use crate::event::flags;
 use crate::heap::{self, EMPTY_HEAP_PTR, Heap};
 use crate::page::{self, FLAG_HAS_ALIGNED, Page};
 use crate::schema;
-use crate::segment::{page_of, segment_of};
-use crate::{
-    LARGE_OBJ_SIZE_MAX, MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, hook, init, options,
-};
+use crate::segment::{self, page_of, segment_of};
+use crate::{MAX_ALIGN, MAX_ALLOC_SIZE, SMALL_SIZE_MAX, check, hook, init, options};
 
 /// Reports an allocation to the hook (one predictable branch when it is off).
 #[inline(always)]
@@ -335,7 +333,7 @@ unsafe fn aligned_block(heap: *mut Heap, size: usize, align: usize, zero: bool) 
         let Some(total) = size.checked_add(align - 1) else {
             return ptr::null_mut();
         };
-        if total <= LARGE_OBJ_SIZE_MAX {
+        if segment::aligned_fits_a_page(total, align) {
             let page = heap::find_page(heap, total);
             if page.is_null() {
                 return ptr::null_mut();

@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use crate::heap::{self, Heap};
 use crate::page::{self, FLAG_HAS_ALIGNED, Page};
 use crate::segment::Segment;
-use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALIGN, options, segment_map};
+use crate::{MAX_ALIGN, options, segment_map};
 
 const TRAILER: usize = 16;
 const PATTERN: u8 = 0xBD;
@@ -46,7 +46,7 @@ pub(crate) unsafe fn malloc(heap: *mut Heap, size: usize, align: usize, zero: bo
     // SAFETY: the heap is this thread's; the block holds `total` bytes, so the aligned pointer,
     // the user bytes, the pattern and the trailer all fit inside it.
     unsafe {
-        let page = if total <= LARGE_OBJ_SIZE_MAX {
+        let page = if crate::segment::aligned_fits_a_page(total, align.max(MAX_ALIGN)) {
             heap::find_page(heap, total)
         } else {
             heap::huge_page(heap, size + TRAILER, align.max(MAX_ALIGN))

@@ -5,8 +5,9 @@
 //! - a **segment** ([`segment`]) is a 4 MiB OS-aligned region; `ptr & !SEGMENT_MASK` finds it.
 //!   Its first bytes hold the segment header and the metadata of its pages.
 //! - a **page** ([`page`]) is a run of memory inside a segment holding blocks of one size.
-//!   Small pages are 64 KiB (64 per segment), medium 512 KiB (8 per segment), a large page
-//!   is a whole segment, and a huge page is a segment of its own sized to one block.
+//!   Small pages are 64 KiB (64 per segment), medium 512 KiB (8 per segment), a large page is
+//!   a *span* of 64 KiB slots of a large segment holding one block (a freed span's slots serve
+//!   any size), and a huge page is a segment of its own sized to one block.
 //! - a **block** is what `malloc` returns; its size comes from its size class, its **bin** ([`bin`]).
 //! - a **heap** ([`heap`]) belongs to one thread: direct slots map a small size to a page with
 //!   free blocks, a page queue per bin, and a queue of full pages.

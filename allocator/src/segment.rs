@@ -58,6 +58,8 @@ pub struct Segment {
     /// be resident): what a block placed below it finds already faulted in when the segment is
     /// reused from the cache.
     pub(crate) touched: usize,
+    /// A large segment's free slots, bit `i` for slot `i` (see [`span_alloc`]).
+    pub(crate) free_slots: u64,
     /// Links in the owner's queue of segments with free pages.
     pub(crate) next: *mut Segment,
     pub(crate) prev: *mut Segment,
@@ -232,6 +234,8 @@ impl SegmentQueue {
 pub struct SegmentsTld {
     small: SegmentQueue,
     medium: SegmentQueue,
+    /// Large segments, whether or not a span of the size wanted is free in them.
+    large: SegmentQueue,
     /// Earliest time a free page of these segments may be purged; 0 when none waits.
     pub(crate) next_purge_ms: u64,
 }
@@ -241,6 +245,7 @@ impl SegmentsTld {
         Self {
             small: SegmentQueue::new(),
             medium: SegmentQueue::new(),
+            large: SegmentQueue::new(),
             next_purge_ms: 0,
         }
     }
@@ -249,7 +254,8 @@ impl SegmentsTld {
         match kind {
             PageKind::Small => Some(&mut self.small),
             PageKind::Medium => Some(&mut self.medium),
-            _ => None,
+            PageKind::Large => Some(&mut self.large),
+            PageKind::Huge => None,
         }
     }
 }
@@ -258,7 +264,8 @@ impl SegmentsTld {
 // Pages from segments
 
 /// Hands `heap` a page for blocks of `block_size` bytes (small, medium or large), from a segment
-/// with a free page, a reclaimed segment, or a new one. Null when out of memory.
+/// with a free page (for a large page, a free span), a reclaimed segment, or a new one. Null
+/// when out of memory.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap.
@@ -268,12 +275,7 @@ pub(crate) unsafe fn page_alloc(heap: *mut Heap, block_size: usize) -> *mut Page
     unsafe {
         let tld = &raw mut (*heap).tld;
         if kind == PageKind::Large {
-            let s = segment_alloc(heap, PageKind::Large, block_size, 0);
-            return if s.is_null() {
-                ptr::null_mut()
-            } else {
-                take_page(tld, s, 0)
-            };
+            return span_alloc(heap, block_size);
         }
         if (*tld).queue(kind).is_some_and(|q| q.first.is_null()) {
             reclaim_abandoned(heap);
@@ -308,11 +310,169 @@ pub(crate) unsafe fn huge_page_alloc(heap: *mut Heap, size: usize, align: usize)
     }
 }
 
-unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut Page {
-    // SAFETY: the calling thread owns `s`; page `idx` is free.
+// ---------------------------------------------------------------------------------------------
+// Large pages: spans of slots
+//
+// A large segment is cut into 64 slots of `SMALL_PAGE_SIZE`, as a small one is into pages, and
+// a large page is a *span*: a run of free slots that holds one block, its page metadata in the
+// span's first slot (so `page_of` of the block's start finds it). A freed span's slots serve a
+// block of any size again, where a large page that held blocks of one size class only served
+// that class (mimalloc 2's spans; `large`, blocks of 64 KiB..8 MiB replaced at random, faulted
+// in 46.6 k pages with those pages, and discarded 55 MiB of them to keep its peak RSS down).
+// Slot 0 shares its 64 KiB with the segment header and takes no span: a block at a slot's start
+// is aligned to 64 KiB, so the address an aligned allocation hands out (up to 64 KiB alignment)
+// is always the block's start, in the span's first slot.
+
+/// The first slot a span may start at.
+const FIRST_SPAN_SLOT: usize = 1;
+
+/// Whether a block of `total` bytes holding an `align`-aligned allocation inside it may come from
+/// a page of a size class: beyond 64 KiB of alignment, the address handed out could lie past
+/// the first slot of a large page's span, where `page_of` would not find the page (a huge page
+/// then, whose single block starts aligned).
+pub(crate) const fn aligned_fits_a_page(total: usize, align: usize) -> bool {
+    total <= crate::MEDIUM_OBJ_SIZE_MAX
+        || (total <= crate::LARGE_OBJ_SIZE_MAX && align <= SMALL_PAGE_SIZE)
+}
+
+/// Slots a large page for blocks of `block_size` bytes takes.
+pub(crate) const fn span_slots(block_size: usize) -> usize {
+    block_size.div_ceil(SMALL_PAGE_SIZE)
+}
+
+/// Slots the page of slot `page` covers: its span's if it is a large page in use, else 1.
+///
+/// # Safety
+/// `page` is a page of `s`, which the calling thread owns (or holds the abandoned list's lock
+/// while `s` is on it).
+unsafe fn slots_of(s: *const Segment, page: *const Page) -> usize {
+    // SAFETY: owner-only segment and page state.
     unsafe {
-        let page = &raw mut (*s).pages[idx];
-        (*page).in_use.store(true, Relaxed);
+        if (*s).kind == PageKind::Large && (*page).is_in_use() {
+            (*page).area / SMALL_PAGE_SIZE
+        } else {
+            1
+        }
+    }
+}
+
+/// The shortest run of at least `k` (at least 1) set bits in `free`, as `(start, length)`: the
+/// free slots that fit a span of `k` best. The best fit, not the first: a run of exactly `k` is
+/// most often the span a block of that size just left, whose pages the program touched (as
+/// mimalloc, which takes the span freed last of the size), where the first fit would hand out
+/// untouched memory. `threadex 1 20` (blocks up to 1 MiB of which the program touches the
+/// first and last word, exchanged between threads) faulted in FIXME.
+fn best_span(free: u64, k: usize) -> Option<(usize, usize)> {
+    let (mut rest, mut best): (u64, Option<(usize, usize)>) = (free, None);
+    while rest != 0 {
+        let start = rest.trailing_zeros() as usize;
+        let len = (!(rest >> start)).trailing_zeros() as usize;
+        if len >= k && best.is_none_or(|(_, l)| len < l) {
+            best = Some((start, len));
+            if len == k {
+                break;
+            }
+        }
+        rest &= !span_bits(start, len);
+    }
+    best
+}
+
+/// Bits `idx..idx + k` (`1 <= k`, `idx + k <= 64`): the slots of a span.
+const fn span_bits(idx: usize, k: usize) -> u64 {
+    (u64::MAX >> (64 - k)) << idx
+}
+
+/// The free slots of this thread's large segments that fit a span of `k` slots best
+/// ([`best_span`]): the segment and the span's first slot.
+///
+/// # Safety
+/// `tld` is the calling thread's.
+unsafe fn find_span(tld: *mut SegmentsTld, k: usize) -> Option<(*mut Segment, usize)> {
+    // SAFETY: the thread's own queue of large segments.
+    unsafe {
+        let mut s = (*tld).large.first;
+        let mut best: Option<(*mut Segment, usize, usize)> = None;
+        while !s.is_null() {
+            if let Some((i, len)) = best_span((*s).free_slots, k)
+                && best.is_none_or(|(_, _, l)| len < l)
+            {
+                best = Some((s, i, len));
+                if len == k {
+                    break;
+                }
+            }
+            s = (*s).next;
+        }
+        best.map(|(s, i, _)| (s, i))
+    }
+}
+
+/// A large page for one block of `block_size` bytes: a span of free slots in one of this thread's
+/// large segments, in a reclaimed one, or in a new one.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+unsafe fn span_alloc(heap: *mut Heap, block_size: usize) -> *mut Page {
+    // SAFETY: the heap and its tld belong to the calling thread.
+    unsafe {
+        let tld = &raw mut (*heap).tld;
+        let k = span_slots(block_size);
+        let mut found = find_span(tld, k);
+        if found.is_none() && ABANDONED_COUNT.load(Relaxed) > 0 && reclaim_abandoned(heap) > 0 {
+            found = find_span(tld, k);
+        }
+        let (s, idx) = match found {
+            Some(at) => at,
+            None => {
+                let s = segment_alloc(heap, PageKind::Large, block_size, 0);
+                if s.is_null() {
+                    return ptr::null_mut();
+                }
+                (s, FIRST_SPAN_SLOT)
+            }
+        };
+        let mut zero = true;
+        for i in idx + 1..idx + k {
+            let slot = &raw mut (*s).pages[i];
+            recommit(s, slot);
+            zero &= (*slot).is_zero_init;
+        }
+        let page = take_page(tld, s, idx);
+        (*page).is_zero_init &= zero;
+        (*page).area = k * SMALL_PAGE_SIZE;
+        (*s).free_slots &= !span_bits(idx, k);
+        page
+    }
+}
+
+/// Gives the slots after the first of large page `page` back to its segment as free slots (the
+/// first one [`page_free`] frees as any page), due to be purged after the usual delay.
+///
+/// # Safety
+/// The calling thread owns the page's segment `s`; the page holds no live blocks.
+unsafe fn span_free(s: *mut Segment, page: *mut Page) {
+    // SAFETY: owner-only segment and page state.
+    unsafe {
+        let (idx, k) = (usize::from((*page).index), slots_of(s, page));
+        let due = os::clock_ms() + options::purge_delay_ms();
+        for i in idx + 1..idx + k {
+            let slot = &raw mut (*s).pages[i];
+            (*slot).is_zero_init = false;
+            (*slot).purge_at_ms = due;
+        }
+        (*page).area = SMALL_PAGE_SIZE;
+        (*s).free_slots |= span_bits(idx, k);
+    }
+}
+
+/// Commits a free page (or slot) of `s` again if it was purged, and reports it.
+///
+/// # Safety
+/// The calling thread owns `s`; `page` is a free page of it.
+unsafe fn recommit(s: *mut Segment, page: *mut Page) {
+    // SAFETY: the contract.
+    unsafe {
         if (*page).is_purged {
             (*page).is_purged = false;
             (*page).is_zero_init = true;
@@ -327,6 +487,15 @@ unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut 
                 });
             }
         }
+    }
+}
+
+unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut Page {
+    // SAFETY: the calling thread owns `s`; page `idx` is free.
+    unsafe {
+        let page = &raw mut (*s).pages[idx];
+        (*page).in_use.store(true, Relaxed);
+        recommit(s, page);
         let used = (*s).used.load(Relaxed) + 1;
         (*s).used.store(used, Relaxed);
         if used == (*s).capacity
@@ -357,6 +526,7 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
             let carved = (*page).capacity() as usize * (*page).block_size();
             let end = ((*page).start as usize - s as usize).saturating_add(carved);
             (*s).touched = (*s).touched.max(end);
+            span_free(s, page);
         }
         (*page).in_use.store(false, Relaxed);
         (*page).heap.store(ptr::null_mut(), Relaxed);
@@ -481,7 +651,11 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
     // SAFETY: walks the calling thread's own segment queues.
     unsafe {
         let mut next_due = 0u64;
-        for q in [&raw mut (*tld).small, &raw mut (*tld).medium] {
+        for q in [
+            &raw mut (*tld).small,
+            &raw mut (*tld).medium,
+            &raw mut (*tld).large,
+        ] {
             let mut s = (*q).first;
             while !s.is_null() {
                 next_due = earliest(next_due, purge_segment(s, now));
@@ -503,8 +677,10 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
     let mut run = PurgeRun::new();
     // SAFETY: see the contract; free pages are touched by no one else.
     unsafe {
-        for i in 0..(*s).capacity {
+        let mut i = 0;
+        while i < (*s).capacity {
             let page = &raw mut (*s).pages[i];
+            i += slots_of(s, page); // a large page's span holds its block in all its slots
             if (*page).is_in_use() || (*page).is_purged || (*page).purge_at_ms == 0 {
                 continue;
             }
@@ -707,7 +883,7 @@ fn cache_limit(cached: usize) -> usize {
 /// The purge after `2 * purge_delay_ms` keeps python3 (growing dicts and lists through large
 /// blocks it does not take again) near mimalloc's peak RSS: 1.22x without it, 1.10x after
 /// `3 * purge_delay_ms`; after one delay `large` faulted in 140 k pages instead of 85 k. (See
-/// also [`trim_touched`] and [`LARGE_REUSE_MAX`].)
+/// also [`LARGE_REUSE_MAX`].)
 const CACHE_SHARE: usize = 1;
 
 /// Caches an empty segment of `size` bytes with `touched` bytes touched; false when it does not
@@ -781,7 +957,7 @@ unsafe fn segment_alloc(
         }
     } else {
         let want = if kind == PageKind::Large {
-            INFO_SIZE + size
+            FIRST_SPAN_SLOT * SMALL_PAGE_SIZE + size
         } else {
             SEGMENT_SIZE
         };
@@ -818,13 +994,16 @@ unsafe fn segment_alloc(
     // xz, whose 64 MiB dictionary is touched sparsely, peaked at 39.6 MiB instead of 22.7, and
     // the stress workload's blocks of 128-256 KiB (a large page each) at 1.5 times the RSS.
     let (capacity, page_shift, page_size) = match kind {
-        PageKind::Small => (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SHIFT, SMALL_PAGE_SIZE),
+        // a large segment's pages are its slots, which its large pages take in spans
+        PageKind::Small | PageKind::Large => {
+            (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SHIFT, SMALL_PAGE_SIZE)
+        }
         PageKind::Medium => (
             SEGMENT_SIZE / MEDIUM_PAGE_SIZE,
             MEDIUM_PAGE_SHIFT,
             MEDIUM_PAGE_SIZE,
         ),
-        PageKind::Large | PageKind::Huge => (1, 63, segment_size),
+        PageKind::Huge => (1, 63, segment_size),
     };
     // SAFETY: `s` is a fresh (or cached, unregistered) mapping of at least INFO_SIZE bytes that
     // nothing else references; we initialise the header before publishing it.
@@ -839,6 +1018,7 @@ unsafe fn segment_alloc(
         seg.segment_size = segment_size;
         seg.purged_bytes = 0;
         seg.touched = touched;
+        seg.free_slots = u64::MAX << FIRST_SPAN_SLOT;
         if kind == PageKind::Huge {
             // Not trimmed: the cache gives a huge block a segment at most twice its size, so
             // what it keeps resident beyond itself is bounded by that. Trimming past twice the
@@ -846,9 +1026,6 @@ unsafe fn segment_alloc(
             // same peak RSS (132 MiB against 130), and python3's peak did not move (33.9 MiB).
             let end = first_start - s as usize + size;
             seg.touched = seg.touched.max(end);
-        } else if kind == PageKind::Large {
-            // room for two blocks of the page's size before any is given back
-            trim_touched(seg, INFO_SIZE + 2 * size);
         }
         seg.next = ptr::null_mut();
         seg.prev = ptr::null_mut();
@@ -869,8 +1046,6 @@ unsafe fn segment_alloc(
                 (*page).start = start as *mut u8;
                 (*page).area = if kind == PageKind::Huge {
                     base + segment_size - start
-                } else if kind == PageKind::Large {
-                    base + SEGMENT_SIZE - start
                 } else {
                     page_base + page_size - start
                 };
@@ -901,27 +1076,6 @@ unsafe fn segment_alloc(
         }
     }
     s
-}
-
-/// Memory a reused segment keeps resident beyond its new block's end, at least, before the rest is
-/// discarded (besides as much as the block itself).
-const TRIM_SLACK: usize = 256 << 10;
-
-/// A segment reused from the cache for a large page whose first two blocks end `end` bytes past
-/// its start: memory touched beyond twice that (by a bigger block before) goes back to the OS, so
-/// a small block does not pin the resident memory of a big one. Without it python3 peaked at
-/// 1.13x mimalloc's RSS in half the runs (a 4 MiB segment touched by a big block, reused for a
-/// 200 KiB one); trimming past one block cost `large` 99 k page faults instead of 79 k.
-fn trim_touched(seg: &mut Segment, end: usize) {
-    let ps = os::page_size();
-    let keep = end.next_multiple_of(ps);
-    if seg.touched > keep + TRIM_SLACK.max(keep) {
-        let base = core::ptr::from_mut(seg).cast::<u8>();
-        // SAFETY: `keep..touched` lies inside the segment's mapping (touched <= segment_size),
-        // beyond the header and the new block: nothing lives there.
-        unsafe { os::discard(base.add(keep), seg.touched - keep) };
-        seg.touched = keep;
-    }
 }
 
 /// Maps a huge segment: returns (segment, mapped bytes, block start). The block start is aligned to
@@ -1380,6 +1534,104 @@ mod tests {
                     p >= (*page).start() && (p as usize) < (*page).start() as usize + (*page).area
                 );
                 p.write_bytes(1, size);
+                crate::free(p);
+            }
+        }
+    }
+
+    /// Large pages are spans of a large segment's slots: blocks of several size classes share a
+    /// segment, each at a slot's start; a freed span serves a block of another class (the free
+    /// run that fits it best), and the blocks beside it keep their bytes.
+    #[test]
+    fn large_blocks_of_any_size_share_a_segment_and_take_freed_spans() {
+        const KIB: usize = 1 << 10;
+        // bins of 224 KiB, 768 KiB, 320 KiB, 768 KiB, 160 KiB: 4, 12, 5, 12 and 3 slots
+        let sizes = [200 * KIB, 700 * KIB, 300 * KIB, 700 * KIB, 150 * KIB];
+        // SAFETY: live allocations of this thread, written within their sizes, inspected through
+        // their metadata, then freed once.
+        unsafe {
+            let blocks: Vec<*mut u8> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let p = crate::malloc(n);
+                    p.write_bytes(i as u8 + 1, n);
+                    p
+                })
+                .collect();
+            let s = segment_of(blocks[0]);
+            assert_eq!((*s).kind(), PageKind::Large);
+            let mut spans: Vec<(usize, usize)> = Vec::new();
+            for &p in &blocks {
+                assert_eq!(
+                    segment_of(p),
+                    s,
+                    "one large segment holds blocks of every size"
+                );
+                assert_eq!(p as usize % SMALL_PAGE_SIZE, 0, "a span starts at a slot");
+                let page = page_of(s, p);
+                assert_eq!((*page).start(), p);
+                assert_eq!((*page).capacity(), 1, "one block a large page");
+                spans.push((p as usize, p as usize + (*page).area));
+            }
+            spans.sort_unstable();
+            assert!(
+                spans.windows(2).all(|w| w[0].1 <= w[1].0),
+                "spans overlap: {spans:x?}"
+            );
+            // Two 12-slot runs come free (an emptied page may stay a while for its own bin, but
+            // not both), between the segment's long run of never used slots.
+            crate::free(blocks[1]);
+            crate::free(blocks[3]);
+            let q = crate::malloc(500 * KIB); // 512 KiB: 8 slots
+            assert!(
+                q == blocks[1] || q == blocks[3],
+                "a freed span fits best: {q:?} of {blocks:?}"
+            );
+            q.write_bytes(0xEE, 500 * KIB);
+            for i in [0, 2, 4] {
+                let b = core::slice::from_raw_parts(blocks[i], sizes[i]);
+                assert!(b.iter().all(|&x| x == i as u8 + 1), "block {i} changed");
+            }
+            for p in [q, blocks[0], blocks[2], blocks[4]] {
+                crate::free(p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_span_takes_the_shortest_free_run_that_fits() {
+        // free runs: slots 1..4 (3), 6..13 (7), 20..25 (5), 30..64 (34)
+        let free = span_bits(1, 3) | span_bits(6, 7) | span_bits(20, 5) | span_bits(30, 34);
+        assert_eq!(best_span(free, 1), Some((1, 3)));
+        assert_eq!(best_span(free, 4), Some((20, 5)));
+        assert_eq!(best_span(free, 6), Some((6, 7)));
+        assert_eq!(best_span(free, 7), Some((6, 7)));
+        assert_eq!(best_span(free, 8), Some((30, 34)));
+        assert_eq!(best_span(free, 34), Some((30, 34)));
+        assert_eq!(best_span(free, 35), None);
+        assert_eq!(best_span(0, 1), None);
+        assert_eq!(best_span(u64::MAX << 1, 63), Some((1, 63)));
+    }
+
+    /// An aligned large allocation hands out its block's start, in its span's first slot, up to
+    /// 64 KiB of alignment; beyond, a huge page whose block starts aligned.
+    #[test]
+    fn aligned_large_blocks_are_found_from_their_address() {
+        for (align, kind) in [
+            (4096, PageKind::Large),
+            (SMALL_PAGE_SIZE, PageKind::Large),
+            (2 * SMALL_PAGE_SIZE, PageKind::Huge),
+        ] {
+            // SAFETY: a live allocation, inspected, then freed.
+            unsafe {
+                let p = crate::malloc_aligned(200 << 10, align);
+                assert_eq!(p as usize % align, 0);
+                let s = segment_of(p);
+                assert_eq!((*s).kind(), kind, "align {align}");
+                assert_eq!((*page_of(s, p)).start(), p);
+                assert!(crate::usable_size(p) >= 200 << 10);
+                p.write_bytes(7, 200 << 10);
                 crate::free(p);
             }
         }

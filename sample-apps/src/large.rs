@@ -5,14 +5,14 @@ use std::time::Duration;
 use crate::Params;
 use crate::util::{Rng, check, make};
 
-pub(crate) const STORY: &str = "Waves of large blocks (256 KiB to 1.5 MiB, on large pages: one \
-page fills a whole 4 MiB segment and holds a few blocks of one size class) and huge blocks (8 to \
-40 MiB, each in a segment of its own sized to fit it) are allocated, written through, and freed \
-again. Watch the segment map: whole segments appear with every wave and disappear when it is \
-freed, instead of pages filling inside existing segments. Freed segments wait a moment in a small \
-cache in case the next wave wants them, then their memory goes back to the OS: the \
-committed-bytes plot rises and falls in steps with every wave, while the small-block pages stay \
-where they were.";
+pub(crate) const STORY: &str = "Waves of large blocks (256 KiB to 1.5 MiB, on large pages: each \
+block a page of its own, a span of 64 KiB slots in a large segment, so blocks of every size share \
+the segment and a freed span serves the next block of any size) and huge blocks (8 to 40 MiB, \
+each in a segment of its own sized to fit it) are allocated, written through, and freed again. \
+Watch the segment map: a large segment fills with spans with every wave, huge segments appear, \
+and both empty when the wave is freed. Freed segments wait a moment in a small cache in case the \
+next wave wants them, then their memory goes back to the OS: the committed-bytes plot rises and \
+falls in steps with every wave, while the small-block pages stay where they were.";
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;

@@ -266,7 +266,12 @@ fn purge_pending(model: &Model, out: &mut Vec<Insight>) {
     let mut pages = 0u64;
     let mut idle = 0u64;
     for seg in model.segments().iter() {
-        let page_bytes = seg.bytes / seg.pages.len().max(1) as u64;
+        // A freed large page's span held its one block.
+        let page_bytes = if seg.is_spans() {
+            u64::MAX
+        } else {
+            seg.bytes / seg.pages.len().max(1) as u64
+        };
         for p in seg.pages.iter().filter(|p| p.awaiting_purge && !p.in_use) {
             pages += 1;
             idle += page_bytes.min(u64::from(p.reserved) * p.block_size.max(1));

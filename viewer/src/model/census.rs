@@ -591,14 +591,21 @@ impl Model {
             let kind = page_kind(cs.kind) as u8;
             if let Some(si) = self.segs.find(cs.base) {
                 let seg = self.segs.get(si);
-                if seg.kind == kind && seg.bytes == cs.bytes {
+                if seg.laid_out_as(cs) && seg.bytes == cs.bytes {
                     continue;
                 }
                 self.forget_segment(si);
             }
             let _ = self.segs.take_early_ghost(cs.base);
             let generation = self.segs.new_generation();
-            let mut seg = Segment::new(cs.base, cs.bytes, kind, generation, part.time);
+            let mut seg = Segment::new(
+                cs.base,
+                cs.bytes,
+                kind,
+                cs.page_count,
+                generation,
+                part.time,
+            );
             seg.owner = heap;
             seg.inferred = true; // known from the part, not its `SegmentAlloc`
             self.segs.insert(seg);
@@ -1084,9 +1091,7 @@ impl Model {
             let mut i = 0;
             while i < self.segs.len() {
                 let seg = self.segs.get(i);
-                let keep = by_base
-                    .get(&seg.base)
-                    .is_some_and(|cs| page_kind(cs.kind) as u8 == seg.kind);
+                let keep = by_base.get(&seg.base).is_some_and(|cs| seg.laid_out_as(cs));
                 if keep {
                     let bytes = by_base[&seg.base].bytes;
                     self.segs.get_mut(i).bytes = bytes;
@@ -1102,6 +1107,7 @@ impl Model {
                         cs.base,
                         cs.bytes,
                         page_kind(cs.kind) as u8,
+                        cs.page_count,
                         generation,
                         census.time,
                     );
@@ -1145,6 +1151,7 @@ impl Model {
                     base,
                     SEGMENT_SIZE as u64,
                     page_kind(cp.kind) as u8,
+                    0,
                     generation,
                     time,
                 );

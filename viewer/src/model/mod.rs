@@ -874,7 +874,7 @@ impl Model {
         }
         let generation = self.segs.new_generation();
         let kind = page_kind(a.flags) as u8;
-        let mut seg = Segment::new(a.base, a.bytes, kind, generation, ev.time);
+        let mut seg = Segment::new(a.base, a.bytes, kind, a.pages, generation, ev.time);
         seg.owner = heap;
         seg.replaced = replaced;
         self.add_segment(seg);
@@ -919,7 +919,7 @@ impl Model {
     fn infer_segment(&mut self, addr: u64, kind: u8, time: u64) -> (usize, usize) {
         let base = segment_base(addr);
         let generation = self.segs.new_generation();
-        let mut seg = Segment::new(base, SEGMENT_SIZE as u64, kind, generation, time);
+        let mut seg = Segment::new(base, SEGMENT_SIZE as u64, kind, 0, generation, time);
         seg.inferred = true;
         let si = self.add_segment(seg);
         (si, self.segs.get(si).page_index(addr))

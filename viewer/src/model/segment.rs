@@ -2,8 +2,11 @@
 //!
 //! Layout as in `heaplens_alloc::segment`: a segment is 4 MiB aligned to its size (a huge one is
 //! larger), `(p - 1) & !SEGMENT_MASK` finds it, and `(p - base) >> page_shift` is the page index:
-//! 64 small pages of 64 KiB, 8 medium pages of 512 KiB, or one large or huge page. The first page
-//! starts after the segment header (`INFO_SIZE`).
+//! 64 small pages of 64 KiB, 8 medium pages of 512 KiB, 64 slots of 64 KiB whose large pages
+//! are spans of them, or one huge page. The first page starts after the segment header
+//! (`INFO_SIZE`). A large page is a span of slots holding one block at its start: the page is
+//! kept at its first slot, where the block's address finds it. (Before spans, traces announced a
+//! large segment with one page filling it, [`geometry`].)
 //!
 //! Besides the live segments the collection keeps *ghosts*, which exist only because events of one
 //! tick come in any order across threads:
@@ -57,11 +60,13 @@ pub fn segment_named(addr: u64) -> u64 {
     }
 }
 
-/// `(page_shift, page_count)` of a segment kind byte.
-pub fn geometry(kind: u8) -> (u32, usize) {
-    match kind {
-        1 => (MEDIUM_PAGE_SHIFT as u32, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT),
-        2 | 3 => (ONE_PAGE_SHIFT, 1),
+/// `(page_shift, page_count)` of a segment of kind byte `kind` announced with `pages` pages (0: not
+/// known, as for a segment the model infers: this build's layout). A large segment of one page
+/// is a trace's from before large pages were spans.
+pub fn geometry(kind: u8, pages: u32) -> (u32, usize) {
+    match (kind, pages) {
+        (1, _) => (MEDIUM_PAGE_SHIFT as u32, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT),
+        (2, 1) | (3, _) => (ONE_PAGE_SHIFT, 1),
         _ => (SMALL_PAGE_SHIFT as u32, SMALL_PAGES_PER_SEGMENT),
     }
 }
@@ -103,9 +108,17 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// A segment of `kind` at `base` with `page_count` pages (clamped to the kind's geometry).
-    pub(crate) fn new(base: u64, bytes: u64, kind: u8, generation: u32, time: u64) -> Self {
-        let (page_shift, count) = geometry(kind);
+    /// A segment of `kind` at `base`, announced with `pages` pages (0: not known; see
+    /// [`geometry`]).
+    pub(crate) fn new(
+        base: u64,
+        bytes: u64,
+        kind: u8,
+        pages: u32,
+        generation: u32,
+        time: u64,
+    ) -> Self {
+        let (page_shift, count) = geometry(kind, pages);
         let page_kind = if kind == KIND_UNKNOWN { 0 } else { kind };
         let pages = (0..count)
             .map(|i| {
@@ -167,6 +180,29 @@ impl Segment {
     /// Bytes committed: mapped less purged.
     pub fn committed(&self) -> u64 {
         self.bytes.saturating_sub(self.purged)
+    }
+
+    /// Whether the census lists this segment with its kind and page layout.
+    pub(crate) fn laid_out_as(&self, cs: &super::census::CensusSegment) -> bool {
+        let kind = page_kind(cs.kind) as u8;
+        kind == self.kind && geometry(kind, cs.page_count).1 == self.pages.len()
+    }
+
+    /// A large segment whose large pages are spans of its slots.
+    pub fn is_spans(&self) -> bool {
+        self.kind == PageKind::Large as u8 && self.pages.len() > 1
+    }
+
+    /// Pages (slots) page `pi` covers: a large page in use its span's, else 1.
+    pub fn page_slots(&self, pi: usize) -> usize {
+        let p = &self.pages[pi];
+        if !self.is_spans() || !p.in_use {
+            return 1;
+        }
+        let bytes = p.block_size.saturating_mul(u64::from(p.reserved.max(1)));
+        usize::try_from(bytes.div_ceil(1 << self.page_shift))
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.pages.len() - pi)
     }
 
     /// Small or medium: counted for segment-level fragmentation.
@@ -327,7 +363,7 @@ impl Segments {
         {
             Some(i) => i,
             None => {
-                self.push_ghost(Segment::new(base, 0, KIND_UNKNOWN, generation, time));
+                self.push_ghost(Segment::new(base, 0, KIND_UNKNOWN, 0, generation, time));
                 self.ghosts.len() - 1
             }
         };

@@ -633,8 +633,16 @@ impl Synth {
         let heap = self.threads[t].heap;
         let kind = PageKind::for_block_size(bs as usize);
         if kind == PageKind::Large {
-            let base = self.new_segment(t, kind, SEGMENT_SIZE as u64, bs);
-            let id = (base, 0);
+            // A span of slots, in a large segment of the thread's or a new one (as the allocator).
+            let k = bs.div_ceil(SMALL_PAGE_SIZE as u64) as usize;
+            let found = self.threads[t]
+                .segments
+                .iter()
+                .find_map(|&b| self.free_span_in(b, k).map(|i| (b, i)));
+            let id =
+                found.unwrap_or_else(|| (self.new_segment(t, kind, SEGMENT_SIZE as u64, bs), 1));
+            let p = self.page(id);
+            p.end = p.start + k as u64 * SMALL_PAGE_SIZE as u64;
             self.init_page(heap, id, bin, bs);
             return id;
         }
@@ -655,6 +663,29 @@ impl Synth {
         };
         self.init_page(heap, id, bin, bs);
         id
+    }
+
+    /// The first run of `k` free slots (from slot 1) of large segment `base`.
+    fn free_span_in(&self, base: u64, k: usize) -> Option<usize> {
+        let s = self.segments.get(&base)?;
+        if s.kind != PageKind::Large {
+            return None;
+        }
+        let (mut i, mut run) = (1, 0);
+        while i < s.pages.len() {
+            let p = &s.pages[i];
+            if p.in_use {
+                run = 0;
+                i += ((p.end - p.start) / SMALL_PAGE_SIZE as u64) as usize;
+            } else {
+                run += 1;
+                i += 1;
+                if run == k {
+                    return Some(i - k);
+                }
+            }
+        }
+        None
     }
 
     fn free_page_in(&self, base: u64, kind: PageKind) -> Option<usize> {
@@ -694,7 +725,10 @@ impl Synth {
             b
         };
         let (count, page_size, shift) = match kind {
-            PageKind::Small => (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SIZE as u64, 16),
+            // a large segment's pages are its slots
+            PageKind::Small | PageKind::Large => {
+                (SMALL_PAGES_PER_SEGMENT, SMALL_PAGE_SIZE as u64, 16)
+            }
             PageKind::Medium => (SEGMENT_SIZE / MEDIUM_PAGE_SIZE, MEDIUM_PAGE_SIZE as u64, 19),
             _ => (1, bytes, 63),
         };
@@ -853,13 +887,20 @@ impl Synth {
 
     fn page_free(&mut self, t: usize, id: PageId) {
         let heap = self.threads[t].heap;
+        let large = self.segments[&id.0].kind == PageKind::Large;
         let p = self.page(id);
         debug_assert_eq!(p.used, 0);
         let start = p.start;
         let tf = std::mem::take(&mut p.thread_free);
+        // A large page's span ends: its slots are free again.
+        let end = if large {
+            (start + 1).next_multiple_of(SMALL_PAGE_SIZE as u64)
+        } else {
+            p.end
+        };
         *p = SPage {
             start: p.start,
-            end: p.end,
+            end,
             thread_free: tf,
             ..SPage::default()
         };

@@ -694,6 +694,73 @@ fn huge_and_large_pages_map_every_address_to_page_zero() {
     );
 }
 
+/// A large segment announced with 64 pages lays its large pages out as spans of slots: each page
+/// sits at its span's first slot, where its block's address finds it, blocks of several sizes
+/// share the segment, a page covers the slots its block takes, and a freed span's first slot
+/// starts a page of another size. A large segment of one page (a trace from before spans) maps
+/// every address to that page.
+#[test]
+fn large_pages_are_spans_of_a_large_segments_slots() {
+    let mut t = T::new();
+    let slot = |i: u64| BASE + i * SMALL_PAGE_SIZE as u64;
+    let large = |t: &mut T, start: u64, size: u64| {
+        let bin = bin_of(size as usize);
+        let bs = block_size(bin) as u64;
+        t.ev(
+            1,
+            e(
+                EventKind::PageInit,
+                PageKind::Large as u8,
+                bin as u16,
+                1,
+                start,
+                bs,
+            ),
+        )
+        .ev(1, e(EventKind::PageExtend, 0, 0, 1, start, 0))
+        .alloc(1, start, size);
+        bs
+    };
+    t.ev(
+        1,
+        e(
+            EventKind::SegmentAlloc,
+            PageKind::Large as u8,
+            0,
+            64,
+            BASE,
+            SEGMENT_SIZE as u64,
+        ),
+    );
+    let a = large(&mut t, slot(1), 300 << 10); // 320 KiB: 5 slots
+    let b = large(&mut t, slot(6), 200 << 10); // 224 KiB: 4 slots
+    let seg = t.m.segment(BASE).expect("large segment");
+    assert!(seg.is_spans());
+    assert_eq!(seg.pages.len(), 64);
+    assert_eq!(
+        (seg.page_slots(1), seg.page_slots(6), seg.page_slots(10)),
+        (5, 4, 1)
+    );
+    assert_eq!((t.pg(slot(1)).index, t.pg(slot(6)).index), (1, 6));
+    assert_eq!(t.pg(slot(6)).used, 1);
+    assert_eq!(t.m.current().block_bytes, a + b);
+    t.free(1, slot(1), 0)
+        .ev(1, e(EventKind::PageFree, 0, 0, 0, slot(1), 0));
+    assert_eq!(t.m.segment(BASE).expect("segment").page_slots(1), 1);
+    let c = large(&mut t, slot(1), 150 << 10); // 160 KiB: 3 slots
+    let seg = t.m.segment(BASE).expect("segment");
+    assert_eq!(seg.page_slots(1), 3);
+    assert_eq!(t.m.current().block_bytes, b + c);
+    assert_eq!(t.m.live_blocks().count(), 2);
+
+    let old = BASE + 2 * SEGMENT_SIZE as u64;
+    t.seg(1, old, PageKind::Large);
+    let seg = t.m.segment(old).expect("one-page large segment");
+    assert!(!seg.is_spans());
+    assert_eq!(seg.pages.len(), 1);
+    assert_eq!(seg.page_index(old + 3 * MB), 0);
+}
+
 #[test]
 fn bins_group_pages_per_heap_with_totals() {
     let mut t = setup();

@@ -120,7 +120,8 @@ pub static GLOSSARY: [Term; 24] = [
         "large page",
         P::Segments,
         E::LargePage,
-        "For blocks over 128 KiB up to 2 MiB: a segment with one page spanning it."
+        "For blocks over 128 KiB up to 2 MiB: one block a page, the page a span of 64 KiB \
+         slots of a large segment. A freed span's slots serve a block of any size."
     ),
     term!(
         "local_free",

@@ -246,9 +246,10 @@ pub static TOURS: [Tour; 7] = [
             Step {
                 marker: "wave 1: 2 huge",
                 title: "Large pages",
-                text: "Blocks over 128 KiB and up to 2 MiB live on large pages: a segment with \
-                       a single page, shared by blocks of one size class. Their memory is \
-                       committed as it is touched, and advised for transparent huge pages.",
+                text: "Blocks over 128 KiB and up to 2 MiB live on large pages: one block a \
+                       page, each page a span of 64 KiB slots in a large segment. A freed \
+                       span's slots serve a block of any size next. Their memory is committed \
+                       as it is touched.",
                 place: P::Segments,
                 example: E::LargePage,
             },

@@ -34,7 +34,7 @@ pub fn draw(ui: &mut egui::Ui, model: &Model, state: &mut UiState) {
                         "512 KiB pages for blocks up to 128 KiB"
                     }
                     heaplens_alloc::bin::PageKind::Large => {
-                        "One page filling a segment, blocks up to 2 MiB"
+                        "One block up to 2 MiB a page, each page a span of 64 KiB slots"
                     }
                     heaplens_alloc::bin::PageKind::Huge => "One block in a segment of its own",
                 },
@@ -130,10 +130,14 @@ fn tiles(
     let w = full_width / n as f32;
     let (rect, _) = ui.allocate_exact_size(vec2(full_width, row_h), Sense::hover());
     let painter = ui.painter_at(rect);
-    for (i, p) in seg.pages.iter().enumerate() {
+    let mut next = 0;
+    while next < seg.pages.len() {
+        let (i, p) = (next, &seg.pages[next]);
+        let slots = seg.page_slots(i); // a large page's tile covers its span
+        next += slots;
         let r = egui::Rect::from_min_size(
             rect.min + vec2(i as f32 * w, 0.0),
-            vec2((w - 1.0).max(1.0), row_h),
+            vec2((slots as f32 * w - 1.0).max(1.0), row_h),
         );
         painter.rect_filled(
             r,
