@@ -208,6 +208,21 @@ impl SegmentQueue {
         }
     }
 
+    unsafe fn push_front(&mut self, s: *mut Segment) {
+        // SAFETY: owner-only links; `s` is not in a queue.
+        unsafe {
+            (*s).prev = ptr::null_mut();
+            (*s).next = self.first;
+            if self.first.is_null() {
+                self.last = s;
+            } else {
+                (*self.first).prev = s;
+            }
+            self.first = s;
+            (*s).in_free_queue = true;
+        }
+    }
+
     unsafe fn remove(&mut self, s: *mut Segment) {
         // SAFETY: `s` is in this queue; owner-only links.
         unsafe {
@@ -361,7 +376,8 @@ unsafe fn slots_of(s: *const Segment, page: *const Page) -> usize {
 /// most often the span a block of that size just left, whose pages the program touched (as
 /// mimalloc, which takes the span freed last of the size), where the first fit would hand out
 /// untouched memory. `threadex 1 20` (blocks up to 1 MiB of which the program touches the
-/// first and last word, exchanged between threads) faulted in FIXME.
+/// first and last word, exchanged between threads) faulted in 150-157 k pages in 0.88-0.91 s,
+/// against 172-182 k in 1.08-1.15 s with the first fit (mimalloc: 90 k, 0.77-0.83 s).
 fn best_span(free: u64, k: usize) -> Option<(usize, usize)> {
     let (mut rest, mut best): (u64, Option<(usize, usize)>) = (free, None);
     while rest != 0 {
@@ -383,6 +399,14 @@ const fn span_bits(idx: usize, k: usize) -> u64 {
     (u64::MAX >> (64 - k)) << idx
 }
 
+/// How many of its large segments with room for a span a thread looks at for the best fit: each
+/// costs a cache miss on its header, and a thread of `threadex 1 20` held dozens (blocks of
+/// exited threads live on in a shared table); the segments whose spans were freed last come
+/// first, and hold the exact fits. There, the samples in `page_alloc` went from 7.2 % (all
+/// segments looked at, in queue order) to 5.6 % (freed ones first) and 4.3 % (and at most four);
+/// the wall time did not move beyond the machine's noise (6 pairs, 1.00x).
+const SPAN_CANDIDATES: usize = 4;
+
 /// The free slots of this thread's large segments that fit a span of `k` slots best
 /// ([`best_span`]): the segment and the span's first slot.
 ///
@@ -393,13 +417,15 @@ unsafe fn find_span(tld: *mut SegmentsTld, k: usize) -> Option<(*mut Segment, us
     unsafe {
         let mut s = (*tld).large.first;
         let mut best: Option<(*mut Segment, usize, usize)> = None;
-        while !s.is_null() {
-            if let Some((i, len)) = best_span((*s).free_slots, k)
-                && best.is_none_or(|(_, _, l)| len < l)
-            {
-                best = Some((s, i, len));
-                if len == k {
-                    break;
+        let mut fits = 0;
+        while !s.is_null() && fits < SPAN_CANDIDATES {
+            if let Some((i, len)) = best_span((*s).free_slots, k) {
+                fits += 1;
+                if best.is_none_or(|(_, _, l)| len < l) {
+                    best = Some((s, i, len));
+                    if len == k {
+                        break;
+                    }
                 }
             }
             s = (*s).next;
@@ -549,7 +575,14 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
             return;
         }
         (*tld).next_purge_ms = earliest((*tld).next_purge_ms, (*page).purge_at_ms);
-        if !(*s).in_free_queue
+        if (*s).kind == PageKind::Large {
+            // First in the queue: `find_span` looks at it first, and the span just freed, its
+            // memory resident, is most often the one that fits the next block exactly.
+            if (*s).in_free_queue {
+                (*tld).large.remove(s);
+            }
+            (*tld).large.push_front(s);
+        } else if !(*s).in_free_queue
             && let Some(q) = (*tld).queue((*s).kind)
         {
             q.push(s);
@@ -864,27 +897,31 @@ fn cache_pop(min: usize, max: usize, want: usize) -> Option<CacheEntry> {
     best.map(|i| c.remove(i))
 }
 
-/// How many touched bytes the cache may hold when it maps `cached` bytes: a share of the memory
-/// the heap has committed besides the cache ([`CACHE_SHARE`]), at least one segment, at most
-/// [`CACHE_BYTES_MAX`]. Cached memory stays resident until it is unmapped, so a fixed bound
+/// How many touched bytes the cache may hold when it maps `cached` bytes: a multiple of the
+/// memory the heap has committed besides the cache ([`CACHE_HEAP_TIMES`]), at least one segment,
+/// at most [`CACHE_BYTES_MAX`]. Cached memory stays resident until it is purged, so a fixed bound
 /// (it was 128 MiB) let a program whose heap is 30 MiB peak at 1.5 times that; bounded by the
 /// heap, a program that replaces big blocks still finds most of them in the cache. What counts
 /// is touched memory, not mapped: a segment whose large block was 200 KiB holds 200 KiB
 /// resident, not 4 MiB.
 fn cache_limit(cached: usize) -> usize {
     let heap = os::COMMITTED.load(Relaxed).saturating_sub(cached);
-    (heap / CACHE_SHARE).clamp(SEGMENT_SIZE, CACHE_BYTES_MAX)
+    heap.saturating_mul(CACHE_HEAP_TIMES)
+        .clamp(SEGMENT_SIZE, CACHE_BYTES_MAX)
 }
-/// The cache holds at most this fraction (1/n) of the heap's other committed memory, counted in
-/// touched bytes: at most as much as it saves, the memory the heap itself holds. The suite's
-/// `large` (blocks of 64 KiB..8 MiB replaced at random) faulted in 162 k pages with 1/4, 116 k
-/// with 1/3 and 74 k with 1/2, 62 k with 1/1 (mimalloc 33 k), at the same peak RSS (129 MiB,
-/// mimalloc's 132 MiB).
+/// The cache holds at most this many times the heap's other committed memory, counted in
+/// touched bytes. The suite's `large` (blocks of 64 KiB..8 MiB replaced at random) faulted in
+/// 162 k pages with a quarter, 116 k with a third, 74 k with a half and 62 k with once the heap
+/// (mimalloc 33 k), at the same peak RSS (129 MiB, mimalloc's 132 MiB), while a large page filled
+/// a segment. Since large pages are spans of a segment's slots, large blocks take a few segments
+/// instead of one each, so the heap besides the cache is smaller for the same blocks: once the
+/// heap, `large` faulted in 53 k pages and ran 1.4x mimalloc's time; twice, 32.5 k and 1.0x, its
+/// peak RSS 125 MiB both, and no other workload of `c_suite` moved its peak RSS.
 /// The purge after `2 * purge_delay_ms` keeps python3 (growing dicts and lists through large
 /// blocks it does not take again) near mimalloc's peak RSS: 1.22x without it, 1.10x after
 /// `3 * purge_delay_ms`; after one delay `large` faulted in 140 k pages instead of 85 k. (See
 /// also [`LARGE_REUSE_MAX`].)
-const CACHE_SHARE: usize = 1;
+const CACHE_HEAP_TIMES: usize = 2;
 
 /// Caches an empty segment of `size` bytes with `touched` bytes touched; false when it does not
 /// fit.
