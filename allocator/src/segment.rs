@@ -473,15 +473,14 @@ unsafe fn span_alloc(heap: *mut Heap, block_size: usize) -> *mut Page {
 }
 
 /// Gives the slots after the first of large page `page` back to its segment as free slots (the
-/// first one [`page_free`] frees as any page), due to be purged after the usual delay.
+/// first one [`page_free`] frees as any page), due to be purged at `due` as the first.
 ///
 /// # Safety
 /// The calling thread owns the page's segment `s`; the page holds no live blocks.
-unsafe fn span_free(s: *mut Segment, page: *mut Page) {
+unsafe fn span_free(s: *mut Segment, page: *mut Page, due: u64) {
     // SAFETY: owner-only segment and page state.
     unsafe {
         let (idx, k) = (usize::from((*page).index), slots_of(s, page));
-        let due = os::clock_ms() + options::purge_delay_ms();
         for i in idx + 1..idx + k {
             let slot = &raw mut (*s).pages[i];
             (*slot).is_zero_init = false;
@@ -548,11 +547,12 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
                 flags: 0,
             });
         }
+        let due = os::clock_ms() + options::purge_delay_ms();
         if (*s).kind == PageKind::Large {
             let carved = (*page).capacity() as usize * (*page).block_size();
             let end = ((*page).start as usize - s as usize).saturating_add(carved);
             (*s).touched = (*s).touched.max(end);
-            span_free(s, page);
+            span_free(s, page, due);
         }
         (*page).in_use.store(false, Relaxed);
         (*page).heap.store(ptr::null_mut(), Relaxed);
@@ -563,7 +563,7 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
         (*page).local_free_count.store(0, Relaxed);
         (*page).reserved.store(0, Relaxed);
         (*page).is_zero_init = false;
-        (*page).purge_at_ms = os::clock_ms() + options::purge_delay_ms();
+        (*page).purge_at_ms = due;
         let used = (*s).used.load(Relaxed) - 1;
         (*s).used.store(used, Relaxed);
         if used == 0 {
