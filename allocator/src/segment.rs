@@ -350,8 +350,9 @@ pub(crate) const fn aligned_fits_a_page(total: usize, align: usize) -> bool {
         || (total <= crate::LARGE_OBJ_SIZE_MAX && align <= SMALL_PAGE_SIZE)
 }
 
-/// Slots a large page for blocks of `block_size` bytes takes.
-pub(crate) const fn span_slots(block_size: usize) -> usize {
+/// Slots a large page for blocks of `block_size` bytes takes (the model reads a large page's
+/// span with it too).
+pub const fn span_slots(block_size: usize) -> usize {
     block_size.div_ceil(SMALL_PAGE_SIZE)
 }
 

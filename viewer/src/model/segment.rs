@@ -200,8 +200,7 @@ impl Segment {
             return 1;
         }
         let bytes = p.block_size.saturating_mul(u64::from(p.reserved.max(1)));
-        usize::try_from(bytes.div_ceil(1 << self.page_shift))
-            .unwrap_or(usize::MAX)
+        heaplens_alloc::segment::span_slots(usize::try_from(bytes).unwrap_or(usize::MAX))
             .clamp(1, self.pages.len() - pi)
     }
 

@@ -634,7 +634,7 @@ impl Synth {
         let kind = PageKind::for_block_size(bs as usize);
         if kind == PageKind::Large {
             // A span of slots, in a large segment of the thread's or a new one (as the allocator).
-            let k = bs.div_ceil(SMALL_PAGE_SIZE as u64) as usize;
+            let k = heaplens_alloc::segment::span_slots(bs as usize);
             let found = self.threads[t]
                 .segments
                 .iter()
