@@ -13,8 +13,9 @@
 //! for glibc); its time is the wall time from spawn to exit, its peak RSS `ru_maxrss` from
 //! `wait4` (the largest of the process and the children it waited for). Rounds are interleaved:
 //! for each round, for each workload, every allocator runs once, in an order rotated each round.
-//! The report gives medians, heaplens's ratio to each other allocator, geometric means, the
-//! budgets of the design document and a markdown table. Every program prints a check (the C
+//! The report gives medians, heaplens's ratio to each other allocator (the median of the rounds'
+//! own ratios: within a round the allocators run back to back, at one speed of the machine),
+//! geometric means, the budgets of the design document and a markdown table. Every program prints a check (the C
 //! workloads verify what they allocated) or its output is hashed: all allocators must agree.
 
 #![allow(unsafe_code)] // wait4: the peak RSS of the measured process itself
@@ -430,6 +431,8 @@ fn build_heaplens(root: &Path, profile: &Path) -> Result<PathBuf, String> {
 /// One measurement.
 #[derive(Clone, Copy)]
 struct Sample {
+    /// The round it was taken in.
+    round: usize,
     time: Duration,
     /// Peak RSS in KiB (`ru_maxrss`).
     rss_kib: u64,
@@ -487,6 +490,7 @@ fn run_once(argv: &[String], lib: Option<&Path>, dir: &Path) -> Result<Sample, S
         return Err(format!("{status} ({tail})"));
     }
     Ok(Sample {
+        round: 0,
         time,
         rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
         output: fnv1a(&stdout),
@@ -584,7 +588,7 @@ fn run() -> Result<bool, String> {
                 let ai = (k + round + wi) % allocs.len();
                 let a = &allocs[ai];
                 match run_once(&argvs[wi], a.lib.as_deref(), &setup.dir) {
-                    Ok(s) => results.samples[wi][ai].push(s),
+                    Ok(s) => results.samples[wi][ai].push(Sample { round, ..s }),
                     Err(e) => results
                         .failures
                         .push(format!("{} under {}: {e}", w.name, a.name)),
@@ -635,6 +639,27 @@ fn run() -> Result<bool, String> {
     }
 }
 
+/// The median over the rounds measured for both of `h`'s and `o`'s ratio: time, or peak RSS if
+/// `rss`. NaN if no round measured both.
+fn paired_ratio(h: &[Sample], o: &[Sample], rss: bool) -> f64 {
+    let value = |s: &Sample| {
+        #[allow(clippy::cast_precision_loss)]
+        if rss {
+            s.rss_kib as f64
+        } else {
+            s.time.as_secs_f64()
+        }
+    };
+    let ratios: Vec<f64> = h
+        .iter()
+        .filter_map(|a| {
+            let b = o.iter().find(|b| b.round == a.round)?;
+            Some(value(a) / value(b))
+        })
+        .collect();
+    median(ratios)
+}
+
 /// Median time (seconds) and median peak RSS (MiB) of one workload under one allocator.
 fn medians(samples: &[Sample]) -> (f64, f64) {
     let t = median(samples.iter().map(|s| s.time.as_secs_f64()).collect());
@@ -673,13 +698,18 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
         let _ = writeln!(out);
     }
 
-    // Ratios heaplens / other, per workload; allocs[0] is heaplens.
+    // Ratios heaplens / other, per workload; allocs[0] is heaplens. Each is the median of the
+    // rounds' own ratios: in a round the allocators run one after the other, so a round's ratio
+    // is taken at one speed of the machine, where the medians of two allocators' times may come
+    // from rounds far apart (on this shared machine one workload read 0.73x in one run and
+    // 1.41x in another by the ratio of medians).
     let others: Vec<usize> = (1..allocs.len()).collect();
-    let ratio = |wi: usize, ai: usize, rss: bool| {
-        let (h, o) = (med[wi][0], med[wi][ai]);
-        if rss { h.1 / o.1 } else { h.0 / o.0 }
-    };
-    let _ = writeln!(out, "\nheaplens / other (time | peak RSS)");
+    let ratio =
+        |wi: usize, ai: usize, rss: bool| paired_ratio(&r.samples[wi][0], &r.samples[wi][ai], rss);
+    let _ = writeln!(
+        out,
+        "\nheaplens / other (time | peak RSS): the median of each round's ratio"
+    );
     let _ = write!(out, "{:<12}", "workload");
     for &ai in &others {
         let _ = write!(out, " {:>17}", format!("vs {}", allocs[ai].name));
@@ -705,6 +735,30 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
             "    {:>5.2}x | {:>5.2}x",
             gm(&time_ratios[ai]),
             gm(&rss_ratios[ai])
+        );
+    }
+    let _ = writeln!(out);
+    // The same geomeans from the ratios of the medians, to show how far the machine moved.
+    let _ = write!(out, "{:<12}", "(of medians)");
+    for &ai in &others {
+        let of_medians = |rss: bool| {
+            geomean(
+                &med.iter()
+                    .map(|m| {
+                        if rss {
+                            m[0].1 / m[ai].1
+                        } else {
+                            m[0].0 / m[ai].0
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let _ = write!(
+            out,
+            "    {:>5.2}x | {:>5.2}x",
+            of_medians(false),
+            of_medians(true)
         );
     }
     let _ = writeln!(out);
@@ -773,7 +827,8 @@ fn report(opts: &Options, workloads: &[&Workload], allocs: &[Alloc], r: &Results
     // The markdown table for README and BENCHMARKS.md.
     let _ = writeln!(
         out,
-        "\nmarkdown (median of {} rounds; time in ms, peak RSS in MiB; ratios heaplens / other):\n",
+        "\nmarkdown (median of {} rounds; time in ms, peak RSS in MiB; ratios heaplens / other, \
+         the median of the rounds' ratios):\n",
         opts.rounds
     );
     let _ = write!(out, "| workload |");
