@@ -15,8 +15,9 @@
 //! for each round, for each workload, every allocator runs once, in an order rotated each round.
 //! The report gives medians, heaplens's ratio to each other allocator (the median of the rounds'
 //! own ratios: within a round the allocators run back to back, at one speed of the machine),
-//! geometric means, the budgets of the design document and a markdown table. Every program prints a check (the C
-//! workloads verify what they allocated) or its output is hashed: all allocators must agree.
+//! geometric means, the budgets of the design document and a markdown table. Every program
+//! prints a check (the C workloads verify what they allocated) or its output is hashed: all
+//! allocators must agree.
 
 #![allow(unsafe_code)] // wait4: the peak RSS of the measured process itself
 
@@ -446,8 +447,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Runs `argv` with `lib` preloaded (none: glibc); stdout goes to a file in `dir`.
-fn run_once(argv: &[String], lib: Option<&Path>, dir: &Path) -> Result<Sample, String> {
+/// Runs `argv` with `lib` preloaded (none: glibc), as part of round `round`; stdout goes to a
+/// file in `dir`.
+fn run_once(
+    argv: &[String],
+    lib: Option<&Path>,
+    dir: &Path,
+    round: usize,
+) -> Result<Sample, String> {
     let out_path = dir.join("stdout.txt");
     let err_path = dir.join("stderr.txt");
     let out = std::fs::File::create(&out_path).map_err(|e| format!("create stdout: {e}"))?;
@@ -490,7 +497,7 @@ fn run_once(argv: &[String], lib: Option<&Path>, dir: &Path) -> Result<Sample, S
         return Err(format!("{status} ({tail})"));
     }
     Ok(Sample {
-        round: 0,
+        round,
         time,
         rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
         output: fnv1a(&stdout),
@@ -587,8 +594,8 @@ fn run() -> Result<bool, String> {
             for k in 0..allocs.len() {
                 let ai = (k + round + wi) % allocs.len();
                 let a = &allocs[ai];
-                match run_once(&argvs[wi], a.lib.as_deref(), &setup.dir) {
-                    Ok(s) => results.samples[wi][ai].push(Sample { round, ..s }),
+                match run_once(&argvs[wi], a.lib.as_deref(), &setup.dir, round) {
+                    Ok(s) => results.samples[wi][ai].push(s),
                     Err(e) => results
                         .failures
                         .push(format!("{} under {}: {e}", w.name, a.name)),
