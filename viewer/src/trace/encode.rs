@@ -113,9 +113,6 @@ const CLASSES: usize = 128;
 const PREFETCH_AHEAD: usize = 8;
 
 /// Address groups delta-coded against the group's last address.
-/// How many events ahead the encoder prefetches the events themselves (2 KiB).
-const EVENTS_AHEAD: usize = 64;
-
 const GROUPS: usize = 5;
 /// Page addresses are predicted from block addresses rounded down to this (a small page, the
 /// allocator's smallest; frozen here for format version 4).
@@ -1267,12 +1264,10 @@ impl ChunkEncoder {
         (self.start_time, self.end_time) = (start_time, end_time);
         let mut prev_time = self.prev_time;
         for (i, e) in events.iter().enumerate() {
-            // The address lookups miss the cache: start the one of an event a few ahead.
+            // The address lookups miss the cache: start the one of an event a few ahead. (The
+            // events themselves are in the cache: the time range's pass above read them all.)
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
                 self.blocks.prefetch(ahead.addr);
-                if let Some(ahead) = events.get(i + EVENTS_AHEAD) {
-                    AddrMap::prefetch_item(ahead);
-                }
             }
             self.streams
                 .time
@@ -1403,8 +1398,9 @@ impl ChunkEncoder {
         batch: &[Event],
         i: usize,
     ) {
-        // Narrow, its address alone; wide, all four fields (the address by reference too).
-        let wide = if e.arg32 == 0 && e.aux == 0 && e.arg == 0 {
+        // Narrow, its address alone; wide, all four fields (the address by reference too). The
+        // fields are or-ed, not compared one by one: one test instead of a chain of three.
+        let wide = if (u64::from(e.arg32) | u64::from(e.aux) | e.arg) == 0 {
             self.code_ref::<L>(h, cur, e);
             false
         } else {
