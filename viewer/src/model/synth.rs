@@ -676,7 +676,8 @@ impl Synth {
             let p = &s.pages[i];
             if p.in_use {
                 run = 0;
-                i += ((p.end - p.start) / SMALL_PAGE_SIZE as u64) as usize;
+                // over its span (at least its own slot, so a broken span cannot stall the walk)
+                i += (((p.end - p.start) / SMALL_PAGE_SIZE as u64) as usize).max(1);
             } else {
                 run += 1;
                 i += 1;
