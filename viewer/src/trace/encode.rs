@@ -1693,9 +1693,11 @@ impl ChunkEncoder {
 
     /// Writes the payload to `out` (cleared first) and starts a new chunk.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
-        out.clear();
         let mut all = self.streams.all();
         let streams = &mut all[..self.coding.streams];
+        // The payload's whole size at once: grown stream by stream, a payload buffer was
+        // copied at each doubling and ended up with room for twice its bytes.
+        super::sink::room_for(out, streams.iter().map(|s| MAX_VARINT + s.len()).sum());
         for s in streams.iter() {
             put_varint(out, s.len() as u64);
         }

@@ -102,6 +102,18 @@ impl Sink {
     }
 }
 
+/// Empties `out` and makes room in it for `n` bytes. Where it has too little, it is replaced by
+/// a fresh buffer a quarter larger than `n`, not grown: growing copies the old buffer (all of
+/// its capacity, to the allocator) and doubles it, and the writer's payload buffers, a few MiB
+/// each and kept from chunk to chunk, were faulted in anew each time a chunk came out a little
+/// larger than those before.
+pub fn room_for(out: &mut Vec<u8>, n: usize) {
+    out.clear();
+    if out.capacity() < n {
+        *out = Vec::with_capacity(n + n / 4);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +142,17 @@ mod tests {
         assert_eq!(sink.len(), 0);
         sink.varint(300);
         assert_eq!(sink.bytes(), &[0xac, 0x02]);
+    }
+
+    #[test]
+    fn room_for_keeps_a_buffer_large_enough_and_replaces_a_small_one() {
+        let mut out = vec![7u8; 100];
+        room_for(&mut out, 1000);
+        assert!(out.is_empty() && out.capacity() >= 1250);
+        out.extend_from_slice(&[1; 900]);
+        let kept = out.as_ptr();
+        room_for(&mut out, 1200);
+        assert!(out.is_empty());
+        assert_eq!(out.as_ptr(), kept, "room enough: the same buffer");
     }
 }

@@ -111,6 +111,8 @@ struct Job {
     event_count: u32,
     times: (u64, u64),
     raw: Vec<u8>,
+    /// Room for the compressed payload, kept from chunk to chunk as `raw` is.
+    stored: Vec<u8>,
     /// The helper encoded the chunk from parts.
     from_parts: bool,
     level: i32,
@@ -125,10 +127,11 @@ enum Work {
     Chunk(Job),
 }
 
-/// A chunk the helper compressed (`None`: compression would not make it smaller).
+/// A chunk the helper compressed (into `job.stored` if `true`; `false`: compression would not
+/// make it smaller).
 struct Done {
     job: Job,
-    compressed: io::Result<Option<Vec<u8>>>,
+    compressed: io::Result<bool>,
 }
 
 /// The threads that encode and compress Events chunks while the writer goes on: each chunk
@@ -176,7 +179,7 @@ impl HelperThread {
                         job.times = encoder.time_range();
                         encoder.finish_into(&mut job.raw);
                     }
-                    let compressed = compressors.compress(job.level, &job.raw);
+                    let compressed = compressors.compress(job.level, &job.raw, &mut job.stored);
                     if finished.send(Done { job, compressed }).is_err() {
                         return;
                     }
@@ -195,8 +198,11 @@ impl HelperThread {
 struct Compressors(Vec<(i32, zstd::bulk::Compressor<'static>)>);
 
 impl Compressors {
-    /// `raw` compressed at `level`, or `None` if that is not smaller.
-    fn compress(&mut self, level: i32, raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    /// Compresses `raw` at `level` into `out` (its bytes replaced); `false` if that is not
+    /// smaller. `out` is room kept from chunk to chunk: a fresh buffer for each chunk was
+    /// memory the recorder's allocator had returned to the OS, faulted in again page by page
+    /// (a third of `heaplens record`'s page faults on larson).
+    fn compress(&mut self, level: i32, raw: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
         let i = match self.0.iter().position(|(l, _)| *l == level) {
             Some(i) => i,
             None => {
@@ -204,8 +210,9 @@ impl Compressors {
                 self.0.len() - 1
             }
         };
-        let z = self.0[i].1.compress(raw)?;
-        Ok(Some(z).filter(|z| z.len() < raw.len()))
+        super::sink::room_for(out, zstd::zstd_safe::compress_bound(raw.len()));
+        let n = self.0[i].1.compress_to_buffer(raw, out)?;
+        Ok(n < raw.len())
     }
 }
 
@@ -222,8 +229,11 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     end_time: u64,
     index: TraceIndex,
     compressors: Compressors,
-    /// Payload buffers to encode into (the helper hands them back).
-    payloads: Vec<Vec<u8>>,
+    /// Room to compress the chunks written here into.
+    stored: Vec<u8>,
+    /// Payload buffers to encode into, and room to compress them into (the helper hands them
+    /// back).
+    payloads: Vec<(Vec<u8>, Vec<u8>)>,
     /// Events of the next chunk given to the helper as parts of shared batches
     /// ([`TraceWriter::write_shared`]), never at once with events in `encoder`, and their
     /// distinct heaps.
@@ -282,7 +292,7 @@ impl<W: Write> TraceWriter<W> {
         let mut compressors = Compressors::default();
         if let Some(level) = options.zstd_level {
             // A bad level shows here, not at the first chunk.
-            compressors.compress(level, &[])?;
+            compressors.compress(level, &[], &mut Vec::new())?;
         }
         Ok(Self {
             out: Some(out),
@@ -294,6 +304,7 @@ impl<W: Write> TraceWriter<W> {
             end_time: 0,
             index: TraceIndex::default(),
             compressors,
+            stored: Vec::new(),
             payloads: Vec::new(),
             parts_events: 0,
             parts_heaps: std::collections::HashSet::new(),
@@ -503,7 +514,7 @@ impl<W: Write> TraceWriter<W> {
         }
         let count = self.encoder.len();
         let range = self.encoder.time_range();
-        let mut payload = self.payloads.pop().unwrap_or_default();
+        let (mut payload, stored) = self.payloads.pop().unwrap_or_default();
         self.encoder.finish_into(&mut payload);
         let first = self.written_events;
         self.written_events += u64::from(count);
@@ -513,6 +524,7 @@ impl<W: Write> TraceWriter<W> {
             event_count: count,
             times: range,
             raw: payload,
+            stored,
             from_parts: false,
             level: self.options.zstd_level.unwrap_or(0),
         };
@@ -527,7 +539,7 @@ impl<W: Write> TraceWriter<W> {
             &job.raw,
             self.options.zstd_level,
         );
-        self.payloads.push(job.raw);
+        self.payloads.push((job.raw, job.stored));
         r?;
         self.flush_out()
     }
@@ -539,11 +551,13 @@ impl<W: Write> TraceWriter<W> {
         self.written_events += u64::from(count);
         self.parts_events = 0;
         self.parts_heaps.clear();
+        let (raw, stored) = self.payloads.pop().unwrap_or_default();
         let job = Job {
             first_event: first,
             event_count: count,
             times: (0, 0),
-            raw: self.payloads.pop().unwrap_or_default(),
+            raw,
+            stored,
             from_parts: true,
             level: self.options.zstd_level.unwrap_or(0),
         };
@@ -602,9 +616,9 @@ impl<W: Write> TraceWriter<W> {
             job.event_count,
             job.times,
             &job.raw,
-            compressed.as_deref(),
+            compressed.then_some(&job.stored[..]),
         );
-        self.payloads.push(job.raw);
+        self.payloads.push((job.raw, job.stored));
         r?;
         self.flush_out()
     }
@@ -640,21 +654,24 @@ impl<W: Write> TraceWriter<W> {
         raw: &[u8],
         level: Option<i32>,
     ) -> io::Result<()> {
+        let mut stored = std::mem::take(&mut self.stored);
         let compressed = match level {
             Some(level) if !raw.is_empty() => {
-                let r = self.compressors.compress(level, raw);
+                let r = self.compressors.compress(level, raw, &mut stored);
                 self.track(r)?
             }
-            _ => None,
+            _ => false,
         };
-        self.put_chunk(
+        let r = self.put_chunk(
             kind,
             first_event,
             event_count,
             times,
             raw,
-            compressed.as_deref(),
-        )
+            compressed.then_some(&stored[..]),
+        );
+        self.stored = stored;
+        r
     }
 
     /// Writes a chunk whose payload is `raw`, stored as `compressed` (zstd) if given.
