@@ -6,7 +6,7 @@
 //! | stream | per batch | per event |
 //! |---|---|---|
 //! | 0 ops | heap id, event count (varints) | op = kind × 4 + wide × 2 + (flags ≠ 0) (varint), then flags (byte) if not 0 |
-//! | 1 time | | time − previous event's time in the chunk (zigzag varint) |
+//! | 1 time | v6: the batch's times in runs of equal ones: per run, its events (varint), then zigzag(its time − the time before) | before v6: time − previous event's time in the chunk (zigzag varint) |
 //! | 2 refs | | `Alloc`, `Free`, `Resize`: where the address comes from (varint, below); v5: an `Alloc`'s in a byte with its size's high part ([`joint_code`]) |
 //! | 3 addr | | an address delta (zigzag varint) or an address (varint), by kind (below) |
 //! | 4 aux | | aux (varint); for `Alloc`: 0 → 0, the request's size class → 1, else aux + 2 |
@@ -98,9 +98,10 @@ pub const fn streams(version: u16) -> usize {
     }
 }
 
-/// Fewest payload bytes an event takes (op, time and at least one field): a decoder uses it to
-/// bound an event count before trusting it.
-pub const MIN_EVENT_BYTES: usize = 3;
+/// Fewest payload bytes an event takes (its op; from version 6 an event may take no byte of
+/// time, in a run of equal times): a decoder uses it to bound an event count before trusting
+/// it.
+pub const MIN_EVENT_BYTES: usize = 1;
 
 /// Most distinct heaps in one chunk: bounds a decoder's predictor state (about 1 KiB a heap).
 /// A writer starts a new chunk rather than exceed it.
@@ -445,6 +446,8 @@ struct Coding {
     pages: bool,
     /// Version 5 on: an `Alloc`'s refs code and size share a byte ([`joint_code`]).
     joint: bool,
+    /// Version 6 on: times are coded in runs of equal ones ([`code_time_runs`]).
+    time_runs: bool,
     /// Byte streams in a payload ([`streams`]).
     streams: usize,
     /// The version this build writes: every flag above set, and the tables this build's. The
@@ -467,7 +470,7 @@ macro_rules! latest_flags {
 }
 
 impl Coding {
-    latest_flags!(pages, split, joint, stacks);
+    latest_flags!(pages, split, joint, stacks, time_runs);
 
     /// `fields`, a constant table when `L`.
     #[inline(always)]
@@ -495,6 +498,7 @@ impl Coding {
             split: version >= 3,
             pages: version >= 4,
             joint: version >= 5,
+            time_runs: version >= 6,
             streams: streams(version),
             latest: version >= super::format::VERSION,
         }
@@ -722,6 +726,24 @@ pub fn split_streams(payload: &[u8], n: usize) -> Result<[&[u8]; STREAMS], &'sta
         return Err("bytes after the last stream");
     }
     Ok(streams)
+}
+
+/// Writes the times of a batch (version 6) in runs of equal times: per run, its length and
+/// zigzag(its time − the time before it, `prev` for the first). Returns the batch's earliest and
+/// latest time. The hook stamps events with a clock that moves about once a buffer, so a batch
+/// is mostly one run: the time stream then takes two bytes a batch instead of one an event.
+fn code_time_runs(time: &mut Sink, events: &[Event], mut prev: u64) -> (u64, u64) {
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let t = first.time;
+        let n = rest.iter().position(|e| e.time != t).unwrap_or(rest.len());
+        time.varint(n as u64);
+        time.varint(zigzag(t.wrapping_sub(prev)));
+        (prev, lo, hi) = (t, lo.min(t), hi.max(t));
+        rest = &rest[n..];
+    }
+    (lo, hi)
 }
 
 /// Writes `v` split: its low byte to `lo`, the rest (`v >> 8`) as a varint to `hi`. zstd codes
@@ -1254,26 +1276,35 @@ impl ChunkEncoder {
     /// `L` (else in `self.coding`'s).
     fn push_events<const L: bool>(&mut self, heap: u32, events: &[Event]) {
         let (cur, mut h) = self.start_batch(heap, events.len());
-        // The time range in a pass of its own: in the loop below its two compares were among
-        // a dozen values kept on the stack.
-        let (start_time, end_time) = events
-            .iter()
-            .fold((self.start_time, self.end_time), |(lo, hi), e| {
+        // The times, and the time range, in a pass of their own: in the loop below the range's
+        // two compares were among a dozen values kept on the stack.
+        let runs = self.coding.time_runs::<L>();
+        let (lo, hi) = if runs {
+            code_time_runs(&mut self.streams.time, events, self.prev_time)
+        } else {
+            events.iter().fold((u64::MAX, 0), |(lo, hi), e| {
                 (lo.min(e.time), hi.max(e.time))
-            });
-        (self.start_time, self.end_time) = (start_time, end_time);
+            })
+        };
+        self.start_time = self.start_time.min(lo);
+        self.end_time = self.end_time.max(hi);
         let mut prev_time = self.prev_time;
         for (i, e) in events.iter().enumerate() {
             // The address lookups miss the cache: start the one of an event a few ahead. (The
-            // events themselves are in the cache: the time range's pass above read them all.)
+            // events themselves are in the cache: the time pass above read them all.)
             if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
                 self.blocks.prefetch(ahead.addr);
             }
-            self.streams
-                .time
-                .varint(zigzag(e.time.wrapping_sub(prev_time)));
-            prev_time = e.time;
+            if !runs {
+                self.streams
+                    .time
+                    .varint(zigzag(e.time.wrapping_sub(prev_time)));
+                prev_time = e.time;
+            }
             self.code_event::<L>(&mut h, cur, e, events, i);
+        }
+        if let Some(last) = events.last() {
+            prev_time = last.time;
         }
         if self.coding.pages::<L>() {
             // The events after the batch's last page event.
@@ -1295,8 +1326,9 @@ impl ChunkEncoder {
         s.ops.room(2 * MAX_VARINT + 3 * n);
         s.ref_lo.room(n);
         s.size_lo.room(n);
+        // Version 6's time runs take up to two values an event.
+        s.time.room(2 * MAX_VARINT * n);
         for wide in [
-            &mut s.time,
             &mut s.refs,
             &mut s.addr,
             &mut s.aux,
@@ -1849,8 +1881,11 @@ impl Decoder {
             split,
             pages,
             joint,
+            time_runs,
             ..
         } = self.coding;
+        // Events left in the current run of equal times (version 6).
+        let mut run_left = 0u64;
         let page = |a: u64| a & !(PAGE_GRAIN - 1);
         // Page events whose address waits for the batch's next `Alloc` (version 4): their index
         // in `out`, and what the address is coded against; the batch they are in.
@@ -1943,9 +1978,23 @@ impl Decoder {
             let masks = &masks[..n];
 
             // The plain columns.
-            for (_, e) in events.iter_mut() {
-                t = t.wrapping_add(unzigzag(time.varint()?));
-                e.time = t;
+            if time_runs {
+                for (_, e) in events.iter_mut() {
+                    if run_left == 0 {
+                        run_left = time.varint()?;
+                        if run_left == 0 {
+                            return Err("a run of times with no events");
+                        }
+                        t = t.wrapping_add(unzigzag(time.varint()?));
+                    }
+                    run_left -= 1;
+                    e.time = t;
+                }
+            } else {
+                for (_, e) in events.iter_mut() {
+                    t = t.wrapping_add(unzigzag(time.varint()?));
+                    e.time = t;
+                }
             }
             // An `Alloc`'s refs code, read with its size (version 5).
             let mut alloc_refs = [0u64; BLOCK];
@@ -2149,6 +2198,9 @@ impl Decoder {
         }
         if gap_left != 0 {
             return Err("page event gaps do not add up to the batch");
+        }
+        if run_left != 0 {
+            return Err("a run of times past the last event");
         }
         if [
             ops,
@@ -2894,5 +2946,86 @@ mod tests {
         put_varint(&mut hi, 1 << 56);
         assert!(get_split(&mut Bytes::new(&[0]), &mut Bytes::new(&hi)).is_err());
         assert!(get_split(&mut Bytes::new(&[]), &mut Bytes::new(&[0])).is_err());
+    }
+
+    #[test]
+    fn times_are_coded_in_runs_and_bad_runs_are_refused() {
+        let free = |addr: u64, time: u64| Event {
+            kind: FREE,
+            addr,
+            time,
+            ..Event::default()
+        };
+        // One run of 500 events at one time, then a run of 2, one back in time, and one of 1.
+        let mut batch: Vec<Event> = (0..500).map(|i| free(0x1000 + 16 * i, 7_000)).collect();
+        batch.extend([
+            free(16, 7_100),
+            free(32, 7_100),
+            free(48, 90),
+            free(64, u64::MAX),
+        ]);
+        let mut enc = ChunkEncoder::new();
+        enc.push_batch(3, &batch);
+        enc.push_batch(4, &batch[500..]);
+        assert_eq!(enc.time_range(), (90, u64::MAX));
+        let mut payload = Vec::new();
+        enc.finish_into(&mut payload);
+        let streams = split_streams(&payload, STREAMS).unwrap();
+        // The first batch's runs: (500, 7000), (2, +100), (1, -7010), (1, MAX - 90); the
+        // second's start again from the time before them.
+        let mut want = Vec::new();
+        let runs = [(500, 7_000), (2, 7_100), (1, 90), (1, u64::MAX)];
+        for batch_runs in [&runs[..], &runs[1..]] {
+            let mut prev = if want.is_empty() { 0 } else { u64::MAX };
+            for &(n, t) in batch_runs {
+                put_varint(&mut want, n);
+                put_varint(&mut want, zigzag(t.wrapping_sub(prev)));
+                prev = t;
+            }
+        }
+        assert_eq!(streams[1], &want[..], "the time stream");
+        let mut out = Vec::new();
+        Decoder::new().decode(&payload, 508, &mut out).unwrap();
+        let times: Vec<u64> = out.iter().map(|(_, e)| e.time).collect();
+        let sent: Vec<u64> = batch.iter().chain(&batch[500..]).map(|e| e.time).collect();
+        assert_eq!(times, sent);
+
+        // The same payload with its time stream replaced: runs that do not add up to the
+        // events are refused.
+        let with_times = |time: &[u8]| {
+            let mut p = Vec::new();
+            for (i, s) in streams.iter().enumerate() {
+                put_varint(&mut p, if i == 1 { time.len() } else { s.len() } as u64);
+            }
+            for (i, s) in streams.iter().enumerate() {
+                p.extend_from_slice(if i == 1 { time } else { s });
+            }
+            p
+        };
+        assert_eq!(with_times(&want), payload);
+        let mut short = want.clone();
+        short[0] = 0xf3; // the first run 499 + ... events: the runs end before the events
+        short[1] = 0x03;
+        for (time, why) in [
+            (&[0u8, 0][..], "a run of times with no events"),
+            (&[0xf4, 0x03, 0][..], "a run of times past the last event"),
+        ] {
+            let mut time = time.to_vec();
+            if why.ends_with("past the last event") {
+                // One run of 500, then one of more events than are left.
+                time.extend([0x20, 0]);
+            }
+            let mut out = Vec::new();
+            assert_eq!(
+                Decoder::new().decode(&with_times(&time), 508, &mut out),
+                Err(why),
+                "{why}"
+            );
+        }
+        assert!(
+            Decoder::new()
+                .decode(&with_times(&short), 508, &mut Vec::new())
+                .is_err()
+        );
     }
 }

@@ -348,7 +348,7 @@ mod tests {
         h.event_count = MAX_CHUNK_EVENTS + 1;
         assert_eq!(ix.push(0, h), Err(ChunkDefect::BadLength));
         let mut h = events(0, 10, 0, 0);
-        h.raw_len = 20; // ten events need at least 70 bytes
+        h.raw_len = 9; // ten events need at least ten bytes (an op each)
         assert_eq!(ix.push(0, h), Err(ChunkDefect::BadLength));
         let mut h = events(0, 1, 0, 0);
         h.compression = 9;
