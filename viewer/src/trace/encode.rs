@@ -3003,9 +3003,9 @@ mod tests {
             p
         };
         assert_eq!(with_times(&want), payload);
+        // The first run one event shorter (499): the runs end before the events do.
         let mut short = want.clone();
-        short[0] = 0xf3; // the first run 499 + ... events: the runs end before the events
-        short[1] = 0x03;
+        short[..2].copy_from_slice(&[0xf3, 0x03]);
         for (time, why) in [
             (&[0u8, 0][..], "a run of times with no events"),
             (&[0xf4, 0x03, 0][..], "a run of times past the last event"),
