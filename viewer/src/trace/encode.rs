@@ -1978,23 +1978,18 @@ impl Decoder {
             let masks = &masks[..n];
 
             // The plain columns.
-            if time_runs {
-                for (_, e) in events.iter_mut() {
+            // Times: in runs from version 6 ([`code_time_runs`]); before, each event is a run of
+            // one whose length is not written.
+            for (_, e) in events.iter_mut() {
+                if run_left == 0 {
+                    run_left = if time_runs { time.varint()? } else { 1 };
                     if run_left == 0 {
-                        run_left = time.varint()?;
-                        if run_left == 0 {
-                            return Err("a run of times with no events");
-                        }
-                        t = t.wrapping_add(unzigzag(time.varint()?));
+                        return Err("a run of times with no events");
                     }
-                    run_left -= 1;
-                    e.time = t;
-                }
-            } else {
-                for (_, e) in events.iter_mut() {
                     t = t.wrapping_add(unzigzag(time.varint()?));
-                    e.time = t;
                 }
+                run_left -= 1;
+                e.time = t;
             }
             // An `Alloc`'s refs code, read with its size (version 5).
             let mut alloc_refs = [0u64; BLOCK];
