@@ -721,7 +721,13 @@ impl<'a> Forward<'a> {
                 Ok(bytes) => Queued::Packed {
                     conn,
                     pid,
-                    batch: PackedBatch::came(head.heap, head.count, bytes, &self.tx.damage),
+                    batch: PackedBatch::came(
+                        head.heap,
+                        head.count,
+                        head.base,
+                        bytes,
+                        &self.tx.damage,
+                    ),
                 },
                 Err(e) => return Some(Some(WireError::Io(e))),
             },

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use heaplens_alloc::event::{Event, drop_reason};
-use heaplens_alloc::pack::{self, Packed};
+use heaplens_alloc::pack::{self, ArgBase, Packed};
 use heaplens_alloc::schema;
 use heaplens_alloc::wire;
 use heaplens_viewer::trace::SharedEvents;
@@ -68,17 +68,26 @@ pub struct PackedBatch {
     /// How many events.
     count: usize,
     bytes: Bytes,
+    /// How their `arg`s are packed.
+    base: ArgBase,
     /// Where it says that it was damaged.
     damage: Arc<Damage>,
 }
 
 impl PackedBatch {
-    /// `count` events packed in `bytes` as the peer sent them (they may yet turn out damaged:
-    /// see the module docs), reporting damage to `damage`.
-    pub fn came(heap: u32, count: usize, bytes: SlabBytes, damage: &Arc<Damage>) -> Self {
+    /// `count` events packed in `bytes` as the peer sent them, their `arg`s against `base`
+    /// (they may yet turn out damaged: see the module docs), reporting damage to `damage`.
+    pub fn came(
+        heap: u32,
+        count: usize,
+        base: ArgBase,
+        bytes: SlabBytes,
+        damage: &Arc<Damage>,
+    ) -> Self {
         Self {
             heap,
             count,
+            base,
             bytes: Bytes::Slab(bytes),
             damage: Arc::clone(damage),
         }
@@ -86,10 +95,12 @@ impl PackedBatch {
 
     /// `events` packed, with `scratch` as room to pack in.
     pub fn pack(heap: u32, events: &[Event], scratch: &mut Vec<u8>, damage: &Arc<Damage>) -> Self {
+        let packed = pack::pack(events, scratch);
         Self {
             heap,
             count: events.len(),
-            bytes: Bytes::Owned(pack::pack(events, scratch)),
+            base: packed.base(),
+            bytes: Bytes::Owned(packed),
             damage: Arc::clone(damage),
         }
     }
@@ -128,9 +139,9 @@ impl PackedBatch {
     fn unpack_with(
         &self,
         events: &mut Vec<Event>,
-        unpack: fn(&[u8], usize, &mut Vec<Event>) -> Option<()>,
+        unpack: fn(&[u8], usize, ArgBase, &mut Vec<Event>) -> Option<()>,
     ) {
-        if unpack(self.bytes(), self.count, events).is_some() {
+        if unpack(self.bytes(), self.count, self.base, events).is_some() {
             return;
         }
         // The events before the damage stand; each one from it on is one lost event, at the
