@@ -4,9 +4,13 @@
 //! pointers, run plain, under `heaplens record` with each stack mode, and under heaptrack,
 //! interleaved; medians, and ratios taken round by round, from this one run, with the budgets'
 //! verdicts. Each takes 0.3-0.6 s plain, so that starting a recording (about 20 ms) does not
-//! decide the ratios.
+//! decide the ratios. Peak RSS is `ru_maxrss` from `wait4`: the largest single process of the
+//! command (heaplens's recorder under `record`; under heaptrack, the larger of the program and
+//! `heaptrack_interpret`).
 //!
 //! `cargo bench -p heaplens-sample-apps --bench record_overhead [-- --rounds N]`
+
+#![allow(unsafe_code)] // wait4: the peak RSS of each command
 
 mod common;
 
@@ -20,14 +24,30 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `cmd`; returns its wall time and its standard error.
-fn run(cmd: &mut Command) -> (f64, String) {
+/// Runs `cmd` with its standard error in the file `err`; returns its wall time, its standard
+/// error and its peak RSS in MiB (the largest single process it waited for).
+fn run(cmd: &mut Command, err: &Path) -> (f64, String, f64) {
+    use std::os::unix::process::ExitStatusExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(err).expect("create stderr file"));
     let t = Instant::now();
-    let out = cmd.output().expect("run");
+    // Reaped by `wait4` below, which gives its resource use as `Child::wait` does not.
+    let pid = i32::try_from(cmd.spawn().expect("spawn").id()).expect("pid");
+    let mut status = 0;
+    // SAFETY: all-zero bytes are a valid `rusage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped (its `Child` was dropped unwaited); `status`
+    // and `usage` are valid for writes.
+    while unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) } != pid {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "wait4: {e}");
+    }
     let secs = t.elapsed().as_secs_f64();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed: {err}");
-    (secs, err)
+    let stderr = std::fs::read_to_string(err).unwrap_or_default();
+    let status = std::process::ExitStatus::from_raw(status);
+    assert!(status.success(), "{cmd:?} failed ({status}): {stderr}");
+    (secs, stderr, usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// The program's own run time that `heaplens record` reports.
@@ -87,6 +107,8 @@ struct Figures {
     wall: std::collections::HashMap<&'static str, Vec<f64>>,
     /// The program's own time under `heaplens record` per run kind.
     program: std::collections::HashMap<&'static str, Vec<f64>>,
+    /// Peak RSS in MiB per run kind.
+    peak: std::collections::HashMap<&'static str, Vec<f64>>,
     trace_all_bytes: u64,
     /// The same trace once `heaplens index` (what the first `heaplens view` does) has added its
     /// keyframes.
@@ -101,6 +123,9 @@ impl Figures {
     }
     fn program(&self, k: &str) -> f64 {
         median(&self.program[k])
+    }
+    fn peak(&self, k: &str) -> f64 {
+        median(&self.peak[k])
     }
 
     /// `a`'s time against `b`'s, round by round (the two ran minutes apart at most, the rounds
@@ -183,14 +208,18 @@ fn main() {
                         c
                     }
                 };
-                let (secs, err) = run(cmd.args(w.args));
+                let (secs, err, peak) = run(cmd.args(w.args), &dir.join("stderr.txt"));
                 f.wall.entry(kind).or_default().push(secs);
+                f.peak.entry(kind).or_default().push(peak);
                 if kind.starts_with("record") {
                     f.program.entry(kind).or_default().push(program_time(&err));
                 }
                 if kind == "record_all" {
                     f.trace_all_bytes = std::fs::metadata(&trace).map_or(0, |m| m.len());
-                    run(Command::new(&heaplens).arg("index").arg(&trace));
+                    run(
+                        Command::new(&heaplens).arg("index").arg(&trace),
+                        &dir.join("stderr.txt"),
+                    );
                     f.trace_all_indexed_bytes = std::fs::metadata(&trace).map_or(0, |m| m.len());
                     let out = Command::new(&heaplens)
                         .args(["stats", "--json"])
@@ -213,9 +242,12 @@ fn main() {
             // The first view's pass over the default recording's trace, which makes its
             // keyframes (the recorder leaves them to it): after the round's runs, so that the
             // runs whose times are compared follow one another.
-            let (secs, _) = run(Command::new(&heaplens)
-                .arg("index")
-                .arg(dir.join("record.hltrace")));
+            let (secs, _, _) = run(
+                Command::new(&heaplens)
+                    .arg("index")
+                    .arg(dir.join("record.hltrace")),
+                &dir.join("stderr.txt"),
+            );
             f.wall.entry("index").or_default().push(secs);
         }
         eprintln!("round {round}/{rounds} done");
@@ -229,9 +261,9 @@ fn main() {
     );
     println!();
     println!(
-        "| workload | plain | record: program | command | first view | sampled/off (command) | all (fp) | all (no fp) | heaptrack (fp) | heaptrack (no fp) | heaptrack / record | heaptrack / all (fp) | heaptrack / all (no fp) | trace all / heaptrack file |"
+        "| workload | plain | record: program | command | first view | sampled/off (command) | all (fp) | all (no fp) | heaptrack (fp) | heaptrack (no fp) | heaptrack / record | heaptrack / all (fp) | heaptrack / all (no fp) | trace all / heaptrack file | peak RSS: plain, record, heaptrack (MiB) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut fails: Vec<String> = Vec::new();
     for (w, f) in WORKLOADS.iter().zip(&figures) {
         let plain = f.wall("plain");
@@ -306,6 +338,16 @@ fn main() {
         } else {
             row += " - | - | - | - | - | heaptrack not installed |";
         }
+        let ht_peak = if heaptrack {
+            format!("{:.0}", f.peak("heaptrack"))
+        } else {
+            "-".into()
+        };
+        row += &format!(
+            " {:.0}, {:.0}, {ht_peak} |",
+            f.peak("plain"),
+            f.peak("record")
+        );
         println!("{row}");
     }
     println!();
