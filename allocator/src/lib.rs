@@ -44,6 +44,8 @@ pub mod module;
 pub mod options;
 pub mod os;
 pub mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pack_avx512;
 pub mod page;
 pub mod page_queue;
 pub mod ring;

@@ -1,8 +1,8 @@
 //! Batches of events packed small: each event as a 2-byte control word and four values of 0 to
 //! 8 bytes each, as many as the value needs (the control word holds the four lengths): the
 //! event's first word (kind, flags, aux, arg32), then its address and time as zigzag
-//! differences from the batch's previous event, and its `arg` as one from the batch's previous
-//! event of the same kind ([`ArgBase`]). About a fifth of the 32 bytes an [`Event`] takes in
+//! differences from the batch's previous event, and its `arg` (an `Alloc`'s size) as one from
+//! the batch's last `Alloc`'s, or from 0 ([`ArgBase`]). About a fifth of the 32 bytes an [`Event`] takes in
 //! memory on allocation-heavy programs; packing and unpacking read and write whole 8-byte
 //! words, with no loop per byte (a varint a field cost as much time to unpack as the trace
 //! encoder took to encode).
@@ -11,8 +11,9 @@
 //! packed = event* | slack[8]
 //! event  = control u16 | head[n0] | d_addr[n1] | d_arg[n2] | d_time[n3]   (little-endian)
 //!          control = n0 | n1 << 4 | n2 << 8 | n3 << 12, each n in 0..=8
-//!          d_arg   = zigzag(arg - the arg of the batch's last event of this kind, else 0)
-//!                    (ArgBase::SameKind; ArgBase::Previous: of the batch's last event)
+//!          d_arg   = zigzag(arg - base), base: an Alloc's, the arg of the batch's last Alloc
+//!                    before it (0 if none); any other event's, 0 (ArgBase::LastAlloc;
+//!                    ArgBase::Previous: the arg of the batch's previous event, if any)
 //! ```
 //!
 //! The collector of a traced process packs each batch before it goes on the socket
@@ -21,7 +22,10 @@
 //! its encoder unpacks it. Packed bytes from a socket are untrusted: [`unpack`] refuses
 //! anything [`pack`] could not have made, and never reads out of bounds.
 
-use crate::event::Event;
+use crate::event::{Event, EventKind};
+
+/// The kind whose `arg` is packed against the last one's ([`ArgBase::LastAlloc`]).
+pub(crate) const ALLOC: u8 = EventKind::Alloc as u8;
 
 /// The most bytes one event packs into: the control word and four 8-byte values.
 pub const MAX_PACKED: usize = 2 + 4 * 8;
@@ -67,12 +71,14 @@ pub fn unzigzag(v: u64) -> u64 {
 pub enum ArgBase {
     /// The `arg` of the batch's previous event (stream versions 2 and 3).
     Previous,
-    /// The `arg` of the batch's previous event of the same kind, or 0 (stream version 4). A
-    /// `Free`'s `arg` is 0 like the last `Free`'s, where against the `Alloc` before it, it cost
-    /// that size's bytes, and the next `Alloc`'s against it the same again: `arg` took 1.76
-    /// bytes an event of larson packed against the previous event, 0.78 against the last of its
-    /// kind (13 % of all the packed bytes, which `heaplens record`'s backlog holds).
-    SameKind,
+    /// An `Alloc`'s against the batch's last `Alloc`'s, any other event's against 0 (stream
+    /// version 4). A `Free`'s `arg` is 0, where against the `Alloc` before it, it cost that
+    /// size's bytes, and the next `Alloc`'s against it the same again: `arg` took 1.76 bytes an
+    /// event of larson packed against the previous event, 0.78 this way (13 % of all the
+    /// packed bytes, which `heaplens record`'s backlog holds). Against the last event of the
+    /// same kind, a table of 256, the bytes were the same and packing took a third longer: each
+    /// event waited for a store to the table two events before.
+    LastAlloc,
 }
 
 /// Events packed by [`pack`], or received packed.
@@ -134,46 +140,54 @@ pub const fn room_for(n: usize) -> usize {
 }
 
 /// Packs `events` into the start of `dst`, slack included, their `arg`s against
-/// [`ArgBase::SameKind`]; returns the bytes used, or `None` if `dst` is shorter than
+/// [`ArgBase::LastAlloc`]; returns the bytes used, or `None` if `dst` is shorter than
 /// [`room_for`] the events. Nothing is allocated: the collector packs into room it keeps from
 /// one batch to the next.
 pub fn pack_to(events: &[Event], dst: &mut [u8]) -> Option<usize> {
-    pack_with::<true>(events, dst)
+    pack_to_as(events, dst, ArgBase::LastAlloc)
 }
 
 /// [`pack_to`] with the `arg`s against `base`: [`ArgBase::Previous`] is how a peer of stream
 /// version 3 packed them (for tests of a reader that reads both).
 pub fn pack_to_as(events: &[Event], dst: &mut [u8], base: ArgBase) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::pack_avx512::available() {
+        // SAFETY: the processor has the features (checked just above).
+        return unsafe {
+            match base {
+                ArgBase::Previous => crate::pack_avx512::pack_with::<false>(events, dst),
+                ArgBase::LastAlloc => crate::pack_avx512::pack_with::<true>(events, dst),
+            }
+        };
+    }
     match base {
         ArgBase::Previous => pack_with::<false>(events, dst),
-        ArgBase::SameKind => pack_with::<true>(events, dst),
+        ArgBase::LastAlloc => pack_with::<true>(events, dst),
     }
 }
 
-/// [`pack_to_as`], the `arg`s against [`ArgBase::SameKind`] if `BY_KIND`.
+/// [`pack_to_as`], the `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`.
 #[inline(always)]
-fn pack_with<const BY_KIND: bool>(events: &[Event], dst: &mut [u8]) -> Option<usize> {
+fn pack_with<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option<usize> {
     let dst = dst.get_mut(..room_for(events.len()))?;
     let mut at = 0;
+    // `arg`: the previous event's, or the last `Alloc`'s if `LAST_ALLOC`.
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
-    // The last `arg` of each kind (indexed by a `u8`: no bounds check).
-    let mut args = [0u64; 256];
     for e in events {
-        let last_arg = if BY_KIND {
-            &mut args[usize::from(e.kind)]
-        } else {
-            &mut arg
-        };
+        let chained = !LAST_ALLOC || e.kind == ALLOC;
         let values = [
             u64::from(e.kind)
                 | u64::from(e.flags) << 8
                 | u64::from(e.aux) << 16
                 | u64::from(e.arg32) << 32,
             zigzag(e.addr.wrapping_sub(addr)),
-            zigzag(e.arg.wrapping_sub(*last_arg)),
+            zigzag(e.arg.wrapping_sub(if chained { arg } else { 0 })),
             zigzag(e.time.wrapping_sub(time)),
         ];
-        (addr, *last_arg, time) = (e.addr, e.arg, e.time);
+        (addr, time) = (e.addr, e.time);
+        if chained {
+            arg = e.arg;
+        }
         // The lengths first, then where each value goes: no value's place waits for the
         // previous value's length to be worked out and stored.
         let n = values.map(bytes_of);
@@ -221,7 +235,7 @@ pub fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Packed {
     Packed {
         bytes: scratch.as_slice().to_vec(),
         len: events.len(),
-        base: ArgBase::SameKind,
+        base: ArgBase::LastAlloc,
     }
 }
 
@@ -275,37 +289,38 @@ fn unpack_vec(
     events.reserve(len);
     let out = events.as_mut_ptr();
     let mut n = 0;
-    // `unpack_into` hands on at most `len` events: each goes to reserved room.
-    let put = |words| {
-        // SAFETY: `n < len` and `len` events were reserved.
-        store(unsafe { out.add(n) }, words);
-        n += 1;
+    // `unpack_into` hands on at most `len` events, numbered: each goes to reserved room. (The
+    // count is stored, not incremented: an increment through the closure's reference was a
+    // load and a store an event, one after the other.)
+    let put = |i: usize, words| {
+        // SAFETY: `i < len` and `len` events were reserved.
+        store(unsafe { out.add(i) }, words);
+        n = i + 1;
     };
     let done = match base {
         ArgBase::Previous => unpack_into::<false>(b, len, put),
-        ArgBase::SameKind => unpack_into::<true>(b, len, put),
+        ArgBase::LastAlloc => unpack_into::<true>(b, len, put),
     };
     // SAFETY: the first `n` events were written above.
     unsafe { events.set_len(n) };
     done
 }
 
-/// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its four
-/// words, their `arg`s against [`ArgBase::SameKind`] if `BY_KIND`; `Some` if exactly `len`
-/// fill `b` up to its slack.
+/// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its
+/// number and its four words, their `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`; `Some`
+/// if exactly `len` fill `b` up to its slack.
 #[inline(always)]
-fn unpack_into<const BY_KIND: bool>(
+fn unpack_into<const LAST_ALLOC: bool>(
     b: &[u8],
     len: usize,
-    mut put: impl FnMut([u64; 4]),
+    mut put: impl FnMut(usize, [u64; 4]),
 ) -> Option<()> {
     // Values end at most here: the slack follows them.
     let end = b.len() - SLACK;
     let mut at = 0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
-    let mut args = [0u64; 256];
     let mut tail = [0u8; WINDOW];
-    for _ in 0..len {
+    for i in 0..len {
         // One bounds check an event: a window its largest possible slot fits in, or near the
         // end a copy of what is left, zero-padded (the values' masks drop the padding's bytes,
         // as they drop the next event's).
@@ -325,15 +340,14 @@ fn unpack_into<const BY_KIND: bool>(
         }
         let [head, d_addr, d_arg, d_time] = values;
         addr = addr.wrapping_add(unzigzag(d_addr));
-        let last_arg = if BY_KIND {
-            // The kind is the head word's low byte.
-            &mut args[usize::from(head as u8)]
-        } else {
-            &mut arg
-        };
-        *last_arg = last_arg.wrapping_add(unzigzag(d_arg));
+        // The kind is the head word's low byte.
+        let chained = !LAST_ALLOC || head as u8 == ALLOC;
+        let this_arg = if chained { arg } else { 0 }.wrapping_add(unzigzag(d_arg));
+        if chained {
+            arg = this_arg;
+        }
         time = time.wrapping_add(unzigzag(d_time));
-        put([head, addr, *last_arg, time]);
+        put(i, [head, addr, this_arg, time]);
     }
     (at == end).then_some(())
 }
@@ -360,9 +374,7 @@ const MASK16: [u64; 16] = {
 #[inline]
 fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
     let control = u16::from_le_bytes([slot[0], slot[1]]);
-    // A length above 8 has its top bit set and another one too.
-    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
-    if top & (low | low >> 1 | low >> 2) & 0x1111 != 0 {
+    if !control_ok(control) {
         return None;
     }
     let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf));
@@ -379,6 +391,14 @@ fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
         word(place[3]) & MASK16[n[3]],
     ];
     Some((values, place[3] + n[3]))
+}
+
+/// Whether no length in `control` is above 8.
+#[inline(always)]
+fn control_ok(control: u16) -> bool {
+    // A length above 8 has its top bit set and another one too.
+    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
+    top & (low | low >> 1 | low >> 2) & 0x1111 == 0
 }
 
 /// How many low bytes of `v` are not zero bytes above the highest set bit (0 for 0).
@@ -518,7 +538,7 @@ pub(crate) mod tests {
         for len in 0..200 {
             let junk = junk(&mut x, len);
             for n in [0, 1, 3, 50] {
-                for base in [ArgBase::Previous, ArgBase::SameKind] {
+                for base in [ArgBase::Previous, ArgBase::LastAlloc] {
                     if let Some(p) = Packed::from_parts(junk.clone(), n, base) {
                         let _ = unpack(&p, &mut out);
                     }
@@ -530,7 +550,7 @@ pub(crate) mod tests {
     #[test]
     fn both_unpackings_agree_on_every_packing() {
         let agree = |b: &[u8], n: usize, what: &str| {
-            let verdicts = [ArgBase::Previous, ArgBase::SameKind].map(|base| {
+            let verdicts = [ArgBase::Previous, ArgBase::LastAlloc].map(|base| {
                 let mut streamed = Vec::new();
                 let mut here = vec![ev(9, 9, 9, 9, 9, 9, 9)];
                 let verdict = unpack_bytes(b, n, base, &mut streamed);
@@ -579,7 +599,7 @@ pub(crate) mod tests {
     fn a_count_the_bytes_cannot_hold_is_refused_before_anything_is_reserved() {
         let packed = pack(&sample_events(10), &mut Vec::new());
         let bytes = packed.bytes().to_vec();
-        let same = ArgBase::SameKind;
+        let same = ArgBase::LastAlloc;
         assert_eq!(
             Packed::from_parts(bytes.clone(), packed.len(), same),
             Some(packed.clone())
@@ -596,7 +616,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn args_are_packed_against_the_last_of_their_kind_and_either_way_read_back() {
+    fn sizes_are_packed_against_the_last_allocs_and_either_way_read_back() {
         // Allocations of one size, each freed at once: a `Free`'s `arg` is 0.
         let events: Vec<Event> = (0..1000u64)
             .flat_map(|i| {
@@ -605,7 +625,7 @@ pub(crate) mod tests {
             })
             .collect();
         let mut room = vec![0; room_for(events.len())];
-        let mut sizes = [ArgBase::Previous, ArgBase::SameKind].map(|base| {
+        let mut sizes = [ArgBase::Previous, ArgBase::LastAlloc].map(|base| {
             let used = pack_to_as(&events, &mut room, base).unwrap();
             let packed = Packed::from_parts(room[..used].to_vec(), events.len(), base).unwrap();
             let mut back = Vec::new();
@@ -614,16 +634,69 @@ pub(crate) mod tests {
             used
         });
         // Against the previous event each `arg` took a byte (40 after 0, 0 after 40); against
-        // the last of its kind only the first `Alloc`'s does.
+        // the last `Alloc`'s only the first `Alloc`'s does.
         sizes[0] -= sizes[1];
         assert_eq!(sizes[0], events.len() - 1);
-        // `pack_to` packs against the last of the kind, and the base matters when reading.
+        // `pack_to` packs against the last `Alloc`'s, and the base matters when reading.
         let used = pack_to(&events, &mut room).unwrap();
         let mut back = Vec::new();
-        unpack_here(&room[..used], events.len(), ArgBase::SameKind, &mut back).unwrap();
+        unpack_here(&room[..used], events.len(), ArgBase::LastAlloc, &mut back).unwrap();
         assert_eq!(back, events);
         unpack_here(&room[..used], events.len(), ArgBase::Previous, &mut back).unwrap();
         assert_ne!(back, events);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_packs_exactly_as_the_loop_does() {
+        use crate::pack_avx512 as simd;
+        if !simd::available() {
+            eprintln!("this processor has no AVX-512 (VBMI2): the loop alone is used");
+            return;
+        }
+        // Allocations of a few sizes, each freed at once, and other kinds between.
+        let alternating: Vec<Event> = (0..1500u64)
+            .map(|i| {
+                let addr = 0x10_0000 + 48 * (i / 2);
+                match i % 3 {
+                    0 => ev(1, 0, 3, 0, addr, 40 + i % 7, i / 9),
+                    1 => ev(2, 1, 0, 0, addr, 0, i / 9),
+                    _ => ev(16, 0, 9, 77, addr & !0xffff, 1 << (i % 40), i / 9),
+                }
+            })
+            .collect();
+        let batches = [sample_events(3000), alternating, Vec::new()];
+        for base in [ArgBase::Previous, ArgBase::LastAlloc] {
+            for events in &batches {
+                let mut looped = vec![0x55u8; room_for(events.len())];
+                let mut vectors = vec![0xffu8; room_for(events.len())];
+                // SAFETY: `available` said yes.
+                let (a, b) = unsafe {
+                    if base == ArgBase::LastAlloc {
+                        (
+                            pack_with::<true>(events, &mut looped),
+                            simd::pack_with::<true>(events, &mut vectors),
+                        )
+                    } else {
+                        (
+                            pack_with::<false>(events, &mut looped),
+                            simd::pack_with::<false>(events, &mut vectors),
+                        )
+                    }
+                };
+                let used = a.unwrap();
+                assert_eq!(b, Some(used), "{base:?}, {} events", events.len());
+                assert_eq!(looped[..used], vectors[..used], "{base:?}");
+                let mut back = Vec::new();
+                unpack_here(&vectors[..used], events.len(), base, &mut back).unwrap();
+                assert_eq!(&back, events, "{base:?}");
+                // Room one byte short is refused by both.
+                let short = room_for(events.len()) - 1;
+                // SAFETY: as above.
+                let refused = unsafe { simd::pack_with::<true>(events, &mut vectors[..short]) };
+                assert_eq!(refused, None);
+            }
+        }
     }
 
     #[test]

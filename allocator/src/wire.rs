@@ -15,8 +15,8 @@
 //!   6 Ring    size u64: the frames that follow are in a ring of `size` bytes in shared memory
 //!             (`crate::ring`), whose descriptor comes with this frame (`SCM_RIGHTS`); the socket
 //!             then carries only one-byte wake-ups, and its closing is the stream's end
-//!   7 Packed by kind  as Packed, each `arg` against the previous event of its kind's
-//!             (`ArgBase::SameKind`)
+//!   7 Packed  as 5, but an Alloc's `arg` against the batch's last Alloc's and any other
+//!             event's against 0 (`ArgBase::LastAlloc`)
 //! ```
 //! Each frame carries one [`Message`] (`crate::batch`), the same the in-process path delivers.
 //! Version 2 added the packed batch, which the socket sink sends instead of Batch (about 8
@@ -24,7 +24,7 @@
 //! too, and a reader of version 1 refuses a version 2 stream by its version, not at its first
 //! packed frame. Version 3 added the ring, which a traced process uses when it can make one
 //! (packed batches go there, packed in place); without one it streams as version 2 did.
-//! Version 4 packs each `arg` against the last of its kind (frame 7 instead of 5): 13 % fewer
+//! Version 4 packs an `Alloc`'s size against the last `Alloc`'s (frame 7 instead of 5): 13 % fewer
 //! bytes on larson, in the ring and in `heaplens record`'s backlog. The frame's type says how a
 //! batch is packed, so a reader reads either in a stream of any version.
 //! A stream that stops without `End` means the process died (the launcher reports how). The
@@ -67,7 +67,7 @@ const FRAME_END: u8 = 3;
 const FRAME_EXIT: u8 = 4;
 const FRAME_PACKED: u8 = 5;
 const FRAME_RING: u8 = 6;
-const FRAME_PACKED_BY_KIND: u8 = 7;
+const FRAME_PACKED_LAST_ALLOC: u8 = 7;
 /// A packed batch frame's header: type, length, heap, count.
 const PACKED_HEAD: usize = 1 + 4 + 4 + 4;
 
@@ -185,7 +185,7 @@ fn packed_frame_in(heap: u32, events: &[Event], room: &mut [u8]) -> io::Result<u
         .ok_or_else(|| io::Error::other("no room to pack a batch"))?;
     let len = u32::try_from(8 + used).map_err(|_| io::Error::other("frame too large"))?;
     let head = &mut room[..PACKED_HEAD];
-    head[0] = FRAME_PACKED_BY_KIND;
+    head[0] = FRAME_PACKED_LAST_ALLOC;
     head[1..5].copy_from_slice(&len.to_le_bytes());
     head[5..9].copy_from_slice(&heap.to_le_bytes());
     head[9..13].copy_from_slice(&count.to_le_bytes());
@@ -542,7 +542,7 @@ fn read_frame_with<R: BufRead>(
     }
     if let Some(base) = match head[0] {
         FRAME_PACKED => Some(ArgBase::Previous),
-        FRAME_PACKED_BY_KIND => Some(ArgBase::SameKind),
+        FRAME_PACKED_LAST_ALLOC => Some(ArgBase::LastAlloc),
         _ => None,
     } {
         if len < 8 + crate::pack::SLACK {
@@ -1540,7 +1540,7 @@ mod tests {
         // This build's frame packs against the last of each kind, in fewer bytes.
         let mut v4 = Vec::new();
         write_packed_batch(&mut v4, 3, &events, &mut Vec::new()).unwrap();
-        assert_eq!(v4[0], FRAME_PACKED_BY_KIND);
+        assert_eq!(v4[0], FRAME_PACKED_LAST_ALLOC);
         assert!(v4.len() < v3.len(), "{} against {}", v4.len(), v3.len());
         let Ok(Some(Message::Batch(got))) = read_frame(&mut &v4[..]) else {
             panic!("a version 4 packed batch is read");

@@ -1,0 +1,94 @@
+//! [`crate::pack`]'s packing with AVX-512, on the processors that have it (Ice Lake and later;
+//! `pack` checks at run time and falls back to its loop). The same bytes either way: an event's
+//! four words are one 256-bit vector, their differences and lengths are taken lane by lane, and
+//! the bytes each value needs are gathered with one byte compress (`vpcompressb`) instead of a
+//! length, a place and a store per value.
+//!
+//! Unpacking stays a loop: written the same way (one byte expand, `vpexpandb`), it took as long
+//! as the loop, whose time is the chain from one event's length to the next event's place.
+
+use core::arch::x86_64::{
+    __m256i, _mm_cvtsi128_si32, _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256,
+    _mm256_lzcnt_epi64, _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8,
+    _mm256_maskz_mov_epi64, _mm256_set1_epi64x, _mm256_setr_epi8, _mm256_setzero_si256,
+    _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64, _mm256_srli_epi64,
+    _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256, _pext_u32,
+};
+
+use crate::event::Event;
+use crate::pack::{ALLOC, MAX_PACKED, SLACK, room_for};
+
+/// Whether this processor runs [`pack_with`] (checked once by `std`, then a load).
+#[inline]
+pub(crate) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512cd")
+        && std::arch::is_x86_feature_detected!("avx512vbmi2")
+        && std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("popcnt")
+}
+
+/// The lanes of an event of `kind` packed against the previous values (a mask of the four
+/// words): addr and time, and arg unless `LAST_ALLOC` and `kind` is not `Alloc`'s.
+#[inline(always)]
+fn chained_lanes<const LAST_ALLOC: bool>(kind: u8) -> u8 {
+    if !LAST_ALLOC || kind == ALLOC {
+        0b1110
+    } else {
+        0b1010
+    }
+}
+
+/// `crate::pack`'s `pack_with`: the same bytes.
+///
+/// # Safety
+/// The processor has the features [`available`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd,avx512vbmi2,bmi2,popcnt")]
+pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool>(
+    events: &[Event],
+    dst: &mut [u8],
+) -> Option<usize> {
+    let dst = dst.get_mut(..room_for(events.len()))?;
+    let mut at = 0;
+    // The previous values: [-, addr, arg, time] (the head word is packed as it is; `arg` the
+    // last `Alloc`'s if `LAST_ALLOC`).
+    let mut prev = _mm256_setzero_si256();
+    // Each byte's number in its word, and where each word's lowest byte is in its 128-bit half.
+    let byte_in_word = _mm256_setr_epi8(
+        0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5,
+        6, 7,
+    );
+    let low_byte = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8,
+        8, 8,
+    );
+    let seventy_one = _mm256_set1_epi64x(71);
+    for e in events {
+        // SAFETY: an `Event` is 32 bytes (`repr(C)`): its head word, addr, arg and time.
+        let v = unsafe { _mm256_loadu_si256((&raw const *e).cast::<__m256i>()) };
+        // The lanes packed against the previous values: addr and time, and arg unless only an
+        // `Alloc`'s is (the rest against 0).
+        let chained = chained_lanes::<LAST_ALLOC>(e.kind);
+        let d = _mm256_sub_epi64(v, _mm256_maskz_mov_epi64(chained, prev));
+        let z = _mm256_xor_si256(_mm256_slli_epi64::<1>(d), _mm256_srai_epi64::<63>(d));
+        // The head word as it is.
+        let z = _mm256_mask_blend_epi64(0b0001, z, v);
+        // Bytes each value needs: (71 - leading zeros) / 8, 0 for 0.
+        let n = _mm256_srli_epi64::<3>(_mm256_sub_epi64(seventy_one, _mm256_lzcnt_epi64(z)));
+        let keep = _mm256_cmplt_epu8_mask(byte_in_word, _mm256_shuffle_epi8(n, low_byte));
+        let values = _mm256_maskz_compress_epi8(keep, z);
+        // The four lengths, a byte each, then a nibble each.
+        let lengths = _mm_cvtsi128_si32(_mm256_cvtepi64_epi8(n)) as u32;
+        let control = _pext_u32(lengths, 0x0f0f_0f0f) as u16;
+        let slot = dst.get_mut(at..at + MAX_PACKED)?;
+        slot[..2].copy_from_slice(&control.to_le_bytes());
+        // SAFETY: `slot` holds 2 + 32 bytes.
+        unsafe { _mm256_storeu_si256(slot[2..].as_mut_ptr().cast::<__m256i>(), values) };
+        at += 2 + keep.count_ones() as usize;
+        prev = _mm256_mask_blend_epi64(chained, prev, v);
+    }
+    dst.get_mut(at..at + SLACK)?.fill(0);
+    Some(at + SLACK)
+}
