@@ -2,10 +2,11 @@
 //! 8 bytes each, as many as the value needs (the control word holds the four lengths): the
 //! event's first word (kind, flags, aux, arg32), then its address and time as zigzag
 //! differences from the batch's previous event, and its `arg` (an `Alloc`'s size) as one from
-//! the batch's last `Alloc`'s, or from 0 ([`ArgBase`]). About a fifth of the 32 bytes an [`Event`] takes in
-//! memory on allocation-heavy programs; packing and unpacking read and write whole 8-byte
-//! words, with no loop per byte (a varint a field cost as much time to unpack as the trace
-//! encoder took to encode).
+//! the batch's last `Alloc`'s, or from 0 ([`ArgBase`]). About a fifth of the 32 bytes an
+//! [`Event`] takes in memory on allocation-heavy programs; packing and unpacking read and write
+//! whole 8-byte words, with no loop per byte (a varint a field cost as much time to unpack as
+//! the trace encoder took to encode). Where the processor has AVX-512, `crate::pack_avx512`
+//! packs the same bytes.
 //!
 //! ```text
 //! packed = event* | slack[8]
@@ -289,9 +290,7 @@ fn unpack_vec(
     events.reserve(len);
     let out = events.as_mut_ptr();
     let mut n = 0;
-    // `unpack_into` hands on at most `len` events, numbered: each goes to reserved room. (The
-    // count is stored, not incremented: an increment through the closure's reference was a
-    // load and a store an event, one after the other.)
+    // `unpack_into` hands on at most `len` events, numbered: each goes to reserved room.
     let put = |i: usize, words| {
         // SAFETY: `i < len` and `len` events were reserved.
         store(unsafe { out.add(i) }, words);

@@ -5,7 +5,7 @@
 //! length, a place and a store per value.
 //!
 //! Unpacking stays a loop: written the same way (one byte expand, `vpexpandb`), it took as long
-//! as the loop, whose time is the chain from one event's length to the next event's place.
+//! as the loop (allocator/BENCHMARKS.md, "Packing with AVX-512").
 
 use core::arch::x86_64::{
     __m256i, _mm_cvtsi128_si32, _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256,

@@ -1537,7 +1537,7 @@ mod tests {
             panic!("a version 3 packed batch is read");
         };
         assert_eq!((got.heap, got.events), (3, events.clone()));
-        // This build's frame packs against the last of each kind, in fewer bytes.
+        // This build's frame packs sizes against the last `Alloc`'s, in fewer bytes.
         let mut v4 = Vec::new();
         write_packed_batch(&mut v4, 3, &events, &mut Vec::new()).unwrap();
         assert_eq!(v4[0], FRAME_PACKED_LAST_ALLOC);
