@@ -54,8 +54,8 @@ impl Damage {
 /// Where a packed batch's bytes are kept.
 #[derive(Debug)]
 enum Bytes {
-    /// As they came from the socket, in a slab of the backlog.
-    Slab(SlabBytes),
+    /// As they came from the socket, in a slab of the backlog, and how the peer packed them.
+    Slab(SlabBytes, ArgBase),
     /// Packed here (a version 1 peer's batch).
     Owned(Packed),
 }
@@ -68,8 +68,6 @@ pub struct PackedBatch {
     /// How many events.
     count: usize,
     bytes: Bytes,
-    /// How their `arg`s are packed.
-    base: ArgBase,
     /// Where it says that it was damaged.
     damage: Arc<Damage>,
 }
@@ -87,20 +85,17 @@ impl PackedBatch {
         Self {
             heap,
             count,
-            base,
-            bytes: Bytes::Slab(bytes),
+            bytes: Bytes::Slab(bytes, base),
             damage: Arc::clone(damage),
         }
     }
 
     /// `events` packed, with `scratch` as room to pack in.
     pub fn pack(heap: u32, events: &[Event], scratch: &mut Vec<u8>, damage: &Arc<Damage>) -> Self {
-        let packed = pack::pack(events, scratch);
         Self {
             heap,
             count: events.len(),
-            base: packed.base(),
-            bytes: Bytes::Owned(packed),
+            bytes: Bytes::Owned(pack::pack(events, scratch)),
             damage: Arc::clone(damage),
         }
     }
@@ -113,15 +108,16 @@ impl PackedBatch {
     /// The memory its bytes take.
     pub fn held(&self) -> usize {
         match &self.bytes {
-            Bytes::Slab(b) => b.len(),
+            Bytes::Slab(b, _) => b.len(),
             Bytes::Owned(p) => p.capacity(),
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The packed bytes, and how their `arg`s are packed.
+    fn bytes(&self) -> (&[u8], ArgBase) {
         match &self.bytes {
-            Bytes::Slab(b) => b,
-            Bytes::Owned(p) => p.bytes(),
+            Bytes::Slab(b, base) => (b, *base),
+            Bytes::Owned(p) => (p.bytes(), p.base()),
         }
     }
 
@@ -141,7 +137,8 @@ impl PackedBatch {
         events: &mut Vec<Event>,
         unpack: fn(&[u8], usize, ArgBase, &mut Vec<Event>) -> Option<()>,
     ) {
-        if unpack(self.bytes(), self.count, self.base, events).is_some() {
+        let (bytes, base) = self.bytes();
+        if unpack(bytes, self.count, base, events).is_some() {
             return;
         }
         // The events before the damage stand; each one from it on is one lost event, at the
@@ -160,9 +157,7 @@ impl PackedBatch {
         let d = &self.damage;
         d.batches.fetch_add(1, Ordering::Relaxed);
         d.events.fetch_add(lost as u64, Ordering::Relaxed);
-        let _ = d
-            .first
-            .set(wire::damaged(self.bytes(), self.count).to_string());
+        let _ = d.first.set(wire::damaged(bytes, self.count).to_string());
     }
 }
 

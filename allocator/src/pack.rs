@@ -151,20 +151,21 @@ pub fn pack_to(events: &[Event], dst: &mut [u8]) -> Option<usize> {
 /// [`pack_to`] with the `arg`s against `base`: [`ArgBase::Previous`] is how a peer of stream
 /// version 3 packed them (for tests of a reader that reads both).
 pub fn pack_to_as(events: &[Event], dst: &mut [u8], base: ArgBase) -> Option<usize> {
+    match base {
+        ArgBase::Previous => pack_fastest::<false>(events, dst),
+        ArgBase::LastAlloc => pack_fastest::<true>(events, dst),
+    }
+}
+
+/// [`pack_with`] with AVX-512 where the processor has it (`crate::pack_avx512`), else the loop.
+#[inline(always)]
+fn pack_fastest<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if crate::pack_avx512::available() {
         // SAFETY: the processor has the features (checked just above).
-        return unsafe {
-            match base {
-                ArgBase::Previous => crate::pack_avx512::pack_with::<false>(events, dst),
-                ArgBase::LastAlloc => crate::pack_avx512::pack_with::<true>(events, dst),
-            }
-        };
+        return unsafe { crate::pack_avx512::pack_with::<LAST_ALLOC>(events, dst) };
     }
-    match base {
-        ArgBase::Previous => pack_with::<false>(events, dst),
-        ArgBase::LastAlloc => pack_with::<true>(events, dst),
-    }
+    pack_with::<LAST_ALLOC>(events, dst)
 }
 
 /// [`pack_to_as`], the `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`.
@@ -290,11 +291,11 @@ fn unpack_vec(
     events.reserve(len);
     let out = events.as_mut_ptr();
     let mut n = 0;
-    // `unpack_into` hands on at most `len` events, numbered: each goes to reserved room.
-    let put = |i: usize, words| {
-        // SAFETY: `i < len` and `len` events were reserved.
-        store(unsafe { out.add(i) }, words);
-        n = i + 1;
+    // `unpack_into` hands on at most `len` events: each goes to reserved room.
+    let put = |words| {
+        // SAFETY: `n < len` and `len` events were reserved.
+        store(unsafe { out.add(n) }, words);
+        n += 1;
     };
     let done = match base {
         ArgBase::Previous => unpack_into::<false>(b, len, put),
@@ -305,21 +306,21 @@ fn unpack_vec(
     done
 }
 
-/// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its
-/// number and its four words, their `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`; `Some`
-/// if exactly `len` fill `b` up to its slack.
+/// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its four
+/// words, their `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`; `Some` if exactly `len`
+/// fill `b` up to its slack.
 #[inline(always)]
 fn unpack_into<const LAST_ALLOC: bool>(
     b: &[u8],
     len: usize,
-    mut put: impl FnMut(usize, [u64; 4]),
+    mut put: impl FnMut([u64; 4]),
 ) -> Option<()> {
     // Values end at most here: the slack follows them.
     let end = b.len() - SLACK;
     let mut at = 0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
     let mut tail = [0u8; WINDOW];
-    for i in 0..len {
+    for _ in 0..len {
         // One bounds check an event: a window its largest possible slot fits in, or near the
         // end a copy of what is left, zero-padded (the values' masks drop the padding's bytes,
         // as they drop the next event's).
@@ -346,7 +347,7 @@ fn unpack_into<const LAST_ALLOC: bool>(
             arg = this_arg;
         }
         time = time.wrapping_add(unzigzag(d_time));
-        put(i, [head, addr, this_arg, time]);
+        put([head, addr, this_arg, time]);
     }
     (at == end).then_some(())
 }
@@ -373,7 +374,9 @@ const MASK16: [u64; 16] = {
 #[inline]
 fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
     let control = u16::from_le_bytes([slot[0], slot[1]]);
-    if !control_ok(control) {
+    // A length above 8 has its top bit set and another one too.
+    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
+    if top & (low | low >> 1 | low >> 2) & 0x1111 != 0 {
         return None;
     }
     let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf));
@@ -390,14 +393,6 @@ fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
         word(place[3]) & MASK16[n[3]],
     ];
     Some((values, place[3] + n[3]))
-}
-
-/// Whether no length in `control` is above 8.
-#[inline(always)]
-fn control_ok(control: u16) -> bool {
-    // A length above 8 has its top bit set and another one too.
-    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
-    top & (low | low >> 1 | low >> 2) & 0x1111 == 0
 }
 
 /// How many low bytes of `v` are not zero bytes above the highest set bit (0 for 0).

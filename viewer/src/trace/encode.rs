@@ -1303,15 +1303,13 @@ impl ChunkEncoder {
             }
             self.code_event::<L>(&mut h, cur, e, events, i);
         }
-        if let Some(last) = events.last() {
-            prev_time = last.time;
-        }
         if self.coding.pages::<L>() {
             // The events after the batch's last page event.
             let gap = events.len() - self.after_page;
             self.streams.page_ops.varint(gap as u64);
         }
-        self.prev_time = prev_time;
+        // In runs or not, the times end at the batch's last one.
+        self.prev_time = events.last().map_or(prev_time, |e| e.time);
         self.heaps[cur] = h;
         self.events += events.len() as u32;
     }
