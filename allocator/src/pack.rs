@@ -6,7 +6,7 @@
 //! [`Event`] takes in memory on allocation-heavy programs; packing and unpacking read and write
 //! whole 8-byte words, with no loop per byte (a varint a field cost as much time to unpack as
 //! the trace encoder took to encode). Where the processor has AVX-512, `crate::pack_avx512`
-//! packs the same bytes.
+//! packs the same bytes, and unpacks them for [`unpack_here`].
 //!
 //! ```text
 //! packed = event* | slack[8]
@@ -266,8 +266,30 @@ pub fn unpack_bytes(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>
 }
 
 /// [`unpack_bytes`] with ordinary stores: for events the calling thread reads next (a trace
-/// encoder unpacking its own batch into a vector it reuses, which stays in its cache).
+/// encoder unpacking its own batch into a vector it reuses, which stays in its cache). With
+/// AVX-512 where the processor has it (`crate::pack_avx512::unpack_to`): the same events and
+/// verdicts.
 pub fn unpack_here(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>) -> Option<()> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::pack_avx512::available() {
+        events.clear();
+        if !fits(b.len(), len) {
+            return None;
+        }
+        events.reserve(len);
+        let out = events.as_mut_ptr();
+        // SAFETY: the processor has the features (checked just above); `len` events were
+        // reserved at `out`; `fits` checked that `b` holds the slack.
+        let (n, whole) = unsafe {
+            match base {
+                ArgBase::Previous => crate::pack_avx512::unpack_to::<false>(b, len, out),
+                ArgBase::LastAlloc => crate::pack_avx512::unpack_to::<true>(b, len, out),
+            }
+        };
+        // SAFETY: the first `n` events were written.
+        unsafe { events.set_len(n) };
+        return whole.then_some(());
+    }
     unpack_vec(b, len, base, events, |out, [head, addr, arg, time]| {
         // SAFETY: forwarded from `unpack_vec`.
         unsafe { out.write(Event::from_words(head, addr, arg, time)) };
@@ -374,9 +396,7 @@ const MASK16: [u64; 16] = {
 #[inline]
 fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
     let control = u16::from_le_bytes([slot[0], slot[1]]);
-    // A length above 8 has its top bit set and another one too.
-    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
-    if top & (low | low >> 1 | low >> 2) & 0x1111 != 0 {
+    if control_fault(control) {
         return None;
     }
     let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf));
@@ -393,6 +413,13 @@ fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
         word(place[3]) & MASK16[n[3]],
     ];
     Some((values, place[3] + n[3]))
+}
+
+/// Whether control word `control` gives a length above 8: its top bit set and another one too.
+#[inline(always)]
+pub(crate) fn control_fault(control: u16) -> bool {
+    let (top, low) = (control >> 3 & 0x1111, control & 0x7777);
+    top & (low | low >> 1 | low >> 2) & 0x1111 != 0
 }
 
 /// How many low bytes of `v` are not zero bytes above the highest set bit (0 for 0).
@@ -572,6 +599,22 @@ pub(crate) mod tests {
         for n in [events.len() - 1, events.len() + 1] {
             assert!(!agree(&b, n, "the count off by one"));
         }
+        // The last event claiming one value byte more than it has, which runs one byte into
+        // the slack: refused, with the events before it.
+        let few = pack(&events[..5], &mut Vec::new()).bytes().to_vec();
+        let mut last = 0;
+        for _ in 0..4 {
+            let control = u16::from_le_bytes([few[last], few[last + 1]]);
+            last += 2
+                + (0..4)
+                    .map(|i| usize::from(control >> (4 * i) & 0xf))
+                    .sum::<usize>();
+        }
+        let control = u16::from_le_bytes([few[last], few[last + 1]]);
+        let nibble = (0..4).find(|i| control >> (4 * i) & 0xf < 8).unwrap();
+        let mut long = few.clone();
+        long[last..last + 2].copy_from_slice(&(control + (1 << (4 * nibble))).to_le_bytes());
+        assert!(!agree(&long, 5, "the last event a byte too long"));
         // Junk of every length, and control words of every length.
         for len in 0..300 {
             let junk = junk(&mut x, len);

@@ -4,8 +4,10 @@
 //! the bytes each value needs are gathered with one byte compress (`vpcompressb`) instead of a
 //! length, a place and a store per value.
 //!
-//! Unpacking stays a loop: written the same way (one byte expand, `vpexpandb`), it took as long
-//! as the loop (allocator/BENCHMARKS.md, "Packing with AVX-512").
+//! Unpacking ([`unpack_to`]) expands each event's value bytes into its four words with one byte
+//! expand (`vpexpandb`), reading only those bytes. An event's place is the previous one's plus
+//! its length, so the length is summed from the control word's nibbles in scalar code, a few
+//! cycles after the control word's load: that sum is the only work one event waits for.
 
 use core::arch::x86_64::{
     __m256i, _mm_cvtsi128_si32, _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256,
@@ -14,9 +16,12 @@ use core::arch::x86_64::{
     _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64, _mm256_srli_epi64,
     _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256, _pext_u32,
 };
+use core::arch::x86_64::{
+    _mm256_add_epi64, _mm256_and_si256, _mm256_maskz_expandloadu_epi8, _mm256_set1_epi64x as splat,
+};
 
 use crate::event::Event;
-use crate::pack::{ALLOC, MAX_PACKED, SLACK, room_for};
+use crate::pack::{ALLOC, MAX_PACKED, SLACK, control_fault, room_for};
 
 /// Whether this processor runs [`pack_with`] (checked once by `std`, then a load).
 #[inline]
@@ -91,4 +96,74 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool>(
     }
     dst.get_mut(at..at + SLACK)?.fill(0);
     Some(at + SLACK)
+}
+
+/// The low `n` bits of a byte (all 8 for a length of 8 or more, which unpacking refuses).
+const fn low_bits(n: usize) -> u16 {
+    if n >= 8 { 0xff } else { (1 << n) - 1 }
+}
+
+/// Each control word byte's two lengths (4 bits each, at most 8) as the mask of the value bytes
+/// they keep in their two words: the low `n` bits of each byte.
+const KEEP: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut x = 0;
+    while x < 256 {
+        t[x] = low_bits(x & 0xf) | low_bits(x >> 4) << 8;
+        x += 1;
+    }
+    t
+};
+
+/// `crate::pack`'s `unpack_into`, storing the events at `out`: how many were stored, and
+/// whether all `len` were and end exactly at the slack (as `unpack_into`'s verdict). The same
+/// events and verdicts as the loop, on any bytes.
+///
+/// # Safety
+/// The processor has the features [`available`] checks; `out` has room for `len` events, which
+/// the calling thread may write; `b` holds at least [`SLACK`] bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd,avx512vbmi2,bmi2,popcnt")]
+pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool>(
+    b: &[u8],
+    len: usize,
+    out: *mut Event,
+) -> (usize, bool) {
+    // Values end at most here: the slack follows them.
+    let end = b.len() - SLACK;
+    let mut at = 0;
+    // The previous values: [-, addr, arg, time], as packing keeps them.
+    let mut prev = _mm256_setzero_si256();
+    let one = splat(1);
+    for i in 0..len {
+        // `at <= end`, and a control word and the byte after it lie inside the slack at worst.
+        let control = u16::from_le_bytes([b[at], b[at + 1]]);
+        if control_fault(control) {
+            return (i, false);
+        }
+        let n = |shift: u16| usize::from(control >> shift & 0xf);
+        let next = at + 2 + (n(0) + n(4)) + (n(8) + n(12));
+        if next > end {
+            return (i, false);
+        }
+        let keep = u32::from(KEEP[usize::from(control as u8)])
+            | u32::from(KEEP[usize::from(control >> 8)]) << 16;
+        // SAFETY: the expand reads the `next - at - 2` bytes after the control word (as many as
+        // `keep` has bits), which end at `next <= end < b.len()`; the rest are not read.
+        let z = unsafe { _mm256_maskz_expandloadu_epi8(keep, b.as_ptr().add(at + 2).cast()) };
+        // Zigzag undone on the three difference words; the head word as it is.
+        let d = _mm256_xor_si256(
+            _mm256_srli_epi64::<1>(z),
+            _mm256_sub_epi64(_mm256_setzero_si256(), _mm256_and_si256(z, one)),
+        );
+        let d = _mm256_mask_blend_epi64(0b0001, d, z);
+        // The kind is the head word's low byte, the first value byte if it has any.
+        let kind = if n(0) > 0 { b[at + 2] } else { 0 };
+        let chained = chained_lanes::<LAST_ALLOC>(kind);
+        let v = _mm256_add_epi64(d, _mm256_maskz_mov_epi64(chained, prev));
+        prev = _mm256_mask_blend_epi64(chained, prev, v);
+        // SAFETY: `out` has room for `len` events and `i < len`; an `Event` is the four words.
+        unsafe { _mm256_storeu_si256(out.add(i).cast::<__m256i>(), v) };
+        at = next;
+    }
+    (len, at == end)
 }
