@@ -26,7 +26,14 @@
 use crate::event::{Event, EventKind};
 
 /// The kind whose `arg` is packed against the last one's ([`ArgBase::LastAlloc`]).
-pub(crate) const ALLOC: u8 = EventKind::Alloc as u8;
+const ALLOC: u8 = EventKind::Alloc as u8;
+
+/// Whether an event of `kind` has its `arg` packed against the batch's running `arg` (the
+/// previous event's, or with `LAST_ALLOC` the last `Alloc`'s), rather than against 0.
+#[inline(always)]
+pub(crate) fn chained<const LAST_ALLOC: bool>(kind: u8) -> bool {
+    !LAST_ALLOC || kind == ALLOC
+}
 
 /// The most bytes one event packs into: the control word and four 8-byte values.
 pub const MAX_PACKED: usize = 2 + 4 * 8;
@@ -176,7 +183,7 @@ fn pack_with<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option
     // `arg`: the previous event's, or the last `Alloc`'s if `LAST_ALLOC`.
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
     for e in events {
-        let chained = !LAST_ALLOC || e.kind == ALLOC;
+        let chained = chained::<LAST_ALLOC>(e.kind);
         let values = [
             u64::from(e.kind)
                 | u64::from(e.flags) << 8
@@ -272,23 +279,17 @@ pub fn unpack_bytes(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>
 pub fn unpack_here(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>) -> Option<()> {
     #[cfg(target_arch = "x86_64")]
     if crate::pack_avx512::available() {
-        events.clear();
-        if !fits(b.len(), len) {
-            return None;
-        }
-        events.reserve(len);
-        let out = events.as_mut_ptr();
-        // SAFETY: the processor has the features (checked just above); `len` events were
-        // reserved at `out`; `fits` checked that `b` holds the slack.
-        let (n, whole) = unsafe {
-            match base {
-                ArgBase::Previous => crate::pack_avx512::unpack_to::<false>(b, len, out),
-                ArgBase::LastAlloc => crate::pack_avx512::unpack_to::<true>(b, len, out),
-            }
-        };
-        // SAFETY: the first `n` events were written.
-        unsafe { events.set_len(n) };
-        return whole.then_some(());
+        return into_reserved(b, len, events, |out| {
+            // SAFETY: the processor has the features (checked just above); `into_reserved`
+            // reserved `len` events at `out` and checked that `b` holds the slack.
+            let (n, whole) = unsafe {
+                match base {
+                    ArgBase::Previous => crate::pack_avx512::unpack_to::<false>(b, len, out),
+                    ArgBase::LastAlloc => crate::pack_avx512::unpack_to::<true>(b, len, out),
+                }
+            };
+            (n, whole.then_some(()))
+        });
     }
     unpack_vec(b, len, base, events, |out, [head, addr, arg, time]| {
         // SAFETY: forwarded from `unpack_vec`.
@@ -306,24 +307,40 @@ fn unpack_vec(
     events: &mut Vec<Event>,
     store: impl Fn(*mut Event, [u64; 4]),
 ) -> Option<()> {
+    into_reserved(b, len, events, |out| {
+        let mut n = 0;
+        // `unpack_into` hands on at most `len` events: each goes to reserved room.
+        let put = |words| {
+            // SAFETY: `n < len` and `len` events were reserved.
+            store(unsafe { out.add(n) }, words);
+            n += 1;
+        };
+        let done = match base {
+            ArgBase::Previous => unpack_into::<false>(b, len, put),
+            ArgBase::LastAlloc => unpack_into::<true>(b, len, put),
+        };
+        (n, done)
+    })
+}
+
+/// Empties `events` and, if `len` events [`fits`] `b`, reserves room for them and has `decode`
+/// write them at the room's start: it returns how many it wrote (at most `len`, in order from
+/// the first) and its verdict, which this returns. `None` with nothing reserved if they cannot
+/// fit.
+#[inline(always)]
+fn into_reserved(
+    b: &[u8],
+    len: usize,
+    events: &mut Vec<Event>,
+    decode: impl FnOnce(*mut Event) -> (usize, Option<()>),
+) -> Option<()> {
     events.clear();
     if !fits(b.len(), len) {
         return None;
     }
     events.reserve(len);
-    let out = events.as_mut_ptr();
-    let mut n = 0;
-    // `unpack_into` hands on at most `len` events: each goes to reserved room.
-    let put = |words| {
-        // SAFETY: `n < len` and `len` events were reserved.
-        store(unsafe { out.add(n) }, words);
-        n += 1;
-    };
-    let done = match base {
-        ArgBase::Previous => unpack_into::<false>(b, len, put),
-        ArgBase::LastAlloc => unpack_into::<true>(b, len, put),
-    };
-    // SAFETY: the first `n` events were written above.
+    let (n, done) = decode(events.as_mut_ptr());
+    // SAFETY: `decode` wrote the first `n <= len` events of the reserved room.
     unsafe { events.set_len(n) };
     done
 }
@@ -363,7 +380,7 @@ fn unpack_into<const LAST_ALLOC: bool>(
         let [head, d_addr, d_arg, d_time] = values;
         addr = addr.wrapping_add(unzigzag(d_addr));
         // The kind is the head word's low byte.
-        let chained = !LAST_ALLOC || head as u8 == ALLOC;
+        let chained = chained::<LAST_ALLOC>(head as u8);
         let this_arg = if chained { arg } else { 0 }.wrapping_add(unzigzag(d_arg));
         if chained {
             arg = this_arg;

@@ -22,7 +22,7 @@ use core::arch::x86_64::{
 };
 
 use crate::event::Event;
-use crate::pack::{ALLOC, MAX_PACKED, SLACK, control_fault, room_for};
+use crate::pack::{MAX_PACKED, SLACK, chained, control_fault, room_for};
 
 /// Whether this processor runs [`pack_with`] (checked once by `std`, then a load).
 #[inline]
@@ -47,7 +47,7 @@ const PREFETCH_AHEAD: usize = 64;
 /// words): addr and time, and arg unless `LAST_ALLOC` and `kind` is not `Alloc`'s.
 #[inline(always)]
 fn chained_lanes<const LAST_ALLOC: bool>(kind: u8) -> u8 {
-    if !LAST_ALLOC || kind == ALLOC {
+    if chained::<LAST_ALLOC>(kind) {
         0b1110
     } else {
         0b1010
