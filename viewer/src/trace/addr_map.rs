@@ -1,4 +1,6 @@
-//! The encoder's map from a block address to what it knows about the block in the chunk.
+//! The encoder's map from a block address to what it knows about the block in the chunk (and,
+//! keyed by a stack id shifted past the bits the hash ignores, from a heap's stack id to its
+//! number in the chunk: `encode::StackNumbers`).
 //!
 //! Every `Alloc` and `Free` of a chunk looks an address up here, and the addresses are spread
 //! over the whole heap, so nearly every lookup is a cache miss: the map is built for that. An open
@@ -43,7 +45,6 @@ impl AddrMap {
     }
 
     /// Entries in the map.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len + usize::from(self.zero.is_some())
     }
@@ -132,6 +133,31 @@ impl AddrMap {
         None
     }
 
+    /// The value of `addr` if it has one; else sets it to `value`.
+    #[inline]
+    pub fn insert_new(&mut self, addr: u64, value: u64) -> Option<u64> {
+        if addr == 0 {
+            return match self.zero {
+                Some(v) => Some(v),
+                None => {
+                    self.zero = Some(value);
+                    None
+                }
+            };
+        }
+        let i = self.find(addr);
+        let slot = &mut self.slots[i];
+        if slot[0] == addr {
+            return Some(slot[1]);
+        }
+        *slot = [addr, value];
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            self.grow();
+        }
+        None
+    }
+
     /// The value of `addr`, to read or change.
     #[inline]
     pub fn get_mut(&mut self, addr: u64) -> Option<&mut u64> {
@@ -190,6 +216,11 @@ mod tests {
                 };
                 if x.is_multiple_of(3) {
                     assert_eq!(map.insert(addr, i), model.insert(addr, i), "round {round}");
+                } else if x % 3 == 1 && x.is_multiple_of(5) {
+                    // Kept if there, else added.
+                    let kept = model.get(&addr).copied();
+                    model.entry(addr).or_insert(i);
+                    assert_eq!(map.insert_new(addr, i), kept, "round {round}");
                 } else {
                     assert_eq!(map.get_mut(addr).copied(), model.get(&addr).copied());
                     if let Some(v) = map.get_mut(addr) {
