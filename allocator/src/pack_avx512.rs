@@ -10,15 +10,12 @@
 //! cycles after the control word's load: that sum is the only work one event waits for.
 
 use core::arch::x86_64::{
-    __m256i, _mm_cvtsi128_si32, _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256,
-    _mm256_lzcnt_epi64, _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8,
+    __m256i, _MM_HINT_T0, _mm_cvtsi128_si32, _mm_prefetch, _mm256_add_epi64, _mm256_and_si256,
+    _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256, _mm256_lzcnt_epi64,
+    _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8, _mm256_maskz_expandloadu_epi8,
     _mm256_maskz_mov_epi64, _mm256_set1_epi64x, _mm256_setr_epi8, _mm256_setzero_si256,
     _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64, _mm256_srli_epi64,
     _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256, _pext_u32,
-};
-use core::arch::x86_64::{
-    _MM_HINT_T0, _mm_prefetch, _mm256_add_epi64, _mm256_and_si256, _mm256_maskz_expandloadu_epi8,
-    _mm256_set1_epi64x as splat,
 };
 
 use crate::event::Event;
@@ -110,7 +107,8 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool>(
     Some(at + SLACK)
 }
 
-/// The low `n` bits of a byte (all 8 for a length of 8 or more, which unpacking refuses).
+/// The low `n` bits of a byte (all 8 from 8 on: a longer length is refused by `control_fault`
+/// before its mask is used).
 const fn low_bits(n: usize) -> u16 {
     if n >= 8 { 0xff } else { (1 << n) - 1 }
 }
@@ -145,7 +143,7 @@ pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool>(
     let mut at = 0;
     // The previous values: [-, addr, arg, time], as packing keeps them.
     let mut prev = _mm256_setzero_si256();
-    let one = splat(1);
+    let one = _mm256_set1_epi64x(1);
     for i in 0..len {
         // `at <= end`, and a control word and the byte after it lie inside the slack at worst.
         let control = u16::from_le_bytes([b[at], b[at + 1]]);
