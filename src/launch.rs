@@ -724,7 +724,7 @@ impl<'a> Forward<'a> {
                     batch: PackedBatch::came(
                         head.heap,
                         head.count,
-                        head.base,
+                        head.form,
                         bytes,
                         &self.tx.damage,
                     ),
@@ -797,14 +797,13 @@ pub(crate) fn stream_with_a_damaged_batch(
         .collect();
     let mut good = Vec::new();
     wire::write_packed_batch(&mut good, 1, &events, &mut Vec::new()).unwrap();
-    // The frame's head, then the packed events: event 100's control word follows the first 100.
+    // The frame's head, then the packed events, control words first: event 100's is the 101st.
     let head = good.len()
         - heaplens_alloc::pack::pack(&events, &mut Vec::new())
             .bytes()
             .len();
-    let before = heaplens_alloc::pack::pack(&events[..100], &mut Vec::new());
     let mut bad = good.clone();
-    bad[head + before.bytes().len() - heaplens_alloc::pack::SLACK] = 0x0f;
+    bad[head + 2 * 100] = 0x0f;
     let (w, r) = UnixStream::pair().unwrap();
     let writer = std::thread::spawn(move || {
         let mut w = std::io::BufWriter::new(w);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use heaplens_alloc::event::{Event, drop_reason};
-use heaplens_alloc::pack::{self, ArgBase, Packed};
+use heaplens_alloc::pack::{self, Form, Packed};
 use heaplens_alloc::schema;
 use heaplens_alloc::wire;
 use heaplens_viewer::trace::SharedEvents;
@@ -55,7 +55,7 @@ impl Damage {
 #[derive(Debug)]
 enum Bytes {
     /// As they came from the socket, in a slab of the backlog, and how the peer packed them.
-    Slab(SlabBytes, ArgBase),
+    Slab(SlabBytes, Form),
     /// Packed here (a version 1 peer's batch).
     Owned(Packed),
 }
@@ -73,19 +73,19 @@ pub struct PackedBatch {
 }
 
 impl PackedBatch {
-    /// `count` events packed in `bytes` as the peer sent them, their `arg`s against `base`
+    /// `count` events packed in `bytes` as the peer sent them, in `form`
     /// (they may yet turn out damaged: see the module docs), reporting damage to `damage`.
     pub fn came(
         heap: u32,
         count: usize,
-        base: ArgBase,
+        form: Form,
         bytes: SlabBytes,
         damage: &Arc<Damage>,
     ) -> Self {
         Self {
             heap,
             count,
-            bytes: Bytes::Slab(bytes, base),
+            bytes: Bytes::Slab(bytes, form),
             damage: Arc::clone(damage),
         }
     }
@@ -113,11 +113,11 @@ impl PackedBatch {
         }
     }
 
-    /// The packed bytes, and how their `arg`s are packed.
-    fn bytes(&self) -> (&[u8], ArgBase) {
+    /// The packed bytes, and how they are packed.
+    fn bytes(&self) -> (&[u8], Form) {
         match &self.bytes {
-            Bytes::Slab(b, base) => (b, *base),
-            Bytes::Owned(p) => (p.bytes(), p.base()),
+            Bytes::Slab(b, form) => (b, *form),
+            Bytes::Owned(p) => (p.bytes(), p.form()),
         }
     }
 
@@ -135,10 +135,10 @@ impl PackedBatch {
     fn unpack_with(
         &self,
         events: &mut Vec<Event>,
-        unpack: fn(&[u8], usize, ArgBase, &mut Vec<Event>) -> Option<()>,
+        unpack: fn(&[u8], usize, Form, &mut Vec<Event>) -> Option<()>,
     ) {
-        let (bytes, base) = self.bytes();
-        if unpack(bytes, self.count, base, events).is_some() {
+        let (bytes, form) = self.bytes();
+        if unpack(bytes, self.count, form, events).is_some() {
             return;
         }
         // The events before the damage stand; each one from it on is one lost event, at the

@@ -2,20 +2,25 @@
 //! 8 bytes each, as many as the value needs (the control word holds the four lengths): the
 //! event's first word (kind, flags, aux, arg32), then its address and time as zigzag
 //! differences from the batch's previous event, and its `arg` (an `Alloc`'s size) as one from
-//! the batch's last `Alloc`'s, or from 0 ([`ArgBase`]). About a fifth of the 32 bytes an
+//! the batch's last `Alloc`'s, or from 0 ([`Form`]). About a fifth of the 32 bytes an
 //! [`Event`] takes in memory on allocation-heavy programs; packing and unpacking read and write
 //! whole 8-byte words, with no loop per byte (a varint a field cost as much time to unpack as
 //! the trace encoder took to encode). Where the processor has AVX-512, `crate::pack_avx512`
 //! packs the same bytes, and unpacks them for [`unpack_here`].
 //!
 //! ```text
-//! packed = event* | slack[8]
-//! event  = control u16 | head[n0] | d_addr[n1] | d_arg[n2] | d_time[n3]   (little-endian)
+//! packed = control u16 * count | values * count | slack[8]  (Form::ControlsFirst, the newest)
+//!        | (control u16 | values) * count | slack[8]         (Form::Previous, Form::LastAlloc)
+//! values = head[n0] | d_addr[n1] | d_arg[n2] | d_time[n3]   (little-endian)
 //!          control = n0 | n1 << 4 | n2 << 8 | n3 << 12, each n in 0..=8
 //!          d_arg   = zigzag(arg - base), base: an Alloc's, the arg of the batch's last Alloc
-//!                    before it (0 if none); any other event's, 0 (ArgBase::LastAlloc;
-//!                    ArgBase::Previous: the arg of the batch's previous event, if any)
+//!                    before it (0 if none); any other event's, 0 (Form::ControlsFirst and
+//!                    Form::LastAlloc; Form::Previous: the arg of the batch's previous event)
 //! ```
+//!
+//! The control words come first so that an unpacker knows where every event's values are
+//! without waiting: interleaved, each event's place is the previous one's plus a length read
+//! from the bytes at that place, one load after another.
 //!
 //! The collector of a traced process packs each batch before it goes on the socket
 //! ([`crate::wire`]'s packed batch frame): the kernel then copies a quarter of the bytes on
@@ -25,7 +30,7 @@
 
 use crate::event::{Event, EventKind};
 
-/// The kind whose `arg` is packed against the last one's ([`ArgBase::LastAlloc`]).
+/// The kind whose `arg` is packed against the last one's ([`Form::LastAlloc`]).
 const ALLOC: u8 = EventKind::Alloc as u8;
 
 /// Whether an event of `kind` has its `arg` packed against the batch's running `arg` (the
@@ -73,20 +78,27 @@ pub fn unzigzag(v: u64) -> u64 {
     (v >> 1) ^ (v & 1).wrapping_neg()
 }
 
-/// What each event's `arg` is packed as a difference from. Each packed batch frame says which
-/// by its type ([`crate::wire`]); [`pack_to`] writes the newest.
+/// How a batch is packed: what each event's `arg` is a difference from, and where the control
+/// words are. Each packed batch frame says which by its type ([`crate::wire`]); [`pack_to`]
+/// writes the newest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArgBase {
-    /// The `arg` of the batch's previous event (stream versions 2 and 3).
+pub enum Form {
+    /// Each `arg` against the batch's previous event's, each control word before its event's
+    /// values (stream versions 2 and 3).
     Previous,
-    /// An `Alloc`'s against the batch's last `Alloc`'s, any other event's against 0 (stream
-    /// version 4). A `Free`'s `arg` is 0, where against the `Alloc` before it, it cost that
-    /// size's bytes, and the next `Alloc`'s against it the same again: `arg` took 1.76 bytes an
-    /// event of larson packed against the previous event, 0.78 this way (13 % of all the
-    /// packed bytes, which `heaplens record`'s backlog holds). Against the last event of the
-    /// same kind, a table of 256, the bytes were the same and packing took a third longer: each
-    /// event waited for a store to the table two events before.
+    /// An `Alloc`'s `arg` against the batch's last `Alloc`'s, any other event's against 0, each
+    /// control word before its event's values (stream version 4). A `Free`'s `arg` is 0, where
+    /// against the `Alloc` before it, it cost that size's bytes, and the next `Alloc`'s against
+    /// it the same again: `arg` took 1.76 bytes an event of larson packed against the previous
+    /// event, 0.78 this way (13 % of all the packed bytes, which `heaplens record`'s backlog
+    /// holds). Against the last event of the same kind, a table of 256, the bytes were the
+    /// same and packing took a third longer: each event waited for a store to the table two
+    /// events before.
     LastAlloc,
+    /// The `arg`s as [`Form::LastAlloc`]'s, all the control words first, then all the values
+    /// (stream version 5): the same bytes, in another order. AVX-512 unpacking took 4-7 ns an
+    /// event of larson this way against 8-10 interleaved (allocator/BENCHMARKS.md).
+    ControlsFirst,
 }
 
 /// Events packed by [`pack`], or received packed.
@@ -96,24 +108,24 @@ pub struct Packed {
     bytes: Vec<u8>,
     /// How many.
     len: usize,
-    /// How their `arg`s are packed.
-    base: ArgBase,
+    /// How they are packed.
+    form: Form,
 }
 
 impl Packed {
-    /// `len` events packed in `bytes` (which end in [`SLACK`] bytes) with their `arg`s against
-    /// `base`, as they came from a peer: `None` if `bytes` cannot hold `len` events (the
-    /// contents are checked by [`unpack`]), so that a count read from a socket never makes
-    /// anyone reserve more than the bytes allow.
+    /// `len` events packed in `bytes` (which end in [`SLACK`] bytes) in `form`, as they came
+    /// from a peer: `None` if `bytes` cannot hold `len` events (the contents are checked by
+    /// [`unpack`]), so that a count read from a socket never makes anyone reserve more than the
+    /// bytes allow.
     #[must_use]
-    pub fn from_parts(bytes: Vec<u8>, len: usize, base: ArgBase) -> Option<Self> {
-        fits(bytes.len(), len).then_some(Self { bytes, len, base })
+    pub fn from_parts(bytes: Vec<u8>, len: usize, form: Form) -> Option<Self> {
+        fits(bytes.len(), len).then_some(Self { bytes, len, form })
     }
 
-    /// How the `arg`s are packed.
+    /// How they are packed.
     #[must_use]
-    pub fn base(&self) -> ArgBase {
-        self.base
+    pub fn form(&self) -> Form {
+        self.form
     }
 
     /// The packed bytes, slack included.
@@ -147,42 +159,64 @@ pub const fn room_for(n: usize) -> usize {
     n * MAX_PACKED + SLACK
 }
 
-/// Packs `events` into the start of `dst`, slack included, their `arg`s against
-/// [`ArgBase::LastAlloc`]; returns the bytes used, or `None` if `dst` is shorter than
+/// Packs `events` into the start of `dst`, slack included, in the newest form
+/// ([`Form::ControlsFirst`]); returns the bytes used, or `None` if `dst` is shorter than
 /// [`room_for`] the events. Nothing is allocated: the collector packs into room it keeps from
 /// one batch to the next.
 pub fn pack_to(events: &[Event], dst: &mut [u8]) -> Option<usize> {
-    pack_to_as(events, dst, ArgBase::LastAlloc)
+    pack_to_as(events, dst, Form::ControlsFirst)
 }
 
-/// [`pack_to`] with the `arg`s against `base`: [`ArgBase::Previous`] is how a peer of stream
-/// version 3 packed them (for tests of a reader that reads both).
-pub fn pack_to_as(events: &[Event], dst: &mut [u8], base: ArgBase) -> Option<usize> {
-    match base {
-        ArgBase::Previous => pack_fastest::<false>(events, dst),
-        ArgBase::LastAlloc => pack_fastest::<true>(events, dst),
+/// [`pack_to`] in `form`: the older forms are how peers of older stream versions packed (for
+/// tests of a reader that reads them all).
+pub fn pack_to_as(events: &[Event], dst: &mut [u8], form: Form) -> Option<usize> {
+    match form {
+        Form::Previous => pack_fastest::<false, false>(events, dst),
+        Form::LastAlloc => pack_fastest::<true, false>(events, dst),
+        Form::ControlsFirst => pack_fastest::<true, true>(events, dst),
     }
 }
 
 /// [`pack_with`] with AVX-512 where the processor has it (`crate::pack_avx512`), else the loop.
 #[inline(always)]
-fn pack_fastest<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option<usize> {
+fn pack_fastest<const LAST_ALLOC: bool, const SPLIT: bool>(
+    events: &[Event],
+    dst: &mut [u8],
+) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if crate::pack_avx512::available() {
         // SAFETY: the processor has the features (checked just above).
-        return unsafe { crate::pack_avx512::pack_with::<LAST_ALLOC>(events, dst) };
+        return unsafe { crate::pack_avx512::pack_with::<LAST_ALLOC, SPLIT>(events, dst) };
     }
-    pack_with::<LAST_ALLOC>(events, dst)
+    pack_with::<LAST_ALLOC, SPLIT>(events, dst)
 }
 
-/// [`pack_to_as`], the `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`.
+/// Where a packing's values start, and the bytes before each event's values (its control word
+/// if interleaved): all `len` control words go first if `SPLIT` ([`Form::ControlsFirst`]).
 #[inline(always)]
-fn pack_with<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option<usize> {
+pub(crate) const fn layout<const SPLIT: bool>(len: usize) -> (usize, usize) {
+    if SPLIT { (2 * len, 0) } else { (0, 2) }
+}
+
+/// Where event `i`'s control word is, its values starting at `at`.
+#[inline(always)]
+pub(crate) const fn control_at<const SPLIT: bool>(i: usize, at: usize) -> usize {
+    if SPLIT { 2 * i } else { at }
+}
+
+/// [`pack_to_as`]: the `arg`s against [`Form::LastAlloc`]'s if `LAST_ALLOC`, the control words
+/// first if `SPLIT`.
+#[inline(always)]
+fn pack_with<const LAST_ALLOC: bool, const SPLIT: bool>(
+    events: &[Event],
+    dst: &mut [u8],
+) -> Option<usize> {
     let dst = dst.get_mut(..room_for(events.len()))?;
-    let mut at = 0;
+    // Where the next event's bytes go (its values, after its control word unless `SPLIT`).
+    let (mut at, lead) = layout::<SPLIT>(events.len());
     // `arg`: the previous event's, or the last `Alloc`'s if `LAST_ALLOC`.
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
         let chained = chained::<LAST_ALLOC>(e.kind);
         let values = [
             u64::from(e.kind)
@@ -201,9 +235,15 @@ fn pack_with<const LAST_ALLOC: bool>(events: &[Event], dst: &mut [u8]) -> Option
         // previous value's length to be worked out and stored.
         let n = values.map(bytes_of);
         let control = (n[0] | n[1] << 4 | n[2] << 8 | n[3] << 12) as u16;
-        let place = [2, 2 + n[0], 2 + n[0] + n[1], 2 + n[0] + n[1] + n[2]];
+        let place = [
+            lead,
+            lead + n[0],
+            lead + n[0] + n[1],
+            lead + n[0] + n[1] + n[2],
+        ];
+        let c = control_at::<SPLIT>(i, at);
+        dst[c..c + 2].copy_from_slice(&control.to_le_bytes());
         let slot = &mut dst[at..at + MAX_PACKED];
-        slot[..2].copy_from_slice(&control.to_le_bytes());
         for (v, p) in values.into_iter().zip(place) {
             slot[p..p + 8].copy_from_slice(&v.to_le_bytes());
         }
@@ -244,7 +284,7 @@ pub fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Packed {
     Packed {
         bytes: scratch.as_slice().to_vec(),
         len: events.len(),
-        base: ArgBase::LastAlloc,
+        form: Form::ControlsFirst,
     }
 }
 
@@ -252,18 +292,18 @@ pub fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Packed {
 /// [`pack`] made: a length above 8 in a control word, values that run past the bytes, or bytes
 /// left over (`events` then holds the events before the damage).
 pub fn unpack(packed: &Packed, events: &mut Vec<Event>) -> Option<()> {
-    unpack_bytes(&packed.bytes, packed.len, packed.base, events)
+    unpack_bytes(&packed.bytes, packed.len, packed.form, events)
 }
 
-/// [`unpack`] of `len` events packed in `b` (slack included) with their `arg`s against `base`,
-/// wherever they are kept. `len` must be one that [`fits`] `b` (else `None`, with nothing
+/// [`unpack`] of `len` events packed in `b` (slack included) in `form`, wherever they are
+/// kept. `len` must be one that [`fits`] `b` (else `None`, with nothing
 /// reserved).
 ///
 /// The events go straight to memory (`event_stores::write_streamed`): they are read next by
 /// another thread, whose core holds the vector's lines from the last batch; taking each line
 /// back first cost `heaplens record` more than the decoding did.
-pub fn unpack_bytes(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>) -> Option<()> {
-    let done = unpack_vec(b, len, base, events, |out, words| {
+pub fn unpack_bytes(b: &[u8], len: usize, form: Form, events: &mut Vec<Event>) -> Option<()> {
+    let done = unpack_vec(b, len, form, events, |out, words| {
         // SAFETY: forwarded from `unpack_vec`: `out` is a slot of four words, the first the
         // head word (`Event::head_word`).
         unsafe { crate::event_stores::write_streamed(out.cast(), words) };
@@ -276,22 +316,24 @@ pub fn unpack_bytes(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>
 /// encoder unpacking its own batch into a vector it reuses, which stays in its cache). With
 /// AVX-512 where the processor has it (`crate::pack_avx512::unpack_to`): the same events and
 /// verdicts.
-pub fn unpack_here(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>) -> Option<()> {
+pub fn unpack_here(b: &[u8], len: usize, form: Form, events: &mut Vec<Event>) -> Option<()> {
     #[cfg(target_arch = "x86_64")]
     if crate::pack_avx512::available() {
         return into_reserved(b, len, events, |out| {
             // SAFETY: the processor has the features (checked just above); `into_reserved`
-            // reserved `len` events at `out` and checked that `b` holds the slack.
+            // reserved `len` events at `out` and checked that `b` can hold them (`fits`).
             let (n, whole) = unsafe {
-                match base {
-                    ArgBase::Previous => crate::pack_avx512::unpack_to::<false>(b, len, out),
-                    ArgBase::LastAlloc => crate::pack_avx512::unpack_to::<true>(b, len, out),
+                use crate::pack_avx512::unpack_to;
+                match form {
+                    Form::Previous => unpack_to::<false, false>(b, len, out),
+                    Form::LastAlloc => unpack_to::<true, false>(b, len, out),
+                    Form::ControlsFirst => unpack_to::<true, true>(b, len, out),
                 }
             };
             (n, whole.then_some(()))
         });
     }
-    unpack_vec(b, len, base, events, |out, [head, addr, arg, time]| {
+    unpack_vec(b, len, form, events, |out, [head, addr, arg, time]| {
         // SAFETY: forwarded from `unpack_vec`.
         unsafe { out.write(Event::from_words(head, addr, arg, time)) };
     })
@@ -303,7 +345,7 @@ pub fn unpack_here(b: &[u8], len: usize, base: ArgBase, events: &mut Vec<Event>)
 fn unpack_vec(
     b: &[u8],
     len: usize,
-    base: ArgBase,
+    form: Form,
     events: &mut Vec<Event>,
     store: impl Fn(*mut Event, [u64; 4]),
 ) -> Option<()> {
@@ -315,9 +357,10 @@ fn unpack_vec(
             store(unsafe { out.add(n) }, words);
             n += 1;
         };
-        let done = match base {
-            ArgBase::Previous => unpack_into::<false>(b, len, put),
-            ArgBase::LastAlloc => unpack_into::<true>(b, len, put),
+        let done = match form {
+            Form::Previous => unpack_into::<false, false>(b, len, put),
+            Form::LastAlloc => unpack_into::<true, false>(b, len, put),
+            Form::ControlsFirst => unpack_into::<true, true>(b, len, put),
         };
         (n, done)
     })
@@ -346,20 +389,22 @@ fn into_reserved(
 }
 
 /// Decodes up to `len` events from `b` (checked by [`fits`]), handing each to `put` as its four
-/// words, their `arg`s against [`ArgBase::LastAlloc`] if `LAST_ALLOC`; `Some` if exactly `len`
-/// fill `b` up to its slack.
+/// words, as [`pack_with`] with the same `LAST_ALLOC` and `SPLIT` packed them; `Some` if exactly
+/// `len` fill `b` up to its slack.
 #[inline(always)]
-fn unpack_into<const LAST_ALLOC: bool>(
+fn unpack_into<const LAST_ALLOC: bool, const SPLIT: bool>(
     b: &[u8],
     len: usize,
     mut put: impl FnMut([u64; 4]),
 ) -> Option<()> {
     // Values end at most here: the slack follows them.
     let end = b.len() - SLACK;
-    let mut at = 0;
+    // Where the next event's bytes are. `fits` checked that the control words (`2 * len`
+    // bytes) end before the slack.
+    let mut at = layout::<SPLIT>(len).0;
     let (mut addr, mut arg, mut time) = (0u64, 0u64, 0u64);
     let mut tail = [0u8; WINDOW];
-    for _ in 0..len {
+    for i in 0..len {
         // One bounds check an event: a window its largest possible slot fits in, or near the
         // end a copy of what is left, zero-padded (the values' masks drop the padding's bytes,
         // as they drop the next event's).
@@ -372,7 +417,12 @@ fn unpack_into<const LAST_ALLOC: bool>(
                 &tail
             }
         };
-        let (values, used) = decode(slot)?;
+        let control = if SPLIT {
+            u16::from_le_bytes([b[2 * i], b[2 * i + 1]])
+        } else {
+            u16::from_le_bytes([slot[0], slot[1]])
+        };
+        let (values, used) = decode::<SPLIT>(control, slot)?;
         at += used;
         if at > end {
             return None;
@@ -408,16 +458,22 @@ const MASK16: [u64; 16] = {
     m
 };
 
-/// The four values of the event packed at the start of `slot`, and the bytes it takes; `None`
-/// if its control word gives a length above 8.
+/// The four values, whose lengths are in `control`, of the event packed at the start of `slot`
+/// (after its control word unless `SPLIT`), and the bytes it takes there; `None` if `control`
+/// gives a length above 8.
 #[inline]
-fn decode(slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
-    let control = u16::from_le_bytes([slot[0], slot[1]]);
+fn decode<const SPLIT: bool>(control: u16, slot: &[u8; WINDOW]) -> Option<([u64; 4], usize)> {
     if control_fault(control) {
         return None;
     }
+    let lead = layout::<SPLIT>(0).1;
     let n = [0, 4, 8, 12].map(|shift| usize::from(control >> shift & 0xf));
-    let place = [2, 2 + n[0], 2 + n[0] + n[1], 2 + n[0] + n[1] + n[2]];
+    let place = [
+        lead,
+        lead + n[0],
+        lead + n[0] + n[1],
+        lead + n[0] + n[1] + n[2],
+    ];
     let word = |p: usize| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&slot[p..p + 8]);
@@ -558,7 +614,7 @@ pub(crate) mod tests {
         let with = |bytes: Vec<u8>| Packed {
             bytes,
             len: packed.len,
-            base: packed.base,
+            form: packed.form,
         };
         let b = packed.bytes.clone();
         assert_eq!(unpack(&with(b[..b.len() - 1].to_vec()), &mut out), None);
@@ -576,8 +632,8 @@ pub(crate) mod tests {
         for len in 0..200 {
             let junk = junk(&mut x, len);
             for n in [0, 1, 3, 50] {
-                for base in [ArgBase::Previous, ArgBase::LastAlloc] {
-                    if let Some(p) = Packed::from_parts(junk.clone(), n, base) {
+                for form in FORMS {
+                    if let Some(p) = Packed::from_parts(junk.clone(), n, form) {
                         let _ = unpack(&p, &mut out);
                     }
                 }
@@ -585,54 +641,98 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every form, oldest first.
+    const FORMS: [Form; 3] = [Form::Previous, Form::LastAlloc, Form::ControlsFirst];
+
+    /// Where the control word of each of the `n` events packed in `b` in `form` is: the first
+    /// `n` pairs of bytes, or interleaved, each after the previous one's values.
+    fn control_places(b: &[u8], n: usize, form: Form) -> Vec<usize> {
+        if form == Form::ControlsFirst {
+            return (0..n).map(|i| 2 * i).collect();
+        }
+        let mut at = 0;
+        (0..n)
+            .map(|_| {
+                let control = u16::from_le_bytes([b[at], b[at + 1]]);
+                let here = at;
+                at += 2
+                    + (0..4)
+                        .map(|i| usize::from(control >> (4 * i) & 0xf))
+                        .sum::<usize>();
+                here
+            })
+            .collect()
+    }
+
+    #[test]
+    fn controls_first_is_the_interleaved_packing_reordered() {
+        let events = sample_events(2000);
+        let mut room = vec![0; room_for(events.len())];
+        let used = pack_to_as(&events, &mut room, Form::LastAlloc).unwrap();
+        let interleaved = &room[..used];
+        // The control words, in order, then each event's values, in order.
+        let mut reordered = Vec::new();
+        let mut values = Vec::new();
+        let places = control_places(interleaved, events.len(), Form::LastAlloc);
+        for (i, &at) in places.iter().enumerate() {
+            reordered.extend_from_slice(&interleaved[at..at + 2]);
+            let end = places.get(i + 1).copied().unwrap_or(used - SLACK);
+            values.extend_from_slice(&interleaved[at + 2..end]);
+        }
+        reordered.extend_from_slice(&values);
+        reordered.extend_from_slice(&[0; SLACK]);
+        assert_eq!(pack(&events, &mut Vec::new()).bytes(), reordered);
+    }
+
     #[test]
     fn both_unpackings_agree_on_every_packing() {
         let agree = |b: &[u8], n: usize, what: &str| {
-            let verdicts = [ArgBase::Previous, ArgBase::LastAlloc].map(|base| {
+            let verdicts = FORMS.map(|form| {
                 let mut streamed = Vec::new();
                 let mut here = vec![ev(9, 9, 9, 9, 9, 9, 9)];
-                let verdict = unpack_bytes(b, n, base, &mut streamed);
-                let says = format!("{what}, {n} events, {base:?}");
-                assert_eq!(unpack_here(b, n, base, &mut here), verdict, "{says}");
+                let verdict = unpack_bytes(b, n, form, &mut streamed);
+                let says = format!("{what}, {n} events, {form:?}");
+                assert_eq!(unpack_here(b, n, form, &mut here), verdict, "{says}");
                 assert_eq!(here, streamed, "{says}");
                 verdict.is_some()
             });
-            // Where the events are is the same either way: only their `arg`s differ.
+            // Where the events are is the same in the two interleaved forms: only their `arg`s
+            // differ.
             assert_eq!(verdicts[0], verdicts[1], "{what}, {n} events");
-            verdicts[0]
+            verdicts
         };
         let events = sample_events(3000);
-        let b = pack(&events, &mut Vec::new()).bytes().to_vec();
-        assert!(agree(&b, events.len(), "a whole packing"));
-        // Every way of damaging it near its start and its end: a byte changed, the count off.
         let mut x = 0x0bad_cafe_f00d_d00du64;
-        let mut refused = 0;
-        for at in (0..64).chain(b.len() - 64..b.len()) {
-            let mut bad = b.clone();
-            bad[at] ^= 1 << (junk(&mut x, 1)[0] % 8);
-            refused += usize::from(!agree(&bad, events.len(), "a bit flipped"));
+        for (k, form) in FORMS.into_iter().enumerate().skip(1) {
+            let mut room = vec![0; room_for(events.len())];
+            let used = pack_to_as(&events, &mut room, form).unwrap();
+            let b = room[..used].to_vec();
+            assert!(agree(&b, events.len(), "a whole packing")[k], "{form:?}");
+            // Every way of damaging it near its start and its end: a byte changed, the count
+            // off.
+            let mut refused = 0;
+            for at in (0..64).chain(b.len() - 64..b.len()) {
+                let mut bad = b.clone();
+                bad[at] ^= 1 << (junk(&mut x, 1)[0] % 8);
+                refused += usize::from(!agree(&bad, events.len(), "a bit flipped")[k]);
+            }
+            assert!(refused > 0, "some damage is seen ({form:?})");
+            for n in [events.len() - 1, events.len() + 1] {
+                assert!(!agree(&b, n, "the count off by one")[k], "{form:?}");
+            }
+            // The last event claiming one value byte more than it has, which runs one byte
+            // into the slack: refused, with the events before it.
+            let few = &events[..5];
+            let used = pack_to_as(few, &mut room, form).unwrap();
+            let mut long = room[..used].to_vec();
+            let last = control_places(&long, 5, form)[4];
+            let control = u16::from_le_bytes([long[last], long[last + 1]]);
+            let nibble = (0..4).find(|i| control >> (4 * i) & 0xf < 8).unwrap();
+            long[last..last + 2].copy_from_slice(&(control + (1 << (4 * nibble))).to_le_bytes());
+            assert!(!agree(&long, 5, "the last event a byte too long")[k]);
         }
-        assert!(refused > 0, "some damage is seen");
-        for n in [events.len() - 1, events.len() + 1] {
-            assert!(!agree(&b, n, "the count off by one"));
-        }
-        // The last event claiming one value byte more than it has, which runs one byte into
-        // the slack: refused, with the events before it.
-        let few = pack(&events[..5], &mut Vec::new()).bytes().to_vec();
-        let mut last = 0;
-        for _ in 0..4 {
-            let control = u16::from_le_bytes([few[last], few[last + 1]]);
-            last += 2
-                + (0..4)
-                    .map(|i| usize::from(control >> (4 * i) & 0xf))
-                    .sum::<usize>();
-        }
-        let control = u16::from_le_bytes([few[last], few[last + 1]]);
-        let nibble = (0..4).find(|i| control >> (4 * i) & 0xf < 8).unwrap();
-        let mut long = few.clone();
-        long[last..last + 2].copy_from_slice(&(control + (1 << (4 * nibble))).to_le_bytes());
-        assert!(!agree(&long, 5, "the last event a byte too long"));
-        // Junk of every length, and control words of every length.
+        // Junk of every length, and control words of every length (one event is packed the
+        // same in every form).
         for len in 0..300 {
             let junk = junk(&mut x, len);
             for n in [0, 1, 2, 7, 40] {
@@ -645,7 +745,8 @@ pub(crate) mod tests {
             let sizes = (0..4).map(|i| usize::from(control >> (4 * i) & 0xf));
             let used = 2 + sizes.sum::<usize>();
             one.truncate(used.min(2 + 32) + SLACK);
-            agree(&one, 1, "one event");
+            let verdicts = agree(&one, 1, "one event");
+            assert_eq!(verdicts[1], verdicts[2], "control {control:#x}");
         }
     }
 
@@ -653,7 +754,7 @@ pub(crate) mod tests {
     fn a_count_the_bytes_cannot_hold_is_refused_before_anything_is_reserved() {
         let packed = pack(&sample_events(10), &mut Vec::new());
         let bytes = packed.bytes().to_vec();
-        let same = ArgBase::LastAlloc;
+        let same = Form::ControlsFirst;
         assert_eq!(
             Packed::from_parts(bytes.clone(), packed.len(), same),
             Some(packed.clone())
@@ -679,24 +780,25 @@ pub(crate) mod tests {
             })
             .collect();
         let mut room = vec![0; room_for(events.len())];
-        let mut sizes = [ArgBase::Previous, ArgBase::LastAlloc].map(|base| {
-            let used = pack_to_as(&events, &mut room, base).unwrap();
-            let packed = Packed::from_parts(room[..used].to_vec(), events.len(), base).unwrap();
+        let sizes = FORMS.map(|form| {
+            let used = pack_to_as(&events, &mut room, form).unwrap();
+            let packed = Packed::from_parts(room[..used].to_vec(), events.len(), form).unwrap();
             let mut back = Vec::new();
             unpack(&packed, &mut back).unwrap();
-            assert_eq!(back, events, "{base:?}");
+            assert_eq!(back, events, "{form:?}");
             used
         });
         // Against the previous event each `arg` took a byte (40 after 0, 0 after 40); against
-        // the last `Alloc`'s only the first `Alloc`'s does.
-        sizes[0] -= sizes[1];
-        assert_eq!(sizes[0], events.len() - 1);
-        // `pack_to` packs against the last `Alloc`'s, and the base matters when reading.
-        let used = pack_to(&events, &mut room).unwrap();
+        // the last `Alloc`'s only the first `Alloc`'s does, in either layout.
+        assert_eq!(sizes[0] - sizes[1], events.len() - 1);
+        assert_eq!(sizes[1], sizes[2]);
+        // The form matters when reading.
+        let mut room = vec![0; room_for(events.len())];
+        let used = pack_to_as(&events, &mut room, Form::LastAlloc).unwrap();
         let mut back = Vec::new();
-        unpack_here(&room[..used], events.len(), ArgBase::LastAlloc, &mut back).unwrap();
+        unpack_here(&room[..used], events.len(), Form::LastAlloc, &mut back).unwrap();
         assert_eq!(back, events);
-        unpack_here(&room[..used], events.len(), ArgBase::Previous, &mut back).unwrap();
+        unpack_here(&room[..used], events.len(), Form::Previous, &mut back).unwrap();
         assert_ne!(back, events);
     }
 
@@ -720,35 +822,43 @@ pub(crate) mod tests {
             })
             .collect();
         let batches = [sample_events(3000), alternating, Vec::new()];
-        for base in [ArgBase::Previous, ArgBase::LastAlloc] {
+        for form in FORMS {
             for events in &batches {
                 let mut looped = vec![0x55u8; room_for(events.len())];
                 let mut vectors = vec![0xffu8; room_for(events.len())];
                 // SAFETY: `available` said yes.
                 let (a, b) = unsafe {
-                    if base == ArgBase::LastAlloc {
-                        (
-                            pack_with::<true>(events, &mut looped),
-                            simd::pack_with::<true>(events, &mut vectors),
-                        )
-                    } else {
-                        (
-                            pack_with::<false>(events, &mut looped),
-                            simd::pack_with::<false>(events, &mut vectors),
-                        )
+                    match form {
+                        Form::Previous => (
+                            pack_with::<false, false>(events, &mut looped),
+                            simd::pack_with::<false, false>(events, &mut vectors),
+                        ),
+                        Form::LastAlloc => (
+                            pack_with::<true, false>(events, &mut looped),
+                            simd::pack_with::<true, false>(events, &mut vectors),
+                        ),
+                        Form::ControlsFirst => (
+                            pack_with::<true, true>(events, &mut looped),
+                            simd::pack_with::<true, true>(events, &mut vectors),
+                        ),
                     }
                 };
                 let used = a.unwrap();
-                assert_eq!(b, Some(used), "{base:?}, {} events", events.len());
-                assert_eq!(looped[..used], vectors[..used], "{base:?}");
+                assert_eq!(b, Some(used), "{form:?}, {} events", events.len());
+                assert_eq!(looped[..used], vectors[..used], "{form:?}");
                 let mut back = Vec::new();
-                unpack_here(&vectors[..used], events.len(), base, &mut back).unwrap();
-                assert_eq!(&back, events, "{base:?}");
+                unpack_here(&vectors[..used], events.len(), form, &mut back).unwrap();
+                assert_eq!(&back, events, "{form:?}");
                 // Room one byte short is refused by both.
                 let short = room_for(events.len()) - 1;
                 // SAFETY: as above.
-                let refused = unsafe { simd::pack_with::<true>(events, &mut vectors[..short]) };
-                assert_eq!(refused, None);
+                let refused = unsafe {
+                    (
+                        pack_with::<true, true>(events, &mut looped[..short]),
+                        simd::pack_with::<true, true>(events, &mut vectors[..short]),
+                    )
+                };
+                assert_eq!(refused, (None, None));
             }
         }
     }

@@ -6,8 +6,9 @@
 //!
 //! Unpacking ([`unpack_to`]) expands each event's value bytes into its four words with one byte
 //! expand (`vpexpandb`), reading only those bytes. An event's place is the previous one's plus
-//! its length, so the length is summed from the control word's nibbles in scalar code, a few
-//! cycles after the control word's load: that sum is the only work one event waits for.
+//! its length, summed from the control word's nibbles in scalar code. With the control words
+//! first (`Form::ControlsFirst`) their loads wait for nothing, and that sum is the only work
+//! one event waits for; interleaved, each control word's load waits for the previous sum too.
 
 use core::arch::x86_64::{
     __m256i, _MM_HINT_T0, _mm_cvtsi128_si32, _mm_prefetch, _mm256_add_epi64, _mm256_and_si256,
@@ -19,7 +20,7 @@ use core::arch::x86_64::{
 };
 
 use crate::event::Event;
-use crate::pack::{MAX_PACKED, SLACK, chained, control_fault, room_for};
+use crate::pack::{SLACK, chained, control_at, control_fault, layout, room_for};
 
 /// Whether this processor runs [`pack_with`] (checked once by `std`, then a load).
 #[inline]
@@ -56,12 +57,13 @@ fn chained_lanes<const LAST_ALLOC: bool>(kind: u8) -> u8 {
 /// # Safety
 /// The processor has the features [`available`] checks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd,avx512vbmi2,bmi2,popcnt")]
-pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool>(
+pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool, const SPLIT: bool>(
     events: &[Event],
     dst: &mut [u8],
 ) -> Option<usize> {
     let dst = dst.get_mut(..room_for(events.len()))?;
-    let mut at = 0;
+    // Where the next event's bytes go (its values, after its control word unless `SPLIT`).
+    let (mut at, lead) = layout::<SPLIT>(events.len());
     // The previous values: [-, addr, arg, time] (the head word is packed as it is; `arg` the
     // last `Alloc`'s if `LAST_ALLOC`).
     let mut prev = _mm256_setzero_si256();
@@ -96,11 +98,13 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool>(
         // The four lengths, a byte each, then a nibble each.
         let lengths = _mm_cvtsi128_si32(_mm256_cvtepi64_epi8(n)) as u32;
         let control = _pext_u32(lengths, 0x0f0f_0f0f) as u16;
-        let slot = dst.get_mut(at..at + MAX_PACKED)?;
-        slot[..2].copy_from_slice(&control.to_le_bytes());
-        // SAFETY: `slot` holds 2 + 32 bytes.
-        unsafe { _mm256_storeu_si256(slot[2..].as_mut_ptr().cast::<__m256i>(), values) };
-        at += 2 + keep.count_ones() as usize;
+        let c = control_at::<SPLIT>(i, at);
+        dst.get_mut(c..c + 2)?
+            .copy_from_slice(&control.to_le_bytes());
+        let slot = dst.get_mut(at + lead..at + lead + 32)?;
+        // SAFETY: `slot` holds 32 bytes.
+        unsafe { _mm256_storeu_si256(slot.as_mut_ptr().cast::<__m256i>(), values) };
+        at += lead + keep.count_ones() as usize;
         prev = _mm256_mask_blend_epi64(chained, prev, v);
     }
     dst.get_mut(at..at + SLACK)?.fill(0);
@@ -131,35 +135,39 @@ const KEEP: [u16; 256] = {
 ///
 /// # Safety
 /// The processor has the features [`available`] checks; `out` has room for `len` events, which
-/// the calling thread may write; `b` holds at least [`SLACK`] bytes.
+/// the calling thread may write; `b` can hold `len` events (`crate::pack::fits`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512cd,avx512vbmi2,bmi2,popcnt")]
-pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool>(
+pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool, const SPLIT: bool>(
     b: &[u8],
     len: usize,
     out: *mut Event,
 ) -> (usize, bool) {
     // Values end at most here: the slack follows them.
     let end = b.len() - SLACK;
-    let mut at = 0;
+    // Where the next event's bytes are. If `SPLIT`, `len` control words come first, which end
+    // before the slack (`fits`, checked by `unpack_here`).
+    let (mut at, lead) = layout::<SPLIT>(len);
     // The previous values: [-, addr, arg, time], as packing keeps them.
     let mut prev = _mm256_setzero_si256();
     let one = _mm256_set1_epi64x(1);
     for i in 0..len {
-        // `at <= end`, and a control word and the byte after it lie inside the slack at worst.
-        let control = u16::from_le_bytes([b[at], b[at + 1]]);
+        // Interleaved, `at <= end`, and a control word and the byte after it lie inside the
+        // slack at worst.
+        let c = control_at::<SPLIT>(i, at);
+        let control = u16::from_le_bytes([b[c], b[c + 1]]);
         if control_fault(control) {
             return (i, false);
         }
         let n = |shift: u16| usize::from(control >> shift & 0xf);
-        let next = at + 2 + (n(0) + n(4)) + (n(8) + n(12));
+        let next = at + lead + (n(0) + n(4)) + (n(8) + n(12));
         if next > end {
             return (i, false);
         }
         let keep = u32::from(KEEP[usize::from(control as u8)])
             | u32::from(KEEP[usize::from(control >> 8)]) << 16;
-        // SAFETY: the expand reads the `next - at - 2` bytes after the control word (as many as
-        // `keep` has bits), which end at `next <= end < b.len()`; the rest are not read.
-        let z = unsafe { _mm256_maskz_expandloadu_epi8(keep, b.as_ptr().add(at + 2).cast()) };
+        // SAFETY: the expand reads the `next - at - lead` value bytes (as many as `keep` has
+        // bits), which end at `next <= end < b.len()`; the rest are not read.
+        let z = unsafe { _mm256_maskz_expandloadu_epi8(keep, b.as_ptr().add(at + lead).cast()) };
         // Zigzag undone on the three difference words; the head word as it is.
         let d = _mm256_xor_si256(
             _mm256_srli_epi64::<1>(z),
@@ -167,7 +175,7 @@ pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool>(
         );
         let d = _mm256_mask_blend_epi64(0b0001, d, z);
         // The kind is the head word's low byte, the first value byte if it has any.
-        let kind = if n(0) > 0 { b[at + 2] } else { 0 };
+        let kind = if n(0) > 0 { b[at + lead] } else { 0 };
         let chained = chained_lanes::<LAST_ALLOC>(kind);
         let v = _mm256_add_epi64(d, _mm256_maskz_mov_epi64(chained, prev));
         prev = _mm256_mask_blend_epi64(chained, prev, v);
