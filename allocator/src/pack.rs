@@ -97,7 +97,8 @@ pub enum Form {
     LastAlloc,
     /// The `arg`s as [`Form::LastAlloc`]'s, all the control words first, then all the values
     /// (stream version 5): the same bytes, in another order. AVX-512 unpacking took 4-7 ns an
-    /// event of larson this way against 8-10 interleaved (allocator/BENCHMARKS.md).
+    /// event of larson this way against 8-10 interleaved in a loop of its own, and 23 % fewer
+    /// samples in `heaplens record ./larson 1` (allocator/BENCHMARKS.md).
     ControlsFirst,
 }
 

@@ -125,11 +125,7 @@ impl AddrMap {
         if slot[0] == addr {
             return Some(std::mem::replace(&mut slot[1], value));
         }
-        *slot = [addr, value];
-        self.len += 1;
-        if self.len * 2 > self.slots.len() {
-            self.grow();
-        }
+        self.add(i, addr, value);
         None
     }
 
@@ -137,25 +133,27 @@ impl AddrMap {
     #[inline]
     pub fn insert_new(&mut self, addr: u64, value: u64) -> Option<u64> {
         if addr == 0 {
-            return match self.zero {
-                Some(v) => Some(v),
-                None => {
-                    self.zero = Some(value);
-                    None
-                }
-            };
+            let had = self.zero;
+            self.zero = had.or(Some(value));
+            return had;
         }
         let i = self.find(addr);
-        let slot = &mut self.slots[i];
+        let slot = self.slots[i];
         if slot[0] == addr {
             return Some(slot[1]);
         }
-        *slot = [addr, value];
+        self.add(i, addr, value);
+        None
+    }
+
+    /// Puts `addr` with `value` in the empty slot `i` that [`AddrMap::find`] gave for it.
+    #[inline(always)]
+    fn add(&mut self, i: usize, addr: u64, value: u64) {
+        self.slots[i] = [addr, value];
         self.len += 1;
         if self.len * 2 > self.slots.len() {
             self.grow();
         }
-        None
     }
 
     /// The value of `addr`, to read or change.
