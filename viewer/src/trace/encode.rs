@@ -1216,10 +1216,15 @@ pub struct ChunkEncoder {
     coding: Coding,
     streams: Streams,
     index: HashMap<u32, usize>,
-    heaps: Vec<EncodeHeap>,
+    /// Boxed: a batch takes its heap's state out for its length (see `start_batch`) by
+    /// swapping two pointers, where moving the state itself copied it twice and built an
+    /// empty one to leave in its place.
+    heaps: Vec<Box<EncodeHeap>>,
     /// The heaps of chunks finished before, emptied, for the next chunk's: their maps keep
     /// their room instead of growing again for each chunk.
-    spare: Vec<EncodeHeap>,
+    spare: Vec<Box<EncodeHeap>>,
+    /// What stands in the list for the heap a batch has taken out.
+    parked: Option<Box<EncodeHeap>>,
     blocks: AddrMap,
     allocs: u32,
     prev_time: u64,
@@ -1256,6 +1261,7 @@ impl ChunkEncoder {
             index: HashMap::new(),
             heaps: Vec::new(),
             spare: Vec::new(),
+            parked: Some(Box::default()),
             blocks: AddrMap::new(),
             allocs: 0,
             prev_time: 0,
@@ -1342,14 +1348,14 @@ impl ChunkEncoder {
         }
         // In runs or not, the times end at the batch's last one.
         self.prev_time = events.last().map_or(prev_time, |e| e.time);
-        self.heaps[cur] = h;
+        self.parked = Some(std::mem::replace(&mut self.heaps[cur], h));
         self.events += events.len() as u32;
     }
 
     /// Begins a batch of `n` events of `heap`: writes its head, and takes the heap's state out
     /// of the list (most events touch it, and a local needs no bounds check); returns its slot
     /// and state, to put back after.
-    fn start_batch(&mut self, heap: u32, n: usize) -> (usize, EncodeHeap) {
+    fn start_batch(&mut self, heap: u32, n: usize) -> (usize, Box<EncodeHeap>) {
         // Room for the batch at its widest (wide events with flags), so that no write grows a
         // stream.
         let s = &mut self.streams;
@@ -1377,7 +1383,8 @@ impl ChunkEncoder {
         self.next_alloc = 0;
         self.after_page = 0;
         let cur = slot_of(&mut self.index, &mut self.heaps, &mut self.spare, heap);
-        (cur, std::mem::take(&mut self.heaps[cur]))
+        let parked = self.parked.take().unwrap_or_default();
+        (cur, std::mem::replace(&mut self.heaps[cur], parked))
     }
 
     /// Codes event `e`, number `i` of a batch of heap `cur` (state `h`), but its time.
@@ -1732,7 +1739,7 @@ impl ChunkEncoder {
                     &mut *h
                 } else {
                     put_ref!(2 + 2 * u64::from(self.allocs - 1 - in_chunk));
-                    &mut self.heaps[slot as usize]
+                    &mut *self.heaps[slot as usize]
                 };
                 if e.kind == FREE {
                     let (s, stack) = if self.coding.joint::<L>() {
