@@ -12,7 +12,7 @@
 
 use core::arch::x86_64::{
     __m256i, _MM_HINT_T0, _mm_cvtsi128_si32, _mm_prefetch, _mm256_add_epi64, _mm256_and_si256,
-    _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_loadu_si256, _mm256_lzcnt_epi64,
+    _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_cvtsi256_si32, _mm256_loadu_si256, _mm256_lzcnt_epi64,
     _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8, _mm256_maskz_expandloadu_epi8,
     _mm256_maskz_mov_epi64, _mm256_set1_epi64x, _mm256_setr_epi8, _mm256_setzero_si256,
     _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64, _mm256_srli_epi64,
@@ -20,7 +20,7 @@ use core::arch::x86_64::{
 };
 
 use crate::event::Event;
-use crate::pack::{SLACK, chained, control_at, control_fault, layout, room_for};
+use crate::pack::{SLACK, chained, control_at, layout, room_for};
 
 /// Whether this processor runs [`pack_with`] (checked once by `std`, then a load).
 #[inline]
@@ -111,23 +111,36 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool, const SPLIT: bool>(
     Some(at + SLACK)
 }
 
-/// The low `n` bits of a byte (all 8 from 8 on: a longer length is refused by `control_fault`
+/// The low `n` bits of a byte (all 8 from 8 on: a longer length is refused by its fault bit
 /// before its mask is used).
 const fn low_bits(n: usize) -> u16 {
     if n >= 8 { 0xff } else { (1 << n) - 1 }
 }
 
-/// Each control word byte's two lengths (4 bits each, at most 8) as the mask of the value bytes
-/// they keep in their two words: the low `n` bits of each byte.
-const KEEP: [u16; 256] = {
-    let mut t = [0u16; 256];
+/// What one byte of a control word says, for [`unpack_to`]: its two lengths (4 bits each, at
+/// most 8) as the mask of the value bytes they keep in their two words (the low `n` bits of
+/// each byte), shifted to the byte's place in the word's 32-bit mask (`HIGH`: the control's
+/// high byte, the last two words); their sum in bits 32 to 39; and bit 62 if either length is
+/// above 8. The two bytes' entries added are the whole control word's: the masks do not
+/// overlap, the sums add, and two faults carry into bit 63. Two loads and an add, where
+/// testing the nibbles and summing them took about 25 instructions an event.
+const fn control_bytes<const HIGH: bool>() -> [u64; 256] {
+    let mut t = [0u64; 256];
     let mut x = 0;
     while x < 256 {
-        t[x] = low_bits(x & 0xf) | low_bits(x >> 4) << 8;
+        let (lo, hi) = (x & 0xf, x >> 4);
+        let keep = (low_bits(lo) | low_bits(hi) << 8) as u64;
+        let fault = if lo > 8 || hi > 8 { 1u64 << 62 } else { 0 };
+        t[x] = (if HIGH { keep << 16 } else { keep }) | ((lo + hi) as u64) << 32 | fault;
         x += 1;
     }
     t
-};
+}
+
+/// [`control_bytes`] of a control word's low byte (the first two words).
+const CONTROL_LOW: [u64; 256] = control_bytes::<false>();
+/// [`control_bytes`] of a control word's high byte (the last two words).
+const CONTROL_HIGH: [u64; 256] = control_bytes::<true>();
 
 /// `crate::pack`'s `unpack_into`, storing the events at `out`: how many were stored, and
 /// whether all `len` were and end exactly at the slack (as `unpack_into`'s verdict). The same
@@ -155,27 +168,26 @@ pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool, const SPLIT: bool>(
         // slack at worst.
         let c = control_at::<SPLIT>(i, at);
         let control = u16::from_le_bytes([b[c], b[c + 1]]);
-        if control_fault(control) {
+        let what = CONTROL_LOW[usize::from(control as u8)] + CONTROL_HIGH[usize::from(control >> 8)];
+        if what >> 62 != 0 {
             return (i, false);
         }
-        let n = |shift: u16| usize::from(control >> shift & 0xf);
-        let next = at + lead + (n(0) + n(4)) + (n(8) + n(12));
+        let next = at + lead + (what >> 32 & 0xff) as usize;
         if next > end {
             return (i, false);
         }
-        let keep = u32::from(KEEP[usize::from(control as u8)])
-            | u32::from(KEEP[usize::from(control >> 8)]) << 16;
-        // SAFETY: the expand reads the `next - at - lead` value bytes (as many as `keep` has
-        // bits), which end at `next <= end < b.len()`; the rest are not read.
-        let z = unsafe { _mm256_maskz_expandloadu_epi8(keep, b.as_ptr().add(at + lead).cast()) };
+        // SAFETY: the expand reads the `next - at - lead` value bytes (as many as the mask, the
+        // entries' low 32 bits, has bits), which end at `next <= end < b.len()`; the rest are
+        // not read.
+        let z = unsafe { _mm256_maskz_expandloadu_epi8(what as u32, b.as_ptr().add(at + lead).cast()) };
         // Zigzag undone on the three difference words; the head word as it is.
         let d = _mm256_xor_si256(
             _mm256_srli_epi64::<1>(z),
             _mm256_sub_epi64(_mm256_setzero_si256(), _mm256_and_si256(z, one)),
         );
         let d = _mm256_mask_blend_epi64(0b0001, d, z);
-        // The kind is the head word's low byte, the first value byte if it has any.
-        let kind = if n(0) > 0 { b[at + lead] } else { 0 };
+        // The kind is the head word's low byte (0 if the head word has no bytes, as packed).
+        let kind = _mm256_cvtsi256_si32(z) as u8;
         let chained = chained_lanes::<LAST_ALLOC>(kind);
         let v = _mm256_add_epi64(d, _mm256_maskz_mov_epi64(chained, prev));
         prev = _mm256_mask_blend_epi64(chained, prev, v);
