@@ -55,22 +55,27 @@ const HELPER_IN_FLIGHT: usize = 2;
 /// on two cores the recorder's encoding keeps both busy once the program has exited.
 const HELPER_THREADS: usize = 2;
 
-/// Parts of shared batches that may wait for a helper to encode them: a chunk's worth of the
-/// hook's full buffers (1 M events in batches of 2046). The writer hands all of a chunk's parts
-/// to one helper, then the next chunk's to the other; with room for fewer (64 before), it
-/// waited for the first helper through most of each chunk while the second had nothing to do
-/// (perf, 4000 samples a second a thread: larson's drain after the program's exit kept about
-/// 118 of the two cores' 160 samples per 20 ms busy, 143 with room for a whole chunk). `heaplens
-/// record`, 10 alternating pairs against room for 64: the command 0.92x on larson, 0.93x on
+/// Events, in parts of shared batches, that may wait for a helper to encode them: two chunks'
+/// worth. The writer hands all of a chunk's parts to one helper, then the next chunk's to the
+/// other; with room for less, it waited for the first helper through part of each chunk while
+/// the second had nothing to do. Counted in events, not parts: room for a chunk's worth of the
+/// hook's full buffers (513 parts of 2046 events) held 80 % of a chunk of larson's batches as
+/// the collector cuts them (1600 events on average) and 57 % of churn_mt's (1145), and after
+/// the program's exit the second helper was idle a fifth to a third of the time (perf, 20 ms
+/// bins). Room for parts in a count (64 before 513): the command 0.92x on larson, 0.93x on
 /// churn_mt, 0.97x on alloc_workload, 1.01x on trees (single-threaded: a core is free for the
-/// helpers all along). The cost is memory: up to [`SHARED_BATCHES_IN_FLIGHT`] unpacked batches
-/// (64 KiB each) wait; larson's recorder peaked at 389 MB of RSS against 349-360 MB.
-const PARTS_IN_FLIGHT: usize =
-    (super::format::MAX_CHUNK_EVENTS as usize).div_ceil(heaplens_alloc::hook::BUFFER_EVENTS);
+/// helpers all along). The parts only share batches the recorder holds anyway (packed, in its
+/// backlog; unpacked, in vectors it recycles).
+const PARTS_IN_FLIGHT: usize = 2 * super::format::MAX_CHUNK_EVENTS as usize;
+
+/// Parts the writer may hand a helper at most, for vectors a recorder keeps to unpack into:
+/// [`PARTS_IN_FLIGHT`] events in the hook's full buffers.
+const PART_BATCHES_IN_FLIGHT: usize = PARTS_IN_FLIGHT.div_ceil(heaplens_alloc::hook::BUFFER_EVENTS);
 
 /// Shared batches the writer may hold at once, waiting for its helpers: what a recorder keeps
 /// event vectors for, to unpack the next batches into meanwhile.
-pub const SHARED_BATCHES_IN_FLIGHT: usize = HELPER_THREADS * (PARTS_IN_FLIGHT + HELPER_IN_FLIGHT);
+pub const SHARED_BATCHES_IN_FLIGHT: usize =
+    HELPER_THREADS * (PART_BATCHES_IN_FLIGHT + HELPER_IN_FLIGHT);
 
 /// A batch of events the writer shares with its owner: the helper encodes it, so the writer's
 /// thread only hands it on. The events as they are (the owner has the vector back once the
@@ -155,7 +160,8 @@ impl HelperThread {
     /// Starts a helper thread, numbered `n` (in its name); it calls `before_each` before each
     /// chunk.
     fn start(n: usize, mut before_each: impl FnMut() + Send + 'static) -> io::Result<Self> {
-        // Counted in items (see `crate::backlog`): the writer, ahead, is woken when half are done.
+        // Counted in events, a chunk as one (see `crate::backlog`): the writer, ahead, is woken
+        // when half are done.
         let (jobs, todo) = crate::backlog::backlog::<Work>(HELPER_IN_FLIGHT + PARTS_IN_FLIGHT);
         let (finished, done) = sync_channel::<Done>(HELPER_IN_FLIGHT * HELPER_THREADS + 1);
         let thread = std::thread::Builder::new()
@@ -407,7 +413,7 @@ impl<W: Write> TraceWriter<W> {
         while at < len {
             let room = (self.options.chunk_events - self.parts_events) as usize;
             let n = room.min(len - at);
-            self.send(Work::Part(heap, Arc::clone(events), at..at + n))?;
+            self.send(Work::Part(heap, Arc::clone(events), at..at + n), n)?;
             self.parts_heaps.insert(heap);
             self.parts_events += n as u32;
             self.events += n as u64;
@@ -574,7 +580,7 @@ impl<W: Write> TraceWriter<W> {
         {
             self.take_one()?;
         }
-        self.send(Work::Chunk(job))?;
+        self.send(Work::Chunk(job), 1)?;
         if let Some(h) = self.helper.as_mut() {
             h.order.push_back(h.next);
             h.next = (h.next + 1) % h.threads.len();
@@ -582,13 +588,14 @@ impl<W: Write> TraceWriter<W> {
         Ok(())
     }
 
-    /// Gives the next helper thread `work`, waiting while it is behind.
-    fn send(&mut self, work: Work) -> io::Result<()> {
+    /// Gives the next helper thread `work` of `events` events (a chunk: 1), waiting while it is
+    /// behind.
+    fn send(&mut self, work: Work, events: usize) -> io::Result<()> {
         let sent = self
             .helper
             .as_ref()
             .and_then(|h| h.threads[h.next].jobs.as_ref())
-            .is_some_and(|jobs| jobs.send(work, 1).is_ok());
+            .is_some_and(|jobs| jobs.send(work, events).is_ok());
         if !sent {
             self.failed = true;
             return Err(io::Error::other("the compression helper stopped"));
