@@ -1135,7 +1135,7 @@ impl<T> Default for PageStacks<T> {
     fn default() -> Self {
         Self {
             stacks: Vec::new(),
-            numbers: AddrMap::new(),
+            numbers: AddrMap::with_slots(16),
             last: Vec::new(),
         }
     }
