@@ -12,11 +12,11 @@
 
 use core::arch::x86_64::{
     __m256i, _MM_HINT_T0, _mm_cvtsi128_si32, _mm_prefetch, _mm256_add_epi64, _mm256_and_si256,
-    _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_cvtsi256_si32, _mm256_loadu_si256, _mm256_lzcnt_epi64,
-    _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8, _mm256_maskz_expandloadu_epi8,
-    _mm256_maskz_mov_epi64, _mm256_set1_epi64x, _mm256_setr_epi8, _mm256_setzero_si256,
-    _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64, _mm256_srli_epi64,
-    _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256, _pext_u32,
+    _mm256_cmplt_epu8_mask, _mm256_cvtepi64_epi8, _mm256_cvtsi256_si32, _mm256_loadu_si256,
+    _mm256_lzcnt_epi64, _mm256_mask_blend_epi64, _mm256_maskz_compress_epi8,
+    _mm256_maskz_expandloadu_epi8, _mm256_maskz_mov_epi64, _mm256_set1_epi64x, _mm256_setr_epi8,
+    _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_slli_epi64, _mm256_srai_epi64,
+    _mm256_srli_epi64, _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256, _pext_u32,
 };
 
 use crate::event::Event;
@@ -168,7 +168,8 @@ pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool, const SPLIT: bool>(
         // slack at worst.
         let c = control_at::<SPLIT>(i, at);
         let control = u16::from_le_bytes([b[c], b[c + 1]]);
-        let what = CONTROL_LOW[usize::from(control as u8)] + CONTROL_HIGH[usize::from(control >> 8)];
+        let what =
+            CONTROL_LOW[usize::from(control as u8)] + CONTROL_HIGH[usize::from(control >> 8)];
         if what >> 62 != 0 {
             return (i, false);
         }
@@ -179,7 +180,8 @@ pub(crate) unsafe fn unpack_to<const LAST_ALLOC: bool, const SPLIT: bool>(
         // SAFETY: the expand reads the `next - at - lead` value bytes (as many as the mask, the
         // entries' low 32 bits, has bits), which end at `next <= end < b.len()`; the rest are
         // not read.
-        let z = unsafe { _mm256_maskz_expandloadu_epi8(what as u32, b.as_ptr().add(at + lead).cast()) };
+        let z =
+            unsafe { _mm256_maskz_expandloadu_epi8(what as u32, b.as_ptr().add(at + lead).cast()) };
         // Zigzag undone on the three difference words; the head word as it is.
         let d = _mm256_xor_si256(
             _mm256_srli_epi64::<1>(z),

@@ -1,11 +1,13 @@
 //! The encoder's map from a block address to what it knows about the block in the chunk (and,
 //! keyed by a stack id shifted past the bits the hash ignores, from a heap's stack id to its
-//! number in the chunk: `encode::StackNumbers`).
+//! number in the chunk: `encode::StackNumbers`; and from a page and size class to its freed
+//! stack: `encode::PageStacks`).
 //!
 //! Every `Alloc` and `Free` of a chunk looks an address up here, and the addresses are spread
 //! over the whole heap, so nearly every lookup is a cache miss: the map is built for that. An open
 //! addressing table of 16-byte slots (the address and a packed value), probed linearly from a
-//! multiplicative hash, at most half full: a lookup touches one cache line, where
+//! multiplicative hash's top bits, a quarter full while it is small and half beyond ([`limit`]):
+//! a lookup touches one cache line, where
 //! `std::collections::HashMap` touched its control bytes and then a 24-byte entry. The encoder
 //! also prefetches the slot of an event a few ahead ([`AddrMap::prefetch`]). Together: encoding
 //! alone 22 -> 26 M events/s on the real-allocator stream of `--bench trace_size`, and
@@ -42,7 +44,11 @@ const SPARSE_SLOTS: usize = 1 << 17;
 /// than a core's cache does (binary trees: 10 % slower a quarter full), where each lookup
 /// misses anyway and twice the memory is twice the misses and the clearing.
 const fn limit(slots: usize) -> usize {
-    if slots <= SPARSE_SLOTS { slots / 4 } else { slots / 2 }
+    if slots <= SPARSE_SLOTS {
+        slots / 4
+    } else {
+        slots / 2
+    }
 }
 
 impl Default for AddrMap {
