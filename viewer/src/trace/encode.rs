@@ -1221,9 +1221,11 @@ pub struct ChunkEncoder {
     /// Boxed: a batch takes its heap's state out for its length (see `start_batch`) by
     /// swapping two pointers, where moving the state itself copied it twice and built an
     /// empty one to leave in its place.
+    #[allow(clippy::vec_box)] // the boxes are the point: see above
     heaps: Vec<Box<EncodeHeap>>,
     /// The heaps of chunks finished before, emptied, for the next chunk's: their maps keep
     /// their room instead of growing again for each chunk.
+    #[allow(clippy::vec_box)] // as `heaps`, whose boxes they become
     spare: Vec<Box<EncodeHeap>>,
     /// What stands in the list for the heap a batch has taken out.
     parked: Option<Box<EncodeHeap>>,
