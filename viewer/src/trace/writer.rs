@@ -68,8 +68,9 @@ const HELPER_THREADS: usize = 2;
 /// backlog; unpacked, in vectors it recycles).
 const PARTS_IN_FLIGHT: usize = 2 * super::format::MAX_CHUNK_EVENTS as usize;
 
-/// Parts the writer may hand a helper at most, for vectors a recorder keeps to unpack into:
-/// [`PARTS_IN_FLIGHT`] events in the hook's full buffers.
+/// [`PARTS_IN_FLIGHT`] events in batches of the hook's full buffers: the vectors a recorder keeps
+/// per helper to unpack into (with smaller batches more are in flight; those past it are freed
+/// when they come back instead of kept).
 const PART_BATCHES_IN_FLIGHT: usize = PARTS_IN_FLIGHT.div_ceil(heaplens_alloc::hook::BUFFER_EVENTS);
 
 /// Shared batches the writer may hold at once, waiting for its helpers: what a recorder keeps
