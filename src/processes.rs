@@ -259,6 +259,21 @@ impl Processes {
         })
     }
 
+    /// The program has exited and `queued` bytes of stream wait in the backlog: with one process
+    /// recorded, all of them are its own, and its recorder learns how many events are left
+    /// ([`Recorder::backlog_left`]). With more, whose bytes they are is not known: nothing.
+    pub fn backlog_left(&mut self, queued: usize) {
+        if self.open.len() != 1 {
+            return;
+        }
+        let Some((&pid, p)) = self.open.iter_mut().next() else {
+            return;
+        };
+        if let Err(e) = p.recorder.backlog_left(queued) {
+            self.fail(pid, &e.to_string());
+        }
+    }
+
     /// The program has exited: the recorders' threads go back to the usual priority.
     pub fn program_exited(&self) {
         for p in self.open.values() {

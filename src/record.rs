@@ -37,6 +37,9 @@ pub struct Recorder {
     recycle: crossbeam_channel::Sender<Vec<Event>>,
     /// The program has exited: the writer's compression helper takes the usual priority back.
     exited: Arc<AtomicBool>,
+    /// Packed events handed on so far, and the backlog's bytes they took: how many events a
+    /// byte of the backlog holds ([`Recorder::backlog_left`]).
+    packed: (u64, u64),
 }
 
 /// A batch's events, read by the trace writer's helper that encodes them; the vector goes back
@@ -71,6 +74,7 @@ impl Recorder {
             writer: None,
             recycle,
             exited: Arc::new(AtomicBool::new(false)),
+            packed: (0, 0),
         }
     }
 
@@ -117,8 +121,24 @@ impl Recorder {
     /// no thread unpacks it for another to read.
     pub fn packed(&mut self, batch: PackedBatch) -> Result<(), Box<dyn std::error::Error>> {
         let heap = batch.heap;
+        self.packed.0 += batch.len() as u64;
+        self.packed.1 += batch.held() as u64;
         self.writer()?
             .write_shared(heap, &(Arc::new(batch) as SharedBatch))?;
+        Ok(())
+    }
+
+    /// The program has exited, and `queued` bytes of its packed stream wait in the backlog: tells
+    /// the trace writer about how many events are still to come
+    /// ([`TraceWriter::last_events_coming`]), at the bytes an event the stream took so far.
+    pub fn backlog_left(&mut self, queued: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let (events, bytes) = self.packed;
+        if bytes == 0 || self.writer.is_none() {
+            return Ok(());
+        }
+        let remaining = u128::from(events) * queued as u128 / u128::from(bytes);
+        self.writer()?
+            .last_events_coming(u64::try_from(remaining).unwrap_or(u64::MAX))?;
         Ok(())
     }
 
@@ -208,6 +228,9 @@ pub fn run(
             processes.program_exited();
         }
         if processes.take_queued(queued) {
+            if exited {
+                processes.backlog_left(launched.frames.queued());
+            }
             let (events, bytes) = processes.written_so_far();
             progress.update(
                 events,

@@ -380,3 +380,75 @@ fn compressing_on_a_helper_thread_writes_the_same_file() {
         synth::flatten(&batches)
     );
 }
+
+#[test]
+fn the_last_chunk_is_cut_for_the_idle_helper_and_the_events_stay_the_same() {
+    // Chunks of 5000 events: the first goes to helper 0, which then waits (its `before_each`
+    // blocks until the test lets it go), the second to helper 1, which does not; the open third
+    // chunk's parts queue on helper 0. Told that no more events are coming, the writer cuts the
+    // open chunk once helper 0 has at least as many queued as helper 1: the rest of the stream
+    // goes to helper 1.
+    let batches = synthetic(30_000);
+    let meta = Metadata::with_allocator_constants();
+    let options = WriterOptions {
+        chunk_events: 5_000,
+        zstd_level: Some(1),
+    };
+    let inline = {
+        let mut w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
+        for (h, evs) in &batches {
+            w.write_batch(*h, evs).unwrap();
+        }
+        w.finish(EndInfo::clean(0)).unwrap()
+    };
+    let chunks = |bytes: &[u8]| TraceReader::new(Cursor::new(bytes)).unwrap().chunks().len();
+    let events = |bytes: Vec<u8>| {
+        let mut r = TraceReader::new(Cursor::new(bytes)).unwrap();
+        assert_eq!(r.status(), Status::Complete);
+        r.events().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    let write = |remaining: u64| {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(Some(wait));
+        let w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
+        let mut w = w
+            .compress_on_helper(|| {
+                // The first helper made waits before its first chunk until `go` is sent.
+                let mut first = wait.lock().unwrap().take();
+                move || {
+                    if let Some(wait) = first.take() {
+                        let _ = wait.recv();
+                    }
+                }
+            })
+            .unwrap();
+        let mut sent = 0;
+        let (mut asked, mut cut) = (false, false);
+        for (h, evs) in &batches {
+            let batch: SharedBatch = std::sync::Arc::new(evs.clone());
+            w.write_shared(*h, &batch).unwrap();
+            sent += evs.len();
+            if sent > 10_500 && !asked {
+                asked = true;
+                // Helper 1 drains its chunk meanwhile: ask until the writer cuts (or the
+                // remaining count never lets it).
+                let start = std::time::Instant::now();
+                while !cut && start.elapsed() < std::time::Duration::from_secs(2) {
+                    cut = w.last_events_coming(remaining).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                go.send(()).unwrap();
+            }
+        }
+        (w.finish(EndInfo::clean(0)).unwrap(), cut)
+    };
+    // Plenty still coming: never cut, the same file as the writer that encodes in line.
+    let (whole, cut) = write(u64::MAX);
+    assert!(!cut);
+    assert_eq!(whole, inline);
+    // Nothing more (as far as the writer is told): cut once, one chunk more, the same events.
+    let (split, cut) = write(0);
+    assert!(cut, "helper 1 drained its queue, so the open chunk is cut");
+    assert_eq!(chunks(&split), chunks(&inline) + 1);
+    assert_eq!(events(split), events(inline));
+}

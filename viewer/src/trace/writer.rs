@@ -246,6 +246,9 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
     /// distinct heaps.
     parts_events: u32,
     parts_heaps: std::collections::HashSet<u32>,
+    /// The open chunk of parts was cut short for the end of the stream
+    /// ([`TraceWriter::last_events_coming`]).
+    tail_cut: bool,
     helper: Option<Helper>,
     failed: bool,
     /// Bytes of Events chunks so far.
@@ -315,6 +318,7 @@ impl<W: Write> TraceWriter<W> {
             payloads: Vec::new(),
             parts_events: 0,
             parts_heaps: std::collections::HashSet::new(),
+            tail_cut: false,
             helper: None,
             failed: false,
             event_bytes: 0,
@@ -424,6 +428,35 @@ impl<W: Write> TraceWriter<W> {
             }
         }
         Ok(())
+    }
+
+    /// About `remaining` more events are coming, and then the stream ends (the program has
+    /// exited and its backlog holds that many). Once the helper that the open chunk of parts
+    /// goes to has as many events queued as the other helper has with all of those, the chunk
+    /// is cut (once): the rest then goes to the other helper as the last chunk, and the two
+    /// finish near together. Left whole, the last chunk went to one helper, which worked alone
+    /// for its length (20-30 ms of larson's 0.8 s recording, perf in 20 ms bins) while the
+    /// other waited. The file holds the same events, in one chunk more. Returns whether it cut.
+    pub fn last_events_coming(&mut self, remaining: u64) -> io::Result<bool> {
+        let Some(h) = self.helper.as_ref() else {
+            return Ok(false);
+        };
+        if self.tail_cut || self.parts_events == 0 {
+            return Ok(false);
+        }
+        let queued = |t: usize| {
+            h.threads[t]
+                .jobs
+                .as_ref()
+                .map_or(0, crate::backlog::Sender::queued) as u64
+        };
+        let (this, other) = (h.next, (h.next + 1) % h.threads.len());
+        if queued(this) < queued(other).saturating_add(remaining) {
+            return Ok(false);
+        }
+        self.tail_cut = true;
+        self.write_events_chunk()?;
+        Ok(true)
     }
 
     /// Writes a keyframe: an opaque snapshot (e.g. a serialized model) of the state after the
