@@ -337,16 +337,25 @@ fn writer_rejects_impossible_requests() {
     assert_eq!(r.keyframes().len(), 1);
 }
 
-#[test]
-fn compressing_on_a_helper_thread_writes_the_same_file() {
-    // Events chunks go through the helper (several in flight), keyframes and the end do not:
-    // the bytes must be those of the writer that compresses in line, in the same order.
-    let batches = synthetic(60_000);
-    let meta = Metadata::with_allocator_constants();
+/// `events` synthetic events, and a writer's metadata and options for chunks of 5000 of them,
+/// compressed: several chunks in flight on the helpers.
+fn in_small_chunks(events: usize) -> (Vec<(u32, Vec<Event>)>, Metadata, WriterOptions) {
     let options = WriterOptions {
         chunk_events: 5_000,
         zstd_level: Some(1),
     };
+    (
+        synthetic(events),
+        Metadata::with_allocator_constants(),
+        options,
+    )
+}
+
+#[test]
+fn compressing_on_a_helper_thread_writes_the_same_file() {
+    // Events chunks go through the helper (several in flight), keyframes and the end do not:
+    // the bytes must be those of the writer that compresses in line, in the same order.
+    let (batches, meta, options) = in_small_chunks(60_000);
     // `shared`: the batches go as shared ones, which the helper encodes too.
     let write = |helper: bool, shared: bool| {
         let w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
@@ -388,12 +397,7 @@ fn the_last_chunk_is_cut_for_the_idle_helper_and_the_events_stay_the_same() {
     // chunk's parts queue on helper 0. Told that no more events are coming, the writer cuts the
     // open chunk once helper 0 has at least as many queued as helper 1: the rest of the stream
     // goes to helper 1.
-    let batches = synthetic(30_000);
-    let meta = Metadata::with_allocator_constants();
-    let options = WriterOptions {
-        chunk_events: 5_000,
-        zstd_level: Some(1),
-    };
+    let (batches, meta, options) = in_small_chunks(30_000);
     let inline = {
         let mut w = TraceWriter::new(Vec::new(), &meta, options).unwrap();
         for (h, evs) in &batches {
