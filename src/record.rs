@@ -133,12 +133,11 @@ impl Recorder {
     /// ([`TraceWriter::last_events_coming`]), at the bytes an event the stream took so far.
     pub fn backlog_left(&mut self, queued: usize) -> Result<(), Box<dyn std::error::Error>> {
         let (events, bytes) = self.packed;
-        if bytes == 0 || self.writer.is_none() {
+        let Some(writer) = self.writer.as_mut().filter(|_| bytes > 0) else {
             return Ok(());
-        }
+        };
         let remaining = u128::from(events) * queued as u128 / u128::from(bytes);
-        self.writer()?
-            .last_events_coming(u64::try_from(remaining).unwrap_or(u64::MAX))?;
+        writer.last_events_coming(u64::try_from(remaining).unwrap_or(u64::MAX))?;
         Ok(())
     }
 

@@ -219,11 +219,14 @@ impl AddrMap {
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        let bigger = vec![[0; 2]; self.slots.len() * 2];
-        let old = std::mem::replace(&mut self.slots, bigger);
-        self.mask = self.slots.len() - 1;
-        self.shift = 64 - self.slots.len().trailing_zeros();
-        self.limit = limit(self.slots.len());
+        // A map of twice the slots (`with_slots` derives the mask, shift and limit), with the
+        // same entries.
+        let bigger = Self {
+            len: self.len,
+            zero: self.zero,
+            ..Self::with_slots(self.slots.len() * 2)
+        };
+        let old = std::mem::replace(self, bigger).slots;
         for [addr, value] in old {
             if addr != 0 {
                 let i = self.find(addr);
