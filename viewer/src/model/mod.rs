@@ -523,10 +523,14 @@ impl Model {
             // An early free (reported before this allocation, by another thread) waits under
             // the key its page gave it then: the block's start once the page has aligned
             // blocks, else the address itself. This allocation may be the page's first aligned
-            // one (an interior address), so both are looked at, as a free looks at both.
+            // one (an interior address), so both are looked at, as a free looks at both. The
+            // address itself first: a free waiting there is of an allocation handed out at it,
+            // while one under the block's start may be of the block allocated at its start
+            // (recorded from the stress workload: both frees came before the segment was
+            // mapped, the aligned allocation took the start's, and its own stayed unmatched).
             let key = Self::overflow_key(p, a.ptr);
-            if self.live.cancel_early_free(key, a.size)
-                || (key != a.ptr && self.live.cancel_early_free(a.ptr, a.size))
+            if (key != a.ptr && self.live.cancel_early_free(a.ptr, a.size))
+                || self.live.cancel_early_free(key, a.size)
             {
                 return;
             }

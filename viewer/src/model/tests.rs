@@ -421,6 +421,41 @@ fn late_free_of_an_aligned_block_frees_it(set_up_anew: bool) {
 }
 
 #[test]
+fn early_frees_of_an_aligned_address_and_of_its_block_start_each_wait_for_their_own_allocation() {
+    // Within one tick, another thread's frees of an aligned block (handed out at an interior
+    // address) and of the block at that block's start (allocated at its start after the
+    // aligned one went) both reach the model before the segment is mapped. (Recorded from the
+    // stress workload, once in CI: the aligned allocation looked under its block's start
+    // first, and cancelled the start's early free; its own stayed unmatched to the end, and the
+    // block at the start stayed live: the model's (8 live, 2 unmatched) against the events' own
+    // sums (7, 1).)
+    let mut t = setup();
+    let (blocks, requested) = (t.m.live().len(), t.m.live().requested_bytes());
+    let seg2 = BASE + SEGMENT_SIZE as u64;
+    let page = seg2 + SMALL_PAGE_SIZE as u64;
+    let start = page + 42 * 448;
+    let interior = start + 64;
+    t.free(2, interior, flags::CROSS_THREAD)
+        .free(2, start, flags::CROSS_THREAD)
+        .seg(1, seg2, PageKind::Small)
+        .page(1, page, 448, 146)
+        .ev(1, e(EventKind::Alloc, flags::ALIGNED, 0, 0, interior, 300));
+    assert_eq!(
+        t.m.unmatched_frees().map(|b| b.addr).collect::<Vec<_>>(),
+        [start],
+        "the aligned allocation took the other early free"
+    );
+    t.alloc(1, start, 385);
+    assert_eq!(t.m.live().len(), blocks);
+    assert_eq!(t.m.live().requested_bytes(), requested);
+    assert_eq!(t.m.unmatched_frees().count(), 0);
+    // The block's next allocation and free are its own.
+    t.alloc(1, start, 440).free(1, start, 0);
+    assert_eq!(t.m.live().len(), blocks);
+    assert_eq!(t.m.unmatched_frees().count(), 0);
+}
+
+#[test]
 fn an_early_free_of_an_interior_address_leaves_a_live_block_allocated_at_its_start() {
     // On a page with aligned blocks, another thread's free of an interior address arrives
     // before the page is set up anew: it frees a block of the next layout, not the live block of
