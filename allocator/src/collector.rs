@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
+use crossbeam_channel::{Receiver, bounded};
 
 use crate::batch::{Batch, BatchRef, Message};
 use crate::event::{Event, flags};
@@ -496,6 +496,10 @@ const DRAIN_EVERY_MAX: u64 = 4 * MS;
 /// the channel, which the wait makes.
 const SETTLE_EXITS_MAX: Duration = Duration::from_millis(100);
 
+/// How long the collector waits at most for a buffer when none is coming in (it advances the
+/// clock, drains and takes censuses between waits).
+const IDLE_WAIT_NS: i64 = 1_000_000;
+
 /// How long the collector sleeps between polls while full buffers keep arriving: a busy thread
 /// fills about 20 buffers in that time, well within the channel's capacity.
 const BUSY_POLL: Duration = Duration::from_micros(200);
@@ -583,11 +587,9 @@ impl<'a> Collector<'a> {
                 // Plenty waiting: take it at once.
                 None
             } else {
-                match self.state.full_rx.recv_timeout(Duration::from_millis(1)) {
-                    Ok(buf) => Some(buf),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+                // Not the channel's own wait (`channel_wait` says why).
+                let rx = &self.state.full_rx;
+                crate::channel_wait::wait_for_buffers(|| rx.try_recv().ok(), IDLE_WAIT_NS)
             };
             busy = self.take_sent(first);
             let now = self.now();
@@ -799,7 +801,7 @@ impl<'a> Collector<'a> {
             next = self.state.full_rx.try_recv().ok();
         }
         if took {
-            crate::channel_room::made_room();
+            crate::channel_wait::made_room();
         }
         took
     }

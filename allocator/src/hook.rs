@@ -1500,7 +1500,10 @@ fn send_on(ch: *mut Channels, buf: *mut EventBuffer) -> bool {
     // `Some(sent)` once it is decided; `None` while the channel is full and the thread should
     // wait for the collector.
     let attempt = || match ch.full_tx.try_send(BufferPtr(buf)) {
-        Ok(()) => Some(true),
+        Ok(()) => {
+            crate::channel_wait::sent();
+            Some(true)
+        }
         Err(crossbeam_channel::TrySendError::Full(_))
             if LOSSLESS.load(Relaxed)
                 && ENABLED.load(Relaxed)
@@ -1511,14 +1514,14 @@ fn send_on(ch: *mut Channels, buf: *mut EventBuffer) -> bool {
         Err(_) => Some(false),
     };
     // The collector is behind: spin briefly, then sleep until it has made room (see
-    // `channel_room`).
+    // `channel_wait`).
     for _ in 0..16 {
         if let Some(sent) = attempt() {
             return sent;
         }
         core::hint::spin_loop();
     }
-    crate::channel_room::wait_for_room(attempt)
+    crate::channel_wait::wait_for_room(attempt)
 }
 
 #[cfg(not(feature = "hook"))]

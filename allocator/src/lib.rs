@@ -29,7 +29,7 @@ pub mod batch;
 pub mod bin;
 pub mod cfi;
 #[cfg(feature = "hook")]
-mod channel_room;
+mod channel_wait;
 pub mod check;
 #[cfg(feature = "hook")]
 pub mod collector;

@@ -663,6 +663,70 @@ fn live_blocks_at_the_end_are_the_events(trace: &Path) {
     );
 }
 
+/// The recorder leaves no block of its own in the program's heap while the program runs: a C
+/// thread whose sends find the collector waiting (after each quiet spell of `quiet_spells.c`)
+/// leaves live only what the program keeps. The collector used to wait inside the channel, and a
+/// send then woke it through the channel, which asked the standard library for the sending
+/// thread's id and so made that thread's handle, in the program's heap, never freed (a `heaplens
+/// diff` of two identical runs named it once, in crossbeam's `current_thread_id`). What the
+/// recording's start allocates before the program runs (glibc puts the collector thread's TLS
+/// vector in the starting thread's heap) is in the trace at time 0, and counted apart.
+#[test]
+fn the_recorder_leaves_no_block_of_its_own_while_the_program_runs() {
+    use heaplens_alloc::event::{EventKind, flags};
+    use heaplens_viewer::trace::TraceReader;
+    let dir = tempdir("quiet-spells");
+    let exe = c_program(&dir, "sample-apps/c/quiet_spells.c");
+    for round in 0..3 {
+        let trace = dir.join(format!("run{round}.hltrace"));
+        common::record(&trace, &["--stacks", "all"], &[&exe]);
+        let leaks = common::json(&["leaks", "--json"], &trace);
+        let groups: Vec<(String, f64)> = leaks["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["site"].as_str().unwrap().to_owned(),
+                    g["blocks"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(groups.len(), 1, "round {round}: {leaks}");
+        assert!(
+            groups[0].0.split(' ').next() == Some("keep"),
+            "round {round}: {leaks}"
+        );
+        assert_eq!(groups[0].1, 50.0, "round {round}: {leaks}");
+        // Every block live at the end was allocated by `keep`, or before the program ran.
+        let mut reader = TraceReader::open(&trace).unwrap();
+        let mut alloc_time = std::collections::HashMap::new();
+        for item in reader.events() {
+            let (_, e) = item.unwrap();
+            match EventKind::from_u8(e.kind) {
+                Some(EventKind::Alloc) => {
+                    alloc_time.insert(e.addr, e.time);
+                }
+                Some(EventKind::Free) if e.flags & flags::FROM_DELAYED == 0 => {
+                    alloc_time.remove(&e.addr);
+                }
+                _ => {}
+            }
+        }
+        let at_start = alloc_time.values().filter(|&&t| t == 0).count();
+        assert!(
+            at_start <= 2,
+            "round {round}: {at_start} blocks made at the start"
+        );
+        assert_eq!(
+            leaks["leaked_blocks"].as_u64().unwrap(),
+            50 + at_start as u64,
+            "round {round}: live blocks at the end, by time of allocation: {alloc_time:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Threads that exit lose no events: the suite's stress workload (8 threads a round, recreated
 /// every round, every malloc-family call, half the frees cross-thread) recorded without stacks.
 /// An exiting thread's last send could be its first wake-up of the collector, which allocates
