@@ -174,12 +174,17 @@ pub(crate) unsafe extern "C" fn malloc_generic(
 ) -> *mut u8 {
     // SAFETY: the heap is this thread's; a page from `find_page` has a free block.
     unsafe {
+        let made = heap == EMPTY_HEAP_PTR;
         let heap = ensure_heap(heap);
         if heap.is_null() {
             return ptr::null_mut();
         }
         let p = generic_block(heap, size, zero);
-        traced(heap, p, size, if zero { flags::ZERO } else { 0 })
+        let p = traced(heap, p, size, if zero { flags::ZERO } else { 0 });
+        if made {
+            init::end_if_late(heap);
+        }
+        p
     }
 }
 
@@ -255,8 +260,15 @@ unsafe fn aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
         // SAFETY: forwarded.
         return unsafe { if zero { zalloc(size) } else { malloc(size) } };
     }
+    let heap = heap::default_heap();
     // SAFETY: the calling thread's heap.
-    unsafe { aligned_untraced(heap::default_heap(), size, align, zero).1 }
+    unsafe {
+        let (made, p) = aligned_untraced(heap, size, align, zero);
+        if heap == EMPTY_HEAP_PTR {
+            init::end_if_late(made);
+        }
+        p
+    }
 }
 
 /// [`aligned`] with the hook on: as [`alloc_traced`], one compare decides whether the
@@ -274,8 +286,12 @@ unsafe extern "C" fn aligned_traced(size: usize, align: usize, zero: bool) -> *m
             let how = crate::stacks::Shape { align, zero }.encode();
             return crate::stacks::alloc_sampled_entry(size, how, heap);
         }
-        let (heap, p) = aligned_untraced(heap, size, align, zero);
-        traced(heap, p, size, aligned_flags(align, zero))
+        let (made, p) = aligned_untraced(heap, size, align, zero);
+        let p = traced(made, p, size, aligned_flags(align, zero));
+        if heap == EMPTY_HEAP_PTR {
+            init::end_if_late(made);
+        }
+        p
     }
 }
 

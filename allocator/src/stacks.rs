@@ -431,7 +431,8 @@ unsafe extern "sysv64" fn alloc_sampled(
         }
         return core::ptr::null_mut();
     }
-    if heap == EMPTY_HEAP_PTR {
+    let made = heap == EMPTY_HEAP_PTR;
+    if made {
         heap = init::thread_init();
         if heap.is_null() {
             return core::ptr::null_mut();
@@ -449,24 +450,26 @@ unsafe extern "sysv64" fn alloc_sampled(
             let p = crate::alloc::aligned_untraced(heap, size, align, zero).1;
             (p, crate::alloc::aligned_flags(align, zero))
         };
-        if p.is_null() || !hook::enabled() {
-            return p;
+        if !p.is_null() && hook::enabled() {
+            let id = if take && ARMED.load(Acquire) && (*heap).traced.load(Relaxed) {
+                capture(heap, Regs { pc, sp, fp })
+            } else {
+                0
+            };
+            hook::emit(
+                heap,
+                schema::Alloc {
+                    ptr: p as u64,
+                    size: size as u64,
+                    stack: id,
+                    bin: 0,
+                    flags: fl,
+                },
+            );
         }
-        let id = if take && ARMED.load(Acquire) && (*heap).traced.load(Relaxed) {
-            capture(heap, Regs { pc, sp, fp })
-        } else {
-            0
-        };
-        hook::emit(
-            heap,
-            schema::Alloc {
-                ptr: p as u64,
-                size: size as u64,
-                stack: id,
-                bin: 0,
-                flags: fl,
-            },
-        );
+        if made {
+            init::end_if_late(heap);
+        }
         p
     }
 }
