@@ -1656,11 +1656,10 @@ pub(crate) unsafe fn flush_thread(heap: *mut Heap) {
 #[inline]
 pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
     let mut heap = heap::default_heap();
-    let mut late = false;
-    if heap == heap::EMPTY_HEAP_PTR {
+    let made = heap == heap::EMPTY_HEAP_PTR;
+    if made {
         // A thread that frees before it ever allocated, or after its exit (the C library's
         // cleanup): give it a heap so the free is seen; after exit, only for this free.
-        late = crate::init::thread_exited();
         heap = crate::init::thread_init();
         if heap.is_null() {
             return;
@@ -1678,8 +1677,8 @@ pub(crate) unsafe fn on_free(p: *mut u8, flags: u8) {
         } else {
             emit_foreign(heap, ev);
         }
-        if late {
-            crate::init::finish_late_heap(heap);
+        if made {
+            crate::init::end_if_late(heap);
         }
     }
 }

@@ -73,39 +73,31 @@ std::thread_local! {
 }
 
 /// Whether the calling thread is past its exit (its heap was abandoned).
-pub(crate) fn thread_exited() -> bool {
+fn thread_exited() -> bool {
     EXITED.with(core::cell::Cell::get)
 }
 
-/// Ends a heap made after the thread's exit (for a late free that must still be recorded, or a
-/// late allocation): it is abandoned again at once, so it never lingers as a live thread.
+/// After an allocator call that made the calling thread's heap (`heap`, its new heap) and
+/// reported what it did (a late free that must still be recorded, or a late allocation): if the
+/// thread is past its exit, ends that heap at once, so it never lingers as a live thread. A heap
+/// made by a late allocation would otherwise end in the next round of key destructors, and an
+/// allocation in the C library's last round (a destructor of another key, which re-arms its own
+/// key three times) left a heap that never ended: its segments held by a thread that was gone,
+/// its count among the live threads for ever.
 ///
 /// # Safety
 /// `heap` is the calling thread's current heap.
-pub(crate) unsafe fn finish_late_heap(heap: *mut Heap) {
+#[cold]
+pub(crate) unsafe fn end_if_late(heap: *mut Heap) {
+    if !thread_exited() || heap.is_null() || heap != heap::default_heap() {
+        return;
+    }
     if KEY_OK.load(Acquire) {
         // Ended here, the heap needs no later round of key destructors.
         // SAFETY: the key was created; setspecific on a low key does not allocate in glibc.
         unsafe { libc::pthread_setspecific(KEY.load(Relaxed), ptr::null()) };
     }
     thread_done(heap.cast());
-}
-
-/// After an allocation that made the calling thread's heap (`heap`, its new heap) and reported
-/// the block: if the thread is past its exit, ends that heap at once. A heap made by a late
-/// allocation would otherwise end in the next round of key destructors, and an allocation in
-/// the C library's last round (a destructor of another key, which re-arms its own key three
-/// times) left a heap that never ended: its segments held by a thread that was gone, its count
-/// among the live threads for ever.
-///
-/// # Safety
-/// `heap` is the calling thread's current heap.
-#[cold]
-pub(crate) unsafe fn end_if_late(heap: *mut Heap) {
-    if thread_exited() && !heap.is_null() && heap == heap::default_heap() {
-        // SAFETY: forwarded.
-        unsafe { finish_late_heap(heap) };
-    }
 }
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
