@@ -822,7 +822,14 @@ pub(crate) mod tests {
                 }
             })
             .collect();
-        let batches = [sample_events(3000), alternating, Vec::new()];
+        // An odd count too: with the control words first, events are packed in pairs and the
+        // last one alone.
+        let batches = [
+            sample_events(3000),
+            sample_events(2001),
+            alternating,
+            Vec::new(),
+        ];
         for form in FORMS {
             for events in &batches {
                 let mut looped = vec![0x55u8; room_for(events.len())];
