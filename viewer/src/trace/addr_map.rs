@@ -40,6 +40,9 @@ pub struct AddrMap {
 
 const MIN_SLOTS: usize = 1024;
 
+/// The largest table [`AddrMap::stays_in_cache`] counts as staying in the cache: 128 KiB.
+const CACHED_SLOTS: usize = 1 << 13;
+
 /// The largest table kept at most a quarter full: 2 MiB, which stays in a core's cache.
 const SPARSE_SLOTS: usize = 1 << 17;
 
@@ -119,6 +122,14 @@ impl AddrMap {
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// Whether the table is small enough (128 KiB at most) to stay in a core's cache, where
+    /// [`AddrMap::prefetch`] would only cost its instructions: the hash and the hint, about 8
+    /// an event.
+    #[inline]
+    pub fn stays_in_cache(&self) -> bool {
+        self.slots.len() <= CACHED_SLOTS
     }
 
     /// Starts loading the slot where a lookup of `addr` begins, so that a lookup a few events

@@ -1331,10 +1331,13 @@ impl ChunkEncoder {
         self.start_time = self.start_time.min(lo);
         self.end_time = self.end_time.max(hi);
         let mut prev_time = self.prev_time;
+        // A table that stays in the cache is not prefetched (binary trees' chunks of 156
+        // blocks: 4 % fewer instructions in this loop).
+        let prefetch = !self.blocks.stays_in_cache();
         for (i, e) in events.iter().enumerate() {
             // The address lookups miss the cache: start the one of an event a few ahead. (The
             // events themselves are in the cache: the time pass above read them all.)
-            if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
+            if prefetch && let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
                 self.blocks.prefetch(ahead.addr);
             }
             if !runs {
