@@ -261,11 +261,12 @@ unsafe fn aligned(size: usize, align: usize, zero: bool) -> *mut u8 {
         return unsafe { if zero { zalloc(size) } else { malloc(size) } };
     }
     let heap = heap::default_heap();
+    let made = heap == EMPTY_HEAP_PTR;
     // SAFETY: the calling thread's heap.
     unsafe {
-        let (made, p) = aligned_untraced(heap, size, align, zero);
-        if heap == EMPTY_HEAP_PTR {
-            init::end_if_late(made);
+        let (heap, p) = aligned_untraced(heap, size, align, zero);
+        if made {
+            init::end_if_late(heap);
         }
         p
     }
@@ -286,10 +287,11 @@ unsafe extern "C" fn aligned_traced(size: usize, align: usize, zero: bool) -> *m
             let how = crate::stacks::Shape { align, zero }.encode();
             return crate::stacks::alloc_sampled_entry(size, how, heap);
         }
-        let (made, p) = aligned_untraced(heap, size, align, zero);
-        let p = traced(made, p, size, aligned_flags(align, zero));
-        if heap == EMPTY_HEAP_PTR {
-            init::end_if_late(made);
+        let made = heap == EMPTY_HEAP_PTR;
+        let (heap, p) = aligned_untraced(heap, size, align, zero);
+        let p = traced(heap, p, size, aligned_flags(align, zero));
+        if made {
+            init::end_if_late(heap);
         }
         p
     }
