@@ -1,10 +1,14 @@
-//! Memory for packed batches in the backlog, taken from the OS in slabs of 2 MiB faulted in
-//! when they are mapped, instead of a page fault per 4 KiB as the reader copies a batch in.
-//! While the program runs, the backlog grows into fresh memory at the rate the program makes
-//! events, and those page faults (zeroing and charging each page, on the reader thread the
-//! program waits for) were about half of the reader's time. A slab is one transparent huge page
-//! where the kernel gives them (`MADV_HUGEPAGE`, for the `madvise` mode distributions set): one
-//! fault and one charge for 2 MiB instead of 512 of each.
+//! Memory for packed batches in the backlog, taken from the OS in slabs of 2 MiB faulted in by
+//! the `mmap` that makes them (`MAP_POPULATE`), instead of a page fault per 4 KiB as the reader
+//! copies a batch in. While the program runs, the backlog grows into fresh memory at the rate the
+//! program makes events, and those page faults (zeroing and charging each page, on the reader
+//! thread the program waits for) were about half of the reader's time.
+//!
+//! The pages are 4 KiB ones, not a transparent huge page (`MADV_HUGEPAGE`, tried from 2026-12-06
+//! to 12-07): where the kernel hands back to a hypervisor the free memory it holds in 2 MiB
+//! blocks (virtio-balloon's free page reporting, as on this project's machines), a fresh huge
+//! page is one the host must fault in again, and zeroing one took 0.5 GB/s against 2-3.5 GB/s
+//! for 4 KiB pages, which come from the smaller free blocks the guest kept.
 //!
 //! The reader ([`SlabWriter`]) fills a slab from the front, one batch after another; each batch
 //! it has filled is a [`SlabBytes`], which the consumer reads on another thread. Once every
@@ -18,7 +22,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// A slab's size: a few dozen batches, and a huge page.
+/// A slab's size: a few dozen batches.
 pub const SLAB_BYTES: usize = 2 << 20;
 
 /// Consumed slabs kept for reuse, at most (64 MiB).
@@ -56,9 +60,6 @@ impl Slab {
         {
             return Ok(Self { ptr, len });
         }
-        if len == SLAB_BYTES {
-            return Self::map_huge();
-        }
         Self::map_populated(len)
     }
 
@@ -80,60 +81,6 @@ impl Slab {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Self { ptr, len })
-    }
-
-    /// A fresh slab of [`SLAB_BYTES`] aligned to its size, asked for as a huge page and then
-    /// faulted in (`MADV_POPULATE_WRITE`; where the kernel has no such advice, 4 KiB pages
-    /// faulted in as [`Slab::map_populated`] does).
-    fn map_huge() -> io::Result<Self> {
-        let len = SLAB_BYTES;
-        // Twice the size, to cut an aligned slab out of.
-        // SAFETY: as in `map_populated`; nothing is faulted in yet.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                2 * len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = p as usize;
-        let start = base.next_multiple_of(len);
-        let (head, tail) = (start - base, base + 2 * len - (start + len));
-        // SAFETY: the head and the tail lie inside the mapping just made, outside the slab kept;
-        // nothing refers to them.
-        unsafe {
-            if head > 0 {
-                libc::munmap(p, head);
-            }
-            if tail > 0 {
-                libc::munmap((start + len) as *mut libc::c_void, tail);
-            }
-        }
-        let slab = start as *mut libc::c_void;
-        // SAFETY: advice on the slab's own range, which only this function refers to. A kernel
-        // without transparent huge pages refuses the first: the slab is then 4 KiB pages.
-        let populated = unsafe {
-            libc::madvise(slab, len, libc::MADV_HUGEPAGE);
-            libc::madvise(slab, len, libc::MADV_POPULATE_WRITE) == 0
-        };
-        if !populated {
-            // SAFETY: the slab is ours and mapped writable; a write of a zero to each page, which
-            // reads as zero already, faults it in.
-            unsafe {
-                for page in (0..len).step_by(4096) {
-                    slab.cast::<u8>().add(page).write_volatile(0);
-                }
-            }
-        }
-        let ptr =
-            NonNull::new(slab.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Self { ptr, len })
     }
 }
@@ -220,11 +167,9 @@ impl SlabWriter {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_fresh_slab_is_aligned_to_its_size_and_writable_to_its_end() {
-        // Aligned, or the kernel cannot back it with one huge page.
-        let slab = super::Slab::map_huge().unwrap();
+    fn a_fresh_slab_reads_as_zeros_and_is_writable_to_its_end() {
+        let slab = super::Slab::map_populated(super::SLAB_BYTES).unwrap();
         assert_eq!(slab.len, super::SLAB_BYTES);
-        assert_eq!(slab.ptr.as_ptr() as usize % super::SLAB_BYTES, 0);
         // SAFETY: the slab is this test's own mapping of `len` writable bytes.
         let bytes = unsafe { std::slice::from_raw_parts_mut(slab.ptr.as_ptr(), slab.len) };
         assert!(bytes.iter().all(|&b| b == 0), "fresh memory reads as zeros");
