@@ -63,6 +63,16 @@ fn chained_lanes<const LAST_ALLOC: bool>(kind: u8) -> u8 {
     }
 }
 
+/// Starts loading the event [`PREFETCH_AHEAD`] after number `i` of `events`, if there is one.
+#[inline]
+#[target_feature(enable = "sse")]
+fn prefetch_ahead(events: &[Event], i: usize) {
+    if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
+        // Only a hint to the cache (safe to call in this function, which has SSE).
+        _mm_prefetch::<_MM_HINT_T0>((&raw const *ahead).cast());
+    }
+}
+
 /// `crate::pack`'s `pack_with`: the same bytes.
 ///
 /// # Safety
@@ -98,10 +108,7 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool, const SPLIT: bool>(
         ));
         let seventy_one = _mm512_set1_epi64(71);
         while let Some([e0, e1]) = events.get(first..first + 2).map(|p| [&p[0], &p[1]]) {
-            if let Some(ahead) = events.get(first + PREFETCH_AHEAD) {
-                // Only a hint to the cache (safe to call in this function, which has SSE).
-                _mm_prefetch::<_MM_HINT_T0>((&raw const *ahead).cast());
-            }
+            prefetch_ahead(events, first);
             // SAFETY: two `Event`s in a row are 64 bytes (`repr(C)`): each one's head word,
             // addr, arg and time.
             let v = unsafe { _mm512_loadu_si512((&raw const *e0).cast::<__m512i>()) };
@@ -134,10 +141,7 @@ pub(crate) unsafe fn pack_with<const LAST_ALLOC: bool, const SPLIT: bool>(
         }
     }
     for (i, e) in events.iter().enumerate().skip(first) {
-        if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
-            // Only a hint to the cache (safe to call in this function, which has SSE).
-            _mm_prefetch::<_MM_HINT_T0>((&raw const *ahead).cast());
-        }
+        prefetch_ahead(events, i);
         // SAFETY: an `Event` is 32 bytes (`repr(C)`): its head word, addr, arg and time.
         let v = unsafe { _mm256_loadu_si256((&raw const *e).cast::<__m256i>()) };
         // The lanes packed against the previous values: addr and time, and arg unless only an
