@@ -173,7 +173,9 @@ fn main() {
         common::compile(&root, w.source, &dir.join(format!("w{i}")), true);
         common::compile(&root, w.source, &dir.join(format!("w{i}-nofp")), false);
     }
+    let mut trips = Vec::new();
     for round in 1..=rounds {
+        trips.extend(common::cross_core_round_trip_ns());
         for (i, w) in WORKLOADS.iter().enumerate() {
             let f = &mut figures[i];
             for &kind in RUNS {
@@ -256,6 +258,13 @@ fn main() {
         "record overhead: {} workloads, {rounds} rounds interleaved; times in seconds (medians), ratios the median of the rounds' ratios",
         WORKLOADS.len()
     );
+    if !trips.is_empty() {
+        let trips: Vec<String> = trips.iter().map(|t| format!("{t:.0}")).collect();
+        println!(
+            "cross-core round trip (a cache line CPU 0 -> 1 -> 0) before each round: {} ns (under 100 ns: nearby cores; about 300 ns: far ones, where a recording, which moves every event across cores, takes about 1.6 times as long)",
+            trips.join(", ")
+        );
+    }
     println!(
         "(\"program\" is the program's own run time under `heaplens record`, to its exit; \"command\" is the whole command's, to the finished trace; \"first view\" is `heaplens index` on that trace, the pass the first `heaplens view` makes to add keyframes)"
     );
