@@ -12,8 +12,8 @@
 //! A thread owns its segments (`thread_id`); the pages in a segment belong to the owner's heap.
 //! Each thread keeps its small and medium segments that have a free page in a queue. An empty
 //! page goes back to its segment; an empty segment goes to a small process-wide cache or back to
-//! the OS. Free pages are purged (their memory returned to the OS) after `purge_delay_ms`, cached
-//! segments are unmapped ten delays later.
+//! the OS. Free pages are purged (their memory returned to the OS) `purge_delay_ms` after their
+//! segment last freed a page, together; cached segments are unmapped ten delays later.
 //!
 //! When a thread exits its segments are *abandoned* (`thread_id == 0`) onto a global list; a
 //! thread that needs a new segment first *reclaims* abandoned ones, taking their pages into its
@@ -43,8 +43,6 @@ pub struct Segment {
     pub(crate) pages: [Page; SMALL_PAGES_PER_SEGMENT],
     /// Owning thread (see [`crate::heap::thread_id`]); 0 while abandoned.
     pub(crate) thread_id: AtomicUsize,
-    /// `(p - segment) >> page_shift` is the page index (63 for one-page segments).
-    pub(crate) page_shift: usize,
     /// Number of pages.
     pub(crate) capacity: usize,
     /// Pages handed to a heap.
@@ -60,6 +58,17 @@ pub struct Segment {
     pub(crate) touched: usize,
     /// A large segment's free slots, bit `i` for slot `i` (see [`span_alloc`]).
     pub(crate) free_slots: u64,
+    /// No free page of the segment is purged before this time (milliseconds, [`os::clock_ms`]):
+    /// a purge delay after the last page it freed ([`page_free`]). A segment that keeps freeing
+    /// pages is busy, and hands them out again: purged one delay after its own free, a page's
+    /// memory was faulted in again soon after, and each `madvise` of a program with threads on
+    /// several cores is a TLB shootdown on each of them. The LD_PRELOAD suite's `stress` made
+    /// 30 k of them, and those IPIs were a fifth of its samples (perf). Held (as mimalloc extends
+    /// a segment's purge while it frees), the segment's free pages go back together once it is
+    /// quiet. `stress` took 0.51-0.53 s instead of 0.57-0.59, `threadex-1m` 0.37-0.43 s instead
+    /// of 0.46-0.49, at peak RSS 105-109 and 53-54 MiB instead of 77-91 and 41-43 (mimalloc's:
+    /// 454-505 and 225-351).
+    pub(crate) purge_hold_ms: u64,
     /// Links in the owner's queue of segments with free pages.
     pub(crate) next: *mut Segment,
     pub(crate) prev: *mut Segment,
@@ -71,6 +80,8 @@ pub struct Segment {
     pub(crate) abandoned_prev: *mut Segment,
     // The bytes together, so the header stays within INFO_SIZE.
     pub(crate) kind: PageKind,
+    /// `(p - segment) >> page_shift` is the page index (63 for one-page segments).
+    pub(crate) page_shift: u8,
     pub(crate) in_free_queue: bool,
     pub(crate) is_abandoned: bool,
     /// Whether the trace knows this segment: its pages belong to a traced heap, or were
@@ -549,6 +560,9 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
             });
         }
         let due = os::clock_ms() + options::purge_delay_ms();
+        // The segment is busy: none of its free pages goes back to the OS before it has freed
+        // no page for a whole delay (see `Segment::purge_hold_ms`).
+        (*s).purge_hold_ms = due;
         if (*s).kind == PageKind::Large {
             let carved = (*page).capacity() as usize * (*page).block_size();
             let end = ((*page).start as usize - s as usize).saturating_add(carved);
@@ -700,9 +714,9 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
     }
 }
 
-/// Purges the free pages of `s` whose delay has passed (`now == 0` purges none); returns when
-/// the next of the others is due (0: none). Pages never used since the segment was mapped hold
-/// no memory and are skipped.
+/// Purges the free pages of `s` whose delay has passed, once the segment has freed no page for a
+/// delay ([`Segment::purge_hold_ms`]; `now == 0` purges none); returns when the next of the others
+/// is due (0: none). Pages never used since the segment was mapped hold no memory and are skipped.
 ///
 /// # Safety
 /// The calling thread owns `s`, or holds the abandoned list's lock while `s` is on it.
@@ -711,6 +725,7 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
     let mut run = PurgeRun::new();
     // SAFETY: see the contract; free pages are touched by no one else.
     unsafe {
+        let hold = (*s).purge_hold_ms;
         let mut i = 0;
         while i < (*s).capacity {
             let page = &raw mut (*s).pages[i];
@@ -718,11 +733,12 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
             if (*page).is_in_use() || (*page).is_purged || (*page).purge_at_ms == 0 {
                 continue;
             }
-            if (*page).purge_at_ms <= now {
+            let due = (*page).purge_at_ms.max(hold);
+            if due <= now {
                 let (p, len) = purge_page(s, page);
                 run.add(p, len);
             } else {
-                next_due = earliest(next_due, (*page).purge_at_ms);
+                next_due = earliest(next_due, due);
             }
         }
         run.flush();
@@ -1049,7 +1065,7 @@ unsafe fn segment_alloc(
         let seg = &mut *s;
         seg.thread_id = AtomicUsize::new((*heap).thread_id);
         seg.kind = kind;
-        seg.page_shift = page_shift;
+        seg.page_shift = page_shift as u8;
         seg.capacity = capacity;
         seg.used = AtomicUsize::new(0);
         seg.abandoned = 0;
@@ -1057,6 +1073,7 @@ unsafe fn segment_alloc(
         seg.purged_bytes = 0;
         seg.touched = touched;
         seg.free_slots = u64::MAX << FIRST_SPAN_SLOT;
+        seg.purge_hold_ms = 0;
         if kind == PageKind::Huge {
             // Not trimmed: the cache gives a huge block a segment at most twice its size, so
             // what it keeps resident beyond itself is bounded by that. Trimming past twice the
