@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use heaplens_alloc::{SEGMENT_MASK, stats};
 
+mod common;
+
+use common::generic_path_activity as activity;
+
 #[global_allocator]
 static A: heaplens_alloc::HeapLens = heaplens_alloc::HeapLens;
 
@@ -17,21 +21,6 @@ const MIB: usize = 1 << 20;
 /// What the exiting thread allocates, in 256-byte blocks (small pages).
 const WORKING_SET: usize = 16 * MIB;
 const BLOCK: usize = 256;
-
-/// Allocates and frees `n` blocks of 4 KiB, one at a time: each call takes the generic path
-/// (blocks over 1 KiB always do), which is where deferred purging runs, and reuses one page.
-fn activity(n: usize) {
-    for _ in 0..n {
-        // SAFETY: any size is a valid request.
-        let p = unsafe { heaplens_alloc::malloc(4096) };
-        assert!(!p.is_null());
-        // SAFETY: `p` has 4096 writable bytes; it is freed once.
-        unsafe {
-            p.write_bytes(7, 4096);
-            heaplens_alloc::free(p);
-        }
-    }
-}
 
 #[test]
 fn abandoned_free_pages_are_purged_after_the_delay_not_at_exit() {

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use heaplens_alloc::{SEGMENT_MASK, SMALL_PAGE_SIZE};
 
+mod common;
+
+use common::generic_path_activity as activity;
+
 #[global_allocator]
 static A: heaplens_alloc::HeapLens = heaplens_alloc::HeapLens;
 
@@ -20,21 +24,6 @@ const BLOCK: usize = 256;
 /// Small pages filled.
 const PAGES: usize = 24;
 const OS_PAGE: usize = 4096;
-
-/// Allocates and frees `n` blocks of 4 KiB, one at a time: each call takes the generic path
-/// (blocks over 1 KiB always do), which is where deferred purging runs, and reuses one page.
-fn activity(n: usize) {
-    for _ in 0..n {
-        // SAFETY: any size is a valid request.
-        let p = unsafe { heaplens_alloc::malloc(4096) };
-        assert!(!p.is_null());
-        // SAFETY: `p` has 4096 writable bytes; it is freed once.
-        unsafe {
-            p.write_bytes(7, 4096);
-            heaplens_alloc::free(p);
-        }
-    }
-}
 
 /// OS pages of the small page at `page` that are resident (its first OS page left out: the
 /// segment's first page starts after the header there).

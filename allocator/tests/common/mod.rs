@@ -124,3 +124,19 @@ impl Tagged {
         unsafe { heaplens_alloc::free(self.ptr as *mut u8) };
     }
 }
+
+/// Allocates and frees `n` blocks of 4 KiB, one at a time: each call takes the generic path
+/// (blocks over 1 KiB always do), which is where deferred purging runs, and reuses one page.
+/// For the tests that wait for a purge: the slow path of the thread that waits runs it.
+pub fn generic_path_activity(n: usize) {
+    for _ in 0..n {
+        // SAFETY: any size is a valid request.
+        let p = unsafe { heaplens_alloc::malloc(4096) };
+        assert!(!p.is_null());
+        // SAFETY: `p` has 4096 writable bytes; it is freed once.
+        unsafe {
+            p.write_bytes(7, 4096);
+            heaplens_alloc::free(p);
+        }
+    }
+}
