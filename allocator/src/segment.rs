@@ -66,8 +66,8 @@ pub struct Segment {
     /// 30 k of them, and those IPIs were a fifth of its samples (perf). Held (as mimalloc extends
     /// a segment's purge while it frees), the segment's free pages go back together once it is
     /// quiet. `stress` took 0.51-0.53 s instead of 0.57-0.59, `threadex-1m` 0.37-0.43 s instead
-    /// of 0.46-0.49, at peak RSS 105-109 and 53-54 MiB instead of 77-91 and 41-43 (mimalloc's:
-    /// 454-505 and 225-351).
+    /// of 0.46-0.49, at peak RSS 103-107 and 51-53 MiB instead of 75-89 and 40-42 (mimalloc's:
+    /// 474-493 and 219-343).
     pub(crate) purge_hold_ms: u64,
     /// Links in the owner's queue of segments with free pages.
     pub(crate) next: *mut Segment,
