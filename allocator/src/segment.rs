@@ -1202,7 +1202,11 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
         }
         segment_map::unregister(s);
         let (size, purged) = ((*s).segment_size, (*s).purged_bytes);
-        let cacheable = purged == 0 && size <= CACHE_HUGE_MAX;
+        // A segment whose free pages were purged is cached too: its mapping is what the cache
+        // saves (a `mmap`, and a `munmap` of the alignment's excess), besides its resident
+        // memory. Unmapped instead, `stress` of the LD_PRELOAD suite mapped 362 segments anew
+        // and unmapped 331 from here in one run, each `munmap` a TLB shootdown.
+        let cacheable = size <= CACHE_HUGE_MAX;
         let touched = touched_extent(s);
         if hook::enabled() {
             // Before the segment can be taken again (from the cache, or as a new mapping).
@@ -1215,6 +1219,14 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
             hook::bump_clock();
         }
         let shared = hook::records(crate::heap::default_heap()); // see `segment_alloc`
+        let mut purged = purged;
+        if cacheable && shared {
+            // A cached segment counts as committed whole (`cache_expire` and `unmap_cached`
+            // take it out whole): its purged pages count again, before another thread can
+            // take it from the cache.
+            os::recommit(purged);
+            purged = 0;
+        }
         if !(cacheable && shared && cache_push(s, size, touched)) {
             if cacheable && hook::enabled() {
                 // Announced as cached above, but the cache had no room (it is bounded by the
