@@ -1226,14 +1226,15 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
             hook::bump_clock();
         }
         let shared = hook::records(crate::heap::default_heap()); // see `segment_alloc`
-        let mut purged = purged;
-        if cacheable && shared {
-            // A cached segment counts as committed whole (`cache_expire` and `unmap_cached`
-            // take it out whole): its purged pages count again, before another thread can
-            // take it from the cache.
+        // A cached segment counts as committed whole (`cache_expire` and `unmap_cached` take it
+        // out whole): its purged pages count again, before another thread can take it from the
+        // cache. Refused, it is unmapped whole, nothing of it purged any more.
+        let purged = if cacheable && shared {
             os::recommit(purged);
-            purged = 0;
-        }
+            0
+        } else {
+            purged
+        };
         if !(cacheable && shared && cache_push(s, size, touched)) {
             if cacheable && hook::enabled() {
                 // Announced as cached above, but the cache had no room (it is bounded by the

@@ -28,12 +28,7 @@ const OS_PAGE: usize = 4096;
 /// OS pages of the small page at `page` that are resident (its first OS page left out: the
 /// segment's first page starts after the header there).
 fn resident(page: usize) -> usize {
-    let (start, len) = (page + OS_PAGE, SMALL_PAGE_SIZE - OS_PAGE);
-    let mut vec = vec![0u8; len / OS_PAGE];
-    // SAFETY: `start..start + len` lies in a mapped segment of ours; `vec` has a byte per page.
-    let rc = unsafe { libc::mincore(start as *mut libc::c_void, len, vec.as_mut_ptr()) };
-    assert_eq!(rc, 0, "mincore failed");
-    vec.iter().filter(|&&b| b & 1 != 0).count()
+    common::resident_pages(page + OS_PAGE, SMALL_PAGE_SIZE - OS_PAGE)
 }
 
 /// Frees every block in `blocks`.
@@ -127,11 +122,7 @@ fn a_busy_segment_keeps_its_free_pages_until_it_has_been_quiet_for_a_delay() {
 
     // Quiet: the slow path purges the first page and the last one freed.
     let last_freed = *busy.last().unwrap();
-    let deadline = Instant::now() + Duration::from_millis(delay) + Duration::from_secs(30);
-    while (resident(first) > 0 || resident(last_freed) > 0) && Instant::now() < deadline {
-        activity(64);
-        std::thread::yield_now();
-    }
+    common::slow_path_until(|| resident(first) == 0 && resident(last_freed) == 0);
     assert_eq!(resident(first), 0, "the first page was never purged");
     assert_eq!(
         resident(last_freed),

@@ -7,13 +7,13 @@
 //! heap's, and no other test allocates meanwhile.
 #![allow(unsafe_code)] // tests call the raw allocator API and mincore
 
-use std::time::{Duration, Instant};
-
 use heaplens_alloc::{SEGMENT_MASK, stats};
 
 mod common;
 
-use common::generic_path_activity as activity;
+use common::{
+    generic_path_activity as activity, resident_pages as resident, slow_path_until as until,
+};
 
 #[global_allocator]
 static A: heaplens_alloc::HeapLens = heaplens_alloc::HeapLens;
@@ -38,27 +38,6 @@ fn free(p: usize) {
 
 fn segment(p: usize) -> usize {
     (p - 1) & !SEGMENT_MASK
-}
-
-/// OS pages of `p..p + len` (whole pages of ours) that are resident.
-fn resident(p: usize, len: usize) -> usize {
-    let mut vec = vec![0u8; len / OS_PAGE];
-    // SAFETY: the range lies in a mapped segment of ours; `vec` has a byte per page.
-    let rc = unsafe { libc::mincore(p as *mut libc::c_void, len, vec.as_mut_ptr()) };
-    assert_eq!(rc, 0, "mincore failed");
-    vec.iter().filter(|&&b| b & 1 != 0).count()
-}
-
-/// Runs the slow path until `done` holds or a deadline far past the purge delay; returns
-/// whether it held.
-fn until(mut done: impl FnMut() -> bool) -> bool {
-    let delay = heaplens_alloc::options::purge_delay_ms();
-    let deadline = Instant::now() + Duration::from_millis(delay) + Duration::from_secs(30);
-    while !done() && Instant::now() < deadline {
-        activity(1);
-        std::thread::yield_now();
-    }
-    done()
 }
 
 #[test]

@@ -140,3 +140,26 @@ pub fn generic_path_activity(n: usize) {
         }
     }
 }
+
+/// Runs the slow path ([`generic_path_activity`]) until `done` holds or a deadline far past the
+/// purge delay (30 s more); returns whether it held. For the tests that wait for a purge.
+pub fn slow_path_until(mut done: impl FnMut() -> bool) -> bool {
+    let delay = heaplens_alloc::options::purge_delay_ms();
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(delay)
+        + std::time::Duration::from_secs(30);
+    while !done() && std::time::Instant::now() < deadline {
+        generic_path_activity(1);
+        std::thread::yield_now();
+    }
+    done()
+}
+
+/// OS pages of 4 KiB in `p..p + len` (whole pages of ours, mapped) that are resident.
+pub fn resident_pages(p: usize, len: usize) -> usize {
+    let mut vec = vec![0u8; len / 4096];
+    // SAFETY: the caller's range is mapped memory of ours; `vec` has a byte per page.
+    let rc = unsafe { libc::mincore(p as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore failed");
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
