@@ -281,6 +281,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     fork_parent();
+    crate::pagemap::after_fork_child();
     // The collector thread does not exist in the child: stop recording there, or a lossless
     // hook would wait forever for room in the channel (and its exit would wait for it).
     hook::set_enabled(false, false);

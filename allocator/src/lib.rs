@@ -48,6 +48,7 @@ pub mod pack;
 mod pack_avx512;
 pub mod page;
 pub mod page_queue;
+pub mod pagemap;
 pub mod ring;
 pub mod sample;
 pub mod schema;

@@ -7,6 +7,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::pagemap::{self, PageState};
+
 /// Bytes reserved from the OS (mapped).
 pub(crate) static RESERVED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes mapped and not purged.
@@ -147,16 +149,18 @@ pub(crate) unsafe fn discard(p: *mut u8, size: usize) -> bool {
     unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) == 0 }
 }
 
-/// Blocks at least this big are zeroed by [`zero`] page by page as their memory is resident.
+/// Blocks at least this big are zeroed by [`zero`] page by page, as the kernel holds each page.
 pub(crate) const ZERO_BY_RESIDENCY_MIN: usize = 64 << 10;
 
 /// Zeroes `len` bytes at `p` (a block being handed out zeroed, `calloc`'s). A block of at least
-/// [`ZERO_BY_RESIDENCY_MIN`] bytes is not written where its whole OS pages are not resident:
-/// those read as zero already (never touched since the mapping, or given back) or are swapped
-/// out, and those are dropped, to read as zero too. Writing them would fault each one in only
-/// to clear it. A program that takes big zeroed blocks and writes a few bytes of each (the
-/// suite's `stress`: a block freed and taken again keeps a page's free list flagged not zero,
-/// though its memory was never touched) paid 190 k page faults for memory it never used.
+/// [`ZERO_BY_RESIDENCY_MIN`] bytes is not written where its whole OS pages are not in memory:
+/// an empty page (never touched since the mapping, or given back) reads as zero already and is
+/// left alone, and a page that may be swapped out is dropped, to read as zero too. Writing them
+/// would fault each one in only to clear it. A program that takes big zeroed blocks and writes
+/// a few bytes of each (the suite's `stress`: a block freed and taken again keeps a page's free
+/// list flagged not zero, though its memory was never touched) paid 190 k page faults for
+/// memory it never used. The pagemap ([`pagemap`]) tells empty pages from swapped-out ones;
+/// where it cannot be read, every page not resident is dropped.
 ///
 /// Asking costs a system call, which a program whose zeroed blocks are all resident pays for
 /// nothing (`calloc` of 64 KiB and a write of every byte, in a loop: 1.19x the time): after
@@ -207,9 +211,11 @@ unsafe fn zero_big(p: *mut u8, len: usize) {
     }
 }
 
-/// Zeroes a big block as [`zero`] says: `mincore` tells which of its whole pages are resident,
-/// for up to [`RESIDENCY_PAGES`] pages a call; resident runs are written, the others given back
-/// with one `madvise` a run. Returns whether every page was resident.
+/// Zeroes a big block as [`zero`] says. For up to [`RESIDENCY_PAGES`] of its whole pages at a
+/// time, the pagemap ([`pagemap`]) tells which are in memory, empty, or swapped out (or
+/// `mincore` which are resident, where the pagemap cannot be read: every other page may then be
+/// swapped out). Runs in memory are written, empty runs left alone, and the others given back
+/// with one `madvise` a run. Returns whether every page was in memory.
 ///
 /// # Safety
 /// As [`zero`].
@@ -227,29 +233,31 @@ unsafe fn zero_resident(p: *mut u8, len: usize) -> bool {
         }
         ptr::write_bytes(p, 0, lo - start);
         ptr::write_bytes(hi as *mut u8, 0, end - hi);
-        let mut resident = [0u8; RESIDENCY_PAGES];
+        let mut states = [PageState::Unknown; RESIDENCY_PAGES];
         let mut at = lo;
         while at < hi {
             let pages = ((hi - at) / ps).min(RESIDENCY_PAGES);
-            if libc::mincore(at as *mut libc::c_void, pages * ps, resident.as_mut_ptr()) != 0 {
+            if !page_states(at, &mut states[..pages]) {
                 ptr::write_bytes(at as *mut u8, 0, pages * ps);
                 at += pages * ps;
                 continue;
             }
             let mut i = 0;
             while i < pages {
-                let is_resident = resident[i] & 1 != 0;
-                let run = resident[i..pages]
+                let state = states[i];
+                let run = states[i..pages]
                     .iter()
-                    .position(|&r| (r & 1 != 0) != is_resident)
+                    .position(|&s| s != state)
                     .unwrap_or(pages - i);
                 let (q, n) = ((at + i * ps) as *mut u8, run * ps);
-                if is_resident {
-                    ptr::write_bytes(q, 0, n);
-                } else {
-                    all_resident = false;
-                    if !discard(q, n) {
-                        ptr::write_bytes(q, 0, n);
+                match state {
+                    PageState::Present => ptr::write_bytes(q, 0, n),
+                    PageState::Empty => all_resident = false,
+                    PageState::Unknown => {
+                        all_resident = false;
+                        if !discard(q, n) {
+                            ptr::write_bytes(q, 0, n);
+                        }
                     }
                 }
                 i += run;
@@ -260,8 +268,45 @@ unsafe fn zero_resident(p: *mut u8, len: usize) -> bool {
     all_resident
 }
 
-/// Pages whose residency [`zero_resident`] asks for in one call.
-const RESIDENCY_PAGES: usize = 256;
+/// The states of `states.len()` pages from page-aligned `at`, from the pagemap or else from
+/// `mincore`. False if neither could be read.
+fn page_states(at: usize, states: &mut [PageState]) -> bool {
+    let mut entries = [0u64; RESIDENCY_PAGES];
+    let entries = &mut entries[..states.len()];
+    if pagemap::read(at, entries) {
+        for (s, &e) in states.iter_mut().zip(entries.iter()) {
+            *s = PageState::of_entry(e);
+        }
+        true
+    } else {
+        mincore_states(at, states)
+    }
+}
+
+/// The states of `states.len()` pages from page-aligned `at` as `mincore` tells them: resident
+/// pages are present, the others unknown (empty or swapped out). False if it failed.
+fn mincore_states(at: usize, states: &mut [PageState]) -> bool {
+    let mut resident = [0u8; RESIDENCY_PAGES];
+    let resident = &mut resident[..states.len()];
+    let len = states.len() * page_size();
+    // SAFETY: `resident` has a byte for each page; `mincore` only reads the page tables, and
+    // fails (ENOMEM) for a range not mapped.
+    if unsafe { libc::mincore(at as *mut libc::c_void, len, resident.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    for (s, &r) in states.iter_mut().zip(resident.iter()) {
+        *s = if r & 1 != 0 {
+            PageState::Present
+        } else {
+            PageState::Unknown
+        };
+    }
+    true
+}
+
+/// Pages whose states [`zero_resident`] asks for in one call (1 KiB of pagemap entries on the
+/// stack).
+const RESIDENCY_PAGES: usize = 128;
 
 /// Counts memory that was purged as committed again (it is about to be touched).
 pub(crate) fn recommit(size: usize) {
@@ -322,7 +367,7 @@ mod tests {
     fn zeroing_a_big_range_clears_what_was_written_and_leaves_the_rest_untouched() {
         init();
         let ps = page_size();
-        let pages = 2 * RESIDENCY_PAGES + 40; // more than one `mincore` call
+        let pages = 2 * RESIDENCY_PAGES + 40; // more than one pagemap read
         let map = map_internal(pages * ps);
         assert!(!map.is_null());
         // Written: the first three pages, every fifth page, a run in the middle, the last two.
@@ -373,6 +418,27 @@ mod tests {
         assert!(again.iter().all(|&b| b == 0));
         // SAFETY: the whole mapping from `map_internal`, used no more.
         unsafe { unmap_internal(map, pages * ps) };
+    }
+
+    /// Where the pagemap cannot be read, `mincore` tells resident pages from the others, which
+    /// may be swapped out and are not taken for empty.
+    #[test]
+    fn without_the_pagemap_pages_not_resident_are_unknown_not_empty() {
+        init();
+        let ps = page_size();
+        let map = map_internal(6 * ps);
+        assert!(!map.is_null());
+        // SAFETY: pages 1 and 4 of the mapping.
+        unsafe {
+            map.add(ps).write(1);
+            map.add(4 * ps).write(1);
+        }
+        let mut states = [PageState::Empty; 6];
+        assert!(mincore_states(map as usize, &mut states));
+        use PageState::{Present as P, Unknown as U};
+        assert_eq!(states, [U, P, U, U, P, U]);
+        // SAFETY: the whole mapping, used no more.
+        unsafe { unmap_internal(map, 6 * ps) };
     }
 
     /// A small range is written whole, and a big one elsewhere than in a mapping of ours (a
