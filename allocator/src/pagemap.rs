@@ -15,13 +15,22 @@
 //! swap can change state at any time (reclaim, swap-in), which is why such a page is written or
 //! given back, never assumed.
 //!
+//! An empty page reads as zero unless the memory is registered with `userfaultfd` in missing
+//! mode: then its first touch gets whatever the registering monitor supplies. A program does
+//! not do that to its `malloc` heap, but a lazy restore does to all of a process's memory
+//! (CRIU's lazy-pages supplies each page's content from the dump as it is touched). A restored
+//! process's descriptor is not the file it was opened as (procfs makes its inodes anew; not
+//! tried with CRIU, which this machine lacks), and that turns the pagemap off (below): the
+//! first big `calloc` after a restore checks it.
+//!
 //! The descriptor:
 //! - is opened on first use with `O_CLOEXEC`, and moved to a number at or above [`FD_FLOOR`],
 //!   away from the low numbers programs expect `open` to return;
-//! - is checked with `fstat` against the device and inode it was opened as before every read:
-//!   a program may close descriptors it did not open (a daemon closing everything at start),
-//!   and the number come back as another file. Then a new one is opened; the old number is the
-//!   program's now and is left alone;
+//! - is checked with `fstat` against the device and inode it was opened as before every read.
+//!   If it is not that file any more (a program closed descriptors it did not open and got the
+//!   number back as another file, or the process was restored from a checkpoint), the pagemap
+//!   is not used again in this process: `calloc` gives back every page not resident, as before.
+//!   The old number is left alone (it is not ours now);
 //! - is closed in a fork's child ([`after_fork_child`]): it reads the parent's pages there;
 //! - if it cannot be opened (no `/proc`, no permission, no descriptor left), [`read`] says so
 //!   and callers fall back to `mincore`, for good: a process is not worth an `open` per `calloc`;
@@ -49,7 +58,7 @@ const FD_FLOOR: libc::c_int = 128;
 
 /// Not opened yet (or closed in a fork's child).
 const NOT_OPEN: i32 = -1;
-/// Cannot be opened: callers fall back to `mincore`.
+/// Cannot be opened, or was replaced behind our back: callers fall back to `mincore`.
 const UNAVAILABLE: i32 = -2;
 
 static FD: AtomicI32 = AtomicI32::new(NOT_OPEN);
@@ -98,19 +107,24 @@ pub(crate) fn read(addr: usize, entries: &mut [u64]) -> bool {
     n == len as libc::c_long
 }
 
-/// The open pagemap's descriptor, opened (again) if needed; None if it cannot be.
+/// The open pagemap's descriptor, opened if it was not yet; None if it cannot be, or if it is
+/// not the file it was opened as any more (see the module's notes).
 fn descriptor() -> Option<libc::c_int> {
     let fd = FD.load(Acquire);
+    if fd >= 0 {
+        if is_ours(fd) {
+            return Some(fd);
+        }
+        FD.store(UNAVAILABLE, Release);
+        return None;
+    }
     if fd == UNAVAILABLE {
         return None;
     }
-    if fd >= 0 && is_ours(fd) {
-        return Some(fd);
-    }
     let _opening = OPENING.lock();
     let now = FD.load(Acquire);
-    if now != fd && now >= 0 {
-        return Some(now); // another thread opened it meanwhile
+    if now != NOT_OPEN {
+        return (now >= 0).then_some(now); // another thread settled it meanwhile
     }
     let opened = open();
     FD.store(opened.unwrap_or(UNAVAILABLE), Release);
@@ -179,10 +193,11 @@ fn close(fd: libc::c_int) {
 pub(crate) fn after_fork_child() {
     let fd = FD.load(Relaxed);
     if fd >= 0 {
-        if is_ours(fd) {
+        let ours = is_ours(fd);
+        if ours {
             close(fd); // the child's copy of our descriptor
         }
-        FD.store(NOT_OPEN, Relaxed);
+        FD.store(if ours { NOT_OPEN } else { UNAVAILABLE }, Relaxed);
     }
     OPENING.force_unlock();
 }

@@ -1,9 +1,10 @@
 //! A big zeroed block (`calloc`) taken where an earlier block wrote part of its memory: the
 //! pages written read as zero, and the pages nobody touched are left alone (the pagemap calls
 //! them empty: no write faults them in, no `madvise` gives them back). The pagemap is trusted
-//! only through the allocator's own descriptor: a program that closes a descriptor it did not
-//! open and gets the number back as another file (here `/dev/zero`, which would call every page
-//! empty) does not make `calloc` skip pages that hold old data.
+//! only through the allocator's own descriptor: a fork's child opens its own, and a program
+//! that closes a descriptor it did not open and gets the number back as another file (here
+//! `/dev/zero`, which would call every page empty) turns the pagemap off rather than make
+//! `calloc` skip pages that hold old data.
 //!
 //! Its own test binary, one test running its steps in order: the descriptor and the choice to
 //! ask the pagemap are the process's.
@@ -72,45 +73,7 @@ fn zeroed_blocks_write_what_was_written_and_trust_only_their_own_pagemap() {
     let ours = heaplens_alloc::pagemap::current_descriptor()
         .expect("zeroing a big block did not open the pagemap");
 
-    // 2. The program closes the pagemap's descriptor and the number comes back as `/dev/zero`.
-    // SAFETY: a NUL-terminated path.
-    let dev_zero = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    assert!(dev_zero >= 0);
-    let mut replaced = Vec::new();
-    let z = (0..20)
-        .find_map(|_| {
-            reuse_zeroed(&mut || {
-                if let Some(fd) = heaplens_alloc::pagemap::current_descriptor() {
-                    // SAFETY: both are open descriptors; the old one's file is the allocator's,
-                    // which must notice it is gone.
-                    assert_eq!(unsafe { libc::dup2(dev_zero, fd) }, fd);
-                    replaced.push(fd);
-                }
-            })
-        })
-        .expect("the zeroed block never reused the written one: the step tested nothing");
-    if let Some((i, b)) = first_non_zero(z) {
-        panic!(
-            "a block zeroed after the pagemap's descriptor became /dev/zero holds {b:#x} at \
-             offset {i}: the allocator read another file as its pagemap"
-        );
-    }
-    assert!(replaced.contains(&ours));
-    let now = heaplens_alloc::pagemap::current_descriptor().expect("no pagemap descriptor");
-    assert!(
-        !replaced.contains(&now),
-        "the allocator still uses a descriptor that is /dev/zero now"
-    );
-    // SAFETY: live, freed once; the descriptors are the test's (`replaced` are /dev/zero now).
-    unsafe {
-        heaplens_alloc::free(z as *mut u8);
-        for fd in replaced {
-            libc::close(fd);
-        }
-        libc::close(dev_zero);
-    }
-
-    // 3. A fork's child reads its own pagemap, not the parent's (which its inherited descriptor
+    // 2. A fork's child reads its own pagemap, not the parent's (which its inherited descriptor
     // would read): memory the parent never touched and the child wrote is cleared.
     // SAFETY: the child runs only the allocator and libc calls below, then `_exit`s.
     let pid = unsafe { libc::fork() };
@@ -130,13 +93,43 @@ fn zeroed_blocks_write_what_was_written_and_trust_only_their_own_pagemap() {
         0 => {}
         1 => panic!("the child's zeroed block never reused the one it wrote: tested nothing"),
         2 => panic!("a block zeroed in a fork's child holds what the child wrote there"),
+        3 => panic!("the child zeroed without a pagemap of its own: tested nothing"),
         c => panic!("the child exited with {c}"),
+    }
+
+    // 3. The program closes the pagemap's descriptor and the number comes back as `/dev/zero`
+    // (which reads as "every page empty"): the allocator notices and stops using the pagemap.
+    // SAFETY: a NUL-terminated path.
+    let dev_zero = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    assert!(dev_zero >= 0);
+    // SAFETY: both are open descriptors; the old one's file is the allocator's, which must
+    // notice it is gone.
+    assert_eq!(unsafe { libc::dup2(dev_zero, ours) }, ours);
+    let z = (0..20)
+        .find_map(|_| reuse_zeroed(&mut || {}))
+        .expect("the zeroed block never reused the written one: the step tested nothing");
+    if let Some((i, b)) = first_non_zero(z) {
+        panic!(
+            "a block zeroed after the pagemap's descriptor became /dev/zero holds {b:#x} at \
+             offset {i}: the allocator read another file as its pagemap"
+        );
+    }
+    assert_eq!(
+        heaplens_alloc::pagemap::current_descriptor(),
+        None,
+        "the pagemap is still in use after its descriptor was replaced"
+    );
+    // SAFETY: live, freed once; both descriptors are the test's now.
+    unsafe {
+        heaplens_alloc::free(z as *mut u8);
+        libc::close(ours);
+        libc::close(dev_zero);
     }
 }
 
 /// In a fork's child: takes a block the parent never touched (past one kept live), writes it,
 /// frees it, and takes it again zeroed. 0 if it reads as zero, 2 if not, 1 if the zeroed block
-/// was other memory each time.
+/// was other memory each time, 3 if the child opened no pagemap of its own.
 fn fork_child_zeroes_its_own_writes() -> i32 {
     // SAFETY: blocks written within their sizes and freed once.
     unsafe {
@@ -144,7 +137,13 @@ fn fork_child_zeroes_its_own_writes() -> i32 {
         let mut code = 1;
         for _ in 0..20 {
             if let Some(z) = reuse_zeroed(&mut || {}) {
-                code = if first_non_zero(z).is_some() { 2 } else { 0 };
+                code = if first_non_zero(z).is_some() {
+                    2
+                } else if heaplens_alloc::pagemap::current_descriptor().is_none() {
+                    3
+                } else {
+                    0
+                };
                 heaplens_alloc::free(z as *mut u8);
                 break;
             }
