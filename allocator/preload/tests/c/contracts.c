@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -413,6 +414,33 @@ static void section_calloc_zeroes(void) {
             }
         }
     }
+    /* A program that closes every descriptor it did not open (as daemons do) and opens files
+     * in their place: descriptors the allocator keeps (heaplens reads /proc/self/pagemap
+     * through one) are gone or are other files now. Big zeroed blocks where written ones were
+     * must still read as zero. */
+    for (int fd = 3; fd < 1024; fd++) close(fd);
+    int opened[256], nopened = 0;
+    while (nopened < 256) {
+        int fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+        CHECK(fd >= 0);
+        if (fd < 0) break;
+        opened[nopened++] = fd;
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 4; i++) {
+            ps[i] = malloc(200000);
+            CHECK(ps[i] != NULL);
+            if (ps[i]) memset(ps[i], 0xab, 100000);
+        }
+        for (int i = 0; i < 4; i++) free(ps[i]);
+        for (int i = 0; i < 4; i++) {
+            ps[i] = calloc(1, 200000);
+            CHECK(ps[i] != NULL);
+            if (ps[i]) CHECK(all_bytes(ps[i], 200000, 0));
+        }
+        for (int i = 0; i < 4; i++) free(ps[i]);
+    }
+    for (int i = 0; i < nopened; i++) close(opened[i]);
 }
 
 /* --- cross-thread frees ------------------------------------------------------------------ */
