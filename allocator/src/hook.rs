@@ -35,10 +35,12 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static LOSSLESS: AtomicBool = AtomicBool::new(true);
 static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Whether events are being recorded right now.
+/// Whether events are being recorded right now: on x86-64 a compare of the flag byte in memory
+/// and a jump, so `malloc`'s fast path pays two instructions for the hook compiled in (callgrind
+/// through LD_PRELOAD: 18.5 instructions a `malloc`, 19.6 with a load and a test).
 #[inline(always)]
 pub fn enabled() -> bool {
-    COMPILED && crate::static_flag::load_static_flag!(ENABLED) != 0
+    COMPILED && crate::static_flag::static_flag_is_set!(ENABLED)
 }
 
 /// Whether what `heap`'s thread does to shared allocator state would be recorded: always when
