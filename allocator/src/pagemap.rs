@@ -30,7 +30,9 @@
 //!   If it is not that file any more (a program closed descriptors it did not open and got the
 //!   number back as another file, or the process was restored from a checkpoint), the pagemap
 //!   is not used again in this process: `calloc` gives back every page not resident, as before.
-//!   The old number is left alone (it is not ours now);
+//!   The old number is left alone (it is not ours now). A replacement between the check and
+//!   the read is not caught: that takes one thread closing a descriptor it does not own while
+//!   another is in a big `calloc`;
 //! - is closed in a fork's child ([`after_fork_child`]): it reads the parent's pages there;
 //! - if it cannot be opened (no `/proc`, no permission, no descriptor left), [`read`] says so
 //!   and callers fall back to `mincore`, for good: a process is not worth an `open` per `calloc`;
