@@ -7,7 +7,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::pagemap::{self, PageState};
+use crate::pagemap::{PageState, Pagemap};
 
 /// Bytes reserved from the OS (mapped).
 pub(crate) static RESERVED: AtomicUsize = AtomicUsize::new(0);
@@ -234,10 +234,11 @@ unsafe fn zero_resident(p: *mut u8, len: usize) -> bool {
         ptr::write_bytes(p, 0, lo - start);
         ptr::write_bytes(hi as *mut u8, 0, end - hi);
         let mut states = [PageState::Unknown; RESIDENCY_PAGES];
+        let pagemap = Pagemap::get();
         let mut at = lo;
         while at < hi {
             let pages = ((hi - at) / ps).min(RESIDENCY_PAGES);
-            if !page_states(at, &mut states[..pages]) {
+            if !page_states(pagemap, at, &mut states[..pages]) {
                 ptr::write_bytes(at as *mut u8, 0, pages * ps);
                 at += pages * ps;
                 continue;
@@ -268,12 +269,12 @@ unsafe fn zero_resident(p: *mut u8, len: usize) -> bool {
     all_resident
 }
 
-/// The states of `states.len()` pages from page-aligned `at`, from the pagemap or else from
-/// `mincore`. False if neither could be read.
-fn page_states(at: usize, states: &mut [PageState]) -> bool {
+/// The states of `states.len()` pages from page-aligned `at`, from `pagemap` if there is one
+/// and it can be read, else from `mincore`. False if neither could be read.
+fn page_states(pagemap: Option<Pagemap>, at: usize, states: &mut [PageState]) -> bool {
     let mut entries = [0u64; RESIDENCY_PAGES];
     let entries = &mut entries[..states.len()];
-    if pagemap::read(at, entries) {
+    if pagemap.is_some_and(|m| m.read(at, entries)) {
         for (s, &e) in states.iter_mut().zip(entries.iter()) {
             *s = PageState::of_entry(e);
         }

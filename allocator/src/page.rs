@@ -421,15 +421,10 @@ pub(crate) unsafe fn collect(page: *mut Page) {
         let pg = &mut *page;
         let (head, count) = take_thread_free(pg);
         if count > 0 && pg.free.is_null() && !pg.local_free.is_null() {
-            let to_free = pg.local_free_len();
-            pg.free = pg.local_free;
-            pg.free_is_zero = false;
-            pg.local_free = head;
-            pg.local_free_count.store(count, Relaxed);
-            pg.used.store(pg.used() - count, Relaxed);
-            report_collect(pg, to_free, 0);
-            report_collect(pg, 0, count);
-            return;
+            // `local_free` becomes `free` first: the thread-freed blocks then make up
+            // `local_free` alone, and neither list is walked.
+            let moved = local_to_free(pg);
+            report_collect(pg, moved, 0);
         }
         if count > 0 {
             if pg.local_free.is_null() {
@@ -450,16 +445,24 @@ pub(crate) unsafe fn collect(page: *mut Page) {
                 .store(pg.local_free_len() + count, Relaxed);
             pg.used.store(pg.used() - count, Relaxed);
         }
-        let mut to_free = 0u32;
-        if pg.free.is_null() && !pg.local_free.is_null() {
-            to_free = pg.local_free_len();
-            pg.free = pg.local_free;
-            pg.local_free = ptr::null_mut();
-            pg.local_free_count.store(0, Relaxed);
-            pg.free_is_zero = false;
-        }
+        let to_free = if pg.free.is_null() && !pg.local_free.is_null() {
+            local_to_free(pg)
+        } else {
+            0
+        };
         report_collect(pg, to_free, count);
     }
+}
+
+/// Moves the whole of `local_free` to `free` (which is empty); returns how many blocks moved.
+#[inline]
+fn local_to_free(pg: &mut Page) -> u32 {
+    let moved = pg.local_free_len();
+    pg.free = pg.local_free;
+    pg.local_free = ptr::null_mut();
+    pg.local_free_count.store(0, Relaxed);
+    pg.free_is_zero = false;
+    moved
 }
 
 /// Takes the page's `thread_free` list and its length in one step, leaving the delayed-free

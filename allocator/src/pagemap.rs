@@ -26,16 +26,17 @@
 //! The descriptor:
 //! - is opened on first use with `O_CLOEXEC`, and moved to a number at or above [`FD_FLOOR`],
 //!   away from the low numbers programs expect `open` to return;
-//! - is checked with `fstat` against the device and inode it was opened as before every read.
+//! - is checked with `fstat` against the device and inode it was opened as once for each big
+//!   block zeroed ([`Pagemap::get`]), before that block's reads.
 //!   If it is not that file any more (a program closed descriptors it did not open and got the
 //!   number back as another file, or the process was restored from a checkpoint), the pagemap
 //!   is not used again in this process: `calloc` gives back every page not resident, as before.
 //!   The old number is left alone (it is not ours now). A replacement between the check and
-//!   the read is not caught: that takes one thread closing a descriptor it does not own while
+//!   the reads is not caught: that takes one thread closing a descriptor it does not own while
 //!   another is in a big `calloc`;
 //! - is closed in a fork's child ([`after_fork_child`]): it reads the parent's pages there;
-//! - if it cannot be opened (no `/proc`, no permission, no descriptor left), [`read`] says so
-//!   and callers fall back to `mincore`, for good: a process is not worth an `open` per `calloc`;
+//! - if it cannot be opened (no `/proc`, no permission, no descriptor left), [`Pagemap::get`] says
+//!   so and callers fall back to `mincore`, for good: a process is not worth an `open` per `calloc`;
 //! - is handled with raw system calls, not libc's `open`, `pread` or `close`: those are symbols
 //!   another preloaded library may wrap, and a wrapper that allocates would come back into
 //!   `calloc` here, holding [`OPENING`].
@@ -95,18 +96,28 @@ impl PageState {
     }
 }
 
-/// Reads the pagemap entries of `entries.len()` pages from page-aligned address `addr` into
-/// `entries`. False if the pagemap cannot be read; `entries` is then meaningless.
-pub(crate) fn read(addr: usize, entries: &mut [u64]) -> bool {
-    let Some(fd) = descriptor() else {
-        return false;
-    };
-    let ps = crate::os::page_size();
-    let len = core::mem::size_of_val(entries);
-    let offset = (addr / ps * 8) as libc::off_t;
-    // SAFETY: `entries` is `len` writable bytes; `pread64` writes at most `len` of them.
-    let n = unsafe { libc::syscall(libc::SYS_pread64, fd, entries.as_mut_ptr(), len, offset) };
-    n == len as libc::c_long
+/// The process's pagemap, checked to be ours ([`Pagemap::get`]): for the reads of one zeroing.
+#[derive(Clone, Copy)]
+pub(crate) struct Pagemap(libc::c_int);
+
+impl Pagemap {
+    /// The pagemap, opened if it was not yet and checked to be the file it was opened as; None
+    /// if it cannot be read (see the module's notes).
+    pub(crate) fn get() -> Option<Self> {
+        descriptor().map(Self)
+    }
+
+    /// Reads the entries of `entries.len()` pages from page-aligned address `addr` into
+    /// `entries`. False if the read failed; `entries` is then meaningless.
+    pub(crate) fn read(self, addr: usize, entries: &mut [u64]) -> bool {
+        let ps = crate::os::page_size();
+        let len = core::mem::size_of_val(entries);
+        let offset = (addr / ps * 8) as libc::off_t;
+        // SAFETY: `entries` is `len` writable bytes; `pread64` writes at most `len` of them.
+        let n =
+            unsafe { libc::syscall(libc::SYS_pread64, self.0, entries.as_mut_ptr(), len, offset) };
+        n == len as libc::c_long
+    }
 }
 
 /// The open pagemap's descriptor, opened if it was not yet; None if it cannot be, or if it is
@@ -135,11 +146,16 @@ fn descriptor() -> Option<libc::c_int> {
 
 /// Whether descriptor `fd` is still the file [`FD`] was opened as.
 fn is_ours(fd: libc::c_int) -> bool {
+    identity(fd) == Some((DEV.load(Relaxed), INO.load(Relaxed)))
+}
+
+/// The device and inode of the file descriptor `fd` is open on; None if it is not open.
+fn identity(fd: libc::c_int) -> Option<(u64, u64)> {
     // SAFETY: `stat` is plain data; an all-zero value is valid, and `fstat` fills it or fails.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: `st` is a valid out-parameter; a stale or closed `fd` only makes `fstat` fail.
     let ok = unsafe { libc::syscall(libc::SYS_fstat, fd, &raw mut st) } == 0;
-    ok && st.st_dev == DEV.load(Relaxed) && st.st_ino == INO.load(Relaxed)
+    ok.then_some((st.st_dev, st.st_ino))
 }
 
 /// Opens `/proc/self/pagemap` at a number at or above [`FD_FLOOR`] (or where `open` put it if
@@ -172,15 +188,12 @@ fn open() -> Option<libc::c_int> {
     } else {
         fd
     };
-    // SAFETY: as in `is_ours`.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `fd` is ours; `st` a valid out-parameter.
-    if unsafe { libc::syscall(libc::SYS_fstat, fd, &raw mut st) } != 0 {
+    let Some((dev, ino)) = identity(fd) else {
         close(fd);
         return None;
-    }
-    DEV.store(st.st_dev, Relaxed);
-    INO.store(st.st_ino, Relaxed);
+    };
+    DEV.store(dev, Relaxed);
+    INO.store(ino, Relaxed);
     Some(fd)
 }
 
@@ -238,13 +251,17 @@ mod tests {
             unsafe { map.add(i * ps).write(7) };
         }
         let mut e = [0u64; 8];
-        assert!(read(map as usize, &mut e), "the pagemap cannot be read");
+        let pagemap = Pagemap::get().expect("the pagemap cannot be opened");
+        assert!(
+            pagemap.read(map as usize, &mut e),
+            "the pagemap cannot be read"
+        );
         let states: Vec<PageState> = e.iter().map(|&x| PageState::of_entry(x)).collect();
         use PageState::{Empty as E, Present as P};
         assert_eq!(states, [E, P, P, E, E, P, E, E]);
         // SAFETY: page 2 of our mapping, holding nothing needed.
         assert!(unsafe { crate::os::discard(map.add(2 * ps), ps) });
-        assert!(read(map as usize, &mut e));
+        assert!(pagemap.read(map as usize, &mut e));
         assert_eq!(PageState::of_entry(e[2]), E);
         // SAFETY: the whole mapping, used no more.
         unsafe { crate::os::unmap_internal(map, pages * ps) };
