@@ -95,6 +95,12 @@ impl StackTable {
         self.nodes == 0
     }
 
+    /// Whether the table holds the last stack it interned (nothing was forgotten since), so
+    /// that [`StackTable::intern`] may be told how many outer frames the next one shares.
+    pub fn holds_last(&self) -> bool {
+        self.last_len > 0
+    }
+
     /// Forgets every node (the next stacks are reported again, with new ids).
     pub fn clear(&mut self) {
         if !self.slots.is_null() && self.nodes > 0 {
@@ -230,9 +236,11 @@ impl StackTable {
     /// or `room` refuses.
     /// `known` outermost frames are known to be the last stack's outermost frames (the walk
     /// went by them: [`crate::unwind::Memo::same_outer`]; 0 if nothing is known), so they are
-    /// not compared again. `room(n)` is asked, before anything changes, whether `n` new nodes
-    /// can be reported whole; `ids(n)` hands out `n` consecutive fresh ids (its first); `report`
-    /// is called for each new node, outermost first.
+    /// not compared again, nor read: `frames[len - known..]` may hold anything. A `known` above
+    /// 0 needs the table to hold its last stack ([`StackTable::holds_last`]), with the same
+    /// truncation (the walk that says so ended as that one did). `room(n)` is asked, before
+    /// anything changes, whether `n` new nodes can be reported whole; `ids(n)` hands out `n`
+    /// consecutive fresh ids (its first); `report` is called for each new node, outermost first.
     pub fn intern(
         &mut self,
         frames: &[usize],
@@ -246,15 +254,15 @@ impl StackTable {
             return 0;
         }
         let len = frames.len();
+        debug_assert!(
+            known == 0 || (self.last_len > 0 && self.last_truncated == truncated),
+            "{known} outer frames said to be the last stack's, and there is none"
+        );
         // The outer frames shared with the last stack: their nodes are `last_ids`' (the same
         // frames from the same root are the same nodes, whatever follows them).
         let shared = if self.last_len > 0 && self.last_truncated == truncated {
             let last = &self.last[..self.last_len];
             let known = known.min(len).min(last.len());
-            debug_assert!(
-                frames[len - known..].iter().rev().eq(&last[..known]),
-                "{known} outer frames said to be the last stack's"
-            );
             known + shared_outer(&frames[..len - known], &last[known..])
         } else {
             0
@@ -303,7 +311,13 @@ impl StackTable {
                 return 0;
             }
             for depth in known..len {
-                let pc = frames[len - 1 - depth];
+                // After a restart the shared frames are made again: `last` has them (`frames`
+                // may not, see `known`).
+                let pc = if depth < shared {
+                    self.last[depth]
+                } else {
+                    frames[len - 1 - depth]
+                };
                 let id = first + (depth - known) as u32;
                 let key = if depth == 0 { root_key } else { parent };
                 self.insert(pc, key, id);
@@ -459,11 +473,13 @@ mod tests {
             }
         }
         assert_eq!(t.len(), TABLE_MAX_NODES / 2 + 1);
-        // Filling on: the table restarts, and the first stack is new again, whole.
+        // Filling on: the table restarts, and the first stack is new again, whole. The walk
+        // says the root is the last stack's, and leaves it unwritten: it is made again all the
+        // same, from the stack the table kept.
         let mut new_root = None;
         for i in TABLE_MAX_NODES / 2..TABLE_MAX_NODES {
             let before = t.len();
-            let (_, sent) = intern(&mut t, &mut ids, &[0x1000 + i, 0x10], false);
+            let (_, sent) = intern_knowing(&mut t, &mut ids, &[0x1000 + i, 0xdead], false, 1);
             if t.len() < before {
                 // The stack that found the table full is reported whole, its root anew.
                 assert_eq!(sent.len(), 2);
@@ -582,8 +598,16 @@ mod tests {
                 .zip(prev.iter().rev())
                 .take_while(|(a, b)| a == b)
                 .count();
-            let known = shared * (next() as usize % 3) / 2;
-            let (id, sent) = intern_knowing(&mut t, &mut ids, frames, trunc, known);
+            let known = if t.holds_last() && trunc == t.last_truncated {
+                shared * (next() as usize % 3) / 2
+            } else {
+                0
+            };
+            // The known frames are not read (a walk that knows them does not write them).
+            let mut walked = frames.to_vec();
+            let len = walked.len();
+            walked[len - known..].fill(0xdead);
+            let (id, sent) = intern_knowing(&mut t, &mut ids, &walked, trunc, known);
             plain.last_len = 0;
             let (plain_id, plain_sent) = intern(&mut plain, &mut plain_ids, frames, trunc);
             assert_eq!((id, &sent), (plain_id, &plain_sent), "round {round}");

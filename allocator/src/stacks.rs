@@ -511,14 +511,15 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
         }
         let on_stack = lo <= regs.sp && regs.sp < hi;
         let walk = if on_stack {
-            unwind::walk_memo(
-                regs,
-                (lo, hi),
-                |a| (a as *const usize).read(),
-                |pc| cache.frame(pc),
-                frames,
-                &mut st.memo,
-            )
+            let read = |a| (a as *const usize).read();
+            let frame = |pc| cache.frame(pc);
+            // The table keeps its last stack, which is the memo's last walk: the frames this
+            // walk shares with that one need not be written (they are not read, see below).
+            if st.memo_interned && st.table.holds_last() {
+                unwind::walk_memo_inner(regs, (lo, hi), read, frame, frames, &mut st.memo)
+            } else {
+                unwind::walk_memo(regs, (lo, hi), read, frame, frames, &mut st.memo)
+            }
         } else {
             // Not on the thread's stack (a coroutine's, a signal stack): the leaf alone.
             let leaf = cache.lookup(regs.pc).is_some();

@@ -86,6 +86,7 @@ const HALF: usize = HEADROOM + MEMO_LEVELS;
 /// walk then checks those words (one or two loads and compares a frame) instead of taking each
 /// step anew; at the first word that changed it walks on from there. Its result is always the
 /// one a walk without the memo would give.
+#[derive(Clone)]
 pub struct Memo {
     /// The last walk's levels are `levels[cur][base..base + len]`; the other half is the next
     /// walk's, which it writes from [`HEADROOM`] on.
@@ -163,6 +164,68 @@ pub fn walk_memo(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
+    frame: impl FnMut(usize) -> Option<Option<Row>>,
+    out: &mut [usize],
+    memo: &mut Memo,
+) -> Walk {
+    walk_memo_in::<true>(regs, stack, read, frame, out, memo)
+}
+
+/// [`walk_memo`] for a caller that keeps the last walk's frames itself (the stack table): the
+/// outer frames this walk shares with the last one ([`Memo::same_outer`], `same` of them) are
+/// not written to `out`; `out[..len - same]` are, as [`walk_memo`] writes them. A recursion's
+/// walks share all but a frame or two, and copying the rest was a tenth of a walk's work.
+pub fn walk_memo_inner(
+    regs: Regs,
+    stack: (usize, usize),
+    read: impl Fn(usize) -> usize,
+    frame: impl FnMut(usize) -> Option<Option<Row>>,
+    out: &mut [usize],
+    memo: &mut Memo,
+) -> Walk {
+    walk_memo_in::<false>(regs, stack, read, frame, out, memo)
+}
+
+/// How a walk ended: its frames, whether it was truncated or stopped at its depth limit, and
+/// the words it read leaving its last level (0 if none).
+struct Ended {
+    len: usize,
+    truncated: bool,
+    at_limit: bool,
+    ra: usize,
+    fp: usize,
+}
+
+impl Ended {
+    /// Ended at a frame with nothing read leaving it.
+    const fn at(len: usize, truncated: bool) -> Self {
+        Self {
+            len,
+            truncated,
+            at_limit: false,
+            ra: 0,
+            fp: 0,
+        }
+    }
+
+    /// Stopped at the depth limit.
+    const fn limit(len: usize) -> Self {
+        Self {
+            len,
+            truncated: true,
+            at_limit: true,
+            ra: 0,
+            fp: 0,
+        }
+    }
+}
+
+/// [`walk_memo`] (`ALL`) or [`walk_memo_inner`].
+#[inline(always)]
+fn walk_memo_in<const ALL: bool>(
+    regs: Regs,
+    stack: (usize, usize),
+    read: impl Fn(usize) -> usize,
     mut frame: impl FnMut(usize) -> Option<Option<Row>>,
     out: &mut [usize],
     memo: &mut Memo,
@@ -196,8 +259,10 @@ pub fn walk_memo(
                 || (read(last.ra_at) == memo.last_ra
                     && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp)))
         {
-            for (o, l) in out.iter_mut().zip(levels) {
-                *o = l.pc;
+            if ALL {
+                for (o, l) in out.iter_mut().zip(levels) {
+                    *o = l.pc;
+                }
             }
             memo.same = usable;
             return Walk {
@@ -206,170 +271,215 @@ pub fn walk_memo(
             };
         }
     }
-    memo.len = 0;
-    memo.same = 0;
-    memo.cur = new;
-    memo.base = nb;
+    // How the last walk ended, for a walk that ends as it did.
+    let last_end = (memo.truncated, memo.at_limit, memo.last_ra, memo.last_fp);
+    // Where this walk's levels end up (the other half unless it keeps the last walk's in
+    // place), and how many outer frames it shares with the last walk.
+    let (mut cur, mut base, mut same) = (new, nb, 0);
+    let [h0, h1] = &mut memo.levels;
+    let (oh, nh) = if old == 0 { (h0, h1) } else { (h1, h0) };
+    // A word at `a` may be read: aligned, inside the stack, at or above the current frame (no
+    // frame is below `lo`: the walk starts there and goes up).
+    let top = hi.checked_sub(8);
+    let readable =
+        |a: usize, sp: usize| a >= sp && a.is_multiple_of(8) && top.is_some_and(|t| a <= t);
+    let ended = 'walk: {
+        let Some(mut row) = frame(regs.pc) else {
+            break 'walk Ended::at(0, true);
+        };
+        if out.is_empty() {
+            break 'walk Ended::limit(0);
+        }
+        out[0] = regs.pc;
+        let mut n = 1;
+        let (mut sp, mut fp) = (lo, regs.fp);
+        // The first of the last walk's levels not below the current frame.
+        let mut mk = 0;
+        loop {
+            let pc = out[n - 1];
+            let leaving = if n == limit {
+                Err(Ended::limit(0))
+            } else {
+                leave(row, sp, fp, hi, readable)
+            };
+            let (ra_at, fp_at, next_sp) = match leaving {
+                Ok(step) => step,
+                Err(end) => {
+                    nh[nb + n - 1] = Level {
+                        pc,
+                        sp,
+                        fp,
+                        ra_at: 0,
+                        fp_at: 0,
+                    };
+                    break 'walk Ended { len: n, ..end };
+                }
+            };
+            // 0 is never such an address (`readable` words lie at or above the stack pointer).
+            nh[nb + n - 1] = Level {
+                pc,
+                sp,
+                fp,
+                ra_at,
+                fp_at,
+            };
+            while mk < usable && oh[ob + mk].sp < sp {
+                mk += 1;
+            }
+            if mk + 1 < usable && {
+                let l = &oh[ob + mk];
+                l.sp == sp
+                    && l.fp == fp
+                    && l.ra_at == ra_at
+                    && l.fp_at == fp_at
+                    && oh[ob + mk + 1].sp == next_sp
+            } {
+                // This frame is left as the last walk left its frame `mk` (the same words read,
+                // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
+                // this walk's from `n` on, while the words read leaving each hold the same values.
+                let (start, first) = (mk, n);
+                // The levels followed alike, at most up to the depth limit.
+                let end = usable.min(start + 1 + (limit - first));
+                let m = start + follow(&oh[ob + start..ob + end], &read);
+                n = first + (m - start);
+                let gone_by = ob + start + 1..ob + m + 1;
+                // Whether this walk ends where the last one did: at its last frame, which it
+                // ended at as its state and row say, or by the same words read leaving it.
+                let (last_truncated, last_at_limit, last_ra, last_fp) = last_end;
+                let ended_alike = n < limit && m + 1 == usable && !last_at_limit && {
+                    let last = oh[ob + m];
+                    last.ra_at == 0
+                        || (read(last.ra_at) == last_ra
+                            && (last.fp_at == 0 || read(last.fp_at) == last_fp))
+                };
+                // The frames gone by are the last walk's outer ones if it ended alike.
+                if ALL || !ended_alike {
+                    for (o, l) in out[first..n].iter_mut().zip(&oh[gone_by.clone()]) {
+                        *o = l.pc;
+                    }
+                }
+                let alike = Ended {
+                    len: n,
+                    truncated: last_truncated,
+                    at_limit: false,
+                    ra: last_ra,
+                    fp: last_fp,
+                };
+                if ended_alike && first <= gone_by.start {
+                    // The last walk's levels from `start + 1` on are this walk's last ones where
+                    // they are: this walk's first levels go in front of them (over the last
+                    // walk's first ones), and the shared part is not copied.
+                    base = gone_by.start - first;
+                    oh[base..gone_by.start].copy_from_slice(&nh[nb..nb + first]);
+                    cur = old;
+                    same = n - first;
+                    break 'walk alike;
+                }
+                nh[nb + first..nb + n].copy_from_slice(&oh[gone_by]);
+                if n == limit {
+                    // Where a walk stops, whatever lies beyond.
+                    break 'walk Ended::limit(n);
+                }
+                if ended_alike {
+                    same = n - first;
+                    break 'walk alike;
+                }
+                // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
+                // otherwise); a frame further up may again be left as the last walk left it.
+                mk = m + 1;
+                if m != start {
+                    let l = oh[ob + m];
+                    (sp, fp) = (l.sp, l.fp);
+                    let Some(r) = frame(l.pc) else {
+                        break 'walk Ended::at(n - 1, true);
+                    };
+                    row = r;
+                    continue;
+                }
+            }
+            let next_fp = if fp_at == 0 { fp } else { read(fp_at) };
+            let ra = read(ra_at);
+            let stop = |truncated| Ended {
+                len: n,
+                truncated,
+                at_limit: false,
+                ra,
+                fp: next_fp,
+            };
+            if ra == 0 {
+                break 'walk stop(false);
+            }
+            let Some(next_row) = frame(ra) else {
+                break 'walk stop(true);
+            };
+            out[n] = ra;
+            n += 1;
+            (sp, fp, row) = (next_sp, next_fp, next_row);
+        }
+    };
+    memo.cur = cur;
+    memo.base = base;
+    memo.same = same;
     memo.hi = hi;
     memo.limit = limit;
-    // Ends the walk with `len` frames, its last level's words read (`ra`, `fp`) kept.
-    let finish = |memo: &mut Memo, len: usize, truncated: bool, at_limit: bool, ra, fp| {
-        memo.len = len;
-        memo.truncated = truncated;
-        memo.at_limit = at_limit;
-        memo.last_ra = ra;
-        memo.last_fp = fp;
-        Walk { len, truncated }
-    };
-    let Some(mut row) = frame(regs.pc) else {
-        return finish(memo, 0, true, false, 0, 0);
-    };
-    if out.is_empty() {
-        return finish(memo, 0, true, true, 0, 0);
+    memo.len = ended.len;
+    memo.truncated = ended.truncated;
+    memo.at_limit = ended.at_limit;
+    memo.last_ra = ended.ra;
+    memo.last_fp = ended.fp;
+    Walk {
+        len: ended.len,
+        truncated: ended.truncated,
     }
-    out[0] = regs.pc;
-    let mut n = 1;
-    // A word at `a` may be read: aligned, inside the stack, at or above the current frame.
-    let readable =
-        |a: usize, sp: usize| a >= sp && a >= lo && a.is_multiple_of(8) && hi >= 8 && a <= hi - 8;
-    let (mut sp, mut fp) = (lo, regs.fp);
-    // The first of the last walk's levels not below the current frame.
-    let mut mk = 0;
-    loop {
-        memo.levels[new][nb + n - 1] = Level {
-            pc: out[n - 1],
-            sp,
-            fp,
-            ra_at: 0,
-            fp_at: 0,
-        };
-        if n == limit {
-            return finish(memo, n, true, true, 0, 0);
-        }
-        let (ra_at, fp_at, next_sp) = match row {
-            Some(row) if row.rule == rule::END => return finish(memo, n, false, false, 0, 0),
-            Some(row) if row.rule == rule::CFA_RSP || row.rule == rule::CFA_RBP => {
-                let base = if row.rule == rule::CFA_RSP { sp } else { fp };
-                let Some(cfa) = base.checked_add_signed(row.cfa_offset as isize) else {
-                    return finish(memo, n, true, false, 0, 0);
-                };
-                let Some(ra_at) = cfa.checked_add_signed(isize::from(row.ra_offset)) else {
-                    return finish(memo, n, true, false, 0, 0);
-                };
-                if cfa <= sp || cfa > hi || !readable(ra_at, sp) {
-                    return finish(memo, n, true, false, 0, 0);
-                }
-                let fp_at = if row.rbp_offset == 0 {
-                    0
-                } else {
-                    match cfa.checked_add_signed(isize::from(row.rbp_offset)) {
-                        Some(at) if readable(at, sp) => at,
-                        _ => return finish(memo, n, true, false, 0, 0),
-                    }
-                };
-                (ra_at, fp_at, cfa)
+}
+
+/// How a walk leaves the frame at `sp` (frame pointer `fp`) by its `row`: the words it reads
+/// (the return address's, and the caller's frame pointer's or 0) and the caller's stack
+/// pointer; or where it ends there ([`Ended`]: the end of the stack, or truncated; its length
+/// is the caller's to fill in).
+#[inline(always)]
+fn leave(
+    row: Option<Row>,
+    sp: usize,
+    fp: usize,
+    hi: usize,
+    readable: impl Fn(usize, usize) -> bool,
+) -> Result<(usize, usize, usize), Ended> {
+    let truncated = || Ended::at(0, true);
+    match row {
+        Some(row) if row.rule == rule::END => Err(Ended::at(0, false)),
+        Some(row) if row.rule == rule::CFA_RSP || row.rule == rule::CFA_RBP => {
+            let base = if row.rule == rule::CFA_RSP { sp } else { fp };
+            let cfa = base
+                .checked_add_signed(row.cfa_offset as isize)
+                .ok_or_else(truncated)?;
+            let ra_at = cfa
+                .checked_add_signed(isize::from(row.ra_offset))
+                .ok_or_else(truncated)?;
+            if cfa <= sp || cfa > hi || !readable(ra_at, sp) {
+                return Err(truncated());
             }
-            Some(_) => return finish(memo, n, true, false, 0, 0),
-            None => {
-                // Frame pointers: `[fp]` the caller's frame pointer, `[fp + 8]` the return address.
-                if fp == 0 {
-                    return finish(memo, n, false, false, 0, 0);
-                }
-                if !fp.is_multiple_of(16) || !readable(fp, sp) || !readable(fp + 8, sp) {
-                    return finish(memo, n, true, false, 0, 0);
-                }
-                (fp + 8, fp, fp + 16)
-            }
-        };
-        // 0 is never such an address (`readable` words lie at or above the stack pointer).
-        let l = &mut memo.levels[new][nb + n - 1];
-        l.ra_at = ra_at;
-        l.fp_at = fp_at;
-        while mk < usable && memo.levels[old][ob + mk].sp < sp {
-            mk += 1;
-        }
-        if mk + 1 < usable && {
-            let l = &memo.levels[old][ob + mk];
-            l.sp == sp
-                && l.fp == fp
-                && l.ra_at == ra_at
-                && l.fp_at == fp_at
-                && memo.levels[old][ob + mk + 1].sp == next_sp
-        } {
-            // This frame is left as the last walk left its frame `mk` (the same words read,
-            // the same caller's stack pointer): the last walk's levels from `mk + 1` on are
-            // this walk's from `n` on, while the words read leaving each hold the same values.
-            let (start, first) = (mk, n);
-            // The levels followed alike, at most up to the depth limit.
-            let end = usable.min(start + 1 + (limit - first));
-            let m = start + follow(&memo.levels[old][ob + start..ob + end], &read);
-            n = first + (m - start);
-            for (o, l) in out[first..n]
-                .iter_mut()
-                .zip(&memo.levels[old][ob + start + 1..ob + m + 1])
-            {
-                *o = l.pc;
-            }
-            // Whether this walk ends where the last one did: at its last frame, which it ended
-            // at as its state and row say, or by the same words read leaving it.
-            let ended_alike = n < limit && m + 1 == usable && !memo.at_limit && {
-                let last = memo.levels[old][ob + m];
-                last.ra_at == 0
-                    || (read(last.ra_at) == memo.last_ra
-                        && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp))
-            };
-            let (h0, h1) = memo.levels.split_at_mut(1);
-            let (old_half, new_half) = if old == 0 {
-                (&mut h0[0], &mut h1[0])
+            let fp_at = if row.rbp_offset == 0 {
+                0
             } else {
-                (&mut h1[0], &mut h0[0])
+                match cfa.checked_add_signed(isize::from(row.rbp_offset)) {
+                    Some(at) if readable(at, sp) => at,
+                    _ => return Err(truncated()),
+                }
             };
-            if ended_alike && first <= ob + start + 1 {
-                // The last walk's levels from `start + 1` on are this walk's last ones where
-                // they are: this walk's first levels go in front of them (over the last walk's
-                // first ones), and the shared part is not copied.
-                let base = ob + start + 1 - first;
-                old_half[base..base + first].copy_from_slice(&new_half[nb..nb + first]);
-                memo.cur = old;
-                memo.base = base;
-                memo.same = n - first;
-                let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
-                return finish(memo, n, truncated, false, ra, fp);
-            }
-            new_half[nb + first..nb + n].copy_from_slice(&old_half[ob + start + 1..ob + m + 1]);
-            if n == limit {
-                // Where a walk stops, whatever lies beyond.
-                return finish(memo, n, true, true, 0, 0);
-            }
-            if ended_alike {
-                memo.same = n - first;
-                let (truncated, ra, fp) = (memo.truncated, memo.last_ra, memo.last_fp);
-                return finish(memo, n, truncated, false, ra, fp);
-            }
-            // Walk on by itself from frame `n - 1` (the last walk's `m`, entered alike, left
-            // otherwise); a frame further up may again be left as the last walk left it.
-            mk = m + 1;
-            if m != start {
-                let l = memo.levels[old][ob + m];
-                (sp, fp) = (l.sp, l.fp);
-                let Some(r) = frame(l.pc) else {
-                    return finish(memo, n - 1, true, false, 0, 0);
-                };
-                row = r;
-                continue;
-            }
+            Ok((ra_at, fp_at, cfa))
         }
-        let next_fp = if fp_at == 0 { fp } else { read(fp_at) };
-        let ra = read(ra_at);
-        if ra == 0 {
-            return finish(memo, n, false, false, ra, next_fp);
+        Some(_) => Err(truncated()),
+        None => {
+            // Frame pointers: `[fp]` the caller's frame pointer, `[fp + 8]` the return address.
+            if fp == 0 {
+                return Err(Ended::at(0, false));
+            }
+            if !fp.is_multiple_of(16) || !readable(fp, sp) || !readable(fp + 8, sp) {
+                return Err(truncated());
+            }
+            Ok((fp + 8, fp, fp + 16))
         }
-        let Some(next_row) = frame(ra) else {
-            return finish(memo, n, true, false, ra, next_fp);
-        };
-        out[n] = ra;
-        n += 1;
-        (sp, fp, row) = (next_sp, next_fp, next_row);
     }
 }
 
@@ -803,11 +913,29 @@ mod tests {
         };
         let mut a = vec![0usize; limit];
         let mut b = vec![0usize; limit];
+        // The inner frames alone, from the same memo: the same walk, and the same frames but
+        // the shared outer ones, which it leaves as they were.
+        let mut inner_memo = memo.clone();
+        let mut inner = vec![0x5eed_usize; limit];
+        let wi = walk_memo_inner(
+            regs,
+            (s.base, s.hi()),
+            read,
+            frame,
+            &mut inner,
+            &mut inner_memo,
+        );
         let wa = walk_memo(regs, (s.base, s.hi()), read, frame, &mut a, memo);
         let wb = walk(regs, (s.base, s.hi()), read, frame, &mut b);
         assert_eq!(wa, wb, "{regs:x?}");
         assert_eq!(a[..wa.len], b[..wb.len], "{regs:x?}");
         let same = memo.same_outer();
+        assert_eq!((wi, inner_memo.same_outer()), (wa, same), "{regs:x?}");
+        assert_eq!(inner[..wi.len - same], a[..wa.len - same], "{regs:x?}");
+        assert!(
+            inner[wi.len - same..wi.len].iter().all(|&f| f == 0x5eed),
+            "{regs:x?}: the shared frames are not written"
+        );
         assert!(same <= wa.len && same <= last.len(), "{regs:x?}: {same}");
         assert_eq!(
             a[wa.len - same..wa.len],
