@@ -148,7 +148,7 @@ const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "cscratch",
-        what: "false sharing: 4 threads each write their own 8-byte blocks 1000 times",
+        what: "false sharing: 4 threads each take 50 000 8-byte blocks in turn and write each 1000 times",
         program: Program::C("cscratch", &[]),
     },
     Workload {

@@ -27,7 +27,7 @@ static void *run(void *arg) {
 
 int main(int argc, char **argv) {
   double scale = bench_scale(argc, argv);
-  iterations = scaled(10000, scale);
+  iterations = scaled(50000, scale);
   writes = 1000;
   pthread_t tid[THREADS];
   for (int t = 0; t < THREADS; t++) {
