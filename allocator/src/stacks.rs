@@ -510,12 +510,14 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
             st.memo_ranges = ranges;
         }
         let on_stack = lo <= regs.sp && regs.sp < hi;
+        // The table still holds its last stack, which is the memo's last walk: the outer frames
+        // this walk shares with that one are known to the table, which neither compares nor
+        // reads them, so the walk need not write them.
+        let goes_by_last = on_stack && st.memo_interned && st.table.holds_last();
         let walk = if on_stack {
             let read = |a| (a as *const usize).read();
             let frame = |pc| cache.frame(pc);
-            // The table keeps its last stack, which is the memo's last walk: the frames this
-            // walk shares with that one need not be written (they are not read, see below).
-            if st.memo_interned && st.table.holds_last() {
+            if goes_by_last {
                 unwind::walk_memo_inner(regs, (lo, hi), read, frame, frames, &mut st.memo)
             } else {
                 unwind::walk_memo(regs, (lo, hi), read, frame, frames, &mut st.memo)
@@ -530,7 +532,7 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
             }
         };
         let frames = &st.frames[..walk.len];
-        let known = if on_stack && st.memo_interned {
+        let known = if goes_by_last {
             st.memo.same_outer()
         } else {
             0
