@@ -517,11 +517,8 @@ unsafe fn capture(heap: *mut Heap, regs: Regs) -> u32 {
         let walk = if on_stack {
             let read = |a| (a as *const usize).read();
             let frame = |pc| cache.frame(pc);
-            if goes_by_last {
-                unwind::walk_memo_inner(regs, (lo, hi), read, frame, frames, &mut st.memo)
-            } else {
-                unwind::walk_memo(regs, (lo, hi), read, frame, frames, &mut st.memo)
-            }
+            let all = !goes_by_last;
+            unwind::walk_memo(regs, (lo, hi), read, frame, frames, &mut st.memo, all)
         } else {
             // Not on the thread's stack (a coroutine's, a signal stack): the leaf alone.
             let leaf = cache.lookup(regs.pc).is_some();

@@ -52,7 +52,7 @@ pub fn walk(
     frame: impl FnMut(usize) -> Option<Option<Row>>,
     out: &mut [usize],
 ) -> Walk {
-    walk_memo(regs, stack, read, frame, out, &mut Memo::new())
+    walk_memo(regs, stack, read, frame, out, &mut Memo::new(), ALL_FRAMES)
 }
 
 /// Levels a [`Memo`] keeps: the most frames a walk gives.
@@ -156,35 +156,13 @@ impl Default for Memo {
     }
 }
 
-/// [`walk`], going by the last walk on this stack where it can (see [`Memo`]), and leaving this
-/// walk in `memo` for the next. The same contract as [`walk`]; the caller clears `memo` when
-/// `frame`'s answers change. `read` is called only as [`walk`] says: a word the last walk read
-/// lies at or above the stack pointer of a frame this walk has reached.
-pub fn walk_memo(
-    regs: Regs,
-    stack: (usize, usize),
-    read: impl Fn(usize) -> usize,
-    frame: impl FnMut(usize) -> Option<Option<Row>>,
-    out: &mut [usize],
-    memo: &mut Memo,
-) -> Walk {
-    walk_memo_in::<true>(regs, stack, read, frame, out, memo)
-}
-
-/// [`walk_memo`] for a caller that keeps the last walk's frames itself (the stack table): the
-/// outer frames this walk shares with the last one ([`Memo::same_outer`], `same` of them) are
-/// not written to `out`; `out[..len - same]` are, as [`walk_memo`] writes them. A recursion's
-/// walks share all but a frame or two, and copying the rest was a tenth of a walk's work.
-pub fn walk_memo_inner(
-    regs: Regs,
-    stack: (usize, usize),
-    read: impl Fn(usize) -> usize,
-    frame: impl FnMut(usize) -> Option<Option<Row>>,
-    out: &mut [usize],
-    memo: &mut Memo,
-) -> Walk {
-    walk_memo_in::<false>(regs, stack, read, frame, out, memo)
-}
+/// [`walk_memo`]'s `all`: every frame is written to `out`.
+pub const ALL_FRAMES: bool = true;
+/// [`walk_memo`]'s `all` for a caller that keeps the last walk's frames itself (the stack
+/// table): the outer frames this walk shares with the last one ([`Memo::same_outer`], `same` of
+/// them) are not written; `out[..len - same]` are. A recursion's walks share all but a frame or
+/// two, and copying the rest was a tenth of a walk's work.
+pub const NEW_FRAMES: bool = false;
 
 /// How a walk ended: its frames, whether it was truncated or stopped at its depth limit, and
 /// the words it read leaving its last level (0 if none).
@@ -220,15 +198,20 @@ impl Ended {
     }
 }
 
-/// [`walk_memo`] (`ALL`) or [`walk_memo_inner`].
+/// [`walk`], going by the last walk on this stack where it can (see [`Memo`]), and leaving this
+/// walk in `memo` for the next. The same contract as [`walk`]; the caller clears `memo` when
+/// `frame`'s answers change. `read` is called only as [`walk`] says: a word the last walk read
+/// lies at or above the stack pointer of a frame this walk has reached. `all`: [`ALL_FRAMES`]
+/// or [`NEW_FRAMES`].
 #[inline(always)]
-fn walk_memo_in<const ALL: bool>(
+pub fn walk_memo(
     regs: Regs,
     stack: (usize, usize),
     read: impl Fn(usize) -> usize,
     mut frame: impl FnMut(usize) -> Option<Option<Row>>,
     out: &mut [usize],
     memo: &mut Memo,
+    all: bool,
 ) -> Walk {
     let limit = out.len().min(MEMO_LEVELS);
     let out = &mut out[..limit];
@@ -259,7 +242,7 @@ fn walk_memo_in<const ALL: bool>(
                 || (read(last.ra_at) == memo.last_ra
                     && (last.fp_at == 0 || read(last.fp_at) == memo.last_fp)))
         {
-            if ALL {
+            if all {
                 for (o, l) in out.iter_mut().zip(levels) {
                     *o = l.pc;
                 }
@@ -353,7 +336,7 @@ fn walk_memo_in<const ALL: bool>(
                             && (last.fp_at == 0 || read(last.fp_at) == last_fp))
                 };
                 // The frames gone by are the last walk's outer ones if it ended alike.
-                if ALL || !ended_alike {
+                if all || !ended_alike {
                     for (o, l) in out[first..n].iter_mut().zip(&oh[gone_by.clone()]) {
                         *o = l.pc;
                     }
@@ -917,15 +900,24 @@ mod tests {
         // the shared outer ones, which it leaves as they were.
         let mut inner_memo = memo.clone();
         let mut inner = vec![0x5eed_usize; limit];
-        let wi = walk_memo_inner(
+        let wi = walk_memo(
             regs,
             (s.base, s.hi()),
             read,
             frame,
             &mut inner,
             &mut inner_memo,
+            NEW_FRAMES,
         );
-        let wa = walk_memo(regs, (s.base, s.hi()), read, frame, &mut a, memo);
+        let wa = walk_memo(
+            regs,
+            (s.base, s.hi()),
+            read,
+            frame,
+            &mut a,
+            memo,
+            ALL_FRAMES,
+        );
         let wb = walk(regs, (s.base, s.hi()), read, frame, &mut b);
         assert_eq!(wa, wb, "{regs:x?}");
         assert_eq!(a[..wa.len], b[..wb.len], "{regs:x?}");
