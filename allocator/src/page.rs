@@ -570,14 +570,19 @@ pub(crate) unsafe fn pop(page: *mut Page, zero_len: usize) -> *mut u8 {
 mod tests {
     use crate::segment::{page_of, segment_of};
 
-    fn invariant(page: &super::Page) {
-        let mut free = 0;
-        let mut b = page.free;
+    /// The blocks of a free list from `head`, as addresses.
+    fn list(mut b: *mut super::Block) -> Vec<usize> {
+        let mut v = Vec::new();
         while !b.is_null() {
-            free += 1;
-            // SAFETY: the free list is made of this page's blocks, owned by this thread.
+            v.push(b as usize);
+            // SAFETY: a free list of a page this thread owns: its blocks, linked through `next`.
             b = unsafe { (*b).next };
         }
+        v
+    }
+
+    fn invariant(page: &super::Page) {
+        let free = list(page.free).len() as u32;
         assert_eq!(
             page.free_len(),
             free,
@@ -623,17 +628,6 @@ mod tests {
             assert_eq!(page.thread_free_len(), 0);
             invariant(page);
         }
-    }
-
-    /// The blocks of a free list from `head`, as addresses.
-    fn list(mut b: *mut super::Block) -> Vec<usize> {
-        let mut v = Vec::new();
-        while !b.is_null() {
-            v.push(b as usize);
-            // SAFETY: a free list of a page this thread owns.
-            b = unsafe { (*b).next };
-        }
-        v
     }
 
     /// Collecting when `free` is empty and both other lists hold blocks walks neither:
