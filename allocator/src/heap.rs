@@ -484,7 +484,7 @@ unsafe fn deferred_purge(heap: *mut Heap) {
         // Shared state (cached segments, abandoned ones) is left to threads whose work is
         // recorded (see `hook::records`).
         if hook::records(heap) {
-            segment::cache_expire(now);
+            segment::cache_expire(now, &mut (*heap).tld.purge_delay);
             segment::purge_abandoned(now);
         }
         let due = (*heap).tld.next_purge_ms;

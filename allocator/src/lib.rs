@@ -49,6 +49,7 @@ mod pack_avx512;
 pub mod page;
 pub mod page_queue;
 pub mod pagemap;
+pub mod purge_delay;
 pub mod ring;
 pub mod sample;
 pub mod schema;

@@ -50,8 +50,9 @@ pub(crate) fn set_watch(bit: u8, on: bool) {
 }
 
 /// `HEAPLENS_PURGE_DELAY_MS` (default 10): how long empty memory waits before it goes back to the
-/// OS (a free page, once its segment has freed no page for that long). The delay stops a program
-/// that frees and re-allocates a working set from paying for page faults every time.
+/// OS (a free page, once its segment has freed no page for that long), at the shortest: a thread
+/// whose purged memory is taken again soon waits longer ([`crate::purge_delay`]). The delay stops
+/// a program that frees and re-allocates a working set from paying for page faults every time.
 pub fn purge_delay_ms() -> u64 {
     PURGE_DELAY_MS.load(Relaxed)
 }

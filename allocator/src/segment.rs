@@ -12,8 +12,10 @@
 //! A thread owns its segments (`thread_id`); the pages in a segment belong to the owner's heap.
 //! Each thread keeps its small and medium segments that have a free page in a queue. An empty
 //! page goes back to its segment; an empty segment goes to a small process-wide cache or back to
-//! the OS. Free pages are purged (their memory returned to the OS) `purge_delay_ms` after their
-//! segment last freed a page, together; cached segments are unmapped ten delays later.
+//! the OS. Free pages are purged (their memory returned to the OS) a purge delay after their
+//! segment last freed a page, together; cached segments are unmapped ten delays later. The delay
+//! is `HEAPLENS_PURGE_DELAY_MS`, longer while purged memory is taken again soon after
+//! ([`crate::purge_delay`]).
 //!
 //! When a thread exits its segments are *abandoned* (`thread_id == 0`) onto a global list; a
 //! thread that needs a new segment first *reclaims* abandoned ones, taking their pages into its
@@ -31,8 +33,9 @@ use crate::schema;
 use crate::sync::SpinLock;
 use crate::{
     MEDIUM_PAGE_SHIFT, MEDIUM_PAGE_SIZE, SEGMENT_MASK, SEGMENT_SIZE, SMALL_PAGE_SHIFT,
-    SMALL_PAGE_SIZE, SMALL_PAGES_PER_SEGMENT, options, os, segment_map,
+    SMALL_PAGE_SIZE, SMALL_PAGES_PER_SEGMENT, os, purge_delay, segment_map,
 };
+use purge_delay::PurgeDelay;
 
 /// A segment header. The page metadata comes first, at the segment's first byte, so a page is
 /// found as `segment + index * size_of::<Page>()`: `free` needs no offset added. (A 128-byte
@@ -264,6 +267,8 @@ pub struct SegmentsTld {
     large: SegmentQueue,
     /// Earliest time a free page of these segments may be purged; 0 when none waits.
     pub(crate) next_purge_ms: u64,
+    /// How long this thread's free memory waits before it is purged.
+    pub(crate) purge_delay: PurgeDelay,
 }
 
 impl SegmentsTld {
@@ -273,6 +278,7 @@ impl SegmentsTld {
             medium: SegmentQueue::new(),
             large: SegmentQueue::new(),
             next_purge_ms: 0,
+            purge_delay: PurgeDelay::new(),
         }
     }
 
@@ -473,7 +479,7 @@ unsafe fn span_alloc(heap: *mut Heap, block_size: usize) -> *mut Page {
         let mut zero = true;
         for i in idx + 1..idx + k {
             let slot = &raw mut (*s).pages[i];
-            recommit(s, slot);
+            recommit(tld, s, slot);
             zero &= (*slot).is_zero_init;
         }
         let page = take_page(tld, s, idx);
@@ -503,11 +509,17 @@ unsafe fn span_free(s: *mut Segment, page: *mut Page, due: u64) {
     }
 }
 
-/// Commits a free page (or slot) of `s` again if it was purged, and reports it.
+/// The purge time a purged page of a reclaimed segment is given: long before any purge the new
+/// owner made, so that taking it again is not counted against that owner's purge delay (and not
+/// 0, which says the page was never used).
+const PURGED_BY_ANOTHER: u64 = 1;
+
+/// Commits a free page (or slot) of `s` again if it was purged, reports it, and counts it
+/// against the purge delay of `tld`'s thread.
 ///
 /// # Safety
-/// The calling thread owns `s`; `page` is a free page of it.
-unsafe fn recommit(s: *mut Segment, page: *mut Page) {
+/// The calling thread owns `s` and `tld`; `page` is a free page of `s`.
+unsafe fn recommit(tld: *mut SegmentsTld, s: *mut Segment, page: *mut Page) {
     // SAFETY: the contract.
     unsafe {
         if (*page).is_purged {
@@ -516,6 +528,10 @@ unsafe fn recommit(s: *mut Segment, page: *mut Page) {
             let (p, len) = purge_range(page);
             (*s).purged_bytes -= len;
             os::recommit(len);
+            // `purge_at_ms` is when it was purged (`purge_page`), or `PURGED_BY_ANOTHER`.
+            (*tld)
+                .purge_delay
+                .retaken(len, (*page).purge_at_ms, os::clock_ms());
             if hook::enabled() {
                 hook::emit_current(schema::OsCommit {
                     addr: p as u64,
@@ -532,7 +548,7 @@ unsafe fn take_page(tld: *mut SegmentsTld, s: *mut Segment, idx: usize) -> *mut 
     unsafe {
         let page = &raw mut (*s).pages[idx];
         (*page).in_use.store(true, Relaxed);
-        recommit(s, page);
+        recommit(tld, s, page);
         let used = (*s).used.load(Relaxed) + 1;
         (*s).used.store(used, Relaxed);
         if used == (*s).capacity
@@ -559,7 +575,7 @@ pub(crate) unsafe fn page_free(tld: *mut SegmentsTld, page: *mut Page) {
                 flags: 0,
             });
         }
-        let due = os::clock_ms() + options::purge_delay_ms();
+        let due = os::clock_ms() + (*tld).purge_delay.delay_ms();
         // The segment is busy: none of its free pages goes back to the OS before it has freed
         // no page for a whole delay (see `Segment::purge_hold_ms`).
         (*s).purge_hold_ms = due;
@@ -615,14 +631,20 @@ unsafe fn purge_range(page: *mut Page) -> (*mut u8, usize) {
     (lo as *mut u8, hi.saturating_sub(lo))
 }
 
-/// Marks the free `page` purged: zeroes the partial OS pages at either end of its area, reports the
-/// purge and counts it, and returns the whole OS pages `(address, bytes)` that the caller gives
+/// Marks the free `page` purged at `now`: zeroes the partial OS pages at either end of its area,
+/// reports the purge and counts it (against `delay`, the purge delay of the segment's owner, if
+/// not null), and returns the whole OS pages `(address, bytes)` that the caller gives
 /// back to the OS (with [`os::purge`], together with adjacent pages' ranges in one call).
 ///
 /// # Safety
 /// The page is free and its segment owned by the calling thread (or abandoned, with the abandoned
 /// list's lock held, or taken off that list).
-unsafe fn purge_page(s: *mut Segment, page: *mut Page) -> (*mut u8, usize) {
+unsafe fn purge_page(
+    s: *mut Segment,
+    page: *mut Page,
+    now: u64,
+    delay: *mut PurgeDelay,
+) -> (*mut u8, usize) {
     // SAFETY: see the contract: nobody else touches a free page's memory.
     unsafe {
         let (p, len) = purge_range(page);
@@ -643,7 +665,13 @@ unsafe fn purge_page(s: *mut Segment, page: *mut Page) -> (*mut u8, usize) {
             }
         }
         (*page).is_purged = true;
+        // Until the page is freed again, its purge time: how soon `recommit` takes it again.
+        (*page).purge_at_ms = now;
         (*s).purged_bytes += len;
+        match delay.as_mut() {
+            Some(delay) => delay.purged(len, now),
+            None => purge_delay::count_purged(len),
+        }
         (p, len)
     }
 }
@@ -706,7 +734,7 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
         ] {
             let mut s = (*q).first;
             while !s.is_null() {
-                next_due = earliest(next_due, purge_segment(s, now));
+                next_due = earliest(next_due, purge_segment(s, now, &raw mut (*tld).purge_delay));
                 s = (*s).next;
             }
         }
@@ -717,10 +745,12 @@ pub(crate) unsafe fn purge_expired(tld: *mut SegmentsTld, now: u64) {
 /// Purges the free pages of `s` whose delay has passed, once the segment has freed no page for a
 /// delay ([`Segment::purge_hold_ms`]; `now == 0` purges none); returns when the next of the others
 /// is due (0: none). Pages never used since the segment was mapped hold no memory and are skipped.
+/// The purges count against `delay`, the owner's purge delay (null: an abandoned segment's).
 ///
 /// # Safety
-/// The calling thread owns `s`, or holds the abandoned list's lock while `s` is on it.
-unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
+/// The calling thread owns `s` and `delay`, or holds the abandoned list's lock while `s` is on
+/// it (or took it off) and passes a null `delay`.
+unsafe fn purge_segment(s: *mut Segment, now: u64, delay: *mut PurgeDelay) -> u64 {
     let mut next_due = 0;
     let mut run = PurgeRun::new();
     // SAFETY: see the contract; free pages are touched by no one else.
@@ -735,7 +765,7 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
             }
             let due = (*page).purge_at_ms.max(hold);
             if due <= now {
-                let (p, len) = purge_page(s, page);
+                let (p, len) = purge_page(s, page, now, delay);
                 run.add(p, len);
             } else {
                 next_due = earliest(next_due, due);
@@ -752,7 +782,7 @@ unsafe fn purge_segment(s: *mut Segment, now: u64) -> u64 {
 /// As [`purge_segment`].
 unsafe fn purge_due(s: *mut Segment) -> u64 {
     // SAFETY: forwarded; with `now == 0` no page is purged.
-    unsafe { purge_segment(s, 0) }
+    unsafe { purge_segment(s, 0, ptr::null_mut()) }
 }
 
 /// The earlier of two due times, where 0 means "none".
@@ -791,6 +821,12 @@ struct CacheEntry {
     expiry: u64,
     /// [`Segment::touched`].
     touched: usize,
+    /// The touched bytes it gave back to the OS (once `touched` is 0): their purge time is
+    /// `purge_at`.
+    purged: usize,
+    /// The heap that cached it ([`PurgeDelay::owner`]): its purge delay answers for the purge
+    /// when that thread takes the segment again.
+    owner: u32,
 }
 const EMPTY_ENTRY: CacheEntry = CacheEntry {
     addr: 0,
@@ -798,6 +834,8 @@ const EMPTY_ENTRY: CacheEntry = CacheEntry {
     purge_at: 0,
     expiry: 0,
     touched: 0,
+    purged: 0,
+    owner: 0,
 };
 /// Segments the cache holds at most. Its bytes are bounded by the heap (`cache_limit`); this
 /// bounds its entries. 16 were too few for threads that come and go exchanging big blocks: the
@@ -851,8 +889,9 @@ impl SegmentCache {
 /// Purges the touched memory of cached segments whose purge time has come, and unmaps those whose
 /// expiry has. A purge is done under the cache's lock, so no thread can take the segment
 /// meanwhile; it stays counted committed, like the rest of the cached segment (the viewer counts
-/// it cached until the segment is unmapped).
-pub(crate) fn cache_expire(now: u64) {
+/// it cached until the segment is unmapped). The purges of segments the calling thread cached
+/// count against its purge delay `me`.
+pub(crate) fn cache_expire(now: u64, me: &mut PurgeDelay) {
     let next = CACHE_NEXT_EXPIRY.load(Relaxed);
     if next == 0 || next > now {
         return;
@@ -874,8 +913,18 @@ pub(crate) fn cache_expire(now: u64) {
                 // SAFETY: a cached segment is unused, and the lock keeps it from being taken;
                 // its header is rewritten when it is.
                 unsafe { os::discard(e.addr as *mut u8, e.touched) };
+                if e.owner == me.owner() {
+                    me.purged(e.touched, now);
+                } else {
+                    purge_delay::count_purged(e.touched);
+                }
                 c.touched -= e.touched;
-                c.entries[i].touched = 0;
+                c.entries[i] = CacheEntry {
+                    touched: 0,
+                    purged: e.touched,
+                    purge_at: now,
+                    ..e
+                };
             }
             i += 1;
         }
@@ -902,8 +951,10 @@ fn unmap_cached(segments: &[(usize, usize)]) {
 
 /// A cached segment of `min..=max` bytes for a block that reaches `want` bytes past the segment's
 /// start, or null. Preferred: one whose touched memory already covers `want` (no page faults),
-/// the smallest such; else the one with the most memory touched.
-fn cache_pop(min: usize, max: usize, want: usize) -> Option<CacheEntry> {
+/// the smallest such; else the one with the most memory touched. What the block will touch of
+/// memory the cache gave back counts against the purge delay `me` of the calling thread, if it
+/// cached the segment.
+fn cache_pop(min: usize, max: usize, want: usize, me: &mut PurgeDelay) -> Option<CacheEntry> {
     if CACHE_NEXT_EXPIRY.load(Relaxed) == 0 {
         return None;
     }
@@ -918,7 +969,17 @@ fn cache_pop(min: usize, max: usize, want: usize) -> Option<CacheEntry> {
                 (1, usize::MAX - e.touched, e.size)
             }
         });
-    best.map(|i| c.remove(i))
+    let taken = best.map(|i| c.remove(i));
+    drop(c);
+    if let Some(e) = taken {
+        let (bytes, now) = (e.purged.min(want), os::clock_ms());
+        if e.owner == me.owner() {
+            me.retaken(bytes, e.purge_at, now);
+        } else {
+            purge_delay::count_retaken(bytes, now.saturating_sub(e.purge_at));
+        }
+    }
+    taken
 }
 
 /// How many touched bytes the cache may hold when it maps `cached` bytes: a multiple of the
@@ -947,11 +1008,11 @@ fn cache_limit(cached: usize) -> usize {
 /// also [`LARGE_REUSE_MAX`].)
 const CACHE_HEAP_TIMES: usize = 2;
 
-/// Caches an empty segment of `size` bytes with `touched` bytes touched; false when it does not
-/// fit.
-fn cache_push(s: *mut Segment, size: usize, touched: usize) -> bool {
+/// Caches an empty segment of `size` bytes with `touched` bytes touched, for its purge after the
+/// calling thread's purge delay `me`; false when it does not fit.
+fn cache_push(s: *mut Segment, size: usize, touched: usize, me: &mut PurgeDelay) -> bool {
     let now = os::clock_ms();
-    let delay = options::purge_delay_ms().max(1);
+    let (delay, owner) = (me.delay_ms().max(1), me.owner());
     let mut c = CACHE.lock();
     if c.len == CACHE_SLOTS || size > CACHE_HUGE_MAX || c.touched + touched > cache_limit(c.bytes) {
         return false;
@@ -963,6 +1024,8 @@ fn cache_push(s: *mut Segment, size: usize, touched: usize) -> bool {
         purge_at: now + CACHE_PURGE_DELAYS * delay,
         expiry: now + 10 * delay,
         touched,
+        purged: 0,
+        owner,
     };
     c.len += 1;
     c.bytes += size;
@@ -987,8 +1050,10 @@ unsafe fn segment_alloc(
     // what it took or unmapped there would not be recorded.
     // SAFETY: the calling thread's heap.
     let shared = unsafe { hook::records(heap) };
+    // SAFETY: the calling thread's heap.
+    let me = unsafe { &mut (*heap).tld.purge_delay };
     if shared {
-        cache_expire(os::clock_ms());
+        cache_expire(os::clock_ms(), me);
     }
     let (s, segment_size, first_start, is_zero, touched) = if kind == PageKind::Huge {
         // A cached huge segment serves a block that fits with at most its own size to spare and
@@ -999,7 +1064,7 @@ unsafe fn segment_alloc(
         let cached = match need {
             // its block starts at `segment + INFO_SIZE`, and the segment is SEGMENT_SIZE-aligned
             Some(need) if shared && INFO_SIZE.is_multiple_of(align.max(1)) => {
-                cache_pop(need, need.saturating_mul(2), INFO_SIZE + size)
+                cache_pop(need, need.saturating_mul(2), INFO_SIZE + size, me)
             }
             _ => None,
         };
@@ -1032,7 +1097,7 @@ unsafe fn segment_alloc(
             SEGMENT_SIZE
         };
         let cached = if shared {
-            cache_pop(SEGMENT_SIZE, max, want)
+            cache_pop(SEGMENT_SIZE, max, want, me)
         } else {
             None
         };
@@ -1097,7 +1162,7 @@ unsafe fn segment_alloc(
         seg.is_abandoned = false;
         seg.traced = AtomicBool::new((*heap).traced.load(Relaxed));
         let base = s as usize;
-        let cached_due = os::clock_ms() + options::purge_delay_ms();
+        let cached_due = os::clock_ms() + (*heap).tld.purge_delay.delay_ms();
         for i in 0..SMALL_PAGES_PER_SEGMENT {
             let page = &raw mut seg.pages[i];
             page.write(Page::empty());
@@ -1235,7 +1300,7 @@ unsafe fn segment_free(tld: *mut SegmentsTld, s: *mut Segment) {
         } else {
             purged
         };
-        if !(cacheable && shared && cache_push(s, size, touched)) {
+        if !(cacheable && shared && cache_push(s, size, touched, &mut (*tld).purge_delay)) {
             if cacheable && hook::enabled() {
                 // Announced as cached above, but the cache had no room (it is bounded by the
                 // heap, see `cache_limit`): the memory leaves the process now, said before the
@@ -1297,7 +1362,7 @@ pub(crate) fn purge_abandoned(now: u64) {
     }
     for &s in &taken[..n] {
         // SAFETY: taking `s` off the list made it ours (nobody can reclaim it meanwhile).
-        unsafe { purge_segment(s, now) };
+        unsafe { purge_segment(s, now, ptr::null_mut()) };
     }
     let mut head = ABANDONED.lock();
     for &s in &taken[..n] {
@@ -1361,7 +1426,8 @@ unsafe fn abandon_if_complete(tld: *mut SegmentsTld, s: *mut Segment) {
             }
             // Its free pages keep their purge time: a thread that starts soon after takes the
             // segment back with its memory still resident (see `purge_abandoned`).
-            let due = purge_segment(s, os::clock_ms());
+            // Its thread is exiting: its delay answers for no more purges.
+            let due = purge_segment(s, os::clock_ms(), ptr::null_mut());
             if hook::enabled() {
                 hook::emit_current(schema::SegmentAbandon {
                     base: s as u64,
@@ -1520,6 +1586,10 @@ unsafe fn reclaim(heap: *mut Heap, s: *mut Segment) {
         for i in 0..(*s).capacity {
             let page = &raw mut (*s).pages[i];
             if !(*page).is_in_use() {
+                if (*page).is_purged {
+                    // Purged by another thread: no measure of this one's delay.
+                    (*page).purge_at_ms = PURGED_BY_ANOTHER;
+                }
                 continue;
             }
             (*page).heap.store(heap, Release);

@@ -5,7 +5,8 @@ use core::fmt::{self, Write};
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::bin::{BIN_COUNT, BIN_HUGE, BIN_LARGE_MAX, block_size};
-use crate::{init, os, segment, segment_map};
+use crate::purge_delay::{self, PurgeStats};
+use crate::{init, options, os, segment, segment_map};
 
 /// Blocks and pages of one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Stats {
     pub abandoned_pages: usize,
     /// Per size class; index = bin (0 unused, [`BIN_HUGE`] = huge blocks).
     pub bins: [BinStats; BIN_COUNT],
+    /// Memory given back to the OS, how much of it was taken again soon, and the purge delay.
+    pub purges: PurgeStats,
 }
 
 /// Takes a snapshot. Cheap: walks segment headers only (no block is touched).
@@ -57,6 +60,7 @@ pub fn stats() -> Stats {
         abandoned_segments: 0,
         abandoned_pages: 0,
         bins: [BinStats::default(); BIN_COUNT],
+        purges: purge_delay::purge_stats(),
     };
     for (bin, b) in st
         .bins
@@ -112,6 +116,24 @@ fn write_summary(out: &mut impl Write, st: &Stats) -> fmt::Result {
         Bytes(st.committed_bytes),
         Bytes(st.used_bytes)
     )?;
+    let p = st.purges;
+    if p.purged_bytes > 0 {
+        writeln!(
+            out,
+            "  purged {}, {} of it taken again within {} ms",
+            Bytes(usize::try_from(p.purged_bytes).unwrap_or(usize::MAX)),
+            Bytes(usize::try_from(p.retaken_bytes).unwrap_or(usize::MAX)),
+            options::purge_delay_ms() * purge_delay::MAX_TIMES
+        )?;
+        if p.longest_grown_ms > 0 {
+            writeln!(
+                out,
+                "  purge delay grew to {} ms (HEAPLENS_PURGE_DELAY_MS {})",
+                p.longest_grown_ms,
+                options::purge_delay_ms()
+            )?;
+        }
+    }
     if st.abandoned_segments > 0 {
         writeln!(
             out,

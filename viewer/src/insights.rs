@@ -290,7 +290,8 @@ fn purge_pending(model: &Model, out: &mut Vec<Insight>) {
                 "{} of freed memory is still mapped: {pages} empty pages ({}) waiting to be \
                  purged and {} freed segments ({}) in the segment cache, more than the \
                  program holds ({}). heaplens returns it to the OS after a short delay \
-                 (HEAPLENS_PURGE_DELAY_MS; cached segments ten delays), so memory that is \
+                 (HEAPLENS_PURGE_DELAY_MS, longer for a thread that takes it back soon; cached \
+                 segments ten delays), so memory that is \
                  reused at once is not returned and faulted in again.",
                 b(waiting),
                 b(idle),
