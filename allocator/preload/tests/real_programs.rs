@@ -460,6 +460,56 @@ fn show_stats_prints_one_summary_at_exit_only_when_asked() {
     }
 }
 
+/// A program that frees a working set and builds it again a little later, round after round:
+/// the first rounds fault it in again after its purge, then the thread's purge delay has grown
+/// past the pause and the rounds find it resident (as under mimalloc, whose delay is longer), and
+/// the exit summary says how long the delay grew. With the fixed 10 ms delay every round faulted
+/// its 8 MiB in again (about 2000 faults a round, all 20 rounds).
+#[test]
+fn a_working_set_taken_again_after_each_pause_stays_resident_once_the_delay_has_grown() {
+    let script = "import resource, time\n\
+                  faults = []\n\
+                  for r in range(20):\n\
+                  \x20   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n\
+                  \x20   blocks = [bytearray(2000) for _ in range(4000)]\n\
+                  \x20   del blocks\n\
+                  \x20   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n\
+                  \x20   time.sleep(0.03)\n\
+                  print(' '.join(map(str, faults)))\n";
+    let out = run(
+        preloaded(python())
+            .args(["-c", script])
+            .env("HEAPLENS_SHOW_STATS", "1")
+            .env("HEAPLENS_PURGE_DELAY_MS", "10"),
+        TIMEOUT,
+    );
+    out.assert_success("python3 rounds with pauses");
+    let faults: Vec<u64> = out
+        .stdout
+        .split_whitespace()
+        .map(|f| f.parse().expect("a count of faults"))
+        .collect();
+    assert_eq!(faults.len(), 20, "{}", out.describe());
+    // The first round faults its 8 MiB in (about 2000 pages); once the delay covers the pause,
+    // a round faults next to nothing.
+    let first = faults[0];
+    let late = faults[15..].iter().copied().min().unwrap_or(u64::MAX);
+    assert!(
+        first >= 1000,
+        "the first round faulted only {first} pages: {faults:?}"
+    );
+    assert!(
+        late * 4 < first,
+        "the last rounds still fault their memory in again: {faults:?}\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("purge delay grew to"),
+        "the summary does not say the delay grew\n{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn show_stats_survives_a_program_closing_stderr_at_exit() {
     // GNU coreutils close stdout and stderr in an atexit handler (gnulib close_stdout), which
