@@ -162,7 +162,9 @@ pub static GLOSSARY: [Term; 24] = [
         P::Overview,
         E::Nothing,
         "Giving an empty page's memory back to the OS (madvise), a short delay after it \
-         emptied, so memory that is reused at once is not returned and faulted in again."
+         emptied, so memory that is reused at once is not returned and faulted in again. Each \
+         thread lengthens its delay while most of what it gave back is taken again soon after \
+         (up to 16 times HEAPLENS_PURGE_DELAY_MS), and shortens it when it is not."
     ),
     term!(
         "reclaim",
