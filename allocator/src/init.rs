@@ -123,6 +123,7 @@ pub(crate) fn thread_init() -> *mut Heap {
         heap.write(Heap::new());
         (*heap).thread_id = heap::thread_id() | usize::from(options::check());
         (*heap).id = NEXT_HEAP_ID.fetch_add(1, Relaxed);
+        (*heap).tld.purge_delay.set_owner((*heap).id);
         (*heap).os_tid = libc::gettid();
         (*heap).traced.store(hook::thread_is_traced(), Relaxed);
         let mut heaps = HEAPS.lock();

@@ -24,7 +24,7 @@
 //! thread, a few of their threads grow theirs, and their peaks stay within a tenth of the fixed
 //! delay's.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::options;
 
@@ -65,8 +65,8 @@ pub struct PurgeDelay {
     /// program still took again, while it purged little itself; and weighed at once, on a window
     /// of purges whose memory was still to be taken again, it was shortened as soon as it grew.
     changed_ms: u64,
-    /// A number naming this thread's heap among all the process has had (0: not yet named):
-    /// whose cached segment is whose ([`PurgeDelay::owner`]).
+    /// The id of the heap it belongs to (`Heap::id`, never given to another heap of the
+    /// process; set when the heap is made): whose cached segment is whose.
     owner: u32,
 }
 
@@ -76,8 +76,6 @@ impl Default for PurgeDelay {
     }
 }
 
-/// The last number [`PurgeDelay::owner`] gave.
-static OWNERS: AtomicU32 = AtomicU32::new(0);
 /// Bytes purged, and purged and taken again within the longest delay, since the process began
 /// (by any thread, of any thread's memory).
 static PURGED_TOTAL: AtomicU64 = AtomicU64::new(0);
@@ -106,13 +104,15 @@ impl PurgeDelay {
         self.delay_ms.max(options::purge_delay_ms())
     }
 
-    /// A number naming the thread's heap, never given to another heap of the process (a thread
-    /// pointer, or a heap's memory, is reused by the threads that come after).
-    pub fn owner(&mut self) -> u32 {
-        if self.owner == 0 {
-            self.owner = OWNERS.fetch_add(1, Relaxed).wrapping_add(1).max(1);
-        }
+    /// The id of the heap this delay belongs to (a thread pointer, or a heap's memory, is
+    /// reused by the threads that come after; a heap's id is not).
+    pub fn owner(&self) -> u32 {
         self.owner
+    }
+
+    /// Names the heap this delay belongs to (at the heap's making).
+    pub(crate) fn set_owner(&mut self, heap_id: u32) {
+        self.owner = heap_id;
     }
 
     /// Counts `bytes` of the thread's memory given back to the OS at `now_ms`.
