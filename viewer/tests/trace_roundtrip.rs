@@ -260,6 +260,48 @@ fn a_realistic_stream_round_trips_through_a_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A trace written where one was replaces it with a new file (ext4 writes a truncated file's
+/// data out at `close`, which cost a recording 18 ms): a hard link to the old trace keeps its
+/// bytes, and the path reads as the new trace. A symbolic link is followed, as
+/// `File::create` does.
+#[test]
+#[cfg(unix)]
+fn a_trace_written_over_another_is_a_new_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("heaplens-trace-over-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |path: &std::path::Path, events: usize| {
+        let mut w = TraceWriter::create(path, &Metadata::for_this_process()).unwrap();
+        for (h, evs) in synthetic(events) {
+            w.write_batch(h, &evs).unwrap();
+        }
+        w.finish(EndInfo::clean(0)).unwrap();
+    };
+    let count = |path: &std::path::Path| TraceReader::open(path).unwrap().events().count();
+    let path = dir.join("run.hltrace");
+    let kept = dir.join("kept.hltrace");
+    write(&path, 30_000);
+    std::fs::hard_link(&path, &kept).unwrap();
+    let old = std::fs::metadata(&path).unwrap();
+    write(&path, 10_000);
+    let new = std::fs::metadata(&path).unwrap();
+    assert_ne!(new.ino(), old.ino(), "the path names a new file");
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), old.len());
+    assert!(count(&kept) > count(&path), "the old trace is whole");
+
+    let link = dir.join("link.hltrace");
+    std::os::unix::fs::symlink(&kept, &link).unwrap();
+    write(&link, 10_000);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(count(&kept), count(&path), "written through the link");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_recorder_that_stops_without_finishing_leaves_a_readable_file() {
     let batches = synthetic(60_000);

@@ -281,7 +281,7 @@ pub struct TraceWriter<W: Write = BufWriter<File>> {
 }
 
 impl TraceWriter<BufWriter<File>> {
-    /// Creates (or truncates) `path` and writes the file header.
+    /// Creates `path` (replacing a file there, [`create_replacing`]) and writes the file header.
     pub fn create(path: impl AsRef<Path>, metadata: &Metadata) -> io::Result<Self> {
         Self::create_with(path, metadata, WriterOptions::default())
     }
@@ -292,9 +292,24 @@ impl TraceWriter<BufWriter<File>> {
         metadata: &Metadata,
         options: WriterOptions,
     ) -> io::Result<Self> {
-        let file = File::create(path)?;
+        let file = create_replacing(path.as_ref())?;
         Self::new(BufWriter::with_capacity(1 << 18, file), metadata, options)
     }
+}
+
+/// Creates `path` for writing as a new file: a regular file already there is removed first,
+/// not truncated. ext4 (`auto_da_alloc`, on by default) writes a truncated file's data out when
+/// it is closed, as an application replacing a file's contents expects: recording over the last
+/// run's trace, `close` waited 17.7-18.6 ms for a 53 MiB trace (strace, `heaplens record -o
+/// r.hlt ./larson 1`), against 0.03 ms for a new file, 2 % of the command with both cores idle
+/// but one. A symbolic link is followed, as `File::create` does (the file it names is
+/// truncated); a file that cannot be removed (a directory one may not write) is truncated.
+pub fn create_replacing(path: &Path) -> io::Result<File> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        // A failure leaves the file to `File::create`, which truncates it or says why not.
+        let _ = std::fs::remove_file(path);
+    }
+    File::create(path)
 }
 
 fn invalid(msg: &'static str) -> io::Error {
