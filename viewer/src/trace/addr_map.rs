@@ -158,7 +158,7 @@ impl AddrMap {
             // SAFETY: SSE is part of x86-64; a prefetch only hints the cache (and `slot` points
             // into the table anyway).
             #[allow(unsafe_code)]
-            // the viewer's only unsafe: the lookups are its encoder's hot spot
+            // the lookups are the encoder's hot spot
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(slot.cast());
             }

@@ -748,10 +748,18 @@ fn code_time_runs(time: &mut Sink, events: &[Event], mut prev: u64) -> (u64, u64
 /// Writes `v` split: its low byte to `lo`, the rest (`v >> 8`) as a varint to `hi`. zstd codes
 /// each byte stream with one Huffman table; a random value's low byte is near uniform and its
 /// high part small, and kept apart neither blurs the other's statistics as a varint's bytes do.
+///
+/// # Safety
+/// Inside a batch ([`ChunkEncoder::start_batch`]): `lo` has room for this byte and `hi` for a
+/// varint (an event writes at most one split value to each pair of streams).
 #[inline]
-fn put_split(lo: &mut Sink, hi: &mut Sink, v: u64) {
-    lo.push(v as u8);
-    hi.varint(v >> 8);
+#[allow(unsafe_code)]
+unsafe fn put_split(lo: &mut Sink, hi: &mut Sink, v: u64) {
+    // SAFETY: forwarded: room for a byte in `lo` and a varint in `hi`.
+    unsafe {
+        lo.push_in_room(v as u8);
+        hi.varint_in_room(v >> 8);
+    }
 }
 
 /// Reads a value [`put_split`] wrote.
@@ -1408,7 +1416,13 @@ impl ChunkEncoder {
         // codings (the same as `code_fields`', without looking up how).
         if e.kind == ALLOC && e.flags == 0 {
             if e.arg32 == 0 {
-                self.streams.ops.push(op_of(ALLOC, false, false) as u8);
+                // SAFETY: in a batch (`push_events`), whose room is at least 3 op bytes an event.
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.streams
+                        .ops
+                        .push_in_room(op_of(ALLOC, false, false) as u8);
+                };
                 self.code_alloc::<L>(h, cur, e);
                 return;
             }
@@ -1497,7 +1511,12 @@ impl ChunkEncoder {
         let predicted = if self.other_heaps { CROSS_THREAD } else { 0 };
         let flags = e.flags ^ predicted;
         let s = &mut self.streams;
-        s.ops.push(op_of(FREE, wide, flags != 0) as u8);
+        // SAFETY: in a batch (`push_events`), whose room is at least 3 op bytes an event (this
+        // event writes no other).
+        #[allow(unsafe_code)]
+        unsafe {
+            s.ops.push_in_room(op_of(FREE, wide, flags != 0) as u8);
+        };
         if flags != 0 {
             s.flags.push(flags);
         }
@@ -1589,7 +1608,10 @@ impl ChunkEncoder {
                 }
                 // Version 5: written with the address (`joint_code`).
                 ALLOC if self.coding.joint::<L>() => {}
-                ALLOC if split => put_split(&mut s.size_lo, &mut s.arg, e.arg),
+                // SAFETY: in a batch (`push_events`); a wide `Alloc` writes one size (the
+                // split version's `code_alloc_addr` writes none).
+                #[allow(unsafe_code)]
+                ALLOC if split => unsafe { put_split(&mut s.size_lo, &mut s.arg, e.arg) },
                 _ => s.arg.varint(e.arg),
             }
         }
@@ -1628,9 +1650,15 @@ impl ChunkEncoder {
         }
         let class = self.code_alloc_addr::<L>(h, cur, e);
         let s = &mut self.streams;
-        s.aux.varint(code_alloc_aux(e.aux, class));
-        if !self.coding.joint::<L>() {
-            put_split(&mut s.size_lo, &mut s.arg, e.arg);
+        // SAFETY: in a batch (`push_events`), whose room is a varint an event in the aux and
+        // arg streams and a byte an event in the size stream; a narrow `Alloc` writes one aux
+        // value and at most one size.
+        #[allow(unsafe_code)]
+        unsafe {
+            s.aux.varint_in_room(code_alloc_aux(e.aux, class));
+            if !self.coding.joint::<L>() {
+                put_split(&mut s.size_lo, &mut s.arg, e.arg);
+            }
         }
     }
 
@@ -1692,14 +1720,24 @@ impl ChunkEncoder {
         if self.coding.joint::<L>() {
             // Version 5: the refs code with the size (which code_fields then leaves out).
             let (byte, more_refs, more_size) = joint_code(r, e.arg >> 8);
-            refs.push(byte);
+            // SAFETY: in a batch (`push_events`), whose room is a varint an event in the refs
+            // stream (this byte and a reference below 2^21 take at most 4) and a byte an event
+            // in the size stream (an `Alloc`'s one).
+            #[allow(unsafe_code)]
+            unsafe {
+                refs.push_in_room(byte);
+            };
             if let Some(v) = more_refs {
                 refs.varint(v);
             }
             if let Some(v) = more_size {
                 arg.varint(v);
             }
-            size_lo.push(e.arg as u8);
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            unsafe {
+                size_lo.push_in_room(e.arg as u8);
+            };
         } else {
             refs.varint(r);
         }
@@ -1726,7 +1764,13 @@ impl ChunkEncoder {
         macro_rules! put_ref {
             ($v:expr) => {
                 if split {
-                    put_split(ref_lo, ref_hi, $v);
+                    // SAFETY: in a batch (`push_events`), whose room is a byte an event in the
+                    // reference's low stream and a varint in its high one; an event has one
+                    // reference.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        put_split(ref_lo, ref_hi, $v);
+                    };
                 } else {
                     refs.varint($v);
                 }
@@ -2995,7 +3039,13 @@ mod tests {
     fn split_values_round_trip_and_reject_overflow() {
         for v in [0, 1, 255, 256, 0xffff, 1 << 56, u64::MAX] {
             let (mut lo, mut hi) = (Sink::default(), Sink::default());
-            put_split(&mut lo, &mut hi, v);
+            lo.room(1);
+            hi.room(MAX_VARINT);
+            // SAFETY: room for a byte in `lo` and a varint in `hi`, made just above.
+            #[allow(unsafe_code)]
+            unsafe {
+                put_split(&mut lo, &mut hi, v);
+            };
             assert_eq!(
                 get_split(&mut Bytes::new(lo.bytes()), &mut Bytes::new(hi.bytes())),
                 Ok(v)
