@@ -301,8 +301,8 @@ impl TraceWriter<BufWriter<File>> {
 /// not truncated. ext4 (`auto_da_alloc`, on by default) writes a truncated file's data out when
 /// it is closed, as an application replacing a file's contents expects: recording over the last
 /// run's trace, `close` waited 17.7-18.6 ms for a 53 MiB trace (strace, `heaplens record -o
-/// r.hlt ./larson 1`), against 0.03 ms for a new file, 2 % of the command with both cores idle
-/// but one. A symbolic link is followed, as `File::create` does (the file it names is
+/// r.hlt ./larson 1`), against 0.03 ms for a new file: about 2 % of the command, with one core
+/// idle. A symbolic link is followed, as `File::create` does (the file it names is
 /// truncated); a file that cannot be removed (a directory one may not write) is truncated.
 pub fn create_replacing(path: &Path) -> io::Result<File> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
