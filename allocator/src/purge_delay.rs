@@ -37,7 +37,7 @@ pub const MAX_TIMES: u64 = 16;
 pub const WINDOW_BYTES: u64 = 4 << 20;
 
 /// The longest delay: memory taken again this long after its purge or later is not counted.
-fn longest_ms() -> u64 {
+pub(crate) fn longest_ms() -> u64 {
     options::purge_delay_ms().saturating_mul(MAX_TIMES)
 }
 
@@ -137,6 +137,26 @@ impl PurgeDelay {
         self.retaken += bytes as u64;
         if self.retaken >= WINDOW_BYTES {
             self.reweigh(now_ms);
+        }
+    }
+
+    /// [`PurgeDelay::purged`] of memory the heap `owner` cached: counted against this delay if
+    /// that is its heap, else in the process's totals alone.
+    pub(crate) fn purged_of(&mut self, owner: u32, bytes: usize, now_ms: u64) {
+        if owner == self.owner {
+            self.purged(bytes, now_ms);
+        } else {
+            count_purged(bytes);
+        }
+    }
+
+    /// [`PurgeDelay::retaken`] of memory the heap `owner` cached: counted against this delay if
+    /// that is its heap, else in the process's totals alone.
+    pub(crate) fn retaken_of(&mut self, owner: u32, bytes: usize, purged_at_ms: u64, now_ms: u64) {
+        if owner == self.owner {
+            self.retaken(bytes, purged_at_ms, now_ms);
+        } else {
+            count_retaken(bytes, now_ms.saturating_sub(purged_at_ms));
         }
     }
 

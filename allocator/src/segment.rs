@@ -913,11 +913,7 @@ pub(crate) fn cache_expire(now: u64, me: &mut PurgeDelay) {
                 // SAFETY: a cached segment is unused, and the lock keeps it from being taken;
                 // its header is rewritten when it is.
                 unsafe { os::discard(e.addr as *mut u8, e.touched) };
-                if e.owner == me.owner() {
-                    me.purged(e.touched, now);
-                } else {
-                    purge_delay::count_purged(e.touched);
-                }
+                me.purged_of(e.owner, e.touched, now);
                 c.touched -= e.touched;
                 c.entries[i] = CacheEntry {
                     touched: 0,
@@ -972,12 +968,7 @@ fn cache_pop(min: usize, max: usize, want: usize, me: &mut PurgeDelay) -> Option
     let taken = best.map(|i| c.remove(i));
     drop(c);
     if let Some(e) = taken {
-        let (bytes, now) = (e.purged.min(want), os::clock_ms());
-        if e.owner == me.owner() {
-            me.retaken(bytes, e.purge_at, now);
-        } else {
-            purge_delay::count_retaken(bytes, now.saturating_sub(e.purge_at));
-        }
+        me.retaken_of(e.owner, e.purged.min(want), e.purge_at, os::clock_ms());
     }
     taken
 }

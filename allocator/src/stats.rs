@@ -123,7 +123,7 @@ fn write_summary(out: &mut impl Write, st: &Stats) -> fmt::Result {
             "  purged {}, {} of it taken again within {} ms",
             Bytes(usize::try_from(p.purged_bytes).unwrap_or(usize::MAX)),
             Bytes(usize::try_from(p.retaken_bytes).unwrap_or(usize::MAX)),
-            options::purge_delay_ms() * purge_delay::MAX_TIMES
+            purge_delay::longest_ms()
         )?;
         if p.longest_grown_ms > 0 {
             writeln!(
