@@ -218,15 +218,20 @@ fn codecs(batches: &Batches) {
     println!("{line}");
     // Each stream compressed alone (zstd-1): what each part of an event costs.
     let mut per_stream = [(0usize, 0usize); heaplens_viewer::trace::encode::STREAMS];
+    let version = heaplens_viewer::trace::VERSION;
     for p in &payloads {
-        let mut b = heaplens_viewer::trace::encode::Bytes::new(p);
-        let lens: Vec<usize> = (0..per_stream.len())
-            .map(|_| b.varint().expect("stream length") as usize)
-            .collect();
-        for (k, &l) in lens.iter().enumerate() {
-            let s = b.take(l).expect("stream");
-            per_stream[k].0 += l;
-            per_stream[k].1 += zstd::bulk::compress(s, 1).expect("zstd").len();
+        use heaplens_viewer::trace::encode::{is_entropy_coded, plain_streams, split_streams};
+        let stored =
+            split_streams(p, heaplens_viewer::trace::encode::streams(version)).expect("streams");
+        let plain = plain_streams(p, version).expect("streams");
+        for (k, s) in plain.iter().enumerate() {
+            per_stream[k].0 += s.len();
+            // An entropy-coded stream (version 7) as stored: zstd finds nothing more in it.
+            per_stream[k].1 += if is_entropy_coded(version, k) {
+                stored[k].len()
+            } else {
+                zstd::bulk::compress(s, 1).expect("zstd").len()
+            };
         }
     }
     let names = heaplens_viewer::trace::encode::STREAM_NAMES;

@@ -430,11 +430,11 @@ fn forged_lengths_are_refused_before_anything_is_allocated() {
 #[test]
 fn a_newer_version_is_refused_naming_both_versions() {
     let mut bytes = small().bytes.clone();
-    bytes[8..10].copy_from_slice(&8u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&9u16.to_le_bytes());
     let e = TraceReader::new(Cursor::new(&bytes[..])).err().unwrap();
     assert_eq!(
         e.to_string(),
-        "trace format version 8 is newer than this heaplens (reads up to 6)"
+        "trace format version 9 is newer than this heaplens (reads up to 7)"
     );
     bytes[8..10].copy_from_slice(&0u16.to_le_bytes());
     let e = TraceReader::new(Cursor::new(&bytes[..])).err().unwrap();

@@ -7,9 +7,9 @@
 //! an edge batch (every event kind, an unknown kind, extreme values), two keyframes and an End
 //! chunk; the assertions below are literal values, not recomputed ones. Version 1 was written
 //! before stacks existed (its edge batch codes `StackFrame` as a kind it does not name);
-//! version 2 adds stacks (mode `all`) and modules; versions 3 to 6 change how events are coded,
+//! version 2 adds stacks (mode `all`) and modules; versions 3 to 7 change how events are coded,
 //! not which (version 4's stream differs from version 3's only where the synthetic generator
-//! changed in between: its `PageCollect`s now carry the blocks they move; versions 5's and 6's
+//! changed in between: its `PageCollect`s now carry the blocks they move; versions 5's to 7's
 //! are version 4's).
 
 use std::path::PathBuf;
@@ -49,12 +49,13 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// The hash of each older version's golden file as it was written: `(version, hash)`.
-const FROZEN: [(u16, u64); 5] = [
+const FROZEN: [(u16, u64); 6] = [
     (1, 0x7ce4_7639_3085_7392),
     (2, 0xd034_57b0_5d3b_8b62),
     (3, 0x541a_9fab_b4fd_e7b2),
     (4, 0xf051_2687_51d7_897f),
     (5, 0x6cb5_da55_9fa6_df8c),
+    (6, 0x183e_19a9_b3ff_f8ac),
 ];
 
 #[test]
@@ -349,6 +350,17 @@ fn golden_v2_reads_exactly() {
 }
 
 #[test]
+fn golden_v7_reads_exactly() {
+    stacks_golden_reads_exactly(&Golden {
+        version: 7,
+        events: GOLDEN_V7_EVENTS,
+        chunks: GOLDEN_V7_CHUNKS,
+        fingerprint: GOLDEN_V7_FINGERPRINT,
+        keyframes: GOLDEN_V7_KEYFRAMES,
+    });
+}
+
+#[test]
 fn golden_v6_reads_exactly() {
     stacks_golden_reads_exactly(&Golden {
         version: 6,
@@ -473,7 +485,11 @@ const GOLDEN_V4_EVENTS: u64 = 14229;
 const GOLDEN_V4_CHUNKS: usize = 16;
 const GOLDEN_V4_FINGERPRINT: u64 = 0xcb55_0dea_3420_abba;
 const GOLDEN_V4_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];
-// Version 5 holds version 4's stream, coded differently.
+// Versions 5 to 7 hold version 4's stream, coded differently.
+const GOLDEN_V7_EVENTS: u64 = 14229;
+const GOLDEN_V7_CHUNKS: usize = 16;
+const GOLDEN_V7_FINGERPRINT: u64 = 0xcb55_0dea_3420_abba;
+const GOLDEN_V7_KEYFRAMES: [(u64, u64); 2] = [(3772, 0), (10951, 2_000_000)];
 const GOLDEN_V6_EVENTS: u64 = 14229;
 const GOLDEN_V6_CHUNKS: usize = 16;
 const GOLDEN_V6_FINGERPRINT: u64 = 0xcb55_0dea_3420_abba;

@@ -24,7 +24,8 @@
 //! version 3, where a `Free`'s or `Resize`'s reference and an `Alloc`'s size are split in a low
 //! byte and the rest ([`put_split`]) instead of a varint in the refs or arg stream, and fourteen
 //! from version 4, where page events and flags are apart (the specification, `README.md` in
-//! this directory, says how).
+//! this directory, says how). From version 7 the refs and ref high streams are stored
+//! Huffman-coded ([`ENTROPY_CODED`]).
 //!
 //! **Fields.** Each kind has a set of fields it uses (the schema's table,
 //! `heaplens_alloc::schema::TABLE`, from which [`fields`] and the address codings here are
@@ -57,6 +58,7 @@
 use std::collections::HashMap;
 
 use super::addr_map::AddrMap;
+use super::huffman;
 use super::sink::{MAX_VARINT, Sink};
 
 use heaplens_alloc::event::{Event, EventKind};
@@ -96,6 +98,13 @@ pub const fn streams(version: u16) -> usize {
         _ => STREAMS,
     }
 }
+
+/// The streams stored Huffman-coded from version 7 ([`huffman`]): an `Alloc`'s joint byte
+/// (refs) and a reference's high part (ref_hi). Their bytes are all statistics and no repeats:
+/// zstd spent most of its time on them (300-470 MB/s) for what an order-0 coder makes as small.
+/// The references' low bytes stay with zstd, which finds enough repeats in them to beat
+/// Huffman's rounding on a near-flat distribution (1.13x against 1.10x).
+pub const ENTROPY_CODED: [usize; 2] = [2, 8];
 
 /// Fewest payload bytes an event takes (its op; from version 6 an event may take no byte of
 /// time, in a run of equal times): a decoder uses it to bound an event count before trusting
@@ -447,6 +456,8 @@ struct Coding {
     joint: bool,
     /// Version 6 on: times are coded in runs of equal ones ([`code_time_runs`]).
     time_runs: bool,
+    /// Version 7 on: the [`ENTROPY_CODED`] streams are stored Huffman-coded ([`huffman`]).
+    entropy: bool,
     /// Byte streams in a payload ([`streams`]).
     streams: usize,
     /// The version this build writes: every flag above set, and the tables this build's. The
@@ -498,6 +509,7 @@ impl Coding {
             pages: version >= 4,
             joint: version >= 5,
             time_runs: version >= 6,
+            entropy: version >= 7,
             streams: streams(version),
             latest: version >= super::format::VERSION,
         }
@@ -725,6 +737,82 @@ pub fn split_streams(payload: &[u8], n: usize) -> Result<[&[u8]; STREAMS], &'sta
         return Err("bytes after the last stream");
     }
     Ok(streams)
+}
+
+/// Bytes of an entropy-coded stream [`code_entropy_stream`] compresses to see whether zstd finds
+/// repeats in it.
+const SAMPLE_BYTES: usize = 16 << 10;
+
+/// Codes stream `src` of [`ENTROPY_CODED`] into `out`: Huffman-coded, unless zstd would make it
+/// clearly smaller by its repeats, and then stored for zstd to compress with the payload. On
+/// larson's chunks these streams are all statistics (Huffman 3.98x on refs where zstd makes
+/// 3.75x); a binary-trees program frees its tree in an order that repeats, and its version 7
+/// traces were 1.5 times version 6's until this choice (0.03 bytes an event: zstd's long matches).
+fn code_entropy_stream(
+    src: &[u8],
+    out: &mut Vec<u8>,
+    sampler: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
+) {
+    if src.len() >= 1024 && zstd_beats_huffman(src, sampler) {
+        huffman::store(src, out);
+    } else {
+        huffman::encode(src, out);
+    }
+}
+
+/// Whether zstd would code `src` in a sixth fewer bytes than an order-0 entropy coder: both
+/// measured on a 16 KiB sample from the stream's middle (zstd at level 1, about 40 us; the
+/// sample's order-0 entropy, which Huffman's coding comes within a few percent of).
+fn zstd_beats_huffman(
+    src: &[u8],
+    sampler: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
+) -> bool {
+    let at = (src.len() / 2).saturating_sub(SAMPLE_BYTES / 2);
+    let sample = &src[at..(at + SAMPLE_BYTES).min(src.len())];
+    if sampler.is_none() {
+        *sampler = zstd::bulk::Compressor::new(1).ok().map(|c| (c, Vec::new()));
+    }
+    let Some((zstd, room)) = sampler else {
+        return false;
+    };
+    room.clear();
+    room.reserve(zstd::zstd_safe::compress_bound(sample.len()));
+    let Ok(zstd_bytes) = zstd.compress_to_buffer(sample, room) else {
+        return false;
+    };
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[usize::from(b)] += 1;
+    }
+    let n = sample.len() as f64;
+    let entropy_bytes: f64 = counts
+        .iter()
+        .filter(|&&c| c != 0)
+        .map(|&c| f64::from(c) * (n / f64::from(c)).log2() / 8.0)
+        .sum();
+    (zstd_bytes as f64) * 6.0 < entropy_bytes * 5.0
+}
+
+/// Whether stream `k` of a payload of format `version` is stored entropy-coded
+/// ([`ENTROPY_CODED`], from version 7).
+pub fn is_entropy_coded(version: u16, k: usize) -> bool {
+    version >= 7 && ENTROPY_CODED.contains(&k)
+}
+
+/// The [`STREAMS`] byte streams of an Events payload of format `version` as the encoder wrote
+/// them before storing: the entropy-coded ones decoded ([`is_entropy_coded`]). For tools and
+/// tests that look at a stream's bytes; the decoder reads them in place.
+pub fn plain_streams(payload: &[u8], version: u16) -> Result<[Vec<u8>; STREAMS], &'static str> {
+    let stored = split_streams(payload, streams(version))?;
+    let mut plain: [Vec<u8>; STREAMS] = Default::default();
+    for (k, (p, s)) in plain.iter_mut().zip(stored).enumerate() {
+        if is_entropy_coded(version, k) {
+            huffman::decode(s, payload.len().saturating_mul(8), p)?;
+        } else {
+            p.extend_from_slice(s);
+        }
+    }
+    Ok(plain)
 }
 
 /// Writes the times of a batch (version 6) in runs of equal times: per run, its length and
@@ -1250,6 +1338,12 @@ pub struct ChunkEncoder {
     other_heaps: bool,
     /// The index in the batch being coded after its last page event (0 before the first).
     after_page: usize,
+    /// The [`ENTROPY_CODED`] streams' coded bytes, while a payload is written (kept for their
+    /// room).
+    coded: [Vec<u8>; ENTROPY_CODED.len()],
+    /// Compresses a sample of each such stream, to see whether zstd would find repeats in it
+    /// ([`code_entropy_stream`]), and the sample's compressed bytes.
+    sampler: Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
 }
 
 impl Default for ChunkEncoder {
@@ -1283,6 +1377,8 @@ impl ChunkEncoder {
             next_alloc: 0,
             other_heaps: false,
             after_page: 0,
+            coded: Default::default(),
+            sampler: None,
         }
     }
 
@@ -1823,16 +1919,40 @@ impl ChunkEncoder {
 
     /// Writes the payload to `out` (cleared first) and starts a new chunk.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
+        let entropy = self.coding.entropy;
         let mut all = self.streams.all();
+        if entropy {
+            for (&i, coded) in ENTROPY_CODED.iter().zip(&mut self.coded) {
+                coded.clear();
+                code_entropy_stream(all[i].bytes(), coded, &mut self.sampler);
+            }
+        }
         let streams = &mut all[..self.coding.streams];
+        let coded = &self.coded;
+        let bytes = |i: usize, s: &Sink| -> usize {
+            match ENTROPY_CODED.iter().position(|&c| entropy && c == i) {
+                Some(k) => coded[k].len(),
+                None => s.len(),
+            }
+        };
         // The payload's whole size at once: grown stream by stream, a payload buffer was
         // copied at each doubling and ended up with room for twice its bytes.
-        super::sink::room_for(out, streams.iter().map(|s| MAX_VARINT + s.len()).sum());
-        for s in streams.iter() {
-            put_varint(out, s.len() as u64);
+        super::sink::room_for(
+            out,
+            streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| MAX_VARINT + bytes(i, s))
+                .sum(),
+        );
+        for (i, s) in streams.iter().enumerate() {
+            put_varint(out, bytes(i, s) as u64);
         }
-        for s in streams {
-            out.extend_from_slice(s.bytes());
+        for (i, s) in streams.iter_mut().enumerate() {
+            match ENTROPY_CODED.iter().position(|&c| entropy && c == i) {
+                Some(k) => out.extend_from_slice(&coded[k]),
+                None => out.extend_from_slice(s.bytes()),
+            }
             s.clear();
         }
         self.index.clear();
@@ -1895,6 +2015,8 @@ pub struct Decoder {
     /// Every `Alloc` of the chunk: address, heap slot, class.
     all_allocs: Vec<(u64, u32, u8, u32)>,
     coding: Coding,
+    /// The [`ENTROPY_CODED`] streams decoded (kept for their room).
+    decoded: [Vec<u8>; ENTROPY_CODED.len()],
 }
 
 impl Default for Decoder {
@@ -1921,6 +2043,7 @@ impl Decoder {
             spare: Vec::new(),
             all_allocs: Vec::new(),
             coding: Coding::of(version),
+            decoded: Default::default(),
         }
     }
 
@@ -1934,7 +2057,9 @@ impl Decoder {
         out: &mut Vec<(u32, Event)>,
     ) -> Result<(), &'static str> {
         let start = out.len();
-        let r = self.decode_columns(payload, count as usize, out);
+        let mut decoded = std::mem::take(&mut self.decoded);
+        let r = self.decode_columns(payload, count as usize, &mut decoded, out);
+        self.decoded = decoded;
         self.index.clear();
         for mut h in self.heaps.drain(..) {
             h.empty();
@@ -1951,10 +2076,22 @@ impl Decoder {
         &mut self,
         payload: &[u8],
         count: usize,
+        decoded: &mut [Vec<u8>; ENTROPY_CODED.len()],
         out: &mut Vec<(u32, Event)>,
     ) -> Result<(), &'static str> {
         if count.saturating_mul(MIN_EVENT_BYTES) > payload.len() {
             return Err("more events than the payload can hold");
+        }
+        let mut streams = split_streams(payload, self.coding.streams)?;
+        if self.coding.entropy {
+            // An event writes at most a value to each of these streams.
+            let max = count.saturating_mul(MAX_VARINT);
+            for (&i, d) in ENTROPY_CODED.iter().zip(decoded.iter_mut()) {
+                huffman::decode(streams[i], max, d)?;
+            }
+            for (&i, d) in ENTROPY_CODED.iter().zip(decoded.iter()) {
+                streams[i] = d;
+            }
         }
         let [
             mut ops,
@@ -1971,7 +2108,7 @@ impl Decoder {
             mut page_fields,
             mut page_ops,
             mut flag_bytes,
-        ] = split_streams(payload, self.coding.streams)?.map(Bytes::new);
+        ] = streams.map(Bytes::new);
         let Coding {
             fields,
             codes,
@@ -2348,6 +2485,142 @@ pub fn decode_events(
 mod tests {
     use super::*;
 
+    /// Version 7 stores the refs and ref_hi streams Huffman-coded: the bytes version 6 stores
+    /// as they are, in fewer bytes, every event read back; a coded stream cut short, or a
+    /// payload read as the other version, is refused.
+    #[test]
+    fn version_7_stores_the_entropy_bound_streams_coded() {
+        // 3000 blocks of sizes at random (16 B to 2 KiB), freed in a scrambled order (references of
+        // many sizes, so ref_hi has values to code), some reused: statistics, not repeats.
+        let mut events = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sizes: Vec<u64> = (0..3000).map(|_| 16 * (1 + next() % 128)).collect();
+        let addr = |i: u64| 0x7f00_0000_0000 + 64 * i;
+        let ev = |kind: EventKind, i: u64| Event {
+            kind: kind as u8,
+            addr: addr(i),
+            arg: if kind == EventKind::Alloc {
+                sizes[i as usize]
+            } else {
+                0
+            },
+            ..Event::default()
+        };
+        for i in 0..3000 {
+            events.push(ev(EventKind::Alloc, i));
+        }
+        let mut order: Vec<u64> = (0..3000).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            events.push(ev(EventKind::Free, i));
+        }
+        for &i in order.iter().rev().take(1000) {
+            events.push(ev(EventKind::Alloc, i));
+        }
+        let payload_of = |version: u16| {
+            let mut enc = ChunkEncoder::for_version(version);
+            for batch in events.chunks(2046) {
+                enc.push_batch(1, batch);
+            }
+            let mut payload = Vec::new();
+            enc.finish_into(&mut payload);
+            payload
+        };
+        let (v6, v7) = (payload_of(6), payload_of(7));
+        let n = events.len() as u32;
+        for (version, payload) in [(6, &v6), (7, &v7)] {
+            let mut out = Vec::new();
+            Decoder::for_version(version)
+                .decode(payload, n, &mut out)
+                .unwrap();
+            assert!(out.iter().map(|(_, e)| *e).eq(events.iter().copied()));
+        }
+        let (stored6, stored7) = (
+            split_streams(&v6, STREAMS).unwrap(),
+            split_streams(&v7, STREAMS).unwrap(),
+        );
+        let plain7 = plain_streams(&v7, 7).unwrap();
+        for k in 0..STREAMS {
+            assert_eq!(
+                plain7[k], stored6[k],
+                "stream {k}: the same bytes before storing"
+            );
+            if ENTROPY_CODED.contains(&k) {
+                assert!(
+                    stored7[k].len() < stored6[k].len() * 3 / 4,
+                    "stream {k}: {} coded bytes against {}",
+                    stored7[k].len(),
+                    stored6[k].len()
+                );
+            } else {
+                assert_eq!(stored7[k], stored6[k], "stream {k} is stored as it is");
+            }
+        }
+        // ref_hi's coded bytes one short, the payload otherwise the same.
+        let mut cut = Vec::new();
+        for (k, s) in stored7.iter().enumerate() {
+            put_varint(&mut cut, (s.len() - usize::from(k == 8)) as u64);
+        }
+        for (k, s) in stored7.iter().enumerate() {
+            cut.extend_from_slice(&s[..s.len() - usize::from(k == 8)]);
+        }
+        let mut out = Vec::new();
+        assert!(Decoder::for_version(7).decode(&cut, n, &mut out).is_err());
+        assert!(out.is_empty());
+        assert!(Decoder::for_version(7).decode(&v6, n, &mut out).is_err());
+    }
+
+    /// An entropy-coded stream that repeats itself is left to zstd (stored as it is), one that
+    /// is only skewed is Huffman-coded; either reads back.
+    #[test]
+    fn a_stream_that_repeats_itself_is_left_to_zstd() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let skewed: Vec<u8> = (0..64 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match x % 10 {
+                    0..=5 => 1,
+                    6..=8 => 2,
+                    _ => (x >> 40) as u8,
+                }
+            })
+            .collect();
+        // The same statistics, but the first 1000 bytes over and over.
+        let repeating: Vec<u8> = skewed[..1000]
+            .iter()
+            .cycle()
+            .take(64 << 10)
+            .copied()
+            .collect();
+        let mut sampler = None;
+        for (src, left_to_zstd) in [(&repeating, true), (&skewed, false)] {
+            let mut out = Vec::new();
+            code_entropy_stream(src, &mut out, &mut sampler);
+            if left_to_zstd {
+                assert_eq!(
+                    out.len(),
+                    3 + 1 + src.len(),
+                    "stored: its length, mode, bytes"
+                );
+            } else {
+                assert!(out.len() < src.len() / 2, "coded: {} bytes", out.len());
+            }
+            let mut back = Vec::new();
+            huffman::decode(&out, src.len(), &mut back).unwrap();
+            assert_eq!(&back, src);
+        }
+    }
+
     /// Version 5's freed stacks per page: frees into two pages of one class interleave, then the
     /// allocator reuses them page by page (LIFO within a page, as mimalloc). Every reuse but
     /// the first of each page is the next block of the page the class last allocated from
@@ -2383,8 +2656,8 @@ mod tests {
         let mut out = Vec::new();
         decode_events(&payload, events.len() as u32, &mut out).unwrap();
         assert!(out.iter().map(|(_, e)| *e).eq(events.iter().copied()));
-        let streams = split_streams(&payload, STREAMS).unwrap();
-        let refs = streams[2];
+        let streams = plain_streams(&payload, super::super::format::VERSION).unwrap();
+        let refs = &streams[2];
         assert_eq!(refs.len(), 256, "one joint byte per Alloc");
         // The joint byte of refs value r and a 48-byte size: 1 + 16r.
         let next_on_page = refs[128..].iter().filter(|&&x| x == 1 + 16 * 2).count();
@@ -2657,7 +2930,7 @@ mod tests {
         for (i, (got, w)) in out.iter().zip(&want).enumerate() {
             assert_eq!(got, w, "event {i}");
         }
-        let streams = split_streams(&payload, streams(super::super::format::VERSION)).unwrap();
+        let streams = plain_streams(&payload, super::super::format::VERSION).unwrap();
         let page_events = want
             .iter()
             .filter(|(_, e)| matches!(CODES[usize::from(e.kind)], AddrCode::Page(_)))
@@ -3080,7 +3353,7 @@ mod tests {
         assert_eq!(enc.time_range(), (90, u64::MAX));
         let mut payload = Vec::new();
         enc.finish_into(&mut payload);
-        let streams = split_streams(&payload, STREAMS).unwrap();
+        let streams = plain_streams(&payload, super::super::format::VERSION).unwrap();
         // The first batch's runs: (500, 7000), (2, +100), (1, -7010), (1, MAX - 90); the
         // second's start again from the time before them.
         let mut want = Vec::new();
@@ -3102,12 +3375,13 @@ mod tests {
 
         // The same payload with its time stream replaced: runs that do not add up to the
         // events are refused.
+        let stored = split_streams(&payload, STREAMS).unwrap();
         let with_times = |time: &[u8]| {
             let mut p = Vec::new();
-            for (i, s) in streams.iter().enumerate() {
+            for (i, s) in stored.iter().enumerate() {
                 put_varint(&mut p, if i == 1 { time.len() } else { s.len() } as u64);
             }
-            for (i, s) in streams.iter().enumerate() {
+            for (i, s) in stored.iter().enumerate() {
                 p.extend_from_slice(if i == 1 { time } else { s });
             }
             p

@@ -13,7 +13,7 @@ use std::fmt;
 /// The first 8 bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"HEAPLENS";
 /// The format version this build writes. It reads every version up to this one.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Bytes before the metadata: magic, version, reserved, metadata length.
 pub const FILE_HEADER_FIXED: usize = 16;
 /// The start of every chunk header: lets a scan tell a chunk from garbage.

@@ -49,6 +49,7 @@ pub mod encode;
 pub mod end;
 pub mod error;
 pub mod format;
+pub mod huffman;
 pub mod index;
 pub mod metadata;
 pub mod reader;

@@ -1,0 +1,80 @@
+//! What writing a recorded trace's events costs the recorder's helpers, by format version: the
+//! Events chunk encoder (`push_batch`), the payload's assembly (`finish_into`, with version 7's
+//! entropy coding) and zstd at the writer's level, each in nanoseconds an event, and the bytes
+//! an event compressed. Where `reencode` times the encoder alone, this compares versions'
+//! whole write path on the same events.
+//!
+//! ```text
+//! cargo build --release --example write_cost -p heaplens-viewer
+//! target/release/examples/write_cost TRACE [CHUNKS]       # 8 chunks of 100 000 events or more
+//! ```
+
+use heaplens_alloc::event::Event;
+use heaplens_viewer::trace::encode::ChunkEncoder;
+use heaplens_viewer::trace::{TraceReader, VERSION, WriterOptions};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(path) = args.get(1) else {
+        eprintln!("usage: write_cost TRACE [CHUNKS]");
+        std::process::exit(2);
+    };
+    let want: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let mut r = TraceReader::open(path).unwrap_or_else(|e| {
+        eprintln!("write_cost: {path}: {e}");
+        std::process::exit(1);
+    });
+    // Each chunk's events as the writer got them: runs of one heap's events as batches.
+    let mut chunks: Vec<Vec<(u32, Vec<Event>)>> = Vec::new();
+    for i in 0..r.chunks().len() {
+        if chunks.len() == want {
+            break;
+        }
+        let Ok(events) = r.read_chunk(i) else {
+            continue;
+        };
+        if events.len() < 100_000 {
+            continue;
+        }
+        chunks.push(
+            events
+                .chunk_by(|a, b| a.0 == b.0)
+                .map(|b| (b[0].0, b.iter().map(|(_, e)| *e).collect()))
+                .collect(),
+        );
+    }
+    let level = WriterOptions::default().zstd_level.unwrap_or(1);
+    let mut zstd = zstd::bulk::Compressor::new(level).expect("zstd");
+    for round in 0..3 {
+        for version in [VERSION - 1, VERSION] {
+            let (mut encode, mut finish, mut compress) = (0.0, 0.0, 0.0);
+            let (mut bytes, mut events) = (0usize, 0usize);
+            let mut enc = ChunkEncoder::for_version(version);
+            let mut payload = Vec::new();
+            for chunk in &chunks {
+                let t = Instant::now();
+                for (heap, batch) in chunk {
+                    enc.push_batch(*heap, batch);
+                    events += batch.len();
+                }
+                encode += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                enc.finish_into(&mut payload);
+                finish += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                bytes += zstd.compress(&payload).expect("zstd").len();
+                compress += t.elapsed().as_secs_f64();
+            }
+            let ns = |s: f64| s / events as f64 * 1e9;
+            println!(
+                "round {round} v{version}: encode {:.2}, payload {:.2}, zstd {:.2}, all {:.2} ns an event; {:.3} bytes an event",
+                ns(encode),
+                ns(finish),
+                ns(compress),
+                ns(encode + finish + compress),
+                bytes as f64 / events as f64
+            );
+        }
+    }
+}
