@@ -840,8 +840,9 @@ fn code_time_runs(time: &mut Sink, events: &[Event], mut prev: u64) -> (u64, u64
 /// # Safety
 /// Inside a batch ([`ChunkEncoder::start_batch`]): `lo` has room for this byte and `hi` for a
 /// varint (an event writes at most one split value to each pair of streams).
+// Always: in `code_ref`'s `put_ref!`, `#[inline]` left a call (1 % of `push_batch`'s
+// instructions).
 #[inline(always)]
-// called from the `put_ref!` of `code_ref`, where `#[inline]` left a call: 1 % of `push_batch`'s instructions
 #[allow(unsafe_code)]
 unsafe fn put_split(lo: &mut Sink, hi: &mut Sink, v: u64) {
     // SAFETY: forwarded: room for a byte in `lo` and a varint in `hi`.
