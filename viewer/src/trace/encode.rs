@@ -743,16 +743,16 @@ pub fn split_streams(payload: &[u8], n: usize) -> Result<[&[u8]; STREAMS], &'sta
 /// repeats in it.
 const SAMPLE_BYTES: usize = 16 << 10;
 
+/// A zstd compressor for [`zstd_beats_huffman`]'s samples, and room for what it writes; made at
+/// the first sample.
+type Sampler = Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>;
+
 /// Codes stream `src` of [`ENTROPY_CODED`] into `out`: Huffman-coded, unless zstd would make it
 /// clearly smaller by its repeats, and then stored for zstd to compress with the payload. On
 /// larson's chunks these streams are all statistics (Huffman 3.98x on refs where zstd makes
 /// 3.75x); a binary-trees program frees its tree in an order that repeats, and its version 7
 /// traces were 1.5 times version 6's until this choice (0.03 bytes an event: zstd's long matches).
-fn code_entropy_stream(
-    src: &[u8],
-    out: &mut Vec<u8>,
-    sampler: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
-) {
+fn code_entropy_stream(src: &[u8], out: &mut Vec<u8>, sampler: &mut Sampler) {
     if src.len() >= 1024 && zstd_beats_huffman(src, sampler) {
         huffman::store(src, out);
     } else {
@@ -763,10 +763,7 @@ fn code_entropy_stream(
 /// Whether zstd would code `src` in a sixth fewer bytes than an order-0 entropy coder: both
 /// measured on a 16 KiB sample from the stream's middle (zstd at level 1, about 40 us; the
 /// sample's order-0 entropy, which Huffman's coding comes within a few percent of).
-fn zstd_beats_huffman(
-    src: &[u8],
-    sampler: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
-) -> bool {
+fn zstd_beats_huffman(src: &[u8], sampler: &mut Sampler) -> bool {
     let at = (src.len() / 2).saturating_sub(SAMPLE_BYTES / 2);
     let sample = &src[at..(at + SAMPLE_BYTES).min(src.len())];
     if sampler.is_none() {
@@ -796,7 +793,7 @@ fn zstd_beats_huffman(
 /// Whether stream `k` of a payload of format `version` is stored entropy-coded
 /// ([`ENTROPY_CODED`], from version 7).
 pub fn is_entropy_coded(version: u16, k: usize) -> bool {
-    version >= 7 && ENTROPY_CODED.contains(&k)
+    Coding::of(version).entropy && ENTROPY_CODED.contains(&k)
 }
 
 /// The [`STREAMS`] byte streams of an Events payload of format `version` as the encoder wrote
@@ -1344,8 +1341,8 @@ pub struct ChunkEncoder {
     /// room).
     coded: [Vec<u8>; ENTROPY_CODED.len()],
     /// Compresses a sample of each such stream, to see whether zstd would find repeats in it
-    /// ([`code_entropy_stream`]), and the sample's compressed bytes.
-    sampler: Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
+    /// ([`code_entropy_stream`]).
+    sampler: Sampler,
 }
 
 impl Default for ChunkEncoder {
@@ -1931,12 +1928,14 @@ impl ChunkEncoder {
         }
         let streams = &mut all[..self.coding.streams];
         let coded = &self.coded;
-        let bytes = |i: usize, s: &Sink| -> usize {
-            match ENTROPY_CODED.iter().position(|&c| entropy && c == i) {
-                Some(k) => coded[k].len(),
-                None => s.len(),
-            }
+        // Stream i's coded bytes, if it is stored coded.
+        let coded_of = |i: usize| {
+            ENTROPY_CODED
+                .iter()
+                .position(|&c| entropy && c == i)
+                .map(|k| &coded[k])
         };
+        let bytes = |i: usize, s: &Sink| coded_of(i).map_or(s.len(), Vec::len);
         // The payload's whole size at once: grown stream by stream, a payload buffer was
         // copied at each doubling and ended up with room for twice its bytes.
         super::sink::room_for(
@@ -1951,10 +1950,7 @@ impl ChunkEncoder {
             put_varint(out, bytes(i, s) as u64);
         }
         for (i, s) in streams.iter_mut().enumerate() {
-            match ENTROPY_CODED.iter().position(|&c| entropy && c == i) {
-                Some(k) => out.extend_from_slice(&coded[k]),
-                None => out.extend_from_slice(s.bytes()),
-            }
+            out.extend_from_slice(coded_of(i).map_or(s.bytes(), Vec::as_slice));
             s.clear();
         }
         self.index.clear();

@@ -52,7 +52,6 @@ pub fn encode<'a>(src: &'a [u8], out: &mut Vec<u8>) {
     if n == 0 {
         return;
     }
-    super::encode::put_varint(out, n as u64);
     // A histogram per lane: each lane's coded size comes from its own. The lanes are counted
     // in step, two tables a lane taking turns, so that a byte value repeated does not wait on
     // its own count's store (the usual trick of fast histograms).
@@ -92,6 +91,7 @@ pub fn encode<'a>(src: &'a [u8], out: &mut Vec<u8>) {
     }
     let symbols = total.iter().filter(|&&c| c != 0).count();
     if symbols == 1 {
+        super::encode::put_varint(out, n as u64);
         out.push(ONE_SYMBOL);
         out.push(src[0]);
         return;
@@ -109,9 +109,9 @@ pub fn encode<'a>(src: &'a [u8], out: &mut Vec<u8>) {
     let lane_bytes: Vec<usize> = lane_bits.iter().map(|b| b.div_ceil(8) as usize).collect();
     let coded = LENGTHS_BYTES + 3 * super::sink::MAX_VARINT + lane_bytes.iter().sum::<usize>();
     if coded >= n {
-        out.truncate(out.len() - varint_len(n as u64));
         return store(src, out);
     }
+    super::encode::put_varint(out, n as u64);
     out.push(CODED);
     for pair in lengths.chunks(2) {
         out.push(pair[0] | pair[1] << 4);
@@ -122,7 +122,7 @@ pub fn encode<'a>(src: &'a [u8], out: &mut Vec<u8>) {
     let codes = canonical_codes(&lengths);
     // Each lane into its own part of `out`, two lanes at a time. A short stream may fill fewer
     // than four lanes (5 bytes: 2, 2, 1); the others are empty, as their lengths say.
-    let mut at = out.len();
+    let at = out.len();
     out.resize(at + lane_bytes.iter().sum::<usize>(), 0);
     let mut regions: Vec<&mut [u8]> = Vec::with_capacity(LANES);
     let mut rest = &mut out[at..];
@@ -137,13 +137,6 @@ pub fn encode<'a>(src: &'a [u8], out: &mut Vec<u8>) {
         let (pa, pb) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
         write_lanes(pa, ra, pb, rb, &codes);
     }
-    at += lane_bytes.iter().sum::<usize>();
-    debug_assert_eq!(at, out.len());
-}
-
-/// The bytes `v` takes as a varint.
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bits on their way to a lane: the codes not yet stored whole, first bit lowest.
