@@ -630,6 +630,41 @@ mod tests {
         round_trip(&src);
     }
 
+    /// Hostile bytes: every single-byte change and every cut of a coded stream either decodes
+    /// to the stream's length or is refused, without a panic or a read out of bounds (the
+    /// chunk's checksum catches accidents before this; a crafted file does not).
+    #[test]
+    fn no_damage_makes_the_decoder_panic() {
+        let src = skewed(3000, 11);
+        let mut coded = Vec::new();
+        encode(&src, &mut coded);
+        let mut out = Vec::new();
+        let mut refused = 0;
+        for at in 0..coded.len() {
+            for flip in [0x01u8, 0x10, 0x80, 0xff] {
+                let mut bad = coded.clone();
+                bad[at] ^= flip;
+                match decode(&bad, src.len(), &mut out) {
+                    Ok(()) => assert_eq!(out.len(), src.len(), "byte {at} ^ {flip:#x}"),
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        // Cut anywhere but to nothing (an empty stream, which is valid).
+        for cut in 1..coded.len() {
+            assert!(
+                decode(&coded[..cut], src.len(), &mut out).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Most changes are caught (a changed code bit that still decodes to some byte is not).
+        assert!(
+            refused > coded.len(),
+            "{refused} of {} refused",
+            4 * coded.len()
+        );
+    }
+
     #[test]
     fn damaged_coded_streams_are_refused() {
         let src = skewed(10_000, 7);
