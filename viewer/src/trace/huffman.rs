@@ -523,9 +523,14 @@ fn decode_lanes(
 mod tests {
     use super::*;
 
-    fn round_trip(src: &[u8]) -> Vec<u8> {
+    fn coded_form(src: &[u8]) -> Vec<u8> {
         let mut coded = Vec::new();
         encode(src, &mut coded);
+        coded
+    }
+
+    fn round_trip(src: &[u8]) -> Vec<u8> {
+        let coded = coded_form(src);
         let mut back = vec![7u8; 3];
         decode(&coded, src.len(), &mut back).unwrap();
         assert_eq!(back, src, "round trip of {} bytes", src.len());
@@ -636,8 +641,7 @@ mod tests {
     #[test]
     fn no_damage_makes_the_decoder_panic() {
         let src = skewed(3000, 11);
-        let mut coded = Vec::new();
-        encode(&src, &mut coded);
+        let coded = coded_form(&src);
         let mut out = Vec::new();
         let mut refused = 0;
         for at in 0..coded.len() {
@@ -668,8 +672,7 @@ mod tests {
     #[test]
     fn damaged_coded_streams_are_refused() {
         let src = skewed(10_000, 7);
-        let mut coded = Vec::new();
-        encode(&src, &mut coded);
+        let coded = coded_form(&src);
         let mut out = Vec::new();
         // Cut short: a lane ends early (or the table is cut).
         for cut in [coded.len() - 1, 200, 5] {
