@@ -220,18 +220,10 @@ fn codecs(batches: &Batches) {
     let mut per_stream = [(0usize, 0usize); heaplens_viewer::trace::encode::STREAMS];
     let version = heaplens_viewer::trace::VERSION;
     for p in &payloads {
-        use heaplens_viewer::trace::encode::{is_entropy_coded, plain_streams, split_streams};
-        let stored =
-            split_streams(p, heaplens_viewer::trace::encode::streams(version)).expect("streams");
-        let plain = plain_streams(p, version).expect("streams");
-        for (k, s) in plain.iter().enumerate() {
-            per_stream[k].0 += s.len();
-            // An entropy-coded stream (version 7) as stored: zstd finds nothing more in it.
-            per_stream[k].1 += if is_entropy_coded(version, k) {
-                stored[k].len()
-            } else {
-                zstd::bulk::compress(s, 1).expect("zstd").len()
-            };
+        let sizes = heaplens_viewer::trace::encode::stream_sizes(p, version, 1).expect("streams");
+        for (total, (plain, after)) in per_stream.iter_mut().zip(sizes) {
+            total.0 += plain as usize;
+            total.1 += after as usize;
         }
     }
     let names = heaplens_viewer::trace::encode::STREAM_NAMES;

@@ -2,7 +2,9 @@
 //! Events chunk encoder (`push_batch`), the payload's assembly (`finish_into`, with version 7's
 //! entropy coding) and zstd at the writer's level, each in nanoseconds an event, and the bytes
 //! an event compressed. Where `reencode` times the encoder alone, this compares versions'
-//! whole write path on the same events.
+//! whole write path on the same events. The older version's `push_batch` runs the encoder's
+//! general loop, not the copy compiled for the latest version, so its "encode" column reads
+//! slower than that version's own build did: compare the payload and zstd columns.
 //!
 //! ```text
 //! cargo build --release --example write_cost -p heaplens-viewer

@@ -8,9 +8,7 @@
 //! random-free program: level 3 is 1.3 % smaller than level 1, level 9 4 %).
 
 use heaplens_alloc::event::Event;
-use heaplens_viewer::trace::encode::{
-    ChunkEncoder, STREAMS, is_entropy_coded, plain_streams, split_streams, streams,
-};
+use heaplens_viewer::trace::encode::{ChunkEncoder, STREAMS, stream_sizes};
 use heaplens_viewer::trace::{TraceReader, VERSION, WriterOptions};
 
 use heaplens_viewer::trace::encode::STREAM_NAMES as NAMES;
@@ -41,15 +39,13 @@ fn add_chunk(sizes: &mut Sizes, version: u16, events: &[(u32, Event)], level: i3
     let mut payload = Vec::new();
     enc.finish_into(&mut payload);
     sizes.encode_ns += start.elapsed().as_nanos();
-    let stored = split_streams(&payload, streams(version)).unwrap();
-    for (k, s) in plain_streams(&payload, version).unwrap().iter().enumerate() {
-        // An entropy-coded stream (version 7) as stored: zstd finds nothing more in it.
-        sizes.streams[k].0 += if is_entropy_coded(version, k) {
-            stored[k].len() as u64
-        } else {
-            zstd::bulk::compress(s, level).unwrap().len() as u64
-        };
-        sizes.streams[k].1 += s.len() as u64;
+    for (k, (plain, after)) in stream_sizes(&payload, version, level)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        sizes.streams[k].0 += after;
+        sizes.streams[k].1 += plain;
     }
     sizes.whole += zstd::bulk::compress(&payload, level).unwrap().len() as u64;
     if let Some(l) = std::env::var("HEAPLENS_LEVEL")

@@ -803,16 +803,55 @@ pub fn is_entropy_coded(version: u16, k: usize) -> bool {
 /// them before storing: the entropy-coded ones decoded ([`is_entropy_coded`]). For tools and
 /// tests that look at a stream's bytes; the decoder reads them in place.
 pub fn plain_streams(payload: &[u8], version: u16) -> Result<[Vec<u8>; STREAMS], &'static str> {
-    let stored = split_streams(payload, streams(version))?;
-    let mut plain: [Vec<u8>; STREAMS] = Default::default();
-    for (k, (p, s)) in plain.iter_mut().zip(stored).enumerate() {
-        if is_entropy_coded(version, k) {
-            huffman::decode(s, payload.len().saturating_mul(8), p)?;
-        } else {
-            p.extend_from_slice(s);
-        }
+    let mut streams = split_streams(payload, streams(version))?;
+    let mut decoded = Default::default();
+    if Coding::of(version).entropy {
+        decode_entropy_coded(&mut streams, payload.len().saturating_mul(8), &mut decoded)?;
     }
-    Ok(plain)
+    Ok(streams.map(<[u8]>::to_vec))
+}
+
+/// Decodes the [`ENTROPY_CODED`] streams of `streams` (a payload of version 7 or later, split)
+/// into `decoded`, at most `max` bytes each, and points `streams` at them: the streams as the
+/// encoder wrote them.
+fn decode_entropy_coded<'a>(
+    streams: &mut [&'a [u8]; STREAMS],
+    max: usize,
+    decoded: &'a mut [Vec<u8>; ENTROPY_CODED.len()],
+) -> Result<(), &'static str> {
+    for (&i, d) in ENTROPY_CODED.iter().zip(decoded.iter_mut()) {
+        huffman::decode(streams[i], max, d)?;
+    }
+    let decoded: &'a [Vec<u8>; ENTROPY_CODED.len()] = decoded;
+    for (&i, d) in ENTROPY_CODED.iter().zip(decoded) {
+        streams[i] = d;
+    }
+    Ok(())
+}
+
+/// Each stream of an Events payload of format `version`: its bytes before storing, and what it
+/// takes after zstd at `level` (the writer's payload goes through zstd whole): a Huffman-coded
+/// stream as stored, since zstd finds nothing more in it; any other compressed alone. For tools
+/// that say where a trace's bytes go.
+pub fn stream_sizes(
+    payload: &[u8],
+    version: u16,
+    level: i32,
+) -> Result<[(u64, u64); STREAMS], &'static str> {
+    let stored = split_streams(payload, streams(version))?;
+    let plain = plain_streams(payload, version)?;
+    let mut sizes = [(0, 0); STREAMS];
+    for (k, size) in sizes.iter_mut().enumerate() {
+        let after = if is_entropy_coded(version, k) && !huffman::is_stored(stored[k]) {
+            stored[k].len()
+        } else {
+            zstd::bulk::compress(&plain[k], level)
+                .map_err(|_| "zstd failed")?
+                .len()
+        };
+        *size = (plain[k].len() as u64, after as u64);
+    }
+    Ok(sizes)
 }
 
 /// Writes the times of a batch (version 6) in runs of equal times: per run, its length and
@@ -2086,13 +2125,7 @@ impl Decoder {
         let mut streams = split_streams(payload, self.coding.streams)?;
         if self.coding.entropy {
             // An event writes at most a value to each of these streams.
-            let max = count.saturating_mul(MAX_VARINT);
-            for (&i, d) in ENTROPY_CODED.iter().zip(decoded.iter_mut()) {
-                huffman::decode(streams[i], max, d)?;
-            }
-            for (&i, d) in ENTROPY_CODED.iter().zip(decoded.iter()) {
-                streams[i] = d;
-            }
+            decode_entropy_coded(&mut streams, count.saturating_mul(MAX_VARINT), decoded)?;
         }
         let [
             mut ops,
@@ -2563,6 +2596,14 @@ mod tests {
                 );
             } else {
                 assert_eq!(stored7[k], stored6[k], "stream {k} is stored as it is");
+            }
+        }
+        // What a tool reports: each stream's plain bytes, and a coded one as stored.
+        let sizes = stream_sizes(&v7, 7, 1).unwrap();
+        for k in 0..STREAMS {
+            assert_eq!(sizes[k].0, stored6[k].len() as u64, "stream {k}");
+            if ENTROPY_CODED.contains(&k) {
+                assert_eq!(sizes[k].1, stored7[k].len() as u64, "stream {k}");
             }
         }
         // ref_hi's coded bytes one short, the payload otherwise the same.

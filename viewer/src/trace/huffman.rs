@@ -309,6 +309,13 @@ fn code_lengths(counts: &[u64; 256]) -> [u8; 256] {
     lengths
 }
 
+/// Whether `coded` holds its stream's bytes as they are (the stored mode, or empty): what zstd
+/// then compresses with the payload, where a coded stream is as small as it gets.
+pub fn is_stored(coded: &[u8]) -> bool {
+    let mut head = super::encode::Bytes::new(coded);
+    coded.is_empty() || (head.varint().is_ok() && head.byte() == Ok(STORED))
+}
+
 /// Decodes a stream [`encode`] coded (all of `coded`) into `out` (cleared first), refusing one
 /// of more than `max` bytes.
 pub fn decode(coded: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -606,6 +613,8 @@ mod tests {
             .collect();
         let coded = round_trip(&random);
         assert_eq!(coded[2], STORED, "5000 as a varint takes two bytes");
+        assert!(is_stored(&coded) && is_stored(&[]));
+        assert!(!is_stored(&coded_form(&skewed(5000, 3))));
         assert_eq!(coded.len(), 3 + 5000);
         let coded = round_trip(&[4u8; 1000]);
         assert_eq!(coded, [0xe8, 0x07, ONE_SYMBOL, 4]);
