@@ -761,10 +761,9 @@ fn code_entropy_stream(src: &[u8], out: &mut Vec<u8>, sampler: &mut Sampler) {
 }
 
 /// Whether zstd would code `src` in a sixth fewer bytes than the Huffman coder: both measured
-/// on a 16 KiB sample from the stream's middle (zstd at level 1, about 40 us; for Huffman the
-/// sample's order-0 entropy, which its coding comes within a few percent of, but at least a bit
-/// a byte, its shortest code: binary trees' refs stream is one value nearly everywhere, 0.06
-/// bits a byte, which zstd's runs code 16 times smaller than Huffman's bit a byte).
+/// on a 16 KiB sample from the stream's middle (zstd at level 1, about 40 us; Huffman by
+/// [`huffman::estimated_bytes`], at least a bit a byte: binary trees' refs stream is one value
+/// nearly everywhere, 0.06 bits a byte, which zstd's runs code 16 times smaller).
 fn zstd_beats_huffman(src: &[u8], sampler: &mut Sampler) -> bool {
     let at = (src.len() / 2).saturating_sub(SAMPLE_BYTES / 2);
     let sample = &src[at..(at + SAMPLE_BYTES).min(src.len())];
@@ -779,18 +778,7 @@ fn zstd_beats_huffman(src: &[u8], sampler: &mut Sampler) -> bool {
     let Ok(zstd_bytes) = zstd.compress_to_buffer(sample, room) else {
         return false;
     };
-    let mut counts = [0u32; 256];
-    for &b in sample {
-        counts[usize::from(b)] += 1;
-    }
-    let n = sample.len() as f64;
-    let entropy_bytes: f64 = counts
-        .iter()
-        .filter(|&&c| c != 0)
-        .map(|&c| f64::from(c) * (n / f64::from(c)).log2() / 8.0)
-        .sum();
-    let huffman_bytes = entropy_bytes.max(n / 8.0);
-    (zstd_bytes as f64) * 6.0 < huffman_bytes * 5.0
+    (zstd_bytes as f64) * 6.0 < huffman::estimated_bytes(sample) * 5.0
 }
 
 /// Whether stream `k` of a payload of format `version` is stored entropy-coded

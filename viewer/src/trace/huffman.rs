@@ -309,6 +309,22 @@ fn code_lengths(counts: &[u64; 256]) -> [u8; 256] {
     lengths
 }
 
+/// About the bytes [`encode`] codes `src` into, without coding it: its order-0 entropy, which
+/// the coding comes within a few percent of, but a bit a byte at least (the shortest code).
+pub fn estimated_bytes(src: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in src {
+        counts[usize::from(b)] += 1;
+    }
+    let n = src.len() as f64;
+    let entropy_bytes: f64 = counts
+        .iter()
+        .filter(|&&c| c != 0)
+        .map(|&c| f64::from(c) * (n / f64::from(c)).log2() / 8.0)
+        .sum();
+    entropy_bytes.max(n / 8.0)
+}
+
 /// Whether `coded` holds its stream's bytes as they are (the stored mode, or empty): what zstd
 /// then compresses with the payload, where a coded stream is as small as it gets.
 pub fn is_stored(coded: &[u8]) -> bool {
@@ -595,6 +611,9 @@ mod tests {
             .map(|&c| -(c as f64) * (c as f64 / n).log2() / 8.0)
             .sum();
         assert_eq!(coded[3], CODED, "200 000 as a varint takes three bytes");
+        let estimate = estimated_bytes(&src);
+        assert!((estimate - entropy_bytes).abs() < 1.0 && coded.len() as f64 > estimate);
+        assert_eq!(estimated_bytes(&[5u8; 800]), 100.0, "a bit a byte at least");
         assert!(
             (coded.len() as f64) < entropy_bytes * 1.03 + 200.0,
             "{} coded bytes against an order-0 entropy of {entropy_bytes:.0}",
