@@ -310,7 +310,14 @@ fn summarise(
             );
         }
     }
-    println!("stacks      {}", crate::sites::mode_name(&model));
+    let mode = crate::sites::mode_name(&model);
+    if mode == "sampled" && !top_sites.is_empty() {
+        // As `heaplens leaks` says: a site's figures weigh each sampled block, so one site can
+        // read more than the exact totals above.
+        println!("stacks      sampled: figures per site are estimates");
+    } else {
+        println!("stacks      {mode}");
+    }
     if !top_sites.is_empty() {
         println!("top allocation sites by live bytes at end:");
         println!(

@@ -295,6 +295,15 @@ fn stacks_sampled_from_the_first_instructions_are_whole() {
     assert!(stack.len() >= 3, "{stack:?}");
     assert!(stack[1].starts_with("outer ("), "{stack:?}");
     assert!(stack[2].starts_with("main ("), "{stack:?}");
+    // Sampled, `stats` says its sites' figures are estimates, as `leaks` does.
+    for cmd in ["stats", "leaks"] {
+        let text = heaplens().arg(cmd).arg(&trace).output().unwrap();
+        let text = String::from_utf8(text.stdout).unwrap();
+        assert!(
+            text.contains("stacks      sampled: figures per "),
+            "{cmd}: {text}"
+        );
+    }
 }
 
 /// A C++ program built with the distribution's flags (no frame pointers), recorded with every
