@@ -2515,14 +2515,8 @@ mod tests {
         // 3000 blocks of sizes at random (16 B to 2 KiB), freed in a scrambled order (references of
         // many sizes, so ref_hi has values to code), some reused: statistics, not repeats.
         let mut events = Vec::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let sizes: Vec<u64> = (0..3000).map(|_| 16 * (1 + next() % 128)).collect();
+        let mut rng = super::super::synth::Rng::new(0x2545_f491_4f6c_dd1d);
+        let sizes: Vec<u64> = (0..3000).map(|_| 16 * (1 + rng.below(128))).collect();
         let addr = |i: u64| 0x7f00_0000_0000 + 64 * i;
         let ev = |kind: EventKind, i: u64| Event {
             kind: kind as u8,
@@ -2539,7 +2533,7 @@ mod tests {
         }
         let mut order: Vec<u64> = (0..3000).collect();
         for i in (1..order.len()).rev() {
-            order.swap(i, (next() % (i as u64 + 1)) as usize);
+            order.swap(i, rng.below(i as u64 + 1) as usize);
         }
         for &i in &order {
             events.push(ev(EventKind::Free, i));
@@ -2612,16 +2606,14 @@ mod tests {
     /// to zstd (stored as it is); one that is only skewed is Huffman-coded; each reads back.
     #[test]
     fn a_stream_that_repeats_itself_is_left_to_zstd() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = super::super::synth::Rng::new(0x9e37_79b9_7f4a_7c15);
         let skewed: Vec<u8> = (0..64 << 10)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                match x % 10 {
+                let r = rng.next_u64();
+                match r % 10 {
                     0..=5 => 1,
                     6..=8 => 2,
-                    _ => (x >> 40) as u8,
+                    _ => (r >> 40) as u8,
                 }
             })
             .collect();

@@ -562,13 +562,10 @@ mod tests {
 
     /// A deterministic skewed byte source (a few values most of the time).
     fn skewed(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
+        let mut rng = super::super::synth::Rng::new(seed);
         (0..n)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let r = (x >> 32) as u32;
+                let r = (rng.next_u64() >> 32) as u32;
                 match r % 100 {
                     0..=59 => 1,
                     60..=79 => 3,
