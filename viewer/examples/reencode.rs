@@ -13,10 +13,10 @@
 //! format must keep it) and the encoder's nanoseconds an event. Batches are the trace's runs
 //! of one heap's events, up to 4096 (the collector hands on at most 2046 a buffer).
 
-use heaplens_alloc::event::Event;
-use heaplens_viewer::trace::TraceReader;
 use heaplens_viewer::trace::encode::ChunkEncoder;
 use std::time::{Duration, Instant};
+
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -28,25 +28,7 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(usize::MAX);
-    let mut reader = TraceReader::open(path).unwrap_or_else(|e| {
-        eprintln!("reencode: {path}: {e}");
-        std::process::exit(1);
-    });
-    let mut all: Vec<Vec<(u32, Vec<Event>)>> = Vec::new();
-    for i in 0..reader.chunks().len().min(chunks) {
-        let events = reader.read_chunk(i).unwrap_or_else(|e| {
-            eprintln!("reencode: {path}: chunk {i}: {e}");
-            std::process::exit(1);
-        });
-        let mut batches: Vec<(u32, Vec<Event>)> = Vec::new();
-        for (heap, e) in events {
-            match batches.last_mut() {
-                Some((h, batch)) if *h == heap && batch.len() < 4096 => batch.push(e),
-                _ => batches.push((heap, vec![e])),
-            }
-        }
-        all.push(batches);
-    }
+    let all = common::chunks_as_batches("reencode", path, chunks, 0);
     let events: usize = all.iter().flatten().map(|(_, b)| b.len()).sum();
     let mut encoder = ChunkEncoder::new();
     let mut payload = Vec::new();

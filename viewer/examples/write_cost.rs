@@ -11,10 +11,11 @@
 //! target/release/examples/write_cost TRACE [CHUNKS]       # 8 chunks of 100 000 events or more
 //! ```
 
-use heaplens_alloc::event::Event;
 use heaplens_viewer::trace::encode::ChunkEncoder;
-use heaplens_viewer::trace::{TraceReader, VERSION, WriterOptions};
+use heaplens_viewer::trace::{VERSION, WriterOptions};
 use std::time::Instant;
+
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,29 +24,8 @@ fn main() {
         std::process::exit(2);
     };
     let want: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
-    let mut r = TraceReader::open(path).unwrap_or_else(|e| {
-        eprintln!("write_cost: {path}: {e}");
-        std::process::exit(1);
-    });
-    // Each chunk's events as the writer got them: runs of one heap's events as batches.
-    let mut chunks: Vec<Vec<(u32, Vec<Event>)>> = Vec::new();
-    for i in 0..r.chunks().len() {
-        if chunks.len() == want {
-            break;
-        }
-        let Ok(events) = r.read_chunk(i) else {
-            continue;
-        };
-        if events.len() < 100_000 {
-            continue;
-        }
-        chunks.push(
-            events
-                .chunk_by(|a, b| a.0 == b.0)
-                .map(|b| (b[0].0, b.iter().map(|(_, e)| *e).collect()))
-                .collect(),
-        );
-    }
+    // Chunks as the writer got them; the last, short one left out.
+    let chunks = common::chunks_as_batches("write_cost", path, want, 100_000);
     let level = WriterOptions::default().zstd_level.unwrap_or(1);
     let mut zstd = zstd::bulk::Compressor::new(level).expect("zstd");
     for round in 0..3 {
