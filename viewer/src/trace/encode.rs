@@ -535,17 +535,46 @@ fn addr_code(codes: &[AddrCode; 256], kind: u8, f: u8) -> AddrCode {
 /// The size class of a request, as the `Alloc` predictor sees it: exact per 16 B up to 64 B,
 /// then four classes per doubling, at most 127 (the allocator's bins, frozen here for format
 /// version 1).
+///
+/// Every `Alloc` the encoder and the decoders see asks it: up to [`CLASS_TABLE_BYTES`] it is a
+/// table lookup, where the arithmetic took about 20 instructions.
 #[inline]
 pub fn size_class(size: u64) -> u8 {
+    match CLASS_BY_GRANULES.get(size.div_ceil(16) as usize) {
+        Some(&c) => c,
+        None => size_class_computed(size),
+    }
+}
+
+/// The requests [`size_class`] looks up in a table (their classes, a byte each for every 16 B).
+const CLASS_TABLE_BYTES: u64 = 4096;
+
+/// [`size_class`] of the requests up to [`CLASS_TABLE_BYTES`], by their 16-byte granules.
+const CLASS_BY_GRANULES: [u8; (CLASS_TABLE_BYTES / 16) as usize + 1] = {
+    let mut t = [0; (CLASS_TABLE_BYTES / 16) as usize + 1];
+    let mut g = 0;
+    while g < t.len() {
+        t[g] = size_class_computed(g as u64 * 16);
+        g += 1;
+    }
+    t
+};
+
+/// [`size_class`] by arithmetic.
+const fn size_class_computed(size: u64) -> u8 {
     let granules = size.div_ceil(16);
     let c = if granules <= 4 {
-        granules.max(1)
+        if granules == 0 { 1 } else { granules }
     } else {
         let w = granules - 1;
-        let b = u64::from(63 - w.leading_zeros());
+        let b = (63 - w.leading_zeros()) as u64;
         ((b << 2) + ((w >> (b - 2)) & 3)) - 3
     };
-    c.min(CLASSES as u64 - 1) as u8
+    if c < CLASSES as u64 - 1 {
+        c as u8
+    } else {
+        CLASSES as u8 - 1
+    }
 }
 
 /// `Alloc` aux: 0, `class` (the size class of the request: the allocator's bin), or anything
@@ -2506,6 +2535,27 @@ pub fn decode_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `Alloc` predictor's size classes are the allocator's bins (at most 127), whether
+    /// looked up in the table or computed: every size up to a large block, and beyond.
+    #[test]
+    fn size_classes_are_the_allocators_bins_in_the_table_and_past_it() {
+        use heaplens_alloc::{LARGE_OBJ_SIZE_MAX, bin::bin_of};
+        let bin = |size: u64| bin_of(size as usize).min(CLASSES - 1) as u8;
+        for size in 0..=2 * CLASS_TABLE_BYTES {
+            assert_eq!(size_class(size), bin(size), "{size} B");
+        }
+        for shift in 13..=LARGE_OBJ_SIZE_MAX.ilog2() {
+            let p = 1u64 << shift;
+            for size in [p - 1, p, p + 1, p + p / 4, p + p / 4 + 1] {
+                assert_eq!(size_class(size), bin(size), "{size} B");
+            }
+        }
+        // Past the allocator's bins, the last class.
+        for size in [1 << 40, u64::MAX] {
+            assert_eq!(usize::from(size_class(size)), CLASSES - 1);
+        }
+    }
 
     /// Version 7 stores the refs and ref_hi streams Huffman-coded: the bytes version 6 stores
     /// as they are, in fewer bytes, every event read back; a coded stream cut short, or a
