@@ -546,7 +546,7 @@ pub fn size_class(size: u64) -> u8 {
     }
 }
 
-/// The requests [`size_class`] looks up in a table (their classes, a byte each for every 16 B).
+/// The largest request whose class [`size_class`] looks up in [`CLASS_BY_GRANULES`].
 const CLASS_TABLE_BYTES: u64 = 4096;
 
 /// [`size_class`] of the requests up to [`CLASS_TABLE_BYTES`], by their 16-byte granules.
