@@ -540,7 +540,11 @@ fn addr_code(codes: &[AddrCode; 256], kind: u8, f: u8) -> AddrCode {
 /// table lookup, where the arithmetic took about 20 instructions.
 #[inline]
 pub fn size_class(size: u64) -> u8 {
-    match CLASS_BY_GRANULES.get(size.div_ceil(16) as usize) {
+    // (`try_from`, not `as`: a 32-bit `usize` would wrap a huge size into the table.)
+    match usize::try_from(size.div_ceil(16))
+        .ok()
+        .and_then(|g| CLASS_BY_GRANULES.get(g))
+    {
         Some(&c) => c,
         None => size_class_computed(size),
     }
