@@ -60,8 +60,8 @@ pub fn run(file: &Path, as_json: bool) -> Result<(), Box<dyn std::error::Error>>
     let groups = summary["groups"].as_array().cloned().unwrap_or_default();
     let n = |g: &serde_json::Value, k: &str| g[k].as_f64().unwrap_or(0.0);
     if model.sites().is_on() {
-        if mode == "sampled" {
-            println!("stacks      sampled: figures per stack are estimates");
+        if let Some(line) = crate::sites::sampled_estimates_line(&model, "stack") {
+            println!("{line}");
         }
         println!("by stack ({} stacks):", groups.len());
         for g in groups.iter().take(TEXT_GROUPS) {

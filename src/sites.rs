@@ -62,6 +62,14 @@ pub fn mode_name(model: &Model) -> &'static str {
     }
 }
 
+/// The line `stats` and `leaks` print when the stacks were sampled: a figure per `per` (site,
+/// stack) weighs each sampled block by its chance, so it is an estimate, and one site can read
+/// more than the exact totals beside it. `None` unless the stacks were sampled.
+pub fn sampled_estimates_line(model: &Model, per: &str) -> Option<String> {
+    (model.sites().mode() == stack_mode::SAMPLED)
+        .then(|| format!("stacks      sampled: figures per {per} are estimates"))
+}
+
 /// The top `n` sites by live bytes (then by bytes allocated), symbolised, as JSON rows.
 pub fn top_sites(model: &Model, sym: &mut Symbolizer, n: usize) -> Vec<serde_json::Value> {
     let sites = model.sites();

@@ -310,13 +310,9 @@ fn summarise(
             );
         }
     }
-    let mode = crate::sites::mode_name(&model);
-    if mode == "sampled" && !top_sites.is_empty() {
-        // As `heaplens leaks` says: a site's figures weigh each sampled block, so one site can
-        // read more than the exact totals above.
-        println!("stacks      sampled: figures per site are estimates");
-    } else {
-        println!("stacks      {mode}");
+    match crate::sites::sampled_estimates_line(&model, "site").filter(|_| !top_sites.is_empty()) {
+        Some(line) => println!("{line}"),
+        None => println!("stacks      {}", crate::sites::mode_name(&model)),
     }
     if !top_sites.is_empty() {
         println!("top allocation sites by live bytes at end:");
