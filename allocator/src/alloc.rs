@@ -1,5 +1,7 @@
 //! `malloc` and friends. The fast path: look up the page in the heap's direct slot for the size,
-//! pop its `free` list. Everything else goes through [`malloc_generic`].
+//! pop its `free` list. Everything else goes through [`malloc_miss`]: the recording path while
+//! the hook is on (it empties the direct slots, so the fast path never tests it), else
+//! [`malloc_generic`].
 
 use core::ptr;
 
@@ -43,7 +45,8 @@ pub unsafe fn zalloc(size: usize) -> *mut u8 {
 }
 
 /// The fast path of [`malloc`] (and, with `ZERO`, [`zalloc`]): pop the free list of the page in
-/// the heap's direct slot for the size.
+/// the heap's direct slot for the size. It does not test the hook: while the hook is on, every
+/// direct slot points at the empty page ([`heap::direct_off`]), so the fast path misses.
 ///
 /// The paths it leaves for are `extern "C"` functions: they cannot unwind (an allocator must
 /// not), so a C entry point that inlines this fast path needs no landing pad around them and
@@ -53,10 +56,6 @@ pub unsafe fn zalloc(size: usize) -> *mut u8 {
 /// As [`malloc`].
 #[inline(always)]
 unsafe fn alloc_fast<const ZERO: bool>(size: usize) -> *mut u8 {
-    if hook::enabled() {
-        // SAFETY: forwarded.
-        return unsafe { alloc_traced::<ZERO>(size) };
-    }
     let heap = heap::default_heap();
     // SAFETY: `heap` is the calling thread's heap; a page from the direct slot has a free block
     // of at least `size` bytes.
@@ -65,14 +64,35 @@ unsafe fn alloc_fast<const ZERO: bool>(size: usize) -> *mut u8 {
         if !page.is_null() {
             return page::pop(page, if ZERO { size.max(1) } else { 0 });
         }
+        malloc_miss::<ZERO>(heap, size)
+    }
+}
+
+/// Where the fast path goes when its direct slot has no block: the recording path if the hook
+/// is on, else the generic path. Both by tail calls, so it needs no stack frame (the stack
+/// entry finds the caller's registers through it: see `stacks`).
+///
+/// # Safety
+/// As [`malloc`]; `heap` is [`heap::default_heap`].
+#[inline(never)]
+unsafe extern "C" fn malloc_miss<const ZERO: bool>(heap: *mut Heap, size: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe {
+        if hook::enabled() {
+            // With the hook's release store: this thread's slots, emptied before the hook went
+            // on, read empty from now on (no instruction on x86-64, where loads are acquires).
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+            return alloc_traced::<ZERO>(size);
+        }
         malloc_generic(heap, size, ZERO)
     }
 }
 
-/// [`alloc_fast`] with the hook on: the same fast path, with the allocation reported. Out of
-/// line, so that the fast path inlined into callers is the same with the hook compiled in (and
-/// off) as compiled out: with the event write inlined, the trees benchmark ran 15-20% slower. Its
-/// rare cases are tail calls: no stack frame.
+/// [`alloc_fast`] with the hook on: the same steps on the heap's `pages_first` slots (the direct
+/// ones are empty), with the allocation reported. Out of line, so that the fast path inlined
+/// into callers is the same with the hook compiled in (and off) as compiled out: with the event
+/// write inlined, the trees benchmark ran 15-20% slower. Its rare cases are tail calls: no stack
+/// frame.
 ///
 /// # Safety
 /// As [`malloc`].
@@ -87,7 +107,7 @@ unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
             let how = crate::stacks::Shape::plain(ZERO);
             return crate::stacks::alloc_sampled_entry(size, how, heap);
         }
-        let page = direct_page(heap, size);
+        let page = first_page(heap, size);
         if !page.is_null() {
             let p = page::pop(page, if ZERO { size.max(1) } else { 0 });
             return hook::alloc_event(heap, p, size, if ZERO { flags::ZERO } else { 0 });
@@ -96,18 +116,15 @@ unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
     }
 }
 
-/// [`malloc`]'s fast path alone: a block from the page in the direct slot for `size` when the
-/// hook is off and that page has a free block; null otherwise, and then the caller calls
-/// [`malloc`]. For a C entry point that handles the rare cases out of line (`errno`), so that its
-/// fast path needs no stack frame.
+/// [`malloc`]'s fast path alone: a block from the page in the direct slot for `size` when that
+/// page has a free block (never while the hook is on: the slots are empty then); null
+/// otherwise, and then the caller calls [`malloc`]. For a C entry point that handles the rare
+/// cases out of line (`errno`), so that its fast path needs no stack frame.
 ///
 /// # Safety
 /// As [`malloc`].
 #[inline(always)]
 pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
-    if hook::enabled() {
-        return ptr::null_mut();
-    }
     // SAFETY: as in `alloc_fast`.
     unsafe {
         let page = direct_page(heap::default_heap(), size);
@@ -118,8 +135,19 @@ pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
     }
 }
 
+/// [`malloc`] after [`malloc_fast`] returned null: the rest of its path (recording, or the
+/// generic path), without looking at the direct slot again.
+///
+/// # Safety
+/// As [`malloc`].
+#[inline(always)]
+pub unsafe fn malloc_missed(size: usize) -> *mut u8 {
+    // SAFETY: forwarded; the heap is the calling thread's.
+    unsafe { malloc_miss::<false>(heap::default_heap(), size) }
+}
+
 /// The page in `heap`'s direct slot for `size` if the size has one and its page a free block;
-/// null otherwise.
+/// null otherwise (always while the hook is on).
 ///
 /// # Safety
 /// `heap` is the calling thread's heap (or the empty heap).
@@ -131,12 +159,36 @@ unsafe fn direct_page(heap: *mut Heap, size: usize) -> *mut Page {
     // SAFETY: `size / 16` rounded up is at most SMALL_SIZE_MAX / 16, inside the direct slots; a
     // direct slot always points at a page of this thread's heap or at the empty page.
     unsafe {
-        let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
-        if (*page).free.is_null() {
-            ptr::null_mut()
-        } else {
-            page
-        }
+        let slot = (*heap).pages_direct.get_unchecked(size.div_ceil(16));
+        with_free_block(slot.load(core::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// [`direct_page`] from the `pages_first` slots, which the hook leaves alone: the page the
+/// recording paths take a block from.
+///
+/// # Safety
+/// As [`direct_page`].
+#[inline(always)]
+unsafe fn first_page(heap: *mut Heap, size: usize) -> *mut Page {
+    if size > SMALL_SIZE_MAX {
+        return ptr::null_mut();
+    }
+    // SAFETY: as in `direct_page`.
+    unsafe { with_free_block(*(*heap).pages_first.get_unchecked(size.div_ceil(16))) }
+}
+
+/// `page` if it has a free block, else null.
+///
+/// # Safety
+/// `page` is a page of the calling thread's heap or the empty page.
+#[inline(always)]
+unsafe fn with_free_block(page: *mut Page) -> *mut Page {
+    // SAFETY: the contract.
+    if unsafe { (*page).free.is_null() } {
+        ptr::null_mut()
+    } else {
+        page
     }
 }
 
@@ -180,6 +232,7 @@ pub(crate) unsafe extern "C" fn malloc_generic(
             return ptr::null_mut();
         }
         let p = generic_block(heap, size, zero);
+        heap::refill_direct(heap, size);
         let p = traced(heap, p, size, if zero { flags::ZERO } else { 0 });
         if made {
             init::end_if_late(heap);
@@ -214,9 +267,9 @@ unsafe fn generic_block(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
 /// # Safety
 /// `heap` is the calling thread's heap (not the empty heap).
 pub(crate) unsafe fn block_untraced(heap: *mut Heap, size: usize, zero: bool) -> *mut u8 {
-    // SAFETY: forwarded; a page from the direct slot has a free block of at least `size` bytes.
+    // SAFETY: forwarded; a page from the first slot has a free block of at least `size` bytes.
     unsafe {
-        let page = direct_page(heap, size);
+        let page = first_page(heap, size);
         if !page.is_null() {
             return page::pop(page, if zero { size.max(1) } else { 0 });
         }
@@ -322,7 +375,7 @@ pub(crate) unsafe fn aligned_untraced(
         if align > MAX_ALIGN && size <= SMALL_SIZE_MAX {
             // Take the next free block when it happens to be aligned (the empty heap's pages have
             // none).
-            let page = *(*heap).pages_direct.get_unchecked(size.div_ceil(16));
+            let page = *(*heap).pages_first.get_unchecked(size.div_ceil(16));
             let block = (*page).free;
             if !block.is_null() && (block as usize) & (align - 1) == 0 {
                 return (heap, page::pop(page, if zero { size.max(1) } else { 0 }));

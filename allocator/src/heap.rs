@@ -1,6 +1,10 @@
 //! Heaps: one per thread. A heap has
-//! - `pages_direct`: for each 16-byte step of size up to [`SMALL_SIZE_MAX`], the page to allocate
-//!   from (the first page of that size's bin queue), so the fast path is two loads and a pop;
+//! - `pages_first`: for each 16-byte step of size up to [`SMALL_SIZE_MAX`], the page to allocate
+//!   from (the first page of that size's bin queue), and `pages_direct`, the same slots as the
+//!   fast path reads them, so the fast path is two loads and a pop. While the hook records, every
+//!   `pages_direct` slot points at the empty page ([`direct_off`]): the fast path misses, and the
+//!   path it falls to reports the allocation. So `malloc`'s fast path does not test the hook at
+//!   all: it is the same with the hook compiled in as compiled out;
 //! - a page queue per bin, and `queues[BIN_FULL]` for pages with no free block;
 //! - `thread_delayed_free`: blocks other threads freed into this heap's full pages.
 //!
@@ -29,7 +33,13 @@ pub const DIRECT_SLOTS: usize = SMALL_SIZE_MAX / 16 + 1;
 /// other threads) and the statistics walker (which reads only through pages).
 #[repr(C)]
 pub struct Heap {
-    pub(crate) pages_direct: [*mut Page; DIRECT_SLOTS],
+    /// The fast path's slots: `pages_first`, or the empty page while the direct slots are off
+    /// (the hook records). Atomic because the thread that switches the hook on empties every
+    /// heap's slots (a relaxed load is the same `mov` as a plain one).
+    pub(crate) pages_direct: [AtomicPtr<Page>; DIRECT_SLOTS],
+    /// For each 16-byte step of size, the first page of its bin's queue, or the empty page (the
+    /// owner's alone): where the recording paths take blocks from.
+    pub(crate) pages_first: [*mut Page; DIRECT_SLOTS],
     /// The owning thread's id (with the low bit set in checked mode, see [`crate::check`]).
     pub(crate) thread_id: usize,
     pub(crate) queues: [PageQueue; BIN_COUNT],
@@ -96,7 +106,8 @@ impl Heap {
         queues[BIN_HUGE] = PageQueue::new(LARGE_OBJ_SIZE_MAX + 1);
         queues[BIN_FULL] = PageQueue::new(LARGE_OBJ_SIZE_MAX + 2);
         Self {
-            pages_direct: [EMPTY_PAGE_PTR; DIRECT_SLOTS],
+            pages_direct: [const { AtomicPtr::new(EMPTY_PAGE_PTR) }; DIRECT_SLOTS],
+            pages_first: [EMPTY_PAGE_PTR; DIRECT_SLOTS],
             thread_id: 0,
             queues,
             thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
@@ -193,7 +204,8 @@ pub fn thread_id() -> usize {
 // ---------------------------------------------------------------------------------------------
 // Queues, kept in step with the direct slots
 
-/// Points the direct slots of `bin`'s sizes at its first page (or the empty page).
+/// Points the slots of `bin`'s sizes at its first page (or the empty page): `pages_first`
+/// always, `pages_direct` unless the direct slots are off.
 unsafe fn update_direct(heap: *mut Heap, bin: usize) {
     if bin == 0 || bin > BIN_LARGE_MAX || crate::options::check() {
         return; // checked mode keeps every slot empty so every malloc is checked
@@ -215,8 +227,109 @@ unsafe fn update_direct(heap: *mut Heap, bin: usize) {
         } else {
             block_size(bin - 1) / 16 + 1
         };
-        for slot in lo..=bsize / 16 {
-            (*heap).pages_direct[slot] = page;
+        let slots = lo..=bsize / 16;
+        for slot in slots.clone() {
+            (*heap).pages_first[slot] = page;
+        }
+        set_direct(heap, slots, page);
+    }
+}
+
+/// While set, every heap's `pages_direct` slot points at the empty page: set before the hook
+/// goes on (after every slot is emptied), cleared after it goes off ([`direct_off`]).
+#[cfg(feature = "hook")]
+static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Sets the fast path's `slots` of `heap` to `page` unless the direct slots are off. The owner's
+/// store and [`direct_off`]'s are ordered by a fence on each side: either the owner sees the
+/// flag after its store and empties the slots again, or `direct_off`'s emptying lands after the
+/// owner's store. So no slot points at a page once `direct_off(true)` has returned.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+#[inline]
+unsafe fn set_direct(heap: *mut Heap, slots: core::ops::RangeInclusive<usize>, page: *mut Page) {
+    // SAFETY: the owner writes its own slots (another thread only empties them).
+    let direct = unsafe { &(*heap).pages_direct };
+    #[cfg(feature = "hook")]
+    let page = if DIRECT_OFF.load(Relaxed) {
+        EMPTY_PAGE_PTR
+    } else {
+        page
+    };
+    for slot in slots.clone() {
+        direct[slot].store(page, Relaxed);
+    }
+    #[cfg(feature = "hook")]
+    if page != EMPTY_PAGE_PTR {
+        core::sync::atomic::fence(SeqCst);
+        if DIRECT_OFF.load(Relaxed) {
+            for slot in slots {
+                direct[slot].store(EMPTY_PAGE_PTR, Relaxed);
+            }
+        }
+    }
+}
+
+/// Switches the fast path's direct slots off (`true`: before the hook goes on, so every
+/// allocation after it leaves the fast path for the one that reports it) or back on (`false`:
+/// after the hook goes off; each heap refills its slots at its next generic allocation,
+/// [`refill_direct`]).
+#[cfg(feature = "hook")]
+pub(crate) fn direct_off(off: bool) {
+    if !off {
+        DIRECT_OFF.store(false, Release);
+        return;
+    }
+    DIRECT_OFF.store(true, Relaxed);
+    core::sync::atomic::fence(SeqCst);
+    crate::init::for_each_heap(|h| {
+        for slot in &h.pages_direct {
+            slot.store(EMPTY_PAGE_PTR, Relaxed);
+        }
+    });
+}
+
+/// Points `heap`'s fast path at its pages again if its slot for `size` was left empty by a
+/// recording that has ended (a cheap test on the generic path).
+///
+/// # Safety
+/// The calling thread owns `heap`, not the empty heap.
+#[inline]
+pub(crate) unsafe fn refill_direct(heap: *mut Heap, size: usize) {
+    #[cfg(feature = "hook")]
+    if size <= SMALL_SIZE_MAX && !DIRECT_OFF.load(Relaxed) {
+        let slot = size.div_ceil(16);
+        // SAFETY: the owner's slots; `slot` is inside them (size <= SMALL_SIZE_MAX).
+        unsafe {
+            if (*heap).pages_direct[slot].load(Relaxed) != (*heap).pages_first[slot] {
+                refill_all(heap);
+            }
+        }
+    }
+    #[cfg(not(feature = "hook"))]
+    let _ = (heap, size);
+}
+
+/// Copies all of `heap`'s `pages_first` slots into `pages_direct` (out of line: once a heap
+/// after a recording).
+///
+/// # Safety
+/// As [`refill_direct`].
+#[cfg(feature = "hook")]
+#[inline(never)]
+#[cold]
+unsafe fn refill_all(heap: *mut Heap) {
+    // SAFETY: the owner's slots.
+    let (direct, first) = unsafe { (&(*heap).pages_direct, &(*heap).pages_first) };
+    for (slot, &page) in direct.iter().zip(first) {
+        slot.store(page, Relaxed);
+    }
+    // As in `set_direct`: a recording that began meanwhile finds the slots empty.
+    core::sync::atomic::fence(SeqCst);
+    if DIRECT_OFF.load(Relaxed) {
+        for slot in direct {
+            slot.store(EMPTY_PAGE_PTR, Relaxed);
         }
     }
 }
@@ -721,7 +834,8 @@ mod tests {
             let heap = default_heap();
             assert_ne!(heap, EMPTY_HEAP_PTR);
             let page = page_of(segment_of(p), p);
-            assert_eq!((*heap).pages_direct[3], page); // sizes 33..=48
+            assert_eq!((*heap).pages_first[3], page); // sizes 33..=48
+            assert_eq!((*heap).pages_direct[3].load(Relaxed), page);
             assert_eq!((*heap).queues[bin_of(40)].first, page);
             crate::free(p);
         }

@@ -135,15 +135,16 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     unsafe { malloc_slow(size) }
 }
 
-/// [`malloc`] when its fast path has no block: the core's whole `malloc`, and `errno`. Out of
+/// [`malloc`] when its fast path has no block: the rest of the core's `malloc` (the recording
+/// path while the hook is on, else the generic path), and `errno`. Out of
 /// line and `extern "C"` (it cannot unwind), so `malloc`'s fast path is a leaf: no stack frame.
 ///
 /// # Safety
 /// As for [`malloc`].
 #[inline(never)]
 unsafe extern "C" fn malloc_slow(size: usize) -> *mut c_void {
-    // SAFETY: the core's `malloc` may be called with any size from any thread.
-    or_enomem(unsafe { hl::malloc(size) })
+    // SAFETY: the rest of the core's `malloc` after its fast path missed, any size, any thread.
+    or_enomem(unsafe { hl::alloc::malloc_missed(size) })
 }
 
 /// C `free`: releases `p`; NULL is a no-op.
