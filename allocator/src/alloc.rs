@@ -82,7 +82,7 @@ unsafe extern "C" fn malloc_miss<const ZERO: bool>(heap: *mut Heap, size: usize)
             // With the hook's release store: this thread's slots, emptied before the hook went
             // on, read empty from now on (no instruction on x86-64, where loads are acquires).
             core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
-            return alloc_traced::<ZERO>(size);
+            return alloc_traced::<ZERO>(heap, size);
         }
         malloc_generic(heap, size, ZERO)
     }
@@ -94,11 +94,13 @@ unsafe extern "C" fn malloc_miss<const ZERO: bool>(heap: *mut Heap, size: usize)
 /// write inlined, the trees benchmark ran 15-20% slower. Its rare cases are tail calls: no stack
 /// frame.
 ///
+/// Takes the heap from [`malloc_miss`] in the register it came in, rather than reading the
+/// thread pointer again.
+///
 /// # Safety
-/// As [`malloc`].
+/// As [`malloc`]; `heap` is [`heap::default_heap`].
 #[inline(never)]
-unsafe extern "C" fn alloc_traced<const ZERO: bool>(size: usize) -> *mut u8 {
-    let heap = heap::default_heap();
+unsafe extern "C" fn alloc_traced<const ZERO: bool>(heap: *mut Heap, size: usize) -> *mut u8 {
     // SAFETY: as in `alloc_fast`; the generic path reports the allocation itself.
     unsafe {
         // One compare decides whether the allocation may get a stack; the rest is out of line,
