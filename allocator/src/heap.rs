@@ -30,7 +30,9 @@ use crate::{LARGE_OBJ_SIZE_MAX, MAX_ALLOC_SIZE, SMALL_OBJ_SIZE_MAX, SMALL_SIZE_M
 pub const DIRECT_SLOTS: usize = SMALL_SIZE_MAX / 16 + 1;
 
 /// A thread's heap. Only its thread touches it, except `thread_delayed_free` (atomic pushes from
-/// other threads) and the statistics walker (which reads only through pages).
+/// other threads), `pages_direct` (emptied by the thread that switches the hook on, see
+/// [`direct_off`]), the collector's atomics, and the statistics walker (which reads only through
+/// pages).
 #[repr(C)]
 pub struct Heap {
     /// The fast path's slots: `pages_first`, or the empty page while the direct slots are off

@@ -157,8 +157,8 @@ pub(crate) fn for_each_heap(mut f: impl FnMut(&Heap)) {
     let heaps = HEAPS.lock();
     let mut h = heaps.list as *const Heap;
     while !h.is_null() {
-        // SAFETY: listed heaps stay alive while the lock is held; `f` reads only their atomics
-        // and constant fields.
+        // SAFETY: listed heaps stay alive while the lock is held; `f` touches only their
+        // atomics (reads, or `direct_off`'s stores) and constant fields.
         unsafe {
             f(&*h);
             h = (*h).next_heap;
