@@ -8,7 +8,7 @@
 #![allow(unsafe_code)] // the test calls the raw allocator API
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,11 @@ use heaplens_alloc::event::EventKind;
 static PHASE: AtomicU32 = AtomicU32::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 const WORKERS: usize = 3;
+/// Each worker's allocations inside the recording so far (to know when to stop it), a cache
+/// line apart.
+static INSIDE: [Padded; WORKERS] = [const { Padded(AtomicU64::new(0)) }; WORKERS];
+#[repr(align(64))]
+struct Padded(AtomicU64);
 
 /// What a worker saw: its allocations made wholly while recording, counted by address, how many
 /// allocations it made in all, and whether its fast path served it after recording.
@@ -29,7 +34,8 @@ struct Seen {
     open_after: bool,
 }
 
-fn worker(seed: usize) -> Seen {
+fn worker(w: usize) -> Seen {
+    let seed = w * 1000;
     let mut live: VecDeque<usize> = VecDeque::new();
     let mut inside = HashMap::new();
     let mut total = 0u64;
@@ -48,6 +54,7 @@ fn worker(seed: usize) -> Seen {
         total += 1;
         if before == 1 && after == 1 {
             *inside.entry(p as u64).or_insert(0) += 1;
+            INSIDE[w].0.fetch_add(1, Relaxed);
         }
         live.push_back(p as usize);
         if live.len() > 3000 {
@@ -85,7 +92,7 @@ fn worker(seed: usize) -> Seen {
 #[test]
 fn every_allocation_inside_a_recording_started_and_stopped_while_threads_run_is_reported() {
     let workers: Vec<_> = (0..WORKERS)
-        .map(|w| std::thread::spawn(move || worker(w * 1000)))
+        .map(|w| std::thread::spawn(move || worker(w)))
         .collect();
     std::thread::sleep(Duration::from_millis(30));
 
@@ -109,7 +116,15 @@ fn every_allocation_inside_a_recording_started_and_stopped_while_threads_run_is_
     )
     .expect("collector starts");
     PHASE.store(1, Release);
-    std::thread::sleep(Duration::from_millis(60));
+    // At least 60 ms, and until every worker has allocated a few thousand times inside (a loaded
+    // machine may keep one off the CPU for a while), 20 s at most.
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_millis(60)
+        || (INSIDE.iter().any(|n| n.0.load(Relaxed) < 5000)
+            && began.elapsed() < Duration::from_secs(20))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     PHASE.store(2, Release);
     collector::shutdown_while_running();
     std::thread::sleep(Duration::from_millis(20));
