@@ -8,13 +8,12 @@
 //! make heaplens events. One test function: the collector is process-wide.
 #![allow(unsafe_code)] // the test calls the raw allocator API
 
-use std::collections::HashSet;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 use heaplens_alloc::alloc::malloc_fast;
-use heaplens_alloc::collector::{self, Config};
-use heaplens_alloc::event::EventKind;
+use heaplens_alloc::collector;
+
+mod common;
 
 const SIZE: usize = 48;
 const BLOCKS: usize = 3000;
@@ -92,25 +91,8 @@ fn recording_closes_warm_fast_paths_and_ending_it_opens_them_again() {
     let mine_warm = warm();
     done_rx.recv().unwrap();
 
-    let allocated: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    let seen = allocated.clone();
-    collector::start(
-        Config {
-            lossless: true,
-            census_every_ms: 0,
-            channel_buffers: 4,
-        },
-        Box::new(move |batch| {
-            if let collector::Handed::Batch(b) = batch {
-                let mut seen = seen.lock().unwrap();
-                for e in b.events.iter().filter(|e| e.kind == EventKind::Alloc as u8) {
-                    seen.insert(e.addr);
-                }
-            }
-            true
-        }),
-    )
-    .expect("collector starts");
+    let (allocated, sink) = common::alloc_counter();
+    collector::start(common::lossless(4), sink).expect("collector starts");
 
     // SAFETY: the fast path alone; a block it returns is freed at once.
     let p = unsafe { malloc_fast(SIZE) };
@@ -133,7 +115,7 @@ fn recording_closes_warm_fast_paths_and_ending_it_opens_them_again() {
     for (who, blocks) in [("this thread", &mine), ("the worker", &theirs)] {
         let reported = blocks
             .iter()
-            .filter(|&&p| seen.contains(&(p as u64)))
+            .filter(|&&p| seen.contains_key(&(p as u64)))
             .count();
         assert_eq!(
             reported, BLOCKS,

@@ -9,12 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heaplens_alloc::alloc::malloc_fast;
-use heaplens_alloc::collector::{self, Config};
-use heaplens_alloc::event::EventKind;
+use heaplens_alloc::collector;
+
+mod common;
 
 /// 0 before recording, 1 while it runs (set after it started), 2 once it is about to stop.
 static PHASE: AtomicU32 = AtomicU32::new(0);
@@ -96,25 +96,8 @@ fn every_allocation_inside_a_recording_started_and_stopped_while_threads_run_is_
         .collect();
     std::thread::sleep(Duration::from_millis(30));
 
-    let reported: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
-    let sink = reported.clone();
-    collector::start_while_running(
-        Config {
-            lossless: true,
-            census_every_ms: 0,
-            channel_buffers: 64,
-        },
-        Box::new(move |batch| {
-            if let collector::Handed::Batch(b) = batch {
-                let mut seen = sink.lock().unwrap();
-                for e in b.events.iter().filter(|e| e.kind == EventKind::Alloc as u8) {
-                    *seen.entry(e.addr).or_insert(0) += 1;
-                }
-            }
-            true
-        }),
-    )
-    .expect("collector starts");
+    let (reported, sink) = common::alloc_counter();
+    collector::start_while_running(common::lossless(64), sink).expect("collector starts");
     PHASE.store(1, Release);
     // At least 60 ms, and until every worker has allocated a few thousand times inside (a loaded
     // machine may keep one off the CPU for a while), 20 s at most.

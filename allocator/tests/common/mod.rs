@@ -163,3 +163,36 @@ pub fn resident_pages(p: usize, len: usize) -> usize {
     assert_eq!(rc, 0, "mincore failed");
     vec.iter().filter(|&&b| b & 1 != 0).count()
 }
+
+/// The addresses of the `Alloc` events a collector hands over, each with how many times it was
+/// allocated, and the sink that counts them (for `collector::start` or `start_while_running`).
+pub fn alloc_counter() -> (
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
+    heaplens_alloc::collector::Sink,
+) {
+    let counts = std::sync::Arc::<std::sync::Mutex<std::collections::HashMap<u64, u32>>>::default();
+    let sink = counts.clone();
+    let sink: heaplens_alloc::collector::Sink = Box::new(move |batch| {
+        if let heaplens_alloc::collector::Handed::Batch(b) = batch {
+            let mut seen = sink.lock().unwrap();
+            let allocs = b
+                .events
+                .iter()
+                .filter(|e| e.kind == heaplens_alloc::event::EventKind::Alloc as u8);
+            for e in allocs {
+                *seen.entry(e.addr).or_insert(0) += 1;
+            }
+        }
+        true
+    });
+    (counts, sink)
+}
+
+/// A lossless recording without censuses mid-run, with `channel_buffers` full buffers queued.
+pub fn lossless(channel_buffers: usize) -> heaplens_alloc::collector::Config {
+    heaplens_alloc::collector::Config {
+        lossless: true,
+        census_every_ms: 0,
+        channel_buffers,
+    }
+}
