@@ -230,10 +230,10 @@ unsafe fn update_direct(heap: *mut Heap, bin: usize) {
             block_size(bin - 1) / 16 + 1
         };
         let slots = lo..=bsize / 16;
-        for slot in slots.clone() {
-            (*heap).pages_first[slot] = page;
-        }
-        set_direct(heap, slots, page);
+        // Field by field: other threads use the heap's atomics meanwhile (`pages_direct` among
+        // them), so no reference to the whole heap.
+        (&mut (*heap).pages_first)[slots.clone()].fill(page);
+        set_direct(&(&(*heap).pages_direct)[slots], page);
     }
 }
 
@@ -242,34 +242,42 @@ unsafe fn update_direct(heap: *mut Heap, bin: usize) {
 #[cfg(feature = "hook")]
 static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
 
-/// Sets the fast path's `slots` of `heap` to `page` unless the direct slots are off. The owner's
-/// store and [`direct_off`]'s are ordered by a fence on each side: either the owner sees the
-/// flag after its store and empties the slots again, or `direct_off`'s emptying lands after the
-/// owner's store. So no slot points at a page once `direct_off(true)` has returned.
-///
-/// # Safety
-/// The calling thread owns `heap`.
+/// Sets the owner's fast-path `slots` to `page` unless the direct slots are off (another thread
+/// only ever empties them).
 #[inline]
-unsafe fn set_direct(heap: *mut Heap, slots: core::ops::RangeInclusive<usize>, page: *mut Page) {
-    // SAFETY: the owner writes its own slots (another thread only empties them).
-    let direct = unsafe { &(*heap).pages_direct };
+fn set_direct(slots: &[AtomicPtr<Page>], page: *mut Page) {
     #[cfg(feature = "hook")]
     let page = if DIRECT_OFF.load(Relaxed) {
         EMPTY_PAGE_PTR
     } else {
         page
     };
-    for slot in slots.clone() {
-        direct[slot].store(page, Relaxed);
+    for slot in slots {
+        slot.store(page, Relaxed);
     }
     #[cfg(feature = "hook")]
     if page != EMPTY_PAGE_PTR {
-        core::sync::atomic::fence(SeqCst);
-        if DIRECT_OFF.load(Relaxed) {
-            for slot in slots {
-                direct[slot].store(EMPTY_PAGE_PTR, Relaxed);
-            }
-        }
+        empty_if_off(slots);
+    }
+}
+
+/// Points `slots` at the empty page.
+#[cfg(feature = "hook")]
+fn empty(slots: &[AtomicPtr<Page>]) {
+    for slot in slots {
+        slot.store(EMPTY_PAGE_PTR, Relaxed);
+    }
+}
+
+/// The owner's half of the switch, after it stored pages into `slots`: its store and
+/// [`direct_off`]'s are ordered by a fence on each side, so either the owner sees the flag here
+/// and empties the slots again, or `direct_off`'s emptying lands after the owner's store. So no
+/// slot points at a page once `direct_off(true)` has returned.
+#[cfg(feature = "hook")]
+fn empty_if_off(slots: &[AtomicPtr<Page>]) {
+    core::sync::atomic::fence(SeqCst);
+    if DIRECT_OFF.load(Relaxed) {
+        empty(slots);
     }
 }
 
@@ -285,11 +293,7 @@ pub(crate) fn direct_off(off: bool) {
     }
     DIRECT_OFF.store(true, Relaxed);
     core::sync::atomic::fence(SeqCst);
-    crate::init::for_each_heap(|h| {
-        for slot in &h.pages_direct {
-            slot.store(EMPTY_PAGE_PTR, Relaxed);
-        }
-    });
+    crate::init::for_each_heap(|h| empty(&h.pages_direct));
 }
 
 /// Points `heap`'s fast path at its pages again if its slot for `size` was left empty by a
@@ -327,13 +331,8 @@ unsafe fn refill_all(heap: *mut Heap) {
     for (slot, &page) in direct.iter().zip(first) {
         slot.store(page, Relaxed);
     }
-    // As in `set_direct`: a recording that began meanwhile finds the slots empty.
-    core::sync::atomic::fence(SeqCst);
-    if DIRECT_OFF.load(Relaxed) {
-        for slot in direct {
-            slot.store(EMPTY_PAGE_PTR, Relaxed);
-        }
-    }
+    // A recording that began meanwhile finds the slots empty.
+    empty_if_off(direct);
 }
 
 /// Pushes `page` at the front of `bin`'s queue (where malloc takes from).
